@@ -1,0 +1,42 @@
+r"""The study's CNN: Adam (Keras defaults), batch 64, 30 epochs, 48k/12k train/validation split.
+
+    python main.py --config=configs/cnn.py --workdir=runs/cnn
+    python main.py --config=configs/cnn.py --config.num_epochs=1 --config.data.num_train=6000   # a quick run
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.kind = "cnn"  # what main.py runs: "cnn", "baseline" or "compare"
+    config.name = "cnn"  # a label for results.json and the report
+    config.seed = 0  # the split, the initialisation, dropout and the data order all follow from it
+    config.num_epochs = 30
+    config.batch_size = 64  # global batch, split over all devices: must be a multiple of the device count
+    config.learning_rate = 1e-3
+    config.adam = ml_collections.ConfigDict({"b1": 0.9, "b2": 0.999, "eps": 1e-7})  # Keras' Adam defaults
+
+    # Speed only, never the maths: how many train steps one compiled call runs (through lax.scan), and
+    # whether that scan is unrolled ("auto": unrolled on CPU, rolled on GPU/TPU; see benchmarks/).
+    config.steps_per_call = 10
+    config.scan_unroll = "auto"
+    config.eval_batch_size = 1000  # rounded up to a multiple of the device count; the last batch is padded
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "seed_cnn"  # a name in fmnist_jax.models.MODELS
+
+    config.data = ml_collections.ConfigDict()
+    config.data.source = "auto"  # "auto": data.dir, $FMNIST_DATA_DIR, Debian's folder, then TFDS; or "idx"/"tfds"
+    config.data.dir = config_dict.placeholder(str)  # folder with the four IDX files (.gz or raw)
+    config.data.validation_size = 12000  # held out of the 60k training images by a seeded permutation
+    config.data.num_train = config_dict.placeholder(int)  # None: all remaining 48k; fewer for quick runs
+
+    config.checkpoint = ml_collections.ConfigDict()
+    config.checkpoint.every_steps = 0  # 0: once per epoch
+    config.checkpoint.max_to_keep = 3
+    config.checkpoint.async_save = True  # write in the background while training goes on
+
+    config.resume_with_changes = False  # allow resuming a workdir whose saved config differs in safe fields
+    return config

@@ -1,0 +1,101 @@
+"""Orbax checkpoints: save the train state with its metadata, restore the latest one that is valid.
+
+A checkpoint is one step folder holding two items: `state` (the full `TrainState` pytree: parameters,
+optimizer state with its exact structure and step, the epoch's running metric sums) and `meta` (JSON: step,
+train seconds). Orbax writes each step to a temporary folder and renames it when complete, so a crash during
+a save leaves the previous checkpoint untouched; those leftovers are never restored.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+from fmnist_jax.errors import UserError
+
+
+class CheckpointError(UserError):
+    """A checkpoint folder that cannot be written or holds nothing restorable; the message names it."""
+
+
+def _abstract(tree: Any) -> Any:
+    """Shapes, dtypes and shardings of `tree`: restoring onto them places the arrays on today's mesh."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+class CheckpointStore:
+    """Saves and restores train states under `directory` through an Orbax `CheckpointManager`."""
+
+    def __init__(self, directory: str | pathlib.Path, *, max_to_keep: int = 3, async_save: bool = True):
+        self.directory = pathlib.Path(directory).absolute()
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            probe = self.directory / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise CheckpointError(f"cannot write checkpoints to {self.directory} ({e.strerror}); "
+                                  "choose a writable --workdir.") from e
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                               enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+
+    def all_steps(self) -> list[int]:
+        """Steps of the complete checkpoints, oldest first."""
+        return sorted(self.manager.all_steps())
+
+    def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
+        """Starts saving `state` at `step` (in the background when async); a failure raises CheckpointError."""
+        try:
+            self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                            meta=ocp.args.JsonSave(meta)))
+        except Exception as e:  # Orbax raises OSError, ValueError, or its own types
+            raise CheckpointError(f"saving checkpoint {step} to {self.directory} failed: {e}") from e
+
+    def restore(self, step: int, target: Any) -> tuple[Any, dict[str, Any]]:
+        """The state and metadata of checkpoint `step`, placed like `target`."""
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(_abstract(target)), meta=ocp.args.JsonRestore()))
+        return restored["state"], dict(restored["meta"])
+
+    def restore_latest(self, target: Any, *, step: int | None = None) -> tuple[Any, dict[str, Any]] | None:
+        """The newest checkpoint that restores (or checkpoint `step`); None when there is none.
+
+        A damaged newest checkpoint is skipped with a warning that names it; if every one is damaged, a
+        CheckpointError says so.
+        """
+        steps = self.all_steps()
+        if step is not None:
+            if step not in steps:
+                raise CheckpointError(f"no checkpoint at step {step} in {self.directory}; available: {steps}")
+            steps = [step]
+        errors = []
+        for s in reversed(steps):
+            try:
+                return self.restore(s, target)
+            except Exception as e:  # a truncated or missing file surfaces as many exception types
+                logging.warning("Checkpoint %s is damaged (%s: %s); trying the one before.",
+                                self.directory / str(s), type(e).__name__, e)
+                errors.append(f"{s}: {type(e).__name__}: {e}")
+        if errors:
+            raise CheckpointError(f"no valid checkpoint in {self.directory}: " + "; ".join(errors)
+                                  + ". Delete the folder to start again.")
+        return None
+
+    def wait(self) -> None:
+        """Blocks until a background save has finished; a failed one raises CheckpointError."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            raise CheckpointError(f"a checkpoint save to {self.directory} failed: {e}") from e
+
+    def close(self) -> None:
+        """Finishes any pending save, then releases the manager."""
+        try:
+            self.wait()
+        finally:
+            self.manager.close()

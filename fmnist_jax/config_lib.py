@@ -1,0 +1,91 @@
+"""The workdir's config contract: validate a config, save it as `config.json`, refuse a changed one.
+
+A workdir belongs to one experiment. Rerunning in it with a different config would silently mix two runs,
+so differing fields stop the run, except fields that only change speed (always allowed) and fields that are
+safe to change on resume (allowed with `--config.resume_with_changes=True`).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any, Mapping
+
+import ml_collections
+
+from fmnist_jax import metrics
+from fmnist_jax.errors import ConfigError
+
+CONFIG_FILE = "config.json"
+# Never compared: how fast or how a run is driven, not what it computes.
+OPERATIONAL = ("resume_with_changes", "mode", "steps_per_call", "scan_unroll", "eval_batch_size",
+               "checkpoint.async_save", "checkpoint.step", "predict.", "progress")
+# Compared, but may change with --config.resume_with_changes=True.
+SAFE_TO_CHANGE = ("num_epochs", "checkpoint.every_steps", "checkpoint.max_to_keep")
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The config as plain JSON-able data (tuples become lists, as they would in config.json)."""
+    return json.loads(config.to_json())
+
+
+def _matches(field: str, patterns: tuple[str, ...]) -> bool:
+    return any(field == p or (p.endswith(".") and field.startswith(p)) for p in patterns)
+
+
+def diff(saved: Mapping[str, Any], requested: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Fields whose values differ (missing on one side counts), operational fields left out."""
+    a, b = flatten(saved), flatten(requested)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and not _matches(k, OPERATIONAL)}
+
+
+def check_positive(config: ml_collections.ConfigDict, *fields: str, allow_zero: bool = False) -> None:
+    """Raises ConfigError naming the first of `fields` (dotted paths) that is not a positive number."""
+    for field in fields:
+        value = config
+        for part in field.split("."):
+            value = value[part]
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+            value >= 0 if allow_zero else value > 0)
+        if not ok:
+            bound = "zero or more" if allow_zero else "positive"
+            raise ConfigError(f"config.{field}={value!r} must be {bound}.")
+
+
+def save_or_check(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> None:
+    """Writes `workdir/config.json`, or checks the one there matches `config` (see the module docstring)."""
+    workdir = pathlib.Path(workdir)
+    path = workdir / CONFIG_FILE
+    requested = to_dict(config)
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path} is not valid JSON ({e}); fix or delete it.") from e
+        changed = diff(saved, requested)
+        if changed:
+            listing = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            unsafe = [k for k in changed if not _matches(k, SAFE_TO_CHANGE)]
+            if unsafe or not config.get("resume_with_changes", False):
+                how = (f"use a new --workdir (fields {unsafe} change what is computed)" if unsafe else
+                       "pass --config.resume_with_changes=True to continue with them, or use a new --workdir")
+                raise ConfigError(f"{workdir} holds a run with a different config ({listing}); {how}.")
+        elif saved == requested:
+            return
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        metrics.atomic_write_text(path, json.dumps(requested, indent=2) + "\n")
+    except OSError as e:
+        raise ConfigError(f"cannot write {path} ({e.strerror}); choose a writable --workdir.") from e

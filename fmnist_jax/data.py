@@ -1,0 +1,255 @@
+"""Fashion-MNIST: reading the IDX files or TFDS, validating them, the seeded train/validation split.
+
+Everything here is NumPy: images stay uint8 (N, 28, 28), labels int32. Scaling to [0, 1] happens on the
+device, inside the jitted step, so the host never holds a float copy of the data set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import os
+import pathlib
+from typing import Any, Mapping
+
+import numpy as np
+
+from fmnist_jax.errors import UserError
+
+CLASS_NAMES: tuple[str, ...] = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+NUM_CLASSES = len(CLASS_NAMES)
+IMAGE_SHAPE = (28, 28)
+DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
+ENV_VAR = "FMNIST_DATA_DIR"
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
+SOURCES = ("auto", "idx", "tfds")
+
+HOW_TO_GET_DATA = (
+    "Get Fashion-MNIST one of three ways: "
+    "(1) on Debian/Ubuntu `sudo apt-get install dataset-fashion-mnist` (files land in "
+    f"{DEBIAN_DIR}); "
+    "(2) download the four *-ubyte.gz files from https://github.com/zalandoresearch/fashion-mnist "
+    f"(data/fashion) into a folder and pass --config.data.dir=FOLDER or set {ENV_VAR}=FOLDER; "
+    "(3) --config.data.source=tfds with tensorflow-datasets and internet access."
+)
+
+
+class DataError(UserError):
+    """A data set that is missing, malformed or inconsistent; the message says which file and how to fix it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """One split: uint8 images (N, 28, 28) and int32 labels (N,)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """The three splits plus where they came from (source, folder, SHA-256 of every file read)."""
+
+    train: Split
+    validation: Split
+    test: Split
+    class_names: tuple[str, ...] = CLASS_NAMES
+    source: str = ""
+    checksums: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------- IDX files
+
+
+def _find(directory: pathlib.Path, stem: str) -> pathlib.Path | None:
+    for name in (stem + ".gz", stem, stem.replace("-idx", ".idx") + ".gz", stem.replace("-idx", ".idx")):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def _read_bytes(path: pathlib.Path) -> tuple[bytes, str]:
+    """The file's (decompressed) content and the SHA-256 of the file as stored."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror}). Check the file's permissions.") from e
+    digest = hashlib.sha256(raw).hexdigest()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise DataError(
+                f"{path}: the gzip stream is damaged or truncated ({e}). Download the file again."
+            ) from e
+    return raw, digest
+
+
+def _header(path: pathlib.Path, raw: bytes, magic: int, ndim: int) -> tuple[int, ...]:
+    header_len = 4 + 4 * ndim
+    if len(raw) < header_len:
+        raise DataError(f"{path}: {len(raw)} bytes is shorter than the {header_len}-byte IDX header; "
+                        "the file is truncated. Download it again.")
+    found = int.from_bytes(raw[:4], "big")
+    if found != magic:
+        kind = "images" if magic == IMAGES_MAGIC else "labels"
+        raise DataError(f"{path}: magic number {found}, expected {magic} (an IDX {kind} file). "
+                        "Is this the right file, or is it damaged?")
+    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected = header_len + int(np.prod(dims))
+    if len(raw) != expected:
+        raise DataError(f"{path}: header says {dims} -> {expected} bytes, the file has {len(raw)} "
+                        f"({'truncated' if len(raw) < expected else 'trailing data'}). Download it again.")
+    return dims
+
+
+def read_idx_images(path: pathlib.Path) -> tuple[np.ndarray, str]:
+    """Reads an IDX images file (magic 2051, N x 28 x 28 uint8), gzip or raw; returns (images, sha256)."""
+    raw, digest = _read_bytes(path)
+    n, rows, cols = _header(path, raw, IMAGES_MAGIC, 3)
+    if (rows, cols) != IMAGE_SHAPE:
+        raise DataError(f"{path}: images are {rows}x{cols}, expected 28x28. This is not Fashion-MNIST.")
+    return np.frombuffer(raw, np.uint8, offset=16).reshape(n, rows, cols), digest
+
+
+def read_idx_labels(path: pathlib.Path) -> tuple[np.ndarray, str]:
+    """Reads an IDX labels file (magic 2049, N uint8 in 0..9), gzip or raw; returns (labels, sha256)."""
+    raw, digest = _read_bytes(path)
+    _header(path, raw, LABELS_MAGIC, 1)
+    labels = np.frombuffer(raw, np.uint8, offset=8)
+    bad = np.flatnonzero(labels >= NUM_CLASSES)
+    if bad.size:
+        raise DataError(f"{path}: label {int(labels[bad[0]])} at index {int(bad[0])} is outside 0..9 "
+                        f"({bad.size} such labels). The file is damaged; download it again.")
+    return labels.astype(np.int32), digest
+
+
+def load_idx(directory: str | os.PathLike) -> tuple[dict[str, Split], dict[str, str]]:
+    """Reads the four IDX files in `directory`: ({"train": Split, "test": Split}, {file name: sha256})."""
+    directory = pathlib.Path(directory).expanduser()
+    if not directory.is_dir():
+        raise DataError(f"data folder {directory} does not exist. {HOW_TO_GET_DATA}")
+    splits, checksums = {}, {}
+    for split, (images_stem, labels_stem) in IDX_FILES.items():
+        paths = [_find(directory, stem) for stem in (images_stem, labels_stem)]
+        missing = [stem for stem, p in zip((images_stem, labels_stem), paths) if p is None]
+        if missing:
+            raise DataError(f"data folder {directory} lacks {', '.join(m + '[.gz]' for m in missing)}. "
+                            f"{HOW_TO_GET_DATA}")
+        images, images_sha = read_idx_images(paths[0])
+        labels, labels_sha = read_idx_labels(paths[1])
+        if len(images) != len(labels):
+            raise DataError(f"{paths[0]} holds {len(images)} images but {paths[1]} holds {len(labels)} "
+                            "labels; they must agree. One of the files is from another data set.")
+        checksums[paths[0].name], checksums[paths[1].name] = images_sha, labels_sha
+        splits[split] = Split(images, labels)
+    return splits, checksums
+
+
+# --------------------------------------------------------------------------------------------- TFDS
+
+
+def load_tfds(data_dir: str | None = None) -> tuple[dict[str, Split], dict[str, str]]:
+    """Reads `fashion_mnist` through `tfds.data_source` (TensorFlow-free reading; TFDS downloads if needed)."""
+    try:
+        import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    except ImportError as e:
+        raise DataError("data.source='tfds' needs tensorflow-datasets: pip install tensorflow-datasets. "
+                        + HOW_TO_GET_DATA) from e
+    splits = {}
+    for split in IDX_FILES:
+        try:
+            source = tfds.data_source("fashion_mnist", split=split, data_dir=data_dir)
+            records = source[list(range(len(source)))] if len(source) else []
+        except Exception as e:  # TFDS raises many types (network, missing TensorFlow for preparing, ...)
+            raise DataError(f"TFDS could not provide fashion_mnist/{split}: {type(e).__name__}: {e}. "
+                            + HOW_TO_GET_DATA) from e
+        images = np.stack([np.asarray(r["image"], np.uint8).reshape(IMAGE_SHAPE) for r in records])
+        labels = np.asarray([int(r["label"]) for r in records], np.int32)
+        if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+            raise DataError(f"TFDS fashion_mnist/{split}: labels outside 0..9; the prepared data is damaged.")
+        splits[split] = Split(images, labels)
+    return splits, {"tfds:fashion_mnist": _array_digest(splits)}
+
+
+def _array_digest(splits: Mapping[str, Split]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(splits):
+        h.update(splits[name].images.tobytes())
+        h.update(splits[name].labels.tobytes())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------- load
+
+
+def _idx_candidates(data_dir: str | None) -> list[tuple[str, str]]:
+    found = []
+    if data_dir:
+        found.append(("config.data.dir", data_dir))
+    if os.environ.get(ENV_VAR):
+        found.append((ENV_VAR, os.environ[ENV_VAR]))
+    found.append(("Debian dataset-fashion-mnist", DEBIAN_DIR))
+    return found
+
+
+def split_train_validation(train: Split, *, validation_size: int, num_train: int | None,
+                           seed: int) -> tuple[Split, Split]:
+    """Holds out `validation_size` images by a permutation seeded with `seed`; keeps `num_train` of the rest."""
+    n = len(train)
+    if not 0 <= validation_size < n:
+        raise DataError(f"config.data.validation_size={validation_size} must be in [0, {n - 1}] "
+                        f"(the training file holds {n} images).")
+    order = np.random.default_rng(seed).permutation(n)
+    val_idx, train_idx = order[:validation_size], order[validation_size:]
+    if num_train is not None:
+        if not 0 < num_train <= len(train_idx):
+            raise DataError(f"config.data.num_train={num_train} must be in [1, {len(train_idx)}] "
+                            f"(or None for all) with validation_size={validation_size}.")
+        train_idx = train_idx[:num_train]
+    take = lambda idx: Split(train.images[idx], train.labels[idx])  # noqa: E731
+    return take(train_idx), take(val_idx)
+
+
+def load(config: Any, *, seed: int) -> Dataset:
+    """Loads the data set that `config` (the `config.data` section) names and splits it with `seed`."""
+    source = config.get("source", "auto")
+    if source not in SOURCES:
+        raise DataError(f"config.data.source={source!r} is not one of {SOURCES}.")
+    data_dir = config.get("dir") or None
+    origin = ""
+    if source == "tfds":
+        raw, checksums = load_tfds(data_dir)
+        origin = "tfds"
+    else:
+        candidates = _idx_candidates(data_dir)
+        if source == "auto":
+            # An explicitly named folder must work; the defaults are tried in turn, then TFDS.
+            explicit = [c for c in candidates if c[0] != "Debian dataset-fashion-mnist"]
+            candidates = explicit[:1] or [c for c in candidates if pathlib.Path(c[1]).is_dir()][:1]
+        if not candidates:
+            try:
+                raw, checksums = load_tfds(None)
+                origin = "tfds"
+            except DataError as e:
+                raise DataError(f"no Fashion-MNIST found: not in {DEBIAN_DIR}, {ENV_VAR} unset, "
+                                f"config.data.dir unset, and TFDS failed ({e}). {HOW_TO_GET_DATA}") from e
+        else:
+            raw, checksums = load_idx(candidates[0][1])
+            origin = f"idx:{pathlib.Path(candidates[0][1]).expanduser().resolve()}"
+    train, validation = split_train_validation(
+        raw["train"], validation_size=config.get("validation_size", 12000),
+        num_train=config.get("num_train"), seed=seed)
+    return Dataset(train=train, validation=validation, test=raw["test"], source=origin,
+                   checksums=dict(checksums))

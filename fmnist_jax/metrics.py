@@ -1,0 +1,157 @@
+"""One way to score every model, and the `results.json` schema they all write.
+
+`evaluate` takes plain NumPy (true labels, predicted labels, optional probabilities) and returns a plain
+dict, so the CNN and the scikit-learn baselines are scored by the same code. Files are written atomically
+(temporary file + rename): a crash never leaves half a results file.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import io
+import json
+import os
+import pathlib
+import platform
+import tempfile
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from sklearn import metrics as skm
+
+from fmnist_jax.errors import UserError
+from fmnist_jax.data import CLASS_NAMES
+
+RESULTS_FILE = "results.json"
+PREDICTIONS_FILE = "predictions.npz"
+REQUIRED_KEYS = ("model", "config_name", "test_accuracy", "validation_accuracy", "per_class", "confusion_matrix",
+                 "num_params", "train_seconds", "predict_seconds", "samples_per_second", "seed", "versions")
+_VERSIONED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "scikit-learn", "numpy")
+
+
+class ResultsError(UserError):
+    """A results file that is missing or does not follow the schema; the message names the file."""
+
+
+def evaluate(y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray | None = None, *,
+             class_names: Sequence[str] = CLASS_NAMES) -> dict[str, Any]:
+    """Accuracy, per-class precision/recall/F1/support by class name, confusion matrix, and log-loss when
+    `probs` (N, num_classes) is given."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.shape != y_pred.shape or y_true.ndim != 1:
+        raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} must be 1-D and of equal length")
+    labels = np.arange(len(class_names))
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0)
+    scores = {
+        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                             "support": int(support[i])} for i, name in enumerate(class_names)},
+        "macro_f1": float(np.mean(f1)),
+        "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "log_loss": None,
+    }
+    if probs is not None:
+        probs = np.asarray(probs, np.float64)
+        if probs.shape != (len(y_true), len(class_names)):
+            raise ValueError(f"probs has shape {probs.shape}, expected {(len(y_true), len(class_names))}")
+        probs = np.clip(probs, 1e-15, 1.0)
+        scores["log_loss"] = float(skm.log_loss(y_true, probs / probs.sum(1, keepdims=True), labels=labels))
+    return scores
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the libraries that produced a result (those installed)."""
+    found = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def make_results(*, model: str, config_name: str, scores: Mapping[str, Any], validation_accuracy: float | None,
+                 num_params: int | None, train_seconds: float, predict_seconds: float, num_predicted: int,
+                 seed: int, checksums: Mapping[str, str], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The results.json record: one schema for every model."""
+    return {
+        "model": model,
+        "config_name": config_name,
+        "test_accuracy": scores["accuracy"],
+        "validation_accuracy": validation_accuracy,
+        "per_class": scores["per_class"],
+        "macro_f1": scores["macro_f1"],
+        "confusion_matrix": scores["confusion_matrix"],
+        "log_loss": scores["log_loss"],
+        "num_params": num_params,
+        "train_seconds": train_seconds,
+        "predict_seconds": predict_seconds,
+        "samples_per_second": num_predicted / predict_seconds if predict_seconds > 0 else None,
+        "seed": seed,
+        "versions": versions(),
+        "dataset_checksums": dict(checksums),
+        **dict(extra or {}),
+    }
+
+
+def atomic_write_bytes(path: str | os.PathLike, content: bytes) -> None:
+    """Writes `content` to `path` through a temporary file in the same folder, fsync and a rename."""
+    path = pathlib.Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """`atomic_write_bytes` for UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_results(workdir: str | os.PathLike, results: Mapping[str, Any]) -> pathlib.Path:
+    """Writes `workdir/results.json` atomically; returns its path."""
+    missing = [k for k in REQUIRED_KEYS if k not in results]
+    if missing:
+        raise ResultsError(f"results lack the fields {missing}")
+    path = pathlib.Path(workdir) / RESULTS_FILE
+    atomic_write_text(path, json.dumps(results, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def load_results(path: str | os.PathLike) -> dict[str, Any]:
+    """Reads a results.json (or the one in a workdir) and checks it follows the schema."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        path = path / RESULTS_FILE
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ResultsError(f"{path} does not exist: has this run finished?") from e
+    except json.JSONDecodeError as e:
+        raise ResultsError(f"{path} is not valid JSON ({e}); rerun the model to rewrite it.") from e
+    missing = [k for k in REQUIRED_KEYS if k not in results]
+    if missing:
+        raise ResultsError(f"{path} lacks the fields {missing}; it was not written by this version.")
+    return results
+
+
+def save_predictions(workdir: str | os.PathLike, *, labels: np.ndarray, probs: np.ndarray) -> pathlib.Path:
+    """Test-set labels and class probabilities (for the report's error analysis), written atomically."""
+    path = pathlib.Path(workdir) / PREDICTIONS_FILE
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, labels=np.asarray(labels), probs=np.asarray(probs, np.float32))
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def load_predictions(workdir: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The test labels and probabilities that `save_predictions` wrote."""
+    with np.load(pathlib.Path(workdir) / PREDICTIONS_FILE) as f:
+        return {k: f[k] for k in f.files}

@@ -1,0 +1,96 @@
+"""The device mesh and how arrays are placed on it: batches split on the "data" axis, state replicated.
+
+This is data parallelism in today's JAX form: one `jax.jit` program over a `Mesh`; XLA inserts the gradient
+all-reduce. The same code runs on one CPU, eight TPU cores, or many hosts.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from fmnist_jax.errors import UserError
+from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+
+# Variables by which launchers (SLURM, Open MPI, Cloud TPU pods, manual set-ups) ask for several processes.
+_MULTIHOST_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
+                  "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
+
+
+class ParallelError(UserError):
+    """A batch size or device set-up that the mesh cannot run."""
+
+
+def maybe_initialize_distributed() -> None:
+    """Calls `jax.distributed.initialize()` when the environment describes a multi-process job."""
+    wanted = [v for v in _MULTIHOST_ENV if os.environ.get(v)]
+    if v := os.environ.get("SLURM_NTASKS"):
+        wanted = wanted if int(v) > 1 else [w for w in wanted if w != "SLURM_NTASKS"]
+    if wanted and not jax.distributed.is_initialized():
+        logging.info("Multi-process environment (%s): jax.distributed.initialize()", ", ".join(wanted))
+        jax.distributed.initialize()
+
+
+def make_mesh(devices: list[Any] | None = None) -> Mesh:
+    """A one-axis mesh ("data") over `devices` (default: every device of every process)."""
+    devices = list(jax.devices() if devices is None else devices)
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def data_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading axis split over the devices."""
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """A full copy on every device."""
+    return NamedSharding(mesh, P())
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, *, field: str = "config.batch_size") -> None:
+    """Raises before any compile if `batch_size` cannot be split evenly over the mesh's devices."""
+    n = mesh.devices.size
+    if batch_size <= 0 or batch_size % n:
+        lower, upper = max(n, batch_size // n * n), (batch_size // n + 1) * n
+        raise ParallelError(f"{field}={batch_size} cannot be split over {n} devices; use a multiple of {n} "
+                            f"(e.g. {lower} or {upper}) or run on fewer devices.")
+
+
+def place(tree: Any, sharding: NamedSharding) -> Any:
+    """Puts a host pytree on the mesh with `sharding`; across processes each feeds only its own devices."""
+
+    def put(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+    return jax.tree.map(put, tree)
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """A full copy of a host pytree on every device of `mesh`."""
+    return place(tree, replicated(mesh))
+
+
+def shard_batch(tree: Any, mesh: Mesh) -> Any:
+    """A host pytree whose leaves hold the global batch, split over the "data" axis."""
+    return place(tree, data_sharding(mesh))
+
+
+def to_host(tree: Any) -> Any:
+    """Brings (possibly multi-process) arrays back as NumPy, gathering every shard."""
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+    if jax.process_count() > 1:
+        tree = multihost_utils.process_allgather(tree, tiled=True)
+    return jax.tree.map(np.asarray, tree)
+
+
+def is_lead_process() -> bool:
+    """Only process 0 writes files and logs progress."""
+    return jax.process_index() == 0

@@ -1,0 +1,375 @@
+"""Training the CNN: train state, jitted multi-step train call, padded evaluation, the epoch loop.
+
+The model is an `nnx.Module` and the optimizer an `nnx.Optimizer`; both are split once into a pure pytree
+(`TrainState`) that `jax.jit`, `jax.lax.scan`, the mesh shardings and Orbax all handle as plain arrays.
+Everything random follows from `config.seed`: the epoch-e order is permutation(fold_in(data_key, e)), the
+dropout key of global step t is fold_in(dropout_key, t). Resuming at any step therefore replays exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import pathlib
+import sys
+import time
+from typing import Any, Callable, Iterator
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+from jax.sharding import Mesh
+
+from fmnist_jax.errors import ConfigError, UserError
+from fmnist_jax import checkpoints, config_lib, data, metrics, models, parallel
+
+HISTORY_FILE = "history.jsonl"
+
+
+class TrainingError(UserError):
+    """Training cannot go on (a NaN loss, a failed checkpoint save); the message says what to change."""
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError naming the first CNN config field whose value cannot run."""
+    config_lib.check_positive(config, "num_epochs", "batch_size", "learning_rate", "steps_per_call",
+                              "eval_batch_size", "checkpoint.max_to_keep")
+    config_lib.check_positive(config, "checkpoint.every_steps", "data.validation_size", allow_zero=True)
+    if not (config.scan_unroll in ("auto", True, False) or (
+            isinstance(config.scan_unroll, int) and config.scan_unroll > 0)):
+        raise ConfigError(f"config.scan_unroll={config.scan_unroll!r} must be 'auto', True, False or a "
+                          "positive int.")
+
+
+# --------------------------------------------------------------------------------------------- state
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step changes: model and optimizer state plus this epoch's running metric sums."""
+
+    model: nnx.State
+    optimizer: nnx.State
+    loss_sum: jax.Array
+    correct_sum: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Graphs:
+    """The static halves of `nnx.split`: how to turn a `TrainState` back into modules."""
+
+    model: Any
+    optimizer: Any
+
+    def merge(self, state: TrainState) -> tuple[nnx.Module, nnx.Optimizer]:
+        model = nnx.merge(self.model, state.model)
+        return model, nnx.merge(self.optimizer, state.optimizer)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Adam with the study's (Keras) defaults unless the config says otherwise."""
+    return optax.adam(config.learning_rate, b1=config.adam.b1, b2=config.adam.b2, eps=config.adam.eps)
+
+
+def create_train_state(config: ml_collections.ConfigDict) -> tuple[Graphs, TrainState, int]:
+    """A fresh model and optimizer from `config.seed`: (graphs, host-side state, number of parameters)."""
+    model = models.create_model(config.model.name, seed=config.seed)
+    optimizer = nnx.Optimizer(model, make_optimizer(config), wrt=nnx.Param)
+    model_graph, model_state = nnx.split(model)
+    opt_graph, opt_state = nnx.split(optimizer)
+    zero = jnp.zeros((), jnp.float32)
+    state = TrainState(model=model_state, optimizer=opt_state, loss_sum=zero, correct_sum=zero)
+    return Graphs(model_graph, opt_graph), state, models.count_params(model)
+
+
+# --------------------------------------------------------------------------------------------- steps
+
+
+def to_inputs(images: jax.Array) -> jax.Array:
+    """uint8 (N, 28, 28) -> float32 (N, 28, 28, 1) in [0, 1], as the study scaled its pixels."""
+    return (images.astype(jnp.float32) / 255.0)[..., None]
+
+
+def loss_fn(model: nnx.Module, images: jax.Array, labels: jax.Array,
+            dropout_key: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """Mean softmax cross-entropy over the batch, and the logits."""
+    logits = model(to_inputs(images), dropout_key=dropout_key)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
+
+
+def train_step(graphs: Graphs, state: TrainState, images: jax.Array, labels: jax.Array,
+               dropout_key: jax.Array) -> TrainState:
+    """One Adam step on one (global) batch; adds the batch's loss and correct count to the epoch sums."""
+    model, optimizer = graphs.merge(state)
+    grad_fn = nnx.value_and_grad(loss_fn, has_aux=True)
+    (loss, logits), grads = grad_fn(model, images, labels, dropout_key)
+    optimizer.update(model, grads)
+    correct = jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    return TrainState(model=nnx.state(model), optimizer=nnx.state(optimizer),
+                      loss_sum=state.loss_sum + loss * labels.shape[0],
+                      correct_sum=state.correct_sum + correct)
+
+
+def epoch_permutation(data_key: jax.Array, epoch: int | jax.Array, n: int) -> jax.Array:
+    """The order of epoch `epoch`: a pure function of (seed, epoch)."""
+    return jax.random.permutation(jax.random.fold_in(data_key, epoch), n)
+
+
+def train_steps(graphs: Graphs, state: TrainState, images: jax.Array, labels: jax.Array, perm: jax.Array,
+                first_step: jax.Array, first_batch: jax.Array, dropout_root: jax.Array, *, num_steps: int,
+                batch_size: int, unroll: int | bool, mesh: Mesh) -> TrainState:
+    """`num_steps` train steps in one program: step i trains on batch `first_batch + i` of `perm`.
+
+    The data set lives on the devices; each batch is gathered inside the program and constrained to the
+    "data" axis, so every device computes the gradient of its slice and XLA all-reduces the sum.
+    """
+    batch_sharding = parallel.data_sharding(mesh)
+
+    def body(state, i):
+        idx = jax.lax.dynamic_slice_in_dim(perm, (first_batch + i) * batch_size, batch_size)
+        x = jax.lax.with_sharding_constraint(images[idx], batch_sharding)
+        y = jax.lax.with_sharding_constraint(labels[idx], batch_sharding)
+        key = jax.random.fold_in(dropout_root, first_step + i)
+        return train_step(graphs, state, x, y, key), None
+
+    if num_steps == 1:
+        return body(state, 0)[0]
+    return jax.lax.scan(body, state, jnp.arange(num_steps), unroll=unroll)[0]
+
+
+def eval_step(graphs: Graphs, state: TrainState, images: jax.Array, labels: jax.Array,
+              mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Summed loss over the unmasked examples and the softmax probabilities of the whole (padded) batch."""
+    model = nnx.merge(graphs.model, state.model)
+    logits = model(to_inputs(images))
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return jnp.sum(jnp.where(mask, losses, 0.0)), jax.nn.softmax(logits)
+
+
+# --------------------------------------------------------------------------------------------- programs
+
+
+def resolve_unroll(setting: Any, backend: str) -> bool | int:
+    """How to run several steps in one call: fully unrolled on CPU (a rolled XLA:CPU while-loop over
+    convolutions is ~30x slower there, benchmarks/), a rolled scan on GPU/TPU."""
+    if setting == "auto":
+        return backend == "cpu"
+    return setting
+
+
+@dataclasses.dataclass
+class Programs:
+    """The jitted functions of one run, compiled once per distinct shape (`num_steps`)."""
+
+    graphs: Graphs
+    mesh: Mesh
+    batch_size: int
+    unroll: bool | int
+    _train: dict[int, Callable] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        self.eval = jax.jit(functools.partial(eval_step, self.graphs))
+        self.permutation = jax.jit(epoch_permutation, static_argnums=2)
+
+    def train(self, num_steps: int) -> Callable:
+        if num_steps not in self._train:
+            fn = functools.partial(train_steps, self.graphs, num_steps=num_steps, batch_size=self.batch_size,
+                                   unroll=self.unroll, mesh=self.mesh)
+            self._train[num_steps] = jax.jit(fn, donate_argnums=0)
+        return self._train[num_steps]
+
+
+def evaluate_split(programs: Programs, state: TrainState, split: data.Split, *,
+                   batch_size: int) -> dict[str, Any]:
+    """Loss, accuracy and probabilities over every image of `split`: fixed-size batches, the last padded."""
+    n = len(split)
+    if n == 0:
+        return {"loss": float("nan"), "accuracy": float("nan"), "probs": np.zeros((0, data.NUM_CLASSES))}
+    padded = math.ceil(n / batch_size) * batch_size
+    pad = lambda a: np.concatenate([a, np.zeros((padded - n,) + a.shape[1:], a.dtype)])  # noqa: E731
+    images, labels = pad(split.images), pad(split.labels)
+    mask = np.arange(padded) < n
+    loss_sum, probs = 0.0, []
+    for start in range(0, padded, batch_size):
+        batch = parallel.shard_batch(
+            (images[start:start + batch_size], labels[start:start + batch_size], mask[start:start + batch_size]),
+            programs.mesh)
+        batch_loss, batch_probs = programs.eval(state, *batch)
+        loss_sum += batch_loss
+        probs.append(batch_probs)
+    probs = np.concatenate(parallel.to_host(probs))[:n]
+    return {"loss": float(loss_sum) / n, "accuracy": float(np.mean(probs.argmax(-1) == split.labels)),
+            "probs": probs}
+
+
+# --------------------------------------------------------------------------------------------- loop
+
+
+def chunks(start_step: int, total_steps: int, steps_per_epoch: int, steps_per_call: int,
+           every_steps: int) -> Iterator[int]:
+    """Sizes of successive calls: at most `steps_per_call`, never crossing an epoch or checkpoint boundary."""
+    step = start_step
+    while step < total_steps:
+        n = min(steps_per_call, steps_per_epoch - step % steps_per_epoch, every_steps - step % every_steps,
+                total_steps - step)
+        yield n
+        step += n
+
+
+def eval_batch_size(config: ml_collections.ConfigDict, mesh: Mesh) -> int:
+    """`config.eval_batch_size` rounded up to a multiple of the device count."""
+    n = mesh.devices.size
+    return math.ceil(config.eval_batch_size / n) * n
+
+
+def _check_finite(value: float, epoch: int, step: int, what: str) -> None:
+    if not math.isfinite(value):
+        raise TrainingError(f"{what} became {value} in epoch {epoch + 1} (by step {step}). Training stopped: "
+                            "lower config.learning_rate or check the input data.")
+
+
+def _append_history(workdir: pathlib.Path, record: dict[str, Any]) -> None:
+    with open(workdir / HISTORY_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_history(workdir: str | pathlib.Path) -> list[dict[str, Any]]:
+    """The per-epoch records of a run, in order."""
+    path = pathlib.Path(workdir) / HISTORY_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _truncate_history(workdir: pathlib.Path, num_epochs: int) -> None:
+    """Keeps the first `num_epochs` records: those after the restored checkpoint are replayed."""
+    kept = [r for r in read_history(workdir) if r["epoch"] <= num_epochs]
+    metrics.atomic_write_text(workdir / HISTORY_FILE, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def _progress(total: int, initial: int, desc: str):
+    from tqdm import auto as tqdm  # pylint: disable=import-outside-toplevel
+
+    return tqdm.tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False, file=sys.stderr,
+                     disable=not parallel.is_lead_process(), mininterval=1.0 if sys.stderr.isatty() else 30.0)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+    """Trains `config`'s CNN in `workdir` (resuming from its latest checkpoint), evaluates it, writes
+    `history.jsonl`, `results.json` and the test predictions; returns the results dict."""
+    workdir = pathlib.Path(workdir)
+    lead = parallel.is_lead_process()
+
+    # ---- mesh
+    mesh = parallel.make_mesh()
+    parallel.check_batch_size(config.batch_size, mesh)
+    backend = jax.default_backend()
+    logging.info("Mesh: %d %s device(s) over %d process(es), batch %d (%d per device)", mesh.devices.size,
+                 backend, jax.process_count(), config.batch_size, config.batch_size // mesh.devices.size)
+
+    # ---- input
+    dataset = data.load(config.data, seed=config.seed)
+    n_train = len(dataset.train)
+    steps_per_epoch = n_train // config.batch_size
+    if steps_per_epoch == 0:
+        raise parallel.ParallelError(f"config.batch_size={config.batch_size} exceeds the {n_train} training "
+                                     "images; lower it or raise config.data.num_train.")
+    total_steps = steps_per_epoch * config.num_epochs
+    logging.info("Data from %s: %d train, %d validation, %d test images; %d steps/epoch",
+                 dataset.source, n_train, len(dataset.validation), len(dataset.test), steps_per_epoch)
+    train_images, train_labels = parallel.replicate((dataset.train.images, dataset.train.labels), mesh)
+
+    # ---- state, checkpoint
+    graphs, state, num_params = create_train_state(config)
+    state = parallel.replicate(state, mesh)
+    every_steps = config.checkpoint.every_steps or steps_per_epoch
+    store = checkpoints.CheckpointStore(workdir / "checkpoints", max_to_keep=config.checkpoint.max_to_keep,
+                                        async_save=config.checkpoint.async_save)
+    step, train_seconds = 0, 0.0
+    restored = store.restore_latest(state)
+    if restored is not None:
+        state, meta = restored
+        step, train_seconds = meta["step"], meta.get("train_seconds", 0.0)
+        logging.info("Resumed from checkpoint at step %d (epoch %d, %d/%d steps into it)", step,
+                     step // steps_per_epoch + 1, step % steps_per_epoch, steps_per_epoch)
+        if lead:
+            _truncate_history(workdir, step // steps_per_epoch)
+
+    root = jax.random.key(config.seed)
+    data_key, dropout_root = jax.random.fold_in(root, 1), jax.random.fold_in(root, 2)
+    programs = Programs(graphs, mesh, config.batch_size, resolve_unroll(config.scan_unroll, backend))
+    eval_bs = eval_batch_size(config, mesh)
+
+    # ---- train
+    epoch_start, epoch_steps_done = time.perf_counter(), step % steps_per_epoch
+    perm = programs.permutation(data_key, step // steps_per_epoch, n_train) if step < total_steps else None
+    bar = _progress(steps_per_epoch, epoch_steps_done, f"epoch {step // steps_per_epoch + 1}")
+    try:
+        for n in chunks(step, total_steps, steps_per_epoch, config.steps_per_call, every_steps):
+            epoch, in_epoch = divmod(step, steps_per_epoch)
+            state = programs.train(n)(state, train_images, train_labels, perm, jnp.int32(step),
+                                      jnp.int32(in_epoch), dropout_root)
+            step += n
+            bar.update(n)
+            if step % steps_per_epoch == 0:  # ---- end of epoch: evaluate, log, reset the sums
+                train_loss = float(state.loss_sum) / (steps_per_epoch * config.batch_size)  # waits for the steps
+                train_acc = float(state.correct_sum) / (steps_per_epoch * config.batch_size)
+                seconds = time.perf_counter() - epoch_start
+                train_seconds += seconds
+                _check_finite(train_loss, epoch, step, "the training loss")
+                val = evaluate_split(programs, state, dataset.validation, batch_size=eval_bs)
+                images_done = (steps_per_epoch - epoch_steps_done) * config.batch_size
+                record = {"epoch": epoch + 1, "step": step, "train_loss": train_loss, "train_accuracy": train_acc,
+                          "validation_loss": val["loss"], "validation_accuracy": val["accuracy"],
+                          "seconds": seconds, "images_per_second": images_done / seconds}
+                eta = seconds * (config.num_epochs - epoch - 1)
+                bar.close()
+                logging.info("epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  %.1f s  %.0f img/s  "
+                             "ETA %s", epoch + 1, config.num_epochs, train_loss, train_acc, val["loss"],
+                             val["accuracy"], seconds, record["images_per_second"],
+                             time.strftime("%H:%M:%S", time.gmtime(eta)))
+                if lead:
+                    _append_history(workdir, record)
+                state = state.replace(loss_sum=jnp.zeros_like(state.loss_sum),
+                                      correct_sum=jnp.zeros_like(state.correct_sum))
+                if step < total_steps:
+                    perm = programs.permutation(data_key, epoch + 1, n_train)
+                    bar = _progress(steps_per_epoch, 0, f"epoch {epoch + 2}")
+                epoch_start, epoch_steps_done = time.perf_counter(), 0
+            if step % every_steps == 0 or step == total_steps:
+                store.save(step, state, {"step": step, "train_seconds": train_seconds})
+    finally:
+        bar.close()
+        store.close()
+
+    # ---- evaluate
+    return finish(config, workdir, programs, state, dataset, num_params=num_params, train_seconds=train_seconds,
+                  eval_bs=eval_bs)
+
+
+def finish(config: ml_collections.ConfigDict, workdir: pathlib.Path, programs: Programs, state: TrainState,
+           dataset: data.Dataset, *, num_params: int, train_seconds: float, eval_bs: int) -> dict[str, Any]:
+    """Scores the trained state on validation and test; writes results.json and predictions.npz."""
+    val = evaluate_split(programs, state, dataset.validation, batch_size=eval_bs)
+    start = time.perf_counter()
+    test = evaluate_split(programs, state, dataset.test, batch_size=eval_bs)
+    predict_seconds = time.perf_counter() - start
+    scores = metrics.evaluate(dataset.test.labels, test["probs"].argmax(-1), test["probs"],
+                              class_names=dataset.class_names)
+    results = metrics.make_results(
+        model=config.model.name, config_name=config.get("name", "cnn"), scores=scores,
+        validation_accuracy=val["accuracy"], num_params=num_params, train_seconds=train_seconds,
+        predict_seconds=predict_seconds, num_predicted=len(dataset.test), seed=config.seed,
+        checksums=dataset.checksums, extra={"test_loss": test["loss"], "validation_loss": val["loss"]})
+    if parallel.is_lead_process():
+        metrics.save_results(workdir, results)
+        metrics.save_predictions(workdir, labels=dataset.test.labels, probs=test["probs"])
+    logging.info("test accuracy %.4f  (validation %.4f)", results["test_accuracy"], val["accuracy"])
+    return results

@@ -1,0 +1,62 @@
+r"""Trains and scores the Fashion-MNIST models.
+
+    python main.py --config=configs/cnn.py --workdir=runs/cnn [--config.FIELD=VALUE ...]
+
+Rerunning the same command resumes from the workdir's latest checkpoint.
+"""
+
+import logging as py_logging
+import pathlib
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "A configs/*.py file; override fields with --config.FIELD=VALUE.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Where checkpoints and results go (default: runs/<config file name>).")
+flags.mark_flags_as_required(["config"])
+
+
+class _OwnLogsOnly(py_logging.Filter):
+    """Keeps this project's INFO lines and every library's warnings (Orbax logs each save at INFO)."""
+
+    def filter(self, record: py_logging.LogRecord) -> bool:
+        return record.levelno >= py_logging.WARNING or "fmnist_jax" in record.pathname or (
+            record.pathname.endswith("main.py"))
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from fmnist_jax import run  # pylint: disable=import-outside-toplevel  (after flags: JAX reads XLA_FLAGS)
+    from fmnist_jax.errors import UserError  # pylint: disable=import-outside-toplevel
+
+    logging.get_absl_handler().addFilter(_OwnLogsOnly())
+    config_file = config_flags.get_config_filename(FLAGS["config"])
+    workdir = FLAGS.workdir or str(pathlib.Path("runs") / pathlib.Path(config_file).stem)
+    try:
+        run.run(FLAGS.config, workdir)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, but a bad flag, config file or config field is one line on stderr, exit 2."""
+    try:
+        remaining = FLAGS(argv)
+        FLAGS.config.get("kind")  # the config file loads lazily: load it now
+        return remaining
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+        text = str(e).replace("\\n", " ").replace("\\'", "'")
+        message = " ".join(text.strip("'\" ").split())
+        if isinstance(e, AttributeError):
+            message = "unknown config field: " + message.replace("'", "")
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)
