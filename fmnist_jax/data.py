@@ -171,7 +171,7 @@ def load_tfds(data_dir: str | None = None) -> tuple[dict[str, Split], dict[str, 
     for split in IDX_FILES:
         try:
             source = tfds.data_source("fashion_mnist", split=split, data_dir=data_dir)
-            records = source[list(range(len(source)))] if len(source) else []
+            records = [source[i] for i in range(len(source))]
         except Exception as e:  # TFDS raises many types (network, missing TensorFlow for preparing, ...)
             raise DataError(f"TFDS could not provide fashion_mnist/{split}: {type(e).__name__}: {e}. "
                             + HOW_TO_GET_DATA) from e

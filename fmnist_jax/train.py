@@ -42,10 +42,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     config_lib.check_positive(config, "num_epochs", "batch_size", "learning_rate", "steps_per_call",
                               "eval_batch_size", "checkpoint.max_to_keep")
     config_lib.check_positive(config, "checkpoint.every_steps", "data.validation_size", allow_zero=True)
-    if not (config.scan_unroll in ("auto", True, False) or (
-            isinstance(config.scan_unroll, int) and config.scan_unroll > 0)):
-        raise ConfigError(f"config.scan_unroll={config.scan_unroll!r} must be 'auto', True, False or a "
-                          "positive int.")
+    if config.scan_unroll not in UNROLL_CHOICES:
+        raise ConfigError(f"config.scan_unroll={config.scan_unroll!r} must be one of {UNROLL_CHOICES}.")
 
 
 # --------------------------------------------------------------------------------------------- state
@@ -124,7 +122,7 @@ def epoch_permutation(data_key: jax.Array, epoch: int | jax.Array, n: int) -> ja
 
 def train_steps(graphs: Graphs, state: TrainState, images: jax.Array, labels: jax.Array, perm: jax.Array,
                 first_step: jax.Array, first_batch: jax.Array, dropout_root: jax.Array, *, num_steps: int,
-                batch_size: int, unroll: int | bool, mesh: Mesh) -> TrainState:
+                batch_size: int, unroll: bool, mesh: Mesh) -> TrainState:
     """`num_steps` train steps in one program: step i trains on batch `first_batch + i` of `perm`.
 
     The data set lives on the devices; each batch is gathered inside the program and constrained to the
@@ -156,12 +154,15 @@ def eval_step(graphs: Graphs, state: TrainState, images: jax.Array, labels: jax.
 # --------------------------------------------------------------------------------------------- programs
 
 
-def resolve_unroll(setting: Any, backend: str) -> bool | int:
-    """How to run several steps in one call: fully unrolled on CPU (a rolled XLA:CPU while-loop over
-    convolutions is ~30x slower there, benchmarks/), a rolled scan on GPU/TPU."""
+UNROLL_CHOICES = ("auto", "full", "rolled")
+
+
+def resolve_unroll(setting: str, backend: str) -> bool:
+    """Whether a multi-step call unrolls its scan. "auto": unrolled on CPU (a rolled XLA:CPU while-loop
+    over convolutions is ~15x slower there, benchmarks/), rolled on GPU/TPU (no such penalty, fast compile)."""
     if setting == "auto":
         return backend == "cpu"
-    return setting
+    return setting == "full"
 
 
 @dataclasses.dataclass
@@ -171,7 +172,7 @@ class Programs:
     graphs: Graphs
     mesh: Mesh
     batch_size: int
-    unroll: bool | int
+    unroll: bool
     _train: dict[int, Callable] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
@@ -299,6 +300,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         step, train_seconds = meta["step"], meta.get("train_seconds", 0.0)
         logging.info("Resumed from checkpoint at step %d (epoch %d, %d/%d steps into it)", step,
                      step // steps_per_epoch + 1, step % steps_per_epoch, steps_per_epoch)
+        if step >= total_steps and (workdir / metrics.RESULTS_FILE).exists():
+            store.close()
+            logging.info("Run already finished (%d steps); reporting %s", step, workdir / metrics.RESULTS_FILE)
+            return metrics.load_results(workdir)
         if lead:
             _truncate_history(workdir, step // steps_per_epoch)
 

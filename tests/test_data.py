@@ -1,0 +1,164 @@
+"""data.py: the IDX reader's checks, the source order, the seeded split, the TFDS path."""
+
+import gzip
+import hashlib
+
+import ml_collections
+import numpy as np
+import pytest
+
+from conftest import idx_bytes, write_idx_dataset
+from fmnist_jax import data
+
+
+def data_config(**fields) -> ml_collections.ConfigDict:
+    base = {"source": "auto", "dir": None, "validation_size": 20, "num_train": None}
+    return ml_collections.ConfigDict({**base, **fields})
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_reads_gzip_and_raw_files_with_checksums(tmp_path, compress):
+    folder = write_idx_dataset(tmp_path, n_train=50, n_test=30, compress=compress)
+    splits, checksums = data.load_idx(folder)
+    assert splits["train"].images.shape == (50, 28, 28) and splits["train"].images.dtype == np.uint8
+    assert splits["test"].labels.shape == (30,) and splits["test"].labels.dtype == np.int32
+    assert len(checksums) == 4
+    for name, digest in checksums.items():
+        assert digest == hashlib.sha256((folder / name).read_bytes()).hexdigest()
+
+
+def test_gzip_and_raw_hold_the_same_arrays(tmp_path):
+    a, _ = data.load_idx(write_idx_dataset(tmp_path / "a", n_train=40, n_test=10, compress=True))
+    b, _ = data.load_idx(write_idx_dataset(tmp_path / "b", n_train=40, n_test=10, compress=False))
+    np.testing.assert_array_equal(a["train"].images, b["train"].images)
+    np.testing.assert_array_equal(a["test"].labels, b["test"].labels)
+
+
+def _rewrite(folder, name, content):
+    (folder / (name + ".gz")).write_bytes(gzip.compress(content))
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("truncated", r"train-images-idx3-ubyte.gz: header says \(40, 28, 28\) -> 31376 bytes, the file has 31000"),
+    ("wrong_magic", r"train-images-idx3-ubyte.gz: magic number 2049, expected 2051"),
+    ("wrong_shape", r"images are 32x32, expected 28x28"),
+    ("label_range", r"train-labels-idx1-ubyte.gz: label 12 at index 3 is outside 0..9"),
+    ("count_mismatch", r"holds 40 images but .*train-labels-idx1-ubyte.gz holds 39 labels"),
+    ("bad_gzip", r"train-images-idx3-ubyte.gz: the gzip stream is damaged or truncated"),
+    ("short_header", r"shorter than the 16-byte IDX header"),
+])
+def test_malformed_files_raise_clear_errors(tmp_path, case, expected):
+    folder = write_idx_dataset(tmp_path, n_train=40, n_test=10)
+    images = np.zeros((40, 28, 28), np.uint8)
+    labels = np.arange(40, dtype=np.uint8) % 10
+    if case == "truncated":
+        _rewrite(folder, "train-images-idx3-ubyte", idx_bytes(images, 2051)[:31000])
+    elif case == "wrong_magic":
+        _rewrite(folder, "train-images-idx3-ubyte", idx_bytes(images, 2049))
+    elif case == "wrong_shape":
+        _rewrite(folder, "train-images-idx3-ubyte", idx_bytes(np.zeros((40, 32, 32), np.uint8), 2051))
+    elif case == "label_range":
+        labels[3] = 12
+        _rewrite(folder, "train-labels-idx1-ubyte", idx_bytes(labels, 2049))
+    elif case == "count_mismatch":
+        _rewrite(folder, "train-labels-idx1-ubyte", idx_bytes(labels[:39], 2049))
+    elif case == "bad_gzip":
+        path = folder / "train-images-idx3-ubyte.gz"
+        path.write_bytes(path.read_bytes()[:200])
+    elif case == "short_header":
+        _rewrite(folder, "train-images-idx3-ubyte", b"\x00\x00\x08\x03\x00")
+    with pytest.raises(data.DataError, match=expected):
+        data.load_idx(folder)
+
+
+def test_missing_file_names_it_and_the_ways_to_get_data(tmp_path):
+    folder = write_idx_dataset(tmp_path, n_train=10, n_test=10)
+    (folder / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(data.DataError, match=r"lacks t10k-labels-idx1-ubyte\[.gz\].*apt-get install "
+                                             r"dataset-fashion-mnist.*FMNIST_DATA_DIR.*tfds"):
+        data.load_idx(folder)
+
+
+def test_missing_folder_lists_three_ways(tmp_path):
+    with pytest.raises(data.DataError, match=r"does not exist.*\(1\).*\(2\).*\(3\)"):
+        data.load(data_config(dir=str(tmp_path / "nowhere")), seed=0)
+
+
+def test_split_is_seeded_disjoint_and_sized(tmp_path):
+    folder = write_idx_dataset(tmp_path, n_train=100, n_test=10)
+    a = data.load(data_config(dir=str(folder), validation_size=30), seed=3)
+    b = data.load(data_config(dir=str(folder), validation_size=30), seed=3)
+    c = data.load(data_config(dir=str(folder), validation_size=30), seed=4)
+    assert (len(a.train), len(a.validation), len(a.test)) == (70, 30, 10)
+    np.testing.assert_array_equal(a.train.images, b.train.images)
+    assert not np.array_equal(a.validation.images, c.validation.images)
+    # Together the two parts are exactly the original 100 images, each once.
+    raw, _ = data.load_idx(folder)
+    both = np.concatenate([a.train.images, a.validation.images]).reshape(100, -1)
+    assert sorted(map(bytes, both)) == sorted(map(bytes, raw["train"].images.reshape(100, -1)))
+
+
+def test_num_train_limits_training_images_only(tmp_path):
+    folder = write_idx_dataset(tmp_path, n_train=100, n_test=10)
+    full = data.load(data_config(dir=str(folder), validation_size=30), seed=0)
+    few = data.load(data_config(dir=str(folder), validation_size=30, num_train=25), seed=0)
+    assert len(few.train) == 25 and len(few.validation) == 30
+    np.testing.assert_array_equal(few.train.images, full.train.images[:25])
+    np.testing.assert_array_equal(few.validation.images, full.validation.images)
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"validation_size": 100}, r"config.data.validation_size=100 must be in \[0, 99\]"),
+    ({"num_train": 0}, r"config.data.num_train=0 must be in \[1, 80\]"),
+    ({"source": "web"}, r"config.data.source='web' is not one of"),
+])
+def test_bad_data_fields_name_the_field(tmp_path, fields, match):
+    folder = write_idx_dataset(tmp_path, n_train=100, n_test=10)
+    with pytest.raises(data.DataError, match=match):
+        data.load(data_config(dir=str(folder), **fields), seed=0)
+
+
+def test_source_order_config_dir_then_environment(tmp_path, monkeypatch):
+    env_dir = write_idx_dataset(tmp_path / "env", n_train=40, n_test=10, seed=1)
+    cfg_dir = write_idx_dataset(tmp_path / "cfg", n_train=50, n_test=10, seed=2)
+    monkeypatch.setenv(data.ENV_VAR, str(env_dir))
+    from_config = data.load(data_config(dir=str(cfg_dir)), seed=0)
+    from_env = data.load(data_config(), seed=0)
+    assert len(from_config.train) + len(from_config.validation) == 50
+    assert len(from_env.train) + len(from_env.validation) == 40
+    assert from_env.source == f"idx:{env_dir.resolve()}"
+
+
+def test_forced_idx_with_bad_environment_folder_fails(tmp_path, monkeypatch):
+    monkeypatch.setenv(data.ENV_VAR, str(tmp_path / "missing"))
+    with pytest.raises(data.DataError, match="missing does not exist"):
+        data.load(data_config(source="idx"), seed=0)
+
+
+def test_tfds_source_through_mock_data():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=40):
+        dataset = data.load(data_config(source="tfds", validation_size=10), seed=0)
+    assert dataset.source == "tfds"
+    assert (len(dataset.train), len(dataset.validation), len(dataset.test)) == (30, 10, 40)
+    assert dataset.train.images.shape == (30, 28, 28) and dataset.train.images.dtype == np.uint8
+    assert dataset.train.labels.dtype == np.int32 and dataset.train.labels.max() < 10
+    assert list(dataset.checksums) == ["tfds:fashion_mnist"]
+
+
+def test_auto_uses_first_available_without_explicit_dirs(tmp_path, monkeypatch):
+    monkeypatch.delenv(data.ENV_VAR, raising=False)
+    folder = write_idx_dataset(tmp_path / "debian", n_train=30, n_test=10)
+    monkeypatch.setattr(data, "DEBIAN_DIR", str(folder))
+    dataset = data.load(data_config(validation_size=5), seed=0)
+    assert dataset.source == f"idx:{folder.resolve()}" and len(dataset.train) == 25
+
+
+@pytest.mark.slow
+def test_real_data_files(real_data_dir):
+    dataset = data.load(data_config(dir=str(real_data_dir), validation_size=12000), seed=0)
+    assert (len(dataset.train), len(dataset.validation), len(dataset.test)) == (48000, 12000, 10000)
+    assert np.bincount(dataset.test.labels).tolist() == [1000] * 10
+    assert np.bincount(np.concatenate([dataset.train.labels, dataset.validation.labels])).tolist() == [6000] * 10
+    assert dataset.checksums["t10k-labels-idx1-ubyte.gz"] == (
+        "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05")

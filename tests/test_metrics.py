@@ -1,0 +1,95 @@
+"""metrics.py: the shared scoring function and the results.json contract."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from fmnist_jax import metrics
+
+NAMES = ("a", "b", "c")
+
+
+def test_scores_match_hand_computed_values():
+    y_true = np.array([0, 0, 0, 1, 1, 2])
+    y_pred = np.array([0, 0, 1, 1, 2, 2])
+    s = metrics.evaluate(y_true, y_pred, class_names=NAMES)
+    assert s["accuracy"] == pytest.approx(4 / 6)
+    assert s["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    assert s["per_class"]["a"] == {"precision": 1.0, "recall": pytest.approx(2 / 3), "f1": pytest.approx(0.8),
+                                   "support": 3}
+    assert s["per_class"]["b"]["precision"] == pytest.approx(0.5) and s["per_class"]["b"]["recall"] == 0.5
+    assert s["per_class"]["c"]["precision"] == pytest.approx(0.5) and s["per_class"]["c"]["recall"] == 1.0
+    assert s["log_loss"] is None
+
+
+def test_absent_class_scores_zero_without_warning():
+    s = metrics.evaluate(np.array([0, 0]), np.array([0, 0]), class_names=NAMES)
+    assert s["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert np.array(s["confusion_matrix"]).shape == (3, 3)
+
+
+def test_log_loss_from_probabilities():
+    probs = np.array([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1]])
+    s = metrics.evaluate(np.array([0, 1]), probs.argmax(1), probs, class_names=NAMES)
+    assert s["log_loss"] == pytest.approx(-(np.log(0.5) + np.log(0.8)) / 2)
+
+
+def test_shape_errors():
+    with pytest.raises(ValueError, match="equal length"):
+        metrics.evaluate(np.zeros(3), np.zeros(4), class_names=NAMES)
+    with pytest.raises(ValueError, match=r"probs has shape \(2, 2\)"):
+        metrics.evaluate(np.zeros(2), np.zeros(2), np.ones((2, 2)), class_names=NAMES)
+
+
+def _results(**extra):
+    scores = metrics.evaluate(np.array([0, 1, 2]), np.array([0, 1, 1]), class_names=NAMES)
+    return metrics.make_results(model="m", config_name="c", scores=scores, validation_accuracy=0.5,
+                                num_params=7, train_seconds=1.0, predict_seconds=0.5, num_predicted=3, seed=0,
+                                checksums={"f": "0" * 64}, extra=extra)
+
+
+def test_results_round_trip_with_schema(tmp_path):
+    path = metrics.save_results(tmp_path, _results(test_loss=0.1))
+    loaded = metrics.load_results(tmp_path)
+    assert loaded == json.loads(path.read_text())
+    assert set(metrics.REQUIRED_KEYS) <= set(loaded)
+    assert loaded["samples_per_second"] == pytest.approx(6.0)
+    assert loaded["test_accuracy"] == pytest.approx(2 / 3) and loaded["test_loss"] == 0.1
+    assert "numpy" in loaded["versions"] and "python" in loaded["versions"]
+    assert os.listdir(tmp_path) == ["results.json"]
+
+
+def test_load_results_errors_name_the_file(tmp_path):
+    with pytest.raises(metrics.ResultsError, match="results.json does not exist"):
+        metrics.load_results(tmp_path)
+    (tmp_path / "results.json").write_text("{not json")
+    with pytest.raises(metrics.ResultsError, match="results.json is not valid JSON"):
+        metrics.load_results(tmp_path)
+    (tmp_path / "results.json").write_text('{"model": "x"}')
+    with pytest.raises(metrics.ResultsError, match="lacks the fields"):
+        metrics.load_results(tmp_path)
+
+
+def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "results.json"
+    metrics.atomic_write_text(path, "old")
+
+    class Boom:
+        def encode(self, _):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        metrics.atomic_write_text(path, Boom())
+    with pytest.raises(TypeError):
+        metrics.atomic_write_bytes(path, "not bytes")
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["results.json"]
+
+
+def test_predictions_round_trip(tmp_path):
+    probs = np.random.default_rng(0).dirichlet(np.ones(3), 5)
+    metrics.save_predictions(tmp_path, labels=np.arange(5) % 3, probs=probs)
+    loaded = metrics.load_predictions(tmp_path)
+    np.testing.assert_array_equal(loaded["labels"], np.arange(5) % 3)
+    np.testing.assert_allclose(loaded["probs"], probs, rtol=1e-6)

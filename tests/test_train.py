@@ -1,0 +1,154 @@
+"""train.py: the loop's maths, determinism, exact resume, evaluation padding and failure modes."""
+
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import load_config
+from fmnist_jax import checkpoints, data, metrics, parallel, run, train
+from fmnist_jax.errors import ConfigError
+
+
+def history_losses(workdir):
+    return [r["train_loss"] for r in train.read_history(workdir)]
+
+
+def test_chunks_respect_epoch_and_checkpoint_boundaries():
+    assert list(train.chunks(0, 20, 10, 4, 10)) == [4, 4, 2, 4, 4, 2]
+    assert list(train.chunks(3, 10, 10, 4, 5)) == [2, 4, 1]
+    assert list(train.chunks(0, 6, 3, 10, 100)) == [3, 3]
+    assert sum(train.chunks(7, 100, 9, 5, 6)) == 93
+
+
+def test_epoch_order_is_a_pure_function_of_seed_and_epoch():
+    key = jax.random.key(0)
+    a, b = train.epoch_permutation(key, 3, 100), train.epoch_permutation(key, 3, 100)
+    np.testing.assert_array_equal(a, b)
+    assert sorted(np.asarray(a).tolist()) == list(range(100))
+    assert not np.array_equal(a, train.epoch_permutation(key, 4, 100))
+
+
+def test_trains_tiny_data_and_writes_the_workdir(cnn_config, tmp_path):
+    cnn_config.num_epochs = 4
+    results = run.run(cnn_config, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoints", "config.json", "history.jsonl", "predictions.npz", "results.json"]
+    assert results == metrics.load_results(tmp_path)
+    assert results["num_params"] == 438_026 and results["model"] == "seed_cnn"
+    history = train.read_history(tmp_path)
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4] and [r["step"] for r in history] == [4, 8, 12, 16]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    # The bars that encode the classes are easy: four short epochs get far above chance (0.1).
+    assert results["test_accuracy"] > 0.5 and results["validation_accuracy"] > 0.5
+    predictions = metrics.load_predictions(tmp_path)
+    assert predictions["probs"].shape == (100, 10)
+    assert results["test_accuracy"] == pytest.approx(np.mean(predictions["probs"].argmax(1) == predictions["labels"]))
+    assert json.loads((tmp_path / "config.json").read_text())["num_epochs"] == 4
+
+
+def test_same_seed_same_numbers_and_loop_form_does_not_change_the_maths(cnn_config, tmp_path):
+    """Same config twice -> identical; one call per step, unrolled scan, rolled scan -> equal to float tolerance."""
+    runs = {}
+    for name, steps_per_call, unroll in [("a", 2, "auto"), ("b", 2, "auto"), ("per_step", 1, "auto"),
+                                         ("rolled", 4, "rolled")]:
+        cnn_config.steps_per_call, cnn_config.scan_unroll = steps_per_call, unroll
+        run.run(cnn_config, tmp_path / name)
+        runs[name] = (history_losses(tmp_path / name), metrics.load_predictions(tmp_path / name)["probs"])
+    assert runs["a"][0] == runs["b"][0]
+    np.testing.assert_array_equal(runs["a"][1], runs["b"][1])
+    for other in ("per_step", "rolled"):
+        np.testing.assert_allclose(runs[other][0], runs["a"][0], rtol=1e-5)
+        np.testing.assert_allclose(runs[other][1], runs["a"][1], atol=1e-5)
+
+
+def test_resume_mid_epoch_replays_exactly(cnn_config, tmp_path):
+    cnn_config.checkpoint.every_steps = 2
+    run.run(cnn_config, tmp_path / "straight")
+    # An interrupted run: same config, but its newest checkpoint (step 8) and results never got written.
+    shutil.copytree(tmp_path / "straight", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "8")
+    (tmp_path / "resumed" / "results.json").unlink()
+    store = checkpoints.CheckpointStore(tmp_path / "resumed" / "checkpoints")
+    assert store.all_steps() == [4, 6]
+    store.close()
+    run.run(cnn_config, tmp_path / "resumed")
+    assert train.read_history(tmp_path / "resumed")[1]["train_loss"] == (
+        train.read_history(tmp_path / "straight")[1]["train_loss"])
+    assert len(train.read_history(tmp_path / "resumed")) == 2
+    np.testing.assert_array_equal(metrics.load_predictions(tmp_path / "resumed")["probs"],
+                                  metrics.load_predictions(tmp_path / "straight")["probs"])
+
+
+def test_more_epochs_on_resume_equal_a_longer_run(cnn_config, tmp_path):
+    cnn_config.num_epochs = 1
+    run.run(cnn_config, tmp_path / "short")
+    cnn_config.num_epochs = 2
+    with pytest.raises(ConfigError, match=r"num_epochs: 1 -> 2.*--config.resume_with_changes=True"):
+        run.run(cnn_config, tmp_path / "short")
+    cnn_config.resume_with_changes = True
+    run.run(cnn_config, tmp_path / "short")
+    cnn_config.resume_with_changes = False
+    run.run(cnn_config, tmp_path / "long")
+    assert history_losses(tmp_path / "short") == history_losses(tmp_path / "long")
+    np.testing.assert_array_equal(metrics.load_predictions(tmp_path / "short")["probs"],
+                                  metrics.load_predictions(tmp_path / "long")["probs"])
+
+
+def test_finished_run_is_not_retrained(cnn_config, tmp_path):
+    first = run.run(cnn_config, tmp_path)
+    stamp = (tmp_path / "results.json").stat().st_mtime_ns
+    assert run.run(cnn_config, tmp_path) == first
+    assert (tmp_path / "results.json").stat().st_mtime_ns == stamp
+
+
+def test_changed_maths_field_is_refused_even_with_the_flag(cnn_config, tmp_path):
+    run.run(cnn_config, tmp_path)
+    cnn_config.learning_rate, cnn_config.resume_with_changes = 0.01, True
+    with pytest.raises(ConfigError, match=r"learning_rate: 0.001 -> 0.01\); use a new --workdir"):
+        run.run(cnn_config, tmp_path)
+
+
+def test_nan_loss_stops_with_a_clear_error(cnn_config, tmp_path):
+    cnn_config.learning_rate = 1e30
+    with pytest.raises(train.TrainingError, match=r"training loss became nan in epoch 1.*learning_rate"):
+        run.run(cnn_config, tmp_path)
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("batch_size", 0, r"config.batch_size=0 must be positive"),
+    ("num_epochs", -1, r"config.num_epochs=-1 must be positive"),
+    ("scan_unroll", "sometimes", r"config.scan_unroll='sometimes'"),
+    ("kind", "gan", r"config.kind='gan' is not one of"),
+])
+def test_bad_config_values_name_the_field(cnn_config, tmp_path, field, value, match):
+    cnn_config[field] = value
+    with pytest.raises(ConfigError, match=match):
+        run.run(cnn_config, tmp_path)
+    assert not (tmp_path / "config.json").exists()
+
+
+def test_batch_larger_than_the_data_is_an_error(cnn_config, tmp_path):
+    cnn_config.batch_size = 512
+    with pytest.raises(parallel.ParallelError, match="config.batch_size=512 exceeds the 256 training images"):
+        run.run(cnn_config, tmp_path)
+
+
+@pytest.mark.parametrize("n, batch", [(10, 4), (7, 7), (3, 8)])
+def test_padded_evaluation_equals_unpadded(n, batch):
+    config = load_config("cnn")
+    graphs, state, _ = train.create_train_state(config)
+    mesh = parallel.make_mesh()
+    programs = train.Programs(graphs, mesh, config.batch_size, False)
+    rng = np.random.default_rng(0)
+    split = data.Split(rng.integers(0, 255, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n).astype(np.int32))
+    out = train.evaluate_split(programs, parallel.replicate(state, mesh), split, batch_size=batch)
+    model = graphs.merge(state)[0]
+    logits = model(train.to_inputs(jnp.asarray(split.images)))
+    np.testing.assert_allclose(out["probs"], jax.nn.softmax(logits), atol=1e-6)
+    expected_loss = float(train.loss_fn(model, jnp.asarray(split.images), jnp.asarray(split.labels), None)[0])
+    assert out["loss"] == pytest.approx(expected_loss, rel=1e-5)
+    assert out["accuracy"] == pytest.approx(np.mean(np.asarray(logits).argmax(1) == split.labels))
