@@ -7,10 +7,13 @@ r"""The study's CNN: Adam (Keras defaults), batch 64, 30 epochs, 48k/12k train/v
 import ml_collections
 from ml_collections import config_dict
 
+from configs import common
+
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.kind = "cnn"  # what main.py runs: "cnn", "baseline" or "compare"
+    config.mode = "train"  # "train" (or resume, or report a finished run), "evaluate", "predict"
     config.name = "cnn"  # a label for results.json and the report
     config.seed = 0  # the split, the initialisation, dropout and the data order all follow from it
     config.num_epochs = 30
@@ -27,16 +30,15 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict()
     config.model.name = "seed_cnn"  # a name in fmnist_jax.models.MODELS
 
-    config.data = ml_collections.ConfigDict()
-    config.data.source = "auto"  # "auto": data.dir, $FMNIST_DATA_DIR, Debian's folder, then TFDS; or "idx"/"tfds"
-    config.data.dir = config_dict.placeholder(str)  # folder with the four IDX files (.gz or raw)
-    config.data.validation_size = 12000  # held out of the 60k training images by a seeded permutation
-    config.data.num_train = config_dict.placeholder(int)  # None: all remaining 48k; fewer for quick runs
+    config.data = common.data_config()
 
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.every_steps = 0  # 0: once per epoch
     config.checkpoint.max_to_keep = 3
     config.checkpoint.async_save = True  # write in the background while training goes on
+    config.checkpoint.step = config_dict.placeholder(int)  # evaluate/predict: this step (None: the latest)
+
+    config.predict = ml_collections.ConfigDict({"inputs": ""})  # mode=predict: comma-separated image/.npy paths
 
     config.resume_with_changes = False  # allow resuming a workdir whose saved config differs in safe fields
     return config

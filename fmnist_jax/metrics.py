@@ -72,7 +72,7 @@ def versions() -> dict[str, str]:
 
 
 def make_results(*, model: str, config_name: str, scores: Mapping[str, Any], validation_accuracy: float | None,
-                 num_params: int | None, train_seconds: float, predict_seconds: float, num_predicted: int,
+                 num_params: int | None, train_seconds: float | None, predict_seconds: float, num_predicted: int,
                  seed: int, checksums: Mapping[str, str], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The results.json record: one schema for every model."""
     return {
@@ -142,16 +142,21 @@ def load_results(path: str | os.PathLike) -> dict[str, Any]:
     return results
 
 
-def save_predictions(workdir: str | os.PathLike, *, labels: np.ndarray, probs: np.ndarray) -> pathlib.Path:
-    """Test-set labels and class probabilities (for the report's error analysis), written atomically."""
+def save_predictions(workdir: str | os.PathLike, *, labels: np.ndarray, preds: np.ndarray,
+                     probs: np.ndarray | None = None) -> pathlib.Path:
+    """Test-set labels, predicted classes and (where the model gives them) class probabilities, for the
+    report's error analysis; written atomically."""
     path = pathlib.Path(workdir) / PREDICTIONS_FILE
+    arrays = {"labels": np.asarray(labels), "preds": np.asarray(preds)}
+    if probs is not None:
+        arrays["probs"] = np.asarray(probs, np.float32)
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, labels=np.asarray(labels), probs=np.asarray(probs, np.float32))
+    np.savez_compressed(buffer, **arrays)
     atomic_write_bytes(path, buffer.getvalue())
     return path
 
 
 def load_predictions(workdir: str | os.PathLike) -> dict[str, np.ndarray]:
-    """The test labels and probabilities that `save_predictions` wrote."""
+    """The arrays that `save_predictions` wrote: labels, preds and, if saved, probs."""
     with np.load(pathlib.Path(workdir) / PREDICTIONS_FILE) as f:
         return {k: f[k] for k in f.files}

@@ -375,6 +375,48 @@ def finish(config: ml_collections.ConfigDict, workdir: pathlib.Path, programs: P
         checksums=dataset.checksums, extra={"test_loss": test["loss"], "validation_loss": val["loss"]})
     if parallel.is_lead_process():
         metrics.save_results(workdir, results)
-        metrics.save_predictions(workdir, labels=dataset.test.labels, probs=test["probs"])
+        metrics.save_predictions(workdir, labels=dataset.test.labels, preds=test["probs"].argmax(-1),
+                                 probs=test["probs"])
     logging.info("test accuracy %.4f  (validation %.4f)", results["test_accuracy"], val["accuracy"])
     return results
+
+
+# --------------------------------------------------------------------------------------------- use a checkpoint
+
+
+def restore_for_inference(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: Mesh
+                          ) -> tuple[Programs, TrainState, int, dict[str, Any]]:
+    """The programs and the state of checkpoint `config.checkpoint.step` (None: the latest valid one)."""
+    graphs, state, num_params = create_train_state(config)
+    store = checkpoints.CheckpointStore(workdir / "checkpoints", max_to_keep=config.checkpoint.max_to_keep,
+                                        async_save=False)
+    try:
+        restored = store.restore_latest(parallel.replicate(state, mesh), step=config.checkpoint.get("step"))
+    finally:
+        store.close()
+    if restored is None:
+        raise checkpoints.CheckpointError(f"no checkpoint in {workdir / 'checkpoints'}: train first "
+                                          f"(python main.py --config=configs/cnn.py --workdir={workdir}).")
+    state, meta = restored
+    logging.info("Using checkpoint at step %d", meta["step"])
+    return Programs(graphs, mesh, config.batch_size, False), state, num_params, meta
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+    """Scores a checkpoint on the validation and test sets and writes results.json (mode=evaluate)."""
+    workdir = pathlib.Path(workdir)
+    mesh = parallel.make_mesh()
+    programs, state, num_params, meta = restore_for_inference(config, workdir, mesh)
+    dataset = data.load(config.data, seed=config.seed)
+    return finish(config, workdir, programs, state, dataset, num_params=num_params,
+                  train_seconds=meta.get("train_seconds", 0.0), eval_bs=eval_batch_size(config, mesh))
+
+
+def predict_images(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
+                   images: np.ndarray) -> np.ndarray:
+    """Class probabilities (N, 10) of uint8 images (N, 28, 28) under a checkpoint (mode=predict)."""
+    workdir = pathlib.Path(workdir)
+    mesh = parallel.make_mesh()
+    programs, state, _, _ = restore_for_inference(config, workdir, mesh)
+    split = data.Split(images, np.zeros(len(images), np.int32))
+    return evaluate_split(programs, state, split, batch_size=eval_batch_size(config, mesh))["probs"]

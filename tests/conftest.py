@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the configs/ package, as main.py sees it
 REAL_DATA_DIR = pathlib.Path(os.environ.get("FMNIST_REAL_DATA_DIR", "/usr/share/datasets/fashion-mnist"))
 
 

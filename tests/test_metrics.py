@@ -89,7 +89,13 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 
 def test_predictions_round_trip(tmp_path):
     probs = np.random.default_rng(0).dirichlet(np.ones(3), 5)
-    metrics.save_predictions(tmp_path, labels=np.arange(5) % 3, probs=probs)
+    metrics.save_predictions(tmp_path, labels=np.arange(5) % 3, preds=probs.argmax(1), probs=probs)
     loaded = metrics.load_predictions(tmp_path)
+    np.testing.assert_array_equal(loaded["preds"], probs.argmax(1))
     np.testing.assert_array_equal(loaded["labels"], np.arange(5) % 3)
     np.testing.assert_allclose(loaded["probs"], probs, rtol=1e-6)
+
+
+def test_predictions_without_probabilities(tmp_path):
+    metrics.save_predictions(tmp_path, labels=np.array([1, 2]), preds=np.array([1, 1]))
+    assert sorted(metrics.load_predictions(tmp_path)) == ["labels", "preds"]

@@ -1,0 +1,38 @@
+# make run: set up (virtualenv, requirements, data set) and train the study's CNN.
+# make test: set up the same way and run every test (the command CI runs).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA_DIR := /usr/share/datasets/fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: setup data run test bench clean
+
+setup: $(VENV)/.installed data
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed, found " + sys.version' 
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q python3-venv && $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	@touch $@
+
+# The Debian package holds the four official IDX files; skipped when FMNIST_DATA_DIR points elsewhere.
+data:
+	@if [ -n "$$FMNIST_DATA_DIR" ] || [ -f $(DATA_DIR)/train-images-idx3-ubyte.gz ]; then :; else \
+	  echo "Installing Debian's dataset-fashion-mnist into $(DATA_DIR)"; \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist; fi
+
+run: setup
+	$(PY) main.py --config=configs/cnn.py
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) benchmarks/train_speed.py
+
+clean:
+	rm -rf $(VENV) runs

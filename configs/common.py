@@ -1,0 +1,27 @@
+"""Sections every config shares: the data set and the run's mode."""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def data_config() -> ml_collections.ConfigDict:
+    data = ml_collections.ConfigDict()
+    data.source = "auto"  # "auto": data.dir, $FMNIST_DATA_DIR, Debian's folder, then TFDS; or "idx"/"tfds"
+    data.dir = config_dict.placeholder(str)  # folder with the four IDX files (.gz or raw)
+    data.validation_size = 12000  # held out of the 60k training images by a seeded permutation
+    data.num_train = config_dict.placeholder(int)  # None: all remaining 48k; fewer for quick runs
+    return data
+
+
+def baseline_config(model_name: str) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.kind = "baseline"
+    config.name = model_name  # a label for results.json and the report
+    config.seed = 0  # the split and the estimator's random_state
+    config.mode = "train"  # "train" (fit, or report a finished run), "evaluate", "predict"
+    config.model = ml_collections.ConfigDict({"name": model_name})
+    config.data = data_config()
+    config.data.use_validation_for_training = False  # True: fit on all 60k, as the study did for its forest
+    config.predict = ml_collections.ConfigDict({"inputs": ""})  # comma-separated image or .npy paths
+    config.resume_with_changes = False
+    return config

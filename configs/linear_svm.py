@@ -1,0 +1,24 @@
+r"""The study's linear SVM: LinearSVC(random_state=0) on flattened pixels.
+
+    python main.py --config=configs/linear_svm.py --workdir=runs/svm                    # pixels / 255, primal solver
+    python main.py --config=configs/linear_svm.py --workdir=runs/svm_study \
+        --config.preprocess=none --config.model.dual=true --config.model.max_iter=1000   # the study's setting
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = common.baseline_config("linear_svm")
+    config.preprocess = "scale"  # "none" (raw 0-255, the study), "scale" (/255) or "standardize" (StandardScaler)
+    m = config.model
+    m.C = 1.0
+    m.loss = "squared_hinge"
+    m.penalty = "l2"
+    m.dual = "auto"  # "auto" (today's default: primal here), "true" (the study's solver), "false"
+    m.tol = 1e-4
+    m.max_iter = 1000
+    m.fit_intercept = True
+    return config

@@ -1,0 +1,190 @@
+"""The study's scikit-learn baselines: a random forest and a linear SVM on flattened pixels.
+
+They share only the data loader and the metrics with the CNN (this module never imports JAX), so the three
+results.json files compare line for line. The fitted estimator is kept in the workdir (`model.joblib`).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import time
+import warnings
+from typing import Any
+
+import joblib
+import ml_collections
+import numpy as np
+from absl import logging
+from sklearn import ensemble, pipeline, preprocessing, svm
+from sklearn.exceptions import ConvergenceWarning
+
+from fmnist_jax import config_lib, data, metrics
+from fmnist_jax.errors import ConfigError
+
+MODEL_FILE = "model.joblib"
+PREPROCESS = ("none", "scale", "standardize")
+FOREST_FIELDS = ("n_estimators", "criterion", "max_depth", "min_samples_split", "min_samples_leaf",
+                 "max_features", "bootstrap", "n_jobs")
+SVM_FIELDS = ("C", "loss", "penalty", "dual", "tol", "max_iter", "fit_intercept")
+FOREST_PROGRESS_TREES = 10  # trees added per progress line (warm start: the same forest as one fit)
+
+
+def _check_fields(model_config: ml_collections.ConfigDict, allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(model_config) - set(allowed) - {"name"})
+    if unknown:
+        raise ConfigError(f"config.model has fields {unknown} that {model_config.name} does not take; "
+                          f"its fields are {list(allowed)}.")
+
+
+def _dual(value: str) -> bool | str:
+    choices = {"auto": "auto", "true": True, "false": False}
+    if str(value).lower() not in choices:
+        raise ConfigError(f"config.model.dual={value!r} must be 'auto', 'true' or 'false'.")
+    return choices[str(value).lower()]
+
+
+def create_estimator(config: ml_collections.ConfigDict) -> Any:
+    """The estimator `config.model` describes, behind the preprocessing `config.preprocess` names."""
+    m = config.model
+    if m.name == "random_forest":
+        _check_fields(m, FOREST_FIELDS)
+        config_lib.check_positive(config, "model.n_estimators", "model.min_samples_split", "model.min_samples_leaf")
+        if m.get("max_depth") is not None:
+            config_lib.check_positive(config, "model.max_depth")
+        params = {k: m[k] for k in FOREST_FIELDS if k in m}
+        estimator = ensemble.RandomForestClassifier(random_state=config.seed, **params)
+    elif m.name == "linear_svm":
+        _check_fields(m, SVM_FIELDS)
+        config_lib.check_positive(config, "model.C", "model.tol", "model.max_iter")
+        params = {k: m[k] for k in SVM_FIELDS if k in m}
+        params["dual"] = _dual(params.get("dual", "auto"))
+        estimator = svm.LinearSVC(random_state=config.seed, **params)
+    else:
+        raise ConfigError(f"config.model.name={m.name!r} is not a baseline; choose 'random_forest' or 'linear_svm'.")
+    preprocess = config.get("preprocess", "none")
+    if preprocess not in PREPROCESS:
+        raise ConfigError(f"config.preprocess={preprocess!r} must be one of {PREPROCESS}.")
+    steps = {"none": [], "scale": [("scale", preprocessing.FunctionTransformer(_divide_by_255))],
+             "standardize": [("standardize", preprocessing.StandardScaler())]}[preprocess]
+    return pipeline.Pipeline(steps + [("model", estimator)])
+
+
+def _divide_by_255(x: np.ndarray) -> np.ndarray:
+    return x / 255.0
+
+
+def flatten(images: np.ndarray) -> np.ndarray:
+    """(N, 28, 28) uint8 -> (N, 784) float32 raw pixels (0-255); preprocessing happens in the pipeline."""
+    return images.reshape(len(images), -1).astype(np.float32)
+
+
+def count_params(estimator: Any) -> int:
+    """Tree nodes for a forest, coefficients plus intercepts for a linear model."""
+    model = estimator[-1]
+    if hasattr(model, "estimators_"):
+        return int(sum(tree.tree_.node_count for tree in model.estimators_))
+    return int(model.coef_.size + np.size(model.intercept_))
+
+
+def fit(estimator: Any, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """Fits in place, logging progress; returns {"converged", "n_iter"} (None where they do not apply)."""
+    model = estimator[-1]
+    if isinstance(model, ensemble.RandomForestClassifier):
+        total = model.n_estimators
+        xt = estimator[:-1].fit_transform(x) if len(estimator) > 1 else x
+        model.set_params(warm_start=True)
+        start = time.perf_counter()
+        for n in range(min(FOREST_PROGRESS_TREES, total), total + FOREST_PROGRESS_TREES, FOREST_PROGRESS_TREES):
+            model.set_params(n_estimators=min(n, total))
+            model.fit(xt, y)
+            logging.info("random forest: %d/%d trees, %.1f s", min(n, total), total, time.perf_counter() - start)
+        model.set_params(warm_start=False)
+        return {"converged": None, "n_iter": None}
+    logging.info("fitting %s on %d images (max_iter=%s)", type(model).__name__, len(x), model.max_iter)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        estimator.fit(x, y)
+    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    n_iter = int(np.max(model.n_iter_))
+    if not converged:
+        logging.warning("%s did not converge in max_iter=%d iterations: raise config.model.max_iter or change "
+                        "config.preprocess; results.json records converged=false.", type(model).__name__,
+                        model.max_iter)
+    return {"converged": converged, "n_iter": n_iter}
+
+
+def predict(estimator: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predicted classes and, where the model gives them, class probabilities."""
+    if hasattr(estimator[-1], "predict_proba"):
+        probs = estimator.predict_proba(x)
+        return probs.argmax(1), probs
+    return estimator.predict(x), None
+
+
+def save_estimator(workdir: pathlib.Path, estimator: Any) -> pathlib.Path:
+    """joblib dump through a temporary file and a rename: a crash never leaves half a model."""
+    path = workdir / MODEL_FILE
+    tmp = workdir / f".{MODEL_FILE}.tmp"
+    try:
+        joblib.dump(estimator, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_estimator(workdir: str | pathlib.Path) -> Any:
+    path = pathlib.Path(workdir) / MODEL_FILE
+    if not path.exists():
+        raise ConfigError(f"{path} does not exist: train the baseline first (--config.mode=train).")
+    return joblib.load(path)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError naming the first field of a baseline config that cannot run."""
+    create_estimator(config)
+
+
+def fit_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+    """Fits the baseline (or reuses the one a finished run saved), scores validation and test, writes
+    results.json, predictions.npz and model.joblib; returns the results dict."""
+    workdir = pathlib.Path(workdir)
+    if (workdir / metrics.RESULTS_FILE).exists() and (workdir / MODEL_FILE).exists():
+        logging.info("Run already finished; reporting %s", workdir / metrics.RESULTS_FILE)
+        return metrics.load_results(workdir)
+    dataset = data.load(config.data, seed=config.seed)
+    x_train, y_train = flatten(dataset.train.images), dataset.train.labels
+    if config.data.get("use_validation_for_training", False):
+        x_train = np.concatenate([x_train, flatten(dataset.validation.images)])
+        y_train = np.concatenate([y_train, dataset.validation.labels])
+    estimator = create_estimator(config)
+    logging.info("Data from %s: fitting %s on %d images", dataset.source, config.model.name, len(x_train))
+    start = time.perf_counter()
+    fit_info = fit(estimator, x_train, y_train)
+    train_seconds = time.perf_counter() - start
+    save_estimator(workdir, estimator)
+    return score(config, workdir, estimator, dataset, train_seconds=train_seconds, extra=fit_info)
+
+
+def score(config: ml_collections.ConfigDict, workdir: pathlib.Path, estimator: Any, dataset: data.Dataset, *,
+          train_seconds: float, extra: dict[str, Any]) -> dict[str, Any]:
+    """Validation and test scores of a fitted estimator, written as results.json and predictions.npz."""
+    val_acc = None
+    if len(dataset.validation):
+        val_pred, _ = predict(estimator, flatten(dataset.validation.images))
+        val_acc = float(np.mean(val_pred == dataset.validation.labels))
+    start = time.perf_counter()
+    test_pred, test_probs = predict(estimator, flatten(dataset.test.images))
+    predict_seconds = time.perf_counter() - start
+    scores = metrics.evaluate(dataset.test.labels, test_pred, test_probs, class_names=dataset.class_names)
+    results = metrics.make_results(
+        model=config.model.name, config_name=config.get("name", config.model.name), scores=scores,
+        validation_accuracy=val_acc, num_params=count_params(estimator), train_seconds=train_seconds,
+        predict_seconds=predict_seconds, num_predicted=len(dataset.test), seed=config.seed,
+        checksums=dataset.checksums, extra=extra)
+    metrics.save_results(workdir, results)
+    metrics.save_predictions(workdir, labels=dataset.test.labels, preds=test_pred, probs=test_probs)
+    logging.info("%s: test accuracy %.4f (validation %s), fit %.1f s", config.model.name, results["test_accuracy"],
+                 "n/a" if val_acc is None else f"{val_acc:.4f}", train_seconds)
+    return results

@@ -1,0 +1,60 @@
+"""Data parallelism: 8 fake CPU devices give the 1-device maths; checkpoints move between device counts.
+
+Each run is a `main.py` subprocess, so its XLA_FLAGS (the fake device count) apply before JAX starts.
+"""
+
+import numpy as np
+import pytest
+
+from conftest import run_main
+from fmnist_jax import metrics, train
+
+
+def devices(n):
+    return {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+
+
+def tiny_args(tiny_data, workdir, *extra):
+    return (f"--workdir={workdir}", "--config=configs/cnn.py", f"--config.data.dir={tiny_data}",
+            "--config.data.validation_size=64", "--config.steps_per_call=2", "--config.eval_batch_size=48", *extra)
+
+
+def check(result):
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def one_device_run(tiny_data, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("one")
+    check(run_main(*tiny_args(tiny_data, workdir, "--config.num_epochs=2"), env=devices(1)))
+    return workdir
+
+
+def test_eight_devices_give_the_one_device_maths(tiny_data, tmp_path, one_device_run):
+    result = check(run_main(*tiny_args(tiny_data, tmp_path, "--config.num_epochs=2"), env=devices(8)))
+    assert "8 cpu device(s)" in result.stderr and "batch 64 (8 per device)" in result.stderr
+    np.testing.assert_allclose([r["train_loss"] for r in train.read_history(tmp_path)],
+                               [r["train_loss"] for r in train.read_history(one_device_run)], rtol=1e-4)
+    np.testing.assert_allclose(metrics.load_predictions(tmp_path)["probs"],
+                               metrics.load_predictions(one_device_run)["probs"], atol=1e-4)
+
+
+def test_batch_size_the_devices_cannot_split_fails_before_compiling(tiny_data, tmp_path):
+    result = run_main(*tiny_args(tiny_data, tmp_path, "--config.batch_size=60"), env=devices(8))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: config.batch_size=60 cannot be split over 8 devices; use a multiple of 8 (e.g. 56 or 64) "
+        "or run on fewer devices.")
+    assert "Traceback" not in result.stderr and not (tmp_path / "config.json").exists()
+
+
+@pytest.mark.parametrize("first, second", [(8, 1), (1, 2)])
+def test_checkpoint_restores_on_another_device_count(tiny_data, tmp_path, one_device_run, first, second):
+    check(run_main(*tiny_args(tiny_data, tmp_path, "--config.num_epochs=1"), env=devices(first)))
+    result = check(run_main(*tiny_args(tiny_data, tmp_path, "--config.num_epochs=2",
+                                       "--config.resume_with_changes=True"), env=devices(second)))
+    assert "Resumed from checkpoint at step 4" in result.stderr
+    assert f"Mesh: {second} cpu device(s)" in result.stderr
+    np.testing.assert_allclose(metrics.load_predictions(tmp_path)["probs"],
+                               metrics.load_predictions(one_device_run)["probs"], atol=1e-4)
