@@ -7,6 +7,7 @@ Rerunning the same command resumes from the workdir's latest checkpoint.
 
 import logging as py_logging
 import pathlib
+import shlex
 import sys
 
 from absl import app, flags, logging
@@ -30,8 +31,8 @@ class _OwnLogsOnly(py_logging.Filter):
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from fmnist_jax import run  # pylint: disable=import-outside-toplevel  (after flags: JAX reads XLA_FLAGS)
-    from fmnist_jax.errors import UserError  # pylint: disable=import-outside-toplevel
+    from fmnist_jax import run  # pylint: disable=import-outside-toplevel  (after flags parsing)
+    from fmnist_jax.errors import Interrupted, UserError  # pylint: disable=import-outside-toplevel
 
     logging.get_absl_handler().addFilter(_OwnLogsOnly())
     config_file = config_flags.get_config_filename(FLAGS["config"])
@@ -41,6 +42,10 @@ def main(argv: list[str]) -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as e:
+        command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
+        print(f"interrupted ({e}). Resume with the same command:\n  {command}", file=sys.stderr)
+        sys.exit(128 + e.signum)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

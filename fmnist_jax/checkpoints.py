@@ -9,17 +9,47 @@ a save leaves the previous checkpoint untouched; those leftovers are never resto
 from __future__ import annotations
 
 import pathlib
+import shutil
+import signal
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from fmnist_jax.errors import UserError
+from fmnist_jax.errors import Interrupted, UserError
 
 
 class CheckpointError(UserError):
     """A checkpoint folder that cannot be written or holds nothing restorable; the message names it."""
+
+
+class PreemptionGuard:
+    """Within `with`, SIGTERM and SIGINT only set `.signal`: the loop saves, then stops. A second signal
+    acts as usual (a second Ctrl-C interrupts at once)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame):  # pylint: disable=unused-argument
+        logging.warning("%s received: saving a checkpoint, then stopping.", signal.Signals(signum).name)
+        self.signal = signum
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def __enter__(self) -> "PreemptionGuard":
+        try:
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        except ValueError:  # not the main thread: signals cannot be caught here
+            self._previous = {}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
 
 
 def _abstract(tree: Any) -> Any:
@@ -78,13 +108,24 @@ class CheckpointStore:
             try:
                 return self.restore(s, target)
             except Exception as e:  # a truncated or missing file surfaces as many exception types
-                logging.warning("Checkpoint %s is damaged (%s: %s); trying the one before.",
-                                self.directory / str(s), type(e).__name__, e)
-                errors.append(f"{s}: {type(e).__name__}: {e}")
+                aside = self._set_aside(s)
+                logging.warning("Checkpoint %s is damaged (%s: %s); moved to %s, trying the one before.",
+                                self.directory / str(s), type(e).__name__, str(e)[:300], aside)
+                errors.append(f"{s}: {type(e).__name__}: {str(e)[:300]}")
         if errors:
             raise CheckpointError(f"no valid checkpoint in {self.directory}: " + "; ".join(errors)
                                   + ". Delete the folder to start again.")
         return None
+
+    def _set_aside(self, step: int) -> pathlib.Path:
+        """Moves a damaged step folder out of the way (never deleted: it may hold something worth saving)."""
+        aside = self.directory.parent / f"{self.directory.name}_damaged" / str(step)
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        if aside.exists():
+            shutil.rmtree(aside)
+        shutil.move(self.directory / str(step), aside)
+        self.manager.reload()
+        return aside
 
     def wait(self) -> None:
         """Blocks until a background save has finished; a failed one raises CheckpointError."""

@@ -1,4 +1,7 @@
-"""The base of every error a user can fix: main.py prints its message as one line and exits 2."""
+"""Errors a user acts on: main.py prints their message as one line instead of a traceback."""
+
+import pathlib
+import signal
 
 
 class UserError(Exception):
@@ -7,3 +10,11 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     """A config field with a value this code cannot run."""
+
+
+class Interrupted(Exception):
+    """Training stopped on SIGTERM/SIGINT after saving a checkpoint at `step`."""
+
+    def __init__(self, signum: int, step: int, directory: pathlib.Path):
+        self.signum, self.step, self.directory = signum, step, directory
+        super().__init__(f"{signal.Signals(signum).name}: checkpoint saved at step {step} in {directory}")

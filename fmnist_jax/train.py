@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import pathlib
@@ -27,8 +28,8 @@ from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
 
+from fmnist_jax import checkpoints, config_lib, data, errors, metrics, models, parallel
 from fmnist_jax.errors import ConfigError, UserError
-from fmnist_jax import checkpoints, config_lib, data, metrics, models, parallel
 
 HISTORY_FILE = "history.jsonl"
 
@@ -177,7 +178,8 @@ class Programs:
 
     def __post_init__(self):
         self.eval = jax.jit(functools.partial(eval_step, self.graphs))
-        self.permutation = jax.jit(epoch_permutation, static_argnums=2)
+        self.permutation = jax.jit(epoch_permutation, static_argnums=2,
+                                   out_shardings=parallel.replicated(self.mesh))
 
     def train(self, num_steps: int) -> Callable:
         if num_steps not in self._train:
@@ -246,7 +248,16 @@ def read_history(workdir: str | pathlib.Path) -> list[dict[str, Any]]:
     path = pathlib.Path(workdir) / HISTORY_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise
+            logging.warning("%s: ignoring a torn last line (the process was killed while writing it)", path)
+    return records
 
 
 def _truncate_history(workdir: pathlib.Path, num_epochs: int) -> None:
@@ -260,6 +271,28 @@ def _progress(total: int, initial: int, desc: str):
 
     return tqdm.tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False, file=sys.stderr,
                      disable=not parallel.is_lead_process(), mininterval=1.0 if sys.stderr.isatty() else 30.0)
+
+
+def _end_of_epoch(config: ml_collections.ConfigDict, workdir: pathlib.Path, programs: Programs, state: TrainState,
+                  validation: data.Split, *, epoch: int, step: int, steps_done: int, epoch_start: float,
+                  eval_bs: int) -> float:
+    """Logs the epoch's train and validation metrics, appends them to history.jsonl; returns its seconds."""
+    steps_per_epoch = step // (epoch + 1)
+    train_loss = float(state.loss_sum) / (steps_per_epoch * config.batch_size)  # waits for the steps
+    train_acc = float(state.correct_sum) / (steps_per_epoch * config.batch_size)
+    seconds = time.perf_counter() - epoch_start
+    _check_finite(train_loss, epoch, step, "the training loss")
+    val = evaluate_split(programs, state, validation, batch_size=eval_bs)
+    record = {"epoch": epoch + 1, "step": step, "train_loss": train_loss, "train_accuracy": train_acc,
+              "validation_loss": val["loss"], "validation_accuracy": val["accuracy"], "seconds": seconds,
+              "images_per_second": steps_done * config.batch_size / seconds}
+    eta = seconds * steps_per_epoch / max(steps_done, 1) * (config.num_epochs - epoch - 1)
+    logging.info("epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  %.1f s  %.0f img/s  ETA %s",
+                 epoch + 1, config.num_epochs, train_loss, train_acc, val["loss"], val["accuracy"], seconds,
+                 record["images_per_second"], time.strftime("%H:%M:%S", time.gmtime(eta)))
+    if parallel.is_lead_process():
+        _append_history(workdir, record)
+    return seconds
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
@@ -313,50 +346,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     eval_bs = eval_batch_size(config, mesh)
 
     # ---- train
-    epoch_start, epoch_steps_done = time.perf_counter(), step % steps_per_epoch
+    in_epoch = step % steps_per_epoch
+    epoch_start, first_step_of_epoch = time.perf_counter(), step
     perm = programs.permutation(data_key, step // steps_per_epoch, n_train) if step < total_steps else None
-    bar = _progress(steps_per_epoch, epoch_steps_done, f"epoch {step // steps_per_epoch + 1}")
+    bar = _progress(steps_per_epoch, in_epoch, f"epoch {step // steps_per_epoch + 1}")
     try:
-        for n in chunks(step, total_steps, steps_per_epoch, config.steps_per_call, every_steps):
-            epoch, in_epoch = divmod(step, steps_per_epoch)
-            state = programs.train(n)(state, train_images, train_labels, perm, jnp.int32(step),
-                                      jnp.int32(in_epoch), dropout_root)
-            step += n
-            bar.update(n)
-            if step % steps_per_epoch == 0:  # ---- end of epoch: evaluate, log, reset the sums
-                train_loss = float(state.loss_sum) / (steps_per_epoch * config.batch_size)  # waits for the steps
-                train_acc = float(state.correct_sum) / (steps_per_epoch * config.batch_size)
-                seconds = time.perf_counter() - epoch_start
-                train_seconds += seconds
-                _check_finite(train_loss, epoch, step, "the training loss")
-                val = evaluate_split(programs, state, dataset.validation, batch_size=eval_bs)
-                images_done = (steps_per_epoch - epoch_steps_done) * config.batch_size
-                record = {"epoch": epoch + 1, "step": step, "train_loss": train_loss, "train_accuracy": train_acc,
-                          "validation_loss": val["loss"], "validation_accuracy": val["accuracy"],
-                          "seconds": seconds, "images_per_second": images_done / seconds}
-                eta = seconds * (config.num_epochs - epoch - 1)
-                bar.close()
-                logging.info("epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  %.1f s  %.0f img/s  "
-                             "ETA %s", epoch + 1, config.num_epochs, train_loss, train_acc, val["loss"],
-                             val["accuracy"], seconds, record["images_per_second"],
-                             time.strftime("%H:%M:%S", time.gmtime(eta)))
-                if lead:
-                    _append_history(workdir, record)
-                state = state.replace(loss_sum=jnp.zeros_like(state.loss_sum),
-                                      correct_sum=jnp.zeros_like(state.correct_sum))
-                if step < total_steps:
-                    perm = programs.permutation(data_key, epoch + 1, n_train)
-                    bar = _progress(steps_per_epoch, 0, f"epoch {epoch + 2}")
-                epoch_start, epoch_steps_done = time.perf_counter(), 0
-            if step % every_steps == 0 or step == total_steps:
-                store.save(step, state, {"step": step, "train_seconds": train_seconds})
+        with checkpoints.PreemptionGuard() as guard:
+            for n in chunks(step, total_steps, steps_per_epoch, config.steps_per_call, every_steps):
+                epoch, in_epoch = divmod(step, steps_per_epoch)
+                state = programs.train(n)(state, train_images, train_labels, perm, jnp.int32(step),
+                                          jnp.int32(in_epoch), dropout_root)
+                step += n
+                bar.update(n)
+                if step % steps_per_epoch == 0:
+                    seconds = _end_of_epoch(config, workdir, programs, state, dataset.validation, epoch=epoch,
+                                            step=step, steps_done=step - first_step_of_epoch,
+                                            epoch_start=epoch_start, eval_bs=eval_bs)
+                    train_seconds += seconds
+                    state = state.replace(loss_sum=parallel.replicate(np.float32(0), mesh),
+                                          correct_sum=parallel.replicate(np.float32(0), mesh))
+                    bar.close()
+                    if step < total_steps:
+                        perm = programs.permutation(data_key, epoch + 1, n_train)
+                        bar = _progress(steps_per_epoch, 0, f"epoch {epoch + 2}")
+                    epoch_start, first_step_of_epoch = time.perf_counter(), step
+                if step % every_steps == 0 or step == total_steps or guard.signal:
+                    store.save(step, state, {"step": step, "train_seconds": train_seconds})
+                if guard.signal:
+                    store.wait()
+                    raise errors.Interrupted(guard.signal, step, store.directory)
     finally:
         bar.close()
         store.close()
-
     # ---- evaluate
     return finish(config, workdir, programs, state, dataset, num_params=num_params, train_seconds=train_seconds,
                   eval_bs=eval_bs)
+
+
+def params_sha256(state: TrainState) -> str:
+    """A fingerprint of the exact parameter bits: equal fingerprints, bit-identical models."""
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(parallel.to_host(state.model)):
+        h.update(np.ascontiguousarray(leaf).tobytes())
+    return h.hexdigest()
 
 
 def finish(config: ml_collections.ConfigDict, workdir: pathlib.Path, programs: Programs, state: TrainState,
@@ -372,7 +404,8 @@ def finish(config: ml_collections.ConfigDict, workdir: pathlib.Path, programs: P
         model=config.model.name, config_name=config.get("name", "cnn"), scores=scores,
         validation_accuracy=val["accuracy"], num_params=num_params, train_seconds=train_seconds,
         predict_seconds=predict_seconds, num_predicted=len(dataset.test), seed=config.seed,
-        checksums=dataset.checksums, extra={"test_loss": test["loss"], "validation_loss": val["loss"]})
+        checksums=dataset.checksums, extra={"test_loss": test["loss"], "validation_loss": val["loss"],
+                                            "params_sha256": params_sha256(state)})
     if parallel.is_lead_process():
         metrics.save_results(workdir, results)
         metrics.save_predictions(workdir, labels=dataset.test.labels, preds=test["probs"].argmax(-1),
