@@ -184,7 +184,8 @@ def score(config: ml_collections.ConfigDict, workdir: pathlib.Path, estimator: A
         predict_seconds=predict_seconds, num_predicted=len(dataset.test), seed=config.seed,
         checksums=dataset.checksums, extra=extra)
     metrics.save_results(workdir, results)
-    metrics.save_predictions(workdir, labels=dataset.test.labels, preds=test_pred, probs=test_probs)
+    metrics.save_predictions(workdir, labels=dataset.test.labels, preds=test_pred, probs=test_probs,
+                             images=dataset.test.images)
     logging.info("%s: test accuracy %.4f (validation %s), fit %.1f s", config.model.name, results["test_accuracy"],
                  "n/a" if val_acc is None else f"{val_acc:.4f}", train_seconds)
     return results

@@ -90,3 +90,14 @@ def save_or_check(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
         metrics.atomic_write_text(path, json.dumps(requested, indent=2) + "\n")
     except OSError as e:
         raise ConfigError(f"cannot write {path} ({e.strerror}); choose a writable --workdir.") from e
+
+
+def merge(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:
+    """Sets the fields of the nested `overrides` in `config`, recursively; unknown fields are an error."""
+    for key, value in overrides.items():
+        if key not in config:
+            raise ConfigError(f"override {key}={value!r}: the config has no field {key!r}.")
+        if isinstance(value, (Mapping, ml_collections.ConfigDict)):
+            merge(config[key], value)
+        else:
+            config[key] = value

@@ -26,6 +26,8 @@ RESULTS_FILE = "results.json"
 PREDICTIONS_FILE = "predictions.npz"
 REQUIRED_KEYS = ("model", "config_name", "test_accuracy", "validation_accuracy", "per_class", "confusion_matrix",
                  "num_params", "train_seconds", "predict_seconds", "samples_per_second", "seed", "versions")
+MAX_SAVED_ERRORS = 64
+SAMPLES_PER_CLASS = 8
 _VERSIONED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "scikit-learn", "numpy")
 
 
@@ -143,13 +145,21 @@ def load_results(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def save_predictions(workdir: str | os.PathLike, *, labels: np.ndarray, preds: np.ndarray,
-                     probs: np.ndarray | None = None) -> pathlib.Path:
+                     probs: np.ndarray | None = None, images: np.ndarray | None = None,
+                     max_errors: int = MAX_SAVED_ERRORS, samples_per_class: int = SAMPLES_PER_CLASS) -> pathlib.Path:
     """Test-set labels, predicted classes and (where the model gives them) class probabilities, for the
-    report's error analysis; written atomically."""
+    report's error analysis; with `images`, also the first misclassified images and a few images per class,
+    so the report needs nothing but the workdir. Written atomically."""
     path = pathlib.Path(workdir) / PREDICTIONS_FILE
-    arrays = {"labels": np.asarray(labels), "preds": np.asarray(preds)}
+    labels, preds = np.asarray(labels), np.asarray(preds)
+    arrays = {"labels": labels, "preds": preds}
     if probs is not None:
         arrays["probs"] = np.asarray(probs, np.float32)
+    if images is not None:
+        errors = np.flatnonzero(labels != preds)[:max_errors]
+        samples = np.concatenate([np.flatnonzero(labels == c)[:samples_per_class] for c in np.unique(labels)])
+        arrays.update(error_indices=errors, error_images=np.asarray(images)[errors],
+                      sample_indices=samples, sample_images=np.asarray(images)[samples])
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     atomic_write_bytes(path, buffer.getvalue())

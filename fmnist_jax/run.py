@@ -11,7 +11,7 @@ import numpy as np
 from fmnist_jax import config_lib, metrics, predict
 from fmnist_jax.errors import ConfigError
 
-KINDS = ("cnn", "baseline")
+KINDS = ("cnn", "baseline", "compare")
 MODES = ("train", "evaluate", "predict")
 
 
@@ -25,6 +25,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Any:
     workdir = pathlib.Path(workdir)
     if kind == "cnn":
         return _run_cnn(config, workdir, mode)
+    if kind == "compare":
+        return _run_compare(config, workdir)
     return _run_baseline(config, workdir, mode)
 
 
@@ -65,3 +67,41 @@ def _run_baseline(config: ml_collections.ConfigDict, workdir: pathlib.Path, mode
     images, names = _inputs(config)
     preds, probs = baselines.predict(estimator, baselines.flatten(images))
     return predict.report(workdir, names, probs, preds)
+
+
+def member_configs(config: ml_collections.ConfigDict) -> dict[str, tuple[ml_collections.ConfigDict, str | None]]:
+    """Each member's own config (seed and, with quick=True, the quick overrides applied) and named workdir."""
+    members = {}
+    order = {"cnn": 0, "random_forest": 1, "linear_svm": 2}  # the study's order, other members after
+    for name, member in sorted(config.members.items(), key=lambda item: (order.get(item[0], 9), item[0])):
+        member = ml_collections.ConfigDict(member.to_dict())  # an unlocked copy
+        named = member.get("workdir")
+        del member["workdir"]
+        member.seed = config.seed
+        if config.quick and name in config.quick_overrides:
+            config_lib.merge(member, config.quick_overrides[name])
+        members[name] = (member, named)
+    return members
+
+
+def _run_compare(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, Any]:
+    """Runs every member that has no finished run yet, then builds the report from all of them."""
+    from absl import logging  # pylint: disable=import-outside-toplevel
+
+    from fmnist_jax import report  # pylint: disable=import-outside-toplevel
+
+    if config.get("mode", "train") != "train":
+        raise ConfigError("a comparison only trains and reports: run evaluate/predict on a member's workdir.")
+    config_lib.save_or_check(config, workdir)
+    folders = {}
+    for name, (member, named) in member_configs(config).items():
+        folder = pathlib.Path(named) if named else workdir / name
+        if named and (folder / metrics.RESULTS_FILE).exists():
+            logging.info("%s: reusing the finished run in %s", name, folder)
+        else:
+            logging.info("%s: running in %s", name, folder)
+            run(member, folder)
+        folders[name] = folder
+    paths = report.build(list(folders.values()), workdir)
+    logging.info("Report: %s and %s", paths["markdown"], paths["html"])
+    return {name: metrics.load_results(folder) for name, folder in folders.items()}

@@ -409,7 +409,7 @@ def finish(config: ml_collections.ConfigDict, workdir: pathlib.Path, programs: P
     if parallel.is_lead_process():
         metrics.save_results(workdir, results)
         metrics.save_predictions(workdir, labels=dataset.test.labels, preds=test["probs"].argmax(-1),
-                                 probs=test["probs"])
+                                 probs=test["probs"], images=dataset.test.images)
     logging.info("test accuracy %.4f  (validation %.4f)", results["test_accuracy"], val["accuracy"])
     return results
 

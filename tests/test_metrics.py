@@ -99,3 +99,15 @@ def test_predictions_round_trip(tmp_path):
 def test_predictions_without_probabilities(tmp_path):
     metrics.save_predictions(tmp_path, labels=np.array([1, 2]), preds=np.array([1, 1]))
     assert sorted(metrics.load_predictions(tmp_path)) == ["labels", "preds"]
+
+
+def test_predictions_keep_error_and_sample_images(tmp_path):
+    labels = np.array([0, 1, 2, 0, 1, 2, 0])
+    preds = np.array([0, 2, 2, 1, 1, 2, 0])
+    images = np.arange(7 * 28 * 28, dtype=np.uint32).reshape(7, 28, 28).astype(np.uint8)
+    metrics.save_predictions(tmp_path, labels=labels, preds=preds, images=images, max_errors=1, samples_per_class=2)
+    p = metrics.load_predictions(tmp_path)
+    assert p["error_indices"].tolist() == [1]
+    np.testing.assert_array_equal(p["error_images"], images[[1]])
+    assert p["sample_indices"].tolist() == [0, 3, 1, 4, 2, 5]
+    np.testing.assert_array_equal(p["sample_images"], images[[0, 3, 1, 4, 2, 5]])
