@@ -18,9 +18,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
 
-# Variables by which launchers (SLURM, Open MPI, Cloud TPU pods, manual set-ups) ask for several processes.
-_MULTIHOST_ENV = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
-                  "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
+def _multiprocess_variables() -> list[str]:
+    """The environment variables that describe a job of several processes (SLURM, Open MPI, TPU pods, ...)."""
+    env = os.environ
+    found = [v for v in ("JAX_COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS") if env.get(v)]
+    found += [v for v in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE") if env.get(v, "1").isdigit() and int(env.get(v, "1")) > 1]
+    if "," in env.get("TPU_WORKER_HOSTNAMES", ""):
+        found.append("TPU_WORKER_HOSTNAMES")
+    return found
 
 
 class ParallelError(UserError):
@@ -29,9 +34,7 @@ class ParallelError(UserError):
 
 def maybe_initialize_distributed() -> None:
     """Calls `jax.distributed.initialize()` when the environment describes a multi-process job."""
-    wanted = [v for v in _MULTIHOST_ENV if os.environ.get(v)]
-    if v := os.environ.get("SLURM_NTASKS"):
-        wanted = wanted if int(v) > 1 else [w for w in wanted if w != "SLURM_NTASKS"]
+    wanted = _multiprocess_variables()
     if wanted and not jax.distributed.is_initialized():
         logging.info("Multi-process environment (%s): jax.distributed.initialize()", ", ".join(wanted))
         jax.distributed.initialize()
@@ -89,6 +92,11 @@ def to_host(tree: Any) -> Any:
     if jax.process_count() > 1:
         tree = multihost_utils.process_allgather(tree, tiled=True)
     return jax.tree.map(np.asarray, tree)
+
+
+def scalar(x: jax.Array) -> float:
+    """A replicated scalar as a Python float, read from this process's own copy (works across hosts)."""
+    return float(np.asarray(x.addressable_data(0)))
 
 
 def is_lead_process() -> bool:

@@ -199,16 +199,16 @@ def evaluate_split(programs: Programs, state: TrainState, split: data.Split, *,
     pad = lambda a: np.concatenate([a, np.zeros((padded - n,) + a.shape[1:], a.dtype)])  # noqa: E731
     images, labels = pad(split.images), pad(split.labels)
     mask = np.arange(padded) < n
-    loss_sum, probs = 0.0, []
+    losses, probs = [], []
     for start in range(0, padded, batch_size):
         batch = parallel.shard_batch(
             (images[start:start + batch_size], labels[start:start + batch_size], mask[start:start + batch_size]),
             programs.mesh)
         batch_loss, batch_probs = programs.eval(state, *batch)
-        loss_sum += batch_loss
+        losses.append(batch_loss)
         probs.append(batch_probs)
     probs = np.concatenate(parallel.to_host(probs))[:n]
-    return {"loss": float(loss_sum) / n, "accuracy": float(np.mean(probs.argmax(-1) == split.labels)),
+    return {"loss": sum(parallel.scalar(x) for x in losses) / n, "accuracy": float(np.mean(probs.argmax(-1) == split.labels)),
             "probs": probs}
 
 
@@ -278,8 +278,8 @@ def _end_of_epoch(config: ml_collections.ConfigDict, workdir: pathlib.Path, prog
                   eval_bs: int) -> float:
     """Logs the epoch's train and validation metrics, appends them to history.jsonl; returns its seconds."""
     steps_per_epoch = step // (epoch + 1)
-    train_loss = float(state.loss_sum) / (steps_per_epoch * config.batch_size)  # waits for the steps
-    train_acc = float(state.correct_sum) / (steps_per_epoch * config.batch_size)
+    train_loss = parallel.scalar(state.loss_sum) / (steps_per_epoch * config.batch_size)  # waits for the steps
+    train_acc = parallel.scalar(state.correct_sum) / (steps_per_epoch * config.batch_size)
     seconds = time.perf_counter() - epoch_start
     _check_finite(train_loss, epoch, step, "the training loss")
     val = evaluate_split(programs, state, validation, batch_size=eval_bs)

@@ -58,3 +58,23 @@ def test_checkpoint_restores_on_another_device_count(tiny_data, tmp_path, one_de
     assert f"Mesh: {second} cpu device(s)" in result.stderr
     np.testing.assert_allclose(metrics.load_predictions(tmp_path)["probs"],
                                metrics.load_predictions(one_device_run)["probs"], atol=1e-4)
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, []),
+    ({"SLURM_NTASKS": "1"}, []),
+    ({"SLURM_NTASKS": "4"}, ["SLURM_NTASKS"]),
+    ({"OMPI_COMM_WORLD_SIZE": "2", "JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"},
+     ["JAX_COORDINATOR_ADDRESS", "OMPI_COMM_WORLD_SIZE"]),
+    ({"TPU_WORKER_HOSTNAMES": "localhost"}, []),
+    ({"TPU_WORKER_HOSTNAMES": "t1,t2"}, ["TPU_WORKER_HOSTNAMES"]),
+])
+def test_multiprocess_jobs_are_recognised_from_the_environment(monkeypatch, env, expected):
+    from fmnist_jax import parallel  # pylint: disable=import-outside-toplevel
+
+    for var in ("JAX_COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
+                "TPU_WORKER_HOSTNAMES"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    assert parallel._multiprocess_variables() == expected  # pylint: disable=protected-access
