@@ -371,7 +371,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                         bar = _progress(steps_per_epoch, 0, f"epoch {epoch + 2}")
                     epoch_start, first_step_of_epoch = time.perf_counter(), step
                 if step % every_steps == 0 or step == total_steps or guard.signal:
-                    store.save(step, state, {"step": step, "train_seconds": train_seconds})
+                    store.save(step, state, {"step": step, "epoch": step // steps_per_epoch,
+                                             "train_seconds": train_seconds, "config": config_lib.to_dict(config)})
                 if guard.signal:
                     store.wait()
                     raise errors.Interrupted(guard.signal, step, store.directory)
