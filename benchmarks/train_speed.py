@@ -109,7 +109,7 @@ class PlainCNN(nnx.Module):
         self.c3 = nnx.Conv(128, 256, (3, 3), padding="VALID", kernel_init=init, rngs=rngs)
         self.d1 = nnx.Linear(256, 256, kernel_init=init, rngs=rngs)
         self.d2 = nnx.Linear(256, 10, kernel_init=init, rngs=rngs)
-        self.drops = [nnx.Dropout(r, rngs=rngs) for r in (0.25, 0.25, 0.4, 0.3)]
+        self.drops = nnx.List([nnx.Dropout(r, rngs=rngs) for r in (0.25, 0.25, 0.4, 0.3)])
 
     def __call__(self, x):
         pool = lambda y: nnx.max_pool(y, (2, 2), (2, 2))  # noqa: E731

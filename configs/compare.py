@@ -25,9 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
         member.workdir = config_dict.placeholder(str)
         config.members[name] = member
     config.quick_overrides = ml_collections.ConfigDict({
-        "cnn": {"num_epochs": 2, "data": {"num_train": 8000, "validation_size": 2000}},
-        "random_forest": {"model": {"n_estimators": 20}, "data": {"num_train": 8000, "validation_size": 2000}},
-        "linear_svm": {"data": {"num_train": 8000, "validation_size": 2000}},
+        "cnn": {"num_epochs": 3, "data": {"num_train": 12000, "validation_size": 2000}},
+        "random_forest": {"model": {"n_estimators": 20}, "data": {"num_train": 12000, "validation_size": 2000}},
+        "linear_svm": {"data": {"num_train": 12000, "validation_size": 2000}},
     })
     config.resume_with_changes = False
     return config

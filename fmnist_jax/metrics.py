@@ -26,6 +26,8 @@ RESULTS_FILE = "results.json"
 PREDICTIONS_FILE = "predictions.npz"
 REQUIRED_KEYS = ("model", "config_name", "test_accuracy", "validation_accuracy", "per_class", "confusion_matrix",
                  "num_params", "train_seconds", "predict_seconds", "samples_per_second", "seed", "versions")
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 MAX_SAVED_ERRORS = 64
 SAMPLES_PER_CLASS = 8
 _VERSIONED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "scikit-learn", "numpy")
@@ -102,6 +104,7 @@ def atomic_write_bytes(path: str | os.PathLike, content: bytes) -> None:
     path = pathlib.Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
         with os.fdopen(fd, "wb") as f:
             f.write(content)
             f.flush()

@@ -37,10 +37,7 @@ class Member:
     results: dict[str, Any]
     history: list[dict[str, Any]]
     predictions: dict[str, np.ndarray]
-
-    @property
-    def title(self) -> str:
-        return MODEL_TITLES.get(self.results["model"], self.results["model"])
+    title: str = ""
 
 
 def load_member(workdir: str | pathlib.Path) -> Member:
@@ -52,7 +49,21 @@ def load_member(workdir: str | pathlib.Path) -> Member:
         history = [json.loads(line) for line in (workdir / "history.jsonl").read_text().splitlines() if line.strip()]
     predictions = metrics.load_predictions(workdir) if (workdir / metrics.PREDICTIONS_FILE).exists() else {}
     return Member(label=results.get("config_name") or workdir.name, workdir=workdir, results=results,
-                  history=history, predictions=predictions)
+                  history=history, predictions=predictions,
+                  title=MODEL_TITLES.get(results["model"], results["model"]))
+
+
+def load_members(workdirs: Sequence[str | pathlib.Path]) -> list[Member]:
+    """Every workdir's member; runs of the same model get their folder name in title and file names."""
+    members = [load_member(w) for w in workdirs]
+    titles = [m.title for m in members]
+    labels = [m.label for m in members]
+    for m in members:
+        if titles.count(m.title) > 1:
+            m.title = f"{m.title} ({m.workdir.name})"
+        if labels.count(m.label) > 1:
+            m.label = f"{m.label}_{m.workdir.name}"
+    return members
 
 
 # --------------------------------------------------------------------------------------------- numbers
@@ -72,6 +83,8 @@ def confused_pairs(confusion: Sequence[Sequence[int]], class_names: Sequence[str
 def _fmt_seconds(s: float | None) -> str:
     if s is None:
         return "n/a"
+    if s < 0.1:
+        return f"{1000 * s:.0f} ms"
     return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
@@ -131,8 +144,9 @@ def plot_confusion(member: Member, path: pathlib.Path) -> pathlib.Path:
     im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     for i in range(rates.shape[0]):
         for j in range(rates.shape[1]):
-            if rates[i, j] >= 0.005:
-                ax.text(j, i, f"{100 * rates[i, j]:.0f}", ha="center", va="center", fontsize=8,
+            if cm[i, j]:
+                pct = 100 * rates[i, j]
+                ax.text(j, i, f"{pct:.0f}" if pct >= 1 else f"{pct:.1f}", ha="center", va="center", fontsize=8,
                         color="white" if rates[i, j] > 0.5 else "black")
     ax.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES, rotation=45, ha="right")
     ax.set_yticks(range(len(CLASS_NAMES)), CLASS_NAMES)
@@ -163,8 +177,8 @@ def _image_grid(images: np.ndarray, titles: Sequence[str], ncols: int, suptitle:
                 row_labels: Sequence[str] | None = None) -> pathlib.Path:
     plt = _pyplot()
     nrows = max(1, int(np.ceil(len(images) / ncols)))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols + (1.4 if row_labels else 0), 1.9 * nrows),
-                             squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols + (1.4 if row_labels else 0),
+                                                    (2.2 if any(titles) else 1.6) * nrows), squeeze=False)
     for k, ax in enumerate(axes.flat):
         ax.set_xticks([])
         ax.set_yticks([])
@@ -177,7 +191,7 @@ def _image_grid(images: np.ndarray, titles: Sequence[str], ncols: int, suptitle:
         for r, label in enumerate(row_labels):
             axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
     fig.suptitle(suptitle)
-    fig.tight_layout()
+    fig.tight_layout(h_pad=1.2)
     return _save(fig, path)
 
 
@@ -191,7 +205,9 @@ def plot_errors(member: Member, path: pathlib.Path) -> pathlib.Path | None:
         pred = int(p["preds"][i])
         conf = f" ({p['probs'][i, pred]:.0%})" if "probs" in p else ""
         titles.append(f"true: {CLASS_NAMES[int(p['labels'][i])]}\npred: {CLASS_NAMES[pred]}{conf}")
-    return _image_grid(images, titles, 8, f"{member.title}: misclassified test images (the first {len(idx)})", path)
+    note = "" if "probs" in p else " (this model gives no probabilities)"
+    return _image_grid(images, titles, 8, f"{member.title}: misclassified test images (the first {len(idx)}){note}",
+                       path)
 
 
 def plot_samples(member: Member, path: pathlib.Path) -> pathlib.Path | None:
@@ -220,7 +236,7 @@ def plot_f1(members: Sequence[Member], path: pathlib.Path) -> pathlib.Path:
     ax.set_ylabel("F1 (test set)")
     ax.set_ylim(0, 1)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="lower left")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=len(members), frameon=False)
     ax.set_title("F1 per class")
     return _save(fig, path)
 
@@ -294,7 +310,7 @@ def build(workdirs: Sequence[str | pathlib.Path], out: str | pathlib.Path) -> di
     """Writes out/report.md, out/report.html and out/plots/*.png for the finished runs in `workdirs`."""
     if not workdirs:
         raise UserError("the report needs at least one finished workdir")
-    members = [load_member(w) for w in workdirs]
+    members = load_members(workdirs)
     out = pathlib.Path(out)
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)

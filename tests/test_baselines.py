@@ -43,7 +43,9 @@ def test_forest_trains_scores_and_is_reused(tiny_data, tmp_path):
     assert len(forest.estimators_) == 25
     assert results["num_params"] == sum(t.tree_.node_count for t in forest.estimators_)
     assert results["validation_accuracy"] is not None and results["log_loss"] is not None
-    assert sorted(metrics.load_predictions(tmp_path)) == ["labels", "preds", "probs"]
+    saved = metrics.load_predictions(tmp_path)
+    assert {"labels", "preds", "probs", "error_images", "sample_images"} <= set(saved)
+    np.testing.assert_array_equal(saved["probs"].argmax(1), saved["preds"])
     stamp = (tmp_path / "results.json").stat().st_mtime_ns
     assert run.run(config, tmp_path) == results  # a finished run reports instead of refitting
     assert (tmp_path / "results.json").stat().st_mtime_ns == stamp

@@ -107,3 +107,16 @@ def test_report_command_line(comparison, tmp_path):
 def test_compare_through_main_rejects_other_modes(tmp_path):
     result = run_main("--config=configs/compare.py", f"--workdir={tmp_path}", "--config.mode=predict")
     assert result.returncode == 2 and "a comparison only trains and reports" in result.stderr
+
+
+def test_two_runs_of_one_model_get_distinct_titles_and_files(comparison, tmp_path):
+    import shutil  # pylint: disable=import-outside-toplevel
+
+    _, workdir, _ = comparison
+    for name in ("svm_a", "svm_b"):
+        shutil.copytree(workdir / "linear_svm", tmp_path / name)
+    paths = report.build([tmp_path / "svm_a", tmp_path / "svm_b"], tmp_path / "out")
+    md = paths["markdown"].read_text()
+    assert [r[0] for r in table_rows(md, "| model |")] == ["Linear SVM (svm_a)", "Linear SVM (svm_b)"]
+    assert {"confusion_linear_svm_svm_a.png", "confusion_linear_svm_svm_b.png"} <= {
+        p.name for p in paths["plots"].iterdir()}
