@@ -33,11 +33,20 @@ class ParallelError(UserError):
 
 
 def maybe_initialize_distributed() -> None:
-    """Calls `jax.distributed.initialize()` when the environment describes a multi-process job."""
+    """Calls `jax.distributed.initialize()` when the environment describes a multi-process job.
+
+    Cluster launchers (SLURM, Open MPI, TPU pods) are detected by JAX itself; a hand-made job sets
+    JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID for each process.
+    """
     wanted = _multiprocess_variables()
-    if wanted and not jax.distributed.is_initialized():
-        logging.info("Multi-process environment (%s): jax.distributed.initialize()", ", ".join(wanted))
-        jax.distributed.initialize()
+    if not wanted or jax.distributed.is_initialized():
+        return
+    kwargs = {name: int(os.environ[var]) for name, var in (("num_processes", "JAX_NUM_PROCESSES"),
+                                                          ("process_id", "JAX_PROCESS_ID")) if os.environ.get(var)}
+    # CPU devices of different processes talk through gloo (the setting is ignored by GPU and TPU).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    logging.info("Multi-process environment (%s): jax.distributed.initialize(%s)", ", ".join(wanted), kwargs)
+    jax.distributed.initialize(**kwargs)
 
 
 def make_mesh(devices: list[Any] | None = None) -> Mesh:

@@ -30,9 +30,9 @@ def test_layer_shapes_follow_the_study(model):
 
 
 def test_biases_start_at_zero_and_kernels_glorot_uniform(model):
-    assert float(jnp.abs(model.conv2.bias.value).max()) == 0.0
+    assert float(jnp.abs(model.conv2.bias[...]).max()) == 0.0
     limit = np.sqrt(6 / (3 * 3 * 64 + 3 * 3 * 128))  # Glorot-uniform bound for conv2
-    kernel = np.asarray(model.conv2.kernel.value)
+    kernel = np.asarray(model.conv2.kernel[...])
     assert kernel.max() <= limit and kernel.min() >= -limit and kernel.std() > limit / 3
 
 

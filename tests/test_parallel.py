@@ -3,10 +3,15 @@
 Each run is a `main.py` subprocess, so its XLA_FLAGS (the fake device count) apply before JAX starts.
 """
 
+import os
+import socket
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
-from conftest import run_main
+from conftest import ROOT, run_main
 from fmnist_jax import metrics, train
 
 
@@ -70,7 +75,7 @@ def test_checkpoint_restores_on_another_device_count(tiny_data, tmp_path, one_de
     ({"TPU_WORKER_HOSTNAMES": "t1,t2"}, ["TPU_WORKER_HOSTNAMES"]),
 ])
 def test_multiprocess_jobs_are_recognised_from_the_environment(monkeypatch, env, expected):
-    from fmnist_jax import parallel  # pylint: disable=import-outside-toplevel
+    from fmnist_jax import parallel  # pylint: disable=import-outside-toplevel  (imports JAX)
 
     for var in ("JAX_COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE",
                 "TPU_WORKER_HOSTNAMES"):
@@ -78,3 +83,31 @@ def test_multiprocess_jobs_are_recognised_from_the_environment(monkeypatch, env,
     for var, value in env.items():
         monkeypatch.setenv(var, value)
     assert parallel._multiprocess_variables() == expected  # pylint: disable=protected-access
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_as_one(tiny_data, tmp_path, one_device_run):
+    """Two processes (2 fake devices each) joined by jax.distributed: the 1-device maths, files written once."""
+    port = free_port()
+    procs = []
+    for pid in range(2):
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
+               "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2",
+               "JAX_PROCESS_ID": str(pid), **devices(2)}
+        procs.append(subprocess.Popen(
+            [sys.executable, str(ROOT / "main.py"), *tiny_args(tiny_data, tmp_path, "--config.num_epochs=2")],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
+    assert all("jax.distributed.initialize" in e and "Mesh: 4 cpu device(s) over 2 process(es)" in e for e in errs)
+    history = train.read_history(tmp_path)
+    assert [r["epoch"] for r in history] == [1, 2]  # written by process 0 only
+    np.testing.assert_allclose([r["train_loss"] for r in history],
+                               [r["train_loss"] for r in train.read_history(one_device_run)], rtol=1e-4)
+    np.testing.assert_allclose(metrics.load_predictions(tmp_path)["probs"],
+                               metrics.load_predictions(one_device_run)["probs"], atol=1e-4)
