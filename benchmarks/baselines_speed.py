@@ -49,6 +49,8 @@ def main() -> None:
     for name in args.models.split(","):
         config = CONFIGS[name].get_config()
         config.data.num_train = args.num_train
+        if "verbose" in config.model:
+            config.model.verbose = 0  # keep stdout for the JSON lines
         ds = data.load(config.data, seed=config.seed)
         x, y = baselines.flatten(ds.train.images), ds.train.labels
         x_test, y_test = baselines.flatten(ds.test.images), ds.test.labels

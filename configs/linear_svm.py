@@ -21,4 +21,5 @@ def get_config() -> ml_collections.ConfigDict:
     m.tol = 1e-4
     m.max_iter = 1000
     m.fit_intercept = True
+    m.verbose = 1  # liblinear prints its iterations while it fits (the fit's progress); 0: silent
     return config

@@ -26,7 +26,7 @@ MODEL_FILE = "model.joblib"
 PREPROCESS = ("none", "scale", "standardize")
 FOREST_FIELDS = ("n_estimators", "criterion", "max_depth", "min_samples_split", "min_samples_leaf",
                  "max_features", "bootstrap", "n_jobs")
-SVM_FIELDS = ("C", "loss", "penalty", "dual", "tol", "max_iter", "fit_intercept")
+SVM_FIELDS = ("C", "loss", "penalty", "dual", "tol", "max_iter", "fit_intercept", "verbose")
 FOREST_PROGRESS_TREES = 10  # trees added per progress line (warm start: the same forest as one fit)
 
 
@@ -101,7 +101,8 @@ def fit(estimator: Any, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
             logging.info("random forest: %d/%d trees, %.1f s", min(n, total), total, time.perf_counter() - start)
         model.set_params(warm_start=False)
         return {"converged": None, "n_iter": None}
-    logging.info("fitting %s on %d images (max_iter=%s)", type(model).__name__, len(x), model.max_iter)
+    logging.info("fitting %s on %d images (max_iter=%s%s)", type(model).__name__, len(x), model.max_iter,
+                 "; liblinear reports its iterations on stdout" if getattr(model, "verbose", 0) else "")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         estimator.fit(x, y)
