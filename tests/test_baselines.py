@@ -114,3 +114,17 @@ def test_forest_on_the_real_data(real_data_dir, tmp_path):
     results = run.run(config, tmp_path)
     assert 0.85 <= results["test_accuracy"] <= 0.885  # 100 trees: 0.877 here; 20 trees lose about a point
     assert results["per_class"]["Trouser"]["recall"] > results["per_class"]["Shirt"]["recall"]
+
+
+def test_predict_mode_classifies_own_images(tiny_data, tmp_path, capsys):
+    from conftest import make_images  # pylint: disable=import-outside-toplevel
+
+    config = tiny("random_forest", tiny_data, **{"model.n_estimators": 15})
+    run.run(config, tmp_path)
+    images = make_images(np.array([3, 7]), np.random.default_rng(5))  # bars of classes 3 and 7
+    np.save(tmp_path / "two.npy", images)
+    config.mode, config.predict.inputs = "predict", str(tmp_path / "two.npy")
+    rows = run.run(config, tmp_path)
+    assert [r["class"] for r in rows] == [3, 7] and [r["name"] for r in rows] == ["Dress", "Sneaker"]
+    assert all(0 < r["probability"] <= 1 for r in rows)
+    assert f"{tmp_path / 'two.npy'}[1]: 7 Sneaker" in capsys.readouterr().out

@@ -201,3 +201,13 @@ def test_read_only_workdir_is_a_clear_error(cnn_config, read_only_dir):
         run.run(cnn_config, read_only_dir / "run")
     with pytest.raises(checkpoints.CheckpointError, match=r"cannot write checkpoints to .*choose a writable"):
         checkpoints.CheckpointStore(read_only_dir / "checkpoints")
+
+
+def test_failed_save_stops_training_with_a_clear_error(cnn_config, tmp_path, monkeypatch):
+    def broken_save(self, step, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoints.ocp.CheckpointManager, "save", broken_save)
+    with pytest.raises(checkpoints.CheckpointError, match=r"saving checkpoint 4 to .*checkpoints failed: .*No space left"):
+        run.run(cnn_config, tmp_path)
+    assert not (tmp_path / "results.json").exists()
