@@ -171,8 +171,8 @@ def fit_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.P
 def score(config: ml_collections.ConfigDict, workdir: pathlib.Path, estimator: Any, dataset: data.Dataset, *,
           train_seconds: float, extra: dict[str, Any]) -> dict[str, Any]:
     """Validation and test scores of a fitted estimator, written as results.json and predictions.npz."""
-    val_acc = None
-    if len(dataset.validation):
+    val_acc = None  # none when the validation images were trained on: they are not held out then
+    if len(dataset.validation) and not config.data.get("use_validation_for_training", False):
         val_pred, _ = predict(estimator, flatten(dataset.validation.images))
         val_acc = float(np.mean(val_pred == dataset.validation.labels))
     start = time.perf_counter()

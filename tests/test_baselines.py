@@ -128,3 +128,11 @@ def test_predict_mode_classifies_own_images(tiny_data, tmp_path, capsys):
     assert [r["class"] for r in rows] == [3, 7] and [r["name"] for r in rows] == ["Dress", "Sneaker"]
     assert all(0 < r["probability"] <= 1 for r in rows)
     assert f"{tmp_path / 'two.npy'}[1]: 7 Sneaker" in capsys.readouterr().out
+
+
+def test_training_on_validation_reports_no_validation_accuracy(tiny_data, tmp_path):
+    config = tiny("random_forest", tiny_data, **{"model.n_estimators": 5, "model.bootstrap": False,
+                                                 "data.use_validation_for_training": True})
+    results = run.run(config, tmp_path)
+    assert results["validation_accuracy"] is None
+    assert sum(tree.tree_.n_node_samples[0] for tree in baselines.load_estimator(tmp_path)[-1].estimators_) == 5 * 320
