@@ -6,7 +6,7 @@ results.json files compare line for line. The fitted estimator is kept in the wo
 
 from __future__ import annotations
 
-import os
+import io
 import pathlib
 import time
 import warnings
@@ -124,14 +124,11 @@ def predict(estimator: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | Non
 
 
 def save_estimator(workdir: pathlib.Path, estimator: Any) -> pathlib.Path:
-    """joblib dump through a temporary file and a rename: a crash never leaves half a model."""
+    """The fitted estimator as model.joblib, written atomically: a crash never leaves half a model."""
+    buffer = io.BytesIO()
+    joblib.dump(estimator, buffer)
     path = workdir / MODEL_FILE
-    tmp = workdir / f".{MODEL_FILE}.tmp"
-    try:
-        joblib.dump(estimator, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    metrics.atomic_write_bytes(path, buffer.getvalue())
     return path
 
 

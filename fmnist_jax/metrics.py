@@ -17,12 +17,14 @@ import tempfile
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from absl import logging
 from sklearn import metrics as skm
 
 from fmnist_jax.errors import UserError
 from fmnist_jax.data import CLASS_NAMES
 
 RESULTS_FILE = "results.json"
+HISTORY_FILE = "history.jsonl"
 PREDICTIONS_FILE = "predictions.npz"
 REQUIRED_KEYS = ("model", "config_name", "test_accuracy", "validation_accuracy", "per_class", "confusion_matrix",
                  "num_params", "train_seconds", "predict_seconds", "samples_per_second", "seed", "versions")
@@ -145,6 +147,23 @@ def load_results(path: str | os.PathLike) -> dict[str, Any]:
     if missing:
         raise ResultsError(f"{path} lacks the fields {missing}; it was not written by this version.")
     return results
+
+
+def read_history(workdir: str | pathlib.Path) -> list[dict[str, Any]]:
+    """The per-epoch records of a run, in order."""
+    path = pathlib.Path(workdir) / HISTORY_FILE
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise
+            logging.warning("%s: ignoring a torn last line (the process was killed while writing it)", path)
+    return records
 
 
 def save_predictions(workdir: str | os.PathLike, *, labels: np.ndarray, preds: np.ndarray,

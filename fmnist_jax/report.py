@@ -44,9 +44,7 @@ def load_member(workdir: str | pathlib.Path) -> Member:
     """Reads a finished workdir (results.json is required; history and predictions are optional)."""
     workdir = pathlib.Path(workdir)
     results = metrics.load_results(workdir)
-    history = []
-    if (workdir / "history.jsonl").exists():
-        history = [json.loads(line) for line in (workdir / "history.jsonl").read_text().splitlines() if line.strip()]
+    history = metrics.read_history(workdir)
     predictions = metrics.load_predictions(workdir) if (workdir / metrics.PREDICTIONS_FILE).exists() else {}
     return Member(label=results.get("config_name") or workdir.name, workdir=workdir, results=results,
                   history=history, predictions=predictions,

@@ -31,7 +31,6 @@ from jax.sharding import Mesh
 from fmnist_jax import checkpoints, config_lib, data, errors, metrics, models, parallel
 from fmnist_jax.errors import ConfigError, UserError
 
-HISTORY_FILE = "history.jsonl"
 
 
 class TrainingError(UserError):
@@ -239,31 +238,14 @@ def _check_finite(value: float, epoch: int, step: int, what: str) -> None:
 
 
 def _append_history(workdir: pathlib.Path, record: dict[str, Any]) -> None:
-    with open(workdir / HISTORY_FILE, "a", encoding="utf-8") as f:
+    with open(workdir / metrics.HISTORY_FILE, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
-
-
-def read_history(workdir: str | pathlib.Path) -> list[dict[str, Any]]:
-    """The per-epoch records of a run, in order."""
-    path = pathlib.Path(workdir) / HISTORY_FILE
-    if not path.exists():
-        return []
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    records = []
-    for i, line in enumerate(lines):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i < len(lines) - 1:
-                raise
-            logging.warning("%s: ignoring a torn last line (the process was killed while writing it)", path)
-    return records
 
 
 def _truncate_history(workdir: pathlib.Path, num_epochs: int) -> None:
     """Keeps the first `num_epochs` records: those after the restored checkpoint are replayed."""
-    kept = [r for r in read_history(workdir) if r["epoch"] <= num_epochs]
-    metrics.atomic_write_text(workdir / HISTORY_FILE, "".join(json.dumps(r) + "\n" for r in kept))
+    kept = [r for r in metrics.read_history(workdir) if r["epoch"] <= num_epochs]
+    metrics.atomic_write_text(workdir / metrics.HISTORY_FILE, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def _progress(total: int, initial: int, desc: str):
@@ -275,8 +257,9 @@ def _progress(total: int, initial: int, desc: str):
 
 def _end_of_epoch(config: ml_collections.ConfigDict, workdir: pathlib.Path, programs: Programs, state: TrainState,
                   validation: data.Split, *, epoch: int, step: int, steps_done: int, epoch_start: float,
-                  eval_bs: int) -> float:
-    """Logs the epoch's train and validation metrics, appends them to history.jsonl; returns its seconds."""
+                  eval_bs: int) -> tuple[float, dict[str, Any]]:
+    """Logs the epoch's train and validation metrics, appends them to history.jsonl; returns its seconds and
+    the validation scores."""
     steps_per_epoch = step // (epoch + 1)
     train_loss = parallel.scalar(state.loss_sum) / (steps_per_epoch * config.batch_size)  # waits for the steps
     train_acc = parallel.scalar(state.correct_sum) / (steps_per_epoch * config.batch_size)
@@ -292,7 +275,7 @@ def _end_of_epoch(config: ml_collections.ConfigDict, workdir: pathlib.Path, prog
                  record["images_per_second"], time.strftime("%H:%M:%S", time.gmtime(eta)))
     if parallel.is_lead_process():
         _append_history(workdir, record)
-    return seconds
+    return seconds, val
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
@@ -346,6 +329,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     eval_bs = eval_batch_size(config, mesh)
 
     # ---- train
+    last_val = None  # the final state's validation scores, once the last epoch has computed them
     in_epoch = step % steps_per_epoch
     epoch_start, first_step_of_epoch = time.perf_counter(), step
     perm = programs.permutation(data_key, step // steps_per_epoch, n_train) if step < total_steps else None
@@ -359,7 +343,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 step += n
                 bar.update(n)
                 if step % steps_per_epoch == 0:
-                    seconds = _end_of_epoch(config, workdir, programs, state, dataset.validation, epoch=epoch,
+                    seconds, last_val = _end_of_epoch(config, workdir, programs, state, dataset.validation, epoch=epoch,
                                             step=step, steps_done=step - first_step_of_epoch,
                                             epoch_start=epoch_start, eval_bs=eval_bs)
                     train_seconds += seconds
@@ -381,7 +365,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         store.close()
     # ---- evaluate
     return finish(config, workdir, programs, state, dataset, num_params=num_params, train_seconds=train_seconds,
-                  eval_bs=eval_bs)
+                  eval_bs=eval_bs, val=last_val)
 
 
 def params_sha256(state: TrainState) -> str:
@@ -393,9 +377,12 @@ def params_sha256(state: TrainState) -> str:
 
 
 def finish(config: ml_collections.ConfigDict, workdir: pathlib.Path, programs: Programs, state: TrainState,
-           dataset: data.Dataset, *, num_params: int, train_seconds: float, eval_bs: int) -> dict[str, Any]:
-    """Scores the trained state on validation and test; writes results.json and predictions.npz."""
-    val = evaluate_split(programs, state, dataset.validation, batch_size=eval_bs)
+           dataset: data.Dataset, *, num_params: int, train_seconds: float, eval_bs: int,
+           val: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Scores the trained state on validation (unless `val` already holds its scores) and test; writes
+    results.json and predictions.npz."""
+    if val is None:
+        val = evaluate_split(programs, state, dataset.validation, batch_size=eval_bs)
     start = time.perf_counter()
     test = evaluate_split(programs, state, dataset.test, batch_size=eval_bs)
     predict_seconds = time.perf_counter() - start

@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import run_main
-from fmnist_jax import metrics, train
+from fmnist_jax import metrics
 
 
 @pytest.mark.slow
@@ -16,7 +16,7 @@ def test_one_epoch_on_the_real_data(real_data_dir, tmp_path):
     # One epoch, seed 0: validation 0.836 (Keras reached 0.835), test 0.8285; other seeds vary by about 1%.
     assert results["validation_accuracy"] >= 0.83 and results["test_accuracy"] >= 0.82
     assert sum(c["support"] for c in results["per_class"].values()) == 10_000
-    history = train.read_history(tmp_path)
+    history = metrics.read_history(tmp_path)
     assert len(history) == 1 and history[0]["step"] == 750
     assert set(results["dataset_checksums"]) == {"train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                                                  "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"}

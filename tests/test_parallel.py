@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_main
-from fmnist_jax import metrics, train
+from fmnist_jax import metrics
 
 
 def devices(n):
@@ -39,8 +39,8 @@ def one_device_run(tiny_data, tmp_path_factory):
 def test_eight_devices_give_the_one_device_maths(tiny_data, tmp_path, one_device_run):
     result = check(run_main(*tiny_args(tiny_data, tmp_path, "--config.num_epochs=2"), env=devices(8)))
     assert "8 cpu device(s)" in result.stderr and "batch 64 (8 per device)" in result.stderr
-    np.testing.assert_allclose([r["train_loss"] for r in train.read_history(tmp_path)],
-                               [r["train_loss"] for r in train.read_history(one_device_run)], rtol=1e-4)
+    np.testing.assert_allclose([r["train_loss"] for r in metrics.read_history(tmp_path)],
+                               [r["train_loss"] for r in metrics.read_history(one_device_run)], rtol=1e-4)
     np.testing.assert_allclose(metrics.load_predictions(tmp_path)["probs"],
                                metrics.load_predictions(one_device_run)["probs"], atol=1e-4)
 
@@ -105,9 +105,9 @@ def test_two_processes_train_as_one(tiny_data, tmp_path, one_device_run):
     errs = [p.communicate(timeout=600)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
     assert all("jax.distributed.initialize" in e and "Mesh: 4 cpu device(s) over 2 process(es)" in e for e in errs)
-    history = train.read_history(tmp_path)
+    history = metrics.read_history(tmp_path)
     assert [r["epoch"] for r in history] == [1, 2]  # written by process 0 only
     np.testing.assert_allclose([r["train_loss"] for r in history],
-                               [r["train_loss"] for r in train.read_history(one_device_run)], rtol=1e-4)
+                               [r["train_loss"] for r in metrics.read_history(one_device_run)], rtol=1e-4)
     np.testing.assert_allclose(metrics.load_predictions(tmp_path)["probs"],
                                metrics.load_predictions(one_device_run)["probs"], atol=1e-4)

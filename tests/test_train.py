@@ -14,7 +14,7 @@ from fmnist_jax.errors import ConfigError
 
 
 def history_losses(workdir):
-    return [r["train_loss"] for r in train.read_history(workdir)]
+    return [r["train_loss"] for r in metrics.read_history(workdir)]
 
 
 def test_chunks_respect_epoch_and_checkpoint_boundaries():
@@ -39,7 +39,7 @@ def test_trains_tiny_data_and_writes_the_workdir(cnn_config, tmp_path):
         "checkpoints", "config.json", "history.jsonl", "predictions.npz", "results.json"]
     assert results == metrics.load_results(tmp_path)
     assert results["num_params"] == 438_026 and results["model"] == "seed_cnn"
-    history = train.read_history(tmp_path)
+    history = metrics.read_history(tmp_path)
     assert [r["epoch"] for r in history] == [1, 2, 3, 4] and [r["step"] for r in history] == [4, 8, 12, 16]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     # The bars that encode the classes are easy: four short epochs get far above chance (0.1).
@@ -76,9 +76,9 @@ def test_resume_mid_epoch_replays_exactly(cnn_config, tmp_path):
     assert store.all_steps() == [4, 6]
     store.close()
     run.run(cnn_config, tmp_path / "resumed")
-    assert train.read_history(tmp_path / "resumed")[1]["train_loss"] == (
-        train.read_history(tmp_path / "straight")[1]["train_loss"])
-    assert len(train.read_history(tmp_path / "resumed")) == 2
+    assert metrics.read_history(tmp_path / "resumed")[1]["train_loss"] == (
+        metrics.read_history(tmp_path / "straight")[1]["train_loss"])
+    assert len(metrics.read_history(tmp_path / "resumed")) == 2
     np.testing.assert_array_equal(metrics.load_predictions(tmp_path / "resumed")["probs"],
                                   metrics.load_predictions(tmp_path / "straight")["probs"])
 
