@@ -28,7 +28,7 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from configs import cnn  # noqa: E402
-from fmnist_jax import data, models, parallel, train  # noqa: E402
+from fmnist_jax import data, parallel, train  # noqa: E402
 
 STEPS_PER_EPOCH = 750
 BATCH = 64

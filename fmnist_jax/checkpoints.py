@@ -17,7 +17,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from fmnist_jax.errors import Interrupted, UserError
+from fmnist_jax.errors import UserError
 
 
 class CheckpointError(UserError):

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, load_config
-from fmnist_jax import checkpoints, metrics, predict, run, train
+from conftest import ROOT
+from fmnist_jax import checkpoints, metrics, predict, run
 from fmnist_jax.errors import ConfigError
 
 KILL_ARGS = ("--config.num_epochs=4", "--config.steps_per_call=1", "--config.checkpoint.every_steps=1",
@@ -57,14 +57,14 @@ def reference(tiny_data, tmp_path_factory):
     """The uninterrupted run: its parameter fingerprint and history."""
     workdir = tmp_path_factory.mktemp("reference")
     finish(tiny_data, workdir)
-    return metrics.load_results(workdir)["params_sha256"], train.read_history(workdir)
+    return metrics.load_results(workdir)["params_sha256"], metrics.read_history(workdir)
 
 
 def assert_same_as_reference(workdir, reference):
     sha, history = reference
     assert metrics.load_results(workdir)["params_sha256"] == sha
     strip = lambda h: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_second")} for r in h]  # noqa: E731
-    assert strip(train.read_history(workdir)) == strip(history)
+    assert strip(metrics.read_history(workdir)) == strip(history)
 
 
 @pytest.mark.parametrize("kill_point", ["after_3_checkpoints", "after_9_checkpoints", "during_a_save"])
