@@ -19,7 +19,7 @@ from fmnist_jax.errors import ConfigError
 CONFIG_FILE = "config.json"
 # Never compared: how fast or how a run is driven, not what it computes.
 # The data's location is operational too: results.json records the checksums of the files actually read.
-OPERATIONAL = ("resume_with_changes", "mode", "steps_per_call", "scan_unroll", "eval_batch_size",
+OPERATIONAL = ("resume_with_changes", "mode", "steps_per_call", "scan_unroll", "eval_batch_size", "model.conv",
                "checkpoint.async_save", "checkpoint.step", "predict.", "data.dir", "data.source")
 # Compared, but may change with --config.resume_with_changes=True.
 SAFE_TO_CHANGE = ("num_epochs", "checkpoint.every_steps", "checkpoint.max_to_keep")

@@ -8,43 +8,49 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from fmnist_jax import ops
 from fmnist_jax.errors import ConfigError
 
 # Keras defaults, which the study used: Glorot-uniform kernels, zero biases.
 KERNEL_INIT = nnx.initializers.glorot_uniform()
 
 
-def max_pool_2x2(x: jax.Array) -> jax.Array:
-    """2x2 max pooling, stride 2, 'valid' (odd edges dropped), as reshape + max.
+def leaky_relu(x: jax.Array) -> jax.Array:
+    """LeakyReLU(alpha=0.1), as the study used."""
+    return jax.nn.leaky_relu(x, 0.1)
 
-    The same values as `nnx.max_pool(x, (2, 2), (2, 2))`; its backward pass is an elementwise mask instead
-    of `select_and_scatter`, which makes a CPU training step about a quarter faster (benchmarks/).
-    """
-    n, h, w, c = x.shape
-    x = x[:, : h // 2 * 2, : w // 2 * 2, :]
-    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+def elu(x: jax.Array) -> jax.Array:
+    """ELU(alpha=0.1), as the study used."""
+    return jax.nn.elu(x, 0.1)
 
 
 class SeedCNN(nnx.Module):
     """The study's CNN: three conv blocks and a dense head, 438,026 parameters for 28x28x1 inputs."""
 
-    def __init__(self, *, num_classes: int = 10, rngs: nnx.Rngs):
-        conv = lambda i, o: nnx.Conv(i, o, (3, 3), padding="VALID", kernel_init=KERNEL_INIT, rngs=rngs)  # noqa: E731
-        self.conv1, self.conv2, self.conv3 = conv(1, 64), conv(64, 128), conv(128, 256)
+    def __init__(self, *, num_classes: int = 10, conv: str = "auto", rngs: nnx.Rngs):
+        ops.resolve_conv(conv)  # an unknown implementation fails here, not at the first call
+        # The Conv layers hold the kernels and biases; __call__ applies them through `ops` (same maths).
+        conv_layer = lambda i, o: nnx.Conv(i, o, (3, 3), padding="VALID", kernel_init=KERNEL_INIT, rngs=rngs)  # noqa: E731
+        self.conv1, self.conv2, self.conv3 = conv_layer(1, 64), conv_layer(64, 128), conv_layer(128, 256)
         self.dense1 = nnx.Linear(256, 256, kernel_init=KERNEL_INIT, rngs=rngs)
         self.dense2 = nnx.Linear(256, num_classes, kernel_init=KERNEL_INIT, rngs=rngs)
-        self.drop1, self.drop2 = nnx.Dropout(0.25), nnx.Dropout(0.25)
-        self.drop3, self.drop4 = nnx.Dropout(0.4), nnx.Dropout(0.3)
+        self.dropout_rates = (0.25, 0.25, 0.4, 0.3)
+        self.conv = conv
+
+    def _block(self, layer: nnx.Conv, x: jax.Array, act: Callable[[jax.Array], jax.Array]) -> jax.Array:
+        """max_pool_2x2(act(conv(x))): `layer`'s convolution, then ops.pool_bias_act."""
+        return ops.pool_bias_act(act, ops.conv2d_valid(x, layer.kernel[...], self.conv), layer.bias[...])
 
     def __call__(self, x: jax.Array, *, dropout_key: jax.Array | None = None) -> jax.Array:
         """Logits for images `x` (N, 28, 28, 1) in [0, 1]; dropout is applied only when a key is given."""
         keys = [None] * 4 if dropout_key is None else list(jax.random.split(dropout_key, 4))
-        drop = lambda layer, y, key: layer(y, deterministic=key is None, rngs=key)  # noqa: E731
-        x = drop(self.drop1, max_pool_2x2(jax.nn.leaky_relu(self.conv1(x), 0.1)), keys[0])
-        x = drop(self.drop2, max_pool_2x2(jax.nn.elu(self.conv2(x), 0.1)), keys[1])
-        x = drop(self.drop3, max_pool_2x2(jax.nn.leaky_relu(self.conv3(x), 0.1)), keys[2])
+        r = self.dropout_rates
+        x = ops.dropout(self._block(self.conv1, x, leaky_relu), r[0], keys[0])
+        x = ops.dropout(self._block(self.conv2, x, elu), r[1], keys[1])
+        x = ops.dropout(self._block(self.conv3, x, leaky_relu), r[2], keys[2])
         x = x.reshape(x.shape[0], -1)
-        x = drop(self.drop4, jax.nn.elu(self.dense1(x), 0.1), keys[3])
+        x = ops.dropout(elu(self.dense1(x)), r[3], keys[3])
         return self.dense2(x)
 
 

@@ -28,7 +28,7 @@ from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
 
-from fmnist_jax import checkpoints, config_lib, data, errors, metrics, models, parallel
+from fmnist_jax import checkpoints, config_lib, data, errors, metrics, models, ops, parallel
 from fmnist_jax.errors import ConfigError, UserError
 
 
@@ -44,6 +44,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     config_lib.check_positive(config, "checkpoint.every_steps", "data.validation_size", allow_zero=True)
     if config.scan_unroll not in UNROLL_CHOICES:
         raise ConfigError(f"config.scan_unroll={config.scan_unroll!r} must be one of {UNROLL_CHOICES}.")
+    if model_conv(config) not in ops.CONV_IMPLS:
+        raise ConfigError(f"config.model.conv={model_conv(config)!r} must be one of {ops.CONV_IMPLS}.")
+
+
+def model_conv(config: ml_collections.ConfigDict) -> str:
+    """How the CNN computes its convolutions (speed only); configs saved before the field existed: "auto"."""
+    return config.model.get("conv", "auto")
 
 
 # --------------------------------------------------------------------------------------------- state
@@ -78,7 +85,7 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 def create_train_state(config: ml_collections.ConfigDict) -> tuple[Graphs, TrainState, int]:
     """A fresh model and optimizer from `config.seed`: (graphs, host-side state, number of parameters)."""
-    model = models.create_model(config.model.name, seed=config.seed)
+    model = models.create_model(config.model.name, seed=config.seed, conv=model_conv(config))
     optimizer = nnx.Optimizer(model, make_optimizer(config), wrt=nnx.Param)
     model_graph, model_state = nnx.split(model)
     opt_graph, opt_state = nnx.split(optimizer)

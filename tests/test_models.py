@@ -26,7 +26,7 @@ def test_layer_shapes_follow_the_study(model):
     assert shapes["conv3"]["kernel"] == (3, 3, 128, 256)
     assert shapes["dense1"]["kernel"] == (256, 256)
     assert shapes["dense2"]["kernel"] == (256, 10)
-    assert [model.drop1.rate, model.drop2.rate, model.drop3.rate, model.drop4.rate] == [0.25, 0.25, 0.4, 0.3]
+    assert model.dropout_rates == (0.25, 0.25, 0.4, 0.3)
 
 
 def test_biases_start_at_zero_and_kernels_glorot_uniform(model):
@@ -54,10 +54,46 @@ def test_dropout_only_with_a_key(model):
     assert not np.allclose(model(x, dropout_key=k1), model(x))
 
 
-@pytest.mark.parametrize("shape", [(2, 26, 26, 3), (2, 11, 11, 4), (1, 3, 3, 5)])
-def test_max_pool_matches_flax(shape):
-    x = jax.random.normal(jax.random.key(0), shape)
-    np.testing.assert_array_equal(models.max_pool_2x2(x), nnx.max_pool(x, (2, 2), (2, 2), "VALID"))
+class FlaxReferenceCNN(nnx.Module):
+    """The study's CNN written with Flax's own layers, in the study's order: conv, activation, pool."""
+
+    def __init__(self, cnn: models.SeedCNN):
+        self.cnn = cnn
+
+    def __call__(self, x):
+        c = self.cnn
+        pool = lambda y: nnx.max_pool(y, (2, 2), (2, 2), "VALID")  # noqa: E731
+        x = pool(jax.nn.leaky_relu(c.conv1(x), 0.1))
+        x = pool(jax.nn.elu(c.conv2(x), 0.1))
+        x = pool(jax.nn.leaky_relu(c.conv3(x), 0.1))
+        return c.dense2(jax.nn.elu(c.dense1(x.reshape(x.shape[0], -1)), 0.1))
+
+
+@pytest.mark.parametrize("conv", ["im2col", "xla"])
+def test_fast_layers_compute_what_flax_layers_compute(conv):
+    """Logits and every parameter gradient equal those of the plain Flax formulation (no dropout)."""
+    model = models.create_model("seed_cnn", seed=3, conv=conv)
+    reference = FlaxReferenceCNN(model)
+    x = jax.random.uniform(jax.random.key(4), (6, 28, 28, 1))
+    labels = jnp.arange(6) % 10
+    np.testing.assert_allclose(model(x), reference(x), rtol=1e-5, atol=1e-6)
+
+    def loss(m, forward):
+        return -jnp.mean(jax.nn.log_softmax(forward(m, x))[jnp.arange(6), labels])
+
+    grads = nnx.grad(loss)(model, lambda m, x: m(x))
+    ref_grads = nnx.grad(lambda m: loss(m, lambda r, x: r(x)))(reference)
+    flat = dict(nnx.to_flat_state(nnx.state(grads, nnx.Param)))
+    ref_flat = {key[1:]: v for key, v in nnx.to_flat_state(nnx.state(ref_grads, nnx.Param))}  # drop "cnn"
+    assert set(flat) == set(ref_flat) and len(flat) == 10
+    for key, g in flat.items():
+        ref = ref_flat[key][...]
+        np.testing.assert_allclose(g[...], ref, rtol=1e-4, atol=1e-6 * float(jnp.abs(ref).max()), err_msg=str(key))
+
+
+def test_unknown_conv_implementation_is_refused():
+    with pytest.raises(ValueError, match="conv='cudnn' is not one of"):
+        models.create_model("seed_cnn", seed=0, conv="cudnn")
 
 
 def test_unknown_model_name_lists_the_known_ones():

@@ -1,0 +1,139 @@
+"""The CNN's layers as fast JAX operations: the same maths as Flax's layers, cheaper on XLA:CPU.
+
+Measured with `benchmarks/train_speed.py` on a 2-core CPU (README, "Speed"); each is chosen because the
+benchmark showed it, and each is tested against the plain formulation in tests/test_ops.py:
+
+- `conv2d_valid` as one matrix product over (kh*kw*C)-wide patches ("im2col"). XLA:CPU multiplies
+  matrices at ~180 GFLOP/s here but runs the same convolution at ~85, and the gradients of the matrix
+  product are matrix products too. On GPU/TPU ("auto") XLA's own convolution is kept.
+- `pool_bias_act` = max_pool_2x2(act(z + bias)), computed as act(max_pool_2x2(z) + bias): the same values,
+  since the bias and both activations are increasing, with the bias and activation on a quarter of the
+  elements and a backward pass that is one select per input element instead of the tie-counting mask that
+  autodiff of a max builds.
+- `dropout` draws its keep mask from a counter-based hash of (key, element index) instead of threefry,
+  which XLA:CPU runs as a loop with copies of its state; the mask is a pure function of the key and the
+  element's position in the global batch, so it does not depend on the number of devices.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+CONV_IMPLS = ("auto", "im2col", "xla")
+
+
+def resolve_conv(impl: str, backend: str | None = None) -> str:
+    """"auto" -> "im2col" on CPU, "xla" on GPU/TPU (their convolution libraries beat a matrix product)."""
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv={impl!r} is not one of {CONV_IMPLS}")
+    if impl == "auto":
+        return "im2col" if (backend or jax.default_backend()) == "cpu" else "xla"
+    return impl
+
+
+def patches(x: jax.Array, kh: int, kw: int) -> jax.Array:
+    """(N, H, W, C) -> (N, H-kh+1, W-kw+1, kh*kw*C): every 'VALID' window, rows then columns then channels."""
+    _, h, w, _ = x.shape
+    oh, ow = h - kh + 1, w - kw + 1
+    return jnp.concatenate([x[:, i:i + oh, j:j + ow, :] for i in range(kh) for j in range(kw)], axis=-1)
+
+
+def conv2d_valid(x: jax.Array, kernel: jax.Array, impl: str = "auto") -> jax.Array:
+    """Stride-1 'VALID' convolution of NHWC `x` with an HWIO `kernel` (no bias), as `nnx.Conv` computes it."""
+    if resolve_conv(impl) == "xla":
+        return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    n, h, w, c = x.shape
+    kh, kw, _, o = kernel.shape
+    p = patches(x, kh, kw).reshape(n * (h - kh + 1) * (w - kw + 1), kh * kw * c)
+    return jnp.dot(p, kernel.reshape(kh * kw * c, o)).reshape(n, h - kh + 1, w - kw + 1, o)
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max pooling, stride 2, 'VALID' (an odd last row/column is dropped), as reshape + max.
+
+    The same values as `nnx.max_pool(x, (2, 2), (2, 2))`; its backward pass is an elementwise mask instead
+    of `select_and_scatter`.
+    """
+    n, h, w, c = x.shape
+    x = x[:, : h // 2 * 2, : w // 2 * 2, :]
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def _window_corners(z: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """The four elements of every 2x2 window: top-left, top-right, bottom-left, bottom-right."""
+    n, h, w, c = z.shape
+    z = z[:, : h // 2 * 2, : w // 2 * 2, :].reshape(n, h // 2, 2, w // 2, 2, c)
+    return z[:, :, 0, :, 0], z[:, :, 0, :, 1], z[:, :, 1, :, 0], z[:, :, 1, :, 1]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def pool_bias_act(act: Callable[[jax.Array], jax.Array], z: jax.Array, bias: jax.Array) -> jax.Array:
+    """max_pool_2x2(act(z + bias)) for an increasing `act`, computed as act(max_pool_2x2(z) + bias).
+
+    Gradient: each window's gradient goes to its largest element, the first in row-major order on ties (as
+    TensorFlow's max-pool gradient does; autodiff of `max` would split it between tied elements).
+    """
+    return act(max_pool_2x2(z) + bias)
+
+
+def _pool_bias_act_fwd(act, z, bias):
+    m = max_pool_2x2(z)
+    return act(m + bias), (z, m, bias)
+
+
+def _pool_bias_act_bwd(act, residuals, dy):
+    z, m, bias = residuals
+    g = jax.vjp(act, m + bias)[1](dy)[0]
+    a, b, c, _ = _window_corners(z)
+    ta, tb, tc = a == m, b == m, c == m
+    zero = jnp.zeros_like(g)
+    corners = (jnp.where(ta, g, zero), jnp.where(tb & ~ta, g, zero), jnp.where(tc & ~(ta | tb), g, zero),
+               jnp.where(ta | tb | tc, zero, g))
+    n, h, w, ch = z.shape
+    h2, w2 = h // 2, w // 2
+    top, bottom = jnp.stack(corners[:2], axis=3), jnp.stack(corners[2:], axis=3)  # (N, H/2, W/2, 2, C)
+    dz = jnp.stack([top, bottom], axis=2).reshape(n, 2 * h2, 2 * w2, ch)
+    dz = jnp.pad(dz, ((0, 0), (0, h - 2 * h2), (0, w - 2 * w2), (0, 0)))  # the dropped odd edge: zero
+    return dz, g.sum(axis=(0, 1, 2))
+
+
+pool_bias_act.defvjp(_pool_bias_act_fwd, _pool_bias_act_bwd)
+
+
+def _fmix32(h: jax.Array) -> jax.Array:
+    """MurmurHash3's 32-bit finaliser: every input bit changes each output bit with probability ~1/2."""
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def hash_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """uint32 bits for every element of `shape`: a hash of (key, the element's row-major index)."""
+    size = 1
+    for d in shape:
+        size *= d
+    if size >= 2**32:
+        raise ValueError(f"dropout over {size} elements: at most 2**32 - 1 are supported")
+    k = jax.random.bits(key, (2,), jnp.uint32)
+    index = jnp.zeros(shape, jnp.uint32)
+    for axis, d in enumerate(shape):
+        index = index * jnp.uint32(d) + jax.lax.broadcasted_iota(jnp.uint32, shape, axis)
+    return _fmix32(_fmix32(index * jnp.uint32(0x9E3779B9) + k[0]) ^ k[1])
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    """Inverted dropout: zero each element with probability `rate`, scale the rest by 1/(1-rate); identity
+    without a key (evaluation), as `nnx.Dropout` does."""
+    if key is None or rate == 0.0:
+        return x
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout rate {rate} must be in [0, 1)")
+    keep = 1.0 - rate
+    threshold = jnp.uint32(min(round(keep * 2**32), 2**32 - 1))
+    return jnp.where(hash_bits(key, x.shape) < threshold, x / keep, jnp.zeros_like(x))
