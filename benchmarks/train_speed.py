@@ -28,7 +28,7 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from configs import cnn  # noqa: E402
-from fmnist_jax import data, parallel, train  # noqa: E402
+from fmnist_jax import data, ops, parallel, train  # noqa: E402
 
 STEPS_PER_EPOCH = 750
 BATCH = 64
@@ -59,10 +59,12 @@ def report(name: str, seconds_per_step: float, compile_seconds: float | None, **
     return row
 
 
-def bench_ours(arrays, *, steps: int, steps_per_call: int, unroll: str, streamed: bool = False) -> dict:
+def bench_ours(arrays, *, steps: int, steps_per_call: int, unroll: str, streamed: bool = False,
+               conv: str = "auto") -> dict:
     """The project's loop: data on the devices, `steps_per_call` steps per jitted call."""
     images, labels = arrays[0], arrays[1]
     config = cnn.get_config()
+    config.model.conv = conv
     mesh = parallel.make_mesh()
     graphs, state, _ = train.create_train_state(config)
     state = parallel.replicate(state, mesh)
@@ -94,9 +96,9 @@ def bench_ours(arrays, *, steps: int, steps_per_call: int, unroll: str, streamed
         state = call(state, i)
     jax.block_until_ready(state)
     per_step = (time.perf_counter() - start) / (calls * steps_per_call)
-    name = f"ours_k{steps_per_call}_{unroll}" + ("_streamed" if streamed else "")
+    name = f"ours_k{steps_per_call}_{unroll}" + ("_streamed" if streamed else "") + ("" if conv == "auto" else f"_{conv}_conv")
     return report(name, per_step, compile_seconds, steps_per_call=steps_per_call, scan_unroll=unroll,
-                  data="streamed" if streamed else "on_device")
+                  data="streamed" if streamed else "on_device", conv=ops.resolve_conv(conv))
 
 
 class PlainCNN(nnx.Module):
@@ -214,11 +216,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100, help="timed steps per variant")
     parser.add_argument("--variants", default="default,plain,torch,eval",
-                        help="comma-separated: default, plain, torch, eval, per_step, k25, rolled, streamed, or all")
+                        help="comma-separated: default, plain, torch, eval, per_step, k25, rolled, streamed, "
+                             "xla_conv, im2col_conv, or all")
     args = parser.parse_args()
     wanted = set(args.variants.split(","))
     if "all" in wanted:
-        wanted = {"default", "plain", "torch", "eval", "per_step", "k25", "rolled", "streamed"}
+        wanted = {"default", "plain", "torch", "eval", "per_step", "k25", "rolled", "streamed", "xla_conv", "im2col_conv"}
     arrays = load_arrays()
     print(json.dumps({"data": arrays[4], "jax": jax.__version__, "backend": jax.default_backend(),
                       "devices": [str(d) for d in jax.devices()]}), flush=True)
@@ -235,6 +238,9 @@ def main() -> None:
         rows["rolled"] = bench_ours(arrays, steps=steps, steps_per_call=default_k, unroll="rolled")
     if "streamed" in wanted:
         rows["streamed"] = bench_ours(arrays, steps=args.steps, steps_per_call=default_k, unroll="auto", streamed=True)
+    for conv in ("xla", "im2col"):  # the other convolution than "auto" picks, to show why it picks as it does
+        if f"{conv}_conv" in wanted and ops.resolve_conv("auto") != conv:
+            rows[f"{conv}_conv"] = bench_ours(arrays, steps=args.steps, steps_per_call=default_k, unroll="auto", conv=conv)
     if "plain" in wanted:
         rows["plain"] = bench_plain(arrays, steps=args.steps)
     if "torch" in wanted:
