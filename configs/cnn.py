@@ -25,7 +25,8 @@ def get_config() -> ml_collections.ConfigDict:
     # whether that scan is unrolled: "auto" (unrolled on CPU, rolled on GPU/TPU; see benchmarks/), "full", "rolled".
     config.steps_per_call = 10
     config.scan_unroll = "auto"
-    config.eval_batch_size = 1000  # rounded up to a multiple of the device count; the last batch is padded
+    # 0: 100 on CPU, 1000 on GPU/TPU; rounded up to a multiple of the device count; the last batch is padded.
+    config.eval_batch_size = 0
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "seed_cnn"  # a name in fmnist_jax.models.MODELS

@@ -3,13 +3,13 @@
 Measured with `benchmarks/train_speed.py` on a 2-core CPU (README, "Speed"); each is chosen because the
 benchmark showed it, and each is tested against the plain formulation in tests/test_ops.py:
 
-- `conv2d_valid` as one matrix product over (kh*kw*C)-wide patches ("im2col"). XLA:CPU multiplies
-  matrices at ~180 GFLOP/s here but runs the same convolution at ~85, and the gradients of the matrix
-  product are matrix products too. On GPU/TPU ("auto") XLA's own convolution is kept.
-- `pool_bias_act` = max_pool_2x2(act(z + bias)), computed as act(max_pool_2x2(z) + bias): the same values,
-  since the bias and both activations are increasing, with the bias and activation on a quarter of the
-  elements and a backward pass that is one select per input element instead of the tie-counting mask that
-  autodiff of a max builds.
+- `conv2d_valid` as one matrix product over (kh*kw*C)-wide patches ("im2col") when training on CPU.
+  XLA:CPU multiplies matrices at ~180 GFLOP/s here but runs the same convolution at ~85, and the weight
+  gradient reuses the patches. For a forward pass alone, and on GPU/TPU, XLA's convolution is faster.
+- `pool_bias_act` = max_pool_2x2(act(z + bias)) for training, computed as act(max_pool_2x2(z) + bias): the
+  same values, since the bias and both activations are increasing, with a backward pass that is one select
+  per input element instead of the tie-counting mask that autodiff of a max builds. (A forward pass alone
+  is faster in the plain order, which the model uses for evaluation.)
 - `dropout` draws its keep mask from a counter-based hash of (key, element index) instead of threefry,
   which XLA:CPU runs as a loop with copies of its state; the mask is a pure function of the key and the
   element's position in the global batch, so it does not depend on the number of devices.
@@ -26,12 +26,17 @@ import jax.numpy as jnp
 CONV_IMPLS = ("auto", "im2col", "xla")
 
 
-def resolve_conv(impl: str, backend: str | None = None) -> str:
-    """"auto" -> "im2col" on CPU, "xla" on GPU/TPU (their convolution libraries beat a matrix product)."""
+def resolve_conv(impl: str, backend: str | None = None, *, training: bool = True) -> str:
+    """"auto" -> "im2col" for training on CPU, else "xla".
+
+    On CPU the patch matrix pays off in training, where the weight gradient reuses it; a forward pass alone
+    (evaluation, prediction) is faster through XLA's convolution (benchmarks/). On GPU/TPU XLA's convolution
+    libraries beat a matrix product.
+    """
     if impl not in CONV_IMPLS:
         raise ValueError(f"conv={impl!r} is not one of {CONV_IMPLS}")
     if impl == "auto":
-        return "im2col" if (backend or jax.default_backend()) == "cpu" else "xla"
+        return "im2col" if training and (backend or jax.default_backend()) == "cpu" else "xla"
     return impl
 
 
@@ -42,9 +47,9 @@ def patches(x: jax.Array, kh: int, kw: int) -> jax.Array:
     return jnp.concatenate([x[:, i:i + oh, j:j + ow, :] for i in range(kh) for j in range(kw)], axis=-1)
 
 
-def conv2d_valid(x: jax.Array, kernel: jax.Array, impl: str = "auto") -> jax.Array:
+def conv2d_valid(x: jax.Array, kernel: jax.Array, impl: str = "auto", *, training: bool = True) -> jax.Array:
     """Stride-1 'VALID' convolution of NHWC `x` with an HWIO `kernel` (no bias), as `nnx.Conv` computes it."""
-    if resolve_conv(impl) == "xla":
+    if resolve_conv(impl, training=training) == "xla":
         return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
     n, h, w, c = x.shape
     kh, kw, _, o = kernel.shape

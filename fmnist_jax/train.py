@@ -40,8 +40,9 @@ class TrainingError(UserError):
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the first CNN config field whose value cannot run."""
     config_lib.check_positive(config, "num_epochs", "batch_size", "learning_rate", "steps_per_call",
-                              "eval_batch_size", "checkpoint.max_to_keep")
-    config_lib.check_positive(config, "checkpoint.every_steps", "data.validation_size", allow_zero=True)
+                              "checkpoint.max_to_keep")
+    config_lib.check_positive(config, "checkpoint.every_steps", "data.validation_size", "eval_batch_size",
+                              allow_zero=True)
     if config.scan_unroll not in UNROLL_CHOICES:
         raise ConfigError(f"config.scan_unroll={config.scan_unroll!r} must be one of {UNROLL_CHOICES}.")
     if model_conv(config) not in ops.CONV_IMPLS:
@@ -232,10 +233,17 @@ def chunks(start_step: int, total_steps: int, steps_per_epoch: int, steps_per_ca
         step += n
 
 
+# Evaluation batch when config.eval_batch_size is 0: small on CPU, where the activations of 100 images stay
+# in cache (10k test images in 1.9 s against 2.6 s with batches of 1000, benchmarks/), large on accelerators.
+AUTO_EVAL_BATCH = {"cpu": 100}
+AUTO_EVAL_BATCH_ACCELERATOR = 1000
+
+
 def eval_batch_size(config: ml_collections.ConfigDict, mesh: Mesh) -> int:
-    """`config.eval_batch_size` rounded up to a multiple of the device count."""
+    """`config.eval_batch_size` (0: by backend) rounded up to a multiple of the device count."""
     n = mesh.devices.size
-    return math.ceil(config.eval_batch_size / n) * n
+    size = config.eval_batch_size or AUTO_EVAL_BATCH.get(mesh.devices.flat[0].platform, AUTO_EVAL_BATCH_ACCELERATOR)
+    return math.ceil(size / n) * n
 
 
 def _check_finite(value: float, epoch: int, step: int, what: str) -> None:

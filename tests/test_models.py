@@ -71,17 +71,21 @@ class FlaxReferenceCNN(nnx.Module):
 
 @pytest.mark.parametrize("conv", ["im2col", "xla"])
 def test_fast_layers_compute_what_flax_layers_compute(conv):
-    """Logits and every parameter gradient equal those of the plain Flax formulation (no dropout)."""
+    """Training form (a key, dropout rates set to 0) and evaluation form (no key): the logits of the plain
+    Flax formulation, and the training form's parameter gradients equal autodiff of the plain formulation."""
     model = models.create_model("seed_cnn", seed=3, conv=conv)
+    model.dropout_rates = (0.0,) * 4
     reference = FlaxReferenceCNN(model)
     x = jax.random.uniform(jax.random.key(4), (6, 28, 28, 1))
     labels = jnp.arange(6) % 10
+    train_form = lambda m, x: m(x, dropout_key=jax.random.key(0))  # noqa: E731
+    np.testing.assert_allclose(train_form(model, x), reference(x), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(model(x), reference(x), rtol=1e-5, atol=1e-6)
 
     def loss(m, forward):
         return -jnp.mean(jax.nn.log_softmax(forward(m, x))[jnp.arange(6), labels])
 
-    grads = nnx.grad(loss)(model, lambda m, x: m(x))
+    grads = nnx.grad(loss)(model, train_form)
     ref_grads = nnx.grad(lambda m: loss(m, lambda r, x: r(x)))(reference)
     flat = dict(nnx.to_flat_state(nnx.state(grads, nnx.Param)))
     ref_flat = {key[1:]: v for key, v in nnx.to_flat_state(nnx.state(ref_grads, nnx.Param))}  # drop "cnn"

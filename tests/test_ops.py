@@ -28,10 +28,11 @@ def test_im2col_convolution_equals_xla_convolution_with_gradients(x_shape, k_sha
         np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
 
 
-def test_auto_convolution_is_im2col_on_cpu_and_xla_on_accelerators():
+def test_auto_convolution_is_im2col_for_cpu_training_only():
     assert ops.resolve_conv("auto", "cpu") == "im2col"
+    assert ops.resolve_conv("auto", "cpu", training=False) == "xla"
     assert ops.resolve_conv("auto", "gpu") == ops.resolve_conv("auto", "tpu") == "xla"
-    assert ops.resolve_conv("xla", "cpu") == "xla" and ops.resolve_conv("im2col", "gpu") == "im2col"
+    assert ops.resolve_conv("xla", "cpu") == "xla" and ops.resolve_conv("im2col", "gpu", training=False) == "im2col"
 
 
 @pytest.mark.parametrize("shape", [(2, 26, 26, 3), (2, 11, 11, 4), (1, 3, 3, 5)])
