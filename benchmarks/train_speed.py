@@ -68,7 +68,7 @@ def bench_ours(arrays, *, steps: int, steps_per_call: int, unroll: str, streamed
     mesh = parallel.make_mesh()
     graphs, state, _ = train.create_train_state(config)
     state = parallel.replicate(state, mesh)
-    programs = train.Programs(graphs, mesh, BATCH, train.resolve_unroll(unroll, jax.default_backend()))
+    programs = train.Programs(graphs, mesh, BATCH, train.resolve_unroll(unroll, jax.default_backend(), conv))
     key = jax.random.key(0)
     n = len(labels)
     perm = programs.permutation(key, 0, n)
@@ -216,12 +216,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100, help="timed steps per variant")
     parser.add_argument("--variants", default="default,plain,torch,eval",
-                        help="comma-separated: default, plain, torch, eval, per_step, k25, rolled, streamed, "
+                        help="comma-separated: default, plain, torch, eval, per_step, k25, rolled, unrolled, streamed, "
                              "xla_conv, im2col_conv, or all")
     args = parser.parse_args()
     wanted = set(args.variants.split(","))
     if "all" in wanted:
-        wanted = {"default", "plain", "torch", "eval", "per_step", "k25", "rolled", "streamed", "xla_conv", "im2col_conv"}
+        wanted = {"default", "plain", "torch", "eval", "per_step", "k25", "rolled", "unrolled", "streamed", "xla_conv",
+                  "im2col_conv"}
     arrays = load_arrays()
     print(json.dumps({"data": arrays[4], "jax": jax.__version__, "backend": jax.default_backend(),
                       "devices": [str(d) for d in jax.devices()]}), flush=True)
@@ -233,9 +234,10 @@ def main() -> None:
         rows["per_step"] = bench_ours(arrays, steps=args.steps, steps_per_call=1, unroll="auto")
     if "k25" in wanted:
         rows["k25"] = bench_ours(arrays, steps=args.steps, steps_per_call=25, unroll="auto")
-    if "rolled" in wanted:  # ~1 s/step on XLA:CPU: time few steps there
-        steps = args.steps if jax.default_backend() != "cpu" else 2 * default_k
-        rows["rolled"] = bench_ours(arrays, steps=steps, steps_per_call=default_k, unroll="rolled")
+    if "rolled" in wanted:
+        rows["rolled"] = bench_ours(arrays, steps=args.steps, steps_per_call=default_k, unroll="rolled")
+    if "unrolled" in wanted:
+        rows["unrolled"] = bench_ours(arrays, steps=args.steps, steps_per_call=default_k, unroll="full")
     if "streamed" in wanted:
         rows["streamed"] = bench_ours(arrays, steps=args.steps, steps_per_call=default_k, unroll="auto", streamed=True)
     for conv in ("xla", "im2col"):  # the other convolution than "auto" picks, to show why it picks as it does

@@ -22,7 +22,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.adam = ml_collections.ConfigDict({"b1": 0.9, "b2": 0.999, "eps": 1e-7})  # Keras' Adam defaults
 
     # Speed only, never the maths: how many train steps one compiled call runs (through lax.scan), and
-    # whether that scan is unrolled: "auto" (unrolled on CPU, rolled on GPU/TPU; see benchmarks/), "full", "rolled".
+    # whether that scan is unrolled: "auto" (rolled, except for XLA convolutions on CPU, which a rolled XLA:CPU
+    # loop slows ~15x; see benchmarks/), "full", "rolled".
     config.steps_per_call = 10
     config.scan_unroll = "auto"
     # 0: 100 on CPU, 1000 on GPU/TPU; rounded up to a multiple of the device count; the last batch is padded.
