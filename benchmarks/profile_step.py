@@ -1,0 +1,104 @@
+r"""Where a CNN train step's time goes: a `jax.profiler` trace of the project's train step, summed per XLA op.
+
+    python benchmarks/profile_step.py                    # 1 step per call, the default config otherwise
+    python benchmarks/profile_step.py --conv=xla --top=25
+    python benchmarks/profile_step.py --forward_only     # the evaluation forward pass, batch --batch
+
+Prints one JSON line per XLA operation (thunk) of the compiled step, the most expensive first: milliseconds
+per step, the op's output shape and the JAX operation it came from, then one line with the total.
+XLA:CPU runs independent ops concurrently on the cores, so the per-op times can add up to more than the
+step's wall time; read them as where the cores are busy. The trace itself is kept in --trace_dir
+(open it in Perfetto or TensorBoard's profiler).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import gzip
+import json
+import pathlib
+import re
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from configs import cnn  # noqa: E402
+from fmnist_jax import parallel, train  # noqa: E402
+
+
+def op_table(hlo_text: str) -> dict[str, str]:
+    """XLA op name -> "shape  jax-op" from the optimized HLO."""
+    table = {}
+    for line in hlo_text.splitlines():
+        match = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (\S+)", line)
+        if match and match.group(1) not in table:
+            source = re.search(r'op_name="([^"]+)"', line)
+            table[match.group(1)] = (match.group(2), source.group(1) if source else "")
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20, help="profiled calls")
+    parser.add_argument("--conv", default="auto", help="config.model.conv")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--forward_only", action="store_true", help="profile the evaluation forward pass")
+    parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--trace_dir", default=None, help="where the trace goes (default: a temporary folder)")
+    args = parser.parse_args()
+
+    config = cnn.get_config()
+    config.model.conv = args.conv
+    mesh = parallel.make_mesh()
+    graphs, state, _ = train.create_train_state(config)
+    state = parallel.replicate(state, mesh)
+    key = jax.random.key(0)
+    images = jax.random.randint(key, (args.batch, 28, 28), 0, 256).astype(jnp.uint8)
+    labels = jax.random.randint(key, (args.batch,), 0, 10)
+    if args.forward_only:
+        fn = jax.jit(lambda s, x: nnx.merge(graphs.model, s.model)(train.to_inputs(x)))
+        call = lambda s: (s, fn(s, images))  # noqa: E731
+        compiled = fn.lower(state, images).compile()
+    else:
+        fn = jax.jit(lambda s, x, y, k: train.train_step(graphs, s, x, y, k), donate_argnums=0)
+        call = lambda s: (fn(s, images, labels, key), None)  # noqa: E731
+        compiled = fn.lower(state, images, labels, key).compile()
+    table = op_table(compiled.as_text())
+    for _ in range(3):
+        state, out = call(state)
+    jax.block_until_ready((state, out))
+
+    trace_dir = pathlib.Path(args.trace_dir or tempfile.mkdtemp(prefix="fmnist_trace_"))
+    start = time.perf_counter()
+    with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
+        for _ in range(args.steps):
+            state, out = call(state)
+        jax.block_until_ready((state, out))
+    wall = (time.perf_counter() - start) / args.steps
+    trace_file = next(trace_dir.glob("**/*.json.gz"))
+    events = json.load(gzip.open(trace_file))
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    busy = collections.Counter()
+    for event in events:
+        if event.get("ph") == "X" and event.get("name") in table:
+            busy[event["name"]] += event["dur"]
+    for name, micros in busy.most_common(args.top):
+        shape, source = table[name]
+        print(json.dumps({"op": name, "ms_per_step": round(micros / args.steps / 1000, 3), "shape": shape,
+                          "from": source.removeprefix("jit(<lambda>)/")}), flush=True)
+    print(json.dumps({"ops_ms_per_step": round(sum(busy.values()) / args.steps / 1000, 2),
+                      "wall_ms_per_step_while_tracing": round(wall * 1000, 2), "trace": str(trace_file),
+                      "backend": jax.default_backend(), "forward_only": args.forward_only, "batch": args.batch}),
+          flush=True)
+
+
+if __name__ == "__main__":
+    main()
