@@ -4,8 +4,9 @@ Measured with `benchmarks/train_speed.py` on a 2-core CPU (README, "Speed"); eac
 benchmark showed it, and each is tested against the plain formulation in tests/test_ops.py:
 
 - `conv2d_valid` as one matrix product over (kh*kw*C)-wide patches ("im2col") when training on CPU.
-  XLA:CPU multiplies matrices at ~180 GFLOP/s here but runs the same convolution at ~85, and the weight
-  gradient reuses the patches. For a forward pass alone, and on GPU/TPU, XLA's convolution is faster.
+  XLA:CPU multiplies matrices at ~180 GFLOP/s here but runs the backward convolutions at ~85-130, and the
+  weight gradient reuses the patches. For a forward pass alone XLA's convolution is faster, except for the
+  one-channel first layer, which as nine multiply-adds ("taps") fuses with its activation and pooling.
 - `pool_bias_act` = max_pool_2x2(act(z + bias)) for training, computed as act(max_pool_2x2(z) + bias): the
   same values, since the bias and both activations are increasing, with a backward pass that is one select
   per input element instead of the tie-counting mask that autodiff of a max builds. (A forward pass alone
@@ -23,21 +24,26 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-CONV_IMPLS = ("auto", "im2col", "xla")
+CONV_IMPLS = ("auto", "im2col", "xla", "taps")
 
 
-def resolve_conv(impl: str, backend: str | None = None, *, training: bool = True) -> str:
-    """"auto" -> "im2col" for training on CPU, else "xla".
+def resolve_conv(impl: str, backend: str | None = None, *, training: bool = True, in_channels: int = 0) -> str:
+    """"auto" -> "im2col" for training on CPU; otherwise "taps" for a single input channel on CPU, else "xla".
 
     On CPU the patch matrix pays off in training, where the weight gradient reuses it; a forward pass alone
-    (evaluation, prediction) is faster through XLA's convolution (benchmarks/). On GPU/TPU XLA's convolution
-    libraries beat a matrix product.
+    (evaluation, prediction) is faster through XLA's convolution, and for the one-channel first layer as
+    nine multiply-adds that fuse with its activation and pooling (benchmarks/). On GPU/TPU XLA's
+    convolution libraries beat both.
     """
     if impl not in CONV_IMPLS:
         raise ValueError(f"conv={impl!r} is not one of {CONV_IMPLS}")
-    if impl == "auto":
-        return "im2col" if training and (backend or jax.default_backend()) == "cpu" else "xla"
-    return impl
+    if impl != "auto":
+        return impl
+    if (backend or jax.default_backend()) != "cpu":
+        return "xla"
+    if training:
+        return "im2col"
+    return "taps" if in_channels == 1 else "xla"
 
 
 def patches(x: jax.Array, kh: int, kw: int) -> jax.Array:
@@ -49,10 +55,14 @@ def patches(x: jax.Array, kh: int, kw: int) -> jax.Array:
 
 def conv2d_valid(x: jax.Array, kernel: jax.Array, impl: str = "auto", *, training: bool = True) -> jax.Array:
     """Stride-1 'VALID' convolution of NHWC `x` with an HWIO `kernel` (no bias), as `nnx.Conv` computes it."""
-    if resolve_conv(impl, training=training) == "xla":
+    impl = resolve_conv(impl, training=training, in_channels=x.shape[-1])
+    if impl == "xla":
         return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
     n, h, w, c = x.shape
     kh, kw, _, o = kernel.shape
+    if impl == "taps":  # sum over the window of shifted inputs times one kernel row: (N,oh,ow,C) x (C,O)
+        return sum(jnp.dot(x[:, i:i + h - kh + 1, j:j + w - kw + 1, :], kernel[i, j]) if c > 1 else
+                   x[:, i:i + h - kh + 1, j:j + w - kw + 1, :] * kernel[i, j, 0] for i in range(kh) for j in range(kw))
     p = patches(x, kh, kw).reshape(n * (h - kh + 1) * (w - kw + 1), kh * kw * c)
     return jnp.dot(p, kernel.reshape(kh * kw * c, o)).reshape(n, h - kh + 1, w - kw + 1, o)
 

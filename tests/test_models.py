@@ -69,7 +69,7 @@ class FlaxReferenceCNN(nnx.Module):
         return c.dense2(jax.nn.elu(c.dense1(x.reshape(x.shape[0], -1)), 0.1))
 
 
-@pytest.mark.parametrize("conv", ["im2col", "xla"])
+@pytest.mark.parametrize("conv", ["auto", "im2col", "xla"])
 def test_fast_layers_compute_what_flax_layers_compute(conv):
     """Training form (a key, dropout rates set to 0) and evaluation form (no key): the logits of the plain
     Flax formulation, and the training form's parameter gradients equal autodiff of the plain formulation."""

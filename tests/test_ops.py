@@ -18,19 +18,22 @@ def lax_conv(x, kernel):
 def test_im2col_convolution_equals_xla_convolution_with_gradients(x_shape, k_shape):
     kx, kk, kg = jax.random.split(jax.random.key(0), 3)
     x, kernel = jax.random.normal(kx, x_shape), jax.random.normal(kk, k_shape)
-    y = ops.conv2d_valid(x, kernel, "im2col")
-    np.testing.assert_allclose(y, lax_conv(x, kernel), rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(ops.conv2d_valid(x, kernel, "xla"), lax_conv(x, kernel))
-    cotangent = jax.random.normal(kg, y.shape)
-    grads = jax.vjp(lambda x, k: ops.conv2d_valid(x, k, "im2col"), x, kernel)[1](cotangent)
-    ref = jax.vjp(lax_conv, x, kernel)[1](cotangent)
-    for g, r in zip(grads, ref):
-        np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
+    ref_grads = jax.vjp(lax_conv, x, kernel)[1]
+    for impl in ("im2col", "taps"):
+        y = ops.conv2d_valid(x, kernel, impl)
+        np.testing.assert_allclose(y, lax_conv(x, kernel), rtol=1e-5, atol=1e-5, err_msg=impl)
+        cotangent = jax.random.normal(kg, y.shape)
+        grads = jax.vjp(lambda x, k: ops.conv2d_valid(x, k, impl), x, kernel)[1](cotangent)
+        for g, r in zip(grads, ref_grads(cotangent)):
+            np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4, err_msg=impl)
 
 
 def test_auto_convolution_is_im2col_for_cpu_training_only():
-    assert ops.resolve_conv("auto", "cpu") == "im2col"
-    assert ops.resolve_conv("auto", "cpu", training=False) == "xla"
+    assert ops.resolve_conv("auto", "cpu") == ops.resolve_conv("auto", "cpu", in_channels=1) == "im2col"
+    assert ops.resolve_conv("auto", "cpu", training=False, in_channels=64) == "xla"
+    assert ops.resolve_conv("auto", "cpu", training=False, in_channels=1) == "taps"
+    assert ops.resolve_conv("auto", "gpu", training=False, in_channels=1) == "xla"
     assert ops.resolve_conv("auto", "gpu") == ops.resolve_conv("auto", "tpu") == "xla"
     assert ops.resolve_conv("xla", "cpu") == "xla" and ops.resolve_conv("im2col", "gpu", training=False) == "im2col"
 
