@@ -31,8 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "seed_cnn"  # a name in fmnist_jax.models.MODELS
-    # Speed only: convolutions as patch matrix products ("im2col", fastest on CPU), XLA's own ("xla"), or
-    # "auto" (im2col on CPU, xla on GPU/TPU). See fmnist_jax/ops.py and benchmarks/train_speed.py.
+    # Speed only: convolutions as patch matrix products ("im2col"), XLA's own ("xla"), sums of shifted
+    # products ("taps"), or "auto": im2col for training on CPU, the fastest forward pass for evaluation,
+    # xla on GPU/TPU. See fmnist_jax/ops.py and benchmarks/train_speed.py.
     config.model.conv = "auto"
 
     config.data = common.data_config()

@@ -60,11 +60,13 @@ def conv2d_valid(x: jax.Array, kernel: jax.Array, impl: str = "auto", *, trainin
         return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
     n, h, w, c = x.shape
     kh, kw, _, o = kernel.shape
-    if impl == "taps":  # sum over the window of shifted inputs times one kernel row: (N,oh,ow,C) x (C,O)
-        return sum(jnp.dot(x[:, i:i + h - kh + 1, j:j + w - kw + 1, :], kernel[i, j]) if c > 1 else
-                   x[:, i:i + h - kh + 1, j:j + w - kw + 1, :] * kernel[i, j, 0] for i in range(kh) for j in range(kw))
-    p = patches(x, kh, kw).reshape(n * (h - kh + 1) * (w - kw + 1), kh * kw * c)
-    return jnp.dot(p, kernel.reshape(kh * kw * c, o)).reshape(n, h - kh + 1, w - kw + 1, o)
+    oh, ow = h - kh + 1, w - kw + 1
+    if impl == "taps":  # the sum over the window of shifted inputs times one kernel position each
+        window = lambda i, j: x[:, i:i + oh, j:j + ow, :]  # noqa: E731
+        return sum(window(i, j) * kernel[i, j, 0] if c == 1 else jnp.dot(window(i, j), kernel[i, j])
+                   for i in range(kh) for j in range(kw))
+    p = patches(x, kh, kw).reshape(n * oh * ow, kh * kw * c)
+    return jnp.dot(p, kernel.reshape(kh * kw * c, o)).reshape(n, oh, ow, o)
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
