@@ -123,12 +123,25 @@ def test_nan_loss_stops_with_a_clear_error(cnn_config, tmp_path):
     ("num_epochs", -1, r"config.num_epochs=-1 must be positive"),
     ("scan_unroll", "sometimes", r"config.scan_unroll='sometimes'"),
     ("kind", "gan", r"config.kind='gan' is not one of"),
+    ("eval_batch_size", -5, r"config.eval_batch_size=-5 must be zero or more"),
+    ("model.conv", "cudnn", r"config.model.conv='cudnn' must be one of \('auto', 'im2col', 'xla', 'taps'\)"),
 ])
 def test_bad_config_values_name_the_field(cnn_config, tmp_path, field, value, match):
-    cnn_config[field] = value
+    section, _, name = field.rpartition(".")
+    (cnn_config[section] if section else cnn_config)[name] = value
     with pytest.raises(ConfigError, match=match):
         run.run(cnn_config, tmp_path)
     assert not (tmp_path / "config.json").exists()
+
+
+def test_eval_batch_zero_picks_by_backend_and_rounds_to_the_devices(cnn_config):
+    mesh = parallel.make_mesh()
+    cnn_config.eval_batch_size = 0
+    expected = train.AUTO_EVAL_BATCH.get(jax.default_backend(), train.AUTO_EVAL_BATCH_ACCELERATOR)
+    assert train.eval_batch_size(cnn_config, mesh) == expected == (100 if jax.default_backend() == "cpu" else 1000)
+    cnn_config.eval_batch_size = 30
+    n = mesh.devices.size
+    assert train.eval_batch_size(cnn_config, mesh) == -(-30 // n) * n
 
 
 def test_batch_larger_than_the_data_is_an_error(cnn_config, tmp_path):
