@@ -75,16 +75,13 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     The same values as `nnx.max_pool(x, (2, 2), (2, 2))`; its backward pass is an elementwise mask instead
     of `select_and_scatter`.
     """
+    return _windows(x).max(axis=(2, 4))
+
+
+def _windows(x: jax.Array) -> jax.Array:
+    """(N, H, W, C) -> (N, H//2, 2, W//2, 2, C): the 2x2 windows, an odd last row/column dropped."""
     n, h, w, c = x.shape
-    x = x[:, : h // 2 * 2, : w // 2 * 2, :]
-    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
-
-
-def _window_corners(z: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """The four elements of every 2x2 window: top-left, top-right, bottom-left, bottom-right."""
-    n, h, w, c = z.shape
-    z = z[:, : h // 2 * 2, : w // 2 * 2, :].reshape(n, h // 2, 2, w // 2, 2, c)
-    return z[:, :, 0, :, 0], z[:, :, 0, :, 1], z[:, :, 1, :, 0], z[:, :, 1, :, 1]
+    return x[:, : h // 2 * 2, : w // 2 * 2, :].reshape(n, h // 2, 2, w // 2, 2, c)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -105,7 +102,8 @@ def _pool_bias_act_fwd(act, z, bias):
 def _pool_bias_act_bwd(act, residuals, dy):
     z, m, bias = residuals
     g = jax.vjp(act, m + bias)[1](dy)[0]
-    a, b, c, _ = _window_corners(z)
+    windows = _windows(z)
+    a, b, c = windows[:, :, 0, :, 0], windows[:, :, 0, :, 1], windows[:, :, 1, :, 0]  # top-left, -right, bottom-left
     ta, tb, tc = a == m, b == m, c == m
     zero = jnp.zeros_like(g)
     corners = (jnp.where(ta, g, zero), jnp.where(tb & ~ta, g, zero), jnp.where(tc & ~(ta | tb), g, zero),
