@@ -19,10 +19,10 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import jax  # noqa: E402
+import jax
 
-from configs import cnn  # noqa: E402
-from fmnist_jax import checkpoints, parallel, train  # noqa: E402
+from configs import cnn
+from fmnist_jax import checkpoints, parallel, train
 
 
 def main() -> None:
@@ -35,8 +35,9 @@ def main() -> None:
     state = parallel.replicate(state, mesh)
     for async_save in (True, False):
         with tempfile.TemporaryDirectory() as folder:
-            store = checkpoints.CheckpointStore(pathlib.Path(folder) / "checkpoints", max_to_keep=3,
-                                                async_save=async_save)
+            store = checkpoints.CheckpointStore(
+                pathlib.Path(folder) / "checkpoints", max_to_keep=3, async_save=async_save
+            )
             blocking, total = [], []
             for step in range(1, args.saves + 1):
                 start = time.perf_counter()
@@ -47,16 +48,28 @@ def main() -> None:
             start = time.perf_counter()
             store.restore_latest(state)
             restore = time.perf_counter() - start
-            size = sum(p.stat().st_size for p in (pathlib.Path(folder) / "checkpoints" / str(args.saves)).rglob("*")
-                       if p.is_file())
+            size = sum(
+                p.stat().st_size
+                for p in (pathlib.Path(folder) / "checkpoints" / str(args.saves)).rglob("*")
+                if p.is_file()
+            )
             store.close()
         blocking_median = sorted(blocking)[len(blocking) // 2]
-        print(json.dumps({"async_save": async_save, "saves": args.saves,
-                          "blocking_seconds_median": round(blocking_median, 4),
-                          "total_seconds_median": round(sorted(total)[len(total) // 2], 4),
-                          "restore_seconds": round(restore, 3), "checkpoint_mb": round(size / 2**20, 2),
-                          "epoch_slowdown_seconds_if_every_50_steps": round(15 * blocking_median, 2),
-                          "backend": jax.default_backend()}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "async_save": async_save,
+                    "saves": args.saves,
+                    "blocking_seconds_median": round(blocking_median, 4),
+                    "total_seconds_median": round(sorted(total)[len(total) // 2], 4),
+                    "restore_seconds": round(restore, 3),
+                    "checkpoint_mb": round(size / 2**20, 2),
+                    "epoch_slowdown_seconds_if_every_50_steps": round(15 * blocking_median, 2),
+                    "backend": jax.default_backend(),
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -26,12 +26,12 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from flax import nnx  # noqa: E402
+import jax
+import jax.numpy as jnp
+from flax import nnx
 
-from configs import cnn  # noqa: E402
-from fmnist_jax import parallel, train  # noqa: E402
+from configs import cnn
+from fmnist_jax import parallel, train
 
 
 def op_table(hlo_text: str) -> dict[str, str]:
@@ -65,11 +65,17 @@ def main() -> None:
     labels = jax.random.randint(key, (args.batch,), 0, 10)
     if args.forward_only:
         fn = jax.jit(lambda s, x: nnx.merge(graphs.model, s.model)(train.to_inputs(x)))
-        call = lambda s: (s, fn(s, images))  # noqa: E731
+
+        def call(s):
+            return s, fn(s, images)
+
         compiled = fn.lower(state, images).compile()
     else:
         fn = jax.jit(lambda s, x, y, k: train.train_step(graphs, s, x, y, k), donate_argnums=0)
-        call = lambda s: (fn(s, images, labels, key), None)  # noqa: E731
+
+        def call(s):
+            return fn(s, images, labels, key), None
+
         compiled = fn.lower(state, images, labels, key).compile()
     table = op_table(compiled.as_text())
     for _ in range(3):
@@ -84,7 +90,8 @@ def main() -> None:
         jax.block_until_ready((state, out))
     wall = (time.perf_counter() - start) / args.steps
     trace_file = next(trace_dir.glob("**/*.json.gz"))
-    events = json.load(gzip.open(trace_file))
+    with gzip.open(trace_file) as f:
+        events = json.load(f)
     events = events["traceEvents"] if isinstance(events, dict) else events
     busy = collections.Counter()
     for event in events:
@@ -92,12 +99,30 @@ def main() -> None:
             busy[event["name"]] += event["dur"]
     for name, micros in busy.most_common(args.top):
         shape, source = table[name]
-        print(json.dumps({"op": name, "ms_per_step": round(micros / args.steps / 1000, 3), "shape": shape,
-                          "from": source.removeprefix("jit(<lambda>)/")}), flush=True)
-    print(json.dumps({"ops_ms_per_step": round(sum(busy.values()) / args.steps / 1000, 2),
-                      "wall_ms_per_step_while_tracing": round(wall * 1000, 2), "trace": str(trace_file),
-                      "backend": jax.default_backend(), "forward_only": args.forward_only, "batch": args.batch}),
-          flush=True)
+        print(
+            json.dumps(
+                {
+                    "op": name,
+                    "ms_per_step": round(micros / args.steps / 1000, 3),
+                    "shape": shape,
+                    "from": source.removeprefix("jit(<lambda>)/"),
+                }
+            ),
+            flush=True,
+        )
+    print(
+        json.dumps(
+            {
+                "ops_ms_per_step": round(sum(busy.values()) / args.steps / 1000, 2),
+                "wall_ms_per_step_while_tracing": round(wall * 1000, 2),
+                "trace": str(trace_file),
+                "backend": jax.default_backend(),
+                "forward_only": args.forward_only,
+                "batch": args.batch,
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -21,14 +21,14 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-from flax import nnx  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
 
-from configs import cnn  # noqa: E402
-from fmnist_jax import data, ops, parallel, train  # noqa: E402
+from configs import cnn
+from fmnist_jax import data, ops, parallel, train
 
 STEPS_PER_EPOCH = 750
 BATCH = 64
@@ -44,23 +44,34 @@ def load_arrays(n_train: int = 48000):
         return ds.train.images, ds.train.labels, ds.test.images, ds.test.labels, ds.source
     except data.DataError:
         rng = np.random.default_rng(0)
-        return (rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8), rng.integers(0, 10, n_train).astype(np.int32),
-                rng.integers(0, 256, (10000, 28, 28), dtype=np.uint8), rng.integers(0, 10, 10000).astype(np.int32),
-                "random")
+        return (
+            rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+            rng.integers(0, 10, n_train).astype(np.int32),
+            rng.integers(0, 256, (10000, 28, 28), dtype=np.uint8),
+            rng.integers(0, 10, 10000).astype(np.int32),
+            "random",
+        )
 
 
 def report(name: str, seconds_per_step: float, compile_seconds: float | None, **extra) -> dict:
-    row = {"variant": name, "backend": jax.default_backend(), "devices": jax.device_count(),
-           "ms_per_step": round(1000 * seconds_per_step, 2), "epoch_seconds": round(seconds_per_step * STEPS_PER_EPOCH, 1),
-           "train_images_per_second": round(BATCH / seconds_per_step),
-           "compile_seconds": None if compile_seconds is None else round(compile_seconds, 2),
-           "peak_host_memory_mb": round(peak_rss_mb()), **extra}
+    row = {
+        "variant": name,
+        "backend": jax.default_backend(),
+        "devices": jax.device_count(),
+        "ms_per_step": round(1000 * seconds_per_step, 2),
+        "epoch_seconds": round(seconds_per_step * STEPS_PER_EPOCH, 1),
+        "train_images_per_second": round(BATCH / seconds_per_step),
+        "compile_seconds": None if compile_seconds is None else round(compile_seconds, 2),
+        "peak_host_memory_mb": round(peak_rss_mb()),
+        **extra,
+    }
     print(json.dumps(row), flush=True)
     return row
 
 
-def bench_ours(arrays, *, steps: int, steps_per_call: int, unroll: str, streamed: bool = False,
-               conv: str = "auto") -> dict:
+def bench_ours(
+    arrays, *, steps: int, steps_per_call: int, unroll: str, streamed: bool = False, conv: str = "auto"
+) -> dict:
     """The project's loop: data on the devices, `steps_per_call` steps per jitted call."""
     images, labels = arrays[0], arrays[1]
     config = cnn.get_config()
@@ -68,7 +79,7 @@ def bench_ours(arrays, *, steps: int, steps_per_call: int, unroll: str, streamed
     mesh = parallel.make_mesh()
     graphs, state, _ = train.create_train_state(config)
     state = parallel.replicate(state, mesh)
-    programs = train.Programs(graphs, mesh, BATCH, train.resolve_unroll(unroll, jax.default_backend(), conv))
+    programs = train.Programs(graphs, mesh, BATCH, unroll=train.resolve_unroll(unroll, jax.default_backend(), conv))
     key = jax.random.key(0)
     n = len(labels)
     perm = programs.permutation(key, 0, n)
@@ -77,15 +88,15 @@ def bench_ours(arrays, *, steps: int, steps_per_call: int, unroll: str, streamed
         perm_host = np.asarray(perm)
 
         def call(state, i):
-            idx = perm_host[i * BATCH * steps_per_call:(i + 1) * BATCH * steps_per_call]
+            idx = perm_host[i * BATCH * steps_per_call : (i + 1) * BATCH * steps_per_call]
             x, y = parallel.replicate((images[idx], labels[idx]), mesh)
-            return fn(state, x, y, jnp.arange(len(idx)), jnp.int32(i * steps_per_call), jnp.int32(0), key)
+            inputs = train.TrainInputs(x, y, jnp.arange(len(idx)), key)
+            return fn(state, inputs, jnp.int32(i * steps_per_call), jnp.int32(0))
     else:
-        dev_images, dev_labels = parallel.replicate((images, labels), mesh)
+        inputs = train.TrainInputs(*parallel.replicate((images, labels), mesh), perm, key)
 
         def call(state, i):
-            return fn(state, dev_images, dev_labels, perm, jnp.int32(i * steps_per_call),
-                      jnp.int32(i * steps_per_call), key)
+            return fn(state, inputs, jnp.int32(i * steps_per_call), jnp.int32(i * steps_per_call))
 
     start = time.perf_counter()
     state = jax.block_until_ready(call(state, 0))
@@ -96,9 +107,20 @@ def bench_ours(arrays, *, steps: int, steps_per_call: int, unroll: str, streamed
         state = call(state, i)
     jax.block_until_ready(state)
     per_step = (time.perf_counter() - start) / (calls * steps_per_call)
-    name = f"ours_k{steps_per_call}_{unroll}" + ("_streamed" if streamed else "") + ("" if conv == "auto" else f"_{conv}_conv")
-    return report(name, per_step, compile_seconds, steps_per_call=steps_per_call, scan_unroll=unroll,
-                  data="streamed" if streamed else "on_device", conv=ops.resolve_conv(conv))
+    name = (
+        f"ours_k{steps_per_call}_{unroll}"
+        + ("_streamed" if streamed else "")
+        + ("" if conv == "auto" else f"_{conv}_conv")
+    )
+    return report(
+        name,
+        per_step,
+        compile_seconds,
+        steps_per_call=steps_per_call,
+        scan_unroll=unroll,
+        data="streamed" if streamed else "on_device",
+        conv=ops.resolve_conv(conv),
+    )
 
 
 class PlainCNN(nnx.Module):
@@ -114,7 +136,9 @@ class PlainCNN(nnx.Module):
         self.drops = nnx.List([nnx.Dropout(r, rngs=rngs) for r in (0.25, 0.25, 0.4, 0.3)])
 
     def __call__(self, x):
-        pool = lambda y: nnx.max_pool(y, (2, 2), (2, 2))  # noqa: E731
+        def pool(y):
+            return nnx.max_pool(y, (2, 2), (2, 2))
+
         x = self.drops[0](pool(jax.nn.leaky_relu(self.c1(x), 0.1)))
         x = self.drops[1](pool(jax.nn.elu(self.c2(x), 0.1)))
         x = self.drops[2](pool(jax.nn.leaky_relu(self.c3(x), 0.1)))
@@ -155,18 +179,32 @@ def bench_plain(arrays, *, steps: int) -> dict:
 def bench_torch(arrays, *, steps: int) -> dict | None:
     """The PyTorch twin (same layers, batch, Adam), only when torch happens to be installed."""
     try:
-        import torch  # pylint: disable=import-outside-toplevel
+        import torch
     except ImportError:
         print(json.dumps({"variant": "pytorch_eager", "skipped": "torch is not installed"}), flush=True)
         return None
-    from torch import nn  # pylint: disable=import-outside-toplevel
+    from torch import nn
 
     torch.manual_seed(0)
     net = nn.Sequential(
-        nn.Conv2d(1, 64, 3), nn.LeakyReLU(0.1), nn.MaxPool2d(2), nn.Dropout(0.25),
-        nn.Conv2d(64, 128, 3), nn.ELU(0.1), nn.MaxPool2d(2), nn.Dropout(0.25),
-        nn.Conv2d(128, 256, 3), nn.LeakyReLU(0.1), nn.MaxPool2d(2), nn.Dropout(0.4),
-        nn.Flatten(), nn.Linear(256, 256), nn.ELU(0.1), nn.Dropout(0.3), nn.Linear(256, 10))
+        nn.Conv2d(1, 64, 3),
+        nn.LeakyReLU(0.1),
+        nn.MaxPool2d(2),
+        nn.Dropout(0.25),
+        nn.Conv2d(64, 128, 3),
+        nn.ELU(0.1),
+        nn.MaxPool2d(2),
+        nn.Dropout(0.25),
+        nn.Conv2d(128, 256, 3),
+        nn.LeakyReLU(0.1),
+        nn.MaxPool2d(2),
+        nn.Dropout(0.4),
+        nn.Flatten(),
+        nn.Linear(256, 256),
+        nn.ELU(0.1),
+        nn.Dropout(0.3),
+        nn.Linear(256, 10),
+    )
     assert sum(p.numel() for p in net.parameters()) == 438_026
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, eps=1e-7)
     x_all = torch.from_numpy(arrays[0]).float().div_(255).unsqueeze(1)
@@ -184,8 +222,13 @@ def bench_torch(arrays, *, steps: int) -> dict | None:
     start = time.perf_counter()
     for i in range(steps):
         step(i)
-    return report("pytorch_eager", (time.perf_counter() - start) / steps, None, torch=torch.__version__,
-                  threads=torch.get_num_threads())
+    return report(
+        "pytorch_eager",
+        (time.perf_counter() - start) / steps,
+        None,
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+    )
 
 
 def bench_eval(arrays) -> dict:
@@ -194,7 +237,7 @@ def bench_eval(arrays) -> dict:
     mesh = parallel.make_mesh()
     graphs, state, _ = train.create_train_state(config)
     state = parallel.replicate(state, mesh)
-    programs = train.Programs(graphs, mesh, BATCH, False)
+    programs = train.Programs(graphs, mesh, BATCH, unroll=False)
     split = data.Split(arrays[2], arrays[3])
     bs = train.eval_batch_size(config, mesh)
     start = time.perf_counter()
@@ -205,9 +248,16 @@ def bench_eval(arrays) -> dict:
         start = time.perf_counter()
         train.evaluate_split(programs, state, split, batch_size=bs)
         times.append(time.perf_counter() - start)
-    row = {"variant": "evaluate_test_set", "images": len(split), "seconds": round(min(times), 3),
-           "eval_images_per_second": round(len(split) / min(times)), "first_call_seconds": round(first, 2),
-           "eval_batch_size": bs, "backend": jax.default_backend(), "devices": jax.device_count()}
+    row = {
+        "variant": "evaluate_test_set",
+        "images": len(split),
+        "seconds": round(min(times), 3),
+        "eval_images_per_second": round(len(split) / min(times)),
+        "first_call_seconds": round(first, 2),
+        "eval_batch_size": bs,
+        "backend": jax.default_backend(),
+        "devices": jax.device_count(),
+    }
     print(json.dumps(row), flush=True)
     return row
 
@@ -215,17 +265,40 @@ def bench_eval(arrays) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100, help="timed steps per variant")
-    parser.add_argument("--variants", default="default,plain,torch,eval",
-                        help="comma-separated: default, plain, torch, eval, per_step, k25, rolled, unrolled, streamed, "
-                             "xla_conv, im2col_conv, or all")
+    parser.add_argument(
+        "--variants",
+        default="default,plain,torch,eval",
+        help="comma-separated: default, plain, torch, eval, per_step, k25, rolled, unrolled, streamed, "
+        "xla_conv, im2col_conv, or all",
+    )
     args = parser.parse_args()
     wanted = set(args.variants.split(","))
     if "all" in wanted:
-        wanted = {"default", "plain", "torch", "eval", "per_step", "k25", "rolled", "unrolled", "streamed", "xla_conv",
-                  "im2col_conv"}
+        wanted = {
+            "default",
+            "plain",
+            "torch",
+            "eval",
+            "per_step",
+            "k25",
+            "rolled",
+            "unrolled",
+            "streamed",
+            "xla_conv",
+            "im2col_conv",
+        }
     arrays = load_arrays()
-    print(json.dumps({"data": arrays[4], "jax": jax.__version__, "backend": jax.default_backend(),
-                      "devices": [str(d) for d in jax.devices()]}), flush=True)
+    print(
+        json.dumps(
+            {
+                "data": arrays[4],
+                "jax": jax.__version__,
+                "backend": jax.default_backend(),
+                "devices": [str(d) for d in jax.devices()],
+            }
+        ),
+        flush=True,
+    )
     rows = {}
     default_k = cnn.get_config().steps_per_call
     if "default" in wanted:
@@ -242,7 +315,9 @@ def main() -> None:
         rows["streamed"] = bench_ours(arrays, steps=args.steps, steps_per_call=default_k, unroll="auto", streamed=True)
     for conv in ("xla", "im2col"):  # the other convolution than "auto" picks, to show why it picks as it does
         if f"{conv}_conv" in wanted and ops.resolve_conv("auto") != conv:
-            rows[f"{conv}_conv"] = bench_ours(arrays, steps=args.steps, steps_per_call=default_k, unroll="auto", conv=conv)
+            rows[f"{conv}_conv"] = bench_ours(
+                arrays, steps=args.steps, steps_per_call=default_k, unroll="auto", conv=conv
+            )
     if "plain" in wanted:
         rows["plain"] = bench_plain(arrays, steps=args.steps)
     if "torch" in wanted:
@@ -251,8 +326,9 @@ def main() -> None:
         bench_eval(arrays)
     if "default" in rows:
         base = rows["default"]["ms_per_step"]
-        ratios = {f"{k}_over_default": round(v["ms_per_step"] / base, 2) for k, v in rows.items()
-                  if v and k != "default"}
+        ratios = {
+            f"{k}_over_default": round(v["ms_per_step"] / base, 2) for k, v in rows.items() if v and k != "default"
+        }
         print(json.dumps({"variant": "ratios (time per step relative to the default loop)", **ratios}), flush=True)
 
 

@@ -1,7 +1,7 @@
 r"""The study's CNN: Adam (Keras defaults), batch 64, 30 epochs, 48k/12k train/validation split.
 
-    python main.py --config=configs/cnn.py --workdir=runs/cnn
-    python main.py --config=configs/cnn.py --config.num_epochs=1 --config.data.num_train=6000   # a quick run
+python main.py --config=configs/cnn.py --workdir=runs/cnn
+python main.py --config=configs/cnn.py --config.num_epochs=1 --config.data.num_train=6000   # a quick run
 """
 
 import ml_collections

@@ -1,33 +1,47 @@
 r"""All three models and one report: each member trains (or is reused) in its own sub-workdir.
 
-    python main.py --config=configs/compare.py --workdir=runs/compare                    # the full study
-    python main.py --config=configs/compare.py --workdir=runs/quick --config.quick=True  # ~2 minutes on 2 cores
-    python main.py --config=configs/compare.py --config.members.cnn.workdir=runs/cnn     # reuse a finished run
+python main.py --config=configs/compare.py --workdir=runs/compare                    # the full study
+python main.py --config=configs/compare.py --workdir=runs/quick --config.quick=True  # ~2 minutes on 2 cores
+python main.py --config=configs/compare.py --config.members.cnn.workdir=runs/cnn     # reuse a finished run
 """
 
 import ml_collections
 from ml_collections import config_dict
 
-from configs import cnn, linear_svm, random_forest
+from configs import cnn, linear_svm, random_forest, random_forest_search
 
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.kind = "compare"
     config.mode = "train"
-    config.seed = 0  # every member's seed
+    config.seeds = (0, 1, 2)  # every member trains once per seed (--config.seeds=0,1,2)
     config.quick = False  # True: apply quick_overrides (few epochs, few trees, a data subset)
-    # Each member is a full config (override any field: --config.members.cnn.num_epochs=5) plus `workdir`:
-    # None trains in WORKDIR/<member>; a folder with a finished run is reported as it is.
+    # Each member is a full config (override any field: --config.members.cnn.num_epochs=5) plus `enabled` and
+    # `workdir`: None trains in WORKDIR/<member>/seed_<seed>; a folder (with {seed} in it for several seeds)
+    # holding a finished run is reported as it is.
     config.members = ml_collections.ConfigDict()
-    for name, module in (("cnn", cnn), ("random_forest", random_forest), ("linear_svm", linear_svm)):
+    members = (
+        ("cnn", cnn),
+        ("random_forest", random_forest),
+        ("linear_svm", linear_svm),
+        ("random_forest_search", random_forest_search),
+    )
+    for name, module in members:
         member = module.get_config()
+        member.enabled = name != "random_forest_search"  # the search joins when asked: it takes ~10 min a seed
         member.workdir = config_dict.placeholder(str)
         config.members[name] = member
-    config.quick_overrides = ml_collections.ConfigDict({
-        "cnn": {"num_epochs": 3, "data": {"num_train": 12000, "validation_size": 2000}},
-        "random_forest": {"model": {"n_estimators": 20}, "data": {"num_train": 12000, "validation_size": 2000}},
-        "linear_svm": {"data": {"num_train": 12000, "validation_size": 2000}},
-    })
+    config.quick_overrides = ml_collections.ConfigDict(
+        {
+            "cnn": {"num_epochs": 3, "data": {"num_train": 12000, "validation_size": 2000}},
+            "random_forest": {"model": {"n_estimators": 20}, "data": {"num_train": 12000, "validation_size": 2000}},
+            "linear_svm": {"data": {"num_train": 12000, "validation_size": 2000}},
+            "random_forest_search": {
+                "search": {"grid": {"n_estimators": (10, 20), "max_features": ("sqrt", 0.1)}},
+                "data": {"num_train": 12000, "validation_size": 2000},
+            },
+        }
+    )
     config.resume_with_changes = False
     return config

@@ -1,7 +1,7 @@
 r"""The study's random forest: 100 trees, max_features="sqrt" (what the study's "auto" meant), all cores.
 
-    python main.py --config=configs/random_forest.py --workdir=runs/rf
-    python main.py --config=configs/random_forest.py --config.data.use_validation_for_training=True   # 60k, as the study
+python main.py --config=configs/random_forest.py --workdir=runs/rf
+python main.py --config=configs/random_forest.py --config.data.use_validation_for_training=True   # 60k, as the study
 """
 
 import ml_collections

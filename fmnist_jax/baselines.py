@@ -19,13 +19,21 @@ from absl import logging
 from sklearn import ensemble, pipeline, preprocessing, svm
 from sklearn.exceptions import ConvergenceWarning
 
-from fmnist_jax import config_lib, data, metrics
+from fmnist_jax import config_lib, data, files, metrics
 from fmnist_jax.errors import ConfigError
 
 MODEL_FILE = "model.joblib"
 PREPROCESS = ("none", "scale", "standardize")
-FOREST_FIELDS = ("n_estimators", "criterion", "max_depth", "min_samples_split", "min_samples_leaf",
-                 "max_features", "bootstrap", "n_jobs")
+FOREST_FIELDS = (
+    "n_estimators",
+    "criterion",
+    "max_depth",
+    "min_samples_split",
+    "min_samples_leaf",
+    "max_features",
+    "bootstrap",
+    "n_jobs",
+)
 SVM_FIELDS = ("C", "loss", "penalty", "dual", "tol", "max_iter", "fit_intercept", "verbose")
 FOREST_PROGRESS_TREES = 10  # trees added per progress line (warm start: the same forest as one fit)
 
@@ -33,8 +41,9 @@ FOREST_PROGRESS_TREES = 10  # trees added per progress line (warm start: the sam
 def _check_fields(model_config: ml_collections.ConfigDict, allowed: tuple[str, ...]) -> None:
     unknown = sorted(set(model_config) - set(allowed) - {"name"})
     if unknown:
-        raise ConfigError(f"config.model has fields {unknown} that {model_config.name} does not take; "
-                          f"its fields are {list(allowed)}.")
+        raise ConfigError(
+            f"config.model has fields {unknown} that {model_config.name} does not take; its fields are {list(allowed)}."
+        )
 
 
 def _dual(value: str) -> bool | str:
@@ -62,12 +71,15 @@ def create_estimator(config: ml_collections.ConfigDict) -> Any:
         estimator = svm.LinearSVC(random_state=config.seed, **params)
     else:
         raise ConfigError(f"config.model.name={m.name!r} is not a baseline; choose 'random_forest' or 'linear_svm'.")
-    preprocess = config.get("preprocess", "none")
+    preprocess = config.preprocess
     if preprocess not in PREPROCESS:
         raise ConfigError(f"config.preprocess={preprocess!r} must be one of {PREPROCESS}.")
-    steps = {"none": [], "scale": [("scale", preprocessing.FunctionTransformer(_divide_by_255))],
-             "standardize": [("standardize", preprocessing.StandardScaler())]}[preprocess]
-    return pipeline.Pipeline(steps + [("model", estimator)])
+    steps = {
+        "none": [],
+        "scale": [("scale", preprocessing.FunctionTransformer(_divide_by_255))],
+        "standardize": [("standardize", preprocessing.StandardScaler())],
+    }[preprocess]
+    return pipeline.Pipeline([*steps, ("model", estimator)])
 
 
 def _divide_by_255(x: np.ndarray) -> np.ndarray:
@@ -101,17 +113,25 @@ def fit(estimator: Any, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
             logging.info("random forest: %d/%d trees, %.1f s", min(n, total), total, time.perf_counter() - start)
         model.set_params(warm_start=False)
         return {"converged": None, "n_iter": None}
-    logging.info("fitting %s on %d images (max_iter=%s%s)", type(model).__name__, len(x), model.max_iter,
-                 "; liblinear reports its iterations on stdout" if getattr(model, "verbose", 0) else "")
+    logging.info(
+        "fitting %s on %d images (max_iter=%s%s)",
+        type(model).__name__,
+        len(x),
+        model.max_iter,
+        "; liblinear reports its iterations on stdout" if getattr(model, "verbose", 0) else "",
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         estimator.fit(x, y)
     converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
     n_iter = int(np.max(model.n_iter_))
     if not converged:
-        logging.warning("%s did not converge in max_iter=%d iterations: raise config.model.max_iter or change "
-                        "config.preprocess; results.json records converged=false.", type(model).__name__,
-                        model.max_iter)
+        logging.warning(
+            "%s did not converge in max_iter=%d iterations: raise config.model.max_iter or change "
+            "config.preprocess; results.json records converged=false.",
+            type(model).__name__,
+            model.max_iter,
+        )
     return {"converged": converged, "n_iter": n_iter}
 
 
@@ -128,7 +148,7 @@ def save_estimator(workdir: pathlib.Path, estimator: Any) -> pathlib.Path:
     buffer = io.BytesIO()
     joblib.dump(estimator, buffer)
     path = workdir / MODEL_FILE
-    metrics.atomic_write_bytes(path, buffer.getvalue())
+    files.atomic_write_bytes(path, buffer.getvalue())
     return path
 
 
@@ -146,30 +166,132 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 def fit_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
     """Fits the baseline (or reuses the one a finished run saved), scores validation and test, writes
-    results.json, predictions.npz and model.joblib; returns the results dict."""
+    results.json, predictions.npz and model.joblib; returns the results dict. With `config.search.method` set,
+    searches `config.search.grid` on the validation split first and fits the best setting."""
     workdir = pathlib.Path(workdir)
     if (workdir / metrics.RESULTS_FILE).exists() and (workdir / MODEL_FILE).exists():
         logging.info("Run already finished; reporting %s", workdir / metrics.RESULTS_FILE)
         return metrics.load_results(workdir)
     dataset = data.load(config.data, seed=config.seed)
     x_train, y_train = flatten(dataset.train.images), dataset.train.labels
-    if config.data.get("use_validation_for_training", False):
+    extra, estimator = {}, create_estimator(config)
+    if config.search.method != "none":
+        best, extra["search"] = search(config, dataset)
+        estimator.set_params(**{f"model__{k}": v for k, v in best.items()})
+    if config.data.use_validation_for_training:
         x_train = np.concatenate([x_train, flatten(dataset.validation.images)])
         y_train = np.concatenate([y_train, dataset.validation.labels])
-    estimator = create_estimator(config)
     logging.info("Data from %s: fitting %s on %d images", dataset.source, config.model.name, len(x_train))
     start = time.perf_counter()
     fit_info = fit(estimator, x_train, y_train)
     train_seconds = time.perf_counter() - start
     save_estimator(workdir, estimator)
-    return score(config, workdir, estimator, dataset, train_seconds=train_seconds, extra=fit_info)
+    return score(config, workdir, estimator, dataset, train_seconds=train_seconds, extra={**fit_info, **extra})
 
 
-def score(config: ml_collections.ConfigDict, workdir: pathlib.Path, estimator: Any, dataset: data.Dataset, *,
-          train_seconds: float, extra: dict[str, Any]) -> dict[str, Any]:
+SEARCH_METHODS = ("none", "grid", "halving")
+
+
+def search(config: ml_collections.ConfigDict, dataset: data.Dataset) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Trains every setting of `config.search.grid` on the training split and scores it on the validation split
+    only (scikit-learn's search over a predefined split; "halving" is successive halving: each round keeps the
+    best 1/factor of the settings and trains them on factor times more images). Returns the best setting and
+    the record for results.json: every setting with its validation accuracy and fit seconds."""
+    from sklearn import model_selection
+
+    method, grid = config.search.method, config.search.grid.to_dict()
+    if method not in SEARCH_METHODS:
+        raise ConfigError(f"config.search.method={method!r} must be one of {SEARCH_METHODS}.")
+    if not grid or not all(isinstance(v, (list, tuple)) and v for v in grid.values()):
+        raise ConfigError(f"config.search.grid={grid!r} must map model fields to non-empty lists of values.")
+    unknown = [k for k in grid if k not in config.model]
+    if unknown:
+        raise ConfigError(f"config.search.grid names {unknown}, which are not fields of config.model.")
+    if not len(dataset.validation) or config.data.use_validation_for_training:
+        raise ConfigError(
+            "a search scores settings on the validation split: set config.data.validation_size > 0 "
+            "and config.data.use_validation_for_training=False."
+        )
+    x = np.concatenate([flatten(dataset.train.images), flatten(dataset.validation.images)])
+    y = np.concatenate([dataset.train.labels, dataset.validation.labels])
+    split = model_selection.PredefinedSplit(np.r_[np.full(len(dataset.train), -1), np.zeros(len(dataset.validation))])
+    estimator = create_estimator(config)
+    if "verbose" in estimator[-1].get_params():
+        estimator[-1].set_params(verbose=0)
+    param_grid = {f"model__{k}": list(v) for k, v in grid.items()}
+    common = {"cv": split, "scoring": "accuracy", "refit": False, "verbose": 2, "n_jobs": 1}
+    if method == "grid":
+        searcher = model_selection.GridSearchCV(estimator, param_grid, **common)
+    else:
+        from sklearn.experimental import enable_halving_search_cv  # noqa: F401  (registers the class below)
+
+        searcher = model_selection.HalvingGridSearchCV(
+            estimator, param_grid, factor=config.search.factor, random_state=config.seed, **common
+        )
+    size = int(np.prod([len(v) for v in grid.values()]))
+    logging.info(
+        "%s search over %d settings of %s, scored on %d validation images",
+        method,
+        size,
+        ", ".join(grid),
+        len(dataset.validation),
+    )
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        searcher.fit(x, y)
+    seconds = time.perf_counter() - start
+    cv = searcher.cv_results_
+    rows = []
+    for i, params in enumerate(cv["params"]):
+        row = {
+            "params": {k.removeprefix("model__"): _plain(v) for k, v in params.items()},
+            "validation_accuracy": float(cv["mean_test_score"][i]),
+            "fit_seconds": float(cv["mean_fit_time"][i]),
+        }
+        if method == "halving":
+            row["round"], row["images"] = int(cv["iter"][i]), int(cv["n_resources"][i])
+        rows.append(row)
+    if method == "halving":  # a setting's score is the one from the last round it reached (the most images)
+        last = {}
+        for row in rows:
+            key = tuple(row["params"].items())
+            if key not in last or row["round"] > last[key]["round"]:
+                last[key] = row
+        finalists = [r for r in last.values() if r["round"] == max(r["round"] for r in rows)]
+    else:
+        finalists = rows
+    best = max(finalists, key=lambda r: r["validation_accuracy"])
+    logging.info(
+        "search done in %.1f s: best %s, validation accuracy %.4f", seconds, best["params"], best["validation_accuracy"]
+    )
+    record = {
+        "method": method,
+        "grid": rows,
+        "best_params": best["params"],
+        "best_validation_accuracy": best["validation_accuracy"],
+        "seconds": seconds,
+    }
+    return best["params"], record
+
+
+def _plain(value: Any) -> Any:
+    """NumPy scalars from a parameter grid as JSON-able Python values."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def score(
+    config: ml_collections.ConfigDict,
+    workdir: pathlib.Path,
+    estimator: Any,
+    dataset: data.Dataset,
+    *,
+    train_seconds: float,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
     """Validation and test scores of a fitted estimator, written as results.json and predictions.npz."""
     val_acc = None  # none when the validation images were trained on: they are not held out then
-    if len(dataset.validation) and not config.data.get("use_validation_for_training", False):
+    if len(dataset.validation) and not config.data.use_validation_for_training:
         val_pred, _ = predict(estimator, flatten(dataset.validation.images))
         val_acc = float(np.mean(val_pred == dataset.validation.labels))
     start = time.perf_counter()
@@ -177,13 +299,27 @@ def score(config: ml_collections.ConfigDict, workdir: pathlib.Path, estimator: A
     predict_seconds = time.perf_counter() - start
     scores = metrics.evaluate(dataset.test.labels, test_pred, test_probs, class_names=dataset.class_names)
     results = metrics.make_results(
-        model=config.model.name, config_name=config.get("name", config.model.name), scores=scores,
-        validation_accuracy=val_acc, num_params=count_params(estimator), train_seconds=train_seconds,
-        predict_seconds=predict_seconds, num_predicted=len(dataset.test), seed=config.seed,
-        checksums=dataset.checksums, extra=extra)
+        model=config.model.name,
+        config_name=config.name,
+        scores=scores,
+        validation_accuracy=val_acc,
+        num_params=count_params(estimator),
+        train_seconds=train_seconds,
+        predict_seconds=predict_seconds,
+        num_predicted=len(dataset.test),
+        seed=config.seed,
+        checksums=dataset.checksums,
+        extra=extra,
+    )
     metrics.save_results(workdir, results)
-    metrics.save_predictions(workdir, labels=dataset.test.labels, preds=test_pred, probs=test_probs,
-                             images=dataset.test.images)
-    logging.info("%s: test accuracy %.4f (validation %s), fit %.1f s", config.model.name, results["test_accuracy"],
-                 "n/a" if val_acc is None else f"{val_acc:.4f}", train_seconds)
+    metrics.save_predictions(
+        workdir, labels=dataset.test.labels, preds=test_pred, probs=test_probs, images=dataset.test.images
+    )
+    logging.info(
+        "%s: test accuracy %.4f (validation %s), fit %.1f s",
+        config.model.name,
+        results["test_accuracy"],
+        "n/a" if val_acc is None else f"{val_acc:.4f}",
+        train_seconds,
+    )
     return results

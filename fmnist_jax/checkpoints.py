@@ -17,11 +17,9 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from fmnist_jax.errors import UserError
+from fmnist_jax.errors import CheckpointError
 
-
-class CheckpointError(UserError):
-    """A checkpoint folder that cannot be written or holds nothing restorable; the message names it."""
+__all__ = ["CheckpointError", "CheckpointStore", "PreemptionGuard"]
 
 
 class PreemptionGuard:
@@ -34,13 +32,13 @@ class PreemptionGuard:
         self.signal: int | None = None
         self._previous: dict[int, Any] = {}
 
-    def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    def _handle(self, signum, frame):
         logging.warning("%s received: saving a checkpoint, then stopping.", signal.Signals(signum).name)
         self.signal = signum
         for s, handler in self._previous.items():
             signal.signal(s, handler)
 
-    def __enter__(self) -> "PreemptionGuard":
+    def __enter__(self) -> PreemptionGuard:
         try:
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         except ValueError:  # not the main thread: signals cannot be caught here
@@ -68,10 +66,12 @@ class CheckpointStore:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as e:
-            raise CheckpointError(f"cannot write checkpoints to {self.directory} ({e.strerror}); "
-                                  "choose a writable --workdir.") from e
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                               enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
+            raise CheckpointError(
+                f"cannot write checkpoints to {self.directory} ({e.strerror}); choose a writable --workdir."
+            ) from e
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save, cleanup_tmp_directories=True
+        )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 
     def all_steps(self) -> list[int]:
@@ -81,15 +81,18 @@ class CheckpointStore:
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
         """Starts saving `state` at `step` (in the background when async); a failure raises CheckpointError."""
         try:
-            self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                            meta=ocp.args.JsonSave(meta)))
+            self.manager.save(
+                step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+            )
         except Exception as e:  # Orbax raises OSError, ValueError, or its own types
             raise CheckpointError(f"saving checkpoint {step} to {self.directory} failed: {e}") from e
 
     def restore(self, step: int, target: Any) -> tuple[Any, dict[str, Any]]:
         """The state and metadata of checkpoint `step`, placed like `target`."""
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(_abstract(target)), meta=ocp.args.JsonRestore()))
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(target)), meta=ocp.args.JsonRestore()),
+        )
         return restored["state"], dict(restored["meta"])
 
     def restore_latest(self, target: Any, *, step: int | None = None) -> tuple[Any, dict[str, Any]] | None:
@@ -109,12 +112,18 @@ class CheckpointStore:
                 return self.restore(s, target)
             except Exception as e:  # a truncated or missing file surfaces as many exception types
                 aside = self._set_aside(s)
-                logging.warning("Checkpoint %s is damaged (%s: %s); moved to %s, trying the one before.",
-                                self.directory / str(s), type(e).__name__, str(e)[:300], aside)
+                logging.warning(
+                    "Checkpoint %s is damaged (%s: %s); moved to %s, trying the one before.",
+                    self.directory / str(s),
+                    type(e).__name__,
+                    str(e)[:300],
+                    aside,
+                )
                 errors.append(f"{s}: {type(e).__name__}: {str(e)[:300]}")
         if errors:
-            raise CheckpointError(f"no valid checkpoint in {self.directory}: " + "; ".join(errors)
-                                  + ". Delete the folder to start again.")
+            raise CheckpointError(
+                f"no valid checkpoint in {self.directory}: " + "; ".join(errors) + ". Delete the folder to start again."
+            )
         return None
 
     def _set_aside(self, step: int) -> pathlib.Path:

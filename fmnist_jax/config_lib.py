@@ -9,18 +9,30 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 
-from fmnist_jax import metrics
+from fmnist_jax import files
 from fmnist_jax.errors import ConfigError
 
 CONFIG_FILE = "config.json"
 # Never compared: how fast or how a run is driven, not what it computes.
 # The data's location is operational too: results.json records the checksums of the files actually read.
-OPERATIONAL = ("resume_with_changes", "mode", "steps_per_call", "scan_unroll", "eval_batch_size", "model.conv",
-               "checkpoint.async_save", "checkpoint.step", "predict.", "data.dir", "data.source")
+OPERATIONAL = (
+    "resume_with_changes",
+    "mode",
+    "steps_per_call",
+    "scan_unroll",
+    "eval_batch_size",
+    "model.conv",
+    "checkpoint.async_save",
+    "checkpoint.step",
+    "predict.",
+    "data.dir",
+    "data.source",
+)
 # Compared, but may change with --config.resume_with_changes=True.
 SAFE_TO_CHANGE = ("num_epochs", "checkpoint.every_steps", "checkpoint.max_to_keep")
 
@@ -48,8 +60,11 @@ def _matches(field: str, patterns: tuple[str, ...]) -> bool:
 def diff(saved: Mapping[str, Any], requested: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Fields whose values differ (missing on one side counts), operational fields left out."""
     a, b = flatten(saved), flatten(requested)
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
-            if a.get(k) != b.get(k) and not _matches(k, OPERATIONAL)}
+    return {
+        k: (a.get(k), b.get(k))
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k) and not _matches(k, OPERATIONAL)
+    }
 
 
 def check_positive(config: ml_collections.ConfigDict, *fields: str, allow_zero: bool = False) -> None:
@@ -58,8 +73,11 @@ def check_positive(config: ml_collections.ConfigDict, *fields: str, allow_zero: 
         value = config
         for part in field.split("."):
             value = value[part]
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
-            value >= 0 if allow_zero else value > 0)
+        ok = (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and (value >= 0 if allow_zero else value > 0)
+        )
         if not ok:
             bound = "zero or more" if allow_zero else "positive"
             raise ConfigError(f"config.{field}={value!r} must be {bound}.")
@@ -79,15 +97,18 @@ def save_or_check(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
         if changed:
             listing = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
             unsafe = [k for k in changed if not _matches(k, SAFE_TO_CHANGE)]
-            if unsafe or not config.get("resume_with_changes", False):
-                how = (f"use a new --workdir (fields {unsafe} change what is computed)" if unsafe else
-                       "pass --config.resume_with_changes=True to continue with them, or use a new --workdir")
+            if unsafe or not config.resume_with_changes:
+                how = (
+                    f"use a new --workdir (fields {unsafe} change what is computed)"
+                    if unsafe
+                    else "pass --config.resume_with_changes=True to continue with them, or use a new --workdir"
+                )
                 raise ConfigError(f"{workdir} holds a run with a different config ({listing}); {how}.")
         elif saved == requested:
             return
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        metrics.atomic_write_text(path, json.dumps(requested, indent=2) + "\n")
+        files.atomic_write_text(path, json.dumps(requested, indent=2) + "\n")
     except OSError as e:
         raise ConfigError(f"cannot write {path} ({e.strerror}); choose a writable --workdir.") from e
 

@@ -11,15 +11,24 @@ import gzip
 import hashlib
 import os
 import pathlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from fmnist_jax.errors import UserError
 
 CLASS_NAMES: tuple[str, ...] = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 NUM_CLASSES = len(CLASS_NAMES)
 IMAGE_SHAPE = (28, 28)
@@ -90,27 +99,31 @@ def _read_bytes(path: pathlib.Path) -> tuple[bytes, str]:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as e:
-            raise DataError(
-                f"{path}: the gzip stream is damaged or truncated ({e}). Download the file again."
-            ) from e
+            raise DataError(f"{path}: the gzip stream is damaged or truncated ({e}). Download the file again.") from e
     return raw, digest
 
 
 def _header(path: pathlib.Path, raw: bytes, magic: int, ndim: int) -> tuple[int, ...]:
     header_len = 4 + 4 * ndim
     if len(raw) < header_len:
-        raise DataError(f"{path}: {len(raw)} bytes is shorter than the {header_len}-byte IDX header; "
-                        "the file is truncated. Download it again.")
+        raise DataError(
+            f"{path}: {len(raw)} bytes is shorter than the {header_len}-byte IDX header; "
+            "the file is truncated. Download it again."
+        )
     found = int.from_bytes(raw[:4], "big")
     if found != magic:
         kind = "images" if magic == IMAGES_MAGIC else "labels"
-        raise DataError(f"{path}: magic number {found}, expected {magic} (an IDX {kind} file). "
-                        "Is this the right file, or is it damaged?")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+        raise DataError(
+            f"{path}: magic number {found}, expected {magic} (an IDX {kind} file). "
+            "Is this the right file, or is it damaged?"
+        )
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = header_len + int(np.prod(dims))
     if len(raw) != expected:
-        raise DataError(f"{path}: header says {dims} -> {expected} bytes, the file has {len(raw)} "
-                        f"({'truncated' if len(raw) < expected else 'trailing data'}). Download it again.")
+        raise DataError(
+            f"{path}: header says {dims} -> {expected} bytes, the file has {len(raw)} "
+            f"({'truncated' if len(raw) < expected else 'trailing data'}). Download it again."
+        )
     return dims
 
 
@@ -130,8 +143,10 @@ def read_idx_labels(path: pathlib.Path) -> tuple[np.ndarray, str]:
     labels = np.frombuffer(raw, np.uint8, offset=8)
     bad = np.flatnonzero(labels >= NUM_CLASSES)
     if bad.size:
-        raise DataError(f"{path}: label {int(labels[bad[0]])} at index {int(bad[0])} is outside 0..9 "
-                        f"({bad.size} such labels). The file is damaged; download it again.")
+        raise DataError(
+            f"{path}: label {int(labels[bad[0]])} at index {int(bad[0])} is outside 0..9 "
+            f"({bad.size} such labels). The file is damaged; download it again."
+        )
     return labels.astype(np.int32), digest
 
 
@@ -143,15 +158,18 @@ def load_idx(directory: str | os.PathLike) -> tuple[dict[str, Split], dict[str, 
     splits, checksums = {}, {}
     for split, (images_stem, labels_stem) in IDX_FILES.items():
         paths = [_find(directory, stem) for stem in (images_stem, labels_stem)]
-        missing = [stem for stem, p in zip((images_stem, labels_stem), paths) if p is None]
+        missing = [stem for stem, p in zip((images_stem, labels_stem), paths, strict=True) if p is None]
         if missing:
-            raise DataError(f"data folder {directory} lacks {', '.join(m + '[.gz]' for m in missing)}. "
-                            f"{HOW_TO_GET_DATA}")
+            raise DataError(
+                f"data folder {directory} lacks {', '.join(m + '[.gz]' for m in missing)}. {HOW_TO_GET_DATA}"
+            )
         images, images_sha = read_idx_images(paths[0])
         labels, labels_sha = read_idx_labels(paths[1])
         if len(images) != len(labels):
-            raise DataError(f"{paths[0]} holds {len(images)} images but {paths[1]} holds {len(labels)} "
-                            "labels; they must agree. One of the files is from another data set.")
+            raise DataError(
+                f"{paths[0]} holds {len(images)} images but {paths[1]} holds {len(labels)} "
+                "labels; they must agree. One of the files is from another data set."
+            )
         checksums[paths[0].name], checksums[paths[1].name] = images_sha, labels_sha
         splits[split] = Split(images, labels)
     return splits, checksums
@@ -163,18 +181,20 @@ def load_idx(directory: str | os.PathLike) -> tuple[dict[str, Split], dict[str, 
 def load_tfds(data_dir: str | None = None) -> tuple[dict[str, Split], dict[str, str]]:
     """Reads `fashion_mnist` through `tfds.data_source` (TensorFlow-free reading; TFDS downloads if needed)."""
     try:
-        import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+        import tensorflow_datasets as tfds
     except ImportError as e:
-        raise DataError("data.source='tfds' needs tensorflow-datasets: pip install tensorflow-datasets. "
-                        + HOW_TO_GET_DATA) from e
+        raise DataError(
+            "data.source='tfds' needs tensorflow-datasets: pip install tensorflow-datasets. " + HOW_TO_GET_DATA
+        ) from e
     splits = {}
     for split in IDX_FILES:
         try:
             source = tfds.data_source("fashion_mnist", split=split, data_dir=data_dir)
             records = [source[i] for i in range(len(source))]
         except Exception as e:  # TFDS raises many types (network, missing TensorFlow for preparing, ...)
-            raise DataError(f"TFDS could not provide fashion_mnist/{split}: {type(e).__name__}: {e}. "
-                            + HOW_TO_GET_DATA) from e
+            raise DataError(
+                f"TFDS could not provide fashion_mnist/{split}: {type(e).__name__}: {e}. " + HOW_TO_GET_DATA
+            ) from e
         images = np.stack([np.asarray(r["image"], np.uint8).reshape(IMAGE_SHAPE) for r in records])
         labels = np.asarray([int(r["label"]) for r in records], np.int32)
         if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
@@ -204,30 +224,34 @@ def _idx_candidates(data_dir: str | None) -> list[tuple[str, str]]:
     return found
 
 
-def split_train_validation(train: Split, *, validation_size: int, num_train: int | None,
-                           seed: int) -> tuple[Split, Split]:
+def split_train_validation(
+    train: Split, *, validation_size: int, num_train: int | None, seed: int
+) -> tuple[Split, Split]:
     """Holds out `validation_size` images by a permutation seeded with `seed`; keeps `num_train` of the rest."""
     n = len(train)
     if not 0 <= validation_size < n:
-        raise DataError(f"config.data.validation_size={validation_size} must be in [0, {n - 1}] "
-                        f"(the training file holds {n} images).")
+        raise DataError(
+            f"config.data.validation_size={validation_size} must be in [0, {n - 1}] "
+            f"(the training file holds {n} images)."
+        )
     order = np.random.default_rng(seed).permutation(n)
     val_idx, train_idx = order[:validation_size], order[validation_size:]
     if num_train is not None:
         if not 0 < num_train <= len(train_idx):
-            raise DataError(f"config.data.num_train={num_train} must be in [1, {len(train_idx)}] "
-                            f"(or None for all) with validation_size={validation_size}.")
+            raise DataError(
+                f"config.data.num_train={num_train} must be in [1, {len(train_idx)}] "
+                f"(or None for all) with validation_size={validation_size}."
+            )
         train_idx = train_idx[:num_train]
-    take = lambda idx: Split(train.images[idx], train.labels[idx])  # noqa: E731
-    return take(train_idx), take(val_idx)
+    return Split(train.images[train_idx], train.labels[train_idx]), Split(train.images[val_idx], train.labels[val_idx])
 
 
 def load(config: Any, *, seed: int) -> Dataset:
     """Loads the data set that `config` (the `config.data` section) names and splits it with `seed`."""
-    source = config.get("source", "auto")
+    source = config.source
     if source not in SOURCES:
         raise DataError(f"config.data.source={source!r} is not one of {SOURCES}.")
-    data_dir = config.get("dir") or None
+    data_dir = config.dir or None
     origin = ""
     if source == "tfds":
         raw, checksums = load_tfds(data_dir)
@@ -243,13 +267,14 @@ def load(config: Any, *, seed: int) -> Dataset:
                 raw, checksums = load_tfds(None)
                 origin = "tfds"
             except DataError as e:
-                raise DataError(f"no Fashion-MNIST found: not in {DEBIAN_DIR}, {ENV_VAR} unset, "
-                                f"config.data.dir unset, and TFDS failed ({e}). {HOW_TO_GET_DATA}") from e
+                raise DataError(
+                    f"no Fashion-MNIST found: not in {DEBIAN_DIR}, {ENV_VAR} unset, "
+                    f"config.data.dir unset, and TFDS failed ({e}). {HOW_TO_GET_DATA}"
+                ) from e
         else:
             raw, checksums = load_idx(candidates[0][1])
             origin = f"idx:{pathlib.Path(candidates[0][1]).expanduser().resolve()}"
     train, validation = split_train_validation(
-        raw["train"], validation_size=config.get("validation_size", 12000),
-        num_train=config.get("num_train"), seed=seed)
-    return Dataset(train=train, validation=validation, test=raw["test"], source=origin,
-                   checksums=dict(checksums))
+        raw["train"], validation_size=config.validation_size, num_train=config.num_train, seed=seed
+    )
+    return Dataset(train=train, validation=validation, test=raw["test"], source=origin, checksums=dict(checksums))

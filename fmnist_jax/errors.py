@@ -3,6 +3,9 @@
 import pathlib
 import signal
 
+# `extra=` for a log record that belongs in main.py's log file but not on the terminal (a long library error).
+LOG_FILE_ONLY = {"log_file_only": True}
+
 
 class UserError(Exception):
     """Bad input, config or environment; the message names the file, field or value and how to fix it."""
@@ -10,6 +13,10 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     """A config field with a value this code cannot run."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint folder that cannot be written or holds nothing restorable; the message names it."""
 
 
 class Interrupted(Exception):

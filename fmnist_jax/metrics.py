@@ -2,34 +2,46 @@
 
 `evaluate` takes plain NumPy (true labels, predicted labels, optional probabilities) and returns a plain
 dict, so the CNN and the scikit-learn baselines are scored by the same code. Files are written atomically
-(temporary file + rename): a crash never leaves half a results file.
+(`files.atomic_write_bytes`): a crash never leaves half a results file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import io
 import json
 import os
 import pathlib
 import platform
-import tempfile
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from absl import logging
 from sklearn import metrics as skm
 
-from fmnist_jax.errors import UserError
+from fmnist_jax import files
 from fmnist_jax.data import CLASS_NAMES
+from fmnist_jax.errors import UserError
 
 RESULTS_FILE = "results.json"
 HISTORY_FILE = "history.jsonl"
 PREDICTIONS_FILE = "predictions.npz"
-REQUIRED_KEYS = ("model", "config_name", "test_accuracy", "validation_accuracy", "per_class", "confusion_matrix",
-                 "num_params", "train_seconds", "predict_seconds", "samples_per_second", "seed", "versions")
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+REQUIRED_KEYS = (
+    "model",
+    "config_name",
+    "test_accuracy",
+    "validation_accuracy",
+    "per_class",
+    "confusion_matrix",
+    "num_params",
+    "train_seconds",
+    "predict_seconds",
+    "samples_per_second",
+    "seed",
+    "versions",
+)
 MAX_SAVED_ERRORS = 64
 SAMPLES_PER_CLASS = 8
 _VERSIONED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "scikit-learn", "numpy")
@@ -39,20 +51,27 @@ class ResultsError(UserError):
     """A results file that is missing or does not follow the schema; the message names the file."""
 
 
-def evaluate(y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray | None = None, *,
-             class_names: Sequence[str] = CLASS_NAMES) -> dict[str, Any]:
+def evaluate(
+    y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray | None = None, *, class_names: Sequence[str] = CLASS_NAMES
+) -> dict[str, Any]:
     """Accuracy, per-class precision/recall/F1/support by class name, confusion matrix, and log-loss when
     `probs` (N, num_classes) is given."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if y_true.shape != y_pred.shape or y_true.ndim != 1:
         raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} must be 1-D and of equal length")
     labels = np.arange(len(class_names))
-    precision, recall, f1, support = skm.precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0)
+    precision, recall, f1, support = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     scores = {
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
-        "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                             "support": int(support[i])} for i, name in enumerate(class_names)},
+        "per_class": {
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(class_names)
+        },
         "macro_f1": float(np.mean(f1)),
         "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "log_loss": None,
@@ -70,16 +89,25 @@ def versions() -> dict[str, str]:
     """Versions of Python and the libraries that produced a result (those installed)."""
     found = {"python": platform.python_version()}
     for name in _VERSIONED:
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
     return found
 
 
-def make_results(*, model: str, config_name: str, scores: Mapping[str, Any], validation_accuracy: float | None,
-                 num_params: int | None, train_seconds: float | None, predict_seconds: float, num_predicted: int,
-                 seed: int, checksums: Mapping[str, str], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def make_results(
+    *,
+    model: str,
+    config_name: str,
+    scores: Mapping[str, Any],
+    validation_accuracy: float | None,
+    num_params: int | None,
+    train_seconds: float | None,
+    predict_seconds: float,
+    num_predicted: int,
+    seed: int,
+    checksums: Mapping[str, str],
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """The results.json record: one schema for every model."""
     return {
         "model": model,
@@ -101,34 +129,13 @@ def make_results(*, model: str, config_name: str, scores: Mapping[str, Any], val
     }
 
 
-def atomic_write_bytes(path: str | os.PathLike, content: bytes) -> None:
-    """Writes `content` to `path` through a temporary file in the same folder, fsync and a rename."""
-    path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """`atomic_write_bytes` for UTF-8 text."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def save_results(workdir: str | os.PathLike, results: Mapping[str, Any]) -> pathlib.Path:
     """Writes `workdir/results.json` atomically; returns its path."""
     missing = [k for k in REQUIRED_KEYS if k not in results]
     if missing:
         raise ResultsError(f"results lack the fields {missing}")
     path = pathlib.Path(workdir) / RESULTS_FILE
-    atomic_write_text(path, json.dumps(results, indent=2, sort_keys=False) + "\n")
+    files.atomic_write_text(path, json.dumps(results, indent=2, sort_keys=False) + "\n")
     return path
 
 
@@ -166,9 +173,16 @@ def read_history(workdir: str | pathlib.Path) -> list[dict[str, Any]]:
     return records
 
 
-def save_predictions(workdir: str | os.PathLike, *, labels: np.ndarray, preds: np.ndarray,
-                     probs: np.ndarray | None = None, images: np.ndarray | None = None,
-                     max_errors: int = MAX_SAVED_ERRORS, samples_per_class: int = SAMPLES_PER_CLASS) -> pathlib.Path:
+def save_predictions(
+    workdir: str | os.PathLike,
+    *,
+    labels: np.ndarray,
+    preds: np.ndarray,
+    probs: np.ndarray | None = None,
+    images: np.ndarray | None = None,
+    max_errors: int = MAX_SAVED_ERRORS,
+    samples_per_class: int = SAMPLES_PER_CLASS,
+) -> pathlib.Path:
     """Test-set labels, predicted classes and (where the model gives them) class probabilities, for the
     report's error analysis; with `images`, also the first misclassified images and a few images per class,
     so the report needs nothing but the workdir. Written atomically."""
@@ -180,11 +194,15 @@ def save_predictions(workdir: str | os.PathLike, *, labels: np.ndarray, preds: n
     if images is not None:
         errors = np.flatnonzero(labels != preds)[:max_errors]
         samples = np.concatenate([np.flatnonzero(labels == c)[:samples_per_class] for c in np.unique(labels)])
-        arrays.update(error_indices=errors, error_images=np.asarray(images)[errors],
-                      sample_indices=samples, sample_images=np.asarray(images)[samples])
+        arrays.update(
+            error_indices=errors,
+            error_images=np.asarray(images)[errors],
+            sample_indices=samples,
+            sample_images=np.asarray(images)[samples],
+        )
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
+    files.atomic_write_bytes(path, buffer.getvalue())
     return path
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,15 +32,16 @@ class SeedCNN(nnx.Module):
     def __init__(self, *, num_classes: int = 10, conv: str = "auto", rngs: nnx.Rngs):
         ops.resolve_conv(conv)  # an unknown implementation fails here, not at the first call
         # The Conv layers hold the kernels and biases; __call__ applies them through `ops` (same maths).
-        conv_layer = lambda i, o: nnx.Conv(i, o, (3, 3), padding="VALID", kernel_init=KERNEL_INIT, rngs=rngs)  # noqa: E731
-        self.conv1, self.conv2, self.conv3 = conv_layer(1, 64), conv_layer(64, 128), conv_layer(128, 256)
+        self.conv1, self.conv2, self.conv3 = (
+            nnx.Conv(i, o, (3, 3), padding="VALID", kernel_init=KERNEL_INIT, rngs=rngs)
+            for i, o in ((1, 64), (64, 128), (128, 256))
+        )
         self.dense1 = nnx.Linear(256, 256, kernel_init=KERNEL_INIT, rngs=rngs)
         self.dense2 = nnx.Linear(256, num_classes, kernel_init=KERNEL_INIT, rngs=rngs)
         self.dropout_rates = (0.25, 0.25, 0.4, 0.3)
         self.conv = conv
 
-    def _block(self, layer: nnx.Conv, x: jax.Array, act: Callable[[jax.Array], jax.Array],
-               training: bool) -> jax.Array:
+    def _block(self, layer: nnx.Conv, x: jax.Array, act: Callable[[jax.Array], jax.Array], training: bool) -> jax.Array:
         """max_pool_2x2(act(conv(x) + bias)) with `layer`'s kernel and bias, in the form fastest for the task:
         ops.pool_bias_act's cheap backward pass when training, the plain order for a forward pass alone."""
         z = ops.conv2d_valid(x, layer.kernel[...], self.conv, training=training)

@@ -19,7 +19,7 @@ benchmark showed it, and each is tested against the plain formulation in tests/t
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +28,7 @@ CONV_IMPLS = ("auto", "im2col", "xla", "taps")
 
 
 def resolve_conv(impl: str, backend: str | None = None, *, training: bool = True, in_channels: int = 0) -> str:
-    """"auto" -> "im2col" for training on CPU; otherwise "taps" for a single input channel on CPU, else "xla".
+    """ "auto" -> "im2col" for training on CPU; otherwise "taps" for a single input channel on CPU, else "xla".
 
     On CPU the patch matrix pays off in training, where the weight gradient reuses it; a forward pass alone
     (evaluation, prediction) is faster through XLA's convolution, and for the one-channel first layer as
@@ -50,7 +50,7 @@ def patches(x: jax.Array, kh: int, kw: int) -> jax.Array:
     """(N, H, W, C) -> (N, H-kh+1, W-kw+1, kh*kw*C): every 'VALID' window, rows then columns then channels."""
     _, h, w, _ = x.shape
     oh, ow = h - kh + 1, w - kw + 1
-    return jnp.concatenate([x[:, i:i + oh, j:j + ow, :] for i in range(kh) for j in range(kw)], axis=-1)
+    return jnp.concatenate([x[:, i : i + oh, j : j + ow, :] for i in range(kh) for j in range(kw)], axis=-1)
 
 
 def conv2d_valid(x: jax.Array, kernel: jax.Array, impl: str = "auto", *, training: bool = True) -> jax.Array:
@@ -62,9 +62,15 @@ def conv2d_valid(x: jax.Array, kernel: jax.Array, impl: str = "auto", *, trainin
     kh, kw, _, o = kernel.shape
     oh, ow = h - kh + 1, w - kw + 1
     if impl == "taps":  # the sum over the window of shifted inputs times one kernel position each
-        window = lambda i, j: x[:, i:i + oh, j:j + ow, :]  # noqa: E731
-        return sum(window(i, j) * kernel[i, j, 0] if c == 1 else jnp.dot(window(i, j), kernel[i, j])
-                   for i in range(kh) for j in range(kw))
+
+        def window(i: int, j: int) -> jax.Array:
+            return x[:, i : i + oh, j : j + ow, :]
+
+        return sum(
+            window(i, j) * kernel[i, j, 0] if c == 1 else jnp.dot(window(i, j), kernel[i, j])
+            for i in range(kh)
+            for j in range(kw)
+        )
     p = patches(x, kh, kw).reshape(n * oh * ow, kh * kw * c)
     return jnp.dot(p, kernel.reshape(kh * kw * c, o)).reshape(n, oh, ow, o)
 
@@ -106,8 +112,12 @@ def _pool_bias_act_bwd(act, residuals, dy):
     a, b, c = windows[:, :, 0, :, 0], windows[:, :, 0, :, 1], windows[:, :, 1, :, 0]  # top-left, -right, bottom-left
     ta, tb, tc = a == m, b == m, c == m
     zero = jnp.zeros_like(g)
-    corners = (jnp.where(ta, g, zero), jnp.where(tb & ~ta, g, zero), jnp.where(tc & ~(ta | tb), g, zero),
-               jnp.where(ta | tb | tc, zero, g))
+    corners = (
+        jnp.where(ta, g, zero),
+        jnp.where(tb & ~ta, g, zero),
+        jnp.where(tc & ~(ta | tb), g, zero),
+        jnp.where(ta | tb | tc, zero, g),
+    )
     n, h, w, ch = z.shape
     h2, w2 = h // 2, w // 2
     top, bottom = jnp.stack(corners[:2], axis=3), jnp.stack(corners[2:], axis=3)  # (N, H/2, W/2, 2, C)

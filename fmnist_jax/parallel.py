@@ -11,18 +11,22 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from fmnist_jax.errors import UserError
-from absl import logging
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
+
 
 def _multiprocess_variables() -> list[str]:
     """The environment variables that describe a job of several processes (SLURM, Open MPI, TPU pods, ...)."""
     env = os.environ
     found = [v for v in ("JAX_COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS") if env.get(v)]
-    found += [v for v in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE") if env.get(v, "1").isdigit() and int(env.get(v, "1")) > 1]
+    found += [
+        v for v in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE") if env.get(v, "1").isdigit() and int(env.get(v, "1")) > 1
+    ]
     if "," in env.get("TPU_WORKER_HOSTNAMES", ""):
         found.append("TPU_WORKER_HOSTNAMES")
     return found
@@ -41,8 +45,11 @@ def maybe_initialize_distributed() -> None:
     wanted = _multiprocess_variables()
     if not wanted or jax.distributed.is_initialized():
         return
-    kwargs = {name: int(os.environ[var]) for name, var in (("num_processes", "JAX_NUM_PROCESSES"),
-                                                          ("process_id", "JAX_PROCESS_ID")) if os.environ.get(var)}
+    kwargs = {
+        name: int(os.environ[var])
+        for name, var in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID"))
+        if os.environ.get(var)
+    }
     # CPU devices of different processes talk through gloo (the setting is ignored by GPU and TPU).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     logging.info("Multi-process environment (%s): jax.distributed.initialize(%s)", ", ".join(wanted), kwargs)
@@ -70,8 +77,10 @@ def check_batch_size(batch_size: int, mesh: Mesh, *, field: str = "config.batch_
     n = mesh.devices.size
     if batch_size <= 0 or batch_size % n:
         lower, upper = max(n, batch_size // n * n), (batch_size // n + 1) * n
-        raise ParallelError(f"{field}={batch_size} cannot be split over {n} devices; use a multiple of {n} "
-                            f"(e.g. {lower} or {upper}) or run on fewer devices.")
+        raise ParallelError(
+            f"{field}={batch_size} cannot be split over {n} devices; use a multiple of {n} "
+            f"(e.g. {lower} or {upper}) or run on fewer devices."
+        )
 
 
 def place(tree: Any, sharding: NamedSharding) -> Any:
@@ -96,7 +105,7 @@ def shard_batch(tree: Any, mesh: Mesh) -> Any:
 
 def to_host(tree: Any) -> Any:
     """Brings (possibly multi-process) arrays back as NumPy, gathering every shard."""
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    from jax.experimental import multihost_utils
 
     if jax.process_count() > 1:
         tree = multihost_utils.process_allgather(tree, tiled=True)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from fmnist_jax import metrics
+from fmnist_jax import files
 from fmnist_jax.data import CLASS_NAMES, IMAGE_SHAPE
 from fmnist_jax.errors import UserError
 
@@ -29,14 +29,16 @@ def parse_inputs(inputs: str | Sequence[str]) -> list[pathlib.Path]:
     items = inputs.split(",") if isinstance(inputs, str) else list(inputs)
     paths = [pathlib.Path(p.strip()).expanduser() for p in items if str(p).strip()]
     if not paths:
-        raise PredictError("config.predict.inputs is empty: give image or .npy paths, comma-separated, e.g. "
-                           "--config.predict.inputs=shirt.png,boot.jpg")
+        raise PredictError(
+            "config.predict.inputs is empty: give image or .npy paths, comma-separated, e.g. "
+            "--config.predict.inputs=shirt.png,boot.jpg"
+        )
     return paths
 
 
 def to_fmnist(image: np.ndarray) -> np.ndarray:
     """A greyscale uint8 image of any size -> 28x28, light object on a dark background."""
-    from PIL import Image  # pylint: disable=import-outside-toplevel
+    from PIL import Image
 
     border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
     if border.mean() > 127:
@@ -47,7 +49,7 @@ def to_fmnist(image: np.ndarray) -> np.ndarray:
     resized = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
     out = np.zeros(IMAGE_SHAPE, np.uint8)
     top, left = (28 - size[1]) // 2, (28 - size[0]) // 2
-    out[top:top + size[1], left:left + size[0]] = resized
+    out[top : top + size[1], left : left + size[0]] = resized
     return out
 
 
@@ -62,7 +64,7 @@ def _read_one(path: pathlib.Path) -> list[np.ndarray]:
             array = np.asarray(array, np.float64)
             array = np.clip(np.round(array * 255 if array.max() <= 1.0 else array), 0, 255)
         return list(array.astype(np.uint8))
-    from PIL import Image, UnidentifiedImageError  # pylint: disable=import-outside-toplevel
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
@@ -81,24 +83,34 @@ def load_images(paths: Sequence[pathlib.Path]) -> tuple[np.ndarray, list[str]]:
             errors.append(f"{path}: {getattr(e, 'strerror', None) or e}")
             continue
         images.extend(found)
-        names.extend([str(path)] if len(found) == 1 and path.suffix.lower() != ".npy" else
-                     [f"{path}[{i}]" for i in range(len(found))])
+        names.extend(
+            [str(path)]
+            if len(found) == 1 and path.suffix.lower() != ".npy"
+            else [f"{path}[{i}]" for i in range(len(found))]
+        )
     if errors:
-        raise PredictError("cannot read " + "; ".join(errors) + f". Inputs must be images ({', '.join(IMAGE_SUFFIXES)}) "
-                           "or .npy arrays of shape (28, 28) or (N, 28, 28).")
+        raise PredictError(
+            "cannot read " + "; ".join(errors) + f". Inputs must be images ({', '.join(IMAGE_SUFFIXES)}) "
+            "or .npy arrays of shape (28, 28) or (N, 28, 28)."
+        )
     return np.stack(images), names
 
 
-def report(workdir: str | pathlib.Path, names: Sequence[str], probs: np.ndarray | None,
-           preds: np.ndarray) -> list[dict]:
+def report(
+    workdir: str | pathlib.Path, names: Sequence[str], probs: np.ndarray | None, preds: np.ndarray
+) -> list[dict]:
     """Prints one line per input and writes them to workdir/predict.json."""
     rows = []
     for i, name in enumerate(names):
         c = int(preds[i])
-        row = {"input": name, "class": c, "name": CLASS_NAMES[c],
-               "probability": None if probs is None else float(probs[i, c])}
+        row = {
+            "input": name,
+            "class": c,
+            "name": CLASS_NAMES[c],
+            "probability": None if probs is None else float(probs[i, c]),
+        }
         rows.append(row)
         prob = "" if probs is None else f"  p={probs[i, c]:.3f}"
         print(f"{name}: {c} {CLASS_NAMES[c]}{prob}")
-    metrics.atomic_write_text(pathlib.Path(workdir) / OUTPUT_FILE, json.dumps(rows, indent=2) + "\n")
+    files.atomic_write_text(pathlib.Path(workdir) / OUTPUT_FILE, json.dumps(rows, indent=2) + "\n")
     return rows

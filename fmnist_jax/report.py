@@ -14,17 +14,20 @@ import html
 import json
 import pathlib
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from fmnist_jax import metrics
+from fmnist_jax import files, metrics, stats
 from fmnist_jax.data import CLASS_NAMES
 from fmnist_jax.errors import UserError
 
 # Test accuracies the original study published, by model name.
 PUBLISHED = {"seed_cnn": 0.8997, "random_forest": 0.879, "linear_svm": 0.76}
+PUBLISHED_CONFIGS = ("cnn", "random_forest", "linear_svm")  # the configs that are the study's models
 MODEL_TITLES = {"seed_cnn": "CNN (Flax)", "random_forest": "Random forest", "linear_svm": "Linear SVM"}
+REPORT_JSON = "report.json"
 ERRORS_SHOWN = 24
 
 
@@ -46,36 +49,70 @@ def load_member(workdir: str | pathlib.Path) -> Member:
     results = metrics.load_results(workdir)
     history = metrics.read_history(workdir)
     predictions = metrics.load_predictions(workdir) if (workdir / metrics.PREDICTIONS_FILE).exists() else {}
-    return Member(label=results.get("config_name") or workdir.name, workdir=workdir, results=results,
-                  history=history, predictions=predictions,
-                  title=MODEL_TITLES.get(results["model"], results["model"]))
+    return Member(
+        label=results.get("config_name") or workdir.name,
+        workdir=workdir,
+        results=results,
+        history=history,
+        predictions=predictions,
+        title=MODEL_TITLES.get(results["model"], results["model"]),
+    )
 
 
-def load_members(workdirs: Sequence[str | pathlib.Path]) -> list[Member]:
-    """Every workdir's member; runs of the same model get their folder name in title and file names."""
-    members = [load_member(w) for w in workdirs]
-    titles = [m.title for m in members]
-    labels = [m.label for m in members]
-    for m in members:
+@dataclasses.dataclass
+class Model:
+    """One model of the report: its runs, one per seed, in seed order."""
+
+    label: str
+    title: str
+    runs: list[Member]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r.results["seed"] for r in self.runs]
+
+    def values(self, key: str) -> list[float]:
+        return [r.results[key] for r in self.runs]
+
+
+def load_models(workdirs: Sequence[str | pathlib.Path]) -> list[Model]:
+    """Every workdir's run, grouped into models: runs of one config with distinct seeds are one model's seeds.
+    Runs of one config and seed in several workdirs (a study setting beside the default, say) stay apart, with
+    the folder name in title and file names."""
+    groups: dict[str, list[Member]] = {}
+    for w in workdirs:
+        member = load_member(w)
+        groups.setdefault(member.label, []).append(member)
+    models = []
+    for label, runs in groups.items():
+        seeds = [r.results["seed"] for r in runs]
+        if len(set(seeds)) == len(seeds):
+            models.append(Model(label, runs[0].title, sorted(runs, key=lambda r: r.results["seed"])))
+        else:
+            models += [Model(f"{label}_{r.workdir.name}", f"{r.title} ({r.workdir.name})", [r]) for r in runs]
+    titles = [m.title for m in models]
+    for m in models:
         if titles.count(m.title) > 1:
-            m.title = f"{m.title} ({m.workdir.name})"
-        if labels.count(m.label) > 1:
-            m.label = f"{m.label}_{m.workdir.name}"
-    return members
+            m.title = f"{m.title} ({m.label})"
+    return models
 
 
 # --------------------------------------------------------------------------------------------- numbers
 
 
-def confused_pairs(confusion: Sequence[Sequence[int]], class_names: Sequence[str] = CLASS_NAMES,
-                   top: int = 5) -> list[tuple[str, str, float]]:
+def confused_pairs(
+    confusion: Sequence[Sequence[int]], class_names: Sequence[str] = CLASS_NAMES, top: int = 5
+) -> list[tuple[str, str, float]]:
     """The `top` largest off-diagonal rates: (true class, predicted class, share of the true class)."""
     cm = np.asarray(confusion, np.float64)
     rates = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     np.fill_diagonal(rates, -1)
     order = np.argsort(rates, axis=None)[::-1][:top]
-    return [(class_names[i], class_names[j], float(rates[i, j])) for i, j in zip(*np.unravel_index(order, rates.shape))
-            if rates[i, j] > 0]
+    return [
+        (class_names[i], class_names[j], float(rates[i, j]))
+        for i, j in zip(*np.unravel_index(order, rates.shape), strict=True)
+        if rates[i, j] > 0
+    ]
 
 
 def _fmt_seconds(s: float | None) -> str:
@@ -90,40 +127,242 @@ def _fmt(x: float | None, spec: str = ".4f") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
-def summary_rows(members: Sequence[Member]) -> list[list[str]]:
+def _mean_std(values: Sequence[float], spec: str = ".4f") -> str:
+    """One value as it is; several as mean ± sample standard deviation."""
+    if len(values) == 1:
+        return format(values[0], spec)
+    summary = stats.seed_summary(values)
+    return f"{format(summary['mean'], spec)} ± {format(summary['std'], spec)}"
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else None
+
+
+def correctness(member: Member) -> np.ndarray:
+    """Per test image: did this run classify it right (from predictions.npz)."""
+    if "preds" not in member.predictions:
+        raise UserError(f"{member.workdir / metrics.PREDICTIONS_FILE} is missing: rerun the model to write it.")
+    return member.predictions["preds"] == member.predictions["labels"]
+
+
+def accuracy_interval(member: Member) -> tuple[float, float]:
+    return stats.accuracy_interval(correctness(member))
+
+
+def summary_rows(models: Sequence[Model]) -> list[list[str]]:
     rows = []
-    for m in members:
-        r = m.results
-        published = PUBLISHED.get(r["model"])
-        checksum = ", ".join(f"{v[:12]}" for k, v in sorted(r.get("dataset_checksums", {}).items())
-                             if "images" in k or k.startswith("tfds")) or "n/a"
-        rows.append([m.title, _fmt(r["test_accuracy"]), _fmt(published), _fmt(r["validation_accuracy"]),
-                     "n/a" if r["num_params"] is None else f"{r['num_params']:,}", _fmt_seconds(r["train_seconds"]),
-                     _fmt_seconds(r["predict_seconds"]), _fmt(r["samples_per_second"], ",.0f"), checksum])
+    for m in models:
+        r = m.runs[0].results
+        published = PUBLISHED.get(r["model"]) if m.label in PUBLISHED_CONFIGS else None
+        checksum = (
+            ", ".join(
+                f"{v[:12]}"
+                for k, v in sorted(r.get("dataset_checksums", {}).items())
+                if "images" in k or k.startswith("tfds")
+            )
+            or "n/a"
+        )
+        intervals = [accuracy_interval(run) for run in m.runs]
+        ci = f"{intervals[0][0]:.4f}–{intervals[0][1]:.4f}" if len(intervals) == 1 else "per seed below"
+        params = r["num_params"]
+        rows.append(
+            [
+                m.title,
+                _mean_std(m.values("test_accuracy")),
+                ci,
+                _fmt(published),
+                _fmt(_mean(m.values("validation_accuracy"))),
+                "n/a"
+                if params is None
+                else f"{params:,}" + ("" if len(set(m.values("num_params"))) == 1 else " (seed 0)"),
+                _fmt_seconds(_mean(m.values("train_seconds"))),
+                _fmt_seconds(_mean(m.values("predict_seconds"))),
+                _fmt(_mean(m.values("samples_per_second")), ",.0f"),
+                str(len(m.runs)),
+                checksum,
+            ]
+        )
     return rows
 
 
-def per_class_rows(members: Sequence[Member]) -> list[list[str]]:
-    """Per class: precision, recall and F1 of every model; the best of each metric in the row in bold."""
+SUMMARY_HEADER = [
+    "model",
+    "test accuracy",
+    "95% CI (exact binomial)",
+    "study",
+    "validation accuracy",
+    "parameters",
+    "train time",
+    "predict time",
+    "images/s (predict)",
+    "seeds",
+    "data SHA-256 (images)",
+]
+
+
+def seed_rows(models: Sequence[Model]) -> list[list[str]]:
+    """One row per run of a model with several seeds: its accuracy, exact interval and validation accuracy."""
+    rows = []
+    for m in models:
+        if len(m.runs) < 2:
+            continue
+        for run in m.runs:
+            low, high = accuracy_interval(run)
+            r = run.results
+            rows.append(
+                [
+                    m.title,
+                    str(r["seed"]),
+                    f"{r['test_accuracy']:.4f}",
+                    f"{low:.4f}–{high:.4f}",
+                    _fmt(r["validation_accuracy"]),
+                    _fmt_seconds(r["train_seconds"]),
+                ]
+            )
+    return rows
+
+
+def per_class_rows(models: Sequence[Model]) -> list[list[str]]:
+    """Per class: precision, recall and F1 of every model (mean ± std over seeds); the best mean in bold."""
     rows = []
     for name in CLASS_NAMES:
         row = [name]
         for metric in ("precision", "recall", "f1"):
-            values = [m.results["per_class"][name][metric] for m in members]
-            best = max(values)
-            row += [f"**{v:.3f}**" if v == best and len(members) > 1 else f"{v:.3f}" for v in values]
+            values = [[run.results["per_class"][name][metric] for run in m.runs] for m in models]
+            best = max(np.mean(v) for v in values)
+            for v in values:
+                text = _mean_std(v, ".3f")
+                row.append(f"**{text}**" if np.mean(v) == best and len(models) > 1 else text)
         rows.append(row)
     return rows
+
+
+def compare_pair(a: Model, b: Model) -> dict[str, Any]:
+    """Model a against model b on the same test images, for every seed both have: the accuracy difference with
+    its paired bootstrap interval and the exact McNemar test; and one sentence in words."""
+    b_runs = {run.results["seed"]: run for run in b.runs}
+    seeds = {}
+    for run in a.runs:
+        seed = run.results["seed"]
+        if seed not in b_runs:
+            continue
+        ca, cb = correctness(run), correctness(b_runs[seed])
+        if ca.shape != cb.shape:
+            raise UserError(f"{a.title} and {b.title} were scored on different test sets ({ca.size} and {cb.size})")
+        low, high = stats.paired_difference_interval(ca, cb, seed=seed)
+        seeds[seed] = {"difference": float(ca.mean() - cb.mean()), "ci95": [low, high], **stats.mcnemar(ca, cb)}
+    return {"a": a.label, "b": b.label, "seeds": seeds, "sentence": _pair_sentence(a, b, seeds)}
+
+
+def _pair_sentence(a: Model, b: Model, seeds: dict[int, dict[str, Any]]) -> str:
+    if not seeds:
+        return f"{a.title} and {b.title} share no seed: no paired test."
+    diffs = [s["difference"] for s in seeds.values()]
+    mean = float(np.mean(diffs))
+    better, worse = (a, b) if mean >= 0 else (b, a)
+    sign = 1 if mean >= 0 else -1
+    lows = [sign * s["ci95"][0 if sign > 0 else 1] for s in seeds.values()]
+    highs = [sign * s["ci95"][1 if sign > 0 else 0] for s in seeds.values()]
+    ps = [s["p_value"] for s in seeds.values()]
+    if len(seeds) == 1:
+        ci, p = f"95% CI {100 * lows[0]:.1f} to {100 * highs[0]:.1f}", f"McNemar {stats.format_p(ps[0])}"
+    else:
+        ci = f"each seed's 95% CI within {100 * min(lows):.1f} to {100 * max(highs):.1f}"
+        if max(ps) < 1e-6:
+            p = "McNemar p < 1e-6 on every seed"
+        elif max(ps) < 0.05:
+            p = f"McNemar p ≤ {max(ps):.2g} on every seed"
+        else:
+            p = f"McNemar p from {min(ps):.2g} to {max(ps):.2g} across seeds"
+    verdict = "" if max(ps) < 0.05 else " — not a significant difference on every seed"
+    return f"{better.title} is more accurate than {worse.title} by {100 * abs(mean):.1f} points ({ci}; {p}){verdict}."
+
+
+def pair_rows(pairs: Sequence[dict[str, Any]], titles: dict[str, str]) -> list[list[str]]:
+    rows = []
+    for pair in pairs:
+        for seed, s in pair["seeds"].items():
+            rows.append(
+                [
+                    f"{titles[pair['a']]} − {titles[pair['b']]}",
+                    str(seed),
+                    f"{100 * s['difference']:+.2f}",
+                    f"{100 * s['ci95'][0]:+.2f} to {100 * s['ci95'][1]:+.2f}",
+                    str(s["only_a_correct"]),
+                    str(s["only_b_correct"]),
+                    f"{s['p_value']:.3g}",
+                ]
+            )
+    return rows
+
+
+def search_rows(member: Member) -> list[list[str]]:
+    """A searched model's grid: every setting, its validation accuracy and fit seconds, best first."""
+    grid = sorted(member.results["search"]["grid"], key=lambda g: -g["validation_accuracy"])
+    return [
+        [
+            ", ".join(f"{k}={v}" for k, v in g["params"].items()),
+            f"{g['validation_accuracy']:.4f}",
+            f"{g['images']:,}" if "images" in g else "all",
+            _fmt_seconds(g["fit_seconds"]),
+        ]
+        for g in grid
+    ]
+
+
+def report_json(models: Sequence[Model], pairs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Every number the report shows, keyed by model and seed, p-values as exact floats."""
+    out: dict[str, Any] = {"confidence": stats.CONFIDENCE, "methods": METHODS, "models": {}, "pairs": list(pairs)}
+    for m in models:
+        runs = {}
+        for run in m.runs:
+            r = run.results
+            runs[str(r["seed"])] = {
+                "workdir": str(run.workdir),
+                "test_accuracy": r["test_accuracy"],
+                "test_accuracy_ci95": list(accuracy_interval(run)),
+                "validation_accuracy": r["validation_accuracy"],
+                "train_seconds": r["train_seconds"],
+                "predict_seconds": r["predict_seconds"],
+                "per_class": r["per_class"],
+                "num_params": r["num_params"],
+                **({"search": r["search"]} if "search" in r else {}),
+            }
+        out["models"][m.label] = {
+            "title": m.title,
+            "model": m.runs[0].results["model"],
+            "seeds": runs,
+            "test_accuracy": stats.seed_summary(m.values("test_accuracy")),
+            "per_class_f1": {
+                c: stats.seed_summary([run.results["per_class"][c]["f1"] for run in m.runs]) for c in CLASS_NAMES
+            },
+            "published_test_accuracy": PUBLISHED.get(m.runs[0].results["model"])
+            if m.label in PUBLISHED_CONFIGS
+            else None,
+        }
+    return out
+
+
+METHODS = {
+    "test_accuracy_ci95": "exact binomial (Clopper-Pearson) interval over the test images, per seed",
+    "difference_ci95": "paired percentile bootstrap over the test images (scipy.stats.bootstrap, "
+    f"{stats.BOOTSTRAP_RESAMPLES} resamples), per seed",
+    "p_value": "exact McNemar test: two-sided binomial test on the images exactly one model gets right "
+    "(scipy.stats.binomtest), per seed",
+    "seeds": "mean and sample standard deviation (ddof=1) over seeds",
+}
 
 
 # --------------------------------------------------------------------------------------------- plots
 
 
 def _pyplot():
-    import matplotlib  # pylint: disable=import-outside-toplevel
+    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+    import matplotlib.pyplot as plt
 
     return plt
 
@@ -144,8 +383,15 @@ def plot_confusion(member: Member, path: pathlib.Path) -> pathlib.Path:
         for j in range(rates.shape[1]):
             if cm[i, j]:
                 pct = 100 * rates[i, j]
-                ax.text(j, i, f"{pct:.0f}" if pct >= 1 else f"{pct:.1f}", ha="center", va="center", fontsize=8,
-                        color="white" if rates[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{pct:.0f}" if pct >= 1 else f"{pct:.1f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if rates[i, j] > 0.5 else "black",
+                )
     ax.set_xticks(range(len(CLASS_NAMES)), CLASS_NAMES, rotation=45, ha="right")
     ax.set_yticks(range(len(CLASS_NAMES)), CLASS_NAMES)
     ax.set_xlabel("predicted class")
@@ -155,28 +401,65 @@ def plot_confusion(member: Member, path: pathlib.Path) -> pathlib.Path:
     return _save(fig, path)
 
 
-def plot_curves(member: Member, path: pathlib.Path) -> pathlib.Path:
+def plot_curves(model: Model, path: pathlib.Path) -> pathlib.Path:
+    """Train and validation loss and accuracy per epoch, one line per seed."""
     plt = _pyplot()
-    epochs = [r["epoch"] for r in member.history]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, key, label in ((axes[0], "loss", "cross-entropy loss"), (axes[1], "accuracy", "accuracy")):
-        ax.plot(epochs, [r[f"train_{key}"] for r in member.history], "o-", ms=3, label="train (with dropout)")
-        ax.plot(epochs, [r[f"validation_{key}"] for r in member.history], "s-", ms=3, label="validation")
+    for run in model.runs:
+        seed = f" (seed {run.results['seed']})" if len(model.runs) > 1 else ""
+        epochs = [r["epoch"] for r in run.history]
+        for ax, key in ((axes[0], "loss"), (axes[1], "accuracy")):
+            ax.plot(epochs, [r[f"train_{key}"] for r in run.history], "o-", ms=3, label=f"train (with dropout){seed}")
+            ax.plot(epochs, [r[f"validation_{key}"] for r in run.history], "s-", ms=3, label=f"validation{seed}")
+    for ax, label in ((axes[0], "cross-entropy loss"), (axes[1], "accuracy")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        ax.legend()
-    axes[0].set_title(f"{member.title}: loss per epoch")
-    axes[1].set_title(f"{member.title}: accuracy per epoch")
+        ax.legend(fontsize=7 if len(model.runs) > 1 else 10)
+    axes[0].set_title(f"{model.title}: loss per epoch")
+    axes[1].set_title(f"{model.title}: accuracy per epoch")
     return _save(fig, path)
 
 
-def _image_grid(images: np.ndarray, titles: Sequence[str], ncols: int, suptitle: str, path: pathlib.Path,
-                row_labels: Sequence[str] | None = None) -> pathlib.Path:
+def plot_search(member: Member, path: pathlib.Path) -> pathlib.Path:
+    """Validation accuracy of every searched setting against its fit time."""
+    plt = _pyplot()
+    grid = member.results["search"]["grid"]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.scatter([g["fit_seconds"] for g in grid], [g["validation_accuracy"] for g in grid])
+    for g in grid:
+        ax.annotate(
+            ", ".join(str(v) for v in g["params"].values()),
+            (g["fit_seconds"], g["validation_accuracy"]),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
+    best = member.results["search"]["best_params"]
+    ax.set_xscale("log")
+    ax.set_xlabel("fit seconds (log scale)")
+    ax.set_ylabel("validation accuracy")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{member.title}: search (best: {', '.join(f'{k}={v}' for k, v in best.items())})")
+    return _save(fig, path)
+
+
+def _image_grid(
+    images: np.ndarray,
+    titles: Sequence[str],
+    ncols: int,
+    suptitle: str,
+    path: pathlib.Path,
+    row_labels: Sequence[str] | None = None,
+) -> pathlib.Path:
     plt = _pyplot()
     nrows = max(1, int(np.ceil(len(images) / ncols)))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols + (1.4 if row_labels else 0),
-                                                    (2.2 if any(titles) else 1.6) * nrows), squeeze=False)
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(1.6 * ncols + (1.4 if row_labels else 0), (2.2 if any(titles) else 1.6) * nrows),
+        squeeze=False,
+    )
     for k, ax in enumerate(axes.flat):
         ax.set_xticks([])
         ax.set_yticks([])
@@ -204,8 +487,9 @@ def plot_errors(member: Member, path: pathlib.Path) -> pathlib.Path | None:
         conf = f" ({p['probs'][i, pred]:.0%})" if "probs" in p else ""
         titles.append(f"true: {CLASS_NAMES[int(p['labels'][i])]}\npred: {CLASS_NAMES[pred]}{conf}")
     note = "" if "probs" in p else " (this model gives no probabilities)"
-    return _image_grid(images, titles, 8, f"{member.title}: misclassified test images (the first {len(idx)}){note}",
-                       path)
+    return _image_grid(
+        images, titles, 8, f"{member.title}: misclassified test images (the first {len(idx)}){note}", path
+    )
 
 
 def plot_samples(member: Member, path: pathlib.Path) -> pathlib.Path | None:
@@ -222,51 +506,80 @@ def plot_samples(member: Member, path: pathlib.Path) -> pathlib.Path | None:
     return _image_grid(np.stack(images), [""] * len(images), per_class, "Test images by class", path, row_labels)
 
 
-def plot_f1(members: Sequence[Member], path: pathlib.Path) -> pathlib.Path:
+def plot_f1(models: Sequence[Model], path: pathlib.Path) -> pathlib.Path:
+    """F1 per class and model: the mean over seeds, with the standard deviation as an error bar."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(11, 4))
-    width = 0.8 / len(members)
+    width = 0.8 / len(models)
     x = np.arange(len(CLASS_NAMES))
-    for k, m in enumerate(members):
-        ax.bar(x + (k - (len(members) - 1) / 2) * width, [m.results["per_class"][c]["f1"] for c in CLASS_NAMES],
-               width, label=m.title)
+    for k, m in enumerate(models):
+        f1 = np.array([[run.results["per_class"][c]["f1"] for c in CLASS_NAMES] for run in m.runs])
+        ax.bar(
+            x + (k - (len(models) - 1) / 2) * width,
+            f1.mean(0),
+            width,
+            label=m.title,
+            yerr=f1.std(0, ddof=1) if len(f1) > 1 else None,
+            capsize=2,
+        )
     ax.set_xticks(x, CLASS_NAMES, rotation=30, ha="right")
     ax.set_ylabel("F1 (test set)")
     ax.set_ylim(0, 1)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=len(members), frameon=False)
-    ax.set_title("F1 per class")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=len(models), frameon=False)
+    ax.set_title("F1 per class" + (" (mean ± std over seeds)" if any(len(m.runs) > 1 for m in models) else ""))
     return _save(fig, path)
 
 
 # --------------------------------------------------------------------------------------------- documents
 
 
-@dataclasses.dataclass
-class Block:
-    """One piece of the report: a heading, a paragraph, a bullet list, a table or an image."""
+@dataclasses.dataclass(frozen=True)
+class Heading:
+    text: str
+    level: int = 2
 
-    kind: str
-    content: Any
-    extra: Any = None
+
+@dataclasses.dataclass(frozen=True)
+class Paragraph:
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class BulletList:
+    items: Sequence[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    header: Sequence[str]
+    rows: Sequence[Sequence[str]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Image:
+    path: pathlib.Path
+    alt: str
+
+
+Block = Heading | Paragraph | BulletList | Table | Image  # one piece of the report, in Markdown and HTML alike
 
 
 def _md(blocks: Sequence[Block], out: pathlib.Path) -> str:
     lines = []
     for b in blocks:
-        if b.kind == "h1":
-            lines += [f"# {b.content}", ""]
-        elif b.kind == "h2":
-            lines += [f"## {b.content}", ""]
-        elif b.kind == "p":
-            lines += [b.content, ""]
-        elif b.kind == "list":
-            lines += [f"- {item}" for item in b.content] + [""]
-        elif b.kind == "table":
-            lines += ["| " + " | ".join(b.extra) + " |", "|" + "---|" * len(b.extra)]
-            lines += ["| " + " | ".join(row) + " |" for row in b.content] + [""]
-        elif b.kind == "image":
-            lines += [f"![{b.extra}]({b.content.relative_to(out).as_posix()})", ""]
+        match b:
+            case Heading():
+                lines += ["#" * b.level + " " + b.text, ""]
+            case Paragraph():
+                lines += [b.text, ""]
+            case BulletList():
+                lines += [f"- {item}" for item in b.items] + [""]
+            case Table():
+                lines += ["| " + " | ".join(b.header) + " |", "|" + "---|" * len(b.header)]
+                lines += ["| " + " | ".join(row) + " |" for row in b.rows] + [""]
+            case Image():
+                lines += [f"![{b.alt}]({b.path.relative_to(out).as_posix()})", ""]
     return "\n".join(lines)
 
 
@@ -281,93 +594,185 @@ def _inline_md(text: str) -> str:
 def _html(blocks: Sequence[Block], title: str) -> str:
     body = []
     for b in blocks:
-        if b.kind in ("h1", "h2"):
-            body.append(f"<{b.kind}>{html.escape(b.content)}</{b.kind}>")
-        elif b.kind == "p":
-            body.append(f"<p>{_inline_md(b.content)}</p>")
-        elif b.kind == "list":
-            body.append("<ul>" + "".join(f"<li>{_inline_md(i)}</li>" for i in b.content) + "</ul>")
-        elif b.kind == "table":
-            head = "".join(f"<th>{_inline_md(h)}</th>" for h in b.extra)
-            rows = "".join("<tr>" + "".join(f"<td>{_inline_md(c)}</td>" for c in row) + "</tr>" for row in b.content)
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-        elif b.kind == "image":
-            data = base64.b64encode(b.content.read_bytes()).decode()
-            body.append(f'<figure><img alt="{html.escape(b.extra)}" src="data:image/png;base64,{data}">'
-                        f"<figcaption>{html.escape(b.extra)}</figcaption></figure>")
-    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;"
-             "text-align:right}th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}"
-             "img{max-width:100%}figure{margin:1em 0}figcaption{color:#666;font-size:13px}"
-             "code{background:#f4f4f4;padding:1px 3px}")
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+        match b:
+            case Heading():
+                body.append(f"<h{b.level}>{html.escape(b.text)}</h{b.level}>")
+            case Paragraph():
+                body.append(f"<p>{_inline_md(b.text)}</p>")
+            case BulletList():
+                body.append("<ul>" + "".join(f"<li>{_inline_md(i)}</li>" for i in b.items) + "</ul>")
+            case Table():
+                head = "".join(f"<th>{_inline_md(h)}</th>" for h in b.header)
+                rows = "".join("<tr>" + "".join(f"<td>{_inline_md(c)}</td>" for c in row) + "</tr>" for row in b.rows)
+                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+            case Image():
+                data = base64.b64encode(b.path.read_bytes()).decode()
+                body.append(
+                    f'<figure><img alt="{html.escape(b.alt)}" src="data:image/png;base64,{data}">'
+                    f"<figcaption>{html.escape(b.alt)}</figcaption></figure>"
+                )
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;"
+        "text-align:right}th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}"
+        "img{max-width:100%}figure{margin:1em 0}figcaption{color:#666;font-size:13px}"
+        "code{background:#f4f4f4;padding:1px 3px}"
+    )
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
 
 
 def build(workdirs: Sequence[str | pathlib.Path], out: str | pathlib.Path) -> dict[str, pathlib.Path]:
-    """Writes out/report.md, out/report.html and out/plots/*.png for the finished runs in `workdirs`."""
+    """Writes out/report.md, out/report.html, out/report.json and out/plots/*.png for the finished runs in
+    `workdirs` (runs of one config with distinct seeds are reported as one model)."""
     if not workdirs:
         raise UserError("the report needs at least one finished workdir")
-    members = load_members(workdirs)
+    models = load_models(workdirs)
+    runs = [run for m in models for run in m.runs]
     out = pathlib.Path(out)
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
 
-    counts = {sum(c["support"] for c in m.results["per_class"].values()) for m in members}
-    checksums = {json.dumps(m.results.get("dataset_checksums"), sort_keys=True) for m in members}
+    counts = {sum(c["support"] for c in r.results["per_class"].values()) for r in runs}
+    checksums = {json.dumps(r.results.get("dataset_checksums"), sort_keys=True) for r in runs}
     same = ("the same " if len(counts) == 1 and len(checksums) == 1 else "") + " or ".join(
-        f"{n:,}" for n in sorted(counts))
-    blocks = [Block("h1", "Fashion-MNIST: model comparison"),
-              Block("p", f"All models are scored on {same} test images by `fmnist_jax.metrics`. "
-                         "The study's column is the test accuracy the original study published.")]
-    blocks += [Block("h2", "Summary"), Block("table", summary_rows(members), [
-        "model", "test accuracy", "study", "validation accuracy", "parameters", "train time", "predict time",
-        "images/s (predict)", "data SHA-256 (images)"])]
-    notes = [f"**{m.title}**: `{m.workdir}`, seed {m.results['seed']}" +
-             ("" if m.results.get("converged", True) is not False else " — did **not converge** (max_iter reached)")
-             for m in members]
-    blocks.append(Block("list", notes))
+        f"{n:,}" for n in sorted(counts)
+    )
+    several = any(len(m.runs) > 1 for m in models)
+    blocks: list[Block] = [
+        Heading(level=1, text="Fashion-MNIST: model comparison"),
+        Paragraph(
+            f"All models are scored on {same} test images by `fmnist_jax.metrics`. "
+            "The study's column is the test accuracy the original study published."
+            + (" With several seeds, a figure is the mean ± the standard deviation over seeds." if several else "")
+        ),
+        Heading("Summary"),
+        Table(header=SUMMARY_HEADER, rows=summary_rows(models)),
+        BulletList(
+            [
+                f"**{m.title}**: `{run.workdir}`, seed {run.results['seed']}"
+                + (" — did **not converge** (max_iter reached)" if run.results.get("converged") is False else "")
+                for m in models
+                for run in m.runs
+            ]
+        ),
+    ]
+    if several:
+        blocks += [
+            Heading("Seeds"),
+            Table(
+                header=[
+                    "model",
+                    "seed",
+                    "test accuracy",
+                    "95% CI (exact binomial)",
+                    "validation accuracy",
+                    "train time",
+                ],
+                rows=seed_rows(models),
+            ),
+        ]
 
-    blocks += [Block("h2", "Per class: precision, recall, F1"),
-               Block("p", "Best value of each metric per class in bold."),
-               Block("table", per_class_rows(members),
-                     ["class"] + [f"{m.title} {k}" for k in ("P", "R", "F1") for m in members])]
-    if len(members) > 1:
-        blocks.append(Block("image", plot_f1(members, plots / "f1_per_class.png"), "F1 per class and model"))
+    pairs = [compare_pair(a, b) for i, a in enumerate(models) for b in models[i + 1 :]]
+    if pairs:
+        titles = {m.label: m.title for m in models}
+        blocks += [
+            Heading("How sure are these differences?"),
+            BulletList([pair["sentence"] for pair in pairs]),
+            Paragraph(
+                "Per pair and seed, on the same test images: the accuracy difference in points, its 95% paired "
+                f"bootstrap interval ({stats.BOOTSTRAP_RESAMPLES} resamples of the test images), the images only "
+                "one of the two gets right, and the exact McNemar p-value (a two-sided binomial test on those "
+                "images). Each seed's test is valid on its own. The seeds share one test set, so they are not "
+                "independent evidence: do not multiply or average their p-values; read a difference as real when "
+                "every seed's test agrees (the largest p-value below the level you choose)."
+            ),
+            Table(
+                header=[
+                    "pair (a − b)",
+                    "seed",
+                    "difference (points)",
+                    "95% CI (points)",
+                    "only a right",
+                    "only b right",
+                    "McNemar p",
+                ],
+                rows=pair_rows(pairs, titles),
+            ),
+        ]
 
-    blocks.append(Block("h2", "Most confused classes"))
-    for m in members:
-        pairs = confused_pairs(m.results["confusion_matrix"])
-        blocks.append(Block("p", f"**{m.title}**"))
-        blocks.append(Block("list", [f"{true} taken for {pred}: {rate:.1%}" for true, pred, rate in pairs]
-                            or ["no test image misclassified"]))
+    blocks += [
+        Heading("Per class: precision, recall, F1"),
+        Paragraph("Best value of each metric per class in bold."),
+        Table(
+            header=["class"] + [f"{m.title} {k}" for k in ("P", "R", "F1") for m in models],
+            rows=per_class_rows(models),
+        ),
+    ]
+    if len(models) > 1:
+        blocks.append(Image(plot_f1(models, plots / "f1_per_class.png"), "F1 per class and model"))
 
-    blocks.append(Block("h2", "Confusion matrices"))
-    for m in members:
-        blocks.append(Block("image", plot_confusion(m, plots / f"confusion_{m.label}.png"),
-                            f"{m.title}: confusion matrix"))
+    searched = [m for m in models if "search" in m.runs[0].results]
+    if searched:
+        blocks.append(Heading("Searches"))
+        for m in searched:
+            member = m.runs[0]
+            search = member.results["search"]
+            blocks += [
+                Paragraph(
+                    f"**{m.title}**: {search['method']}, scored on the validation split only; the best setting "
+                    f"({', '.join(f'{k}={v}' for k, v in search['best_params'].items())}) was refitted and scored "
+                    f"on the test set like every model. Search time: {_fmt_seconds(search['seconds'])}."
+                ),
+                Table(
+                    header=["setting", "validation accuracy", "images (train + validation)", "fit time"],
+                    rows=search_rows(member),
+                ),
+                Image(plot_search(member, plots / f"search_{m.label}.png"), f"{m.title}: search"),
+            ]
 
-    curves = [m for m in members if m.history]
+    blocks.append(Heading("Most confused classes"))
+    for m in models:
+        blocks.append(Paragraph(f"**{m.title}**" + (f" (seed {m.seeds[0]})" if len(m.runs) > 1 else "")))
+        pairs_in_words = confused_pairs(m.runs[0].results["confusion_matrix"])
+        blocks.append(
+            BulletList(
+                [f"{true} taken for {pred}: {rate:.1%}" for true, pred, rate in pairs_in_words]
+                or ["no test image misclassified"]
+            )
+        )
+
+    blocks.append(Heading("Confusion matrices"))
+    for m in models:
+        path = plot_confusion(m.runs[0], plots / f"confusion_{m.label}.png")
+        blocks.append(Image(path, f"{m.title}: confusion matrix" + (f" (seed {m.seeds[0]})" if several else "")))
+
+    curves = [m for m in models if m.runs[0].history]
     if curves:
-        blocks.append(Block("h2", "Training curves"))
+        blocks.append(Heading("Training curves"))
         for m in curves:
-            blocks.append(Block("image", plot_curves(m, plots / f"curves_{m.label}.png"), f"{m.title}: training curves"))
+            blocks.append(Image(plot_curves(m, plots / f"curves_{m.label}.png"), f"{m.title}: training curves"))
 
-    blocks.append(Block("h2", "Misclassified test images"))
-    for m in members:
-        path = plot_errors(m, plots / f"errors_{m.label}.png")
+    blocks.append(Heading("Misclassified test images"))
+    for m in models:
+        path = plot_errors(m.runs[0], plots / f"errors_{m.label}.png")
         if path:
-            blocks.append(Block("image", path, f"{m.title}: misclassified test images"))
+            blocks.append(Image(path, f"{m.title}: misclassified test images"))
 
-    sample_source = next((m for m in members if "sample_images" in m.predictions), None)
+    sample_source = next((r for r in runs if "sample_images" in r.predictions), None)
     if sample_source:
-        blocks += [Block("h2", "The classes"),
-                   Block("image", plot_samples(sample_source, plots / "samples_per_class.png"), "Test images by class")]
+        blocks += [
+            Heading("The classes"),
+            Image(plot_samples(sample_source, plots / "samples_per_class.png"), "Test images by class"),
+        ]
 
-    md_path, html_path = out / "report.md", out / "report.html"
-    metrics.atomic_write_text(md_path, _md(blocks, out))
-    metrics.atomic_write_text(html_path, _html(blocks, "Fashion-MNIST: model comparison"))
-    return {"markdown": md_path, "html": html_path, "plots": plots}
+    md_path, html_path, json_path = out / "report.md", out / "report.html", out / REPORT_JSON
+    files.atomic_write_text(json_path, json.dumps(report_json(models, pairs), indent=2) + "\n")
+    files.atomic_write_text(md_path, _md(blocks, out))
+    files.atomic_write_text(html_path, _html(blocks, "Fashion-MNIST: model comparison"))
+    return {"markdown": md_path, "html": html_path, "json": json_path, "plots": plots}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,32 +2,53 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import pathlib
 from typing import Any
 
 import ml_collections
 import numpy as np
+from absl import logging
 
-from fmnist_jax import config_lib, metrics, predict
-from fmnist_jax.errors import ConfigError
+from fmnist_jax import config_lib, files, metrics, predict
+from fmnist_jax.errors import LOG_FILE_ONLY, CheckpointError, ConfigError
 
 KINDS = ("cnn", "baseline", "compare")
 MODES = ("train", "evaluate", "predict")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Any:
-    """Runs `config` in `workdir`: train returns the results dict, evaluate too, predict the rows printed."""
-    kind, mode = config.get("kind"), config.get("mode", "train")
+    """Runs `config` in `workdir`: train returns the results dict, evaluate too, predict the rows printed.
+
+    The workdir is locked for the run (in a multi-process job by process 0, the one that writes); a full disk
+    anywhere below surfaces as one `files.DiskFull` error that names the workdir.
+    """
+    kind, mode = config.get("kind"), config.mode
     if kind not in KINDS:
         raise ConfigError(f"config.kind={kind!r} is not one of {KINDS}.")
     if mode not in MODES:
         raise ConfigError(f"config.mode={mode!r} is not one of {MODES}.")
     workdir = pathlib.Path(workdir)
+    lead = True
     if kind == "cnn":
-        return _run_cnn(config, workdir, mode)
-    if kind == "compare":
-        return _run_compare(config, workdir)
-    return _run_baseline(config, workdir, mode)
+        from fmnist_jax import parallel  # JAX only when needed
+
+        parallel.maybe_initialize_distributed()
+        lead = parallel.is_lead_process()
+    with files.workdir_lock(workdir) if lead else contextlib.nullcontext():
+        try:
+            if kind == "cnn":
+                return _run_cnn(config, workdir, mode)
+            if kind == "compare":
+                return _run_compare(config, workdir)
+            return _run_baseline(config, workdir, mode)
+        except Exception as e:
+            if files.is_disk_full(e) and not isinstance(e, files.DiskFull):
+                doing = "saving a checkpoint" if isinstance(e, CheckpointError) else "writing its files"
+                logging.warning("The full disk's error: %s: %s", type(e).__name__, e, extra=LOG_FILE_ONLY)
+                raise files.disk_full_error(workdir, doing) from e
+            raise
 
 
 def _inputs(config: ml_collections.ConfigDict) -> tuple[np.ndarray, list[str]]:
@@ -35,14 +56,10 @@ def _inputs(config: ml_collections.ConfigDict) -> tuple[np.ndarray, list[str]]:
 
 
 def _run_cnn(config: ml_collections.ConfigDict, workdir: pathlib.Path, mode: str) -> Any:
-    from fmnist_jax import parallel, train  # pylint: disable=import-outside-toplevel  (JAX only when needed)
+    from fmnist_jax import train  # JAX only when needed
 
-    parallel.maybe_initialize_distributed()
     train.check_config(config)
-    parallel.check_batch_size(config.batch_size, parallel.make_mesh())
     if mode == "train":
-        if parallel.is_lead_process():
-            config_lib.save_or_check(config, workdir)
         return train.train_and_evaluate(config, workdir)
     if mode == "evaluate":
         return train.evaluate_checkpoint(config, workdir)
@@ -52,7 +69,7 @@ def _run_cnn(config: ml_collections.ConfigDict, workdir: pathlib.Path, mode: str
 
 
 def _run_baseline(config: ml_collections.ConfigDict, workdir: pathlib.Path, mode: str) -> Any:
-    from fmnist_jax import baselines, data  # pylint: disable=import-outside-toplevel
+    from fmnist_jax import baselines, data
 
     baselines.check_config(config)
     if mode == "train":
@@ -62,46 +79,76 @@ def _run_baseline(config: ml_collections.ConfigDict, workdir: pathlib.Path, mode
     if mode == "evaluate":
         dataset = data.load(config.data, seed=config.seed)
         previous = metrics.load_results(workdir) if (workdir / metrics.RESULTS_FILE).exists() else {}
-        return baselines.score(config, workdir, estimator, dataset, train_seconds=previous.get("train_seconds"),
-                               extra={k: previous.get(k) for k in ("converged", "n_iter")})
+        return baselines.score(
+            config,
+            workdir,
+            estimator,
+            dataset,
+            train_seconds=previous.get("train_seconds"),
+            extra={k: previous.get(k) for k in ("converged", "n_iter")},
+        )
     images, names = _inputs(config)
     preds, probs = baselines.predict(estimator, baselines.flatten(images))
     return predict.report(workdir, names, probs, preds)
 
 
-def member_configs(config: ml_collections.ConfigDict) -> dict[str, tuple[ml_collections.ConfigDict, str | None]]:
-    """Each member's own config (seed and, with quick=True, the quick overrides applied) and named workdir."""
-    members = {}
+@dataclasses.dataclass(frozen=True)
+class MemberRun:
+    """One seed of one comparison member: its own config and workdir."""
+
+    name: str
+    seed: int
+    config: ml_collections.ConfigDict
+    workdir: pathlib.Path
+    named: bool  # a workdir the user named: a finished run there is reported as it is
+
+
+def member_runs(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[MemberRun]:
+    """Every enabled member once per seed, in the study's order: its config (seed and, with quick=True, the quick
+    overrides applied) and its workdir, WORKDIR/<member>/seed_<seed> unless the member names one."""
+    seeds = tuple(config.seeds)
+    if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):
+        raise ConfigError(f"config.seeds={config.seeds!r} must be distinct integers, e.g. --config.seeds=0,1,2.")
     order = {"cnn": 0, "random_forest": 1, "linear_svm": 2}  # the study's order, other members after
-    for name, member in sorted(config.members.items(), key=lambda item: (order.get(item[0], 9), item[0])):
-        member = ml_collections.ConfigDict(member.to_dict())  # an unlocked copy
-        named = member.get("workdir")
-        del member["workdir"]
-        member.seed = config.seed
-        if config.quick and name in config.quick_overrides:
-            config_lib.merge(member, config.quick_overrides[name])
-        members[name] = (member, named)
-    return members
+    runs = []
+    for name, section in sorted(config.members.items(), key=lambda item: (order.get(item[0], 9), item[0])):
+        if not section.enabled:
+            continue
+        named = section.workdir
+        if named and len(seeds) > 1 and "{seed}" not in named:
+            raise ConfigError(
+                f"config.members.{name}.workdir={named!r} names one folder for {len(seeds)} seeds; put {{seed}} in "
+                f"it (e.g. {named}_seed{{seed}}) or run one seed."
+            )
+        for seed in seeds:
+            member = ml_collections.ConfigDict(section.to_dict())  # an unlocked copy
+            del member["workdir"], member["enabled"]
+            member.seed = seed
+            if config.quick and name in config.quick_overrides:
+                config_lib.merge(member, config.quick_overrides[name])
+            folder = pathlib.Path(named.format(seed=seed)) if named else workdir / name / f"seed_{seed}"
+            runs.append(MemberRun(name, seed, member, folder, bool(named)))
+    return runs
 
 
-def _run_compare(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, Any]:
-    """Runs every member that has no finished run yet, then builds the report from all of them."""
-    from absl import logging  # pylint: disable=import-outside-toplevel
+def _run_compare(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, dict[int, Any]]:
+    """Runs every member's seeds that have no finished run yet, then builds the report from all of them;
+    returns each member's results by seed."""
+    from fmnist_jax import report
 
-    from fmnist_jax import report  # pylint: disable=import-outside-toplevel
-
-    if config.get("mode", "train") != "train":
+    if config.mode != "train":
         raise ConfigError("a comparison only trains and reports: run evaluate/predict on a member's workdir.")
+    runs = member_runs(config, workdir)
     config_lib.save_or_check(config, workdir)
-    folders = {}
-    for name, (member, named) in member_configs(config).items():
-        folder = pathlib.Path(named) if named else workdir / name
-        if named and (folder / metrics.RESULTS_FILE).exists():
-            logging.info("%s: reusing the finished run in %s", name, folder)
+    for member in runs:
+        if member.named and (member.workdir / metrics.RESULTS_FILE).exists():
+            logging.info("%s, seed %d: reusing the finished run in %s", member.name, member.seed, member.workdir)
         else:
-            logging.info("%s: running in %s", name, folder)
-            run(member, folder)
-        folders[name] = folder
-    paths = report.build(list(folders.values()), workdir)
-    logging.info("Report: %s and %s", paths["markdown"], paths["html"])
-    return {name: metrics.load_results(folder) for name, folder in folders.items()}
+            logging.info("%s, seed %d: running in %s", member.name, member.seed, member.workdir)
+            run(member.config, member.workdir)
+    paths = report.build([member.workdir for member in runs], workdir)
+    logging.info("Report: %s, %s and %s", paths["markdown"], paths["html"], paths["json"])
+    results: dict[str, dict[int, Any]] = {}
+    for member in runs:
+        results.setdefault(member.name, {})[member.seed] = metrics.load_results(member.workdir)
+    return results

@@ -16,7 +16,8 @@ import math
 import pathlib
 import sys
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import flax
 import jax
@@ -28,8 +29,13 @@ from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
 
-from fmnist_jax import checkpoints, config_lib, data, errors, metrics, models, ops, parallel
+from fmnist_jax import checkpoints, config_lib, data, errors, files, metrics, models, ops, parallel
 from fmnist_jax.errors import ConfigError, UserError
+
+UNROLL_CHOICES = ("auto", "full", "rolled")
+# Evaluation batch when config.eval_batch_size is 0: small on CPU, where the activations of 100 images stay
+# in cache (faster than batches of 1000 there, benchmarks/train_speed.py), large on accelerators.
+AUTO_EVAL_BATCH_CPU, AUTO_EVAL_BATCH_ACCELERATOR = 100, 1000
 
 
 class TrainingError(UserError):
@@ -38,19 +44,16 @@ class TrainingError(UserError):
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the first CNN config field whose value cannot run."""
-    config_lib.check_positive(config, "num_epochs", "batch_size", "learning_rate", "steps_per_call",
-                              "checkpoint.max_to_keep")
-    config_lib.check_positive(config, "checkpoint.every_steps", "data.validation_size", "eval_batch_size",
-                              allow_zero=True)
+    config_lib.check_positive(
+        config, "num_epochs", "batch_size", "learning_rate", "steps_per_call", "checkpoint.max_to_keep"
+    )
+    config_lib.check_positive(
+        config, "checkpoint.every_steps", "data.validation_size", "eval_batch_size", allow_zero=True
+    )
     if config.scan_unroll not in UNROLL_CHOICES:
         raise ConfigError(f"config.scan_unroll={config.scan_unroll!r} must be one of {UNROLL_CHOICES}.")
-    if model_conv(config) not in ops.CONV_IMPLS:
-        raise ConfigError(f"config.model.conv={model_conv(config)!r} must be one of {ops.CONV_IMPLS}.")
-
-
-def model_conv(config: ml_collections.ConfigDict) -> str:
-    """How the CNN computes its convolutions (speed only); configs saved before the field existed: "auto"."""
-    return config.model.get("conv", "auto")
+    if config.model.conv not in ops.CONV_IMPLS:
+        raise ConfigError(f"config.model.conv={config.model.conv!r} must be one of {ops.CONV_IMPLS}.")
 
 
 # --------------------------------------------------------------------------------------------- state
@@ -85,7 +88,7 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 def create_train_state(config: ml_collections.ConfigDict) -> tuple[Graphs, TrainState, int]:
     """A fresh model and optimizer from `config.seed`: (graphs, host-side state, number of parameters)."""
-    model = models.create_model(config.model.name, seed=config.seed, conv=model_conv(config))
+    model = models.create_model(config.model.name, seed=config.seed, conv=config.model.conv)
     optimizer = nnx.Optimizer(model, make_optimizer(config), wrt=nnx.Param)
     model_graph, model_state = nnx.split(model)
     opt_graph, opt_state = nnx.split(optimizer)
@@ -102,24 +105,29 @@ def to_inputs(images: jax.Array) -> jax.Array:
     return (images.astype(jnp.float32) / 255.0)[..., None]
 
 
-def loss_fn(model: nnx.Module, images: jax.Array, labels: jax.Array,
-            dropout_key: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+def loss_fn(
+    model: nnx.Module, images: jax.Array, labels: jax.Array, dropout_key: jax.Array | None
+) -> tuple[jax.Array, jax.Array]:
     """Mean softmax cross-entropy over the batch, and the logits."""
     logits = model(to_inputs(images), dropout_key=dropout_key)
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
 
 
-def train_step(graphs: Graphs, state: TrainState, images: jax.Array, labels: jax.Array,
-               dropout_key: jax.Array) -> TrainState:
+def train_step(
+    graphs: Graphs, state: TrainState, images: jax.Array, labels: jax.Array, dropout_key: jax.Array
+) -> TrainState:
     """One Adam step on one (global) batch; adds the batch's loss and correct count to the epoch sums."""
     model, optimizer = graphs.merge(state)
     grad_fn = nnx.value_and_grad(loss_fn, has_aux=True)
     (loss, logits), grads = grad_fn(model, images, labels, dropout_key)
     optimizer.update(model, grads)
     correct = jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-    return TrainState(model=nnx.state(model), optimizer=nnx.state(optimizer),
-                      loss_sum=state.loss_sum + loss * labels.shape[0],
-                      correct_sum=state.correct_sum + correct)
+    return TrainState(
+        model=nnx.state(model),
+        optimizer=nnx.state(optimizer),
+        loss_sum=state.loss_sum + loss * labels.shape[0],
+        correct_sum=state.correct_sum + correct,
+    )
 
 
 def epoch_permutation(data_key: jax.Array, epoch: int | jax.Array, n: int) -> jax.Array:
@@ -127,41 +135,69 @@ def epoch_permutation(data_key: jax.Array, epoch: int | jax.Array, n: int) -> ja
     return jax.random.permutation(jax.random.fold_in(data_key, epoch), n)
 
 
-def train_steps(graphs: Graphs, state: TrainState, images: jax.Array, labels: jax.Array, perm: jax.Array,
-                first_step: jax.Array, first_batch: jax.Array, dropout_root: jax.Array, *, num_steps: int,
-                batch_size: int, unroll: bool, mesh: Mesh) -> TrainState:
-    """`num_steps` train steps in one program: step i trains on batch `first_batch + i` of `perm`.
+@flax.struct.dataclass
+class TrainInputs:
+    """The arrays a train call reads: the training set on the devices, this epoch's order, the dropout root."""
+
+    images: jax.Array
+    labels: jax.Array
+    perm: jax.Array
+    dropout_root: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+    """What a compiled train call is specialised to (static under `jax.jit`)."""
+
+    graphs: Graphs
+    mesh: Mesh
+    batch_size: int
+    unroll: bool
+
+
+def train_steps(
+    spec: StepSpec,
+    state: TrainState,
+    inputs: TrainInputs,
+    first_step: jax.Array,
+    first_batch: jax.Array,
+    *,
+    num_steps: int,
+) -> TrainState:
+    """`num_steps` train steps in one program: step i trains on batch `first_batch + i` of `inputs.perm`.
 
     The data set lives on the devices; each batch is gathered inside the program and constrained to the
     "data" axis, so every device computes the gradient of its slice and XLA all-reduces the sum.
     """
-    batch_sharding = parallel.data_sharding(mesh)
+    batch_sharding = parallel.data_sharding(spec.mesh)
 
     def body(state, i):
-        idx = jax.lax.dynamic_slice_in_dim(perm, (first_batch + i) * batch_size, batch_size)
-        x = jax.lax.with_sharding_constraint(images[idx], batch_sharding)
-        y = jax.lax.with_sharding_constraint(labels[idx], batch_sharding)
-        key = jax.random.fold_in(dropout_root, first_step + i)
-        return train_step(graphs, state, x, y, key), None
+        idx = jax.lax.dynamic_slice_in_dim(inputs.perm, (first_batch + i) * spec.batch_size, spec.batch_size)
+        x = jax.lax.with_sharding_constraint(inputs.images[idx], batch_sharding)
+        y = jax.lax.with_sharding_constraint(inputs.labels[idx], batch_sharding)
+        key = jax.random.fold_in(inputs.dropout_root, first_step + i)
+        return train_step(spec.graphs, state, x, y, key), None
 
     if num_steps == 1:
         return body(state, 0)[0]
-    return jax.lax.scan(body, state, jnp.arange(num_steps), unroll=unroll)[0]
+    return jax.lax.scan(body, state, jnp.arange(num_steps), unroll=spec.unroll)[0]
 
 
-def eval_step(graphs: Graphs, state: TrainState, images: jax.Array, labels: jax.Array,
-              mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Summed loss over the unmasked examples and the softmax probabilities of the whole (padded) batch."""
+def eval_step(
+    graphs: Graphs, state: TrainState, images: jax.Array, labels: jax.Array, mask: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Per-example losses (0 where masked) and softmax probabilities of a (padded) batch.
+
+    Both outputs stay split over the devices like the batch, so the program has no cross-device collective:
+    independent evaluation programs in flight together can then never wait on each other (see `Programs`).
+    """
     model = nnx.merge(graphs.model, state.model)
     logits = model(to_inputs(images))
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    return jnp.sum(jnp.where(mask, losses, 0.0)), jax.nn.softmax(logits)
+    return jnp.where(mask, losses, 0.0), jax.nn.softmax(logits)
 
 
 # --------------------------------------------------------------------------------------------- programs
-
-
-UNROLL_CHOICES = ("auto", "full", "rolled")
 
 
 def resolve_unroll(setting: str, backend: str, conv: str = "auto") -> bool:
@@ -172,69 +208,59 @@ def resolve_unroll(setting: str, backend: str, conv: str = "auto") -> bool:
     return setting == "full"
 
 
-@dataclasses.dataclass
 class Programs:
-    """The jitted functions of one run, compiled once per distinct shape (`num_steps`)."""
+    """The jitted functions of one run, the train call compiled once per distinct `num_steps`.
 
-    graphs: Graphs
-    mesh: Mesh
-    batch_size: int
-    unroll: bool
-    _train: dict[int, Callable] = dataclasses.field(default_factory=dict)
+    Evaluation is many small programs dispatched asynchronously. On XLA:CPU every device's share of a program
+    runs on one shared thread pool, and a cross-device collective blocks its thread until all devices arrive:
+    with several such programs in flight, blocked shares of one can hold the threads that the rest of it needs
+    (a deadlock that XLA aborts after 40 s). So the evaluation program returns per-example outputs, split
+    like its inputs, and the host does the sums.
+    """
 
-    def __post_init__(self):
-        self.eval = jax.jit(functools.partial(eval_step, self.graphs))
-        self.permutation = jax.jit(epoch_permutation, static_argnums=2,
-                                   out_shardings=parallel.replicated(self.mesh))
+    def __init__(self, graphs: Graphs, mesh: Mesh, batch_size: int, *, unroll: bool):
+        self.spec = StepSpec(graphs, mesh, batch_size, unroll)
+        self.mesh = mesh
+        split = parallel.data_sharding(mesh)
+        self.eval = jax.jit(functools.partial(eval_step, graphs), out_shardings=(split, split))
+        self.permutation = jax.jit(epoch_permutation, static_argnums=2, out_shardings=parallel.replicated(mesh))
+        self._train: dict[int, Callable] = {}
 
     def train(self, num_steps: int) -> Callable:
+        """The jitted `train_steps` for calls of `num_steps` steps: (state, inputs, first_step, first_batch)."""
         if num_steps not in self._train:
-            fn = functools.partial(train_steps, self.graphs, num_steps=num_steps, batch_size=self.batch_size,
-                                   unroll=self.unroll, mesh=self.mesh)
+            fn = functools.partial(train_steps, self.spec, num_steps=num_steps)
             self._train[num_steps] = jax.jit(fn, donate_argnums=0)
         return self._train[num_steps]
 
 
-def evaluate_split(programs: Programs, state: TrainState, split: data.Split, *,
-                   batch_size: int) -> dict[str, Any]:
+def _pad(array: np.ndarray, size: int) -> np.ndarray:
+    """`array` with zeros appended along its first axis up to `size`."""
+    return np.concatenate([array, np.zeros((size - len(array), *array.shape[1:]), array.dtype)])
+
+
+def evaluate_split(programs: Programs, state: TrainState, split: data.Split, *, batch_size: int) -> dict[str, Any]:
     """Loss, accuracy and probabilities over every image of `split`: fixed-size batches, the last padded."""
     n = len(split)
     if n == 0:
         return {"loss": float("nan"), "accuracy": float("nan"), "probs": np.zeros((0, data.NUM_CLASSES))}
     padded = math.ceil(n / batch_size) * batch_size
-    pad = lambda a: np.concatenate([a, np.zeros((padded - n,) + a.shape[1:], a.dtype)])  # noqa: E731
-    images, labels = pad(split.images), pad(split.labels)
-    mask = np.arange(padded) < n
-    losses, probs = [], []
-    for start in range(0, padded, batch_size):
-        batch = parallel.shard_batch(
-            (images[start:start + batch_size], labels[start:start + batch_size], mask[start:start + batch_size]),
-            programs.mesh)
-        batch_loss, batch_probs = programs.eval(state, *batch)
-        losses.append(batch_loss)
-        probs.append(batch_probs)
-    probs = np.concatenate(parallel.to_host(probs))[:n]
-    return {"loss": sum(parallel.scalar(x) for x in losses) / n, "accuracy": float(np.mean(probs.argmax(-1) == split.labels)),
-            "probs": probs}
-
-
-# --------------------------------------------------------------------------------------------- loop
-
-
-def chunks(start_step: int, total_steps: int, steps_per_epoch: int, steps_per_call: int,
-           every_steps: int) -> Iterator[int]:
-    """Sizes of successive calls: at most `steps_per_call`, never crossing an epoch or checkpoint boundary."""
-    step = start_step
-    while step < total_steps:
-        n = min(steps_per_call, steps_per_epoch - step % steps_per_epoch, every_steps - step % every_steps,
-                total_steps - step)
-        yield n
-        step += n
-
-
-# Evaluation batch when config.eval_batch_size is 0: small on CPU, where the activations of 100 images stay
-# in cache (10k test images in 1.9 s against 2.6 s with batches of 1000, benchmarks/), large on accelerators.
-AUTO_EVAL_BATCH_CPU, AUTO_EVAL_BATCH_ACCELERATOR = 100, 1000
+    images, labels, mask = _pad(split.images, padded), _pad(split.labels, padded), np.arange(padded) < n
+    outputs = [
+        programs.eval(
+            state,
+            *parallel.shard_batch(
+                (images[s : s + batch_size], labels[s : s + batch_size], mask[s : s + batch_size]), programs.mesh
+            ),
+        )
+        for s in range(0, padded, batch_size)
+    ]
+    losses, probs = (np.concatenate(parts)[:n] for parts in zip(*parallel.to_host(outputs), strict=True))
+    return {
+        "loss": float(np.sum(losses, dtype=np.float64) / n),
+        "accuracy": float(np.mean(probs.argmax(-1) == split.labels)),
+        "probs": probs,
+    }
 
 
 def eval_batch_size(config: ml_collections.ConfigDict, mesh: Mesh) -> int:
@@ -245,141 +271,246 @@ def eval_batch_size(config: ml_collections.ConfigDict, mesh: Mesh) -> int:
     return math.ceil(size / n) * n
 
 
-def _check_finite(value: float, epoch: int, step: int, what: str) -> None:
-    if not math.isfinite(value):
-        raise TrainingError(f"{what} became {value} in epoch {epoch + 1} (by step {step}). Training stopped: "
-                            "lower config.learning_rate or check the input data.")
+# --------------------------------------------------------------------------------------------- loop
 
 
-def _append_history(workdir: pathlib.Path, record: dict[str, Any]) -> None:
-    with open(workdir / metrics.HISTORY_FILE, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+def chunks(
+    start_step: int, total_steps: int, steps_per_epoch: int, steps_per_call: int, every_steps: int
+) -> Iterator[int]:
+    """Sizes of successive calls: at most `steps_per_call`, never crossing an epoch or checkpoint boundary."""
+    step = start_step
+    while step < total_steps:
+        n = min(
+            steps_per_call,
+            steps_per_epoch - step % steps_per_epoch,
+            every_steps - step % every_steps,
+            total_steps - step,
+        )
+        yield n
+        step += n
 
 
-def _truncate_history(workdir: pathlib.Path, num_epochs: int) -> None:
-    """Keeps the first `num_epochs` records: those after the restored checkpoint are replayed."""
-    kept = [r for r in metrics.read_history(workdir) if r["epoch"] <= num_epochs]
-    metrics.atomic_write_text(workdir / metrics.HISTORY_FILE, "".join(json.dumps(r) + "\n" for r in kept))
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What stays fixed while one run trains: its config, workdir, programs, data and step counts."""
+
+    config: ml_collections.ConfigDict
+    workdir: pathlib.Path
+    programs: Programs
+    dataset: data.Dataset
+    steps_per_epoch: int
+    total_steps: int
+    every_steps: int
+    eval_batch: int
+    data_key: jax.Array
+
+    def permutation(self, epoch: int) -> jax.Array:
+        return self.programs.permutation(self.data_key, epoch, len(self.dataset.train))
 
 
 def _progress(total: int, initial: int, desc: str):
-    from tqdm import auto as tqdm  # pylint: disable=import-outside-toplevel
+    from tqdm import auto as tqdm
 
-    return tqdm.tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False, file=sys.stderr,
-                     disable=not parallel.is_lead_process(), mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    return tqdm.tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit="step",
+        leave=False,
+        file=sys.stderr,
+        disable=not parallel.is_lead_process(),
+        mininterval=1.0 if sys.stderr.isatty() else 30.0,
+    )
 
 
-def _end_of_epoch(config: ml_collections.ConfigDict, workdir: pathlib.Path, programs: Programs, state: TrainState,
-                  validation: data.Split, *, epoch: int, step: int, steps_done: int, epoch_start: float,
-                  eval_bs: int) -> tuple[float, dict[str, Any]]:
-    """Logs the epoch's train and validation metrics, appends them to history.jsonl; returns its seconds and
-    the validation scores."""
-    steps_per_epoch = step // (epoch + 1)
-    train_loss = parallel.scalar(state.loss_sum) / (steps_per_epoch * config.batch_size)  # waits for the steps
-    train_acc = parallel.scalar(state.correct_sum) / (steps_per_epoch * config.batch_size)
-    seconds = time.perf_counter() - epoch_start
-    _check_finite(train_loss, epoch, step, "the training loss")
-    val = evaluate_split(programs, state, validation, batch_size=eval_bs)
-    record = {"epoch": epoch + 1, "step": step, "train_loss": train_loss, "train_accuracy": train_acc,
-              "validation_loss": val["loss"], "validation_accuracy": val["accuracy"], "seconds": seconds,
-              "images_per_second": steps_done * config.batch_size / seconds}
-    eta = seconds * steps_per_epoch / max(steps_done, 1) * (config.num_epochs - epoch - 1)
-    logging.info("epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  %.1f s  %.0f img/s  ETA %s",
-                 epoch + 1, config.num_epochs, train_loss, train_acc, val["loss"], val["accuracy"], seconds,
-                 record["images_per_second"], time.strftime("%H:%M:%S", time.gmtime(eta)))
+class EpochProgress:
+    """The bookkeeping of the epoch under way: its index, first step, start time and progress bar."""
+
+    def __init__(self, plan: Plan, step: int):
+        self.index = step // plan.steps_per_epoch
+        self.first_step = step
+        self.start = time.perf_counter()
+        self.bar = _progress(plan.steps_per_epoch, step % plan.steps_per_epoch, f"epoch {self.index + 1}")
+
+
+def _check_finite(value: float, epoch: int, step: int, what: str) -> None:
+    if not math.isfinite(value):
+        raise TrainingError(
+            f"{what} became {value} in epoch {epoch + 1} (by step {step}). Training stopped: "
+            "lower config.learning_rate or check the input data."
+        )
+
+
+def _write_history(workdir: pathlib.Path, records: list[dict[str, Any]]) -> None:
+    """Rewrites history.jsonl whole and atomically: a crash or a full disk never leaves a torn line."""
+    files.atomic_write_text(workdir / metrics.HISTORY_FILE, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def _truncate_history(workdir: pathlib.Path, num_epochs: int) -> None:
+    """Keeps the first `num_epochs` records, the lineage of the restored state; later ones are replayed."""
+    records = metrics.read_history(workdir)
+    if len(records) != num_epochs or any(r["epoch"] > num_epochs for r in records):
+        _write_history(workdir, [r for r in records if r["epoch"] <= num_epochs])
+
+
+def _end_of_epoch(
+    plan: Plan, state: TrainState, epoch: EpochProgress, step: int
+) -> tuple[TrainState, float, dict[str, Any]]:
+    """Logs the epoch's train and validation metrics and appends them to history.jsonl; returns the state
+    with its running sums reset, the epoch's seconds and the validation scores."""
+    config, mesh = plan.config, plan.programs.mesh
+    images = plan.steps_per_epoch * config.batch_size
+    train_loss = parallel.scalar(state.loss_sum) / images  # waits for the steps
+    train_acc = parallel.scalar(state.correct_sum) / images
+    seconds = time.perf_counter() - epoch.start
+    epoch.bar.close()
+    _check_finite(train_loss, epoch.index, step, "the training loss")
+    val = evaluate_split(plan.programs, state, plan.dataset.validation, batch_size=plan.eval_batch)
+    steps_done = step - epoch.first_step
+    record = {
+        "epoch": epoch.index + 1,
+        "step": step,
+        "train_loss": train_loss,
+        "train_accuracy": train_acc,
+        "validation_loss": val["loss"],
+        "validation_accuracy": val["accuracy"],
+        "seconds": seconds,
+        "images_per_second": steps_done * config.batch_size / seconds,
+    }
+    eta = seconds * plan.steps_per_epoch / max(steps_done, 1) * (config.num_epochs - epoch.index - 1)
+    logging.info(
+        "epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  %.1f s  %.0f img/s  ETA %s",
+        epoch.index + 1,
+        config.num_epochs,
+        train_loss,
+        train_acc,
+        val["loss"],
+        val["accuracy"],
+        seconds,
+        record["images_per_second"],
+        time.strftime("%H:%M:%S", time.gmtime(eta)),
+    )
     if parallel.is_lead_process():
-        _append_history(workdir, record)
-    return seconds, val
+        _write_history(plan.workdir, [*metrics.read_history(plan.workdir), record])
+    zeros = parallel.replicate((np.float32(0), np.float32(0)), mesh)  # two buffers: the state is donated
+    return state.replace(loss_sum=zeros[0], correct_sum=zeros[1]), seconds, val
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, mesh: Mesh | None = None
+) -> dict[str, Any]:
     """Trains `config`'s CNN in `workdir` (resuming from its latest checkpoint), evaluates it, writes
-    `history.jsonl`, `results.json` and the test predictions; returns the results dict."""
+    `config.json`, `history.jsonl`, `results.json` and the test predictions; returns the results dict."""
     workdir = pathlib.Path(workdir)
     lead = parallel.is_lead_process()
 
     # ---- mesh
-    mesh = parallel.make_mesh()
+    mesh = mesh or parallel.make_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
+    if lead:
+        config_lib.save_or_check(config, workdir)
     backend = jax.default_backend()
-    logging.info("Mesh: %d %s device(s) over %d process(es), batch %d (%d per device)", mesh.devices.size,
-                 backend, jax.process_count(), config.batch_size, config.batch_size // mesh.devices.size)
+    logging.info(
+        "Mesh: %d %s device(s) over %d process(es), batch %d (%d per device)",
+        mesh.devices.size,
+        backend,
+        jax.process_count(),
+        config.batch_size,
+        config.batch_size // mesh.devices.size,
+    )
 
     # ---- input
     dataset = data.load(config.data, seed=config.seed)
     n_train = len(dataset.train)
     steps_per_epoch = n_train // config.batch_size
     if steps_per_epoch == 0:
-        raise parallel.ParallelError(f"config.batch_size={config.batch_size} exceeds the {n_train} training "
-                                     "images; lower it or raise config.data.num_train.")
-    total_steps = steps_per_epoch * config.num_epochs
-    logging.info("Data from %s: %d train, %d validation, %d test images; %d steps/epoch",
-                 dataset.source, n_train, len(dataset.validation), len(dataset.test), steps_per_epoch)
-    train_images, train_labels = parallel.replicate((dataset.train.images, dataset.train.labels), mesh)
+        raise ConfigError(
+            f"config.batch_size={config.batch_size} exceeds the {n_train} training images; lower it or raise "
+            "config.data.num_train."
+        )
+    logging.info(
+        "Data from %s: %d train, %d validation, %d test images; %d steps/epoch",
+        dataset.source,
+        n_train,
+        len(dataset.validation),
+        len(dataset.test),
+        steps_per_epoch,
+    )
 
     # ---- state, checkpoint
     graphs, state, num_params = create_train_state(config)
     state = parallel.replicate(state, mesh)
-    every_steps = config.checkpoint.every_steps or steps_per_epoch
-    store = checkpoints.CheckpointStore(workdir / "checkpoints", max_to_keep=config.checkpoint.max_to_keep,
-                                        async_save=config.checkpoint.async_save)
+    store = checkpoints.CheckpointStore(
+        workdir / "checkpoints", max_to_keep=config.checkpoint.max_to_keep, async_save=config.checkpoint.async_save
+    )
     step, train_seconds = 0, 0.0
     restored = store.restore_latest(state)
     if restored is not None:
         state, meta = restored
-        step, train_seconds = meta["step"], meta.get("train_seconds", 0.0)
-        logging.info("Resumed from checkpoint at step %d (epoch %d, %d/%d steps into it)", step,
-                     step // steps_per_epoch + 1, step % steps_per_epoch, steps_per_epoch)
-        if step >= total_steps and (workdir / metrics.RESULTS_FILE).exists():
+        step, train_seconds = meta["step"], meta["train_seconds"]
+        logging.info(
+            "Resumed from checkpoint at step %d (epoch %d, %d/%d steps into it)",
+            step,
+            step // steps_per_epoch + 1,
+            step % steps_per_epoch,
+            steps_per_epoch,
+        )
+        if step >= steps_per_epoch * config.num_epochs and (workdir / metrics.RESULTS_FILE).exists():
             store.close()
             logging.info("Run already finished (%d steps); reporting %s", step, workdir / metrics.RESULTS_FILE)
             return metrics.load_results(workdir)
-        if lead:
-            _truncate_history(workdir, step // steps_per_epoch)
+    if lead:  # the history is the lineage of the state training goes on from, even a fresh one
+        _truncate_history(workdir, step // steps_per_epoch)
 
     root = jax.random.key(config.seed)
     data_key, dropout_root = jax.random.fold_in(root, 1), jax.random.fold_in(root, 2)
-    programs = Programs(graphs, mesh, config.batch_size, resolve_unroll(config.scan_unroll, backend, model_conv(config)))
-    eval_bs = eval_batch_size(config, mesh)
+    unroll = resolve_unroll(config.scan_unroll, backend, config.model.conv)
+    plan = Plan(
+        config=config,
+        workdir=workdir,
+        programs=Programs(graphs, mesh, config.batch_size, unroll=unroll),
+        dataset=dataset,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=steps_per_epoch * config.num_epochs,
+        every_steps=config.checkpoint.every_steps or steps_per_epoch,
+        eval_batch=eval_batch_size(config, mesh),
+        data_key=data_key,
+    )
 
     # ---- train
     last_val = None  # the final state's validation scores, once the last epoch has computed them
-    in_epoch = step % steps_per_epoch
-    epoch_start, first_step_of_epoch = time.perf_counter(), step
-    perm = programs.permutation(data_key, step // steps_per_epoch, n_train) if step < total_steps else None
-    bar = _progress(steps_per_epoch, in_epoch, f"epoch {step // steps_per_epoch + 1}")
+    train_images, train_labels = parallel.replicate((dataset.train.images, dataset.train.labels), mesh)
+    epoch = EpochProgress(plan, step)
+    if step < plan.total_steps:
+        inputs = TrainInputs(train_images, train_labels, plan.permutation(epoch.index), dropout_root)
     try:
         with checkpoints.PreemptionGuard() as guard:
-            for n in chunks(step, total_steps, steps_per_epoch, config.steps_per_call, every_steps):
-                epoch, in_epoch = divmod(step, steps_per_epoch)
-                state = programs.train(n)(state, train_images, train_labels, perm, jnp.int32(step),
-                                          jnp.int32(in_epoch), dropout_root)
+            for n in chunks(step, plan.total_steps, steps_per_epoch, config.steps_per_call, plan.every_steps):
+                state = plan.programs.train(n)(state, inputs, jnp.int32(step), jnp.int32(step % steps_per_epoch))
                 step += n
-                bar.update(n)
+                epoch.bar.update(n)
                 if step % steps_per_epoch == 0:
-                    seconds, last_val = _end_of_epoch(config, workdir, programs, state, dataset.validation, epoch=epoch,
-                                            step=step, steps_done=step - first_step_of_epoch,
-                                            epoch_start=epoch_start, eval_bs=eval_bs)
+                    state, seconds, last_val = _end_of_epoch(plan, state, epoch, step)
                     train_seconds += seconds
-                    state = state.replace(loss_sum=parallel.replicate(np.float32(0), mesh),
-                                          correct_sum=parallel.replicate(np.float32(0), mesh))
-                    bar.close()
-                    if step < total_steps:
-                        perm = programs.permutation(data_key, epoch + 1, n_train)
-                        bar = _progress(steps_per_epoch, 0, f"epoch {epoch + 2}")
-                    epoch_start, first_step_of_epoch = time.perf_counter(), step
-                if step % every_steps == 0 or step == total_steps or guard.signal:
-                    store.save(step, state, {"step": step, "epoch": step // steps_per_epoch,
-                                             "train_seconds": train_seconds, "config": config_lib.to_dict(config)})
+                    if step < plan.total_steps:
+                        epoch = EpochProgress(plan, step)
+                        inputs = inputs.replace(perm=plan.permutation(epoch.index))
+                if step % plan.every_steps == 0 or step == plan.total_steps or guard.signal:
+                    meta = {
+                        "step": step,
+                        "epoch": step // steps_per_epoch,
+                        "train_seconds": train_seconds,
+                        "config": config_lib.to_dict(config),
+                    }
+                    store.save(step, state, meta)
                 if guard.signal:
                     store.wait()
                     raise errors.Interrupted(guard.signal, step, store.directory)
     finally:
-        bar.close()
+        epoch.bar.close()
         store.close()
     # ---- evaluate
-    return finish(config, workdir, programs, state, dataset, num_params=num_params, train_seconds=train_seconds,
-                  eval_bs=eval_bs, val=last_val)
+    return finish(plan, state, num_params=num_params, train_seconds=train_seconds, val=last_val)
 
 
 def params_sha256(state: TrainState) -> str:
@@ -390,28 +521,37 @@ def params_sha256(state: TrainState) -> str:
     return h.hexdigest()
 
 
-def finish(config: ml_collections.ConfigDict, workdir: pathlib.Path, programs: Programs, state: TrainState,
-           dataset: data.Dataset, *, num_params: int, train_seconds: float, eval_bs: int,
-           val: dict[str, Any] | None = None) -> dict[str, Any]:
+def finish(
+    plan: Plan, state: TrainState, *, num_params: int, train_seconds: float, val: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Scores the trained state on validation (unless `val` already holds its scores) and test; writes
     results.json and predictions.npz."""
+    config, dataset = plan.config, plan.dataset
     if val is None:
-        val = evaluate_split(programs, state, dataset.validation, batch_size=eval_bs)
+        val = evaluate_split(plan.programs, state, dataset.validation, batch_size=plan.eval_batch)
     start = time.perf_counter()
-    test = evaluate_split(programs, state, dataset.test, batch_size=eval_bs)
+    test = evaluate_split(plan.programs, state, dataset.test, batch_size=plan.eval_batch)
     predict_seconds = time.perf_counter() - start
-    scores = metrics.evaluate(dataset.test.labels, test["probs"].argmax(-1), test["probs"],
-                              class_names=dataset.class_names)
+    preds = test["probs"].argmax(-1)
+    scores = metrics.evaluate(dataset.test.labels, preds, test["probs"], class_names=dataset.class_names)
     results = metrics.make_results(
-        model=config.model.name, config_name=config.get("name", "cnn"), scores=scores,
-        validation_accuracy=val["accuracy"], num_params=num_params, train_seconds=train_seconds,
-        predict_seconds=predict_seconds, num_predicted=len(dataset.test), seed=config.seed,
-        checksums=dataset.checksums, extra={"test_loss": test["loss"], "validation_loss": val["loss"],
-                                            "params_sha256": params_sha256(state)})
+        model=config.model.name,
+        config_name=config.name,
+        scores=scores,
+        validation_accuracy=val["accuracy"],
+        num_params=num_params,
+        train_seconds=train_seconds,
+        predict_seconds=predict_seconds,
+        num_predicted=len(dataset.test),
+        seed=config.seed,
+        checksums=dataset.checksums,
+        extra={"test_loss": test["loss"], "validation_loss": val["loss"], "params_sha256": params_sha256(state)},
+    )
     if parallel.is_lead_process():
-        metrics.save_results(workdir, results)
-        metrics.save_predictions(workdir, labels=dataset.test.labels, preds=test["probs"].argmax(-1),
-                                 probs=test["probs"], images=dataset.test.images)
+        metrics.save_results(plan.workdir, results)
+        metrics.save_predictions(
+            plan.workdir, labels=dataset.test.labels, preds=preds, probs=test["probs"], images=dataset.test.images
+        )
     logging.info("test accuracy %.4f  (validation %.4f)", results["test_accuracy"], val["accuracy"])
     return results
 
@@ -419,22 +559,26 @@ def finish(config: ml_collections.ConfigDict, workdir: pathlib.Path, programs: P
 # --------------------------------------------------------------------------------------------- use a checkpoint
 
 
-def restore_for_inference(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: Mesh
-                          ) -> tuple[Programs, TrainState, int, dict[str, Any]]:
+def restore_for_inference(
+    config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: Mesh
+) -> tuple[Programs, TrainState, int, dict[str, Any]]:
     """The programs and the state of checkpoint `config.checkpoint.step` (None: the latest valid one)."""
     graphs, state, num_params = create_train_state(config)
-    store = checkpoints.CheckpointStore(workdir / "checkpoints", max_to_keep=config.checkpoint.max_to_keep,
-                                        async_save=False)
+    store = checkpoints.CheckpointStore(
+        workdir / "checkpoints", max_to_keep=config.checkpoint.max_to_keep, async_save=False
+    )
     try:
-        restored = store.restore_latest(parallel.replicate(state, mesh), step=config.checkpoint.get("step"))
+        restored = store.restore_latest(parallel.replicate(state, mesh), step=config.checkpoint.step)
     finally:
         store.close()
     if restored is None:
-        raise checkpoints.CheckpointError(f"no checkpoint in {workdir / 'checkpoints'}: train first "
-                                          f"(python main.py --config=configs/cnn.py --workdir={workdir}).")
+        raise checkpoints.CheckpointError(
+            f"no checkpoint in {workdir / 'checkpoints'}: train first "
+            f"(python main.py --config=configs/cnn.py --workdir={workdir})."
+        )
     state, meta = restored
     logging.info("Using checkpoint at step %d", meta["step"])
-    return Programs(graphs, mesh, config.batch_size, False), state, num_params, meta
+    return Programs(graphs, mesh, config.batch_size, unroll=False), state, num_params, meta
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
@@ -443,12 +587,21 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathli
     mesh = parallel.make_mesh()
     programs, state, num_params, meta = restore_for_inference(config, workdir, mesh)
     dataset = data.load(config.data, seed=config.seed)
-    return finish(config, workdir, programs, state, dataset, num_params=num_params,
-                  train_seconds=meta.get("train_seconds", 0.0), eval_bs=eval_batch_size(config, mesh))
+    plan = Plan(
+        config=config,
+        workdir=workdir,
+        programs=programs,
+        dataset=dataset,
+        steps_per_epoch=0,
+        total_steps=0,
+        every_steps=0,
+        eval_batch=eval_batch_size(config, mesh),
+        data_key=jax.random.key(config.seed),
+    )
+    return finish(plan, state, num_params=num_params, train_seconds=meta["train_seconds"])
 
 
-def predict_images(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-                   images: np.ndarray) -> np.ndarray:
+def predict_images(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, images: np.ndarray) -> np.ndarray:
     """Class probabilities (N, 10) of uint8 images (N, 28, 28) under a checkpoint (mode=predict)."""
     workdir = pathlib.Path(workdir)
     mesh = parallel.make_mesh()

@@ -1,69 +1,15 @@
-"""Shared fixtures: tiny Fashion-MNIST-shaped data sets written as real IDX files, and config loading."""
+"""Fixtures: tiny Fashion-MNIST-shaped data sets written as real IDX files, the CNN config on them, the real
+data. The plain helpers live in helpers.py."""
 
 from __future__ import annotations
 
-import gzip
-import importlib.util
 import os
 import pathlib
-import subprocess
-import sys
 
-import numpy as np
 import pytest
+from helpers import REAL_DATA_DIR, load_config, write_idx_dataset
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the configs/ package, as main.py sees it
-REAL_DATA_DIR = pathlib.Path(os.environ.get("FMNIST_REAL_DATA_DIR", "/usr/share/datasets/fashion-mnist"))
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: uses the real data set or trains for long; runs in CI too")
-
-
-def load_config(name: str, **overrides):
-    """configs/<name>.py's get_config() with dotted-path overrides applied (like --config.FIELD=VALUE)."""
-    spec = importlib.util.spec_from_file_location(f"configs_{name}", ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    for path, value in overrides.items():
-        *parents, leaf = path.split(".")
-        node = config
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
-
-
-def make_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Learnable 28x28 uint8 images: noise plus a bright bar whose row encodes the class."""
-    images = rng.integers(0, 60, (len(labels), 28, 28), dtype=np.uint8)
-    for i, c in enumerate(labels):
-        images[i, 2 + 2 * c: 4 + 2 * c, 4:24] = 230
-    return images
-
-
-def idx_bytes(array: np.ndarray, magic: int) -> bytes:
-    header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    return header + array.astype(np.uint8).tobytes()
-
-
-def write_idx_dataset(directory: pathlib.Path, *, n_train: int, n_test: int, seed: int = 0,
-                      compress: bool = True) -> pathlib.Path:
-    """Writes the four Fashion-MNIST IDX files (gzip or raw) of a small learnable data set."""
-    rng = np.random.default_rng(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        labels = rng.integers(0, 10, n).astype(np.uint8)
-        for kind, array, magic in (("images", make_images(labels, rng), 2051), ("labels", labels, 2049)):
-            content = idx_bytes(array, magic)
-            name = f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte"
-            if compress:
-                (directory / (name + ".gz")).write_bytes(gzip.compress(content))
-            else:
-                (directory / name).write_bytes(content)
-    return directory
+from fmnist_jax import run
 
 
 @pytest.fixture(scope="session")
@@ -75,8 +21,16 @@ def tiny_data(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture
 def cnn_config(tiny_data):
     """The CNN config on the tiny data: 64 validation, 256 training images (4 steps/epoch), 2 epochs."""
-    return load_config("cnn", **{"data.dir": str(tiny_data), "data.validation_size": 64, "num_epochs": 2,
-                                 "steps_per_call": 2, "eval_batch_size": 50})
+    return load_config(
+        "cnn",
+        **{
+            "data.dir": str(tiny_data),
+            "data.validation_size": 64,
+            "num_epochs": 2,
+            "steps_per_call": 2,
+            "eval_batch_size": 50,
+        },
+    )
 
 
 @pytest.fixture(scope="session")
@@ -89,9 +43,9 @@ def real_data_dir() -> pathlib.Path:
     return REAL_DATA_DIR
 
 
-def run_main(*args: str, env: dict[str, str] | None = None, cwd: pathlib.Path = ROOT,
-             timeout: float = 600) -> subprocess.CompletedProcess:
-    """Runs `python main.py ARGS` in a subprocess (fresh JAX, so XLA_FLAGS can differ)."""
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], capture_output=True, text=True,
-                          env=full_env, cwd=cwd, timeout=timeout, check=False)
+@pytest.fixture
+def two_epoch_run(cnn_config, tmp_path):
+    """A finished tiny run with checkpoints at steps 4, 6, 8 (every 2 steps, 3 kept)."""
+    cnn_config.checkpoint.every_steps = 2
+    run.run(cnn_config, tmp_path / "done")
+    return cnn_config, tmp_path / "done"

@@ -5,8 +5,8 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import ROOT, load_config
 
-from conftest import ROOT, load_config
 from fmnist_jax import baselines, metrics, run
 from fmnist_jax.errors import ConfigError
 
@@ -25,11 +25,13 @@ def test_forest_is_the_studys(tiny_data):
     assert (forest.n_estimators, forest.max_features, forest.n_jobs, forest.random_state) == (100, "sqrt", -1, 0)
 
 
-@pytest.mark.parametrize("preprocess, dual, steps", [("none", "true", []), ("scale", "auto", ["scale"]),
-                                                     ("standardize", "false", ["standardize"])])
+@pytest.mark.parametrize(
+    "preprocess, dual, steps",
+    [("none", "true", []), ("scale", "auto", ["scale"]), ("standardize", "false", ["standardize"])],
+)
 def test_svm_preprocessing_and_solver(tiny_data, preprocess, dual, steps):
     est = baselines.create_estimator(tiny("linear_svm", tiny_data, preprocess=preprocess, **{"model.dual": dual}))
-    assert [name for name, _ in est.steps] == steps + ["model"]
+    assert [name for name, _ in est.steps] == [*steps, "model"]
     assert est[-1].dual == {"true": True, "auto": "auto", "false": False}[dual]
     assert est[-1].random_state == 0 and est[-1].max_iter == 1000
 
@@ -52,7 +54,7 @@ def test_forest_trains_scores_and_is_reused(tiny_data, tmp_path):
 
 
 def test_warm_started_forest_equals_one_fit(tiny_data):
-    from fmnist_jax import data  # pylint: disable=import-outside-toplevel
+    from fmnist_jax import data
 
     config = tiny("random_forest", tiny_data, **{"model.n_estimators": 23})
     ds = data.load(config.data, seed=0)
@@ -70,7 +72,8 @@ def test_svm_reports_non_convergence(tiny_data, tmp_path):
     assert results["converged"] is False and results["n_iter"] == 2
     assert results["num_params"] == 784 * 10 + 10 and results["log_loss"] is None
     assert results["test_accuracy"] == pytest.approx(
-        np.mean(metrics.load_predictions(tmp_path)["preds"] == metrics.load_predictions(tmp_path)["labels"]))
+        np.mean(metrics.load_predictions(tmp_path)["preds"] == metrics.load_predictions(tmp_path)["labels"])
+    )
 
 
 def test_svm_converges_on_scaled_pixels(tiny_data, tmp_path):
@@ -88,13 +91,16 @@ def test_evaluate_mode_rescores_the_saved_model(tiny_data, tmp_path):
     assert evaluated["confusion_matrix"] == trained["confusion_matrix"]
 
 
-@pytest.mark.parametrize("name, field, value, match", [
-    ("random_forest", "model.n_estimators", -5, r"config.model.n_estimators=-5 must be positive"),
-    ("random_forest", "model.max_depth", 0, r"config.model.max_depth=0 must be positive"),
-    ("linear_svm", "model.C", 0.0, r"config.model.C=0.0 must be positive"),
-    ("linear_svm", "model.dual", "maybe", r"config.model.dual='maybe' must be"),
-    ("linear_svm", "preprocess", "pca", r"config.preprocess='pca' must be one of"),
-])
+@pytest.mark.parametrize(
+    "name, field, value, match",
+    [
+        ("random_forest", "model.n_estimators", -5, r"config.model.n_estimators=-5 must be positive"),
+        ("random_forest", "model.max_depth", 0, r"config.model.max_depth=0 must be positive"),
+        ("linear_svm", "model.C", 0.0, r"config.model.C=0.0 must be positive"),
+        ("linear_svm", "model.dual", "maybe", r"config.model.dual='maybe' must be"),
+        ("linear_svm", "preprocess", "pca", r"config.preprocess='pca' must be one of"),
+    ],
+)
 def test_bad_values_name_the_field(tiny_data, tmp_path, name, field, value, match):
     config = tiny(name, tiny_data, **{field: value})
     with pytest.raises(ConfigError, match=match):
@@ -117,7 +123,7 @@ def test_forest_on_the_real_data(real_data_dir, tmp_path):
 
 
 def test_predict_mode_classifies_own_images(tiny_data, tmp_path, capsys):
-    from conftest import make_images  # pylint: disable=import-outside-toplevel
+    from helpers import make_images
 
     config = tiny("random_forest", tiny_data, **{"model.n_estimators": 15})
     run.run(config, tmp_path)
@@ -131,8 +137,11 @@ def test_predict_mode_classifies_own_images(tiny_data, tmp_path, capsys):
 
 
 def test_training_on_validation_reports_no_validation_accuracy(tiny_data, tmp_path):
-    config = tiny("random_forest", tiny_data, **{"model.n_estimators": 5, "model.bootstrap": False,
-                                                 "data.use_validation_for_training": True})
+    config = tiny(
+        "random_forest",
+        tiny_data,
+        **{"model.n_estimators": 5, "model.bootstrap": False, "data.use_validation_for_training": True},
+    )
     results = run.run(config, tmp_path)
     assert results["validation_accuracy"] is None
     assert sum(tree.tree_.n_node_samples[0] for tree in baselines.load_estimator(tmp_path)[-1].estimators_) == 5 * 320

@@ -6,40 +6,46 @@ import pathlib
 import signal
 import subprocess
 import sys
-import time
 
-import numpy as np
 import pytest
-from PIL import Image
+from helpers import ROOT, wait_for
 
-from conftest import ROOT
-from fmnist_jax import checkpoints, metrics, predict, run
-from fmnist_jax.errors import ConfigError
+from fmnist_jax import checkpoints, files, metrics, run
 
-KILL_ARGS = ("--config.num_epochs=4", "--config.steps_per_call=1", "--config.checkpoint.every_steps=1",
-             "--config.checkpoint.max_to_keep=2", "--config.data.validation_size=64", "--config.eval_batch_size=64")
+KILL_ARGS = (
+    "--config.num_epochs=4",
+    "--config.steps_per_call=1",
+    "--config.checkpoint.every_steps=1",
+    "--config.checkpoint.max_to_keep=2",
+    "--config.data.validation_size=64",
+    "--config.eval_batch_size=64",
+)
 
 
 def start(tiny_data, workdir):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--config=configs/cnn.py",
-                             f"--workdir={workdir}", f"--config.data.dir={tiny_data}", *KILL_ARGS],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "main.py"),
+            "--config=configs/cnn.py",
+            f"--workdir={workdir}",
+            f"--config.data.dir={tiny_data}",
+            *KILL_ARGS,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(tiny_data, workdir):
     proc = start(tiny_data, workdir)
-    out, err = proc.communicate(timeout=600)
+    _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     return err
-
-
-def wait_for(predicate, proc, timeout=300.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert proc.poll() is None, "training ended before the kill point: " + proc.communicate()[1][-2000:]
-        assert time.monotonic() < deadline, "kill point never reached"
-        time.sleep(0.002)
 
 
 def complete_steps(workdir):
@@ -48,8 +54,11 @@ def complete_steps(workdir):
 
 
 def saving_now(workdir):
-    return any(".orbax-checkpoint-tmp" in p.name for p in (pathlib.Path(workdir) / "checkpoints").glob("*")) \
-        if (pathlib.Path(workdir) / "checkpoints").exists() else False
+    return (
+        any(".orbax-checkpoint-tmp" in p.name for p in (pathlib.Path(workdir) / "checkpoints").glob("*"))
+        if (pathlib.Path(workdir) / "checkpoints").exists()
+        else False
+    )
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +69,14 @@ def reference(tiny_data, tmp_path_factory):
     return metrics.load_results(workdir)["params_sha256"], metrics.read_history(workdir)
 
 
+def without_timings(history):
+    return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_second")} for r in history]
+
+
 def assert_same_as_reference(workdir, reference):
     sha, history = reference
     assert metrics.load_results(workdir)["params_sha256"] == sha
-    strip = lambda h: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_second")} for r in h]  # noqa: E731
-    assert strip(metrics.read_history(workdir)) == strip(history)
+    assert without_timings(metrics.read_history(workdir)) == without_timings(history)
 
 
 @pytest.mark.parametrize("kill_point", ["after_3_checkpoints", "after_9_checkpoints", "during_a_save"])
@@ -98,20 +110,13 @@ def test_sigterm_and_sigint_save_then_exit_with_resume_line(tiny_data, tmp_path,
     assert_same_as_reference(tmp_path, reference)
 
 
-@pytest.fixture
-def two_epoch_run(cnn_config, tmp_path):
-    """A finished tiny run with checkpoints at steps 4, 6, 8 (every 2 steps, 3 kept)."""
-    cnn_config.checkpoint.every_steps = 2
-    run.run(cnn_config, tmp_path / "done")
-    return cnn_config, tmp_path / "done"
-
-
 def test_truncated_latest_checkpoint_falls_back_with_a_warning(two_epoch_run, caplog):
     config, workdir = two_epoch_run
     expected = metrics.load_results(workdir)["params_sha256"]
     (workdir / "results.json").unlink()
-    files = sorted((p for p in (workdir / "checkpoints" / "8").rglob("*") if p.is_file()),
-                   key=lambda p: p.stat().st_size)
+    files = sorted(
+        (p for p in (workdir / "checkpoints" / "8").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size
+    )
     with open(files[-1], "r+b") as f:
         f.truncate(files[-1].stat().st_size // 2)
     run.run(config, workdir)
@@ -139,11 +144,11 @@ def test_no_valid_checkpoint_is_a_clear_error(two_epoch_run):
         for f in (workdir / "checkpoints" / str(step)).rglob("*"):
             if f.is_file() and f.stat().st_size > 100:
                 f.write_bytes(b"")
-    with pytest.raises(checkpoints.CheckpointError, match="no valid checkpoint in .*Delete the folder"):
+    with pytest.raises(checkpoints.CheckpointError, match=r"no valid checkpoint in .*Delete the folder"):
         run.run(config, workdir)
 
 
-def test_evaluate_and_predict_from_a_checkpoint(two_epoch_run, tmp_path, capsys):
+def test_evaluate_from_a_checkpoint(two_epoch_run):
     config, workdir = two_epoch_run
     final = metrics.load_results(workdir)
     config.mode = "evaluate"
@@ -154,39 +159,13 @@ def test_evaluate_and_predict_from_a_checkpoint(two_epoch_run, tmp_path, capsys)
     with pytest.raises(checkpoints.CheckpointError, match=r"no checkpoint at step 5 .*available: \[4, 6, 8\]"):
         run.run(config, workdir)
 
-    # Own images: a PNG of another size and colour scheme, and an .npy stack; one bad file named in the error.
-    bar = np.full((56, 40), 255, np.uint8)
-    bar[8:14, 6:34] = 0  # a dark bar on white: inverted and shrunk to Fashion-MNIST's look
-    Image.fromarray(bar).convert("RGB").save(tmp_path / "bar.png")
-    np.save(tmp_path / "stack.npy", np.zeros((2, 28, 28), np.uint8))
-    config.mode, config.checkpoint.step = "predict", None
-    config.predict.inputs = f"{tmp_path / 'bar.png'},{tmp_path / 'stack.npy'}"
-    rows = run.run(config, workdir)
-    assert [r["input"] for r in rows] == [str(tmp_path / "bar.png"), f"{tmp_path / 'stack.npy'}[0]",
-                                          f"{tmp_path / 'stack.npy'}[1]"]
-    assert all(0 <= r["class"] < 10 and 0.1 <= r["probability"] <= 1 for r in rows)
-    assert f"{tmp_path / 'bar.png'}: {rows[0]['class']} {rows[0]['name']}" in capsys.readouterr().out
-    assert (workdir / predict.OUTPUT_FILE).exists()
-    (tmp_path / "bad.png").write_text("not an image")
-    config.predict.inputs = f"{tmp_path / 'bad.png'},{tmp_path / 'missing.jpg'}"
-    with pytest.raises(predict.PredictError, match=r"bad.png: not an image PIL can read; .*missing.jpg: No such file"):
-        run.run(config, workdir)
-
-
-def test_prediction_image_conversion():
-    white_on_black = np.zeros((10, 20), np.uint8)
-    white_on_black[4:6, :] = 255
-    out = predict.to_fmnist(white_on_black)
-    assert out.shape == (28, 28) and out[:7].max() == 0 and out.max() > 200  # centred, kept light
-    assert predict.to_fmnist(255 - white_on_black).max() > 200  # dark-on-light is inverted
-
 
 @pytest.fixture
 def read_only_dir(tmp_path):
     folder = tmp_path / "ro"
     folder.mkdir()
     if os.geteuid() == 0:  # root ignores permission bits: use a read-only file system instead
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)]).returncode:
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], check=False).returncode:
             pytest.skip("cannot mount a read-only tmpfs here")
         yield folder
         subprocess.run(["umount", str(folder)], check=True)
@@ -197,7 +176,9 @@ def read_only_dir(tmp_path):
 
 
 def test_read_only_workdir_is_a_clear_error(cnn_config, read_only_dir):
-    with pytest.raises(ConfigError, match=r"cannot write .*config.json \(Read-only file system|Permission denied"):
+    with pytest.raises(
+        files.WorkdirError, match=r"cannot use .*run as a workdir \((Read-only file system|Permission denied)\)"
+    ):
         run.run(cnn_config, read_only_dir / "run")
     with pytest.raises(checkpoints.CheckpointError, match=r"cannot write checkpoints to .*choose a writable"):
         checkpoints.CheckpointStore(read_only_dir / "checkpoints")
@@ -205,9 +186,24 @@ def test_read_only_workdir_is_a_clear_error(cnn_config, read_only_dir):
 
 def test_failed_save_stops_training_with_a_clear_error(cnn_config, tmp_path, monkeypatch):
     def broken_save(self, step, *args, **kwargs):
-        raise OSError(28, "No space left on device")
+        raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(checkpoints.ocp.CheckpointManager, "save", broken_save)
-    with pytest.raises(checkpoints.CheckpointError, match=r"saving checkpoint 4 to .*checkpoints failed: .*No space left"):
+    with pytest.raises(checkpoints.CheckpointError, match=r"saving checkpoint 4 to .*failed: .*Input/output"):
         run.run(cnn_config, tmp_path)
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_a_full_disk_during_a_save_is_one_disk_full_error_naming_the_workdir(cnn_config, tmp_path, monkeypatch):
+    def full_disk(self, step, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoints.ocp.CheckpointManager, "save", full_disk)
+    with pytest.raises(files.DiskFull) as caught:
+        run.run(cnn_config, tmp_path)
+    assert str(caught.value) == (
+        f"the disk holding {tmp_path} is full (no space left while saving a checkpoint); free some space and "
+        "rerun the same command: it resumes from the last complete checkpoint."
+    )
+    assert isinstance(caught.value.__cause__, checkpoints.CheckpointError)
     assert not (tmp_path / "results.json").exists()

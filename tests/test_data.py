@@ -6,8 +6,8 @@ import hashlib
 import ml_collections
 import numpy as np
 import pytest
+from helpers import idx_bytes, write_idx_dataset
 
-from conftest import idx_bytes, write_idx_dataset
 from fmnist_jax import data
 
 
@@ -38,15 +38,18 @@ def _rewrite(folder, name, content):
     (folder / (name + ".gz")).write_bytes(gzip.compress(content))
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("truncated", r"train-images-idx3-ubyte.gz: header says \(40, 28, 28\) -> 31376 bytes, the file has 31000"),
-    ("wrong_magic", r"train-images-idx3-ubyte.gz: magic number 2049, expected 2051"),
-    ("wrong_shape", r"images are 32x32, expected 28x28"),
-    ("label_range", r"train-labels-idx1-ubyte.gz: label 12 at index 3 is outside 0..9"),
-    ("count_mismatch", r"holds 40 images but .*train-labels-idx1-ubyte.gz holds 39 labels"),
-    ("bad_gzip", r"train-images-idx3-ubyte.gz: the gzip stream is damaged or truncated"),
-    ("short_header", r"shorter than the 16-byte IDX header"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("truncated", r"train-images-idx3-ubyte.gz: header says \(40, 28, 28\) -> 31376 bytes, the file has 31000"),
+        ("wrong_magic", r"train-images-idx3-ubyte.gz: magic number 2049, expected 2051"),
+        ("wrong_shape", r"images are 32x32, expected 28x28"),
+        ("label_range", r"train-labels-idx1-ubyte.gz: label 12 at index 3 is outside 0..9"),
+        ("count_mismatch", r"holds 40 images but .*train-labels-idx1-ubyte.gz holds 39 labels"),
+        ("bad_gzip", r"train-images-idx3-ubyte.gz: the gzip stream is damaged or truncated"),
+        ("short_header", r"shorter than the 16-byte IDX header"),
+    ],
+)
 def test_malformed_files_raise_clear_errors(tmp_path, case, expected):
     folder = write_idx_dataset(tmp_path, n_train=40, n_test=10)
     images = np.zeros((40, 28, 28), np.uint8)
@@ -74,8 +77,11 @@ def test_malformed_files_raise_clear_errors(tmp_path, case, expected):
 def test_missing_file_names_it_and_the_ways_to_get_data(tmp_path):
     folder = write_idx_dataset(tmp_path, n_train=10, n_test=10)
     (folder / "t10k-labels-idx1-ubyte.gz").unlink()
-    with pytest.raises(data.DataError, match=r"lacks t10k-labels-idx1-ubyte\[.gz\].*apt-get install "
-                                             r"dataset-fashion-mnist.*FMNIST_DATA_DIR.*tfds"):
+    with pytest.raises(
+        data.DataError,
+        match=r"lacks t10k-labels-idx1-ubyte\[.gz\].*apt-get install "
+        r"dataset-fashion-mnist.*FMNIST_DATA_DIR.*tfds",
+    ):
         data.load_idx(folder)
 
 
@@ -107,11 +113,14 @@ def test_num_train_limits_training_images_only(tmp_path):
     np.testing.assert_array_equal(few.validation.images, full.validation.images)
 
 
-@pytest.mark.parametrize("fields, match", [
-    ({"validation_size": 100}, r"config.data.validation_size=100 must be in \[0, 99\]"),
-    ({"num_train": 0}, r"config.data.num_train=0 must be in \[1, 80\]"),
-    ({"source": "web"}, r"config.data.source='web' is not one of"),
-])
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        ({"validation_size": 100}, r"config.data.validation_size=100 must be in \[0, 99\]"),
+        ({"num_train": 0}, r"config.data.num_train=0 must be in \[1, 80\]"),
+        ({"source": "web"}, r"config.data.source='web' is not one of"),
+    ],
+)
 def test_bad_data_fields_name_the_field(tmp_path, fields, match):
     folder = write_idx_dataset(tmp_path, n_train=100, n_test=10)
     with pytest.raises(data.DataError, match=match):
@@ -161,4 +170,5 @@ def test_real_data_files(real_data_dir):
     assert np.bincount(dataset.test.labels).tolist() == [1000] * 10
     assert np.bincount(np.concatenate([dataset.train.labels, dataset.validation.labels])).tolist() == [6000] * 10
     assert dataset.checksums["t10k-labels-idx1-ubyte.gz"] == (
-        "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05")
+        "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05"
+    )

@@ -1,15 +1,19 @@
 """The real data set, end to end (slow: one full epoch on 48,000 images)."""
 
 import pytest
+from helpers import run_main
 
-from conftest import run_main
 from fmnist_jax import metrics
 
 
 @pytest.mark.slow
 def test_one_epoch_on_the_real_data(real_data_dir, tmp_path):
-    result = run_main("--config=configs/cnn.py", f"--workdir={tmp_path}", "--config.num_epochs=1",
-                      f"--config.data.dir={real_data_dir}")
+    result = run_main(
+        "--config=configs/cnn.py",
+        f"--workdir={tmp_path}",
+        "--config.num_epochs=1",
+        f"--config.data.dir={real_data_dir}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     results = metrics.load_results(tmp_path)
     assert results["num_params"] == 438_026
@@ -19,5 +23,9 @@ def test_one_epoch_on_the_real_data(real_data_dir, tmp_path):
     assert sum(c["support"] for c in results["per_class"].values()) == 10_000
     history = metrics.read_history(tmp_path)
     assert len(history) == 1 and history[0]["step"] == 750
-    assert set(results["dataset_checksums"]) == {"train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-                                                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"}
+    assert set(results["dataset_checksums"]) == {
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    }

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from fmnist_jax import metrics
+from fmnist_jax import files, metrics
 
 NAMES = ("a", "b", "c")
 
@@ -17,8 +17,12 @@ def test_scores_match_hand_computed_values():
     s = metrics.evaluate(y_true, y_pred, class_names=NAMES)
     assert s["accuracy"] == pytest.approx(4 / 6)
     assert s["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
-    assert s["per_class"]["a"] == {"precision": 1.0, "recall": pytest.approx(2 / 3), "f1": pytest.approx(0.8),
-                                   "support": 3}
+    assert s["per_class"]["a"] == {
+        "precision": 1.0,
+        "recall": pytest.approx(2 / 3),
+        "f1": pytest.approx(0.8),
+        "support": 3,
+    }
     assert s["per_class"]["b"]["precision"] == pytest.approx(0.5) and s["per_class"]["b"]["recall"] == 0.5
     assert s["per_class"]["c"]["precision"] == pytest.approx(0.5) and s["per_class"]["c"]["recall"] == 1.0
     assert s["log_loss"] is None
@@ -45,9 +49,19 @@ def test_shape_errors():
 
 def _results(**extra):
     scores = metrics.evaluate(np.array([0, 1, 2]), np.array([0, 1, 1]), class_names=NAMES)
-    return metrics.make_results(model="m", config_name="c", scores=scores, validation_accuracy=0.5,
-                                num_params=7, train_seconds=1.0, predict_seconds=0.5, num_predicted=3, seed=0,
-                                checksums={"f": "0" * 64}, extra=extra)
+    return metrics.make_results(
+        model="m",
+        config_name="c",
+        scores=scores,
+        validation_accuracy=0.5,
+        num_params=7,
+        train_seconds=1.0,
+        predict_seconds=0.5,
+        num_predicted=3,
+        seed=0,
+        checksums={"f": "0" * 64},
+        extra=extra,
+    )
 
 
 def test_results_round_trip_with_schema(tmp_path):
@@ -62,10 +76,10 @@ def test_results_round_trip_with_schema(tmp_path):
 
 
 def test_load_results_errors_name_the_file(tmp_path):
-    with pytest.raises(metrics.ResultsError, match="results.json does not exist"):
+    with pytest.raises(metrics.ResultsError, match=r"results\.json does not exist"):
         metrics.load_results(tmp_path)
     (tmp_path / "results.json").write_text("{not json")
-    with pytest.raises(metrics.ResultsError, match="results.json is not valid JSON"):
+    with pytest.raises(metrics.ResultsError, match=r"results\.json is not valid JSON"):
         metrics.load_results(tmp_path)
     (tmp_path / "results.json").write_text('{"model": "x"}')
     with pytest.raises(metrics.ResultsError, match="lacks the fields"):
@@ -74,16 +88,16 @@ def test_load_results_errors_name_the_file(tmp_path):
 
 def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     path = tmp_path / "results.json"
-    metrics.atomic_write_text(path, "old")
+    files.atomic_write_text(path, "old")
 
     class Boom:
         def encode(self, _):
             raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
-        metrics.atomic_write_text(path, Boom())
+        files.atomic_write_text(path, Boom())
     with pytest.raises(TypeError):
-        metrics.atomic_write_bytes(path, "not bytes")
+        files.atomic_write_bytes(path, "not bytes")
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["results.json"]
 
 

@@ -54,6 +54,10 @@ def test_dropout_only_with_a_key(model):
     assert not np.allclose(model(x, dropout_key=k1), model(x))
 
 
+def pool(y):
+    return nnx.max_pool(y, (2, 2), (2, 2), "VALID")
+
+
 class FlaxReferenceCNN(nnx.Module):
     """The study's CNN written with Flax's own layers, in the study's order: conv, activation, pool."""
 
@@ -62,7 +66,6 @@ class FlaxReferenceCNN(nnx.Module):
 
     def __call__(self, x):
         c = self.cnn
-        pool = lambda y: nnx.max_pool(y, (2, 2), (2, 2), "VALID")  # noqa: E731
         x = pool(jax.nn.leaky_relu(c.conv1(x), 0.1))
         x = pool(jax.nn.elu(c.conv2(x), 0.1))
         x = pool(jax.nn.leaky_relu(c.conv3(x), 0.1))
@@ -78,7 +81,10 @@ def test_fast_layers_compute_what_flax_layers_compute(conv):
     reference = FlaxReferenceCNN(model)
     x = jax.random.uniform(jax.random.key(4), (6, 28, 28, 1))
     labels = jnp.arange(6) % 10
-    train_form = lambda m, x: m(x, dropout_key=jax.random.key(0))  # noqa: E731
+
+    def train_form(m, x):
+        return m(x, dropout_key=jax.random.key(0))
+
     np.testing.assert_allclose(train_form(model, x), reference(x), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(model(x), reference(x), rtol=1e-5, atol=1e-6)
 

@@ -1,33 +1,35 @@
 """report.py and the compare kind: the quick comparison end to end, and the report from any workdirs."""
 
 import base64
+import json
 import re
 
 import numpy as np
 import pytest
+from helpers import quick_compare_config, run_main
 
-from conftest import load_config, run_main
-from fmnist_jax import metrics, report, run
+from fmnist_jax import metrics, report, run, stats
+from fmnist_jax.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
 def comparison(tiny_data, tmp_path_factory):
     """The quick comparison on the tiny data set (quick overrides shrunk to fit it)."""
-    config = load_config("compare", quick=True)
-    for name in ("cnn", "random_forest", "linear_svm"):
-        config.members[name].data.dir = str(tiny_data)
-        config.quick_overrides[name].data.num_train = 256
-        config.quick_overrides[name].data.validation_size = 64
-    config.members.cnn.steps_per_call = 4
+    config = quick_compare_config(tiny_data, seeds=(0, 1))
     workdir = tmp_path_factory.mktemp("compare")
     return config, workdir, run.run(config, workdir)
+
+
+def correct(workdir):
+    predictions = metrics.load_predictions(workdir)
+    return predictions["preds"] == predictions["labels"]
 
 
 def table_rows(markdown, header_start):
     lines = markdown.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
     rows = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         rows.append([c.strip() for c in line.strip("|").split("|")])
@@ -35,29 +37,66 @@ def table_rows(markdown, header_start):
 
 
 def test_quick_comparison_writes_every_section_with_the_members_numbers(comparison):
-    config, workdir, results = comparison
+    _, workdir, results = comparison
     assert sorted(results) == ["cnn", "linear_svm", "random_forest"]
     for name in results:
-        assert results[name] == metrics.load_results(workdir / name)
-    assert results["cnn"]["num_params"] == 438_026 and len(results["cnn"]) > 10
+        assert sorted(results[name]) == [0, 1]
+        for seed in (0, 1):
+            assert results[name][seed] == metrics.load_results(workdir / name / f"seed_{seed}")
+            assert results[name][seed]["seed"] == seed
+    assert results["cnn"][0]["num_params"] == 438_026
+    assert results["cnn"][0]["params_sha256"] != results["cnn"][1]["params_sha256"]
     md = (workdir / "report.md").read_text()
-    for section in ("## Summary", "## Per class: precision, recall, F1", "## Most confused classes",
-                    "## Confusion matrices", "## Training curves", "## Misclassified test images", "## The classes"):
+    for section in (
+        "## Summary",
+        "## Seeds",
+        "## How sure are these differences?",
+        "## Per class: precision, recall, F1",
+        "## Most confused classes",
+        "## Confusion matrices",
+        "## Training curves",
+        "## Misclassified test images",
+        "## The classes",
+    ):
         assert section in md
     summary = table_rows(md, "| model | test accuracy")
     assert [row[0] for row in summary] == ["CNN (Flax)", "Random forest", "Linear SVM"]
-    for row, name, study in zip(summary, ("cnn", "random_forest", "linear_svm"), ("0.8997", "0.8790", "0.7600")):
-        assert row[1] == f"{results[name]['test_accuracy']:.4f}" and row[2] == study
-        assert row[3] == f"{results[name]['validation_accuracy']:.4f}"
-        assert row[4] == f"{results[name]['num_params']:,}"
+    for row, name, study in zip(
+        summary, ("cnn", "random_forest", "linear_svm"), ("0.8997", "0.8790", "0.7600"), strict=True
+    ):
+        accuracies = [results[name][seed]["test_accuracy"] for seed in (0, 1)]
+        mean, std = np.mean(accuracies), np.std(accuracies, ddof=1)
+        assert row[1] == f"{mean:.4f} ± {std:.4f}" and row[2] == "per seed below" and row[3] == study
+        assert row[4] == f"{np.mean([results[name][s]['validation_accuracy'] for s in (0, 1)]):.4f}"
+        params = [results[name][s]["num_params"] for s in (0, 1)]
+        assert row[5] == f"{params[0]:,}" + ("" if params[0] == params[1] else " (seed 0)")
+        assert row[9] == "2"
+    seeds = table_rows(md, "| model | seed |")
+    assert [(r[0], r[1]) for r in seeds] == [
+        (t, s) for t in ("CNN (Flax)", "Random forest", "Linear SVM") for s in "01"
+    ]
+    for r, (name, seed) in zip(
+        seeds, [(n, s) for n in ("cnn", "random_forest", "linear_svm") for s in (0, 1)], strict=True
+    ):
+        low, high = stats.accuracy_interval(correct(workdir / name / f"seed_{seed}"))
+        assert r[2] == f"{results[name][seed]['test_accuracy']:.4f}" and r[3] == f"{low:.4f}–{high:.4f}"
     per_class = table_rows(md, "| class |")
     assert len(per_class) == 10 and per_class[6][0] == "Shirt"
-    shirt_f1 = [float(c.strip("*")) for c in per_class[6][7:10]]
-    assert shirt_f1 == [round(results[n]["per_class"]["Shirt"]["f1"], 3) for n in ("cnn", "random_forest", "linear_svm")]
+    shirt_f1 = [c.strip("*") for c in per_class[6][7:10]]
+    for text, name in zip(shirt_f1, ("cnn", "random_forest", "linear_svm"), strict=True):
+        values = [results[name][s]["per_class"]["Shirt"]["f1"] for s in (0, 1)]
+        assert text == f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
     assert "All models are scored on the same 100 test images" in md
     images = re.findall(r"!\[[^\]]*\]\((plots/[^)]+)\)", md)
-    assert {"plots/confusion_cnn.png", "plots/curves_cnn.png", "plots/errors_cnn.png", "plots/samples_per_class.png",
-            "plots/f1_per_class.png", "plots/confusion_random_forest.png", "plots/confusion_linear_svm.png"} <= set(images)
+    assert {
+        "plots/confusion_cnn.png",
+        "plots/curves_cnn.png",
+        "plots/errors_cnn.png",
+        "plots/samples_per_class.png",
+        "plots/f1_per_class.png",
+        "plots/confusion_random_forest.png",
+        "plots/confusion_linear_svm.png",
+    } <= set(images)
     for image in images:
         assert (workdir / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -68,22 +107,28 @@ def test_html_is_self_contained(comparison):
     embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(embedded) == len(re.findall(r"!\[", (workdir / "report.md").read_text()))
     assert all(base64.b64decode(e)[:4] == b"\x89PNG" for e in embedded)
-    assert "src=\"plots/" not in page and "<table>" in page and "Shirt" in page
+    assert 'src="plots/' not in page and "<table>" in page and "Shirt" in page
 
 
 def test_rerun_reuses_finished_members(comparison):
     config, workdir, results = comparison
-    stamps = {n: (workdir / n / "results.json").stat().st_mtime_ns for n in results}
-    assert run.run(config, workdir) == results
-    assert stamps == {n: (workdir / n / "results.json").stat().st_mtime_ns for n in results}
+    paths = sorted(workdir.glob("*/seed_*/results.json"))
+    stamps = [p.stat().st_mtime_ns for p in paths]
+    assert len(paths) == 6 and run.run(config, workdir) == results
+    assert stamps == [p.stat().st_mtime_ns for p in paths]
 
 
 def test_named_member_workdir_is_reported_not_retrained(comparison, tmp_path):
     config, workdir, results = comparison
-    config.members.cnn.workdir = str(workdir / "cnn")
-    out = run.run(config, tmp_path)
-    assert out["cnn"] == results["cnn"] and not (tmp_path / "cnn").exists()
-    config.members.cnn.workdir = None
+    for name in results:
+        config.members[name].workdir = str(workdir / name / "seed_{seed}")
+    try:
+        out = run.run(config, tmp_path)
+    finally:
+        for name in results:
+            config.members[name].workdir = None
+    assert out == results and not list(tmp_path.glob("*/seed_*"))
+    assert (tmp_path / "report.md").read_text() != ""
 
 
 def test_confused_pairs_in_words():
@@ -98,9 +143,11 @@ def test_confused_pairs_in_words():
 
 def test_report_command_line(comparison, tmp_path):
     _, workdir, _ = comparison
-    assert report.main([str(workdir / "cnn"), str(workdir / "linear_svm"), "--out", str(tmp_path)]) == 0
+    runs = [str(workdir / name / "seed_0") for name in ("cnn", "linear_svm")]
+    assert report.main([*runs, "--out", str(tmp_path)]) == 0
     md = (tmp_path / "report.md").read_text()
     assert [r[0] for r in table_rows(md, "| model |")] == ["CNN (Flax)", "Linear SVM"]
+    assert "## Seeds" not in md and (tmp_path / "report.json").exists()
     assert report.main([str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
 
 
@@ -110,13 +157,55 @@ def test_compare_through_main_rejects_other_modes(tmp_path):
 
 
 def test_two_runs_of_one_model_get_distinct_titles_and_files(comparison, tmp_path):
-    import shutil  # pylint: disable=import-outside-toplevel
+    import shutil
 
     _, workdir, _ = comparison
     for name in ("svm_a", "svm_b"):
-        shutil.copytree(workdir / "linear_svm", tmp_path / name)
+        shutil.copytree(workdir / "linear_svm" / "seed_0", tmp_path / name)
     paths = report.build([tmp_path / "svm_a", tmp_path / "svm_b"], tmp_path / "out")
     md = paths["markdown"].read_text()
     assert [r[0] for r in table_rows(md, "| model |")] == ["Linear SVM (svm_a)", "Linear SVM (svm_b)"]
     assert {"confusion_linear_svm_svm_a.png", "confusion_linear_svm_svm_b.png"} <= {
-        p.name for p in paths["plots"].iterdir()}
+        p.name for p in paths["plots"].iterdir()
+    }
+
+
+def test_a_named_workdir_for_several_seeds_must_hold_the_seed(tiny_data, tmp_path):
+    config = quick_compare_config(tiny_data, seeds=(0, 1))
+    config.members.cnn.workdir = str(tmp_path / "cnn")
+    with pytest.raises(
+        ConfigError, match=r"config\.members\.cnn\.workdir=.* names one folder for 2 seeds; put \{seed\}"
+    ):
+        run.run(config, tmp_path / "compare")
+    config.members.cnn.workdir = None
+    config.seeds = (1, 1)
+    with pytest.raises(ConfigError, match=r"config\.seeds=\(1, 1\) must be distinct integers"):
+        run.run(config, tmp_path / "compare")
+
+
+def test_report_json_holds_every_number_the_report_shows(comparison):
+    _, workdir, results = comparison
+    data = json.loads((workdir / "report.json").read_text())
+    assert sorted(data["models"]) == ["cnn", "linear_svm", "random_forest"]
+    for name, model in data["models"].items():
+        assert sorted(model["seeds"]) == ["0", "1"]
+        values = [results[name][s]["test_accuracy"] for s in (0, 1)]
+        assert model["test_accuracy"] == {"mean": np.mean(values), "std": np.std(values, ddof=1), "values": values}
+        for seed, run_ in model["seeds"].items():
+            assert run_["test_accuracy_ci95"] == list(stats.accuracy_interval(correct(workdir / name / f"seed_{seed}")))
+    assert [(p["a"], p["b"]) for p in data["pairs"]] == [
+        ("cnn", "random_forest"),
+        ("cnn", "linear_svm"),
+        ("random_forest", "linear_svm"),
+    ]
+    md = (workdir / "report.md").read_text()
+    for pair in data["pairs"]:
+        assert pair["sentence"] in md
+        for seed, test in pair["seeds"].items():
+            a, b = (correct(workdir / pair[k] / f"seed_{seed}") for k in ("a", "b"))
+            assert test == {
+                "difference": a.mean() - b.mean(),
+                "ci95": list(stats.paired_difference_interval(a, b, seed=int(seed))),
+                **stats.mcnemar(a, b),
+            }
+            assert isinstance(test["p_value"], float)

@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import load_config
 
-from conftest import load_config
 from fmnist_jax import checkpoints, data, metrics, parallel, run, train
 from fmnist_jax.errors import ConfigError
 
@@ -36,7 +36,13 @@ def test_trains_tiny_data_and_writes_the_workdir(cnn_config, tmp_path):
     cnn_config.num_epochs = 4
     results = run.run(cnn_config, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "checkpoints", "config.json", "history.jsonl", "predictions.npz", "results.json"]
+        ".lock",
+        "checkpoints",
+        "config.json",
+        "history.jsonl",
+        "predictions.npz",
+        "results.json",
+    ]
     assert results == metrics.load_results(tmp_path)
     assert results["num_params"] == 438_026 and results["model"] == "seed_cnn"
     history = metrics.read_history(tmp_path)
@@ -53,8 +59,12 @@ def test_trains_tiny_data_and_writes_the_workdir(cnn_config, tmp_path):
 def test_same_seed_same_numbers_and_loop_form_does_not_change_the_maths(cnn_config, tmp_path):
     """Same config twice -> identical; one call per step, unrolled scan, rolled scan -> equal to float tolerance."""
     runs = {}
-    for name, steps_per_call, unroll in [("a", 2, "auto"), ("b", 2, "auto"), ("per_step", 1, "auto"),
-                                         ("rolled", 4, "rolled")]:
+    for name, steps_per_call, unroll in [
+        ("a", 2, "auto"),
+        ("b", 2, "auto"),
+        ("per_step", 1, "auto"),
+        ("rolled", 4, "rolled"),
+    ]:
         cnn_config.steps_per_call, cnn_config.scan_unroll = steps_per_call, unroll
         run.run(cnn_config, tmp_path / name)
         runs[name] = (history_losses(tmp_path / name), metrics.load_predictions(tmp_path / name)["probs"])
@@ -76,11 +86,15 @@ def test_resume_mid_epoch_replays_exactly(cnn_config, tmp_path):
     assert store.all_steps() == [4, 6]
     store.close()
     run.run(cnn_config, tmp_path / "resumed")
-    assert metrics.read_history(tmp_path / "resumed")[1]["train_loss"] == (
-        metrics.read_history(tmp_path / "straight")[1]["train_loss"])
+    assert (
+        metrics.read_history(tmp_path / "resumed")[1]["train_loss"]
+        == (metrics.read_history(tmp_path / "straight")[1]["train_loss"])
+    )
     assert len(metrics.read_history(tmp_path / "resumed")) == 2
-    np.testing.assert_array_equal(metrics.load_predictions(tmp_path / "resumed")["probs"],
-                                  metrics.load_predictions(tmp_path / "straight")["probs"])
+    np.testing.assert_array_equal(
+        metrics.load_predictions(tmp_path / "resumed")["probs"],
+        metrics.load_predictions(tmp_path / "straight")["probs"],
+    )
 
 
 def test_more_epochs_on_resume_equal_a_longer_run(cnn_config, tmp_path):
@@ -94,8 +108,9 @@ def test_more_epochs_on_resume_equal_a_longer_run(cnn_config, tmp_path):
     cnn_config.resume_with_changes = False
     run.run(cnn_config, tmp_path / "long")
     assert history_losses(tmp_path / "short") == history_losses(tmp_path / "long")
-    np.testing.assert_array_equal(metrics.load_predictions(tmp_path / "short")["probs"],
-                                  metrics.load_predictions(tmp_path / "long")["probs"])
+    np.testing.assert_array_equal(
+        metrics.load_predictions(tmp_path / "short")["probs"], metrics.load_predictions(tmp_path / "long")["probs"]
+    )
 
 
 def test_finished_run_is_not_retrained(cnn_config, tmp_path):
@@ -118,14 +133,17 @@ def test_nan_loss_stops_with_a_clear_error(cnn_config, tmp_path):
         run.run(cnn_config, tmp_path)
 
 
-@pytest.mark.parametrize("field, value, match", [
-    ("batch_size", 0, r"config.batch_size=0 must be positive"),
-    ("num_epochs", -1, r"config.num_epochs=-1 must be positive"),
-    ("scan_unroll", "sometimes", r"config.scan_unroll='sometimes'"),
-    ("kind", "gan", r"config.kind='gan' is not one of"),
-    ("eval_batch_size", -5, r"config.eval_batch_size=-5 must be zero or more"),
-    ("model.conv", "cudnn", r"config.model.conv='cudnn' must be one of \('auto', 'im2col', 'xla', 'taps'\)"),
-])
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("batch_size", 0, r"config.batch_size=0 must be positive"),
+        ("num_epochs", -1, r"config.num_epochs=-1 must be positive"),
+        ("scan_unroll", "sometimes", r"config.scan_unroll='sometimes'"),
+        ("kind", "gan", r"config.kind='gan' is not one of"),
+        ("eval_batch_size", -5, r"config.eval_batch_size=-5 must be zero or more"),
+        ("model.conv", "cudnn", r"config.model.conv='cudnn' must be one of \('auto', 'im2col', 'xla', 'taps'\)"),
+    ],
+)
 def test_bad_config_values_name_the_field(cnn_config, tmp_path, field, value, match):
     section, _, name = field.rpartition(".")
     (cnn_config[section] if section else cnn_config)[name] = value
@@ -145,7 +163,7 @@ def test_eval_batch_zero_picks_by_backend_and_rounds_to_the_devices(cnn_config):
 
 def test_batch_larger_than_the_data_is_an_error(cnn_config, tmp_path):
     cnn_config.batch_size = 512
-    with pytest.raises(parallel.ParallelError, match="config.batch_size=512 exceeds the 256 training images"):
+    with pytest.raises(ConfigError, match=r"config\.batch_size=512 exceeds the 256 training images"):
         run.run(cnn_config, tmp_path)
 
 
@@ -154,7 +172,7 @@ def test_padded_evaluation_equals_unpadded(n, batch):
     config = load_config("cnn")
     graphs, state, _ = train.create_train_state(config)
     mesh = parallel.make_mesh()
-    programs = train.Programs(graphs, mesh, config.batch_size, False)
+    programs = train.Programs(graphs, mesh, config.batch_size, unroll=False)
     rng = np.random.default_rng(0)
     split = data.Split(rng.integers(0, 255, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n).astype(np.int32))
     out = train.evaluate_split(programs, parallel.replicate(state, mesh), split, batch_size=batch)

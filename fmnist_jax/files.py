@@ -1,0 +1,131 @@
+"""Writing a workdir's files safely: atomic writes, the one-run-per-workdir lock, a full disk in one line.
+
+Every file a run writes (config.json, history.jsonl, results.json, predictions) goes to a temporary file in
+the same folder, is flushed to disk and renamed over the old one: a crash or a full disk leaves the old file
+or the new one, never half of either. A workdir is locked by the run that uses it with `fcntl.flock`, a
+kernel lock that dies with its process (SIGKILL and reboots included), so a stale lock never blocks a rerun.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import os
+import pathlib
+import socket
+import tempfile
+from collections.abc import Iterator
+
+from absl import logging
+
+from fmnist_jax.errors import UserError
+
+LOCK_FILE = ".lock"
+
+
+class WorkdirError(UserError):
+    """A workdir that cannot be used: unwritable, locked by another run, or on a full disk."""
+
+
+class WorkdirBusy(WorkdirError):
+    """Another live process holds the workdir's lock."""
+
+
+class DiskFull(WorkdirError):
+    """The disk under the workdir has no space left; the message names the folder and how to go on."""
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | os.PathLike, content: bytes) -> None:
+    """Writes `content` to `path` through a temporary file in the same folder, fsync and a rename."""
+    path = pathlib.Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """`atomic_write_bytes` for UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error`, or any exception it was raised from, is 'no space left' (or a quota exceeded)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(error) or "RESOURCE_EXHAUSTED: No space" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def disk_full_error(workdir: str | os.PathLike, doing: str) -> DiskFull:
+    """The one-line error for a full disk: what was being written, where, and how to go on."""
+    return DiskFull(
+        f"the disk holding {workdir} is full (no space left while {doing}); free some space and rerun the same "
+        "command: it resumes from the last complete checkpoint."
+    )
+
+
+def _holder(path: pathlib.Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8").split()
+    except OSError:
+        return "another process"
+    if len(text) >= 3:
+        pid, host, since = text[:3]
+        return f"process {pid} on host {host} since {since}"
+    return "another process"
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str | os.PathLike) -> Iterator[None]:
+    """Holds `workdir`'s lock for the duration of the `with`; raises WorkdirBusy if a live process has it.
+
+    The lock file keeps the holder's pid, host and start time, for the error message of a second run; its
+    presence alone means nothing. A file system without locks (some network mounts) runs unlocked, with a
+    warning.
+    """
+    workdir = pathlib.Path(workdir)
+    path = workdir / LOCK_FILE
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full_error(workdir, f"creating {path}") from e
+        raise WorkdirError(f"cannot use {workdir} as a workdir ({e.strerror}); choose a writable --workdir.") from e
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WorkdirBusy(
+                f"{workdir} is in use by {_holder(path)}; wait for it to finish or choose another --workdir."
+            ) from None
+        except OSError as e:  # ENOLCK, EOPNOTSUPP: the file system cannot lock
+            logging.warning("cannot lock %s (%s): not protected against a second run in the same workdir", path, e)
+        since = datetime.datetime.now().strftime("%H:%M:%S")
+        with contextlib.suppress(OSError):  # the holder line is a courtesy; a full disk must not stop the run
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()} {since}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

@@ -1,0 +1,100 @@
+"""Helpers the tests share: tiny Fashion-MNIST-shaped data sets as real IDX files, config loading, runs of
+main.py in a subprocess."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the configs/ package, as main.py sees it
+REAL_DATA_DIR = pathlib.Path(os.environ.get("FMNIST_REAL_DATA_DIR", "/usr/share/datasets/fashion-mnist"))
+
+
+def load_config(name: str, **overrides):
+    """configs/<name>.py's get_config() with dotted-path overrides applied (like --config.FIELD=VALUE)."""
+    spec = importlib.util.spec_from_file_location(f"configs_{name}", ROOT / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    for path, value in overrides.items():
+        *parents, leaf = path.split(".")
+        node = config
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+def make_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Learnable 28x28 uint8 images: noise plus a bright bar whose row encodes the class."""
+    images = rng.integers(0, 60, (len(labels), 28, 28), dtype=np.uint8)
+    for i, c in enumerate(labels):
+        images[i, 2 + 2 * c : 4 + 2 * c, 4:24] = 230
+    return images
+
+
+def idx_bytes(array: np.ndarray, magic: int) -> bytes:
+    header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_idx_dataset(
+    directory: pathlib.Path, *, n_train: int, n_test: int, seed: int = 0, compress: bool = True
+) -> pathlib.Path:
+    """Writes the four Fashion-MNIST IDX files (gzip or raw) of a small learnable data set."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        for kind, array, magic in (("images", make_images(labels, rng), 2051), ("labels", labels, 2049)):
+            content = idx_bytes(array, magic)
+            name = f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte"
+            if compress:
+                (directory / (name + ".gz")).write_bytes(gzip.compress(content))
+            else:
+                (directory / name).write_bytes(content)
+    return directory
+
+
+def run_main(
+    *args: str, env: dict[str, str] | None = None, cwd: pathlib.Path = ROOT, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """Runs `python main.py ARGS` in a subprocess (fresh JAX, so XLA_FLAGS can differ)."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 300.0) -> None:
+    """Polls `predicate` until it holds; fails if `proc` ends first or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, "the process ended before the awaited moment: " + proc.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, "the awaited moment never came"
+        time.sleep(0.002)
+
+
+def quick_compare_config(data_dir: pathlib.Path, **overrides):
+    """The quick comparison shrunk to the tiny data set (256 training and 64 validation images per member)."""
+    config = load_config("compare", quick=True, **overrides)
+    for name in ("cnn", "random_forest", "linear_svm"):
+        config.members[name].data.dir = str(data_dir)
+        config.quick_overrides[name].data.num_train = 256
+        config.quick_overrides[name].data.validation_size = 64
+    config.members.cnn.steps_per_call = 4
+    return config

@@ -1,0 +1,315 @@
+"""A run's record survives: one run per workdir, history that is the lineage of the final parameters,
+evaluation on many devices, a full disk, and a comparison killed at any moment."""
+
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from typing import Any
+
+import numpy as np
+import pytest
+from helpers import ROOT, quick_compare_config, run_main, wait_for
+
+from fmnist_jax import files, metrics, run
+
+TINY_ARGS = (
+    "--config=configs/cnn.py",
+    "--config.data.validation_size=64",
+    "--config.eval_batch_size=64",
+    "--config.steps_per_call=2",
+)
+
+
+def tiny_run(tiny_data, workdir, *extra, env=None):
+    return run_main(*TINY_ARGS, f"--workdir={workdir}", f"--config.data.dir={tiny_data}", *extra, env=env)
+
+
+def start_tiny_run(tiny_data, workdir, *extra):
+    args = [*TINY_ARGS, f"--workdir={workdir}", f"--config.data.dir={tiny_data}", *extra]
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "main.py"), *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def without_timings(history):
+    return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_second")} for r in history]
+
+
+def snapshot(folder: pathlib.Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def four_epochs(tiny_data, tmp_path_factory):
+    """An uninterrupted 4-epoch tiny run: its fingerprint and history."""
+    workdir = tmp_path_factory.mktemp("four_epochs")
+    result = tiny_run(tiny_data, workdir, "--config.num_epochs=4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return metrics.load_results(workdir)["params_sha256"], metrics.read_history(workdir)
+
+
+# ------------------------------------------------------------------------------------------ one run per workdir
+
+
+def test_a_second_run_on_a_locked_workdir_exits_2_naming_the_holder_and_changes_nothing(tiny_data, tmp_path):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "history.jsonl").write_text('{"epoch": 1}\n')
+    with files.workdir_lock(workdir):
+        before = snapshot(workdir)
+        result = tiny_run(tiny_data, workdir, "--config.num_epochs=1")
+        assert snapshot(workdir) == before
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    pattern = (
+        rf"error: {re.escape(str(workdir))} is in use by process {os.getpid()} on host "
+        rf"{re.escape(socket.gethostname())} since \d\d:\d\d:\d\d; wait for it to finish or choose another --workdir\."
+    )
+    assert re.fullmatch(pattern, last), last
+    assert "Traceback" not in result.stderr
+
+
+def test_a_lock_left_by_a_killed_process_never_blocks_the_rerun(cnn_config, tmp_path):
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from fmnist_jax import files\n"
+            "with files.workdir_lock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(600)",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(files.WorkdirBusy, match=f"in use by process {holder.pid} "):
+        run.run(cnn_config, tmp_path)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert (tmp_path / files.LOCK_FILE).exists()  # the file stays; only a live lock counts
+    assert run.run(cnn_config, tmp_path)["test_accuracy"] > 0
+
+
+def test_two_runs_started_together_train_once(tiny_data, tmp_path, four_epochs):
+    first = start_tiny_run(tiny_data, tmp_path, "--config.num_epochs=4")
+    wait_for((tmp_path / "config.json").exists, first)
+    second = tiny_run(tiny_data, tmp_path, "--config.num_epochs=4")
+    assert second.returncode == 2 and f"is in use by process {first.pid}" in second.stderr
+    _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-3000:]
+    sha, history = four_epochs
+    assert metrics.load_results(tmp_path)["params_sha256"] == sha
+    assert without_timings(metrics.read_history(tmp_path)) == without_timings(history)
+
+
+def test_the_comparison_locks_its_workdir_and_its_members(tmp_path):
+    with files.workdir_lock(tmp_path):
+        result = run_main("--config=configs/compare.py", f"--workdir={tmp_path}")
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path} is in use")
+    assert not (tmp_path / "config.json").exists()
+    member = tmp_path / "cnn" / "seed_0"
+    with files.workdir_lock(member), pytest.raises(files.WorkdirBusy, match=f"{member} is in use"):
+        run.run(quick_compare_config(tmp_path / "unused"), tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ history lineage
+
+
+def test_a_run_killed_before_its_first_checkpoint_reruns_with_each_epoch_once(tiny_data, tmp_path, four_epochs):
+    # The only checkpoint is the last step's: history lines for epochs 1-3 are written before any commit.
+    proc = start_tiny_run(tiny_data, tmp_path, "--config.num_epochs=4", "--config.checkpoint.every_steps=1000")
+    wait_for(lambda: len(metrics.read_history(tmp_path)) >= 2, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not list((tmp_path / "checkpoints").glob("[0-9]*"))
+    result = tiny_run(tiny_data, tmp_path, "--config.num_epochs=4", "--config.checkpoint.every_steps=1000")
+    assert result.returncode == 0, result.stderr[-3000:]
+    sha, history = four_epochs
+    assert [r["epoch"] for r in metrics.read_history(tmp_path)] == [1, 2, 3, 4]
+    assert without_timings(metrics.read_history(tmp_path)) == without_timings(history)
+    assert metrics.load_results(tmp_path)["params_sha256"] == sha
+
+
+def test_history_beyond_the_restored_checkpoint_is_cut_back(tiny_data, tmp_path, four_epochs):
+    # A run that wrote epochs 1-3, then died with only the epoch-1 checkpoint committed (a full disk, say).
+    result = tiny_run(tiny_data, tmp_path, "--config.num_epochs=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, history = four_epochs
+    files.atomic_write_text(tmp_path / "history.jsonl", "".join(f'{{"epoch": {e}}}\n' for e in (1, 2, 3)))
+    (tmp_path / "results.json").unlink()
+    result = tiny_run(tiny_data, tmp_path, "--config.num_epochs=4", "--config.resume_with_changes=True")
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = metrics.read_history(tmp_path)
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+    assert records[0] == {"epoch": 1}  # the restored state's own epoch is kept as it was
+    assert without_timings(records[1:]) == without_timings(history[1:])
+
+
+# ------------------------------------------------------------------------------------------ many devices
+
+
+def devices(n):
+    return {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+
+
+@pytest.mark.slow
+def test_evaluation_of_the_real_splits_on_2_and_8_devices_equals_1_device(real_data_dir, tmp_path):
+    """The full 12,000-image validation split and 10,000-image test set, with the automatic evaluation batch:
+    training on 2 and 8 fake devices finishes (it used to deadlock in evaluation), and the same checkpoint
+    scores the same on 1, 2 and 8 devices."""
+    args = ("--config=configs/cnn.py", "--config.num_epochs=1", "--config.data.num_train=1024")
+    for n in (8, 2):
+        result = run_main(*args, f"--workdir={tmp_path / f'train_{n}'}", env=devices(n), timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert len(metrics.read_history(tmp_path / f"train_{n}")) == 1
+    trained = tmp_path / "train_1"
+    result = run_main(*args, f"--workdir={trained}", env=devices(1), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reference = metrics.load_results(trained)
+    for n in (2, 8):
+        copy = tmp_path / f"evaluate_{n}"
+        shutil.copytree(trained, copy)
+        result = run_main(*args, f"--workdir={copy}", "--config.mode=evaluate", env=devices(n), timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"Mesh: {n} cpu device(s)" in result.stderr or n > 1
+        scored = metrics.load_results(copy)
+        assert abs(scored["test_accuracy"] - reference["test_accuracy"]) <= 1e-4
+        assert abs(scored["validation_accuracy"] - reference["validation_accuracy"]) <= 1e-4
+        assert scored["test_loss"] == pytest.approx(reference["test_loss"], rel=1e-5)
+        np.testing.assert_allclose(
+            metrics.load_predictions(copy)["probs"], metrics.load_predictions(trained)["probs"], atol=1e-5
+        )
+
+
+# ------------------------------------------------------------------------------------------ a full disk
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 3 MB tmpfs (root only): too small for the first checkpoint of the CNN's 5 MB train state."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=3M", "tmpfs", str(folder)], check=False, capture_output=True
+        ).returncode
+    ):
+        if os.environ.get("CI"):
+            pytest.fail("CI runs as root and must be able to mount a tmpfs")
+        pytest.skip("mounting a tmpfs needs root")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_full_disk_ends_with_one_line_and_the_rerun_resumes(tiny_data, small_tmpfs, four_epochs):
+    workdir = small_tmpfs / "run"
+    result = tiny_run(tiny_data, workdir, "--config.num_epochs=4")
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"error: the disk holding {workdir} is full (no space left while saving a checkpoint); free some space "
+        "and rerun the same command: it resumes from the last complete checkpoint."
+    )
+    assert len(last) <= 300
+    for name in ("config.json", "history.jsonl"):  # whole or absent, never truncated
+        if (workdir / name).exists():
+            text = (workdir / name).read_text()
+            assert text.endswith("\n") and all(line.strip() for line in text.splitlines())
+    metrics.read_history(workdir)  # every line parses
+    subprocess.run(["mount", "-o", "remount,size=200M", str(small_tmpfs)], check=True)
+    result = tiny_run(tiny_data, workdir, "--config.num_epochs=4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    sha, history = four_epochs
+    assert without_timings(metrics.read_history(workdir)) == without_timings(history)
+    assert metrics.load_results(workdir)["params_sha256"] == sha
+
+
+# ------------------------------------------------------------------------------------------ the comparison
+
+
+TIMINGS = ("train_seconds", "predict_seconds", "seconds", "fit_seconds")
+
+
+def report_numbers(workdir: pathlib.Path) -> tuple[Any, list[str]]:
+    """report.json and report.md with the timings and the workdir's own path taken out."""
+
+    def strip(node):
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k not in TIMINGS}
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node.replace(str(workdir), "W") if isinstance(node, str) else node
+
+    lines, section = [], ""
+    for line in (workdir / "report.md").read_text().replace(str(workdir), "W").splitlines():
+        section = line if line.startswith("## ") else section
+        if not (line.startswith("| ") and section in ("## Summary", "## Seeds")):  # timings; numbers in report.json
+            lines.append(line)
+    return strip(json.loads((workdir / "report.json").read_text())), lines
+
+
+@pytest.mark.slow
+def test_a_comparison_killed_at_any_moment_reruns_to_the_same_report(tiny_data, tmp_path):
+    args = [
+        "--config=configs/compare.py",
+        "--config.quick=True",
+        "--config.seeds=0,1",
+        "--config.members.cnn.steps_per_call=4",
+    ]
+    for name in ("cnn", "random_forest", "linear_svm"):
+        args += [
+            f"--config.members.{name}.data.dir={tiny_data}",
+            f"--config.quick_overrides.{name}.data.num_train=256",
+            f"--config.quick_overrides.{name}.data.validation_size=64",
+        ]
+    reference = tmp_path / "reference"
+    result = run_main(*args, f"--workdir={reference}")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    workdir = tmp_path / "killed"
+    moments = {
+        "during the CNN's training": lambda: list((workdir / "cnn" / "seed_1" / "checkpoints").glob("[0-9]*")),
+        "during the forest's fit": (workdir / "random_forest" / "seed_0" / "config.json").exists,
+        "while the report is written": (workdir / "plots").exists,
+    }
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for moment, reached in moments.items():
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "main.py"), *args, f"--workdir={workdir}"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_for(reached, proc)
+        except AssertionError:
+            if proc.poll() is None or (workdir / "report.md").exists():
+                raise
+            pytest.fail(f"the comparison ended before the kill point {moment!r}")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    result = run_main(*args, f"--workdir={workdir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert report_numbers(workdir) == report_numbers(reference)
+    for name in ("cnn", "random_forest", "linear_svm"):
+        for seed in (0, 1):
+            run_dir = pathlib.Path(name) / f"seed_{seed}"
+            ours, theirs = metrics.load_results(workdir / run_dir), metrics.load_results(reference / run_dir)
+            assert ours["test_accuracy"] == theirs["test_accuracy"]
+            assert ours.get("params_sha256") == theirs.get("params_sha256")
