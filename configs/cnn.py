@@ -42,7 +42,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.checkpoint.every_steps = 0  # 0: once per epoch
     config.checkpoint.max_to_keep = 3
     config.checkpoint.async_save = True  # write in the background while training goes on
+    # How a finished checkpoint is marked: "rename" (a temporary folder renamed when complete), "commit_file"
+    # (a commit_success.txt file: for Google Drive and other FUSE mounts, where a rename is a slow copy), or
+    # "auto" (commit_file under /content/drive and on FUSE mounts, rename elsewhere).
+    config.checkpoint.atomicity = "auto"
     config.checkpoint.step = config_dict.placeholder(int)  # evaluate/predict: this step (None: the latest)
+
+    # TensorBoard events in WORKDIR/tensorboard (tensorboard --logdir runs): per epoch and every N train steps.
+    config.tensorboard = ml_collections.ConfigDict({"enabled": True, "loss_every_steps": 50})
 
     config.predict = ml_collections.ConfigDict({"inputs": ""})  # mode=predict: comma-separated image/.npy paths
 

@@ -50,6 +50,37 @@ class PreemptionGuard:
             signal.signal(s, handler)
 
 
+ATOMICITY = ("auto", "rename", "commit_file")
+# Where `auto` marks finished checkpoints with a commit file: Colab's Google Drive, and FUSE mounts (gcsfuse,
+# rclone, s3fs, ...), on which a rename is a slow, non-atomic copy and delete.
+COMMIT_FILE_PREFIXES = ("/content/drive",)
+
+
+def _mount_type(path: pathlib.Path) -> str:
+    """The file system type of the mount that holds `path` (from /proc/mounts; "" where unknown)."""
+    try:
+        mounts = [line.split()[1:3] for line in pathlib.Path("/proc/mounts").read_text().splitlines()]
+    except OSError:
+        return ""
+    path = str(path.absolute())
+    found = [
+        (len(point), fstype) for point, fstype in mounts if path == point or path.startswith(point.rstrip("/") + "/")
+    ]
+    return max(found)[1] if found else ""
+
+
+def resolve_atomicity(setting: str, directory: pathlib.Path) -> str:
+    """How a finished checkpoint is marked: "rename" (Orbax's temporary folder, renamed when complete) or
+    "commit_file" (written in place, then a commit_success.txt file); "auto" picks the commit file on Drive
+    and FUSE mounts."""
+    if setting not in ATOMICITY:
+        raise CheckpointError(f"config.checkpoint.atomicity={setting!r} must be one of {ATOMICITY}.")
+    if setting != "auto":
+        return setting
+    on_drive = str(directory.absolute()).startswith(COMMIT_FILE_PREFIXES)
+    return "commit_file" if on_drive or _mount_type(directory).startswith("fuse") else "rename"
+
+
 def _abstract(tree: Any) -> Any:
     """Shapes, dtypes and shardings of `tree`: restoring onto them places the arrays on today's mesh."""
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
@@ -58,8 +89,11 @@ def _abstract(tree: Any) -> Any:
 class CheckpointStore:
     """Saves and restores train states under `directory` through an Orbax `CheckpointManager`."""
 
-    def __init__(self, directory: str | pathlib.Path, *, max_to_keep: int = 3, async_save: bool = True):
+    def __init__(
+        self, directory: str | pathlib.Path, *, max_to_keep: int = 3, async_save: bool = True, atomicity: str = "auto"
+    ):
         self.directory = pathlib.Path(directory).absolute()
+        self.atomicity = resolve_atomicity(atomicity, self.directory)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             probe = self.directory / ".write-test"
@@ -70,7 +104,13 @@ class CheckpointStore:
                 f"cannot write checkpoints to {self.directory} ({e.strerror}); choose a writable --workdir."
             ) from e
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save, cleanup_tmp_directories=True
+            max_to_keep=max_to_keep,
+            create=True,
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,
+            temporary_path_class=ocp.path.atomicity.CommitFileTemporaryPath
+            if self.atomicity == "commit_file"
+            else None,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 

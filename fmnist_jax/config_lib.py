@@ -28,6 +28,8 @@ OPERATIONAL = (
     "eval_batch_size",
     "model.conv",
     "checkpoint.async_save",
+    "checkpoint.atomicity",
+    "tensorboard.",
     "checkpoint.step",
     "predict.",
     "data.dir",

@@ -8,6 +8,7 @@ dropout key of global step t is fold_in(dropout_key, t). Resuming at any step th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -29,7 +30,7 @@ from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
 
-from fmnist_jax import checkpoints, config_lib, data, errors, files, metrics, models, ops, parallel
+from fmnist_jax import checkpoints, config_lib, data, errors, events, files, metrics, models, ops, parallel
 from fmnist_jax.errors import ConfigError, UserError
 
 UNROLL_CHOICES = ("auto", "full", "rolled")
@@ -303,6 +304,7 @@ class Plan:
     every_steps: int
     eval_batch: int
     data_key: jax.Array
+    events: events.EventWriter | None = None  # TensorBoard (the lead process, when enabled)
 
     def permutation(self, epoch: int) -> jax.Array:
         return self.programs.permutation(self.data_key, epoch, len(self.dataset.train))
@@ -392,6 +394,8 @@ def _end_of_epoch(
     )
     if parallel.is_lead_process():
         _write_history(plan.workdir, [*metrics.read_history(plan.workdir), record])
+    if plan.events:
+        plan.events.epoch(record, learning_rate=config.learning_rate)
     zeros = parallel.replicate((np.float32(0), np.float32(0)), mesh)  # two buffers: the state is donated
     return state.replace(loss_sum=zeros[0], correct_sum=zeros[1]), seconds, val
 
@@ -441,7 +445,10 @@ def train_and_evaluate(
     graphs, state, num_params = create_train_state(config)
     state = parallel.replicate(state, mesh)
     store = checkpoints.CheckpointStore(
-        workdir / "checkpoints", max_to_keep=config.checkpoint.max_to_keep, async_save=config.checkpoint.async_save
+        workdir / "checkpoints",
+        max_to_keep=config.checkpoint.max_to_keep,
+        async_save=config.checkpoint.async_save,
+        atomicity=config.checkpoint.atomicity,
     )
     step, train_seconds = 0, 0.0
     restored = store.restore_latest(state)
@@ -461,6 +468,14 @@ def train_and_evaluate(
             return metrics.load_results(workdir)
     if lead:  # the history is the lineage of the state training goes on from, even a fresh one
         _truncate_history(workdir, step // steps_per_epoch)
+    writer = None
+    if lead and config.tensorboard.enabled:
+        writer = events.EventWriter(
+            workdir,
+            restored_step=step,
+            epoch_start_step=step - step % steps_per_epoch,
+            loss_every_steps=config.tensorboard.loss_every_steps,
+        )
 
     root = jax.random.key(config.seed)
     data_key, dropout_root = jax.random.fold_in(root, 1), jax.random.fold_in(root, 2)
@@ -475,42 +490,50 @@ def train_and_evaluate(
         every_steps=config.checkpoint.every_steps or steps_per_epoch,
         eval_batch=eval_batch_size(config, mesh),
         data_key=data_key,
+        events=writer,
     )
 
-    # ---- train
-    last_val = None  # the final state's validation scores, once the last epoch has computed them
-    train_images, train_labels = parallel.replicate((dataset.train.images, dataset.train.labels), mesh)
-    epoch = EpochProgress(plan, step)
-    if step < plan.total_steps:
-        inputs = TrainInputs(train_images, train_labels, plan.permutation(epoch.index), dropout_root)
-    try:
-        with checkpoints.PreemptionGuard() as guard:
-            for n in chunks(step, plan.total_steps, steps_per_epoch, config.steps_per_call, plan.every_steps):
-                state = plan.programs.train(n)(state, inputs, jnp.int32(step), jnp.int32(step % steps_per_epoch))
-                step += n
-                epoch.bar.update(n)
-                if step % steps_per_epoch == 0:
-                    state, seconds, last_val = _end_of_epoch(plan, state, epoch, step)
-                    train_seconds += seconds
-                    if step < plan.total_steps:
-                        epoch = EpochProgress(plan, step)
-                        inputs = inputs.replace(perm=plan.permutation(epoch.index))
-                if step % plan.every_steps == 0 or step == plan.total_steps or guard.signal:
-                    meta = {
-                        "step": step,
-                        "epoch": step // steps_per_epoch,
-                        "train_seconds": train_seconds,
-                        "config": config_lib.to_dict(config),
-                    }
-                    store.save(step, state, meta)
-                if guard.signal:
-                    store.wait()
-                    raise errors.Interrupted(guard.signal, step, store.directory)
-    finally:
-        epoch.bar.close()
-        store.close()
-    # ---- evaluate
-    return finish(plan, state, num_params=num_params, train_seconds=train_seconds, val=last_val)
+    with contextlib.ExitStack() as cleanup:
+        if writer:
+            cleanup.callback(writer.close)
+        # ---- train
+        last_val = None  # the final state's validation scores, once the last epoch has computed them
+        train_images, train_labels = parallel.replicate((dataset.train.images, dataset.train.labels), mesh)
+        epoch = EpochProgress(plan, step)
+        if step < plan.total_steps:
+            inputs = TrainInputs(train_images, train_labels, plan.permutation(epoch.index), dropout_root)
+        try:
+            with checkpoints.PreemptionGuard() as guard:
+                for n in chunks(step, plan.total_steps, steps_per_epoch, config.steps_per_call, plan.every_steps):
+                    state = plan.programs.train(n)(state, inputs, jnp.int32(step), jnp.int32(step % steps_per_epoch))
+                    step += n
+                    epoch.bar.update(n)
+                    if plan.events:
+                        plan.events.steps_done(
+                            step, config.batch_size, functools.partial(parallel.scalar, state.loss_sum)
+                        )
+                    if step % steps_per_epoch == 0:
+                        state, seconds, last_val = _end_of_epoch(plan, state, epoch, step)
+                        train_seconds += seconds
+                        if step < plan.total_steps:
+                            epoch = EpochProgress(plan, step)
+                            inputs = inputs.replace(perm=plan.permutation(epoch.index))
+                    if step % plan.every_steps == 0 or step == plan.total_steps or guard.signal:
+                        meta = {
+                            "step": step,
+                            "epoch": step // steps_per_epoch,
+                            "train_seconds": train_seconds,
+                            "config": config_lib.to_dict(config),
+                        }
+                        store.save(step, state, meta)
+                    if guard.signal:
+                        store.wait()
+                        raise errors.Interrupted(guard.signal, step, store.directory)
+        finally:
+            epoch.bar.close()
+            store.close()
+        # ---- evaluate
+        return finish(plan, state, num_params=num_params, train_seconds=train_seconds, val=last_val)
 
 
 def params_sha256(state: TrainState) -> str:
@@ -552,6 +575,8 @@ def finish(
         metrics.save_predictions(
             plan.workdir, labels=dataset.test.labels, preds=preds, probs=test["probs"], images=dataset.test.images
         )
+    if plan.events:
+        plan.events.finish(results, config_lib.to_dict(config), step=plan.total_steps)
     logging.info("test accuracy %.4f  (validation %.4f)", results["test_accuracy"], val["accuracy"])
     return results
 
@@ -565,7 +590,10 @@ def restore_for_inference(
     """The programs and the state of checkpoint `config.checkpoint.step` (None: the latest valid one)."""
     graphs, state, num_params = create_train_state(config)
     store = checkpoints.CheckpointStore(
-        workdir / "checkpoints", max_to_keep=config.checkpoint.max_to_keep, async_save=False
+        workdir / "checkpoints",
+        max_to_keep=config.checkpoint.max_to_keep,
+        async_save=False,
+        atomicity=config.checkpoint.atomicity,
     )
     try:
         restored = store.restore_latest(parallel.replicate(state, mesh), step=config.checkpoint.step)

@@ -1,0 +1,165 @@
+r"""One command that checks and times the CNN on whatever JAX finds (CPU, GPU, TPU): JSON lines.
+
+    python benchmarks/accelerator_check.py                      # on a GPU/TPU machine or Colab
+    python benchmarks/accelerator_check.py --steps=20           # a short check (CPU, CI)
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python benchmarks/accelerator_check.py --steps=10
+
+Prints: the devices and the CPU; for each model, at batch 64 and at a large batch, the compile seconds, the
+training images/s and the seconds an epoch of 48,000 images takes at that rate, measured over `--steps` steps of
+the project's own train call on all devices; the seconds to evaluate the 10,000 test images; whether one device
+and all devices give the same losses from the same start; and float32 against bfloat16 where the project has a
+compute dtype. Data: the real set when installed, random images otherwise (speed does not depend on it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import platform
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import cnn
+from fmnist_jax import data, parallel, train
+
+EPOCH_IMAGES = 48_000
+
+
+def emit(**row) -> dict:
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        return platform.processor()
+
+
+def load_arrays():
+    try:
+        ds = data.load(cnn.get_config().data, seed=0)
+        return ds.train.images, ds.train.labels, ds.test, ds.source
+    except data.DataError:
+        rng = np.random.default_rng(0)
+        test = data.Split(rng.integers(0, 256, (10000, 28, 28), dtype=np.uint8), rng.integers(0, 10, 10000))
+        return (
+            rng.integers(0, 256, (EPOCH_IMAGES, 28, 28), dtype=np.uint8),
+            rng.integers(0, 10, EPOCH_IMAGES).astype(np.int32),
+            test,
+            "random",
+        )
+
+
+def train_run(config, mesh, images, labels, *, batch: int, steps: int, steps_per_call: int):
+    """Compiles the train call, runs `steps` steps; returns (compile s, s per step, mean loss)."""
+    graphs, state, _ = train.create_train_state(config)
+    state = parallel.replicate(state, mesh)
+    unroll = train.resolve_unroll(config.scan_unroll, jax.default_backend(), config.model.conv)
+    programs = train.Programs(graphs, mesh, batch, unroll=unroll)
+    key = jax.random.key(config.seed)
+    n = len(labels) // batch * batch
+    inputs = train.TrainInputs(
+        *parallel.replicate((images[:n], labels[:n]), mesh), programs.permutation(key, 0, n), jax.random.fold_in(key, 2)
+    )
+    calls = max(1, steps // steps_per_call)
+    fn = programs.train(steps_per_call)
+    batches_per_epoch = n // batch
+
+    def call(state, i):
+        first = i * steps_per_call
+        return fn(state, inputs, jnp.int32(first), jnp.int32(first % (batches_per_epoch - steps_per_call + 1)))
+
+    start = time.perf_counter()
+    state = jax.block_until_ready(call(state, 0))
+    compile_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    for i in range(1, calls + 1):
+        state = call(state, i)
+    jax.block_until_ready(state)
+    per_step = (time.perf_counter() - start) / (calls * steps_per_call)
+    mean_loss = parallel.scalar(state.loss_sum) / ((calls + 1) * steps_per_call * batch)
+    return compile_seconds, per_step, mean_loss, programs, state
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=200, help="timed train steps per setting")
+    parser.add_argument("--large_batch", type=int, default=1024)
+    parser.add_argument("--steps_per_call", type=int, default=10)
+    args = parser.parse_args()
+
+    devices = jax.devices()
+    emit(
+        check="devices",
+        backend=jax.default_backend(),
+        count=len(devices),
+        kinds=sorted({d.device_kind for d in devices}),
+        processes=jax.process_count(),
+        cpu=cpu_model(),
+        jax=jax.__version__,
+    )
+    images, labels, test, source = load_arrays()
+    config = cnn.get_config()
+    mesh = parallel.make_mesh()
+    for batch in (64, args.large_batch):
+        if batch % len(devices):
+            emit(check="train", model=config.model.name, batch=batch, skipped=f"not a multiple of {len(devices)}")
+            continue
+        config.batch_size = batch
+        compile_s, per_step, loss, programs, state = train_run(
+            config, mesh, images, labels, batch=batch, steps=args.steps, steps_per_call=args.steps_per_call
+        )
+        emit(
+            check="train",
+            model=config.model.name,
+            batch=batch,
+            devices=len(devices),
+            data=source,
+            compile_seconds=round(compile_s, 2),
+            images_per_second=round(batch / per_step),
+            epoch_seconds=round(EPOCH_IMAGES / (batch / per_step), 2),
+            mean_loss=round(loss, 5),
+        )
+    config.batch_size = 64
+    eval_batch = train.eval_batch_size(config, mesh)
+    train.evaluate_split(programs, state, test, batch_size=eval_batch)  # compiles
+    start = time.perf_counter()
+    train.evaluate_split(programs, state, test, batch_size=eval_batch)
+    emit(
+        check="evaluate",
+        model=config.model.name,
+        images=len(test),
+        batch=eval_batch,
+        seconds=round(time.perf_counter() - start, 3),
+    )
+
+    steps = 2 * args.steps_per_call
+    losses = {}
+    for n in sorted({1, len(devices)}):
+        one = parallel.make_mesh(devices[:n])
+        *_, loss, _, _ = train_run(config, one, images, labels, batch=64, steps=steps, steps_per_call=steps // 2)
+        losses[n] = loss
+    same = bool(np.allclose(list(losses.values()), losses[1], rtol=1e-4))
+    emit(check="devices_agree", model=config.model.name, steps=steps, mean_loss_by_devices=losses, same=same)
+    dtype_field = "compute_dtype"
+    emit(
+        check="bfloat16",
+        model=config.model.name,
+        available=dtype_field in config,
+        note=None if dtype_field in config else "the project has no compute dtype yet: float32 only",
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""Where users run it: TensorBoard events (read back with TensorBoard's own reader), the Colab notebook executed
+headlessly, checkpoints marked by a commit file (Drive, FUSE), and the accelerator check on CPU."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import ROOT, run_main, wait_for
+
+from fmnist_jax import checkpoints, events, metrics
+
+TINY = (
+    "--config=configs/cnn.py",
+    "--config.data.validation_size=64",
+    "--config.eval_batch_size=64",
+    "--config.steps_per_call=2",
+)
+
+
+def read_scalars(workdir: pathlib.Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar series of the run, as TensorBoard shows them (orphaned events of crashed runs purged)."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    acc = event_accumulator.EventAccumulator(str(workdir / events.EVENTS_DIR), purge_orphaned_data=True)
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def assert_events_match_history(workdir: pathlib.Path, steps_per_epoch: int):
+    scalars, history = read_scalars(workdir), metrics.read_history(workdir)
+    assert [s for s, _ in scalars["validation/accuracy"]] == [r["step"] for r in history]
+    for tag, key in (
+        ("train/loss", "train_loss"),
+        ("train/accuracy", "train_accuracy"),
+        ("validation/loss", "validation_loss"),
+        ("validation/accuracy", "validation_accuracy"),
+        ("epoch/images_per_second", "images_per_second"),
+        ("epoch/seconds", "seconds"),
+        ("epoch/number", "epoch"),
+    ):
+        np.testing.assert_allclose([v for _, v in scalars[tag]], [r[key] for r in history], rtol=1e-6, err_msg=tag)
+    assert [v for _, v in scalars["epoch/learning_rate"]] == pytest.approx([1e-3] * len(history))
+    steps = [s for s, _ in scalars["train/loss_steps"]]
+    assert steps == sorted(set(steps)) and steps[-1] == history[-1]["step"]
+    results = metrics.load_results(workdir)
+    assert scalars["test/accuracy"] == [(history[-1]["step"], pytest.approx(results["test_accuracy"]))]
+
+
+def test_events_hold_each_epoch_once_equal_to_the_history_even_after_a_sigkill(tiny_data, tmp_path):
+    args = (
+        *TINY,
+        f"--workdir={tmp_path}",
+        f"--config.data.dir={tiny_data}",
+        "--config.num_epochs=4",
+        "--config.tensorboard.loss_every_steps=2",
+        "--config.checkpoint.every_steps=6",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "main.py"), *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # Killed after epoch 3's events (step 12) while the newest checkpoint is step 6: the rerun restores step 6,
+    # so the events of steps 7-12 from the first run must not show.
+    wait_for(lambda: len(metrics.read_history(tmp_path)) >= 3, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    result = run_main(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Resumed from checkpoint at step" in result.stderr
+    assert_events_match_history(tmp_path, steps_per_epoch=4)
+    hparams = tmp_path / events.EVENTS_DIR / events.HPARAMS_RUN
+    assert any(hparams.iterdir())
+
+
+@pytest.fixture
+def fuse_like_store(tmp_path, monkeypatch):
+    """Pretends tmp_path is on a FUSE mount, as /content/drive is on Colab."""
+    monkeypatch.setattr(checkpoints, "_mount_type", lambda path: "fuse.drive")
+    return tmp_path
+
+
+def test_auto_picks_the_commit_file_on_fuse_and_rename_elsewhere(fuse_like_store, monkeypatch):
+    assert checkpoints.resolve_atomicity("auto", fuse_like_store) == "commit_file"
+    assert checkpoints.resolve_atomicity("auto", pathlib.Path("/content/drive/MyDrive/runs")) == "commit_file"
+    monkeypatch.setattr(checkpoints, "_mount_type", lambda path: "ext4")
+    assert checkpoints.resolve_atomicity("auto", fuse_like_store) == "rename"
+    assert checkpoints.resolve_atomicity("rename", pathlib.Path("/content/drive/x")) == "rename"
+    with pytest.raises(checkpoints.CheckpointError, match=r"checkpoint\.atomicity='copy' must be one of"):
+        checkpoints.resolve_atomicity("copy", fuse_like_store)
+
+
+def test_commit_file_checkpoints_resume_bit_identically_and_ignore_an_unfinished_save(tiny_data, tmp_path):
+    args = (
+        *TINY,
+        f"--config.data.dir={tiny_data}",
+        "--config.num_epochs=4",
+        "--config.steps_per_call=1",
+        "--config.checkpoint.every_steps=1",
+        "--config.checkpoint.max_to_keep=2",
+    )
+    reference = tmp_path / "reference"
+    assert run_main(*args, f"--workdir={reference}").returncode == 0
+    workdir = tmp_path / "commit"
+    commit_args = (*args, f"--workdir={workdir}", "--config.checkpoint.atomicity=commit_file")
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "main.py"), *commit_args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    folder = workdir / "checkpoints"
+
+    def unfinished():  # a step folder whose commit file is not written yet
+        steps = [p for p in folder.glob("[0-9]*") if p.is_dir()] if folder.exists() else []
+        return len(steps) >= 3 and any(not (p / "commit_success.txt").exists() for p in steps)
+
+    wait_for(unfinished, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not any(p.name.endswith("orbax-checkpoint-tmp") for p in folder.iterdir())  # no rename in this mode
+    result = run_main(*commit_args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Resumed from checkpoint at step" in result.stderr
+    assert metrics.load_results(workdir)["params_sha256"] == metrics.load_results(reference)["params_sha256"]
+    assert all((p / "commit_success.txt").exists() for p in folder.glob("[0-9]*"))
+
+
+@pytest.mark.slow
+def test_the_colab_notebook_runs_headlessly_with_tiny_settings(tiny_data, tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(ROOT / "notebooks" / "colab.ipynb", as_version=4)
+    parameters = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
+    tiny = ["--config.num_epochs=2", "--config.data.validation_size=64", "--config.eval_batch_size=64"]
+    compare = [
+        "--config.quick=True",
+        "--config.seeds=0",
+        *[
+            f"--config.quick_overrides.{m}.data.{k}={v}"
+            for m in ("cnn", "random_forest", "linear_svm")
+            for k, v in (("num_train", 256), ("validation_size", 64))
+        ],
+    ]
+    parameters.source = "\n".join(
+        [
+            f"WORKDIR = {str(tmp_path / 'cnn')!r}",
+            f"COMPARE_WORKDIR = {str(tmp_path / 'compare')!r}",
+            f"DATA_DIR = {str(tiny_data)!r}",
+            "REPO = ''",
+            f"CNN_OVERRIDES = {tiny!r}",
+            f"COMPARE_OVERRIDES = {compare!r}",
+        ]
+    )
+    NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    text = "\n".join(
+        output.get("text", "") + json.dumps(output.get("data", {}))
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
+    )
+    for skipped in ("mount Google Drive", "clone and install", "download the data", "inline TensorBoard"):
+        assert f"skipped outside Colab: {skipped}" in text
+    results = metrics.load_results(tmp_path / "cnn")
+    assert f"test accuracy {results['test_accuracy']:.4f}" in text and "epochs in history.jsonl: [1, 2]" in text
+    assert (tmp_path / "cnn" / events.EVENTS_DIR).exists()
+    assert "## Summary" in text and (tmp_path / "compare" / "report.md").exists()
+
+
+@pytest.mark.slow
+def test_the_accelerator_check_runs_on_cpu_and_reports_each_figure():
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "accelerator_check.py"), "--steps=10", "--large_batch=256"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+        check=False,
+        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    by_check = {}
+    for row in rows:
+        by_check.setdefault(row["check"], []).append(row)
+    assert by_check["devices"][0]["count"] == 2 and by_check["devices"][0]["backend"] == "cpu"
+    assert [r["batch"] for r in by_check["train"]] == [64, 256]
+    assert all(r["images_per_second"] > 0 and r["epoch_seconds"] > 0 for r in by_check["train"])
+    assert by_check["evaluate"][0]["images"] == 10000
+    assert by_check["devices_agree"][0]["same"] is True
+    assert by_check["bfloat16"][0]["available"] is False
