@@ -132,6 +132,9 @@ def main() -> None:
             mean_loss=round(loss, 5),
         )
     config.batch_size = 64
+    if "programs" not in locals():
+        emit(check="evaluate", model=config.model.name, skipped="no batch size split over the devices")
+        return
     eval_batch = train.eval_batch_size(config, mesh)
     train.evaluate_split(programs, state, test, batch_size=eval_batch)  # compiles
     start = time.perf_counter()

@@ -1,8 +1,11 @@
-r"""All three models and one report: each member trains (or is reused) in its own sub-workdir.
+r"""All three models, several seeds each, and one report with intervals and paired tests.
 
-python main.py --config=configs/compare.py --workdir=runs/compare                    # the full study
-python main.py --config=configs/compare.py --workdir=runs/quick --config.quick=True  # ~2 minutes on 2 cores
-python main.py --config=configs/compare.py --config.members.cnn.workdir=runs/cnn     # reuse a finished run
+python main.py --config=configs/compare.py --workdir=runs/compare               # the full study, 3 seeds
+python main.py --config=configs/compare.py --workdir=runs/quick --config.quick=True --config.seeds=0,1
+python main.py --config=configs/compare.py --config.seeds=0 --config.members.cnn.workdir=runs/cnn   # reuse a run
+python main.py --config=configs/compare.py --config.members.random_forest_search.enabled=True       # add the search
+
+Each member trains once per seed in WORKDIR/<member>/seed_<seed>/ (or is reused when finished).
 """
 
 import ml_collections

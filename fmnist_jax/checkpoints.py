@@ -8,6 +8,7 @@ a save leaves the previous checkpoint untouched; those leftovers are never resto
 
 from __future__ import annotations
 
+import os
 import pathlib
 import shutil
 import signal
@@ -17,6 +18,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from fmnist_jax import files
 from fmnist_jax.errors import CheckpointError
 
 __all__ = ["CheckpointError", "CheckpointStore", "PreemptionGuard"]
@@ -62,7 +64,7 @@ def _mount_type(path: pathlib.Path) -> str:
         mounts = [line.split()[1:3] for line in pathlib.Path("/proc/mounts").read_text().splitlines()]
     except OSError:
         return ""
-    path = str(path.absolute())
+    path = str(path.resolve())
     found = [
         (len(point), fstype) for point, fstype in mounts if path == point or path.startswith(point.rstrip("/") + "/")
     ]
@@ -77,8 +79,15 @@ def resolve_atomicity(setting: str, directory: pathlib.Path) -> str:
         raise CheckpointError(f"config.checkpoint.atomicity={setting!r} must be one of {ATOMICITY}.")
     if setting != "auto":
         return setting
-    on_drive = str(directory.absolute()).startswith(COMMIT_FILE_PREFIXES)
+    on_drive = str(directory.resolve()).startswith(COMMIT_FILE_PREFIXES)
     return "commit_file" if on_drive or _mount_type(directory).startswith("fuse") else "rename"
+
+
+ATOMICITY_FILE = "ATOMICITY"
+
+
+def _is_lead() -> bool:
+    return jax.process_index() == 0
 
 
 def _abstract(tree: Any) -> Any:
@@ -93,12 +102,12 @@ class CheckpointStore:
         self, directory: str | pathlib.Path, *, max_to_keep: int = 3, async_save: bool = True, atomicity: str = "auto"
     ):
         self.directory = pathlib.Path(directory).absolute()
-        self.atomicity = resolve_atomicity(atomicity, self.directory)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            probe = self.directory / ".write-test"
+            probe = self.directory / f".write-test.{os.getpid()}"
             probe.write_bytes(b"")
             probe.unlink()
+            self.atomicity = self._recorded_atomicity(resolve_atomicity(atomicity, self.directory))
         except OSError as e:
             raise CheckpointError(
                 f"cannot write checkpoints to {self.directory} ({e.strerror}); choose a writable --workdir."
@@ -113,6 +122,25 @@ class CheckpointStore:
             else None,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+
+    def _recorded_atomicity(self, wanted: str) -> str:
+        """The folder keeps the form it was started with (ATOMICITY_FILE): in commit-file form Orbax deletes
+        every step folder without a commit file, so rename-form checkpoints must never be opened that way.
+        A folder of step folders from before the file existed is in rename form."""
+        record = self.directory / ATOMICITY_FILE
+        if record.exists():
+            kept = record.read_text(encoding="utf-8").strip()
+            if kept in ATOMICITY[1:]:
+                if kept != wanted:
+                    logging.info(
+                        "%s holds %s-form checkpoints: keeping that form (asked: %s)", self.directory, kept, wanted
+                    )
+                return kept
+        if wanted == "commit_file" and any(p.name.isdigit() for p in self.directory.iterdir()):
+            wanted = "rename"
+        if _is_lead():  # on shared storage, one process writes the record
+            files.atomic_write_text(record, wanted + "\n")
+        return wanted
 
     def all_steps(self) -> list[int]:
         """Steps of the complete checkpoints, oldest first."""

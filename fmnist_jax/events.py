@@ -1,46 +1,90 @@
 """TensorBoard event files for a CNN run, written with tensorboardX (numpy and protobuf only, no TensorFlow).
 
 Events go to WORKDIR/tensorboard/ and follow the history's rule: they describe the run that produced the final
-parameters. A run that restores step S opens its event file with `purge_step=S + 1`, so TensorBoard's reader
-hides every event a crashed earlier run wrote after the restored state (events at step S itself, such as the
-restored epoch's scalars, are part of its lineage and stay). Every scalar is logged at a global step.
+parameters. A run that restores step S first rewrites the event files it finds without the events past S
+(events at S itself, such as the restored epoch's scalars, belong to its lineage), so every reader, TensorBoard's
+fast Rust loader included, shows each step once; it also opens its own file with `purge_step=S + 1`, which
+TensorBoard's Python reader honours. Every scalar is logged at a global step.
 """
 
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Callable
+import struct
 from typing import Any
 
-from fmnist_jax import config_lib
+import jax
+import numpy as np
+
+from fmnist_jax import config_lib, files
 
 EVENTS_DIR = "tensorboard"
 HPARAMS_RUN = "hparams"
 
 
-class EventWriter:
-    """Scalars per epoch, the train loss every `loss_every_steps` steps, the test accuracy and hyper-parameters."""
+def _records(path: pathlib.Path) -> list[bytes]:
+    """The framed records of a TFRecord file (length, its CRC, data, its CRC), each as its raw bytes."""
+    content, records, at = path.read_bytes(), [], 0
+    while at + 12 <= len(content):
+        (length,) = struct.unpack("<Q", content[at : at + 8])
+        end = at + 12 + length + 4
+        if end > len(content):  # a torn last record (the process was killed while writing it)
+            break
+        records.append(content[at:end])
+        at = end
+    return records
 
-    def __init__(self, workdir: pathlib.Path, *, restored_step: int, epoch_start_step: int, loss_every_steps: int):
+
+def prune(directory: pathlib.Path, last_step: int) -> None:
+    """Rewrites every event file under `directory` without the events whose step is past `last_step`."""
+    from tensorboardX.proto import event_pb2
+
+    for path in sorted(directory.rglob("events.out.tfevents.*")):
+        kept, changed = [], False
+        for record in _records(path):
+            event = event_pb2.Event.FromString(record[12:-4])
+            if event.step > last_step and (event.HasField("summary") or event.HasField("session_log")):
+                changed = True
+            else:
+                kept.append(record)
+        if changed or len(b"".join(kept)) != path.stat().st_size:
+            files.atomic_write_bytes(path, b"".join(kept))
+
+
+class EventWriter:
+    """Scalars per epoch, the train loss every `loss_every_steps` steps, the test accuracy and hyper-parameters.
+
+    The train-loss points are the epoch's running mean loss (its sum is in the train state, so a resumed run
+    logs the same values). Their device values are copied when due and read at the end of the epoch, where the
+    loop waits for the devices anyway: logging them never stalls the training loop.
+    """
+
+    def __init__(self, workdir: pathlib.Path, *, restored_step: int, loss_every_steps: int):
         from tensorboardX import SummaryWriter
 
         self.directory = pathlib.Path(workdir) / EVENTS_DIR
+        if self.directory.exists():
+            prune(self.directory, restored_step)
         self.writer = SummaryWriter(logdir=str(self.directory), purge_step=restored_step + 1, flush_secs=30)
         self.loss_every_steps = loss_every_steps
         self._last_point = restored_step
-        self._mark = (epoch_start_step, 0.0)  # (step, the epoch's running loss sum then) of the last point
+        self._pending: list[tuple[int, int, jax.Array]] = []  # (step, images in the epoch so far, loss sum copy)
 
-    def steps_done(self, step: int, batch_size: int, read_loss_sum: Callable[[], float]) -> None:
-        """After a train call ending at `step`: once a multiple of `loss_every_steps` has been passed, logs the
-        mean train loss since the last point of this epoch. `read_loss_sum` returns the epoch's running loss sum;
-        it waits for the devices, so it is called only when a point is due."""
+    def steps_done(self, step: int, images_in_epoch: int, loss_sum: jax.Array) -> None:
+        """After a train call ending at `step`: once a multiple of `loss_every_steps` has been passed, keeps a
+        copy of the epoch's running loss sum (an asynchronous device op) for the next `flush`."""
         every = self.loss_every_steps
-        if not every or step // every == self._last_point // every:
-            return
-        loss_sum = read_loss_sum()
-        mark_step, mark_sum = self._mark
-        self.writer.add_scalar("train/loss_steps", (loss_sum - mark_sum) / ((step - mark_step) * batch_size), step)
-        self._mark, self._last_point = (step, loss_sum), step
+        if every and step // every != self._last_point // every:
+            self._pending.append((step, images_in_epoch, jax.numpy.copy(loss_sum)))
+            self._last_point = step
+
+    def flush(self) -> None:
+        """Writes the pending train-loss points (waits for their values)."""
+        for step, images, loss_sum in self._pending:
+            value = float(np.asarray(loss_sum.addressable_data(0)))
+            self.writer.add_scalar("train/loss_running", value / images, step)
+        self._pending.clear()
+        self.writer.flush()
 
     def epoch(self, record: dict[str, Any], *, learning_rate: float) -> None:
         """One history.jsonl record's scalars at its global step."""
@@ -52,24 +96,20 @@ class EventWriter:
         self.writer.add_scalar("epoch/images_per_second", record["images_per_second"], step)
         self.writer.add_scalar("epoch/seconds", record["seconds"], step)
         self.writer.add_scalar("epoch/number", record["epoch"], step)
-        self._mark = (step, 0.0)  # the running sums restart with the next epoch
-        self.writer.flush()
+        self.flush()
 
     def finish(self, results: dict[str, Any], config_dict: dict[str, Any], *, step: int) -> None:
         """The test accuracy at the last step, and the run's hyper-parameters for TensorBoard's hparams view."""
         self.writer.add_scalar("test/accuracy", results["test_accuracy"], step)
         self.writer.add_scalar("test/loss", results["test_loss"], step)
         hparams = {k: v for k, v in config_lib.flatten(config_dict).items() if isinstance(v, (int, float, str, bool))}
-        self.writer.add_hparams(
-            hparams,
-            {
-                "hparam/test_accuracy": results["test_accuracy"],
-                "hparam/validation_accuracy": results["validation_accuracy"],
-            },
-            name=HPARAMS_RUN,
-            global_step=step,
-        )
-        self.writer.flush()
+        metrics = {
+            "hparam/test_accuracy": results["test_accuracy"],
+            "hparam/validation_accuracy": results["validation_accuracy"],
+        }
+        self.writer.add_hparams(hparams, metrics, name=HPARAMS_RUN, global_step=step)
+        self.flush()
 
     def close(self) -> None:
+        self.flush()
         self.writer.close()

@@ -38,9 +38,12 @@ class DiskFull(WorkdirError):
 
 
 def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    """The process's umask, read without changing it (os.umask sets it, racing with other threads' files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        return 0o022
 
 
 def atomic_write_bytes(path: str | os.PathLike, content: bytes) -> None:

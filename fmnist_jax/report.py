@@ -75,6 +75,12 @@ class Model:
         return [r.results[key] for r in self.runs]
 
 
+def _folder(run: Member) -> str:
+    """A run's folder name for titles and file names; a comparison's seed_<s> folders with their member's."""
+    w = run.workdir
+    return f"{w.parent.name}_{w.name}" if w.name.startswith("seed_") else w.name
+
+
 def load_models(workdirs: Sequence[str | pathlib.Path]) -> list[Model]:
     """Every workdir's run, grouped into models: runs of one config with distinct seeds are one model's seeds.
     Runs of one config and seed in several workdirs (a study setting beside the default, say) stay apart, with
@@ -89,7 +95,7 @@ def load_models(workdirs: Sequence[str | pathlib.Path]) -> list[Model]:
         if len(set(seeds)) == len(seeds):
             models.append(Model(label, runs[0].title, sorted(runs, key=lambda r: r.results["seed"])))
         else:
-            models += [Model(f"{label}_{r.workdir.name}", f"{r.title} ({r.workdir.name})", [r]) for r in runs]
+            models += [Model(f"{label}_{_folder(r)}", f"{r.title} ({_folder(r)})", [r]) for r in runs]
     titles = [m.title for m in models]
     for m in models:
         if titles.count(m.title) > 1:
@@ -140,15 +146,21 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return float(np.mean(known)) if known else None
 
 
-def correctness(member: Member) -> np.ndarray:
-    """Per test image: did this run classify it right (from predictions.npz)."""
+def correctness(member: Member) -> np.ndarray | None:
+    """Per test image: did this run classify it right (from predictions.npz; None without it)."""
     if "preds" not in member.predictions:
-        raise UserError(f"{member.workdir / metrics.PREDICTIONS_FILE} is missing: rerun the model to write it.")
+        return None
     return member.predictions["preds"] == member.predictions["labels"]
 
 
-def accuracy_interval(member: Member) -> tuple[float, float]:
-    return stats.accuracy_interval(correctness(member))
+def accuracy_interval(member: Member) -> tuple[float, float] | None:
+    correct = correctness(member)
+    return None if correct is None else stats.accuracy_interval(correct)
+
+
+def _interval(member: Member) -> str:
+    ci = accuracy_interval(member)
+    return "n/a" if ci is None else f"{ci[0]:.4f}–{ci[1]:.4f}"
 
 
 def summary_rows(models: Sequence[Model]) -> list[list[str]]:
@@ -164,8 +176,7 @@ def summary_rows(models: Sequence[Model]) -> list[list[str]]:
             )
             or "n/a"
         )
-        intervals = [accuracy_interval(run) for run in m.runs]
-        ci = f"{intervals[0][0]:.4f}–{intervals[0][1]:.4f}" if len(intervals) == 1 else "per seed below"
+        ci = _interval(m.runs[0]) if len(m.runs) == 1 else "per seed below"
         params = r["num_params"]
         rows.append(
             [
@@ -176,7 +187,7 @@ def summary_rows(models: Sequence[Model]) -> list[list[str]]:
                 _fmt(_mean(m.values("validation_accuracy"))),
                 "n/a"
                 if params is None
-                else f"{params:,}" + ("" if len(set(m.values("num_params"))) == 1 else " (seed 0)"),
+                else f"{params:,}" + ("" if len(set(m.values("num_params"))) == 1 else f" (seed {m.seeds[0]})"),
                 _fmt_seconds(_mean(m.values("train_seconds"))),
                 _fmt_seconds(_mean(m.values("predict_seconds"))),
                 _fmt(_mean(m.values("samples_per_second")), ",.0f"),
@@ -209,14 +220,13 @@ def seed_rows(models: Sequence[Model]) -> list[list[str]]:
         if len(m.runs) < 2:
             continue
         for run in m.runs:
-            low, high = accuracy_interval(run)
             r = run.results
             rows.append(
                 [
                     m.title,
                     str(r["seed"]),
                     f"{r['test_accuracy']:.4f}",
-                    f"{low:.4f}–{high:.4f}",
+                    _interval(run),
                     _fmt(r["validation_accuracy"]),
                     _fmt_seconds(r["train_seconds"]),
                 ]
@@ -240,44 +250,64 @@ def per_class_rows(models: Sequence[Model]) -> list[list[str]]:
 
 
 def compare_pair(a: Model, b: Model) -> dict[str, Any]:
-    """Model a against model b on the same test images, for every seed both have: the accuracy difference with
-    its paired bootstrap interval and the exact McNemar test; and one sentence in words."""
+    """Model a against model b on the same test images, for every seed both have (and both saved predictions
+    for): the accuracy difference with its paired bootstrap interval, the exact McNemar test, and one sentence."""
     b_runs = {run.results["seed"]: run for run in b.runs}
     seeds = {}
     for run in a.runs:
         seed = run.results["seed"]
-        if seed not in b_runs:
+        other = b_runs.get(seed)
+        ca, cb = correctness(run), None if other is None else correctness(other)
+        if ca is None or cb is None:
             continue
-        ca, cb = correctness(run), correctness(b_runs[seed])
-        if ca.shape != cb.shape:
-            raise UserError(f"{a.title} and {b.title} were scored on different test sets ({ca.size} and {cb.size})")
+        if not np.array_equal(run.predictions["labels"], other.predictions["labels"]):
+            raise UserError(
+                f"{run.workdir} and {other.workdir} were scored on different test images; pair runs on the same "
+                "test set."
+            )
         low, high = stats.paired_difference_interval(ca, cb, seed=seed)
         seeds[seed] = {"difference": float(ca.mean() - cb.mean()), "ci95": [low, high], **stats.mcnemar(ca, cb)}
-    return {"a": a.label, "b": b.label, "seeds": seeds, "sentence": _pair_sentence(a, b, seeds)}
+    return {"a": a.label, "b": b.label, "seeds": seeds, "sentence": pair_sentence(a.title, b.title, seeds)}
 
 
-def _pair_sentence(a: Model, b: Model, seeds: dict[int, dict[str, Any]]) -> str:
+def pair_sentence(a: str, b: str, seeds: dict[int, dict[str, Any]], level: float = 0.05) -> str:
+    """One sentence on a pair of models over the seeds: the mean difference, the seeds' intervals and p-values.
+    A difference is called established only when every seed's test finds it, in the same direction."""
     if not seeds:
-        return f"{a.title} and {b.title} share no seed: no paired test."
-    diffs = [s["difference"] for s in seeds.values()]
-    mean = float(np.mean(diffs))
-    better, worse = (a, b) if mean >= 0 else (b, a)
-    sign = 1 if mean >= 0 else -1
-    lows = [sign * s["ci95"][0 if sign > 0 else 1] for s in seeds.values()]
-    highs = [sign * s["ci95"][1 if sign > 0 else 0] for s in seeds.values()]
+        return f"{a} and {b}: no seed with both runs' predictions, so no paired test."
+    diffs = np.array([s["difference"] for s in seeds.values()])
     ps = [s["p_value"] for s in seeds.values()]
-    if len(seeds) == 1:
-        ci, p = f"95% CI {100 * lows[0]:.1f} to {100 * highs[0]:.1f}", f"McNemar {stats.format_p(ps[0])}"
+    mean, one = float(diffs.mean()), len(seeds) == 1
+    every = "" if one else " on every seed"
+    if mean == 0:
+        return f"{a} and {b} are equally accurate on these test images (McNemar {stats.format_p(max(ps))}{every})."
+    better, worse, sign = (a, b, 1.0) if mean > 0 else (b, a, -1.0)
+    # The intervals of better - worse: a's intervals as they are, or b's (negated and swapped).
+    lows = [s["ci95"][0] if sign > 0 else -s["ci95"][1] for s in seeds.values()]
+    highs = [s["ci95"][1] if sign > 0 else -s["ci95"][0] for s in seeds.values()]
+    if one:
+        ci = f"95% CI {100 * lows[0]:.1f} to {100 * highs[0]:.1f}"
     else:
         ci = f"each seed's 95% CI within {100 * min(lows):.1f} to {100 * max(highs):.1f}"
-        if max(ps) < 1e-6:
-            p = "McNemar p < 1e-6 on every seed"
-        elif max(ps) < 0.05:
-            p = f"McNemar p ≤ {max(ps):.2g} on every seed"
-        else:
-            p = f"McNemar p from {min(ps):.2g} to {max(ps):.2g} across seeds"
-    verdict = "" if max(ps) < 0.05 else " — not a significant difference on every seed"
-    return f"{better.title} is more accurate than {worse.title} by {100 * abs(mean):.1f} points ({ci}; {p}){verdict}."
+    consistent = bool(np.all(np.sign(diffs) == sign))
+    if max(ps) < level and consistent:
+        p = stats.format_p(ps[0]) if one else stats.format_p(max(ps)).replace("p = ", "p ≤ ") + every
+        return f"{better} is more accurate than {worse} by {100 * abs(mean):.1f} points ({ci}; McNemar {p})."
+    if one:
+        spread = f"McNemar {stats.format_p(ps[0])}"
+    else:
+        spread = f"McNemar p from {min(ps):.2g} to {max(ps):.2g} across seeds"
+    why = "" if consistent else "; the seeds disagree on which is better"
+    return (
+        f"{better} is ahead of {worse} by {100 * abs(mean):.1f} points on average, a difference these test "
+        f"images do not establish ({ci}; {spread}{why})."
+    )
+
+
+def _p_cell(p: float) -> str:
+    if p == 0:
+        return "< 1e-300"
+    return f"{p:.3g}" if p >= 1e-4 else f"{p:.1e}"
 
 
 def pair_rows(pairs: Sequence[dict[str, Any]], titles: dict[str, str]) -> list[list[str]]:
@@ -292,7 +322,7 @@ def pair_rows(pairs: Sequence[dict[str, Any]], titles: dict[str, str]) -> list[l
                     f"{100 * s['ci95'][0]:+.2f} to {100 * s['ci95'][1]:+.2f}",
                     str(s["only_a_correct"]),
                     str(s["only_b_correct"]),
-                    f"{s['p_value']:.3g}",
+                    _p_cell(s["p_value"]),
                 ]
             )
     return rows
@@ -322,7 +352,7 @@ def report_json(models: Sequence[Model], pairs: Sequence[dict[str, Any]]) -> dic
             runs[str(r["seed"])] = {
                 "workdir": str(run.workdir),
                 "test_accuracy": r["test_accuracy"],
-                "test_accuracy_ci95": list(accuracy_interval(run)),
+                "test_accuracy_ci95": accuracy_interval(run),
                 "validation_accuracy": r["validation_accuracy"],
                 "train_seconds": r["train_seconds"],
                 "predict_seconds": r["predict_seconds"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import pathlib
 from typing import Any
 
@@ -30,12 +31,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Any:
     if mode not in MODES:
         raise ConfigError(f"config.mode={mode!r} is not one of {MODES}.")
     workdir = pathlib.Path(workdir)
-    lead = True
     if kind == "cnn":
         from fmnist_jax import parallel  # JAX only when needed
 
         parallel.maybe_initialize_distributed()
         lead = parallel.is_lead_process()
+    else:  # baselines and comparisons do not start JAX: the launcher's rank says which process leads
+        lead = all(os.environ.get(v, "0") == "0" for v in ("JAX_PROCESS_ID", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK"))
     with files.workdir_lock(workdir) if lead else contextlib.nullcontext():
         try:
             if kind == "cnn":
@@ -142,6 +144,12 @@ def _run_compare(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> di
     config_lib.save_or_check(config, workdir)
     for member in runs:
         if member.named and (member.workdir / metrics.RESULTS_FILE).exists():
+            found = metrics.load_results(member.workdir)["seed"]
+            if found != member.seed:
+                raise ConfigError(
+                    f"config.members.{member.name}.workdir: {member.workdir} holds a run of seed {found}, not "
+                    f"{member.seed}; name one folder per seed with {{seed}} or set --config.seeds={found}."
+                )
             logging.info("%s, seed %d: reusing the finished run in %s", member.name, member.seed, member.workdir)
         else:
             logging.info("%s, seed %d: running in %s", member.name, member.seed, member.workdir)

@@ -473,7 +473,6 @@ def train_and_evaluate(
         writer = events.EventWriter(
             workdir,
             restored_step=step,
-            epoch_start_step=step - step % steps_per_epoch,
             loss_every_steps=config.tensorboard.loss_every_steps,
         )
 
@@ -509,9 +508,8 @@ def train_and_evaluate(
                     step += n
                     epoch.bar.update(n)
                     if plan.events:
-                        plan.events.steps_done(
-                            step, config.batch_size, functools.partial(parallel.scalar, state.loss_sum)
-                        )
+                        images_in_epoch = ((step - 1) % steps_per_epoch + 1) * config.batch_size
+                        plan.events.steps_done(step, images_in_epoch, state.loss_sum)
                     if step % steps_per_epoch == 0:
                         state, seconds, last_val = _end_of_epoch(plan, state, epoch, step)
                         train_seconds += seconds
@@ -615,6 +613,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathli
     mesh = parallel.make_mesh()
     programs, state, num_params, meta = restore_for_inference(config, workdir, mesh)
     dataset = data.load(config.data, seed=config.seed)
+    logging.info("Evaluating on %d %s device(s)", mesh.devices.size, jax.default_backend())
     plan = Plan(
         config=config,
         workdir=workdir,

@@ -134,7 +134,7 @@ def test_a_run_killed_before_its_first_checkpoint_reruns_with_each_epoch_once(ti
     wait_for(lambda: len(metrics.read_history(tmp_path)) >= 2, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not list((tmp_path / "checkpoints").glob("[0-9]*"))
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]  # none committed
     result = tiny_run(tiny_data, tmp_path, "--config.num_epochs=4", "--config.checkpoint.every_steps=1000")
     assert result.returncode == 0, result.stderr[-3000:]
     sha, history = four_epochs
@@ -168,13 +168,12 @@ def devices(n):
 @pytest.mark.slow
 def test_evaluation_of_the_real_splits_on_2_and_8_devices_equals_1_device(real_data_dir, tmp_path):
     """The full 12,000-image validation split and 10,000-image test set, with the automatic evaluation batch:
-    training on 2 and 8 fake devices finishes (it used to deadlock in evaluation), and the same checkpoint
+    training on 8 fake devices finishes (it used to deadlock in its first evaluation), and the same checkpoint
     scores the same on 1, 2 and 8 devices."""
     args = ("--config=configs/cnn.py", "--config.num_epochs=1", "--config.data.num_train=1024")
-    for n in (8, 2):
-        result = run_main(*args, f"--workdir={tmp_path / f'train_{n}'}", env=devices(n), timeout=300)
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert len(metrics.read_history(tmp_path / f"train_{n}")) == 1
+    result = run_main(*args, f"--workdir={tmp_path / 'train_8'}", env=devices(8), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Mesh: 8 cpu device(s)" in result.stderr and len(metrics.read_history(tmp_path / "train_8")) == 1
     trained = tmp_path / "train_1"
     result = run_main(*args, f"--workdir={trained}", env=devices(1), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -184,7 +183,7 @@ def test_evaluation_of_the_real_splits_on_2_and_8_devices_equals_1_device(real_d
         shutil.copytree(trained, copy)
         result = run_main(*args, f"--workdir={copy}", "--config.mode=evaluate", env=devices(n), timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
-        assert f"Mesh: {n} cpu device(s)" in result.stderr or n > 1
+        assert f"Evaluating on {n} cpu device(s)" in result.stderr
         scored = metrics.load_results(copy)
         assert abs(scored["test_accuracy"] - reference["test_accuracy"]) <= 1e-4
         assert abs(scored["validation_accuracy"] - reference["validation_accuracy"]) <= 1e-4

@@ -4,9 +4,10 @@ import base64
 import json
 import re
 
+import joblib
 import numpy as np
 import pytest
-from helpers import quick_compare_config, run_main
+from helpers import load_config, quick_compare_config, run_main
 
 from fmnist_jax import metrics, report, run, stats
 from fmnist_jax.errors import ConfigError
@@ -209,3 +210,69 @@ def test_report_json_holds_every_number_the_report_shows(comparison):
                 **stats.mcnemar(a, b),
             }
             assert isinstance(test["p_value"], float)
+
+
+def seed_test(difference, low, high, p):
+    return {"difference": difference, "ci95": [low, high], "p_value": p, "only_a_correct": 0, "only_b_correct": 0}
+
+
+def test_pair_sentences_say_what_the_tests_establish():
+    one = {0: seed_test(0.026, 0.020, 0.032, 1e-9)}
+    expected = "The CNN is more accurate than the forest by 2.6 points (95% CI 2.0 to 3.2; McNemar p < 1e-6)."
+    assert report.pair_sentence("The CNN", "the forest", one) == expected
+    flipped = {0: seed_test(-0.026, -0.032, -0.020, 1e-9)}
+    assert report.pair_sentence("the forest", "The CNN", flipped) == expected
+    three = {s: seed_test(0.010 + 0.001 * s, 0.004, 0.018, p) for s, p in ((0, 0.01), (1, 0.002), (2, 0.03))}
+    assert report.pair_sentence("A", "B", three) == (
+        "A is more accurate than B by 1.1 points (each seed's 95% CI within 0.4 to 1.8; McNemar p ≤ 0.030 on every "
+        "seed)."
+    )
+    mixed = {0: seed_test(0.004, -0.001, 0.009, 0.2), 1: seed_test(-0.002, -0.007, 0.003, 0.7)}
+    assert report.pair_sentence("A", "B", mixed) == (
+        "A is ahead of B by 0.1 points on average, a difference these test images do not establish (each seed's "
+        "95% CI within -0.7 to 0.9; McNemar p from 0.2 to 0.7 across seeds; the seeds disagree on which is better)."
+    )
+    opposite = {0: seed_test(0.01, 0.005, 0.015, 0.001), 1: seed_test(-0.008, -0.012, -0.004, 0.001)}
+    assert "do not establish" in report.pair_sentence("A", "B", opposite)  # each significant, but not the same way
+    tie = {0: seed_test(0.0, -0.001, 0.001, 1.0)}
+    assert (
+        report.pair_sentence("A", "B", tie) == "A and B are equally accurate on these test images (McNemar p = 1.000)."
+    )
+    assert "no paired test" in report.pair_sentence("A", "B", {})
+
+
+@pytest.mark.parametrize("method", ["grid", "halving"])
+def test_a_forest_search_scores_every_setting_on_validation_and_refits_the_best(tiny_data, tmp_path, method):
+    config = load_config(
+        "random_forest_search",
+        **{
+            "data.dir": str(tiny_data),
+            "data.validation_size": 64,
+            "search.method": method,
+            "search.grid.n_estimators": (3, 12),
+            "search.grid.max_features": ("sqrt", 0.1),
+        },
+    )
+    results = run.run(config, tmp_path)
+    search = results["search"]
+    settings = {tuple(sorted(g["params"].items())) for g in search["grid"]}
+    assert len(settings) == 4 and search["method"] == method
+    finalists = search["grid"] if method == "grid" else [g for g in search["grid"] if g["round"] == 1]
+    assert search["best_validation_accuracy"] == max(g["validation_accuracy"] for g in finalists)
+    assert search["best_params"] in [g["params"] for g in finalists]
+    model = joblib.load(tmp_path / "model.joblib")[-1]
+    assert model.n_estimators == search["best_params"]["n_estimators"]
+    assert model.max_features == search["best_params"]["max_features"]
+    out = report.build([tmp_path], tmp_path / "report")
+    md = out["markdown"].read_text()
+    assert "## Searches" in md and len(table_rows(md, "| setting |")) == len(search["grid"])
+
+
+def test_a_search_needs_a_validation_split_and_known_fields(tiny_data, tmp_path):
+    config = load_config("linear_svm_search", **{"data.dir": str(tiny_data), "data.validation_size": 0})
+    with pytest.raises(ConfigError, match="a search scores settings on the validation split"):
+        run.run(config, tmp_path / "a")
+    config = load_config("linear_svm_search", **{"data.dir": str(tiny_data), "data.validation_size": 64})
+    config.search.method = "random"
+    with pytest.raises(ConfigError, match=r"config\.search\.method='random' must be one of"):
+        run.run(config, tmp_path / "b")
