@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -56,6 +57,7 @@ def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def _matches(field: str, patterns: tuple[str, ...]) -> bool:
+    field = re.sub(r"^members\.[^.]+\.", "", field)  # a comparison's member fields follow the member's rules
     return any(field == p or (p.endswith(".") and field.startswith(p)) for p in patterns)
 
 

@@ -27,6 +27,7 @@ from fmnist_jax.errors import UserError
 PUBLISHED = {"seed_cnn": 0.8997, "random_forest": 0.879, "linear_svm": 0.76}
 PUBLISHED_CONFIGS = ("cnn", "random_forest", "linear_svm")  # the configs that are the study's models
 MODEL_TITLES = {"seed_cnn": "CNN (Flax)", "random_forest": "Random forest", "linear_svm": "Linear SVM"}
+CONFIG_TITLES = {"random_forest_search": "Random forest (searched)", "linear_svm_search": "Linear SVM (searched)"}
 REPORT_JSON = "report.json"
 ERRORS_SHOWN = 24
 
@@ -55,7 +56,7 @@ def load_member(workdir: str | pathlib.Path) -> Member:
         results=results,
         history=history,
         predictions=predictions,
-        title=MODEL_TITLES.get(results["model"], results["model"]),
+        title=CONFIG_TITLES.get(results["config_name"]) or MODEL_TITLES.get(results["model"], results["model"]),
     )
 
 

@@ -80,6 +80,19 @@ def run_main(
     )
 
 
+def start_main(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Starts `python main.py ARGS` in the background (to be killed at a moment of the test's choosing)."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "main.py"), *args],
+        cwd=ROOT,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def wait_for(predicate, proc: subprocess.Popen, timeout: float = 300.0) -> None:
     """Polls `predicate` until it holds; fails if `proc` ends first or `timeout` passes."""
     deadline = time.monotonic() + timeout

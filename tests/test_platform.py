@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import ROOT, run_main, wait_for
+from helpers import ROOT, run_main, start_main, wait_for
 
 from fmnist_jax import checkpoints, events, metrics
 
@@ -65,14 +65,7 @@ def test_events_hold_each_epoch_once_equal_to_the_history_even_after_a_sigkill(t
         "--config.tensorboard.loss_every_steps=2",
         "--config.checkpoint.every_steps=6",
     )
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "main.py"), *args],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_main(*args)
     # Killed after epoch 3's events (step 12) while the newest checkpoint is step 6: the rerun restores step 6,
     # so the events of steps 7-12 from the first run must not show.
     wait_for(lambda: len(metrics.read_history(tmp_path)) >= 3, proc)
@@ -120,14 +113,7 @@ def test_commit_file_checkpoints_resume_bit_identically_and_ignore_an_unfinished
     assert run_main(*args, f"--workdir={reference}").returncode == 0
     workdir = tmp_path / "commit"
     commit_args = (*args, f"--workdir={workdir}", "--config.checkpoint.atomicity=commit_file")
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "main.py"), *commit_args],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_main(*commit_args)
     folder = workdir / "checkpoints"
 
     def unfinished():  # a step folder whose commit file is not written yet

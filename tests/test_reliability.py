@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import ROOT, quick_compare_config, run_main, wait_for
+from helpers import ROOT, quick_compare_config, run_main, start_main, wait_for
 
 from fmnist_jax import files, metrics, run
 
@@ -32,14 +32,7 @@ def tiny_run(tiny_data, workdir, *extra, env=None):
 
 def start_tiny_run(tiny_data, workdir, *extra):
     args = [*TINY_ARGS, f"--workdir={workdir}", f"--config.data.dir={tiny_data}", *extra]
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "main.py"), *args],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_main(*args)
 
 
 def without_timings(history):

@@ -276,3 +276,16 @@ def test_a_search_needs_a_validation_split_and_known_fields(tiny_data, tmp_path)
     config.search.method = "random"
     with pytest.raises(ConfigError, match=r"config\.search\.method='random' must be one of"):
         run.run(config, tmp_path / "b")
+
+
+def test_a_comparison_ignores_speed_only_member_fields_but_not_the_maths(tiny_data, tmp_path):
+    from fmnist_jax import config_lib
+
+    config = quick_compare_config(tiny_data)
+    config_lib.save_or_check(config, tmp_path)
+    config.members.cnn.steps_per_call = 2  # speed only
+    config.members.cnn.tensorboard.enabled = False
+    config_lib.save_or_check(config, tmp_path)
+    config.members.cnn.learning_rate = 0.01
+    with pytest.raises(ConfigError, match=r"members\.cnn\.learning_rate: 0\.001 -> 0\.01"):
+        config_lib.save_or_check(config, tmp_path)
