@@ -3,18 +3,24 @@
 Events go to WORKDIR/tensorboard/ and follow the history's rule: they describe the run that produced the final
 parameters. A run that restores step S first rewrites the event files it finds without the events past S
 (events at S itself, such as the restored epoch's scalars, belong to its lineage), so every reader, TensorBoard's
-fast Rust loader included, shows each step once; it also opens its own file with `purge_step=S + 1`, which
-TensorBoard's Python reader honours. Every scalar is logged at a global step.
+fast Rust loader included, shows each step once; its own file starts with a purge marker at S + 1, which
+TensorBoard's Python reader honours. Every scalar is logged at a global step. Events are written in the training
+thread and flushed at each epoch's end, so what a crash loses is only what the restored state has not reached.
 """
 
 from __future__ import annotations
 
+import os
 import pathlib
 import struct
+import time
 from typing import Any
 
 import jax
 import numpy as np
+from tensorboardX import summary as tb_summary
+from tensorboardX.event_file_writer import EventsWriter
+from tensorboardX.proto import event_pb2
 
 from fmnist_jax import config_lib, files
 
@@ -37,8 +43,6 @@ def _records(path: pathlib.Path) -> list[bytes]:
 
 def prune(directory: pathlib.Path, last_step: int) -> None:
     """Rewrites every event file under `directory` without the events whose step is past `last_step`."""
-    from tensorboardX.proto import event_pb2
-
     for path in sorted(directory.rglob("events.out.tfevents.*")):
         kept, changed = [], False
         for record in _records(path):
@@ -51,6 +55,34 @@ def prune(directory: pathlib.Path, last_step: int) -> None:
             files.atomic_write_bytes(path, b"".join(kept))
 
 
+class _EventFile:
+    """One event file written in this thread: once `flush` returns, its events are in the file (tensorboardX's
+    SummaryWriter queues events for a background thread, and a killed process loses what is still queued)."""
+
+    def __init__(self, directory: pathlib.Path, *, purge_step: int | None = None):
+        directory.mkdir(parents=True, exist_ok=True)
+        self._writer = EventsWriter(str(directory / "events"), f".{os.getpid()}")
+        if purge_step is not None:  # TensorBoard's Python reader drops older events from this step on
+            start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+            self._write(event_pb2.Event(step=purge_step, session_log=start))
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        self.summary(tb_summary.scalar(tag, float(value)), step)
+
+    def summary(self, summary: Any, step: int = 0) -> None:
+        self._write(event_pb2.Event(step=step, summary=summary))
+
+    def _write(self, event: Any) -> None:
+        event.wall_time = time.time()
+        self._writer.write_event(event)
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
 class EventWriter:
     """Scalars per epoch, the train loss every `loss_every_steps` steps, the test accuracy and hyper-parameters.
 
@@ -60,12 +92,10 @@ class EventWriter:
     """
 
     def __init__(self, workdir: pathlib.Path, *, restored_step: int, loss_every_steps: int):
-        from tensorboardX import SummaryWriter
-
         self.directory = pathlib.Path(workdir) / EVENTS_DIR
         if self.directory.exists():
             prune(self.directory, restored_step)
-        self.writer = SummaryWriter(logdir=str(self.directory), purge_step=restored_step + 1, flush_secs=30)
+        self.writer = _EventFile(self.directory, purge_step=restored_step + 1)
         self.loss_every_steps = loss_every_steps
         self._last_point = restored_step
         self._pending: list[tuple[int, int, jax.Array]] = []  # (step, images in the epoch so far, loss sum copy)
@@ -82,7 +112,7 @@ class EventWriter:
         """Writes the pending train-loss points (waits for their values)."""
         for step, images, loss_sum in self._pending:
             value = float(np.asarray(loss_sum.addressable_data(0)))
-            self.writer.add_scalar("train/loss_running", value / images, step)
+            self.writer.scalar("train/loss_running", value / images, step)
         self._pending.clear()
         self.writer.flush()
 
@@ -91,23 +121,28 @@ class EventWriter:
         step = record["step"]
         for key in ("train_loss", "train_accuracy", "validation_loss", "validation_accuracy"):
             split, metric = key.split("_", 1)
-            self.writer.add_scalar(f"{split}/{metric}", record[key], step)
-        self.writer.add_scalar("epoch/learning_rate", learning_rate, step)
-        self.writer.add_scalar("epoch/images_per_second", record["images_per_second"], step)
-        self.writer.add_scalar("epoch/seconds", record["seconds"], step)
-        self.writer.add_scalar("epoch/number", record["epoch"], step)
+            self.writer.scalar(f"{split}/{metric}", record[key], step)
+        self.writer.scalar("epoch/learning_rate", learning_rate, step)
+        self.writer.scalar("epoch/images_per_second", record["images_per_second"], step)
+        self.writer.scalar("epoch/seconds", record["seconds"], step)
+        self.writer.scalar("epoch/number", record["epoch"], step)
         self.flush()
 
     def finish(self, results: dict[str, Any], config_dict: dict[str, Any], *, step: int) -> None:
         """The test accuracy at the last step, and the run's hyper-parameters for TensorBoard's hparams view."""
-        self.writer.add_scalar("test/accuracy", results["test_accuracy"], step)
-        self.writer.add_scalar("test/loss", results["test_loss"], step)
+        self.writer.scalar("test/accuracy", results["test_accuracy"], step)
+        self.writer.scalar("test/loss", results["test_loss"], step)
         hparams = {k: v for k, v in config_lib.flatten(config_dict).items() if isinstance(v, (int, float, str, bool))}
         metrics = {
             "hparam/test_accuracy": results["test_accuracy"],
             "hparam/validation_accuracy": results["validation_accuracy"],
         }
-        self.writer.add_hparams(hparams, metrics, name=HPARAMS_RUN, global_step=step)
+        run = _EventFile(self.directory / HPARAMS_RUN)  # TensorBoard's HPARAMS tab reads a run of its own
+        for part in tb_summary.hparams(hparams, metrics):
+            run.summary(part)
+        for tag, value in metrics.items():
+            run.scalar(tag, value, step)
+        run.close()
         self.flush()
 
     def close(self) -> None:

@@ -523,6 +523,8 @@ def train_and_evaluate(
                             "train_seconds": train_seconds,
                             "config": config_lib.to_dict(config),
                         }
+                        if plan.events:  # the points up to a checkpoint are on disk before it
+                            plan.events.flush()
                         store.save(step, state, meta)
                     if guard.signal:
                         store.wait()

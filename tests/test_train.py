@@ -42,6 +42,7 @@ def test_trains_tiny_data_and_writes_the_workdir(cnn_config, tmp_path):
         "history.jsonl",
         "predictions.npz",
         "results.json",
+        "tensorboard",
     ]
     assert results == metrics.load_results(tmp_path)
     assert results["num_params"] == 438_026 and results["model"] == "seed_cnn"
