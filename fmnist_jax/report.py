@@ -280,9 +280,9 @@ def pair_sentence(a: str, b: str, seeds: dict[int, dict[str, Any]], level: float
     ps = [s["p_value"] for s in seeds.values()]
     mean, one = float(diffs.mean()), len(seeds) == 1
     every = "" if one else " on every seed"
-    if mean == 0:
-        return f"{a} and {b} are equally accurate on these test images (McNemar {stats.format_p(max(ps))}{every})."
-    better, worse, sign = (a, b, 1.0) if mean > 0 else (b, a, -1.0)
+    if not np.any(diffs):
+        return f"{a} and {b} are equally accurate on these test images (McNemar {stats.format_p(min(ps))}{every})."
+    better, worse, sign = (a, b, 1.0) if mean >= 0 else (b, a, -1.0)
     # The intervals of better - worse: a's intervals as they are, or b's (negated and swapped).
     lows = [s["ci95"][0] if sign > 0 else -s["ci95"][1] for s in seeds.values()]
     highs = [s["ci95"][1] if sign > 0 else -s["ci95"][0] for s in seeds.values()]

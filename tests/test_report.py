@@ -234,6 +234,8 @@ def test_pair_sentences_say_what_the_tests_establish():
     )
     opposite = {0: seed_test(0.01, 0.005, 0.015, 0.001), 1: seed_test(-0.008, -0.012, -0.004, 0.001)}
     assert "do not establish" in report.pair_sentence("A", "B", opposite)  # each significant, but not the same way
+    balanced = {0: seed_test(0.002, -0.003, 0.007, 0.4), 1: seed_test(-0.002, -0.007, 0.003, 0.4)}
+    assert report.pair_sentence("A", "B", balanced).endswith("the seeds disagree on which is better).")
     tie = {0: seed_test(0.0, -0.001, 0.001, 1.0)}
     assert (
         report.pair_sentence("A", "B", tie) == "A and B are equally accurate on these test images (McNemar p = 1.000)."
