@@ -159,19 +159,17 @@ def devices(n):
 
 
 @pytest.mark.slow
-def test_evaluation_of_the_real_splits_on_2_and_8_devices_equals_1_device(real_data_dir, tmp_path):
+def test_the_real_splits_score_the_same_on_1_2_and_8_devices(real_data_dir, tmp_path):
     """The full 12,000-image validation split and 10,000-image test set, with the automatic evaluation batch:
-    training on 8 fake devices finishes (it used to deadlock in its first evaluation), and the same checkpoint
-    scores the same on 1, 2 and 8 devices."""
-    args = ("--config=configs/cnn.py", "--config.num_epochs=1", "--config.data.num_train=1024")
-    result = run_main(*args, f"--workdir={tmp_path / 'train_8'}", env=devices(8), timeout=300)
+    training on 8 fake devices finishes (it used to deadlock in its first evaluation), and its checkpoint scores
+    the same on 1 and 2 devices as on the 8 it was evaluated on during training."""
+    args = ("--config=configs/cnn.py", "--config.num_epochs=1", "--config.data.num_train=512")
+    trained = tmp_path / "train_8"
+    result = run_main(*args, f"--workdir={trained}", env=devices(8), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Mesh: 8 cpu device(s)" in result.stderr and len(metrics.read_history(tmp_path / "train_8")) == 1
-    trained = tmp_path / "train_1"
-    result = run_main(*args, f"--workdir={trained}", env=devices(1), timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Mesh: 8 cpu device(s)" in result.stderr and len(metrics.read_history(trained)) == 1
     reference = metrics.load_results(trained)
-    for n in (2, 8):
+    for n in (1, 2):
         copy = tmp_path / f"evaluate_{n}"
         shutil.copytree(trained, copy)
         result = run_main(*args, f"--workdir={copy}", "--config.mode=evaluate", env=devices(n), timeout=300)
@@ -259,7 +257,7 @@ def test_a_comparison_killed_at_any_moment_reruns_to_the_same_report(tiny_data, 
     args = [
         "--config=configs/compare.py",
         "--config.quick=True",
-        "--config.seeds=0,1",
+        "--config.seeds=0",
         "--config.members.cnn.steps_per_call=4",
     ]
     for name in ("cnn", "random_forest", "linear_svm"):
@@ -274,7 +272,7 @@ def test_a_comparison_killed_at_any_moment_reruns_to_the_same_report(tiny_data, 
 
     workdir = tmp_path / "killed"
     moments = {
-        "during the CNN's training": lambda: list((workdir / "cnn" / "seed_1" / "checkpoints").glob("[0-9]*")),
+        "during the CNN's training": lambda: list((workdir / "cnn" / "seed_0" / "checkpoints").glob("[0-9]*")),
         "during the forest's fit": (workdir / "random_forest" / "seed_0" / "config.json").exists,
         "while the report is written": (workdir / "plots").exists,
     }
@@ -300,7 +298,7 @@ def test_a_comparison_killed_at_any_moment_reruns_to_the_same_report(tiny_data, 
     assert result.returncode == 0, result.stderr[-3000:]
     assert report_numbers(workdir) == report_numbers(reference)
     for name in ("cnn", "random_forest", "linear_svm"):
-        for seed in (0, 1):
+        for seed in (0,):
             run_dir = pathlib.Path(name) / f"seed_{seed}"
             ours, theirs = metrics.load_results(workdir / run_dir), metrics.load_results(reference / run_dir)
             assert ours["test_accuracy"] == theirs["test_accuracy"]
