@@ -35,10 +35,11 @@ class _OwnLogsOnly(py_logging.Filter):
 
 
 class _Terminal(_OwnLogsOnly):
-    """What the terminal shows: as `_OwnLogsOnly`, less the records meant for the log file only."""
+    """What the terminal shows: as `_OwnLogsOnly`, less the records meant for the log file only, and asyncio's
+    (a failed background save's orphaned tasks are reported at interpreter exit, after the run's last line)."""
 
     def filter(self, record: py_logging.LogRecord) -> bool:
-        return super().filter(record) and not getattr(record, "log_file_only", False)
+        return super().filter(record) and not getattr(record, "log_file_only", False) and record.name != "asyncio"
 
 
 class _OneLinePerLibraryRecord(logging.PythonFormatter):
