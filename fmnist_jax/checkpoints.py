@@ -18,7 +18,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from fmnist_jax import files
+from fmnist_jax import files, parallel
 from fmnist_jax.errors import CheckpointError
 
 __all__ = ["CheckpointError", "CheckpointStore", "PreemptionGuard"]
@@ -86,10 +86,6 @@ def resolve_atomicity(setting: str, directory: pathlib.Path) -> str:
 ATOMICITY_FILE = "ATOMICITY"
 
 
-def _is_lead() -> bool:
-    return jax.process_index() == 0
-
-
 def _abstract(tree: Any) -> Any:
     """Shapes, dtypes and shardings of `tree`: restoring onto them places the arrays on today's mesh."""
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
@@ -138,7 +134,7 @@ class CheckpointStore:
                 return kept
         if wanted == "commit_file" and any(p.name.isdigit() for p in self.directory.iterdir()):
             wanted = "rename"
-        if _is_lead():  # on shared storage, one process writes the record
+        if parallel.is_lead_process():  # on shared storage, one process writes the record
             files.atomic_write_text(record, wanted + "\n")
         return wanted
 
