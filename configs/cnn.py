@@ -21,6 +21,21 @@ def get_config() -> ml_collections.ConfigDict:
     config.learning_rate = 1e-3
     config.adam = ml_collections.ConfigDict({"b1": 0.9, "b2": 0.999, "eps": 1e-7})  # Keras' Adam defaults
 
+    # Beyond the study (configs/vgg_bn.py uses them); here each is off, so the study's run is unchanged.
+    # "constant", or "warmup_cosine": linear warm-up over warmup_epochs, then a cosine decay to zero.
+    config.schedule = ml_collections.ConfigDict({"name": "constant", "warmup_epochs": 0.0})
+    config.weight_decay = 0.0  # > 0: AdamW, decoupled weight decay on the kernels (not biases or BatchNorm)
+    config.label_smoothing = 0.0  # > 0: cross-entropy against (1 - s) one-hot + s / 10
+    # On-device augmentation of the training batches, a pure function of (seed, step, image index): horizontal
+    # flips, shifts of up to `translate` pixels (zero fill), random erasing of a rectangle with probability p.
+    config.augment = ml_collections.ConfigDict({"flip": False, "translate": 0, "erase_prob": 0.0})
+    config.ema_decay = 0.0  # > 0: evaluate, checkpoint and predict with a moving average of the weights
+    config.tta_flip = False  # True: predict with the mean probabilities of each image and its mirror image
+
+    # "float32", or "bfloat16": activations and the matrix products' inputs in bfloat16, accumulation,
+    # parameters, optimizer state, loss and metrics in float32 (TPU, recent GPUs, CPUs with AMX; README).
+    config.compute_dtype = "float32"
+
     # Speed only, never the maths: how many train steps one compiled call runs (through lax.scan), and
     # whether that scan is unrolled: "auto" (rolled, except for XLA convolutions on CPU, which a rolled XLA:CPU
     # loop slows ~15x; see benchmarks/), "full", "rolled".

@@ -121,7 +121,8 @@ class EventWriter:
         step = record["step"]
         for key in ("train_loss", "train_accuracy", "validation_loss", "validation_accuracy"):
             split, metric = key.split("_", 1)
-            self.writer.scalar(f"{split}/{metric}", record[key], step)
+            if record[key] is not None:  # no validation split: no validation curve
+                self.writer.scalar(f"{split}/{metric}", record[key], step)
         self.writer.scalar("epoch/learning_rate", learning_rate, step)
         self.writer.scalar("epoch/images_per_second", record["images_per_second"], step)
         self.writer.scalar("epoch/seconds", record["seconds"], step)
@@ -133,10 +134,9 @@ class EventWriter:
         self.writer.scalar("test/accuracy", results["test_accuracy"], step)
         self.writer.scalar("test/loss", results["test_loss"], step)
         hparams = {k: v for k, v in config_lib.flatten(config_dict).items() if isinstance(v, (int, float, str, bool))}
-        metrics = {
-            "hparam/test_accuracy": results["test_accuracy"],
-            "hparam/validation_accuracy": results["validation_accuracy"],
-        }
+        metrics = {"hparam/test_accuracy": results["test_accuracy"]}
+        if results["validation_accuracy"] is not None:  # none when trained on all 60k images
+            metrics["hparam/validation_accuracy"] = results["validation_accuracy"]
         run = _EventFile(self.directory / HPARAMS_RUN)  # TensorBoard's HPARAMS tab reads a run of its own
         for part in tb_summary.hparams(hparams, metrics):
             run.summary(part)

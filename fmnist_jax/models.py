@@ -26,11 +26,29 @@ def elu(x: jax.Array) -> jax.Array:
     return jax.nn.elu(x, 0.1)
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def mixed_dtype(compute_dtype: str) -> jnp.dtype | None:
+    """The products' dtype when it is lower than float32 (parameters always stay float32), else None."""
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ConfigError(f"config.compute_dtype={compute_dtype!r} must be one of {COMPUTE_DTYPES}.")
+    return None if compute_dtype == "float32" else jnp.dtype(compute_dtype)
+
+
+def apply_dense(layer: nnx.Linear, x: jax.Array, compute_dtype: jnp.dtype | None) -> jax.Array:
+    """`layer(x)`, or with a lower-precision `compute_dtype` its product in that dtype, accumulated in float32."""
+    if compute_dtype is None:
+        return layer(x)
+    return ops.dense(x, layer.kernel[...], layer.bias[...], compute_dtype=compute_dtype)
+
+
 class SeedCNN(nnx.Module):
     """The study's CNN: three conv blocks and a dense head, 438,026 parameters for 28x28x1 inputs."""
 
-    def __init__(self, *, num_classes: int = 10, conv: str = "auto", rngs: nnx.Rngs):
+    def __init__(self, *, num_classes: int = 10, conv: str = "auto", compute_dtype: str = "float32", rngs: nnx.Rngs):
         ops.resolve_conv(conv)  # an unknown implementation fails here, not at the first call
+        self.compute_dtype = mixed_dtype(compute_dtype)
         # The Conv layers hold the kernels and biases; __call__ applies them through `ops` (same maths).
         self.conv1, self.conv2, self.conv3 = (
             nnx.Conv(i, o, (3, 3), padding="VALID", kernel_init=KERNEL_INIT, rngs=rngs)
@@ -44,7 +62,7 @@ class SeedCNN(nnx.Module):
     def _block(self, layer: nnx.Conv, x: jax.Array, act: Callable[[jax.Array], jax.Array], training: bool) -> jax.Array:
         """max_pool_2x2(act(conv(x) + bias)) with `layer`'s kernel and bias, in the form fastest for the task:
         ops.pool_bias_act's cheap backward pass when training, the plain order for a forward pass alone."""
-        z = ops.conv2d_valid(x, layer.kernel[...], self.conv, training=training)
+        z = ops.conv2d_valid(x, layer.kernel[...], self.conv, training=training, compute_dtype=self.compute_dtype)
         if training:
             return ops.pool_bias_act(act, z, layer.bias[...])
         return ops.max_pool_2x2(act(z + layer.bias[...]))
@@ -62,11 +80,80 @@ class SeedCNN(nnx.Module):
         x = ops.dropout(self._block(self.conv2, x, elu, training), r[1], keys[1])
         x = ops.dropout(self._block(self.conv3, x, leaky_relu, training), r[2], keys[2])
         x = x.reshape(x.shape[0], -1)
-        x = ops.dropout(elu(self.dense1(x)), r[3], keys[3])
-        return self.dense2(x)
+        x = ops.dropout(elu(apply_dense(self.dense1, x, self.compute_dtype)), r[3], keys[3])
+        return apply_dense(self.dense2, x, self.compute_dtype)
 
 
-MODELS: dict[str, Callable[..., nnx.Module]] = {"seed_cnn": SeedCNN}
+class VGGBatchNorm(nnx.Module):
+    """Beyond the study: a VGG-style CNN with BatchNorm after every 'SAME' 3x3 convolution.
+
+    Stages of `depths[i]` convolutions with `widths[i]` channels, each Conv-BatchNorm-ReLU, each stage ending
+    in 2x2 max pooling (28 -> 14 -> 7 -> 3), then dropout, an optional Dense(`head_width`)-ReLU-dropout layer
+    and the output layer. The convolutions (one of 32 channels at 28x28, two of 64 at 14x14, two of 128 at 7x7
+    by default) spend their FLOPs at 14x14 and 7x7, where the patch matrices stay small.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int = 10,
+        widths: tuple[int, ...] = (32, 64, 128),
+        depths: tuple[int, ...] = (1, 2, 2),
+        dropout: float = 0.25,
+        head_width: int = 0,
+        conv: str = "auto",
+        compute_dtype: str = "float32",
+        rngs: nnx.Rngs,
+    ):
+        ops.resolve_conv(conv)
+        self.compute_dtype = mixed_dtype(compute_dtype)
+        if len(widths) != len(depths) or not widths or min(depths) < 1:
+            raise ConfigError(
+                f"config.model.widths={tuple(widths)} and config.model.depths={tuple(depths)} must have the same "
+                "length (one entry per stage), with at least one convolution per stage."
+            )
+        convs, norms, c_in, size = [], [], 1, 28
+        for width, depth in zip(widths, depths, strict=True):
+            for _ in range(depth):
+                convs.append(nnx.Conv(c_in, width, (3, 3), padding="SAME", use_bias=False, rngs=rngs))
+                norms.append(nnx.BatchNorm(width, momentum=0.9, epsilon=1e-5, rngs=rngs))
+                c_in = width
+            size //= 2
+        if size < 1:
+            raise ConfigError(f"config.model.widths={tuple(widths)}: {len(widths)} pooling stages shrink 28x28 to 0.")
+        self.convs, self.norms = nnx.List(convs), nnx.List(norms)
+        features = size * size * c_in
+        # An optional hidden Dense-ReLU layer: capacity for almost no FLOPs (the convolutions dominate).
+        self.hidden = nnx.Linear(features, head_width, rngs=rngs) if head_width else None
+        self.head = nnx.Linear(head_width or features, num_classes, rngs=rngs)
+        self.depths = tuple(depths)
+        self.dropout_rate = dropout
+        self.conv = conv
+
+    def __call__(self, x: jax.Array, *, dropout_key: jax.Array | None = None) -> jax.Array:
+        """Logits for images `x` (N, 28, 28, 1): batch statistics and dropout with a `dropout_key` (training),
+        the running statistics without one."""
+        training = dropout_key is not None
+        # A forward pass alone is fastest through XLA's convolution for every layer of this net on CPU, the
+        # one-channel first one included (12,000 images: 3.9 s, against 6.6 s with "taps" first, 7.8 s im2col).
+        conv = self.conv if training or self.conv != "auto" else "xla"
+        layer = 0
+        for depth in self.depths:
+            for _ in range(depth):
+                z = ops.conv2d_same(
+                    x, self.convs[layer].kernel[...], conv, training=training, compute_dtype=self.compute_dtype
+                )
+                x = jax.nn.relu(self.norms[layer](z, use_running_average=not training))
+                layer += 1
+            x = ops.max_pool_2x2(x)
+        keys = jax.random.split(dropout_key) if training else (None, None)
+        x = ops.dropout(x.reshape(x.shape[0], -1), self.dropout_rate, keys[0])
+        if self.hidden is not None:
+            x = ops.dropout(jax.nn.relu(apply_dense(self.hidden, x, self.compute_dtype)), self.dropout_rate, keys[1])
+        return apply_dense(self.head, x, self.compute_dtype)
+
+
+MODELS: dict[str, Callable[..., nnx.Module]] = {"seed_cnn": SeedCNN, "vgg_bn": VGGBatchNorm}
 
 
 def create_model(name: str, *, seed: int, **kwargs: Any) -> nnx.Module:

@@ -53,11 +53,41 @@ def patches(x: jax.Array, kh: int, kw: int) -> jax.Array:
     return jnp.concatenate([x[:, i : i + oh, j : j + ow, :] for i in range(kh) for j in range(kw)], axis=-1)
 
 
-def conv2d_valid(x: jax.Array, kernel: jax.Array, impl: str = "auto", *, training: bool = True) -> jax.Array:
-    """Stride-1 'VALID' convolution of NHWC `x` with an HWIO `kernel` (no bias), as `nnx.Conv` computes it."""
+def is_mixed(compute_dtype: jnp.dtype | None) -> bool:
+    """Whether `compute_dtype` asks for lower-precision products (None and float32 do not)."""
+    return compute_dtype is not None and jnp.dtype(compute_dtype) != jnp.float32
+
+
+def conv2d_valid(
+    x: jax.Array,
+    kernel: jax.Array,
+    impl: str = "auto",
+    *,
+    training: bool = True,
+    compute_dtype: jnp.dtype | None = None,
+) -> jax.Array:
+    """Stride-1 'VALID' convolution of NHWC `x` with an HWIO `kernel` (no bias), as `nnx.Conv` computes it.
+
+    With a lower-precision `compute_dtype` (bfloat16), both operands are cast to it, the products accumulate in
+    float32 and the result is rounded to `compute_dtype`; without one, everything stays in the inputs' dtype.
+    """
     impl = resolve_conv(impl, training=training, in_channels=x.shape[-1])
+    mixed = is_mixed(compute_dtype)
+    acc = jnp.float32 if mixed else None
+    if mixed and impl == "im2col":
+        return im2col_mixed(x.astype(compute_dtype), kernel, jnp.dtype(compute_dtype))
+    if mixed and not (impl == "taps" and x.shape[-1] == 1):  # one-channel taps multiply elementwise in float32
+        x, kernel = x.astype(compute_dtype), kernel.astype(compute_dtype)
+
+    def done(y: jax.Array) -> jax.Array:
+        return y.astype(compute_dtype) if mixed else y
+
     if impl == "xla":
-        return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return done(
+            jax.lax.conv_general_dilated(
+                x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"), preferred_element_type=acc
+            )
+        )
     n, h, w, c = x.shape
     kh, kw, _, o = kernel.shape
     oh, ow = h - kh + 1, w - kw + 1
@@ -66,13 +96,85 @@ def conv2d_valid(x: jax.Array, kernel: jax.Array, impl: str = "auto", *, trainin
         def window(i: int, j: int) -> jax.Array:
             return x[:, i : i + oh, j : j + ow, :]
 
-        return sum(
-            window(i, j) * kernel[i, j, 0] if c == 1 else jnp.dot(window(i, j), kernel[i, j])
-            for i in range(kh)
-            for j in range(kw)
-        )
+        def tap(i: int, j: int) -> jax.Array:
+            if c == 1:
+                return window(i, j) * kernel[i, j, 0]
+            return jnp.dot(window(i, j), kernel[i, j], preferred_element_type=acc)
+
+        return done(sum(tap(i, j) for i in range(kh) for j in range(kw)))
     p = patches(x, kh, kw).reshape(n * oh * ow, kh * kw * c)
-    return jnp.dot(p, kernel.reshape(kh * kw * c, o)).reshape(n, oh, ow, o)
+    return done(jnp.dot(p, kernel.reshape(kh * kw * c, o), preferred_element_type=acc).reshape(n, oh, ow, o))
+
+
+def patches_t(x: jax.Array, kh: int, kw: int) -> jax.Array:
+    """The transposed patch matrix, (kh*kw*C, N*(H-kh+1)*(W-kw+1)), built directly in that layout."""
+    n, h, w, c = x.shape
+    oh, ow = h - kh + 1, w - kw + 1
+    xt = x.transpose(3, 0, 1, 2)  # (C, N, H, W): each window's slice is then a block of rows
+    rows = jnp.concatenate([xt[:, :, i : i + oh, j : j + ow] for i in range(kh) for j in range(kw)], axis=0)
+    return rows.reshape(kh * kw * c, n * oh * ow)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def im2col_mixed(x: jax.Array, kernel: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    """The im2col convolution with `dtype` (bfloat16) operands and float32 accumulation, rounded to `dtype`.
+
+    Its backward pass hands XLA:CPU each product in the layout of its fast path: the weight gradient as
+    P^T (k, m) . dy with P^T built from the input in that layout (autodiff contracts axis 0 of P and of dy,
+    which runs at a third of the bfloat16 rate: benchmarks/product_rates.py), the input gradient as dy . W^T.
+    The float32 kernel is cast inside, so its gradient comes back in float32.
+    """
+    n, h, w, c = x.shape
+    kh, kw, _, o = kernel.shape
+    oh, ow = h - kh + 1, w - kw + 1
+    p = patches(x, kh, kw).reshape(n * oh * ow, kh * kw * c)
+    y = jnp.dot(p, kernel.astype(dtype).reshape(kh * kw * c, o), preferred_element_type=jnp.float32)
+    return y.astype(dtype).reshape(n, oh, ow, o)
+
+
+def _im2col_mixed_fwd(x, kernel, dtype):
+    return im2col_mixed(x, kernel, dtype), (x, kernel)
+
+
+def _im2col_mixed_bwd(dtype, residuals, dy):
+    x, kernel = residuals
+    n, h, w, c = x.shape
+    kh, kw, _, o = kernel.shape
+    k, m = kh * kw * c, dy.shape[0] * dy.shape[1] * dy.shape[2]
+    dy = dy.reshape(m, o).astype(dtype)
+    dk = jnp.dot(patches_t(x, kh, kw), dy, preferred_element_type=jnp.float32).reshape(kernel.shape)
+    w_t = (((1,), (1,)), ((), ()))  # dy . W^T: contract the output channels of both
+    dp = jax.lax.dot_general(dy, kernel.astype(dtype).reshape(k, o), w_t, preferred_element_type=jnp.float32)
+    _, patches_vjp = jax.vjp(lambda x: patches(x, kh, kw), x)
+    (dx,) = patches_vjp(dp.astype(dtype).reshape(n, h - kh + 1, w - kw + 1, k))
+    return dx, dk.astype(kernel.dtype)
+
+
+im2col_mixed.defvjp(_im2col_mixed_fwd, _im2col_mixed_bwd)
+
+
+def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array, *, compute_dtype: jnp.dtype | None = None) -> jax.Array:
+    """x @ kernel + bias in float32, the product's operands in `compute_dtype` when it is lower precision."""
+    if not is_mixed(compute_dtype):
+        return x @ kernel + bias
+    y = jnp.dot(x.astype(compute_dtype), kernel.astype(compute_dtype), preferred_element_type=jnp.float32)
+    return y + bias
+
+
+def conv2d_same(
+    x: jax.Array,
+    kernel: jax.Array,
+    impl: str = "auto",
+    *,
+    training: bool = True,
+    compute_dtype: jnp.dtype | None = None,
+) -> jax.Array:
+    """Stride-1 'SAME' convolution (zero padding, odd kernel): `conv2d_valid` of the padded input."""
+    kh, kw = kernel.shape[:2]
+    if kh % 2 == 0 or kw % 2 == 0:
+        raise ValueError(f"'SAME' padding here needs an odd kernel size, got {kh}x{kw}")
+    padded = jnp.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+    return conv2d_valid(padded, kernel, impl, training=training, compute_dtype=compute_dtype)
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -123,7 +225,7 @@ def _pool_bias_act_bwd(act, residuals, dy):
     top, bottom = jnp.stack(corners[:2], axis=3), jnp.stack(corners[2:], axis=3)  # (N, H/2, W/2, 2, C)
     dz = jnp.stack([top, bottom], axis=2).reshape(n, 2 * h2, 2 * w2, ch)
     dz = jnp.pad(dz, ((0, 0), (0, h - 2 * h2), (0, w - 2 * w2), (0, 0)))  # the dropped odd edge: zero
-    return dz, g.sum(axis=(0, 1, 2))
+    return dz.astype(z.dtype), g.sum(axis=(0, 1, 2)).astype(bias.dtype)  # z may be bfloat16, the bias float32
 
 
 pool_bias_act.defvjp(_pool_bias_act_fwd, _pool_bias_act_bwd)

@@ -26,7 +26,12 @@ from fmnist_jax.errors import UserError
 # Test accuracies the original study published, by model name.
 PUBLISHED = {"seed_cnn": 0.8997, "random_forest": 0.879, "linear_svm": 0.76}
 PUBLISHED_CONFIGS = ("cnn", "random_forest", "linear_svm")  # the configs that are the study's models
-MODEL_TITLES = {"seed_cnn": "CNN (Flax)", "random_forest": "Random forest", "linear_svm": "Linear SVM"}
+MODEL_TITLES = {
+    "seed_cnn": "CNN (Flax)",
+    "random_forest": "Random forest",
+    "linear_svm": "Linear SVM",
+    "vgg_bn": "VGG-BN CNN (beyond the study)",
+}
 CONFIG_TITLES = {"random_forest_search": "Random forest (searched)", "linear_svm_search": "Linear SVM (searched)"}
 REPORT_JSON = "report.json"
 ERRORS_SHOWN = 24
@@ -441,7 +446,8 @@ def plot_curves(model: Model, path: pathlib.Path) -> pathlib.Path:
         epochs = [r["epoch"] for r in run.history]
         for ax, key in ((axes[0], "loss"), (axes[1], "accuracy")):
             ax.plot(epochs, [r[f"train_{key}"] for r in run.history], "o-", ms=3, label=f"train (with dropout){seed}")
-            ax.plot(epochs, [r[f"validation_{key}"] for r in run.history], "s-", ms=3, label=f"validation{seed}")
+            if any(r[f"validation_{key}"] is not None for r in run.history):  # none when trained on all 60k
+                ax.plot(epochs, [r[f"validation_{key}"] for r in run.history], "s-", ms=3, label=f"validation{seed}")
     for ax, label in ((axes[0], "cross-entropy loss"), (axes[1], "accuracy")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)

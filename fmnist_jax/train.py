@@ -30,10 +30,11 @@ from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
 
-from fmnist_jax import checkpoints, config_lib, data, errors, events, files, metrics, models, ops, parallel
+from fmnist_jax import augment, checkpoints, config_lib, data, errors, events, files, metrics, models, ops, parallel
 from fmnist_jax.errors import ConfigError, UserError
 
 UNROLL_CHOICES = ("auto", "full", "rolled")
+SCHEDULES = ("constant", "warmup_cosine")
 # Evaluation batch when config.eval_batch_size is 0: small on CPU, where the activations of 100 images stay
 # in cache (faster than batches of 1000 there, benchmarks/train_speed.py), large on accelerators.
 AUTO_EVAL_BATCH_CPU, AUTO_EVAL_BATCH_ACCELERATOR = 100, 1000
@@ -55,6 +56,28 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.scan_unroll={config.scan_unroll!r} must be one of {UNROLL_CHOICES}.")
     if config.model.conv not in ops.CONV_IMPLS:
         raise ConfigError(f"config.model.conv={config.model.conv!r} must be one of {ops.CONV_IMPLS}.")
+    config_lib.check_positive(
+        config,
+        "weight_decay",
+        "label_smoothing",
+        "ema_decay",
+        "augment.translate",
+        "augment.erase_prob",
+        "schedule.warmup_epochs",
+        allow_zero=True,
+    )
+    if config.schedule.name not in SCHEDULES:
+        raise ConfigError(f"config.schedule.name={config.schedule.name!r} must be one of {SCHEDULES}.")
+    for field in ("label_smoothing", "ema_decay", "augment.erase_prob"):
+        value = config_lib.get(config, field)
+        if value >= 1:
+            raise ConfigError(f"config.{field}={value!r} must be below 1 (0 turns it off).")
+    if config.augment.translate >= 14:
+        raise ConfigError(f"config.augment.translate={config.augment.translate} must be below 14 pixels.")
+    try:  # the model's fields (name, widths, compute dtype, ...): built abstractly, nothing allocated
+        nnx.eval_shape(lambda: models.create_model(config.model.name, seed=0, **model_kwargs(config)))
+    except TypeError as e:
+        raise ConfigError(f"config.model does not fit model {config.model.name!r}: {e}.") from e
 
 
 # --------------------------------------------------------------------------------------------- state
@@ -62,12 +85,34 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 @flax.struct.dataclass
 class TrainState:
-    """Everything a step changes: model and optimizer state plus this epoch's running metric sums."""
+    """Everything a step changes: model and optimizer state plus this epoch's running metric sums, and the
+    exponential moving average of the model state when `config.ema_decay` > 0 (None otherwise: no leaves)."""
 
     model: nnx.State
     optimizer: nnx.State
     loss_sum: jax.Array
     correct_sum: jax.Array
+    ema: nnx.State | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """The training features beyond the study's, all off in configs/cnn.py (static under `jax.jit`)."""
+
+    label_smoothing: float = 0.0
+    augment: augment.Augment = dataclasses.field(default_factory=augment.Augment)
+    ema_decay: float = 0.0
+    tta_flip: bool = False
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> Recipe:
+        a = config.augment
+        return cls(
+            label_smoothing=float(config.label_smoothing),
+            augment=augment.Augment(flip=bool(a.flip), translate=int(a.translate), erase_prob=float(a.erase_prob)),
+            ema_decay=float(config.ema_decay),
+            tta_flip=bool(config.tta_flip),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,19 +127,52 @@ class Graphs:
         return model, nnx.merge(self.optimizer, state.optimizer)
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Adam with the study's (Keras) defaults unless the config says otherwise."""
-    return optax.adam(config.learning_rate, b1=config.adam.b1, b2=config.adam.b2, eps=config.adam.eps)
+def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> float | optax.Schedule:
+    """`config.learning_rate`, constant (the study) or with a linear warm-up and a cosine decay to zero."""
+    if config.schedule.name == "constant":
+        return config.learning_rate
+    total = max(steps_per_epoch * config.num_epochs, 1)
+    warmup = min(round(config.schedule.warmup_epochs * steps_per_epoch), total - 1)
+    return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, total, end_value=0.0)
 
 
-def create_train_state(config: ml_collections.ConfigDict) -> tuple[Graphs, TrainState, int]:
+def learning_rate_at(config: ml_collections.ConfigDict, steps_per_epoch: int, step: int) -> float:
+    """The learning rate that step `step` uses."""
+    rate = learning_rate_schedule(config, steps_per_epoch)
+    return float(rate(step)) if callable(rate) else float(rate)
+
+
+def _is_kernel(params: nnx.State) -> Any:
+    """Weight decay applies to kernels (rank >= 2), not to biases or BatchNorm scales and offsets."""
+    return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int = 1) -> optax.GradientTransformation:
+    """Adam with the study's (Keras) defaults; AdamW when `config.weight_decay` > 0; either with the schedule
+    of `config.schedule` (the optimizer state's structure does not depend on `steps_per_epoch`)."""
+    rate = learning_rate_schedule(config, steps_per_epoch)
+    b1, b2, eps = config.adam.b1, config.adam.b2, config.adam.eps
+    if config.weight_decay > 0:
+        return optax.adamw(rate, b1=b1, b2=b2, eps=eps, weight_decay=config.weight_decay, mask=_is_kernel)
+    return optax.adam(rate, b1=b1, b2=b2, eps=eps)
+
+
+def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The model's constructor arguments: every field of `config.model` but the name (lists become tuples),
+    and `config.compute_dtype`."""
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in config.model.items() if k != "name"}
+    return {**kwargs, "compute_dtype": config.compute_dtype}
+
+
+def create_train_state(config: ml_collections.ConfigDict, steps_per_epoch: int = 1) -> tuple[Graphs, TrainState, int]:
     """A fresh model and optimizer from `config.seed`: (graphs, host-side state, number of parameters)."""
-    model = models.create_model(config.model.name, seed=config.seed, conv=config.model.conv)
-    optimizer = nnx.Optimizer(model, make_optimizer(config), wrt=nnx.Param)
+    model = models.create_model(config.model.name, seed=config.seed, **model_kwargs(config))
+    optimizer = nnx.Optimizer(model, make_optimizer(config, steps_per_epoch), wrt=nnx.Param)
     model_graph, model_state = nnx.split(model)
     opt_graph, opt_state = nnx.split(optimizer)
     zero = jnp.zeros((), jnp.float32)
-    state = TrainState(model=model_state, optimizer=opt_state, loss_sum=zero, correct_sum=zero)
+    ema = jax.tree.map(jnp.copy, model_state) if config.ema_decay > 0 else None
+    state = TrainState(model=model_state, optimizer=opt_state, loss_sum=zero, correct_sum=zero, ema=ema)
     return Graphs(model_graph, opt_graph), state, models.count_params(model)
 
 
@@ -107,27 +185,55 @@ def to_inputs(images: jax.Array) -> jax.Array:
 
 
 def loss_fn(
-    model: nnx.Module, images: jax.Array, labels: jax.Array, dropout_key: jax.Array | None
+    model: nnx.Module, inputs: jax.Array, labels: jax.Array, dropout_key: jax.Array | None, label_smoothing: float
 ) -> tuple[jax.Array, jax.Array]:
-    """Mean softmax cross-entropy over the batch, and the logits."""
-    logits = model(to_inputs(images), dropout_key=dropout_key)
+    """Mean softmax cross-entropy over the batch (against smoothed labels when `label_smoothing` > 0), and the
+    logits."""
+    logits = model(inputs, dropout_key=dropout_key)
+    if label_smoothing > 0:
+        targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+        return optax.softmax_cross_entropy(logits, targets).mean(), logits
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
 
 
+def ema_update(ema: nnx.State, new: nnx.State, decay: float, step: jax.Array) -> nnx.State:
+    """ema <- d * ema + (1 - d) * new, with d = min(decay, (1 + step) / (10 + step)): early steps, when the
+    average would mostly remember the initialisation, weigh the new state more (TensorFlow's num_updates rule)."""
+    t = step.astype(jnp.float32)
+    d = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+    return jax.tree.map(lambda e, m: d * e + (1.0 - d) * m, ema, new)
+
+
 def train_step(
-    graphs: Graphs, state: TrainState, images: jax.Array, labels: jax.Array, dropout_key: jax.Array
+    graphs: Graphs,
+    recipe: Recipe,
+    state: TrainState,
+    images: jax.Array,
+    labels: jax.Array,
+    keys: tuple[jax.Array, jax.Array | None],
+    step: jax.Array,
 ) -> TrainState:
-    """One Adam step on one (global) batch; adds the batch's loss and correct count to the epoch sums."""
+    """One optimizer step on one (global) batch; adds the batch's loss and correct count to the epoch sums.
+
+    `keys` are the step's dropout and augmentation keys (the latter None without augmentation); `step` is the
+    global step, which the moving average's warm-up reads.
+    """
+    dropout_key, augment_key = keys
     model, optimizer = graphs.merge(state)
+    inputs = to_inputs(images)
+    if augment_key is not None:
+        inputs = augment.apply(inputs, augment_key, recipe.augment)
     grad_fn = nnx.value_and_grad(loss_fn, has_aux=True)
-    (loss, logits), grads = grad_fn(model, images, labels, dropout_key)
+    (loss, logits), grads = grad_fn(model, inputs, labels, dropout_key, recipe.label_smoothing)
     optimizer.update(model, grads)
     correct = jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    model_state = nnx.state(model)
     return TrainState(
-        model=nnx.state(model),
+        model=model_state,
         optimizer=nnx.state(optimizer),
         loss_sum=state.loss_sum + loss * labels.shape[0],
         correct_sum=state.correct_sum + correct,
+        ema=None if state.ema is None else ema_update(state.ema, model_state, recipe.ema_decay, step),
     )
 
 
@@ -138,12 +244,14 @@ def epoch_permutation(data_key: jax.Array, epoch: int | jax.Array, n: int) -> ja
 
 @flax.struct.dataclass
 class TrainInputs:
-    """The arrays a train call reads: the training set on the devices, this epoch's order, the dropout root."""
+    """The arrays a train call reads: the training set on the devices, this epoch's order, the roots of the
+    dropout and augmentation keys (the latter None without augmentation)."""
 
     images: jax.Array
     labels: jax.Array
     perm: jax.Array
     dropout_root: jax.Array
+    augment_root: jax.Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,6 +262,7 @@ class StepSpec:
     mesh: Mesh
     batch_size: int
     unroll: bool
+    recipe: Recipe = Recipe()
 
 
 def train_steps(
@@ -176,8 +285,12 @@ def train_steps(
         idx = jax.lax.dynamic_slice_in_dim(inputs.perm, (first_batch + i) * spec.batch_size, spec.batch_size)
         x = jax.lax.with_sharding_constraint(inputs.images[idx], batch_sharding)
         y = jax.lax.with_sharding_constraint(inputs.labels[idx], batch_sharding)
-        key = jax.random.fold_in(inputs.dropout_root, first_step + i)
-        return train_step(spec.graphs, state, x, y, key), None
+        step = first_step + i
+        keys = (
+            jax.random.fold_in(inputs.dropout_root, step),
+            None if inputs.augment_root is None else jax.random.fold_in(inputs.augment_root, step),
+        )
+        return train_step(spec.graphs, spec.recipe, state, x, y, keys, step), None
 
     if num_steps == 1:
         return body(state, 0)[0]
@@ -185,15 +298,24 @@ def train_steps(
 
 
 def eval_step(
-    graphs: Graphs, state: TrainState, images: jax.Array, labels: jax.Array, mask: jax.Array
+    graphs: Graphs, recipe: Recipe, state: TrainState, images: jax.Array, labels: jax.Array, mask: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
-    """Per-example losses (0 where masked) and softmax probabilities of a (padded) batch.
+    """Per-example losses (0 where masked) and softmax probabilities of a (padded) batch, under the moving
+    average of the weights when there is one; with `recipe.tta_flip`, the mean of the probabilities of each
+    image and its mirror image (the loss is then that mean's cross-entropy).
 
     Both outputs stay split over the devices like the batch, so the program has no cross-device collective:
     independent evaluation programs in flight together can then never wait on each other (see `Programs`).
     """
-    model = nnx.merge(graphs.model, state.model)
-    logits = model(to_inputs(images))
+    model = nnx.merge(graphs.model, state.model if state.ema is None else state.ema)
+    inputs = to_inputs(images)
+    if recipe.tta_flip:  # one forward pass over both halves: one program, one pass over the weights
+        n = inputs.shape[0]
+        both = jax.nn.softmax(model(jnp.concatenate([inputs, inputs[:, :, ::-1]])))
+        probs = (both[:n] + both[n:]) / 2
+        losses = -jnp.log(jnp.take_along_axis(probs, labels[:, None], axis=-1)[:, 0])
+        return jnp.where(mask, losses, 0.0), probs
+    logits = model(inputs)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return jnp.where(mask, losses, 0.0), jax.nn.softmax(logits)
 
@@ -219,11 +341,11 @@ class Programs:
     like its inputs, and the host does the sums.
     """
 
-    def __init__(self, graphs: Graphs, mesh: Mesh, batch_size: int, *, unroll: bool):
-        self.spec = StepSpec(graphs, mesh, batch_size, unroll)
+    def __init__(self, graphs: Graphs, mesh: Mesh, batch_size: int, *, unroll: bool, recipe: Recipe = Recipe()):
+        self.spec = StepSpec(graphs, mesh, batch_size, unroll, recipe)
         self.mesh = mesh
         split = parallel.data_sharding(mesh)
-        self.eval = jax.jit(functools.partial(eval_step, graphs), out_shardings=(split, split))
+        self.eval = jax.jit(functools.partial(eval_step, graphs, recipe), out_shardings=(split, split))
         self.permutation = jax.jit(epoch_permutation, static_argnums=2, out_shardings=parallel.replicated(mesh))
         self._train: dict[int, Callable] = {}
 
@@ -241,10 +363,11 @@ def _pad(array: np.ndarray, size: int) -> np.ndarray:
 
 
 def evaluate_split(programs: Programs, state: TrainState, split: data.Split, *, batch_size: int) -> dict[str, Any]:
-    """Loss, accuracy and probabilities over every image of `split`: fixed-size batches, the last padded."""
+    """Loss, accuracy and probabilities over every image of `split`: fixed-size batches, the last padded.
+    An empty split (validation_size=0: training on all 60k images) has no loss or accuracy: None."""
     n = len(split)
     if n == 0:
-        return {"loss": float("nan"), "accuracy": float("nan"), "probs": np.zeros((0, data.NUM_CLASSES))}
+        return {"loss": None, "accuracy": None, "probs": np.zeros((0, data.NUM_CLASSES))}
     padded = math.ceil(n / batch_size) * batch_size
     images, labels, mask = _pad(split.images, padded), _pad(split.labels, padded), np.arange(padded) < n
     outputs = [
@@ -262,6 +385,10 @@ def evaluate_split(programs: Programs, state: TrainState, split: data.Split, *, 
         "accuracy": float(np.mean(probs.argmax(-1) == split.labels)),
         "probs": probs,
     }
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def eval_batch_size(config: ml_collections.ConfigDict, mesh: Mesh) -> int:
@@ -381,13 +508,13 @@ def _end_of_epoch(
     }
     eta = seconds * plan.steps_per_epoch / max(steps_done, 1) * (config.num_epochs - epoch.index - 1)
     logging.info(
-        "epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  %.1f s  %.0f img/s  ETA %s",
+        "epoch %d/%d  loss %.4f  acc %.4f  val_loss %s  val_acc %s  %.1f s  %.0f img/s  ETA %s",
         epoch.index + 1,
         config.num_epochs,
         train_loss,
         train_acc,
-        val["loss"],
-        val["accuracy"],
+        _fmt(val["loss"]),
+        _fmt(val["accuracy"]),
         seconds,
         record["images_per_second"],
         time.strftime("%H:%M:%S", time.gmtime(eta)),
@@ -395,7 +522,7 @@ def _end_of_epoch(
     if parallel.is_lead_process():
         _write_history(plan.workdir, [*metrics.read_history(plan.workdir), record])
     if plan.events:
-        plan.events.epoch(record, learning_rate=config.learning_rate)
+        plan.events.epoch(record, learning_rate=learning_rate_at(config, plan.steps_per_epoch, step - 1))
     zeros = parallel.replicate((np.float32(0), np.float32(0)), mesh)  # two buffers: the state is donated
     return state.replace(loss_sum=zeros[0], correct_sum=zeros[1]), seconds, val
 
@@ -442,7 +569,7 @@ def train_and_evaluate(
     )
 
     # ---- state, checkpoint
-    graphs, state, num_params = create_train_state(config)
+    graphs, state, num_params = create_train_state(config, steps_per_epoch)
     state = parallel.replicate(state, mesh)
     store = checkpoints.CheckpointStore(
         workdir / "checkpoints",
@@ -478,11 +605,13 @@ def train_and_evaluate(
 
     root = jax.random.key(config.seed)
     data_key, dropout_root = jax.random.fold_in(root, 1), jax.random.fold_in(root, 2)
+    recipe = Recipe.from_config(config)
+    augment_root = jax.random.fold_in(root, 3) if recipe.augment.enabled else None
     unroll = resolve_unroll(config.scan_unroll, backend, config.model.conv)
     plan = Plan(
         config=config,
         workdir=workdir,
-        programs=Programs(graphs, mesh, config.batch_size, unroll=unroll),
+        programs=Programs(graphs, mesh, config.batch_size, unroll=unroll, recipe=recipe),
         dataset=dataset,
         steps_per_epoch=steps_per_epoch,
         total_steps=steps_per_epoch * config.num_epochs,
@@ -500,7 +629,7 @@ def train_and_evaluate(
         train_images, train_labels = parallel.replicate((dataset.train.images, dataset.train.labels), mesh)
         epoch = EpochProgress(plan, step)
         if step < plan.total_steps:
-            inputs = TrainInputs(train_images, train_labels, plan.permutation(epoch.index), dropout_root)
+            inputs = TrainInputs(train_images, train_labels, plan.permutation(epoch.index), dropout_root, augment_root)
         try:
             with checkpoints.PreemptionGuard() as guard:
                 for n in chunks(step, plan.total_steps, steps_per_epoch, config.steps_per_call, plan.every_steps):
@@ -537,9 +666,10 @@ def train_and_evaluate(
 
 
 def params_sha256(state: TrainState) -> str:
-    """A fingerprint of the exact parameter bits: equal fingerprints, bit-identical models."""
+    """A fingerprint of the exact bits of the model state (and of its moving average, when there is one):
+    equal fingerprints, bit-identical models."""
     h = hashlib.sha256()
-    for leaf in jax.tree.leaves(parallel.to_host(state.model)):
+    for leaf in jax.tree.leaves(parallel.to_host((state.model, state.ema))):
         h.update(np.ascontiguousarray(leaf).tobytes())
     return h.hexdigest()
 
@@ -577,7 +707,7 @@ def finish(
         )
     if plan.events:
         plan.events.finish(results, config_lib.to_dict(config), step=plan.total_steps)
-    logging.info("test accuracy %.4f  (validation %.4f)", results["test_accuracy"], val["accuracy"])
+    logging.info("test accuracy %.4f  (validation %s)", results["test_accuracy"], _fmt(val["accuracy"]))
     return results
 
 
@@ -606,7 +736,8 @@ def restore_for_inference(
         )
     state, meta = restored
     logging.info("Using checkpoint at step %d", meta["step"])
-    return Programs(graphs, mesh, config.batch_size, unroll=False), state, num_params, meta
+    programs = Programs(graphs, mesh, config.batch_size, unroll=False, recipe=Recipe.from_config(config))
+    return programs, state, num_params, meta
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:

@@ -102,12 +102,16 @@ def wait_for(predicate, proc: subprocess.Popen, timeout: float = 300.0) -> None:
         time.sleep(0.002)
 
 
-def quick_compare_config(data_dir: pathlib.Path, **overrides):
-    """The quick comparison shrunk to the tiny data set (256 training and 64 validation images per member)."""
+def quick_compare_config(data_dir: pathlib.Path, *, beyond: bool = False, **overrides):
+    """The quick comparison shrunk to the tiny data set (256 training and 64 validation images per member); the
+    study's three members, and with `beyond` the stronger CNN too (one epoch)."""
     config = load_config("compare", quick=True, **overrides)
-    for name in ("cnn", "random_forest", "linear_svm"):
+    for name in ("cnn", "random_forest", "linear_svm", "vgg_bn"):
         config.members[name].data.dir = str(data_dir)
         config.quick_overrides[name].data.num_train = 256
         config.quick_overrides[name].data.validation_size = 64
     config.members.cnn.steps_per_call = 4
+    config.members.vgg_bn.enabled = beyond
+    config.members.vgg_bn.batch_size = 64
+    config.quick_overrides.vgg_bn.num_epochs = 1
     return config

@@ -291,3 +291,22 @@ def test_a_comparison_ignores_speed_only_member_fields_but_not_the_maths(tiny_da
     config.members.cnn.learning_rate = 0.01
     with pytest.raises(ConfigError, match=r"members\.cnn\.learning_rate: 0\.001 -> 0\.01"):
         config_lib.save_or_check(config, tmp_path)
+
+
+def test_the_stronger_cnn_is_the_fourth_member_with_its_curves(tiny_data, tmp_path):
+    default = load_config("compare")
+    assert default.members.vgg_bn.enabled and "vgg_bn" in default.quick_overrides  # full and quick comparisons
+    config = quick_compare_config(tiny_data, beyond=True, seeds=(0,))
+    results = run.run(config, tmp_path)
+    assert list(results) == ["cnn", "random_forest", "linear_svm", "vgg_bn"]
+    beyond = results["vgg_bn"][0]
+    assert beyond == metrics.load_results(tmp_path / "vgg_bn" / "seed_0")
+    assert beyond["model"] == "vgg_bn" and beyond["num_params"] == 575_338
+    md = (tmp_path / "report.md").read_text()
+    summary = table_rows(md, "| model | test accuracy")
+    assert [row[0] for row in summary] == ["CNN (Flax)", "Random forest", "Linear SVM", "VGG-BN CNN (beyond the study)"]
+    assert summary[3][1].startswith(f"{beyond['test_accuracy']:.4f}")  # its own accuracy
+    assert summary[3][3] == "n/a"  # no published figure: the study had no such model
+    assert "plots/curves_vgg_bn.png" in md and (tmp_path / "plots" / "curves_vgg_bn.png").stat().st_size > 0
+    pairs = json.loads((tmp_path / "report.json").read_text())["pairs"]
+    assert ("cnn", "vgg_bn") in [(p["a"], p["b"]) for p in pairs]

@@ -180,6 +180,45 @@ def test_padded_evaluation_equals_unpadded(n, batch):
     model = graphs.merge(state)[0]
     logits = model(train.to_inputs(jnp.asarray(split.images)))
     np.testing.assert_allclose(out["probs"], jax.nn.softmax(logits), atol=1e-6)
-    expected_loss = float(train.loss_fn(model, jnp.asarray(split.images), jnp.asarray(split.labels), None)[0])
+    inputs = train.to_inputs(jnp.asarray(split.images))
+    expected_loss = float(train.loss_fn(model, inputs, jnp.asarray(split.labels), None, 0.0)[0])
     assert out["loss"] == pytest.approx(expected_loss, rel=1e-5)
     assert out["accuracy"] == pytest.approx(np.mean(np.asarray(logits).argmax(1) == split.labels))
+
+
+def test_training_on_every_image_reports_no_validation_numbers(cnn_config, tmp_path):
+    """validation_size=0 (the stronger CNN's final runs train on all 60k): None, never NaN, in every file."""
+    cnn_config.data.validation_size = 0
+    cnn_config.num_epochs = 1
+    results = run.run(cnn_config, tmp_path / "run")
+    assert results["validation_accuracy"] is None and results["validation_loss"] is None
+    assert results["test_accuracy"] > 0.3
+    assert [(r["validation_loss"], r["validation_accuracy"]) for r in metrics.read_history(tmp_path / "run")] == [
+        (None, None)
+    ]
+    assert "NaN" not in (tmp_path / "run" / "results.json").read_text()
+    from fmnist_jax import report
+
+    paths = report.build([tmp_path / "run"], tmp_path / "report")
+    summary = next(line for line in paths["markdown"].read_text().splitlines() if line.startswith("| CNN (Flax)"))
+    assert "n/a" in summary
+
+
+def test_a_workdir_from_before_the_recipe_fields_resumes_but_a_changed_recipe_is_refused(cnn_config, tmp_path):
+    """config.json files written before the schedule/augmentation/EMA/dtype fields existed lack them: the study's
+    neutral values match them; any other value changes the maths and is refused."""
+    from fmnist_jax import config_lib
+
+    cnn_config.num_epochs = 1
+    run.run(cnn_config, tmp_path)
+    path = tmp_path / config_lib.CONFIG_FILE
+    saved = json.loads(path.read_text())
+    for field in ("schedule", "weight_decay", "label_smoothing", "augment", "ema_decay", "tta_flip", "compute_dtype"):
+        del saved[field]
+    path.write_text(json.dumps(saved))
+    assert run.run(cnn_config, tmp_path)["test_accuracy"] == metrics.load_results(tmp_path)["test_accuracy"]
+    assert json.loads(path.read_text())["augment"]["flip"] is False  # the saved config gained the fields
+    path.write_text(json.dumps(saved))
+    cnn_config.augment.flip = True
+    with pytest.raises(ConfigError, match=r"augment\.flip: None -> True"):
+        run.run(cnn_config, tmp_path)

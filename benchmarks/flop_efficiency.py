@@ -1,0 +1,204 @@
+r"""How close each CNN's training step comes to the matrix-product rate of the machine: one JSON line per model.
+
+    python benchmarks/flop_efficiency.py                       # the study's CNN and vgg_bn, each with its config
+    python benchmarks/flop_efficiency.py --configs=vgg_bn --steps=100
+
+For each config: the matrix-product FLOPs of one training image (counted from the step's own jaxpr: every
+`dot_general` and convolution of the forward and backward passes, the optimizer's elementwise work left out),
+the measured training images/s of the project's jitted multi-step call (data on the device, the config's batch
+and recipe, augmentation, BatchNorm and the moving average included), and `ratio` = measured step time / the
+time those FLOPs take at the rate XLA reaches on a plain float32 matrix product of the conv2 shape
+(7744 x 576) . (576 x 128), measured in the same run. The CPU model is printed with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import platform
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fmnist_jax import data, parallel, train
+
+MATMUL_SHAPE = (7744, 576, 128)  # the study CNN's conv2 as im2col at batch 64: (m, k, n)
+
+
+def cpu_model() -> str:
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_config(name: str):
+    import importlib
+
+    return importlib.import_module(f"configs.{name}").get_config()
+
+
+def matmul_rate(seconds: float = 3.0) -> float:
+    """GFLOP/s of a float32 (m, k) . (k, n) product under jit, best of repeated timed batches."""
+    m, k, n = MATMUL_SHAPE
+    a = jax.random.normal(jax.random.key(0), (m, k))
+    b = jax.random.normal(jax.random.key(1), (k, n))
+    dot = jax.jit(lambda a, b: a @ b)
+    jax.block_until_ready(dot(a, b))
+    best, deadline = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        for _ in range(10):
+            out = dot(a, b)
+        jax.block_until_ready(out)
+        best = min(best, (time.perf_counter() - start) / 10)
+    return 2 * m * k * n / best / 1e9
+
+
+def _product_flops(eqn) -> int:
+    name = eqn.primitive.name
+    if name == "dot_general":
+        (lc, _), (lb, _) = eqn.params["dimension_numbers"]
+        lhs, rhs = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
+        batch = int(np.prod([lhs[d] for d in lb]))
+        contract = int(np.prod([lhs[d] for d in lc]))
+        m = int(np.prod(lhs)) // (batch * contract)
+        n = int(np.prod(rhs)) // (batch * contract)
+        return 2 * batch * m * n * contract
+    if name == "conv_general_dilated":
+        out = eqn.outvars[0].aval.shape
+        rhs = eqn.invars[1].aval.shape  # the kernel: its size over the output channels = MACs per output
+        spec = eqn.params["dimension_numbers"]
+        out_channels = rhs[spec.rhs_spec[0]]
+        return 2 * int(np.prod(out)) * int(np.prod(rhs)) // out_channels // eqn.params["feature_group_count"]
+    return 0
+
+
+def count_flops(jaxpr) -> int:
+    """Matrix-product FLOPs of a (closed) jaxpr, sub-jaxprs included (a scan's body times its length)."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        total += _product_flops(eqn)
+        for value in eqn.params.values():
+            inner = getattr(value, "jaxpr", value)
+            if hasattr(inner, "eqns"):
+                total += count_flops(inner) * (eqn.params.get("length", 1) if eqn.primitive.name == "scan" else 1)
+    return total
+
+
+def flops_per_image(config) -> int:
+    """Matrix-product FLOPs of one training step on one batch of `config`'s recipe, per image."""
+    graphs, state, _ = train.create_train_state(config, 100)
+    recipe = train.Recipe.from_config(config)
+    b = config.batch_size
+    images, labels = jnp.zeros((b, 28, 28), jnp.uint8), jnp.zeros((b,), jnp.int32)
+    key = jax.random.key(0)
+
+    def step(state):
+        keys = (key, key if recipe.augment.enabled else None)
+        return train.train_step(graphs, recipe, state, images, labels, keys, jnp.int32(0))
+
+    return count_flops(jax.make_jaxpr(step)(state).jaxpr) // b
+
+
+def measure(config, arrays, steps: int) -> dict:
+    """Images/s of the project's jitted train call for `config` (the call compiled and warmed first)."""
+    mesh = parallel.make_mesh()
+    images, labels = arrays
+    graphs, state, num_params = train.create_train_state(config, len(labels) // config.batch_size)
+    state = parallel.replicate(state, mesh)
+    recipe = train.Recipe.from_config(config)
+    backend = jax.default_backend()
+    programs = train.Programs(
+        graphs,
+        mesh,
+        config.batch_size,
+        unroll=train.resolve_unroll(config.scan_unroll, backend, config.model.conv),
+        recipe=recipe,
+    )
+    key = jax.random.key(0)
+    inputs = train.TrainInputs(
+        *parallel.replicate((images, labels), mesh),
+        programs.permutation(key, 0, len(labels)),
+        key,
+        key if recipe.augment.enabled else None,
+    )
+    k = config.steps_per_call
+    fn = programs.train(k)
+    start = time.perf_counter()
+    state = jax.block_until_ready(fn(state, inputs, jnp.int32(0), jnp.int32(0)))
+    compile_seconds = time.perf_counter() - start
+    calls = max(1, steps // k)
+    start = time.perf_counter()
+    for i in range(1, calls + 1):
+        state = fn(state, inputs, jnp.int32(i * k), jnp.int32(i * k))
+    jax.block_until_ready(state)
+    step_seconds = (time.perf_counter() - start) / (calls * k)
+    return {"num_params": num_params, "step_seconds": step_seconds, "compile_seconds": compile_seconds}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", default="cnn,vgg_bn", help="comma-separated config names in configs/")
+    parser.add_argument("--steps", type=int, default=120, help="timed train steps per config")
+    args = parser.parse_args(argv)
+    try:
+        ds = data.load(load_config("cnn").data, seed=0)
+        arrays, source = (ds.train.images, ds.train.labels), ds.source
+    except data.DataError:
+        rng = np.random.default_rng(0)
+        images, labels = rng.integers(0, 256, (48000, 28, 28), np.uint8), rng.integers(0, 10, 48000, np.int32)
+        arrays, source = (images, labels), "random"
+    machine = {
+        "cpu": cpu_model(),
+        "backend": jax.default_backend(),
+        "devices": jax.device_count(),
+        "jax": jax.__version__,
+        "data": source,
+    }
+    rates = [matmul_rate()]
+    rows = []
+    for name in args.configs.split(","):
+        config = load_config(name)
+        flops = flops_per_image(config)
+        timing = measure(config, arrays, args.steps)
+        rows.append((name, config, flops, timing))
+        rates.append(matmul_rate())  # between models too: the best of them is the machine's rate in this run
+    rate = max(rates)
+    print(json.dumps({**machine, "matmul_shape": MATMUL_SHAPE, "matmul_gflops": round(rate, 1)}), flush=True)
+    for name, config, flops, timing in rows:
+        images_per_second = config.batch_size / timing["step_seconds"]
+        flop_seconds = flops * config.batch_size / (rate * 1e9)
+        print(
+            json.dumps(
+                {
+                    "config": name,
+                    "model": config.model.name,
+                    "num_params": timing["num_params"],
+                    "batch_size": config.batch_size,
+                    "train_mflop_per_image": round(flops / 1e6, 2),
+                    "train_images_per_second": round(images_per_second),
+                    "ms_per_step": round(1000 * timing["step_seconds"], 2),
+                    "flop_limit_ms_per_step": round(1000 * flop_seconds, 2),
+                    "ratio": round(timing["step_seconds"] / flop_seconds, 2),
+                    "achieved_gflops": round(flops * images_per_second / 1e9, 1),
+                    "compile_seconds": round(timing["compile_seconds"], 1),
+                    "cpu": machine["cpu"],
+                }
+            ),
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""config.compute_dtype: bfloat16 products with float32 accumulation, parameters and optimizer state; the float32
+path is the study's, bit for bit (tests/test_fingerprint.py); checkpoints are float32 whatever the compute dtype."""
+
+import copy
+import functools
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from helpers import load_config
+
+from fmnist_jax import checkpoints, metrics, models, ops, run, train
+from fmnist_jax.errors import ConfigError
+
+
+def relative_error(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+@pytest.mark.parametrize("impl", ["im2col", "taps", "xla"])
+@pytest.mark.parametrize("channels", [1, 16])
+def test_bfloat16_convolution_rounds_operands_and_accumulates_in_float32(impl, channels):
+    kx, kk, kg = jax.random.split(jax.random.key(0), 3)
+    x, kernel = jax.random.normal(kx, (4, 12, 12, channels)), jax.random.normal(kk, (3, 3, channels, 8))
+    fn = functools.partial(ops.conv2d_valid, impl=impl, compute_dtype=jnp.bfloat16)
+    y = fn(x, kernel)
+    assert y.dtype == jnp.bfloat16
+    exact = ops.conv2d_valid(x, kernel, "xla")
+
+    # The bfloat16 operands' rounding (8 bits) bounds the error; a bfloat16 accumulation of 9 * 16 terms would
+    # be far worse. What float32 accumulation of the rounded operands gives, rounded once at the end:
+    def bf16_values(a):
+        return a.astype(jnp.bfloat16).astype(jnp.float32)
+
+    rounded = ops.conv2d_valid(bf16_values(x), bf16_values(kernel), "xla")
+    if channels == 1 and impl == "taps":
+        rounded = exact  # the one-channel taps multiply in float32
+    assert relative_error(y, rounded) < 2**-8  # one rounding to bfloat16 at the end, not one per addition
+    assert relative_error(y, exact) < 1e-2
+    grads = jax.grad(lambda x, k: jnp.sum(fn(x, k).astype(jnp.float32) * jax.random.normal(kg, y.shape)), (0, 1))(
+        x, kernel
+    )
+    assert [g.dtype for g in grads] == [jnp.float32, jnp.float32]  # cotangents come back in the inputs' dtype
+
+
+def test_float32_is_the_default_everywhere_and_bad_names_are_refused(tmp_path):
+    for name in ("cnn", "vgg_bn", "vgg_bn_large"):
+        assert load_config(name).compute_dtype == "float32"
+    assert load_config("compare").members.cnn.compute_dtype == "float32"
+    with pytest.raises(ConfigError, match=r"config.compute_dtype='float16' must be one of \('float32', 'bfloat16'\)"):
+        run.run(load_config("cnn", compute_dtype="float16"), tmp_path)
+    assert not (tmp_path / "config.json").exists()
+
+
+@pytest.mark.parametrize("name", ["seed_cnn", "vgg_bn"])
+def test_bfloat16_models_keep_float32_parameters_and_logits_close_to_float32(name):
+    x = jax.random.uniform(jax.random.key(1), (16, 28, 28, 1))
+    low = models.create_model(name, seed=0, compute_dtype="bfloat16")
+    high = models.create_model(name, seed=0)
+    assert {p.dtype for p in jax.tree.leaves(nnx.state(low))} == {jnp.dtype("float32")}
+    for training in (False, True):
+        key = jax.random.key(2) if training else None
+        a, b = low(x, dropout_key=key), high(x, dropout_key=key)
+        assert a.dtype == jnp.float32
+        assert 0 < relative_error(a, b) < 3e-2
+
+
+@pytest.fixture(scope="module")
+def bf16_run(tiny_data, tmp_path_factory):
+    config = load_config(
+        "cnn",
+        compute_dtype="bfloat16",
+        num_epochs=3,
+        steps_per_call=2,
+        eval_batch_size=50,
+        **{"data.dir": str(tiny_data), "data.validation_size": 64, "checkpoint.every_steps": 2},
+    )
+    workdir = tmp_path_factory.mktemp("bf16")
+    return config, workdir, run.run(config, workdir)
+
+
+def test_bfloat16_training_learns_with_float32_state(bf16_run):
+    config, workdir, results = bf16_run
+    history = metrics.read_history(workdir)
+    assert history[-1]["train_loss"] < history[0]["train_loss"] * 0.8
+    assert results["test_accuracy"] > 0.5  # 10 classes: chance is 0.1
+    _, target, _ = train.create_train_state(config)
+    store = checkpoints.CheckpointStore(workdir / "checkpoints")
+    state, _ = store.restore(store.all_steps()[-1], target)
+    store.close()
+    dtypes = {leaf.dtype for leaf in jax.tree.leaves((state.model, state.optimizer))}
+    assert {d for d in dtypes if jnp.issubdtype(d, jnp.floating)} == {jnp.dtype("float32")}  # params, Adam moments
+
+
+def test_bfloat16_resume_is_bit_identical(bf16_run, tmp_path):
+    config, workdir, results = bf16_run
+    shutil.copytree(workdir, tmp_path / "resumed")
+    store = checkpoints.CheckpointStore(tmp_path / "resumed" / "checkpoints")
+    last = store.all_steps()[-1]
+    store.close()
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / str(last))
+    (tmp_path / "resumed" / "results.json").unlink()
+    assert run.run(config, tmp_path / "resumed")["params_sha256"] == results["params_sha256"]
+
+
+def test_a_bfloat16_checkpoint_serves_a_float32_run(bf16_run, tmp_path):
+    config, workdir, results = bf16_run
+    shutil.copytree(workdir, tmp_path / "copy")
+    evaluate = copy.deepcopy(config)
+    evaluate.compute_dtype, evaluate.mode = "float32", "evaluate"
+    evaluated = run.run(evaluate, tmp_path / "copy")
+    assert evaluated["params_sha256"] == results["params_sha256"]
+    assert abs(evaluated["test_accuracy"] - results["test_accuracy"]) <= 0.03
+    # Training goes on in float32 from the bfloat16 checkpoint, with the flag that allows the change.
+    more = copy.deepcopy(config)
+    more.compute_dtype, more.num_epochs = "float32", 4
+    with pytest.raises(ConfigError, match=r"compute_dtype: 'bfloat16' -> 'float32'"):
+        run.run(more, tmp_path / "copy")
+    more.resume_with_changes = True
+    run.run(more, tmp_path / "copy")
+    assert [r["epoch"] for r in metrics.read_history(tmp_path / "copy")] == [1, 2, 3, 4]

@@ -1,0 +1,131 @@
+"""The stronger CNN's recipe end to end on tiny data: 8 devices give the 1-device maths (BatchNorm over the global
+batch, augmentation by position in it), SIGKILL and rerun give the same bits, a checkpoint moves from 8 devices
+to 1, evaluate and predict use the moving average and the flip TTA, and the study's fingerprint is untouched
+(tests/test_fingerprint.py)."""
+
+import shutil
+import signal
+
+import numpy as np
+import pytest
+from helpers import load_config, run_main, start_main, wait_for
+
+from fmnist_jax import data, metrics, run
+
+
+def devices(n):
+    return {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+
+
+def args(tiny_data, workdir, *extra):
+    """vgg_bn's full recipe (augmentation, BatchNorm, AdamW + schedule, smoothing, EMA, TTA) on 256 tiny images:
+    batch 32, 8 steps an epoch, 2 epochs, a checkpoint every 2 steps."""
+    return (
+        "--config=configs/vgg_bn.py",
+        f"--workdir={workdir}",
+        f"--config.data.dir={tiny_data}",
+        "--config.data.validation_size=64",
+        "--config.batch_size=32",
+        "--config.num_epochs=2",
+        "--config.steps_per_call=2",
+        "--config.eval_batch_size=48",
+        "--config.checkpoint.every_steps=2",
+        "--config.checkpoint.max_to_keep=2",
+        "--config.model.widths=8,16,16",
+        *extra,
+    )
+
+
+def check(result):
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def checkpoint_steps(workdir):
+    folder = workdir / "checkpoints"
+    return [int(p.name) for p in folder.glob("*") if p.name.isdigit()] if folder.exists() else []
+
+
+def kill_after(proc, workdir, step):
+    wait_for(lambda: any(s >= step for s in checkpoint_steps(workdir)), proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (workdir / "results.json").exists()
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_data, tmp_path_factory):
+    """The uninterrupted run on one device."""
+    workdir = tmp_path_factory.mktemp("vgg_reference")
+    check(run_main(*args(tiny_data, workdir), env=devices(1)))
+    return workdir
+
+
+def test_the_recipe_learns_and_records_its_moving_average(reference):
+    results = metrics.load_results(reference)
+    history = metrics.read_history(reference)
+    assert [r["epoch"] for r in history] == [1, 2]
+    # Two epochs of 8 steps under shifts that move the tiny images' class bars: well above chance (0.1).
+    assert results["model"] == "vgg_bn" and results["test_accuracy"] > 0.3
+    assert history[1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_sigkill_and_rerun_give_the_uninterrupted_bits(tiny_data, tmp_path, reference):
+    kill_after(start_main(*args(tiny_data, tmp_path), env=devices(1)), tmp_path, 6)
+    result = check(run_main(*args(tiny_data, tmp_path), env=devices(1)))
+    assert "Resumed from checkpoint at step" in result.stderr
+    ours, theirs = metrics.load_results(tmp_path), metrics.load_results(reference)
+    assert ours["params_sha256"] == theirs["params_sha256"]  # the model state and its moving average
+    assert ours["test_accuracy"] == theirs["test_accuracy"]
+    assert [r["train_loss"] for r in metrics.read_history(tmp_path)] == [
+        r["train_loss"] for r in metrics.read_history(reference)
+    ]
+
+
+def test_eight_devices_then_one_give_the_one_device_maths(tiny_data, tmp_path, reference):
+    """8 devices of 4 images each, killed, then finished on one device from the 8-device checkpoint. The first
+    epoch's loss agrees to 2e-4 (per-device statistics of 4 images, or per-device random numbers, would move it by
+    far more); after that, reductions in another order drift, and 16 steps at a learning rate of up to 3e-3 grow
+    the drift to a few 1e-4 in the loss and a few 1e-3 in the probabilities."""
+    proc = start_main(*args(tiny_data, tmp_path), env=devices(8))
+    kill_after(proc, tmp_path, 10)
+    result = check(run_main(*args(tiny_data, tmp_path), env=devices(1)))
+    assert "Resumed from checkpoint at step" in result.stderr and "Mesh: 1 cpu device(s)" in result.stderr
+    np.testing.assert_allclose(
+        [r["train_loss"] for r in metrics.read_history(tmp_path)],
+        [r["train_loss"] for r in metrics.read_history(reference)],
+        rtol=2e-3,
+    )
+    np.testing.assert_allclose(
+        metrics.read_history(tmp_path)[0]["train_loss"], metrics.read_history(reference)[0]["train_loss"], rtol=2e-4
+    )
+    np.testing.assert_allclose(
+        metrics.load_predictions(tmp_path)["probs"], metrics.load_predictions(reference)["probs"], atol=1e-2
+    )
+
+
+def test_evaluate_and_predict_score_the_checkpoint_as_training_did(tiny_data, reference, tmp_path):
+    workdir = tmp_path / "copy"
+    shutil.copytree(reference, workdir)
+    overrides = {
+        "data.dir": str(tiny_data),
+        "data.validation_size": 64,
+        "batch_size": 32,
+        "num_epochs": 2,
+        "model.widths": (8, 16, 16),
+        "eval_batch_size": 48,
+    }
+    trained, trained_probs = metrics.load_results(reference), metrics.load_predictions(reference)["probs"]
+    evaluated = run.run(load_config("vgg_bn", mode="evaluate", **overrides), workdir)
+    assert evaluated["test_accuracy"] == trained["test_accuracy"]
+    assert evaluated["params_sha256"] == trained["params_sha256"]
+    np.testing.assert_allclose(metrics.load_predictions(workdir)["probs"], trained_probs, atol=1e-6)
+    run.run(load_config("vgg_bn", mode="evaluate", tta_flip=False, **overrides), workdir)
+    assert not np.allclose(metrics.load_predictions(workdir)["probs"], trained_probs, atol=1e-4)  # TTA was on
+
+    test_images = data.load(load_config("vgg_bn", **overrides).data, seed=0).test.images[:5]
+    np.save(tmp_path / "five.npy", test_images)
+    predict = load_config("vgg_bn", mode="predict", **{**overrides, "predict.inputs": str(tmp_path / "five.npy")})
+    rows = run.run(predict, workdir)
+    np.testing.assert_array_equal([r["class"] for r in rows], trained_probs[:5].argmax(-1))
+    np.testing.assert_allclose([r["probability"] for r in rows], trained_probs[:5].max(-1), atol=1e-5)
