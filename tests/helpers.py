@@ -80,6 +80,17 @@ def run_main(
     )
 
 
+def devices(n: int) -> dict[str, str]:
+    """The environment of a subprocess that sees `n` fake CPU devices."""
+    return {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+
+
+def check(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    """`result`, after asserting that its process succeeded (its stderr's tail as the message otherwise)."""
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 def start_main(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Starts `python main.py ARGS` in the background (to be killed at a moment of the test's choosing)."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}

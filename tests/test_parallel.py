@@ -10,13 +10,9 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import ROOT, run_main
+from helpers import ROOT, check, devices, run_main
 
 from fmnist_jax import metrics
-
-
-def devices(n):
-    return {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
 
 
 def tiny_args(tiny_data, workdir, *extra):
@@ -29,11 +25,6 @@ def tiny_args(tiny_data, workdir, *extra):
         "--config.eval_batch_size=48",
         *extra,
     )
-
-
-def check(result):
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +57,7 @@ def test_batch_size_the_devices_cannot_split_fails_before_compiling(tiny_data, t
     assert "Traceback" not in result.stderr and not (tmp_path / "config.json").exists()
 
 
-@pytest.mark.parametrize("first, second", [(8, 1), (1, 8), (2, 8)])
+@pytest.mark.parametrize("first, second", [(8, 1), (1, 8)])
 def test_checkpoint_restores_on_another_device_count(tiny_data, tmp_path, one_device_run, first, second):
     check(run_main(*tiny_args(tiny_data, tmp_path, "--config.num_epochs=1"), env=devices(first)))
     result = check(
