@@ -63,15 +63,20 @@ def load_arrays():
 
 
 def train_run(config, mesh, images, labels, *, batch: int, steps: int, steps_per_call: int):
-    """Compiles the train call, runs `steps` steps; returns (compile s, s per step, mean loss)."""
-    graphs, state, _ = train.create_train_state(config)
+    """Compiles the train call of `config`'s model and recipe (augmentation included), runs `steps` steps;
+    returns (compile s, s per step, mean loss, programs, state)."""
+    n = len(labels) // batch * batch
+    graphs, state, _ = train.create_train_state(config, n // batch)
     state = parallel.replicate(state, mesh)
     unroll = train.resolve_unroll(config.scan_unroll, jax.default_backend(), config.model.conv)
-    programs = train.Programs(graphs, mesh, batch, unroll=unroll)
+    recipe = train.Recipe.from_config(config)
+    programs = train.Programs(graphs, mesh, batch, unroll=unroll, recipe=recipe)
     key = jax.random.key(config.seed)
-    n = len(labels) // batch * batch
     inputs = train.TrainInputs(
-        *parallel.replicate((images[:n], labels[:n]), mesh), programs.permutation(key, 0, n), jax.random.fold_in(key, 2)
+        *parallel.replicate((images[:n], labels[:n]), mesh),
+        programs.permutation(key, 0, n),
+        jax.random.fold_in(key, 2),
+        jax.random.fold_in(key, 3) if recipe.augment.enabled else None,
     )
     calls = max(1, steps // steps_per_call)
     fn = programs.train(steps_per_call)

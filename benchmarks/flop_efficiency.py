@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.accelerator_check import train_run
 from fmnist_jax import data, parallel, train
 
 MATMUL_SHAPE = (7744, 576, 128)  # the study CNN's conv2 as im2col at batch 64: (m, k, n)
@@ -112,38 +113,18 @@ def flops_per_image(config) -> int:
 
 
 def measure(config, arrays, steps: int) -> dict:
-    """Images/s of the project's jitted train call for `config` (the call compiled and warmed first)."""
-    mesh = parallel.make_mesh()
+    """Seconds per step of the project's jitted train call for `config` (compiled and warmed first)."""
     images, labels = arrays
-    graphs, state, num_params = train.create_train_state(config, len(labels) // config.batch_size)
-    state = parallel.replicate(state, mesh)
-    recipe = train.Recipe.from_config(config)
-    backend = jax.default_backend()
-    programs = train.Programs(
-        graphs,
-        mesh,
-        config.batch_size,
-        unroll=train.resolve_unroll(config.scan_unroll, backend, config.model.conv),
-        recipe=recipe,
+    compile_seconds, step_seconds, *_ = train_run(
+        config,
+        parallel.make_mesh(),
+        images,
+        labels,
+        batch=config.batch_size,
+        steps=steps,
+        steps_per_call=config.steps_per_call,
     )
-    key = jax.random.key(0)
-    inputs = train.TrainInputs(
-        *parallel.replicate((images, labels), mesh),
-        programs.permutation(key, 0, len(labels)),
-        key,
-        key if recipe.augment.enabled else None,
-    )
-    k = config.steps_per_call
-    fn = programs.train(k)
-    start = time.perf_counter()
-    state = jax.block_until_ready(fn(state, inputs, jnp.int32(0), jnp.int32(0)))
-    compile_seconds = time.perf_counter() - start
-    calls = max(1, steps // k)
-    start = time.perf_counter()
-    for i in range(1, calls + 1):
-        state = fn(state, inputs, jnp.int32(i * k), jnp.int32(i * k))
-    jax.block_until_ready(state)
-    step_seconds = (time.perf_counter() - start) / (calls * k)
+    num_params = train.create_train_state(config)[2]
     return {"num_params": num_params, "step_seconds": step_seconds, "compile_seconds": compile_seconds}
 
 

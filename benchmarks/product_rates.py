@@ -48,33 +48,20 @@ def cpu_flags() -> list[str]:
     return sorted(f for f in flags if "bf16" in f or f.startswith("amx") or f == "avx512f")
 
 
+def contract(lhs_axis: int, rhs_axis: int):
+    """A float32-accumulating product that contracts axis `lhs_axis` of its first operand with `rhs_axis` of its
+    second: the form XLA is handed."""
+    dims = (((lhs_axis,), (rhs_axis,)), ((), ()))
+    return lambda a, b: jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
+
+
 def products(m: int, k: int, n: int):
     """(name, fn, operand shapes) of the four product forms of one layer."""
-
-    def cdims(lhs, rhs):
-        return (((lhs,), (rhs,)), ((), ()))
-
     return (
-        (
-            "forward P.W",
-            lambda p, w: jax.lax.dot_general(p, w, cdims(1, 0), preferred_element_type=jnp.float32),
-            ((m, k), (k, n)),
-        ),
-        (
-            "input_grad dy.W^T",
-            lambda dy, w: jax.lax.dot_general(dy, w, cdims(1, 1), preferred_element_type=jnp.float32),
-            ((m, n), (k, n)),
-        ),
-        (
-            "weight_grad P^T.dy (autodiff)",
-            lambda p, dy: jax.lax.dot_general(p, dy, cdims(0, 0), preferred_element_type=jnp.float32),
-            ((m, k), (m, n)),
-        ),
-        (
-            "weight_grad with P^T laid out (k, m)",
-            lambda pt, dy: jax.lax.dot_general(pt, dy, cdims(1, 0), preferred_element_type=jnp.float32),
-            ((k, m), (m, n)),
-        ),
+        ("forward P.W", contract(1, 0), ((m, k), (k, n))),
+        ("input_grad dy.W^T", contract(1, 1), ((m, n), (k, n))),
+        ("weight_grad P^T.dy (autodiff)", contract(0, 0), ((m, k), (m, n))),
+        ("weight_grad with P^T laid out (k, m)", contract(1, 0), ((k, m), (m, n))),
     )
 
 

@@ -40,7 +40,7 @@ def apply_dense(layer: nnx.Linear, x: jax.Array, compute_dtype: jnp.dtype | None
     """`layer(x)`, or with a lower-precision `compute_dtype` its product in that dtype, accumulated in float32."""
     if compute_dtype is None:
         return layer(x)
-    return ops.dense(x, layer.kernel[...], layer.bias[...], compute_dtype=compute_dtype)
+    return ops.dense_mixed(x, layer.kernel[...], layer.bias[...], compute_dtype)
 
 
 class SeedCNN(nnx.Module):

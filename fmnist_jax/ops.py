@@ -153,10 +153,8 @@ def _im2col_mixed_bwd(dtype, residuals, dy):
 im2col_mixed.defvjp(_im2col_mixed_fwd, _im2col_mixed_bwd)
 
 
-def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array, *, compute_dtype: jnp.dtype | None = None) -> jax.Array:
-    """x @ kernel + bias in float32, the product's operands in `compute_dtype` when it is lower precision."""
-    if not is_mixed(compute_dtype):
-        return x @ kernel + bias
+def dense_mixed(x: jax.Array, kernel: jax.Array, bias: jax.Array, compute_dtype: jnp.dtype) -> jax.Array:
+    """x @ kernel + bias in float32, the product's operands cast to the lower-precision `compute_dtype`."""
     y = jnp.dot(x.astype(compute_dtype), kernel.astype(compute_dtype), preferred_element_type=jnp.float32)
     return y + bias
 

@@ -80,6 +80,12 @@ def run_main(
     )
 
 
+def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
+    """The step folders in WORKDIR/checkpoints (complete ones: Orbax writes the others under temporary names)."""
+    folder = pathlib.Path(workdir) / "checkpoints"
+    return [int(p.name) for p in folder.glob("*") if p.name.isdigit()] if folder.exists() else []
+
+
 def devices(n: int) -> dict[str, str]:
     """The environment of a subprocess that sees `n` fake CPU devices."""
     return {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}

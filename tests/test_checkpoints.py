@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import ROOT, wait_for
+from helpers import ROOT, checkpoint_steps, wait_for
 
 from fmnist_jax import checkpoints, files, metrics, run
 
@@ -48,11 +48,6 @@ def finish(tiny_data, workdir):
     return err
 
 
-def complete_steps(workdir):
-    folder = pathlib.Path(workdir) / "checkpoints"
-    return [int(p.name) for p in folder.glob("*") if p.name.isdigit()] if folder.exists() else []
-
-
 def saving_now(workdir):
     return (
         any(".orbax-checkpoint-tmp" in p.name for p in (pathlib.Path(workdir) / "checkpoints").glob("*"))
@@ -83,10 +78,10 @@ def assert_same_as_reference(workdir, reference):
 def test_sigkill_anywhere_then_rerun_gives_bit_identical_parameters(tiny_data, tmp_path, reference, kill_point):
     proc = start(tiny_data, tmp_path)
     if kill_point == "during_a_save":
-        wait_for(lambda: complete_steps(tmp_path) and saving_now(tmp_path), proc)
+        wait_for(lambda: checkpoint_steps(tmp_path) and saving_now(tmp_path), proc)
     else:
         n = int(kill_point.split("_")[1])
-        wait_for(lambda: len(complete_steps(tmp_path)) and max(complete_steps(tmp_path)) >= n, proc)
+        wait_for(lambda: len(checkpoint_steps(tmp_path)) and max(checkpoint_steps(tmp_path)) >= n, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "results.json").exists()
@@ -98,14 +93,14 @@ def test_sigkill_anywhere_then_rerun_gives_bit_identical_parameters(tiny_data, t
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_and_sigint_save_then_exit_with_resume_line(tiny_data, tmp_path, reference, signum):
     proc = start(tiny_data, tmp_path)
-    wait_for(lambda: len(complete_steps(tmp_path)) and max(complete_steps(tmp_path)) >= 2, proc)
+    wait_for(lambda: len(checkpoint_steps(tmp_path)) and max(checkpoint_steps(tmp_path)) >= 2, proc)
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 128 + signum, err[-2000:]
     last = err.strip().splitlines()
     assert last[-2].startswith(f"interrupted ({signal.Signals(signum).name}: checkpoint saved at step ")
     saved = int(last[-2].split("at step ")[1].split()[0])
-    assert max(complete_steps(tmp_path)) == saved and "main.py" in last[-1] and "--workdir=" in last[-1]
+    assert max(checkpoint_steps(tmp_path)) == saved and "main.py" in last[-1] and "--workdir=" in last[-1]
     finish(tiny_data, tmp_path)
     assert_same_as_reference(tmp_path, reference)
 

@@ -8,7 +8,7 @@ import signal
 
 import numpy as np
 import pytest
-from helpers import check, devices, load_config, run_main, start_main, wait_for
+from helpers import check, checkpoint_steps, devices, load_config, run_main, start_main, wait_for
 
 from fmnist_jax import data, metrics, run
 
@@ -30,11 +30,6 @@ def args(tiny_data, workdir, *extra):
         "--config.model.widths=8,16,16",
         *extra,
     )
-
-
-def checkpoint_steps(workdir):
-    folder = workdir / "checkpoints"
-    return [int(p.name) for p in folder.glob("*") if p.name.isdigit()] if folder.exists() else []
 
 
 def kill_after(proc, workdir, step):
