@@ -1,7 +1,8 @@
 r"""Where a CNN train step's time goes: a `jax.profiler` trace of the project's train step, summed per XLA op.
 
-    python benchmarks/profile_step.py                    # 1 step per call, the default config otherwise
+    python benchmarks/profile_step.py                    # the study's CNN, 1 step per call, batch 64
     python benchmarks/profile_step.py --conv=xla --top=25
+    python benchmarks/profile_step.py --config=vgg_bn --batch=128   # the stronger CNN with its whole recipe
     python benchmarks/profile_step.py --forward_only     # the evaluation forward pass, batch --batch
 
 Prints one JSON line per XLA operation (thunk) of the compiled step, the most expensive first: milliseconds
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import collections
 import gzip
+import importlib
 import json
 import pathlib
 import re
@@ -30,7 +32,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from configs import cnn
 from fmnist_jax import parallel, train
 
 
@@ -47,6 +48,7 @@ def op_table(hlo_text: str) -> dict[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="cnn", help="a file in configs/, without .py (cnn, vgg_bn)")
     parser.add_argument("--steps", type=int, default=20, help="profiled calls")
     parser.add_argument("--conv", default="auto", help="config.model.conv")
     parser.add_argument("--batch", type=int, default=64)
@@ -55,8 +57,9 @@ def main() -> None:
     parser.add_argument("--trace_dir", default=None, help="where the trace goes (default: a temporary folder)")
     args = parser.parse_args()
 
-    config = cnn.get_config()
+    config = importlib.import_module(f"configs.{args.config}").get_config()
     config.model.conv = args.conv
+    recipe = train.Recipe.from_config(config)
     mesh = parallel.make_mesh()
     graphs, state, _ = train.create_train_state(config)
     state = parallel.replicate(state, mesh)
@@ -71,12 +74,15 @@ def main() -> None:
 
         compiled = fn.lower(state, images).compile()
     else:
-        fn = jax.jit(lambda s, x, y, k: train.train_step(graphs, s, x, y, k), donate_argnums=0)
+        # The config's recipe (augmentation, label smoothing, moving average) inside the step, as training has it.
+        keys = (jax.random.fold_in(key, 2), jax.random.fold_in(key, 3) if recipe.augment.enabled else None)
+        step = jnp.int32(0)
+        fn = jax.jit(lambda s, x, y, k, t: train.train_step(graphs, recipe, s, x, y, k, t), donate_argnums=0)
 
         def call(s):
-            return fn(s, images, labels, key), None
+            return fn(s, images, labels, keys, step), None
 
-        compiled = fn.lower(state, images, labels, key).compile()
+        compiled = fn.lower(state, images, labels, keys, step).compile()
     table = op_table(compiled.as_text())
     for _ in range(3):
         state, out = call(state)
@@ -119,6 +125,7 @@ def main() -> None:
                 "backend": jax.default_backend(),
                 "forward_only": args.forward_only,
                 "batch": args.batch,
+                "config": args.config,
             }
         ),
         flush=True,
