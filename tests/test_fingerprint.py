@@ -7,7 +7,6 @@ skips (record the pair's fingerprints from a checkout of the recording commit, 5
 
 import jax
 import pytest
-from helpers import load_config
 
 from fmnist_jax import run
 
@@ -35,8 +34,4 @@ def test_the_study_run_on_tiny_data_keeps_its_recorded_fingerprint(cnn_config, t
     assert run.run(cnn_config, tmp_path)["params_sha256"] == expected
 
 
-@pytest.mark.slow
-def test_the_study_run_on_the_real_data_keeps_its_recorded_fingerprint(real_data_dir, tmp_path):
-    expected = recorded(REAL)
-    config = load_config("cnn", num_epochs=1, **{"data.num_train": 2560, "data.dir": str(real_data_dir)})
-    assert run.run(config, tmp_path)["params_sha256"] == expected
+# The real-data fingerprint is checked through main.py by tests/test_integration.py.

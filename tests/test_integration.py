@@ -1,31 +1,36 @@
-"""The real data set, end to end (slow: one full epoch on 48,000 images)."""
+"""The real data set, end to end through `main.py` (slow): one epoch of the study's run on its first 2,560
+training images keeps the study's recorded fingerprint, with everything a run writes."""
 
 import pytest
 from helpers import run_main
+from test_fingerprint import REAL, recorded
 
 from fmnist_jax import metrics
 
 
 @pytest.mark.slow
-def test_one_epoch_on_the_real_data(real_data_dir, tmp_path):
+def test_the_study_run_on_the_real_data_writes_its_record_and_keeps_its_fingerprint(real_data_dir, tmp_path):
     result = run_main(
         "--config=configs/cnn.py",
         f"--workdir={tmp_path}",
         "--config.num_epochs=1",
+        "--config.data.num_train=2560",
         f"--config.data.dir={real_data_dir}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     results = metrics.load_results(tmp_path)
     assert results["num_params"] == 438_026
-    # One epoch, seeds 0/1/2: validation 0.828/0.839/0.832 (Keras reached 0.835), test 0.821/0.828/0.819;
-    # another CPU's rounding gives another trajectory, hence the margin.
-    assert results["validation_accuracy"] >= 0.82 and results["test_accuracy"] >= 0.81
+    # 40 steps of 64 images, seeds 0/1/2 on this project's CPU: validation 0.608/0.620/0.636, test 0.607/0.617/
+    # 0.627 (chance: 0.1); another CPU's rounding gives another trajectory, hence the margin.
+    assert results["validation_accuracy"] >= 0.55 and results["test_accuracy"] >= 0.55
     assert sum(c["support"] for c in results["per_class"].values()) == 10_000
     history = metrics.read_history(tmp_path)
-    assert len(history) == 1 and history[0]["step"] == 750
+    assert len(history) == 1 and history[0]["step"] == 40
     assert set(results["dataset_checksums"]) == {
         "train-images-idx3-ubyte.gz",
         "train-labels-idx1-ubyte.gz",
         "t10k-images-idx3-ubyte.gz",
         "t10k-labels-idx1-ubyte.gz",
     }
+    # Last: on a (CPU, jax) pair without a recording this skips, after the checks above have passed.
+    assert results["params_sha256"] == recorded(REAL)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import ROOT, quick_compare_config, run_main, start_main, wait_for
+from helpers import ROOT, devices, quick_compare_config, run_main, start_main, wait_for
 
 from fmnist_jax import files, metrics, run
 
@@ -154,34 +154,29 @@ def test_history_beyond_the_restored_checkpoint_is_cut_back(tiny_data, tmp_path,
 # ------------------------------------------------------------------------------------------ many devices
 
 
-def devices(n):
-    return {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
-
-
 @pytest.mark.slow
-def test_the_real_splits_score_the_same_on_1_2_and_8_devices(real_data_dir, tmp_path):
+def test_the_real_splits_score_the_same_on_1_and_8_devices(real_data_dir, tmp_path):
     """The full 12,000-image validation split and 10,000-image test set, with the automatic evaluation batch:
     training on 8 fake devices finishes (it used to deadlock in its first evaluation), and its checkpoint scores
-    the same on 1 and 2 devices as on the 8 it was evaluated on during training."""
+    the same on 1 device as on the 8 it was evaluated on during training."""
     args = ("--config=configs/cnn.py", "--config.num_epochs=1", "--config.data.num_train=512")
     trained = tmp_path / "train_8"
     result = run_main(*args, f"--workdir={trained}", env=devices(8), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Mesh: 8 cpu device(s)" in result.stderr and len(metrics.read_history(trained)) == 1
     reference = metrics.load_results(trained)
-    for n in (1, 2):
-        copy = tmp_path / f"evaluate_{n}"
-        shutil.copytree(trained, copy)
-        result = run_main(*args, f"--workdir={copy}", "--config.mode=evaluate", env=devices(n), timeout=300)
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert f"Evaluating on {n} cpu device(s)" in result.stderr
-        scored = metrics.load_results(copy)
-        assert abs(scored["test_accuracy"] - reference["test_accuracy"]) <= 1e-4
-        assert abs(scored["validation_accuracy"] - reference["validation_accuracy"]) <= 1e-4
-        assert scored["test_loss"] == pytest.approx(reference["test_loss"], rel=1e-5)
-        np.testing.assert_allclose(
-            metrics.load_predictions(copy)["probs"], metrics.load_predictions(trained)["probs"], atol=1e-5
-        )
+    copy = tmp_path / "evaluate_1"
+    shutil.copytree(trained, copy)
+    result = run_main(*args, f"--workdir={copy}", "--config.mode=evaluate", env=devices(1), timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Evaluating on 1 cpu device(s)" in result.stderr
+    scored = metrics.load_results(copy)
+    assert abs(scored["test_accuracy"] - reference["test_accuracy"]) <= 1e-4
+    assert abs(scored["validation_accuracy"] - reference["validation_accuracy"]) <= 1e-4
+    assert scored["test_loss"] == pytest.approx(reference["test_loss"], rel=1e-5)
+    np.testing.assert_allclose(
+        metrics.load_predictions(copy)["probs"], metrics.load_predictions(trained)["probs"], atol=1e-5
+    )
 
 
 # ------------------------------------------------------------------------------------------ a full disk
