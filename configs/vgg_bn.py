@@ -5,8 +5,9 @@ python main.py --config=configs/vgg_bn.py --workdir=runs/vgg_bn_gpu --config.mod
     --config.model.depths=2,2,2 --config.num_epochs=100        # aimed at 0.95+ on a GPU/TPU (README)
 
 Choices (each made on the validation split, README "Beyond the study"): BatchNorm after every convolution,
-flips + 2-pixel shifts + random erasing on device, AdamW with warm-up and cosine decay, label smoothing 0.1,
-a moving average of the weights for evaluation, and flip test-time augmentation.
+flips + 2-pixel shifts on device (random erasing off: with it the model underfit in 20 epochs), AdamW with
+warm-up and cosine decay, label smoothing 0.1, a moving average of the weights for evaluation, and flip
+test-time augmentation.
 """
 
 import ml_collections
@@ -35,7 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.label_smoothing = 0.1
     config.augment.flip = True
     config.augment.translate = 2
-    config.augment.erase_prob = 0.25
+    config.augment.erase_prob = 0.0  # 0.25 underfit in 20 epochs (README); erasing pays off in longer runs
     config.ema_decay = 0.999
     config.tta_flip = True
     return config
