@@ -2,7 +2,7 @@
 training images keeps the study's recorded fingerprint, with everything a run writes."""
 
 import pytest
-from helpers import run_main
+from helpers import check, run_main
 from test_fingerprint import REAL, recorded
 
 from fmnist_jax import metrics
@@ -10,14 +10,15 @@ from fmnist_jax import metrics
 
 @pytest.mark.slow
 def test_the_study_run_on_the_real_data_writes_its_record_and_keeps_its_fingerprint(real_data_dir, tmp_path):
-    result = run_main(
-        "--config=configs/cnn.py",
-        f"--workdir={tmp_path}",
-        "--config.num_epochs=1",
-        "--config.data.num_train=2560",
-        f"--config.data.dir={real_data_dir}",
+    check(
+        run_main(
+            "--config=configs/cnn.py",
+            f"--workdir={tmp_path}",
+            "--config.num_epochs=1",
+            "--config.data.num_train=2560",
+            f"--config.data.dir={real_data_dir}",
+        )
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     results = metrics.load_results(tmp_path)
     assert results["num_params"] == 438_026
     # 40 steps of 64 images, seeds 0/1/2 on this project's CPU: validation 0.608/0.620/0.636, test 0.607/0.617/

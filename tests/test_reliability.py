@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import ROOT, devices, quick_compare_config, run_main, start_main, wait_for
+from helpers import ROOT, check, devices, quick_compare_config, run_main, start_main, wait_for
 
 from fmnist_jax import files, metrics, run
 
@@ -161,14 +161,12 @@ def test_the_real_splits_score_the_same_on_1_and_8_devices(real_data_dir, tmp_pa
     the same on 1 device as on the 8 it was evaluated on during training."""
     args = ("--config=configs/cnn.py", "--config.num_epochs=1", "--config.data.num_train=512")
     trained = tmp_path / "train_8"
-    result = run_main(*args, f"--workdir={trained}", env=devices(8), timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = check(run_main(*args, f"--workdir={trained}", env=devices(8), timeout=300))
     assert "Mesh: 8 cpu device(s)" in result.stderr and len(metrics.read_history(trained)) == 1
     reference = metrics.load_results(trained)
     copy = tmp_path / "evaluate_1"
     shutil.copytree(trained, copy)
-    result = run_main(*args, f"--workdir={copy}", "--config.mode=evaluate", env=devices(1), timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = check(run_main(*args, f"--workdir={copy}", "--config.mode=evaluate", env=devices(1), timeout=300))
     assert "Evaluating on 1 cpu device(s)" in result.stderr
     scored = metrics.load_results(copy)
     assert abs(scored["test_accuracy"] - reference["test_accuracy"]) <= 1e-4
