@@ -208,6 +208,12 @@ def _pool_bias_act_fwd(act, z, bias):
 def _pool_bias_act_bwd(act, residuals, dy):
     z, m, bias = residuals
     g = jax.vjp(act, m + bias)[1](dy)[0]
+    return _to_window_choice(z, m, g), g.sum(axis=(0, 1, 2)).astype(bias.dtype)  # z may be bfloat16
+
+
+def _to_window_choice(z: jax.Array, m: jax.Array, g: jax.Array) -> jax.Array:
+    """The gradient of 2x2 pooling that picked value `m` from each window of `z`: each window's `g` goes to
+    the element equal to `m`, the first in row-major order on ties; zero elsewhere (and on a dropped odd edge)."""
     windows = _windows(z)
     a, b, c = windows[:, :, 0, :, 0], windows[:, :, 0, :, 1], windows[:, :, 1, :, 0]  # top-left, -right, bottom-left
     ta, tb, tc = a == m, b == m, c == m
@@ -223,10 +229,39 @@ def _pool_bias_act_bwd(act, residuals, dy):
     top, bottom = jnp.stack(corners[:2], axis=3), jnp.stack(corners[2:], axis=3)  # (N, H/2, W/2, 2, C)
     dz = jnp.stack([top, bottom], axis=2).reshape(n, 2 * h2, 2 * w2, ch)
     dz = jnp.pad(dz, ((0, 0), (0, h - 2 * h2), (0, w - 2 * w2), (0, 0)))  # the dropped odd edge: zero
-    return dz.astype(z.dtype), g.sum(axis=(0, 1, 2)).astype(bias.dtype)  # z may be bfloat16, the bias float32
+    return dz.astype(z.dtype)
 
 
 pool_bias_act.defvjp(_pool_bias_act_fwd, _pool_bias_act_bwd)
+
+
+@jax.custom_vjp
+def pool_affine_relu(z: jax.Array, scale: jax.Array, shift: jax.Array) -> jax.Array:
+    """max_pool_2x2(relu(z * scale + shift)) with per-channel `scale` and `shift` (BatchNorm's affine map with
+    the batch statistics folded in), computed on the pooled values: for each channel the window's largest `z`
+    where its scale is >= 0, its smallest where the scale is negative (the affine map then reverses the order).
+
+    Returns float32 whatever `z`'s dtype (as BatchNorm with float32 parameters does). Gradient: each window's
+    gradient goes to the element it picked, the first in row-major order on ties, as in `pool_bias_act`.
+    """
+    return _pool_affine_relu_fwd(z, scale, shift)[0]
+
+
+def _pool_affine_relu_fwd(z, scale, shift):
+    windows = _windows(z)
+    m = jnp.where(scale >= 0, windows.max(axis=(2, 4)), windows.min(axis=(2, 4)))
+    u = m.astype(jnp.float32) * scale + shift
+    return jax.nn.relu(u), (z, m, u, scale)
+
+
+def _pool_affine_relu_bwd(residuals, dy):
+    z, m, u, scale = residuals
+    g = jnp.where(u > 0, dy, jnp.zeros_like(dy))
+    dscale = (g * m.astype(jnp.float32)).sum(axis=(0, 1, 2))
+    return _to_window_choice(z, m, g * scale), dscale.astype(scale.dtype), g.sum(axis=(0, 1, 2)).astype(scale.dtype)
+
+
+pool_affine_relu.defvjp(_pool_affine_relu_fwd, _pool_affine_relu_bwd)
 
 
 def _fmix32(h: jax.Array) -> jax.Array:

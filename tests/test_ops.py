@@ -79,6 +79,34 @@ def test_pool_gradient_goes_to_the_first_of_tied_elements():
     np.testing.assert_array_equal(dz, expected)
 
 
+@pytest.mark.parametrize("shape", [(2, 28, 28, 4), (3, 7, 7, 6), (1, 3, 3, 5)])
+def test_pool_affine_relu_equals_affine_relu_then_pool_with_gradients(shape):
+    kz, ks, kb, kg = jax.random.split(jax.random.key(2), 4)
+    z = jax.random.normal(kz, shape)
+    scale = jax.random.normal(ks, shape[-1:]).at[0].set(-0.7).at[1].set(1.3)  # both signs, always
+    shift = jax.random.normal(kb, shape[-1:]) * 0.5
+
+    def reference(z, s, b):
+        return nnx.max_pool(jax.nn.relu(z * s + b), (2, 2), (2, 2), "VALID")
+
+    y = ops.pool_affine_relu(z, scale, shift)
+    np.testing.assert_array_equal(y, reference(z, scale, shift))  # bitwise: the same arithmetic on the same element
+    cotangent = jax.random.normal(kg, y.shape)
+    grads = jax.vjp(ops.pool_affine_relu, z, scale, shift)[1](cotangent)
+    ref_grads = jax.vjp(reference, z, scale, shift)[1](cotangent)
+    for g, r, name in zip(grads, ref_grads, ("z", "scale", "shift"), strict=True):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert int(jnp.count_nonzero(grads[0])) == int(jnp.count_nonzero(y))  # one element of each active window
+
+
+def test_pool_affine_relu_picks_the_first_of_tied_window_minima_under_a_negative_scale():
+    z = jnp.ones((1, 4, 4, 1)).at[0, 3, 3, 0].set(-1.0)  # three all-one windows, one with a single minimum
+    dz = jax.grad(lambda z: ops.pool_affine_relu(z, -jnp.ones(1), jnp.full((1,), 2.0)).sum())(z)[0, :, :, 0]
+    expected = np.zeros((4, 4))
+    expected[0, 0] = expected[0, 2] = expected[2, 0] = expected[3, 3] = -1.0  # d relu(2 - z) / dz
+    np.testing.assert_array_equal(dz, expected)
+
+
 @pytest.mark.parametrize("rate", [0.25, 0.3, 0.4])
 def test_dropout_keeps_the_right_fraction_and_scales(rate):
     x = jnp.ones((64, 40, 40, 8))  # 819,200 elements: the kept fraction's std is ~0.0005

@@ -211,6 +211,34 @@ def test_vgg_bn_uses_batch_statistics_in_training_and_running_ones_in_evaluation
     np.testing.assert_array_equal(model(x), model(x))  # evaluation changes nothing
 
 
+def test_the_fused_batch_norm_relu_pool_trains_the_same_function_as_the_plain_layers():
+    """The jitted training gradient of the fused model (as `train_step` computes it) against the plain
+    BatchNorm-ReLU-max-pool layers differentiated op by op. (Jitted, the plain layers' gradient is wrong here:
+    XLA:CPU's compiled autodiff of the reshape-max pool inside the whole VGG-BN loses much of it.)"""
+    x, labels = random_batch(16) * 2 - 0.5, jnp.arange(16) % 10
+    outputs = {}
+    for fused in (True, False):
+        conv = "auto" if fused else "xla"  # im2col, as CPU training runs; the reference: fewer ops to dispatch
+        model = models.create_model("vgg_bn", seed=0, head_width=32, fused_pool=fused, conv=conv)
+        for norm in model.norms:  # BatchNorm scales of both signs, as training produces
+            norm.scale[...] = jnp.where(jnp.arange(norm.scale.shape[0]) % 3 == 0, -0.8, 1.2)
+
+        def loss(model):
+            logits = model(x, dropout_key=KEY)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+        grad_fn = nnx.value_and_grad(loss)
+        value, grads = (nnx.jit(grad_fn) if fused else grad_fn)(model)  # updates the running statistics
+        outputs[fused] = value, grads, nnx.state(model, nnx.BatchStat)
+    (fused_loss, fused_grads, fused_stats), (plain_loss, plain_grads, plain_stats) = outputs[True], outputs[False]
+    np.testing.assert_allclose(fused_loss, plain_loss, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(fused_grads), jax.tree.leaves(plain_grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+    for a, b in zip(jax.tree.leaves(fused_stats), jax.tree.leaves(plain_stats), strict=True):  # running statistics
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert len(jax.tree.leaves(fused_stats)) == 2 * 5
+
+
 @pytest.mark.parametrize("impl", ["im2col", "taps", "xla"])
 def test_same_convolution_equals_flax_conv_same(impl):
     x = random_batch(3)[..., :1] * jnp.ones((1, 1, 1, 4))
