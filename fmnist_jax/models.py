@@ -106,7 +106,8 @@ class VGGBatchNorm(nnx.Module):
     and the output layer. The convolutions (one of 32 channels at 28x28, two of 64 at 14x14, two of 128 at 7x7
     by default) spend their FLOPs at 14x14 and 7x7, where the patch matrices stay small. With `fused_pool`,
     training computes each stage's last BatchNorm-ReLU on the pooled values (`batch_norm_relu_pool`): the same
-    function and gradients, fewer passes over the full-resolution activations.
+    function and gradients as Flax's BatchNorm, ReLU and `nnx.max_pool` (used without it), fewer passes over
+    the full-resolution activations.
     """
 
     def __init__(
@@ -166,8 +167,12 @@ class VGGBatchNorm(nnx.Module):
                 else:
                     x = jax.nn.relu(self.norms[layer](z, use_running_average=not training))
                 layer += 1
-            if not (training and self.fused_pool):
+            if not training:
                 x = ops.max_pool_2x2(x)
+            elif not self.fused_pool:
+                # Flax's pooling: jitted on XLA:CPU, autodiff of the reshape-max `ops.max_pool_2x2` inside this
+                # net loses much of the gradient (tests/test_recipe.py); reduce_window's gradient is right.
+                x = nnx.max_pool(x, (2, 2), (2, 2), "VALID")
         keys = jax.random.split(dropout_key) if training else (None, None)
         x = ops.dropout(x.reshape(x.shape[0], -1), self.dropout_rate, keys[0])
         if self.hidden is not None:

@@ -212,13 +212,12 @@ def test_vgg_bn_uses_batch_statistics_in_training_and_running_ones_in_evaluation
 
 
 def test_the_fused_batch_norm_relu_pool_trains_the_same_function_as_the_plain_layers():
-    """The jitted training gradient of the fused model (as `train_step` computes it) against the plain
-    BatchNorm-ReLU-max-pool layers differentiated op by op. (Jitted, the plain layers' gradient is wrong here:
-    XLA:CPU's compiled autodiff of the reshape-max pool inside the whole VGG-BN loses much of it.)"""
+    """The jitted training gradient (as `train_step` computes it), with and without `fused_pool`, against the
+    plain layers differentiated op by op. (Jitted on XLA:CPU, autodiff of the reshape-max pool inside the whole
+    VGG-BN loses much of the gradient: 30-60 % off, so neither setting may use it in training.)"""
     x, labels = random_batch(16) * 2 - 0.5, jnp.arange(16) % 10
-    outputs = {}
-    for fused in (True, False):
-        conv = "auto" if fused else "xla"  # im2col, as CPU training runs; the reference: fewer ops to dispatch
+
+    def run(fused, jit, conv="auto"):
         model = models.create_model("vgg_bn", seed=0, head_width=32, fused_pool=fused, conv=conv)
         for norm in model.norms:  # BatchNorm scales of both signs, as training produces
             norm.scale[...] = jnp.where(jnp.arange(norm.scale.shape[0]) % 3 == 0, -0.8, 1.2)
@@ -228,15 +227,18 @@ def test_the_fused_batch_norm_relu_pool_trains_the_same_function_as_the_plain_la
             return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
         grad_fn = nnx.value_and_grad(loss)
-        value, grads = (nnx.jit(grad_fn) if fused else grad_fn)(model)  # updates the running statistics
-        outputs[fused] = value, grads, nnx.state(model, nnx.BatchStat)
-    (fused_loss, fused_grads, fused_stats), (plain_loss, plain_grads, plain_stats) = outputs[True], outputs[False]
-    np.testing.assert_allclose(fused_loss, plain_loss, rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(fused_grads), jax.tree.leaves(plain_grads), strict=True):
-        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
-    for a, b in zip(jax.tree.leaves(fused_stats), jax.tree.leaves(plain_stats), strict=True):  # running statistics
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    assert len(jax.tree.leaves(fused_stats)) == 2 * 5
+        value, grads = (nnx.jit(grad_fn) if jit else grad_fn)(model)  # updates the running statistics
+        return value, grads, nnx.state(model, nnx.BatchStat)
+
+    ref_loss, ref_grads, ref_stats = run(False, jit=False, conv="xla")  # XLA's convolution: fewer ops to dispatch
+    assert len(jax.tree.leaves(ref_stats)) == 2 * 5
+    for fused in (True, False):
+        loss, grads, stats = run(fused, jit=True)  # im2col, as training on CPU runs
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
+            np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6, err_msg=f"fused_pool={fused}")
+        for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(ref_stats), strict=True):  # running statistics
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("impl", ["im2col", "taps", "xla"])
