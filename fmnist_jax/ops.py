@@ -11,6 +11,8 @@ benchmark showed it, and each is tested against the plain formulation in tests/t
   same values, since the bias and both activations are increasing, with a backward pass that is one select
   per input element instead of the tie-counting mask that autodiff of a max builds. (A forward pass alone
   is faster in the plain order, which the model uses for evaluation.)
+- `pool_affine_relu` = max_pool_2x2(relu(z * scale + shift)) for BatchNorm's folded per-channel affine map,
+  computed on each window's max or min by the sign of the scale, with the same one-select backward pass.
 - `dropout` draws its keep mask from a counter-based hash of (key, element index) instead of threefry,
   which XLA:CPU runs as a loop with copies of its state; the mask is a pure function of the key and the
   element's position in the global batch, so it does not depend on the number of devices.
@@ -178,8 +180,9 @@ def conv2d_same(
 def max_pool_2x2(x: jax.Array) -> jax.Array:
     """2x2 max pooling, stride 2, 'VALID' (an odd last row/column is dropped), as reshape + max.
 
-    The same values as `nnx.max_pool(x, (2, 2), (2, 2))`; its backward pass is an elementwise mask instead
-    of `select_and_scatter`.
+    The same values as `nnx.max_pool(x, (2, 2), (2, 2))`. For forward passes: training differentiates the
+    pooling through `pool_bias_act` or `pool_affine_relu`, never through this (jitted on XLA:CPU, autodiff of
+    it inside the whole VGG-BN lost much of the gradient; tests/test_recipe.py).
     """
     return _windows(x).max(axis=(2, 4))
 
