@@ -1,20 +1,23 @@
 r"""One command that checks and times the CNN on whatever JAX finds (CPU, GPU, TPU): JSON lines.
 
     python benchmarks/accelerator_check.py                      # on a GPU/TPU machine or Colab
+    python benchmarks/accelerator_check.py --config=vgg_bn_large --large_batch=1024   # another config's model
     python benchmarks/accelerator_check.py --steps=20           # a short check (CPU, CI)
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python benchmarks/accelerator_check.py --steps=10
 
-Prints: the devices and the CPU; for each model, at batch 64 and at a large batch, the compile seconds, the
-training images/s and the seconds an epoch of 48,000 images takes at that rate, measured over `--steps` steps of
-the project's own train call on all devices; the seconds to evaluate the 10,000 test images; whether one device
-and all devices give the same losses from the same start; and the training images/s with `compute_dtype` float32
-against bfloat16 (batch 64, all devices). Data: the real set when installed, random images otherwise (speed does
-not depend on it).
+Prints: the devices and the CPU; for the model and recipe of `--config` (a file in configs/; the study's CNN by
+default), at the config's batch size and at a large batch, the compile seconds, the training images/s and the
+seconds an epoch of the config's training split takes at that rate, measured over `--steps` steps of the
+project's own train call on all devices; the seconds to evaluate the 10,000 test images; whether one device and
+all devices give the same losses from the same start; and the training images/s with `compute_dtype` float32
+against bfloat16 (the config's batch, all devices). Data: the real set when installed, random images otherwise
+(speed does not depend on it).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import pathlib
 import platform
@@ -28,10 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import cnn
 from fmnist_jax import data, parallel, train
-
-EPOCH_IMAGES = 48_000
 
 
 def emit(**row) -> dict:
@@ -47,16 +47,17 @@ def cpu_model() -> str:
         return platform.processor()
 
 
-def load_arrays():
+def load_arrays(config):
     try:
-        ds = data.load(cnn.get_config().data, seed=0)
+        ds = data.load(config.data, seed=0)
         return ds.train.images, ds.train.labels, ds.test, ds.source
     except data.DataError:
         rng = np.random.default_rng(0)
+        n = 60_000 - config.data.validation_size
         test = data.Split(rng.integers(0, 256, (10000, 28, 28), dtype=np.uint8), rng.integers(0, 10, 10000))
         return (
-            rng.integers(0, 256, (EPOCH_IMAGES, 28, 28), dtype=np.uint8),
-            rng.integers(0, 10, EPOCH_IMAGES).astype(np.int32),
+            rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
+            rng.integers(0, 10, n).astype(np.int32),
             test,
             "random",
         )
@@ -100,6 +101,7 @@ def train_run(config, mesh, images, labels, *, batch: int, steps: int, steps_per
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="cnn", help="a config file's name in configs/ (cnn, vgg_bn, ...)")
     parser.add_argument("--steps", type=int, default=200, help="timed train steps per setting")
     parser.add_argument("--large_batch", type=int, default=1024)
     parser.add_argument("--steps_per_call", type=int, default=10)
@@ -115,10 +117,12 @@ def main() -> None:
         cpu=cpu_model(),
         jax=jax.__version__,
     )
-    images, labels, test, source = load_arrays()
-    config = cnn.get_config()
+    config = importlib.import_module(f"configs.{args.config}").get_config()
+    images, labels, test, source = load_arrays(config)
+    epoch_images = len(labels)
+    batch_size = config.batch_size
     mesh = parallel.make_mesh()
-    for batch in (64, args.large_batch):
+    for batch in (batch_size, args.large_batch):
         if batch % len(devices):
             emit(check="train", model=config.model.name, batch=batch, skipped=f"not a multiple of {len(devices)}")
             continue
@@ -134,10 +138,11 @@ def main() -> None:
             data=source,
             compile_seconds=round(compile_s, 2),
             images_per_second=round(batch / per_step),
-            epoch_seconds=round(EPOCH_IMAGES / (batch / per_step), 2),
+            epoch_images=epoch_images,
+            epoch_seconds=round(epoch_images / (batch / per_step), 2),
             mean_loss=round(loss, 5),
         )
-    config.batch_size = 64
+    config.batch_size = batch_size
     if "programs" not in locals():
         emit(check="evaluate", model=config.model.name, skipped="no batch size split over the devices")
         return
@@ -157,7 +162,9 @@ def main() -> None:
     losses = {}
     for n in sorted({1, len(devices)}):
         one = parallel.make_mesh(devices[:n])
-        *_, loss, _, _ = train_run(config, one, images, labels, batch=64, steps=steps, steps_per_call=steps // 2)
+        *_, loss, _, _ = train_run(
+            config, one, images, labels, batch=batch_size, steps=steps, steps_per_call=steps // 2
+        )
         losses[n] = loss
     same = bool(np.allclose(list(losses.values()), losses[1], rtol=1e-4))
     emit(check="devices_agree", model=config.model.name, steps=steps, mean_loss_by_devices=losses, same=same)
@@ -166,14 +173,14 @@ def main() -> None:
     for dtype in ("float32", "bfloat16"):
         config.compute_dtype = dtype
         _, per_step, loss, _, _ = train_run(
-            config, mesh, images, labels, batch=64, steps=steps, steps_per_call=steps // 2
+            config, mesh, images, labels, batch=batch_size, steps=args.steps, steps_per_call=args.steps_per_call
         )
-        rates[dtype] = (round(64 / per_step), loss)
+        rates[dtype] = (round(batch_size / per_step), loss)
     config.compute_dtype = "float32"
     emit(
         check="bfloat16",
         model=config.model.name,
-        available=True,
+        batch=batch_size,
         images_per_second={k: v[0] for k, v in rates.items()},
         speedup=round(rates["bfloat16"][0] / rates["float32"][0], 2),
         mean_loss={k: v[1] for k, v in rates.items()},

@@ -68,7 +68,7 @@ def run_main(
     *args: str, env: dict[str, str] | None = None, cwd: pathlib.Path = ROOT, timeout: float = 600
 ) -> subprocess.CompletedProcess:
     """Runs `python main.py ARGS` in a subprocess (fresh JAX, so XLA_FLAGS can differ)."""
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    full_env = subprocess_env(env)
     return subprocess.run(
         [sys.executable, str(ROOT / "main.py"), *args],
         capture_output=True,
@@ -97,9 +97,16 @@ def check(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     return result
 
 
+def subprocess_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment with the repository first on PYTHONPATH (an existing PYTHONPATH kept after it,
+    e.g. where packages are installed with --target), updated by `env`."""
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **(env or {})}
+
+
 def start_main(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Starts `python main.py ARGS` in the background (to be killed at a moment of the test's choosing)."""
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    full_env = subprocess_env(env)
     return subprocess.Popen(
         [sys.executable, str(ROOT / "main.py"), *args],
         cwd=ROOT,

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import ROOT, checkpoint_steps, wait_for
+from helpers import ROOT, checkpoint_steps, subprocess_env, wait_for
 
 from fmnist_jax import checkpoints, files, metrics, run
 
@@ -23,7 +23,7 @@ KILL_ARGS = (
 
 
 def start(tiny_data, workdir):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = subprocess_env()
     return subprocess.Popen(
         [
             sys.executable,

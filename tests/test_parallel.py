@@ -3,14 +3,13 @@
 Each run is a `main.py` subprocess, so its XLA_FLAGS (the fake device count) apply before JAX starts.
 """
 
-import os
 import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from helpers import ROOT, check, devices, run_main
+from helpers import ROOT, check, devices, run_main, subprocess_env
 
 from fmnist_jax import metrics
 
@@ -115,8 +114,7 @@ def test_two_processes_train_as_one(tiny_data, tmp_path, one_device_run):
     procs = []
     for pid in range(2):
         env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
+            **subprocess_env(),
             "JAX_PLATFORMS": "cpu",
             "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
             "JAX_NUM_PROCESSES": "2",

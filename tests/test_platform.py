@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import ROOT, run_main, start_main, wait_for
+from helpers import ROOT, load_config, run_main, start_main, wait_for
 
 from fmnist_jax import checkpoints, events, metrics
 
@@ -175,11 +175,13 @@ def test_the_colab_notebook_runs_headlessly_with_tiny_settings(tiny_data, tmp_pa
 
 
 @pytest.mark.slow
-def test_the_accelerator_check_runs_on_cpu_and_reports_each_figure():
+@pytest.mark.parametrize(("config", "batch", "epoch_images"), [("cnn", 64, 48_000), ("vgg_bn", 128, 60_000)])
+def test_the_accelerator_check_runs_on_cpu_and_reports_each_figure(config, batch, epoch_images):
     result = subprocess.run(
         [
             sys.executable,
             str(ROOT / "benchmarks" / "accelerator_check.py"),
+            f"--config={config}",
             "--steps=4",
             "--steps_per_call=2",
             "--large_batch=128",
@@ -197,8 +199,10 @@ def test_the_accelerator_check_runs_on_cpu_and_reports_each_figure():
     for row in rows:
         by_check.setdefault(row["check"], []).append(row)
     assert by_check["devices"][0]["count"] == 2 and by_check["devices"][0]["backend"] == "cpu"
-    assert [r["batch"] for r in by_check["train"]] == [64, 128]
+    assert [r["batch"] for r in by_check["train"]] == [batch, 128]
+    assert {r["model"] for r in by_check["train"]} == {load_config(config).model.name}
     assert all(r["images_per_second"] > 0 and r["epoch_seconds"] > 0 for r in by_check["train"])
+    assert all(r["epoch_images"] == epoch_images for r in by_check["train"])  # the config's training split
     assert by_check["evaluate"][0]["images"] == 10000
     assert by_check["devices_agree"][0]["same"] is True
     bf16 = by_check["bfloat16"][0]

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import ROOT, check, devices, quick_compare_config, run_main, start_main, wait_for
+from helpers import ROOT, check, devices, quick_compare_config, run_main, start_main, subprocess_env, wait_for
 
 from fmnist_jax import files, metrics, run
 
@@ -83,7 +83,7 @@ def test_a_lock_left_by_a_killed_process_never_blocks_the_rerun(cnn_config, tmp_
             str(tmp_path),
         ],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=subprocess_env(),
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -270,7 +270,7 @@ def test_a_comparison_killed_at_any_moment_reruns_to_the_same_report(tiny_data, 
         "during the forest's fit": (workdir / "random_forest" / "seed_0" / "config.json").exists,
         "while the report is written": (workdir / "plots").exists,
     }
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = subprocess_env()
     for moment, reached in moments.items():
         proc = subprocess.Popen(
             [sys.executable, str(ROOT / "main.py"), *args, f"--workdir={workdir}"],
