@@ -2,8 +2,8 @@ r"""The VGG-BN recipe scaled for a GPU/TPU: twice as wide, two convolutions per 
 
 python main.py --config=configs/vgg_bn_large.py --workdir=runs/vgg_bn_large
 
-Untested on an accelerator so far (README, "Beyond the study"): about 5x the FLOPs per image of configs/vgg_bn.py
-and 4.5x the epochs, far too slow for a 2-core CPU.
+On one NVIDIA H200, seeds 0, 1, 2: test accuracy 0.9561, 0.9567, 0.9550 in about 90 s per run (README, "Beyond
+the study"). About 5x the FLOPs per image of configs/vgg_bn.py and 5x the epochs: far too slow for a 2-core CPU.
 """
 
 import ml_collections
