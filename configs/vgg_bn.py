@@ -5,10 +5,11 @@ python main.py --config=configs/vgg_bn.py --workdir=runs/vgg_bn_gpu --config.mod
     --config.model.depths=2,2,2 --config.num_epochs=100        # aimed at 0.95+ on a GPU/TPU (README)
 
 Choices (each made on the validation split, README "Beyond the study"): BatchNorm after every convolution,
-flips + 2-pixel shifts on device (random erasing off: with it the model underfit in 20 epochs), AdamW with
-warm-up and cosine decay, label smoothing 0.1, a moving average of the weights for evaluation, and flip
-test-time augmentation. Those choices were made while the VGG-BN's training gradient was wrong (README, "A wrong
-gradient, found and fixed"); fused_pool computes the right one, and the recipe has not been retuned since.
+flips + 2-pixel shifts on device, AdamW with warm-up and cosine decay, label smoothing 0.1, a moving average of
+the weights for evaluation, and flip test-time augmentation. Most were made while the VGG-BN's training gradient
+was wrong (README, "A wrong gradient, found and fixed"); with the right one (fused_pool), three validation runs
+decided the rest: random erasing stays off (p = 0.25: validation accuracy 0.9433 against 0.9453 without) and
+dropout drops from 0.25 to 0.1 (0.9469 against 0.9453).
 """
 
 import ml_collections
@@ -22,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.name = "vgg_bn"  # fmnist_jax.models.VGGBatchNorm
     config.model.widths = (32, 64, 128)  # channels of each stage (28x28, 14x14, 7x7)
     config.model.depths = (1, 2, 2)  # convolutions per stage
-    config.model.dropout = 0.25  # before each Dense layer
+    config.model.dropout = 0.1  # before each Dense layer (0.25: validation accuracy 0.9453; 0.1: 0.9469)
     config.model.head_width = 256  # a hidden Dense-ReLU layer before the output (0: none)
     config.model.fused_pool = True  # each stage's last BatchNorm-ReLU on the pooled values (benchmarks/fused_pool.py)
     config.num_epochs = 20
@@ -38,7 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.label_smoothing = 0.1
     config.augment.flip = True
     config.augment.translate = 2
-    config.augment.erase_prob = 0.0  # 0.25 underfit in 20 epochs (README); erasing pays off in longer runs
+    config.augment.erase_prob = 0.0  # 0.25: validation accuracy 0.9433 in 20 epochs (README); pays off in longer runs
     config.ema_decay = 0.999
     config.tta_flip = True
     return config
