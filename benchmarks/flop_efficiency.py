@@ -2,6 +2,8 @@ r"""How close each CNN's training step comes to the matrix-product rate of the m
 
     python benchmarks/flop_efficiency.py                       # the study's CNN and vgg_bn, each with its config
     python benchmarks/flop_efficiency.py --configs=vgg_bn --steps=100
+    python benchmarks/flop_efficiency.py --layers             # and each convolution alone, and the rest of the step
+    python benchmarks/flop_efficiency.py --layers --compute_dtype=bfloat16
 
 For each config: the matrix-product FLOPs of one training image (counted from the step's own jaxpr: every
 `dot_general` and convolution of the forward and backward passes, the optimizer's elementwise work left out),
@@ -9,6 +11,12 @@ the measured training images/s of the project's jitted multi-step call (data on 
 and recipe, augmentation, BatchNorm and the moving average included), and `ratio` = measured step time / the
 time those FLOPs take at the rate XLA reaches on a plain float32 matrix product of the conv2 shape
 (7744 x 576) . (576 x 128), measured in the same run. The CPU model is printed with the figures.
+
+With --layers, each convolution of the model is also timed alone, as training runs it (the config's conv
+implementation, forward pass, weight gradient and, except for the first layer, input gradient, patch matrices and
+their fold-back included), 10 steps per jitted call in a `lax.scan` as the training loop runs them: one line per
+layer with its ratio to the same FLOP limit, and one line splitting the step into its convolutions and the rest
+(pooling, BatchNorm, activations, dropout, dense layers, loss, optimizer).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import pathlib
 import platform
 import sys
 import time
+from unittest import mock
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -26,9 +35,10 @@ sys.path.insert(0, str(ROOT))
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from benchmarks.accelerator_check import train_run
-from fmnist_jax import data, parallel, train
+from fmnist_jax import data, ops, parallel, train
 
 MATMUL_SHAPE = (7744, 576, 128)  # the study CNN's conv2 as im2col at batch 64: (m, k, n)
 
@@ -112,6 +122,107 @@ def flops_per_image(config) -> int:
     return count_flops(jax.make_jaxpr(step)(state).jaxpr) // b
 
 
+def conv_layers(config) -> list[dict]:
+    """Each convolution of one training forward pass of `config`'s model, in order: its op (`ops.conv2d_valid` or
+    `ops.conv2d_same`), input and kernel shapes and the arguments the model passes (implementation, dtype)."""
+    layers, real = [], {"valid": ops.conv2d_valid, "same": ops.conv2d_same}
+    inside = []
+
+    def spy(padding):
+        def conv(x, kernel, *args, **kwargs):
+            if not inside:  # conv2d_same calls conv2d_valid on the padded input: record the outer call only
+                layers.append(
+                    {"padding": padding, "input": x.shape, "dtype": x.dtype, "kernel": kernel.shape}
+                    | {"args": args, "kwargs": kwargs}
+                )
+            inside.append(padding)
+            try:
+                return real[padding](x, kernel, *args, **kwargs)
+            finally:
+                inside.pop()
+
+        return conv
+
+    graphs, state, _ = train.create_train_state(config)
+    images = jnp.zeros((config.batch_size, 28, 28, 1))
+    with mock.patch.object(ops, "conv2d_valid", spy("valid")), mock.patch.object(ops, "conv2d_same", spy("same")):
+        jax.eval_shape(lambda s, x: nnx.merge(graphs.model, s)(x, dropout_key=jax.random.key(0)), state.model, images)
+    return layers
+
+
+def layer_flops(layer: dict, first: bool) -> int:
+    """Training FLOPs of one convolution over its batch: forward and weight gradient, and the input gradient
+    unless it is the model's first layer (whose input, the images, needs none)."""
+    n, h, w, _ = layer["input"]
+    kh, kw, c_in, c_out = layer["kernel"]
+    out_h, out_w = (h, w) if layer["padding"] == "same" else (h - kh + 1, w - kw + 1)
+    forward = 2 * n * out_h * out_w * kh * kw * c_in * c_out
+    return forward * (2 if first else 3)
+
+
+def time_layer(layer: dict, first: bool, calls: int = 6, steps_per_call: int = 10) -> float:
+    """Seconds per training step of one convolution alone: its forward and backward passes repeated in a
+    `lax.scan` (the kernel, and the input unless `first`, updated from their gradients so nothing is hoisted)."""
+    fn = ops.conv2d_same if layer["padding"] == "same" else ops.conv2d_valid
+    keys = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(keys[0], layer["input"]).astype(layer["dtype"])
+    kernel = 0.1 * jax.random.normal(keys[1], layer["kernel"])
+    out_shape = jax.eval_shape(lambda x, k: fn(x, k, *layer["args"], **layer["kwargs"]), x, kernel).shape
+    cotangent = jax.random.normal(keys[2], out_shape)
+
+    def loss(x, k):
+        return (fn(x, k, *layer["args"], **layer["kwargs"]).astype(jnp.float32) * cotangent).sum()
+
+    def body(carry, _):
+        x, k = carry
+        if first:
+            dk = jax.grad(loss, argnums=1)(x, k)
+            return ((x + 1e-9 * dk.sum()).astype(x.dtype), k - 1e-9 * dk), None
+        dx, dk = jax.grad(loss, argnums=(0, 1))(x, k)
+        return (x - 1e-9 * dx, k - 1e-9 * dk), None
+
+    run = jax.jit(lambda x, k: jax.lax.scan(body, (x, k), None, length=steps_per_call)[0])
+    jax.block_until_ready(run(x, kernel))
+    best = float("inf")
+    for _ in range(calls):
+        start = time.perf_counter()
+        jax.block_until_ready(run(x, kernel))
+        best = min(best, (time.perf_counter() - start) / steps_per_call)
+    return best
+
+
+def layer_rows(name: str, config, step_seconds: float, rate: float) -> list[dict]:
+    """One row per convolution of `config`'s model timed alone, then the step split into convolutions and rest."""
+    rows, conv_seconds, conv_flops = [], 0.0, 0
+    for i, layer in enumerate(conv_layers(config)):
+        flops, seconds = layer_flops(layer, i == 0), time_layer(layer, i == 0)
+        conv_seconds, conv_flops = conv_seconds + seconds, conv_flops + flops
+        rows.append(
+            {
+                "config": name,
+                "layer": i,
+                "padding": layer["padding"],
+                "input": list(layer["input"]),
+                "dtype": str(layer["dtype"]),
+                "kernel": list(layer["kernel"]),
+                "gflop_per_step": round(flops / 1e9, 3),
+                "ms_per_step": round(1000 * seconds, 2),
+                "flop_limit_ms": round(1000 * flops / (rate * 1e9), 2),
+                "ratio": round(seconds * rate * 1e9 / flops, 2),
+            }
+        )
+    rows.append(
+        {
+            "config": name,
+            "step_ms": round(1000 * step_seconds, 2),
+            "convolutions_alone_ms": round(1000 * conv_seconds, 2),
+            "convolutions_ratio": round(conv_seconds * rate * 1e9 / conv_flops, 2),
+            "rest_of_step_ms": round(1000 * (step_seconds - conv_seconds), 2),
+        }
+    )
+    return rows
+
+
 def measure(config, arrays, steps: int) -> dict:
     """Seconds per step of the project's jitted train call for `config` (compiled and warmed first)."""
     images, labels = arrays
@@ -132,6 +243,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", default="cnn,vgg_bn", help="comma-separated config names in configs/")
     parser.add_argument("--steps", type=int, default=120, help="timed train steps per config")
+    parser.add_argument("--layers", action="store_true", help="also time each convolution alone (see above)")
+    parser.add_argument(
+        "--compute_dtype", default="float32", help="config.compute_dtype of every config (the limit stays float32)"
+    )
     args = parser.parse_args(argv)
     try:
         ds = data.load(load_config("cnn").data, seed=0)
@@ -151,6 +266,7 @@ def main(argv=None) -> None:
     rows = []
     for name in args.configs.split(","):
         config = load_config(name)
+        config.compute_dtype = args.compute_dtype
         flops = flops_per_image(config)
         timing = measure(config, arrays, args.steps)
         rows.append((name, config, flops, timing))
@@ -165,6 +281,7 @@ def main(argv=None) -> None:
                 {
                     "config": name,
                     "model": config.model.name,
+                    "compute_dtype": config.compute_dtype,
                     "num_params": timing["num_params"],
                     "batch_size": config.batch_size,
                     "train_mflop_per_image": round(flops / 1e6, 2),
@@ -179,6 +296,9 @@ def main(argv=None) -> None:
             ),
             flush=True,
         )
+        if args.layers:
+            for row in layer_rows(name, config, timing["step_seconds"], rate):
+                print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,52 @@
+"""benchmarks/flop_efficiency.py's layer breakdown finds every convolution of a model with the shapes and arguments
+training gives it, and its per-layer FLOPs add up to the count taken from the train step's own jaxpr."""
+
+import importlib.util
+
+import jax.numpy as jnp
+import pytest
+from helpers import ROOT, load_config
+
+
+@pytest.fixture(scope="module")
+def flop_efficiency():
+    spec = importlib.util.spec_from_file_location("flop_efficiency", ROOT / "benchmarks" / "flop_efficiency.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def dense_training_flops(batch: int, *shapes: tuple[int, int]) -> int:
+    """Forward, weight gradient and input gradient of each (in, out) dense layer."""
+    return 3 * sum(2 * batch * i * o for i, o in shapes)
+
+
+@pytest.mark.parametrize(
+    ("name", "padding", "inputs", "dense"),
+    [
+        ("cnn", "valid", [(64, 28, 28, 1), (64, 13, 13, 64), (64, 5, 5, 128)], [(256, 256), (256, 10)]),
+        (
+            "vgg_bn",
+            "same",
+            [(128, 28, 28, 1), (128, 14, 14, 32), (128, 14, 14, 64), (128, 7, 7, 64), (128, 7, 7, 128)],
+            [(1152, 256), (256, 10)],
+        ),
+    ],
+)
+def test_the_layer_breakdown_finds_each_convolution_and_its_flops(flop_efficiency, name, padding, inputs, dense):
+    config = load_config(name)
+    layers = flop_efficiency.conv_layers(config)
+    assert [layer["input"] for layer in layers] == inputs
+    assert {layer["padding"] for layer in layers} == {padding}
+    assert all(layer["kwargs"]["training"] is True and layer["dtype"] == jnp.float32 for layer in layers)
+    # The first layer needs no input gradient (its input is the images): 2 products, the others 3.
+    conv_flops = sum(flop_efficiency.layer_flops(layer, i == 0) for i, layer in enumerate(layers))
+    batch = config.batch_size
+    # vgg_bn's 2-pixel shifts are two one-hot (28, 28) selection products per image (fmnist_jax/augment.py).
+    shifts = 2 * (2 * 28 * 28 * 28) * batch if config.augment.translate else 0
+    assert conv_flops + dense_training_flops(batch, *dense) + shifts == flop_efficiency.flops_per_image(config) * batch
+
+
+def test_the_layer_breakdown_follows_the_compute_dtype(flop_efficiency):
+    layers = flop_efficiency.conv_layers(load_config("cnn", compute_dtype="bfloat16"))
+    assert [layer["kwargs"]["compute_dtype"] for layer in layers] == [jnp.bfloat16] * 3
