@@ -8,8 +8,11 @@ r"""Where a CNN train step's time goes: a `jax.profiler` trace of the project's 
 Prints one JSON line per XLA operation (thunk) of the compiled step, the most expensive first: milliseconds
 per step, the op's output shape and the JAX operation it came from, then one line with the total.
 XLA:CPU runs independent ops concurrently on the cores, so the per-op times can add up to more than the
-step's wall time; read them as where the cores are busy. The trace itself is kept in --trace_dir
-(open it in Perfetto or TensorBoard's profiler).
+step's wall time; read them as where the cores are busy. Products that XLA:CPU hands to Eigen (plain `dot`
+ops, such as the weight gradients in autodiff's layout) run on the thread pool after their thunk returns: the
+trace shows them as almost free and charges their time to the ops beside them. For the products' share, use
+`benchmarks/flop_efficiency.py --layers`, which times each convolution alone. The trace itself is kept in
+--trace_dir (open it in Perfetto or TensorBoard's profiler).
 """
 
 from __future__ import annotations
