@@ -123,8 +123,9 @@ def flops_per_image(config) -> int:
 
 
 def conv_layers(config) -> list[dict]:
-    """Each convolution of one training forward pass of `config`'s model, in order: its op (`ops.conv2d_valid` or
-    `ops.conv2d_same`), input and kernel shapes and the arguments the model passes (implementation, dtype)."""
+    """Each convolution of one training forward pass of `config`'s model, in order: its padding ("valid" for
+    `ops.conv2d_valid`, "same" for `ops.conv2d_same`), input shape and dtype, kernel shape, and the other arguments
+    the model passes (implementation, training, compute dtype)."""
     layers, real = [], {"valid": ops.conv2d_valid, "same": ops.conv2d_same}
     inside = []
 

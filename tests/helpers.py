@@ -65,12 +65,13 @@ def write_idx_dataset(
 
 
 def run_main(
-    *args: str, env: dict[str, str] | None = None, cwd: pathlib.Path = ROOT, timeout: float = 600
+    *args: str, env: dict[str, str] | None = None, cwd: pathlib.Path = ROOT, timeout: float = 600, script: tuple = ()
 ) -> subprocess.CompletedProcess:
-    """Runs `python main.py ARGS` in a subprocess (fresh JAX, so XLA_FLAGS can differ)."""
+    """Runs `python main.py ARGS` in a subprocess (fresh JAX, so XLA_FLAGS can differ); with `script`, runs
+    `python *script ARGS` instead (a wrapper such as tests/interrupt.py)."""
     full_env = subprocess_env(env)
     return subprocess.run(
-        [sys.executable, str(ROOT / "main.py"), *args],
+        [sys.executable, *(script or (str(ROOT / "main.py"),)), *args],
         capture_output=True,
         text=True,
         env=full_env,
@@ -78,6 +79,15 @@ def run_main(
         timeout=timeout,
         check=False,
     )
+
+
+def run_interrupted(
+    signal_name: str, at_step: int, when: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Runs `python main.py ARGS` until it sends itself SIG`signal_name` at its checkpoint `at_step`, the save
+    `when` = "in_flight" (just started) or "committed" (complete): tests/interrupt.py. Unlike a signal sent from
+    outside once a checkpoint appears, the moment does not depend on the device's speed."""
+    return run_main(*args, env=env, script=(str(ROOT / "tests" / "interrupt.py"), signal_name, str(at_step), when))
 
 
 def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:

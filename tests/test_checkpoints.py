@@ -2,13 +2,11 @@
 restore for evaluation and prediction, unwritable workdirs."""
 
 import os
-import pathlib
 import signal
 import subprocess
-import sys
 
 import pytest
-from helpers import ROOT, checkpoint_steps, subprocess_env, wait_for
+from helpers import check, checkpoint_steps, run_interrupted, run_main
 
 from fmnist_jax import checkpoints, files, metrics, run
 
@@ -22,38 +20,13 @@ KILL_ARGS = (
 )
 
 
-def start(tiny_data, workdir):
-    env = subprocess_env()
-    return subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "main.py"),
-            "--config=configs/cnn.py",
-            f"--workdir={workdir}",
-            f"--config.data.dir={tiny_data}",
-            *KILL_ARGS,
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def main_args(tiny_data, workdir) -> tuple[str, ...]:
+    """The tiny study run: 4 epochs of 4 steps, a checkpoint every step."""
+    return ("--config=configs/cnn.py", f"--workdir={workdir}", f"--config.data.dir={tiny_data}", *KILL_ARGS)
 
 
 def finish(tiny_data, workdir):
-    proc = start(tiny_data, workdir)
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-3000:]
-    return err
-
-
-def saving_now(workdir):
-    return (
-        any(".orbax-checkpoint-tmp" in p.name for p in (pathlib.Path(workdir) / "checkpoints").glob("*"))
-        if (pathlib.Path(workdir) / "checkpoints").exists()
-        else False
-    )
+    return check(run_main(*main_args(tiny_data, workdir))).stderr
 
 
 @pytest.fixture(scope="module")
@@ -74,42 +47,39 @@ def assert_same_as_reference(workdir, reference):
     assert without_timings(metrics.read_history(workdir)) == without_timings(history)
 
 
-@pytest.mark.parametrize("kill_point", ["after_3_checkpoints", "during_a_save"])
-def test_sigkill_anywhere_then_rerun_gives_bit_identical_parameters(tiny_data, tmp_path, reference, kill_point):
-    proc = start(tiny_data, tmp_path)
-    if kill_point == "during_a_save":
-        wait_for(lambda: checkpoint_steps(tmp_path) and saving_now(tmp_path), proc)
-    else:
-        n = int(kill_point.split("_")[1])
-        wait_for(lambda: len(checkpoint_steps(tmp_path)) and max(checkpoint_steps(tmp_path)) >= n, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+@pytest.mark.parametrize("when", ["committed", "in_flight"], ids=["after_3_checkpoints", "during_a_save"])
+def test_sigkill_anywhere_then_rerun_gives_bit_identical_parameters(tiny_data, tmp_path, reference, when):
+    """SIGKILL once checkpoint 3 is complete, or while it is being written (tests/interrupt.py sends it from inside
+    the run, so that the moment is the same on a fast accelerator); the rerun resumes and ends with the
+    uninterrupted bits."""
+    killed = run_interrupted("KILL", 3, when, *main_args(tiny_data, tmp_path))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not (tmp_path / "results.json").exists()
+    complete = checkpoint_steps(tmp_path)
+    assert max(complete) == 3 if when == "committed" else max(complete) in (2, 3)
     err = finish(tiny_data, tmp_path)
     assert "Resumed from checkpoint at step" in err
     assert_same_as_reference(tmp_path, reference)
 
 
-def interrupt(proc, workdir, signum, after_step):
-    """Sends `signum` once a checkpoint past `after_step` exists; checks the exit and its two last lines; returns
-    the step the run says it saved."""
-    wait_for(lambda: len(checkpoint_steps(workdir)) and max(checkpoint_steps(workdir)) > after_step, proc)
-    proc.send_signal(signum)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 128 + signum, err[-2000:]
-    last = err.strip().splitlines()
+def interrupt(tiny_data, workdir, signum, at_step):
+    """Runs the tiny run until it sends itself `signum` at checkpoint `at_step`; checks the exit and its two last
+    lines; returns the step the run says it saved."""
+    result = run_interrupted(signal.Signals(signum).name[3:], at_step, "committed", *main_args(tiny_data, workdir))
+    assert result.returncode == 128 + signum, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()
     assert last[-2].startswith(f"interrupted ({signal.Signals(signum).name}: checkpoint saved at step ")
     saved = int(last[-2].split("at step ")[1].split()[0])
-    assert max(checkpoint_steps(workdir)) == saved and "main.py" in last[-1] and "--workdir=" in last[-1]
+    assert saved >= at_step and max(checkpoint_steps(workdir)) == saved
+    assert "main.py" in last[-1] and "--workdir=" in last[-1]
     return saved
 
 
 def test_sigterm_and_sigint_save_then_exit_with_resume_line(tiny_data, tmp_path, reference):
     """SIGTERM, then SIGINT on the resumed run: each saves and exits 128 + signal; the third run finishes with the
     uninterrupted bits."""
-    saved = interrupt(start(tiny_data, tmp_path), tmp_path, signal.SIGTERM, after_step=1)
-    resumed = start(tiny_data, tmp_path)
-    assert interrupt(resumed, tmp_path, signal.SIGINT, after_step=saved + 1) > saved
+    saved = interrupt(tiny_data, tmp_path, signal.SIGTERM, at_step=2)
+    assert interrupt(tiny_data, tmp_path, signal.SIGINT, at_step=saved + 2) > saved
     finish(tiny_data, tmp_path)
     assert_same_as_reference(tmp_path, reference)
 

@@ -8,7 +8,7 @@ import signal
 
 import numpy as np
 import pytest
-from helpers import check, checkpoint_steps, devices, load_config, run_main, start_main, wait_for
+from helpers import check, checkpoint_steps, devices, load_config, run_interrupted, run_main
 
 from fmnist_jax import data, metrics, run
 
@@ -33,13 +33,6 @@ def args(tiny_data, workdir, *extra):
     )
 
 
-def kill_after(proc, workdir, step):
-    wait_for(lambda: any(s >= step for s in checkpoint_steps(workdir)), proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (workdir / "results.json").exists()
-
-
 @pytest.fixture(scope="module")
 def reference(tiny_data, tmp_path_factory):
     """The uninterrupted run on one device."""
@@ -58,7 +51,8 @@ def test_the_recipe_learns_and_records_its_moving_average(reference):
 
 
 def test_sigkill_and_rerun_give_the_uninterrupted_bits(tiny_data, tmp_path, reference):
-    kill_after(start_main(*args(tiny_data, tmp_path), env=devices(1)), tmp_path, 6)
+    killed = run_interrupted("KILL", 6, "in_flight", *args(tiny_data, tmp_path), env=devices(1))  # mid-save
+    assert killed.returncode == -signal.SIGKILL and not (tmp_path / "results.json").exists(), killed.stderr[-2000:]
     result = check(run_main(*args(tiny_data, tmp_path), env=devices(1)))
     assert "Resumed from checkpoint at step" in result.stderr
     ours, theirs = metrics.load_results(tmp_path), metrics.load_results(reference)

@@ -1,0 +1,45 @@
+r"""Runs main.py and interrupts it from inside at a chosen checkpoint, however fast the device is.
+
+    python tests/interrupt.py SIGNAL STEP WHEN MAIN_ARGS...
+
+Once `CheckpointStore.save` is called for a step >= STEP, the process sends itself SIGNAL (KILL, TERM or INT):
+WHEN=in_flight right after the save has started (an asynchronous save is still writing), WHEN=committed once that
+save is complete. Signalling from outside once a checkpoint appears races the run, and a fast accelerator finishes
+a tiny run before the signal lands; from inside, the moment is the same on every device.
+"""
+
+import os
+import pathlib
+import runpy
+import signal
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    name, at_step, when, *main_args = sys.argv[1:]
+    if when not in ("in_flight", "committed"):
+        raise SystemExit(f"WHEN must be in_flight or committed, got {when!r}")
+    signum, at_step = signal.Signals[f"SIG{name}"], int(at_step)
+    sys.path.insert(0, str(ROOT))
+    from fmnist_jax import checkpoints
+
+    save = checkpoints.CheckpointStore.save
+    sent = []
+
+    def save_then_signal(store, step, state, meta):
+        save(store, step, state, meta)
+        if step >= at_step and not sent:
+            if when == "committed":
+                store.wait()
+            sent.append(step)
+            os.kill(os.getpid(), signum)
+
+    checkpoints.CheckpointStore.save = save_then_signal
+    sys.argv = [str(ROOT / "main.py"), *main_args]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()
