@@ -123,8 +123,8 @@ def flops_per_image(config) -> int:
 
 
 def conv_layers(config) -> list[dict]:
-    """Each convolution of one training forward pass of `config`'s model, in order: its padding ("valid" for
-    `ops.conv2d_valid`, "same" for `ops.conv2d_same`), input shape and dtype, kernel shape, and the other arguments
+    """Each convolution of one training forward pass of `config`'s model, in order: its op (`ops.conv2d_valid` or
+    `ops.conv2d_same`) and padding ("valid" or "same"), input shape and dtype, kernel shape, and the other arguments
     the model passes (implementation, training, compute dtype)."""
     layers, real = [], {"valid": ops.conv2d_valid, "same": ops.conv2d_same}
     inside = []
@@ -133,8 +133,8 @@ def conv_layers(config) -> list[dict]:
         def conv(x, kernel, *args, **kwargs):
             if not inside:  # conv2d_same calls conv2d_valid on the padded input: record the outer call only
                 layers.append(
-                    {"padding": padding, "input": x.shape, "dtype": x.dtype, "kernel": kernel.shape}
-                    | {"args": args, "kwargs": kwargs}
+                    {"op": real[padding], "padding": padding, "input": x.shape, "dtype": x.dtype}
+                    | {"kernel": kernel.shape, "args": args, "kwargs": kwargs}
                 )
             inside.append(padding)
             try:
@@ -164,7 +164,7 @@ def layer_flops(layer: dict, first: bool) -> int:
 def time_layer(layer: dict, first: bool, calls: int = 6, steps_per_call: int = 10) -> float:
     """Seconds per training step of one convolution alone: its forward and backward passes repeated in a
     `lax.scan` (the kernel, and the input unless `first`, updated from their gradients so nothing is hoisted)."""
-    fn = ops.conv2d_same if layer["padding"] == "same" else ops.conv2d_valid
+    fn = layer["op"]
     keys = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(keys[0], layer["input"]).astype(layer["dtype"])
     kernel = 0.1 * jax.random.normal(keys[1], layer["kernel"])

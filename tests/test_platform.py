@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import ROOT, load_config, run_main, start_main, wait_for
+from helpers import ROOT, devices, load_config, run_main, start_main, wait_for
 
 from fmnist_jax import checkpoints, events, metrics
 
@@ -196,7 +196,7 @@ def test_the_accelerator_check_runs_on_cpu_and_reports_each_figure(config, batch
         cwd=ROOT,
         timeout=600,
         check=False,
-        env={**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}"},
+        env={**os.environ, **devices(count)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
