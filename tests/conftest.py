@@ -1,15 +1,39 @@
 """Fixtures: tiny Fashion-MNIST-shaped data sets written as real IDX files, the CNN config on them, the real
-data. The plain helpers live in helpers.py."""
+data; one XLA compilation cache for the whole run. The plain helpers live in helpers.py."""
 
 from __future__ import annotations
 
 import os
 import pathlib
+import shutil
+import tempfile
 
+import jax
 import pytest
 from helpers import REAL_DATA_DIR, load_config, write_idx_dataset
 
 from fmnist_jax import run
+
+CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+
+
+def pytest_configure(config):
+    """Every process of the run (the pytest workers and each main.py they start) shares one persistent XLA
+    compilation cache, so the many tiny runs compile each program once instead of once per process. It lives in
+    a fresh temporary folder, made by the first process (the workers inherit it) and deleted when that process
+    ends; a cache folder the caller set is used as it is."""
+    if CACHE_ENV not in os.environ:
+        os.environ[CACHE_ENV] = config.xla_cache_folder = tempfile.mkdtemp(prefix="fmnist-jax-xla-cache-")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+    jax.config.update("jax_compilation_cache_dir", os.environ[CACHE_ENV])
+    jax.config.update(
+        "jax_persistent_cache_min_compile_time_secs", float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"])
+    )
+
+
+def pytest_unconfigure(config):
+    if folder := getattr(config, "xla_cache_folder", None):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
