@@ -4,13 +4,17 @@ r"""How close each CNN's training step comes to the matrix-product rate of the m
     python benchmarks/flop_efficiency.py --configs=vgg_bn --steps=100
     python benchmarks/flop_efficiency.py --layers             # and each convolution alone, and the rest of the step
     python benchmarks/flop_efficiency.py --layers --compute_dtype=bfloat16
+    python benchmarks/flop_efficiency.py --configs=cnn --compute_dtype=float32,bfloat16   # both dtypes, one sitting
 
 For each config: the matrix-product FLOPs of one training image (counted from the step's own jaxpr: every
-`dot_general` and convolution of the forward and backward passes, the optimizer's elementwise work left out),
+`dot_general` and convolution of the forward and backward passes whose result is used, the optimizer's elementwise
+work left out),
 the measured training images/s of the project's jitted multi-step call (data on the device, the config's batch
 and recipe, augmentation, BatchNorm and the moving average included), and `ratio` = measured step time / the
 time those FLOPs take at the rate XLA reaches on a plain float32 matrix product of the conv2 shape
-(7744 x 576) . (576 x 128), measured in the same run. The CPU model is printed with the figures.
+(7744 x 576) . (576 x 128), measured in the same run; and the same per epoch of the config's training split
+(training steps only: `epoch_seconds` against `epoch_limit_seconds`). Each compute dtype of `--compute_dtype` is
+measured against that float32 limit. The CPU model and its bfloat16/AMX flags are printed with the figures.
 
 With --layers, each convolution of the model is also timed alone, as training runs it (the config's conv
 implementation, forward pass, weight gradient and, except for the first layer, input gradient, patch matrices and
@@ -36,11 +40,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax._src.interpreters import partial_eval  # dce_jaxpr: no public equivalent
 
 from benchmarks.accelerator_check import train_run
 from fmnist_jax import data, ops, parallel, train
 
 MATMUL_SHAPE = (7744, 576, 128)  # the study CNN's conv2 as im2col at batch 64: (m, k, n)
+TRAIN_FILE_IMAGES = 60_000  # the official training file, before the validation split
 
 
 def cpu_model() -> str:
@@ -51,6 +57,16 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's flags that matter for the products: AVX-512, bfloat16 and AMX (Linux; empty elsewhere)."""
+    try:
+        text = pathlib.Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return sorted(f for f in flags if "bf16" in f or f.startswith("amx") or f == "avx512f")
 
 
 def load_config(name: str):
@@ -119,7 +135,11 @@ def flops_per_image(config) -> int:
         keys = (key, key if recipe.augment.enabled else None)
         return train.train_step(graphs, recipe, state, images, labels, keys, jnp.int32(0))
 
-    return count_flops(jax.make_jaxpr(step)(state).jaxpr) // b
+    jaxpr = jax.make_jaxpr(step)(state).jaxpr
+    # Without the products whose results nothing uses, as XLA drops them: a custom VJP computes every input's
+    # gradient, the images' included (bfloat16's `ops.im2col_mixed` on the first layer).
+    jaxpr, _ = partial_eval.dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))
+    return count_flops(jaxpr) // b
 
 
 def conv_layers(config) -> list[dict]:
@@ -240,14 +260,22 @@ def measure(config, arrays, steps: int) -> dict:
     return {"num_params": num_params, "step_seconds": step_seconds, "compile_seconds": compile_seconds}
 
 
+def epoch_images(config) -> int:
+    """Training images per epoch of `config`: `data.num_train`, or the 60,000 less the validation split."""
+    return config.data.num_train or TRAIN_FILE_IMAGES - config.data.validation_size
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", default="cnn,vgg_bn", help="comma-separated config names in configs/")
     parser.add_argument("--steps", type=int, default=120, help="timed train steps per config")
     parser.add_argument("--layers", action="store_true", help="also time each convolution alone (see above)")
     parser.add_argument(
-        "--compute_dtype", default="float32", help="config.compute_dtype of every config (the limit stays float32)"
+        "--compute_dtype",
+        default="float32",
+        help="comma-separated config.compute_dtype values, each measured (the limit stays float32)",
     )
+    parser.add_argument("--matmul_seconds", type=float, default=3.0, help="timing of each product-rate measurement")
     args = parser.parse_args(argv)
     try:
         ds = data.load(load_config("cnn").data, seed=0)
@@ -258,25 +286,28 @@ def main(argv=None) -> None:
         arrays, source = (images, labels), "random"
     machine = {
         "cpu": cpu_model(),
+        "flags": cpu_flags(),
         "backend": jax.default_backend(),
         "devices": jax.device_count(),
         "jax": jax.__version__,
         "data": source,
     }
-    rates = [matmul_rate()]
+    rates = [matmul_rate(args.matmul_seconds)]
     rows = []
     for name in args.configs.split(","):
-        config = load_config(name)
-        config.compute_dtype = args.compute_dtype
-        flops = flops_per_image(config)
-        timing = measure(config, arrays, args.steps)
-        rows.append((name, config, flops, timing))
-        rates.append(matmul_rate())  # between models too: the best of them is the machine's rate in this run
+        for dtype in args.compute_dtype.split(","):
+            config = load_config(name)
+            config.compute_dtype = dtype
+            flops = flops_per_image(config)
+            timing = measure(config, arrays, args.steps)
+            rows.append((name, config, flops, timing))
+            rates.append(matmul_rate(args.matmul_seconds))  # between runs too: the best is the machine's rate
     rate = max(rates)
     print(json.dumps({**machine, "matmul_shape": MATMUL_SHAPE, "matmul_gflops": round(rate, 1)}), flush=True)
     for name, config, flops, timing in rows:
         images_per_second = config.batch_size / timing["step_seconds"]
         flop_seconds = flops * config.batch_size / (rate * 1e9)
+        steps_per_epoch = epoch_images(config) // config.batch_size
         print(
             json.dumps(
                 {
@@ -290,6 +321,9 @@ def main(argv=None) -> None:
                     "ms_per_step": round(1000 * timing["step_seconds"], 2),
                     "flop_limit_ms_per_step": round(1000 * flop_seconds, 2),
                     "ratio": round(timing["step_seconds"] / flop_seconds, 2),
+                    "epoch_images": steps_per_epoch * config.batch_size,
+                    "epoch_seconds": round(steps_per_epoch * timing["step_seconds"], 1),
+                    "epoch_limit_seconds": round(steps_per_epoch * flop_seconds, 1),
                     "achieved_gflops": round(flops * images_per_second / 1e9, 1),
                     "compile_seconds": round(timing["compile_seconds"], 1),
                     "cpu": machine["cpu"],

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 import jax
 import jax.numpy as jnp
 
-from benchmarks.flop_efficiency import cpu_model
+from benchmarks.flop_efficiency import cpu_flags, cpu_model
 
 # (name, m, k, n) of the study CNN at batch 64: conv1 26x26 from 1 channel, conv2 11x11 from 64, conv3 3x3 from
 # 128 (im2col: m = 64 * out_h * out_w, k = 9 * in_channels), then the two dense layers.
@@ -37,15 +37,6 @@ LAYERS = (
     ("dense2", 64, 256, 10),
 )
 STUDY_EPOCH_TFLOP = 3.4  # the study CNN's training FLOPs per 48k-image epoch (forward + both gradients)
-
-
-def cpu_flags() -> list[str]:
-    try:
-        text = pathlib.Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return sorted(f for f in flags if "bf16" in f or f.startswith("amx") or f == "avx512f")
 
 
 def contract(lhs_axis: int, rhs_axis: int):

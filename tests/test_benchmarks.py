@@ -2,6 +2,7 @@
 training gives it, and its per-layer FLOPs add up to the count taken from the train step's own jaxpr."""
 
 import importlib.util
+import json
 
 import jax.numpy as jnp
 import pytest
@@ -50,3 +51,18 @@ def test_the_layer_breakdown_finds_each_convolution_and_its_flops(flop_efficienc
 def test_the_layer_breakdown_follows_the_compute_dtype(flop_efficiency):
     layers = flop_efficiency.conv_layers(load_config("cnn", compute_dtype="bfloat16"))
     assert [layer["kwargs"]["compute_dtype"] for layer in layers] == [jnp.bfloat16] * 3
+
+
+def test_one_sitting_measures_each_compute_dtype_against_the_float32_limit(flop_efficiency, capsys):
+    flop_efficiency.main(["--configs=cnn", "--compute_dtype=float32,bfloat16", "--steps=4", "--matmul_seconds=0.2"])
+    machine, *rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert machine["cpu"] and isinstance(machine["flags"], list) and machine["matmul_gflops"] > 0
+    assert [row["compute_dtype"] for row in rows] == ["float32", "bfloat16"]
+    limit_ms = rows[0]["flop_limit_ms_per_step"]
+    for row in rows:
+        assert row["train_mflop_per_image"] == rows[0]["train_mflop_per_image"]  # the same products, counted alike
+        assert row["flop_limit_ms_per_step"] == limit_ms  # both against the float32 rate
+        assert row["ratio"] == pytest.approx(row["ms_per_step"] / limit_ms, abs=0.01)
+        assert row["epoch_images"] == 48_000  # 750 steps of 64: the study's training split
+        assert row["epoch_seconds"] == pytest.approx(750 * row["ms_per_step"] / 1000, abs=0.1)
+        assert row["epoch_limit_seconds"] == pytest.approx(750 * limit_ms / 1000, abs=0.1)
