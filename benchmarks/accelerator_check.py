@@ -99,6 +99,17 @@ def train_run(config, mesh, images, labels, *, batch: int, steps: int, steps_per
     return compile_seconds, per_step, mean_loss, programs, state
 
 
+def cnn_config(name: str, parser: argparse.ArgumentParser):
+    """configs/NAME.py's config, or a usage error when that file is missing or is not a CNN's config."""
+    if (ROOT / "configs" / f"{name}.py").is_file():
+        get_config = getattr(importlib.import_module(f"configs.{name}"), "get_config", None)
+        config = get_config() if get_config else None
+        if config is not None and config.get("kind") == "cnn":
+            return config
+        parser.error(f"--config={name} is not a CNN's config; this check times cnn, vgg_bn or vgg_bn_large")
+    parser.error(f"--config={name}: there is no configs/{name}.py; this check times cnn, vgg_bn or vgg_bn_large")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="cnn", help="a config file's name in configs/ (cnn, vgg_bn, ...)")
@@ -106,6 +117,7 @@ def main() -> None:
     parser.add_argument("--large_batch", type=int, default=1024)
     parser.add_argument("--steps_per_call", type=int, default=10)
     args = parser.parse_args()
+    config = cnn_config(args.config, parser)
 
     devices = jax.devices()
     emit(
@@ -117,7 +129,6 @@ def main() -> None:
         cpu=cpu_model(),
         jax=jax.__version__,
     )
-    config = importlib.import_module(f"configs.{args.config}").get_config()
     images, labels, test, source = load_arrays(config)
     epoch_images = len(labels)
     batch_size = config.batch_size

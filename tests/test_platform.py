@@ -217,6 +217,23 @@ def test_the_accelerator_check_runs_on_cpu_and_reports_each_figure(config, batch
     assert bf16["mean_loss"]["bfloat16"] == pytest.approx(bf16["mean_loss"]["float32"], rel=0.05)
 
 
+@pytest.mark.parametrize(
+    ("config", "says"), [("random_forest", "is not a CNN's config"), ("cnn2", "no configs/cnn2.py")]
+)
+def test_the_accelerator_check_names_a_config_it_cannot_time(config, says):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "accelerator_check.py"), f"--config={config}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2 and result.stdout == ""  # a usage error before any figure
+    last = result.stderr.strip().splitlines()[-1]
+    assert says in last and "cnn, vgg_bn or vgg_bn_large" in last
+
+
 def test_a_folder_keeps_its_checkpoint_form_when_the_setting_changes(two_epoch_run):
     _, workdir = two_epoch_run  # written in rename form: no commit files
     folder = workdir / "checkpoints"
