@@ -8,10 +8,9 @@ r"""How close each CNN's training step comes to the matrix-product rate of the m
 
 For each config: the matrix-product FLOPs of one training image (counted from the step's own jaxpr: every
 `dot_general` and convolution of the forward and backward passes whose result is used, the optimizer's elementwise
-work left out),
-the measured training images/s of the project's jitted multi-step call (data on the device, the config's batch
-and recipe, augmentation, BatchNorm and the moving average included), and `ratio` = measured step time / the
-time those FLOPs take at the rate XLA reaches on a plain float32 matrix product of the conv2 shape
+work left out), the measured training images/s of the project's jitted multi-step call (data on the device, the
+config's batch and recipe, augmentation, BatchNorm and the moving average included), and `ratio` = measured step
+time / the time those FLOPs take at the rate XLA reaches on a plain float32 matrix product of the conv2 shape
 (7744 x 576) . (576 x 128), measured in the same run; and the same per epoch of the config's training split
 (training steps only: `epoch_seconds` against `epoch_limit_seconds`). Each compute dtype of `--compute_dtype` is
 measured against that float32 limit. The CPU model and its bfloat16/AMX flags are printed with the figures.
