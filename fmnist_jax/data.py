@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import os
 import pathlib
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -98,7 +99,7 @@ def _read_bytes(path: pathlib.Path) -> tuple[bytes, str]:
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
+        except (OSError, EOFError, zlib.error) as e:  # zlib.error: corrupt deflate data
             raise DataError(f"{path}: the gzip stream is damaged or truncated ({e}). Download the file again.") from e
     return raw, digest
 

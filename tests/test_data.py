@@ -47,6 +47,7 @@ def _rewrite(folder, name, content):
         ("label_range", r"train-labels-idx1-ubyte.gz: label 12 at index 3 is outside 0..9"),
         ("count_mismatch", r"holds 40 images but .*train-labels-idx1-ubyte.gz holds 39 labels"),
         ("bad_gzip", r"train-images-idx3-ubyte.gz: the gzip stream is damaged or truncated"),
+        ("corrupt_deflate", r"train-images-idx3-ubyte.gz: the gzip stream is damaged or truncated .*invalid block"),
         ("short_header", r"shorter than the 16-byte IDX header"),
     ],
 )
@@ -68,6 +69,10 @@ def test_malformed_files_raise_clear_errors(tmp_path, case, expected):
     elif case == "bad_gzip":
         path = folder / "train-images-idx3-ubyte.gz"
         path.write_bytes(path.read_bytes()[:200])
+    elif case == "corrupt_deflate":  # zlib.error, not OSError: bytes after the 10-byte gzip header overwritten
+        path = folder / "train-images-idx3-ubyte.gz"
+        raw = path.read_bytes()
+        path.write_bytes(raw[:10] + b"\xff" * 8 + raw[18:])
     elif case == "short_header":
         _rewrite(folder, "train-images-idx3-ubyte", b"\x00\x00\x08\x03\x00")
     with pytest.raises(data.DataError, match=expected):
