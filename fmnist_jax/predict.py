@@ -53,13 +53,30 @@ def to_fmnist(image: np.ndarray) -> np.ndarray:
     return out
 
 
+def _greyscale(img) -> np.ndarray:
+    """A PIL image as 0-255 greyscale: 16- and 32-bit integer and float images scaled, not clipped."""
+    if img.mode.startswith("I") or img.mode == "F":  # "I;16" (16-bit PNG), "I" (32-bit), "F" (float)
+        a = np.asarray(img, np.float64)
+        if img.mode.startswith("I;16") or (img.mode == "I" and a.max() > 255):
+            a = a / (65535 if a.max() > 255 else 255) * 255
+        elif img.mode == "F" and a.max() <= 1.0:
+            a = a * 255
+        return np.clip(np.round(a), 0, 255).astype(np.uint8)
+    return np.asarray(img.convert("L"))
+
+
 def _read_one(path: pathlib.Path) -> list[np.ndarray]:
     if path.suffix.lower() == ".npy":
-        array = np.load(path, allow_pickle=False)
+        try:
+            array = np.load(path, allow_pickle=False)
+        except EOFError as e:
+            raise ValueError("an empty .npy file") from e
         if array.ndim == 2:
             array = array[None]
         if array.ndim != 3 or array.shape[1:] != IMAGE_SHAPE:
             raise ValueError(f"shape {array.shape}; expected (28, 28) or (N, 28, 28)")
+        if len(array) == 0:
+            raise ValueError("shape (0, 28, 28): no images")
         if array.dtype != np.uint8:
             array = np.asarray(array, np.float64)
             array = np.clip(np.round(array * 255 if array.max() <= 1.0 else array), 0, 255)
@@ -68,9 +85,11 @@ def _read_one(path: pathlib.Path) -> list[np.ndarray]:
 
     try:
         with Image.open(path) as img:
-            return [to_fmnist(np.asarray(img.convert("L")))]
+            return [to_fmnist(_greyscale(img))]
     except UnidentifiedImageError as e:
         raise ValueError("not an image PIL can read") from e
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"too large to read safely ({e})") from e
 
 
 def load_images(paths: Sequence[pathlib.Path]) -> tuple[np.ndarray, list[str]]:

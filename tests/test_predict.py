@@ -37,3 +37,22 @@ def test_prediction_image_conversion():
     out = predict.to_fmnist(white_on_black)
     assert out.shape == (28, 28) and out[:7].max() == 0 and out.max() > 200  # centred, kept light
     assert predict.to_fmnist(255 - white_on_black).max() > 200  # dark-on-light is inverted
+
+
+def test_deep_images_are_scaled_and_unreadable_inputs_named(tmp_path, monkeypatch):
+    # A 16-bit greyscale PNG (mode "I;16"): scaled to 0-255, not clipped to white.
+    ramp = np.linspace(0, 65535, 28 * 28).reshape(28, 28).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode == "I;16"
+    (image,), _ = predict.load_images([tmp_path / "deep.png"])
+    expected = predict.to_fmnist(np.round(ramp / 257).astype(np.uint8))
+    assert np.abs(image.astype(int) - expected).max() <= 1 and 100 < image.mean() < 155
+    # An empty .npy, a stack of no images, an image over PIL's safety limit: each named, one error.
+    (tmp_path / "empty.npy").write_bytes(b"")
+    np.save(tmp_path / "none.npy", np.zeros((0, 28, 28), np.uint8))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 28*28 = 784 > 2 * 100: a "decompression bomb"
+    with pytest.raises(predict.PredictError) as error:
+        predict.load_images([tmp_path / "empty.npy", tmp_path / "none.npy", tmp_path / "deep.png"])
+    message = str(error.value)
+    assert "empty.npy: an empty .npy file" in message and "none.npy: shape (0, 28, 28): no images" in message
+    assert "deep.png: too large to read safely" in message
