@@ -99,15 +99,15 @@ def train_run(config, mesh, images, labels, *, batch: int, steps: int, steps_per
     return compile_seconds, per_step, mean_loss, programs, state
 
 
-def cnn_config(name: str, parser: argparse.ArgumentParser):
+def cnn_config(name: str, parser: argparse.ArgumentParser, flag: str = "--config"):
     """configs/NAME.py's config, or a usage error when that file is missing or is not a CNN's config."""
     if (ROOT / "configs" / f"{name}.py").is_file():
         get_config = getattr(importlib.import_module(f"configs.{name}"), "get_config", None)
         config = get_config() if get_config else None
         if config is not None and config.get("kind") == "cnn":
             return config
-        parser.error(f"--config={name} is not a CNN's config; this check times cnn, vgg_bn or vgg_bn_large")
-    parser.error(f"--config={name}: there is no configs/{name}.py; this check times cnn, vgg_bn or vgg_bn_large")
+        parser.error(f"{flag}={name} is not a CNN's config; this check times cnn, vgg_bn or vgg_bn_large")
+    parser.error(f"{flag}={name}: there is no configs/{name}.py; this check times cnn, vgg_bn or vgg_bn_large")
 
 
 def main() -> None:
@@ -117,6 +117,9 @@ def main() -> None:
     parser.add_argument("--large_batch", type=int, default=1024)
     parser.add_argument("--steps_per_call", type=int, default=10)
     args = parser.parse_args()
+    for name in ("steps", "large_batch", "steps_per_call"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name}={getattr(args, name)} must be at least 1")
     config = cnn_config(args.config, parser)
 
     devices = jax.devices()
@@ -137,6 +140,10 @@ def main() -> None:
     for batch in (batch_size, args.large_batch):
         if batch % len(devices):
             emit(check="train", model=config.model.name, batch=batch, skipped=f"not a multiple of {len(devices)}")
+            continue
+        if epoch_images // batch < args.steps_per_call:
+            skipped = f"{epoch_images} images make fewer than --steps_per_call={args.steps_per_call} batches"
+            emit(check="train", model=config.model.name, batch=batch, skipped=skipped)
             continue
         config.batch_size = batch
         compile_s, per_step, loss, programs, state = train_run(

@@ -41,7 +41,7 @@ import numpy as np
 from flax import nnx
 from jax._src.interpreters import partial_eval  # dce_jaxpr: no public equivalent
 
-from benchmarks.accelerator_check import train_run
+from benchmarks.accelerator_check import cnn_config, train_run
 from fmnist_jax import data, ops, parallel, train
 
 MATMUL_SHAPE = (7744, 576, 128)  # the study CNN's conv2 as im2col at batch 64: (m, k, n)
@@ -276,6 +276,13 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--matmul_seconds", type=float, default=3.0, help="timing of each product-rate measurement")
     args = parser.parse_args(argv)
+    if args.steps < 1 or args.matmul_seconds <= 0:
+        parser.error("--steps must be at least 1 and --matmul_seconds above 0")
+    for name in args.configs.split(","):  # every name and dtype checked before anything is timed
+        cnn_config(name, parser, flag="--configs")
+    for dtype in args.compute_dtype.split(","):
+        if dtype not in ("float32", "bfloat16"):
+            parser.error(f"--compute_dtype: {dtype!r} is not float32 or bfloat16")
     try:
         ds = data.load(load_config("cnn").data, seed=0)
         arrays, source = (ds.train.images, ds.train.labels), ds.source

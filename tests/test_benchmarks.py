@@ -66,3 +66,19 @@ def test_one_sitting_measures_each_compute_dtype_against_the_float32_limit(flop_
         assert row["epoch_images"] == 48_000  # 750 steps of 64: the study's training split
         assert row["epoch_seconds"] == pytest.approx(750 * row["ms_per_step"] / 1000, abs=0.1)
         assert row["epoch_limit_seconds"] == pytest.approx(750 * limit_ms / 1000, abs=0.1)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--configs=cnn,vgg_bnn"], "--configs=vgg_bnn: there is no configs/vgg_bnn.py"),
+        (["--configs=linear_svm"], "--configs=linear_svm is not a CNN's config"),
+        (["--compute_dtype=float32,bf16"], "'bf16' is not float32 or bfloat16"),
+        (["--matmul_seconds=0"], "--matmul_seconds above 0"),
+    ],
+)
+def test_bad_arguments_stop_before_anything_is_timed(flop_efficiency, capsys, args, says):
+    with pytest.raises(SystemExit) as stop:
+        flop_efficiency.main(args)
+    out, err = capsys.readouterr()
+    assert stop.value.code == 2 and out == "" and says in err
