@@ -162,8 +162,10 @@ class CheckpointStore:
     def restore_latest(self, target: Any, *, step: int | None = None) -> tuple[Any, dict[str, Any]] | None:
         """The newest checkpoint that restores (or checkpoint `step`); None when there is none.
 
-        A damaged newest checkpoint is skipped with a warning that names it; if every one is damaged, a
-        CheckpointError says so.
+        A newest checkpoint that does not restore while an older one does is damaged (a crash while writing it):
+        it is moved to `checkpoints_damaged/` with a warning that names it. When none restores, nothing is moved
+        (they may be sound and the target wrong: a config that builds a different model) and a CheckpointError
+        says both what to check and what to do.
         """
         steps = self.all_steps()
         if step is not None:
@@ -173,20 +175,28 @@ class CheckpointStore:
         errors = []
         for s in reversed(steps):
             try:
-                return self.restore(s, target)
+                restored = self.restore(s, target)
             except Exception as e:  # a truncated or missing file surfaces as many exception types
-                aside = self._set_aside(s)
                 logging.warning(
-                    "Checkpoint %s is damaged (%s: %s); moved to %s, trying the one before.",
+                    "Checkpoint %s does not restore (%s: %s)%s",
                     self.directory / str(s),
                     type(e).__name__,
                     str(e)[:300],
-                    aside,
+                    "; trying the one before." if s != steps[0] else ".",
                 )
-                errors.append(f"{s}: {type(e).__name__}: {str(e)[:300]}")
+                errors.append((s, f"{s}: {type(e).__name__}: {str(e)[:300]}"))
+                continue
+            for bad, _ in errors:  # newer than one that restores: damaged
+                aside = self._set_aside(bad)
+                logging.warning("Checkpoint %s is damaged; moved to %s.", self.directory / str(bad), aside)
+            return restored
         if errors:
+            config = self.directory.parent / "config.json"
             raise CheckpointError(
-                f"no valid checkpoint in {self.directory}: " + "; ".join(errors) + ". Delete the folder to start again."
+                f"no valid checkpoint in {self.directory}: "
+                + "; ".join(message for _, message in errors)
+                + f". If this run's config builds a different model than the one in {config}, run with that "
+                f"config; if the checkpoints are damaged, move them away or delete the folder to start again."
             )
         return None
 

@@ -2,7 +2,9 @@
 
 A workdir belongs to one experiment. Rerunning in it with a different config would silently mix two runs,
 so differing fields stop the run, except fields that only change speed (always allowed) and fields that are
-safe to change on resume (allowed with `--config.resume_with_changes=True`).
+safe to change on resume (allowed with `--config.resume_with_changes=True`); a config.json left by a start that
+computed nothing may be replaced. `evaluate` and `predict` refuse a config whose model differs from the one the
+workdir was trained with.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
+from absl import logging
 
 from fmnist_jax import files
 from fmnist_jax.errors import ConfigError
@@ -112,17 +115,49 @@ def check_positive(config: ml_collections.ConfigDict, *fields: str, allow_zero: 
             raise ConfigError(f"config.{field}={value!r} must be {bound}.")
 
 
+# What a checkpoint or saved model was trained as: `evaluate` and `predict` refuse a config that differs here.
+MODEL_FIELDS = ("model.", "ema_decay")
+# All that a start which failed before computing anything (bad data, a batch larger than the split) leaves in its
+# workdir: a config.json there with nothing else may be replaced by any config.
+NOTHING_COMPUTED = (CONFIG_FILE, files.LOCK_FILE)
+
+
+def _read_saved(path: pathlib.Path) -> dict[str, Any]:
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path} cannot be read as a config ({e}); fix or delete it.") from e
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{path} holds {type(saved).__name__}, not a config; fix or delete it.")
+    return saved
+
+
+def check_trained_with(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> None:
+    """For `evaluate` and `predict`: raises ConfigError when `config`'s model fields differ from those the workdir
+    was trained with (its config.json), which would score other weights or fail to restore them."""
+    path = pathlib.Path(workdir) / CONFIG_FILE
+    if not path.exists():
+        return
+    changed = {k: v for k, v in diff(_read_saved(path), to_dict(config)).items() if _matches(k, MODEL_FIELDS)}
+    if changed:
+        listing = ", ".join(f"{k}: trained with {old!r}, asked for {new!r}" for k, (old, new) in changed.items())
+        raise ConfigError(
+            f"{workdir} was trained with another model ({listing}); use the config it was trained with ({path})."
+        )
+
+
 def save_or_check(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> None:
     """Writes `workdir/config.json`, or checks the one there matches `config` (see the module docstring)."""
     workdir = pathlib.Path(workdir)
     path = workdir / CONFIG_FILE
     requested = to_dict(config)
     if path.exists():
-        try:
-            saved = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} is not valid JSON ({e}); fix or delete it.") from e
+        saved = _read_saved(path)
         changed = diff(saved, requested)
+        if changed and all(p.name in NOTHING_COMPUTED for p in workdir.iterdir()):
+            logging.info("%s was left by a start that computed nothing; replacing it.", path)
+            changed = {}
+            saved = None
         if changed:
             listing = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
             unsafe = [k for k in changed if not _matches(k, SAFE_TO_CHANGE)]

@@ -63,6 +63,7 @@ def _run_cnn(config: ml_collections.ConfigDict, workdir: pathlib.Path, mode: str
     train.check_config(config)
     if mode == "train":
         return train.train_and_evaluate(config, workdir)
+    config_lib.check_trained_with(config, workdir)
     if mode == "evaluate":
         return train.evaluate_checkpoint(config, workdir)
     images, names = _inputs(config)

@@ -741,15 +741,20 @@ def restore_for_inference(
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
-    """Scores a checkpoint on the validation and test sets and writes results.json (mode=evaluate)."""
+    """Scores a checkpoint on the validation and test sets (mode=evaluate): the latest one into the workdir's
+    results.json and predictions.npz; the one `config.checkpoint.step` names into WORKDIR/evaluate_step_N/, so
+    that the run's own results (what a rerun and the comparison report read) stay those of its last step."""
     workdir = pathlib.Path(workdir)
     mesh = parallel.make_mesh()
     programs, state, num_params, meta = restore_for_inference(config, workdir, mesh)
+    out = workdir if config.checkpoint.step is None else workdir / f"evaluate_step_{meta['step']}"
     dataset = data.load(config.data, seed=config.seed)
-    logging.info("Evaluating on %d %s device(s)", mesh.devices.size, jax.default_backend())
+    logging.info("Evaluating on %d %s device(s) into %s", mesh.devices.size, jax.default_backend(), out)
+    if parallel.is_lead_process():
+        out.mkdir(exist_ok=True)
     plan = Plan(
         config=config,
-        workdir=workdir,
+        workdir=out,
         programs=programs,
         dataset=dataset,
         steps_per_epoch=0,

@@ -1,6 +1,7 @@
 """Checkpoints that survive anything: SIGKILL and SIGTERM at any moment, damaged and leftover folders,
 restore for evaluation and prediction, unwritable workdirs."""
 
+import copy
 import os
 import signal
 import subprocess
@@ -8,7 +9,8 @@ import subprocess
 import pytest
 from helpers import check, checkpoint_steps, run_interrupted, run_main
 
-from fmnist_jax import checkpoints, files, metrics, run
+from fmnist_jax import checkpoints, files, metrics, run, train
+from fmnist_jax.errors import ConfigError
 
 KILL_ARGS = (
     "--config.num_epochs=4",
@@ -118,8 +120,46 @@ def test_no_valid_checkpoint_is_a_clear_error(two_epoch_run):
         for f in (workdir / "checkpoints" / str(step)).rglob("*"):
             if f.is_file() and f.stat().st_size > 100:
                 f.write_bytes(b"")
-    with pytest.raises(checkpoints.CheckpointError, match=r"no valid checkpoint in .*Delete the folder"):
+    with pytest.raises(checkpoints.CheckpointError, match=r"no valid checkpoint in .*delete the folder to start again"):
         run.run(config, workdir)
+    assert sorted(checkpoint_steps(workdir)) == [4, 6, 8]  # none restores: none is taken for damaged and moved
+    with pytest.raises(checkpoints.CheckpointError, match=r"no valid checkpoint"):
+        run.run(config, workdir)  # nor does a rerun start from scratch over them
+
+
+def test_a_config_of_another_model_is_refused_and_moves_no_checkpoint(two_epoch_run):
+    config, workdir = two_epoch_run
+    steps = checkpoint_steps(workdir)
+    other = copy.deepcopy(config)
+    other.ema_decay = 0.99  # the state gains a moving average: another tree
+    for mode in ("evaluate", "predict"):
+        other.mode = mode
+        with pytest.raises(ConfigError, match=r"trained with another model \(ema_decay: trained with 0.0, asked for"):
+            run.run(other, workdir)
+    # Below the config check, a checkpoint that does not fit the target is not taken for a damaged one while none
+    # fits: nothing is moved aside.
+    _, state, _ = train.create_train_state(other)
+    store = checkpoints.CheckpointStore(workdir / "checkpoints", async_save=False)
+    try:
+        with pytest.raises(checkpoints.CheckpointError, match=r"builds a different model than the one in .*json"):
+            store.restore_latest(state)
+    finally:
+        store.close()
+    assert sorted(checkpoint_steps(workdir)) == sorted(steps) and not (workdir / "checkpoints_damaged").exists()
+    config.mode = "evaluate"
+    assert run.run(config, workdir)["test_accuracy"] == metrics.load_results(workdir)["test_accuracy"]
+
+
+def test_a_start_that_computed_nothing_leaves_no_config_in_the_way(cnn_config, tmp_path):
+    cnn_config.batch_size = 512  # more than the 256 training images: refused after config.json is written
+    with pytest.raises(ConfigError, match=r"batch_size=512 exceeds the 256 training images"):
+        run.run(cnn_config, tmp_path / "w")
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == [".lock", "config.json"]
+    cnn_config.batch_size = 64
+    assert run.run(cnn_config, tmp_path / "w")["test_accuracy"] > 0
+    cnn_config.num_epochs = 3  # now the workdir holds a run: a changed config is refused as before
+    with pytest.raises(ConfigError, match=r"holds a run with a different config \(num_epochs: 2 -> 3\)"):
+        run.run(cnn_config, tmp_path / "w")
 
 
 def test_evaluate_from_a_checkpoint(two_epoch_run):
@@ -127,9 +167,16 @@ def test_evaluate_from_a_checkpoint(two_epoch_run):
     final = metrics.load_results(workdir)
     config.mode = "evaluate"
     assert run.run(config, workdir)["test_accuracy"] == final["test_accuracy"]
+    latest = metrics.load_results(workdir)  # rewritten by the evaluation of the latest checkpoint
     config.checkpoint.step = 4
-    assert run.run(config, workdir)["params_sha256"] != final["params_sha256"]
-    config.checkpoint.step = 5
+    older = run.run(config, workdir)
+    assert older["params_sha256"] != final["params_sha256"]
+    assert metrics.load_results(workdir / "evaluate_step_4") == older  # its own folder, with its predictions
+    assert (workdir / "evaluate_step_4" / "predictions.npz").exists()
+    assert metrics.load_results(workdir) == latest  # the run's results stay those of its last step
+    config.mode, config.checkpoint.step = "train", None
+    assert run.run(config, workdir) == latest  # a rerun reports the finished run as it was
+    config.mode, config.checkpoint.step = "evaluate", 5
     with pytest.raises(checkpoints.CheckpointError, match=r"no checkpoint at step 5 .*available: \[4, 6, 8\]"):
         run.run(config, workdir)
 
