@@ -285,6 +285,7 @@ def test_a_comparison_ignores_speed_only_member_fields_but_not_the_maths(tiny_da
 
     config = quick_compare_config(tiny_data)
     config_lib.save_or_check(config, tmp_path)
+    (tmp_path / "cnn").mkdir()  # a member has started: the workdir holds a run (a bare config.json may be replaced)
     config.members.cnn.steps_per_call = 2  # speed only
     config.members.cnn.tensorboard.enabled = False
     config_lib.save_or_check(config, tmp_path)
