@@ -20,7 +20,7 @@ from sklearn import ensemble, pipeline, preprocessing, svm
 from sklearn.exceptions import ConvergenceWarning
 
 from fmnist_jax import config_lib, data, files, metrics
-from fmnist_jax.errors import ConfigError
+from fmnist_jax.errors import LOG_FILE_ONLY, ConfigError
 
 MODEL_FILE = "model.joblib"
 PREPROCESS = ("none", "scale", "standardize")
@@ -101,6 +101,11 @@ def count_params(estimator: Any) -> int:
 
 def fit(estimator: Any, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     """Fits in place, logging progress; returns {"converged", "n_iter"} (None where they do not apply)."""
+    if len(np.unique(y)) < 2:
+        raise ConfigError(
+            f"the {len(y)} training image(s) hold one class only; a classifier needs at least two: raise "
+            "config.data.num_train."
+        )
     model = estimator[-1]
     if isinstance(model, ensemble.RandomForestClassifier):
         total = model.n_estimators
@@ -138,7 +143,11 @@ def fit(estimator: Any, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
 def predict(estimator: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """Predicted classes and, where the model gives them, class probabilities."""
     if hasattr(estimator[-1], "predict_proba"):
-        probs = estimator.predict_proba(x)
+        # One column per class the model was trained on (fewer than 10 when the training images lacked some):
+        # spread to all 10 classes, a class never seen getting probability 0, so that argmax is the class itself.
+        seen = estimator.predict_proba(x)
+        probs = np.zeros((len(seen), data.NUM_CLASSES), seen.dtype)
+        probs[:, estimator.classes_] = seen
         return probs.argmax(1), probs
     return estimator.predict(x), None
 
@@ -156,11 +165,18 @@ def load_estimator(workdir: str | pathlib.Path) -> Any:
     path = pathlib.Path(workdir) / MODEL_FILE
     if not path.exists():
         raise ConfigError(f"{path} does not exist: train the baseline first (--config.mode=train).")
-    return joblib.load(path)
+    try:
+        estimator = joblib.load(path)
+    except Exception as e:  # damaged or foreign bytes surface as KeyError, UnpicklingError, EOFError, ...
+        raise ConfigError(f"{path} cannot be loaded ({type(e).__name__}: {e}); delete it and train again.") from e
+    if not isinstance(estimator, pipeline.Pipeline):
+        raise ConfigError(f"{path} holds a {type(estimator).__name__}, not a model of this project; train again.")
+    return estimator
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the first field of a baseline config that cannot run."""
+    config_lib.check_positive(config, "seed", allow_zero=True)
     create_estimator(config)
 
 
@@ -239,14 +255,23 @@ def search(config: ml_collections.ConfigDict, dataset: data.Dataset) -> tuple[di
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        searcher.fit(x, y)
+        try:
+            searcher.fit(x, y)
+        except ValueError as e:  # scikit-learn's "All the N fits failed", with every fit's reason
+            if "fits failed" not in str(e):
+                raise
+            logging.warning("The search's failures: %s", e, extra=LOG_FILE_ONLY)
+            raise ConfigError(
+                f"config.search.grid: every setting failed to fit ({grid}); the log file holds scikit-learn's "
+                "reasons. Fix the grid's values."
+            ) from e
     seconds = time.perf_counter() - start
     cv = searcher.cv_results_
     rows = []
     for i, params in enumerate(cv["params"]):
         row = {
             "params": {k.removeprefix("model__"): _plain(v) for k, v in params.items()},
-            "validation_accuracy": float(cv["mean_test_score"][i]),
+            "validation_accuracy": _finite_or_none(cv["mean_test_score"][i]),  # a failed fit: None (NaN)
             "fit_seconds": float(cv["mean_fit_time"][i]),
         }
         if method == "halving":
@@ -261,7 +286,13 @@ def search(config: ml_collections.ConfigDict, dataset: data.Dataset) -> tuple[di
         finalists = [r for r in last.values() if r["round"] == max(r["round"] for r in rows)]
     else:
         finalists = rows
-    best = max(finalists, key=lambda r: r["validation_accuracy"])
+    scored = [r for r in finalists if r["validation_accuracy"] is not None]
+    if not scored:  # halving: a round where every setting failed
+        raise ConfigError(
+            f"config.search.grid: every setting failed to fit ({[r['params'] for r in finalists]}). Fix the grid's "
+            "values."
+        )
+    best = max(scored, key=lambda r: r["validation_accuracy"])
     logging.info(
         "search done in %.1f s: best %s, validation accuracy %.4f", seconds, best["params"], best["validation_accuracy"]
     )
@@ -273,6 +304,10 @@ def search(config: ml_collections.ConfigDict, dataset: data.Dataset) -> tuple[di
         "seconds": seconds,
     }
     return best["params"], record
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
 
 
 def _plain(value: Any) -> Any:
@@ -311,10 +346,10 @@ def score(
         checksums=dataset.checksums,
         extra=extra,
     )
-    metrics.save_results(workdir, results)
-    metrics.save_predictions(
+    metrics.save_predictions(  # first: results.json marks the run finished
         workdir, labels=dataset.test.labels, preds=test_pred, probs=test_probs, images=dataset.test.images
     )
+    metrics.save_results(workdir, results)
     logging.info(
         "%s: test accuracy %.4f (validation %s), fit %.1f s",
         config.model.name,

@@ -3,11 +3,12 @@
 import subprocess
 import sys
 
+import joblib
 import numpy as np
 import pytest
 from helpers import ROOT, load_config
 
-from fmnist_jax import baselines, metrics, run
+from fmnist_jax import baselines, data, metrics, run
 from fmnist_jax.errors import ConfigError
 
 
@@ -99,6 +100,7 @@ def test_evaluate_mode_rescores_the_saved_model(tiny_data, tmp_path):
         ("linear_svm", "model.C", 0.0, r"config.model.C=0.0 must be positive"),
         ("linear_svm", "model.dual", "maybe", r"config.model.dual='maybe' must be"),
         ("linear_svm", "preprocess", "pca", r"config.preprocess='pca' must be one of"),
+        ("random_forest", "seed", -1, r"config.seed=-1 must be zero or more"),
     ],
 )
 def test_bad_values_name_the_field(tiny_data, tmp_path, name, field, value, match):
@@ -145,3 +147,65 @@ def test_training_on_validation_reports_no_validation_accuracy(tiny_data, tmp_pa
     results = run.run(config, tmp_path)
     assert results["validation_accuracy"] is None
     assert sum(tree.tree_.n_node_samples[0] for tree in baselines.load_estimator(tmp_path)[-1].estimators_) == 5 * 320
+
+
+def test_a_forest_trained_without_some_classes_predicts_their_labels(tiny_data, tmp_path):
+    config = tiny("random_forest", tiny_data, **{"model.n_estimators": 5, "data.num_train": 6})
+    seen = sorted(set(data.load(config.data, seed=config.seed).train.labels.tolist()))
+    assert 1 < len(seen) < 10  # some classes never seen in training
+    results = run.run(config, tmp_path)
+    saved = metrics.load_predictions(tmp_path)
+    unseen = sorted(set(range(10)) - set(seen))
+    assert saved["probs"].shape[1] == 10 and (saved["probs"][:, unseen] == 0).all()
+    assert set(saved["preds"].tolist()) <= set(seen) and (saved["preds"] == saved["probs"].argmax(1)).all()
+    assert results["test_accuracy"] == pytest.approx(np.mean(saved["preds"] == saved["labels"]))
+
+
+def test_training_images_of_one_class_are_a_clear_error(tiny_data, tmp_path):
+    with pytest.raises(ConfigError, match=r"hold one class only; .*raise config.data.num_train"):
+        run.run(tiny("linear_svm", tiny_data, **{"data.num_train": 1}), tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.FitFailedWarning", "ignore:One or more of the test scores")
+def test_a_search_skips_settings_that_fail_and_names_a_grid_where_all_do(tiny_data, tmp_path):
+    config = tiny("linear_svm_search", tiny_data)
+    config.search.grid.C = (-1.0, 1.0)  # C must be positive: scikit-learn scores the failed fit as NaN
+    results = run.run(config, tmp_path / "one_fails")
+    assert results["search"]["best_params"] == {"C": 1.0}
+    assert [row["validation_accuracy"] is None for row in results["search"]["grid"]] == [True, False]  # not NaN
+    config.search.grid.C = (-1.0, -2.0)
+    with pytest.raises(ConfigError, match=r"every setting failed to fit .*Fix the grid's values"):
+        run.run(config, tmp_path / "all_fail")
+
+
+def test_evaluate_refuses_another_model_or_split_and_keeps_the_search_record(tiny_data, tmp_path):
+    config = tiny("random_forest", tiny_data, **{"model.n_estimators": 5})
+    run.run(config, tmp_path)
+    results = metrics.load_results(tmp_path)
+    results["search"] = {"method": "grid", "best_params": {"n_estimators": 5}}  # as a search run records it
+    metrics.save_results(tmp_path, results)
+    config.mode = "evaluate"
+    assert run.run(config, tmp_path)["search"] == results["search"]
+    for field, value, says in (
+        ("seed", 1, r"another model or data \(seed: trained with 0, asked for 1\)"),
+        ("data.validation_size", 32, r"data.validation_size: trained with 64, asked for 32"),
+    ):
+        other = tiny("random_forest", tiny_data, **{"model.n_estimators": 5, "mode": "evaluate", field: value})
+        with pytest.raises(ConfigError, match=says):
+            run.run(other, tmp_path)
+    svm = tiny("linear_svm", tiny_data, mode="predict")
+    with pytest.raises(ConfigError, match=r"another model \(model.C: trained with None"):
+        run.run(svm, tmp_path)
+
+
+def test_a_damaged_or_foreign_model_file_is_named(tiny_data, tmp_path):
+    config = tiny("random_forest", tiny_data, **{"model.n_estimators": 5})
+    run.run(config, tmp_path)
+    config.mode = "evaluate"
+    path = tmp_path / baselines.MODEL_FILE
+    path.write_bytes(b"\xfd" * 64)
+    with pytest.raises(ConfigError, match=r"model.joblib cannot be loaded .*delete it and train again"):
+        run.run(config, tmp_path)
+    joblib.dump({"not": "a model"}, path)
+    with pytest.raises(ConfigError, match=r"model.joblib holds a dict, not a model of this project"):
+        run.run(config, tmp_path)
