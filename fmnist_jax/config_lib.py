@@ -115,8 +115,10 @@ def check_positive(config: ml_collections.ConfigDict, *fields: str, allow_zero: 
             raise ConfigError(f"config.{field}={value!r} must be {bound}.")
 
 
-# What a checkpoint or saved model was trained as: `evaluate` and `predict` refuse a config that differs here.
+# What a checkpoint or saved model was trained as: `evaluate` and `predict` refuse a config that differs here,
+# `evaluate` also in what it is scored on (another seed or split would score training images as held out).
 MODEL_FIELDS = ("model.", "ema_decay")
+DATA_FIELDS = ("seed", "data.")
 # All that a start which failed before computing anything (bad data, a batch larger than the split) leaves in its
 # workdir: a config.json there with nothing else may be replaced by any config.
 NOTHING_COMPUTED = (CONFIG_FILE, files.LOCK_FILE)
@@ -132,17 +134,20 @@ def _read_saved(path: pathlib.Path) -> dict[str, Any]:
     return saved
 
 
-def check_trained_with(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> None:
-    """For `evaluate` and `predict`: raises ConfigError when `config`'s model fields differ from those the workdir
-    was trained with (its config.json), which would score other weights or fail to restore them."""
+def check_trained_with(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, evaluate: bool) -> None:
+    """For `evaluate` and `predict`: raises ConfigError when `config`'s model fields (and for `evaluate` its seed and
+    data fields) differ from those the workdir was trained with (its config.json): that would score other weights,
+    fail to restore them, or score on a split that the model trained on."""
     path = pathlib.Path(workdir) / CONFIG_FILE
     if not path.exists():
         return
-    changed = {k: v for k, v in diff(_read_saved(path), to_dict(config)).items() if _matches(k, MODEL_FIELDS)}
+    fields = MODEL_FIELDS + (DATA_FIELDS if evaluate else ())
+    changed = {k: v for k, v in diff(_read_saved(path), to_dict(config)).items() if _matches(k, fields)}
     if changed:
         listing = ", ".join(f"{k}: trained with {old!r}, asked for {new!r}" for k, (old, new) in changed.items())
         raise ConfigError(
-            f"{workdir} was trained with another model ({listing}); use the config it was trained with ({path})."
+            f"{workdir} was trained with another {'model or data' if evaluate else 'model'} ({listing}); use the "
+            f"config it was trained with ({path})."
         )
 
 

@@ -63,7 +63,7 @@ def _run_cnn(config: ml_collections.ConfigDict, workdir: pathlib.Path, mode: str
     train.check_config(config)
     if mode == "train":
         return train.train_and_evaluate(config, workdir)
-    config_lib.check_trained_with(config, workdir)
+    config_lib.check_trained_with(config, workdir, evaluate=mode == "evaluate")
     if mode == "evaluate":
         return train.evaluate_checkpoint(config, workdir)
     images, names = _inputs(config)
@@ -78,6 +78,7 @@ def _run_baseline(config: ml_collections.ConfigDict, workdir: pathlib.Path, mode
     if mode == "train":
         config_lib.save_or_check(config, workdir)
         return baselines.fit_and_evaluate(config, workdir)
+    config_lib.check_trained_with(config, workdir, evaluate=mode == "evaluate")
     estimator = baselines.load_estimator(workdir)
     if mode == "evaluate":
         dataset = data.load(config.data, seed=config.seed)
@@ -88,7 +89,7 @@ def _run_baseline(config: ml_collections.ConfigDict, workdir: pathlib.Path, mode
             estimator,
             dataset,
             train_seconds=previous.get("train_seconds"),
-            extra={k: previous.get(k) for k in ("converged", "n_iter")},
+            extra={k: previous[k] for k in ("converged", "n_iter", "search") if k in previous},
         )
     images, names = _inputs(config)
     preds, probs = baselines.predict(estimator, baselines.flatten(images))
