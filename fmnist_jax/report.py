@@ -102,6 +102,11 @@ def load_models(workdirs: Sequence[str | pathlib.Path]) -> list[Model]:
             models.append(Model(label, runs[0].title, sorted(runs, key=lambda r: r.results["seed"])))
         else:
             models += [Model(f"{label}_{_folder(r)}", f"{r.title} ({_folder(r)})", [r]) for r in runs]
+    counts: dict[str, int] = {}
+    for m in models:  # folders of the same names under different parents: keep labels (file names, keys) apart
+        counts[m.label] = counts.get(m.label, 0) + 1
+        if counts[m.label] > 1:
+            m.label = f"{m.label}_{counts[m.label]}"
     titles = [m.title for m in models]
     for m in models:
         if titles.count(m.title) > 1:
@@ -336,11 +341,14 @@ def pair_rows(pairs: Sequence[dict[str, Any]], titles: dict[str, str]) -> list[l
 
 def search_rows(member: Member) -> list[list[str]]:
     """A searched model's grid: every setting, its validation accuracy and fit seconds, best first."""
-    grid = sorted(member.results["search"]["grid"], key=lambda g: -g["validation_accuracy"])
+    grid = sorted(
+        member.results["search"]["grid"],
+        key=lambda g: -1.0 if g["validation_accuracy"] is None else -g["validation_accuracy"],
+    )
     return [
         [
             ", ".join(f"{k}={v}" for k, v in g["params"].items()),
-            f"{g['validation_accuracy']:.4f}",
+            _fmt(g["validation_accuracy"]),
             f"{g['images']:,}" if "images" in g else "all",
             _fmt_seconds(g["fit_seconds"]),
         ]
@@ -461,7 +469,7 @@ def plot_curves(model: Model, path: pathlib.Path) -> pathlib.Path:
 def plot_search(member: Member, path: pathlib.Path) -> pathlib.Path:
     """Validation accuracy of every searched setting against its fit time."""
     plt = _pyplot()
-    grid = member.results["search"]["grid"]
+    grid = [g for g in member.results["search"]["grid"] if g["validation_accuracy"] is not None]  # not failed fits
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.scatter([g["fit_seconds"] for g in grid], [g["validation_accuracy"] for g in grid])
     for g in grid:

@@ -169,6 +169,13 @@ def test_two_runs_of_one_model_get_distinct_titles_and_files(comparison, tmp_pat
     assert {"confusion_linear_svm_svm_a.png", "confusion_linear_svm_svm_b.png"} <= {
         p.name for p in paths["plots"].iterdir()
     }
+    # The same folder names under two parents: still two models, two sets of plots, two entries in report.json.
+    for parent in ("a", "b"):
+        shutil.copytree(workdir / "linear_svm" / "seed_0", tmp_path / parent / "linear_svm" / "seed_0")
+    paths = report.build([tmp_path / p / "linear_svm" / "seed_0" for p in "ab"], tmp_path / "out2")
+    labels = list(json.loads(paths["json"].read_text())["models"])
+    assert labels == ["linear_svm_linear_svm_seed_0", "linear_svm_linear_svm_seed_0_2"]
+    assert {f"confusion_{label}.png" for label in labels} <= {p.name for p in paths["plots"].iterdir()}
 
 
 def test_a_named_workdir_for_several_seeds_must_hold_the_seed(tiny_data, tmp_path):
