@@ -50,7 +50,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         config, "num_epochs", "batch_size", "learning_rate", "steps_per_call", "checkpoint.max_to_keep"
     )
     config_lib.check_positive(
-        config, "checkpoint.every_steps", "data.validation_size", "eval_batch_size", allow_zero=True
+        config, "seed", "checkpoint.every_steps", "data.validation_size", "eval_batch_size", allow_zero=True
     )
     if config.scan_unroll not in UNROLL_CHOICES:
         raise ConfigError(f"config.scan_unroll={config.scan_unroll!r} must be one of {UNROLL_CHOICES}.")
@@ -700,11 +700,11 @@ def finish(
         checksums=dataset.checksums,
         extra={"test_loss": test["loss"], "validation_loss": val["loss"], "params_sha256": params_sha256(state)},
     )
-    if parallel.is_lead_process():
-        metrics.save_results(plan.workdir, results)
+    if parallel.is_lead_process():  # predictions first: results.json marks the run finished
         metrics.save_predictions(
             plan.workdir, labels=dataset.test.labels, preds=preds, probs=test["probs"], images=dataset.test.images
         )
+        metrics.save_results(plan.workdir, results)
     if plan.events:
         plan.events.finish(results, config_lib.to_dict(config), step=plan.total_steps)
     logging.info("test accuracy %.4f  (validation %s)", results["test_accuracy"], _fmt(val["accuracy"]))

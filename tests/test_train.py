@@ -142,6 +142,7 @@ def test_nan_loss_stops_with_a_clear_error(cnn_config, tmp_path):
         ("scan_unroll", "sometimes", r"config.scan_unroll='sometimes'"),
         ("kind", "gan", r"config.kind='gan' is not one of"),
         ("eval_batch_size", -5, r"config.eval_batch_size=-5 must be zero or more"),
+        ("seed", -1, r"config.seed=-1 must be zero or more"),
         ("model.conv", "cudnn", r"config.model.conv='cudnn' must be one of \('auto', 'im2col', 'xla', 'taps'\)"),
     ],
 )
