@@ -678,7 +678,10 @@ def build(workdirs: Sequence[str | pathlib.Path], out: str | pathlib.Path) -> di
     runs = [run for m in models for run in m.runs]
     out = pathlib.Path(out)
     plots = out / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
+    try:
+        plots.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot make the report's folder {plots} ({e.strerror}); choose another --out.") from e
 
     counts = {sum(c["support"] for c in r.results["per_class"].values()) for r in runs}
     checksums = {json.dumps(r.results.get("dataset_checksums"), sort_keys=True) for r in runs}

@@ -130,7 +130,13 @@ def member_runs(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> lis
             member.seed = seed
             if config.quick and name in config.quick_overrides:
                 config_lib.merge(member, config.quick_overrides[name])
-            folder = pathlib.Path(named.format(seed=seed)) if named else workdir / name / f"seed_{seed}"
+            try:
+                folder = pathlib.Path(named.format(seed=seed)) if named else workdir / name / f"seed_{seed}"
+            except (KeyError, IndexError, ValueError) as e:
+                raise ConfigError(
+                    f"config.members.{name}.workdir={named!r}: only {{seed}} may stand in braces ({e!r}); write "
+                    "a literal brace as {{ or }}."
+                ) from e
             runs.append(MemberRun(name, seed, member, folder, bool(named)))
     return runs
 

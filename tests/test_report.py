@@ -10,7 +10,7 @@ import pytest
 from helpers import load_config, quick_compare_config, run_main
 
 from fmnist_jax import metrics, report, run, stats
-from fmnist_jax.errors import ConfigError
+from fmnist_jax.errors import ConfigError, UserError
 
 
 @pytest.fixture(scope="module")
@@ -185,10 +185,20 @@ def test_a_named_workdir_for_several_seeds_must_hold_the_seed(tiny_data, tmp_pat
         ConfigError, match=r"config\.members\.cnn\.workdir=.* names one folder for 2 seeds; put \{seed\}"
     ):
         run.run(config, tmp_path / "compare")
+    config.members.cnn.workdir = str(tmp_path / "cnn_{name}_{seed}")
+    with pytest.raises(ConfigError, match=r"only \{seed\} may stand in braces \(KeyError\('name'\)\)"):
+        run.run(config, tmp_path / "compare")
     config.members.cnn.workdir = None
     config.seeds = (1, 1)
     with pytest.raises(ConfigError, match=r"config\.seeds=\(1, 1\) must be distinct integers"):
         run.run(config, tmp_path / "compare")
+
+
+def test_a_report_folder_that_cannot_be_made_is_named(comparison, tmp_path):
+    _, workdir, _ = comparison
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(UserError, match=r"cannot make the report's folder .*a_file/plots .*choose another --out"):
+        report.build([workdir / "linear_svm" / "seed_0"], tmp_path / "a_file")
 
 
 def test_report_json_holds_every_number_the_report_shows(comparison):
