@@ -57,8 +57,8 @@ def _greyscale(img) -> np.ndarray:
     """A PIL image as 0-255 greyscale: 16- and 32-bit integer and float images scaled, not clipped."""
     if img.mode.startswith("I") or img.mode == "F":  # "I;16" (16-bit PNG), "I" (32-bit), "F" (float)
         a = np.asarray(img, np.float64)
-        if img.mode.startswith("I;16") or (img.mode == "I" and a.max() > 255):
-            a = a / (65535 if a.max() > 255 else 255) * 255
+        if img.mode.startswith("I;16") or (img.mode == "I" and a.max() > 255):  # the 16-bit range
+            a = a / 257
         elif img.mode == "F" and a.max() <= 1.0:
             a = a * 255
         return np.clip(np.round(a), 0, 255).astype(np.uint8)
