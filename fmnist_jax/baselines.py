@@ -261,10 +261,7 @@ def search(config: ml_collections.ConfigDict, dataset: data.Dataset) -> tuple[di
             if "fits failed" not in str(e):
                 raise
             logging.warning("The search's failures: %s", e, extra=LOG_FILE_ONLY)
-            raise ConfigError(
-                f"config.search.grid: every setting failed to fit ({grid}); the log file holds scikit-learn's "
-                "reasons. Fix the grid's values."
-            ) from e
+            raise _all_settings_failed(grid) from e
     seconds = time.perf_counter() - start
     cv = searcher.cv_results_
     rows = []
@@ -287,11 +284,8 @@ def search(config: ml_collections.ConfigDict, dataset: data.Dataset) -> tuple[di
     else:
         finalists = rows
     scored = [r for r in finalists if r["validation_accuracy"] is not None]
-    if not scored:  # halving: a round where every setting failed
-        raise ConfigError(
-            f"config.search.grid: every setting failed to fit ({[r['params'] for r in finalists]}). Fix the grid's "
-            "values."
-        )
+    if not scored:  # a last round where every setting failed (scikit-learn raises on that itself today)
+        raise _all_settings_failed([r["params"] for r in finalists])
     best = max(scored, key=lambda r: r["validation_accuracy"])
     logging.info(
         "search done in %.1f s: best %s, validation accuracy %.4f", seconds, best["params"], best["validation_accuracy"]
@@ -304,6 +298,13 @@ def search(config: ml_collections.ConfigDict, dataset: data.Dataset) -> tuple[di
         "seconds": seconds,
     }
     return best["params"], record
+
+
+def _all_settings_failed(settings: Any) -> ConfigError:
+    return ConfigError(
+        f"config.search.grid: every setting failed to fit ({settings}); the log file holds scikit-learn's reasons. "
+        "Fix the grid's values."
+    )
 
 
 def _finite_or_none(value: float) -> float | None:
