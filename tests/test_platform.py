@@ -174,6 +174,19 @@ def test_the_colab_notebook_runs_headlessly_with_tiny_settings(tiny_data, tmp_pa
     assert "## Summary" in text and (tmp_path / "compare" / "report.md").exists()
 
 
+def accelerator_check(*args: str, env: dict[str, str] | None = None, timeout: float = 600):
+    """Runs `python benchmarks/accelerator_check.py ARGS` (with `env` added to this environment)."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "accelerator_check.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("config", "batch", "epoch_images", "count"),
@@ -182,21 +195,8 @@ def test_the_colab_notebook_runs_headlessly_with_tiny_settings(tiny_data, tmp_pa
     [("cnn", 64, 48_000, 2), ("vgg_bn", 128, 60_000, 1)],
 )
 def test_the_accelerator_check_runs_on_cpu_and_reports_each_figure(config, batch, epoch_images, count):
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "accelerator_check.py"),
-            f"--config={config}",
-            "--steps=4",
-            "--steps_per_call=2",
-            "--large_batch=128",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=600,
-        check=False,
-        env={**os.environ, **devices(count)},
+    result = accelerator_check(
+        f"--config={config}", "--steps=4", "--steps_per_call=2", "--large_batch=128", env=devices(count)
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
@@ -226,14 +226,7 @@ def test_the_accelerator_check_runs_on_cpu_and_reports_each_figure(config, batch
     ],
 )
 def test_the_accelerator_check_refuses_what_it_cannot_time_before_any_figure(args, says):
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "accelerator_check.py"), args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-        check=False,
-    )
+    result = accelerator_check(args, timeout=120)
     assert result.returncode == 2 and result.stdout == ""  # a usage error before any figure
     assert says in result.stderr.strip().splitlines()[-1]
 
