@@ -18,8 +18,10 @@ measured against that float32 limit. The CPU model and its bfloat16/AMX flags ar
 With --layers, each convolution of the model is also timed alone, as training runs it (the config's conv
 implementation, forward pass, weight gradient and, except for the first layer, input gradient, patch matrices and
 their fold-back included), 10 steps per jitted call in a `lax.scan` as the training loop runs them: one line per
-layer with its ratio to the same FLOP limit, and one line splitting the step into its convolutions and the rest
-(pooling, BatchNorm, activations, dropout, dense layers, loss, optimizer).
+layer with its ratio to the same FLOP limit. A last line splits the step into its convolutions and the rest (pooling,
+BatchNorm, activations, dropout, dense layers, loss, optimizer), the rest measured in place: the same train call with
+every convolution replaced by a stand-in without products. The convolutions cost more inside the step than alone
+(`convolutions_in_step_ms` against `convolutions_alone_ms`), so a form that is faster alone need not speed up the step.
 """
 
 from __future__ import annotations
@@ -190,18 +192,20 @@ def time_layer(layer: dict, first: bool, calls: int = 6, steps_per_call: int = 1
     out_shape = jax.eval_shape(lambda x, k: fn(x, k, *layer["args"], **layer["kwargs"]), x, kernel).shape
     cotangent = jax.random.normal(keys[2], out_shape)
 
-    def loss(x, k):
-        return (fn(x, k, *layer["args"], **layer["kwargs"]).astype(jnp.float32) * cotangent).sum()
+    def loss(x, k, scale):
+        # The output's gradient is cotangent * scale, a new array each step as in training: with a constant one,
+        # XLA would hoist out of the loop whatever the backward pass builds from it alone.
+        return (fn(x, k, *layer["args"], **layer["kwargs"]).astype(jnp.float32) * cotangent).sum() * scale
 
     def body(carry, _):
-        x, k = carry
+        x, k, scale = carry
         if first:
-            dk = jax.grad(loss, argnums=1)(x, k)
-            return ((x + 1e-9 * dk.sum()).astype(x.dtype), k - 1e-9 * dk), None
-        dx, dk = jax.grad(loss, argnums=(0, 1))(x, k)
-        return (x - 1e-9 * dx, k - 1e-9 * dk), None
+            dk = jax.grad(loss, argnums=1)(x, k, scale)
+            return ((x + 1e-9 * dk.sum()).astype(x.dtype), k - 1e-9 * dk, scale + 1e-9 * dk.sum()), None
+        dx, dk = jax.grad(loss, argnums=(0, 1))(x, k, scale)
+        return (x - 1e-9 * dx, k - 1e-9 * dk, scale + 1e-9 * dk.sum()), None
 
-    run = jax.jit(lambda x, k: jax.lax.scan(body, (x, k), None, length=steps_per_call)[0])
+    run = jax.jit(lambda x, k: jax.lax.scan(body, (x, k, jnp.float32(1)), None, length=steps_per_call)[0])
     jax.block_until_ready(run(x, kernel))
     best = float("inf")
     for _ in range(calls):
@@ -211,8 +215,33 @@ def time_layer(layer: dict, first: bool, calls: int = 6, steps_per_call: int = 1
     return best
 
 
-def layer_rows(name: str, config, step_seconds: float, rate: float) -> list[dict]:
-    """One row per convolution of `config`'s model timed alone, then the step split into convolutions and rest."""
+def stand_in(padding: str):
+    """A cheap stand-in for `ops.conv2d_valid` or `ops.conv2d_same`: the right output shape and dtype, gradients to
+    the input and the kernel, no matrix product (the channel mean times the kernel's centre tap, summed)."""
+
+    def conv(x, kernel, *args, compute_dtype=None, **kwargs):
+        kh, kw = kernel.shape[:2]
+        if padding == "valid":
+            x = x[:, : x.shape[1] - kh + 1, : x.shape[2] - kw + 1, :]
+        y = x.astype(jnp.float32).mean(-1, keepdims=True) * kernel[kh // 2, kw // 2].sum(0)
+        return y.astype(compute_dtype if ops.is_mixed(compute_dtype) else x.dtype)
+
+    return conv
+
+
+def step_without_convolutions(config, arrays, steps: int) -> float:
+    """Seconds per step of the same train call with every convolution replaced by `stand_in`: what the rest of the
+    step (pooling, BatchNorm, activations, dropout, dense layers, loss, optimizer, augmentation) costs in place."""
+    with (
+        mock.patch.object(ops, "conv2d_valid", stand_in("valid")),
+        mock.patch.object(ops, "conv2d_same", stand_in("same")),
+    ):
+        return measure(config, arrays, steps)["step_seconds"]
+
+
+def layer_rows(name: str, config, step_seconds: float, rate: float, rest_seconds: float) -> list[dict]:
+    """One row per convolution of `config`'s model timed alone, then the step split into its convolutions (the step
+    less `rest_seconds`, the step without them) and the rest, against the convolutions alone."""
     rows, conv_seconds, conv_flops = [], 0.0, 0
     for i, layer in enumerate(conv_layers(config)):
         flops, seconds = layer_flops(layer, i == 0), time_layer(layer, i == 0)
@@ -236,8 +265,10 @@ def layer_rows(name: str, config, step_seconds: float, rate: float) -> list[dict
             "config": name,
             "step_ms": round(1000 * step_seconds, 2),
             "convolutions_alone_ms": round(1000 * conv_seconds, 2),
-            "convolutions_ratio": round(conv_seconds * rate * 1e9 / conv_flops, 2),
-            "rest_of_step_ms": round(1000 * (step_seconds - conv_seconds), 2),
+            "convolutions_alone_ratio": round(conv_seconds * rate * 1e9 / conv_flops, 2),
+            "step_without_convolutions_ms": round(1000 * rest_seconds, 2),
+            "convolutions_in_step_ms": round(1000 * (step_seconds - rest_seconds), 2),
+            "convolutions_in_step_ratio": round((step_seconds - rest_seconds) * rate * 1e9 / conv_flops, 2),
         }
     )
     return rows
@@ -338,7 +369,8 @@ def main(argv=None) -> None:
             flush=True,
         )
         if args.layers:
-            for row in layer_rows(name, config, timing["step_seconds"], rate):
+            rest = step_without_convolutions(config, arrays, args.steps)
+            for row in layer_rows(name, config, timing["step_seconds"], rate, rest):
                 print(json.dumps(row), flush=True)
 
 

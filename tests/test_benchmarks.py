@@ -53,6 +53,41 @@ def test_the_layer_breakdown_follows_the_compute_dtype(flop_efficiency):
     assert [layer["kwargs"]["compute_dtype"] for layer in layers] == [jnp.bfloat16] * 3
 
 
+@pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
+def test_the_convolutions_stand_in_keeps_shapes_and_removes_every_convolution_product(flop_efficiency, compute_dtype):
+    from unittest import mock
+
+    from fmnist_jax import ops
+
+    x, kernel = jnp.ones((2, 9, 9, 3)), jnp.ones((3, 3, 3, 5))
+    dtype = jnp.dtype(compute_dtype)
+    for padding, real in (("valid", ops.conv2d_valid), ("same", ops.conv2d_same)):
+        fake = flop_efficiency.stand_in(padding)(x, kernel, "auto", training=True, compute_dtype=dtype)
+        assert fake.shape == real(x, kernel, "im2col", compute_dtype=dtype).shape and fake.dtype == dtype
+    # With the stand-ins, the step's products are the dense layers' (and vgg_bn's shifts) alone.
+    for name, dense in (("cnn", [(256, 256), (256, 10)]), ("vgg_bn", [(1152, 256), (256, 10)])):
+        config = load_config(name, compute_dtype=compute_dtype)
+        batch = config.batch_size
+        shifts = 2 * (2 * 28 * 28 * 28) * batch if config.augment.translate else 0
+        with (
+            mock.patch.object(ops, "conv2d_valid", flop_efficiency.stand_in("valid")),
+            mock.patch.object(ops, "conv2d_same", flop_efficiency.stand_in("same")),
+        ):
+            assert flop_efficiency.flops_per_image(config) * batch == dense_training_flops(batch, *dense) + shifts
+
+
+def test_the_layer_breakdown_splits_the_step_at_the_convolutions_measured_in_place(flop_efficiency, capsys):
+    flop_efficiency.main(["--configs=cnn", "--layers", "--steps=10", "--matmul_seconds=0.2"])
+    _, step, *layers, split = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [layer["layer"] for layer in layers] == [0, 1, 2] and all(layer["ms_per_step"] > 0 for layer in layers)
+    assert split["step_ms"] == step["ms_per_step"]
+    assert split["convolutions_alone_ms"] == pytest.approx(sum(layer["ms_per_step"] for layer in layers), abs=0.02)
+    assert 0 < split["step_without_convolutions_ms"] < split["step_ms"]
+    assert split["convolutions_in_step_ms"] == pytest.approx(
+        split["step_ms"] - split["step_without_convolutions_ms"], abs=0.02
+    )
+
+
 def test_one_sitting_measures_each_compute_dtype_against_the_float32_limit(flop_efficiency, capsys):
     flop_efficiency.main(["--configs=cnn", "--compute_dtype=float32,bfloat16", "--steps=4", "--matmul_seconds=0.2"])
     machine, *rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
