@@ -20,8 +20,8 @@ implementation, forward pass, weight gradient and, except for the first layer, i
 their fold-back included), 10 steps per jitted call in a `lax.scan` as the training loop runs them: one line per
 layer with its ratio to the same FLOP limit. A last line splits the step into its convolutions and the rest (pooling,
 BatchNorm, activations, dropout, dense layers, loss, optimizer), the rest measured in place: the same train call with
-every convolution replaced by a stand-in without products. The convolutions cost more inside the step than alone
-(`convolutions_in_step_ms` against `convolutions_alone_ms`), so a form that is faster alone need not speed up the step.
+every convolution replaced by a stand-in without products (`convolutions_in_step_ms` is the step less that, beside
+`convolutions_alone_ms`: a convolution form that is faster alone need not speed up the step, docs/performance.md).
 """
 
 from __future__ import annotations
