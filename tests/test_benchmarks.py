@@ -3,10 +3,13 @@ training gives it, and its per-layer FLOPs add up to the count taken from the tr
 
 import importlib.util
 import json
+from unittest import mock
 
 import jax.numpy as jnp
 import pytest
 from helpers import ROOT, load_config
+
+from fmnist_jax import ops
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +58,6 @@ def test_the_layer_breakdown_follows_the_compute_dtype(flop_efficiency):
 
 @pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
 def test_the_convolutions_stand_in_keeps_shapes_and_removes_every_convolution_product(flop_efficiency, compute_dtype):
-    from unittest import mock
-
-    from fmnist_jax import ops
-
     x, kernel = jnp.ones((2, 9, 9, 3)), jnp.ones((3, 3, 3, 5))
     dtype = jnp.dtype(compute_dtype)
     for padding, real in (("valid", ops.conv2d_valid), ("same", ops.conv2d_same)):
