@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fmnist_jax import predict, run
+from fmnist_jax import data, metrics, predict, run
 
 
 def test_predict_own_images_from_a_checkpoint(two_epoch_run, tmp_path, capsys):
@@ -14,15 +14,20 @@ def test_predict_own_images_from_a_checkpoint(two_epoch_run, tmp_path, capsys):
     bar[8:14, 6:34] = 0  # a dark bar on white: inverted and shrunk to Fashion-MNIST's look
     Image.fromarray(bar).convert("RGB").save(tmp_path / "bar.png")
     np.save(tmp_path / "stack.npy", np.zeros((2, 28, 28), np.uint8))
+    # And three of the run's own test images, whose probabilities its final evaluation saved.
+    np.save(tmp_path / "test.npy", data.load(config.data, seed=config.seed).test.images[:3])
+    saved = metrics.load_predictions(workdir)["probs"][:3]
     config.mode, config.checkpoint.step = "predict", None
-    config.predict.inputs = f"{tmp_path / 'bar.png'},{tmp_path / 'stack.npy'}"
+    config.predict.inputs = ",".join(str(tmp_path / name) for name in ("bar.png", "stack.npy", "test.npy"))
     rows = run.run(config, workdir)
     assert [r["input"] for r in rows] == [
         str(tmp_path / "bar.png"),
         f"{tmp_path / 'stack.npy'}[0]",
         f"{tmp_path / 'stack.npy'}[1]",
-    ]
-    assert all(0 <= r["class"] < 10 and 0.1 <= r["probability"] <= 1 for r in rows)
+    ] + [f"{tmp_path / 'test.npy'}[{i}]" for i in range(3)]
+    np.testing.assert_array_equal([r["class"] for r in rows[3:]], saved.argmax(-1))
+    np.testing.assert_allclose([r["probability"] for r in rows[3:]], saved.max(-1), atol=1e-5)
+    assert rows[1]["class"] == rows[2]["class"] and rows[1]["probability"] == rows[2]["probability"]
     assert f"{tmp_path / 'bar.png'}: {rows[0]['class']} {rows[0]['name']}" in capsys.readouterr().out
     assert (workdir / predict.OUTPUT_FILE).exists()
     (tmp_path / "bad.png").write_text("not an image")

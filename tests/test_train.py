@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import types
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +22,8 @@ def test_chunks_respect_epoch_and_checkpoint_boundaries():
     assert list(train.chunks(0, 20, 10, 4, 10)) == [4, 4, 2, 4, 4, 2]
     assert list(train.chunks(3, 10, 10, 4, 5)) == [2, 4, 1]
     assert list(train.chunks(0, 6, 3, 10, 100)) == [3, 3]
-    assert sum(train.chunks(7, 100, 9, 5, 6)) == 93
+    # Epochs end at 9, 18, ..., checkpoints at 6, 12, ...: from step 18 the cuts repeat every 18 steps.
+    assert list(train.chunks(7, 100, 9, 5, 6)) == [2, 3, 5, 1] + [5, 1, 3, 3, 5, 1] * 4 + [5, 1, 3, 1]
 
 
 def test_epoch_order_is_a_pure_function_of_seed_and_epoch():
@@ -158,9 +160,20 @@ def test_eval_batch_zero_picks_by_backend_and_rounds_to_the_devices(cnn_config):
     mesh = parallel.make_mesh()
     cnn_config.eval_batch_size = 0
     assert train.eval_batch_size(cnn_config, mesh) == (100 if jax.default_backend() == "cpu" else 1000)
-    cnn_config.eval_batch_size = 30
-    n = mesh.devices.size
-    assert train.eval_batch_size(cnn_config, mesh) == -(-30 // n) * n
+
+    def devices(platform: str, n: int):  # a stand-in mesh: eval_batch_size reads its devices only
+        return types.SimpleNamespace(devices=np.array([types.SimpleNamespace(platform=platform)] * n, dtype=object))
+
+    for platform, n, asked, expected in [
+        ("cpu", 8, 30, 32),
+        ("cpu", 8, 0, 104),
+        ("cpu", 1, 30, 30),
+        ("gpu", 8, 0, 1000),
+        ("tpu", 3, 0, 1002),
+        ("gpu", 4, 64, 64),
+    ]:
+        cnn_config.eval_batch_size = asked
+        assert train.eval_batch_size(cnn_config, devices(platform, n)) == expected, (platform, n, asked)
 
 
 def test_batch_larger_than_the_data_is_an_error(cnn_config, tmp_path):
