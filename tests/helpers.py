@@ -90,6 +90,12 @@ def run_interrupted(
     return run_main(*args, env=env, script=(str(ROOT / "tests" / "interrupt.py"), signal_name, str(at_step), when))
 
 
+def is_stopped(proc: subprocess.Popen) -> bool:
+    """Whether `proc` is stopped (SIGSTOP): state T in /proc/PID/stat (Linux)."""
+    stat = pathlib.Path(f"/proc/{proc.pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] == "T"
+
+
 def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
     """The step folders in WORKDIR/checkpoints (complete ones: Orbax writes the others under temporary names)."""
     folder = pathlib.Path(workdir) / "checkpoints"
@@ -114,11 +120,12 @@ def subprocess_env(env: dict[str, str] | None = None) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, **(env or {})}
 
 
-def start_main(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Starts `python main.py ARGS` in the background (to be killed at a moment of the test's choosing)."""
+def start_main(*args: str, env: dict[str, str] | None = None, script: tuple = ()) -> subprocess.Popen:
+    """Starts `python main.py ARGS` in the background (to be killed at a moment of the test's choosing); with
+    `script`, `python *script ARGS` (as `run_main`)."""
     full_env = subprocess_env(env)
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "main.py"), *args],
+        [sys.executable, *(script or (str(ROOT / "main.py"),)), *args],
         cwd=ROOT,
         env=full_env,
         stdout=subprocess.PIPE,

@@ -4,8 +4,10 @@ r"""Runs main.py and interrupts it from inside at a chosen checkpoint, however f
 
 Once `CheckpointStore.save` is called for a step >= STEP, the process sends itself SIGNAL (KILL, TERM or INT):
 WHEN=in_flight right after the save has started (an asynchronous save is still writing), WHEN=committed once that
-save is complete. Signalling from outside once a checkpoint appears races the run, and a fast accelerator finishes
-a tiny run before the signal lands; from inside, the moment is the same on every device.
+save is complete. With WHEN=epoch, STEP counts epochs instead: the signal follows the end of epoch STEP (its history
+line and events written, whatever the checkpoints). Signalling from outside once a checkpoint appears races the run,
+and a fast accelerator finishes a tiny run before the signal lands; from inside, the moment is the same on every
+device.
 """
 
 import os
@@ -19,18 +21,29 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def main() -> None:
     name, at_step, when, *main_args = sys.argv[1:]
-    if when not in ("in_flight", "committed"):
-        raise SystemExit(f"WHEN must be in_flight or committed, got {when!r}")
+    if when not in ("in_flight", "committed", "epoch"):
+        raise SystemExit(f"WHEN must be in_flight, committed or epoch, got {when!r}")
     signum, at_step = signal.Signals[f"SIG{name}"], int(at_step)
     sys.path.insert(0, str(ROOT))
-    from fmnist_jax import checkpoints
+    from fmnist_jax import checkpoints, train
+
+    end_of_epoch = train._end_of_epoch
+    sent = []  # the signal goes once (a STOP, continued, must not stop the run again)
+
+    def end_of_epoch_then_signal(plan, state, epoch, step):
+        out = end_of_epoch(plan, state, epoch, step)
+        if when == "epoch" and epoch.index + 1 >= at_step and not sent:
+            sent.append(epoch.index + 1)
+            os.kill(os.getpid(), signum)
+        return out
+
+    train._end_of_epoch = end_of_epoch_then_signal
 
     save = checkpoints.CheckpointStore.save
-    sent = []
 
     def save_then_signal(store, step, state, meta):
         save(store, step, state, meta)
-        if step >= at_step and not sent:
+        if when != "epoch" and step >= at_step and not sent:
             if when == "committed":
                 store.wait()
             sent.append(step)

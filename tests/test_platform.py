@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import ROOT, devices, load_config, run_interrupted, run_main, start_main, wait_for
+from helpers import ROOT, devices, load_config, run_interrupted, run_main
 
 from fmnist_jax import checkpoints, events, metrics
 
@@ -65,12 +65,10 @@ def test_events_hold_each_epoch_once_equal_to_the_history_even_after_a_sigkill(t
         "--config.tensorboard.loss_every_steps=2",
         "--config.checkpoint.every_steps=6",
     )
-    proc = start_main(*args)
     # Killed after epoch 3's events (step 12) while the newest checkpoint is step 6: the rerun restores step 6,
     # so the events of steps 7-12 from the first run must not show.
-    wait_for(lambda: len(metrics.read_history(tmp_path)) >= 3, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    killed = run_interrupted("KILL", 3, "epoch", *args)
+    assert killed.returncode == -signal.SIGKILL and len(metrics.read_history(tmp_path)) == 3
     for late in (tmp_path / "checkpoints").glob("*"):  # as if checkpoint 12 had not committed yet
         if late.name.split(".")[0].isdigit() and int(late.name.split(".")[0]) > 6:
             shutil.rmtree(late)

@@ -14,7 +14,18 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import ROOT, check, devices, quick_compare_config, run_main, start_main, subprocess_env, wait_for
+from helpers import (
+    ROOT,
+    check,
+    devices,
+    is_stopped,
+    quick_compare_config,
+    run_interrupted,
+    run_main,
+    start_main,
+    subprocess_env,
+    wait_for,
+)
 
 from fmnist_jax import files, metrics, run
 
@@ -28,11 +39,6 @@ TINY_ARGS = (
 
 def tiny_run(tiny_data, workdir, *extra, env=None):
     return run_main(*TINY_ARGS, f"--workdir={workdir}", f"--config.data.dir={tiny_data}", *extra, env=env)
-
-
-def start_tiny_run(tiny_data, workdir, *extra):
-    args = [*TINY_ARGS, f"--workdir={workdir}", f"--config.data.dir={tiny_data}", *extra]
-    return start_main(*args)
 
 
 def without_timings(history):
@@ -97,10 +103,14 @@ def test_a_lock_left_by_a_killed_process_never_blocks_the_rerun(cnn_config, tmp_
 
 
 def test_two_runs_started_together_train_once(tiny_data, tmp_path, four_epochs):
-    first = start_tiny_run(tiny_data, tmp_path, "--config.num_epochs=4")
-    wait_for((tmp_path / "config.json").exists, first)
+    # The first run stops itself (SIGSTOP) after its first epoch, so the second surely starts while it holds the
+    # workdir, however fast the machine; then it goes on.
+    args = (*TINY_ARGS, f"--workdir={tmp_path}", f"--config.data.dir={tiny_data}", "--config.num_epochs=4")
+    first = start_main(*args, script=(str(ROOT / "tests" / "interrupt.py"), "STOP", "1", "epoch"))
+    wait_for(lambda: is_stopped(first), first)
     second = tiny_run(tiny_data, tmp_path, "--config.num_epochs=4")
     assert second.returncode == 2 and f"is in use by process {first.pid}" in second.stderr
+    first.send_signal(signal.SIGCONT)
     _, err = first.communicate(timeout=600)
     assert first.returncode == 0, err[-3000:]
     sha, history = four_epochs
@@ -123,10 +133,9 @@ def test_the_comparison_locks_its_workdir_and_its_members(tmp_path):
 
 def test_a_run_killed_before_its_first_checkpoint_reruns_with_each_epoch_once(tiny_data, tmp_path, four_epochs):
     # The only checkpoint is the last step's: history lines for epochs 1-3 are written before any commit.
-    proc = start_tiny_run(tiny_data, tmp_path, "--config.num_epochs=4", "--config.checkpoint.every_steps=1000")
-    wait_for(lambda: len(metrics.read_history(tmp_path)) >= 2, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    args = (*TINY_ARGS, f"--workdir={tmp_path}", f"--config.data.dir={tiny_data}", "--config.num_epochs=4")
+    killed = run_interrupted("KILL", 2, "epoch", *args, "--config.checkpoint.every_steps=1000")  # after epoch 2
+    assert killed.returncode == -signal.SIGKILL and len(metrics.read_history(tmp_path)) == 2
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]  # none committed
     result = tiny_run(tiny_data, tmp_path, "--config.num_epochs=4", "--config.checkpoint.every_steps=1000")
     assert result.returncode == 0, result.stderr[-3000:]
