@@ -161,9 +161,7 @@ def save_or_check(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
         changed = diff(saved, requested)
         if changed and all(p.name in NOTHING_COMPUTED for p in workdir.iterdir()):
             logging.info("%s was left by a start that computed nothing; replacing it.", path)
-            changed = {}
-            saved = None
-        if changed:
+        elif changed:
             listing = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
             unsafe = [k for k in changed if not _matches(k, SAFE_TO_CHANGE)]
             if unsafe or not config.resume_with_changes:
