@@ -40,11 +40,14 @@ def emit(**row) -> dict:
 
 
 def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux); elsewhere what `platform` knows, or "unknown"."""
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
     except OSError:
-        return platform.processor()
+        pass
+    return platform.processor() or "unknown"
 
 
 def load_arrays(config):

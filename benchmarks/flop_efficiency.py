@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import platform
 import sys
 import time
 from unittest import mock
@@ -43,21 +42,11 @@ import numpy as np
 from flax import nnx
 from jax._src.interpreters import partial_eval  # dce_jaxpr: no public equivalent
 
-from benchmarks.accelerator_check import cnn_config, train_run
+from benchmarks.accelerator_check import cnn_config, cpu_model, train_run
 from fmnist_jax import data, ops, parallel, train
 
 MATMUL_SHAPE = (7744, 576, 128)  # the study CNN's conv2 as im2col at batch 64: (m, k, n)
 TRAIN_FILE_IMAGES = 60_000  # the official training file, before the validation split
-
-
-def cpu_model() -> str:
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def cpu_flags() -> list[str]:
