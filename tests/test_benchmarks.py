@@ -25,6 +25,11 @@ def dense_training_flops(batch: int, *shapes: tuple[int, int]) -> int:
     return 3 * sum(2 * batch * i * o for i, o in shapes)
 
 
+def shift_flops(config) -> int:
+    """vgg_bn's 2-pixel shifts: two one-hot (28, 28) selection products per image (fmnist_jax/augment.py)."""
+    return 2 * (2 * 28 * 28 * 28) * config.batch_size if config.augment.translate else 0
+
+
 @pytest.mark.parametrize(
     ("name", "padding", "inputs", "dense"),
     [
@@ -46,9 +51,8 @@ def test_the_layer_breakdown_finds_each_convolution_and_its_flops(flop_efficienc
     # The first layer needs no input gradient (its input is the images): 2 products, the others 3.
     conv_flops = sum(flop_efficiency.layer_flops(layer, i == 0) for i, layer in enumerate(layers))
     batch = config.batch_size
-    # vgg_bn's 2-pixel shifts are two one-hot (28, 28) selection products per image (fmnist_jax/augment.py).
-    shifts = 2 * (2 * 28 * 28 * 28) * batch if config.augment.translate else 0
-    assert conv_flops + dense_training_flops(batch, *dense) + shifts == flop_efficiency.flops_per_image(config) * batch
+    total = conv_flops + dense_training_flops(batch, *dense) + shift_flops(config)
+    assert total == flop_efficiency.flops_per_image(config) * batch
 
 
 def test_the_layer_breakdown_follows_the_compute_dtype(flop_efficiency):
@@ -66,13 +70,12 @@ def test_the_convolutions_stand_in_keeps_shapes_and_removes_every_convolution_pr
     # With the stand-ins, the step's products are the dense layers' (and vgg_bn's shifts) alone.
     for name, dense in (("cnn", [(256, 256), (256, 10)]), ("vgg_bn", [(1152, 256), (256, 10)])):
         config = load_config(name, compute_dtype=compute_dtype)
-        batch = config.batch_size
-        shifts = 2 * (2 * 28 * 28 * 28) * batch if config.augment.translate else 0
+        expected = dense_training_flops(config.batch_size, *dense) + shift_flops(config)
         with (
             mock.patch.object(ops, "conv2d_valid", flop_efficiency.stand_in("valid")),
             mock.patch.object(ops, "conv2d_same", flop_efficiency.stand_in("same")),
         ):
-            assert flop_efficiency.flops_per_image(config) * batch == dense_training_flops(batch, *dense) + shifts
+            assert flop_efficiency.flops_per_image(config) * config.batch_size == expected
 
 
 def test_the_layer_breakdown_splits_the_step_at_the_convolutions_measured_in_place(flop_efficiency, capsys):

@@ -38,7 +38,11 @@ TINY_ARGS = (
 
 
 def tiny_run(tiny_data, workdir, *extra, env=None):
-    return run_main(*TINY_ARGS, f"--workdir={workdir}", f"--config.data.dir={tiny_data}", *extra, env=env)
+    return run_main(*tiny_args(tiny_data, workdir, *extra), env=env)
+
+
+def tiny_args(tiny_data, workdir, *extra):
+    return (*TINY_ARGS, f"--workdir={workdir}", f"--config.data.dir={tiny_data}", *extra)
 
 
 def without_timings(history):
@@ -105,7 +109,7 @@ def test_a_lock_left_by_a_killed_process_never_blocks_the_rerun(cnn_config, tmp_
 def test_two_runs_started_together_train_once(tiny_data, tmp_path, four_epochs):
     # The first run stops itself (SIGSTOP) after its first epoch, so the second surely starts while it holds the
     # workdir, however fast the machine; then it goes on.
-    args = (*TINY_ARGS, f"--workdir={tmp_path}", f"--config.data.dir={tiny_data}", "--config.num_epochs=4")
+    args = tiny_args(tiny_data, tmp_path, "--config.num_epochs=4")
     first = start_main(*args, script=(str(ROOT / "tests" / "interrupt.py"), "STOP", "1", "epoch"))
     wait_for(lambda: is_stopped(first), first)
     second = tiny_run(tiny_data, tmp_path, "--config.num_epochs=4")
@@ -133,7 +137,7 @@ def test_the_comparison_locks_its_workdir_and_its_members(tmp_path):
 
 def test_a_run_killed_before_its_first_checkpoint_reruns_with_each_epoch_once(tiny_data, tmp_path, four_epochs):
     # The only checkpoint is the last step's: history lines for epochs 1-3 are written before any commit.
-    args = (*TINY_ARGS, f"--workdir={tmp_path}", f"--config.data.dir={tiny_data}", "--config.num_epochs=4")
+    args = tiny_args(tiny_data, tmp_path, "--config.num_epochs=4")
     killed = run_interrupted("KILL", 2, "epoch", *args, "--config.checkpoint.every_steps=1000")  # after epoch 2
     assert killed.returncode == -signal.SIGKILL and len(metrics.read_history(tmp_path)) == 2
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]  # none committed
