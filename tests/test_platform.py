@@ -2,12 +2,9 @@
 headlessly, checkpoints marked by a commit file (Drive, FUSE), and the accelerator check on CPU."""
 
 import json
-import os
 import pathlib
 import shutil
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -170,15 +167,7 @@ def test_the_colab_notebook_runs_headlessly_with_tiny_settings(tiny_data, tmp_pa
 
 def accelerator_check(*args: str, env: dict[str, str] | None = None, timeout: float = 600):
     """Runs `python benchmarks/accelerator_check.py ARGS` (with `env` added to this environment)."""
-    return subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "accelerator_check.py"), *args],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=timeout,
-        check=False,
-        env={**os.environ, **(env or {})},
-    )
+    return run_main(*args, env=env, timeout=timeout, script=(str(ROOT / "benchmarks" / "accelerator_check.py"),))
 
 
 @pytest.mark.slow
