@@ -27,29 +27,30 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     from fmnist_jax import checkpoints, train
 
-    end_of_epoch = train._end_of_epoch
     sent = []  # the signal goes once (a STOP, continued, must not stop the run again)
+    if when == "epoch":
+        end_of_epoch = train._end_of_epoch
 
-    def end_of_epoch_then_signal(plan, state, epoch, step):
-        out = end_of_epoch(plan, state, epoch, step)
-        if when == "epoch" and epoch.index + 1 >= at_step and not sent:
-            sent.append(epoch.index + 1)
-            os.kill(os.getpid(), signum)
-        return out
+        def end_of_epoch_then_signal(plan, state, epoch, step):
+            out = end_of_epoch(plan, state, epoch, step)
+            if epoch.index + 1 >= at_step and not sent:
+                sent.append(epoch.index + 1)
+                os.kill(os.getpid(), signum)
+            return out
 
-    train._end_of_epoch = end_of_epoch_then_signal
+        train._end_of_epoch = end_of_epoch_then_signal
+    else:
+        save = checkpoints.CheckpointStore.save
 
-    save = checkpoints.CheckpointStore.save
+        def save_then_signal(store, step, state, meta):
+            save(store, step, state, meta)
+            if step >= at_step and not sent:
+                if when == "committed":
+                    store.wait()
+                sent.append(step)
+                os.kill(os.getpid(), signum)
 
-    def save_then_signal(store, step, state, meta):
-        save(store, step, state, meta)
-        if when != "epoch" and step >= at_step and not sent:
-            if when == "committed":
-                store.wait()
-            sent.append(step)
-            os.kill(os.getpid(), signum)
-
-    checkpoints.CheckpointStore.save = save_then_signal
+        checkpoints.CheckpointStore.save = save_then_signal
     sys.argv = [str(ROOT / "main.py"), *main_args]
     runpy.run_path(sys.argv[0], run_name="__main__")
 
