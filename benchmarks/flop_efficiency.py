@@ -27,6 +27,7 @@ every convolution replaced by a stand-in without products (`convolutions_in_step
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import pathlib
 import sys
@@ -218,13 +219,20 @@ def stand_in(padding: str):
     return conv
 
 
-def step_without_convolutions(config, arrays, steps: int) -> float:
-    """Seconds per step of the same train call with every convolution replaced by `stand_in`: what the rest of the
-    step (pooling, BatchNorm, activations, dropout, dense layers, loss, optimizer, augmentation) costs in place."""
+@contextlib.contextmanager
+def convolutions_stood_in():
+    """Within it, every `ops.conv2d_valid` and `ops.conv2d_same` call is its `stand_in`."""
     with (
         mock.patch.object(ops, "conv2d_valid", stand_in("valid")),
         mock.patch.object(ops, "conv2d_same", stand_in("same")),
     ):
+        yield
+
+
+def step_without_convolutions(config, arrays, steps: int) -> float:
+    """Seconds per step of the same train call with every convolution replaced by `stand_in`: what the rest of the
+    step (pooling, BatchNorm, activations, dropout, dense layers, loss, optimizer, augmentation) costs in place."""
+    with convolutions_stood_in():
         return measure(config, arrays, steps)["step_seconds"]
 
 

@@ -3,7 +3,6 @@ training gives it, and its per-layer FLOPs add up to the count taken from the tr
 
 import importlib.util
 import json
-from unittest import mock
 
 import jax.numpy as jnp
 import pytest
@@ -71,10 +70,7 @@ def test_the_convolutions_stand_in_keeps_shapes_and_removes_every_convolution_pr
     for name, dense in (("cnn", [(256, 256), (256, 10)]), ("vgg_bn", [(1152, 256), (256, 10)])):
         config = load_config(name, compute_dtype=compute_dtype)
         expected = dense_training_flops(config.batch_size, *dense) + shift_flops(config)
-        with (
-            mock.patch.object(ops, "conv2d_valid", flop_efficiency.stand_in("valid")),
-            mock.patch.object(ops, "conv2d_same", flop_efficiency.stand_in("same")),
-        ):
+        with flop_efficiency.convolutions_stood_in():
             assert flop_efficiency.flops_per_image(config) * config.batch_size == expected
 
 
