@@ -208,13 +208,9 @@ def fit_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.P
 SEARCH_METHODS = ("none", "grid", "halving")
 
 
-def search(config: ml_collections.ConfigDict, dataset: data.Dataset) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Trains every setting of `config.search.grid` on the training split and scores it on the validation split
-    only (scikit-learn's search over a predefined split; "halving" is successive halving: each round keeps the
-    best 1/factor of the settings and trains them on factor times more images). Returns the best setting and
-    the record for results.json: every setting with its validation accuracy and fit seconds."""
-    from sklearn import model_selection
-
+def check_search(config: ml_collections.ConfigDict, dataset: data.Dataset) -> dict[str, list[Any]]:
+    """The grid of `config.search`, each value checked before any fit: our own bounds (`create_estimator`) and
+    scikit-learn's parameter validation; raises ConfigError naming the field and the value it rejects."""
     method, grid = config.search.method, config.search.grid.to_dict()
     if method not in SEARCH_METHODS:
         raise ConfigError(f"config.search.method={method!r} must be one of {SEARCH_METHODS}.")
@@ -228,42 +224,42 @@ def search(config: ml_collections.ConfigDict, dataset: data.Dataset) -> tuple[di
             "a search scores settings on the validation split: set config.data.validation_size > 0 "
             "and config.data.use_validation_for_training=False."
         )
-    x = np.concatenate([flatten(dataset.train.images), flatten(dataset.validation.images)])
-    y = np.concatenate([dataset.train.labels, dataset.validation.labels])
-    split = model_selection.PredefinedSplit(np.r_[np.full(len(dataset.train), -1), np.zeros(len(dataset.validation))])
+    for field, values in grid.items():
+        for value in values:
+            one = ml_collections.ConfigDict(config.to_dict(), type_safe=False)  # a value of another type too
+            one.model[field] = value
+            try:
+                model = create_estimator(one)[-1]
+                if hasattr(model, "_validate_params"):  # scikit-learn's own check of each parameter's type and range
+                    model._validate_params()
+            except (ConfigError, ValueError, TypeError) as e:
+                reason = str(e).rstrip(".")
+                raise ConfigError(
+                    f"config.search.grid.{field}: the value {value!r} is rejected ({reason}); change or drop it."
+                ) from e
+    return {k: list(v) for k, v in grid.items()}
+
+
+def _searcher(config: ml_collections.ConfigDict, grid: dict[str, list[Any]], split: Any) -> Any:
+    """scikit-learn's grid or successive-halving search over `grid`, on the predefined train/validation split."""
+    from sklearn import model_selection
+
     estimator = create_estimator(config)
     if "verbose" in estimator[-1].get_params():
         estimator[-1].set_params(verbose=0)
-    param_grid = {f"model__{k}": list(v) for k, v in grid.items()}
+    param_grid = {f"model__{k}": v for k, v in grid.items()}
     common = {"cv": split, "scoring": "accuracy", "refit": False, "verbose": 2, "n_jobs": 1}
-    if method == "grid":
-        searcher = model_selection.GridSearchCV(estimator, param_grid, **common)
-    else:
-        from sklearn.experimental import enable_halving_search_cv  # noqa: F401  (registers the class below)
+    if config.search.method == "grid":
+        return model_selection.GridSearchCV(estimator, param_grid, **common)
+    from sklearn.experimental import enable_halving_search_cv  # noqa: F401  (registers the class below)
 
-        searcher = model_selection.HalvingGridSearchCV(
-            estimator, param_grid, factor=config.search.factor, random_state=config.seed, **common
-        )
-    size = int(np.prod([len(v) for v in grid.values()]))
-    logging.info(
-        "%s search over %d settings of %s, scored on %d validation images",
-        method,
-        size,
-        ", ".join(grid),
-        len(dataset.validation),
+    return model_selection.HalvingGridSearchCV(
+        estimator, param_grid, factor=config.search.factor, random_state=config.seed, **common
     )
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        try:
-            searcher.fit(x, y)
-        except ValueError as e:  # scikit-learn's "All the N fits failed", with every fit's reason
-            if "fits failed" not in str(e):
-                raise
-            logging.warning("The search's failures: %s", e, extra=LOG_FILE_ONLY)
-            raise _all_settings_failed(grid) from e
-    seconds = time.perf_counter() - start
-    cv = searcher.cv_results_
+
+
+def _search_rows(cv: dict[str, Any], method: str) -> list[dict[str, Any]]:
+    """Every fitted setting with its validation accuracy (None for a failed fit) and fit seconds."""
     rows = []
     for i, params in enumerate(cv["params"]):
         row = {
@@ -274,6 +270,11 @@ def search(config: ml_collections.ConfigDict, dataset: data.Dataset) -> tuple[di
         if method == "halving":
             row["round"], row["images"] = int(cv["iter"][i]), int(cv["n_resources"][i])
         rows.append(row)
+    return rows
+
+
+def _best_row(rows: list[dict[str, Any]], method: str) -> dict[str, Any]:
+    """The best scored setting among the finalists (halving: those that reached the last round)."""
     if method == "halving":  # a setting's score is the one from the last round it reached (the most images)
         last = {}
         for row in rows:
@@ -286,7 +287,39 @@ def search(config: ml_collections.ConfigDict, dataset: data.Dataset) -> tuple[di
     scored = [r for r in finalists if r["validation_accuracy"] is not None]
     if not scored:  # a last round where every setting failed (scikit-learn raises on that itself today)
         raise _all_settings_failed([r["params"] for r in finalists])
-    best = max(scored, key=lambda r: r["validation_accuracy"])
+    return max(scored, key=lambda r: r["validation_accuracy"])
+
+
+def search(config: ml_collections.ConfigDict, dataset: data.Dataset) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Trains every setting of `config.search.grid` on the training split and scores it on the validation split
+    only (scikit-learn's search over a predefined split; "halving" is successive halving: each round keeps the
+    best 1/factor of the settings and trains them on factor times more images). Returns the best setting and
+    the record for results.json: every setting with its validation accuracy and fit seconds."""
+    from sklearn import model_selection
+
+    grid, method = check_search(config, dataset), config.search.method
+    x = np.concatenate([flatten(dataset.train.images), flatten(dataset.validation.images)])
+    y = np.concatenate([dataset.train.labels, dataset.validation.labels])
+    split = model_selection.PredefinedSplit(np.r_[np.full(len(dataset.train), -1), np.zeros(len(dataset.validation))])
+    searcher = _searcher(config, grid, split)
+    size = int(np.prod([len(v) for v in grid.values()]))
+    logging.info(
+        "%s search over %d settings of %s, scored on %d validation images",
+        *(method, size, ", ".join(grid), len(dataset.validation)),
+    )
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        try:
+            searcher.fit(x, y)
+        except ValueError as e:  # scikit-learn's "All the N fits failed", with every fit's reason
+            if "fits failed" not in str(e):
+                raise
+            logging.warning("The search's failures: %s", e, extra=LOG_FILE_ONLY)
+            raise _all_settings_failed(grid) from e
+    seconds = time.perf_counter() - start
+    rows = _search_rows(searcher.cv_results_, method)
+    best = _best_row(rows, method)
     logging.info(
         "search done in %.1f s: best %s, validation accuracy %.4f", seconds, best["params"], best["validation_accuracy"]
     )

@@ -8,17 +8,19 @@ a save leaves the previous checkpoint untouched; those leftovers are never resto
 
 from __future__ import annotations
 
+import errno
 import os
 import pathlib
 import shutil
 import signal
+import time
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from fmnist_jax import files, parallel
+from fmnist_jax import files
 from fmnist_jax.errors import CheckpointError
 
 __all__ = ["CheckpointError", "CheckpointStore", "PreemptionGuard"]
@@ -91,6 +93,42 @@ def _abstract(tree: Any) -> Any:
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+# Errors of the storage rather than of the checkpoint: a network file system's hiccup, a Drive timeout, too many
+# open files. A checkpoint whose restore fails with one of these is never taken for damaged.
+_TRANSIENT_NAMES = (
+    "EIO EAGAIN EINTR EBUSY ETIMEDOUT EMFILE ENFILE ENOMEM ESTALE ENOLCK ECONNRESET ECONNABORTED ECONNREFUSED "
+    "ENOTCONN ENETDOWN ENETUNREACH EHOSTUNREACH EHOSTDOWN EREMOTEIO ECOMM"
+)
+TRANSIENT_ERRNOS = frozenset(getattr(errno, name) for name in _TRANSIENT_NAMES.split() if hasattr(errno, name))
+# The same kinds of error as the storage libraries under Orbax word them (TensorStore's status codes, strerror).
+TRANSIENT_WORDS = (
+    "UNAVAILABLE",
+    "DEADLINE_EXCEEDED",
+    "RESOURCE_EXHAUSTED",
+    "Too many open files",
+    "Input/output error",
+    "Stale file handle",
+    "Connection reset",
+    "timed out",
+)
+RESTORE_ATTEMPTS = 3
+RETRY_SECONDS = 1.0  # the first retry's delay; each next one waits twice as long
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether `error` (or an error it was raised from) is one of the storage's transient errors: an OSError
+    with an errno of TRANSIENT_ERRNOS, or a message with one of TRANSIENT_WORDS."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in TRANSIENT_ERRNOS:
+            return True
+        if isinstance(error, TimeoutError) or any(word in str(error) for word in TRANSIENT_WORDS):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 class CheckpointStore:
     """Saves and restores train states under `directory` through an Orbax `CheckpointManager`."""
 
@@ -118,11 +156,21 @@ class CheckpointStore:
             else None,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        self._closed = False
+
+    @classmethod
+    def for_run(cls, workdir: pathlib.Path, checkpoint: Any, *, async_save: bool | None = None) -> CheckpointStore:
+        """The store of WORKDIR/checkpoints as `config.checkpoint` sets it up (`async_save` overrides its field)."""
+        return cls(
+            pathlib.Path(workdir) / "checkpoints",
+            max_to_keep=checkpoint.max_to_keep,
+            async_save=checkpoint.async_save if async_save is None else async_save,
+            atomicity=checkpoint.atomicity,
+        )
 
     def _recorded_atomicity(self, wanted: str) -> str:
         """The folder keeps the form it was started with (ATOMICITY_FILE): in commit-file form Orbax deletes
-        every step folder without a commit file, so rename-form checkpoints must never be opened that way.
-        A folder of step folders from before the file existed is in rename form."""
+        every step folder without a commit file, so rename-form checkpoints must never be opened that way."""
         record = self.directory / ATOMICITY_FILE
         if record.exists():
             kept = record.read_text(encoding="utf-8").strip()
@@ -132,9 +180,7 @@ class CheckpointStore:
                         "%s holds %s-form checkpoints: keeping that form (asked: %s)", self.directory, kept, wanted
                     )
                 return kept
-        if wanted == "commit_file" and any(p.name.isdigit() for p in self.directory.iterdir()):
-            wanted = "rename"
-        if parallel.is_lead_process():  # on shared storage, one process writes the record
+        if files.is_lead_process():  # on shared storage, one process writes the record
             files.atomic_write_text(record, wanted + "\n")
         return wanted
 
@@ -162,20 +208,25 @@ class CheckpointStore:
     def restore_latest(self, target: Any, *, step: int | None = None) -> tuple[Any, dict[str, Any]] | None:
         """The newest checkpoint that restores (or checkpoint `step`); None when there is none.
 
-        A newest checkpoint that does not restore while an older one does is damaged (a crash while writing it):
-        it is moved to `checkpoints_damaged/` with a warning that names it. When none restores, nothing is moved
-        (they may be sound and the target wrong: a config that builds a different model) and a CheckpointError
-        says both what to check and what to do.
+        A checkpoint is set aside (moved to `checkpoints_damaged/`, by the lead process, with a warning that names
+        it) only when it is shown to be damaged: its restore failed with an error that is not transient (see
+        `is_transient`) and a checkpoint older than it restores, which shows that the config and the storage are
+        sound (a crash while writing it leaves such a folder). A transient error is retried; when it persists,
+        the run stops with a CheckpointError naming it and every checkpoint stays where it is, for the rerun.
+        When none restores, nothing is moved (they may be sound and the target wrong: a config that builds a
+        different model) and a CheckpointError says both what to check and what to do.
         """
         steps = self.all_steps()
         if step is not None:
             if step not in steps:
                 raise CheckpointError(f"no checkpoint at step {step} in {self.directory}; available: {steps}")
             steps = [step]
-        errors = []
+        failed = []
         for s in reversed(steps):
             try:
-                restored = self.restore(s, target)
+                restored = self._restore_retrying(s, target)
+            except CheckpointError:  # a transient error that persisted: stop, keep every checkpoint
+                raise
             except Exception as e:  # a truncated or missing file surfaces as many exception types
                 logging.warning(
                     "Checkpoint %s does not restore (%s: %s)%s",
@@ -184,21 +235,45 @@ class CheckpointStore:
                     str(e)[:300],
                     "; trying the one before." if s != steps[0] else ".",
                 )
-                errors.append((s, f"{s}: {type(e).__name__}: {str(e)[:300]}"))
+                failed.append((s, f"{s}: {type(e).__name__}: {str(e)[:300]}"))
                 continue
-            for bad, _ in errors:  # newer than one that restores: damaged
-                aside = self._set_aside(bad)
-                logging.warning("Checkpoint %s is damaged; moved to %s.", self.directory / str(bad), aside)
+            for bad, _ in failed:  # newer than one that restores, and no transient error: damaged
+                if files.is_lead_process():
+                    aside = self._set_aside(bad)
+                    logging.warning("Checkpoint %s is damaged; moved to %s.", self.directory / str(bad), aside)
             return restored
-        if errors:
+        if failed:
             config = self.directory.parent / "config.json"
             raise CheckpointError(
                 f"no valid checkpoint in {self.directory}: "
-                + "; ".join(message for _, message in errors)
+                + "; ".join(message for _, message in failed)
                 + f". If this run's config builds a different model than the one in {config}, run with that "
                 f"config; if the checkpoints are damaged, move them away or delete the folder to start again."
             )
         return None
+
+    def _restore_retrying(self, step: int, target: Any) -> tuple[Any, dict[str, Any]]:
+        """`restore`, retried after a transient error; one that persists is a CheckpointError that keeps the
+        checkpoint (it is not shown to be damaged)."""
+        for attempt in range(RESTORE_ATTEMPTS):
+            try:
+                return self.restore(step, target)
+            except Exception as e:
+                if not is_transient(e):
+                    raise
+                if attempt == RESTORE_ATTEMPTS - 1:
+                    raise CheckpointError(
+                        f"checkpoint {self.directory / str(step)} could not be read ({type(e).__name__}: "
+                        f"{str(e)[:200]}), {RESTORE_ATTEMPTS} attempts; it is kept: rerun the same command to "
+                        "resume from it once the storage answers."
+                    ) from e
+                delay = RETRY_SECONDS * 2**attempt
+                logging.warning(
+                    "Reading checkpoint %s failed (%s: %s); retrying in %.1f s.",
+                    *(self.directory / str(step), type(e).__name__, str(e)[:200], delay),
+                )
+                time.sleep(delay)
+        raise AssertionError("unreachable")
 
     def _set_aside(self, step: int) -> pathlib.Path:
         """Moves a damaged step folder out of the way (never deleted: it may hold something worth saving)."""
@@ -218,7 +293,10 @@ class CheckpointStore:
             raise CheckpointError(f"a checkpoint save to {self.directory} failed: {e}") from e
 
     def close(self) -> None:
-        """Finishes any pending save, then releases the manager."""
+        """Finishes any pending save, then releases the manager (a second call does nothing)."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             self.wait()
         finally:

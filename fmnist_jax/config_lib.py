@@ -41,20 +41,6 @@ OPERATIONAL = (
 )
 # Compared, but may change with --config.resume_with_changes=True.
 SAFE_TO_CHANGE = ("num_epochs", "checkpoint.every_steps", "checkpoint.max_to_keep", "compute_dtype")
-# Fields added after runs already existed, with the value that computes what those runs computed: a saved
-# config.json without the field matches a requested config holding that value (an older run resumes as it was).
-ADDED_FIELDS = {
-    "schedule.name": "constant",
-    "schedule.warmup_epochs": 0.0,
-    "weight_decay": 0.0,
-    "label_smoothing": 0.0,
-    "augment.flip": False,
-    "augment.translate": 0,
-    "augment.erase_prob": 0.0,
-    "ema_decay": 0.0,
-    "tta_flip": False,
-    "compute_dtype": "float32",
-}
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -81,11 +67,6 @@ def _matches(field: str, patterns: tuple[str, ...]) -> bool:
 def diff(saved: Mapping[str, Any], requested: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Fields whose values differ (missing on one side counts), operational fields left out."""
     a, b = flatten(saved), flatten(requested)
-    prefixes = {re.sub(r"^(members\.[^.]+\.)?.*$", r"\1", k) for k in b}  # "" and each "members.NAME."
-    for prefix in prefixes:
-        for key, neutral in ADDED_FIELDS.items():
-            if prefix + key not in a and b.get(prefix + key) == neutral:
-                a[prefix + key] = neutral
     return {
         k: (a.get(k), b.get(k))
         for k in sorted(set(a) | set(b))

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from fmnist_jax.errors import UserError
+from fmnist_jax.errors import DataError
 
 CLASS_NAMES: tuple[str, ...] = (
     "T-shirt/top",
@@ -50,10 +50,6 @@ HOW_TO_GET_DATA = (
     f"(data/fashion) into a folder and pass --config.data.dir=FOLDER or set {ENV_VAR}=FOLDER; "
     "(3) --config.data.source=tfds with tensorflow-datasets and internet access."
 )
-
-
-class DataError(UserError):
-    """A data set that is missing, malformed or inconsistent; the message says which file and how to fix it."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,7 @@
-"""Errors a user acts on: main.py prints their message as one line instead of a traceback."""
+"""Every error a user can meet: main.py prints the message of a `UserError` as one line instead of a traceback.
+
+Each message names the file, field or value at fault and how to fix it.
+"""
 
 import pathlib
 import signal
@@ -15,8 +18,40 @@ class ConfigError(UserError):
     """A config field with a value this code cannot run."""
 
 
+class DataError(UserError):
+    """A data set that is missing, malformed or inconsistent; the message says which file and how to fix it."""
+
+
+class ParallelError(UserError):
+    """A batch size or device set-up that the mesh cannot run."""
+
+
 class CheckpointError(UserError):
     """A checkpoint folder that cannot be written or holds nothing restorable; the message names it."""
+
+
+class TrainingError(UserError):
+    """Training cannot go on (a NaN loss, a failed checkpoint save); the message says what to change."""
+
+
+class ResultsError(UserError):
+    """A results file that is missing or does not follow the schema; the message names the file."""
+
+
+class PredictError(UserError):
+    """An input that cannot be read as an image; the message names every such file."""
+
+
+class WorkdirError(UserError):
+    """A workdir that cannot be used: unwritable, locked by another run, or on a full disk."""
+
+
+class WorkdirBusy(WorkdirError):
+    """Another live process holds the workdir's lock."""
+
+
+class DiskFull(WorkdirError):
+    """The disk under the workdir has no space left; the message names the folder and how to go on."""
 
 
 class Interrupted(Exception):

@@ -15,26 +15,26 @@ import fcntl
 import os
 import pathlib
 import socket
+import sys
 import tempfile
 from collections.abc import Iterator
 
 from absl import logging
 
-from fmnist_jax.errors import UserError
+from fmnist_jax.errors import DiskFull, WorkdirBusy, WorkdirError
 
 LOCK_FILE = ".lock"
+# The launchers' variables that give a process its rank in a multi-process job (JAX's own, SLURM, Open MPI).
+RANK_VARIABLES = ("JAX_PROCESS_ID", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK")
 
 
-class WorkdirError(UserError):
-    """A workdir that cannot be used: unwritable, locked by another run, or on a full disk."""
-
-
-class WorkdirBusy(WorkdirError):
-    """Another live process holds the workdir's lock."""
-
-
-class DiskFull(WorkdirError):
-    """The disk under the workdir has no space left; the message names the folder and how to go on."""
+def is_lead_process() -> bool:
+    """Whether this process writes the workdir's files and logs progress: process 0 of a multi-process job.
+    Once JAX is imported its process index says (`jax.distributed` has then set it); runs that never import
+    JAX (baselines, comparisons) read the launcher's rank from the environment."""
+    if "jax" in sys.modules:
+        return sys.modules["jax"].process_index() == 0
+    return all(os.environ.get(v, "0") == "0" for v in RANK_VARIABLES)
 
 
 def _umask() -> int:

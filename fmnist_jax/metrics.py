@@ -23,7 +23,7 @@ from sklearn import metrics as skm
 
 from fmnist_jax import files
 from fmnist_jax.data import CLASS_NAMES
-from fmnist_jax.errors import UserError
+from fmnist_jax.errors import ResultsError
 
 RESULTS_FILE = "results.json"
 HISTORY_FILE = "history.jsonl"
@@ -47,8 +47,9 @@ SAMPLES_PER_CLASS = 8
 _VERSIONED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "scikit-learn", "numpy")
 
 
-class ResultsError(UserError):
-    """A results file that is missing or does not follow the schema; the message names the file."""
+def fmt(value: float | None, spec: str = ".4f") -> str:
+    """A score for a log line or a table: `value` formatted by `spec`, "n/a" when there is none."""
+    return "n/a" if value is None else format(value, spec)
 
 
 def evaluate(
@@ -171,6 +172,24 @@ def read_history(workdir: str | pathlib.Path) -> list[dict[str, Any]]:
                 raise
             logging.warning("%s: ignoring a torn last line (the process was killed while writing it)", path)
     return records
+
+
+def write_history(workdir: str | pathlib.Path, records: list[dict[str, Any]]) -> None:
+    """Rewrites history.jsonl whole and atomically: a crash or a full disk never leaves a torn line."""
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    files.atomic_write_text(pathlib.Path(workdir) / HISTORY_FILE, text)
+
+
+def append_history(workdir: str | pathlib.Path, record: dict[str, Any]) -> None:
+    """Adds one epoch's record to history.jsonl."""
+    write_history(workdir, [*read_history(workdir), record])
+
+
+def truncate_history(workdir: str | pathlib.Path, num_epochs: int) -> None:
+    """Keeps the first `num_epochs` records, the lineage of a restored state; later ones are replayed."""
+    records = read_history(workdir)
+    if len(records) != num_epochs or any(r["epoch"] > num_epochs for r in records):
+        write_history(workdir, [r for r in records if r["epoch"] <= num_epochs])
 
 
 def save_predictions(

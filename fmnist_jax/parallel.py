@@ -15,7 +15,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from fmnist_jax.errors import UserError
+from fmnist_jax.errors import ParallelError
 
 DATA_AXIS = "data"
 
@@ -30,10 +30,6 @@ def _multiprocess_variables() -> list[str]:
     if "," in env.get("TPU_WORKER_HOSTNAMES", ""):
         found.append("TPU_WORKER_HOSTNAMES")
     return found
-
-
-class ParallelError(UserError):
-    """A batch size or device set-up that the mesh cannot run."""
 
 
 def maybe_initialize_distributed() -> None:
@@ -117,6 +113,10 @@ def scalar(x: jax.Array) -> float:
     return float(np.asarray(x.addressable_data(0)))
 
 
-def is_lead_process() -> bool:
-    """Only process 0 writes files and logs progress."""
-    return jax.process_index() == 0
+def lead_decides(decision: bool) -> bool:
+    """Process 0's `decision`, the same on every process of a multi-process job (each may see other files)."""
+    if jax.process_count() == 1:
+        return decision
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(decision)))

@@ -14,14 +14,10 @@ import numpy as np
 
 from fmnist_jax import files
 from fmnist_jax.data import CLASS_NAMES, IMAGE_SHAPE
-from fmnist_jax.errors import UserError
+from fmnist_jax.errors import PredictError
 
 OUTPUT_FILE = "predict.json"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-
-
-class PredictError(UserError):
-    """An input that cannot be read as an image; the message names every such file."""
 
 
 def parse_inputs(inputs: str | Sequence[str]) -> list[pathlib.Path]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import pathlib
 from typing import Any
 
@@ -35,10 +34,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Any:
         from fmnist_jax import parallel  # JAX only when needed
 
         parallel.maybe_initialize_distributed()
-        lead = parallel.is_lead_process()
-    else:  # baselines and comparisons do not start JAX: the launcher's rank says which process leads
-        lead = all(os.environ.get(v, "0") == "0" for v in ("JAX_PROCESS_ID", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK"))
-    with files.workdir_lock(workdir) if lead else contextlib.nullcontext():
+    with files.workdir_lock(workdir) if files.is_lead_process() else contextlib.nullcontext():
         try:
             if kind == "cnn":
                 return _run_cnn(config, workdir, mode)
@@ -58,16 +54,16 @@ def _inputs(config: ml_collections.ConfigDict) -> tuple[np.ndarray, list[str]]:
 
 
 def _run_cnn(config: ml_collections.ConfigDict, workdir: pathlib.Path, mode: str) -> Any:
-    from fmnist_jax import train  # JAX only when needed
+    from fmnist_jax.training import evaluate, loop, state  # JAX only when needed
 
-    train.check_config(config)
+    state.check_config(config)
     if mode == "train":
-        return train.train_and_evaluate(config, workdir)
+        return loop.train_and_evaluate(config, workdir)
     config_lib.check_trained_with(config, workdir, evaluate=mode == "evaluate")
     if mode == "evaluate":
-        return train.evaluate_checkpoint(config, workdir)
+        return evaluate.evaluate_checkpoint(config, workdir)
     images, names = _inputs(config)
-    probs = train.predict_images(config, workdir, images)
+    probs = evaluate.predict_images(config, workdir, images)
     return predict.report(workdir, names, probs, probs.argmax(-1))
 
 

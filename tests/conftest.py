@@ -8,9 +8,10 @@ import pathlib
 import shutil
 import tempfile
 
+import fingerprints
 import jax
 import pytest
-from helpers import REAL_DATA_DIR, load_config, write_idx_dataset
+from helpers import REAL_DATA_DIR
 
 from fmnist_jax import run
 
@@ -39,22 +40,13 @@ def pytest_unconfigure(config):
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> pathlib.Path:
     """320 training and 100 test images in gzip IDX files."""
-    return write_idx_dataset(tmp_path_factory.mktemp("tiny_data"), n_train=320, n_test=100)
+    return fingerprints.tiny_data(tmp_path_factory.mktemp("tiny_data"))
 
 
 @pytest.fixture
 def cnn_config(tiny_data):
     """The CNN config on the tiny data: 64 validation, 256 training images (4 steps/epoch), 2 epochs."""
-    return load_config(
-        "cnn",
-        **{
-            "data.dir": str(tiny_data),
-            "data.validation_size": 64,
-            "num_epochs": 2,
-            "steps_per_call": 2,
-            "eval_batch_size": 50,
-        },
-    )
+    return fingerprints.tiny_config(tiny_data)
 
 
 @pytest.fixture(scope="session")
@@ -67,9 +59,19 @@ def real_data_dir() -> pathlib.Path:
     return REAL_DATA_DIR
 
 
+@pytest.fixture(scope="session")
+def finished_tiny_run(tiny_data, tmp_path_factory) -> pathlib.Path:
+    """A finished tiny run with checkpoints at steps 4, 6, 8 (every 2 steps, 3 kept), trained once per session."""
+    config = fingerprints.tiny_config(tiny_data)
+    config.checkpoint.every_steps = 2
+    workdir = tmp_path_factory.mktemp("finished") / "done"
+    run.run(config, workdir)
+    return workdir
+
+
 @pytest.fixture
-def two_epoch_run(cnn_config, tmp_path):
-    """A finished tiny run with checkpoints at steps 4, 6, 8 (every 2 steps, 3 kept)."""
+def two_epoch_run(cnn_config, finished_tiny_run, tmp_path):
+    """A copy of the finished tiny run (checkpoints at steps 4, 6, 8) with its config, for a test to change."""
     cnn_config.checkpoint.every_steps = 2
-    run.run(cnn_config, tmp_path / "done")
+    shutil.copytree(finished_tiny_run, tmp_path / "done")
     return cnn_config, tmp_path / "done"

@@ -17,6 +17,16 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the configs/ package, as main.py sees it
 REAL_DATA_DIR = pathlib.Path(os.environ.get("FMNIST_REAL_DATA_DIR", "/usr/share/datasets/fashion-mnist"))
 
+# How far two runs of the study's tiny config (2 epochs, 8 steps) may drift apart when only rounding differs: another
+# CPU kind, or another device count (the gradient's sum in another order). Measured on an AVX2 EPYC, 1 and 8 devices
+# and XLA:CPU capped at AVX and SSE4_2 (docs/running.md, "Reproducibility across CPUs"): rounding moves the first
+# step's gradient by 3e-7 of its scale; Adam then turns it into parameter differences of the order of the learning
+# rate wherever an update's numerator is near zero, and after 8 steps the losses differ by up to 8.3e-4 (relative),
+# the test probabilities by up to 2.3e-3, the predicted classes not at all. The bounds are 10x those figures: a 10%
+# change of the learning rate or another seed moves the losses by 2-6% and fails them.
+DRIFT_LOSS_RTOL = 1e-2
+DRIFT_PROBS_ATOL = 2.5e-2
+
 
 def load_config(name: str, **overrides):
     """configs/<name>.py's get_config() with dotted-path overrides applied (like --config.FIELD=VALUE)."""

@@ -25,20 +25,21 @@ def main() -> None:
         raise SystemExit(f"WHEN must be in_flight, committed or epoch, got {when!r}")
     signum, at_step = signal.Signals[f"SIG{name}"], int(at_step)
     sys.path.insert(0, str(ROOT))
-    from fmnist_jax import checkpoints, train
+    from fmnist_jax import checkpoints
+    from fmnist_jax.training import loop
 
     sent = []  # the signal goes once (a STOP, continued, must not stop the run again)
     if when == "epoch":
-        end_of_epoch = train._end_of_epoch
+        end_of_epoch = loop.end_of_epoch
 
-        def end_of_epoch_then_signal(plan, state, epoch, step):
-            out = end_of_epoch(plan, state, epoch, step)
+        def end_of_epoch_then_signal(plan, state, epoch, step, writer):
+            out = end_of_epoch(plan, state, epoch, step, writer)
             if epoch.index + 1 >= at_step and not sent:
                 sent.append(epoch.index + 1)
                 os.kill(os.getpid(), signum)
             return out
 
-        train._end_of_epoch = end_of_epoch_then_signal
+        loop.end_of_epoch = end_of_epoch_then_signal
     else:
         save = checkpoints.CheckpointStore.save
 

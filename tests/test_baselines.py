@@ -170,14 +170,51 @@ def test_training_images_of_one_class_are_a_clear_error(tiny_data, tmp_path):
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.FitFailedWarning", "ignore:One or more of the test scores")
 def test_a_search_skips_settings_that_fail_and_names_a_grid_where_all_do(tiny_data, tmp_path):
-    config = tiny("linear_svm_search", tiny_data)
-    config.search.grid.C = (-1.0, 1.0)  # C must be positive: scikit-learn scores the failed fit as NaN
+    # Each value passes the parameter checks; liblinear refuses the combination penalty=l1 with loss=hinge only
+    # when it fits, and the search scores that failed fit as NaN.
+    config = tiny("linear_svm_search", tiny_data, **{"model.loss": "hinge", "model.dual": "true"})
+    config.search.grid = {"penalty": ("l1", "l2")}
     results = run.run(config, tmp_path / "one_fails")
-    assert results["search"]["best_params"] == {"C": 1.0}
+    assert results["search"]["best_params"] == {"penalty": "l2"}
     assert [row["validation_accuracy"] is None for row in results["search"]["grid"]] == [True, False]  # not NaN
-    config.search.grid.C = (-1.0, -2.0)
+    config.search.grid = {"penalty": ("l1",)}
     with pytest.raises(ConfigError, match=r"every setting failed to fit .*Fix the grid's values"):
         run.run(config, tmp_path / "all_fail")
+
+
+@pytest.mark.parametrize(
+    "name, field, values, rejected",
+    [
+        ("linear_svm_search", "loss", ("hinge", "cubic"), "'cubic'"),  # scikit-learn's parameter validation
+        ("random_forest_search", "max_features", ("sqrt", "most"), "'most'"),
+        ("random_forest_search", "n_estimators", (10, 0), "0"),  # our bound: config.model.n_estimators > 0
+    ],
+)
+def test_a_grid_value_that_cannot_run_is_refused_before_any_fit(tiny_data, tmp_path, name, field, values, rejected):
+    config = tiny(name, tiny_data)
+    config.search.grid = {field: values}
+    with pytest.raises(ConfigError, match=rf"^config\.search\.grid\.{field}: the value {rejected} is rejected \("):
+        run.run(config, tmp_path)
+    assert not (tmp_path / baselines.MODEL_FILE).exists()
+
+
+def test_a_rejected_grid_value_on_the_command_line_is_one_error_line(tiny_data, tmp_path):
+    result = subprocess.run(
+        [
+            *(sys.executable, str(ROOT / "main.py"), "--config=configs/linear_svm_search.py", f"--workdir={tmp_path}"),
+            *(f"--config.data.dir={tiny_data}", "--config.data.validation_size=64", "--config.search.grid.C=1.0,-1.0"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: config.search.grid.C: the value -1.0 is rejected (config.model.C=-1.0 must be positive); change or "
+        "drop it."
+    )
+    assert "Traceback" not in result.stderr and "Fitting" not in result.stderr
 
 
 def test_evaluate_refuses_another_model_or_split_and_keeps_the_search_record(tiny_data, tmp_path):

@@ -2,6 +2,7 @@
 restore for evaluation and prediction, unwritable workdirs."""
 
 import copy
+import errno
 import os
 import signal
 import subprocess
@@ -9,8 +10,9 @@ import subprocess
 import pytest
 from helpers import check, checkpoint_steps, run_interrupted, run_main
 
-from fmnist_jax import checkpoints, files, metrics, run, train
+from fmnist_jax import checkpoints, files, metrics, run
 from fmnist_jax.errors import ConfigError
+from fmnist_jax.training import state as train_state
 
 KILL_ARGS = (
     "--config.num_epochs=4",
@@ -101,6 +103,71 @@ def test_truncated_latest_checkpoint_falls_back_with_a_warning(two_epoch_run, ca
     assert metrics.load_results(workdir)["params_sha256"] == expected
 
 
+@pytest.mark.parametrize(
+    "error, transient",
+    [
+        (OSError(errno.EMFILE, "Too many open files"), True),
+        (OSError(errno.EIO, "Input/output error"), True),
+        (TimeoutError("Drive did not answer"), True),
+        (ValueError("UNAVAILABLE: Error reading local file .../d/0a1b: Stale file handle"), True),
+        (OSError(errno.ENOENT, "No such file or directory"), False),
+        (ValueError("DATA_LOSS: Error reading local file .../manifest.ocdbt: Unexpected end of data"), False),
+        (ValueError("User-provided restore item and on-disk value metadata tree structures do not match"), False),
+    ],
+)
+def test_storage_errors_are_transient_and_signs_of_damage_are_not(error, transient):
+    assert checkpoints.is_transient(error) is transient
+    wrapped = RuntimeError("restore failed")  # Orbax and TensorStore wrap what they raise: the cause counts
+    wrapped.__cause__ = error
+    assert checkpoints.is_transient(wrapped) is transient
+
+
+def _flaky_restore(monkeypatch, failures: int):
+    """CheckpointStore.restore raising a transient error (too many open files) on its first `failures` calls."""
+    monkeypatch.setattr(checkpoints, "RETRY_SECONDS", 0.0)
+    restore, calls = checkpoints.CheckpointStore.restore, []
+
+    def flaky(store, step, target):
+        calls.append(step)
+        if len(calls) <= failures:
+            raise OSError(errno.EMFILE, "Too many open files", str(store.directory / str(step)))
+        return restore(store, step, target)
+
+    monkeypatch.setattr(checkpoints.CheckpointStore, "restore", flaky)
+    return calls
+
+
+def test_a_transient_error_on_the_first_restore_attempt_is_retried_and_sets_nothing_aside(
+    two_epoch_run, monkeypatch, caplog
+):
+    config, workdir = two_epoch_run
+    expected = metrics.load_results(workdir)["params_sha256"]
+    (workdir / "results.json").unlink()
+    calls = _flaky_restore(monkeypatch, failures=1)
+    assert run.run(config, workdir)["params_sha256"] == expected
+    assert calls[:2] == [8, 8] and "retrying in 0.0 s" in caplog.text
+    assert sorted(checkpoint_steps(workdir)) == [4, 6, 8] and not (workdir / "checkpoints_damaged").exists()
+
+
+def test_a_transient_error_that_persists_stops_the_run_keeps_the_checkpoint_and_the_rerun_resumes(
+    two_epoch_run, monkeypatch
+):
+    config, workdir = two_epoch_run
+    expected = metrics.load_results(workdir)["params_sha256"]
+    (workdir / "results.json").unlink()
+    calls = _flaky_restore(monkeypatch, failures=checkpoints.RESTORE_ATTEMPTS)
+    message = (
+        r"checkpoint .*checkpoints/8 could not be read \(OSError: .*Too many open files.*\), 3 attempts; it is kept"
+    )
+    with pytest.raises(checkpoints.CheckpointError, match=message):
+        run.run(config, workdir)
+    assert calls == [8] * checkpoints.RESTORE_ATTEMPTS  # never fell back to an older one
+    assert sorted(checkpoint_steps(workdir)) == [4, 6, 8] and not (workdir / "checkpoints_damaged").exists()
+    assert not (workdir / "results.json").exists()
+    monkeypatch.undo()
+    assert run.run(config, workdir)["params_sha256"] == expected  # resumed from step 8: nothing to train
+
+
 def test_leftover_temporary_folder_is_ignored(two_epoch_run):
     config, workdir = two_epoch_run
     expected = metrics.load_results(workdir)["params_sha256"]
@@ -138,7 +205,7 @@ def test_a_config_of_another_model_is_refused_and_moves_no_checkpoint(two_epoch_
             run.run(other, workdir)
     # Below the config check, a checkpoint that does not fit the target is not taken for a damaged one while none
     # fits: nothing is moved aside.
-    _, state, _ = train.create_train_state(other)
+    _, state, _ = train_state.create_train_state(other)
     store = checkpoints.CheckpointStore(workdir / "checkpoints", async_save=False)
     try:
         with pytest.raises(checkpoints.CheckpointError, match=r"builds a different model than the one in .*json"):

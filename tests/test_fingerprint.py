@@ -1,37 +1,52 @@
 """The study's run is a fixed point: a change that leaves its maths alone leaves its parameters' bits alone.
 
-The fingerprints were recorded from the code before any optional training feature existed. XLA's CPU kernels
-differ between processors and JAX versions, so each recording names both; on another pair the test says so and
-skips (record the pair's fingerprints from a checkout of the recording commit, 54dcc20, with these tests).
+The fingerprints are recorded per CPU kind and jax version (tests/fingerprints.py, which also records a new kind).
+On a kind without a recording the bit-exact test skips and says so; what holds on every CPU is still checked: the
+same seeded run twice gives the same bits, and its loss curve follows the recorded one within DRIFT_LOSS_RTOL
+(tests/helpers.py).
 """
 
-import jax
+import fingerprints
+import numpy as np
 import pytest
+from helpers import DRIFT_LOSS_RTOL
 
-from fmnist_jax import run
-
-
-def cpu_model() -> str:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-        return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
+from fmnist_jax import metrics, run
 
 
-# (CPU model, jax version) -> params_sha256 of: the cnn_config fixture's run (tiny data, 2 epochs), and the
-# study's config on the real data for one epoch of 2,560 images.
-TINY = {("AMD EPYC", "0.10.2"): "2395db8baf487d1da2ce76bb4be80a9f59c0a363661043d2eff8bfcf87850abc"}
-REAL = {("AMD EPYC", "0.10.2"): "d56bbe7172029fbdf82fc387c2e3923d71f0eec0753c9e836eab955e0ed9af1a"}
+@pytest.fixture(scope="module")
+def two_tiny_runs(tiny_data, tmp_path_factory):
+    """The study's tiny run, twice, from scratch in two workdirs: (results, history) of each."""
+    out = []
+    for name in ("first", "second"):
+        workdir = tmp_path_factory.mktemp(name)
+        results = run.run(fingerprints.tiny_config(tiny_data), workdir)
+        out.append((results, metrics.read_history(workdir)))
+    return out
 
 
-def recorded(table: dict) -> str:
-    key = (cpu_model(), jax.__version__)
-    if key not in table:
-        pytest.skip(f"no study fingerprint recorded for CPU {key[0]!r} with jax {key[1]}")
-    return table[key]
+def test_the_study_run_on_tiny_data_keeps_its_recorded_fingerprint(two_tiny_runs):
+    expected = fingerprints.recorded("tiny")
+    if expected is None:
+        pytest.skip(f"no study fingerprint recorded for {fingerprints.kind()!r}: `python tests/fingerprints.py record`")
+    assert two_tiny_runs[0][0]["params_sha256"] == expected
 
 
-def test_the_study_run_on_tiny_data_keeps_its_recorded_fingerprint(cnn_config, tmp_path):
-    expected = recorded(TINY)
-    assert run.run(cnn_config, tmp_path)["params_sha256"] == expected
+def test_the_same_seeded_run_twice_gives_the_same_bits(two_tiny_runs):
+    (first, first_history), (second, second_history) = two_tiny_runs
+    assert first["params_sha256"] == second["params_sha256"]
+    assert first_history == [
+        {**r, "seconds": a["seconds"], "images_per_second": a["images_per_second"]}
+        for r, a in zip(second_history, first_history, strict=True)
+    ]
 
 
-# The real-data fingerprint is checked through main.py by tests/test_integration.py.
+def test_the_study_run_follows_the_recorded_loss_curve(two_tiny_runs):
+    reference = fingerprints.load()["loss_curves"]["tiny"]
+    got = fingerprints.losses(two_tiny_runs[0][1])
+    assert set(reference) == set(got) and all(len(reference[k]) == 2 for k in reference)
+    for key, curve in reference.items():
+        np.testing.assert_allclose(got[key], curve, rtol=DRIFT_LOSS_RTOL, err_msg=key)
+
+
+# The real-data fingerprint and loss curve are checked through main.py by tests/test_integration.py.

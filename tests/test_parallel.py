@@ -1,15 +1,17 @@
-"""Data parallelism: 8 fake CPU devices give the 1-device maths; checkpoints move between device counts.
+"""Data parallelism: 8 fake CPU devices give the 1-device maths to rounding; checkpoints move between device counts.
 
 Each run is a `main.py` subprocess, so its XLA_FLAGS (the fake device count) apply before JAX starts.
 """
 
+import json
+import shutil
 import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from helpers import ROOT, check, devices, run_main, subprocess_env
+from helpers import DRIFT_LOSS_RTOL, DRIFT_PROBS_ATOL, ROOT, check, devices, run_main, subprocess_env
 
 from fmnist_jax import metrics
 
@@ -33,17 +35,37 @@ def one_device_run(tiny_data, tmp_path_factory):
     return workdir
 
 
-def test_eight_devices_give_the_one_device_maths(tiny_data, tmp_path, one_device_run):
-    result = check(run_main(*tiny_args(tiny_data, tmp_path, "--config.num_epochs=2"), env=devices(8)))
-    assert "8 cpu device(s)" in result.stderr and "batch 64 (8 per device)" in result.stderr
-    np.testing.assert_allclose(
-        [r["train_loss"] for r in metrics.read_history(tmp_path)],
-        [r["train_loss"] for r in metrics.read_history(one_device_run)],
-        rtol=1e-4,
-    )
-    np.testing.assert_allclose(
-        metrics.load_predictions(tmp_path)["probs"], metrics.load_predictions(one_device_run)["probs"], atol=1e-4
-    )
+@pytest.fixture(scope="module")
+def eight_device_run(tiny_data, tmp_path_factory):
+    """The same run on 8 devices, a checkpoint at the end of each epoch: (workdir, main.py's stderr)."""
+    workdir = tmp_path_factory.mktemp("eight")
+    return workdir, check(run_main(*tiny_args(tiny_data, workdir, "--config.num_epochs=2"), env=devices(8))).stderr
+
+
+def assert_same_maths(workdir, reference):
+    """The runs in `workdir` and `reference` agree as far as rounding lets them (tests/helpers.py)."""
+    losses = [[r["train_loss"] for r in metrics.read_history(w)] for w in (workdir, reference)]
+    np.testing.assert_allclose(*losses, rtol=DRIFT_LOSS_RTOL)
+    probs = [metrics.load_predictions(w)["probs"] for w in (workdir, reference)]
+    np.testing.assert_allclose(*probs, atol=DRIFT_PROBS_ATOL)
+    # Measured: the same class for every test image; one whose two best classes are closer than the drift may swap.
+    assert np.mean(probs[0].argmax(-1) == probs[1].argmax(-1)) >= 0.98
+
+
+def test_the_first_steps_gradient_on_eight_devices_is_the_one_device_gradient_to_rounding(tiny_data):
+    """The gradient's sum runs in another order on 8 devices: float32 rounding apart, the same gradient. Measured
+    up to 3e-7 of a parameter's largest gradient (float32's epsilon: 1.2e-7); the bound is 7x that."""
+    result = check(run_main(str(tiny_data), env=devices(8), script=(str(ROOT / "tests" / "device_grads.py"),)))
+    out = json.loads(result.stdout)
+    assert out["devices"] == 8 and len(out["rows"]) == 10  # the 5 layers' kernels and biases
+    for row in out["rows"]:
+        assert row["largest"] > 0 and row["diff"] <= 2e-6 * row["largest"], row
+
+
+def test_eight_devices_give_the_one_device_maths(eight_device_run, one_device_run):
+    workdir, stderr = eight_device_run
+    assert "8 cpu device(s)" in stderr and "batch 64 (8 per device)" in stderr
+    assert_same_maths(workdir, one_device_run)
 
 
 def test_batch_size_the_devices_cannot_split_fails_before_compiling(tiny_data, tmp_path):
@@ -56,20 +78,17 @@ def test_batch_size_the_devices_cannot_split_fails_before_compiling(tiny_data, t
     assert "Traceback" not in result.stderr and not (tmp_path / "config.json").exists()
 
 
-def test_an_eight_device_checkpoint_restores_on_one_device(tiny_data, tmp_path, one_device_run):
-    """8 -> 1 here; 1 -> 8 is tests/test_vgg_bn_runs.py's (a BatchNorm model with the whole recipe)."""
-    check(run_main(*tiny_args(tiny_data, tmp_path, "--config.num_epochs=1"), env=devices(8)))
-    result = check(
-        run_main(
-            *tiny_args(tiny_data, tmp_path, "--config.num_epochs=2", "--config.resume_with_changes=True"),
-            env=devices(1),
-        )
-    )
+def test_an_eight_device_checkpoint_restores_on_one_device(tiny_data, tmp_path, eight_device_run, one_device_run):
+    """8 -> 1 here (the 8-device run's epoch-1 checkpoint finished on 1 device); 1 -> 8 is
+    tests/test_vgg_bn_runs.py's (a BatchNorm model with the whole recipe)."""
+    shutil.copytree(eight_device_run[0], tmp_path / "run")
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "8")
+    for name in ("results.json", "predictions.npz"):
+        (tmp_path / "run" / name).unlink()
+    result = check(run_main(*tiny_args(tiny_data, tmp_path / "run", "--config.num_epochs=2"), env=devices(1)))
     assert "Resumed from checkpoint at step 4" in result.stderr
     assert "Mesh: 1 cpu device(s)" in result.stderr
-    np.testing.assert_allclose(
-        metrics.load_predictions(tmp_path)["probs"], metrics.load_predictions(one_device_run)["probs"], atol=1e-4
-    )
+    assert_same_maths(tmp_path / "run", one_device_run)
 
 
 @pytest.mark.parametrize(
@@ -108,11 +127,12 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_train_as_one(tiny_data, tmp_path, one_device_run):
-    """Two processes (2 fake devices each) joined by jax.distributed: the 1-device maths, files written once."""
+def start_two_processes(args, *, scripts=((), ())):
+    """Two main.py processes (2 fake devices each) joined by jax.distributed; process i runs `python *scripts[i]
+    ARGS` when scripts[i] names a wrapper. Returns their (return code, stderr) pairs."""
     port = free_port()
     procs = []
-    for pid in range(2):
+    for pid, script in enumerate(scripts):
         env = {
             **subprocess_env(),
             "JAX_PLATFORMS": "cpu",
@@ -121,24 +141,28 @@ def test_two_processes_train_as_one(tiny_data, tmp_path, one_device_run):
             "JAX_PROCESS_ID": str(pid),
             **devices(2),
         }
+        command = [sys.executable, *(script or (str(ROOT / "main.py"),)), *args]
         procs.append(
-            subprocess.Popen(
-                [sys.executable, str(ROOT / "main.py"), *tiny_args(tiny_data, tmp_path, "--config.num_epochs=2")],
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
+            subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         )
     errs = [p.communicate(timeout=600)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
-    assert all("jax.distributed.initialize" in e and "Mesh: 4 cpu device(s) over 2 process(es)" in e for e in errs)
+    return [(p.returncode, e) for p, e in zip(procs, errs, strict=True)]
+
+
+def test_two_processes_train_as_one_and_agree_that_a_run_is_finished(tiny_data, tmp_path, one_device_run):
+    """Two processes (2 fake devices each) joined by jax.distributed: the 1-device maths, files written once. A
+    rerun is finished for both even where process 1 cannot see results.json (storage that is not shared)."""
+    args = tiny_args(tiny_data, tmp_path, "--config.num_epochs=2")
+    (rc0, err0), (rc1, err1) = start_two_processes(args)
+    assert (rc0, rc1) == (0, 0), err0[-2000:] + err1[-2000:]
+    assert all(
+        "jax.distributed.initialize" in e and "Mesh: 4 cpu device(s) over 2 process(es)" in e for e in (err0, err1)
+    )
     history = metrics.read_history(tmp_path)
     assert [r["epoch"] for r in history] == [1, 2]  # written by process 0 only
-    np.testing.assert_allclose(
-        [r["train_loss"] for r in history], [r["train_loss"] for r in metrics.read_history(one_device_run)], rtol=1e-4
-    )
-    np.testing.assert_allclose(
-        metrics.load_predictions(tmp_path)["probs"], metrics.load_predictions(one_device_run)["probs"], atol=1e-4
-    )
+    assert_same_maths(tmp_path, one_device_run)
+    results = (tmp_path / "results.json").read_bytes()
+    rerun = start_two_processes(args, scripts=((), (str(ROOT / "tests" / "unseen_results.py"),)))
+    assert [rc for rc, _ in rerun] == [0, 0], rerun[0][1][-2000:] + rerun[1][1][-2000:]
+    assert all("Run already finished (8 steps)" in e for _, e in rerun)
+    assert (tmp_path / "results.json").read_bytes() == results and len(metrics.read_history(tmp_path)) == 2

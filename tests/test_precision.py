@@ -12,8 +12,9 @@ import pytest
 from flax import nnx
 from helpers import load_config
 
-from fmnist_jax import checkpoints, metrics, models, ops, run, train
+from fmnist_jax import checkpoints, metrics, models, ops, run
 from fmnist_jax.errors import ConfigError
+from fmnist_jax.training import state as train_state
 
 
 def relative_error(a, b):
@@ -88,7 +89,7 @@ def test_bfloat16_training_learns_with_float32_state(bf16_run):
     history = metrics.read_history(workdir)
     assert history[-1]["train_loss"] < history[0]["train_loss"] * 0.8
     assert results["test_accuracy"] > 0.5  # 10 classes: chance is 0.1
-    _, target, _ = train.create_train_state(config)
+    _, target, _ = train_state.create_train_state(config)
     store = checkpoints.CheckpointStore(workdir / "checkpoints")
     state, _ = store.restore(store.all_steps()[-1], target)
     store.close()

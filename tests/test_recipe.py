@@ -9,8 +9,10 @@ import pytest
 from flax import nnx
 from helpers import load_config
 
-from fmnist_jax import augment, models, ops, train
+from fmnist_jax import augment, models, ops
 from fmnist_jax.errors import ConfigError
+from fmnist_jax.training import state as train_state
+from fmnist_jax.training import step as steps
 
 KEY = jax.random.key(7)
 
@@ -32,8 +34,8 @@ def shifted(image, dy, dx):
 def test_disabled_augmentation_is_the_identity_and_the_study_has_none():
     x = random_batch()
     assert augment.apply(x, KEY, augment.Augment()) is x
-    assert not train.Recipe.from_config(load_config("cnn")).augment.enabled
-    assert train.Recipe.from_config(load_config("vgg_bn")).augment.enabled
+    assert not train_state.Recipe.from_config(load_config("cnn")).augment.enabled
+    assert train_state.Recipe.from_config(load_config("vgg_bn")).augment.enabled
 
 
 def test_flip_mirrors_about_half_the_images_and_keeps_the_rest():
@@ -111,11 +113,11 @@ def test_augmentation_is_a_pure_function_of_key_and_position_in_the_batch():
 
 def test_warmup_cosine_schedule_and_the_studys_constant_rate():
     config = load_config("vgg_bn", num_epochs=10, learning_rate=0.01, **{"schedule.warmup_epochs": 2.0})
-    lr = [train.learning_rate_at(config, 100, s) for s in (0, 100, 200, 600, 1000)]
+    lr = [train_state.learning_rate_at(config, 100, s) for s in (0, 100, 200, 600, 1000)]
     np.testing.assert_allclose(lr, [0.0, 0.005, 0.01, 0.01 * 0.5 * (1 + np.cos(np.pi * 400 / 800)), 0.0], atol=1e-7)
     study = load_config("cnn")
-    assert train.learning_rate_at(study, 750, 12345) == study.learning_rate
-    assert train.learning_rate_schedule(study, 750) == study.learning_rate  # a float: the study's optax.adam
+    assert train_state.learning_rate_at(study, 750, 12345) == study.learning_rate
+    assert train_state.learning_rate_schedule(study, 750) == study.learning_rate  # a float: the study's optax.adam
 
 
 def test_adamw_decays_kernels_only():
@@ -123,7 +125,7 @@ def test_adamw_decays_kernels_only():
     model = models.create_model("vgg_bn", seed=0)
     before = nnx.to_pure_dict(nnx.clone(nnx.state(model, nnx.Param)))
     model.norms[0].scale[...] = jnp.full_like(model.norms[0].scale[...], 2.0)
-    optimizer = nnx.Optimizer(model, train.make_optimizer(config), wrt=nnx.Param)
+    optimizer = nnx.Optimizer(model, train_state.make_optimizer(config), wrt=nnx.Param)
     optimizer.update(model, jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param)))
     after = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     np.testing.assert_allclose(after["head"]["kernel"], before["head"]["kernel"] * (1 - 0.1 * 0.5), rtol=1e-6)
@@ -134,8 +136,8 @@ def test_adamw_decays_kernels_only():
 def test_label_smoothing_is_cross_entropy_against_smoothed_targets():
     model = models.create_model("seed_cnn", seed=0)
     x, labels = random_batch(8), jnp.arange(8) % 10
-    plain, logits = train.loss_fn(model, x, labels, None, 0.0)
-    smooth, _ = train.loss_fn(model, x, labels, None, 0.1)
+    plain, logits = steps.loss_fn(model, x, labels, None, 0.0)
+    smooth, _ = steps.loss_fn(model, x, labels, None, 0.1)
     logp = jax.nn.log_softmax(logits)
     targets = 0.9 * jax.nn.one_hot(labels, 10) + 0.01
     np.testing.assert_allclose(smooth, -(targets * logp).sum(-1).mean(), rtol=1e-6)
@@ -148,27 +150,33 @@ def test_label_smoothing_is_cross_entropy_against_smoothed_targets():
 def test_moving_average_follows_its_definition_with_the_early_warm_up():
     ema, new = {"w": jnp.array(1.0)}, {"w": jnp.array(3.0)}
     d0 = 1 / 10  # step 0: min(0.999, 1/10)
-    np.testing.assert_allclose(train.ema_update(ema, new, 0.999, jnp.int32(0))["w"], d0 * 1 + (1 - d0) * 3, rtol=1e-6)
-    np.testing.assert_allclose(train.ema_update(ema, new, 0.999, jnp.int32(100_000))["w"], 0.999 + 0.001 * 3, rtol=1e-6)
+    np.testing.assert_allclose(
+        train_state.ema_update(ema, new, 0.999, jnp.int32(0))["w"], d0 * 1 + (1 - d0) * 3, rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        train_state.ema_update(ema, new, 0.999, jnp.int32(100_000))["w"], 0.999 + 0.001 * 3, rtol=1e-6
+    )
 
 
 def state_and_programs(config, mesh=None):
     from fmnist_jax import parallel
 
     mesh = mesh or parallel.make_mesh()
-    graphs, state, _ = train.create_train_state(config)
-    programs = train.Programs(graphs, mesh, config.batch_size, unroll=False, recipe=train.Recipe.from_config(config))
+    graphs, state, _ = train_state.create_train_state(config)
+    programs = steps.Programs(
+        graphs, mesh, config.batch_size, unroll=False, recipe=train_state.Recipe.from_config(config)
+    )
     return graphs, state, programs
 
 
 def test_evaluation_uses_the_moving_average_when_there_is_one():
     config = load_config("vgg_bn", tta_flip=False)
     graphs, state, programs = state_and_programs(config)
-    other = train.create_train_state(load_config("vgg_bn", seed=5))[1].model
+    other = train_state.create_train_state(load_config("vgg_bn", seed=5))[1].model
     images = jnp.asarray(np.random.default_rng(0).integers(0, 255, (20, 28, 28), np.uint8))
     labels, mask = jnp.zeros(20, jnp.int32), jnp.ones(20, bool)
     _, probs = programs.eval(state.replace(ema=other), images, labels, mask)
-    expected = jax.nn.softmax(nnx.merge(graphs.model, other)(train.to_inputs(images)))
+    expected = jax.nn.softmax(nnx.merge(graphs.model, other)(steps.to_inputs(images)))
     np.testing.assert_allclose(probs, expected, atol=1e-6)
     _, probs_without = programs.eval(state.replace(ema=None), images, labels, mask)
     assert not np.allclose(probs_without, probs, atol=1e-3)
@@ -181,7 +189,7 @@ def test_flip_tta_averages_the_probabilities_of_each_image_and_its_mirror():
     labels, mask = jnp.arange(20) % 10, jnp.arange(20) < 15
     losses, probs = programs.eval(state, images, labels, mask)
     model = nnx.merge(graphs.model, state.model)
-    x = train.to_inputs(images)
+    x = steps.to_inputs(images)
     expected = (jax.nn.softmax(model(x)) + jax.nn.softmax(model(x[:, :, ::-1]))) / 2
     np.testing.assert_allclose(probs, expected, atol=1e-6)
     nll = -np.log(np.take_along_axis(np.asarray(expected), np.asarray(labels)[:, None], 1)[:, 0])
@@ -203,7 +211,7 @@ def test_vgg_bn_shapes_and_parameter_count():
     hidden = 3 * 3 * 128 * 256 + 256 + 256 * 10 + 10
     assert models.count_params(with_hidden) == convs + norms + hidden == 575_338
     assert with_hidden(jnp.zeros((2, 28, 28, 1)), dropout_key=KEY).shape == (2, 10)
-    assert train.create_train_state(load_config("vgg_bn"))[2] == 575_338
+    assert train_state.create_train_state(load_config("vgg_bn"))[2] == 575_338
 
 
 def test_vgg_bn_uses_batch_statistics_in_training_and_running_ones_in_evaluation():
@@ -282,8 +290,8 @@ def test_bad_recipe_fields_name_the_field(tmp_path):
 
 def test_the_accelerator_config_builds_its_wider_deeper_model():
     config = load_config("vgg_bn_large")
-    graphs, state, num_params = train.create_train_state(config)
+    graphs, state, num_params = train_state.create_train_state(config)
     model = nnx.merge(graphs.model, state.model)
     assert [c.kernel[...].shape[-1] for c in model.convs] == [64, 64, 128, 128, 256, 256]
     assert num_params > 1_000_000 and state.ema is not None
-    assert isinstance(train.make_optimizer(config), optax.GradientTransformation)
+    assert isinstance(train_state.make_optimizer(config), optax.GradientTransformation)

@@ -1,4 +1,4 @@
-"""report.py and the compare kind: the quick comparison end to end, and the report from any workdirs."""
+"""The report package and the compare kind: the quick comparison end to end, and the report from any workdirs."""
 
 import base64
 import json
@@ -11,6 +11,8 @@ from helpers import load_config, quick_compare_config, run_main
 
 from fmnist_jax import metrics, report, run, stats
 from fmnist_jax.errors import ConfigError, UserError
+from fmnist_jax.report import sentences, tables
+from fmnist_jax.report.__main__ import main as report_main
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +142,7 @@ def test_confused_pairs_in_words():
     np.fill_diagonal(cm, 90)
     cm[6, 0], cm[6, 6] = 12, 88  # Shirt -> T-shirt/top: 12 of 100
     cm[4, 2] = 10  # Coat -> Pullover: 10 of 100
-    pairs = report.confused_pairs(cm, top=2)
+    pairs = tables.confused_pairs(cm, top=2)
     assert pairs[0] == ("Shirt", "T-shirt/top", pytest.approx(0.12))
     assert pairs[1] == ("Coat", "Pullover", pytest.approx(0.10))
 
@@ -148,11 +150,11 @@ def test_confused_pairs_in_words():
 def test_report_command_line(comparison, tmp_path):
     _, workdir, _ = comparison
     runs = [str(workdir / name / "seed_0") for name in ("cnn", "linear_svm")]
-    assert report.main([*runs, "--out", str(tmp_path)]) == 0
+    assert report_main([*runs, "--out", str(tmp_path)]) == 0
     md = (tmp_path / "report.md").read_text()
     assert [r[0] for r in table_rows(md, "| model |")] == ["CNN (Flax)", "Linear SVM"]
     assert "## Seeds" not in md and (tmp_path / "report.json").exists()
-    assert report.main([str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
+    assert report_main([str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
 
 
 def test_compare_through_main_rejects_other_modes(tmp_path):
@@ -239,28 +241,29 @@ def seed_test(difference, low, high, p):
 def test_pair_sentences_say_what_the_tests_establish():
     one = {0: seed_test(0.026, 0.020, 0.032, 1e-9)}
     expected = "The CNN is more accurate than the forest by 2.6 points (95% CI 2.0 to 3.2; McNemar p < 1e-6)."
-    assert report.pair_sentence("The CNN", "the forest", one) == expected
+    assert sentences.pair_sentence("The CNN", "the forest", one) == expected
     flipped = {0: seed_test(-0.026, -0.032, -0.020, 1e-9)}
-    assert report.pair_sentence("the forest", "The CNN", flipped) == expected
+    assert sentences.pair_sentence("the forest", "The CNN", flipped) == expected
     three = {s: seed_test(0.010 + 0.001 * s, 0.004, 0.018, p) for s, p in ((0, 0.01), (1, 0.002), (2, 0.03))}
-    assert report.pair_sentence("A", "B", three) == (
+    assert sentences.pair_sentence("A", "B", three) == (
         "A is more accurate than B by 1.1 points (each seed's 95% CI within 0.4 to 1.8; McNemar p ≤ 0.030 on every "
         "seed)."
     )
     mixed = {0: seed_test(0.004, -0.001, 0.009, 0.2), 1: seed_test(-0.002, -0.007, 0.003, 0.7)}
-    assert report.pair_sentence("A", "B", mixed) == (
+    assert sentences.pair_sentence("A", "B", mixed) == (
         "A is ahead of B by 0.1 points on average, a difference these test images do not establish (each seed's "
         "95% CI within -0.7 to 0.9; McNemar p from 0.2 to 0.7 across seeds; the seeds disagree on which is better)."
     )
     opposite = {0: seed_test(0.01, 0.005, 0.015, 0.001), 1: seed_test(-0.008, -0.012, -0.004, 0.001)}
-    assert "do not establish" in report.pair_sentence("A", "B", opposite)  # each significant, but not the same way
+    assert "do not establish" in sentences.pair_sentence("A", "B", opposite)  # each significant, but not the same way
     balanced = {0: seed_test(0.002, -0.003, 0.007, 0.4), 1: seed_test(-0.002, -0.007, 0.003, 0.4)}
-    assert report.pair_sentence("A", "B", balanced).endswith("the seeds disagree on which is better).")
+    assert sentences.pair_sentence("A", "B", balanced).endswith("the seeds disagree on which is better).")
     tie = {0: seed_test(0.0, -0.001, 0.001, 1.0)}
     assert (
-        report.pair_sentence("A", "B", tie) == "A and B are equally accurate on these test images (McNemar p = 1.000)."
+        sentences.pair_sentence("A", "B", tie)
+        == "A and B are equally accurate on these test images (McNemar p = 1.000)."
     )
-    assert "no paired test" in report.pair_sentence("A", "B", {})
+    assert "no paired test" in sentences.pair_sentence("A", "B", {})
 
 
 @pytest.mark.parametrize("method", ["grid", "halving"])

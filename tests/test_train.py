@@ -1,4 +1,4 @@
-"""train.py: the loop's maths, determinism, exact resume, evaluation padding and failure modes."""
+"""fmnist_jax/training: the loop's maths, determinism, exact resume, evaluation padding and failure modes."""
 
 import json
 import shutil
@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 from helpers import load_config
 
-from fmnist_jax import checkpoints, data, metrics, parallel, run, train
+from fmnist_jax import checkpoints, data, errors, metrics, parallel, run
 from fmnist_jax.errors import ConfigError
+from fmnist_jax.training import evaluate, loop
+from fmnist_jax.training import state as train_state
+from fmnist_jax.training import step as steps
 
 
 def history_losses(workdir):
@@ -19,19 +22,19 @@ def history_losses(workdir):
 
 
 def test_chunks_respect_epoch_and_checkpoint_boundaries():
-    assert list(train.chunks(0, 20, 10, 4, 10)) == [4, 4, 2, 4, 4, 2]
-    assert list(train.chunks(3, 10, 10, 4, 5)) == [2, 4, 1]
-    assert list(train.chunks(0, 6, 3, 10, 100)) == [3, 3]
+    assert list(loop.chunks(0, 20, 10, 4, 10)) == [4, 4, 2, 4, 4, 2]
+    assert list(loop.chunks(3, 10, 10, 4, 5)) == [2, 4, 1]
+    assert list(loop.chunks(0, 6, 3, 10, 100)) == [3, 3]
     # Epochs end at 9, 18, ..., checkpoints at 6, 12, ...: from step 18 the cuts repeat every 18 steps.
-    assert list(train.chunks(7, 100, 9, 5, 6)) == [2, 3, 5, 1] + [5, 1, 3, 3, 5, 1] * 4 + [5, 1, 3, 1]
+    assert list(loop.chunks(7, 100, 9, 5, 6)) == [2, 3, 5, 1] + [5, 1, 3, 3, 5, 1] * 4 + [5, 1, 3, 1]
 
 
 def test_epoch_order_is_a_pure_function_of_seed_and_epoch():
     key = jax.random.key(0)
-    a, b = train.epoch_permutation(key, 3, 100), train.epoch_permutation(key, 3, 100)
+    a, b = steps.epoch_permutation(key, 3, 100), steps.epoch_permutation(key, 3, 100)
     np.testing.assert_array_equal(a, b)
     assert sorted(np.asarray(a).tolist()) == list(range(100))
-    assert not np.array_equal(a, train.epoch_permutation(key, 4, 100))
+    assert not np.array_equal(a, steps.epoch_permutation(key, 4, 100))
 
 
 def test_trains_tiny_data_and_writes_the_workdir(cnn_config, tmp_path):
@@ -132,7 +135,7 @@ def test_changed_maths_field_is_refused_even_with_the_flag(cnn_config, tmp_path)
 
 def test_nan_loss_stops_with_a_clear_error(cnn_config, tmp_path):
     cnn_config.learning_rate = 1e30
-    with pytest.raises(train.TrainingError, match=r"training loss became nan in epoch 1.*learning_rate"):
+    with pytest.raises(errors.TrainingError, match=r"training loss became nan in epoch 1.*learning_rate"):
         run.run(cnn_config, tmp_path)
 
 
@@ -159,7 +162,7 @@ def test_bad_config_values_name_the_field(cnn_config, tmp_path, field, value, ma
 def test_eval_batch_zero_picks_by_backend_and_rounds_to_the_devices(cnn_config):
     mesh = parallel.make_mesh()
     cnn_config.eval_batch_size = 0
-    assert train.eval_batch_size(cnn_config, mesh) == (100 if jax.default_backend() == "cpu" else 1000)
+    assert evaluate.eval_batch_size(cnn_config, mesh) == (100 if jax.default_backend() == "cpu" else 1000)
 
     def devices(platform: str, n: int):  # a stand-in mesh: eval_batch_size reads its devices only
         return types.SimpleNamespace(devices=np.array([types.SimpleNamespace(platform=platform)] * n, dtype=object))
@@ -173,7 +176,7 @@ def test_eval_batch_zero_picks_by_backend_and_rounds_to_the_devices(cnn_config):
         ("gpu", 4, 64, 64),
     ]:
         cnn_config.eval_batch_size = asked
-        assert train.eval_batch_size(cnn_config, devices(platform, n)) == expected, (platform, n, asked)
+        assert evaluate.eval_batch_size(cnn_config, devices(platform, n)) == expected, (platform, n, asked)
 
 
 def test_batch_larger_than_the_data_is_an_error(cnn_config, tmp_path):
@@ -185,17 +188,17 @@ def test_batch_larger_than_the_data_is_an_error(cnn_config, tmp_path):
 @pytest.mark.parametrize("n, batch", [(10, 4), (7, 7), (3, 8)])
 def test_padded_evaluation_equals_unpadded(n, batch):
     config = load_config("cnn")
-    graphs, state, _ = train.create_train_state(config)
+    graphs, state, _ = train_state.create_train_state(config)
     mesh = parallel.make_mesh()
-    programs = train.Programs(graphs, mesh, config.batch_size, unroll=False)
+    programs = steps.Programs(graphs, mesh, config.batch_size, unroll=False, recipe=train_state.Recipe())
     rng = np.random.default_rng(0)
     split = data.Split(rng.integers(0, 255, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n).astype(np.int32))
-    out = train.evaluate_split(programs, parallel.replicate(state, mesh), split, batch_size=batch)
+    out = evaluate.evaluate_split(programs, parallel.replicate(state, mesh), split, batch_size=batch)
     model = graphs.merge(state)[0]
-    logits = model(train.to_inputs(jnp.asarray(split.images)))
+    logits = model(steps.to_inputs(jnp.asarray(split.images)))
     np.testing.assert_allclose(out["probs"], jax.nn.softmax(logits), atol=1e-6)
-    inputs = train.to_inputs(jnp.asarray(split.images))
-    expected_loss = float(train.loss_fn(model, inputs, jnp.asarray(split.labels), None, 0.0)[0])
+    inputs = steps.to_inputs(jnp.asarray(split.images))
+    expected_loss = float(steps.loss_fn(model, inputs, jnp.asarray(split.labels), None, 0.0)[0])
     assert out["loss"] == pytest.approx(expected_loss, rel=1e-5)
     assert out["accuracy"] == pytest.approx(np.mean(np.asarray(logits).argmax(1) == split.labels))
 
@@ -216,23 +219,3 @@ def test_training_on_every_image_reports_no_validation_numbers(cnn_config, tmp_p
     paths = report.build([tmp_path / "run"], tmp_path / "report")
     summary = next(line for line in paths["markdown"].read_text().splitlines() if line.startswith("| CNN (Flax)"))
     assert "n/a" in summary
-
-
-def test_a_workdir_from_before_the_recipe_fields_resumes_but_a_changed_recipe_is_refused(cnn_config, tmp_path):
-    """config.json files written before the schedule/augmentation/EMA/dtype fields existed lack them: the study's
-    neutral values match them; any other value changes the maths and is refused."""
-    from fmnist_jax import config_lib
-
-    cnn_config.num_epochs = 1
-    run.run(cnn_config, tmp_path)
-    path = tmp_path / config_lib.CONFIG_FILE
-    saved = json.loads(path.read_text())
-    for field in ("schedule", "weight_decay", "label_smoothing", "augment", "ema_decay", "tta_flip", "compute_dtype"):
-        del saved[field]
-    path.write_text(json.dumps(saved))
-    assert run.run(cnn_config, tmp_path)["test_accuracy"] == metrics.load_results(tmp_path)["test_accuracy"]
-    assert json.loads(path.read_text())["augment"]["flip"] is False  # the saved config gained the fields
-    path.write_text(json.dumps(saved))
-    cnn_config.augment.flip = True
-    with pytest.raises(ConfigError, match=r"augment\.flip: None -> True"):
-        run.run(cnn_config, tmp_path)

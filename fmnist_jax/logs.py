@@ -1,0 +1,79 @@
+"""Logging for the command line: this project's INFO lines on the terminal, each library's warning as one line
+there, and every warning and error with its traceback in a log file (the terminal line names it)."""
+
+from __future__ import annotations
+
+import logging as py_logging
+import os
+import pathlib
+import sys
+import tempfile
+
+from absl import logging
+
+from fmnist_jax.errors import LOG_FILE_ONLY
+
+
+def _own(record: py_logging.LogRecord) -> bool:
+    """Whether `record` comes from this project (the package or main.py)."""
+    return "fmnist_jax" in record.pathname or record.pathname.endswith("main.py")
+
+
+class _OwnLogsOnly(py_logging.Filter):
+    """Keeps this project's INFO lines and every library's warnings (Orbax logs each save at INFO)."""
+
+    def filter(self, record: py_logging.LogRecord) -> bool:
+        return record.levelno >= py_logging.WARNING or _own(record)
+
+
+class _Terminal(_OwnLogsOnly):
+    """What the terminal shows: as `_OwnLogsOnly`, less the records meant for the log file only, and asyncio's
+    (a failed background save's orphaned tasks are reported at interpreter exit, after the run's last line)."""
+
+    def filter(self, record: py_logging.LogRecord) -> bool:
+        return super().filter(record) and not getattr(record, "log_file_only", False) and record.name != "asyncio"
+
+
+class _OneLinePerLibraryRecord(logging.PythonFormatter):
+    """The terminal's format: a library's warning or error as its first line alone. A failing background save
+    logs several tracebacks; they go whole to the log file named at the end of the line."""
+
+    def __init__(self, log_path: pathlib.Path):
+        super().__init__()
+        self.log_path = log_path
+
+    def format(self, record: py_logging.LogRecord) -> str:
+        if _own(record):
+            return super().format(record)
+        saved = record.msg, record.args, record.exc_info, record.exc_text
+        first = (record.getMessage().splitlines() or [""])[0]
+        record.msg = f"{first[:200]}{'...' if len(first) > 200 else ''} (details: {self.log_path})"
+        record.args, record.exc_info, record.exc_text = None, None, None
+        try:
+            return super().format(record)
+        finally:
+            record.msg, record.args, record.exc_info, record.exc_text = saved
+
+
+def set_up(log_dir: str | None = None) -> pathlib.Path:
+    """This project's INFO lines and the libraries' warnings on the terminal, the libraries' in one line each;
+    every warning and error, tracebacks included, in a log file under --log_dir (default: the temporary folder)."""
+    log_dir = pathlib.Path(log_dir or tempfile.gettempdir())
+    log_path = log_dir / f"fmnist_jax.{os.getpid()}.log"
+    terminal = logging.get_absl_handler()
+    terminal.addFilter(_Terminal())
+    terminal.setFormatter(_OneLinePerLibraryRecord(log_path))
+    file = py_logging.FileHandler(log_path, delay=True, encoding="utf-8")
+    file.addFilter(_OwnLogsOnly())
+    file.setFormatter(logging.PythonFormatter())
+    file.setLevel(py_logging.WARNING)
+    py_logging.getLogger().addHandler(file)
+    sys.unraisablehook = _unraisable_to_log_file
+    return log_path
+
+
+def _unraisable_to_log_file(unraisable) -> None:
+    """Exceptions Python can only ignore (a library's callback on a closed event loop after a failed background
+    save, say) go to the log file, not the terminal."""
+    exc_info = (unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)
+    logging.warning("Ignored exception in %r", unraisable.object, exc_info=exc_info, extra=LOG_FILE_ONLY)

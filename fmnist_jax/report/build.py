@@ -1,0 +1,213 @@
+"""`build`: the report of finished workdirs, as a list of sections, each a function from the report's `Context`
+to its blocks. Reading `SECTIONS` top to bottom reads the report; adding a section is adding a function."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from fmnist_jax import files
+from fmnist_jax.errors import UserError
+from fmnist_jax.report import plots, sentences, tables
+from fmnist_jax.report.render import Block, BulletList, Heading, Image, Paragraph, Table, html_page, markdown
+from fmnist_jax.report.runs import Member, Model, load_models
+
+TITLE = "Fashion-MNIST: model comparison"
+REPORT_JSON = "report.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What every section reads: the models in report order, their paired tests, and the folder for plots."""
+
+    models: list[Model]
+    pairs: list[dict[str, Any]]
+    plots: pathlib.Path
+
+    @property
+    def runs(self) -> list[Member]:
+        """Every run of every model, in report order."""
+        return [run for m in self.models for run in m.runs]
+
+    @property
+    def several(self) -> bool:
+        """Whether some model has several seeds (then figures are means ± standard deviations)."""
+        return any(len(m.runs) > 1 for m in self.models)
+
+
+def _test_images(runs: Sequence[Member]) -> str:
+    """How many test images the runs were scored on, with "the same" when the counts and data sums agree."""
+    counts = {sum(c["support"] for c in r.results["per_class"].values()) for r in runs}
+    checksums = {json.dumps(r.results.get("dataset_checksums"), sort_keys=True) for r in runs}
+    same = "the same " if len(counts) == 1 and len(checksums) == 1 else ""
+    return same + " or ".join(f"{n:,}" for n in sorted(counts))
+
+
+def introduction(ctx: Context) -> list[Block]:
+    """The title and what every figure means."""
+    return [
+        Heading(level=1, text=TITLE),
+        Paragraph(
+            f"All models are scored on {_test_images(ctx.runs)} test images by `fmnist_jax.metrics`. "
+            "The study's column is the test accuracy the original study published."
+            + (" With several seeds, a figure is the mean ± the standard deviation over seeds." if ctx.several else "")
+        ),
+    ]
+
+
+def summary(ctx: Context) -> list[Block]:
+    """One row per model, then every run's folder and seed (and whether it converged)."""
+    return [
+        Heading("Summary"),
+        Table(header=tables.SUMMARY_HEADER, rows=tables.summary_rows(ctx.models)),
+        BulletList(
+            [
+                f"**{m.title}**: `{run.workdir}`, seed {run.results['seed']}"
+                + (" — did **not converge** (max_iter reached)" if run.results.get("converged") is False else "")
+                for m in ctx.models
+                for run in m.runs
+            ]
+        ),
+    ]
+
+
+def seeds(ctx: Context) -> list[Block]:
+    """Every seed's own accuracy and interval, when some model has several."""
+    if not ctx.several:
+        return []
+    return [Heading("Seeds"), Table(header=tables.SEED_HEADER, rows=tables.seed_rows(ctx.models))]
+
+
+def differences(ctx: Context) -> list[Block]:
+    """The paired tests: one sentence per pair, how to read them, and the numbers per pair and seed."""
+    if not ctx.pairs:
+        return []
+    titles = {m.label: m.title for m in ctx.models}
+    return [
+        Heading("How sure are these differences?"),
+        BulletList([pair["sentence"] for pair in ctx.pairs]),
+        Paragraph(sentences.PAIRED_TESTS),
+        Table(header=tables.PAIR_HEADER, rows=tables.pair_rows(ctx.pairs, titles)),
+    ]
+
+
+def per_class(ctx: Context) -> list[Block]:
+    """Precision, recall and F1 per class and model, and the F1 bars when there is more than one model."""
+    blocks: list[Block] = [
+        Heading("Per class: precision, recall, F1"),
+        Paragraph("Best value of each metric per class in bold."),
+        Table(header=tables.per_class_header(ctx.models), rows=tables.per_class_rows(ctx.models)),
+    ]
+    if len(ctx.models) > 1:
+        blocks.append(Image(plots.plot_f1(ctx.models, ctx.plots / "f1_per_class.png"), "F1 per class and model"))
+    return blocks
+
+
+def searches(ctx: Context) -> list[Block]:
+    """Each searched model's settings, scored on the validation split, as a table and a figure."""
+    searched = [m for m in ctx.models if "search" in m.runs[0].results]
+    if not searched:
+        return []
+    blocks: list[Block] = [Heading("Searches")]
+    for m in searched:
+        blocks += [
+            Paragraph(tables.search_paragraph(m)),
+            Table(header=tables.SEARCH_HEADER, rows=tables.search_rows(m.runs[0])),
+            Image(plots.plot_search(m.runs[0], ctx.plots / f"search_{m.label}.png"), f"{m.title}: search"),
+        ]
+    return blocks
+
+
+def confused_classes(ctx: Context) -> list[Block]:
+    """Per model (its first seed), the classes it takes for one another most often."""
+    blocks: list[Block] = [Heading("Most confused classes")]
+    for m in ctx.models:
+        blocks += [
+            Paragraph(f"**{m.title}**" + (f" (seed {m.seeds[0]})" if len(m.runs) > 1 else "")),
+            BulletList(sentences.confused_in_words(tables.confused_pairs(m.runs[0].results["confusion_matrix"]))),
+        ]
+    return blocks
+
+
+def confusion_matrices(ctx: Context) -> list[Block]:
+    """Each model's confusion matrix (its first seed)."""
+    blocks: list[Block] = [Heading("Confusion matrices")]
+    for m in ctx.models:
+        path = plots.plot_confusion(m.runs[0], ctx.plots / f"confusion_{m.label}.png")
+        blocks.append(Image(path, f"{m.title}: confusion matrix" + (f" (seed {m.seeds[0]})" if ctx.several else "")))
+    return blocks
+
+
+def training_curves(ctx: Context) -> list[Block]:
+    """Loss and accuracy per epoch of the models that keep a history."""
+    curves = [m for m in ctx.models if m.runs[0].history]
+    if not curves:
+        return []
+    return [Heading("Training curves")] + [
+        Image(plots.plot_curves(m, ctx.plots / f"curves_{m.label}.png"), f"{m.title}: training curves") for m in curves
+    ]
+
+
+def misclassified(ctx: Context) -> list[Block]:
+    """The first misclassified test images of each model that saved them."""
+    blocks: list[Block] = [Heading("Misclassified test images")]
+    for m in ctx.models:
+        path = plots.plot_errors(m.runs[0], ctx.plots / f"errors_{m.label}.png")
+        if path:
+            blocks.append(Image(path, f"{m.title}: misclassified test images"))
+    return blocks
+
+
+def classes(ctx: Context) -> list[Block]:
+    """Sample test images of every class, from the first run that saved them."""
+    source = next((r for r in ctx.runs if "sample_images" in r.predictions), None)
+    if not source:
+        return []
+    return [
+        Heading("The classes"),
+        Image(plots.plot_samples(source, ctx.plots / "samples_per_class.png"), "Test images by class"),
+    ]
+
+
+SECTIONS: tuple[Callable[[Context], list[Block]], ...] = (
+    introduction,
+    summary,
+    seeds,
+    differences,
+    per_class,
+    searches,
+    confused_classes,
+    confusion_matrices,
+    training_curves,
+    misclassified,
+    classes,
+)
+
+
+def _make_folder(plots: pathlib.Path) -> pathlib.Path:
+    """Creates the plots folder, or names it and the fix when it cannot be made."""
+    try:
+        plots.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot make the report's folder {plots} ({e.strerror}); choose another --out.") from e
+    return plots
+
+
+def build(workdirs: Sequence[str | pathlib.Path], out: str | pathlib.Path) -> dict[str, pathlib.Path]:
+    """Writes out/report.md, out/report.html, out/report.json and out/plots/*.png for the finished runs in
+    `workdirs` (runs of one config with distinct seeds are reported as one model)."""
+    if not workdirs:
+        raise UserError("the report needs at least one finished workdir")
+    models = load_models(workdirs)
+    out = pathlib.Path(out)
+    plots_folder = _make_folder(out / "plots")
+    ctx = Context(models, tables.compare_pairs(models), plots_folder)
+    blocks = [block for section in SECTIONS for block in section(ctx)]
+    paths = {"markdown": out / "report.md", "html": out / "report.html", "json": out / REPORT_JSON}
+    files.atomic_write_text(paths["json"], json.dumps(tables.report_json(models, ctx.pairs), indent=2) + "\n")
+    files.atomic_write_text(paths["markdown"], markdown(blocks, out))
+    files.atomic_write_text(paths["html"], html_page(blocks, TITLE))
+    return {**paths, "plots": plots_folder}

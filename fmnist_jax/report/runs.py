@@ -1,0 +1,137 @@
+"""Finished workdirs as the report sees them: each run as a `Member`, runs of one config grouped into a `Model`.
+
+Everything here reads what a run left behind (results.json, history.jsonl, predictions.npz); the tables, the
+sentences and the plots all start from these objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from fmnist_jax import metrics, stats
+
+# Test accuracies the original study published, by model name.
+PUBLISHED = {"seed_cnn": 0.8997, "random_forest": 0.879, "linear_svm": 0.76}
+PUBLISHED_CONFIGS = ("cnn", "random_forest", "linear_svm")  # the configs that are the study's models
+MODEL_TITLES = {
+    "seed_cnn": "CNN (Flax)",
+    "random_forest": "Random forest",
+    "linear_svm": "Linear SVM",
+    "vgg_bn": "VGG-BN CNN (beyond the study)",
+}
+CONFIG_TITLES = {"random_forest_search": "Random forest (searched)", "linear_svm_search": "Linear SVM (searched)"}
+
+
+@dataclasses.dataclass
+class Member:
+    """One finished run, as the report sees it."""
+
+    label: str
+    workdir: pathlib.Path
+    results: dict[str, Any]
+    history: list[dict[str, Any]]
+    predictions: dict[str, np.ndarray]
+    title: str = ""
+
+
+def load_member(workdir: str | pathlib.Path) -> Member:
+    """Reads a finished workdir (results.json is required; history and predictions are optional)."""
+    workdir = pathlib.Path(workdir)
+    results = metrics.load_results(workdir)
+    history = metrics.read_history(workdir)
+    predictions = metrics.load_predictions(workdir) if (workdir / metrics.PREDICTIONS_FILE).exists() else {}
+    return Member(
+        label=results.get("config_name") or workdir.name,
+        workdir=workdir,
+        results=results,
+        history=history,
+        predictions=predictions,
+        title=CONFIG_TITLES.get(results["config_name"]) or MODEL_TITLES.get(results["model"], results["model"]),
+    )
+
+
+@dataclasses.dataclass
+class Model:
+    """One model of the report: its runs, one per seed, in seed order."""
+
+    label: str
+    title: str
+    runs: list[Member]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r.results["seed"] for r in self.runs]
+
+    def values(self, key: str) -> list[float]:
+        return [r.results[key] for r in self.runs]
+
+
+def folder_label(run: Member) -> str:
+    """A run's folder name for titles and file names; a comparison's seed_<s> folders with their member's."""
+    w = run.workdir
+    return f"{w.parent.name}_{w.name}" if w.name.startswith("seed_") else w.name
+
+
+def _group(members: Sequence[Member]) -> list[Model]:
+    """Runs of one label with distinct seeds are one model; runs that repeat a seed are one model each."""
+    groups: dict[str, list[Member]] = {}
+    for member in members:
+        groups.setdefault(member.label, []).append(member)
+    models = []
+    for label, runs in groups.items():
+        seeds = [r.results["seed"] for r in runs]
+        if len(set(seeds)) == len(seeds):
+            models.append(Model(label, runs[0].title, sorted(runs, key=lambda r: r.results["seed"])))
+        else:
+            models += [Model(f"{label}_{folder_label(r)}", f"{r.title} ({folder_label(r)})", [r]) for r in runs]
+    return models
+
+
+def _set_apart(models: list[Model]) -> list[Model]:
+    """Makes labels (file names, keys) and titles distinct, e.g. for folders of one name under two parents."""
+    counts: dict[str, int] = {}
+    for m in models:
+        counts[m.label] = counts.get(m.label, 0) + 1
+        if counts[m.label] > 1:
+            m.label = f"{m.label}_{counts[m.label]}"
+    titles = [m.title for m in models]
+    for m in models:
+        if titles.count(m.title) > 1:
+            m.title = f"{m.title} ({m.label})"
+    return models
+
+
+def load_models(workdirs: Sequence[str | pathlib.Path]) -> list[Model]:
+    """Every workdir's run, grouped into models: runs of one config with distinct seeds are one model's seeds.
+    Runs of one config and seed in several workdirs (a study setting beside the default, say) stay apart, with
+    the folder name in title and file names."""
+    return _set_apart(_group([load_member(w) for w in workdirs]))
+
+
+def published_accuracy(model: Model) -> float | None:
+    """The test accuracy the original study published for this model, when it is one of the study's configs."""
+    return PUBLISHED.get(model.runs[0].results["model"]) if model.label in PUBLISHED_CONFIGS else None
+
+
+def correctness(member: Member) -> np.ndarray | None:
+    """Per test image: did this run classify it right (from predictions.npz; None without it)."""
+    if "preds" not in member.predictions:
+        return None
+    return member.predictions["preds"] == member.predictions["labels"]
+
+
+def accuracy_interval(member: Member) -> tuple[float, float] | None:
+    """The exact interval of a run's test accuracy (None without its predictions)."""
+    correct = correctness(member)
+    return None if correct is None else stats.accuracy_interval(correct)
+
+
+def confusion_rates(confusion: Sequence[Sequence[int]]) -> np.ndarray:
+    """A confusion matrix as shares of each true class (a row without images stays zero)."""
+    cm = np.asarray(confusion, np.float64)
+    return cm / np.maximum(cm.sum(1, keepdims=True), 1)

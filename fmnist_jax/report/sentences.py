@@ -1,0 +1,79 @@
+"""The statistics in words: what a paired test establishes, how a p-value is written, which classes are confused,
+and how each method is described in the report and in report.json."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from fmnist_jax import stats
+
+PAIRED_TESTS = (
+    "Per pair and seed, on the same test images: the accuracy difference in points, its 95% paired "
+    f"bootstrap interval ({stats.BOOTSTRAP_RESAMPLES} resamples of the test images), the images only "
+    "one of the two gets right, and the exact McNemar p-value (a two-sided binomial test on those "
+    "images). Each seed's test is valid on its own. The seeds share one test set, so they are not "
+    "independent evidence: do not multiply or average their p-values; read a difference as real when "
+    "every seed's test agrees (the largest p-value below the level you choose)."
+)
+METHODS = {
+    "test_accuracy_ci95": "exact binomial (Clopper-Pearson) interval over the test images, per seed",
+    "difference_ci95": "paired percentile bootstrap over the test images (scipy.stats.bootstrap, "
+    f"{stats.BOOTSTRAP_RESAMPLES} resamples), per seed",
+    "p_value": "exact McNemar test: two-sided binomial test on the images exactly one model gets right "
+    "(scipy.stats.binomtest), per seed",
+    "seeds": "mean and sample standard deviation (ddof=1) over seeds",
+}
+
+
+def _better_minus_worse(seeds: dict[int, dict[str, Any]], sign: float) -> tuple[list[float], list[float]]:
+    """The seeds' intervals of better - worse: a's intervals as they are, or b's (negated and swapped)."""
+    lows = [s["ci95"][0] if sign > 0 else -s["ci95"][1] for s in seeds.values()]
+    highs = [s["ci95"][1] if sign > 0 else -s["ci95"][0] for s in seeds.values()]
+    return lows, highs
+
+
+def pair_sentence(a: str, b: str, seeds: dict[int, dict[str, Any]], level: float = 0.05) -> str:
+    """One sentence on a pair of models over the seeds: the mean difference, the seeds' intervals and p-values.
+    A difference is called established only when every seed's test finds it, in the same direction."""
+    if not seeds:
+        return f"{a} and {b}: no seed with both runs' predictions, so no paired test."
+    diffs = np.array([s["difference"] for s in seeds.values()])
+    ps = [s["p_value"] for s in seeds.values()]
+    mean, one = float(diffs.mean()), len(seeds) == 1
+    every = "" if one else " on every seed"
+    if not np.any(diffs):
+        return f"{a} and {b} are equally accurate on these test images (McNemar {stats.format_p(min(ps))}{every})."
+    better, worse, sign = (a, b, 1.0) if mean >= 0 else (b, a, -1.0)
+    lows, highs = _better_minus_worse(seeds, sign)
+    if one:
+        ci = f"95% CI {100 * lows[0]:.1f} to {100 * highs[0]:.1f}"
+    else:
+        ci = f"each seed's 95% CI within {100 * min(lows):.1f} to {100 * max(highs):.1f}"
+    consistent = bool(np.all(np.sign(diffs) == sign))
+    if max(ps) < level and consistent:
+        p = stats.format_p(ps[0]) if one else stats.format_p(max(ps)).replace("p = ", "p ≤ ") + every
+        return f"{better} is more accurate than {worse} by {100 * abs(mean):.1f} points ({ci}; McNemar {p})."
+    if one:
+        spread = f"McNemar {stats.format_p(ps[0])}"
+    else:
+        spread = f"McNemar p from {min(ps):.2g} to {max(ps):.2g} across seeds"
+    why = "" if consistent else "; the seeds disagree on which is better"
+    return (
+        f"{better} is ahead of {worse} by {100 * abs(mean):.1f} points on average, a difference these test "
+        f"images do not establish ({ci}; {spread}{why})."
+    )
+
+
+def p_cell(p: float) -> str:
+    """A p-value for a table cell: three significant digits, or scientific form when tiny."""
+    if p == 0:
+        return "< 1e-300"
+    return f"{p:.3g}" if p >= 1e-4 else f"{p:.1e}"
+
+
+def confused_in_words(pairs: Sequence[tuple[str, str, float]]) -> list[str]:
+    """The most confused (true, predicted, rate) pairs as bullets; one bullet when nothing was misclassified."""
+    return [f"{true} taken for {pred}: {rate:.1%}" for true, pred, rate in pairs] or ["no test image misclassified"]

@@ -1,0 +1,270 @@
+"""The report's numbers: every table's header and rows, the paired tests behind them, and report.json.
+
+Cells are strings, formatted here and nowhere else; the section functions in `build` only place them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from fmnist_jax import stats
+from fmnist_jax.data import CLASS_NAMES
+from fmnist_jax.errors import UserError
+from fmnist_jax.metrics import fmt
+from fmnist_jax.report import sentences
+from fmnist_jax.report.runs import Member, Model, accuracy_interval, confusion_rates, correctness, published_accuracy
+
+SUMMARY_HEADER = [
+    "model",
+    "test accuracy",
+    "95% CI (exact binomial)",
+    "study",
+    "validation accuracy",
+    "parameters",
+    "train time",
+    "predict time",
+    "images/s (predict)",
+    "seeds",
+    "data SHA-256 (images)",
+]
+SEED_HEADER = ["model", "seed", "test accuracy", "95% CI (exact binomial)", "validation accuracy", "train time"]
+PAIR_HEADER = [
+    "pair (a − b)",
+    "seed",
+    "difference (points)",
+    "95% CI (points)",
+    "only a right",
+    "only b right",
+    "McNemar p",
+]
+SEARCH_HEADER = ["setting", "validation accuracy", "images (train + validation)", "fit time"]
+
+
+def fmt_seconds(s: float | None) -> str:
+    """A duration in the unit a reader takes in at a glance: ms, s or min."""
+    if s is None:
+        return "n/a"
+    if s < 0.1:
+        return f"{1000 * s:.0f} ms"
+    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+def mean_std(values: Sequence[float], spec: str = ".4f") -> str:
+    """One value as it is; several as mean ± sample standard deviation."""
+    if len(values) == 1:
+        return format(values[0], spec)
+    summary = stats.seed_summary(values)
+    return f"{format(summary['mean'], spec)} ± {format(summary['std'], spec)}"
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    """The mean of the known values (None when none is known)."""
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else None
+
+
+def _interval(member: Member) -> str:
+    """A run's exact accuracy interval as a cell."""
+    ci = accuracy_interval(member)
+    return "n/a" if ci is None else f"{ci[0]:.4f}–{ci[1]:.4f}"
+
+
+def settings(params: dict[str, Any]) -> str:
+    """Estimator settings as `k=v, ...`."""
+    return ", ".join(f"{k}={v}" for k, v in params.items())
+
+
+def _checksums(results: dict[str, Any]) -> str:
+    """The start of the image files' SHA-256 sums, so a reader sees the runs used the same data."""
+    sums = sorted(results.get("dataset_checksums", {}).items())
+    return ", ".join(v[:12] for k, v in sums if "images" in k or k.startswith("tfds")) or "n/a"
+
+
+def _params(model: Model) -> str:
+    """The parameter count (of the first seed, said so when the seeds differ)."""
+    params = model.runs[0].results["num_params"]
+    if params is None:
+        return "n/a"
+    return f"{params:,}" + ("" if len(set(model.values("num_params"))) == 1 else f" (seed {model.seeds[0]})")
+
+
+def summary_rows(models: Sequence[Model]) -> list[list[str]]:
+    """One row per model: accuracy over seeds, interval, the study's figure, size, timings, seeds and data."""
+    return [
+        [
+            m.title,
+            mean_std(m.values("test_accuracy")),
+            _interval(m.runs[0]) if len(m.runs) == 1 else "per seed below",
+            fmt(published_accuracy(m)),
+            fmt(_mean(m.values("validation_accuracy"))),
+            _params(m),
+            fmt_seconds(_mean(m.values("train_seconds"))),
+            fmt_seconds(_mean(m.values("predict_seconds"))),
+            fmt(_mean(m.values("samples_per_second")), ",.0f"),
+            str(len(m.runs)),
+            _checksums(m.runs[0].results),
+        ]
+        for m in models
+    ]
+
+
+def seed_rows(models: Sequence[Model]) -> list[list[str]]:
+    """One row per run of a model with several seeds: its accuracy, exact interval and validation accuracy."""
+    return [
+        [
+            m.title,
+            str(run.results["seed"]),
+            f"{run.results['test_accuracy']:.4f}",
+            _interval(run),
+            fmt(run.results["validation_accuracy"]),
+            fmt_seconds(run.results["train_seconds"]),
+        ]
+        for m in models
+        if len(m.runs) >= 2
+        for run in m.runs
+    ]
+
+
+def per_class_header(models: Sequence[Model]) -> list[str]:
+    """The class, then precision, recall and F1 of every model."""
+    return ["class"] + [f"{m.title} {k}" for k in ("P", "R", "F1") for m in models]
+
+
+def per_class_rows(models: Sequence[Model]) -> list[list[str]]:
+    """Per class: precision, recall and F1 of every model (mean ± std over seeds); the best mean in bold."""
+    rows = []
+    for name in CLASS_NAMES:
+        row = [name]
+        for metric in ("precision", "recall", "f1"):
+            values = [[run.results["per_class"][name][metric] for run in m.runs] for m in models]
+            best = max(np.mean(v) for v in values)
+            for v in values:
+                text = mean_std(v, ".3f")
+                row.append(f"**{text}**" if np.mean(v) == best and len(models) > 1 else text)
+        rows.append(row)
+    return rows
+
+
+def compare_pair(a: Model, b: Model) -> dict[str, Any]:
+    """Model a against model b on the same test images, for every seed both have (and both saved predictions
+    for): the accuracy difference with its paired bootstrap interval, the exact McNemar test, and one sentence."""
+    b_runs = {run.results["seed"]: run for run in b.runs}
+    seeds = {}
+    for run in a.runs:
+        seed = run.results["seed"]
+        other = b_runs.get(seed)
+        ca, cb = correctness(run), None if other is None else correctness(other)
+        if ca is None or cb is None:
+            continue
+        if not np.array_equal(run.predictions["labels"], other.predictions["labels"]):
+            raise UserError(
+                f"{run.workdir} and {other.workdir} were scored on different test images; pair runs on the same "
+                "test set."
+            )
+        low, high = stats.paired_difference_interval(ca, cb, seed=seed)
+        seeds[seed] = {"difference": float(ca.mean() - cb.mean()), "ci95": [low, high], **stats.mcnemar(ca, cb)}
+    return {"a": a.label, "b": b.label, "seeds": seeds, "sentence": sentences.pair_sentence(a.title, b.title, seeds)}
+
+
+def compare_pairs(models: Sequence[Model]) -> list[dict[str, Any]]:
+    """Every pair of models, in report order."""
+    return [compare_pair(a, b) for i, a in enumerate(models) for b in models[i + 1 :]]
+
+
+def pair_rows(pairs: Sequence[dict[str, Any]], titles: dict[str, str]) -> list[list[str]]:
+    """One row per pair and seed: the difference in points, its interval, the discordant images, the p-value."""
+    return [
+        [
+            f"{titles[pair['a']]} − {titles[pair['b']]}",
+            str(seed),
+            f"{100 * s['difference']:+.2f}",
+            f"{100 * s['ci95'][0]:+.2f} to {100 * s['ci95'][1]:+.2f}",
+            str(s["only_a_correct"]),
+            str(s["only_b_correct"]),
+            sentences.p_cell(s["p_value"]),
+        ]
+        for pair in pairs
+        for seed, s in pair["seeds"].items()
+    ]
+
+
+def search_rows(member: Member) -> list[list[str]]:
+    """A searched model's grid: every setting, its validation accuracy and fit seconds, best first."""
+    grid = sorted(
+        member.results["search"]["grid"],
+        key=lambda g: -1.0 if g["validation_accuracy"] is None else -g["validation_accuracy"],
+    )
+    return [
+        [
+            settings(g["params"]),
+            fmt(g["validation_accuracy"]),
+            f"{g['images']:,}" if "images" in g else "all",
+            fmt_seconds(g["fit_seconds"]),
+        ]
+        for g in grid
+    ]
+
+
+def search_paragraph(model: Model) -> str:
+    """How a model's search ran and what it chose."""
+    search = model.runs[0].results["search"]
+    return (
+        f"**{model.title}**: {search['method']}, scored on the validation split only; the best setting "
+        f"({settings(search['best_params'])}) was refitted and scored "
+        f"on the test set like every model. Search time: {fmt_seconds(search['seconds'])}."
+    )
+
+
+def confused_pairs(
+    confusion: Sequence[Sequence[int]], class_names: Sequence[str] = CLASS_NAMES, top: int = 5
+) -> list[tuple[str, str, float]]:
+    """The `top` largest off-diagonal rates: (true class, predicted class, share of the true class)."""
+    rates = confusion_rates(confusion)
+    np.fill_diagonal(rates, -1)
+    order = np.argsort(rates, axis=None)[::-1][:top]
+    return [
+        (class_names[i], class_names[j], float(rates[i, j]))
+        for i, j in zip(*np.unravel_index(order, rates.shape), strict=True)
+        if rates[i, j] > 0
+    ]
+
+
+def _run_json(run: Member) -> dict[str, Any]:
+    """One run's numbers for report.json."""
+    r = run.results
+    return {
+        "workdir": str(run.workdir),
+        "test_accuracy": r["test_accuracy"],
+        "test_accuracy_ci95": accuracy_interval(run),
+        "validation_accuracy": r["validation_accuracy"],
+        "train_seconds": r["train_seconds"],
+        "predict_seconds": r["predict_seconds"],
+        "per_class": r["per_class"],
+        "num_params": r["num_params"],
+        **({"search": r["search"]} if "search" in r else {}),
+    }
+
+
+def report_json(models: Sequence[Model], pairs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Every number the report shows, keyed by model and seed, p-values as exact floats."""
+    out: dict[str, Any] = {
+        "confidence": stats.CONFIDENCE,
+        "methods": sentences.METHODS,
+        "models": {},
+        "pairs": list(pairs),
+    }
+    for m in models:
+        out["models"][m.label] = {
+            "title": m.title,
+            "model": m.runs[0].results["model"],
+            "seeds": {str(run.results["seed"]): _run_json(run) for run in m.runs},
+            "test_accuracy": stats.seed_summary(m.values("test_accuracy")),
+            "per_class_f1": {
+                c: stats.seed_summary([run.results["per_class"][c]["f1"] for run in m.runs]) for c in CLASS_NAMES
+            },
+            "published_test_accuracy": published_accuracy(m),
+        }
+    return out

@@ -1,0 +1,168 @@
+"""Scoring a CNN: padded evaluation of a split, the final scores written as results.json and predictions.npz,
+and a checkpoint restored for `mode=evaluate` and `mode=predict`."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh
+
+from fmnist_jax import checkpoints, data, files, metrics, parallel
+from fmnist_jax.errors import CheckpointError
+from fmnist_jax.training import state as state_lib
+from fmnist_jax.training.step import Programs
+
+# Evaluation batch when config.eval_batch_size is 0: small on CPU, where the activations of 100 images stay
+# in cache (faster there than batches of 1000), large on accelerators.
+AUTO_EVAL_BATCH_CPU, AUTO_EVAL_BATCH_ACCELERATOR = 100, 1000
+
+
+def eval_batch_size(config: ml_collections.ConfigDict, mesh: Mesh) -> int:
+    """`config.eval_batch_size` (0: by backend) rounded up to a multiple of the device count."""
+    n = mesh.devices.size
+    on_cpu = mesh.devices.flat[0].platform == "cpu"
+    size = config.eval_batch_size or (AUTO_EVAL_BATCH_CPU if on_cpu else AUTO_EVAL_BATCH_ACCELERATOR)
+    return math.ceil(size / n) * n
+
+
+def _pad(array: np.ndarray, size: int) -> np.ndarray:
+    """`array` with zeros appended along its first axis up to `size`."""
+    return np.concatenate([array, np.zeros((size - len(array), *array.shape[1:]), array.dtype)])
+
+
+def evaluate_split(
+    programs: Programs, state: state_lib.TrainState, split: data.Split, *, batch_size: int
+) -> dict[str, Any]:
+    """Loss, accuracy and probabilities over every image of `split`: fixed-size batches, the last padded.
+    An empty split (validation_size=0: training on all 60k images) has no loss or accuracy: None."""
+    n = len(split)
+    if n == 0:
+        return {"loss": None, "accuracy": None, "probs": np.zeros((0, data.NUM_CLASSES))}
+    padded = math.ceil(n / batch_size) * batch_size
+    images, labels, mask = _pad(split.images, padded), _pad(split.labels, padded), np.arange(padded) < n
+    outputs = [
+        programs.eval(
+            state,
+            *parallel.shard_batch(
+                (images[s : s + batch_size], labels[s : s + batch_size], mask[s : s + batch_size]), programs.mesh
+            ),
+        )
+        for s in range(0, padded, batch_size)
+    ]
+    losses, probs = (np.concatenate(parts)[:n] for parts in zip(*parallel.to_host(outputs), strict=True))
+    return {
+        "loss": float(np.sum(losses, dtype=np.float64) / n),
+        "accuracy": float(np.mean(probs.argmax(-1) == split.labels)),
+        "probs": probs,
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluator:
+    """What scoring a state needs, fixed for a run: its config, data, programs and evaluation batch."""
+
+    config: ml_collections.ConfigDict
+    dataset: data.Dataset
+    programs: Programs
+    batch_size: int
+
+    def split(self, state: state_lib.TrainState, split: data.Split) -> dict[str, Any]:
+        return evaluate_split(self.programs, state, split, batch_size=self.batch_size)
+
+    def final(
+        self,
+        state: state_lib.TrainState,
+        out: pathlib.Path,
+        *,
+        num_params: int,
+        train_seconds: float,
+        val: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Scores `state` on validation (unless `val` already holds its scores) and test; writes results.json
+        and predictions.npz to `out` (predictions first: results.json marks a run finished)."""
+        config, dataset = self.config, self.dataset
+        if val is None:
+            val = self.split(state, dataset.validation)
+        start = time.perf_counter()
+        test = self.split(state, dataset.test)
+        predict_seconds = time.perf_counter() - start
+        preds = test["probs"].argmax(-1)
+        scores = metrics.evaluate(dataset.test.labels, preds, test["probs"], class_names=dataset.class_names)
+        results = metrics.make_results(
+            model=config.model.name,
+            config_name=config.name,
+            scores=scores,
+            validation_accuracy=val["accuracy"],
+            num_params=num_params,
+            train_seconds=train_seconds,
+            predict_seconds=predict_seconds,
+            num_predicted=len(dataset.test),
+            seed=config.seed,
+            checksums=dataset.checksums,
+            extra={
+                "test_loss": test["loss"],
+                "validation_loss": val["loss"],
+                "params_sha256": state_lib.params_sha256(state),
+            },
+        )
+        if files.is_lead_process():
+            metrics.save_predictions(
+                out, labels=dataset.test.labels, preds=preds, probs=test["probs"], images=dataset.test.images
+            )
+            metrics.save_results(out, results)
+        logging.info("test accuracy %.4f  (validation %s)", results["test_accuracy"], metrics.fmt(val["accuracy"]))
+        return results
+
+
+def restore_for_inference(
+    config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: Mesh
+) -> tuple[Programs, state_lib.TrainState, int, dict[str, Any]]:
+    """The programs and the state of checkpoint `config.checkpoint.step` (None: the latest valid one)."""
+    graphs, state, num_params = state_lib.create_train_state(config)
+    store = checkpoints.CheckpointStore.for_run(workdir, config.checkpoint, async_save=False)
+    try:
+        restored = store.restore_latest(parallel.replicate(state, mesh), step=config.checkpoint.step)
+    finally:
+        store.close()
+    if restored is None:
+        raise CheckpointError(
+            f"no checkpoint in {workdir / 'checkpoints'}: train first "
+            f"(python main.py --config=configs/cnn.py --workdir={workdir})."
+        )
+    state, meta = restored
+    logging.info("Using checkpoint at step %d", meta["step"])
+    programs = Programs(graphs, mesh, config.batch_size, unroll=False, recipe=state_lib.Recipe.from_config(config))
+    return programs, state, num_params, meta
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+    """Scores a checkpoint on the validation and test sets (mode=evaluate): the latest one into the workdir's
+    results.json and predictions.npz; the one `config.checkpoint.step` names into WORKDIR/evaluate_step_N/, so
+    that the run's own results (what a rerun and the comparison report read) stay those of its last step."""
+    workdir = pathlib.Path(workdir)
+    mesh = parallel.make_mesh()
+    programs, state, num_params, meta = restore_for_inference(config, workdir, mesh)
+    out = workdir if config.checkpoint.step is None else workdir / f"evaluate_step_{meta['step']}"
+    dataset = data.load(config.data, seed=config.seed)
+    logging.info("Evaluating on %d %s device(s) into %s", mesh.devices.size, jax.default_backend(), out)
+    if files.is_lead_process():
+        out.mkdir(exist_ok=True)
+    evaluator = Evaluator(config, dataset, programs, eval_batch_size(config, mesh))
+    return evaluator.final(state, out, num_params=num_params, train_seconds=meta["train_seconds"])
+
+
+def predict_images(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, images: np.ndarray) -> np.ndarray:
+    """Class probabilities (N, 10) of uint8 images (N, 28, 28) under a checkpoint (mode=predict)."""
+    workdir = pathlib.Path(workdir)
+    mesh = parallel.make_mesh()
+    programs, state, _, _ = restore_for_inference(config, workdir, mesh)
+    split = data.Split(images, np.zeros(len(images), np.int32))
+    return evaluate_split(programs, state, split, batch_size=eval_batch_size(config, mesh))["probs"]

@@ -1,0 +1,276 @@
+"""`train_and_evaluate`: set a run up, resume it from its newest checkpoint, train it epoch by epoch, score it.
+
+Each jitted call runs up to `config.steps_per_call` steps (`chunks`), never crossing an epoch's end or a
+checkpoint; the host waits for the devices only at the end of an epoch, to log its scores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import pathlib
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh
+
+from fmnist_jax import checkpoints, config_lib, data, errors, events, files, metrics, parallel
+from fmnist_jax.errors import ConfigError, TrainingError
+from fmnist_jax.training import state as state_lib
+from fmnist_jax.training.evaluate import Evaluator, eval_batch_size
+from fmnist_jax.training.state import RandomRoots, TrainState
+from fmnist_jax.training.step import Programs, TrainInputs, resolve_unroll
+
+
+def chunks(
+    start_step: int, total_steps: int, steps_per_epoch: int, steps_per_call: int, every_steps: int
+) -> Iterator[int]:
+    """Sizes of successive calls: at most `steps_per_call`, never crossing an epoch or checkpoint boundary."""
+    step = start_step
+    while step < total_steps:
+        n = min(
+            steps_per_call,
+            steps_per_epoch - step % steps_per_epoch,
+            every_steps - step % every_steps,
+            total_steps - step,
+        )
+        yield n
+        step += n
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What stays fixed while one run trains: its config, workdir, data, programs and step counts."""
+
+    config: ml_collections.ConfigDict
+    workdir: pathlib.Path
+    dataset: data.Dataset
+    programs: Programs
+    evaluator: Evaluator
+    roots: RandomRoots
+    steps_per_epoch: int
+    total_steps: int
+    every_steps: int
+
+    def permutation(self, epoch: int) -> jax.Array:
+        return self.programs.permutation(self.roots.data, epoch, len(self.dataset.train))
+
+
+def make_plan(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: Mesh) -> tuple[Plan, TrainState, int]:
+    """The run's plan, its fresh (host-side) state and its number of parameters; logs the mesh and the data."""
+    backend = jax.default_backend()
+    n = mesh.devices.size
+    logging.info(
+        "Mesh: %d %s device(s) over %d process(es), batch %d (%d per device)",
+        *(n, backend, jax.process_count(), config.batch_size, config.batch_size // n),
+    )
+    dataset = data.load(config.data, seed=config.seed)
+    steps_per_epoch = len(dataset.train) // config.batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"config.batch_size={config.batch_size} exceeds the {len(dataset.train)} training images; lower it or "
+            "raise config.data.num_train."
+        )
+    logging.info(
+        "Data from %s: %d train, %d validation, %d test images; %d steps/epoch",
+        *(dataset.source, len(dataset.train), len(dataset.validation), len(dataset.test), steps_per_epoch),
+    )
+    graphs, state, num_params = state_lib.create_train_state(config, steps_per_epoch)
+    recipe = state_lib.Recipe.from_config(config)
+    unroll = resolve_unroll(config.scan_unroll, backend, config.model.conv)
+    programs = Programs(graphs, mesh, config.batch_size, unroll=unroll, recipe=recipe)
+    plan = Plan(
+        config=config,
+        workdir=workdir,
+        dataset=dataset,
+        programs=programs,
+        evaluator=Evaluator(config, dataset, programs, eval_batch_size(config, mesh)),
+        roots=RandomRoots.from_seed(config.seed, augment=recipe.augment.enabled),
+        steps_per_epoch=steps_per_epoch,
+        total_steps=steps_per_epoch * config.num_epochs,
+        every_steps=config.checkpoint.every_steps or steps_per_epoch,
+    )
+    return plan, state, num_params
+
+
+def _progress(total: int, initial: int, desc: str):
+    from tqdm import auto as tqdm
+
+    return tqdm.tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit="step",
+        leave=False,
+        file=sys.stderr,
+        disable=not files.is_lead_process(),
+        mininterval=1.0 if sys.stderr.isatty() else 30.0,
+    )
+
+
+class EpochProgress:
+    """The bookkeeping of the epoch under way: its index, first step, start time and progress bar."""
+
+    def __init__(self, plan: Plan, step: int):
+        self.index = step // plan.steps_per_epoch
+        self.first_step = step
+        self.start = time.perf_counter()
+        self.bar = _progress(plan.steps_per_epoch, step % plan.steps_per_epoch, f"epoch {self.index + 1}")
+
+
+def _check_finite(value: float, epoch: int, step: int, what: str) -> None:
+    if not math.isfinite(value):
+        raise TrainingError(
+            f"{what} became {value} in epoch {epoch + 1} (by step {step}). Training stopped: "
+            "lower config.learning_rate or check the input data."
+        )
+
+
+def end_of_epoch(
+    plan: Plan, state: TrainState, epoch: EpochProgress, step: int, writer: events.EventWriter | None
+) -> tuple[TrainState, float, dict[str, Any]]:
+    """Logs the epoch's train and validation metrics and appends them to history.jsonl; returns the state
+    with its running sums reset, the epoch's seconds and the validation scores."""
+    config = plan.config
+    images = plan.steps_per_epoch * config.batch_size
+    train_loss = parallel.scalar(state.loss_sum) / images  # waits for the steps
+    train_acc = parallel.scalar(state.correct_sum) / images
+    seconds = time.perf_counter() - epoch.start
+    epoch.bar.close()
+    _check_finite(train_loss, epoch.index, step, "the training loss")
+    val = plan.evaluator.split(state, plan.dataset.validation)
+    steps_done = step - epoch.first_step
+    record = {
+        "epoch": epoch.index + 1,
+        "step": step,
+        "train_loss": train_loss,
+        "train_accuracy": train_acc,
+        "validation_loss": val["loss"],
+        "validation_accuracy": val["accuracy"],
+        "seconds": seconds,
+        "images_per_second": steps_done * config.batch_size / seconds,
+    }
+    eta = seconds * plan.steps_per_epoch / max(steps_done, 1) * (config.num_epochs - epoch.index - 1)
+    eta = time.strftime("%H:%M:%S", time.gmtime(eta))
+    logging.info(
+        "epoch %d/%d  loss %.4f  acc %.4f  val_loss %s  val_acc %s  %.1f s  %.0f img/s  ETA %s",
+        *(epoch.index + 1, config.num_epochs, train_loss, train_acc, metrics.fmt(val["loss"])),
+        *(metrics.fmt(val["accuracy"]), seconds, record["images_per_second"], eta),
+    )
+    if files.is_lead_process():
+        metrics.append_history(plan.workdir, record)
+    if writer:
+        writer.epoch(record, learning_rate=state_lib.learning_rate_at(config, plan.steps_per_epoch, step - 1))
+    zeros = parallel.replicate((np.float32(0), np.float32(0)), plan.programs.mesh)  # two buffers: state is donated
+    return state.replace(loss_sum=zeros[0], correct_sum=zeros[1]), seconds, val
+
+
+def _restore(store: checkpoints.CheckpointStore, state: TrainState, plan: Plan) -> tuple[TrainState, int, float]:
+    """The newest valid checkpoint's state, step and training seconds, or the fresh `state` at step 0."""
+    restored = store.restore_latest(state)
+    if restored is None:
+        return state, 0, 0.0
+    state, meta = restored
+    spe = plan.steps_per_epoch
+    step = meta["step"]
+    logging.info(
+        "Resumed from checkpoint at step %d (epoch %d, %d/%d steps into it)", step, step // spe + 1, step % spe, spe
+    )
+    return state, step, meta["train_seconds"]
+
+
+def _already_finished(plan: Plan, step: int) -> bool:
+    """Whether the run has trained every step and written its results: process 0 decides for every process
+    (on storage that is not shared, the others may not see its results.json)."""
+    done = step >= plan.total_steps and (plan.workdir / metrics.RESULTS_FILE).exists()
+    return parallel.lead_decides(done)
+
+
+def _save(store: checkpoints.CheckpointStore, writer, plan: Plan, state: TrainState, step: int, seconds: float):
+    meta = {
+        "step": step,
+        "epoch": step // plan.steps_per_epoch,
+        "train_seconds": seconds,
+        "config": config_lib.to_dict(plan.config),
+    }
+    if writer:  # the points up to a checkpoint are on disk before it
+        writer.flush()
+    store.save(step, state, meta)
+
+
+def _train_epochs(
+    plan: Plan, store: checkpoints.CheckpointStore, writer, state: TrainState, step: int, train_seconds: float
+) -> tuple[TrainState, float, dict[str, Any] | None]:
+    """Trains from `step` to the end; returns the final state, the training seconds and the last epoch's
+    validation scores (None when no epoch ended here)."""
+    config, spe, programs = plan.config, plan.steps_per_epoch, plan.programs
+    images, labels = parallel.replicate((plan.dataset.train.images, plan.dataset.train.labels), programs.mesh)
+    epoch, last_val = EpochProgress(plan, step), None
+    inputs = TrainInputs(images, labels, plan.permutation(epoch.index), plan.roots.dropout, plan.roots.augment)
+    try:
+        with checkpoints.PreemptionGuard() as guard:
+            for n in chunks(step, plan.total_steps, spe, config.steps_per_call, plan.every_steps):
+                state = programs.train(n)(state, inputs, jnp.int32(step), jnp.int32(step % spe))
+                step += n
+                epoch.bar.update(n)
+                if writer:
+                    writer.steps_done(step, ((step - 1) % spe + 1) * config.batch_size, state.loss_sum)
+                if step % spe == 0:
+                    state, seconds, last_val = end_of_epoch(plan, state, epoch, step, writer)
+                    train_seconds += seconds
+                    if step < plan.total_steps:
+                        epoch = EpochProgress(plan, step)
+                        inputs = inputs.replace(perm=plan.permutation(epoch.index))
+                if step % plan.every_steps == 0 or step == plan.total_steps or guard.signal:
+                    _save(store, writer, plan, state, step, train_seconds)
+                if guard.signal:
+                    store.wait()
+                    raise errors.Interrupted(guard.signal, step, store.directory)
+    finally:
+        epoch.bar.close()
+    return state, train_seconds, last_val
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, mesh: Mesh | None = None
+) -> dict[str, Any]:
+    """Trains `config`'s CNN in `workdir` (resuming from its latest checkpoint), evaluates it, writes
+    `config.json`, `history.jsonl`, `results.json` and the test predictions; returns the results dict (on a
+    process other than the first of a multi-process run, {} where it cannot see the results of a finished run)."""
+    workdir = pathlib.Path(workdir)
+    lead = files.is_lead_process()
+    mesh = mesh or parallel.make_mesh()
+    parallel.check_batch_size(config.batch_size, mesh)
+    if lead:
+        config_lib.save_or_check(config, workdir)
+    plan, state, num_params = make_plan(config, workdir, mesh)
+    store = checkpoints.CheckpointStore.for_run(workdir, config.checkpoint)
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(store.close)
+        state, step, train_seconds = _restore(store, parallel.replicate(state, mesh), plan)
+        if _already_finished(plan, step):
+            logging.info("Run already finished (%d steps); reporting %s", step, workdir / metrics.RESULTS_FILE)
+            visible = lead or (workdir / metrics.RESULTS_FILE).exists()
+            return metrics.load_results(workdir) if visible else {}
+        if lead:  # the history is the lineage of the state training goes on from, even a fresh one
+            metrics.truncate_history(workdir, step // plan.steps_per_epoch)
+        writer = None
+        if lead and config.tensorboard.enabled:
+            writer = events.EventWriter(
+                workdir, restored_step=step, loss_every_steps=config.tensorboard.loss_every_steps
+            )
+            cleanup.callback(writer.close)
+        state, train_seconds, val = _train_epochs(plan, store, writer, state, step, train_seconds)
+        store.close()  # every save committed before the results mark the run finished
+        results = plan.evaluator.final(state, workdir, num_params=num_params, train_seconds=train_seconds, val=val)
+        if writer:
+            writer.finish(results, config_lib.to_dict(config), step=plan.total_steps)
+        return results

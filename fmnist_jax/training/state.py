@@ -1,0 +1,192 @@
+"""The train state and the recipe: the model and optimizer as one pytree, the optimizer and its schedule, the
+moving average of the weights, the random roots of a run, and the checks of a CNN config's training fields.
+
+The model is an `nnx.Module` and the optimizer an `nnx.Optimizer`; both are split once into a pure pytree
+(`TrainState`) that `jax.jit`, `jax.lax.scan`, the mesh shardings and Orbax all handle as plain arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from fmnist_jax import augment, config_lib, models, ops, parallel
+from fmnist_jax.errors import ConfigError
+
+UNROLL_CHOICES = ("auto", "full", "rolled")
+SCHEDULES = ("constant", "warmup_cosine")
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError naming the first CNN config field whose value cannot run."""
+    config_lib.check_positive(
+        config, "num_epochs", "batch_size", "learning_rate", "steps_per_call", "checkpoint.max_to_keep"
+    )
+    config_lib.check_positive(
+        config, "seed", "checkpoint.every_steps", "data.validation_size", "eval_batch_size", allow_zero=True
+    )
+    if config.scan_unroll not in UNROLL_CHOICES:
+        raise ConfigError(f"config.scan_unroll={config.scan_unroll!r} must be one of {UNROLL_CHOICES}.")
+    if config.model.conv not in ops.CONV_IMPLS:
+        raise ConfigError(f"config.model.conv={config.model.conv!r} must be one of {ops.CONV_IMPLS}.")
+    config_lib.check_positive(
+        config,
+        "weight_decay",
+        "label_smoothing",
+        "ema_decay",
+        "augment.translate",
+        "augment.erase_prob",
+        "schedule.warmup_epochs",
+        allow_zero=True,
+    )
+    if config.schedule.name not in SCHEDULES:
+        raise ConfigError(f"config.schedule.name={config.schedule.name!r} must be one of {SCHEDULES}.")
+    for field in ("label_smoothing", "ema_decay", "augment.erase_prob"):
+        value = config_lib.get(config, field)
+        if value >= 1:
+            raise ConfigError(f"config.{field}={value!r} must be below 1 (0 turns it off).")
+    if config.augment.translate >= 14:
+        raise ConfigError(f"config.augment.translate={config.augment.translate} must be below 14 pixels.")
+    try:  # the model's fields (name, widths, compute dtype, ...): built abstractly, nothing allocated
+        nnx.eval_shape(lambda: models.create_model(config.model.name, seed=0, **model_kwargs(config)))
+    except TypeError as e:
+        raise ConfigError(f"config.model does not fit model {config.model.name!r}: {e}.") from e
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step changes: model and optimizer state plus this epoch's running metric sums, and the
+    exponential moving average of the model state when `config.ema_decay` > 0 (None otherwise: no leaves)."""
+
+    model: nnx.State
+    optimizer: nnx.State
+    loss_sum: jax.Array
+    correct_sum: jax.Array
+    ema: nnx.State | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """The training features beyond the study's, all off in configs/cnn.py (static under `jax.jit`)."""
+
+    label_smoothing: float = 0.0
+    augment: augment.Augment = dataclasses.field(default_factory=augment.Augment)
+    ema_decay: float = 0.0
+    tta_flip: bool = False
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> Recipe:
+        a = config.augment
+        return cls(
+            label_smoothing=float(config.label_smoothing),
+            augment=augment.Augment(flip=bool(a.flip), translate=int(a.translate), erase_prob=float(a.erase_prob)),
+            ema_decay=float(config.ema_decay),
+            tta_flip=bool(config.tta_flip),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Graphs:
+    """The static halves of `nnx.split`: how to turn a `TrainState` back into modules."""
+
+    model: Any
+    optimizer: Any
+
+    def merge(self, state: TrainState) -> tuple[nnx.Module, nnx.Optimizer]:
+        model = nnx.merge(self.model, state.model)
+        return model, nnx.merge(self.optimizer, state.optimizer)
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomRoots:
+    """The roots every random draw of a run folds from, all from `config.seed`: the epoch-e order is
+    permutation(fold_in(data, e)); step t's dropout and augmentation keys are fold_in(dropout, t) and
+    fold_in(augment, t). Resuming at any step therefore replays exactly."""
+
+    data: jax.Array
+    dropout: jax.Array
+    augment: jax.Array | None  # None without augmentation
+
+    @classmethod
+    def from_seed(cls, seed: int, *, augment: bool) -> RandomRoots:
+        root = jax.random.key(seed)
+        return cls(
+            data=jax.random.fold_in(root, 1),
+            dropout=jax.random.fold_in(root, 2),
+            augment=jax.random.fold_in(root, 3) if augment else None,
+        )
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> float | optax.Schedule:
+    """`config.learning_rate`, constant (the study) or with a linear warm-up and a cosine decay to zero."""
+    if config.schedule.name == "constant":
+        return config.learning_rate
+    total = max(steps_per_epoch * config.num_epochs, 1)
+    warmup = min(round(config.schedule.warmup_epochs * steps_per_epoch), total - 1)
+    return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, total, end_value=0.0)
+
+
+def learning_rate_at(config: ml_collections.ConfigDict, steps_per_epoch: int, step: int) -> float:
+    """The learning rate that step `step` uses."""
+    rate = learning_rate_schedule(config, steps_per_epoch)
+    return float(rate(step)) if callable(rate) else float(rate)
+
+
+def _is_kernel(params: nnx.State) -> Any:
+    """Weight decay applies to kernels (rank >= 2), not to biases or BatchNorm scales and offsets."""
+    return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int = 1) -> optax.GradientTransformation:
+    """Adam with the study's (Keras) defaults; AdamW when `config.weight_decay` > 0; either with the schedule
+    of `config.schedule` (the optimizer state's structure does not depend on `steps_per_epoch`)."""
+    rate = learning_rate_schedule(config, steps_per_epoch)
+    b1, b2, eps = config.adam.b1, config.adam.b2, config.adam.eps
+    if config.weight_decay > 0:
+        return optax.adamw(rate, b1=b1, b2=b2, eps=eps, weight_decay=config.weight_decay, mask=_is_kernel)
+    return optax.adam(rate, b1=b1, b2=b2, eps=eps)
+
+
+def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The model's constructor arguments: every field of `config.model` but the name (lists become tuples),
+    and `config.compute_dtype`."""
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in config.model.items() if k != "name"}
+    return {**kwargs, "compute_dtype": config.compute_dtype}
+
+
+def create_train_state(config: ml_collections.ConfigDict, steps_per_epoch: int = 1) -> tuple[Graphs, TrainState, int]:
+    """A fresh model and optimizer from `config.seed`: (graphs, host-side state, number of parameters)."""
+    model = models.create_model(config.model.name, seed=config.seed, **model_kwargs(config))
+    optimizer = nnx.Optimizer(model, make_optimizer(config, steps_per_epoch), wrt=nnx.Param)
+    model_graph, model_state = nnx.split(model)
+    opt_graph, opt_state = nnx.split(optimizer)
+    zero = jnp.zeros((), jnp.float32)
+    ema = jax.tree.map(jnp.copy, model_state) if config.ema_decay > 0 else None
+    state = TrainState(model=model_state, optimizer=opt_state, loss_sum=zero, correct_sum=zero, ema=ema)
+    return Graphs(model_graph, opt_graph), state, models.count_params(model)
+
+
+def ema_update(ema: nnx.State, new: nnx.State, decay: float, step: jax.Array) -> nnx.State:
+    """ema <- d * ema + (1 - d) * new, with d = min(decay, (1 + step) / (10 + step)): early steps, when the
+    average would mostly remember the initialisation, weigh the new state more (TensorFlow's num_updates rule)."""
+    t = step.astype(jnp.float32)
+    d = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+    return jax.tree.map(lambda e, m: d * e + (1.0 - d) * m, ema, new)
+
+
+def params_sha256(state: TrainState) -> str:
+    """A fingerprint of the exact bits of the model state (and of its moving average, when there is one):
+    equal fingerprints, bit-identical models."""
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(parallel.to_host((state.model, state.ema))):
+        h.update(np.ascontiguousarray(leaf).tobytes())
+    return h.hexdigest()

@@ -1,0 +1,187 @@
+"""The jitted programs of a run: the loss, one train step, `steps_per_call` steps scanned in one call, the
+evaluation step.
+
+The training set lives on the devices; each batch is gathered inside the program from this epoch's order and
+constrained to the mesh's "data" axis, so every device computes the gradient of its slice and XLA all-reduces
+the sum. Dropout and augmentation keys are folded from the global step, so a step's randomness is a pure
+function of (seed, step, position in the global batch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from fmnist_jax import augment, ops, parallel
+from fmnist_jax.training.state import Graphs, Recipe, TrainState, ema_update
+
+
+def to_inputs(images: jax.Array) -> jax.Array:
+    """uint8 (N, 28, 28) -> float32 (N, 28, 28, 1) in [0, 1], as the study scaled its pixels."""
+    return (images.astype(jnp.float32) / 255.0)[..., None]
+
+
+def loss_fn(
+    model: nnx.Module, inputs: jax.Array, labels: jax.Array, dropout_key: jax.Array | None, label_smoothing: float
+) -> tuple[jax.Array, jax.Array]:
+    """Mean softmax cross-entropy over the batch (against smoothed labels when `label_smoothing` > 0), and the
+    logits."""
+    logits = model(inputs, dropout_key=dropout_key)
+    if label_smoothing > 0:
+        targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+        return optax.softmax_cross_entropy(logits, targets).mean(), logits
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
+
+
+def train_step(
+    graphs: Graphs,
+    recipe: Recipe,
+    state: TrainState,
+    images: jax.Array,
+    labels: jax.Array,
+    keys: tuple[jax.Array, jax.Array | None],
+    step: jax.Array,
+) -> TrainState:
+    """One optimizer step on one (global) batch; adds the batch's loss and correct count to the epoch sums.
+
+    `keys` are the step's dropout and augmentation keys (the latter None without augmentation); `step` is the
+    global step, which the moving average's warm-up reads.
+    """
+    dropout_key, augment_key = keys
+    model, optimizer = graphs.merge(state)
+    inputs = to_inputs(images)
+    if augment_key is not None:
+        inputs = augment.apply(inputs, augment_key, recipe.augment)
+    grad_fn = nnx.value_and_grad(loss_fn, has_aux=True)
+    (loss, logits), grads = grad_fn(model, inputs, labels, dropout_key, recipe.label_smoothing)
+    optimizer.update(model, grads)
+    correct = jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    model_state = nnx.state(model)
+    return TrainState(
+        model=model_state,
+        optimizer=nnx.state(optimizer),
+        loss_sum=state.loss_sum + loss * labels.shape[0],
+        correct_sum=state.correct_sum + correct,
+        ema=None if state.ema is None else ema_update(state.ema, model_state, recipe.ema_decay, step),
+    )
+
+
+def epoch_permutation(data_key: jax.Array, epoch: int | jax.Array, n: int) -> jax.Array:
+    """The order of epoch `epoch`: a pure function of (seed, epoch)."""
+    return jax.random.permutation(jax.random.fold_in(data_key, epoch), n)
+
+
+@flax.struct.dataclass
+class TrainInputs:
+    """The arrays a train call reads: the training set on the devices, this epoch's order, the roots of the
+    dropout and augmentation keys (the latter None without augmentation)."""
+
+    images: jax.Array
+    labels: jax.Array
+    perm: jax.Array
+    dropout_root: jax.Array
+    augment_root: jax.Array | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+    """What a compiled train call is specialised to (static under `jax.jit`)."""
+
+    graphs: Graphs
+    mesh: Mesh
+    batch_size: int
+    unroll: bool
+    recipe: Recipe
+
+
+def train_steps(
+    spec: StepSpec,
+    state: TrainState,
+    inputs: TrainInputs,
+    first_step: jax.Array,
+    first_batch: jax.Array,
+    *,
+    num_steps: int,
+) -> TrainState:
+    """`num_steps` train steps in one program: step i trains on batch `first_batch + i` of `inputs.perm`."""
+    batch_sharding = parallel.data_sharding(spec.mesh)
+
+    def body(state, i):
+        idx = jax.lax.dynamic_slice_in_dim(inputs.perm, (first_batch + i) * spec.batch_size, spec.batch_size)
+        x = jax.lax.with_sharding_constraint(inputs.images[idx], batch_sharding)
+        y = jax.lax.with_sharding_constraint(inputs.labels[idx], batch_sharding)
+        step = first_step + i
+        keys = (
+            jax.random.fold_in(inputs.dropout_root, step),
+            None if inputs.augment_root is None else jax.random.fold_in(inputs.augment_root, step),
+        )
+        return train_step(spec.graphs, spec.recipe, state, x, y, keys, step), None
+
+    if num_steps == 1:
+        return body(state, 0)[0]
+    return jax.lax.scan(body, state, jnp.arange(num_steps), unroll=spec.unroll)[0]
+
+
+def eval_step(
+    graphs: Graphs, recipe: Recipe, state: TrainState, images: jax.Array, labels: jax.Array, mask: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Per-example losses (0 where masked) and softmax probabilities of a (padded) batch, under the moving
+    average of the weights when there is one; with `recipe.tta_flip`, the mean of the probabilities of each
+    image and its mirror image (the loss is then that mean's cross-entropy).
+
+    Both outputs stay split over the devices like the batch, so the program has no cross-device collective:
+    independent evaluation programs in flight together can then never wait on each other (see `Programs`).
+    """
+    model = nnx.merge(graphs.model, state.model if state.ema is None else state.ema)
+    inputs = to_inputs(images)
+    if recipe.tta_flip:  # one forward pass over both halves: one program, one pass over the weights
+        n = inputs.shape[0]
+        both = jax.nn.softmax(model(jnp.concatenate([inputs, inputs[:, :, ::-1]])))
+        probs = (both[:n] + both[n:]) / 2
+        losses = -jnp.log(jnp.take_along_axis(probs, labels[:, None], axis=-1)[:, 0])
+        return jnp.where(mask, losses, 0.0), probs
+    logits = model(inputs)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return jnp.where(mask, losses, 0.0), jax.nn.softmax(logits)
+
+
+def resolve_unroll(setting: str, backend: str, conv: str = "auto") -> bool:
+    """Whether a multi-step call unrolls its scan. "auto": rolled (compiles in a third of the time), except
+    for XLA convolutions on CPU, which run many times slower inside an XLA:CPU while loop (docs/performance.md)."""
+    if setting == "auto":
+        return backend == "cpu" and ops.resolve_conv(conv, backend) == "xla"
+    return setting == "full"
+
+
+class Programs:
+    """The jitted functions of one run, the train call compiled once per distinct `num_steps`.
+
+    Evaluation is many small programs dispatched asynchronously. On XLA:CPU every device's share of a program
+    runs on one shared thread pool, and a cross-device collective blocks its thread until all devices arrive:
+    with several such programs in flight, blocked shares of one can hold the threads that the rest of it needs
+    (a deadlock that XLA aborts after 40 s). So the evaluation program returns per-example outputs, split
+    like its inputs, and the host does the sums.
+    """
+
+    def __init__(self, graphs: Graphs, mesh: Mesh, batch_size: int, *, unroll: bool, recipe: Recipe):
+        self.spec = StepSpec(graphs, mesh, batch_size, unroll, recipe)
+        self.mesh = mesh
+        split = parallel.data_sharding(mesh)
+        self.eval = jax.jit(functools.partial(eval_step, graphs, recipe), out_shardings=(split, split))
+        self.permutation = jax.jit(epoch_permutation, static_argnums=2, out_shardings=parallel.replicated(mesh))
+        self._train: dict[int, Callable] = {}
+
+    def train(self, num_steps: int) -> Callable:
+        """The jitted `train_steps` for calls of `num_steps` steps: (state, inputs, first_step, first_batch)."""
+        if num_steps not in self._train:
+            fn = functools.partial(train_steps, self.spec, num_steps=num_steps)
+            self._train[num_steps] = jax.jit(fn, donate_argnums=0)
+        return self._train[num_steps]
