@@ -1,4 +1,5 @@
-r"""The study's CNN: Adam (Keras defaults), batch 64, 30 epochs, 48k/12k train/validation split.
+r"""The study's CNN, 30 epochs: test accuracy 0.9009 +/- 0.0020 over seeds 0-2 (the study: 0.8997); 13.9 min of
+training on 2 cores of an AMD EPYC (AVX-512), 14.1 s on one NVIDIA H200 (seed 0).
 
 python main.py --config=configs/cnn.py --workdir=runs/cnn
 python main.py --config=configs/cnn.py --config.num_epochs=1 --config.data.num_train=6000   # a quick run
@@ -33,12 +34,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.tta_flip = False  # True: predict with the mean probabilities of each image and its mirror image
 
     # "float32", or "bfloat16": activations and the matrix products' inputs in bfloat16, accumulation,
-    # parameters, optimizer state, loss and metrics in float32 (TPU, recent GPUs, CPUs with AMX; README).
+    # parameters, optimizer state, loss and metrics in float32 (TPU, recent GPUs, CPUs with AMX; docs/running.md).
     config.compute_dtype = "float32"
 
     # Speed only, never the maths: how many train steps one compiled call runs (through lax.scan), and
     # whether that scan is unrolled: "auto" (rolled, except for XLA convolutions on CPU, which a rolled XLA:CPU
-    # loop slows ~15x; see benchmarks/), "full", "rolled".
+    # loop slows ~15x; docs/performance.md), "full", "rolled".
     config.steps_per_call = 10
     config.scan_unroll = "auto"
     # 0: 100 on CPU, 1000 on GPU/TPU; rounded up to a multiple of the device count; the last batch is padded.
@@ -48,7 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.name = "seed_cnn"  # a name in fmnist_jax.models.MODELS
     # Speed only: convolutions as patch matrix products ("im2col"), XLA's own ("xla"), sums of shifted
     # products ("taps"), or "auto": im2col for training on CPU, the fastest forward pass for evaluation,
-    # xla on GPU/TPU. See fmnist_jax/ops.py and benchmarks/train_speed.py.
+    # xla on GPU/TPU. See fmnist_jax/ops.py and docs/performance.md.
     config.model.conv = "auto"
 
     config.data = common.data_config()

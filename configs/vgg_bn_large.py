@@ -1,9 +1,7 @@
-r"""The VGG-BN recipe scaled for a GPU/TPU: twice as wide, two convolutions per stage, 100 epochs, aimed at 0.95+.
+r"""The VGG-BN recipe scaled for a GPU/TPU, 100 epochs: test accuracy 0.9559 +/- 0.0009 over seeds 0-2, 90-96 s a
+run on one NVIDIA H200.
 
 python main.py --config=configs/vgg_bn_large.py --workdir=runs/vgg_bn_large
-
-On one NVIDIA H200, seeds 0, 1, 2: test accuracy 0.9561, 0.9567, 0.9550 in about 90 s per run (README, "Beyond
-the study"). About 5x the FLOPs per image of configs/vgg_bn.py and 5x the epochs: far too slow for a 2-core CPU.
 """
 
 import ml_collections
