@@ -41,7 +41,7 @@ format: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix .
 
 bench: setup
-	$(PY) benchmarks/train_speed.py
+	$(PY) -m benchmarks train_speed
 
 clean:
 	rm -rf $(VENV) runs

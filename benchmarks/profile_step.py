@@ -1,45 +1,43 @@
-r"""Where a CNN train step's time goes: a `jax.profiler` trace of the project's train step, summed per XLA op.
+r"""Where a CNN train step's time goes: a `jax.profiler` trace of the package's train call, summed per XLA op.
 
-    python benchmarks/profile_step.py                    # the study's CNN, 1 step per call, batch 64
-    python benchmarks/profile_step.py --conv=xla --top=25
-    python benchmarks/profile_step.py --config=vgg_bn --batch=128   # the stronger CNN with its whole recipe
-    python benchmarks/profile_step.py --forward_only     # the evaluation forward pass, batch --batch
+    python -m benchmarks profile                          # the study's CNN, 1 step per call, its batch of 64
+    python -m benchmarks profile --config.model.conv=xla --top=25
+    python -m benchmarks profile --config=vgg_bn          # the stronger CNN with its whole recipe
+    python -m benchmarks profile --forward_only           # the evaluation program (forward pass, its batch)
 
-Prints one JSON line per XLA operation (thunk) of the compiled step, the most expensive first: milliseconds
-per step, the op's output shape and the JAX operation it came from, then one line with the total.
-XLA:CPU runs independent ops concurrently on the cores, so the per-op times can add up to more than the
-step's wall time; read them as where the cores are busy. Products that XLA:CPU hands to Eigen (plain `dot`
-ops, such as the weight gradients in autodiff's layout) run on the thread pool after their thunk returns: the
-trace shows them as almost free and charges their time to the ops beside them. For the products' share, use
-`benchmarks/flop_efficiency.py --layers`, which times each convolution alone. The trace itself is kept in
---trace_dir (open it in Perfetto or TensorBoard's profiler).
+Prints one JSON line per XLA operation (thunk) of the compiled program, the most expensive first: milliseconds
+per step, the op's output shape and the JAX operation it came from, then one line with the total. The program is
+the package's own (`Programs.train` with `--steps_per_call` steps per call, the config's recipe included; or
+`Programs.eval` on one evaluation batch), on random images. XLA:CPU runs independent ops concurrently on the cores,
+so the per-op times can add up to more than the step's wall time: read them as where the cores are busy. Products
+that XLA:CPU hands to Eigen (plain `dot` ops, such as the weight gradients in autodiff's layout) run on the thread
+pool after their thunk returns: the trace shows them as almost free and charges their time to the ops beside them.
+For the products' share, `python -m benchmarks flop_efficiency --layers` times each convolution alone. The trace
+itself is kept in --trace_dir (open it in Perfetto or TensorBoard's profiler).
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import gzip
-import importlib
 import json
 import pathlib
 import re
-import sys
 import tempfile
 import time
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+import numpy as np
 
-from fmnist_jax import parallel, train
+from benchmarks import common
+from fmnist_jax import data, parallel
+from fmnist_jax.training.evaluate import eval_batch_size
 
 
-def op_table(hlo_text: str) -> dict[str, str]:
-    """XLA op name -> "shape  jax-op" from the optimized HLO."""
+def op_table(hlo_text: str) -> dict[str, tuple[str, str]]:
+    """XLA op name -> (its output shape, the JAX op it came from) from the optimized HLO."""
     table = {}
     for line in hlo_text.splitlines():
         match = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (\S+)", line)
@@ -49,91 +47,80 @@ def op_table(hlo_text: str) -> dict[str, str]:
     return table
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="cnn", help="a file in configs/, without .py (cnn, vgg_bn)")
-    parser.add_argument("--steps", type=int, default=20, help="profiled calls")
-    parser.add_argument("--conv", default="auto", help="config.model.conv")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--forward_only", action="store_true", help="profile the evaluation forward pass")
-    parser.add_argument("--top", type=int, default=30)
-    parser.add_argument("--trace_dir", default=None, help="where the trace goes (default: a temporary folder)")
-    args = parser.parse_args()
-
-    config = importlib.import_module(f"configs.{args.config}").get_config()
-    config.model.conv = args.conv
-    recipe = train.Recipe.from_config(config)
-    mesh = parallel.make_mesh()
-    graphs, state, _ = train.create_train_state(config)
-    state = parallel.replicate(state, mesh)
-    key = jax.random.key(0)
-    images = jax.random.randint(key, (args.batch, 28, 28), 0, 256).astype(jnp.uint8)
-    labels = jax.random.randint(key, (args.batch,), 0, 10)
-    if args.forward_only:
-        fn = jax.jit(lambda s, x: nnx.merge(graphs.model, s.model)(train.to_inputs(x)))
-
-        def call(s):
-            return s, fn(s, images)
-
-        compiled = fn.lower(state, images).compile()
-    else:
-        # The config's recipe (augmentation, label smoothing, moving average) inside the step, as training has it.
-        keys = (jax.random.fold_in(key, 2), jax.random.fold_in(key, 3) if recipe.augment.enabled else None)
-        step = jnp.int32(0)
-        fn = jax.jit(lambda s, x, y, k, t: train.train_step(graphs, recipe, s, x, y, k, t), donate_argnums=0)
-
-        def call(s):
-            return fn(s, images, labels, keys, step), None
-
-        compiled = fn.lower(state, images, labels, keys, step).compile()
-    table = op_table(compiled.as_text())
-    for _ in range(3):
-        state, out = call(state)
-    jax.block_until_ready((state, out))
-
-    trace_dir = pathlib.Path(args.trace_dir or tempfile.mkdtemp(prefix="fmnist_trace_"))
-    start = time.perf_counter()
-    with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
-        for _ in range(args.steps):
-            state, out = call(state)
-        jax.block_until_ready((state, out))
-    wall = (time.perf_counter() - start) / args.steps
+def busy_micros(trace_dir: pathlib.Path, names: dict) -> tuple[collections.Counter, pathlib.Path]:
+    """Microseconds of each op of `names` in the trace under `trace_dir` (complete events), and the trace file."""
     trace_file = next(trace_dir.glob("**/*.json.gz"))
     with gzip.open(trace_file) as f:
         events = json.load(f)
     events = events["traceEvents"] if isinstance(events, dict) else events
     busy = collections.Counter()
     for event in events:
-        if event.get("ph") == "X" and event.get("name") in table:
+        if event.get("ph") == "X" and event.get("name") in names:
             busy[event["name"]] += event["dur"]
+    return busy, trace_file
+
+
+def program_to_trace(config, *, forward_only: bool, steps_per_call: int) -> tuple[Callable[[], object], str, int]:
+    """(a function that runs the program once and returns what to wait for, its optimized HLO, steps per run)
+    for `config`'s train call on random images or, with `forward_only`, its evaluation program on one batch."""
+    rng = np.random.default_rng(0)
+    n = max(config.batch_size * max(steps_per_call, 2), eval_batch_size(config, parallel.make_mesh()))
+    images, labels = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n).astype(np.int32)
+    run = common.trainer(config, data.Split(images, labels), steps_per_call=steps_per_call)
+    if forward_only:
+        batch = eval_batch_size(config, run.programs.mesh)
+        args = parallel.shard_batch((images[:batch], labels[:batch], np.ones(batch, bool)), run.programs.mesh)
+        hlo = run.programs.eval.lower(run.state, *args).compile().as_text()
+        return lambda: run.programs.eval(run.state, *args), hlo, 1
+    hlo = run.programs.train(run.k).lower(run.state, run.inputs, jnp.int32(0), jnp.int32(0)).compile().as_text()
+    state = [run.state]
+
+    def train_call():
+        state[0] = run.call(state[0], 0)
+        return state[0]
+
+    return train_call, hlo, run.k
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = common.parser("profile", __doc__)
+    parser.add_argument("--config", default="cnn", help="a CNN config's name in configs/ (cnn, vgg_bn, ...)")
+    parser.add_argument("--calls", type=int, default=20, help="profiled calls")
+    parser.add_argument("--steps_per_call", type=int, default=1, help="train steps per profiled call")
+    parser.add_argument("--forward_only", action="store_true", help="profile the evaluation program instead")
+    parser.add_argument("--top", type=int, default=30, help="how many ops to print")
+    parser.add_argument("--trace_dir", default=None, help="where the trace goes (default: a temporary folder)")
+    args, overrides = common.parse(parser, argv)
+    common.check_at_least(parser, args, "calls", "steps_per_call", "top")
+    try:
+        config = common.cnn_config(args.config, overrides["config"])
+    except common.UsageError as e:
+        parser.error(str(e))
+    call, hlo, steps_per_call = program_to_trace(
+        config, forward_only=args.forward_only, steps_per_call=args.steps_per_call
+    )
+    table = op_table(hlo)
+    jax.block_until_ready(call())
+    trace_dir = pathlib.Path(args.trace_dir or tempfile.mkdtemp(prefix="fmnist_trace_"))
+    start = time.perf_counter()
+    with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
+        for _ in range(args.calls):
+            out = call()
+        jax.block_until_ready(out)
+    steps = args.calls * steps_per_call
+    wall = (time.perf_counter() - start) / steps
+    busy, trace_file = busy_micros(trace_dir, table)
     for name, micros in busy.most_common(args.top):
         shape, source = table[name]
-        print(
-            json.dumps(
-                {
-                    "op": name,
-                    "ms_per_step": round(micros / args.steps / 1000, 3),
-                    "shape": shape,
-                    "from": source.removeprefix("jit(<lambda>)/"),
-                }
-            ),
-            flush=True,
-        )
-    print(
-        json.dumps(
-            {
-                "ops_ms_per_step": round(sum(busy.values()) / args.steps / 1000, 2),
-                "wall_ms_per_step_while_tracing": round(wall * 1000, 2),
-                "trace": str(trace_file),
-                "backend": jax.default_backend(),
-                "forward_only": args.forward_only,
-                "batch": args.batch,
-                "config": args.config,
-            }
-        ),
-        flush=True,
+        common.emit(op=name, ms_per_step=round(micros / steps / 1000, 3), shape=shape, **{"from": source})
+    common.emit(
+        ops_ms_per_step=round(sum(busy.values()) / steps / 1000, 2),
+        wall_ms_per_step_while_tracing=round(wall * 1000, 2),
+        ops=len(busy),
+        steps=steps,
+        trace=str(trace_file),
+        forward_only=args.forward_only,
+        batch=eval_batch_size(config, parallel.make_mesh()) if args.forward_only else config.batch_size,
+        config=args.config,
+        data="random",
     )
-
-
-if __name__ == "__main__":
-    main()

@@ -1,130 +1,45 @@
-r"""CNN training and evaluation speed: one JSON line per loop variant, then one with the ratios.
+r"""The study CNN's training speed: this repository's loop against the plain Flax loop and the PyTorch twin.
 
-    python benchmarks/train_speed.py                       # default loop, plain Flax loop, PyTorch twin (if torch)
-    python benchmarks/train_speed.py --variants=all --steps=150
-    XLA_FLAGS=--xla_force_host_platform_device_count=8 python benchmarks/train_speed.py --variants=default
+    python -m benchmarks train_speed                      # make bench
+    python -m benchmarks train_speed --steps=300
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m benchmarks train_speed
 
-Every variant trains the study's CNN (batch 64) on the real data when it is installed (random images
-otherwise) for `--steps` steps after a warm-up call that compiles; `epoch_seconds` is the time of those
-steps scaled to one 48,000-image epoch (750 steps). Compare ratios measured in one run: the machine is shared.
+One JSON line per loop, then one with the ratios of their step times to this repository's:
+- `fmnist_jax`: the package's own jitted call (`Programs.train`), `config.steps_per_call` steps per call in a
+  `lax.scan`, the training set on the devices, the config's convolution form;
+- `plain_flax`: the same CNN written the plain way (`nnx.Conv`, `nnx.max_pool`, `nnx.Dropout`) and trained as
+  Flax's examples/mnist does, one `nnx.jit` call per step on a batch sent from the host;
+- `pytorch`: the same layers, Adam and batch in eager PyTorch, when torch is importable (it is not a dependency of
+  this repository; the line says it was skipped otherwise).
+Each trains at configs/cnn.py's batch (64) for `--steps` steps after a warm-up call that compiles, on the real
+data when installed (random images otherwise); `epoch_seconds` scales the step time to an epoch of the config's
+training split. `--config.FIELD=VALUE` overrides configs/cnn.py (the plain loops keep the study's layers).
+The machine may be shared: compare the ratios of one run, not milliseconds across runs.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import pathlib
 import resource
-import sys
 import time
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 
-from configs import cnn
-from fmnist_jax import data, ops, parallel, train
+from benchmarks import common
+from fmnist_jax import models, ops
 
-STEPS_PER_EPOCH = 750
-BATCH = 64
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+STUDY_PARAMS = 438_026
 
 
-def load_arrays(n_train: int = 48000):
-    try:
-        ds = data.load(cnn.get_config().data, seed=0)
-        return ds.train.images, ds.train.labels, ds.test.images, ds.test.labels, ds.source
-    except data.DataError:
-        rng = np.random.default_rng(0)
-        return (
-            rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
-            rng.integers(0, 10, n_train).astype(np.int32),
-            rng.integers(0, 256, (10000, 28, 28), dtype=np.uint8),
-            rng.integers(0, 10, 10000).astype(np.int32),
-            "random",
-        )
-
-
-def report(name: str, seconds_per_step: float, compile_seconds: float | None, **extra) -> dict:
-    row = {
-        "variant": name,
-        "backend": jax.default_backend(),
-        "devices": jax.device_count(),
-        "ms_per_step": round(1000 * seconds_per_step, 2),
-        "epoch_seconds": round(seconds_per_step * STEPS_PER_EPOCH, 1),
-        "train_images_per_second": round(BATCH / seconds_per_step),
-        "compile_seconds": None if compile_seconds is None else round(compile_seconds, 2),
-        "peak_host_memory_mb": round(peak_rss_mb()),
-        **extra,
-    }
-    print(json.dumps(row), flush=True)
-    return row
-
-
-def bench_ours(
-    arrays, *, steps: int, steps_per_call: int, unroll: str, streamed: bool = False, conv: str = "auto"
-) -> dict:
-    """The project's loop: data on the devices, `steps_per_call` steps per jitted call."""
-    images, labels = arrays[0], arrays[1]
-    config = cnn.get_config()
-    config.model.conv = conv
-    mesh = parallel.make_mesh()
-    graphs, state, _ = train.create_train_state(config)
-    state = parallel.replicate(state, mesh)
-    programs = train.Programs(graphs, mesh, BATCH, unroll=train.resolve_unroll(unroll, jax.default_backend(), conv))
-    key = jax.random.key(0)
-    n = len(labels)
-    perm = programs.permutation(key, 0, n)
-    fn = programs.train(steps_per_call)
-    if streamed:  # one batch copied from the host per call, as a host-side input pipeline would
-        perm_host = np.asarray(perm)
-
-        def call(state, i):
-            idx = perm_host[i * BATCH * steps_per_call : (i + 1) * BATCH * steps_per_call]
-            x, y = parallel.replicate((images[idx], labels[idx]), mesh)
-            inputs = train.TrainInputs(x, y, jnp.arange(len(idx)), key)
-            return fn(state, inputs, jnp.int32(i * steps_per_call), jnp.int32(0))
-    else:
-        inputs = train.TrainInputs(*parallel.replicate((images, labels), mesh), perm, key)
-
-        def call(state, i):
-            return fn(state, inputs, jnp.int32(i * steps_per_call), jnp.int32(i * steps_per_call))
-
-    start = time.perf_counter()
-    state = jax.block_until_ready(call(state, 0))
-    compile_seconds = time.perf_counter() - start
-    calls = max(1, steps // steps_per_call)
-    start = time.perf_counter()
-    for i in range(1, calls + 1):
-        state = call(state, i)
-    jax.block_until_ready(state)
-    per_step = (time.perf_counter() - start) / (calls * steps_per_call)
-    name = (
-        f"ours_k{steps_per_call}_{unroll}"
-        + ("_streamed" if streamed else "")
-        + ("" if conv == "auto" else f"_{conv}_conv")
-    )
-    return report(
-        name,
-        per_step,
-        compile_seconds,
-        steps_per_call=steps_per_call,
-        scan_unroll=unroll,
-        data="streamed" if streamed else "on_device",
-        conv=ops.resolve_conv(conv),
-    )
+def peak_host_memory_mb() -> int:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 class PlainCNN(nnx.Module):
-    """The same CNN written the plain way (nnx.max_pool, nnx.Dropout with its own RNG stream)."""
+    """The study's CNN written the plain way (nnx.Conv, nnx.max_pool, nnx.Dropout with its own RNG stream)."""
 
     def __init__(self, rngs: nnx.Rngs):
         init = nnx.initializers.glorot_uniform()
@@ -146,75 +61,68 @@ class PlainCNN(nnx.Module):
         return self.d2(x)
 
 
-def bench_plain(arrays, *, steps: int) -> dict:
-    """The Flax MNIST example's loop: one `nnx.jit` call per step, batches fed from the host."""
-    images, labels = arrays[0], arrays[1]
+def host_batches(train, batch: int):
+    """Batch i of `train` (consecutive slices, wrapping), as NumPy arrays on the host."""
+    n = max(len(train) - batch, 1)
+
+    def get(i: int):
+        start = i * batch % n
+        return train.images[start : start + batch], train.labels[start : start + batch]
+
+    return get
+
+
+def time_plain_flax(train, *, batch: int, steps: int) -> tuple[float, float]:
+    """(first call seconds, seconds per step) of Flax's examples/mnist loop: one `nnx.jit` call per step."""
     model = PlainCNN(nnx.Rngs(0, dropout=1))
+    assert models.count_params(model) == STUDY_PARAMS
     optimizer = nnx.Optimizer(model, optax.adam(1e-3, eps=1e-7), wrt=nnx.Param)
 
     @nnx.jit
-    def step(model, optimizer, x, y):
+    def step(model, optimizer, images, labels):
         def loss_fn(model):
-            logits = model(x)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            logits = model(jnp.asarray(images, jnp.float32)[..., None] / 255.0)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
         loss, grads = nnx.value_and_grad(loss_fn)(model)
         optimizer.update(model, grads)
         return loss
 
-    def batch(i):
-        sl = slice(i * BATCH % (len(labels) - BATCH), i * BATCH % (len(labels) - BATCH) + BATCH)
-        return jnp.asarray(images[sl, ..., None], jnp.float32) / 255.0, jnp.asarray(labels[sl])
-
+    batches = host_batches(train, batch)
     start = time.perf_counter()
-    jax.block_until_ready(step(model, optimizer, *batch(0)))
-    compile_seconds = time.perf_counter() - start
+    jax.block_until_ready(step(model, optimizer, *batches(0)))
+    first = time.perf_counter() - start
     start = time.perf_counter()
     for i in range(1, steps + 1):
-        loss = step(model, optimizer, *batch(i))
+        loss = step(model, optimizer, *batches(i))
     jax.block_until_ready(loss)
-    return report("plain_flax_jit_per_step", (time.perf_counter() - start) / steps, compile_seconds)
+    return first, (time.perf_counter() - start) / steps
 
 
-def bench_torch(arrays, *, steps: int) -> dict | None:
-    """The PyTorch twin (same layers, batch, Adam), only when torch happens to be installed."""
+def time_pytorch(train, *, batch: int, steps: int) -> tuple[float, dict] | None:
+    """(seconds per step, versions) of the PyTorch eager twin, or None when torch is not importable."""
     try:
         import torch
     except ImportError:
-        print(json.dumps({"variant": "pytorch_eager", "skipped": "torch is not installed"}), flush=True)
         return None
     from torch import nn
 
     torch.manual_seed(0)
     net = nn.Sequential(
-        nn.Conv2d(1, 64, 3),
-        nn.LeakyReLU(0.1),
-        nn.MaxPool2d(2),
-        nn.Dropout(0.25),
-        nn.Conv2d(64, 128, 3),
-        nn.ELU(0.1),
-        nn.MaxPool2d(2),
-        nn.Dropout(0.25),
-        nn.Conv2d(128, 256, 3),
-        nn.LeakyReLU(0.1),
-        nn.MaxPool2d(2),
-        nn.Dropout(0.4),
-        nn.Flatten(),
-        nn.Linear(256, 256),
-        nn.ELU(0.1),
-        nn.Dropout(0.3),
-        nn.Linear(256, 10),
+        *(nn.Conv2d(1, 64, 3), nn.LeakyReLU(0.1), nn.MaxPool2d(2), nn.Dropout(0.25)),
+        *(nn.Conv2d(64, 128, 3), nn.ELU(0.1), nn.MaxPool2d(2), nn.Dropout(0.25)),
+        *(nn.Conv2d(128, 256, 3), nn.LeakyReLU(0.1), nn.MaxPool2d(2), nn.Dropout(0.4)),
+        *(nn.Flatten(), nn.Linear(256, 256), nn.ELU(0.1), nn.Dropout(0.3), nn.Linear(256, 10)),
     )
-    assert sum(p.numel() for p in net.parameters()) == 438_026
+    assert sum(p.numel() for p in net.parameters()) == STUDY_PARAMS
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, eps=1e-7)
-    x_all = torch.from_numpy(arrays[0]).float().div_(255).unsqueeze(1)
-    y_all = torch.from_numpy(arrays[1]).long()
+    batches = host_batches(train, batch)
 
-    def step(i):
-        sl = slice(i * BATCH % (len(y_all) - BATCH), i * BATCH % (len(y_all) - BATCH) + BATCH)
+    def step(i: int) -> None:
+        images, labels = batches(i)
         opt.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(net(x_all[sl]), y_all[sl])
-        loss.backward()
+        x = torch.from_numpy(images).float().div_(255).unsqueeze(1)
+        nn.functional.cross_entropy(net(x), torch.from_numpy(labels).long()).backward()
         opt.step()
 
     for i in range(5):
@@ -222,115 +130,52 @@ def bench_torch(arrays, *, steps: int) -> dict | None:
     start = time.perf_counter()
     for i in range(steps):
         step(i)
-    return report(
-        "pytorch_eager",
-        (time.perf_counter() - start) / steps,
-        None,
-        torch=torch.__version__,
-        threads=torch.get_num_threads(),
+    return (time.perf_counter() - start) / steps, {"torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = common.parser("train_speed", __doc__)
+    parser.add_argument("--steps", type=int, default=100, help="timed train steps per loop")
+    args, overrides = common.parse(parser, argv)
+    common.check_at_least(parser, args, "steps")
+    try:
+        config = common.cnn_config("cnn", overrides["config"])
+    except common.UsageError as e:
+        parser.error(str(e))
+    arrays = common.load_arrays(config)
+    batch, epoch_steps = config.batch_size, len(arrays.train) // config.batch_size
+    ours = common.time_training(config, arrays.train, steps=args.steps)
+    times = {"fmnist_jax": ours.step_seconds}
+    common.emit(
+        loop="fmnist_jax",
+        **common.speed_fields(ours.step_seconds, batch, epoch_steps),
+        steps=ours.steps,
+        first_call_seconds=round(ours.first_call_seconds, 2),
+        compile_seconds=round(ours.compile_seconds, 2),
+        steps_per_call=config.steps_per_call,
+        conv=ops.resolve_conv(config.model.conv),
+        num_params=ours.num_params,
+        data=arrays.source,
+        peak_host_memory_mb=peak_host_memory_mb(),
     )
-
-
-def bench_eval(arrays) -> dict:
-    """Evaluation of the 10k test images with the project's padded fixed-size batches."""
-    config = cnn.get_config()
-    mesh = parallel.make_mesh()
-    graphs, state, _ = train.create_train_state(config)
-    state = parallel.replicate(state, mesh)
-    programs = train.Programs(graphs, mesh, BATCH, unroll=False)
-    split = data.Split(arrays[2], arrays[3])
-    bs = train.eval_batch_size(config, mesh)
-    start = time.perf_counter()
-    train.evaluate_split(programs, state, split, batch_size=bs)
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        train.evaluate_split(programs, state, split, batch_size=bs)
-        times.append(time.perf_counter() - start)
-    row = {
-        "variant": "evaluate_test_set",
-        "images": len(split),
-        "seconds": round(min(times), 3),
-        "eval_images_per_second": round(len(split) / min(times)),
-        "first_call_seconds": round(first, 2),
-        "eval_batch_size": bs,
-        "backend": jax.default_backend(),
-        "devices": jax.device_count(),
+    first, times["plain_flax"] = time_plain_flax(arrays.train, batch=batch, steps=args.steps)
+    common.emit(
+        loop="plain_flax",
+        **common.speed_fields(times["plain_flax"], batch, epoch_steps),
+        steps=args.steps,
+        first_call_seconds=round(first, 2),
+        data=arrays.source,
+        peak_host_memory_mb=peak_host_memory_mb(),
+    )
+    torch_run = time_pytorch(arrays.train, batch=batch, steps=args.steps)
+    if torch_run is None:
+        common.emit(loop="pytorch", skipped="torch is not installed (not a dependency of this repository)")
+    else:
+        times["pytorch"], versions = torch_run
+        common.emit(
+            loop="pytorch", **common.speed_fields(times["pytorch"], batch, epoch_steps), steps=args.steps, **versions
+        )
+    ratios = {
+        f"{name}_over_fmnist_jax": round(t / ours.step_seconds, 2) for name, t in times.items() if name != "fmnist_jax"
     }
-    print(json.dumps(row), flush=True)
-    return row
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=100, help="timed steps per variant")
-    parser.add_argument(
-        "--variants",
-        default="default,plain,torch,eval",
-        help="comma-separated: default, plain, torch, eval, per_step, k25, rolled, unrolled, streamed, "
-        "xla_conv, im2col_conv, or all",
-    )
-    args = parser.parse_args()
-    wanted = set(args.variants.split(","))
-    if "all" in wanted:
-        wanted = {
-            "default",
-            "plain",
-            "torch",
-            "eval",
-            "per_step",
-            "k25",
-            "rolled",
-            "unrolled",
-            "streamed",
-            "xla_conv",
-            "im2col_conv",
-        }
-    arrays = load_arrays()
-    print(
-        json.dumps(
-            {
-                "data": arrays[4],
-                "jax": jax.__version__,
-                "backend": jax.default_backend(),
-                "devices": [str(d) for d in jax.devices()],
-            }
-        ),
-        flush=True,
-    )
-    rows = {}
-    default_k = cnn.get_config().steps_per_call
-    if "default" in wanted:
-        rows["default"] = bench_ours(arrays, steps=args.steps, steps_per_call=default_k, unroll="auto")
-    if "per_step" in wanted:
-        rows["per_step"] = bench_ours(arrays, steps=args.steps, steps_per_call=1, unroll="auto")
-    if "k25" in wanted:
-        rows["k25"] = bench_ours(arrays, steps=args.steps, steps_per_call=25, unroll="auto")
-    if "rolled" in wanted:
-        rows["rolled"] = bench_ours(arrays, steps=args.steps, steps_per_call=default_k, unroll="rolled")
-    if "unrolled" in wanted:
-        rows["unrolled"] = bench_ours(arrays, steps=args.steps, steps_per_call=default_k, unroll="full")
-    if "streamed" in wanted:
-        rows["streamed"] = bench_ours(arrays, steps=args.steps, steps_per_call=default_k, unroll="auto", streamed=True)
-    for conv in ("xla", "im2col"):  # the other convolution than "auto" picks, to show why it picks as it does
-        if f"{conv}_conv" in wanted and ops.resolve_conv("auto") != conv:
-            rows[f"{conv}_conv"] = bench_ours(
-                arrays, steps=args.steps, steps_per_call=default_k, unroll="auto", conv=conv
-            )
-    if "plain" in wanted:
-        rows["plain"] = bench_plain(arrays, steps=args.steps)
-    if "torch" in wanted:
-        rows["torch"] = bench_torch(arrays, steps=args.steps)
-    if "eval" in wanted:
-        bench_eval(arrays)
-    if "default" in rows:
-        base = rows["default"]["ms_per_step"]
-        ratios = {
-            f"{k}_over_default": round(v["ms_per_step"] / base, 2) for k, v in rows.items() if v and k != "default"
-        }
-        print(json.dumps({"variant": "ratios (time per step relative to the default loop)", **ratios}), flush=True)
-
-
-if __name__ == "__main__":
-    main()
+    common.emit(ratios=ratios, of="time per step, relative to this repository's loop")

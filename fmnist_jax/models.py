@@ -184,10 +184,14 @@ MODELS: dict[str, Callable[..., nnx.Module]] = {"seed_cnn": SeedCNN, "vgg_bn": V
 
 
 def create_model(name: str, *, seed: int, **kwargs: Any) -> nnx.Module:
-    """Builds the registered model `name` with parameters initialised from `seed`."""
+    """Builds the registered model `name` with parameters initialised from `seed`.
+
+    The initialisation runs as one jitted program: the same bits as layer by layer (tests/test_models.py), one
+    compilation instead of one per parameter shape, and one that the persistent compilation cache keeps.
+    """
     if name not in MODELS:
         raise ConfigError(f"config.model.name={name!r} is not a known model; choose one of {sorted(MODELS)}.")
-    return MODELS[name](rngs=nnx.Rngs(params=seed), **kwargs)
+    return nnx.jit(lambda: MODELS[name](rngs=nnx.Rngs(params=seed), **kwargs))()
 
 
 def count_params(model: nnx.Module) -> int:

@@ -1,6 +1,6 @@
 """The CNN's layers as fast JAX operations: the same maths as Flax's layers, cheaper on XLA:CPU.
 
-Measured with `benchmarks/train_speed.py` on a 2-core CPU (README, "Speed"); each is chosen because the
+Measured with `python -m benchmarks` on a 2-core CPU (docs/performance.md); each is chosen because the
 benchmark showed it, and each is tested against the plain formulation in tests/test_ops.py:
 
 - `conv2d_valid` as one matrix product over (kh*kw*C)-wide patches ("im2col") when training on CPU.
@@ -123,7 +123,7 @@ def im2col_mixed(x: jax.Array, kernel: jax.Array, dtype: jnp.dtype) -> jax.Array
 
     Its backward pass hands XLA:CPU each product in the layout of its fast path: the weight gradient as
     P^T (k, m) . dy with P^T built from the input in that layout (autodiff contracts axis 0 of P and of dy,
-    which runs at a third of the bfloat16 rate: benchmarks/product_rates.py), the input gradient as dy . W^T.
+    which runs at a third of the bfloat16 rate: docs/performance.md), the input gradient as dy . W^T.
     The float32 kernel is cast inside, so its gradient comes back in float32.
     """
     n, h, w, c = x.shape

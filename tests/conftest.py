@@ -18,6 +18,28 @@ from fmnist_jax import run
 CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
 
 
+# What `make test-fast` leaves out: the modules whose tests run main.py or train, and any test elsewhere that
+# asks for a training run or the CNN config it trains (marked `integration`; the unit tests remain).
+INTEGRATION_MODULES = {
+    "test_benchmarks",
+    "test_checkpoints",
+    "test_fingerprint",
+    "test_integration",
+    "test_main",
+    "test_parallel",
+    "test_platform",
+    "test_reliability",
+    "test_vgg_bn_runs",
+}
+INTEGRATION_FIXTURES = {"cnn_config", "two_epoch_run", "finished_tiny_run", "comparison", "bf16_run", "real_data_dir"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__ in INTEGRATION_MODULES or INTEGRATION_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.integration)
+
+
 def pytest_configure(config):
     """Every process of the run (the pytest workers and each main.py they start) shares one persistent XLA
     compilation cache, so the many tiny runs compile each program once instead of once per process. It lives in

@@ -1,22 +1,218 @@
-"""benchmarks/flop_efficiency.py's layer breakdown finds every convolution of a model with the shapes and arguments
-training gives it, and its per-layer FLOPs add up to the count taken from the train step's own jaxpr."""
+"""`python -m benchmarks`: the sub-commands on tiny data, each figure's JSON consistent with the others and with what
+the package wrote (never a timing asserted), and the pieces they share: config overrides parsed as main.py parses
+them, the arrays, the compile clock, the machine beside every line. The layer breakdown of flop_efficiency finds
+every convolution of a model with the shapes and arguments training gives it, and its per-layer FLOPs add up to
+the count taken from the train step's own jaxpr."""
 
-import importlib.util
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
 import json
+import pathlib
+import statistics
+import subprocess
+import sys
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from helpers import ROOT, load_config
 
-from fmnist_jax import ops
+from benchmarks import COMMANDS, common, flop_efficiency, layers, products, profile_step, time_to_accuracy, train_speed
+from fmnist_jax import data, machine, metrics, ops
 
 
-@pytest.fixture(scope="module")
-def flop_efficiency():
-    spec = importlib.util.spec_from_file_location("flop_efficiency", ROOT / "benchmarks" / "flop_efficiency.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def tiny(data_dir: pathlib.Path, prefix: str = "config") -> list[str]:
+    """Overrides that put a CNN config on the tiny data set (256 training images for cnn: 4 steps of 64)."""
+    fields = {"data.dir": data_dir, "data.validation_size": 64, "steps_per_call": 2, "eval_batch_size": 50}
+    return [f"--{prefix}.{field}={value}" for field, value in fields.items()]
+
+
+def run(module, *args: str) -> list[dict]:
+    """The JSON lines that `module.main(args)` prints."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        module.main([str(a) for a in args])
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_help_lists_every_sub_command_with_its_first_docstring_line():
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--help"], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    listed = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith("  ")}
+    assert (
+        list(listed)
+        == list(COMMANDS)
+        == ["train_speed", "time_to_accuracy", "accelerator_check", "flop_efficiency", "profile"]
+    )
+    for name, module in COMMANDS.items():
+        assert importlib.import_module(module).__doc__.strip().splitlines()[0] in listed[name]
+    unknown = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "fused_pool"], capture_output=True, text=True, cwd=ROOT, check=False
+    )
+    assert unknown.returncode == 2 and "no benchmark named 'fused_pool'" in unknown.stderr
+
+
+def test_overrides_are_parsed_as_main_py_parses_them():
+    config = common.load_config(
+        "vgg_bn", ["--config.num_epochs=3", "--config.data.num_train=100", "--config.model.widths=8,16,32"]
+    )
+    assert (config.num_epochs, config.data.num_train, tuple(config.model.widths)) == (3, 100, (8, 16, 32))
+    assert common.load_config("cnn", ["--config.augment.flip=true"]).augment.flip is True
+    other = common.load_config("cnn", ["--compare.num_epochs=2"], flag="compare", prefix="compare")
+    assert other.num_epochs == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "says"),
+    [
+        ("cnn2", [], "--config=cnn2: there is no configs/cnn2.py (the CNN configs: cnn, vgg_bn, vgg_bn_large)"),
+        ("random_forest", [], "--config=random_forest is not a CNN's config; the CNN configs: cnn, vgg_bn"),
+        ("cnn", ["--config.model.conf=xla"], 'unknown config field in --config.model.conf=xla (did you mean "conv"?)'),
+        ("cnn", ["--config.num_epochs=x"], "flag --config.num_epochs=x: invalid literal for int()"),
+    ],
+)
+def test_a_config_that_cannot_run_is_one_usage_line(name, overrides, says):
+    with pytest.raises(common.UsageError) as error:
+        common.cnn_config(name, overrides)
+    assert says in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("module", "args", "says"),
+    [
+        (flop_efficiency, ["--configs=cnn,vgg_bnn"], "--configs=vgg_bnn: there is no configs/vgg_bnn.py"),
+        (flop_efficiency, ["--configs=linear_svm"], "--configs=linear_svm is not a CNN's config"),
+        (flop_efficiency, ["--compute_dtype=float32,bf16"], "'bf16' is not float32 or bfloat16"),
+        (flop_efficiency, ["--matmul_seconds=0"], "--matmul_seconds and --product_seconds must be above 0"),
+        (train_speed, ["--steps=0"], "--steps=0 must be at least 1"),
+        (train_speed, ["--config.num_epochs", "2"], "--config.num_epochs: write the override as"),
+        (train_speed, ["--compare.num_epochs=2"], "unrecognized argument: --compare.num_epochs=2"),
+        (time_to_accuracy, ["--compare.num_epochs=2"], "--compare.FIELD=VALUE overrides need --compare=OTHER"),
+        (time_to_accuracy, ["--compare=random_forest"], "--compare=random_forest is not a CNN's config"),
+        (profile_step, ["--config=compare"], "--config=compare is not a CNN's config"),
+    ],
+)
+def test_bad_arguments_stop_before_anything_is_timed(capsys, module, args, says):
+    with pytest.raises(SystemExit) as stop:
+        module.main(args)
+    out, err = capsys.readouterr()
+    assert stop.value.code == 2 and out == "" and says in err.strip().splitlines()[-1]
+
+
+def test_time_to_accuracy_refuses_a_kept_workdir_that_exists(capsys, tmp_path):
+    (tmp_path / "seed_1").mkdir()
+    with pytest.raises(SystemExit):
+        time_to_accuracy.main(["--seeds=2", f"--workdir={tmp_path}"])
+    assert f"{tmp_path / 'seed_1'} exists, and a run there would resume" in capsys.readouterr().err
+    assert not (tmp_path / "seed_0").exists()
+
+
+def test_every_line_carries_the_machine_it_was_measured_on(capsys):
+    common.emit(figure=1.5)
+    line = json.loads(capsys.readouterr().out)
+    assert line["figure"] == 1.5
+    assert line["machine"] == {
+        **machine.describe(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "devices": jax.device_count(),
+    }
+
+
+def test_the_compile_clock_counts_each_backend_compilation():
+    from jax._src import dispatch
+
+    assert dispatch.BACKEND_COMPILE_EVENT == common.COMPILE_EVENT  # the event's name in the installed jax
+    x = np.arange(7.0, dtype=np.float32)
+    with common.compile_clock() as clock:
+        jax.jit(lambda x: jnp.sin(x) * 3.25 + 0.125)(x).block_until_ready()
+    assert clock.count == 1 and clock.seconds > 0
+    jax.jit(lambda x: x * 7.5)(x).block_until_ready()  # after it: not counted
+    assert clock.count == 1
+
+
+def test_without_data_the_arrays_are_random_images_of_the_configs_sizes(tiny_data, monkeypatch):
+    arrays = common.load_arrays(common.load_config("cnn", tiny(tiny_data)))
+    assert (len(arrays.train), len(arrays.test)) == (256, 100) and arrays.source.startswith("idx:")
+
+    def missing(*args, **kwargs):
+        raise data.DataError("no Fashion-MNIST found")
+
+    monkeypatch.setattr(data, "load", missing)
+    arrays = common.load_arrays(common.load_config("cnn", ["--config.data.num_train=300"]))
+    assert arrays.source == "random" and (len(arrays.train), len(arrays.test)) == (300, 10_000)
+    assert arrays.train.images.dtype == np.uint8 and arrays.train.images.shape[1:] == (28, 28)
+    with pytest.raises(data.DataError):  # a folder the user named must load
+        common.load_arrays(common.load_config("cnn", [f"--config.data.dir={tiny_data}"]))
+
+
+def test_train_speed_times_this_loop_and_the_plain_flax_loop_and_skips_a_missing_torch(tiny_data, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch raises ImportError
+    ours, plain, torch, ratios = run(train_speed, "--steps=2", *tiny(tiny_data))
+    assert [ours["loop"], plain["loop"], torch["loop"]] == ["fmnist_jax", "plain_flax", "pytorch"]
+    assert torch["skipped"].startswith("torch is not installed")
+    assert ours["num_params"] == train_speed.STUDY_PARAMS and ours["steps_per_call"] == 2 and ours["steps"] == 2
+    assert ours["conv"] == ops.resolve_conv("auto") and ours["data"] == plain["data"]
+    for row in (ours, plain):
+        assert row["epoch_images"] == 256  # the config's training split: 4 steps of 64
+        assert row["epoch_seconds"] == pytest.approx(4 * row["ms_per_step"] / 1000, abs=0.01)
+        assert row["train_images_per_second"] == pytest.approx(64_000 / row["ms_per_step"], rel=0.01)
+    assert ratios["ratios"] == {
+        "plain_flax_over_fmnist_jax": pytest.approx(plain["ms_per_step"] / ours["ms_per_step"], abs=0.01)
+    }
+
+
+def test_time_to_accuracy_reports_each_seeds_run_their_spread_and_the_ratio_to_another_config(tiny_data, tmp_path):
+    args = ["--seeds=2", f"--workdir={tmp_path}", "--config.num_epochs=1", *tiny(tiny_data)]
+    # The other config's own number of epochs: its training split (256 images, 4 steps of 64) 3 times.
+    compare = ["--compare=cnn", "--compare_steps=2", *tiny(tiny_data, prefix="compare"), "--compare.num_epochs=3"]
+    *seeds, summary, ratio = run(time_to_accuracy, *args, *compare)
+    assert [row["seed"] for row in seeds] == [0, 1] == summary["seeds"]
+    for row in seeds:
+        workdir = tmp_path / f"seed_{row['seed']}"
+        results, history = metrics.load_results(workdir), metrics.read_history(workdir)
+        assert results["seed"] == row["seed"] and row["test_accuracy"] == results["test_accuracy"]
+        assert row["train_seconds"] == round(results["train_seconds"], 3)
+        assert row["steps"] == history[-1]["step"] == 4 and row["epochs"] == 1
+        assert row["images_per_second"] == pytest.approx(4 * 64 / results["train_seconds"], abs=0.05)
+        assert 0 <= row["compile_seconds"] <= row["wall_seconds"] and row["train_seconds"] <= row["wall_seconds"]
+    for key in time_to_accuracy.PER_SEED:
+        values = [row[key] for row in seeds]
+        assert summary[key] == {"mean": pytest.approx(np.mean(values)), "std": pytest.approx(statistics.stdev(values))}
+    assert ratio["compare"] == "cnn" and ratio["total_steps"] == 4 * 3
+    assert ratio["steps_timed"] == 2 and ratio["mean_wall_seconds"] == summary["wall_seconds"]["mean"]
+    assert ratio["estimated_train_seconds"] == pytest.approx(12 * ratio["step_seconds"])
+    assert ratio["ratio"] == pytest.approx(summary["wall_seconds"]["mean"] / (12 * ratio["step_seconds"]))
+    assert (
+        "compilation and evaluation" in ratio["estimate_leaves_out"] and "conservative" in ratio["estimate_leaves_out"]
+    )
+
+
+def test_one_seed_has_no_spread():
+    assert time_to_accuracy.mean_std([0.9]) == {"mean": 0.9, "std": None}
+    assert time_to_accuracy.mean_std([1.0, 2.0, 4.0]) == {"mean": pytest.approx(7 / 3), "std": pytest.approx(1.5275252)}
+
+
+@pytest.mark.parametrize("forward_only", [False, True])
+def test_profile_sums_the_traced_ops_of_the_package_program(tiny_data, tmp_path, forward_only):
+    args = ["--calls=1", "--top=4", "--steps_per_call=2", f"--trace_dir={tmp_path}", *tiny(tiny_data)]
+    *ops_rows, total = run(profile_step, *args, *(["--forward_only"] if forward_only else []))
+    assert 1 <= len(ops_rows) <= 4 and total["ops"] >= len(ops_rows)
+    times = [row["ms_per_step"] for row in ops_rows]
+    assert times == sorted(times, reverse=True)
+    assert total["ops_ms_per_step"] >= sum(times) - 0.01
+    program = "eval_step" if forward_only else "train_steps"
+    assert all(row["from"].startswith(f"jit({program})") for row in ops_rows if row["from"])
+    assert (total["steps"], total["batch"]) == ((1, 50) if forward_only else (2, 64))
+    assert pathlib.Path(total["trace"]).is_file() and tmp_path in pathlib.Path(total["trace"]).parents
+
+
+# flop_efficiency
 
 
 def dense_training_flops(batch: int, *shapes: tuple[int, int]) -> int:
@@ -41,77 +237,85 @@ def shift_flops(config) -> int:
         ),
     ],
 )
-def test_the_layer_breakdown_finds_each_convolution_and_its_flops(flop_efficiency, name, padding, inputs, dense):
+def test_the_layer_breakdown_finds_each_convolution_and_its_flops(name, padding, inputs, dense):
     config = load_config(name)
-    layers = flop_efficiency.conv_layers(config)
-    assert [layer["input"] for layer in layers] == inputs
-    assert {layer["padding"] for layer in layers} == {padding}
-    assert all(layer["kwargs"]["training"] is True and layer["dtype"] == jnp.float32 for layer in layers)
+    found = layers.conv_layers(config)
+    assert [layer["input"] for layer in found] == inputs
+    assert {layer["padding"] for layer in found} == {padding}
+    assert all(layer["kwargs"]["training"] is True and layer["dtype"] == jnp.float32 for layer in found)
     # The first layer needs no input gradient (its input is the images): 2 products, the others 3.
-    conv_flops = sum(flop_efficiency.layer_flops(layer, i == 0) for i, layer in enumerate(layers))
+    conv_flops = sum(layers.layer_flops(layer, i == 0) for i, layer in enumerate(found))
     batch = config.batch_size
     total = conv_flops + dense_training_flops(batch, *dense) + shift_flops(config)
     assert total == flop_efficiency.flops_per_image(config) * batch
 
 
-def test_the_layer_breakdown_follows_the_compute_dtype(flop_efficiency):
-    layers = flop_efficiency.conv_layers(load_config("cnn", compute_dtype="bfloat16"))
-    assert [layer["kwargs"]["compute_dtype"] for layer in layers] == [jnp.bfloat16] * 3
+def test_the_layer_breakdown_follows_the_compute_dtype():
+    found = layers.conv_layers(load_config("cnn", compute_dtype="bfloat16"))
+    assert [layer["kwargs"]["compute_dtype"] for layer in found] == [jnp.bfloat16] * 3
 
 
 @pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
-def test_the_convolutions_stand_in_keeps_shapes_and_removes_every_convolution_product(flop_efficiency, compute_dtype):
+def test_the_convolutions_stand_in_keeps_shapes_and_removes_every_convolution_product(compute_dtype):
     x, kernel = jnp.ones((2, 9, 9, 3)), jnp.ones((3, 3, 3, 5))
     dtype = jnp.dtype(compute_dtype)
     for padding, real in (("valid", ops.conv2d_valid), ("same", ops.conv2d_same)):
-        fake = flop_efficiency.stand_in(padding)(x, kernel, "auto", training=True, compute_dtype=dtype)
+        fake = layers.stand_in(padding)(x, kernel, "auto", training=True, compute_dtype=dtype)
         assert fake.shape == real(x, kernel, "im2col", compute_dtype=dtype).shape and fake.dtype == dtype
     # With the stand-ins, the step's products are the dense layers' (and vgg_bn's shifts) alone.
     for name, dense in (("cnn", [(256, 256), (256, 10)]), ("vgg_bn", [(1152, 256), (256, 10)])):
         config = load_config(name, compute_dtype=compute_dtype)
         expected = dense_training_flops(config.batch_size, *dense) + shift_flops(config)
-        with flop_efficiency.convolutions_stood_in():
+        with layers.convolutions_stood_in():
             assert flop_efficiency.flops_per_image(config) * config.batch_size == expected
 
 
-def test_the_layer_breakdown_splits_the_step_at_the_convolutions_measured_in_place(flop_efficiency, capsys):
-    flop_efficiency.main(["--configs=cnn", "--layers", "--steps=10", "--matmul_seconds=0.2"])
-    _, step, *layers, split = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [layer["layer"] for layer in layers] == [0, 1, 2] and all(layer["ms_per_step"] > 0 for layer in layers)
+@pytest.fixture(scope="module")
+def dtype_lines(tiny_data) -> list[dict]:
+    """One sitting: the study CNN in both compute dtypes against the float32 limit."""
+    args = ["--configs=cnn", "--compute_dtype=float32,bfloat16", "--steps=2", "--matmul_seconds=0.05"]
+    return run(flop_efficiency, *args, *tiny(tiny_data))
+
+
+def test_one_sitting_measures_each_compute_dtype_against_the_float32_limit(dtype_lines):
+    limit, *rows = dtype_lines
+    assert limit["matmul_shape"] == list(products.MATMUL_SHAPE) and limit["matmul_gflops"] > 0
+    assert limit["measurements"] == 3  # before, and after each dtype
+    assert [row["compute_dtype"] for row in rows] == ["float32", "bfloat16"]
+    limit_ms = rows[0]["flop_limit_ms_per_step"]
+    for row in rows:
+        assert row["train_mflop_per_image"] == rows[0]["train_mflop_per_image"]  # the same products, counted alike
+        assert row["flop_limit_ms_per_step"] == limit_ms  # both against the float32 rate
+        assert limit_ms == pytest.approx(row["train_mflop_per_image"] * 64 / limit["matmul_gflops"], rel=0.01)
+        assert row["ratio"] == pytest.approx(row["ms_per_step"] / limit_ms, abs=0.01)
+        assert row["epoch_images"] == 256  # 4 steps of 64: the config's training split
+        assert row["epoch_seconds"] == pytest.approx(4 * row["ms_per_step"] / 1000, abs=0.01)
+        assert row["epoch_limit_seconds"] == pytest.approx(4 * limit_ms / 1000, abs=0.01)
+
+
+def test_the_layer_breakdown_splits_the_step_at_the_convolutions_measured_in_place(tiny_data):
+    args = ["--configs=cnn", "--layers", "--steps=2", "--matmul_seconds=0.05"]
+    _, step, *per_layer, split = run(flop_efficiency, *args, *tiny(tiny_data))
+    assert [row["layer"] for row in per_layer] == [0, 1, 2] and all(r["ms_per_step"] > 0 for r in per_layer)
     assert split["step_ms"] == step["ms_per_step"]
-    assert split["convolutions_alone_ms"] == pytest.approx(sum(layer["ms_per_step"] for layer in layers), abs=0.02)
+    assert split["convolutions_alone_ms"] == pytest.approx(sum(r["ms_per_step"] for r in per_layer), abs=0.02)
     assert split["step_without_convolutions_ms"] > 0
     assert split["convolutions_in_step_ms"] == pytest.approx(
         split["step_ms"] - split["step_without_convolutions_ms"], abs=0.02
     )
 
 
-def test_one_sitting_measures_each_compute_dtype_against_the_float32_limit(flop_efficiency, capsys):
-    flop_efficiency.main(["--configs=cnn", "--compute_dtype=float32,bfloat16", "--steps=4", "--matmul_seconds=0.2"])
-    machine, *rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert machine["cpu"] and isinstance(machine["flags"], list) and machine["matmul_gflops"] > 0
-    assert [row["compute_dtype"] for row in rows] == ["float32", "bfloat16"]
-    limit_ms = rows[0]["flop_limit_ms_per_step"]
-    for row in rows:
-        assert row["train_mflop_per_image"] == rows[0]["train_mflop_per_image"]  # the same products, counted alike
-        assert row["flop_limit_ms_per_step"] == limit_ms  # both against the float32 rate
-        assert row["ratio"] == pytest.approx(row["ms_per_step"] / limit_ms, abs=0.01)
-        assert row["epoch_images"] == 48_000  # 750 steps of 64: the study's training split
-        assert row["epoch_seconds"] == pytest.approx(750 * row["ms_per_step"] / 1000, abs=0.1)
-        assert row["epoch_limit_seconds"] == pytest.approx(750 * limit_ms / 1000, abs=0.1)
-
-
-@pytest.mark.parametrize(
-    ("args", "says"),
-    [
-        (["--configs=cnn,vgg_bnn"], "--configs=vgg_bnn: there is no configs/vgg_bnn.py"),
-        (["--configs=linear_svm"], "--configs=linear_svm is not a CNN's config"),
-        (["--compute_dtype=float32,bf16"], "'bf16' is not float32 or bfloat16"),
-        (["--matmul_seconds=0"], "--matmul_seconds above 0"),
-    ],
-)
-def test_bad_arguments_stop_before_anything_is_timed(flop_efficiency, capsys, args, says):
-    with pytest.raises(SystemExit) as stop:
-        flop_efficiency.main(args)
-    out, err = capsys.readouterr()
-    assert stop.value.code == 2 and out == "" and says in err
+def test_the_product_forms_compute_the_products_of_a_layer_and_are_timed_per_dtype(monkeypatch):
+    m, k, n = 12, 5, 3
+    patches, kernel, dy = (np.random.default_rng(i).normal(size=s) for i, s in enumerate([(m, k), (k, n), (m, n)]))
+    forward, input_grad, weight_grad, laid_out = (fn for _, fn, _ in products.forms(m, k, n))
+    np.testing.assert_allclose(forward(patches, kernel), patches @ kernel, rtol=1e-5)
+    np.testing.assert_allclose(input_grad(dy, kernel), dy @ kernel.T, rtol=1e-5)
+    np.testing.assert_allclose(weight_grad(patches, dy), patches.T @ dy, rtol=1e-5)
+    np.testing.assert_allclose(laid_out(patches.T, dy), patches.T @ dy, rtol=1e-5)
+    monkeypatch.setattr(products, "LAYERS", (("dense2", 64, 256, 10),))
+    rows = list(products.product_rows(("float32", "bfloat16"), seconds=0.01))
+    assert [(r["dtype"], r["product"]) for r in rows] == [
+        (dtype, name) for dtype in ("float32", "bfloat16") for name, _, _ in products.forms(64, 256, 10)
+    ]
+    assert all((r["m"], r["k"], r["n"]) == (64, 256, 10) and r["gflops"] > 0 for r in rows)

@@ -20,7 +20,7 @@ KILL_ARGS = (
     "--config.checkpoint.every_steps=1",
     "--config.checkpoint.max_to_keep=2",
     "--config.data.validation_size=64",
-    "--config.eval_batch_size=64",
+    "--config.eval_batch_size=50",
 )
 
 

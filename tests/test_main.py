@@ -47,7 +47,8 @@ def test_default_workdir_is_runs_slash_config_name(tiny_data, tmp_path):
         "--config.num_epochs=1",
         f"--config.data.dir={tiny_data}",
         "--config.data.validation_size=64",
-        "--config.steps_per_call=4",
+        "--config.steps_per_call=2",
+        "--config.eval_batch_size=50",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-2000:]

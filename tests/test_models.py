@@ -19,6 +19,15 @@ def test_parameter_count_is_the_studys(model):
     assert models.count_params(model) == 438_026
 
 
+@pytest.mark.parametrize("name", ["seed_cnn", "vgg_bn"])
+def test_the_jitted_initialisation_gives_the_layer_by_layer_bits(name):
+    jitted = nnx.state(models.create_model(name, seed=5))
+    plain = nnx.state(models.MODELS[name](rngs=nnx.Rngs(params=5)))
+    assert jax.tree.structure(jitted) == jax.tree.structure(plain)
+    for a, b in zip(jax.tree.leaves(jitted), jax.tree.leaves(plain), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_layer_shapes_follow_the_study(model):
     shapes = jax.tree.map(lambda p: p.shape, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     assert shapes["conv1"]["kernel"] == (3, 3, 1, 64)

@@ -1,5 +1,5 @@
 """Where users run it: TensorBoard events (read back with TensorBoard's own reader), the Colab notebook executed
-headlessly, checkpoints marked by a commit file (Drive, FUSE), and the accelerator check on CPU."""
+headlessly, checkpoints marked by a commit file (Drive, FUSE), and `python -m benchmarks accelerator_check` on CPU."""
 
 import json
 import pathlib
@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from helpers import ROOT, devices, load_config, run_interrupted, run_main
 
+from benchmarks import accelerator_check
 from fmnist_jax import checkpoints, events, metrics
 
 TINY = (
@@ -165,40 +166,55 @@ def test_the_colab_notebook_runs_headlessly_with_tiny_settings(tiny_data, tmp_pa
     assert "## Summary" in text and (tmp_path / "compare" / "report.md").exists()
 
 
-def accelerator_check(*args: str, env: dict[str, str] | None = None, timeout: float = 600):
-    """Runs `python benchmarks/accelerator_check.py ARGS` (with `env` added to this environment)."""
-    return run_main(*args, env=env, timeout=timeout, script=(str(ROOT / "benchmarks" / "accelerator_check.py"),))
+def tiny_cnn(data_dir: pathlib.Path, *fields: str) -> tuple[str, ...]:
+    """Overrides that put a CNN config on the tiny data set, evaluated in batches of 50."""
+    base = (f"data.dir={data_dir}", "eval_batch_size=50", "steps_per_call=2", *fields)
+    return tuple(f"--config.{field}" for field in base)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    ("config", "batch", "epoch_images", "count"),
-    # vgg_bn on one device: its BatchNorm all-reduces on 2 fake devices could outwait XLA:CPU's rendezvous
-    # timeout while the suite's other worker loads the 2 cores; the 2-device maths are tested elsewhere.
-    [("cnn", 64, 48_000, 2), ("vgg_bn", 128, 60_000, 1)],
-)
-def test_the_accelerator_check_runs_on_cpu_and_reports_each_figure(config, batch, epoch_images, count):
-    result = accelerator_check(
-        f"--config={config}", "--steps=4", "--steps_per_call=2", "--large_batch=128", env=devices(count)
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    by_check = {}
-    for row in rows:
-        by_check.setdefault(row["check"], []).append(row)
-    assert by_check["devices"][0]["count"] == count and by_check["devices"][0]["backend"] == "cpu"
-    assert [r["batch"] for r in by_check["train"]] == [batch, 128]
-    assert {r["model"] for r in by_check["train"]} == {load_config(config).model.name}
-    assert all(r["images_per_second"] > 0 and r["epoch_seconds"] > 0 for r in by_check["train"])
-    assert all(r["epoch_images"] == epoch_images for r in by_check["train"])  # the config's training split
-    assert by_check["evaluate"][0]["images"] == 10000
-    agree = by_check["devices_agree"][0]
+def by_check(lines: list[str]) -> dict[str, list[dict]]:
+    rows = {}
+    for row in (json.loads(line) for line in lines if line.startswith("{")):
+        rows.setdefault(row["check"], []).append(row)
+    return rows
+
+
+def assert_every_check_reported(rows: dict[str, list[dict]], config, *, batches: list[int], count: int, epoch: int):
+    """The devices, each batch size, the evaluation, the devices' agreement and bfloat16, consistent together."""
+    assert rows["devices"][0]["count"] == count == rows["devices"][0]["machine"]["devices"]
+    assert rows["devices"][0]["machine"]["backend"] == "cpu" and rows["devices"][0]["machine"]["cpu"]
+    train = rows["train"]
+    assert [r["batch"] for r in train] == batches
+    assert {r["model"] for r in train} == {config.model.name}
+    assert all(r["epoch_images"] == epoch for r in train)  # the config's training split
+    for r in train:
+        assert r["epoch_seconds"] == pytest.approx(epoch / r["images_per_second"], rel=0.01, abs=0.01)
+    assert rows["evaluate"][0]["images"] == 100 and rows["evaluate"][0]["batch"] == 50  # the tiny test split
+    agree = rows["devices_agree"][0]
     assert agree["same"] is True if count > 1 else agree["skipped"] == "one device: nothing to compare"
-    assert by_check["train"][0]["mean_loss"] == pytest.approx(by_check["bfloat16"][0]["mean_loss"]["float32"], abs=1e-5)
-    bf16 = by_check["bfloat16"][0]
+    bf16 = rows["bfloat16"][0]
+    assert train[0]["mean_loss"] == pytest.approx(bf16["mean_loss"]["float32"], abs=1e-5)
     rates = bf16["images_per_second"]
+    assert rates["float32"] == train[0]["images_per_second"]
     assert rates["bfloat16"] > 0 and bf16["speedup"] == pytest.approx(rates["bfloat16"] / rates["float32"], abs=0.01)
     assert bf16["mean_loss"]["bfloat16"] == pytest.approx(bf16["mean_loss"]["float32"], rel=0.05)
+
+
+def test_the_accelerator_check_runs_on_one_device_and_reports_each_figure(tiny_data, capsys):
+    accelerator_check.main(["--steps=2", "--large_batch=128", *tiny_cnn(tiny_data, "data.validation_size=64")])
+    rows = by_check(capsys.readouterr().out.splitlines())
+    assert_every_check_reported(rows, load_config("cnn"), batches=[64, 128], count=1, epoch=256)
+
+
+def test_the_accelerator_check_runs_on_two_devices_through_the_command_line(tiny_data):
+    # A large batch equal to the config's is measured once; both sizes are measured on one device above.
+    args = ("--steps=2", "--large_batch=64", *tiny_cnn(tiny_data, "data.validation_size=64"))
+    result = run_main(*args, env=devices(2), script=("-m", "benchmarks", "accelerator_check"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = by_check(result.stdout.splitlines())
+    assert_every_check_reported(rows, load_config("cnn"), batches=[64], count=2, epoch=256)
+    losses = rows["devices_agree"][0]["mean_loss_by_devices"]
+    assert list(losses) == ["1", "2"] and rows["devices_agree"][0]["steps"] == 4
 
 
 @pytest.mark.parametrize(
@@ -207,12 +223,15 @@ def test_the_accelerator_check_runs_on_cpu_and_reports_each_figure(config, batch
         ("--config=random_forest", "--config=random_forest is not a CNN's config"),
         ("--config=cnn2", "no configs/cnn2.py"),
         ("--large_batch=0", "--large_batch=0 must be at least 1"),
+        ("--config.model.conf=xla", 'unknown config field in --config.model.conf=xla (did you mean "conv"?)'),
     ],
 )
-def test_the_accelerator_check_refuses_what_it_cannot_time_before_any_figure(args, says):
-    result = accelerator_check(args, timeout=120)
-    assert result.returncode == 2 and result.stdout == ""  # a usage error before any figure
-    assert says in result.stderr.strip().splitlines()[-1]
+def test_the_accelerator_check_refuses_what_it_cannot_time_before_any_figure(capsys, args, says):
+    with pytest.raises(SystemExit) as stop:
+        accelerator_check.main([args])
+    out, err = capsys.readouterr()
+    assert stop.value.code == 2 and out == ""  # a usage error before any figure
+    assert says in err.strip().splitlines()[-1]
 
 
 def test_a_folder_keeps_its_checkpoint_form_when_the_setting_changes(two_epoch_run):

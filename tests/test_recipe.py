@@ -240,7 +240,7 @@ def test_the_fused_batch_norm_relu_pool_trains_the_same_function_as_the_plain_la
     x, labels = random_batch(16) * 2 - 0.5, jnp.arange(16) % 10
 
     def run(fused, jit, conv="auto"):
-        model = models.create_model("vgg_bn", seed=0, head_width=32, fused_pool=fused, conv=conv)
+        model = models.create_model("vgg_bn", seed=0, widths=(8, 16, 16), head_width=32, fused_pool=fused, conv=conv)
         for norm in model.norms:  # BatchNorm scales of both signs, as training produces
             norm.scale[...] = jnp.where(jnp.arange(norm.scale.shape[0]) % 3 == 0, -0.8, 1.2)
 

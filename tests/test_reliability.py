@@ -32,7 +32,7 @@ from fmnist_jax import files, metrics, run
 TINY_ARGS = (
     "--config=configs/cnn.py",
     "--config.data.validation_size=64",
-    "--config.eval_batch_size=64",
+    "--config.eval_batch_size=50",
     "--config.steps_per_call=2",
 )
 

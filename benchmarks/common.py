@@ -1,0 +1,315 @@
+"""What every benchmark shares: the command line (a config by name with `--config.FIELD=VALUE` overrides, parsed
+as main.py parses them), the arrays to train on, the timing of train steps through the package's own `Programs`
+and `TrainInputs`, the compile clock, and the JSON lines, each with the machine it was measured on.
+
+Run from the repository root: `python -m benchmarks NAME`, so that `configs` and `fmnist_jax` import as they
+do for main.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import functools
+import importlib
+import json
+import pathlib
+import re
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import flags
+from jax.sharding import Mesh
+from ml_collections import config_flags
+
+from fmnist_jax import data, machine, parallel
+from fmnist_jax.training import state as state_lib
+from fmnist_jax.training.state import RandomRoots, TrainState
+from fmnist_jax.training.step import Programs, TrainInputs, resolve_unroll
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TRAIN_FILE_IMAGES, TEST_IMAGES = 60_000, 10_000  # the official files, before the validation split
+# The duration event JAX records around each XLA compilation (jax._src.dispatch.BACKEND_COMPILE_EVENT; a
+# persistent-cache hit is recorded too, with its load time).
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+class UsageError(Exception):
+    """A command line that cannot run: reported as one usage line, exit status 2, before anything is timed."""
+
+
+# The command line
+
+
+def parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """A sub-command's parser: its docstring as the help, no abbreviated flags (`--config.` overrides pass by)."""
+    return argparse.ArgumentParser(
+        prog=f"python -m benchmarks {prog}",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+
+
+def parse(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None, prefixes: Sequence[str] = ("config",)
+) -> tuple[argparse.Namespace, dict[str, list[str]]]:
+    """The parsed flags and, per prefix ("config"), its `--PREFIX.FIELD=VALUE` overrides in order."""
+    args, rest = parser.parse_known_args(argv)
+    overrides: dict[str, list[str]] = {p: [] for p in prefixes}
+    for arg in rest:
+        name = arg.split("=", 1)[0]
+        prefix = name[2:].split(".", 1)[0] if arg.startswith("--") and "." in name else None
+        if prefix not in overrides:
+            parser.error(f"unrecognized argument: {arg}")
+        if "=" not in arg:
+            parser.error(f"{arg}: write the override as {name}=VALUE")
+        overrides[prefix].append(arg)
+    return args, overrides
+
+
+def check_at_least(parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str, least: int = 1) -> None:
+    """A usage error for the first of the integer flags `names` set below `least`."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < least:
+            parser.error(f"--{name}={value} must be at least {least}")
+
+
+def load_config(
+    name: str, overrides: Sequence[str] = (), *, flag: str = "config", prefix: str = "config"
+) -> ml_collections.ConfigDict:
+    """configs/NAME.py's `get_config()` with `--PREFIX.FIELD=VALUE` overrides applied by ml_collections, as main.py
+    applies them (types, tuples, None fields alike); UsageError for a missing file or a bad override (`flag` is
+    the flag that named the config, for the message)."""
+    if not (ROOT / "configs" / f"{name}.py").is_file():
+        raise UsageError(f"--{flag}={name}: there is no configs/{name}.py (the CNN configs: {cnn_names()})")
+    config = importlib.import_module(f"configs.{name}").get_config()
+    if not overrides:
+        return config
+    values, argv = flags.FlagValues(), ["benchmarks", *overrides]
+    try:
+        config_flags.DEFINE_config_dict(prefix, config, flag_values=values, sys_argv=argv)
+        values(argv)
+    except AttributeError as e:
+        close = re.search(r'Did you mean "([^"]+)"', str(e))
+        hint = f' (did you mean "{close.group(1)}"?)' if close else ""
+        raise UsageError(f"unknown config field in {' '.join(overrides)}{hint}") from e
+    except (flags.Error, KeyError, TypeError, ValueError) as e:
+        raise UsageError(" ".join(str(e).split())) from e
+    return values[prefix].value
+
+
+def cnn_config(
+    name: str, overrides: Sequence[str] = (), *, flag: str = "config", prefix: str = "config"
+) -> ml_collections.ConfigDict:
+    """`load_config`, refusing a config that is not a CNN's (only those train through `Programs`)."""
+    config = load_config(name, overrides, flag=flag, prefix=prefix)
+    if config.get("kind") != "cnn":
+        raise UsageError(f"--{flag}={name} is not a CNN's config; the CNN configs: {cnn_names()}")
+    return config
+
+
+def cnn_names() -> str:
+    """The names of the CNN configs in configs/, for error messages."""
+    names = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if not p.stem.startswith("_"))
+    kinds = {n: importlib.import_module(f"configs.{n}") for n in names if n != "common"}
+    return ", ".join(n for n, m in kinds.items() if m.get_config().get("kind") == "cnn")
+
+
+def with_fields(config: ml_collections.ConfigDict, **fields: Any) -> ml_collections.ConfigDict:
+    """A copy of `config` with `fields` set (keys name top-level fields; `model__conv` sets model.conv)."""
+    copy = config.copy_and_resolve_references()
+    for key, value in fields.items():
+        *parents, leaf = key.split("__")
+        node = copy
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return copy
+
+
+# What a figure is printed with
+
+
+@functools.cache
+def machine_fields() -> dict[str, Any]:
+    """The machine a figure comes from: `machine.describe()` with the jax version, backend and device count."""
+    return {
+        **machine.describe(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "devices": jax.device_count(),
+    }
+
+
+def emit(**row: Any) -> dict[str, Any]:
+    """Prints `row` as one JSON line with the machine beside it; returns the line's object."""
+    line = {**row, "machine": machine_fields()}
+    print(json.dumps(line), flush=True)
+    return line
+
+
+class CompileClock:
+    """The backend compilations JAX records while it is active: their count and summed seconds."""
+
+    def __init__(self) -> None:
+        self.count, self.seconds = 0, 0.0
+
+    def __call__(self, event: str, duration_secs: float, **kwargs: Any) -> None:
+        if event == COMPILE_EVENT:
+            self.count += 1
+            self.seconds += duration_secs
+
+
+@contextlib.contextmanager
+def compile_clock() -> Iterator[CompileClock]:
+    """Within it, every XLA compilation adds its duration to the yielded clock (jax.monitoring's listener)."""
+    clock = CompileClock()
+    jax.monitoring.register_event_duration_secs_listener(clock)
+    try:
+        yield clock
+    finally:
+        jax.monitoring.unregister_event_duration_listener(clock)
+
+
+# The data and the train steps
+
+
+def abstract_train_state(config: ml_collections.ConfigDict) -> tuple[state_lib.Graphs, TrainState]:
+    """`create_train_state(config)`'s graphs and state as shapes only: nothing is initialised (tracing a step for
+    its FLOPs or its layers needs no values, and initialising runs many small programs)."""
+    graphs = []
+
+    def create() -> TrainState:
+        graph, state, _ = state_lib.create_train_state(config)
+        graphs.append(graph)
+        return state
+
+    state = jax.eval_shape(create)
+    return graphs[0], state
+
+
+@dataclasses.dataclass(frozen=True)
+class Arrays:
+    """The images a benchmark trains and evaluates on, and where they came from ("random" when made up)."""
+
+    train: data.Split
+    test: data.Split
+    source: str
+
+
+def load_arrays(config: ml_collections.ConfigDict) -> Arrays:
+    """`config.data`'s training and test splits; without any data installed (and no `data.dir` named), random
+    images of the same sizes: speed does not depend on the pixels, and `source` says "random"."""
+    try:
+        ds = data.load(config.data, seed=config.seed)
+        return Arrays(ds.train, ds.test, ds.source)
+    except data.DataError:
+        if config.data.dir:
+            raise
+    rng = np.random.default_rng(config.seed)
+    n = config.data.num_train or TRAIN_FILE_IMAGES - config.data.validation_size
+
+    def split(size: int) -> data.Split:
+        images = rng.integers(0, 256, (size, 28, 28), dtype=np.uint8)
+        return data.Split(images, rng.integers(0, 10, size).astype(np.int32))
+
+    return Arrays(split(n), split(TEST_IMAGES), "random")
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+    """A config's train call on one training split, ready to run: `call(state, i)` runs call i (of `k` steps on
+    successive batches of the first epoch's order, wrapping within it) from `state` (donated)."""
+
+    programs: Programs
+    state: TrainState  # the fresh state, on the devices
+    inputs: TrainInputs
+    k: int
+    batches: int  # per epoch
+    num_params: int
+
+    def call(self, state: TrainState, i: int) -> TrainState:
+        first = i * self.k
+        return self.programs.train(self.k)(
+            state, self.inputs, jnp.int32(first), jnp.int32(first % (self.batches - self.k + 1))
+        )
+
+
+def trainer(
+    config: ml_collections.ConfigDict, train: data.Split, *, steps_per_call: int | None = None, mesh: Mesh | None = None
+) -> Trainer:
+    """`config`'s model and recipe (augmentation, EMA, schedule included) at `config.batch_size` on `train`, set up
+    as training sets it up: the package's `Programs` on all devices of `mesh`, the training set on the devices,
+    the run's random roots; `steps_per_call` steps per call (default `config.steps_per_call`)."""
+    mesh = mesh or parallel.make_mesh()
+    k, batch = steps_per_call or config.steps_per_call, config.batch_size
+    parallel.check_batch_size(batch, mesh)
+    batches = len(train) // batch
+    if batches < k:
+        raise UsageError(f"{len(train)} training images make {batches} batches of {batch}, fewer than {k} per call")
+    n = batches * batch
+    graphs, state, num_params = state_lib.create_train_state(config, batches)
+    recipe = state_lib.Recipe.from_config(config)
+    unroll = resolve_unroll(config.scan_unroll, jax.default_backend(), config.model.conv)
+    programs = Programs(graphs, mesh, batch, unroll=unroll, recipe=recipe)
+    roots = RandomRoots.from_seed(config.seed, augment=recipe.augment.enabled)
+    images, labels = parallel.replicate((train.images[:n], train.labels[:n]), mesh)
+    inputs = TrainInputs(images, labels, programs.permutation(roots.data, 0, n), roots.dropout, roots.augment)
+    return Trainer(programs, parallel.replicate(state, mesh), inputs, k, batches, num_params)
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """What `time_training` measured: the warm-up call (compile included) and its compilations, the seconds per
+    timed step, the mean training loss over every step run, and the programs and state for evaluation after."""
+
+    first_call_seconds: float
+    compile_seconds: float
+    step_seconds: float
+    steps: int
+    mean_loss: float
+    num_params: int
+    programs: Programs
+    state: TrainState
+
+
+def time_training(
+    config: ml_collections.ConfigDict,
+    train: data.Split,
+    *,
+    steps: int,
+    steps_per_call: int | None = None,
+    mesh: Mesh | None = None,
+) -> Timing:
+    """Times `trainer(config, train, ...)`: one warm-up call that compiles, then `steps` steps (at least one call)."""
+    run = trainer(config, train, steps_per_call=steps_per_call, mesh=mesh)
+    calls = max(1, steps // run.k)
+    with compile_clock() as clock:
+        start = time.perf_counter()
+        state = jax.block_until_ready(run.call(run.state, 0))
+        first = time.perf_counter() - start
+    start = time.perf_counter()
+    for i in range(1, calls + 1):
+        state = run.call(state, i)
+    jax.block_until_ready(state)
+    seconds = (time.perf_counter() - start) / (calls * run.k)
+    mean_loss = parallel.scalar(state.loss_sum) / ((calls + 1) * run.k * config.batch_size)
+    return Timing(first, clock.seconds, seconds, calls * run.k, mean_loss, run.num_params, run.programs, state)
+
+
+def speed_fields(step_seconds: float, batch: int, epoch_steps: int) -> dict[str, Any]:
+    """A step time as the figures print it: ms per step, training images/s, seconds per epoch of `epoch_steps`."""
+    return {
+        "ms_per_step": round(1000 * step_seconds, 2),
+        "train_images_per_second": round(batch / step_seconds),
+        "epoch_images": epoch_steps * batch,
+        "epoch_seconds": round(epoch_steps * step_seconds, 2),
+    }
