@@ -1,5 +1,5 @@
 # make run: set up (virtualenv, requirements, data set) and train the study's CNN.
-# make test: set up the same way and run every test (the command CI runs).
+# make test: set up the same way and run every test (the command CI runs); make test-fast: the unit tests alone.
 # make lint: ruff check and ruff format --check (CI runs it before the tests); make format applies both.
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,7 +8,7 @@ DATA_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?= -n 2 --durations=15
 
-.PHONY: setup data run test lint format bench clean
+.PHONY: setup data run test test-fast lint format bench clean
 
 setup: $(VENV)/.installed data
 
@@ -31,6 +31,10 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The quick unit tests for the edit loop: none that trains, starts main.py or runs whole models op by op.
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -n 2 -m "not integration and not slow and not heavy"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -15,6 +15,7 @@ def lax_conv(x, kernel):
     return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize(
     "x_shape,k_shape", [((2, 28, 28, 1), (3, 3, 1, 4)), ((3, 13, 13, 5), (3, 3, 5, 7)), ((2, 5, 6, 3), (2, 3, 3, 2))]
 )
@@ -50,6 +51,7 @@ def test_max_pool_matches_flax(shape):
 ACTS = [models.leaky_relu, models.elu]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("shape", [(2, 26, 26, 3), (2, 11, 11, 4), (1, 3, 3, 5)])
 def test_pool_bias_act_equals_activation_then_pool_with_gradients(act, shape):
@@ -79,6 +81,7 @@ def test_pool_gradient_goes_to_the_first_of_tied_elements():
     np.testing.assert_array_equal(dz, expected)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("shape", [(2, 28, 28, 4), (3, 7, 7, 6), (1, 3, 3, 5)])
 def test_pool_affine_relu_equals_affine_relu_then_pool_with_gradients(shape):
     kz, ks, kb, kg = jax.random.split(jax.random.key(2), 4)

@@ -22,6 +22,7 @@ def relative_error(a, b):
     return np.linalg.norm(a - b) / np.linalg.norm(b)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("impl", ["im2col", "taps", "xla"])
 @pytest.mark.parametrize("channels", [1, 16])
 def test_bfloat16_convolution_rounds_operands_and_accumulates_in_float32(impl, channels):
@@ -57,6 +58,7 @@ def test_float32_is_the_default_everywhere_and_bad_names_are_refused(tmp_path):
     assert not (tmp_path / "config.json").exists()
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", ["seed_cnn", "vgg_bn"])
 def test_bfloat16_models_keep_float32_parameters_and_logits_close_to_float32(name):
     x = jax.random.uniform(jax.random.key(1), (16, 28, 28, 1))

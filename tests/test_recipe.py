@@ -97,6 +97,7 @@ def test_erasing_replaces_one_rectangle_of_bounded_area_with_noise():
         assert augment.ERASE_AREA[0] / 2 <= area <= augment.ERASE_AREA[1] * 1.3
 
 
+@pytest.mark.heavy
 def test_augmentation_is_a_pure_function_of_key_and_position_in_the_batch():
     setting = augment.Augment(flip=True, translate=2, erase_prob=0.5)
     x = random_batch(64)
@@ -120,6 +121,7 @@ def test_warmup_cosine_schedule_and_the_studys_constant_rate():
     assert train_state.learning_rate_schedule(study, 750) == study.learning_rate  # a float: the study's optax.adam
 
 
+@pytest.mark.heavy
 def test_adamw_decays_kernels_only():
     config = load_config("vgg_bn", learning_rate=0.1, weight_decay=0.5, **{"schedule.name": "constant"})
     model = models.create_model("vgg_bn", seed=0)
@@ -169,6 +171,7 @@ def state_and_programs(config, mesh=None):
     return graphs, state, programs
 
 
+@pytest.mark.heavy
 def test_evaluation_uses_the_moving_average_when_there_is_one():
     config = load_config("vgg_bn", tta_flip=False)
     graphs, state, programs = state_and_programs(config)
@@ -199,6 +202,7 @@ def test_flip_tta_averages_the_probabilities_of_each_image_and_its_mirror():
 # --------------------------------------------------------------------------------------------- model, config
 
 
+@pytest.mark.heavy
 def test_vgg_bn_shapes_and_parameter_count():
     model = models.create_model("vgg_bn", seed=0)
     kernels = [c.kernel[...].shape for c in model.convs]
@@ -214,6 +218,7 @@ def test_vgg_bn_shapes_and_parameter_count():
     assert train_state.create_train_state(load_config("vgg_bn"))[2] == 575_338
 
 
+@pytest.mark.heavy
 def test_vgg_bn_uses_batch_statistics_in_training_and_running_ones_in_evaluation():
     model = models.create_model("vgg_bn", seed=0, dropout=0.0)
     x = random_batch(16) * 3 + 1  # far from the initial running statistics (mean 0, variance 1)
@@ -233,6 +238,7 @@ def test_vgg_bn_uses_batch_statistics_in_training_and_running_ones_in_evaluation
     np.testing.assert_array_equal(model.norms[0].mean[...], mean)
 
 
+@pytest.mark.heavy
 def test_the_fused_batch_norm_relu_pool_trains_the_same_function_as_the_plain_layers():
     """The jitted training gradient (as `train_step` computes it), with and without `fused_pool`, against the
     plain layers differentiated op by op. (Jitted on XLA:CPU, autodiff of the reshape-max pool inside the whole
@@ -288,6 +294,7 @@ def test_bad_recipe_fields_name_the_field(tmp_path):
         assert not (tmp_path / str(i) / "config.json").exists()
 
 
+@pytest.mark.heavy
 def test_the_accelerator_config_builds_its_wider_deeper_model():
     config = load_config("vgg_bn_large")
     graphs, state, num_params = train_state.create_train_state(config)

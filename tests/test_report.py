@@ -266,6 +266,7 @@ def test_pair_sentences_say_what_the_tests_establish():
     assert "no paired test" in sentences.pair_sentence("A", "B", {})
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("method", ["grid", "halving"])
 def test_a_forest_search_scores_every_setting_on_validation_and_refits_the_best(tiny_data, tmp_path, method):
     config = load_config(
@@ -317,6 +318,7 @@ def test_a_comparison_ignores_speed_only_member_fields_but_not_the_maths(tiny_da
         config_lib.save_or_check(config, tmp_path)
 
 
+@pytest.mark.heavy
 def test_the_stronger_cnn_is_the_fourth_member_with_its_curves(tiny_data, tmp_path):
     default = load_config("compare")
     assert default.members.vgg_bn.enabled and "vgg_bn" in default.quick_overrides  # full and quick comparisons

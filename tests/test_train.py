@@ -185,6 +185,7 @@ def test_batch_larger_than_the_data_is_an_error(cnn_config, tmp_path):
         run.run(cnn_config, tmp_path)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("n, batch", [(10, 4), (7, 7), (3, 8)])
 def test_padded_evaluation_equals_unpadded(n, batch):
     config = load_config("cnn")
