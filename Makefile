@@ -6,7 +6,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-PYTEST_ARGS ?= -n 2 --durations=15
+# loadscope: each test module runs on one worker, so its module-scoped training runs happen once.
+PYTEST_ARGS ?= -n 2 --dist loadscope --durations=15
 
 .PHONY: setup data run test test-fast lint format bench clean
 
