@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -38,6 +40,28 @@ def test_log_loss_from_probabilities():
     probs = np.array([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1]])
     s = metrics.evaluate(np.array([0, 1]), probs.argmax(1), probs, class_names=NAMES)
     assert s["log_loss"] == pytest.approx(-(np.log(0.5) + np.log(0.8)) / 2)
+
+
+def test_scores_are_scikit_learns_on_random_predictions():
+    from sklearn import metrics as skm
+
+    rng = np.random.default_rng(0)
+    y_true, y_pred = rng.integers(0, 10, 500), rng.integers(0, 9, 500)  # class 9 never predicted
+    probs = rng.random((500, 10))
+    s = metrics.evaluate(y_true, y_pred, probs, class_names=tuple("abcdefghij"))
+    labels = np.arange(10)
+    precision, recall, f1, support = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    assert s["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred), abs=1e-15)
+    assert s["confusion_matrix"] == skm.confusion_matrix(y_true, y_pred, labels=labels).tolist()
+    got = np.array([[c["precision"], c["recall"], c["f1"], c["support"]] for c in s["per_class"].values()])
+    np.testing.assert_allclose(got, np.stack([precision, recall, f1, support], 1), rtol=1e-12)
+    expected = skm.log_loss(y_true, probs / probs.sum(1, keepdims=True), labels=labels)
+    assert s["log_loss"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_cnn_run_never_imports_scikit_learn():
+    code = "import sys, fmnist_jax.run, fmnist_jax.training.loop; assert 'sklearn' not in sys.modules, 'sklearn'"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_shape_errors():
