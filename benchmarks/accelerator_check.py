@@ -124,10 +124,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--steps_per_call", type=int, default=None, help="default: the config's steps_per_call")
     args, overrides = common.parse(parser, argv)
     common.check_at_least(parser, args, "steps", "large_batch", "steps_per_call")
-    try:
+    with common.usage_errors(parser):
         config = common.cnn_config(args.config, overrides["config"])
-    except common.UsageError as e:
-        parser.error(str(e))
     k = args.steps_per_call or config.steps_per_call
     devices = jax.devices()
     common.emit(

@@ -82,6 +82,15 @@ def check_at_least(parser: argparse.ArgumentParser, args: argparse.Namespace, *n
             parser.error(f"--{name}={value} must be at least {least}")
 
 
+@contextlib.contextmanager
+def usage_errors(parser: argparse.ArgumentParser) -> Iterator[None]:
+    """Inside: a UsageError (a config that cannot run) ends as the parser's usage error (exit status 2)."""
+    try:
+        yield
+    except UsageError as e:
+        parser.error(str(e))
+
+
 def load_config(
     name: str, overrides: Sequence[str] = (), *, flag: str = "config", prefix: str = "config"
 ) -> ml_collections.ConfigDict:

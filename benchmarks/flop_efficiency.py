@@ -134,13 +134,11 @@ def parse(argv: Sequence[str] | None):
     for dtype in dtypes:
         if dtype not in COMPUTE_DTYPES:
             parser.error(f"--compute_dtype: {dtype!r} is not float32 or bfloat16")
-    try:
+    with common.usage_errors(parser):
         configs = {
             name: common.cnn_config(name, overrides["config"], flag="configs")
             for name in filter(None, args.configs.split(","))
         }
-    except common.UsageError as e:
-        parser.error(str(e))
     return args, configs, dtypes
 
 

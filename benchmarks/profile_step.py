@@ -92,10 +92,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--trace_dir", default=None, help="where the trace goes (default: a temporary folder)")
     args, overrides = common.parse(parser, argv)
     common.check_at_least(parser, args, "calls", "steps_per_call", "top")
-    try:
+    with common.usage_errors(parser):
         config = common.cnn_config(args.config, overrides["config"])
-    except common.UsageError as e:
-        parser.error(str(e))
     call, hlo, steps_per_call = program_to_trace(
         config, forward_only=args.forward_only, steps_per_call=args.steps_per_call
     )

@@ -124,14 +124,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--workdir", default=None, help="keep the runs in WORKDIR/seed_<s> (default: temporary)")
     args, overrides = common.parse(parser, argv, prefixes=("config", "compare"))
     common.check_at_least(parser, args, "seeds", "compare_steps")
-    try:
+    with common.usage_errors(parser):
         config = common.cnn_config(args.config, overrides["config"])
         other = args.compare and common.cnn_config(args.compare, overrides["compare"], flag="compare", prefix="compare")
         if overrides["compare"] and not other:
             raise common.UsageError("--compare.FIELD=VALUE overrides need --compare=OTHER")
         kept = kept_workdirs(args.workdir, args.seeds)
-    except common.UsageError as e:
-        parser.error(str(e))
     rows = []
     for seed in range(args.seeds):
         with fresh_workdir(kept, seed) as workdir:

@@ -138,10 +138,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=100, help="timed train steps per loop")
     args, overrides = common.parse(parser, argv)
     common.check_at_least(parser, args, "steps")
-    try:
+    with common.usage_errors(parser):
         config = common.cnn_config("cnn", overrides["config"])
-    except common.UsageError as e:
-        parser.error(str(e))
     arrays = common.load_arrays(config)
     batch, epoch_steps = config.batch_size, len(arrays.train) // config.batch_size
     ours = common.time_training(config, arrays.train, steps=args.steps)
