@@ -16,6 +16,7 @@ import importlib
 import json
 import pathlib
 import re
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -166,26 +167,53 @@ def emit(**row: Any) -> dict[str, Any]:
 
 
 class CompileClock:
-    """The backend compilations JAX records while it is active: their count and summed seconds."""
+    """The backend compilations JAX records while it is active: their count, and the seconds during which at least
+    one of them ran.
+
+    Timed here on the monotonic clock, from the start JAX announces (a scalar event, in the compiling thread) to its
+    duration event, rather than summing JAX's durations: those come from `time.time()`, which a clock step on the
+    machine stretches, and compilations in two threads would be counted twice. The union of the intervals can never
+    exceed the time the clock was active."""
 
     def __init__(self) -> None:
-        self.count, self.seconds = 0, 0.0
+        self.count = 0
+        self.opened = time.perf_counter()
+        self._started: dict[int, list[float]] = {}  # thread id -> starts of its compilations still running
+        self._spans: list[tuple[float, float]] = []
 
-    def __call__(self, event: str, duration_secs: float, **kwargs: Any) -> None:
+    def on_scalar(self, event: str, value: float | int, **kwargs: Any) -> None:
         if event == COMPILE_EVENT:
+            self._started.setdefault(threading.get_ident(), []).append(time.perf_counter())
+
+    def on_duration(self, event: str, duration_secs: float, **kwargs: Any) -> None:
+        if event == COMPILE_EVENT:
+            starts = self._started.get(threading.get_ident())
+            start = starts.pop() if starts else self.opened  # began before the clock was opened
             self.count += 1
-            self.seconds += duration_secs
+            self._spans.append((start, time.perf_counter()))
+
+    @property
+    def seconds(self) -> float:
+        total, reached = 0.0, float("-inf")
+        for start, end in sorted(self._spans):
+            begin = max(start, reached)
+            if end > begin:
+                total += end - begin
+                reached = end
+        return total
 
 
 @contextlib.contextmanager
 def compile_clock() -> Iterator[CompileClock]:
-    """Within it, every XLA compilation adds its duration to the yielded clock (jax.monitoring's listener)."""
+    """Within it, every XLA compilation is timed by the yielded clock (jax.monitoring's listeners)."""
     clock = CompileClock()
-    jax.monitoring.register_event_duration_secs_listener(clock)
+    jax.monitoring.register_scalar_listener(clock.on_scalar)
+    jax.monitoring.register_event_duration_secs_listener(clock.on_duration)
     try:
         yield clock
     finally:
-        jax.monitoring.unregister_event_duration_listener(clock)
+        jax.monitoring.unregister_event_duration_listener(clock.on_duration)
+        jax.monitoring.unregister_scalar_listener(clock.on_scalar)
 
 
 # The data and the train steps

@@ -14,6 +14,8 @@ import pathlib
 import statistics
 import subprocess
 import sys
+import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -134,6 +136,37 @@ def test_the_compile_clock_counts_each_backend_compilation():
     assert clock.count == 1 and clock.seconds > 0
     jax.jit(lambda x: x * 7.5)(x).block_until_ready()  # after it: not counted
     assert clock.count == 1
+
+
+def test_the_compile_clock_times_on_the_monotonic_clock_and_counts_overlapping_compilations_once():
+    from jax import monitoring
+
+    event = common.COMPILE_EVENT
+    opened = time.perf_counter()
+    with common.compile_clock() as clock:
+        # JAX's own duration (from time.time(), which a clock step stretches) is ignored: 1,000 s is not counted.
+        monitoring.record_scalar(event, 0.0)
+        monitoring.record_event_duration_secs(event, 1000.0)
+        # Two threads compiling at once: their spans overlap, and the union is counted, not the sum.
+        barrier = threading.Barrier(2)
+
+        def compile_in_thread() -> None:
+            monitoring.record_scalar(event, 0.0)
+            barrier.wait()  # both have started before either ends
+            monitoring.record_event_duration_secs(event, 0.05)
+
+        threads = [threading.Thread(target=compile_in_thread) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        monitoring.record_event_duration_secs("/some/other/event", 5.0)
+    wall = time.perf_counter() - opened
+    assert clock.count == 3
+    assert 0 < clock.seconds <= wall < 5
+    two_spans = common.CompileClock()
+    two_spans._spans = [(0.0, 2.0), (1.0, 3.0), (5.0, 5.5)]
+    assert two_spans.seconds == 3.5
 
 
 def test_without_data_the_arrays_are_random_images_of_the_configs_sizes(tiny_data, monkeypatch):
