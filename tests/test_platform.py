@@ -151,6 +151,11 @@ def test_the_colab_notebook_runs_headlessly_with_tiny_settings(tiny_data, tmp_pa
             f"COMPARE_OVERRIDES = {compare!r}",
         ]
     )
+    # A run that fails, as a user's typo would: the cell must end with main.py's own error line.
+    failing = "run('--config=configs/cnn.py', '--workdir=' + WORKDIR + '_typo', '--config.model.name=resnet')"
+    notebook.cells.append(
+        nbformat.v4.new_code_cell(f"try:\n    {failing}\nexcept RuntimeError as e:\n    print('FAILED:', e)")
+    )
     NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
     text = "\n".join(
         output.get("text", "") + json.dumps(output.get("data", {}))
@@ -164,6 +169,9 @@ def test_the_colab_notebook_runs_headlessly_with_tiny_settings(tiny_data, tmp_pa
     assert f"test accuracy {results['test_accuracy']:.4f}" in text and "epochs in history.jsonl: [1, 2]" in text
     assert (tmp_path / "cnn" / events.EVENTS_DIR).exists()
     assert "## Summary" in text and (tmp_path / "compare" / "report.md").exists()
+    # The devices, asked in a child process; the whole log streamed, from its first lines (not only the last 8).
+    assert "backend cpu: 1 device(s)" in text and "Mesh: 1 cpu device(s)" in text
+    assert "FAILED: main.py exited with 2: error: config.model.name='resnet' is not a known model" in text
 
 
 def tiny_cnn(data_dir: pathlib.Path, *fields: str) -> tuple[str, ...]:
