@@ -216,6 +216,9 @@ def test_vgg_bn_shapes_and_parameter_count():
     assert models.count_params(with_hidden) == convs + norms + hidden == 575_338
     assert with_hidden(jnp.zeros((2, 28, 28, 1)), dropout_key=KEY).shape == (2, 10)
     assert train_state.create_train_state(load_config("vgg_bn"))[2] == 575_338
+    # configs/speedrun.py: one convolution per stage, the same head.
+    one_per_stage = 9 * (1 * 32 + 32 * 64 + 64 * 128) + 2 * (32 + 64 + 128)
+    assert train_state.create_train_state(load_config("speedrun"))[2] == one_per_stage + hidden == 390_634
 
 
 @pytest.mark.heavy

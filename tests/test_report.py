@@ -183,6 +183,20 @@ def test_two_runs_of_one_model_get_distinct_titles_and_files(comparison, tmp_pat
     assert {f"confusion_{label}.png" for label in labels} <= {p.name for p in paths["plots"].iterdir()}
 
 
+def test_the_speedrun_joins_the_comparison_when_asked_under_its_own_title(tmp_path):
+    config = load_config("compare", seeds=(0, 1), quick=True)
+    assert "speedrun" not in {r.name for r in run.member_runs(config, tmp_path)}  # off by default
+    config.members.speedrun.enabled = True
+    runs = [r for r in run.member_runs(config, tmp_path) if r.name == "speedrun"]
+    assert [(r.seed, r.workdir) for r in runs] == [(s, tmp_path / "speedrun" / f"seed_{s}") for s in (0, 1)]
+    assert {(r.config.name, r.config.model.depths, r.config.num_epochs) for r in runs} == {("speedrun", (1, 1, 1), 3)}
+    workdir = tmp_path / "finished"
+    workdir.mkdir()
+    fields = dict.fromkeys(metrics.REQUIRED_KEYS, 0) | {"config_name": "speedrun", "model": "vgg_bn"}
+    metrics.save_results(workdir, fields)
+    assert report.runs.load_member(workdir).title == "Speedrun CNN (beyond the study)"  # not vgg_bn's title
+
+
 def test_a_named_workdir_for_several_seeds_must_hold_the_seed(tiny_data, tmp_path):
     config = quick_compare_config(tiny_data, seeds=(0, 1))
     config.members.cnn.workdir = str(tmp_path / "cnn")

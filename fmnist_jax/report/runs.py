@@ -24,7 +24,11 @@ MODEL_TITLES = {
     "linear_svm": "Linear SVM",
     "vgg_bn": "VGG-BN CNN (beyond the study)",
 }
-CONFIG_TITLES = {"random_forest_search": "Random forest (searched)", "linear_svm_search": "Linear SVM (searched)"}
+CONFIG_TITLES = {
+    "random_forest_search": "Random forest (searched)",
+    "linear_svm_search": "Linear SVM (searched)",
+    "speedrun": "Speedrun CNN (beyond the study)",
+}
 
 
 @dataclasses.dataclass

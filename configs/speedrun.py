@@ -1,0 +1,22 @@
+r"""Time to accuracy on a CPU: vgg_bn's recipe on a cheaper shape (one convolution per stage), 20 epochs on all 60k
+images: RESULT in about 0.4x the time of configs/vgg_bn.py on the same machine (docs/models.md#the-speedrun).
+
+python main.py --config=configs/speedrun.py --workdir=runs/speedrun
+python -m benchmarks time_to_accuracy --config=speedrun --seeds=5 --compare=vgg_bn
+python main.py --config=configs/speedrun.py --workdir=runs/speedrun_val --config.data.validation_size=12000
+"""
+
+import ml_collections
+
+from configs import vgg_bn
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = vgg_bn.get_config()
+    config.name = "speedrun"
+    # Chosen on the validation split (docs/models.md#the-speedrun): one convolution per stage (32, 64, 128
+    # channels), 0.38x vgg_bn's step time; batch 64, which on a CPU costs no more per image than 128 and makes twice
+    # the updates (validation 0.9432 against 0.9401 at batch 128).
+    config.model.depths = (1, 1, 1)
+    config.batch_size = 64
+    return config
