@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from helpers import load_config
 
-from fmnist_jax import checkpoints, data, errors, metrics, parallel, run
+from fmnist_jax import checkpoints, data, errors, metrics, ops, parallel, run
 from fmnist_jax.errors import ConfigError
 from fmnist_jax.training import evaluate, loop
 from fmnist_jax.training import state as train_state
@@ -177,6 +177,18 @@ def test_eval_batch_zero_picks_by_backend_and_rounds_to_the_devices(cnn_config):
     ]:
         cnn_config.eval_batch_size = asked
         assert evaluate.eval_batch_size(cnn_config, devices(platform, n)) == expected, (platform, n, asked)
+
+
+def test_every_auto_choice_on_one_tpu_chip():
+    """Colab's TPUs are one chip now (v5e-1, v6e-1): what each `auto` field picks on that backend, with stand-ins
+    for the backend's name and its one device (no TPU here)."""
+    chip = types.SimpleNamespace(devices=np.array([types.SimpleNamespace(platform="tpu")], dtype=object))
+    config = load_config("speedrun")
+    assert config.eval_batch_size == 0 and evaluate.eval_batch_size(config, chip) == 1000
+    assert ops.resolve_conv(config.model.conv, "tpu") == "xla"  # training: XLA's convolutions, not patch products
+    assert ops.resolve_conv(config.model.conv, "tpu", training=False, in_channels=1) == "xla"  # CPU: "taps"
+    assert steps.resolve_unroll(config.scan_unroll, "tpu", config.model.conv) is False  # a rolled scan
+    assert steps.resolve_unroll(config.scan_unroll, "cpu", "xla") is True  # the CPU's exception, for contrast
 
 
 def test_batch_larger_than_the_data_is_an_error(cnn_config, tmp_path):
