@@ -16,7 +16,6 @@ import importlib
 import json
 import pathlib
 import re
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -30,15 +29,13 @@ from jax.sharding import Mesh
 from ml_collections import config_flags
 
 from fmnist_jax import data, machine, parallel
+from fmnist_jax.timing import compile_clock
 from fmnist_jax.training import state as state_lib
 from fmnist_jax.training.state import RandomRoots, TrainState
 from fmnist_jax.training.step import Programs, TrainInputs, resolve_unroll
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TRAIN_FILE_IMAGES, TEST_IMAGES = 60_000, 10_000  # the official files, before the validation split
-# The duration event JAX records around each XLA compilation (jax._src.dispatch.BACKEND_COMPILE_EVENT; a
-# persistent-cache hit is recorded too, with its load time).
-COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 
 class UsageError(Exception):
@@ -164,56 +161,6 @@ def emit(**row: Any) -> dict[str, Any]:
     line = {**row, "machine": machine_fields()}
     print(json.dumps(line), flush=True)
     return line
-
-
-class CompileClock:
-    """The backend compilations JAX records while it is active: their count, and the seconds during which at least
-    one of them ran.
-
-    Timed here on the monotonic clock, from the start JAX announces (a scalar event, in the compiling thread) to its
-    duration event, rather than summing JAX's durations: those come from `time.time()`, which a clock step on the
-    machine stretches, and compilations in two threads would be counted twice. The union of the intervals can never
-    exceed the time the clock was active."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.opened = time.perf_counter()
-        self._started: dict[int, list[float]] = {}  # thread id -> starts of its compilations still running
-        self._spans: list[tuple[float, float]] = []
-
-    def on_scalar(self, event: str, value: float | int, **kwargs: Any) -> None:
-        if event == COMPILE_EVENT:
-            self._started.setdefault(threading.get_ident(), []).append(time.perf_counter())
-
-    def on_duration(self, event: str, duration_secs: float, **kwargs: Any) -> None:
-        if event == COMPILE_EVENT:
-            starts = self._started.get(threading.get_ident())
-            start = starts.pop() if starts else self.opened  # began before the clock was opened
-            self.count += 1
-            self._spans.append((start, time.perf_counter()))
-
-    @property
-    def seconds(self) -> float:
-        total, reached = 0.0, float("-inf")
-        for start, end in sorted(self._spans):
-            begin = max(start, reached)
-            if end > begin:
-                total += end - begin
-                reached = end
-        return total
-
-
-@contextlib.contextmanager
-def compile_clock() -> Iterator[CompileClock]:
-    """Within it, every XLA compilation is timed by the yielded clock (jax.monitoring's listeners)."""
-    clock = CompileClock()
-    jax.monitoring.register_scalar_listener(clock.on_scalar)
-    jax.monitoring.register_event_duration_secs_listener(clock.on_duration)
-    try:
-        yield clock
-    finally:
-        jax.monitoring.unregister_event_duration_listener(clock.on_duration)
-        jax.monitoring.unregister_scalar_listener(clock.on_scalar)
 
 
 # The data and the train steps

@@ -32,7 +32,7 @@ from typing import Any
 import ml_collections
 
 from benchmarks import common
-from fmnist_jax import metrics
+from fmnist_jax import metrics, timing
 from fmnist_jax.training.loop import train_and_evaluate
 
 PER_SEED = ("test_accuracy", "wall_seconds", "train_seconds", "compile_seconds", "images_per_second")
@@ -62,7 +62,7 @@ def fresh_workdir(kept: list[pathlib.Path] | None, seed: int) -> Iterator[pathli
 def run_seed(config: ml_collections.ConfigDict, seed: int, workdir: pathlib.Path) -> dict[str, Any]:
     """One whole run of `config` with `config.seed` = `seed` in `workdir`, and its figures."""
     config = common.with_fields(config, seed=seed)
-    with common.compile_clock() as clock:
+    with timing.compile_clock() as clock:
         start = time.perf_counter()
         results = train_and_evaluate(config, workdir)
         wall = time.perf_counter() - start

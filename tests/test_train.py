@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import time
 import types
 
 import jax
@@ -39,7 +40,9 @@ def test_epoch_order_is_a_pure_function_of_seed_and_epoch():
 
 def test_trains_tiny_data_and_writes_the_workdir(cnn_config, tmp_path):
     cnn_config.num_epochs = 4
+    start = time.perf_counter()
     results = run.run(cnn_config, tmp_path)
+    wall = time.perf_counter() - start
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         ".lock",
         "checkpoints",
@@ -60,6 +63,23 @@ def test_trains_tiny_data_and_writes_the_workdir(cnn_config, tmp_path):
     assert predictions["probs"].shape == (100, 10)
     assert results["test_accuracy"] == pytest.approx(np.mean(predictions["probs"].argmax(1) == predictions["labels"]))
     assert json.loads((tmp_path / "config.json").read_text())["num_epochs"] == 4
+    # Where the seconds went: the phases in the order they ran, inside the call's wall time (the process's age
+    # before it comes first); training holds the epochs' own seconds; the compilations are part of the phases.
+    seconds = results["seconds"]
+    phases = seconds["phases"]
+    assert list(phases) == [
+        *(["before_run"] if "before_run" in phases else []),
+        "data",
+        "setup",
+        "restore",
+        "training",
+        "checkpoint_wait",
+        "evaluation",
+        "writing",
+    ]
+    assert sum(v for k, v in phases.items() if k != "before_run") <= wall
+    assert phases["training"] >= results["train_seconds"] == pytest.approx(sum(r["seconds"] for r in history))
+    assert seconds["compilations"] >= 3 and 0 < seconds["compilation"] <= wall  # init, train call, evaluation
 
 
 def test_same_seed_same_numbers_and_loop_form_does_not_change_the_maths(cnn_config, tmp_path):

@@ -15,7 +15,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from fmnist_jax import checkpoints, data, files, metrics, parallel
+from fmnist_jax import checkpoints, data, files, metrics, parallel, timing
 from fmnist_jax.errors import CheckpointError
 from fmnist_jax.training import state as state_lib
 from fmnist_jax.training.step import Programs
@@ -85,15 +85,19 @@ class Evaluator:
         num_params: int,
         train_seconds: float,
         val: dict[str, Any] | None = None,
+        phases: timing.Phases | None = None,
     ) -> dict[str, Any]:
         """Scores `state` on validation (unless `val` already holds its scores) and test; writes results.json
-        and predictions.npz to `out` (predictions first: results.json marks a run finished)."""
+        and predictions.npz to `out` (predictions first: results.json marks a run finished). With `phases`, the
+        scoring is the phase "evaluation", the predictions' writing "writing", and results.json keeps them all."""
         config, dataset = self.config, self.dataset
-        if val is None:
-            val = self.split(state, dataset.validation)
-        start = time.perf_counter()
-        test = self.split(state, dataset.test)
-        predict_seconds = time.perf_counter() - start
+        phases = phases or timing.Phases()
+        with phases("evaluation"):
+            if val is None:
+                val = self.split(state, dataset.validation)
+            start = time.perf_counter()
+            test = self.split(state, dataset.test)
+            predict_seconds = time.perf_counter() - start
         preds = test["probs"].argmax(-1)
         scores = metrics.evaluate(dataset.test.labels, preds, test["probs"], class_names=dataset.class_names)
         results = metrics.make_results(
@@ -114,9 +118,11 @@ class Evaluator:
             },
         )
         if files.is_lead_process():
-            metrics.save_predictions(
-                out, labels=dataset.test.labels, preds=preds, probs=test["probs"], images=dataset.test.images
-            )
+            with phases("writing"):
+                metrics.save_predictions(
+                    out, labels=dataset.test.labels, preds=preds, probs=test["probs"], images=dataset.test.images
+                )
+            results["seconds"] = phases.record()
             metrics.save_results(out, results)
         logging.info("test accuracy %.4f  (validation %s)", results["test_accuracy"], metrics.fmt(val["accuracy"]))
         return results

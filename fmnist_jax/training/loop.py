@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from fmnist_jax import checkpoints, config_lib, data, errors, events, files, metrics, parallel
+from fmnist_jax import checkpoints, config_lib, data, errors, events, files, metrics, parallel, timing
 from fmnist_jax.errors import ConfigError, TrainingError
 from fmnist_jax.training import state as state_lib
 from fmnist_jax.training.evaluate import Evaluator, eval_batch_size
@@ -64,15 +64,20 @@ class Plan:
         return self.programs.permutation(self.roots.data, epoch, len(self.dataset.train))
 
 
-def make_plan(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: Mesh) -> tuple[Plan, TrainState, int]:
-    """The run's plan, its fresh (host-side) state and its number of parameters; logs the mesh and the data."""
+def make_plan(
+    config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: Mesh, phases: timing.Phases | None = None
+) -> tuple[Plan, TrainState, int]:
+    """The run's plan, its fresh (host-side) state and its number of parameters; logs the mesh and the data.
+    Loading the data is the phase "data", the rest "setup"."""
+    phases = phases or timing.Phases()
     backend = jax.default_backend()
     n = mesh.devices.size
     logging.info(
         "Mesh: %d %s device(s) over %d process(es), batch %d (%d per device)",
         *(n, backend, jax.process_count(), config.batch_size, config.batch_size // n),
     )
-    dataset = data.load(config.data, seed=config.seed)
+    with phases("data"):
+        dataset = data.load(config.data, seed=config.seed)
     steps_per_epoch = len(dataset.train) // config.batch_size
     if steps_per_epoch == 0:
         raise ConfigError(
@@ -83,7 +88,8 @@ def make_plan(config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: Me
         "Data from %s: %d train, %d validation, %d test images; %d steps/epoch",
         *(dataset.source, len(dataset.train), len(dataset.validation), len(dataset.test), steps_per_epoch),
     )
-    graphs, state, num_params = state_lib.create_train_state(config, steps_per_epoch)
+    with phases("setup"):
+        graphs, state, num_params = state_lib.create_train_state(config, steps_per_epoch)
     recipe = state_lib.Recipe.from_config(config)
     unroll = resolve_unroll(config.scan_unroll, backend, config.model.conv)
     programs = Programs(graphs, mesh, config.batch_size, unroll=unroll, recipe=recipe)
@@ -247,15 +253,27 @@ def train_and_evaluate(
     process other than the first of a multi-process run, {} where it cannot see the results of a finished run)."""
     workdir = pathlib.Path(workdir)
     lead = files.is_lead_process()
-    mesh = mesh or parallel.make_mesh()
-    parallel.check_batch_size(config.batch_size, mesh)
-    if lead:
-        config_lib.save_or_check(config, workdir)
-    plan, state, num_params = make_plan(config, workdir, mesh)
-    store = checkpoints.CheckpointStore.for_run(workdir, config.checkpoint)
+    with timing.compile_clock() as clock:
+        # Where the seconds go, kept in results.json: the process's age here is the start-up of a main.py run.
+        phases = timing.Phases(clock, before_run=timing.process_age())
+        mesh = mesh or parallel.make_mesh()
+        parallel.check_batch_size(config.batch_size, mesh)
+        if lead:
+            config_lib.save_or_check(config, workdir)
+        plan, state, num_params = make_plan(config, workdir, mesh, phases)
+        return _run_plan(plan, state, num_params, phases)
+
+
+def _run_plan(plan: Plan, state: TrainState, num_params: int, phases: timing.Phases) -> dict[str, Any]:
+    """Restores, trains and scores `plan`'s run (train_and_evaluate after its set-up)."""
+    config, workdir, lead = plan.config, plan.workdir, files.is_lead_process()
+    with phases("setup"):
+        store = checkpoints.CheckpointStore.for_run(workdir, config.checkpoint)
+        state = parallel.replicate(state, plan.programs.mesh)
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(store.close)
-        state, step, train_seconds = _restore(store, parallel.replicate(state, mesh), plan)
+        with phases("restore"):
+            state, step, train_seconds = _restore(store, state, plan)
         if _already_finished(plan, step):
             logging.info("Run already finished (%d steps); reporting %s", step, workdir / metrics.RESULTS_FILE)
             visible = lead or (workdir / metrics.RESULTS_FILE).exists()
@@ -268,9 +286,14 @@ def train_and_evaluate(
                 workdir, restored_step=step, loss_every_steps=config.tensorboard.loss_every_steps
             )
             cleanup.callback(writer.close)
-        state, train_seconds, val = _train_epochs(plan, store, writer, state, step, train_seconds)
-        store.close()  # every save committed before the results mark the run finished
-        results = plan.evaluator.final(state, workdir, num_params=num_params, train_seconds=train_seconds, val=val)
+        with phases("training"):
+            state, train_seconds, val = _train_epochs(plan, store, writer, state, step, train_seconds)
+        with phases("checkpoint_wait"):
+            store.close()  # every save committed before the results mark the run finished
+        results = plan.evaluator.final(
+            state, workdir, num_params=num_params, train_seconds=train_seconds, val=val, phases=phases
+        )
+        logging.info("Where the seconds went: %s", phases.line())
         if writer:
             writer.finish(results, config_lib.to_dict(config), step=plan.total_steps)
         return results

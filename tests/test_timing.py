@@ -1,0 +1,80 @@
+"""The run's clocks: XLA compilations timed on the monotonic clock, the process's age, named phases."""
+
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fmnist_jax import timing
+
+
+def test_the_compile_clock_counts_each_backend_compilation():
+    from jax._src import dispatch
+
+    assert dispatch.BACKEND_COMPILE_EVENT == timing.COMPILE_EVENT  # the event's name in the installed jax
+    x = np.arange(7.0, dtype=np.float32)
+    with timing.compile_clock() as clock:
+        jax.jit(lambda x: jnp.sin(x) * 3.25 + 0.125)(x).block_until_ready()
+    assert clock.count == 1 and clock.seconds > 0
+    jax.jit(lambda x: x * 7.5)(x).block_until_ready()  # after it: not counted
+    assert clock.count == 1
+
+
+def test_the_compile_clock_times_on_the_monotonic_clock_and_counts_overlapping_compilations_once():
+    from jax import monitoring
+
+    event = timing.COMPILE_EVENT
+    opened = time.perf_counter()
+    with timing.compile_clock() as clock:
+        # JAX's own duration (from time.time(), which a clock step stretches) is ignored: 1,000 s is not counted.
+        monitoring.record_scalar(event, 0.0)
+        monitoring.record_event_duration_secs(event, 1000.0)
+        # Two threads compiling at once: their spans overlap, and the union is counted, not the sum.
+        barrier = threading.Barrier(2)
+
+        def compile_in_thread() -> None:
+            monitoring.record_scalar(event, 0.0)
+            barrier.wait()  # both have started before either ends
+            monitoring.record_event_duration_secs(event, 0.05)
+
+        threads = [threading.Thread(target=compile_in_thread) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        monitoring.record_event_duration_secs("/some/other/event", 5.0)
+    wall = time.perf_counter() - opened
+    assert clock.count == 3
+    assert 0 < clock.seconds <= wall < 5
+    two_spans = timing.CompileClock()
+    two_spans._spans = [(0.0, 2.0), (1.0, 3.0), (5.0, 5.5)]
+    assert two_spans.seconds == 3.5
+
+
+def test_the_process_age_counts_from_the_process_start():
+    # A child that sleeps 0.3 s before asking: its age covers the sleep and its own start-up, and no more.
+    code = "import time; time.sleep(0.3); from fmnist_jax import timing; print(timing.process_age())"
+    before = time.perf_counter()
+    age = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 0.3 <= age <= time.perf_counter() - before + 0.02  # /proc's clock ticks are 10 ms
+    assert timing.process_age() > 0
+
+
+def test_phases_add_up_in_the_order_they_began():
+    phases = timing.Phases(before_run=1.5, restore=None)  # an unknown phase (None) is left out
+    with phases("data"):
+        time.sleep(0.02)
+    with phases("training"):
+        pass
+    with phases("data"):  # entered again: adds up
+        time.sleep(0.02)
+    assert list(phases.seconds) == ["before_run", "data", "training"]
+    assert phases.seconds["before_run"] == 1.5 and 0.04 <= phases.seconds["data"] < 1
+    line = phases.line()
+    assert line.startswith("before run 1.5, data 0.0") and line.endswith(
+        f"(s; in all {sum(phases.seconds.values()):.1f} s)"
+    )
