@@ -15,8 +15,10 @@ def get_config() -> ml_collections.ConfigDict:
     config = vgg_bn.get_config()
     config.name = "speedrun"
     # Chosen on the validation split (docs/models.md#the-speedrun): one convolution per stage (32, 64, 128
-    # channels), 0.38x vgg_bn's step time; batch 64, which on a CPU costs no more per image than 128 and makes twice
-    # the updates (validation 0.9432 against 0.9401 at batch 128).
+    # channels) at 0.38x vgg_bn's step time; batch 64, which costs no more per image than 128 on a CPU and makes
+    # twice the updates; 26 epochs, which the time budget allows; no dropout, which a short run does not need.
     config.model.depths = (1, 1, 1)
     config.batch_size = 64
+    config.num_epochs = 26
+    config.model.dropout = 0.0
     return config
