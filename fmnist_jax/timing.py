@@ -82,6 +82,19 @@ def process_age() -> float | None:
         return None
 
 
+_START_UP_TAKEN: list[bool] = []  # one entry once a run has taken the process's start-up
+
+
+def start_up() -> float | None:
+    """The process's age at its first call (the start-up the process's first run paid: in `python main.py`, the
+    interpreter, the imports, the flags); None at later calls, whose runs (the next seed of a benchmark, the next
+    member of a comparison) paid none, and where the age cannot be read."""
+    if _START_UP_TAKEN:
+        return None
+    _START_UP_TAKEN.append(True)
+    return process_age()
+
+
 class Phases:
     """Named wall-clock phases of one run, in the order they began (a phase entered twice adds up), and the XLA
     compilations inside them when a compile clock is given."""

@@ -254,8 +254,8 @@ def train_and_evaluate(
     workdir = pathlib.Path(workdir)
     lead = files.is_lead_process()
     with timing.compile_clock() as clock:
-        # Where the seconds go, kept in results.json: the process's age here is the start-up of a main.py run.
-        phases = timing.Phases(clock, before_run=timing.process_age())
+        # Where the seconds go, kept in results.json; the process's start-up is the first run's.
+        phases = timing.Phases(clock, before_run=timing.start_up())
         mesh = mesh or parallel.make_mesh()
         parallel.check_batch_size(config.batch_size, mesh)
         if lead:
