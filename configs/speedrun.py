@@ -1,5 +1,6 @@
-r"""Time to accuracy on a CPU: vgg_bn's recipe on a cheaper shape (one convolution per stage), 20 epochs on all 60k
-images: RESULT in about 0.4x the time of configs/vgg_bn.py on the same machine (docs/models.md#the-speedrun).
+r"""Time to accuracy on a CPU: vgg_bn's recipe on one convolution per stage, batch 64, 26 epochs, no dropout, on all
+60k images: test accuracy 0.9422 +/- 0.0014 over seeds 0-4, 676-723 s a run on 2 cores of an Intel Xeon (AVX-512),
+0.453x the time of configs/vgg_bn.py there (docs/models.md#the-speedrun-time-to-accuracy-on-a-cpu).
 
 python main.py --config=configs/speedrun.py --workdir=runs/speedrun
 python -m benchmarks time_to_accuracy --config=speedrun --seeds=5 --compare=vgg_bn
