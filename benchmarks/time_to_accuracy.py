@@ -12,11 +12,13 @@ seconds (the XLA compilations JAX records during the run, summed; a persistent c
 training images/s (the images of every step over the training seconds). Then their mean and sample standard
 deviation.
 
---compare=OTHER (`--compare.FIELD=VALUE` overrides it) times OTHER's train step in the same sitting (a warm-up
-call that compiles, then --compare_steps steps of the package's train call), estimates OTHER's whole-run training
-time as its total steps times that step time, and prints the ratio of this config's mean wall time to that
-estimate. The estimate leaves out OTHER's compilation and evaluation, so the ratio is conservative: OTHER's real
-run takes longer than the estimate, and the true ratio is lower.
+--compare=OTHER (`--compare.FIELD=VALUE` overrides it) times OTHER's train step in the same sitting, twice: before
+the first seed's run and after the last (each a warm-up call that compiles, then --compare_steps steps of the
+package's train call). A sitting of several whole runs lasts long enough for a shared machine's speed to drift, so
+the step time used is the mean of the two, and both are printed. It estimates OTHER's whole-run training time as its
+total steps times that step time, and prints the ratio of this config's mean wall time to that estimate. The
+estimate leaves out OTHER's compilation and evaluation, so the ratio is conservative: OTHER's real run takes longer
+than the estimate, and the true ratio is lower.
 """
 
 from __future__ import annotations
@@ -90,19 +92,35 @@ def mean_std(values: Sequence[float]) -> dict[str, float | None]:
     }
 
 
-def compare_row(
-    name: str, other: ml_collections.ConfigDict, other_name: str, mean_wall: float, *, steps: int
-) -> dict[str, Any]:
-    """OTHER's step time measured now, its whole-run training time estimated from it, and the ratio."""
+def time_other_step(other: ml_collections.ConfigDict, *, steps: int) -> tuple[float, int, int, str]:
+    """OTHER's train step time measured now: (seconds per step, steps timed, training images, data source)."""
     arrays = common.load_arrays(other)
     timing = common.time_training(other, arrays.train, steps=steps)
-    total_steps = len(arrays.train) // other.batch_size * other.num_epochs
-    estimate = total_steps * timing.step_seconds
+    return timing.step_seconds, timing.steps, len(arrays.train), arrays.source
+
+
+def compare_row(
+    name: str,
+    other: ml_collections.ConfigDict,
+    other_name: str,
+    mean_wall: float,
+    *,
+    steps: int,
+    before: tuple[float, int, int, str],
+) -> dict[str, Any]:
+    """OTHER's step time measured now and `before` the runs, its whole-run training time estimated from their mean,
+    and the ratio."""
+    after = time_other_step(other, steps=steps)
+    step_seconds = (before[0] + after[0]) / 2
+    total_steps = after[2] // other.batch_size * other.num_epochs
+    estimate = total_steps * step_seconds
     return {
         "compare": other_name,
         "config": name,
-        "step_seconds": timing.step_seconds,
-        "steps_timed": timing.steps,
+        "step_seconds": step_seconds,
+        "step_seconds_before": before[0],
+        "step_seconds_after": after[0],
+        "steps_timed": after[1],
         "steps_per_call": other.steps_per_call,
         "total_steps": total_steps,
         "estimated_train_seconds": estimate,
@@ -111,7 +129,7 @@ def compare_row(
         "ratio_is": f"mean wall seconds of {name} / estimated training seconds of {other_name}",
         "estimate_leaves_out": f"{other_name}'s compilation and evaluation (and its checkpoints): the ratio is "
         "conservative, the true ratio is lower",
-        "data": arrays.source,
+        "data": after[3],
     }
 
 
@@ -130,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if overrides["compare"] and not other:
             raise common.UsageError("--compare.FIELD=VALUE overrides need --compare=OTHER")
         kept = kept_workdirs(args.workdir, args.seeds)
+    before = other and time_other_step(other, steps=args.compare_steps)
     rows = []
     for seed in range(args.seeds):
         with fresh_workdir(kept, seed) as workdir:
@@ -137,5 +156,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     summary = {key: mean_std([row[key] for row in rows]) for key in PER_SEED}
     common.emit(config=args.config, seeds=[row["seed"] for row in rows], **summary)
     if other:
-        row = compare_row(args.config, other, args.compare, summary["wall_seconds"]["mean"], steps=args.compare_steps)
+        mean_wall = summary["wall_seconds"]["mean"]
+        row = compare_row(args.config, other, args.compare, mean_wall, steps=args.compare_steps, before=before)
         common.emit(**row)

@@ -159,11 +159,22 @@ def test_train_speed_times_this_loop_and_the_plain_flax_loop_and_skips_a_missing
     }
 
 
-def test_time_to_accuracy_reports_each_seeds_run_their_spread_and_the_ratio_to_another_config(tiny_data, tmp_path):
+def test_time_to_accuracy_reports_each_seeds_run_their_spread_and_the_ratio_to_another_config(
+    tiny_data, tmp_path, monkeypatch
+):
     args = ["--seeds=2", f"--workdir={tmp_path}", "--config.num_epochs=1", *tiny(tiny_data)]
     # The other config's own number of epochs: its training split (256 images, 4 steps of 64) 3 times.
     compare = ["--compare=cnn", "--compare_steps=2", *tiny(tiny_data, prefix="compare"), "--compare.num_epochs=3"]
+    order = []
+
+    def recorded(name):
+        real = getattr(time_to_accuracy, name)
+        return lambda *a, **k: order.append(name) or real(*a, **k)
+
+    for name in ("time_other_step", "run_seed"):
+        monkeypatch.setattr(time_to_accuracy, name, recorded(name))
     *seeds, summary, ratio = run(time_to_accuracy, *args, *compare)
+    assert order == ["time_other_step", "run_seed", "run_seed", "time_other_step"]
     assert [row["seed"] for row in seeds] == [0, 1] == summary["seeds"]
     for row in seeds:
         workdir = tmp_path / f"seed_{row['seed']}"
@@ -178,6 +189,9 @@ def test_time_to_accuracy_reports_each_seeds_run_their_spread_and_the_ratio_to_a
         assert summary[key] == {"mean": pytest.approx(np.mean(values)), "std": pytest.approx(statistics.stdev(values))}
     assert ratio["compare"] == "cnn" and ratio["total_steps"] == 4 * 3
     assert ratio["steps_timed"] == 2 and ratio["mean_wall_seconds"] == summary["wall_seconds"]["mean"]
+    # Timed before the first seed and after the last; the estimate uses their mean.
+    assert ratio["step_seconds_before"] > 0 and ratio["step_seconds_after"] > 0
+    assert ratio["step_seconds"] == pytest.approx((ratio["step_seconds_before"] + ratio["step_seconds_after"]) / 2)
     assert ratio["estimated_train_seconds"] == pytest.approx(12 * ratio["step_seconds"])
     assert ratio["ratio"] == pytest.approx(summary["wall_seconds"]["mean"] / (12 * ratio["step_seconds"]))
     assert (
