@@ -1,8 +1,8 @@
 """The stronger CNN's recipe end to end on tiny data, through configs/speedrun.py (configs/vgg_bn.py's recipe on
 one convolution per stage: the first test pins what else differs): 8 devices give the 1-device maths (BatchNorm
 over the global batch, augmentation by position in it), SIGKILL and rerun give the same bits, a checkpoint moves
-from 1 device to 8, evaluate and predict use the moving average and the flip TTA, and the study's fingerprint is
-untouched (tests/test_fingerprint.py)."""
+from 1 device to 8, evaluate and predict use the moving average and the flip TTA, the moving average never changes
+the trained weights, and the study's fingerprint is untouched (tests/test_fingerprint.py)."""
 
 import shutil
 import signal
@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from helpers import check, checkpoint_steps, devices, load_config, run_interrupted, run_main
 
-from fmnist_jax import config_lib, data, metrics, run
+from fmnist_jax import config_lib, data, metrics, parallel, run
+from fmnist_jax.training import evaluate
+from fmnist_jax.training import state as state_lib
 
 
 def args(tiny_data, workdir, *extra):
@@ -32,12 +34,14 @@ def args(tiny_data, workdir, *extra):
         "--config.model.widths=8,16,16",
         "--config.augment.erase_prob=0.25",  # off in both configs; its determinism is tested here too
         "--config.model.dropout=0.1",  # vgg_bn's, off in the speedrun: the same
+        "--config.ema_decay=0.999",  # vgg_bn's moving average, which the speedrun leaves out
         *extra,
     )
 
 
 def test_the_speedrun_is_the_stronger_cnns_recipe_on_one_convolution_per_stage():
-    """The runs below train configs/speedrun.py (at batch 32, 2 epochs, with vgg_bn's dropout); configs/vgg_bn.py
+    """The runs below train configs/speedrun.py (at batch 32, 2 epochs, with vgg_bn's dropout and moving average);
+    configs/vgg_bn.py
     differs from it in these fields alone, so they test both recipes."""
     speedrun, stronger = (config_lib.flatten(config_lib.to_dict(load_config(n))) for n in ("speedrun", "vgg_bn"))
     differ = {k: (speedrun.get(k), stronger.get(k)) for k in speedrun | stronger if speedrun.get(k) != stronger.get(k)}
@@ -47,6 +51,7 @@ def test_the_speedrun_is_the_stronger_cnns_recipe_on_one_convolution_per_stage()
         "batch_size": (64, 128),
         "num_epochs": (26, 20),
         "model.dropout": (0.0, 0.1),  # the runs set vgg_bn's 0.1: the dropout masks are tested too
+        "ema_decay": (0.0, 0.999),  # and vgg_bn's moving average
     }
 
 
@@ -65,6 +70,23 @@ def test_the_recipe_learns_and_records_its_moving_average(reference):
     # Two epochs of 8 steps under shifts that move the tiny images' class bars: well above chance (0.1).
     assert results["model"] == "vgg_bn" and results["test_accuracy"] > 0.3
     assert history[1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_the_moving_average_is_a_shadow_that_training_never_reads(tiny_data, tmp_path, reference):
+    """A run without the moving average ends on the reference's raw weights, bit for bit: removing it (as the
+    speedrun does) changes what is evaluated, never what is trained, so the reference's raw weights score it exactly
+    (docs/models.md, the speedrun's ablation)."""
+    check(run_main(*args(tiny_data, tmp_path), "--config.ema_decay=0.0", env=devices(1)))
+    overrides = {"data.dir": str(tiny_data), "data.validation_size": 64, "batch_size": 32, "model.widths": (8, 16, 16)}
+    mesh = parallel.make_mesh()
+    states = {
+        decay: evaluate.restore_for_inference(load_config("speedrun", ema_decay=decay, **overrides), workdir, mesh)[1]
+        for decay, workdir in ((0.999, reference), (0.0, tmp_path))
+    }
+    assert states[0.0].ema is None and states[0.999].ema is not None
+    raw = states[0.999].replace(ema=None)
+    assert state_lib.params_sha256(raw) == state_lib.params_sha256(states[0.0])
+    assert state_lib.params_sha256(raw) != state_lib.params_sha256(states[0.999].replace(model=states[0.999].ema))
 
 
 def test_sigkill_and_rerun_give_the_uninterrupted_bits(tiny_data, tmp_path, reference):
@@ -112,6 +134,7 @@ def test_evaluate_and_predict_score_the_checkpoint_as_training_did(tiny_data, re
         "num_epochs": 2,
         "model.widths": (8, 16, 16),
         "model.dropout": 0.1,
+        "ema_decay": 0.999,
         "eval_batch_size": 48,
     }
     trained, trained_probs = metrics.load_results(reference), metrics.load_predictions(reference)["probs"]
