@@ -5,6 +5,7 @@ names). Each sub-command is a module here with a `main(argv)`; `common` holds wh
 COMMANDS = {
     "train_speed": "benchmarks.train_speed",
     "time_to_accuracy": "benchmarks.time_to_accuracy",
+    "step_times": "benchmarks.step_times",
     "accelerator_check": "benchmarks.accelerator_check",
     "flop_efficiency": "benchmarks.flop_efficiency",
     "profile": "benchmarks.profile_step",

@@ -21,7 +21,17 @@ import numpy as np
 import pytest
 from helpers import ROOT, load_config
 
-from benchmarks import COMMANDS, common, flop_efficiency, layers, products, profile_step, time_to_accuracy, train_speed
+from benchmarks import (
+    COMMANDS,
+    common,
+    flop_efficiency,
+    layers,
+    products,
+    profile_step,
+    step_times,
+    time_to_accuracy,
+    train_speed,
+)
 from fmnist_jax import data, machine, metrics, ops
 
 
@@ -47,7 +57,7 @@ def test_help_lists_every_sub_command_with_its_first_docstring_line():
     assert (
         list(listed)
         == list(COMMANDS)
-        == ["train_speed", "time_to_accuracy", "accelerator_check", "flop_efficiency", "profile"]
+        == ["train_speed", "time_to_accuracy", "step_times", "accelerator_check", "flop_efficiency", "profile"]
     )
     for name, module in COMMANDS.items():
         assert importlib.import_module(module).__doc__.strip().splitlines()[0] in listed[name]
@@ -99,6 +109,14 @@ def test_a_config_that_cannot_run_is_one_usage_line(name, overrides, says):
         (time_to_accuracy, ["--compare.num_epochs=2"], "--compare.FIELD=VALUE overrides need --compare=OTHER"),
         (time_to_accuracy, ["--compare=random_forest"], "--compare=random_forest is not a CNN's config"),
         (profile_step, ["--config=compare"], "--config=compare is not a CNN's config"),
+        (step_times, ["--variant=no_head"], "--variant='no_head': write it as LABEL:FIELD=VALUE"),
+        (step_times, ["--variant=a:model.head_width"], "--variant='a:model.head_width': write it as LABEL:"),
+        (step_times, ["--variant=base:batch_size=32"], "'base' names --config itself"),
+        (step_times, ["--variant=a:batch_size=32", "--variant=a:batch_size=16"], "the label 'a' is used twice"),
+        (step_times, ["--variant=a:model.head_widht=0"], "unknown config field in --config.model.head_widht=0"),
+        (step_times, ["--other=linear_svm"], "--other=linear_svm is not a CNN's config"),
+        (step_times, ["--rounds=0"], "--rounds=0 must be at least 1"),
+        (step_times, ["--other.num_epochs=2"], "--other.FIELD=VALUE overrides need --other=NAME"),
     ],
 )
 def test_bad_arguments_stop_before_anything_is_timed(capsys, module, args, says):
@@ -197,6 +215,40 @@ def test_time_to_accuracy_reports_each_seeds_run_their_spread_and_the_ratio_to_a
     assert (
         "compilation and evaluation" in ratio["estimate_leaves_out"] and "conservative" in ratio["estimate_leaves_out"]
     )
+
+
+def test_step_times_alternate_the_variants_and_summarise_them_per_image(tiny_data, monkeypatch):
+    """Rounds of base, variants and the other config in turn; the medians, ratios and training ratio follow from
+    the per-timing lines."""
+    timed = []
+    real = common.time_training
+
+    def recorded(config, train, **kwargs):
+        timed.append((config.name, config.batch_size, config.model.get("head_width"), kwargs["steps"]))
+        return real(config, train, **kwargs)
+
+    monkeypatch.setattr(common, "time_training", recorded)
+    args = ["--config=speedrun", *tiny(tiny_data), "--config.num_epochs=3", "--config.model.widths=8,16,16"]
+    variants = ["--variant=no head:model.head_width=0", "--variant=b32:batch_size=32;model.head_width=16"]
+    other = ["--other=cnn", *tiny(tiny_data, prefix="other"), "--rounds=2", "--images=128"]
+    *lines, summary = run(step_times, *args, *variants, *other)
+    one_round = [("speedrun", 64, 256, 2), ("speedrun", 64, 0, 2), ("speedrun", 32, 16, 4), ("cnn", 64, None, 2)]
+    assert timed == one_round * 2  # alternated, each for about --images images
+    labels = ["base", "no head", "b32", "cnn"]
+    assert [(line["round"], line["variant"]) for line in lines] == [(r, label) for r in (0, 1) for label in labels]
+    for line in lines:
+        assert line["us_per_image"] == pytest.approx(1000 * line["ms_per_step"] / line["batch_size"], abs=0.03)
+    us = {label: [line["us_per_image"] for line in lines if line["variant"] == label] for label in labels}
+    assert summary["median_us_per_image"] == {label: pytest.approx(np.median(v), abs=0.02) for label, v in us.items()}
+    medians = summary["median_us_per_image"]
+    assert summary["relative_to_base"] == {
+        label: pytest.approx(medians[label] / medians["base"], rel=1e-3) for label in labels
+    }
+    # The whole runs on the 256 tiny training images: the base 4 steps x 3 epochs, cnn 4 steps x its 30 epochs.
+    base, cnn = ([line["ms_per_step"] for line in lines if line["variant"] == label] for label in ("base", "cnn"))
+    per_round = [12 * b / (120 * c) for b, c in zip(base, cnn, strict=True)]
+    assert summary["training_ratio"]["per_round"] == pytest.approx(per_round, abs=1e-4)
+    assert summary["training_ratio"]["median"] == pytest.approx(np.median(per_round), abs=1e-4)
 
 
 def test_one_seed_has_no_spread():
