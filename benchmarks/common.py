@@ -289,6 +289,11 @@ def time_training(
     return Timing(first, clock.seconds, seconds, calls * run.k, mean_loss, run.num_params, run.programs, state)
 
 
+def whole_run_steps(config: ml_collections.ConfigDict, train_images: int) -> int:
+    """The train steps of `config`'s whole run on `train_images` images: full batches per epoch times its epochs."""
+    return train_images // config.batch_size * config.num_epochs
+
+
 def speed_fields(step_seconds: float, batch: int, epoch_steps: int) -> dict[str, Any]:
     """A step time as the figures print it: ms per step, training images/s, seconds per epoch of `epoch_steps`."""
     return {

@@ -36,10 +36,6 @@ def parse_variant(spec: str) -> tuple[str, list[str]]:
     return label.strip(), [f"--config.{f}" for f in overrides]
 
 
-def whole_run_steps(config: ml_collections.ConfigDict, train_images: int) -> int:
-    return train_images // config.batch_size * config.num_epochs
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = common.parser("step_times", __doc__)
     parser.add_argument("--config", default="speedrun", help="the base: a CNN config's name in configs/")
@@ -93,8 +89,8 @@ def summary(
         "relative_to_base": {label: round(value / median["base"], 4) for label, value in median.items()},
     }
     if other:
-        base_steps = whole_run_steps(configs["base"], len(arrays["base"].train))
-        other_steps = whole_run_steps(configs[other], len(arrays[other].train))
+        base_steps = common.whole_run_steps(configs["base"], len(arrays["base"].train))
+        other_steps = common.whole_run_steps(configs[other], len(arrays[other].train))
         ratios = [b * base_steps / (o * other_steps) for b, o in zip(seconds["base"], seconds[other], strict=True)]
         row["training_ratio"] = {
             "per_round": [round(r, 4) for r in ratios],

@@ -92,11 +92,9 @@ def mean_std(values: Sequence[float]) -> dict[str, float | None]:
     }
 
 
-def time_other_step(other: ml_collections.ConfigDict, *, steps: int) -> tuple[float, int, int, str]:
-    """OTHER's train step time measured now: (seconds per step, steps timed, training images, data source)."""
-    arrays = common.load_arrays(other)
-    timing = common.time_training(other, arrays.train, steps=steps)
-    return timing.step_seconds, timing.steps, len(arrays.train), arrays.source
+def time_other_step(other: ml_collections.ConfigDict, arrays: common.Arrays, *, steps: int) -> common.Timing:
+    """OTHER's train step timed now on its training split."""
+    return common.time_training(other, arrays.train, steps=steps)
 
 
 def compare_row(
@@ -105,22 +103,23 @@ def compare_row(
     other_name: str,
     mean_wall: float,
     *,
+    arrays: common.Arrays,
     steps: int,
-    before: tuple[float, int, int, str],
+    before_step_seconds: float,
 ) -> dict[str, Any]:
-    """OTHER's step time measured now and `before` the runs, its whole-run training time estimated from their mean,
+    """OTHER's step time measured now and before the runs, its whole-run training time estimated from their mean,
     and the ratio."""
-    after = time_other_step(other, steps=steps)
-    step_seconds = (before[0] + after[0]) / 2
-    total_steps = after[2] // other.batch_size * other.num_epochs
+    after = time_other_step(other, arrays, steps=steps)
+    step_seconds = (before_step_seconds + after.step_seconds) / 2
+    total_steps = common.whole_run_steps(other, len(arrays.train))
     estimate = total_steps * step_seconds
     return {
         "compare": other_name,
         "config": name,
         "step_seconds": step_seconds,
-        "step_seconds_before": before[0],
-        "step_seconds_after": after[0],
-        "steps_timed": after[1],
+        "step_seconds_before": before_step_seconds,
+        "step_seconds_after": after.step_seconds,
+        "steps_timed": after.steps,
         "steps_per_call": other.steps_per_call,
         "total_steps": total_steps,
         "estimated_train_seconds": estimate,
@@ -129,7 +128,7 @@ def compare_row(
         "ratio_is": f"mean wall seconds of {name} / estimated training seconds of {other_name}",
         "estimate_leaves_out": f"{other_name}'s compilation and evaluation (and its checkpoints): the ratio is "
         "conservative, the true ratio is lower",
-        "data": after[3],
+        "data": arrays.source,
     }
 
 
@@ -148,7 +147,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         if overrides["compare"] and not other:
             raise common.UsageError("--compare.FIELD=VALUE overrides need --compare=OTHER")
         kept = kept_workdirs(args.workdir, args.seeds)
-    before = other and time_other_step(other, steps=args.compare_steps)
+    other_arrays = other and common.load_arrays(other)  # loaded once, timed before and after the runs
+    # Only the step time is kept across the runs, not the timed programs and state.
+    before = other and time_other_step(other, other_arrays, steps=args.compare_steps).step_seconds
     rows = []
     for seed in range(args.seeds):
         with fresh_workdir(kept, seed) as workdir:
@@ -157,5 +158,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     common.emit(config=args.config, seeds=[row["seed"] for row in rows], **summary)
     if other:
         mean_wall = summary["wall_seconds"]["mean"]
-        row = compare_row(args.config, other, args.compare, mean_wall, steps=args.compare_steps, before=before)
+        row = compare_row(
+            args.config,
+            other,
+            args.compare,
+            mean_wall,
+            arrays=other_arrays,
+            steps=args.compare_steps,
+            before_step_seconds=before,
+        )
         common.emit(**row)

@@ -41,8 +41,7 @@ def args(tiny_data, workdir, *extra):
 
 def test_the_speedrun_is_the_stronger_cnns_recipe_on_one_convolution_per_stage():
     """The runs below train configs/speedrun.py (at batch 32, 2 epochs, with vgg_bn's dropout and moving average);
-    configs/vgg_bn.py
-    differs from it in these fields alone, so they test both recipes."""
+    configs/vgg_bn.py differs from it in these fields alone, so they test both recipes."""
     speedrun, stronger = (config_lib.flatten(config_lib.to_dict(load_config(n))) for n in ("speedrun", "vgg_bn"))
     differ = {k: (speedrun.get(k), stronger.get(k)) for k in speedrun | stronger if speedrun.get(k) != stronger.get(k)}
     assert differ == {
