@@ -3,6 +3,7 @@
 import base64
 import json
 import re
+import shutil
 
 import joblib
 import numpy as np
@@ -332,16 +333,24 @@ def test_a_comparison_ignores_speed_only_member_fields_but_not_the_maths(tiny_da
         config_lib.save_or_check(config, tmp_path)
 
 
-@pytest.mark.heavy
-def test_the_stronger_cnn_is_the_fourth_member_with_its_curves(tiny_data, tmp_path):
+def test_the_stronger_cnn_is_the_fourth_member_with_its_curves(comparison, tiny_data, tmp_path):
     default = load_config("compare")
     assert default.members.vgg_bn.enabled and "vgg_bn" in default.quick_overrides  # full and quick comparisons
+    assert default.members.vgg_bn.model == load_config("vgg_bn").model  # the recipe's own model
+    _, finished, _ = comparison
+    for name in ("cnn", "random_forest", "linear_svm"):  # the study's members of seed 0, finished: only VGG-BN trains
+        shutil.copytree(finished / name / "seed_0", tmp_path / name / "seed_0")
     config = quick_compare_config(tiny_data, beyond=True, seeds=(0,))
+    config.members.vgg_bn.model.widths = (8, 16, 16)  # narrow stages: the member's behaviour, not its width
     results = run.run(config, tmp_path)
     assert list(results) == ["cnn", "random_forest", "linear_svm", "vgg_bn"]
+    assert results["cnn"][0] == metrics.load_results(finished / "cnn" / "seed_0")  # reused, not retrained
     beyond = results["vgg_bn"][0]
     assert beyond == metrics.load_results(tmp_path / "vgg_bn" / "seed_0")
-    assert beyond["model"] == "vgg_bn" and beyond["num_params"] == 575_338
+    convs = 9 * (1 * 8 + 8 * 16 + 16 * 16 + 16 * 16 + 16 * 16)  # two convolutions in each of the last two stages
+    norms = 2 * (8 + 16 + 16 + 16 + 16)
+    head = 3 * 3 * 16 * 256 + 256 + 256 * 10 + 10  # the recipe's hidden layer of 256, then the 10 classes
+    assert beyond["model"] == "vgg_bn" and beyond["num_params"] == convs + norms + head
     md = (tmp_path / "report.md").read_text()
     summary = table_rows(md, "| model | test accuracy")
     assert [row[0] for row in summary] == ["CNN (Flax)", "Random forest", "Linear SVM", "VGG-BN CNN (beyond the study)"]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers import load_config
 
-from fmnist_jax import checkpoints, data, errors, metrics, ops, parallel, run
+from fmnist_jax import checkpoints, data, errors, files, metrics, ops, parallel, run
 from fmnist_jax.errors import ConfigError
 from fmnist_jax.training import evaluate, loop
 from fmnist_jax.training import state as train_state
@@ -82,16 +82,17 @@ def test_trains_tiny_data_and_writes_the_workdir(cnn_config, tmp_path):
     assert seconds["compilations"] >= 3 and 0 < seconds["compilation"] <= wall  # init, train call, evaluation
 
 
-def test_same_seed_same_numbers_and_loop_form_does_not_change_the_maths(cnn_config, tmp_path):
-    """Same config twice -> identical; one call per step, unrolled scan, rolled scan -> equal to float tolerance."""
-    runs = {}
-    for name, steps_per_call, unroll in [
-        ("a", 2, "auto"),
-        ("b", 2, "auto"),
-        ("per_step", 1, "auto"),
-        ("rolled", 4, "rolled"),
+def test_same_seed_same_numbers_and_loop_form_does_not_change_the_maths(cnn_config, finished_tiny_run, tmp_path):
+    """Same config twice -> identical; one call per step, unrolled scan, rolled scan -> equal to float tolerance.
+    Run "a" is the session's finished tiny run (checkpoints every 2 steps); "b" repeats its config."""
+    runs = {"a": (history_losses(finished_tiny_run), metrics.load_predictions(finished_tiny_run)["probs"])}
+    for name, steps_per_call, unroll, every_steps in [
+        ("b", 2, "auto", 2),
+        ("per_step", 1, "auto", cnn_config.checkpoint.every_steps),
+        ("rolled", 4, "rolled", cnn_config.checkpoint.every_steps),  # 4 steps a call: one call per epoch
     ]:
         cnn_config.steps_per_call, cnn_config.scan_unroll = steps_per_call, unroll
+        cnn_config.checkpoint.every_steps = every_steps
         run.run(cnn_config, tmp_path / name)
         runs[name] = (history_losses(tmp_path / name), metrics.load_predictions(tmp_path / name)["probs"])
     assert runs["a"][0] == runs["b"][0]
@@ -101,11 +102,10 @@ def test_same_seed_same_numbers_and_loop_form_does_not_change_the_maths(cnn_conf
         np.testing.assert_allclose(runs[other][1], runs["a"][1], atol=1e-5)
 
 
-def test_resume_mid_epoch_replays_exactly(cnn_config, tmp_path):
-    cnn_config.checkpoint.every_steps = 2
-    run.run(cnn_config, tmp_path / "straight")
+def test_resume_mid_epoch_replays_exactly(two_epoch_run, tmp_path):
+    cnn_config, straight = two_epoch_run  # checkpoints every 2 steps
     # An interrupted run: same config, but its newest checkpoint (step 8) and results never got written.
-    shutil.copytree(tmp_path / "straight", tmp_path / "resumed")
+    shutil.copytree(straight, tmp_path / "resumed")
     shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "8")
     (tmp_path / "resumed" / "results.json").unlink()
     store = checkpoints.CheckpointStore(tmp_path / "resumed" / "checkpoints")
@@ -113,17 +113,17 @@ def test_resume_mid_epoch_replays_exactly(cnn_config, tmp_path):
     store.close()
     run.run(cnn_config, tmp_path / "resumed")
     assert (
-        metrics.read_history(tmp_path / "resumed")[1]["train_loss"]
-        == (metrics.read_history(tmp_path / "straight")[1]["train_loss"])
+        metrics.read_history(tmp_path / "resumed")[1]["train_loss"] == (metrics.read_history(straight)[1]["train_loss"])
     )
     assert len(metrics.read_history(tmp_path / "resumed")) == 2
     np.testing.assert_array_equal(
         metrics.load_predictions(tmp_path / "resumed")["probs"],
-        metrics.load_predictions(tmp_path / "straight")["probs"],
+        metrics.load_predictions(straight)["probs"],
     )
 
 
-def test_more_epochs_on_resume_equal_a_longer_run(cnn_config, tmp_path):
+def test_more_epochs_on_resume_equal_a_longer_run(cnn_config, finished_tiny_run, tmp_path):
+    cnn_config.checkpoint.every_steps = 2  # as the finished tiny run: the 2-epoch run to match
     cnn_config.num_epochs = 1
     run.run(cnn_config, tmp_path / "short")
     cnn_config.num_epochs = 2
@@ -131,26 +131,25 @@ def test_more_epochs_on_resume_equal_a_longer_run(cnn_config, tmp_path):
         run.run(cnn_config, tmp_path / "short")
     cnn_config.resume_with_changes = True
     run.run(cnn_config, tmp_path / "short")
-    cnn_config.resume_with_changes = False
-    run.run(cnn_config, tmp_path / "long")
-    assert history_losses(tmp_path / "short") == history_losses(tmp_path / "long")
+    assert history_losses(tmp_path / "short") == history_losses(finished_tiny_run)
     np.testing.assert_array_equal(
-        metrics.load_predictions(tmp_path / "short")["probs"], metrics.load_predictions(tmp_path / "long")["probs"]
+        metrics.load_predictions(tmp_path / "short")["probs"], metrics.load_predictions(finished_tiny_run)["probs"]
     )
 
 
-def test_finished_run_is_not_retrained(cnn_config, tmp_path):
-    first = run.run(cnn_config, tmp_path)
-    stamp = (tmp_path / "results.json").stat().st_mtime_ns
-    assert run.run(cnn_config, tmp_path) == first
-    assert (tmp_path / "results.json").stat().st_mtime_ns == stamp
+def test_finished_run_is_not_retrained(two_epoch_run):
+    cnn_config, workdir = two_epoch_run
+    first = metrics.load_results(workdir)
+    stamps = {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file() and p.name != files.LOCK_FILE}
+    assert run.run(cnn_config, workdir) == first
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
 
-def test_changed_maths_field_is_refused_even_with_the_flag(cnn_config, tmp_path):
-    run.run(cnn_config, tmp_path)
+def test_changed_maths_field_is_refused_even_with_the_flag(two_epoch_run):
+    cnn_config, workdir = two_epoch_run
     cnn_config.learning_rate, cnn_config.resume_with_changes = 0.01, True
     with pytest.raises(ConfigError, match=r"learning_rate: 0.001 -> 0.01\); use a new --workdir"):
-        run.run(cnn_config, tmp_path)
+        run.run(cnn_config, workdir)
 
 
 def test_nan_loss_stops_with_a_clear_error(cnn_config, tmp_path):

@@ -111,28 +111,39 @@ def _image_grid(
     path: pathlib.Path,
     row_labels: Sequence[str] | None = None,
 ) -> pathlib.Path:
-    """Images in a grid of `ncols` columns, each with its title, optionally a label at the left of each row."""
+    """Images in a grid of `ncols` columns, each framed with its title above it, optionally a label at the left of
+    each row. One picture of all the tiles in one set of axes: a hundred small axes took three times as long."""
     plt = _pyplot()
-    nrows = max(1, int(np.ceil(len(images) / ncols)))
-    fig, axes = plt.subplots(
-        nrows,
-        ncols,
-        figsize=(1.6 * ncols + (1.4 if row_labels else 0), (2.2 if any(titles) else 1.6) * nrows),
-        squeeze=False,
-    )
-    for k, ax in enumerate(axes.flat):
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if k < len(images):
-            ax.imshow(images[k], cmap="gray_r", vmin=0, vmax=255)
-            ax.set_title(titles[k], fontsize=7.5)
-        else:
-            ax.axis("off")
-    if row_labels:
-        for r, label in enumerate(row_labels):
-            axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
-    fig.suptitle(suptitle)
-    fig.tight_layout(h_pad=1.2)
+    from matplotlib.collections import PatchCollection
+    from matplotlib.patches import Rectangle
+
+    n, h, w = images.shape
+    nrows = max(1, -(-n // ncols))
+    inch = 1.3 / w  # inches per image pixel: each image 1.3 inches wide in a 1.6-inch column
+    pitch_x, pitch_y = round(1.6 / inch), h + round((0.55 if any(titles) else 0.15) / inch)
+    top = pitch_y - h - round(0.08 / inch)  # rows of the tile above its image: the title's space
+    canvas = np.full((nrows * pitch_y, ncols * pitch_x), np.nan)
+    corners = []
+    for k, image in enumerate(images):
+        y, x = divmod(k, ncols)
+        y, x = y * pitch_y + top, x * pitch_x + (pitch_x - w) // 2
+        canvas[y : y + h, x : x + w] = image
+        corners.append((x, y))
+    fig = plt.figure(figsize=(ncols * pitch_x * inch, nrows * pitch_y * inch))
+    ax = fig.add_axes((0, 0, 1, 1))
+    gray = plt.get_cmap("gray_r").with_extremes(bad="white")
+    ax.imshow(np.ma.masked_invalid(canvas), cmap=gray, vmin=0, vmax=255, interpolation="nearest")
+    frames = [Rectangle((x - 0.5, y - 0.5), w, h) for x, y in corners]
+    ax.add_collection(PatchCollection(frames, facecolor="none", edgecolor="black", linewidth=0.8))
+    for (x, y), title in zip(corners, titles, strict=False):
+        if title:
+            ax.text(x + w / 2, y - 1.5, title, ha="center", va="bottom", fontsize=7.5)
+    ax.set_xticks([])
+    ax.set_yticks([r * pitch_y + top + h / 2 for r in range(len(row_labels or ()))], row_labels or (), fontsize=9)
+    ax.tick_params(left=False)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_title(suptitle)
     return _save(fig, path)
 
 
