@@ -272,13 +272,21 @@ def time_training(
     steps: int,
     steps_per_call: int | None = None,
     mesh: Mesh | None = None,
+    run: Trainer | None = None,
 ) -> Timing:
-    """Times `trainer(config, train, ...)`: one warm-up call that compiles, then `steps` steps (at least one call)."""
-    run = trainer(config, train, steps_per_call=steps_per_call, mesh=mesh)
+    """Times `trainer(config, train, ...)`: one warm-up call that compiles, then `steps` steps (at least one call).
+    With `run`, a trainer built before for `config` on `train` (to time it again without compiling again), its
+    programs as they are, from a copy of its fresh state (each call donates its state): the same steps, and a
+    warm-up call that compiles only if no earlier timing did."""
+    if run is None:
+        run = trainer(config, train, steps_per_call=steps_per_call, mesh=mesh)
+        fresh = run.state
+    else:
+        fresh = jax.device_put(run.state, may_alias=False)  # a copy, on the same devices: run.state stays fresh
     calls = max(1, steps // run.k)
     with compile_clock() as clock:
         start = time.perf_counter()
-        state = jax.block_until_ready(run.call(run.state, 0))
+        state = jax.block_until_ready(run.call(fresh, 0))
         first = time.perf_counter() - start
     start = time.perf_counter()
     for i in range(1, calls + 1):

@@ -15,6 +15,7 @@ from unittest import mock
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
 
 from benchmarks import common
@@ -64,11 +65,12 @@ def time_layer(layer: dict, first: bool, *, calls: int, steps_per_call: int) -> 
     `lax.scan` of `steps_per_call` (the kernel, and the input unless `first`, updated from their gradients so
     nothing is hoisted); the best of `calls` calls after a compiling one."""
     fn = layer["op"]
-    keys = jax.random.split(jax.random.key(0), 3)
-    x = jax.random.normal(keys[0], layer["input"]).astype(layer["dtype"])
-    kernel = 0.1 * jax.random.normal(keys[1], layer["kernel"])
+    # Random operands made on the host: no program compiled for each shape before the one timed.
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal(layer["input"], np.float32).astype(layer["dtype"]))
+    kernel = jnp.asarray(0.1 * rng.standard_normal(layer["kernel"], np.float32))
     out_shape = jax.eval_shape(lambda x, k: fn(x, k, *layer["args"], **layer["kwargs"]), x, kernel).shape
-    cotangent = jax.random.normal(keys[2], out_shape)
+    cotangent = jnp.asarray(rng.standard_normal(out_shape, np.float32))
 
     def loss(x, k, scale):
         # The output's gradient is cotangent * scale, a new array each step as in training: with a constant one,

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 MATMUL_SHAPE = (7744, 576, 128)  # the study CNN's conv2 as im2col at batch 64: (m, k, n)
 # (name, m, k, n) of the study CNN at batch 64: conv1 26x26 from 1 channel, conv2 11x11 from 64, conv3 3x3 from
@@ -46,10 +47,11 @@ def forms(m: int, k: int, n: int) -> tuple[tuple[str, Callable, tuple[tuple[int,
 
 
 def best_seconds(fn: Callable, shapes, dtype, seconds: float, repeats: int = 5) -> float:
-    """The best time per call of jitted `fn` on random operands of `shapes` in `dtype`, over batches of `repeats`
-    calls for `seconds` (at least one batch) after a compiling call."""
-    keys = jax.random.split(jax.random.key(0), len(shapes))
-    args = [jax.random.normal(key, s).astype(dtype) for key, s in zip(keys, shapes, strict=True)]
+    """The best time per call of jitted `fn` on random operands of `shapes` in `dtype` (made on the host: no program
+    compiled for each shape before the one timed), over batches of `repeats` calls for `seconds` (at least one batch)
+    after a compiling call."""
+    rng = np.random.default_rng(0)
+    args = [jnp.asarray(rng.standard_normal(s, np.float32).astype(dtype)) for s in shapes]
     f = jax.jit(fn)
     jax.block_until_ready(f(*args))
     best, deadline = float("inf"), time.perf_counter() + seconds

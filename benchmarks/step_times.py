@@ -4,14 +4,15 @@ r"""Train-step times of a config and its variants, alternated in one sitting: an
     python -m benchmarks step_times --config=speedrun --variant="no head:model.head_width=0" \
         --variant="no shifts:augment.translate=0" --variant="batch 128:batch_size=128" --rounds=3
 
-Times `--config` ("base"), each `--variant` (LABEL:FIELD=VALUE[;FIELD=VALUE...], the config with those fields
-changed) and `--other` (another CNN config, as it is) in turn, `--rounds` times: each timing is a warm-up call that
-compiles, then the package's train call for about `--images` training images. Alternating spreads a shared
+Times `--config` ("base"), each `--variant` (LABEL:FIELD=VALUE[;FIELD=VALUE...], the config with those fields changed)
+and `--other` (another CNN config, as it is) in turn, `--rounds` times: each timing is a warm-up call, then the
+package's train call for about `--images` training images, from the config's fresh state. Each config's train call is
+built and compiled once, in its first round's warm-up call, and reused by the later rounds. Alternating spreads a shared
 machine's drift over all of them, which timing each once, one after the other, would pin on whichever ran in a slow
 minute. One JSON line per timing (round, label, ms per step, us per image), then the medians over the rounds, each
-relative to the base's per image, and with `--other` the ratio of the whole runs' training times (each config's
-steps, its epochs times its steps per epoch, times its step time) per round and its median. Compilation is left
-out. `--config.FIELD=VALUE` overrides the base and its variants, `--other.FIELD=VALUE` the other config.
+relative to the base's per image, and with `--other` the ratio of the whole runs' training times (each config's steps,
+its epochs times its steps per epoch, times its step time) per round and its median. Compilation is left out.
+`--config.FIELD=VALUE` overrides the base and its variants, `--other.FIELD=VALUE` the other config.
 """
 
 from __future__ import annotations
@@ -58,10 +59,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             configs[args.other] = common.cnn_config(args.other, overrides["other"], flag="other", prefix="other")
     arrays = {label: common.load_arrays(config) for label, config in configs.items()}
     seconds: dict[str, list[float]] = {label: [] for label in configs}  # per step
+    trainers: dict[str, common.Trainer] = {}  # each built, and its train call compiled, in the first round
     for round_ in range(args.rounds):
         for label, config in configs.items():
             steps = max(1, args.images // config.batch_size)
-            step = common.time_training(config, arrays[label].train, steps=steps).step_seconds
+            if label not in trainers:
+                trainers[label] = common.trainer(config, arrays[label].train)
+            step = common.time_training(config, arrays[label].train, steps=steps, run=trainers[label]).step_seconds
             seconds[label].append(step)
             common.emit(
                 round=round_,

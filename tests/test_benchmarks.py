@@ -36,8 +36,16 @@ from fmnist_jax import data, machine, metrics, ops
 
 
 def tiny(data_dir: pathlib.Path, prefix: str = "config") -> list[str]:
-    """Overrides that put a CNN config on the tiny data set (256 training images for cnn: 4 steps of 64)."""
-    fields = {"data.dir": data_dir, "data.validation_size": 64, "steps_per_call": 2, "eval_batch_size": 50}
+    """Overrides that put a CNN config on the tiny data set: 128 training images (for cnn: 2 steps of 64), as many as
+    `profile` makes up for 2 steps per call, so that the tests here that train the study CNN as it is compile its
+    train call once between them."""
+    fields = {
+        "data.dir": data_dir,
+        "data.validation_size": 64,
+        "data.num_train": 128,
+        "steps_per_call": 2,
+        "eval_batch_size": 50,
+    }
     return [f"--{prefix}.{field}={value}" for field, value in fields.items()]
 
 
@@ -148,7 +156,7 @@ def test_every_line_carries_the_machine_it_was_measured_on(capsys):
 
 def test_without_data_the_arrays_are_random_images_of_the_configs_sizes(tiny_data, monkeypatch):
     arrays = common.load_arrays(common.load_config("cnn", tiny(tiny_data)))
-    assert (len(arrays.train), len(arrays.test)) == (256, 100) and arrays.source.startswith("idx:")
+    assert (len(arrays.train), len(arrays.test)) == (128, 100) and arrays.source.startswith("idx:")
 
     def missing(*args, **kwargs):
         raise data.DataError("no Fashion-MNIST found")
@@ -169,8 +177,8 @@ def test_train_speed_times_this_loop_and_the_plain_flax_loop_and_skips_a_missing
     assert ours["num_params"] == train_speed.STUDY_PARAMS and ours["steps_per_call"] == 2 and ours["steps"] == 2
     assert ours["conv"] == ops.resolve_conv("auto") and ours["data"] == plain["data"]
     for row in (ours, plain):
-        assert row["epoch_images"] == 256  # the config's training split: 4 steps of 64
-        assert row["epoch_seconds"] == pytest.approx(4 * row["ms_per_step"] / 1000, abs=0.01)
+        assert row["epoch_images"] == 128  # the config's training split: 2 steps of 64
+        assert row["epoch_seconds"] == pytest.approx(2 * row["ms_per_step"] / 1000, abs=0.01)
         assert row["train_images_per_second"] == pytest.approx(64_000 / row["ms_per_step"], rel=0.01)
     assert ratios["ratios"] == {
         "plain_flax_over_fmnist_jax": pytest.approx(plain["ms_per_step"] / ours["ms_per_step"], abs=0.01)
@@ -181,7 +189,7 @@ def test_time_to_accuracy_reports_each_seeds_run_their_spread_and_the_ratio_to_a
     tiny_data, tmp_path, monkeypatch
 ):
     args = ["--seeds=2", f"--workdir={tmp_path}", "--config.num_epochs=1", *tiny(tiny_data)]
-    # The other config's own number of epochs: its training split (256 images, 4 steps of 64) 3 times.
+    # The other config's own number of epochs: its training split (128 images, 2 steps of 64) 3 times.
     compare = ["--compare=cnn", "--compare_steps=2", *tiny(tiny_data, prefix="compare"), "--compare.num_epochs=3"]
     order = []
 
@@ -199,44 +207,62 @@ def test_time_to_accuracy_reports_each_seeds_run_their_spread_and_the_ratio_to_a
         results, history = metrics.load_results(workdir), metrics.read_history(workdir)
         assert results["seed"] == row["seed"] and row["test_accuracy"] == results["test_accuracy"]
         assert row["train_seconds"] == round(results["train_seconds"], 3)
-        assert row["steps"] == history[-1]["step"] == 4 and row["epochs"] == 1
-        assert row["images_per_second"] == pytest.approx(4 * 64 / results["train_seconds"], abs=0.05)
+        assert row["steps"] == history[-1]["step"] == 2 and row["epochs"] == 1
+        assert row["images_per_second"] == pytest.approx(2 * 64 / results["train_seconds"], abs=0.05)
         assert 0 <= row["compile_seconds"] <= row["wall_seconds"] and row["train_seconds"] <= row["wall_seconds"]
     for key in time_to_accuracy.PER_SEED:
         values = [row[key] for row in seeds]
         assert summary[key] == {"mean": pytest.approx(np.mean(values)), "std": pytest.approx(statistics.stdev(values))}
-    assert ratio["compare"] == "cnn" and ratio["total_steps"] == 4 * 3
+    assert ratio["compare"] == "cnn" and ratio["total_steps"] == 2 * 3
     assert ratio["steps_timed"] == 2 and ratio["mean_wall_seconds"] == summary["wall_seconds"]["mean"]
     # Timed before the first seed and after the last; the estimate uses their mean.
     assert ratio["step_seconds_before"] > 0 and ratio["step_seconds_after"] > 0
     assert ratio["step_seconds"] == pytest.approx((ratio["step_seconds_before"] + ratio["step_seconds_after"]) / 2)
-    assert ratio["estimated_train_seconds"] == pytest.approx(12 * ratio["step_seconds"])
-    assert ratio["ratio"] == pytest.approx(summary["wall_seconds"]["mean"] / (12 * ratio["step_seconds"]))
+    assert ratio["estimated_train_seconds"] == pytest.approx(6 * ratio["step_seconds"])
+    assert ratio["ratio"] == pytest.approx(summary["wall_seconds"]["mean"] / (6 * ratio["step_seconds"]))
     assert (
         "compilation and evaluation" in ratio["estimate_leaves_out"] and "conservative" in ratio["estimate_leaves_out"]
     )
 
 
 def test_step_times_alternate_the_variants_and_summarise_them_per_image(tiny_data, monkeypatch):
-    """Rounds of base, variants and the other config in turn; the medians, ratios and training ratio follow from
-    the per-timing lines."""
-    timed = []
-    real = common.time_training
+    """Rounds of base, variants and the other config in turn, each config's train call built once and timed from its
+    fresh state in every round; the medians, ratios and training ratio follow from the per-timing lines."""
+    built, timed = [], []
+    real_trainer, real_timing = common.trainer, common.time_training
 
-    def recorded(config, train, **kwargs):
-        timed.append((config.name, config.batch_size, config.model.get("head_width"), kwargs["steps"]))
-        return real(config, train, **kwargs)
+    def fields(config):
+        return config.name, config.batch_size, config.learning_rate, config.seed, config.num_epochs
 
-    monkeypatch.setattr(common, "time_training", recorded)
-    args = ["--config=speedrun", *tiny(tiny_data), "--config.num_epochs=3", "--config.model.widths=8,16,16"]
-    variants = ["--variant=no head:model.head_width=0", "--variant=b32:batch_size=32;model.head_width=16"]
+    def trainer(config, train, **kwargs):
+        run = real_trainer(config, train, **kwargs)
+        built.append((fields(config), run))
+        return run
+
+    def time_training(config, train, **kwargs):
+        timing = real_timing(config, train, **kwargs)
+        timed.append((fields(config), kwargs["steps"], kwargs["run"], timing.mean_loss))
+        return timing
+
+    monkeypatch.setattr(common, "trainer", trainer)
+    monkeypatch.setattr(common, "time_training", time_training)
+    # The base and its variants, and the other config (its own overrides, its own 30 epochs): all the study CNN,
+    # whose seed 0 and seed 1 models and batch-64 train call the tests above compiled already.
+    args = ["--config=cnn", *tiny(tiny_data), "--config.num_epochs=3"]
+    variants = ["--variant=b32:batch_size=32;learning_rate=0.0005", "--variant=seed 1:seed=1"]
     other = ["--other=cnn", *tiny(tiny_data, prefix="other"), "--rounds=2", "--images=128"]
     *lines, summary = run(step_times, *args, *variants, *other)
-    one_round = [("speedrun", 64, 256, 2), ("speedrun", 64, 0, 2), ("speedrun", 32, 16, 4), ("cnn", 64, None, 2)]
-    assert timed == one_round * 2  # alternated, each for about --images images
-    labels = ["base", "no head", "b32", "cnn"]
+    configs = [("cnn", 64, 1e-3, 0, 3), ("cnn", 32, 5e-4, 0, 3), ("cnn", 64, 1e-3, 1, 3), ("cnn", 64, 1e-3, 0, 30)]
+    assert [config for config, _ in built] == configs  # each built once, in the first round
+    steps = [2, 4, 2, 2]  # each for about --images images
+    assert [(config, n) for config, n, _, _ in timed] == list(zip(configs, steps, strict=True)) * 2  # alternated
+    assert all(used is run for (*_, used, _), (_, run) in zip(timed, [*built, *built], strict=True))
+    losses = [loss for *_, loss in timed]
+    assert losses[4:] == losses[:4]  # the same steps from the same fresh state, round after round
+    labels = ["base", "b32", "seed 1", "cnn"]
     assert [(line["round"], line["variant"]) for line in lines] == [(r, label) for r in (0, 1) for label in labels]
     for line in lines:
+        assert line["config"] == "cnn"
         assert line["us_per_image"] == pytest.approx(1000 * line["ms_per_step"] / line["batch_size"], abs=0.03)
     us = {label: [line["us_per_image"] for line in lines if line["variant"] == label] for label in labels}
     assert summary["median_us_per_image"] == {label: pytest.approx(np.median(v), abs=0.02) for label, v in us.items()}
@@ -244,9 +270,10 @@ def test_step_times_alternate_the_variants_and_summarise_them_per_image(tiny_dat
     assert summary["relative_to_base"] == {
         label: pytest.approx(medians[label] / medians["base"], rel=1e-3) for label in labels
     }
-    # The whole runs on the 256 tiny training images: the base 4 steps x 3 epochs, cnn 4 steps x its 30 epochs.
+    # The whole runs on the 128 tiny training images: the base 2 steps x 3 epochs, cnn 2 steps x its 30 epochs.
+    assert summary["training_ratio"]["is"].startswith("base's 6 steps x its step time / cnn's 60 steps x")
     base, cnn = ([line["ms_per_step"] for line in lines if line["variant"] == label] for label in ("base", "cnn"))
-    per_round = [12 * b / (120 * c) for b, c in zip(base, cnn, strict=True)]
+    per_round = [6 * b / (60 * c) for b, c in zip(base, cnn, strict=True)]
     assert summary["training_ratio"]["per_round"] == pytest.approx(per_round, abs=1e-4)
     assert summary["training_ratio"]["median"] == pytest.approx(np.median(per_round), abs=1e-4)
 
@@ -319,7 +346,9 @@ def test_the_convolutions_stand_in_keeps_shapes_and_removes_every_convolution_pr
     dtype = jnp.dtype(compute_dtype)
     for padding, real in (("valid", ops.conv2d_valid), ("same", ops.conv2d_same)):
         fake = layers.stand_in(padding)(x, kernel, "auto", training=True, compute_dtype=dtype)
-        assert fake.shape == real(x, kernel, "im2col", compute_dtype=dtype).shape and fake.dtype == dtype
+        # The real convolution's output shape, traced (nothing compiled or run).
+        shape = jax.eval_shape(lambda x, kernel, real=real: real(x, kernel, "im2col", compute_dtype=dtype), x, kernel)
+        assert fake.shape == shape.shape and fake.dtype == dtype
     # With the stand-ins, the step's products are the dense layers' (and vgg_bn's shifts) alone.
     for name, dense in (("cnn", [(256, 256), (256, 10)]), ("vgg_bn", [(1152, 256), (256, 10)])):
         config = load_config(name, compute_dtype=compute_dtype)
@@ -346,9 +375,9 @@ def test_one_sitting_measures_each_compute_dtype_against_the_float32_limit(dtype
         assert row["flop_limit_ms_per_step"] == limit_ms  # both against the float32 rate
         assert limit_ms == pytest.approx(row["train_mflop_per_image"] * 64 / limit["matmul_gflops"], rel=0.01)
         assert row["ratio"] == pytest.approx(row["ms_per_step"] / limit_ms, abs=0.01)
-        assert row["epoch_images"] == 256  # 4 steps of 64: the config's training split
-        assert row["epoch_seconds"] == pytest.approx(4 * row["ms_per_step"] / 1000, abs=0.01)
-        assert row["epoch_limit_seconds"] == pytest.approx(4 * limit_ms / 1000, abs=0.01)
+        assert row["epoch_images"] == 128  # 2 steps of 64: the config's training split
+        assert row["epoch_seconds"] == pytest.approx(2 * row["ms_per_step"] / 1000, abs=0.01)
+        assert row["epoch_limit_seconds"] == pytest.approx(2 * limit_ms / 1000, abs=0.01)
 
 
 def test_the_layer_breakdown_splits_the_step_at_the_convolutions_measured_in_place(tiny_data):
