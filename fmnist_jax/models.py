@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -187,11 +188,18 @@ def create_model(name: str, *, seed: int, **kwargs: Any) -> nnx.Module:
     """Builds the registered model `name` with parameters initialised from `seed`.
 
     The initialisation runs as one jitted program: the same bits as layer by layer (tests/test_models.py), one
-    compilation instead of one per parameter shape, and one that the persistent compilation cache keeps.
+    compilation instead of one per parameter shape, and one that the persistent compilation cache keeps. The seed
+    is the program's argument, not a constant in it: every seed of a model runs the one compiled program.
     """
     if name not in MODELS:
         raise ConfigError(f"config.model.name={name!r} is not a known model; choose one of {sorted(MODELS)}.")
-    return nnx.jit(lambda: MODELS[name](rngs=nnx.Rngs(params=seed), **kwargs))()
+    return _initialiser(name, tuple(sorted(kwargs.items())))(seed)
+
+
+@functools.cache
+def _initialiser(name: str, kwargs: tuple[tuple[str, Any], ...]) -> Callable[[int], nnx.Module]:
+    """The jitted `seed -> MODELS[name](**kwargs)`, one per model and arguments in a process."""
+    return nnx.jit(lambda seed: MODELS[name](rngs=nnx.Rngs(params=jax.random.key(seed)), **dict(kwargs)))
 
 
 def count_params(model: nnx.Module) -> int:
