@@ -193,7 +193,8 @@ def create_model(name: str, *, seed: int, **kwargs: Any) -> nnx.Module:
     """
     if name not in MODELS:
         raise ConfigError(f"config.model.name={name!r} is not a known model; choose one of {sorted(MODELS)}.")
-    return _initialiser(name, tuple(sorted(kwargs.items())))(seed)
+    frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kwargs.items()))  # a cache key
+    return _initialiser(name, frozen)(seed)
 
 
 @functools.cache
