@@ -15,21 +15,38 @@ def lax_conv(x, kernel):
     return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+def normal(rng, shape):
+    """Standard normal float32 values drawn on the host (jax.random compiles a program for every new shape)."""
+    return jnp.asarray(rng.standard_normal(shape, dtype=np.float32))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def values_and_vjps(fns, args, cotangent):
+    """For each function of `fns`: fn(*args), and the gradients of <fn(*args), cotangent> with respect to each of
+    `args`; jitted, all in one program: one compilation instead of one per operation."""
+    results = []
+    for fn in fns:
+        y, pullback = jax.vjp(fn, *args)
+        results.append((y, pullback(cotangent)))
+    return results
+
+
 @pytest.mark.heavy
 @pytest.mark.parametrize(
     "x_shape,k_shape", [((2, 28, 28, 1), (3, 3, 1, 4)), ((3, 13, 13, 5), (3, 3, 5, 7)), ((2, 5, 6, 3), (2, 3, 3, 2))]
 )
 def test_im2col_convolution_equals_xla_convolution_with_gradients(x_shape, k_shape):
-    kx, kk, kg = jax.random.split(jax.random.key(0), 3)
-    x, kernel = jax.random.normal(kx, x_shape), jax.random.normal(kk, k_shape)
+    rng = np.random.default_rng(0)
+    x, kernel = normal(rng, x_shape), normal(rng, k_shape)
     np.testing.assert_array_equal(ops.conv2d_valid(x, kernel, "xla"), lax_conv(x, kernel))
-    ref_grads = jax.vjp(lax_conv, x, kernel)[1]
-    for impl in ("im2col", "taps"):
-        y = ops.conv2d_valid(x, kernel, impl)
-        np.testing.assert_allclose(y, lax_conv(x, kernel), rtol=1e-5, atol=1e-5, err_msg=impl)
-        cotangent = jax.random.normal(kg, y.shape)
-        grads = jax.vjp(functools.partial(ops.conv2d_valid, impl=impl), x, kernel)[1](cotangent)
-        for g, r in zip(grads, ref_grads(cotangent), strict=True):
+    out_shape = jax.eval_shape(lax_conv, x, kernel).shape
+    cotangent = normal(rng, out_shape)
+    impls = ("im2col", "taps")
+    fns = (lax_conv, *(functools.partial(ops.conv2d_valid, impl=impl) for impl in impls))
+    (ref_y, ref_grads), *results = values_and_vjps(fns, (x, kernel), cotangent)
+    for impl, (y, grads) in zip(impls, results, strict=True):
+        np.testing.assert_allclose(y, ref_y, rtol=1e-5, atol=1e-5, err_msg=impl)
+        for g, r in zip(grads, ref_grads, strict=True):
             np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4, err_msg=impl)
 
 
@@ -44,7 +61,7 @@ def test_auto_convolution_is_im2col_for_cpu_training_only():
 
 @pytest.mark.parametrize("shape", [(2, 26, 26, 3), (2, 11, 11, 4), (1, 3, 3, 5)])
 def test_max_pool_matches_flax(shape):
-    x = jax.random.normal(jax.random.key(0), shape)
+    x = normal(np.random.default_rng(0), shape)
     np.testing.assert_array_equal(ops.max_pool_2x2(x), nnx.max_pool(x, (2, 2), (2, 2), "VALID"))
 
 
@@ -55,27 +72,31 @@ ACTS = [models.leaky_relu, models.elu]
 @pytest.mark.parametrize("act", ACTS)
 @pytest.mark.parametrize("shape", [(2, 26, 26, 3), (2, 11, 11, 4), (1, 3, 3, 5)])
 def test_pool_bias_act_equals_activation_then_pool_with_gradients(act, shape):
-    kz, kb, kg = jax.random.split(jax.random.key(1), 3)
-    z, bias = jax.random.normal(kz, shape), jax.random.normal(kb, shape[-1:])
+    rng = np.random.default_rng(1)
+    z, bias = normal(rng, shape), normal(rng, shape[-1:])
+
+    def fast(z, b):
+        return ops.pool_bias_act(act, z, b)
 
     def reference(z, b):
         return nnx.max_pool(act(z + b), (2, 2), (2, 2), "VALID")
 
-    y = ops.pool_bias_act(act, z, bias)
-    np.testing.assert_array_equal(y, reference(z, bias))  # bitwise: act and + are monotone
-    cotangent = jax.random.normal(kg, y.shape)
-    dz, db = jax.vjp(lambda z, b: ops.pool_bias_act(act, z, b), z, bias)[1](cotangent)
-    ref_dz, ref_db = jax.vjp(reference, z, bias)[1](cotangent)
+    y = fast(z, bias)
+    np.testing.assert_array_equal(y, reference(z, bias))  # bitwise, op by op: act and + are monotone
+    cotangent = normal(rng, y.shape)
+    (_, (dz, db)), (_, (ref_dz, ref_db)) = values_and_vjps((fast, reference), (z, bias), cotangent)
     np.testing.assert_allclose(dz, ref_dz, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(db, ref_db, rtol=1e-5, atol=1e-6)
+    dz = np.asarray(dz)
     h, w = shape[1] // 2 * 2, shape[2] // 2 * 2
-    assert float(jnp.abs(dz[:, h:]).sum() + jnp.abs(dz[:, :, w:]).sum()) == 0.0  # the dropped odd edge
-    assert int(jnp.count_nonzero(dz)) == y.size  # one element per window gets the gradient
+    assert np.abs(dz[:, h:]).sum() + np.abs(dz[:, :, w:]).sum() == 0.0  # the dropped odd edge
+    assert np.count_nonzero(dz) == y.size  # one element per window gets the gradient
 
 
 def test_pool_gradient_goes_to_the_first_of_tied_elements():
-    z = jnp.zeros((1, 4, 4, 1)).at[0, 3, 3, 0].set(1.0)  # three all-zero windows, one with a single max
-    dz = jax.grad(lambda z: ops.pool_bias_act(models.leaky_relu, z, jnp.zeros(1)).sum())(z)[0, :, :, 0]
+    z = np.zeros((1, 4, 4, 1), np.float32)
+    z[0, 3, 3, 0] = 1.0  # three all-zero windows, one with a single max
+    dz = jax.jit(jax.grad(lambda z: ops.pool_bias_act(models.leaky_relu, z, jnp.zeros(1)).sum()))(z)[0, :, :, 0]
     expected = np.zeros((4, 4))
     expected[0, 0] = expected[0, 2] = expected[2, 0] = expected[3, 3] = 1.0  # top-left of tied windows
     np.testing.assert_array_equal(dz, expected)
@@ -84,56 +105,60 @@ def test_pool_gradient_goes_to_the_first_of_tied_elements():
 @pytest.mark.heavy
 @pytest.mark.parametrize("shape", [(2, 28, 28, 4), (3, 7, 7, 6), (1, 3, 3, 5)])
 def test_pool_affine_relu_equals_affine_relu_then_pool_with_gradients(shape):
-    kz, ks, kb, kg = jax.random.split(jax.random.key(2), 4)
-    z = jax.random.normal(kz, shape)
-    scale = jax.random.normal(ks, shape[-1:]).at[0].set(-0.7).at[1].set(1.3)  # both signs, always
-    shift = jax.random.normal(kb, shape[-1:]) * 0.5
+    rng = np.random.default_rng(2)
+    z = normal(rng, shape)
+    scale = rng.standard_normal(shape[-1:], dtype=np.float32)
+    scale[:2] = -0.7, 1.3  # both signs, always
+    scale, shift = jnp.asarray(scale), jnp.asarray(0.5 * rng.standard_normal(shape[-1:], dtype=np.float32))
 
     def reference(z, s, b):
         return nnx.max_pool(jax.nn.relu(z * s + b), (2, 2), (2, 2), "VALID")
 
     y = ops.pool_affine_relu(z, scale, shift)
-    np.testing.assert_array_equal(y, reference(z, scale, shift))  # bitwise: the same arithmetic on the same element
-    cotangent = jax.random.normal(kg, y.shape)
-    grads = jax.vjp(ops.pool_affine_relu, z, scale, shift)[1](cotangent)
-    ref_grads = jax.vjp(reference, z, scale, shift)[1](cotangent)
+    np.testing.assert_array_equal(y, reference(z, scale, shift))  # bitwise, op by op: the same arithmetic
+    cotangent = normal(rng, y.shape)
+    (_, grads), (_, ref_grads) = values_and_vjps((ops.pool_affine_relu, reference), (z, scale, shift), cotangent)
     for g, r, name in zip(grads, ref_grads, ("z", "scale", "shift"), strict=True):
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-6, err_msg=name)
-    assert int(jnp.count_nonzero(grads[0])) == int(jnp.count_nonzero(y))  # one element of each active window
+    assert np.count_nonzero(grads[0]) == np.count_nonzero(y)  # one element of each active window
 
 
 def test_pool_affine_relu_picks_the_first_of_tied_window_minima_under_a_negative_scale():
-    z = jnp.ones((1, 4, 4, 1)).at[0, 3, 3, 0].set(-1.0)  # three all-one windows, one with a single minimum
-    dz = jax.grad(lambda z: ops.pool_affine_relu(z, -jnp.ones(1), jnp.full((1,), 2.0)).sum())(z)[0, :, :, 0]
+    z = np.ones((1, 4, 4, 1), np.float32)
+    z[0, 3, 3, 0] = -1.0  # three all-one windows, one with a single minimum
+    dz = jax.jit(jax.grad(lambda z: ops.pool_affine_relu(z, -jnp.ones(1), jnp.full((1,), 2.0)).sum()))(z)
     expected = np.zeros((4, 4))
     expected[0, 0] = expected[0, 2] = expected[2, 0] = expected[3, 3] = -1.0  # d relu(2 - z) / dz
-    np.testing.assert_array_equal(dz, expected)
+    np.testing.assert_array_equal(dz[0, :, :, 0], expected)
+
+
+# Dropout as training runs it, inside a jitted program (the rate is static: it decides what the program is).
+dropout_jitted = jax.jit(ops.dropout, static_argnums=1)
 
 
 @pytest.mark.parametrize("rate", [0.25, 0.3, 0.4])
 def test_dropout_keeps_the_right_fraction_and_scales(rate):
-    x = jnp.ones((64, 40, 40, 8))  # 819,200 elements: the kept fraction's std is ~0.0005
-    y = ops.dropout(x, rate, jax.random.key(7))
-    kept = np.asarray(y != 0)
+    x = np.ones((64, 40, 40, 8), np.float32)  # 819,200 elements: the kept fraction's std is ~0.0005
+    y = np.asarray(dropout_jitted(x, rate, jax.random.key(7)))
+    kept = y != 0
     assert abs(kept.mean() - (1 - rate)) < 0.003
-    np.testing.assert_allclose(np.unique(np.asarray(y)), [0.0, 1 / (1 - rate)], rtol=1e-6)
+    np.testing.assert_allclose(np.unique(y), [0.0, 1 / (1 - rate)], rtol=1e-6)
     # no structure along any axis: each channel, row and image keeps about the same fraction
     for axis in [(0, 1, 2), (0, 2, 3), (1, 2, 3)]:
         assert np.abs(kept.mean(axis=axis) - (1 - rate)).max() < 0.03
 
 
 def test_dropout_masks_are_independent_across_keys_and_neighbours():
-    x = jnp.ones((64, 13, 13, 64))
-    a = np.asarray(ops.dropout(x, 0.5, jax.random.key(1)) != 0).ravel()
-    b = np.asarray(ops.dropout(x, 0.5, jax.random.key(2)) != 0).ravel()
-    assert np.array_equal(a, np.asarray(ops.dropout(x, 0.5, jax.random.key(1)) != 0).ravel())
+    x = np.ones((64, 13, 13, 64), np.float32)
+    a, b, again = (np.asarray(dropout_jitted(x, 0.5, jax.random.key(k))).ravel() != 0 for k in (1, 2, 1))
+    assert np.array_equal(a, again)
     assert abs((a == b).mean() - 0.5) < 0.005  # independent masks agree half the time
     for lag in (1, 64, 13 * 64):  # next channel, next column, next row
         assert abs(np.corrcoef(a[:-lag], a[lag:])[0, 1]) < 0.01
 
 
 def test_dropout_is_identity_without_a_key_or_rate_and_refuses_bad_rates():
-    x = jax.random.normal(jax.random.key(0), (4, 5))
+    x = normal(np.random.default_rng(0), (4, 5))
     np.testing.assert_array_equal(ops.dropout(x, 0.4, None), x)
     np.testing.assert_array_equal(ops.dropout(x, 0.0, jax.random.key(1)), x)
     with pytest.raises(ValueError, match=r"rate 1\.0 must be in"):

@@ -22,30 +22,39 @@ def relative_error(a, b):
     return np.linalg.norm(a - b) / np.linalg.norm(b)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def value_and_grads(fn, x, kernel, weights):
+    """fn(x, kernel) and the float32 gradients of sum(fn(x, kernel) * weights) with respect to x and kernel, as
+    one jitted program: one compilation instead of one per operation."""
+
+    def loss(x, kernel):
+        return jnp.sum(fn(x, kernel).astype(jnp.float32) * weights)
+
+    return fn(x, kernel), jax.grad(loss, (0, 1))(x, kernel)
+
+
 @pytest.mark.heavy
 @pytest.mark.parametrize("impl", ["im2col", "taps", "xla"])
 @pytest.mark.parametrize("channels", [1, 16])
 def test_bfloat16_convolution_rounds_operands_and_accumulates_in_float32(impl, channels):
-    kx, kk, kg = jax.random.split(jax.random.key(0), 3)
-    x, kernel = jax.random.normal(kx, (4, 12, 12, channels)), jax.random.normal(kk, (3, 3, channels, 8))
+    rng = np.random.default_rng(0)
+    x, kernel = (rng.standard_normal(shape, dtype=np.float32) for shape in ((4, 12, 12, channels), (3, 3, channels, 8)))
     fn = functools.partial(ops.conv2d_valid, impl=impl, compute_dtype=jnp.bfloat16)
-    y = fn(x, kernel)
+    y, grads = value_and_grads(fn, x, kernel, rng.standard_normal((4, 10, 10, 8), dtype=np.float32))
     assert y.dtype == jnp.bfloat16
     exact = ops.conv2d_valid(x, kernel, "xla")
 
     # The bfloat16 operands' rounding (8 bits) bounds the error; a bfloat16 accumulation of 9 * 16 terms would
-    # be far worse. What float32 accumulation of the rounded operands gives, rounded once at the end:
+    # be far worse. What float32 accumulation of the rounded operands gives, rounded once at the end (the
+    # operands rounded on the host):
     def bf16_values(a):
-        return a.astype(jnp.bfloat16).astype(jnp.float32)
+        return a.astype(jnp.bfloat16).astype(np.float32)
 
     rounded = ops.conv2d_valid(bf16_values(x), bf16_values(kernel), "xla")
     if channels == 1 and impl == "taps":
         rounded = exact  # the one-channel taps multiply in float32
     assert relative_error(y, rounded) < 2**-8  # one rounding to bfloat16 at the end, not one per addition
     assert relative_error(y, exact) < 1e-2
-    grads = jax.grad(lambda x, k: jnp.sum(fn(x, k).astype(jnp.float32) * jax.random.normal(kg, y.shape)), (0, 1))(
-        x, kernel
-    )
     assert [g.dtype for g in grads] == [jnp.float32, jnp.float32]  # cotangents come back in the inputs' dtype
 
 
@@ -58,16 +67,25 @@ def test_float32_is_the_default_everywhere_and_bad_names_are_refused(tmp_path):
     assert not (tmp_path / "config.json").exists()
 
 
+@nnx.jit
+def logits(pair, x, dropout_key):
+    """`model(x, dropout_key=dropout_key)` of both models of `pair`, as one jitted program (one compilation per
+    form instead of one per operation)."""
+    return [model(x, dropout_key=dropout_key) for model in pair]
+
+
 @pytest.mark.heavy
 @pytest.mark.parametrize("name", ["seed_cnn", "vgg_bn"])
 def test_bfloat16_models_keep_float32_parameters_and_logits_close_to_float32(name):
-    x = jax.random.uniform(jax.random.key(1), (16, 28, 28, 1))
-    low = models.create_model(name, seed=0, compute_dtype="bfloat16")
-    high = models.create_model(name, seed=0)
+    x = jnp.asarray(np.random.default_rng(1).random((16, 28, 28, 1), dtype=np.float32))
+    # vgg_bn: the narrow model of tests/test_recipe.py and tests/test_models.py (one compiled initialisation)
+    shape = {"widths": (8, 16, 16), "head_width": 32} if name == "vgg_bn" else {}
+    low = models.create_model(name, seed=0, compute_dtype="bfloat16", **shape)
+    high = models.create_model(name, seed=0, **shape)
     assert {p.dtype for p in jax.tree.leaves(nnx.state(low))} == {jnp.dtype("float32")}
     for training in (False, True):
         key = jax.random.key(2) if training else None
-        a, b = low(x, dropout_key=key), high(x, dropout_key=key)
+        a, b = logits((low, high), x, key)
         assert a.dtype == jnp.float32
         assert 0 < relative_error(a, b) < 3e-2
 

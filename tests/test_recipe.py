@@ -15,10 +15,41 @@ from fmnist_jax.training import state as train_state
 from fmnist_jax.training import step as steps
 
 KEY = jax.random.key(7)
+# A narrow VGG-BN for the behavioural checks (the real widths where a count or a shape is the point): every
+# test builds it with one compiled initialisation.
+SMALL = {"widths": (8, 16, 16), "head_width": 32}
 
 
 def random_batch(n=32, seed=0):
-    return jnp.asarray(np.random.default_rng(seed).random((n, 28, 28, 1), dtype=np.float32))
+    return np.random.default_rng(seed).random((n, 28, 28, 1), dtype=np.float32)
+
+
+def small_vgg(**kwargs):
+    return models.create_model("vgg_bn", seed=0, **SMALL, **kwargs)
+
+
+def small_vgg_config(**overrides):
+    """configs/vgg_bn.py with the narrow model."""
+    return load_config("vgg_bn", **{f"model.{k}": v for k, v in SMALL.items()}, **overrides)
+
+
+# Augmentation as training runs it, inside a jitted program: one compilation per batch shape and setting instead
+# of one per operation.
+augment_jitted = jax.jit(augment.apply, static_argnums=2)
+
+
+@nnx.jit
+def evaluation_logits(model, x):
+    """`model(x)`, the evaluation form (running statistics, no dropout), as one jitted program."""
+    return model(x)
+
+
+def abstractly(fn):
+    """What `fn()` returns when it runs under `jax.eval_shape`: its arrays traced for their shapes only, nothing
+    computed or compiled (for the checks of shapes and parameter counts)."""
+    result = []
+    jax.eval_shape(lambda: result.append(fn()))
+    return result[0]
 
 
 def shifted(image, dy, dx):
@@ -39,8 +70,8 @@ def test_disabled_augmentation_is_the_identity_and_the_study_has_none():
 
 
 def test_flip_mirrors_about_half_the_images_and_keeps_the_rest():
-    x = np.asarray(random_batch(64))
-    y = np.asarray(augment.apply(jnp.asarray(x), KEY, augment.Augment(flip=True)))
+    x = random_batch(64)
+    y = np.asarray(augment_jitted(x, KEY, augment.Augment(flip=True)))
     same = np.all(y == x, axis=(1, 2, 3))
     mirrored = np.all(y == x[:, :, ::-1], axis=(1, 2, 3))
     assert np.all(same ^ mirrored)  # each image exactly one of the two, bit for bit
@@ -49,8 +80,8 @@ def test_flip_mirrors_about_half_the_images_and_keeps_the_rest():
 
 def test_translation_is_pad_and_crop_with_every_shift_in_range():
     t = 2
-    x = np.asarray(random_batch(200))
-    y = np.asarray(augment.apply(jnp.asarray(x), KEY, augment.Augment(translate=t)))
+    x = random_batch(200)
+    y = np.asarray(augment_jitted(x, KEY, augment.Augment(translate=t)))
     seen = set()
     for i in range(len(x)):
         matches = [
@@ -65,8 +96,8 @@ def test_translation_is_pad_and_crop_with_every_shift_in_range():
 
 
 def test_flip_and_shift_together_mirror_then_shift():
-    x = np.asarray(random_batch(400))
-    y = np.asarray(augment.apply(jnp.asarray(x), KEY, augment.Augment(flip=True, translate=1)))
+    x = random_batch(400)
+    y = np.asarray(augment_jitted(x, KEY, augment.Augment(flip=True, translate=1)))
     seen = []
     for i in range(len(x)):
         matches = [
@@ -83,8 +114,8 @@ def test_flip_and_shift_together_mirror_then_shift():
 
 
 def test_erasing_replaces_one_rectangle_of_bounded_area_with_noise():
-    x = jnp.full((400, 28, 28, 1), 2.0)  # outside [0, 1): every erased pixel is visible
-    y = np.asarray(augment.apply(x, KEY, augment.Augment(erase_prob=0.5)))[..., 0]
+    x = np.full((400, 28, 28, 1), 2.0, np.float32)  # outside [0, 1): every erased pixel is visible
+    y = np.asarray(augment_jitted(x, KEY, augment.Augment(erase_prob=0.5)))[..., 0]
     erased = y != 2.0
     hit = erased.any(axis=(1, 2))
     assert 160 <= hit.sum() <= 240
@@ -101,12 +132,12 @@ def test_erasing_replaces_one_rectangle_of_bounded_area_with_noise():
 def test_augmentation_is_a_pure_function_of_key_and_position_in_the_batch():
     setting = augment.Augment(flip=True, translate=2, erase_prob=0.5)
     x = random_batch(64)
-    a = augment.apply(x, KEY, setting)
-    np.testing.assert_array_equal(a, augment.apply(x, KEY, setting))
+    a = np.asarray(augment_jitted(x, KEY, setting))
+    np.testing.assert_array_equal(a, augment_jitted(x, KEY, setting))
     # The first 16 images get the same transforms whether the batch holds 16 or 64: nothing depends on the
     # batch's size or on which device holds an image, only on (key, position).
-    np.testing.assert_array_equal(augment.apply(x[:16], KEY, setting), a[:16])
-    assert not np.array_equal(augment.apply(x, jax.random.key(8), setting), a)
+    np.testing.assert_array_equal(augment_jitted(x[:16], KEY, setting), a[:16])
+    assert not np.array_equal(augment_jitted(x, jax.random.key(8), setting), a)
 
 
 # --------------------------------------------------------------------------------------------- optimizer, loss
@@ -124,26 +155,38 @@ def test_warmup_cosine_schedule_and_the_studys_constant_rate():
 @pytest.mark.heavy
 def test_adamw_decays_kernels_only():
     config = load_config("vgg_bn", learning_rate=0.1, weight_decay=0.5, **{"schedule.name": "constant"})
-    model = models.create_model("vgg_bn", seed=0)
-    before = nnx.to_pure_dict(nnx.clone(nnx.state(model, nnx.Param)))
-    model.norms[0].scale[...] = jnp.full_like(model.norms[0].scale[...], 2.0)
+    model = small_vgg()
+    model.norms[0].scale[...] = np.full(model.norms[0].scale.shape, 2.0, np.float32)
+    before = nnx.to_flat_state(nnx.clone(nnx.state(model, nnx.Param)))
     optimizer = nnx.Optimizer(model, train_state.make_optimizer(config), wrt=nnx.Param)
-    optimizer.update(model, jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param)))
-    after = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    np.testing.assert_allclose(after["head"]["kernel"], before["head"]["kernel"] * (1 - 0.1 * 0.5), rtol=1e-6)
-    np.testing.assert_array_equal(after["head"]["bias"], before["head"]["bias"])
-    np.testing.assert_array_equal(after["norms"][0]["scale"], 2.0)
+    zero_grads = jax.tree.map(np.zeros_like, nnx.state(model, nnx.Param))
+    nnx.jit(lambda optimizer, model, grads: optimizer.update(model, grads))(optimizer, model, zero_grads)
+    after = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    assert {path[-1] for path, _ in before} == {"kernel", "bias", "scale"}
+    for path, variable in before:  # a zero gradient: the decay alone moves a parameter
+        new, old = np.asarray(after[path][...]), np.asarray(variable[...])
+        if path[-1] == "kernel":  # convolution and Dense kernels
+            np.testing.assert_allclose(new, old * (1 - 0.1 * 0.5), rtol=1e-6, err_msg=str(path))
+        else:  # biases, BatchNorm scales and offsets
+            np.testing.assert_array_equal(new, old, err_msg=str(path))
+    np.testing.assert_array_equal(after[("norms", 0, "scale")][...], 2.0)
 
 
 def test_label_smoothing_is_cross_entropy_against_smoothed_targets():
-    model = models.create_model("seed_cnn", seed=0)
-    x, labels = random_batch(8), jnp.arange(8) % 10
-    plain, logits = steps.loss_fn(model, x, labels, None, 0.0)
-    smooth, _ = steps.loss_fn(model, x, labels, None, 0.1)
-    logp = jax.nn.log_softmax(logits)
-    targets = 0.9 * jax.nn.one_hot(labels, 10) + 0.01
+    model = small_vgg()
+    x, labels = random_batch(8), np.arange(8) % 10
+
+    @nnx.jit
+    def both_losses(model):
+        return steps.loss_fn(model, x, labels, None, 0.0), steps.loss_fn(model, x, labels, None, 0.1)
+
+    (plain, logits), (smooth, _) = both_losses(model)
+    logits = np.asarray(logits, np.float64)
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    targets = 0.9 * np.eye(10)[labels] + 0.01
     np.testing.assert_allclose(smooth, -(targets * logp).sum(-1).mean(), rtol=1e-6)
-    np.testing.assert_allclose(plain, -jnp.take_along_axis(logp, labels[:, None], 1).mean(), rtol=1e-6)
+    np.testing.assert_allclose(plain, -np.take_along_axis(logp, labels[:, None], 1).mean(), rtol=1e-6)
 
 
 # --------------------------------------------------------------------------------------------- EMA, TTA
@@ -173,27 +216,27 @@ def state_and_programs(config, mesh=None):
 
 @pytest.mark.heavy
 def test_evaluation_uses_the_moving_average_when_there_is_one():
-    config = load_config("vgg_bn", tta_flip=False)
+    config = small_vgg_config(tta_flip=False)
     graphs, state, programs = state_and_programs(config)
-    other = train_state.create_train_state(load_config("vgg_bn", seed=5))[1].model
-    images = jnp.asarray(np.random.default_rng(0).integers(0, 255, (20, 28, 28), np.uint8))
-    labels, mask = jnp.zeros(20, jnp.int32), jnp.ones(20, bool)
+    other = train_state.create_train_state(small_vgg_config(seed=5))[1].model
+    images = np.random.default_rng(0).integers(0, 255, (20, 28, 28), np.uint8)
+    labels, mask = np.zeros(20, np.int32), np.ones(20, bool)
     _, probs = programs.eval(state.replace(ema=other), images, labels, mask)
-    expected = jax.nn.softmax(nnx.merge(graphs.model, other)(steps.to_inputs(images)))
+    expected = jax.nn.softmax(evaluation_logits(nnx.merge(graphs.model, other), steps.to_inputs(images)))
     np.testing.assert_allclose(probs, expected, atol=1e-6)
     _, probs_without = programs.eval(state.replace(ema=None), images, labels, mask)
     assert not np.allclose(probs_without, probs, atol=1e-3)
 
 
 def test_flip_tta_averages_the_probabilities_of_each_image_and_its_mirror():
-    config = load_config("vgg_bn", ema_decay=0.0, tta_flip=True)
+    config = small_vgg_config(ema_decay=0.0, tta_flip=True)
     graphs, state, programs = state_and_programs(config)
-    images = jnp.asarray(np.random.default_rng(1).integers(0, 255, (20, 28, 28), np.uint8))
-    labels, mask = jnp.arange(20) % 10, jnp.arange(20) < 15
+    images = np.random.default_rng(1).integers(0, 255, (20, 28, 28), np.uint8)
+    labels, mask = np.arange(20) % 10, np.arange(20) < 15
     losses, probs = programs.eval(state, images, labels, mask)
     model = nnx.merge(graphs.model, state.model)
-    x = steps.to_inputs(images)
-    expected = (jax.nn.softmax(model(x)) + jax.nn.softmax(model(x[:, :, ::-1]))) / 2
+    for_images, for_mirrors = (evaluation_logits(model, steps.to_inputs(i)) for i in (images, images[:, :, ::-1]))
+    expected = (jax.nn.softmax(for_images) + jax.nn.softmax(for_mirrors)) / 2
     np.testing.assert_allclose(probs, expected, atol=1e-6)
     nll = -np.log(np.take_along_axis(np.asarray(expected), np.asarray(labels)[:, None], 1)[:, 0])
     np.testing.assert_allclose(losses, np.where(np.asarray(mask), nll, 0.0), rtol=1e-5)
@@ -202,42 +245,64 @@ def test_flip_tta_averages_the_probabilities_of_each_image_and_its_mirror():
 # --------------------------------------------------------------------------------------------- model, config
 
 
-@pytest.mark.heavy
 def test_vgg_bn_shapes_and_parameter_count():
-    model = models.create_model("vgg_bn", seed=0)
-    kernels = [c.kernel[...].shape for c in model.convs]
-    assert kernels == [(3, 3, 1, 32), (3, 3, 32, 64), (3, 3, 64, 64), (3, 3, 64, 128), (3, 3, 128, 128)]
+    """The real widths, traced abstractly (`abstractly`): shapes and counts need no parameter values."""
+
+    def build():
+        model = models.create_model("vgg_bn", seed=0)
+        with_hidden = models.create_model("vgg_bn", seed=0, head_width=256)  # configs/vgg_bn.py's head
+        return {
+            "kernels": [c.kernel[...].shape for c in model.convs],
+            "params": models.count_params(model),
+            "logits": model(jnp.zeros((2, 28, 28, 1))).shape,
+            "with_hidden": models.count_params(with_hidden),
+            "logits_with_hidden": with_hidden(jnp.zeros((2, 28, 28, 1)), dropout_key=KEY).shape,
+            "vgg_bn": train_state.create_train_state(load_config("vgg_bn"))[2],
+            "speedrun": train_state.create_train_state(load_config("speedrun"))[2],
+        }
+
+    built = abstractly(build)
+    assert built["kernels"] == [(3, 3, 1, 32), (3, 3, 32, 64), (3, 3, 64, 64), (3, 3, 64, 128), (3, 3, 128, 128)]
     convs = 9 * (1 * 32 + 32 * 64 + 64 * 64 + 64 * 128 + 128 * 128)
     norms = 2 * (32 + 64 + 64 + 128 + 128)
-    assert models.count_params(model) == convs + norms + (3 * 3 * 128 * 10 + 10) == 289_130
-    assert model(jnp.zeros((2, 28, 28, 1))).shape == (2, 10)
-    with_hidden = models.create_model("vgg_bn", seed=0, head_width=256)  # configs/vgg_bn.py's head
+    assert built["params"] == convs + norms + (3 * 3 * 128 * 10 + 10) == 289_130
+    assert built["logits"] == built["logits_with_hidden"] == (2, 10)
     hidden = 3 * 3 * 128 * 256 + 256 + 256 * 10 + 10
-    assert models.count_params(with_hidden) == convs + norms + hidden == 575_338
-    assert with_hidden(jnp.zeros((2, 28, 28, 1)), dropout_key=KEY).shape == (2, 10)
-    assert train_state.create_train_state(load_config("vgg_bn"))[2] == 575_338
+    assert built["with_hidden"] == convs + norms + hidden == 575_338
+    assert built["vgg_bn"] == 575_338
     # configs/speedrun.py: one convolution per stage, the same head.
     one_per_stage = 9 * (1 * 32 + 32 * 64 + 64 * 128) + 2 * (32 + 64 + 128)
-    assert train_state.create_train_state(load_config("speedrun"))[2] == one_per_stage + hidden == 390_634
+    assert built["speedrun"] == one_per_stage + hidden == 390_634
+
+
+def training_loss(model, x, labels):
+    """The cross-entropy of the training form's logits, as `train_step` computes it."""
+    logits = model(x, dropout_key=KEY)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+# The training gradient op by op, and jitted (one program for every model of the same form and batch shape).
+loss_and_gradients = nnx.value_and_grad(training_loss)
+loss_and_gradients_jitted = nnx.jit(loss_and_gradients)
 
 
 @pytest.mark.heavy
 def test_vgg_bn_uses_batch_statistics_in_training_and_running_ones_in_evaluation():
-    model = models.create_model("vgg_bn", seed=0, dropout=0.0)
+    model = small_vgg()
     x = random_batch(16) * 3 + 1  # far from the initial running statistics (mean 0, variance 1)
-    z = ops.conv2d_same(x, model.convs[0].kernel[...], "xla")
+    z = np.asarray(ops.conv2d_same(x, model.convs[0].kernel[...], "xla"))
     before = np.asarray(model.norms[0].mean[...])
-    model(x, dropout_key=KEY)
+    loss_and_gradients_jitted(model, x, np.arange(16) % 10)  # a training step's forward and backward pass
     np.testing.assert_allclose(model.norms[0].mean[...], 0.9 * before + 0.1 * z.mean(axis=(0, 1, 2)), rtol=1e-5)
-    first = model.norms[0](z, use_running_average=False)  # batch statistics: per channel mean 0, variance 1
+    first = np.asarray(model.norms[0](z, use_running_average=False))  # batch statistics: mean 0, variance 1
     np.testing.assert_allclose(first.mean(axis=(0, 1, 2)), 0.0, atol=1e-4)
     np.testing.assert_allclose(first.var(axis=(0, 1, 2)), 1.0, rtol=1e-2)
     # Evaluation: the running statistics, so no image depends on the rest of its batch and nothing is updated.
     mean, var = np.asarray(model.norms[0].mean[...]), np.asarray(model.norms[0].var[...])
     norm = model.norms[0]
-    expected = (z - mean) / np.sqrt(var + 1e-5) * norm.scale[...] + norm.bias[...]
+    expected = (z - mean) / np.sqrt(var + 1e-5) * np.asarray(norm.scale[...]) + np.asarray(norm.bias[...])
     np.testing.assert_allclose(norm(z, use_running_average=True), expected, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(model(x[:3]), model(x)[:3], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(evaluation_logits(model, x[:3]), evaluation_logits(model, x)[:3], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(model.norms[0].mean[...], mean)
 
 
@@ -246,19 +311,14 @@ def test_the_fused_batch_norm_relu_pool_trains_the_same_function_as_the_plain_la
     """The jitted training gradient (as `train_step` computes it), with and without `fused_pool`, against the
     plain layers differentiated op by op. (Jitted on XLA:CPU, autodiff of the reshape-max pool inside the whole
     VGG-BN loses much of the gradient: 30-60 % off, so neither setting may use it in training.)"""
-    x, labels = random_batch(16) * 2 - 0.5, jnp.arange(16) % 10
+    x, labels = random_batch(16) * 2 - 0.5, np.arange(16) % 10
 
     def run(fused, jit, conv="auto"):
-        model = models.create_model("vgg_bn", seed=0, widths=(8, 16, 16), head_width=32, fused_pool=fused, conv=conv)
+        model = small_vgg(fused_pool=fused, conv=conv)
         for norm in model.norms:  # BatchNorm scales of both signs, as training produces
-            norm.scale[...] = jnp.where(jnp.arange(norm.scale.shape[0]) % 3 == 0, -0.8, 1.2)
-
-        def loss(model):
-            logits = model(x, dropout_key=KEY)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-        grad_fn = nnx.value_and_grad(loss)
-        value, grads = (nnx.jit(grad_fn) if jit else grad_fn)(model)  # updates the running statistics
+            norm.scale[...] = np.where(np.arange(norm.scale.shape[0]) % 3 == 0, -0.8, 1.2).astype(np.float32)
+        grad_fn = loss_and_gradients_jitted if jit else loss_and_gradients
+        value, grads = grad_fn(model, x, labels)  # updates the running statistics
         return value, grads, nnx.state(model, nnx.BatchStat)
 
     ref_loss, ref_grads, ref_stats = run(False, jit=False, conv="xla")  # XLA's convolution: fewer ops to dispatch
@@ -272,11 +332,17 @@ def test_the_fused_batch_norm_relu_pool_trains_the_same_function_as_the_plain_la
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.fixture(scope="module")
+def flax_same_conv():
+    """A Flax 'SAME' 3x3 convolution from 4 to 5 channels without a bias (initialised as one jitted program)."""
+    return nnx.jit(lambda: nnx.Conv(4, 5, (3, 3), padding="SAME", use_bias=False, rngs=nnx.Rngs(0)))()
+
+
 @pytest.mark.parametrize("impl", ["im2col", "taps", "xla"])
-def test_same_convolution_equals_flax_conv_same(impl):
-    x = random_batch(3)[..., :1] * jnp.ones((1, 1, 1, 4))
-    conv = nnx.Conv(4, 5, (3, 3), padding="SAME", use_bias=False, rngs=nnx.Rngs(0))
-    np.testing.assert_allclose(ops.conv2d_same(x, conv.kernel[...], impl), conv(x), rtol=1e-5, atol=1e-5)
+def test_same_convolution_equals_flax_conv_same(impl, flax_same_conv):
+    x = random_batch(3)[..., :1] * np.ones((1, 1, 1, 4), np.float32)
+    same = jax.jit(ops.conv2d_same, static_argnums=2)(x, flax_same_conv.kernel[...], impl)
+    np.testing.assert_allclose(same, flax_same_conv(x), rtol=1e-5, atol=1e-5)
 
 
 def test_bad_recipe_fields_name_the_field(tmp_path):
@@ -297,11 +363,15 @@ def test_bad_recipe_fields_name_the_field(tmp_path):
         assert not (tmp_path / str(i) / "config.json").exists()
 
 
-@pytest.mark.heavy
 def test_the_accelerator_config_builds_its_wider_deeper_model():
     config = load_config("vgg_bn_large")
-    graphs, state, num_params = train_state.create_train_state(config)
-    model = nnx.merge(graphs.model, state.model)
-    assert [c.kernel[...].shape[-1] for c in model.convs] == [64, 64, 128, 128, 256, 256]
-    assert num_params > 1_000_000 and state.ema is not None
+
+    def build():  # traced abstractly: the widths and the count need no parameter values
+        graphs, state, num_params = train_state.create_train_state(config)
+        model = nnx.merge(graphs.model, state.model)
+        return [c.kernel[...].shape[-1] for c in model.convs], num_params, state.ema is not None
+
+    widths, num_params, has_ema = abstractly(build)
+    assert widths == [64, 64, 128, 128, 256, 256]
+    assert num_params > 1_000_000 and has_ema
     assert isinstance(train_state.make_optimizer(config), optax.GradientTransformation)
