@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from fmnist_jax import models
+from fmnist_jax import models, timing
 from fmnist_jax.errors import ConfigError
 
 
@@ -146,3 +146,14 @@ def test_unknown_conv_implementation_is_refused():
 def test_unknown_model_name_lists_the_known_ones():
     with pytest.raises(ConfigError, match=r"config.model.name='resnet' is not a known model.*seed_cnn"):
         models.create_model("resnet", seed=0)
+
+
+@pytest.mark.heavy
+def test_every_seed_of_a_model_runs_one_compiled_initialisation():
+    shape = {"widths": (4, 8, 8), "head_width": 8}
+    first = nnx.state(models.create_model("vgg_bn", seed=3, **shape), nnx.Param)
+    with timing.compile_clock() as clock:
+        second = nnx.state(models.create_model("vgg_bn", seed=4, **shape), nnx.Param)
+    assert clock.count == 0  # the seed is the program's argument: seed 4 runs seed 3's program
+    kernels = [(a, b) for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second), strict=True) if a.ndim > 1]
+    assert kernels and not any(np.array_equal(a, b) for a, b in kernels)
