@@ -1,9 +1,11 @@
 """Data parallelism: 8 fake CPU devices give the 1-device maths to rounding; checkpoints move between device counts.
 
-Each run is a `main.py` subprocess, so its XLA_FLAGS (the fake device count) apply before JAX starts.
+A run on several devices is a `main.py` subprocess, so its XLA_FLAGS (the fake device count) apply before JAX
+starts; a run on 1 device runs in this process (one CPU device).
 """
 
 import json
+import logging
 import shutil
 import socket
 import subprocess
@@ -11,35 +13,52 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import DRIFT_LOSS_RTOL, DRIFT_PROBS_ATOL, ROOT, check, devices, run_main, subprocess_env
+from helpers import DRIFT_LOSS_RTOL, DRIFT_PROBS_ATOL, ROOT, check, devices, load_config, run_main, subprocess_env
 
-from fmnist_jax import metrics
+from fmnist_jax import metrics, run
+
+# The tiny run (the study's CNN on the tiny data, 2 epochs of 4 steps); the evaluation batch splits over 8 devices.
+TINY = {"data.validation_size": 64, "steps_per_call": 2, "eval_batch_size": 48, "num_epochs": 2}
 
 
-def tiny_args(tiny_data, workdir, *extra):
-    return (
-        f"--workdir={workdir}",
-        "--config=configs/cnn.py",
-        f"--config.data.dir={tiny_data}",
-        "--config.data.validation_size=64",
-        "--config.steps_per_call=2",
-        "--config.eval_batch_size=48",
-        *extra,
-    )
+def tiny_args(tiny_data, workdir, **overrides):
+    """main.py's arguments for the tiny run in `workdir` with dotted-path `overrides`."""
+    fields = {**TINY, "data.dir": tiny_data, **overrides}
+    return (f"--workdir={workdir}", "--config=configs/cnn.py", *(f"--config.{k}={v}" for k, v in fields.items()))
 
 
 @pytest.fixture(scope="module")
-def one_device_run(tiny_data, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("one")
-    check(run_main(*tiny_args(tiny_data, workdir, "--config.num_epochs=2"), env=devices(1)))
-    return workdir
+def one_device_run(finished_tiny_run):
+    """The tiny run on 1 device: the session's, trained in this process. Its checkpoints every 2 steps change
+    nothing it computes; its evaluation batch of 50 (not 48) moves the test probabilities by rounding at most."""
+    import jax
+
+    assert jax.device_count() == 1
+    return finished_tiny_run
+
+
+# `python -c GRADIENTS_THEN_MAIN DATA_DIR MAIN_ARGS...`: tests/device_grads.py on DATA_DIR (its JSON line on
+# stdout), then main.py with MAIN_ARGS, in one process: one start of an 8-device process serves both.
+GRADIENTS_THEN_MAIN = f"""
+import runpy, sys
+sys.path.insert(0, {str(ROOT / "tests")!r})
+data_dir, *main_args = sys.argv[1:]
+sys.argv = [{str(ROOT / "tests" / "device_grads.py")!r}, data_dir]
+runpy.run_path(sys.argv[0], run_name="__main__")
+sys.stdout.flush()
+sys.argv = [{str(ROOT / "main.py")!r}, *main_args]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
 
 
 @pytest.fixture(scope="module")
 def eight_device_run(tiny_data, tmp_path_factory):
-    """The same run on 8 devices, a checkpoint at the end of each epoch: (workdir, main.py's stderr)."""
+    """The same run on 8 devices, a checkpoint at the end of each epoch, in a process that first computes the
+    first step's gradient on 1 and on 8 devices: (workdir, main.py's stderr, tests/device_grads.py's output)."""
     workdir = tmp_path_factory.mktemp("eight")
-    return workdir, check(run_main(*tiny_args(tiny_data, workdir, "--config.num_epochs=2"), env=devices(8))).stderr
+    args = (str(tiny_data), *tiny_args(tiny_data, workdir))
+    result = check(run_main(*args, env=devices(8), script=("-c", GRADIENTS_THEN_MAIN)))
+    return workdir, result.stderr, json.loads(result.stdout.splitlines()[0])
 
 
 def assert_same_maths(workdir, reference):
@@ -52,24 +71,23 @@ def assert_same_maths(workdir, reference):
     assert np.mean(probs[0].argmax(-1) == probs[1].argmax(-1)) >= 0.98
 
 
-def test_the_first_steps_gradient_on_eight_devices_is_the_one_device_gradient_to_rounding(tiny_data):
+def test_the_first_steps_gradient_on_eight_devices_is_the_one_device_gradient_to_rounding(eight_device_run):
     """The gradient's sum runs in another order on 8 devices: float32 rounding apart, the same gradient. Measured
     up to 3e-7 of a parameter's largest gradient (float32's epsilon: 1.2e-7); the bound is 7x that."""
-    result = check(run_main(str(tiny_data), env=devices(8), script=(str(ROOT / "tests" / "device_grads.py"),)))
-    out = json.loads(result.stdout)
+    out = eight_device_run[2]
     assert out["devices"] == 8 and len(out["rows"]) == 10  # the 5 layers' kernels and biases
     for row in out["rows"]:
         assert row["largest"] > 0 and row["diff"] <= 2e-6 * row["largest"], row
 
 
 def test_eight_devices_give_the_one_device_maths(eight_device_run, one_device_run):
-    workdir, stderr = eight_device_run
+    workdir, stderr, _ = eight_device_run
     assert "8 cpu device(s)" in stderr and "batch 64 (8 per device)" in stderr
     assert_same_maths(workdir, one_device_run)
 
 
 def test_batch_size_the_devices_cannot_split_fails_before_compiling(tiny_data, tmp_path):
-    result = run_main(*tiny_args(tiny_data, tmp_path, "--config.batch_size=60"), env=devices(8))
+    result = run_main(*tiny_args(tiny_data, tmp_path, batch_size=60), env=devices(8))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         "error: config.batch_size=60 cannot be split over 8 devices; use a multiple of 8 (e.g. 56 or 64) "
@@ -78,16 +96,19 @@ def test_batch_size_the_devices_cannot_split_fails_before_compiling(tiny_data, t
     assert "Traceback" not in result.stderr and not (tmp_path / "config.json").exists()
 
 
-def test_an_eight_device_checkpoint_restores_on_one_device(tiny_data, tmp_path, eight_device_run, one_device_run):
-    """8 -> 1 here (the 8-device run's epoch-1 checkpoint finished on 1 device); 1 -> 8 is
+def test_an_eight_device_checkpoint_restores_on_one_device(
+    tiny_data, tmp_path, eight_device_run, one_device_run, caplog
+):
+    """8 -> 1 here (the 8-device run's epoch-1 checkpoint finished on 1 device, in this process); 1 -> 8 is
     tests/test_vgg_bn_runs.py's (a BatchNorm model with the whole recipe)."""
     shutil.copytree(eight_device_run[0], tmp_path / "run")
     shutil.rmtree(tmp_path / "run" / "checkpoints" / "8")
     for name in ("results.json", "predictions.npz"):
         (tmp_path / "run" / name).unlink()
-    result = check(run_main(*tiny_args(tiny_data, tmp_path / "run", "--config.num_epochs=2"), env=devices(1)))
-    assert "Resumed from checkpoint at step 4" in result.stderr
-    assert "Mesh: 1 cpu device(s)" in result.stderr
+    caplog.set_level(logging.INFO, logger="absl")
+    run.run(load_config("cnn", **{**TINY, "data.dir": str(tiny_data)}), tmp_path / "run")
+    assert "Resumed from checkpoint at step 4" in caplog.text
+    assert "Mesh: 1 cpu device(s)" in caplog.text
     assert_same_maths(tmp_path / "run", one_device_run)
 
 
@@ -152,7 +173,7 @@ def start_two_processes(args, *, scripts=((), ())):
 def test_two_processes_train_as_one_and_agree_that_a_run_is_finished(tiny_data, tmp_path, one_device_run):
     """Two processes (2 fake devices each) joined by jax.distributed: the 1-device maths, files written once. A
     rerun is finished for both even where process 1 cannot see results.json (storage that is not shared)."""
-    args = tiny_args(tiny_data, tmp_path, "--config.num_epochs=2")
+    args = tiny_args(tiny_data, tmp_path)
     (rc0, err0), (rc1, err1) = start_two_processes(args)
     assert (rc0, rc1) == (0, 0), err0[-2000:] + err1[-2000:]
     assert all(

@@ -1,7 +1,9 @@
 """A run's record survives: one run per workdir, history that is the lineage of the final parameters,
 evaluation on many devices, a full disk, and a comparison killed at any moment."""
 
+import dataclasses
 import json
+import logging
 import os
 import pathlib
 import re
@@ -12,6 +14,7 @@ import subprocess
 import sys
 from typing import Any
 
+import ml_collections
 import numpy as np
 import pytest
 from helpers import (
@@ -19,6 +22,7 @@ from helpers import (
     check,
     devices,
     is_stopped,
+    load_config,
     quick_compare_config,
     run_interrupted,
     run_main,
@@ -29,20 +33,25 @@ from helpers import (
 
 from fmnist_jax import files, metrics, run
 
-TINY_ARGS = (
-    "--config=configs/cnn.py",
-    "--config.data.validation_size=64",
-    "--config.eval_batch_size=50",
-    "--config.steps_per_call=2",
-)
+# The tiny run: the CNN on the tiny data, 4 steps an epoch, 4 epochs. A test runs it with main.py where it needs a
+# process of its own (to hold a lock, be stopped or killed, fill a disk, say how it ended) and in this process
+# otherwise: `tiny_args` and `tiny_config` give the same config.
+TINY = {"data.validation_size": 64, "eval_batch_size": 50, "steps_per_call": 2, "num_epochs": 4}
 
 
-def tiny_run(tiny_data, workdir, *extra, env=None):
-    return run_main(*tiny_args(tiny_data, workdir, *extra), env=env)
+def tiny_args(tiny_data, workdir, **overrides):
+    """main.py's arguments for the tiny run in `workdir` with dotted-path `overrides`."""
+    fields = {**TINY, "data.dir": tiny_data, **overrides}
+    return ("--config=configs/cnn.py", f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in fields.items()))
 
 
-def tiny_args(tiny_data, workdir, *extra):
-    return (*TINY_ARGS, f"--workdir={workdir}", f"--config.data.dir={tiny_data}", *extra)
+def tiny_run(tiny_data, workdir, **overrides):
+    return run_main(*tiny_args(tiny_data, workdir, **overrides))
+
+
+def tiny_config(tiny_data, **overrides):
+    """The config `tiny_args` gives main.py."""
+    return load_config("cnn", **{**TINY, "data.dir": str(tiny_data), **overrides})
 
 
 def without_timings(history):
@@ -53,13 +62,28 @@ def snapshot(folder: pathlib.Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """A finished run: its config, workdir, fingerprint and history."""
+
+    config: ml_collections.ConfigDict
+    workdir: pathlib.Path
+    sha: str
+    history: list[dict]
+
+    def assert_same_run(self, workdir: pathlib.Path) -> None:
+        """The run in `workdir` has this run's history (timings apart) and final parameters."""
+        assert without_timings(metrics.read_history(workdir)) == without_timings(self.history)
+        assert metrics.load_results(workdir)["params_sha256"] == self.sha
+
+
 @pytest.fixture(scope="module")
-def four_epochs(tiny_data, tmp_path_factory):
-    """An uninterrupted 4-epoch tiny run: its fingerprint and history."""
-    workdir = tmp_path_factory.mktemp("four_epochs")
-    result = tiny_run(tiny_data, workdir, "--config.num_epochs=4")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return metrics.load_results(workdir)["params_sha256"], metrics.read_history(workdir)
+def four_epochs(tiny_data, tmp_path_factory) -> Reference:
+    """An uninterrupted tiny run, trained in this process, with all four epochs' checkpoints kept (4, 8, 12, 16)."""
+    config = tiny_config(tiny_data, **{"checkpoint.max_to_keep": 4})
+    workdir = tmp_path_factory.mktemp("four_epochs") / "run"
+    run.run(config, workdir)
+    return Reference(config, workdir, metrics.load_results(workdir)["params_sha256"], metrics.read_history(workdir))
 
 
 # ------------------------------------------------------------------------------------------ one run per workdir
@@ -71,7 +95,7 @@ def test_a_second_run_on_a_locked_workdir_exits_2_naming_the_holder_and_changes_
     (workdir / "history.jsonl").write_text('{"epoch": 1}\n')
     with files.workdir_lock(workdir):
         before = snapshot(workdir)
-        result = tiny_run(tiny_data, workdir, "--config.num_epochs=1")
+        result = tiny_run(tiny_data, workdir, num_epochs=1)
         assert snapshot(workdir) == before
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
@@ -83,14 +107,17 @@ def test_a_second_run_on_a_locked_workdir_exits_2_naming_the_holder_and_changes_
     assert "Traceback" not in result.stderr
 
 
-def test_a_lock_left_by_a_killed_process_never_blocks_the_rerun(cnn_config, tmp_path):
+def test_a_lock_left_by_a_killed_process_never_blocks_the_rerun(four_epochs, tmp_path):
+    # The rerun of a finished run: it takes the workdir's lock before it looks at anything there.
+    workdir = tmp_path / "run"
+    shutil.copytree(four_epochs.workdir, workdir)
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
             "import sys, time; from fmnist_jax import files\n"
             "with files.workdir_lock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(600)",
-            str(tmp_path),
+            str(workdir),
         ],
         cwd=ROOT,
         env=subprocess_env(),
@@ -99,37 +126,37 @@ def test_a_lock_left_by_a_killed_process_never_blocks_the_rerun(cnn_config, tmp_
     )
     assert holder.stdout.readline().strip() == "locked"
     with pytest.raises(files.WorkdirBusy, match=f"in use by process {holder.pid} "):
-        run.run(cnn_config, tmp_path)
+        run.run(four_epochs.config, workdir)
     holder.send_signal(signal.SIGKILL)
     holder.wait()
-    assert (tmp_path / files.LOCK_FILE).exists()  # the file stays; only a live lock counts
-    assert run.run(cnn_config, tmp_path)["test_accuracy"] > 0
+    assert (workdir / files.LOCK_FILE).exists()  # the file stays; only a live lock counts
+    results = run.run(four_epochs.config, workdir)
+    assert results["test_accuracy"] > 0 and results["params_sha256"] == four_epochs.sha
 
 
 def test_two_runs_started_together_train_once(tiny_data, tmp_path, four_epochs):
-    # The first run stops itself (SIGSTOP) after its first epoch, so the second surely starts while it holds the
-    # workdir, however fast the machine; then it goes on.
-    args = tiny_args(tiny_data, tmp_path, "--config.num_epochs=4")
-    first = start_main(*args, script=(str(ROOT / "tests" / "interrupt.py"), "STOP", "1", "epoch"))
+    # The first run stops itself (SIGSTOP) after its first epoch, so the second (in this process) surely starts
+    # while it holds the workdir, however fast the machine; then it goes on.
+    first = start_main(
+        *tiny_args(tiny_data, tmp_path), script=(str(ROOT / "tests" / "interrupt.py"), "STOP", "1", "epoch")
+    )
     wait_for(lambda: is_stopped(first), first)
-    second = tiny_run(tiny_data, tmp_path, "--config.num_epochs=4")
-    assert second.returncode == 2 and f"is in use by process {first.pid}" in second.stderr
+    with pytest.raises(files.WorkdirBusy, match=f"is in use by process {first.pid} "):
+        run.run(tiny_config(tiny_data), tmp_path)
     first.send_signal(signal.SIGCONT)
     _, err = first.communicate(timeout=600)
     assert first.returncode == 0, err[-3000:]
-    sha, history = four_epochs
-    assert metrics.load_results(tmp_path)["params_sha256"] == sha
-    assert without_timings(metrics.read_history(tmp_path)) == without_timings(history)
+    four_epochs.assert_same_run(tmp_path)
 
 
 def test_the_comparison_locks_its_workdir_and_its_members(tmp_path):
-    with files.workdir_lock(tmp_path):
-        result = run_main("--config=configs/compare.py", f"--workdir={tmp_path}")
-    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path} is in use")
+    config = quick_compare_config(tmp_path / "unused")
+    with files.workdir_lock(tmp_path), pytest.raises(files.WorkdirBusy, match=f"{re.escape(str(tmp_path))} is in use"):
+        run.run(config, tmp_path)
     assert not (tmp_path / "config.json").exists()
     member = tmp_path / "cnn" / "seed_0"
-    with files.workdir_lock(member), pytest.raises(files.WorkdirBusy, match=f"{member} is in use"):
-        run.run(quick_compare_config(tmp_path / "unused"), tmp_path)
+    with files.workdir_lock(member), pytest.raises(files.WorkdirBusy, match=f"{re.escape(str(member))} is in use"):
+        run.run(config, tmp_path)
 
 
 # ------------------------------------------------------------------------------------------ history lineage
@@ -137,50 +164,50 @@ def test_the_comparison_locks_its_workdir_and_its_members(tmp_path):
 
 def test_a_run_killed_before_its_first_checkpoint_reruns_with_each_epoch_once(tiny_data, tmp_path, four_epochs):
     # The only checkpoint is the last step's: history lines for epochs 1-3 are written before any commit.
-    args = tiny_args(tiny_data, tmp_path, "--config.num_epochs=4")
-    killed = run_interrupted("KILL", 2, "epoch", *args, "--config.checkpoint.every_steps=1000")  # after epoch 2
+    no_checkpoints = {"checkpoint.every_steps": 1000}
+    killed = run_interrupted("KILL", 2, "epoch", *tiny_args(tiny_data, tmp_path, **no_checkpoints))  # after epoch 2
     assert killed.returncode == -signal.SIGKILL and len(metrics.read_history(tmp_path)) == 2
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]  # none committed
-    result = tiny_run(tiny_data, tmp_path, "--config.num_epochs=4", "--config.checkpoint.every_steps=1000")
-    assert result.returncode == 0, result.stderr[-3000:]
-    sha, history = four_epochs
+    run.run(tiny_config(tiny_data, **no_checkpoints), tmp_path)
     assert [r["epoch"] for r in metrics.read_history(tmp_path)] == [1, 2, 3, 4]
-    assert without_timings(metrics.read_history(tmp_path)) == without_timings(history)
-    assert metrics.load_results(tmp_path)["params_sha256"] == sha
+    four_epochs.assert_same_run(tmp_path)
 
 
-def test_history_beyond_the_restored_checkpoint_is_cut_back(tiny_data, tmp_path, four_epochs):
+def test_history_beyond_the_restored_checkpoint_is_cut_back(tmp_path, four_epochs):
     # A run that wrote epochs 1-3, then died with only the epoch-1 checkpoint committed (a full disk, say).
-    result = tiny_run(tiny_data, tmp_path, "--config.num_epochs=1")
-    assert result.returncode == 0, result.stderr[-3000:]
-    _, history = four_epochs
-    files.atomic_write_text(tmp_path / "history.jsonl", "".join(f'{{"epoch": {e}}}\n' for e in (1, 2, 3)))
-    (tmp_path / "results.json").unlink()
-    result = tiny_run(tiny_data, tmp_path, "--config.num_epochs=4", "--config.resume_with_changes=True")
-    assert result.returncode == 0, result.stderr[-3000:]
-    records = metrics.read_history(tmp_path)
+    workdir = tmp_path / "run"
+    shutil.copytree(four_epochs.workdir, workdir)
+    for step in (8, 12, 16):
+        shutil.rmtree(workdir / "checkpoints" / str(step))
+    files.atomic_write_text(workdir / "history.jsonl", "".join(f'{{"epoch": {e}}}\n' for e in (1, 2, 3)))
+    (workdir / "results.json").unlink()
+    run.run(four_epochs.config, workdir)
+    records = metrics.read_history(workdir)
     assert [r["epoch"] for r in records] == [1, 2, 3, 4]
     assert records[0] == {"epoch": 1}  # the restored state's own epoch is kept as it was
-    assert without_timings(records[1:]) == without_timings(history[1:])
+    assert without_timings(records[1:]) == without_timings(four_epochs.history[1:])
+    assert metrics.load_results(workdir)["params_sha256"] == four_epochs.sha
 
 
 # ------------------------------------------------------------------------------------------ many devices
 
 
 @pytest.mark.slow
-def test_the_real_splits_score_the_same_on_1_and_8_devices(real_data_dir, tmp_path):
+def test_the_real_splits_score_the_same_on_1_and_8_devices(real_data_dir, tmp_path, caplog):
     """The full 12,000-image validation split and 10,000-image test set, with the automatic evaluation batch:
     training on 8 fake devices finishes (it used to deadlock in its first evaluation), and its checkpoint scores
-    the same on 1 device as on the 8 it was evaluated on during training."""
-    args = ("--config=configs/cnn.py", "--config.num_epochs=1", "--config.data.num_train=512")
+    the same on 1 device (this process) as on the 8 it was evaluated on during training."""
+    overrides = {"num_epochs": 1, "data.num_train": 512}
     trained = tmp_path / "train_8"
-    result = check(run_main(*args, f"--workdir={trained}", env=devices(8), timeout=300))
+    args = ("--config=configs/cnn.py", *(f"--config.{k}={v}" for k, v in overrides.items()), f"--workdir={trained}")
+    result = check(run_main(*args, env=devices(8), timeout=300))
     assert "Mesh: 8 cpu device(s)" in result.stderr and len(metrics.read_history(trained)) == 1
     reference = metrics.load_results(trained)
     copy = tmp_path / "evaluate_1"
     shutil.copytree(trained, copy)
-    result = check(run_main(*args, f"--workdir={copy}", "--config.mode=evaluate", env=devices(1), timeout=300))
-    assert "Evaluating on 1 cpu device(s)" in result.stderr
+    caplog.set_level(logging.INFO, logger="absl")
+    run.run(load_config("cnn", mode="evaluate", **overrides), copy)
+    assert "Evaluating on 1 cpu device(s)" in caplog.text
     scored = metrics.load_results(copy)
     assert abs(scored["test_accuracy"] - reference["test_accuracy"]) <= 1e-4
     assert abs(scored["validation_accuracy"] - reference["validation_accuracy"]) <= 1e-4
@@ -213,7 +240,7 @@ def small_tmpfs(tmp_path):
 
 def test_a_full_disk_ends_with_one_line_and_the_rerun_resumes(tiny_data, small_tmpfs, four_epochs):
     workdir = small_tmpfs / "run"
-    result = tiny_run(tiny_data, workdir, "--config.num_epochs=4")
+    result = tiny_run(tiny_data, workdir)
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last == (
@@ -227,11 +254,8 @@ def test_a_full_disk_ends_with_one_line_and_the_rerun_resumes(tiny_data, small_t
             assert text.endswith("\n") and all(line.strip() for line in text.splitlines())
     metrics.read_history(workdir)  # every line parses
     subprocess.run(["mount", "-o", "remount,size=200M", str(small_tmpfs)], check=True)
-    result = tiny_run(tiny_data, workdir, "--config.num_epochs=4")
-    assert result.returncode == 0, result.stderr[-3000:]
-    sha, history = four_epochs
-    assert without_timings(metrics.read_history(workdir)) == without_timings(history)
-    assert metrics.load_results(workdir)["params_sha256"] == sha
+    run.run(tiny_config(tiny_data), workdir)  # the same run, in this process
+    four_epochs.assert_same_run(workdir)
 
 
 # ------------------------------------------------------------------------------------------ the comparison
@@ -260,22 +284,23 @@ def report_numbers(workdir: pathlib.Path) -> tuple[Any, list[str]]:
 
 @pytest.mark.slow
 def test_a_comparison_killed_at_any_moment_reruns_to_the_same_report(tiny_data, tmp_path):
-    args = [
-        "--config=configs/compare.py",
-        "--config.quick=True",
-        "--config.seeds=0",
-        "--config.members.cnn.steps_per_call=4",
-        "--config.members.vgg_bn.enabled=False",  # the study's three: the kill moments are theirs
-    ]
+    # The reference and the last rerun run in this process, the three killed runs as main.py.
+    overrides = {
+        "quick": True,
+        "seeds": (0,),
+        # Speed only: the tiny runs' calls of 2 steps and evaluation batch, so the CNN shares their compiled programs.
+        "members.cnn.steps_per_call": 2,
+        "members.cnn.eval_batch_size": 50,
+        "members.vgg_bn.enabled": False,  # the study's three: the kill moments are theirs
+    }
     for name in ("cnn", "random_forest", "linear_svm"):
-        args += [
-            f"--config.members.{name}.data.dir={tiny_data}",
-            f"--config.quick_overrides.{name}.data.num_train=256",
-            f"--config.quick_overrides.{name}.data.validation_size=64",
-        ]
+        overrides[f"members.{name}.data.dir"] = str(tiny_data)
+        overrides[f"quick_overrides.{name}.data.num_train"] = 256
+        overrides[f"quick_overrides.{name}.data.validation_size"] = 64
+    args = ["--config=configs/compare.py", "--config.seeds=0"]
+    args += [f"--config.{k}={v}" for k, v in overrides.items() if k != "seeds"]
     reference = tmp_path / "reference"
-    result = run_main(*args, f"--workdir={reference}")
-    assert result.returncode == 0, result.stderr[-3000:]
+    run.run(load_config("compare", **overrides), reference)
 
     workdir = tmp_path / "killed"
     moments = {
@@ -301,8 +326,8 @@ def test_a_comparison_killed_at_any_moment_reruns_to_the_same_report(tiny_data, 
             pytest.fail(f"the comparison ended before the kill point {moment!r}")
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    result = run_main(*args, f"--workdir={workdir}")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert (workdir / "config.json").read_text() == (reference / "config.json").read_text()  # the same comparison
+    run.run(load_config("compare", **overrides), workdir)
     assert report_numbers(workdir) == report_numbers(reference)
     for name in ("cnn", "random_forest", "linear_svm"):
         for seed in (0,):
