@@ -3,42 +3,49 @@ restore for evaluation and prediction, unwritable workdirs."""
 
 import copy
 import errno
+import logging
 import os
 import signal
 import subprocess
 
 import pytest
-from helpers import check, checkpoint_steps, run_interrupted, run_main
+from helpers import checkpoint_steps, load_config, run_interrupted
 
 from fmnist_jax import checkpoints, files, metrics, run
 from fmnist_jax.errors import ConfigError
 from fmnist_jax.training import state as train_state
 
-KILL_ARGS = (
-    "--config.num_epochs=4",
-    "--config.steps_per_call=1",
-    "--config.checkpoint.every_steps=1",
-    "--config.checkpoint.max_to_keep=2",
-    "--config.data.validation_size=64",
-    "--config.eval_batch_size=50",
-)
+# The session's finished tiny run (2 epochs of 4 steps, a checkpoint every 2 steps), keeping 2 checkpoints.
+KILL_FIELDS = {
+    "num_epochs": 2,
+    "steps_per_call": 2,
+    "checkpoint.every_steps": 2,
+    "checkpoint.max_to_keep": 2,
+    "data.validation_size": 64,
+    "eval_batch_size": 50,
+}
 
 
 def main_args(tiny_data, workdir) -> tuple[str, ...]:
-    """The tiny study run: 4 epochs of 4 steps, a checkpoint every step."""
-    return ("--config=configs/cnn.py", f"--workdir={workdir}", f"--config.data.dir={tiny_data}", *KILL_ARGS)
+    """The tiny study run: 2 epochs of 4 steps, a checkpoint every 2 steps."""
+    fields = {"data.dir": tiny_data, **KILL_FIELDS}
+    return ("--config=configs/cnn.py", f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in fields.items()))
 
 
-def finish(tiny_data, workdir):
-    return check(run_main(*main_args(tiny_data, workdir))).stderr
+def finish(tiny_data, workdir, caplog) -> str:
+    """Runs `main_args`'s config to the end in this process (its config.json must match the command line's); returns
+    what it logged."""
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    run.run(load_config("cnn", **{"data.dir": str(tiny_data), **KILL_FIELDS}), workdir)
+    return caplog.text
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_data, tmp_path_factory):
-    """The uninterrupted run: its parameter fingerprint and history."""
-    workdir = tmp_path_factory.mktemp("reference")
-    finish(tiny_data, workdir)
-    return metrics.load_results(workdir)["params_sha256"], metrics.read_history(workdir)
+def reference(finished_tiny_run):
+    """The uninterrupted run, its parameter fingerprint and history: the session's finished tiny run, the same
+    training in this process (it keeps 3 checkpoints where these runs keep 2)."""
+    return metrics.load_results(finished_tiny_run)["params_sha256"], metrics.read_history(finished_tiny_run)
 
 
 def without_timings(history):
@@ -52,17 +59,16 @@ def assert_same_as_reference(workdir, reference):
 
 
 @pytest.mark.parametrize("when", ["committed", "in_flight"], ids=["after_3_checkpoints", "during_a_save"])
-def test_sigkill_anywhere_then_rerun_gives_bit_identical_parameters(tiny_data, tmp_path, reference, when):
-    """SIGKILL once checkpoint 3 is complete, or while it is being written (tests/interrupt.py sends it from inside
-    the run, so that the moment is the same on a fast accelerator); the rerun resumes and ends with the
-    uninterrupted bits."""
-    killed = run_interrupted("KILL", 3, when, *main_args(tiny_data, tmp_path))
+def test_sigkill_anywhere_then_rerun_gives_bit_identical_parameters(tiny_data, tmp_path, reference, when, caplog):
+    """SIGKILL once the third checkpoint (step 6, mid-epoch) is complete, or while it is being written
+    (tests/interrupt.py sends it from inside the run, so that the moment is the same on a fast accelerator); the
+    rerun resumes and ends with the uninterrupted bits."""
+    killed = run_interrupted("KILL", 6, when, *main_args(tiny_data, tmp_path))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not (tmp_path / "results.json").exists()
     complete = checkpoint_steps(tmp_path)
-    assert max(complete) == 3 if when == "committed" else max(complete) in (2, 3)
-    err = finish(tiny_data, tmp_path)
-    assert "Resumed from checkpoint at step" in err
+    assert max(complete) == 6 if when == "committed" else max(complete) in (4, 6)
+    assert "Resumed from checkpoint at step" in finish(tiny_data, tmp_path, caplog)
     assert_same_as_reference(tmp_path, reference)
 
 
@@ -79,12 +85,13 @@ def interrupt(tiny_data, workdir, signum, at_step):
     return saved
 
 
-def test_sigterm_and_sigint_save_then_exit_with_resume_line(tiny_data, tmp_path, reference):
+def test_sigterm_and_sigint_save_then_exit_with_resume_line(tiny_data, tmp_path, reference, caplog):
     """SIGTERM, then SIGINT on the resumed run: each saves and exits 128 + signal; the third run finishes with the
     uninterrupted bits."""
     saved = interrupt(tiny_data, tmp_path, signal.SIGTERM, at_step=2)
-    assert interrupt(tiny_data, tmp_path, signal.SIGINT, at_step=saved + 2) > saved
-    finish(tiny_data, tmp_path)
+    resumed = interrupt(tiny_data, tmp_path, signal.SIGINT, at_step=saved + 2)
+    assert resumed > saved
+    assert f"Resumed from checkpoint at step {resumed} " in finish(tiny_data, tmp_path, caplog)
     assert_same_as_reference(tmp_path, reference)
 
 

@@ -1,24 +1,55 @@
 """Where users run it: TensorBoard events (read back with TensorBoard's own reader), the Colab notebook executed
 headlessly, checkpoints marked by a commit file (Drive, FUSE), and `python -m benchmarks accelerator_check` on CPU."""
 
+import contextlib
 import json
+import logging
 import pathlib
-import shutil
 import signal
+import types
 
 import numpy as np
 import pytest
 from helpers import ROOT, devices, load_config, run_interrupted, run_main
 
 from benchmarks import accelerator_check
-from fmnist_jax import checkpoints, events, metrics
+from fmnist_jax import checkpoints, events, metrics, run
 
-TINY = (
-    "--config=configs/cnn.py",
-    "--config.data.validation_size=64",
-    "--config.eval_batch_size=64",
-    "--config.steps_per_call=2",
-)
+# The tiny study config's shapes (tests/fingerprints.py), so that its compiled programs serve these runs too.
+TINY = {"data.validation_size": 64, "eval_batch_size": 50, "steps_per_call": 2}
+
+
+def cnn_args(data_dir: pathlib.Path, workdir: pathlib.Path, fields: dict) -> tuple[str, ...]:
+    """main.py's arguments for the CNN config on `data_dir` with `fields` set."""
+    fields = {"data.dir": data_dir, **fields}
+    return ("--config=configs/cnn.py", f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in fields.items()))
+
+
+# The tiny run (the session's finished_tiny_run: checkpoints every 2 steps) kept in commit-file form and writing the
+# running loss to TensorBoard every 2 steps; it keeps 2 checkpoints (finished_tiny_run 3: the maths are the same).
+COMMIT_FILE_RUN = {
+    **TINY,
+    "num_epochs": 2,
+    "checkpoint.every_steps": 2,
+    "checkpoint.max_to_keep": 2,
+    "checkpoint.atomicity": "commit_file",
+    "tensorboard.loss_every_steps": 2,
+}
+
+
+@contextlib.contextmanager
+def logged():
+    """The messages logged at INFO and above in this process while in it (its runs log as main.py's do)."""
+    lines, root, handler = [], logging.getLogger(), logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(record.getMessage())
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
 
 
 def read_scalars(workdir: pathlib.Path) -> dict[str, list[tuple[int, float]]]:
@@ -54,28 +85,32 @@ def assert_events_match_history(workdir: pathlib.Path):
     assert scalars["test/accuracy"] == [(history[-1]["step"], pytest.approx(results["test_accuracy"]))]
 
 
-def test_events_hold_each_epoch_once_equal_to_the_history_even_after_a_sigkill(tiny_data, tmp_path):
-    args = (
-        *TINY,
-        f"--workdir={tmp_path}",
-        f"--config.data.dir={tiny_data}",
-        "--config.num_epochs=4",
-        "--config.tensorboard.loss_every_steps=2",
-        "--config.checkpoint.every_steps=6",
-    )
-    # Killed after epoch 3's events (step 12) while the newest checkpoint is step 6: the rerun restores step 6,
-    # so the events of steps 7-12 from the first run must not show.
-    killed = run_interrupted("KILL", 3, "epoch", *args)
-    assert killed.returncode == -signal.SIGKILL and len(metrics.read_history(tmp_path)) == 3
-    for late in (tmp_path / "checkpoints").glob("*"):  # as if checkpoint 12 had not committed yet
-        if late.name.split(".")[0].isdigit() and int(late.name.split(".")[0]) > 6:
-            shutil.rmtree(late)
-    assert max(r["step"] for r in metrics.read_history(tmp_path)) >= 12
-    result = run_main(*args)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Resumed from checkpoint at step 6" in result.stderr
-    assert_events_match_history(tmp_path)
-    hparams = tmp_path / events.EVENTS_DIR / events.HPARAMS_RUN
+@pytest.fixture(scope="module")
+def killed_mid_save(tiny_data, tmp_path_factory):
+    """A tiny run in commit-file form that writes TensorBoard events too (the running loss every 2 steps), killed
+    from inside right after the save of step 4 has started (tests/interrupt.py): epoch 1's history line and events
+    are written, its checkpoint folder is unfinished, step 2's is complete. Then rerun here to the end. Returns the
+    workdir, the checkpoint folders as the kill left them ({step: has its commit file}, every name), the history
+    then, and what the rerun logged."""
+    workdir = tmp_path_factory.mktemp("killed_mid_save") / "run"
+    killed = run_interrupted("KILL", 4, "in_flight", *cnn_args(tiny_data, workdir, COMMIT_FILE_RUN))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    folder = workdir / "checkpoints"
+    steps = {int(p.name): (p / "commit_success.txt").exists() for p in folder.glob("[0-9]*") if p.is_dir()}
+    names = [p.name for p in folder.iterdir()]
+    history = metrics.read_history(workdir)
+    with logged() as lines:
+        run.run(load_config("cnn", **{"data.dir": str(tiny_data), **COMMIT_FILE_RUN}), workdir)
+    return types.SimpleNamespace(workdir=workdir, steps=steps, names=names, history=history, log="\n".join(lines))
+
+
+def test_events_hold_each_epoch_once_equal_to_the_history_even_after_a_sigkill(killed_mid_save):
+    # Killed after epoch 1's events (step 4) while the newest complete checkpoint is step 2: the rerun restores
+    # step 2, so the events of steps 3-4 from the first run (epoch 1's among them) must not show.
+    assert [r["step"] for r in killed_mid_save.history] == [4]
+    assert "Resumed from checkpoint at step 2 " in killed_mid_save.log
+    assert_events_match_history(killed_mid_save.workdir)
+    hparams = killed_mid_save.workdir / events.EVENTS_DIR / events.HPARAMS_RUN
     assert any(hparams.iterdir())
 
 
@@ -96,31 +131,17 @@ def test_auto_picks_the_commit_file_on_fuse_and_rename_elsewhere(fuse_like_store
         checkpoints.resolve_atomicity("copy", fuse_like_store)
 
 
-def test_commit_file_checkpoints_resume_bit_identically_and_ignore_an_unfinished_save(tiny_data, tmp_path):
-    args = (
-        *TINY,
-        f"--config.data.dir={tiny_data}",
-        "--config.num_epochs=4",
-        "--config.steps_per_call=1",
-        "--config.checkpoint.every_steps=1",
-        "--config.checkpoint.max_to_keep=2",
-    )
-    reference = tmp_path / "reference"
-    assert run_main(*args, f"--workdir={reference}").returncode == 0
-    workdir = tmp_path / "commit"
-    commit_args = (*args, f"--workdir={workdir}", "--config.checkpoint.atomicity=commit_file")
-    # Killed from inside right after the save of step 3 has started (tests/interrupt.py): its folder is unfinished.
-    killed = run_interrupted("KILL", 3, "in_flight", *commit_args)
-    assert killed.returncode == -signal.SIGKILL
-    folder = workdir / "checkpoints"
-    steps = {int(p.name): (p / "commit_success.txt").exists() for p in folder.glob("[0-9]*") if p.is_dir()}
-    assert steps.get(3) is False and steps.get(2) is True, steps  # step 3 without its commit file, step 2 with
-    assert not any(p.name.endswith("orbax-checkpoint-tmp") for p in folder.iterdir())  # no rename in this mode
-    result = run_main(*commit_args)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Resumed from checkpoint at step 2" in result.stderr  # the unfinished step 3 ignored
-    assert metrics.load_results(workdir)["params_sha256"] == metrics.load_results(reference)["params_sha256"]
-    assert all((p / "commit_success.txt").exists() for p in folder.glob("[0-9]*"))
+def test_commit_file_checkpoints_resume_bit_identically_and_ignore_an_unfinished_save(
+    killed_mid_save, finished_tiny_run
+):
+    steps = killed_mid_save.steps
+    assert steps.get(4) is False and steps.get(2) is True, steps  # step 4 without its commit file, step 2 with
+    assert not any(name.endswith("orbax-checkpoint-tmp") for name in killed_mid_save.names)  # no rename in this mode
+    assert "Resumed from checkpoint at step 2 " in killed_mid_save.log  # the unfinished step 4 ignored
+    # The same training uninterrupted, in rename form: the session's finished tiny run.
+    reference = metrics.load_results(finished_tiny_run)["params_sha256"]
+    assert metrics.load_results(killed_mid_save.workdir)["params_sha256"] == reference
+    assert all((p / "commit_success.txt").exists() for p in (killed_mid_save.workdir / "checkpoints").glob("[0-9]*"))
 
 
 @pytest.mark.slow
@@ -130,11 +151,14 @@ def test_the_colab_notebook_runs_headlessly_with_tiny_settings(tiny_data, tmp_pa
 
     notebook = nbformat.read(ROOT / "notebooks" / "colab.ipynb", as_version=4)
     parameters = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
-    tiny = ["--config.num_epochs=2", "--config.data.validation_size=64", "--config.eval_batch_size=64"]
+    tiny = ["--config.num_epochs=2", *(f"--config.{k}={v}" for k, v in TINY.items())]
     compare = [
         "--config.quick=True",
         "--config.seeds=0",
         "--config.members.vgg_bn.enabled=False",  # the study's three keep the test short
+        # The tiny run's call and evaluation batch (the members' data come from quick_overrides): its programs.
+        "--config.members.cnn.steps_per_call=2",
+        "--config.members.cnn.eval_batch_size=50",
         *[
             f"--config.quick_overrides.{m}.data.{k}={v}"
             for m in ("cnn", "random_forest", "linear_svm")

@@ -4,9 +4,11 @@ over the global batch, augmentation by position in it), SIGKILL and rerun give t
 from 1 device to 8, evaluate and predict use the moving average and the flip TTA, the moving average never changes
 the trained weights, and the study's fingerprint is untouched (tests/test_fingerprint.py)."""
 
+import logging
 import shutil
 import signal
 
+import jax
 import numpy as np
 import pytest
 from helpers import check, checkpoint_steps, devices, load_config, run_interrupted, run_main
@@ -15,28 +17,40 @@ from fmnist_jax import config_lib, data, metrics, parallel, run
 from fmnist_jax.training import evaluate
 from fmnist_jax.training import state as state_lib
 
+# The speedrun's recipe (augmentation, BatchNorm, AdamW + schedule, smoothing, EMA, TTA) with random erasing on, on
+# 256 tiny images: batch 32, 8 steps an epoch, 2 epochs, a checkpoint every 2 steps; its net of one convolution per
+# stage, narrowed (the recipe's behaviour does not depend on the widths).
+FIELDS = {
+    "data.validation_size": 64,
+    "batch_size": 32,
+    "num_epochs": 2,
+    "steps_per_call": 2,
+    "eval_batch_size": 48,
+    "checkpoint.every_steps": 2,
+    "checkpoint.max_to_keep": 4,
+    "model.widths": (8, 16, 16),
+    "augment.erase_prob": 0.25,  # off in both configs; its determinism is tested here too
+    "model.dropout": 0.1,  # vgg_bn's, off in the speedrun: the same
+    "ema_decay": 0.999,  # vgg_bn's moving average, which the speedrun leaves out
+}
 
-def args(tiny_data, workdir, *extra):
-    """The speedrun's recipe (augmentation, BatchNorm, AdamW + schedule, smoothing, EMA, TTA) with random erasing
-    on, on 256 tiny images: batch 32, 8 steps an epoch, 2 epochs, a checkpoint every 2 steps; its net of one
-    convolution per stage, narrowed (the recipe's behaviour does not depend on the widths)."""
-    return (
-        "--config=configs/speedrun.py",
-        f"--workdir={workdir}",
-        f"--config.data.dir={tiny_data}",
-        "--config.data.validation_size=64",
-        "--config.batch_size=32",
-        "--config.num_epochs=2",
-        "--config.steps_per_call=2",
-        "--config.eval_batch_size=48",
-        "--config.checkpoint.every_steps=2",
-        "--config.checkpoint.max_to_keep=4",
-        "--config.model.widths=8,16,16",
-        "--config.augment.erase_prob=0.25",  # off in both configs; its determinism is tested here too
-        "--config.model.dropout=0.1",  # vgg_bn's, off in the speedrun: the same
-        "--config.ema_decay=0.999",  # vgg_bn's moving average, which the speedrun leaves out
-        *extra,
-    )
+
+def args(tiny_data, workdir):
+    """main.py's arguments for the recipe above."""
+    fields = {"data.dir": tiny_data, **FIELDS, "model.widths": ",".join(map(str, FIELDS["model.widths"]))}
+    return ("--config=configs/speedrun.py", f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in fields.items()))
+
+
+def config(tiny_data, **changes):
+    """The recipe above as a config, `changes` applied (for runs in this process: the same config.json as `args`'s
+    runs write)."""
+    return load_config("speedrun", **{"data.dir": str(tiny_data), **FIELDS, **changes})
+
+
+def run_here(tiny_data, workdir, **changes) -> dict:
+    """Trains `config(tiny_data, **changes)` in this process, on its one device as `devices(1)` gives main.py."""
+    assert jax.device_count() == 1
+    return run.run(config(tiny_data, **changes), workdir)
 
 
 def test_the_speedrun_is_the_stronger_cnns_recipe_on_one_convolution_per_stage():
@@ -56,9 +70,9 @@ def test_the_speedrun_is_the_stronger_cnns_recipe_on_one_convolution_per_stage()
 
 @pytest.fixture(scope="module")
 def reference(tiny_data, tmp_path_factory):
-    """The uninterrupted run on one device."""
+    """The uninterrupted run on one device (in this process: the runs that need a fresh one are main.py's)."""
     workdir = tmp_path_factory.mktemp("vgg_reference")
-    check(run_main(*args(tiny_data, workdir), env=devices(1)))
+    run_here(tiny_data, workdir)
     return workdir
 
 
@@ -75,11 +89,10 @@ def test_the_moving_average_is_a_shadow_that_training_never_reads(tiny_data, tmp
     """A run without the moving average ends on the reference's raw weights, bit for bit: removing it (as the
     speedrun does) changes what is evaluated, never what is trained, so the reference's raw weights score it exactly
     (docs/models.md, the speedrun's ablation)."""
-    check(run_main(*args(tiny_data, tmp_path), "--config.ema_decay=0.0", env=devices(1)))
-    overrides = {"data.dir": str(tiny_data), "data.validation_size": 64, "batch_size": 32, "model.widths": (8, 16, 16)}
+    run_here(tiny_data, tmp_path, ema_decay=0.0)
     mesh = parallel.make_mesh()
     states = {
-        decay: evaluate.restore_for_inference(load_config("speedrun", ema_decay=decay, **overrides), workdir, mesh)[1]
+        decay: evaluate.restore_for_inference(config(tiny_data, ema_decay=decay), workdir, mesh)[1]
         for decay, workdir in ((0.999, reference), (0.0, tmp_path))
     }
     assert states[0.0].ema is None and states[0.999].ema is not None
@@ -88,11 +101,12 @@ def test_the_moving_average_is_a_shadow_that_training_never_reads(tiny_data, tmp
     assert state_lib.params_sha256(raw) != state_lib.params_sha256(states[0.999].replace(model=states[0.999].ema))
 
 
-def test_sigkill_and_rerun_give_the_uninterrupted_bits(tiny_data, tmp_path, reference):
+def test_sigkill_and_rerun_give_the_uninterrupted_bits(tiny_data, tmp_path, reference, caplog):
     killed = run_interrupted("KILL", 6, "in_flight", *args(tiny_data, tmp_path), env=devices(1))  # mid-save
     assert killed.returncode == -signal.SIGKILL and not (tmp_path / "results.json").exists(), killed.stderr[-2000:]
-    result = check(run_main(*args(tiny_data, tmp_path), env=devices(1)))
-    assert "Resumed from checkpoint at step" in result.stderr
+    caplog.set_level(logging.INFO)
+    run_here(tiny_data, tmp_path)  # the rerun
+    assert "Resumed from checkpoint at step" in caplog.text
     ours, theirs = metrics.load_results(tmp_path), metrics.load_results(reference)
     assert ours["params_sha256"] == theirs["params_sha256"]  # the model state and its moving average
     assert ours["test_accuracy"] == theirs["test_accuracy"]
@@ -126,27 +140,16 @@ def test_a_one_device_checkpoint_finishes_on_eight_devices_with_the_same_maths(t
 def test_evaluate_and_predict_score_the_checkpoint_as_training_did(tiny_data, reference, tmp_path):
     workdir = tmp_path / "copy"
     shutil.copytree(reference, workdir)
-    overrides = {
-        "data.dir": str(tiny_data),
-        "data.validation_size": 64,
-        "batch_size": 32,
-        "num_epochs": 2,
-        "model.widths": (8, 16, 16),
-        "model.dropout": 0.1,
-        "ema_decay": 0.999,
-        "eval_batch_size": 48,
-    }
     trained, trained_probs = metrics.load_results(reference), metrics.load_predictions(reference)["probs"]
-    evaluated = run.run(load_config("speedrun", mode="evaluate", **overrides), workdir)
+    evaluated = run.run(config(tiny_data, mode="evaluate"), workdir)
     assert evaluated["test_accuracy"] == trained["test_accuracy"]
     assert evaluated["params_sha256"] == trained["params_sha256"]
     np.testing.assert_allclose(metrics.load_predictions(workdir)["probs"], trained_probs, atol=1e-6)
-    run.run(load_config("speedrun", mode="evaluate", tta_flip=False, **overrides), workdir)
+    run.run(config(tiny_data, mode="evaluate", tta_flip=False), workdir)
     assert not np.allclose(metrics.load_predictions(workdir)["probs"], trained_probs, atol=1e-4)  # TTA was on
 
-    test_images = data.load(load_config("speedrun", **overrides).data, seed=0).test.images[:5]
+    test_images = data.load(config(tiny_data).data, seed=0).test.images[:5]
     np.save(tmp_path / "five.npy", test_images)
-    predict = load_config("speedrun", mode="predict", **{**overrides, "predict.inputs": str(tmp_path / "five.npy")})
-    rows = run.run(predict, workdir)
+    rows = run.run(config(tiny_data, mode="predict", **{"predict.inputs": str(tmp_path / "five.npy")}), workdir)
     np.testing.assert_array_equal([r["class"] for r in rows], trained_probs[:5].argmax(-1))
     np.testing.assert_allclose([r["probability"] for r in rows], trained_probs[:5].max(-1), atol=1e-5)
