@@ -43,6 +43,13 @@ def load_config(name: str, **overrides):
     return config
 
 
+def main_args(name: str, workdir: str | os.PathLike, fields: dict) -> tuple[str, ...]:
+    """main.py's arguments for configs/<name>.py in `workdir` with the dotted-path `fields` set (the command-line
+    twin of `load_config(name, **fields)`; a tuple is written as its comma-separated items)."""
+    values = {k: ",".join(map(str, v)) if isinstance(v, tuple) else v for k, v in fields.items()}
+    return (f"--config=configs/{name}.py", f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in values.items()))
+
+
 def make_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Learnable 28x28 uint8 images: noise plus a bright bar whose row encodes the class."""
     images = rng.integers(0, 60, (len(labels), 28, 28), dtype=np.uint8)

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 
+import helpers
 import pytest
 from helpers import checkpoint_steps, load_config, run_interrupted
 
@@ -28,8 +29,7 @@ KILL_FIELDS = {
 
 def main_args(tiny_data, workdir) -> tuple[str, ...]:
     """The tiny study run: 2 epochs of 4 steps, a checkpoint every 2 steps."""
-    fields = {"data.dir": tiny_data, **KILL_FIELDS}
-    return ("--config=configs/cnn.py", f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in fields.items()))
+    return helpers.main_args("cnn", workdir, {"data.dir": tiny_data, **KILL_FIELDS})
 
 
 def finish(tiny_data, workdir, caplog) -> str:

@@ -13,7 +13,17 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import DRIFT_LOSS_RTOL, DRIFT_PROBS_ATOL, ROOT, check, devices, load_config, run_main, subprocess_env
+from helpers import (
+    DRIFT_LOSS_RTOL,
+    DRIFT_PROBS_ATOL,
+    ROOT,
+    check,
+    devices,
+    load_config,
+    main_args,
+    run_main,
+    subprocess_env,
+)
 
 from fmnist_jax import metrics, run
 
@@ -23,8 +33,7 @@ TINY = {"data.validation_size": 64, "steps_per_call": 2, "eval_batch_size": 48, 
 
 def tiny_args(tiny_data, workdir, **overrides):
     """main.py's arguments for the tiny run in `workdir` with dotted-path `overrides`."""
-    fields = {**TINY, "data.dir": tiny_data, **overrides}
-    return (f"--workdir={workdir}", "--config=configs/cnn.py", *(f"--config.{k}={v}" for k, v in fields.items()))
+    return main_args("cnn", workdir, {**TINY, "data.dir": tiny_data, **overrides})
 
 
 @pytest.fixture(scope="module")

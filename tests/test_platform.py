@@ -10,7 +10,7 @@ import types
 
 import numpy as np
 import pytest
-from helpers import ROOT, devices, load_config, run_interrupted, run_main
+from helpers import ROOT, devices, load_config, main_args, run_interrupted, run_main
 
 from benchmarks import accelerator_check
 from fmnist_jax import checkpoints, events, metrics, run
@@ -21,8 +21,7 @@ TINY = {"data.validation_size": 64, "eval_batch_size": 50, "steps_per_call": 2}
 
 def cnn_args(data_dir: pathlib.Path, workdir: pathlib.Path, fields: dict) -> tuple[str, ...]:
     """main.py's arguments for the CNN config on `data_dir` with `fields` set."""
-    fields = {"data.dir": data_dir, **fields}
-    return ("--config=configs/cnn.py", f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in fields.items()))
+    return main_args("cnn", workdir, {"data.dir": data_dir, **fields})
 
 
 # The tiny run (the session's finished_tiny_run: checkpoints every 2 steps) kept in commit-file form and writing the

@@ -23,6 +23,7 @@ from helpers import (
     devices,
     is_stopped,
     load_config,
+    main_args,
     quick_compare_config,
     run_interrupted,
     run_main,
@@ -41,8 +42,7 @@ TINY = {"data.validation_size": 64, "eval_batch_size": 50, "steps_per_call": 2, 
 
 def tiny_args(tiny_data, workdir, **overrides):
     """main.py's arguments for the tiny run in `workdir` with dotted-path `overrides`."""
-    fields = {**TINY, "data.dir": tiny_data, **overrides}
-    return ("--config=configs/cnn.py", f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in fields.items()))
+    return main_args("cnn", workdir, {**TINY, "data.dir": tiny_data, **overrides})
 
 
 def tiny_run(tiny_data, workdir, **overrides):

@@ -11,7 +11,7 @@ import signal
 import jax
 import numpy as np
 import pytest
-from helpers import check, checkpoint_steps, devices, load_config, run_interrupted, run_main
+from helpers import check, checkpoint_steps, devices, load_config, main_args, run_interrupted, run_main
 
 from fmnist_jax import config_lib, data, metrics, parallel, run
 from fmnist_jax.training import evaluate
@@ -37,8 +37,7 @@ FIELDS = {
 
 def args(tiny_data, workdir):
     """main.py's arguments for the recipe above."""
-    fields = {"data.dir": tiny_data, **FIELDS, "model.widths": ",".join(map(str, FIELDS["model.widths"]))}
-    return ("--config=configs/speedrun.py", f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in fields.items()))
+    return main_args("speedrun", workdir, {"data.dir": tiny_data, **FIELDS})
 
 
 def config(tiny_data, **changes):
