@@ -50,6 +50,19 @@ def main_args(name: str, workdir: str | os.PathLike, fields: dict) -> tuple[str,
     return (f"--config=configs/{name}.py", f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in values.items()))
 
 
+def without_timings(history: list[dict]) -> list[dict]:
+    """History records without their wall-clock fields (the epoch's seconds and images per second)."""
+    return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_second")} for r in history]
+
+
+def assert_same_run(workdir: str | os.PathLike, reference: str | os.PathLike) -> None:
+    """The finished run in `workdir` has the finished `reference` run's history (timings apart) and final bits."""
+    from fmnist_jax import metrics
+
+    assert without_timings(metrics.read_history(workdir)) == without_timings(metrics.read_history(reference))
+    assert metrics.load_results(workdir)["params_sha256"] == metrics.load_results(reference)["params_sha256"]
+
+
 def make_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Learnable 28x28 uint8 images: noise plus a bright bar whose row encodes the class."""
     images = rng.integers(0, 60, (len(labels), 28, 28), dtype=np.uint8)

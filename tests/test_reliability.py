@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from helpers import (
     ROOT,
+    assert_same_run,
     check,
     devices,
     is_stopped,
@@ -30,6 +31,7 @@ from helpers import (
     start_main,
     subprocess_env,
     wait_for,
+    without_timings,
 )
 
 from fmnist_jax import files, metrics, run
@@ -54,10 +56,6 @@ def tiny_config(tiny_data, **overrides):
     return load_config("cnn", **{**TINY, "data.dir": str(tiny_data), **overrides})
 
 
-def without_timings(history):
-    return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_second")} for r in history]
-
-
 def snapshot(folder: pathlib.Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -73,8 +71,7 @@ class Reference:
 
     def assert_same_run(self, workdir: pathlib.Path) -> None:
         """The run in `workdir` has this run's history (timings apart) and final parameters."""
-        assert without_timings(metrics.read_history(workdir)) == without_timings(self.history)
-        assert metrics.load_results(workdir)["params_sha256"] == self.sha
+        assert_same_run(workdir, self.workdir)
 
 
 @pytest.fixture(scope="module")
