@@ -12,6 +12,7 @@ import sys
 import time
 
 import numpy as np
+from flax import nnx
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the configs/ package, as main.py sees it
@@ -48,6 +49,13 @@ def main_args(name: str, workdir: str | os.PathLike, fields: dict) -> tuple[str,
     twin of `load_config(name, **fields)`; a tuple is written as its comma-separated items)."""
     values = {k: ",".join(map(str, v)) if isinstance(v, tuple) else v for k, v in fields.items()}
     return (f"--config=configs/{name}.py", f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in values.items()))
+
+
+@nnx.jit
+def model_logits(model, x, dropout_key=None):
+    """`model(x, dropout_key=dropout_key)` as one jitted program (without a key: the evaluation form, running
+    statistics and no dropout): one compilation per form and input shape instead of one per operation."""
+    return model(x, dropout_key=dropout_key)
 
 
 def without_timings(history: list[dict]) -> list[dict]:

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import model_logits
 
 from fmnist_jax import models, timing
 from fmnist_jax.errors import ConfigError
@@ -13,13 +14,6 @@ from fmnist_jax.errors import ConfigError
 @pytest.fixture(scope="module")
 def model():
     return models.create_model("seed_cnn", seed=0)
-
-
-@nnx.jit
-def logits(model, x, dropout_key=None):
-    """`model(x, dropout_key=dropout_key)` as one jitted program: one compilation per form and input shape
-    instead of one per operation."""
-    return model(x, dropout_key=dropout_key)
 
 
 @pytest.mark.heavy
@@ -66,19 +60,19 @@ def test_logits_shape_and_seeded_init():
     x = np.ones((8, 28, 28, 1), np.float32)
     a, b = models.create_model("seed_cnn", seed=1), models.create_model("seed_cnn", seed=1)
     c = models.create_model("seed_cnn", seed=2)
-    assert logits(a, x).shape == (8, 10)
-    np.testing.assert_array_equal(logits(a, x), logits(b, x))
-    assert not np.allclose(logits(a, x), logits(c, x))
+    assert model_logits(a, x).shape == (8, 10)
+    np.testing.assert_array_equal(model_logits(a, x), model_logits(b, x))
+    assert not np.allclose(model_logits(a, x), model_logits(c, x))
 
 
 @pytest.mark.heavy
 def test_dropout_only_with_a_key(model):
     x = np.random.default_rng(0).random((8, 28, 28, 1), np.float32)
-    np.testing.assert_array_equal(logits(model, x), logits(model, x))
+    np.testing.assert_array_equal(model_logits(model, x), model_logits(model, x))
     k1, k2 = jax.random.key(1), jax.random.key(2)
-    np.testing.assert_array_equal(logits(model, x, k1), logits(model, x, k1))
-    assert not np.allclose(logits(model, x, k1), logits(model, x, k2))
-    assert not np.allclose(logits(model, x, k1), logits(model, x))
+    np.testing.assert_array_equal(model_logits(model, x, k1), model_logits(model, x, k1))
+    assert not np.allclose(model_logits(model, x, k1), model_logits(model, x, k2))
+    assert not np.allclose(model_logits(model, x, k1), model_logits(model, x))
 
 
 def pool(y):
@@ -129,7 +123,7 @@ def test_fast_layers_compute_what_flax_layers_compute(conv):
     train, grads = training_logits_and_gradients(model, x, labels)
     ref, ref_grads = reference_logits_and_gradients(reference, x, labels)
     np.testing.assert_allclose(train, ref, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(logits(model, x), ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model_logits(model, x), ref, rtol=1e-5, atol=1e-6)
     flat = dict(nnx.to_flat_state(nnx.state(grads, nnx.Param)))
     ref_flat = {key[1:]: v for key, v in nnx.to_flat_state(nnx.state(ref_grads, nnx.Param))}  # drop "cnn"
     assert set(flat) == set(ref_flat) and len(flat) == 10

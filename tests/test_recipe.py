@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from helpers import load_config
+from helpers import load_config, model_logits
 
 from fmnist_jax import augment, models, ops
 from fmnist_jax.errors import ConfigError
@@ -36,12 +36,6 @@ def small_vgg_config(**overrides):
 # Augmentation as training runs it, inside a jitted program: one compilation per batch shape and setting instead
 # of one per operation.
 augment_jitted = jax.jit(augment.apply, static_argnums=2)
-
-
-@nnx.jit
-def evaluation_logits(model, x):
-    """`model(x)`, the evaluation form (running statistics, no dropout), as one jitted program."""
-    return model(x)
 
 
 def abstractly(fn):
@@ -222,7 +216,7 @@ def test_evaluation_uses_the_moving_average_when_there_is_one():
     images = np.random.default_rng(0).integers(0, 255, (20, 28, 28), np.uint8)
     labels, mask = np.zeros(20, np.int32), np.ones(20, bool)
     _, probs = programs.eval(state.replace(ema=other), images, labels, mask)
-    expected = jax.nn.softmax(evaluation_logits(nnx.merge(graphs.model, other), steps.to_inputs(images)))
+    expected = jax.nn.softmax(model_logits(nnx.merge(graphs.model, other), steps.to_inputs(images)))
     np.testing.assert_allclose(probs, expected, atol=1e-6)
     _, probs_without = programs.eval(state.replace(ema=None), images, labels, mask)
     assert not np.allclose(probs_without, probs, atol=1e-3)
@@ -235,7 +229,7 @@ def test_flip_tta_averages_the_probabilities_of_each_image_and_its_mirror():
     labels, mask = np.arange(20) % 10, np.arange(20) < 15
     losses, probs = programs.eval(state, images, labels, mask)
     model = nnx.merge(graphs.model, state.model)
-    for_images, for_mirrors = (evaluation_logits(model, steps.to_inputs(i)) for i in (images, images[:, :, ::-1]))
+    for_images, for_mirrors = (model_logits(model, steps.to_inputs(i)) for i in (images, images[:, :, ::-1]))
     expected = (jax.nn.softmax(for_images) + jax.nn.softmax(for_mirrors)) / 2
     np.testing.assert_allclose(probs, expected, atol=1e-6)
     nll = -np.log(np.take_along_axis(np.asarray(expected), np.asarray(labels)[:, None], 1)[:, 0])
@@ -302,7 +296,7 @@ def test_vgg_bn_uses_batch_statistics_in_training_and_running_ones_in_evaluation
     norm = model.norms[0]
     expected = (z - mean) / np.sqrt(var + 1e-5) * np.asarray(norm.scale[...]) + np.asarray(norm.bias[...])
     np.testing.assert_allclose(norm(z, use_running_average=True), expected, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(evaluation_logits(model, x[:3]), evaluation_logits(model, x)[:3], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model_logits(model, x[:3]), model_logits(model, x)[:3], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(model.norms[0].mean[...], mean)
 
 
