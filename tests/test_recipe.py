@@ -264,9 +264,10 @@ def test_vgg_bn_shapes_and_parameter_count():
     hidden = 3 * 3 * 128 * 256 + 256 + 256 * 10 + 10
     assert built["with_hidden"] == convs + norms + hidden == 575_338
     assert built["vgg_bn"] == 575_338
-    # configs/speedrun.py: one convolution per stage, the same head.
-    one_per_stage = 9 * (1 * 32 + 32 * 64 + 64 * 128) + 2 * (32 + 64 + 128)
-    assert built["speedrun"] == one_per_stage + hidden == 390_634
+    # configs/speedrun.py: one convolution per stage of 24, 48 and 96 channels, the same Dense(256) head.
+    one_per_stage = 9 * (1 * 24 + 24 * 48 + 48 * 96) + 2 * (24 + 48 + 96)
+    speedrun_head = 3 * 3 * 96 * 256 + 256 + 256 * 10 + 10
+    assert built["speedrun"] == one_per_stage + speedrun_head == 276_402
 
 
 def training_loss(model, x, labels):

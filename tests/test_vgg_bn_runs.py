@@ -60,8 +60,9 @@ def test_the_speedrun_is_the_stronger_cnns_recipe_on_one_convolution_per_stage()
     assert differ == {
         "name": ("speedrun", "vgg_bn"),
         "model.depths": ([1, 1, 1], [1, 2, 2]),
+        "model.widths": ([24, 48, 96], [32, 64, 128]),
         "batch_size": (64, 128),
-        "num_epochs": (26, 20),
+        "num_epochs": (30, 20),
         "model.dropout": (0.0, 0.1),  # the runs set vgg_bn's 0.1: the dropout masks are tested too
         "ema_decay": (0.0, 0.999),  # and vgg_bn's moving average
     }
