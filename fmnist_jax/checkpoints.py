@@ -205,6 +205,23 @@ class CheckpointStore:
         )
         return restored["state"], dict(restored["meta"])
 
+    def newest_meta(self) -> dict[str, Any] | None:
+        """The metadata (step, epoch, training seconds, config) of the newest checkpoint, read without its arrays;
+        None when there is none or it cannot be read (the restore then finds out why)."""
+        steps = self.all_steps()
+        if not steps:
+            return None
+        try:
+            return dict(self.manager.restore(steps[-1], args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+        except Exception as e:  # damaged or unreachable: not this check's to judge
+            logging.info(
+                "Checkpoint %s's metadata does not read (%s: %s)",
+                self.directory / str(steps[-1]),
+                type(e).__name__,
+                str(e)[:200],
+            )
+            return None
+
     def restore_latest(self, target: Any, *, step: int | None = None) -> tuple[Any, dict[str, Any]] | None:
         """The newest checkpoint that restores (or checkpoint `step`); None when there is none.
 

@@ -100,6 +100,27 @@ def test_truncated_latest_checkpoint_falls_back_with_a_warning(two_epoch_run, ca
     assert metrics.load_results(workdir)["params_sha256"] == expected
 
 
+def test_a_finished_run_is_reported_without_building_its_model(two_epoch_run, monkeypatch, caplog):
+    """A rerun of a finished run decides from its results.json and its newest checkpoint's metadata alone: no model,
+    no programs, no arrays read. Where that metadata does not read, the restore decides, as for any resume: the
+    checkpoint is set aside as damaged and its steps are trained again, to the same bits."""
+    config, workdir = two_epoch_run
+    first = metrics.load_results(workdir)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a finished run built its model")
+
+    monkeypatch.setattr(train_state, "create_train_state", no_model)
+    caplog.set_level(logging.INFO)
+    assert run.run(config, workdir) == first
+    assert "Run already finished (8 steps)" in caplog.text and "Resumed from checkpoint" not in caplog.text
+    monkeypatch.undo()
+    (workdir / "checkpoints" / "8" / "meta" / "metadata").unlink()
+    assert run.run(config, workdir)["params_sha256"] == first["params_sha256"]
+    assert "8 is damaged" in caplog.text and (workdir / "checkpoints_damaged" / "8").is_dir()
+    assert "Resumed from checkpoint at step 6 " in caplog.text
+
+
 @pytest.mark.parametrize(
     "error, transient",
     [

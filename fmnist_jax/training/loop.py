@@ -64,12 +64,8 @@ class Plan:
         return self.programs.permutation(self.roots.data, epoch, len(self.dataset.train))
 
 
-def make_plan(
-    config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: Mesh, phases: timing.Phases | None = None
-) -> tuple[Plan, TrainState, int]:
-    """The run's plan, its fresh (host-side) state and its number of parameters; logs the mesh and the data.
-    Loading the data is the phase "data", the rest "setup"."""
-    phases = phases or timing.Phases()
+def load_data(config: ml_collections.ConfigDict, mesh: Mesh, phases: timing.Phases) -> tuple[data.Dataset, int]:
+    """The run's data set and its steps per epoch (the phase "data"); logs the mesh and the data."""
     backend = jax.default_backend()
     n = mesh.devices.size
     logging.info(
@@ -88,10 +84,24 @@ def make_plan(
         "Data from %s: %d train, %d validation, %d test images; %d steps/epoch",
         *(dataset.source, len(dataset.train), len(dataset.validation), len(dataset.test), steps_per_epoch),
     )
+    return dataset, steps_per_epoch
+
+
+def make_plan(
+    config: ml_collections.ConfigDict,
+    workdir: pathlib.Path,
+    mesh: Mesh,
+    phases: timing.Phases | None = None,
+    loaded: tuple[data.Dataset, int] | None = None,
+) -> tuple[Plan, TrainState, int]:
+    """The run's plan, its fresh (host-side) state and its number of parameters, on `loaded` (`load_data`'s
+    result; loaded here when None). Building the model and its programs is the phase "setup"."""
+    phases = phases or timing.Phases()
+    dataset, steps_per_epoch = loaded or load_data(config, mesh, phases)
     with phases("setup"):
         graphs, state, num_params = state_lib.create_train_state(config, steps_per_epoch)
     recipe = state_lib.Recipe.from_config(config)
-    unroll = resolve_unroll(config.scan_unroll, backend, config.model.conv)
+    unroll = resolve_unroll(config.scan_unroll, jax.default_backend(), config.model.conv)
     programs = Programs(graphs, mesh, config.batch_size, unroll=unroll, recipe=recipe)
     plan = Plan(
         config=config,
@@ -193,11 +203,16 @@ def _restore(store: checkpoints.CheckpointStore, state: TrainState, plan: Plan) 
     return state, step, meta["train_seconds"]
 
 
-def _already_finished(plan: Plan, step: int) -> bool:
-    """Whether the run has trained every step and written its results: process 0 decides for every process
-    (on storage that is not shared, the others may not see its results.json)."""
-    done = step >= plan.total_steps and (plan.workdir / metrics.RESULTS_FILE).exists()
-    return parallel.lead_decides(done)
+def _already_finished(store: checkpoints.CheckpointStore, workdir: pathlib.Path, total_steps: int) -> bool:
+    """Whether the run has trained every step and written its results, decided before any model is built: its
+    results.json exists (written only after every checkpoint was committed) and its newest checkpoint's metadata
+    reads at the last step. Process 0 decides for every process (on storage that is not shared, the others may not
+    see its results.json); every process reads the metadata, since Orbax reads a checkpoint on all of them
+    together. A checkpoint that cannot be read is left to the restore, which tells damage from a transient error."""
+    if not parallel.lead_decides(files.is_lead_process() and (workdir / metrics.RESULTS_FILE).exists()):
+        return False
+    meta = store.newest_meta()
+    return parallel.lead_decides(meta is not None and meta["step"] >= total_steps)
 
 
 def _save(store: checkpoints.CheckpointStore, writer, plan: Plan, state: TrainState, step: int, seconds: float):
@@ -260,24 +275,33 @@ def train_and_evaluate(
         parallel.check_batch_size(config.batch_size, mesh)
         if lead:
             config_lib.save_or_check(config, workdir)
-        plan, state, num_params = make_plan(config, workdir, mesh, phases)
-        return _run_plan(plan, state, num_params, phases)
+        loaded = load_data(config, mesh, phases)
+        with contextlib.ExitStack() as cleanup:
+            with phases("setup"):
+                store = checkpoints.CheckpointStore.for_run(workdir, config.checkpoint)  # on every process
+            cleanup.callback(store.close)
+            total_steps = loaded[1] * config.num_epochs
+            if _already_finished(store, workdir, total_steps):
+                logging.info(
+                    "Run already finished (%d steps); reporting %s", total_steps, workdir / metrics.RESULTS_FILE
+                )
+                visible = lead or (workdir / metrics.RESULTS_FILE).exists()
+                return metrics.load_results(workdir) if visible else {}
+            plan, state, num_params = make_plan(config, workdir, mesh, phases, loaded)
+            return _run_plan(plan, store, state, num_params, phases)
 
 
-def _run_plan(plan: Plan, state: TrainState, num_params: int, phases: timing.Phases) -> dict[str, Any]:
-    """Restores, trains and scores `plan`'s run (train_and_evaluate after its set-up)."""
+def _run_plan(
+    plan: Plan, store: checkpoints.CheckpointStore, state: TrainState, num_params: int, phases: timing.Phases
+) -> dict[str, Any]:
+    """Restores, trains and scores `plan`'s run in `store` (train_and_evaluate after its set-up; the caller
+    closes the store)."""
     config, workdir, lead = plan.config, plan.workdir, files.is_lead_process()
     with phases("setup"):
-        store = checkpoints.CheckpointStore.for_run(workdir, config.checkpoint)
         state = parallel.replicate(state, plan.programs.mesh)
     with contextlib.ExitStack() as cleanup:
-        cleanup.callback(store.close)
         with phases("restore"):
             state, step, train_seconds = _restore(store, state, plan)
-        if _already_finished(plan, step):
-            logging.info("Run already finished (%d steps); reporting %s", step, workdir / metrics.RESULTS_FILE)
-            visible = lead or (workdir / metrics.RESULTS_FILE).exists()
-            return metrics.load_results(workdir) if visible else {}
         if lead:  # the history is the lineage of the state training goes on from, even a fresh one
             metrics.truncate_history(workdir, step // plan.steps_per_epoch)
         writer = None
