@@ -15,14 +15,15 @@ from fmnist_jax import metrics, run
 
 
 @pytest.fixture(scope="module")
-def two_tiny_runs(tiny_data, tmp_path_factory):
-    """The study's tiny run, twice, from scratch in two workdirs: (results, history) of each."""
-    out = []
-    for name in ("first", "second"):
-        workdir = tmp_path_factory.mktemp(name)
-        results = run.run(fingerprints.tiny_config(tiny_data), workdir)
-        out.append((results, metrics.read_history(workdir)))
-    return out
+def two_tiny_runs(tiny_data, finished_tiny_run, tmp_path_factory):
+    """The study's tiny run, twice, each from scratch in this process: (results, history, workdir) of each. The
+    first is trained here with the recorded config (`fingerprints.tiny_config`, a checkpoint per epoch); the
+    second is the session's finished tiny run (tests/conftest.py), the same config with a checkpoint every 2 steps,
+    which makes the same 2-step train calls."""
+    workdir = tmp_path_factory.mktemp("first")
+    first = (run.run(fingerprints.tiny_config(tiny_data), workdir), metrics.read_history(workdir), workdir)
+    second = (metrics.load_results(finished_tiny_run), metrics.read_history(finished_tiny_run), finished_tiny_run)
+    return [first, second]
 
 
 def test_the_study_run_on_tiny_data_keeps_its_recorded_fingerprint(two_tiny_runs):
@@ -33,12 +34,15 @@ def test_the_study_run_on_tiny_data_keeps_its_recorded_fingerprint(two_tiny_runs
 
 
 def test_the_same_seeded_run_twice_gives_the_same_bits(two_tiny_runs):
-    (first, first_history), (second, second_history) = two_tiny_runs
+    (first, first_history, first_dir), (second, second_history, second_dir) = two_tiny_runs
     assert first["params_sha256"] == second["params_sha256"]
     assert first_history == [
         {**r, "seconds": a["seconds"], "images_per_second": a["images_per_second"]}
         for r, a in zip(second_history, first_history, strict=True)
     ]
+    np.testing.assert_array_equal(
+        metrics.load_predictions(first_dir)["probs"], metrics.load_predictions(second_dir)["probs"]
+    )
 
 
 def test_the_study_run_follows_the_recorded_loss_curve(two_tiny_runs):

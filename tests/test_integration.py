@@ -1,10 +1,13 @@
 """The real data set, end to end through `main.py` (slow): one epoch of the study's run on its first 2,560
-training images keeps the study's recorded fingerprint, with everything a run writes."""
+training images keeps the study's recorded fingerprint, with everything a run writes; its checkpoint scores the
+same on 8 devices as on the one it trained on."""
+
+import shutil
 
 import fingerprints
 import numpy as np
 import pytest
-from helpers import check, run_main
+from helpers import check, devices, run_main
 
 from fmnist_jax import metrics
 
@@ -14,16 +17,24 @@ from fmnist_jax import metrics
 REAL_LOSS_RTOL = 2e-2
 
 
+@pytest.fixture(scope="module")
+def real_run(real_data_dir, tmp_path_factory):
+    """The study's recorded real-data run (fingerprints.REAL_ARGS), trained once by main.py on one device: its
+    workdir, which the tests only read."""
+    workdir = tmp_path_factory.mktemp("real") / "run"
+    check(run_main(*fingerprints.REAL_ARGS, f"--workdir={workdir}", f"--config.data.dir={real_data_dir}"))
+    return workdir
+
+
 @pytest.mark.slow
-def test_the_study_run_on_the_real_data_writes_its_record_and_keeps_its_fingerprint(real_data_dir, tmp_path):
-    check(run_main(*fingerprints.REAL_ARGS, f"--workdir={tmp_path}", f"--config.data.dir={real_data_dir}"))
-    results = metrics.load_results(tmp_path)
+def test_the_study_run_on_the_real_data_writes_its_record_and_keeps_its_fingerprint(real_run):
+    results = metrics.load_results(real_run)
     assert results["num_params"] == 438_026
     # 40 steps of 64 images, seeds 0/1/2 on this project's CPU: validation 0.608/0.620/0.636, test 0.607/0.617/
     # 0.627 (chance: 0.1); another CPU's rounding gives another trajectory, hence the margin.
     assert results["validation_accuracy"] >= 0.55 and results["test_accuracy"] >= 0.55
     assert sum(c["support"] for c in results["per_class"].values()) == 10_000
-    history = metrics.read_history(tmp_path)
+    history = metrics.read_history(real_run)
     assert len(history) == 1 and history[0]["step"] == 40
     assert set(results["dataset_checksums"]) == {
         "train-images-idx3-ubyte.gz",
@@ -40,3 +51,35 @@ def test_the_study_run_on_the_real_data_writes_its_record_and_keeps_its_fingerpr
     if expected is None:
         pytest.skip(f"no study fingerprint recorded for {fingerprints.kind()!r}: `python tests/fingerprints.py record`")
     assert results["params_sha256"] == expected
+
+
+@pytest.mark.slow
+def test_the_real_splits_score_the_same_on_1_and_8_devices(real_run, real_data_dir, tmp_path):
+    """One checkpoint scores the same on 1 and on 8 devices on the real 12,000-image validation split and
+    10,000-image test set, with the automatic evaluation batch (100 images on 1 CPU device, 104 on 8): the real run
+    scored its last checkpoint on the one device it trained on; main.py's `mode=evaluate` scores a copy of it on 8
+    fake devices. Evaluation on 8 devices used to deadlock in its first batches (collectives in the evaluation
+    program; see `training/step.py::Programs`); `mode=evaluate` runs the same evaluation programs, over both splits,
+    as the end of a run does. Training on 8 devices is covered by tests/test_parallel.py (the tiny run) and
+    tests/test_vgg_bn_runs.py (the 8-device finish)."""
+    copy = tmp_path / "evaluate_8"
+    shutil.copytree(real_run, copy)
+    for name in (metrics.RESULTS_FILE, metrics.PREDICTIONS_FILE):  # what the evaluation must write anew
+        (copy / name).unlink()
+    args = (
+        *fingerprints.REAL_ARGS,
+        f"--workdir={copy}",
+        f"--config.data.dir={real_data_dir}",
+        "--config.mode=evaluate",
+    )
+    result = check(run_main(*args, env=devices(8), timeout=300))
+    assert "Evaluating on 8 cpu device(s)" in result.stderr
+    reference, scored = metrics.load_results(real_run), metrics.load_results(copy)
+    assert scored["params_sha256"] == reference["params_sha256"]  # the run's last state, restored
+    assert abs(scored["test_accuracy"] - reference["test_accuracy"]) <= 1e-4
+    assert abs(scored["validation_accuracy"] - reference["validation_accuracy"]) <= 1e-4
+    assert scored["test_loss"] == pytest.approx(reference["test_loss"], rel=1e-5)
+    assert scored["validation_loss"] == pytest.approx(reference["validation_loss"], rel=1e-5)
+    np.testing.assert_allclose(
+        metrics.load_predictions(copy)["probs"], metrics.load_predictions(real_run)["probs"], atol=1e-5
+    )

@@ -1,9 +1,8 @@
-"""A run's record survives: one run per workdir, history that is the lineage of the final parameters,
-evaluation on many devices, a full disk, and a comparison killed at any moment."""
+"""A run's record survives: one run per workdir, history that is the lineage of the final parameters, a full
+disk, and a comparison killed at any moment. (Scoring one checkpoint on 1 and 8 devices: tests/test_integration.py.)"""
 
 import dataclasses
 import json
-import logging
 import os
 import pathlib
 import re
@@ -15,13 +14,10 @@ import sys
 from typing import Any
 
 import ml_collections
-import numpy as np
 import pytest
 from helpers import (
     ROOT,
     assert_same_run,
-    check,
-    devices,
     is_stopped,
     load_config,
     main_args,
@@ -36,10 +32,11 @@ from helpers import (
 
 from fmnist_jax import files, metrics, run
 
-# The tiny run: the CNN on the tiny data, 4 steps an epoch, 4 epochs. A test runs it with main.py where it needs a
-# process of its own (to hold a lock, be stopped or killed, fill a disk, say how it ended) and in this process
-# otherwise: `tiny_args` and `tiny_config` give the same config.
-TINY = {"data.validation_size": 64, "eval_batch_size": 50, "steps_per_call": 2, "num_epochs": 4}
+# The tiny run: the CNN on the tiny data, 4 steps an epoch, 2 epochs (the study's tiny config,
+# fingerprints.tiny_config). A test runs it with main.py where it needs a process of its own (to hold a lock, be
+# stopped or killed, fill a disk, say how it ended) and in this process otherwise: `tiny_args` and `tiny_config`
+# give the same config.
+TINY = {"data.validation_size": 64, "eval_batch_size": 50, "steps_per_call": 2, "num_epochs": 2}
 
 
 def tiny_args(tiny_data, workdir, **overrides):
@@ -75,11 +72,12 @@ class Reference:
 
 
 @pytest.fixture(scope="module")
-def four_epochs(tiny_data, tmp_path_factory) -> Reference:
-    """An uninterrupted tiny run, trained in this process, with all four epochs' checkpoints kept (4, 8, 12, 16)."""
-    config = tiny_config(tiny_data, **{"checkpoint.max_to_keep": 4})
-    workdir = tmp_path_factory.mktemp("four_epochs") / "run"
-    run.run(config, workdir)
+def finished(tiny_data, finished_tiny_run) -> Reference:
+    """The session's uninterrupted tiny run (tests/conftest.py), trained in the test process with a checkpoint every
+    2 steps (4, 6 and 8 kept). Its train calls are those of a checkpoint per epoch (2 steps each), so a tiny run
+    with either gives the same bits. Tests read its workdir or copy it, never change it."""
+    config = tiny_config(tiny_data, **{"checkpoint.every_steps": 2})
+    workdir = finished_tiny_run
     return Reference(config, workdir, metrics.load_results(workdir)["params_sha256"], metrics.read_history(workdir))
 
 
@@ -104,10 +102,10 @@ def test_a_second_run_on_a_locked_workdir_exits_2_naming_the_holder_and_changes_
     assert "Traceback" not in result.stderr
 
 
-def test_a_lock_left_by_a_killed_process_never_blocks_the_rerun(four_epochs, tmp_path):
+def test_a_lock_left_by_a_killed_process_never_blocks_the_rerun(finished, tmp_path):
     # The rerun of a finished run: it takes the workdir's lock before it looks at anything there.
     workdir = tmp_path / "run"
-    shutil.copytree(four_epochs.workdir, workdir)
+    shutil.copytree(finished.workdir, workdir)
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -123,15 +121,15 @@ def test_a_lock_left_by_a_killed_process_never_blocks_the_rerun(four_epochs, tmp
     )
     assert holder.stdout.readline().strip() == "locked"
     with pytest.raises(files.WorkdirBusy, match=f"in use by process {holder.pid} "):
-        run.run(four_epochs.config, workdir)
+        run.run(finished.config, workdir)
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     assert (workdir / files.LOCK_FILE).exists()  # the file stays; only a live lock counts
-    results = run.run(four_epochs.config, workdir)
-    assert results["test_accuracy"] > 0 and results["params_sha256"] == four_epochs.sha
+    results = run.run(finished.config, workdir)
+    assert results["test_accuracy"] > 0 and results["params_sha256"] == finished.sha
 
 
-def test_two_runs_started_together_train_once(tiny_data, tmp_path, four_epochs):
+def test_two_runs_started_together_train_once(tiny_data, tmp_path, finished):
     # The first run stops itself (SIGSTOP) after its first epoch, so the second (in this process) surely starts
     # while it holds the workdir, however fast the machine; then it goes on.
     first = start_main(
@@ -143,7 +141,7 @@ def test_two_runs_started_together_train_once(tiny_data, tmp_path, four_epochs):
     first.send_signal(signal.SIGCONT)
     _, err = first.communicate(timeout=600)
     assert first.returncode == 0, err[-3000:]
-    four_epochs.assert_same_run(tmp_path)
+    finished.assert_same_run(tmp_path)
 
 
 def test_the_comparison_locks_its_workdir_and_its_members(tmp_path):
@@ -159,59 +157,33 @@ def test_the_comparison_locks_its_workdir_and_its_members(tmp_path):
 # ------------------------------------------------------------------------------------------ history lineage
 
 
-def test_a_run_killed_before_its_first_checkpoint_reruns_with_each_epoch_once(tiny_data, tmp_path, four_epochs):
-    # The only checkpoint is the last step's: history lines for epochs 1-3 are written before any commit.
+def test_a_run_killed_before_its_first_checkpoint_reruns_with_each_epoch_once(tiny_data, tmp_path, finished):
+    # The only checkpoint is the last step's, saved after epoch 2's history line: killed between the two, the run
+    # has written both epochs' lines and committed no checkpoint.
     no_checkpoints = {"checkpoint.every_steps": 1000}
     killed = run_interrupted("KILL", 2, "epoch", *tiny_args(tiny_data, tmp_path, **no_checkpoints))  # after epoch 2
     assert killed.returncode == -signal.SIGKILL and len(metrics.read_history(tmp_path)) == 2
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]  # none committed
     run.run(tiny_config(tiny_data, **no_checkpoints), tmp_path)
-    assert [r["epoch"] for r in metrics.read_history(tmp_path)] == [1, 2, 3, 4]
-    four_epochs.assert_same_run(tmp_path)
+    assert [r["epoch"] for r in metrics.read_history(tmp_path)] == [1, 2]
+    finished.assert_same_run(tmp_path)
 
 
-def test_history_beyond_the_restored_checkpoint_is_cut_back(tmp_path, four_epochs):
-    # A run that wrote epochs 1-3, then died with only the epoch-1 checkpoint committed (a full disk, say).
+def test_history_beyond_the_restored_checkpoint_is_cut_back(tmp_path, finished):
+    # History two lines beyond the only committed checkpoint, epoch 1's (step 4): lines for epochs 1-3 were
+    # written, the checkpoints after the first were lost (a full disk, say).
     workdir = tmp_path / "run"
-    shutil.copytree(four_epochs.workdir, workdir)
-    for step in (8, 12, 16):
+    shutil.copytree(finished.workdir, workdir)
+    for step in (6, 8):
         shutil.rmtree(workdir / "checkpoints" / str(step))
     files.atomic_write_text(workdir / "history.jsonl", "".join(f'{{"epoch": {e}}}\n' for e in (1, 2, 3)))
     (workdir / "results.json").unlink()
-    run.run(four_epochs.config, workdir)
+    run.run(finished.config, workdir)
     records = metrics.read_history(workdir)
-    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in records] == [1, 2]
     assert records[0] == {"epoch": 1}  # the restored state's own epoch is kept as it was
-    assert without_timings(records[1:]) == without_timings(four_epochs.history[1:])
-    assert metrics.load_results(workdir)["params_sha256"] == four_epochs.sha
-
-
-# ------------------------------------------------------------------------------------------ many devices
-
-
-@pytest.mark.slow
-def test_the_real_splits_score_the_same_on_1_and_8_devices(real_data_dir, tmp_path, caplog):
-    """The full 12,000-image validation split and 10,000-image test set, with the automatic evaluation batch:
-    training on 8 fake devices finishes (it used to deadlock in its first evaluation), and its checkpoint scores
-    the same on 1 device (this process) as on the 8 it was evaluated on during training."""
-    overrides = {"num_epochs": 1, "data.num_train": 512}
-    trained = tmp_path / "train_8"
-    args = ("--config=configs/cnn.py", *(f"--config.{k}={v}" for k, v in overrides.items()), f"--workdir={trained}")
-    result = check(run_main(*args, env=devices(8), timeout=300))
-    assert "Mesh: 8 cpu device(s)" in result.stderr and len(metrics.read_history(trained)) == 1
-    reference = metrics.load_results(trained)
-    copy = tmp_path / "evaluate_1"
-    shutil.copytree(trained, copy)
-    caplog.set_level(logging.INFO, logger="absl")
-    run.run(load_config("cnn", mode="evaluate", **overrides), copy)
-    assert "Evaluating on 1 cpu device(s)" in caplog.text
-    scored = metrics.load_results(copy)
-    assert abs(scored["test_accuracy"] - reference["test_accuracy"]) <= 1e-4
-    assert abs(scored["validation_accuracy"] - reference["validation_accuracy"]) <= 1e-4
-    assert scored["test_loss"] == pytest.approx(reference["test_loss"], rel=1e-5)
-    np.testing.assert_allclose(
-        metrics.load_predictions(copy)["probs"], metrics.load_predictions(trained)["probs"], atol=1e-5
-    )
+    assert without_timings(records[1:]) == without_timings(finished.history[1:])
+    assert metrics.load_results(workdir)["params_sha256"] == finished.sha
 
 
 # ------------------------------------------------------------------------------------------ a full disk
@@ -235,7 +207,7 @@ def small_tmpfs(tmp_path):
     subprocess.run(["umount", str(folder)], check=True)
 
 
-def test_a_full_disk_ends_with_one_line_and_the_rerun_resumes(tiny_data, small_tmpfs, four_epochs):
+def test_a_full_disk_ends_with_one_line_and_the_rerun_resumes(tiny_data, small_tmpfs, finished):
     workdir = small_tmpfs / "run"
     result = tiny_run(tiny_data, workdir)
     assert result.returncode == 2
@@ -252,7 +224,7 @@ def test_a_full_disk_ends_with_one_line_and_the_rerun_resumes(tiny_data, small_t
     metrics.read_history(workdir)  # every line parses
     subprocess.run(["mount", "-o", "remount,size=200M", str(small_tmpfs)], check=True)
     run.run(tiny_config(tiny_data), workdir)  # the same run, in this process
-    four_epochs.assert_same_run(workdir)
+    finished.assert_same_run(workdir)
 
 
 # ------------------------------------------------------------------------------------------ the comparison

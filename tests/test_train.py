@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import load_config
+from helpers import load_config, model_logits
 
 from fmnist_jax import checkpoints, data, errors, files, metrics, ops, parallel, run
 from fmnist_jax.errors import ConfigError
@@ -79,24 +79,23 @@ def test_trains_tiny_data_and_writes_the_workdir(cnn_config, tmp_path):
     ]
     assert sum(v for k, v in phases.items() if k != "before_run") <= wall
     assert phases["training"] >= results["train_seconds"] == pytest.approx(sum(r["seconds"] for r in history))
-    assert seconds["compilations"] >= 3 and 0 < seconds["compilation"] <= wall  # init, train call, evaluation
+    # The train call and the evaluation (each run's own programs, compiled or loaded from the cache); the jitted
+    # initialisation is compiled once per process, so an earlier run in this process may have paid for it.
+    assert seconds["compilations"] >= 2 and 0 < seconds["compilation"] <= wall
 
 
-def test_same_seed_same_numbers_and_loop_form_does_not_change_the_maths(cnn_config, finished_tiny_run, tmp_path):
-    """Same config twice -> identical; one call per step, unrolled scan, rolled scan -> equal to float tolerance.
-    Run "a" is the session's finished tiny run (checkpoints every 2 steps); "b" repeats its config."""
+def test_the_loop_form_does_not_change_the_maths(cnn_config, finished_tiny_run, tmp_path):
+    """One call per step, unrolled scan, rolled scan -> equal to float tolerance. Run "a" is the session's finished
+    tiny run (checkpoints every 2 steps). That the same config twice gives identical bits, histories and predictions
+    is tests/test_fingerprint.py's `test_the_same_seeded_run_twice_gives_the_same_bits` (a fresh run against "a")."""
     runs = {"a": (history_losses(finished_tiny_run), metrics.load_predictions(finished_tiny_run)["probs"])}
-    for name, steps_per_call, unroll, every_steps in [
-        ("b", 2, "auto", 2),
-        ("per_step", 1, "auto", cnn_config.checkpoint.every_steps),
-        ("rolled", 4, "rolled", cnn_config.checkpoint.every_steps),  # 4 steps a call: one call per epoch
+    for name, steps_per_call, unroll in [
+        ("per_step", 1, "auto"),
+        ("rolled", 4, "rolled"),  # 4 steps a call: one call per epoch
     ]:
         cnn_config.steps_per_call, cnn_config.scan_unroll = steps_per_call, unroll
-        cnn_config.checkpoint.every_steps = every_steps
         run.run(cnn_config, tmp_path / name)
         runs[name] = (history_losses(tmp_path / name), metrics.load_predictions(tmp_path / name)["probs"])
-    assert runs["a"][0] == runs["b"][0]
-    np.testing.assert_array_equal(runs["a"][1], runs["b"][1])
     for other in ("per_step", "rolled"):
         np.testing.assert_allclose(runs[other][0], runs["a"][0], rtol=1e-5)
         np.testing.assert_allclose(runs[other][1], runs["a"][1], atol=1e-5)
@@ -216,35 +215,51 @@ def test_batch_larger_than_the_data_is_an_error(cnn_config, tmp_path):
         run.run(cnn_config, tmp_path)
 
 
-@pytest.mark.heavy
-@pytest.mark.parametrize("n, batch", [(10, 4), (7, 7), (3, 8)])
-def test_padded_evaluation_equals_unpadded(n, batch):
+# The evaluation batch of the padding test: the tiny run's (fingerprints.tiny_config), so that its evaluation
+# program is the one the tiny run compiled.
+EVAL_BATCH = 50
+
+
+@pytest.fixture(scope="module")
+def unpadded():
+    """The study CNN's fresh state on the devices, its `Programs`, 120 random images and labels, and their logits
+    from one jitted forward pass over all 120 at once (no padding), as float64."""
     config = load_config("cnn")
     graphs, state, _ = train_state.create_train_state(config)
     mesh = parallel.make_mesh()
-    programs = steps.Programs(graphs, mesh, config.batch_size, unroll=False, recipe=train_state.Recipe())
+    recipe = train_state.Recipe.from_config(config)
+    programs = steps.Programs(graphs, mesh, config.batch_size, unroll=False, recipe=recipe)
     rng = np.random.default_rng(0)
+    n = 120
     split = data.Split(rng.integers(0, 255, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n).astype(np.int32))
-    out = evaluate.evaluate_split(programs, parallel.replicate(state, mesh), split, batch_size=batch)
-    model = graphs.merge(state)[0]
-    logits = model(steps.to_inputs(jnp.asarray(split.images)))
-    np.testing.assert_allclose(out["probs"], jax.nn.softmax(logits), atol=1e-6)
-    inputs = steps.to_inputs(jnp.asarray(split.images))
-    expected_loss = float(steps.loss_fn(model, inputs, jnp.asarray(split.labels), None, 0.0)[0])
-    assert out["loss"] == pytest.approx(expected_loss, rel=1e-5)
-    assert out["accuracy"] == pytest.approx(np.mean(np.asarray(logits).argmax(1) == split.labels))
+    logits = model_logits(graphs.merge(state)[0], steps.to_inputs(jnp.asarray(split.images)))
+    return programs, parallel.replicate(state, mesh), split, np.asarray(logits, np.float64)
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("n", [120, 50, 20])  # several batches, the last padded; one exact batch; one padded batch
+def test_padded_evaluation_equals_unpadded(unpadded, n):
+    programs, state, split, logits = unpadded
+    images, labels, logits = split.images[:n], split.labels[:n], logits[:n]
+    out = evaluate.evaluate_split(programs, state, data.Split(images, labels), batch_size=EVAL_BATCH)
+    shifted = logits - logits.max(1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+    np.testing.assert_allclose(out["probs"], np.exp(log_probs), atol=1e-6)
+    assert out["loss"] == pytest.approx(-np.mean(log_probs[np.arange(n), labels]), rel=1e-5)
+    assert out["accuracy"] == pytest.approx(np.mean(logits.argmax(1) == labels))
 
 
 def test_training_on_every_image_reports_no_validation_numbers(cnn_config, tmp_path):
-    """validation_size=0 (the stronger CNN's final runs train on all 60k): None, never NaN, in every file."""
+    """validation_size=0 (the stronger CNN's final runs train on all 60k): None, never NaN, in every file. The run
+    keeps 256 of the 320 images, so that it has the tiny run's shapes (4 steps an epoch) and compiled programs."""
     cnn_config.data.validation_size = 0
-    cnn_config.num_epochs = 1
+    cnn_config.data.num_train = 256
     results = run.run(cnn_config, tmp_path / "run")
     assert results["validation_accuracy"] is None and results["validation_loss"] is None
     assert results["test_accuracy"] > 0.3
     assert [(r["validation_loss"], r["validation_accuracy"]) for r in metrics.read_history(tmp_path / "run")] == [
         (None, None)
-    ]
+    ] * 2
     assert "NaN" not in (tmp_path / "run" / "results.json").read_text()
     from fmnist_jax import report
 
