@@ -36,13 +36,13 @@ from fmnist_jax import data, machine, metrics, ops
 
 
 def tiny(data_dir: pathlib.Path, prefix: str = "config") -> list[str]:
-    """Overrides that put a CNN config on the tiny data set: 128 training images (for cnn: 2 steps of 64), as many as
-    `profile` makes up for 2 steps per call, so that the tests here that train the study CNN as it is compile its
-    train call once between them."""
+    """Overrides that put a CNN config on the tiny data set: the tiny run's 256 training images (for cnn: 4 steps of
+    64, 2 per call), so that the tests here that train the study CNN as it is run the train calls that the suite's
+    tiny runs compile already (float32, and bfloat16 in test_precision and the accelerator check)."""
     fields = {
         "data.dir": data_dir,
         "data.validation_size": 64,
-        "data.num_train": 128,
+        "data.num_train": 256,
         "steps_per_call": 2,
         "eval_batch_size": 50,
     }
@@ -156,7 +156,7 @@ def test_every_line_carries_the_machine_it_was_measured_on(capsys):
 
 def test_without_data_the_arrays_are_random_images_of_the_configs_sizes(tiny_data, monkeypatch):
     arrays = common.load_arrays(common.load_config("cnn", tiny(tiny_data)))
-    assert (len(arrays.train), len(arrays.test)) == (128, 100) and arrays.source.startswith("idx:")
+    assert (len(arrays.train), len(arrays.test)) == (256, 100) and arrays.source.startswith("idx:")
 
     def missing(*args, **kwargs):
         raise data.DataError("no Fashion-MNIST found")
@@ -177,8 +177,8 @@ def test_train_speed_times_this_loop_and_the_plain_flax_loop_and_skips_a_missing
     assert ours["num_params"] == train_speed.STUDY_PARAMS and ours["steps_per_call"] == 2 and ours["steps"] == 2
     assert ours["conv"] == ops.resolve_conv("auto") and ours["data"] == plain["data"]
     for row in (ours, plain):
-        assert row["epoch_images"] == 128  # the config's training split: 2 steps of 64
-        assert row["epoch_seconds"] == pytest.approx(2 * row["ms_per_step"] / 1000, abs=0.01)
+        assert row["epoch_images"] == 256  # the config's training split: 4 steps of 64
+        assert row["epoch_seconds"] == pytest.approx(4 * row["ms_per_step"] / 1000, abs=0.01)
         assert row["train_images_per_second"] == pytest.approx(64_000 / row["ms_per_step"], rel=0.01)
     assert ratios["ratios"] == {
         "plain_flax_over_fmnist_jax": pytest.approx(plain["ms_per_step"] / ours["ms_per_step"], abs=0.01)
@@ -189,7 +189,7 @@ def test_time_to_accuracy_reports_each_seeds_run_their_spread_and_the_ratio_to_a
     tiny_data, tmp_path, monkeypatch
 ):
     args = ["--seeds=2", f"--workdir={tmp_path}", "--config.num_epochs=1", *tiny(tiny_data)]
-    # The other config's own number of epochs: its training split (128 images, 2 steps of 64) 3 times.
+    # The other config's own number of epochs: its training split (256 images, 4 steps of 64) 3 times.
     compare = ["--compare=cnn", "--compare_steps=2", *tiny(tiny_data, prefix="compare"), "--compare.num_epochs=3"]
     order = []
 
@@ -207,19 +207,19 @@ def test_time_to_accuracy_reports_each_seeds_run_their_spread_and_the_ratio_to_a
         results, history = metrics.load_results(workdir), metrics.read_history(workdir)
         assert results["seed"] == row["seed"] and row["test_accuracy"] == results["test_accuracy"]
         assert row["train_seconds"] == round(results["train_seconds"], 3)
-        assert row["steps"] == history[-1]["step"] == 2 and row["epochs"] == 1
-        assert row["images_per_second"] == pytest.approx(2 * 64 / results["train_seconds"], abs=0.05)
+        assert row["steps"] == history[-1]["step"] == 4 and row["epochs"] == 1
+        assert row["images_per_second"] == pytest.approx(4 * 64 / results["train_seconds"], abs=0.05)
         assert 0 <= row["compile_seconds"] <= row["wall_seconds"] and row["train_seconds"] <= row["wall_seconds"]
     for key in time_to_accuracy.PER_SEED:
         values = [row[key] for row in seeds]
         assert summary[key] == {"mean": pytest.approx(np.mean(values)), "std": pytest.approx(statistics.stdev(values))}
-    assert ratio["compare"] == "cnn" and ratio["total_steps"] == 2 * 3
+    assert ratio["compare"] == "cnn" and ratio["total_steps"] == 4 * 3
     assert ratio["steps_timed"] == 2 and ratio["mean_wall_seconds"] == summary["wall_seconds"]["mean"]
     # Timed before the first seed and after the last; the estimate uses their mean.
     assert ratio["step_seconds_before"] > 0 and ratio["step_seconds_after"] > 0
     assert ratio["step_seconds"] == pytest.approx((ratio["step_seconds_before"] + ratio["step_seconds_after"]) / 2)
-    assert ratio["estimated_train_seconds"] == pytest.approx(6 * ratio["step_seconds"])
-    assert ratio["ratio"] == pytest.approx(summary["wall_seconds"]["mean"] / (6 * ratio["step_seconds"]))
+    assert ratio["estimated_train_seconds"] == pytest.approx(12 * ratio["step_seconds"])
+    assert ratio["ratio"] == pytest.approx(summary["wall_seconds"]["mean"] / (12 * ratio["step_seconds"]))
     assert (
         "compilation and evaluation" in ratio["estimate_leaves_out"] and "conservative" in ratio["estimate_leaves_out"]
     )
@@ -247,12 +247,14 @@ def test_step_times_alternate_the_variants_and_summarise_them_per_image(tiny_dat
     monkeypatch.setattr(common, "trainer", trainer)
     monkeypatch.setattr(common, "time_training", time_training)
     # The base and its variants, and the other config (its own overrides, its own 30 epochs): all the study CNN,
-    # whose seed 0 and seed 1 models and batch-64 train call the tests above compiled already.
+    # whose seed 0 and seed 1 models and batch-64 train call the tests above compiled already. The b32 variant
+    # changes two fields, one of them outside the program (the number of epochs, under the constant learning
+    # rate): its batch-32 train call is the one-device accelerator check's (tests/test_platform.py).
     args = ["--config=cnn", *tiny(tiny_data), "--config.num_epochs=3"]
-    variants = ["--variant=b32:batch_size=32;learning_rate=0.0005", "--variant=seed 1:seed=1"]
+    variants = ["--variant=b32:batch_size=32;num_epochs=4", "--variant=seed 1:seed=1"]
     other = ["--other=cnn", *tiny(tiny_data, prefix="other"), "--rounds=2", "--images=128"]
     *lines, summary = run(step_times, *args, *variants, *other)
-    configs = [("cnn", 64, 1e-3, 0, 3), ("cnn", 32, 5e-4, 0, 3), ("cnn", 64, 1e-3, 1, 3), ("cnn", 64, 1e-3, 0, 30)]
+    configs = [("cnn", 64, 1e-3, 0, 3), ("cnn", 32, 1e-3, 0, 4), ("cnn", 64, 1e-3, 1, 3), ("cnn", 64, 1e-3, 0, 30)]
     assert [config for config, _ in built] == configs  # each built once, in the first round
     steps = [2, 4, 2, 2]  # each for about --images images
     assert [(config, n) for config, n, _, _ in timed] == list(zip(configs, steps, strict=True)) * 2  # alternated
@@ -270,10 +272,10 @@ def test_step_times_alternate_the_variants_and_summarise_them_per_image(tiny_dat
     assert summary["relative_to_base"] == {
         label: pytest.approx(medians[label] / medians["base"], rel=1e-3) for label in labels
     }
-    # The whole runs on the 128 tiny training images: the base 2 steps x 3 epochs, cnn 2 steps x its 30 epochs.
-    assert summary["training_ratio"]["is"].startswith("base's 6 steps x its step time / cnn's 60 steps x")
+    # The whole runs on the 256 tiny training images: the base 4 steps x 3 epochs, cnn 4 steps x its 30 epochs.
+    assert summary["training_ratio"]["is"].startswith("base's 12 steps x its step time / cnn's 120 steps x")
     base, cnn = ([line["ms_per_step"] for line in lines if line["variant"] == label] for label in ("base", "cnn"))
-    per_round = [6 * b / (60 * c) for b, c in zip(base, cnn, strict=True)]
+    per_round = [12 * b / (120 * c) for b, c in zip(base, cnn, strict=True)]
     assert summary["training_ratio"]["per_round"] == pytest.approx(per_round, abs=1e-4)
     assert summary["training_ratio"]["median"] == pytest.approx(np.median(per_round), abs=1e-4)
 
@@ -285,7 +287,9 @@ def test_one_seed_has_no_spread():
 
 @pytest.mark.parametrize("forward_only", [False, True])
 def test_profile_sums_the_traced_ops_of_the_package_program(tiny_data, tmp_path, forward_only):
-    args = ["--calls=1", "--top=4", "--steps_per_call=2", f"--trace_dir={tmp_path}", *tiny(tiny_data)]
+    # 4 steps a call: 256 random images, the 4-step train call that the tiny runs of test_train and test_report's
+    # comparison compile already.
+    args = ["--calls=1", "--top=4", "--steps_per_call=4", f"--trace_dir={tmp_path}", *tiny(tiny_data)]
     *ops_rows, total = run(profile_step, *args, *(["--forward_only"] if forward_only else []))
     assert 1 <= len(ops_rows) <= 4 and total["ops"] >= len(ops_rows)
     times = [row["ms_per_step"] for row in ops_rows]
@@ -293,7 +297,7 @@ def test_profile_sums_the_traced_ops_of_the_package_program(tiny_data, tmp_path,
     assert total["ops_ms_per_step"] >= sum(times) - 0.01
     program = "eval_step" if forward_only else "train_steps"
     assert all(row["from"].startswith(f"jit({program})") for row in ops_rows if row["from"])
-    assert (total["steps"], total["batch"]) == ((1, 50) if forward_only else (2, 64))
+    assert (total["steps"], total["batch"]) == ((1, 50) if forward_only else (4, 64))
     assert pathlib.Path(total["trace"]).is_file() and tmp_path in pathlib.Path(total["trace"]).parents
 
 
@@ -375,9 +379,9 @@ def test_one_sitting_measures_each_compute_dtype_against_the_float32_limit(dtype
         assert row["flop_limit_ms_per_step"] == limit_ms  # both against the float32 rate
         assert limit_ms == pytest.approx(row["train_mflop_per_image"] * 64 / limit["matmul_gflops"], rel=0.01)
         assert row["ratio"] == pytest.approx(row["ms_per_step"] / limit_ms, abs=0.01)
-        assert row["epoch_images"] == 128  # 2 steps of 64: the config's training split
-        assert row["epoch_seconds"] == pytest.approx(2 * row["ms_per_step"] / 1000, abs=0.01)
-        assert row["epoch_limit_seconds"] == pytest.approx(2 * limit_ms / 1000, abs=0.01)
+        assert row["epoch_images"] == 256  # 4 steps of 64: the config's training split
+        assert row["epoch_seconds"] == pytest.approx(4 * row["ms_per_step"] / 1000, abs=0.01)
+        assert row["epoch_limit_seconds"] == pytest.approx(4 * limit_ms / 1000, abs=0.01)
 
 
 def test_the_layer_breakdown_splits_the_step_at_the_convolutions_measured_in_place(tiny_data):

@@ -10,6 +10,10 @@ from helpers import model_logits
 from fmnist_jax import models, timing
 from fmnist_jax.errors import ConfigError
 
+# A narrow VGG-BN with the hidden layer (the narrow model of tests/test_recipe.py and tests/test_precision.py too):
+# built here by one compiled initialisation that every seed runs.
+NARROW_VGG = {"widths": (8, 16, 16), "head_width": 32}
+
 
 @pytest.fixture(scope="module")
 def model():
@@ -24,7 +28,7 @@ def test_parameter_count_is_the_studys(model):
 @pytest.mark.heavy
 @pytest.mark.parametrize("name", ["seed_cnn", "vgg_bn"])
 def test_the_jitted_initialisation_gives_the_layer_by_layer_bits(name):
-    shape = {"widths": (8, 16, 16), "head_width": 32} if name == "vgg_bn" else {}  # narrow, with the hidden layer
+    shape = NARROW_VGG if name == "vgg_bn" else {}
     jitted = nnx.state(models.create_model(name, seed=5, **shape))
     plain = nnx.state(models.MODELS[name](rngs=nnx.Rngs(params=5), **shape))
     assert jax.tree.structure(jitted) == jax.tree.structure(plain)
@@ -144,10 +148,9 @@ def test_unknown_model_name_lists_the_known_ones():
 
 @pytest.mark.heavy
 def test_every_seed_of_a_model_runs_one_compiled_initialisation():
-    shape = {"widths": (4, 8, 8), "head_width": 8}
-    first = nnx.state(models.create_model("vgg_bn", seed=3, **shape), nnx.Param)
+    first = nnx.state(models.create_model("vgg_bn", seed=3, **NARROW_VGG), nnx.Param)
     with timing.compile_clock() as clock:
-        second = nnx.state(models.create_model("vgg_bn", seed=4, **shape), nnx.Param)
+        second = nnx.state(models.create_model("vgg_bn", seed=4, **NARROW_VGG), nnx.Param)
     assert clock.count == 0  # the seed is the program's argument: seed 4 runs seed 3's program
     kernels = [(a, b) for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second), strict=True) if a.ndim > 1]
     assert kernels and not any(np.array_equal(a, b) for a, b in kernels)
