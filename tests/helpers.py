@@ -28,6 +28,23 @@ REAL_DATA_DIR = pathlib.Path(os.environ.get("FMNIST_REAL_DATA_DIR", "/usr/share/
 DRIFT_LOSS_RTOL = 1e-2
 DRIFT_PROBS_ATOL = 2.5e-2
 
+# The stronger CNN's recipe narrowed for tests, as dotted-path fields: the speedrun's one convolution per stage at
+# narrow widths, with vgg_bn's dropout and moving average and random erasing on; batch 32 and 2 steps a call on the
+# tiny data's 256 training images (8 steps an epoch), 2 epochs, evaluation batches of 48. tests/test_vgg_bn_runs.py
+# trains it on configs/speedrun.py and test_report.py's fourth comparison member on configs/vgg_bn.py: the same
+# maths, so the two share their compiled programs through the persistent cache.
+NARROW_RECIPE = {
+    "batch_size": 32,
+    "num_epochs": 2,
+    "steps_per_call": 2,
+    "eval_batch_size": 48,
+    "model.widths": (8, 16, 16),
+    "model.depths": (1, 1, 1),
+    "augment.erase_prob": 0.25,  # off in both configs; its determinism is tested too
+    "model.dropout": 0.1,  # vgg_bn's, off in the speedrun
+    "ema_decay": 0.999,  # vgg_bn's moving average, which the speedrun leaves out
+}
+
 
 def load_config(name: str, **overrides):
     """configs/<name>.py's get_config() with dotted-path overrides applied (like --config.FIELD=VALUE)."""
@@ -195,3 +212,40 @@ def quick_compare_config(data_dir: pathlib.Path, *, beyond: bool = False, **over
     config.members.vgg_bn.batch_size = 64
     config.quick_overrides.vgg_bn.num_epochs = 1
     return config
+
+
+def by_check(lines: list[str]) -> dict[str, list[dict]]:
+    """`python -m benchmarks accelerator_check`'s JSON lines among `lines`, grouped by their `check`."""
+    import json
+
+    rows = {}
+    for row in (json.loads(line) for line in lines if line.startswith("{")):
+        rows.setdefault(row["check"], []).append(row)
+    return rows
+
+
+def assert_every_check_reported(
+    rows: dict[str, list[dict]], config, *, batches: list[int], count: int, epoch: int, eval_batch: int
+) -> None:
+    """The accelerator check's devices, each batch size, the evaluation (the tiny test split of 100 images in
+    batches of `eval_batch`), the devices' agreement and bfloat16, consistent together."""
+    import pytest
+
+    assert "error" not in rows, rows["error"]  # a check that raised (tests/test_parallel.py reports it as a row)
+    assert rows["devices"][0]["count"] == count == rows["devices"][0]["machine"]["devices"]
+    assert rows["devices"][0]["machine"]["backend"] == "cpu" and rows["devices"][0]["machine"]["cpu"]
+    train = rows["train"]
+    assert [r["batch"] for r in train] == batches
+    assert {r["model"] for r in train} == {config.model.name}
+    assert all(r["epoch_images"] == epoch for r in train)  # the config's training split
+    for r in train:
+        assert r["epoch_seconds"] == pytest.approx(epoch / r["images_per_second"], rel=0.01, abs=0.01)
+    assert rows["evaluate"][0]["images"] == 100 and rows["evaluate"][0]["batch"] == eval_batch
+    agree = rows["devices_agree"][0]
+    assert agree["same"] is True if count > 1 else agree["skipped"] == "one device: nothing to compare"
+    bf16 = rows["bfloat16"][0]
+    assert train[0]["mean_loss"] == pytest.approx(bf16["mean_loss"]["float32"], abs=1e-5)
+    rates = bf16["images_per_second"]
+    assert rates["float32"] == train[0]["images_per_second"]
+    assert rates["bfloat16"] > 0 and bf16["speedup"] == pytest.approx(rates["bfloat16"] / rates["float32"], abs=0.01)
+    assert bf16["mean_loss"]["bfloat16"] == pytest.approx(bf16["mean_loss"]["float32"], rel=0.05)

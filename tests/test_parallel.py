@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -17,6 +18,8 @@ from helpers import (
     DRIFT_LOSS_RTOL,
     DRIFT_PROBS_ATOL,
     ROOT,
+    assert_every_check_reported,
+    by_check,
     check,
     devices,
     load_config,
@@ -46,28 +49,63 @@ def one_device_run(finished_tiny_run):
     return finished_tiny_run
 
 
-# `python -c GRADIENTS_THEN_MAIN DATA_DIR MAIN_ARGS...`: tests/device_grads.py on DATA_DIR (its JSON line on
-# stdout), then main.py with MAIN_ARGS, in one process: one start of an 8-device process serves both.
-GRADIENTS_THEN_MAIN = f"""
-import runpy, sys
+# `python -c GRADIENTS_MAIN_CHECK DATA_DIR N MAIN_ARGS... CHECK_ARGS...` (N: how many of the arguments are
+# MAIN_ARGS), in one process, so that one start of an 8-device process serves three stages: tests/device_grads.py on
+# DATA_DIR (its JSON line on stdout); main.py with MAIN_ARGS; `python -m benchmarks accelerator_check CHECK_ARGS`
+# through its own entry point (its JSON lines on stdout), whose train and evaluation programs are main.py's. A check
+# that raises or exits prints one row {"check": "error", ...} and the process still succeeds: only its own test
+# fails. The line CHECK_STAGE on stderr starts the check's stage.
+CHECK_STAGE = "-- python -m benchmarks accelerator_check --"
+GRADIENTS_MAIN_CHECK = f"""
+import json, runpy, sys, traceback
 sys.path.insert(0, {str(ROOT / "tests")!r})
-data_dir, *main_args = sys.argv[1:]
+data_dir, n_main, *rest = sys.argv[1:]
+main_args, check_args = rest[: int(n_main)], rest[int(n_main) :]
 sys.argv = [{str(ROOT / "tests" / "device_grads.py")!r}, data_dir]
 runpy.run_path(sys.argv[0], run_name="__main__")
 sys.stdout.flush()
 sys.argv = [{str(ROOT / "main.py")!r}, *main_args]
-runpy.run_path(sys.argv[0], run_name="__main__")
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit as e:  # absl's app.run ends in sys.exit
+    if e.code not in (0, None):
+        raise
+sys.stdout.flush()
+print({CHECK_STAGE!r}, file=sys.stderr, flush=True)
+sys.argv = ["benchmarks", "accelerator_check", *check_args]
+try:
+    runpy.run_module("benchmarks", run_name="__main__", alter_sys=True)
+except (Exception, SystemExit) as e:
+    print(json.dumps({{"check": "error", "error": repr(e), "traceback": traceback.format_exc()}}), flush=True)
 """
+
+# The accelerator check on the tiny run's data, call and evaluation batch; a large batch equal to the config's is
+# measured once (tests/test_platform.py measures two sizes on one device).
+CHECK_ARGS = (
+    "--steps=2",
+    "--large_batch=64",
+    *(f"--config.{k}={v}" for k, v in TINY.items() if k != "num_epochs"),
+)
 
 
 @pytest.fixture(scope="module")
 def eight_device_run(tiny_data, tmp_path_factory):
     """The same run on 8 devices, a checkpoint at the end of each epoch, in a process that first computes the
-    first step's gradient on 1 and on 8 devices: (workdir, main.py's stderr, tests/device_grads.py's output)."""
+    first step's gradient on 1 and on 8 devices and then runs the accelerator check: the workdir, main.py's
+    stderr, tests/device_grads.py's output, and the check's JSON lines and stderr."""
     workdir = tmp_path_factory.mktemp("eight")
-    args = (str(tiny_data), *tiny_args(tiny_data, workdir))
-    result = check(run_main(*args, env=devices(8), script=("-c", GRADIENTS_THEN_MAIN)))
-    return workdir, result.stderr, json.loads(result.stdout.splitlines()[0])
+    main = tiny_args(tiny_data, workdir)
+    check_args = (*CHECK_ARGS, f"--config.data.dir={tiny_data}")
+    args = (str(tiny_data), str(len(main)), *main, *check_args)
+    result = check(run_main(*args, env=devices(8), script=("-c", GRADIENTS_MAIN_CHECK)))
+    lines, (stderr, check_stderr) = result.stdout.splitlines(), result.stderr.split(CHECK_STAGE)
+    return types.SimpleNamespace(
+        workdir=workdir,
+        stderr=stderr,
+        gradients=json.loads(lines[0]),
+        checks=[line for line in lines[1:] if line.startswith('{"check"')],
+        check_stderr=check_stderr,
+    )
 
 
 def assert_same_maths(workdir, reference):
@@ -83,16 +121,23 @@ def assert_same_maths(workdir, reference):
 def test_the_first_steps_gradient_on_eight_devices_is_the_one_device_gradient_to_rounding(eight_device_run):
     """The gradient's sum runs in another order on 8 devices: float32 rounding apart, the same gradient. Measured
     up to 3e-7 of a parameter's largest gradient (float32's epsilon: 1.2e-7); the bound is 7x that."""
-    out = eight_device_run[2]
+    out = eight_device_run.gradients
     assert out["devices"] == 8 and len(out["rows"]) == 10  # the 5 layers' kernels and biases
     for row in out["rows"]:
         assert row["largest"] > 0 and row["diff"] <= 2e-6 * row["largest"], row
 
 
 def test_eight_devices_give_the_one_device_maths(eight_device_run, one_device_run):
-    workdir, stderr, _ = eight_device_run
-    assert "8 cpu device(s)" in stderr and "batch 64 (8 per device)" in stderr
-    assert_same_maths(workdir, one_device_run)
+    assert "8 cpu device(s)" in eight_device_run.stderr and "batch 64 (8 per device)" in eight_device_run.stderr
+    assert_same_maths(eight_device_run.workdir, one_device_run)
+
+
+def test_the_accelerator_check_runs_on_eight_devices_through_the_command_line(eight_device_run):
+    rows = by_check(eight_device_run.checks)
+    assert "error" not in rows, (rows["error"], eight_device_run.check_stderr[-3000:])
+    assert_every_check_reported(rows, load_config("cnn"), batches=[64], count=8, epoch=256, eval_batch=48)
+    agree = rows["devices_agree"][0]
+    assert list(agree["mean_loss_by_devices"]) == ["1", "8"] and agree["steps"] == 4
 
 
 def test_batch_size_the_devices_cannot_split_fails_before_compiling(tiny_data, tmp_path):
@@ -110,7 +155,7 @@ def test_an_eight_device_checkpoint_restores_on_one_device(
 ):
     """8 -> 1 here (the 8-device run's epoch-1 checkpoint finished on 1 device, in this process); 1 -> 8 is
     tests/test_vgg_bn_runs.py's (a BatchNorm model with the whole recipe)."""
-    shutil.copytree(eight_device_run[0], tmp_path / "run")
+    shutil.copytree(eight_device_run.workdir, tmp_path / "run")
     shutil.rmtree(tmp_path / "run" / "checkpoints" / "8")
     for name in ("results.json", "predictions.npz"):
         (tmp_path / "run" / name).unlink()
