@@ -8,9 +8,9 @@ import shutil
 import joblib
 import numpy as np
 import pytest
-from helpers import load_config, quick_compare_config, run_main
+from helpers import NARROW_RECIPE, load_config, quick_compare_config, run_main
 
-from fmnist_jax import metrics, report, run, stats
+from fmnist_jax import config_lib, metrics, report, run, stats
 from fmnist_jax.errors import ConfigError, UserError
 from fmnist_jax.report import sentences, tables
 from fmnist_jax.report.__main__ import main as report_main
@@ -320,8 +320,6 @@ def test_a_search_needs_a_validation_split_and_known_fields(tiny_data, tmp_path)
 
 
 def test_a_comparison_ignores_speed_only_member_fields_but_not_the_maths(tiny_data, tmp_path):
-    from fmnist_jax import config_lib
-
     config = quick_compare_config(tiny_data)
     config_lib.save_or_check(config, tmp_path)
     (tmp_path / "cnn").mkdir()  # a member has started: the workdir holds a run (a bare config.json may be replaced)
@@ -341,14 +339,22 @@ def test_the_stronger_cnn_is_the_fourth_member_with_its_curves(comparison, tiny_
     for name in ("cnn", "random_forest", "linear_svm"):  # the study's members of seed 0, finished: only VGG-BN trains
         shutil.copytree(finished / name / "seed_0", tmp_path / name / "seed_0")
     config = quick_compare_config(tiny_data, beyond=True, seeds=(0,))
-    config.members.vgg_bn.model.widths = (8, 16, 16)  # narrow stages: the member's behaviour, not its width
+    # The narrow recipe that tests/test_vgg_bn_runs.py trains on the same 256 images: the same maths, so the member
+    # loads that module's compiled programs from the persistent cache. Its epochs come from the quick overrides,
+    # which are applied after the member's own fields (those keep vgg_bn's 20).
+    for field, value in NARROW_RECIPE.items():
+        if field != "num_epochs":
+            parent, _, leaf = field.rpartition(".")
+            (config_lib.get(config.members.vgg_bn, parent) if parent else config.members.vgg_bn)[leaf] = value
+    config.quick_overrides.vgg_bn.num_epochs = NARROW_RECIPE["num_epochs"]
     results = run.run(config, tmp_path)
     assert list(results) == ["cnn", "random_forest", "linear_svm", "vgg_bn"]
     assert results["cnn"][0] == metrics.load_results(finished / "cnn" / "seed_0")  # reused, not retrained
     beyond = results["vgg_bn"][0]
     assert beyond == metrics.load_results(tmp_path / "vgg_bn" / "seed_0")
-    convs = 9 * (1 * 8 + 8 * 16 + 16 * 16 + 16 * 16 + 16 * 16)  # two convolutions in each of the last two stages
-    norms = 2 * (8 + 16 + 16 + 16 + 16)
+    assert [r["epoch"] for r in metrics.read_history(tmp_path / "vgg_bn" / "seed_0")] == [1, 2]  # the quick epochs
+    convs = 9 * (1 * 8 + 8 * 16 + 16 * 16)  # one convolution in each stage
+    norms = 2 * (8 + 16 + 16)
     head = 3 * 3 * 16 * 256 + 256 + 256 * 10 + 10  # the recipe's hidden layer of 256, then the 10 classes
     assert beyond["model"] == "vgg_bn" and beyond["num_params"] == convs + norms + head
     md = (tmp_path / "report.md").read_text()
