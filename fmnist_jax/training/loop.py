@@ -91,13 +91,12 @@ def make_plan(
     config: ml_collections.ConfigDict,
     workdir: pathlib.Path,
     mesh: Mesh,
-    phases: timing.Phases | None = None,
-    loaded: tuple[data.Dataset, int] | None = None,
+    phases: timing.Phases,
+    loaded: tuple[data.Dataset, int],
 ) -> tuple[Plan, TrainState, int]:
     """The run's plan, its fresh (host-side) state and its number of parameters, on `loaded` (`load_data`'s
-    result; loaded here when None). Building the model and its programs is the phase "setup"."""
-    phases = phases or timing.Phases()
-    dataset, steps_per_epoch = loaded or load_data(config, mesh, phases)
+    result). Building the model and its programs is the phase "setup"."""
+    dataset, steps_per_epoch = loaded
     with phases("setup"):
         graphs, state, num_params = state_lib.create_train_state(config, steps_per_epoch)
     recipe = state_lib.Recipe.from_config(config)
