@@ -49,9 +49,13 @@ class CompileClock:
 
     @property
     def seconds(self) -> float:
-        total, reached = 0.0, float("-inf")
-        for start, end in sorted(self._spans):
-            begin = max(start, reached)
+        return self.seconds_within(float("-inf"), float("inf"))
+
+    def seconds_within(self, first: float, last: float) -> float:
+        """The seconds between `first` and `last` (`time.perf_counter()` values) during which a compilation ran."""
+        total, reached = 0.0, first
+        for start, stop in sorted(self._spans):
+            begin, end = max(start, reached), min(stop, last)
             if end > begin:
                 total += end - begin
                 reached = end
@@ -102,6 +106,7 @@ class Phases:
     def __init__(self, clock: CompileClock | None = None, **known: float | None) -> None:
         self.clock = clock
         self.seconds: dict[str, float] = {k: v for k, v in known.items() if v is not None}
+        self._spans: dict[str, list[tuple[float, float]]] = {}
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
@@ -109,13 +114,26 @@ class Phases:
         try:
             yield
         finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            end = time.perf_counter()
+            self.seconds[name] = self.seconds.get(name, 0.0) + end - start
+            self._spans.setdefault(name, []).append((start, end))
+
+    def compilation_by_phase(self) -> dict[str, float]:
+        """The seconds of compilation inside each timed phase (without a compile clock: none)."""
+        if self.clock is None:
+            return {}
+        return {name: sum(self.clock.seconds_within(*span) for span in spans) for name, spans in self._spans.items()}
 
     def record(self) -> dict[str, Any]:
-        """What results.json keeps: the phases, and the compilations' seconds (part of the phases) and count."""
+        """What results.json keeps: the phases, and the compilations' seconds (part of the phases, in all and by
+        phase) and count."""
         record: dict[str, Any] = {"phases": dict(self.seconds)}
         if self.clock is not None:
-            record.update(compilation=self.clock.seconds, compilations=self.clock.count)
+            record.update(
+                compilation=self.clock.seconds,
+                compilations=self.clock.count,
+                compilation_by_phase=self.compilation_by_phase(),
+            )
         return record
 
     def line(self) -> str:

@@ -53,6 +53,11 @@ def test_the_compile_clock_times_on_the_monotonic_clock_and_counts_overlapping_c
     two_spans = timing.CompileClock()
     two_spans._spans = [(0.0, 2.0), (1.0, 3.0), (5.0, 5.5)]
     assert two_spans.seconds == 3.5
+    # Within a window: the union's part inside it (0.5 of the overlapping pair, 0.25 of the last span).
+    assert two_spans.seconds_within(2.5, 5.25) == 0.75 and two_spans.seconds_within(3.0, 5.0) == 0.0
+    phases = timing.Phases(two_spans)
+    phases._spans = {"setup": [(-1.0, 0.5), (2.5, 4.0)], "training": [(4.0, 6.0)]}
+    assert phases.compilation_by_phase() == {"setup": 1.0, "training": 0.5}
 
 
 def test_the_start_up_is_the_process_age_at_the_first_run_only():

@@ -72,6 +72,7 @@ def test_trains_tiny_data_and_writes_the_workdir(cnn_config, tmp_path):
         "data",
         "setup",
         "restore",
+        "compile",
         "training",
         "checkpoint_wait",
         "evaluation",
@@ -82,6 +83,11 @@ def test_trains_tiny_data_and_writes_the_workdir(cnn_config, tmp_path):
     # The train call and the evaluation (each run's own programs, compiled or loaded from the cache); the jitted
     # initialisation is compiled once per process, so an earlier run in this process may have paid for it.
     assert seconds["compilations"] >= 2 and 0 < seconds["compilation"] <= wall
+    # The train calls and the evaluation are compiled before the training, which holds no compilation.
+    by_phase = seconds["compilation_by_phase"]
+    assert set(by_phase) == set(phases) - {"before_run"} and by_phase["compile"] > 0
+    assert by_phase["training"] == by_phase["evaluation"] == 0
+    assert sum(by_phase.values()) == pytest.approx(seconds["compilation"])
 
 
 def test_the_loop_form_does_not_change_the_maths(cnn_config, finished_tiny_run, tmp_path):

@@ -49,7 +49,7 @@ def evaluate_split(
     padded = math.ceil(n / batch_size) * batch_size
     images, labels, mask = _pad(split.images, padded), _pad(split.labels, padded), np.arange(padded) < n
     outputs = [
-        programs.eval(
+        programs.evaluate(
             state,
             *parallel.shard_batch(
                 (images[s : s + batch_size], labels[s : s + batch_size], mask[s : s + batch_size]), programs.mesh

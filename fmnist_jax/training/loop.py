@@ -226,15 +226,33 @@ def _save(store: checkpoints.CheckpointStore, writer, plan: Plan, state: TrainSt
     store.save(step, state, meta)
 
 
+def _inputs(plan: Plan, step: int) -> TrainInputs:
+    """What the train calls from `step` on read: the training set on the devices, the order of `step`'s epoch."""
+    images, labels = parallel.replicate((plan.dataset.train.images, plan.dataset.train.labels), plan.programs.mesh)
+    perm = plan.permutation(step // plan.steps_per_epoch)
+    return TrainInputs(images, labels, perm, plan.roots.dropout, plan.roots.augment)
+
+
+def _compile(plan: Plan, state: TrainState, inputs: TrainInputs, step: int) -> None:
+    """Compiles every program that training from `step` and scoring will run (the phase "compile")."""
+    config = plan.config
+    sizes = chunks(step, plan.total_steps, plan.steps_per_epoch, config.steps_per_call, plan.every_steps)
+    plan.programs.compile_ahead(state, inputs, sizes, eval_batch=plan.evaluator.batch_size)
+
+
 def _train_epochs(
-    plan: Plan, store: checkpoints.CheckpointStore, writer, state: TrainState, step: int, train_seconds: float
+    plan: Plan,
+    store: checkpoints.CheckpointStore,
+    writer,
+    state: TrainState,
+    inputs: TrainInputs,
+    step: int,
+    train_seconds: float,
 ) -> tuple[TrainState, float, dict[str, Any] | None]:
-    """Trains from `step` to the end; returns the final state, the training seconds and the last epoch's
-    validation scores (None when no epoch ended here)."""
+    """Trains from `step` to the end on `inputs` (`_inputs(plan, step)`); returns the final state, the training
+    seconds and the last epoch's validation scores (None when no epoch ended here)."""
     config, spe, programs = plan.config, plan.steps_per_epoch, plan.programs
-    images, labels = parallel.replicate((plan.dataset.train.images, plan.dataset.train.labels), programs.mesh)
     epoch, last_val = EpochProgress(plan, step), None
-    inputs = TrainInputs(images, labels, plan.permutation(epoch.index), plan.roots.dropout, plan.roots.augment)
     try:
         with checkpoints.PreemptionGuard() as guard:
             for n in chunks(step, plan.total_steps, spe, config.steps_per_call, plan.every_steps):
@@ -309,8 +327,11 @@ def _run_plan(
                 workdir, restored_step=step, loss_every_steps=config.tensorboard.loss_every_steps
             )
             cleanup.callback(writer.close)
+        with phases("compile"):
+            inputs = _inputs(plan, step)
+            _compile(plan, state, inputs, step)
         with phases("training"):
-            state, train_seconds, val = _train_epochs(plan, store, writer, state, step, train_seconds)
+            state, train_seconds, val = _train_epochs(plan, store, writer, state, inputs, step, train_seconds)
         with phases("checkpoint_wait"):
             store.close()  # every save committed before the results mark the run finished
         results = plan.evaluator.final(

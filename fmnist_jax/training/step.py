@@ -9,9 +9,11 @@ function of (seed, step, position in the global batch).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import flax
 import jax
@@ -169,6 +171,9 @@ class Programs:
     with several such programs in flight, blocked shares of one can hold the threads that the rest of it needs
     (a deadlock that XLA aborts after 40 s). So the evaluation program returns per-example outputs, split
     like its inputs, and the host does the sums.
+
+    `compile_ahead` compiles a run's programs before its training starts, all at once in threads: the epochs'
+    seconds then hold no compilation, and the compilations overlap (XLA's compiler releases the interpreter lock).
     """
 
     def __init__(self, graphs: Graphs, mesh: Mesh, batch_size: int, *, unroll: bool, recipe: Recipe):
@@ -178,6 +183,7 @@ class Programs:
         self.eval = jax.jit(functools.partial(eval_step, graphs, recipe), out_shardings=(split, split))
         self.permutation = jax.jit(epoch_permutation, static_argnums=2, out_shardings=parallel.replicated(mesh))
         self._train: dict[int, Callable] = {}
+        self._compiled_eval: dict[int, Callable] = {}
 
     def train(self, num_steps: int) -> Callable:
         """The jitted `train_steps` for calls of `num_steps` steps: (state, inputs, first_step, first_batch)."""
@@ -185,3 +191,35 @@ class Programs:
             fn = functools.partial(train_steps, self.spec, num_steps=num_steps)
             self._train[num_steps] = jax.jit(fn, donate_argnums=0)
         return self._train[num_steps]
+
+    def evaluate(
+        self, state: TrainState, images: jax.Array, labels: jax.Array, mask: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        """`eval` on one (padded) batch, through the program `compile_ahead` compiled for its size if there is one."""
+        compiled = self._compiled_eval.get(images.shape[0])
+        return (compiled or self.eval)(state, images, labels, mask)
+
+    def compile_ahead(
+        self, state: TrainState, inputs: TrainInputs, sizes: Iterable[int], *, eval_batch: int | None = None
+    ) -> None:
+        """Compiles the train calls of `sizes` steps from `state` on `inputs` and, with `eval_batch`, the evaluation
+        program for batches of that many images, concurrently; `train(n)` and `evaluate` then call them (the same
+        programs the jitted functions would compile at their first call, so the same numbers)."""
+        step = jnp.int32(0)  # lowered here, in this thread: tracing holds the interpreter lock anyway
+        lowered: dict[Any, Any] = {n: self.train(n).lower(state, inputs, step, step) for n in sorted(set(sizes))}
+        if eval_batch is not None:
+            split = parallel.data_sharding(self.mesh)
+            batch = (
+                jax.ShapeDtypeStruct((eval_batch, *inputs.images.shape[1:]), inputs.images.dtype, sharding=split),
+                jax.ShapeDtypeStruct((eval_batch,), inputs.labels.dtype, sharding=split),
+                jax.ShapeDtypeStruct((eval_batch,), jnp.bool_, sharding=split),
+            )
+            lowered["eval"] = self.eval.lower(state, *batch)
+        if not lowered:
+            return
+        with concurrent.futures.ThreadPoolExecutor(len(lowered), thread_name_prefix="compile") as pool:
+            done = {key: pool.submit(program.compile) for key, program in lowered.items()}
+            compiled = {key: future.result() for key, future in done.items()}
+        if "eval" in compiled:
+            self._compiled_eval[eval_batch] = compiled.pop("eval")
+        self._train.update(compiled)
