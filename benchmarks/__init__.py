@@ -6,6 +6,7 @@ COMMANDS = {
     "train_speed": "benchmarks.train_speed",
     "time_to_accuracy": "benchmarks.time_to_accuracy",
     "step_times": "benchmarks.step_times",
+    "loop_overhead": "benchmarks.loop_overhead",
     "accelerator_check": "benchmarks.accelerator_check",
     "flop_efficiency": "benchmarks.flop_efficiency",
     "profile": "benchmarks.profile_step",

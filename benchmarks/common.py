@@ -21,7 +21,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import flags
@@ -223,7 +222,7 @@ class Trainer:
     def call(self, state: TrainState, i: int) -> TrainState:
         first = i * self.k
         return self.programs.train(self.k)(
-            state, self.inputs, jnp.int32(first), jnp.int32(first % (self.batches - self.k + 1))
+            state, self.inputs, np.int32(first), np.int32(first % (self.batches - self.k + 1))
         )
 
 

@@ -108,12 +108,14 @@ class EventWriter:
             self._pending.append((step, images_in_epoch, jax.numpy.copy(loss_sum)))
             self._last_point = step
 
-    def flush(self) -> None:
-        """Writes the pending train-loss points (waits for their values)."""
-        for step, images, loss_sum in self._pending:
+    def flush(self, *, up_to: int | None = None) -> None:
+        """Writes the pending train-loss points (up to step `up_to`, where given), waiting for their values: the
+        later ones stay pending, so that the host never waits for steps past the one it is logging."""
+        due = [point for point in self._pending if up_to is None or point[0] <= up_to]
+        self._pending = self._pending[len(due) :]
+        for step, images, loss_sum in due:
             value = float(np.asarray(loss_sum.addressable_data(0)))
             self.writer.scalar("train/loss_running", value / images, step)
-        self._pending.clear()
         self.writer.flush()
 
     def epoch(self, record: dict[str, Any], *, learning_rate: float) -> None:
@@ -127,7 +129,7 @@ class EventWriter:
         self.writer.scalar("epoch/images_per_second", record["images_per_second"], step)
         self.writer.scalar("epoch/seconds", record["seconds"], step)
         self.writer.scalar("epoch/number", record["epoch"], step)
-        self.flush()
+        self.flush(up_to=step)
 
     def finish(self, results: dict[str, Any], config_dict: dict[str, Any], *, step: int) -> None:
         """The test accuracy at the last step, and the run's hyper-parameters for TensorBoard's hparams view."""

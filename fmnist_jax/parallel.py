@@ -113,6 +113,11 @@ def scalar(x: jax.Array) -> float:
     return float(np.asarray(x.addressable_data(0)))
 
 
+def scalars(*xs: jax.Array) -> list[float]:
+    """Replicated scalars as Python floats, read together (one wait for the devices, as `scalar` reads one)."""
+    return [float(v) for v in jax.device_get([x.addressable_data(0) for x in xs])]
+
+
 def lead_decides(decision: bool) -> bool:
     """Process 0's `decision`, the same on every process of a multi-process job (each may see other files)."""
     if jax.process_count() == 1:

@@ -30,16 +30,16 @@ def main() -> None:
 
     sent = []  # the signal goes once (a STOP, continued, must not stop the run again)
     if when == "epoch":
-        end_of_epoch = loop.end_of_epoch
+        finish_boundary = loop.finish_boundary
 
-        def end_of_epoch_then_signal(plan, state, epoch, step, writer):
-            out = end_of_epoch(plan, state, epoch, step, writer)
-            if epoch.index + 1 >= at_step and not sent:
-                sent.append(epoch.index + 1)
+        def finish_boundary_then_signal(plan, store, writer, boundary, *args):
+            out = finish_boundary(plan, store, writer, boundary, *args)
+            if boundary.epoch is not None and boundary.epoch.index + 1 >= at_step and not sent:
+                sent.append(boundary.epoch.index + 1)
                 os.kill(os.getpid(), signum)
             return out
 
-        loop.end_of_epoch = end_of_epoch_then_signal
+        loop.finish_boundary = finish_boundary_then_signal
     else:
         save = checkpoints.CheckpointStore.save
 

@@ -26,6 +26,7 @@ from benchmarks import (
     common,
     flop_efficiency,
     layers,
+    loop_overhead,
     products,
     profile_step,
     step_times,
@@ -65,7 +66,15 @@ def test_help_lists_every_sub_command_with_its_first_docstring_line():
     assert (
         list(listed)
         == list(COMMANDS)
-        == ["train_speed", "time_to_accuracy", "step_times", "accelerator_check", "flop_efficiency", "profile"]
+        == [
+            "train_speed",
+            "time_to_accuracy",
+            "step_times",
+            "loop_overhead",
+            "accelerator_check",
+            "flop_efficiency",
+            "profile",
+        ]
     )
     for name, module in COMMANDS.items():
         assert importlib.import_module(module).__doc__.strip().splitlines()[0] in listed[name]
@@ -125,6 +134,8 @@ def test_a_config_that_cannot_run_is_one_usage_line(name, overrides, says):
         (step_times, ["--other=linear_svm"], "--other=linear_svm is not a CNN's config"),
         (step_times, ["--rounds=0"], "--rounds=0 must be at least 1"),
         (step_times, ["--other.num_epochs=2"], "--other.FIELD=VALUE overrides need --other=NAME"),
+        (loop_overhead, ["--steps=0"], "--steps=0 must be at least 1"),
+        (loop_overhead, ["--config=linear_svm"], "--config=linear_svm is not a CNN's config"),
     ],
 )
 def test_bad_arguments_stop_before_anything_is_timed(capsys, module, args, says):
@@ -183,6 +194,21 @@ def test_train_speed_times_this_loop_and_the_plain_flax_loop_and_skips_a_missing
     assert ratios["ratios"] == {
         "plain_flax_over_fmnist_jax": pytest.approx(plain["ms_per_step"] / ours["ms_per_step"], abs=0.01)
     }
+
+
+def test_loop_overhead_sets_a_runs_training_time_against_its_steps_times_the_step_time(tiny_data):
+    (row,) = run(loop_overhead, "--steps=2", "--config.num_epochs=2", *tiny(tiny_data))
+    assert (row["total_steps"], row["epochs"], row["steps_per_call"], row["batch_size"]) == (8, 2, 2, 64)
+    assert row["step_seconds"] == pytest.approx((row["step_seconds_before"] + row["step_seconds_after"]) / 2)
+    assert row["estimated_train_seconds"] == pytest.approx(8 * row["step_seconds"])
+    assert row["ratio"] == pytest.approx(row["train_seconds"] / row["estimated_train_seconds"])
+    estimate, phase = row["estimated_train_seconds"], row["training_phase_seconds"]
+    assert row["ratio_with_validation_and_saves"] == pytest.approx(phase / estimate)
+    assert 0 < row["train_seconds"] <= phase == row["phases"]["training"] <= row["wall_seconds"]
+    assert row["compilation_by_phase"]["training"] == 0 and row["compilation_by_phase"]["compile"] > 0
+    assert 0 < row["epoch_seconds"]["min"] <= row["epoch_seconds"]["median"] <= row["epoch_seconds"]["max"]
+    assert row["epoch_seconds"]["min"] + row["epoch_seconds"]["max"] == pytest.approx(row["train_seconds"])
+    assert row["data"].startswith("idx:") and 0 <= row["test_accuracy"] <= 1
 
 
 def test_time_to_accuracy_reports_each_seeds_run_their_spread_and_the_ratio_to_another_config(

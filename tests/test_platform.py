@@ -9,6 +9,7 @@ import pathlib
 import signal
 import types
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import ROOT, assert_every_check_reported, by_check, load_config, main_args, run_interrupted
@@ -83,6 +84,18 @@ def assert_events_match_history(workdir: pathlib.Path):
         assert running[r["step"]] == pytest.approx(r["train_loss"], rel=1e-6)
     results = metrics.load_results(workdir)
     assert scalars["test/accuracy"] == [(history[-1]["step"], pytest.approx(results["test_accuracy"]))]
+
+
+def test_events_flushed_up_to_a_step_leave_the_later_points_pending(tmp_path):
+    """The loop logs an epoch while later steps may still be running: flushing up to the epoch's step writes the
+    running-loss points up to it and keeps the later ones for the next flush, without waiting for their values."""
+    writer = events.EventWriter(tmp_path, restored_step=0, loss_every_steps=2)
+    for step in (2, 4, 6):
+        writer.steps_done(step, step * 10, jnp.float32(step))
+    writer.flush(up_to=4)
+    assert read_scalars(tmp_path)["train/loss_running"] == [(2, pytest.approx(0.1)), (4, pytest.approx(0.1))]
+    writer.close()
+    assert [s for s, _ in read_scalars(tmp_path)["train/loss_running"]] == [2, 4, 6]
 
 
 @pytest.fixture(scope="module")

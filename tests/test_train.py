@@ -107,6 +107,55 @@ def test_the_loop_form_does_not_change_the_maths(cnn_config, finished_tiny_run, 
         np.testing.assert_allclose(runs[other][1], runs["a"][1], atol=1e-5)
 
 
+def test_each_boundary_is_read_while_the_next_steps_are_queued(cnn_config, tmp_path, monkeypatch):
+    """The host reads an epoch's end (its scores, history line, checkpoint) only once the train calls up to the next
+    boundary are dispatched, so the devices train on while it logs and saves; the run ends with every boundary read
+    in order and each epoch's history line and checkpoint written."""
+    order = []
+    real_train, real_finish = steps.Programs.train, loop.finish_boundary
+
+    class Recorded:
+        def __init__(self, program, n):
+            self.program, self.n = program, n
+
+        def lower(self, *args):
+            return self.program.lower(*args)
+
+        def __call__(self, state, inputs, first_step, first_batch):
+            order.append(("train", int(first_step) + self.n))
+            return self.program(state, inputs, first_step, first_batch)
+
+    def finish(plan, store, writer, boundary, *args):
+        order.append(("read", boundary.step, len(metrics.read_history(plan.workdir)), store.all_steps()))
+        return real_finish(plan, store, writer, boundary, *args)
+
+    monkeypatch.setattr(steps.Programs, "train", lambda self, n: Recorded(real_train(self, n), n))
+    monkeypatch.setattr(loop, "finish_boundary", finish)
+    cnn_config.num_epochs = 3  # 4 steps an epoch, 2 a call
+    run.run(cnn_config, tmp_path)
+    assert order == [
+        *[("train", s) for s in (2, 4, 6, 8)],
+        ("read", 4, 0, []),
+        *[("train", s) for s in (10, 12)],
+        ("read", 8, 1, [4]),
+        ("read", 12, 2, [4, 8]),
+    ]
+    assert [r["step"] for r in metrics.read_history(tmp_path)] == [4, 8, 12]
+
+
+def test_each_epochs_validation_scores_the_state_at_its_end(finished_tiny_run, cnn_config):
+    """An epoch's validation is dispatched before the next train call takes over (donates) its state: its scores
+    are those of the checkpoint saved at its end, scored again afterwards."""
+    history = metrics.read_history(finished_tiny_run)
+    for record in history:  # epochs end at steps 4 and 8, both checkpointed
+        cnn_config.checkpoint.step = record["step"]
+        programs, state, _, _ = evaluate.restore_for_inference(cnn_config, finished_tiny_run, parallel.make_mesh())
+        again = evaluate.evaluate_split(programs, state, data.load(cnn_config.data, seed=0).validation, batch_size=50)
+        assert again["loss"] == pytest.approx(record["validation_loss"], rel=1e-6)
+        assert again["accuracy"] == record["validation_accuracy"]
+    assert history[0]["validation_loss"] != pytest.approx(history[1]["validation_loss"], rel=1e-3)
+
+
 def test_resume_mid_epoch_replays_exactly(two_epoch_run, tmp_path):
     cnn_config, straight = two_epoch_run  # checkpoints every 2 steps
     # An interrupted run: same config, but its newest checkpoint (step 8) and results never got written.

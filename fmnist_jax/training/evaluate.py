@@ -38,14 +38,33 @@ def _pad(array: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([array, np.zeros((size - len(array), *array.shape[1:]), array.dtype)])
 
 
-def evaluate_split(
+@dataclasses.dataclass(frozen=True)
+class PendingScores:
+    """A split's evaluation dispatched to the devices and not yet read: its per-batch outputs and the labels."""
+
+    outputs: list[tuple[jax.Array, jax.Array]]
+    labels: np.ndarray
+
+    def collect(self) -> dict[str, Any]:
+        """Loss, accuracy and probabilities over the split (waits for the outputs). An empty split
+        (validation_size=0: training on all 60k images) has no loss or accuracy: None."""
+        n = len(self.labels)
+        if n == 0:
+            return {"loss": None, "accuracy": None, "probs": np.zeros((0, data.NUM_CLASSES))}
+        losses, probs = (np.concatenate(parts)[:n] for parts in zip(*parallel.to_host(self.outputs), strict=True))
+        return {
+            "loss": float(np.sum(losses, dtype=np.float64) / n),
+            "accuracy": float(np.mean(probs.argmax(-1) == self.labels)),
+            "probs": probs,
+        }
+
+
+def dispatch_split(
     programs: Programs, state: state_lib.TrainState, split: data.Split, *, batch_size: int
-) -> dict[str, Any]:
-    """Loss, accuracy and probabilities over every image of `split`: fixed-size batches, the last padded.
-    An empty split (validation_size=0: training on all 60k images) has no loss or accuracy: None."""
+) -> PendingScores:
+    """Dispatches the evaluation of every image of `split`, in fixed-size batches, the last padded, without
+    waiting for it."""
     n = len(split)
-    if n == 0:
-        return {"loss": None, "accuracy": None, "probs": np.zeros((0, data.NUM_CLASSES))}
     padded = math.ceil(n / batch_size) * batch_size
     images, labels, mask = _pad(split.images, padded), _pad(split.labels, padded), np.arange(padded) < n
     outputs = [
@@ -57,12 +76,14 @@ def evaluate_split(
         )
         for s in range(0, padded, batch_size)
     ]
-    losses, probs = (np.concatenate(parts)[:n] for parts in zip(*parallel.to_host(outputs), strict=True))
-    return {
-        "loss": float(np.sum(losses, dtype=np.float64) / n),
-        "accuracy": float(np.mean(probs.argmax(-1) == split.labels)),
-        "probs": probs,
-    }
+    return PendingScores(outputs, split.labels)
+
+
+def evaluate_split(
+    programs: Programs, state: state_lib.TrainState, split: data.Split, *, batch_size: int
+) -> dict[str, Any]:
+    """Loss, accuracy and probabilities over every image of `split` (`PendingScores.collect`)."""
+    return dispatch_split(programs, state, split, batch_size=batch_size).collect()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +97,9 @@ class Evaluator:
 
     def split(self, state: state_lib.TrainState, split: data.Split) -> dict[str, Any]:
         return evaluate_split(self.programs, state, split, batch_size=self.batch_size)
+
+    def dispatch(self, state: state_lib.TrainState, split: data.Split) -> PendingScores:
+        return dispatch_split(self.programs, state, split, batch_size=self.batch_size)
 
     def final(
         self,

@@ -1,7 +1,10 @@
 """`train_and_evaluate`: set a run up, resume it from its newest checkpoint, train it epoch by epoch, score it.
 
-Each jitted call runs up to `config.steps_per_call` steps (`chunks`), never crossing an epoch's end or a
-checkpoint; the host waits for the devices only at the end of an epoch, to log its scores.
+Every program the run needs is compiled before its training starts (the phase "compile"). Each jitted call runs up
+to `config.steps_per_call` steps (`chunks`), never crossing an epoch's end or a checkpoint (a boundary). At a
+boundary the host only dispatches (the epoch's sums, its validation, a copy of the state to save); it reads them,
+logs, writes the history and saves once the calls up to the next boundary are queued, so a fast device never waits
+for that work.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -25,7 +27,7 @@ from jax.sharding import Mesh
 from fmnist_jax import checkpoints, config_lib, data, errors, events, files, metrics, parallel, timing
 from fmnist_jax.errors import ConfigError, TrainingError
 from fmnist_jax.training import state as state_lib
-from fmnist_jax.training.evaluate import Evaluator, eval_batch_size
+from fmnist_jax.training.evaluate import Evaluator, PendingScores, eval_batch_size
 from fmnist_jax.training.state import RandomRoots, TrainState
 from fmnist_jax.training.step import Programs, TrainInputs, resolve_unroll
 
@@ -59,6 +61,7 @@ class Plan:
     steps_per_epoch: int
     total_steps: int
     every_steps: int
+    learning_rates: np.ndarray  # at each epoch's last step, for TensorBoard
 
     def permutation(self, epoch: int) -> jax.Array:
         return self.programs.permutation(self.roots.data, epoch, len(self.dataset.train))
@@ -112,6 +115,9 @@ def make_plan(
         steps_per_epoch=steps_per_epoch,
         total_steps=steps_per_epoch * config.num_epochs,
         every_steps=config.checkpoint.every_steps or steps_per_epoch,
+        learning_rates=state_lib.learning_rates_at(
+            config, steps_per_epoch, [(e + 1) * steps_per_epoch - 1 for e in range(config.num_epochs)]
+        ),
     )
     return plan, state, num_params
 
@@ -132,13 +138,26 @@ def _progress(total: int, initial: int, desc: str):
 
 
 class EpochProgress:
-    """The bookkeeping of the epoch under way: its index, first step, start time and progress bar."""
+    """The bookkeeping of the epoch under way: its index, first step and progress bar."""
 
     def __init__(self, plan: Plan, step: int):
         self.index = step // plan.steps_per_epoch
         self.first_step = step
-        self.start = time.perf_counter()
         self.bar = _progress(plan.steps_per_epoch, step % plan.steps_per_epoch, f"epoch {self.index + 1}")
+
+
+@dataclasses.dataclass
+class Boundary:
+    """A step where the host has something to do (an epoch's end, a checkpoint), dispatched but not yet read: the
+    epoch's sums and its validation are in flight on the devices, and the state to save is a copy on them (the
+    next train call donates the state itself). `finish_boundary` reads it once the next steps are queued behind it,
+    so the devices keep training while the host logs, writes the history and saves."""
+
+    step: int
+    epoch: EpochProgress | None = None  # at an epoch's end
+    sums: tuple[jax.Array, jax.Array] | None = None
+    val: PendingScores | None = None
+    to_save: TrainState | None = None
 
 
 def _check_finite(value: float, epoch: int, step: int, what: str) -> None:
@@ -149,43 +168,80 @@ def _check_finite(value: float, epoch: int, step: int, what: str) -> None:
         )
 
 
-def end_of_epoch(
-    plan: Plan, state: TrainState, epoch: EpochProgress, step: int, writer: events.EventWriter | None
-) -> tuple[TrainState, float, dict[str, Any]]:
-    """Logs the epoch's train and validation metrics and appends them to history.jsonl; returns the state
-    with its running sums reset, the epoch's seconds and the validation scores."""
-    config = plan.config
-    images = plan.steps_per_epoch * config.batch_size
-    train_loss = parallel.scalar(state.loss_sum) / images  # waits for the steps
-    train_acc = parallel.scalar(state.correct_sum) / images
-    seconds = time.perf_counter() - epoch.start
-    epoch.bar.close()
-    _check_finite(train_loss, epoch.index, step, "the training loss")
-    val = plan.evaluator.split(state, plan.dataset.validation)
-    steps_done = step - epoch.first_step
-    record = {
-        "epoch": epoch.index + 1,
-        "step": step,
-        "train_loss": train_loss,
-        "train_accuracy": train_acc,
-        "validation_loss": val["loss"],
-        "validation_accuracy": val["accuracy"],
-        "seconds": seconds,
-        "images_per_second": steps_done * config.batch_size / seconds,
-    }
-    eta = seconds * plan.steps_per_epoch / max(steps_done, 1) * (config.num_epochs - epoch.index - 1)
-    eta = time.strftime("%H:%M:%S", time.gmtime(eta))
-    logging.info(
-        "epoch %d/%d  loss %.4f  acc %.4f  val_loss %s  val_acc %s  %.1f s  %.0f img/s  ETA %s",
-        *(epoch.index + 1, config.num_epochs, train_loss, train_acc, metrics.fmt(val["loss"])),
-        *(metrics.fmt(val["accuracy"]), seconds, record["images_per_second"], eta),
-    )
-    if files.is_lead_process():
-        metrics.append_history(plan.workdir, record)
-    if writer:
-        writer.epoch(record, learning_rate=state_lib.learning_rate_at(config, plan.steps_per_epoch, step - 1))
-    zeros = parallel.replicate((np.float32(0), np.float32(0)), plan.programs.mesh)  # two buffers: state is donated
-    return state.replace(loss_sum=zeros[0], correct_sum=zeros[1]), seconds, val
+def begin_boundary(
+    plan: Plan, state: TrainState, step: int, epoch: EpochProgress, *, save: bool
+) -> tuple[TrainState, Boundary]:
+    """Dispatches what the host does at `step` (without waiting for the devices): at an epoch's end, its sums taken
+    out of the state (reset to zero) and its validation; with `save`, a copy of the state to save. Returns the state
+    to train on and the boundary to finish later."""
+    boundary = Boundary(step)
+    if step % plan.steps_per_epoch == 0:
+        epoch.bar.close()  # its steps are all dispatched; one bar at a time on the terminal
+        boundary.epoch, boundary.sums = epoch, (state.loss_sum, state.correct_sum)
+        boundary.val = plan.evaluator.dispatch(state, plan.dataset.validation)
+        zeros = parallel.replicate((np.float32(0), np.float32(0)), plan.programs.mesh)  # two: state is donated
+        state = state.replace(loss_sum=zeros[0], correct_sum=zeros[1])
+    if save:  # after the reset: a run resumed from an epoch's end starts the next epoch's sums at zero
+        boundary.to_save = plan.programs.copy(state)
+    return state, boundary
+
+
+class DoneMark:
+    """When the host last saw the devices done (training start, or the last epoch's validation read)."""
+
+    def __init__(self) -> None:
+        self.mark = time.perf_counter()
+
+
+def finish_boundary(
+    plan: Plan,
+    store: checkpoints.CheckpointStore,
+    writer: events.EventWriter | None,
+    boundary: Boundary,
+    clock: DoneMark,
+    train_seconds: float,
+) -> tuple[float, dict[str, Any] | None]:
+    """Reads `boundary` (waits for its values): at an epoch's end logs the epoch's train and validation metrics and
+    appends them to history.jsonl, then saves its checkpoint if one is due. The epoch's seconds run from the last
+    time the host saw the devices done to the moment its sums were read, so they hold its training and not the
+    validation before it. Returns the training seconds so far and the epoch's validation scores (or None)."""
+    val = None
+    if boundary.epoch is not None:
+        config, epoch, step = plan.config, boundary.epoch, boundary.step
+        images = plan.steps_per_epoch * config.batch_size
+        loss_sum, correct_sum = parallel.scalars(*boundary.sums)  # waits for the epoch's steps
+        seconds = time.perf_counter() - clock.mark
+        train_seconds += seconds
+        train_loss, train_acc = loss_sum / images, correct_sum / images
+        _check_finite(train_loss, epoch.index, step, "the training loss")
+        val = boundary.val.collect()
+        clock.mark = time.perf_counter()
+        steps_done = step - epoch.first_step
+        record = {
+            "epoch": epoch.index + 1,
+            "step": step,
+            "train_loss": train_loss,
+            "train_accuracy": train_acc,
+            "validation_loss": val["loss"],
+            "validation_accuracy": val["accuracy"],
+            "seconds": seconds,
+            "images_per_second": steps_done * config.batch_size / seconds,
+        }
+        eta = seconds * plan.steps_per_epoch / max(steps_done, 1) * (config.num_epochs - epoch.index - 1)
+        eta = time.strftime("%H:%M:%S", time.gmtime(eta))
+        logging.info(
+            "epoch %d/%d  loss %.4f  acc %.4f  val_loss %s  val_acc %s  %.1f s  %.0f img/s  ETA %s",
+            *(epoch.index + 1, config.num_epochs, train_loss, train_acc, metrics.fmt(val["loss"])),
+            *(metrics.fmt(val["accuracy"]), seconds, record["images_per_second"], eta),
+        )
+        if files.is_lead_process():
+            metrics.append_history(plan.workdir, record)
+        if writer:
+            writer.epoch(record, learning_rate=float(plan.learning_rates[epoch.index]))
+    if boundary.to_save is not None:
+        _save(store, writer, plan, boundary.to_save, boundary.step, train_seconds)
+        boundary.to_save = None  # the copy's memory goes once Orbax has it on the host
+    return train_seconds, val
 
 
 def _restore(store: checkpoints.CheckpointStore, state: TrainState, plan: Plan) -> tuple[TrainState, int, float]:
@@ -222,7 +278,7 @@ def _save(store: checkpoints.CheckpointStore, writer, plan: Plan, state: TrainSt
         "config": config_lib.to_dict(plan.config),
     }
     if writer:  # the points up to a checkpoint are on disk before it
-        writer.flush()
+        writer.flush(up_to=step)
     store.save(step, state, meta)
 
 
@@ -250,28 +306,42 @@ def _train_epochs(
     train_seconds: float,
 ) -> tuple[TrainState, float, dict[str, Any] | None]:
     """Trains from `step` to the end on `inputs` (`_inputs(plan, step)`); returns the final state, the training
-    seconds and the last epoch's validation scores (None when no epoch ended here)."""
+    seconds and the last epoch's validation scores (None when no epoch ended here).
+
+    The host finishes each boundary (an epoch's end, a checkpoint) only once the train calls up to the next one are
+    queued behind it: while it reads the scores, logs, writes the history and saves, the devices keep training.
+    A boundary is always finished before a later one is saved, so the history is never behind a checkpoint."""
     config, spe, programs = plan.config, plan.steps_per_epoch, plan.programs
-    epoch, last_val = EpochProgress(plan, step), None
+    epoch, last_val, pending, clock = EpochProgress(plan, step), None, None, DoneMark()
     try:
         with checkpoints.PreemptionGuard() as guard:
             for n in chunks(step, plan.total_steps, spe, config.steps_per_call, plan.every_steps):
-                state = programs.train(n)(state, inputs, jnp.int32(step), jnp.int32(step % spe))
+                state = programs.train(n)(state, inputs, np.int32(step), np.int32(step % spe))
                 step += n
                 epoch.bar.update(n)
                 if writer:
                     writer.steps_done(step, ((step - 1) % spe + 1) * config.batch_size, state.loss_sum)
-                if step % spe == 0:
-                    state, seconds, last_val = end_of_epoch(plan, state, epoch, step, writer)
-                    train_seconds += seconds
-                    if step < plan.total_steps:
+                save = step % plan.every_steps == 0 or step == plan.total_steps
+                if step % spe == 0 or save:
+                    state, boundary = begin_boundary(plan, state, step, epoch, save=save)
+                    if pending is not None:
+                        train_seconds, val = finish_boundary(plan, store, writer, pending, clock, train_seconds)
+                        last_val = val or last_val
+                    pending = boundary
+                    if step % spe == 0 and step < plan.total_steps:
                         epoch = EpochProgress(plan, step)
                         inputs = inputs.replace(perm=plan.permutation(epoch.index))
-                if step % plan.every_steps == 0 or step == plan.total_steps or guard.signal:
-                    _save(store, writer, plan, state, step, train_seconds)
                 if guard.signal:
+                    saved = pending is not None and pending.step == step and pending.to_save is not None
+                    if pending is not None:
+                        train_seconds, _ = finish_boundary(plan, store, writer, pending, clock, train_seconds)
+                    if not saved:
+                        _save(store, writer, plan, state, step, train_seconds)
                     store.wait()
                     raise errors.Interrupted(guard.signal, step, store.directory)
+            if pending is not None:
+                train_seconds, val = finish_boundary(plan, store, writer, pending, clock, train_seconds)
+                last_val = val or last_val
     finally:
         epoch.bar.close()
     return state, train_seconds, last_val

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 import flax
@@ -137,8 +138,16 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
 
 def learning_rate_at(config: ml_collections.ConfigDict, steps_per_epoch: int, step: int) -> float:
     """The learning rate that step `step` uses."""
+    return float(learning_rates_at(config, steps_per_epoch, [step])[0])
+
+
+def learning_rates_at(config: ml_collections.ConfigDict, steps_per_epoch: int, steps: Sequence[int]) -> np.ndarray:
+    """The learning rates that `steps` use, computed at once (a schedule is a device computation: the training
+    loop asks for them all before its steps are queued, not behind them)."""
     rate = learning_rate_schedule(config, steps_per_epoch)
-    return float(rate(step)) if callable(rate) else float(rate)
+    if not callable(rate):
+        return np.full(len(steps), rate, np.float64)
+    return np.asarray(rate(np.asarray(steps, np.int32)), np.float64)
 
 
 def _is_kernel(params: nnx.State) -> Any:

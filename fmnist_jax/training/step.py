@@ -182,6 +182,9 @@ class Programs:
         split = parallel.data_sharding(mesh)
         self.eval = jax.jit(functools.partial(eval_step, graphs, recipe), out_shardings=(split, split))
         self.permutation = jax.jit(epoch_permutation, static_argnums=2, out_shardings=parallel.replicated(mesh))
+        # A copy of the state in new buffers (the next train call donates the state itself): what a checkpoint saves
+        # while training goes on. Jitted, as every process of a multi-process run holds only its own shards.
+        self.copy: Callable[[TrainState], TrainState] = jax.jit(lambda state: jax.tree.map(jnp.copy, state))
         self._train: dict[int, Callable] = {}
         self._compiled_eval: dict[int, Callable] = {}
 
@@ -202,9 +205,10 @@ class Programs:
     def compile_ahead(
         self, state: TrainState, inputs: TrainInputs, sizes: Iterable[int], *, eval_batch: int | None = None
     ) -> None:
-        """Compiles the train calls of `sizes` steps from `state` on `inputs` and, with `eval_batch`, the evaluation
-        program for batches of that many images, concurrently; `train(n)` and `evaluate` then call them (the same
-        programs the jitted functions would compile at their first call, so the same numbers)."""
+        """Compiles the train calls of `sizes` steps from `state` on `inputs`, the state's copy and, with
+        `eval_batch`, the evaluation program for batches of that many images, concurrently; `train(n)`, `copy` and
+        `evaluate` then call them (the programs the jitted functions would compile at their first call: the same
+        numbers)."""
         step = jnp.int32(0)  # lowered here, in this thread: tracing holds the interpreter lock anyway
         lowered: dict[Any, Any] = {n: self.train(n).lower(state, inputs, step, step) for n in sorted(set(sizes))}
         if eval_batch is not None:
@@ -215,11 +219,11 @@ class Programs:
                 jax.ShapeDtypeStruct((eval_batch,), jnp.bool_, sharding=split),
             )
             lowered["eval"] = self.eval.lower(state, *batch)
-        if not lowered:
-            return
+        lowered["copy"] = self.copy.lower(state)
         with concurrent.futures.ThreadPoolExecutor(len(lowered), thread_name_prefix="compile") as pool:
             done = {key: pool.submit(program.compile) for key, program in lowered.items()}
             compiled = {key: future.result() for key, future in done.items()}
+        self.copy = compiled.pop("copy")
         if "eval" in compiled:
             self._compiled_eval[eval_batch] = compiled.pop("eval")
         self._train.update(compiled)
