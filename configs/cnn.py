@@ -44,6 +44,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.scan_unroll = "auto"
     # 0: 100 on CPU, 1000 on GPU/TPU; rounded up to a multiple of the device count; the last batch is padded.
     config.eval_batch_size = 0
+    # Speed only: whether the host reads an epoch's end (scores, history, checkpoint) while the devices train the
+    # next epoch ("on") or at once, waiting for them ("off"); "auto": on for GPU/TPU, off on CPU, where XLA runs
+    # small programs in the calling thread (the host waits anyway) and the validation would share the cores.
+    config.host_overlap = "auto"
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "seed_cnn"  # a name in fmnist_jax.models.MODELS

@@ -30,6 +30,7 @@ OPERATIONAL = (
     "steps_per_call",
     "scan_unroll",
     "eval_batch_size",
+    "host_overlap",
     "model.conv",
     "checkpoint.async_save",
     "checkpoint.atomicity",

@@ -52,8 +52,10 @@ def reference(finished_tiny_run):
 def test_sigkill_anywhere_then_rerun_gives_bit_identical_parameters(tiny_data, tmp_path, reference, when, caplog):
     """SIGKILL once the third checkpoint (step 6, mid-epoch) is complete, or while it is being written
     (tests/interrupt.py sends it from inside the run, so that the moment is the same on a fast accelerator); the
-    rerun resumes and ends with the uninterrupted bits."""
-    killed = run_interrupted("KILL", 6, when, *main_args(tiny_data, tmp_path))
+    rerun resumes and ends with the uninterrupted bits. The run killed during a save reads its boundaries while the
+    next steps are queued, as on a GPU (`config.host_overlap`); the rerun, at once, as on a CPU."""
+    overlap = ("--config.host_overlap=on",) if when == "in_flight" else ()
+    killed = run_interrupted("KILL", 6, when, *main_args(tiny_data, tmp_path), *overlap)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not (tmp_path / "results.json").exists()
     complete = checkpoint_steps(tmp_path)
@@ -62,10 +64,11 @@ def test_sigkill_anywhere_then_rerun_gives_bit_identical_parameters(tiny_data, t
     assert_same_run(tmp_path, reference)
 
 
-def interrupt(tiny_data, workdir, signum, at_step):
-    """Runs the tiny run until it sends itself `signum` at checkpoint `at_step`; checks the exit and its two last
-    lines; returns the step the run says it saved."""
-    result = run_interrupted(signal.Signals(signum).name[3:], at_step, "committed", *main_args(tiny_data, workdir))
+def interrupt(tiny_data, workdir, signum, at_step, *extra):
+    """Runs the tiny run (with `extra` arguments) until it sends itself `signum` at checkpoint `at_step`; checks the
+    exit and its two last lines; returns the step the run says it saved."""
+    args = (*main_args(tiny_data, workdir), *extra)
+    result = run_interrupted(signal.Signals(signum).name[3:], at_step, "committed", *args)
     assert result.returncode == 128 + signum, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()
     assert last[-2].startswith(f"interrupted ({signal.Signals(signum).name}: checkpoint saved at step ")
@@ -77,8 +80,8 @@ def interrupt(tiny_data, workdir, signum, at_step):
 
 def test_sigterm_and_sigint_save_then_exit_with_resume_line(tiny_data, tmp_path, reference, caplog):
     """SIGTERM, then SIGINT on the resumed run: each saves and exits 128 + signal; the third run finishes with the
-    uninterrupted bits."""
-    saved = interrupt(tiny_data, tmp_path, signal.SIGTERM, at_step=2)
+    uninterrupted bits. The first reads its boundaries while the next steps are queued (`config.host_overlap`)."""
+    saved = interrupt(tiny_data, tmp_path, signal.SIGTERM, 2, "--config.host_overlap=on")
     resumed = interrupt(tiny_data, tmp_path, signal.SIGINT, at_step=saved + 2)
     assert resumed > saved
     assert f"Resumed from checkpoint at step {resumed} " in finish(tiny_data, tmp_path, caplog)

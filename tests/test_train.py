@@ -108,9 +108,10 @@ def test_the_loop_form_does_not_change_the_maths(cnn_config, finished_tiny_run, 
 
 
 def test_each_boundary_is_read_while_the_next_steps_are_queued(cnn_config, tmp_path, monkeypatch):
-    """The host reads an epoch's end (its scores, history line, checkpoint) only once the train calls up to the next
-    boundary are dispatched, so the devices train on while it logs and saves; the run ends with every boundary read
-    in order and each epoch's history line and checkpoint written."""
+    """With host overlap (GPU, TPU) the host reads an epoch's end (its scores, history line, checkpoint) only once
+    the train calls up to the next boundary are dispatched, so the devices train on while it logs and saves; without
+    (CPU), at once. Either way every boundary is read in order with its history line and checkpoint written, and the
+    runs end with the same bits and histories."""
     order = []
     real_train, real_finish = steps.Programs.train, loop.finish_boundary
 
@@ -132,15 +133,20 @@ def test_each_boundary_is_read_while_the_next_steps_are_queued(cnn_config, tmp_p
     monkeypatch.setattr(steps.Programs, "train", lambda self, n: Recorded(real_train(self, n), n))
     monkeypatch.setattr(loop, "finish_boundary", finish)
     cnn_config.num_epochs = 3  # 4 steps an epoch, 2 a call
-    run.run(cnn_config, tmp_path)
-    assert order == [
-        *[("train", s) for s in (2, 4, 6, 8)],
-        ("read", 4, 0, []),
-        *[("train", s) for s in (10, 12)],
-        ("read", 8, 1, [4]),
-        ("read", 12, 2, [4, 8]),
-    ]
-    assert [r["step"] for r in metrics.read_history(tmp_path)] == [4, 8, 12]
+    reads = [("read", 4, 0, []), ("read", 8, 1, [4]), ("read", 12, 2, [4, 8])]
+    trains = [[("train", s) for s in pair] for pair in ((2, 4), (6, 8), (10, 12))]
+    expected = {
+        "on": [*trains[0], *trains[1], reads[0], *trains[2], reads[1], reads[2]],
+        "off": [*trains[0], reads[0], *trains[1], reads[1], *trains[2], reads[2]],
+    }
+    shas = set()
+    for overlap in ("on", "off"):
+        order.clear()
+        cnn_config.host_overlap = overlap
+        shas.add(run.run(cnn_config, tmp_path / overlap)["params_sha256"])
+        assert order == expected[overlap], overlap
+        assert [r["step"] for r in metrics.read_history(tmp_path / overlap)] == [4, 8, 12]
+    assert len(shas) == 1 and history_losses(tmp_path / "on") == history_losses(tmp_path / "off")
 
 
 def test_each_epochs_validation_scores_the_state_at_its_end(finished_tiny_run, cnn_config):
@@ -218,6 +224,7 @@ def test_nan_loss_stops_with_a_clear_error(cnn_config, tmp_path):
         ("batch_size", 0, r"config.batch_size=0 must be positive"),
         ("num_epochs", -1, r"config.num_epochs=-1 must be positive"),
         ("scan_unroll", "sometimes", r"config.scan_unroll='sometimes'"),
+        ("host_overlap", "yes", r"config.host_overlap='yes' must be one of \('auto', 'on', 'off'\)"),
         ("kind", "gan", r"config.kind='gan' is not one of"),
         ("eval_batch_size", -5, r"config.eval_batch_size=-5 must be zero or more"),
         ("seed", -1, r"config.seed=-1 must be zero or more"),
@@ -262,6 +269,9 @@ def test_every_auto_choice_on_one_tpu_chip():
     assert ops.resolve_conv(config.model.conv, "tpu", training=False, in_channels=1) == "xla"  # CPU: "taps"
     assert steps.resolve_unroll(config.scan_unroll, "tpu", config.model.conv) is False  # a rolled scan
     assert steps.resolve_unroll(config.scan_unroll, "cpu", "xla") is True  # the CPU's exception, for contrast
+    assert loop.resolve_host_overlap(config.host_overlap, "tpu") is True  # the host logs while the chip trains
+    assert loop.resolve_host_overlap(config.host_overlap, "cpu") is False
+    assert loop.resolve_host_overlap("on", "cpu") is True and loop.resolve_host_overlap("off", "gpu") is False
 
 
 def test_batch_larger_than_the_data_is_an_error(cnn_config, tmp_path):

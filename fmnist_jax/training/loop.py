@@ -296,6 +296,12 @@ def _compile(plan: Plan, state: TrainState, inputs: TrainInputs, step: int) -> N
     plan.programs.compile_ahead(state, inputs, sizes, eval_batch=plan.evaluator.batch_size)
 
 
+def resolve_host_overlap(setting: str, platform: str) -> bool:
+    """Whether the host reads each boundary while the devices train on (`config.host_overlap`): "auto" on a GPU or
+    TPU; on XLA:CPU small programs run in the calling thread, so the host would wait for the devices anyway."""
+    return platform != "cpu" if setting == "auto" else setting == "on"
+
+
 def _train_epochs(
     plan: Plan,
     store: checkpoints.CheckpointStore,
@@ -308,10 +314,12 @@ def _train_epochs(
     """Trains from `step` to the end on `inputs` (`_inputs(plan, step)`); returns the final state, the training
     seconds and the last epoch's validation scores (None when no epoch ended here).
 
-    The host finishes each boundary (an epoch's end, a checkpoint) only once the train calls up to the next one are
-    queued behind it: while it reads the scores, logs, writes the history and saves, the devices keep training.
-    A boundary is always finished before a later one is saved, so the history is never behind a checkpoint."""
+    With host overlap (`resolve_host_overlap`), the host finishes each boundary (an epoch's end, a checkpoint) only
+    once the train calls up to the next one are queued behind it: while it reads the scores, logs, writes the history
+    and saves, the devices keep training; without, at once. A boundary is always finished before a later one is
+    saved, so the history is never behind a checkpoint."""
     config, spe, programs = plan.config, plan.steps_per_epoch, plan.programs
+    overlap = resolve_host_overlap(config.host_overlap, programs.mesh.devices.flat[0].platform)
     epoch, last_val, pending, clock = EpochProgress(plan, step), None, None, DoneMark()
     try:
         with checkpoints.PreemptionGuard() as guard:
@@ -324,10 +332,11 @@ def _train_epochs(
                 save = step % plan.every_steps == 0 or step == plan.total_steps
                 if step % spe == 0 or save:
                     state, boundary = begin_boundary(plan, state, step, epoch, save=save)
-                    if pending is not None:
-                        train_seconds, val = finish_boundary(plan, store, writer, pending, clock, train_seconds)
-                        last_val = val or last_val
-                    pending = boundary
+                    for ready in (pending, None if overlap else boundary):
+                        if ready is not None:
+                            train_seconds, val = finish_boundary(plan, store, writer, ready, clock, train_seconds)
+                            last_val = val or last_val
+                    pending = boundary if overlap else None
                     if step % spe == 0 and step < plan.total_steps:
                         epoch = EpochProgress(plan, step)
                         inputs = inputs.replace(perm=plan.permutation(epoch.index))

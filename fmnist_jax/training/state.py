@@ -24,6 +24,7 @@ from fmnist_jax import augment, config_lib, models, ops, parallel
 from fmnist_jax.errors import ConfigError
 
 UNROLL_CHOICES = ("auto", "full", "rolled")
+HOST_OVERLAP_CHOICES = ("auto", "on", "off")
 SCHEDULES = ("constant", "warmup_cosine")
 
 
@@ -37,6 +38,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     )
     if config.scan_unroll not in UNROLL_CHOICES:
         raise ConfigError(f"config.scan_unroll={config.scan_unroll!r} must be one of {UNROLL_CHOICES}.")
+    if config.host_overlap not in HOST_OVERLAP_CHOICES:
+        raise ConfigError(f"config.host_overlap={config.host_overlap!r} must be one of {HOST_OVERLAP_CHOICES}.")
     if config.model.conv not in ops.CONV_IMPLS:
         raise ConfigError(f"config.model.conv={config.model.conv!r} must be one of {ops.CONV_IMPLS}.")
     config_lib.check_positive(
