@@ -27,6 +27,10 @@ from fmnist_jax import config_lib, files
 EVENTS_DIR = "tensorboard"
 HPARAMS_RUN = "hparams"
 
+# A copy of the epoch's running loss sum, kept when a point is due (the next train call donates the state). A jitted
+# program, so the training loop can compile it with the run's other programs, before its epochs begin.
+copy_point = jax.jit(jax.numpy.copy)
+
 
 def _records(path: pathlib.Path) -> list[bytes]:
     """The framed records of a TFRecord file (length, its CRC, data, its CRC), each as its raw bytes."""
@@ -105,7 +109,7 @@ class EventWriter:
         copy of the epoch's running loss sum (an asynchronous device op) for the next `flush`."""
         every = self.loss_every_steps
         if every and step // every != self._last_point // every:
-            self._pending.append((step, images_in_epoch, jax.numpy.copy(loss_sum)))
+            self._pending.append((step, images_in_epoch, copy_point(loss_sum)))
             self._last_point = step
 
     def flush(self, *, up_to: int | None = None) -> None:

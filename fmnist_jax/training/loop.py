@@ -98,27 +98,27 @@ def make_plan(
     loaded: tuple[data.Dataset, int],
 ) -> tuple[Plan, TrainState, int]:
     """The run's plan, its fresh (host-side) state and its number of parameters, on `loaded` (`load_data`'s
-    result). Building the model and its programs is the phase "setup"."""
+    result): the phase "setup" (building the model, its programs, the random roots, the learning rates)."""
     dataset, steps_per_epoch = loaded
     with phases("setup"):
         graphs, state, num_params = state_lib.create_train_state(config, steps_per_epoch)
-    recipe = state_lib.Recipe.from_config(config)
-    unroll = resolve_unroll(config.scan_unroll, jax.default_backend(), config.model.conv)
-    programs = Programs(graphs, mesh, config.batch_size, unroll=unroll, recipe=recipe)
-    plan = Plan(
-        config=config,
-        workdir=workdir,
-        dataset=dataset,
-        programs=programs,
-        evaluator=Evaluator(config, dataset, programs, eval_batch_size(config, mesh)),
-        roots=RandomRoots.from_seed(config.seed, augment=recipe.augment.enabled),
-        steps_per_epoch=steps_per_epoch,
-        total_steps=steps_per_epoch * config.num_epochs,
-        every_steps=config.checkpoint.every_steps or steps_per_epoch,
-        learning_rates=state_lib.learning_rates_at(
-            config, steps_per_epoch, [(e + 1) * steps_per_epoch - 1 for e in range(config.num_epochs)]
-        ),
-    )
+        recipe = state_lib.Recipe.from_config(config)
+        unroll = resolve_unroll(config.scan_unroll, jax.default_backend(), config.model.conv)
+        programs = Programs(graphs, mesh, config.batch_size, unroll=unroll, recipe=recipe)
+        plan = Plan(
+            config=config,
+            workdir=workdir,
+            dataset=dataset,
+            programs=programs,
+            evaluator=Evaluator(config, dataset, programs, eval_batch_size(config, mesh)),
+            roots=RandomRoots.from_seed(config.seed, augment=recipe.augment.enabled),
+            steps_per_epoch=steps_per_epoch,
+            total_steps=steps_per_epoch * config.num_epochs,
+            every_steps=config.checkpoint.every_steps or steps_per_epoch,
+            learning_rates=state_lib.learning_rates_at(
+                config, steps_per_epoch, [(e + 1) * steps_per_epoch - 1 for e in range(config.num_epochs)]
+            ),
+        )
     return plan, state, num_params
 
 
@@ -156,6 +156,7 @@ class Boundary:
     step: int
     epoch: EpochProgress | None = None  # at an epoch's end
     sums: tuple[jax.Array, jax.Array] | None = None
+    trained_at: float | None = None  # when the sums were read, if `begin_boundary` waited for them
     val: PendingScores | None = None
     to_save: TrainState | None = None
 
@@ -169,15 +170,19 @@ def _check_finite(value: float, epoch: int, step: int, what: str) -> None:
 
 
 def begin_boundary(
-    plan: Plan, state: TrainState, step: int, epoch: EpochProgress, *, save: bool
+    plan: Plan, state: TrainState, step: int, epoch: EpochProgress, *, save: bool, wait: bool
 ) -> tuple[TrainState, Boundary]:
-    """Dispatches what the host does at `step` (without waiting for the devices): at an epoch's end, its sums taken
-    out of the state (reset to zero) and its validation; with `save`, a copy of the state to save. Returns the state
-    to train on and the boundary to finish later."""
+    """Dispatches what the host does at `step`: at an epoch's end, its sums taken out of the state (reset to zero)
+    and its validation; with `save`, a copy of the state to save. Returns the state to train on and the boundary to
+    finish later. With `wait` (no host overlap), it first waits for the epoch's sums: on XLA:CPU the validation's
+    small programs run as they are dispatched, and the epoch's seconds must not hold them."""
     boundary = Boundary(step)
     if step % plan.steps_per_epoch == 0:
         epoch.bar.close()  # its steps are all dispatched; one bar at a time on the terminal
         boundary.epoch, boundary.sums = epoch, (state.loss_sum, state.correct_sum)
+        if wait:
+            jax.block_until_ready(boundary.sums)
+            boundary.trained_at = time.perf_counter()
         boundary.val = plan.evaluator.dispatch(state, plan.dataset.validation)
         zeros = parallel.replicate((np.float32(0), np.float32(0)), plan.programs.mesh)  # two: state is donated
         state = state.replace(loss_sum=zeros[0], correct_sum=zeros[1])
@@ -210,7 +215,7 @@ def finish_boundary(
         config, epoch, step = plan.config, boundary.epoch, boundary.step
         images = plan.steps_per_epoch * config.batch_size
         loss_sum, correct_sum = parallel.scalars(*boundary.sums)  # waits for the epoch's steps
-        seconds = time.perf_counter() - clock.mark
+        seconds = (boundary.trained_at or time.perf_counter()) - clock.mark
         train_seconds += seconds
         train_loss, train_acc = loss_sum / images, correct_sum / images
         _check_finite(train_loss, epoch.index, step, "the training loss")
@@ -294,6 +299,8 @@ def _compile(plan: Plan, state: TrainState, inputs: TrainInputs, step: int) -> N
     config = plan.config
     sizes = chunks(step, plan.total_steps, plan.steps_per_epoch, config.steps_per_call, plan.every_steps)
     plan.programs.compile_ahead(state, inputs, sizes, eval_batch=plan.evaluator.batch_size)
+    if config.tensorboard.enabled and config.tensorboard.loss_every_steps:
+        events.copy_point(state.loss_sum)  # compiled now, not at the first running-loss point
 
 
 def resolve_host_overlap(setting: str, platform: str) -> bool:
@@ -331,7 +338,7 @@ def _train_epochs(
                     writer.steps_done(step, ((step - 1) % spe + 1) * config.batch_size, state.loss_sum)
                 save = step % plan.every_steps == 0 or step == plan.total_steps
                 if step % spe == 0 or save:
-                    state, boundary = begin_boundary(plan, state, step, epoch, save=save)
+                    state, boundary = begin_boundary(plan, state, step, epoch, save=save, wait=not overlap)
                     for ready in (pending, None if overlap else boundary):
                         if ready is not None:
                             train_seconds, val = finish_boundary(plan, store, writer, ready, clock, train_seconds)
