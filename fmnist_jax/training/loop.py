@@ -2,9 +2,9 @@
 
 Every program the run needs is compiled before its training starts (the phase "compile"). Each jitted call runs up
 to `config.steps_per_call` steps (`chunks`), never crossing an epoch's end or a checkpoint (a boundary). At a
-boundary the host only dispatches (the epoch's sums, its validation, a copy of the state to save); it reads them,
-logs, writes the history and saves once the calls up to the next boundary are queued, so a fast device never waits
-for that work.
+boundary the host dispatches the epoch's sums, its validation and a copy of the state to save; with host overlap
+(`config.host_overlap`, on for GPU and TPU) it reads them, logs, writes the history and saves only once the calls up
+to the next boundary are queued, so a fast device never waits for that work; without (CPU), at once.
 """
 
 from __future__ import annotations
@@ -150,8 +150,8 @@ class EpochProgress:
 class Boundary:
     """A step where the host has something to do (an epoch's end, a checkpoint), dispatched but not yet read: the
     epoch's sums and its validation are in flight on the devices, and the state to save is a copy on them (the
-    next train call donates the state itself). `finish_boundary` reads it once the next steps are queued behind it,
-    so the devices keep training while the host logs, writes the history and saves."""
+    next train call donates the state itself). With host overlap, `finish_boundary` reads it once the next steps are
+    queued behind it, so the devices keep training while the host logs, writes the history and saves."""
 
     step: int
     epoch: EpochProgress | None = None  # at an epoch's end

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# The accelerator figures of docs/performance.md in one prepared run, for a GPU lent for minutes.
+#
+#   bash benchmarks/device_session.sh prepare            # here (package registry, data installed): .device_kit/
+#   bash benchmarks/device_session.sh run OUT [STEP...]  # on the device, .device_kit carried: figures in OUT/
+#   TINY=1 bash benchmarks/device_session.sh run OUT     # a dry run on a CPU: every step at toy size
+#
+# `prepare` fills .device_kit/ (git-ignored) with what a bare device image lacks: the ml-collections, tensorboardX
+# and protobuf wheels and the four Fashion-MNIST files. `run` installs the wheels if they are missing, then runs the
+# steps named (default: all, most wanted first), each under its own time limit: a step writes OUT/NAME.out (its
+# output, the benchmarks' JSON lines included) and appends its exit status and seconds to OUT/steps.txt, so a step
+# that fails or runs out of time costs only itself. The steps:
+#   env        devices, versions, the GPU
+#   check      python -m benchmarks accelerator_check (the study CNN: compile, images/s, evaluation, bfloat16)
+#   start      the study's 30-epoch run through main.py, start to finish (target: 12 s of wall time on an H200),
+#              its results.json (where the seconds went) kept as OUT/start_results.json
+#   loop       loop_overhead for the study CNN (30 epochs) and vgg_bn_large (20), host overlap on and off
+#   resume     the SIGKILL and SIGTERM resume tests on the GPU (bit-identical parameters)
+#   speedrun   time_to_accuracy of configs/speedrun.py as it is (batch 64, 30 epochs; no GPU variant reaches its
+#              accuracy yet: docs/models.md), one seed: the GPU's time for the CPU's recipe
+set -uo pipefail
+cd "$(dirname "$0")/.."
+KIT=.device_kit
+DATA=/usr/share/datasets/fashion-mnist
+
+usage() { sed -n '3,6p' "$0" >&2; exit 2; }
+
+case "${1:-}" in
+  prepare)
+    mkdir -p "$KIT/wheels" "$KIT/data"
+    python3 -m pip download -q --no-deps -d "$KIT/wheels" "ml-collections>=1.0,<2" "tensorboardX>=2.6,<3" protobuf
+    cp "$DATA"/*-ubyte.gz "$KIT/data/"
+    ls -l "$KIT/wheels" "$KIT/data"
+    exit 0 ;;
+  run) OUT=${2:-}; [ -n "$OUT" ] || usage; shift 2 ;;
+  *) usage ;;
+esac
+STEPS=${*:-env check start loop resume speedrun}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+for module in ml_collections tensorboardX; do
+  $PY -c "import $module" 2>/dev/null || $PY -m pip install -q --no-index --no-deps --find-links="$KIT/wheels" \
+    "$(echo $module | sed 's/_/-/')"
+done
+$PY -c "import google.protobuf" 2>/dev/null || $PY -m pip install -q --no-index --find-links="$KIT/wheels" protobuf
+DATA_DIR=$([ -f "$KIT/data/train-images-idx3-ubyte.gz" ] && echo "$PWD/$KIT/data" || echo "$DATA")
+export FMNIST_DATA_DIR=$DATA_DIR FMNIST_REAL_DATA_DIR=$DATA_DIR
+
+# Toy sizes for a dry run on a CPU: a few hundred images, one or two epochs, a few timed steps.
+if [ -n "${TINY:-}" ]; then
+  SMALL=(--config.data.num_train=1024 --config.data.validation_size=256 --config.steps_per_call=2)
+  CNN_EPOCHS=1 LARGE_EPOCHS=1 TIMED=20 SPEEDRUN_EPOCHS=1 LIMIT=1
+else
+  SMALL=() CNN_EPOCHS=30 LARGE_EPOCHS=20 TIMED=300 SPEEDRUN_EPOCHS=0 LIMIT=0
+fi
+
+step() {  # step NAME SECONDS COMMAND...: runs COMMAND under a time limit, its output to OUT/NAME.out
+  local name=$1 limit=$2 start rc
+  shift 2
+  start=$(date +%s%N)
+  timeout "$limit" "$@" >"$OUT/$name.out" 2>&1
+  rc=$?
+  echo "$name rc=$rc $(( ($(date +%s%N) - start) / 1000000 )) ms" | tee -a "$OUT/steps.txt"
+}
+
+for s in $STEPS; do
+  case $s in
+    env)
+      step env 60 bash -c "nvidia-smi; grep -m1 'model name' /proc/cpuinfo; nproc; $PY -c 'import jax, flax, optax, \
+orbax.checkpoint as o; print(jax.devices(), jax.__version__, flax.__version__, optax.__version__, o.__version__)'" ;;
+    check)
+      if [ "$LIMIT" = 1 ]; then extra=(--steps=5 --large_batch=128); else extra=(); fi
+      step check 240 $PY -m benchmarks accelerator_check "${extra[@]}" ;;
+    start)
+      rm -rf "$OUT/runs/cnn"
+      step start 240 $PY main.py --config=configs/cnn.py --workdir="$OUT/runs/cnn" \
+        --config.num_epochs=$CNN_EPOCHS "${SMALL[@]}"
+      cp "$OUT/runs/cnn/results.json" "$OUT/start_results.json" 2>/dev/null ;;
+    loop)
+      for overlap in on off; do
+        step "loop_cnn_$overlap" 240 $PY -m benchmarks loop_overhead --config=cnn --steps=$TIMED \
+          --config.num_epochs=$CNN_EPOCHS --config.host_overlap=$overlap "${SMALL[@]}"
+        step "loop_vgg_bn_large_$overlap" 300 $PY -m benchmarks loop_overhead --config=vgg_bn_large --steps=$TIMED \
+          --config.num_epochs=$LARGE_EPOCHS --config.host_overlap=$overlap "${SMALL[@]}"
+      done ;;
+    resume)
+      step resume 300 $PY -m pytest -q -x -p no:cacheprovider tests/test_checkpoints.py -k "sigkill or sigterm" ;;
+    speedrun)
+      epochs=()
+      [ "$SPEEDRUN_EPOCHS" != 0 ] && epochs=(--config.num_epochs=$SPEEDRUN_EPOCHS)
+      step speedrun 300 $PY -m benchmarks time_to_accuracy --config=speedrun --seeds=1 "${epochs[@]}" "${SMALL[@]}" ;;
+    *) echo "unknown step $s (env check start loop resume speedrun)" >&2; exit 2 ;;
+  esac
+done
