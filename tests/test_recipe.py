@@ -139,10 +139,10 @@ def test_augmentation_is_a_pure_function_of_key_and_position_in_the_batch():
 
 def test_warmup_cosine_schedule_and_the_studys_constant_rate():
     config = load_config("vgg_bn", num_epochs=10, learning_rate=0.01, **{"schedule.warmup_epochs": 2.0})
-    lr = [train_state.learning_rate_at(config, 100, s) for s in (0, 100, 200, 600, 1000)]
+    lr = train_state.learning_rates_at(config, 100, [0, 100, 200, 600, 1000])
     np.testing.assert_allclose(lr, [0.0, 0.005, 0.01, 0.01 * 0.5 * (1 + np.cos(np.pi * 400 / 800)), 0.0], atol=1e-7)
     study = load_config("cnn")
-    assert train_state.learning_rate_at(study, 750, 12345) == study.learning_rate
+    assert list(train_state.learning_rates_at(study, 750, [0, 12345])) == [study.learning_rate] * 2
     assert train_state.learning_rate_schedule(study, 750) == study.learning_rate  # a float: the study's optax.adam
 
 

@@ -139,11 +139,6 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
     return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, total, end_value=0.0)
 
 
-def learning_rate_at(config: ml_collections.ConfigDict, steps_per_epoch: int, step: int) -> float:
-    """The learning rate that step `step` uses."""
-    return float(learning_rates_at(config, steps_per_epoch, [step])[0])
-
-
 def learning_rates_at(config: ml_collections.ConfigDict, steps_per_epoch: int, steps: Sequence[int]) -> np.ndarray:
     """The learning rates that `steps` use, computed at once (a schedule is a device computation: the training
     loop asks for them all before its steps are queued, not behind them)."""
