@@ -45,8 +45,8 @@ def get_config() -> ml_collections.ConfigDict:
     # 0: 100 on CPU, 1000 on GPU/TPU; rounded up to a multiple of the device count; the last batch is padded.
     config.eval_batch_size = 0
     # Speed only: whether the host reads an epoch's end (scores, history, checkpoint) while the devices train the
-    # next epoch ("on") or at once, waiting for them ("off"); "auto": on for GPU/TPU, off on CPU, where XLA runs
-    # small programs in the calling thread (the host waits anyway) and the validation would share the cores.
+    # next epoch ("on") or at once, waiting for them ("off"); "auto": on for a one-process GPU/TPU run; off on CPU,
+    # where XLA runs small programs in the calling thread (the host waits anyway), and across processes.
     config.host_overlap = "auto"
 
     config.model = ml_collections.ConfigDict()

@@ -88,6 +88,18 @@ def test_sigterm_and_sigint_save_then_exit_with_resume_line(tiny_data, tmp_path,
     assert_same_run(tmp_path, reference)
 
 
+def test_a_signal_while_the_last_epoch_is_read_still_stops_with_the_resume_line(tiny_data, tmp_path, reference, caplog):
+    """With host overlap the last boundary is read after the last train call: a SIGTERM then (here right after epoch
+    2's history line) still exits 128 + signal with the resume line, its checkpoint (the last step's) saved; the
+    rerun only scores it, with the uninterrupted bits."""
+    args = (*main_args(tiny_data, tmp_path), "--config.host_overlap=on")
+    result = run_interrupted("TERM", 2, "epoch", *args)
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr[-2000:]
+    assert "checkpoint saved at step 8 " in result.stderr and not (tmp_path / "results.json").exists()
+    assert "Resumed from checkpoint at step 8 " in finish(tiny_data, tmp_path, caplog)
+    assert_same_run(tmp_path, reference)
+
+
 def test_truncated_latest_checkpoint_falls_back_with_a_warning(two_epoch_run, caplog):
     config, workdir = two_epoch_run
     expected = metrics.load_results(workdir)["params_sha256"]

@@ -3,8 +3,8 @@
 Every program the run needs is compiled before its training starts (the phase "compile"). Each jitted call runs up
 to `config.steps_per_call` steps (`chunks`), never crossing an epoch's end or a checkpoint (a boundary). At a
 boundary the host dispatches the epoch's sums, its validation and a copy of the state to save; with host overlap
-(`config.host_overlap`, on for GPU and TPU) it reads them, logs, writes the history and saves only once the calls up
-to the next boundary are queued, so a fast device never waits for that work; without (CPU), at once.
+(`config.host_overlap`, on for one-process GPU/TPU runs) it reads them, logs, writes the history and saves only
+once the calls up to the next boundary are queued, so a fast device never waits for that work; without, at once.
 """
 
 from __future__ import annotations
@@ -156,9 +156,18 @@ class Boundary:
     step: int
     epoch: EpochProgress | None = None  # at an epoch's end
     sums: tuple[jax.Array, jax.Array] | None = None
-    trained_at: float | None = None  # when the sums were read, if `begin_boundary` waited for them
+    trained_at: float | None = None  # when the host first saw the sums ready
     val: PendingScores | None = None
+    validated_at: float | None = None  # when the host first saw the validation ready
     to_save: TrainState | None = None
+
+    def poll(self) -> None:
+        """Notes the time if the sums or the validation have become ready (without waiting): the host, dispatching
+        the next calls meanwhile, sees them done within one call's dispatch even when it is slower than the devices."""
+        if self.sums is not None and self.trained_at is None and all(x.is_ready() for x in self.sums):
+            self.trained_at = time.perf_counter()
+        if self.val is not None and self.validated_at is None and self.val.is_ready():
+            self.validated_at = time.perf_counter()
 
 
 def _check_finite(value: float, epoch: int, step: int, what: str) -> None:
@@ -192,7 +201,7 @@ def begin_boundary(
 
 
 class DoneMark:
-    """When the host last saw the devices done (training start, or the last epoch's validation read)."""
+    """When the host last saw the devices done (the training's start, or the last epoch's validation)."""
 
     def __init__(self) -> None:
         self.mark = time.perf_counter()
@@ -207,20 +216,23 @@ def finish_boundary(
     train_seconds: float,
 ) -> tuple[float, dict[str, Any] | None]:
     """Reads `boundary` (waits for its values): at an epoch's end logs the epoch's train and validation metrics and
-    appends them to history.jsonl, then saves its checkpoint if one is due. The epoch's seconds run from the last
-    time the host saw the devices done to the moment its sums were read, so they hold its training and not the
-    validation before it. Returns the training seconds so far and the epoch's validation scores (or None)."""
+    appends them to history.jsonl, then saves its checkpoint if one is due. The epoch's seconds run from the moment
+    the host saw the previous epoch's validation done to the moment it saw this epoch's sums ready, so they hold its
+    training and not the validation before it. Returns the training seconds so far and the epoch's validation scores
+    (or None)."""
     val = None
     if boundary.epoch is not None:
         config, epoch, step = plan.config, boundary.epoch, boundary.step
         images = plan.steps_per_epoch * config.batch_size
+        boundary.poll()
         loss_sum, correct_sum = parallel.scalars(*boundary.sums)  # waits for the epoch's steps
         seconds = (boundary.trained_at or time.perf_counter()) - clock.mark
         train_seconds += seconds
         train_loss, train_acc = loss_sum / images, correct_sum / images
         _check_finite(train_loss, epoch.index, step, "the training loss")
+        boundary.poll()
         val = boundary.val.collect()
-        clock.mark = time.perf_counter()
+        clock.mark = boundary.validated_at or time.perf_counter()
         steps_done = step - epoch.first_step
         record = {
             "epoch": epoch.index + 1,
@@ -303,10 +315,14 @@ def _compile(plan: Plan, state: TrainState, inputs: TrainInputs, step: int) -> N
         events.copy_point(state.loss_sum)  # compiled now, not at the first running-loss point
 
 
-def resolve_host_overlap(setting: str, platform: str) -> bool:
-    """Whether the host reads each boundary while the devices train on (`config.host_overlap`): "auto" on a GPU or
-    TPU; on XLA:CPU small programs run in the calling thread, so the host would wait for the devices anyway."""
-    return platform != "cpu" if setting == "auto" else setting == "on"
+def resolve_host_overlap(setting: str, platform: str, processes: int = 1) -> bool:
+    """Whether the host reads each boundary while the devices train on (`config.host_overlap`). "auto": on a GPU or
+    TPU in a one-process run. Not on XLA:CPU, where small programs run in the calling thread (the host would wait for
+    the devices anyway); not across processes, where reading the validation is itself a program on the devices (an
+    all-gather), queued behind the next epoch's calls."""
+    if setting != "auto":
+        return setting == "on"
+    return platform != "cpu" and processes == 1
 
 
 def _train_epochs(
@@ -326,19 +342,22 @@ def _train_epochs(
     and saves, the devices keep training; without, at once. A boundary is always finished before a later one is
     saved, so the history is never behind a checkpoint."""
     config, spe, programs = plan.config, plan.steps_per_epoch, plan.programs
-    overlap = resolve_host_overlap(config.host_overlap, programs.mesh.devices.flat[0].platform)
-    epoch, last_val, pending, clock = EpochProgress(plan, step), None, None, DoneMark()
+    overlap = resolve_host_overlap(config.host_overlap, programs.mesh.devices.flat[0].platform, jax.process_count())
+    epoch, last_val, pending, clock, saved_step = EpochProgress(plan, step), None, None, DoneMark(), None
     try:
         with checkpoints.PreemptionGuard() as guard:
             for n in chunks(step, plan.total_steps, spe, config.steps_per_call, plan.every_steps):
                 state = programs.train(n)(state, inputs, np.int32(step), np.int32(step % spe))
                 step += n
                 epoch.bar.update(n)
+                if pending is not None:
+                    pending.poll()
                 if writer:
                     writer.steps_done(step, ((step - 1) % spe + 1) * config.batch_size, state.loss_sum)
                 save = step % plan.every_steps == 0 or step == plan.total_steps
                 if step % spe == 0 or save:
                     state, boundary = begin_boundary(plan, state, step, epoch, save=save, wait=not overlap)
+                    saved_step = step if save else saved_step
                     for ready in (pending, None if overlap else boundary):
                         if ready is not None:
                             train_seconds, val = finish_boundary(plan, store, writer, ready, clock, train_seconds)
@@ -348,16 +367,18 @@ def _train_epochs(
                         epoch = EpochProgress(plan, step)
                         inputs = inputs.replace(perm=plan.permutation(epoch.index))
                 if guard.signal:
-                    saved = pending is not None and pending.step == step and pending.to_save is not None
                     if pending is not None:
                         train_seconds, _ = finish_boundary(plan, store, writer, pending, clock, train_seconds)
-                    if not saved:
+                    if saved_step != step:
                         _save(store, writer, plan, state, step, train_seconds)
                     store.wait()
                     raise errors.Interrupted(guard.signal, step, store.directory)
             if pending is not None:
                 train_seconds, val = finish_boundary(plan, store, writer, pending, clock, train_seconds)
                 last_val = val or last_val
+            if guard.signal:  # during the last boundary's reading: its checkpoint, the last step's, is saved
+                store.wait()
+                raise errors.Interrupted(guard.signal, step, store.directory)
     finally:
         epoch.bar.close()
     return state, train_seconds, last_val
