@@ -151,22 +151,6 @@ def test_each_boundary_is_read_while_the_next_steps_are_queued(cnn_config, tmp_p
     assert len(shas) == 1 and history_losses(tmp_path / "on") == history_losses(tmp_path / "off")
 
 
-def test_a_boundary_notes_when_its_values_became_ready_without_waiting():
-    """While dispatching the next calls the host polls the pending boundary: the moment it first sees the sums or the
-    validation ready is kept (an epoch's seconds end there), and later polls do not move it."""
-    ready = (jnp.float32(3.0), jnp.float32(2.0))
-    outputs = [(jnp.zeros(2), jnp.ones((2, 10)) / 10)]
-    boundary = loop.Boundary(4, sums=ready, val=evaluate.PendingScores(outputs, np.zeros(2, np.int32)))
-    jax.block_until_ready((ready, outputs))
-    before = time.perf_counter()
-    boundary.poll()
-    assert before <= boundary.trained_at <= time.perf_counter() and before <= boundary.validated_at
-    first = (boundary.trained_at, boundary.validated_at)
-    boundary.poll()
-    assert (boundary.trained_at, boundary.validated_at) == first and boundary.val.is_ready()
-    assert loop.Boundary(8).poll() is None  # a checkpoint-only boundary has nothing to wait for
-
-
 def test_each_epochs_validation_scores_the_state_at_its_end(finished_tiny_run, cnn_config):
     """An epoch's validation is dispatched before the next train call takes over (donates) its state: its scores
     are those of the checkpoint saved at its end, scored again afterwards."""

@@ -45,10 +45,6 @@ class PendingScores:
     outputs: list[tuple[jax.Array, jax.Array]]
     labels: np.ndarray
 
-    def is_ready(self) -> bool:
-        """Whether every batch's outputs are computed (without waiting)."""
-        return all(x.is_ready() for outputs in self.outputs for x in outputs)
-
     def collect(self) -> dict[str, Any]:
         """Loss, accuracy and probabilities over the split (waits for the outputs). An empty split
         (validation_size=0: training on all 60k images) has no loss or accuracy: None."""

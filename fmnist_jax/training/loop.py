@@ -156,18 +156,9 @@ class Boundary:
     step: int
     epoch: EpochProgress | None = None  # at an epoch's end
     sums: tuple[jax.Array, jax.Array] | None = None
-    trained_at: float | None = None  # when the host first saw the sums ready
+    trained_at: float | None = None  # when the sums were read, if `begin_boundary` waited for them
     val: PendingScores | None = None
-    validated_at: float | None = None  # when the host first saw the validation ready
     to_save: TrainState | None = None
-
-    def poll(self) -> None:
-        """Notes the time if the sums or the validation have become ready (without waiting): the host, dispatching
-        the next calls meanwhile, sees them done within one call's dispatch even when it is slower than the devices."""
-        if self.sums is not None and self.trained_at is None and all(x.is_ready() for x in self.sums):
-            self.trained_at = time.perf_counter()
-        if self.val is not None and self.validated_at is None and self.val.is_ready():
-            self.validated_at = time.perf_counter()
 
 
 def _check_finite(value: float, epoch: int, step: int, what: str) -> None:
@@ -201,7 +192,7 @@ def begin_boundary(
 
 
 class DoneMark:
-    """When the host last saw the devices done (the training's start, or the last epoch's validation)."""
+    """When the host last saw the devices done (the training's start, or the last epoch's validation read)."""
 
     def __init__(self) -> None:
         self.mark = time.perf_counter()
@@ -216,23 +207,22 @@ def finish_boundary(
     train_seconds: float,
 ) -> tuple[float, dict[str, Any] | None]:
     """Reads `boundary` (waits for its values): at an epoch's end logs the epoch's train and validation metrics and
-    appends them to history.jsonl, then saves its checkpoint if one is due. The epoch's seconds run from the moment
-    the host saw the previous epoch's validation done to the moment it saw this epoch's sums ready, so they hold its
-    training and not the validation before it. Returns the training seconds so far and the epoch's validation scores
-    (or None)."""
+    appends them to history.jsonl, then saves its checkpoint if one is due. The epoch's seconds run from the last
+    time the host saw the devices done to the moment its sums were read, so they hold its training and not the
+    validation before it. With host overlap the host reads an epoch only after dispatching the next: if it dispatches
+    more slowly than the devices run, seconds shift between neighbouring epochs, and their sum stays the training's.
+    Returns the training seconds so far and the epoch's validation scores (or None)."""
     val = None
     if boundary.epoch is not None:
         config, epoch, step = plan.config, boundary.epoch, boundary.step
         images = plan.steps_per_epoch * config.batch_size
-        boundary.poll()
         loss_sum, correct_sum = parallel.scalars(*boundary.sums)  # waits for the epoch's steps
         seconds = (boundary.trained_at or time.perf_counter()) - clock.mark
         train_seconds += seconds
         train_loss, train_acc = loss_sum / images, correct_sum / images
         _check_finite(train_loss, epoch.index, step, "the training loss")
-        boundary.poll()
         val = boundary.val.collect()
-        clock.mark = boundary.validated_at or time.perf_counter()
+        clock.mark = time.perf_counter()
         steps_done = step - epoch.first_step
         record = {
             "epoch": epoch.index + 1,
@@ -350,8 +340,6 @@ def _train_epochs(
                 state = programs.train(n)(state, inputs, np.int32(step), np.int32(step % spe))
                 step += n
                 epoch.bar.update(n)
-                if pending is not None:
-                    pending.poll()
                 if writer:
                     writer.steps_done(step, ((step - 1) % spe + 1) * config.batch_size, state.loss_sum)
                 save = step % plan.every_steps == 0 or step == plan.total_steps
