@@ -108,14 +108,14 @@ def to_host(tree: Any) -> Any:
     return jax.tree.map(np.asarray, tree)
 
 
-def scalar(x: jax.Array) -> float:
-    """A replicated scalar as a Python float, read from this process's own copy (works across hosts)."""
-    return float(np.asarray(x.addressable_data(0)))
-
-
 def scalars(*xs: jax.Array) -> list[float]:
-    """Replicated scalars as Python floats, read together (one wait for the devices, as `scalar` reads one)."""
+    """Replicated scalars as Python floats, read together from this process's own copies (works across hosts)."""
     return [float(v) for v in jax.device_get([x.addressable_data(0) for x in xs])]
+
+
+def scalar(x: jax.Array) -> float:
+    """One replicated scalar as a Python float (`scalars`)."""
+    return scalars(x)[0]
 
 
 def lead_decides(decision: bool) -> bool:

@@ -191,10 +191,12 @@ def begin_boundary(
     return state, boundary
 
 
-class DoneMark:
-    """When the host last saw the devices done (the training's start, or the last epoch's validation read)."""
+class TrainingClock:
+    """The run's training seconds (the epochs' own, from the restored checkpoint's on) and when the host last saw the
+    devices done (the training's start, or the last epoch's validation read), where the next epoch's seconds begin."""
 
-    def __init__(self) -> None:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
         self.mark = time.perf_counter()
 
 
@@ -203,22 +205,21 @@ def finish_boundary(
     store: checkpoints.CheckpointStore,
     writer: events.EventWriter | None,
     boundary: Boundary,
-    clock: DoneMark,
-    train_seconds: float,
-) -> tuple[float, dict[str, Any] | None]:
+    clock: TrainingClock,
+) -> dict[str, Any] | None:
     """Reads `boundary` (waits for its values): at an epoch's end logs the epoch's train and validation metrics and
     appends them to history.jsonl, then saves its checkpoint if one is due. The epoch's seconds run from the last
     time the host saw the devices done to the moment its sums were read, so they hold its training and not the
     validation before it. With host overlap the host reads an epoch only after dispatching the next: if it dispatches
     more slowly than the devices run, seconds shift between neighbouring epochs, and their sum stays the training's.
-    Returns the training seconds so far and the epoch's validation scores (or None)."""
+    Adds the epoch's seconds to `clock`; returns its validation scores (None at a checkpoint alone)."""
     val = None
     if boundary.epoch is not None:
         config, epoch, step = plan.config, boundary.epoch, boundary.step
         images = plan.steps_per_epoch * config.batch_size
         loss_sum, correct_sum = parallel.scalars(*boundary.sums)  # waits for the epoch's steps
         seconds = (boundary.trained_at or time.perf_counter()) - clock.mark
-        train_seconds += seconds
+        clock.seconds += seconds
         train_loss, train_acc = loss_sum / images, correct_sum / images
         _check_finite(train_loss, epoch.index, step, "the training loss")
         val = boundary.val.collect()
@@ -246,9 +247,9 @@ def finish_boundary(
         if writer:
             writer.epoch(record, learning_rate=float(plan.learning_rates[epoch.index]))
     if boundary.to_save is not None:
-        _save(store, writer, plan, boundary.to_save, boundary.step, train_seconds)
+        _save(store, writer, plan, boundary.to_save, boundary.step, clock.seconds)
         boundary.to_save = None  # the copy's memory goes once Orbax has it on the host
-    return train_seconds, val
+    return val
 
 
 def _restore(store: checkpoints.CheckpointStore, state: TrainState, plan: Plan) -> tuple[TrainState, int, float]:
@@ -333,7 +334,13 @@ def _train_epochs(
     saved, so the history is never behind a checkpoint."""
     config, spe, programs = plan.config, plan.steps_per_epoch, plan.programs
     overlap = resolve_host_overlap(config.host_overlap, programs.mesh.devices.flat[0].platform, jax.process_count())
-    epoch, last_val, pending, clock, saved_step = EpochProgress(plan, step), None, None, DoneMark(), None
+    epoch, last_val, pending, clock, saved_step = (
+        EpochProgress(plan, step),
+        None,
+        None,
+        TrainingClock(train_seconds),
+        None,
+    )
     try:
         with checkpoints.PreemptionGuard() as guard:
             for n in chunks(step, plan.total_steps, spe, config.steps_per_call, plan.every_steps):
@@ -348,28 +355,23 @@ def _train_epochs(
                     saved_step = step if save else saved_step
                     for ready in (pending, None if overlap else boundary):
                         if ready is not None:
-                            train_seconds, val = finish_boundary(plan, store, writer, ready, clock, train_seconds)
-                            last_val = val or last_val
+                            last_val = finish_boundary(plan, store, writer, ready, clock) or last_val
                     pending = boundary if overlap else None
                     if step % spe == 0 and step < plan.total_steps:
                         epoch = EpochProgress(plan, step)
                         inputs = inputs.replace(perm=plan.permutation(epoch.index))
                 if guard.signal:
-                    if pending is not None:
-                        train_seconds, _ = finish_boundary(plan, store, writer, pending, clock, train_seconds)
-                    if saved_step != step:
-                        _save(store, writer, plan, state, step, train_seconds)
-                    store.wait()
-                    raise errors.Interrupted(guard.signal, step, store.directory)
-            if pending is not None:
-                train_seconds, val = finish_boundary(plan, store, writer, pending, clock, train_seconds)
-                last_val = val or last_val
-            if guard.signal:  # during the last boundary's reading: its checkpoint, the last step's, is saved
+                    break
+            if pending is not None:  # the last boundary, or the one pending when a signal came
+                last_val = finish_boundary(plan, store, writer, pending, clock) or last_val
+            if guard.signal:  # caught during training or while the last boundary was read
+                if saved_step != step:
+                    _save(store, writer, plan, state, step, clock.seconds)
                 store.wait()
                 raise errors.Interrupted(guard.signal, step, store.directory)
     finally:
         epoch.bar.close()
-    return state, train_seconds, last_val
+    return state, clock.seconds, last_val
 
 
 def train_and_evaluate(
