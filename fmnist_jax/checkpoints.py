@@ -27,8 +27,8 @@ __all__ = ["CheckpointError", "CheckpointStore", "PreemptionGuard"]
 
 
 class PreemptionGuard:
-    """Within `with`, SIGTERM and SIGINT only set `.signal`: the loop saves, then stops. A second signal
-    acts as usual (a second Ctrl-C interrupts at once)."""
+    """Within `with` (or until `release`), SIGTERM and SIGINT only set `.signal`: the loop saves, then stops. A
+    second signal acts as usual (a second Ctrl-C interrupts at once)."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -37,10 +37,12 @@ class PreemptionGuard:
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum, frame):
-        logging.warning("%s received: saving a checkpoint, then stopping.", signal.Signals(signum).name)
+        logging.warning(
+            "%s received: stopping once what was trained is saved (a second one stops at once).",
+            signal.Signals(signum).name,
+        )
         self.signal = signum
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
+        self.release()
 
     def __enter__(self) -> PreemptionGuard:
         try:
@@ -49,9 +51,14 @@ class PreemptionGuard:
             self._previous = {}
         return self
 
-    def __exit__(self, *exc) -> None:
+    def release(self) -> None:
+        """Puts the previous handlers back (once; `__exit__` calls it too)."""
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+        self._previous = {}
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 ATOMICITY = ("auto", "rename", "commit_file")

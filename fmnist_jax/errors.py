@@ -55,8 +55,16 @@ class DiskFull(WorkdirError):
 
 
 class Interrupted(Exception):
-    """Training stopped on SIGTERM/SIGINT after saving a checkpoint at `step`."""
+    """Training stopped on SIGTERM/SIGINT after saving a checkpoint at `step`, or, with `saved` False, before its
+    first step (nothing new to save: the run goes on from `step`, its newest checkpoint's, or 0)."""
 
-    def __init__(self, signum: int, step: int, directory: pathlib.Path):
-        self.signum, self.step, self.directory = signum, step, directory
-        super().__init__(f"{signal.Signals(signum).name}: checkpoint saved at step {step} in {directory}")
+    def __init__(self, signum: int, step: int, directory: pathlib.Path, *, saved: bool = True):
+        self.signum, self.step, self.directory, self.saved = signum, step, directory, saved
+        name = signal.Signals(signum).name
+        if saved:
+            message = f"{name}: checkpoint saved at step {step} in {directory}"
+        elif step:
+            message = f"{name} before training resumed: nothing new to save, the checkpoint at step {step} stays"
+        else:
+            message = f"{name} before training began: nothing trained, nothing saved"
+        super().__init__(message)

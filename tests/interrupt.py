@@ -5,9 +5,10 @@ r"""Runs main.py and interrupts it from inside at a chosen checkpoint, however f
 Once `CheckpointStore.save` is called for a step >= STEP, the process sends itself SIGNAL (KILL, TERM or INT):
 WHEN=in_flight right after the save has started (an asynchronous save is still writing), WHEN=committed once that
 save is complete. With WHEN=epoch, STEP counts epochs instead: the signal follows the end of epoch STEP (its history
-line and events written, whatever the checkpoints). Signalling from outside once a checkpoint appears races the run,
-and a fast accelerator finishes a tiny run before the signal lands; from inside, the moment is the same on every
-device.
+line and events written, whatever the checkpoints). With WHEN=compile (STEP ignored), the signal comes as the
+compilation of the run's programs starts, before any step is trained. Signalling from outside once a checkpoint
+appears races the run, and a fast accelerator finishes a tiny run before the signal lands; from inside, the moment
+is the same on every device.
 """
 
 import os
@@ -21,15 +22,25 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def main() -> None:
     name, at_step, when, *main_args = sys.argv[1:]
-    if when not in ("in_flight", "committed", "epoch"):
-        raise SystemExit(f"WHEN must be in_flight, committed or epoch, got {when!r}")
+    if when not in ("in_flight", "committed", "epoch", "compile"):
+        raise SystemExit(f"WHEN must be in_flight, committed, epoch or compile, got {when!r}")
     signum, at_step = signal.Signals[f"SIG{name}"], int(at_step)
     sys.path.insert(0, str(ROOT))
     from fmnist_jax import checkpoints
-    from fmnist_jax.training import loop
+    from fmnist_jax.training import loop, step
 
     sent = []  # the signal goes once (a STOP, continued, must not stop the run again)
-    if when == "epoch":
+    if when == "compile":
+        compile_ahead = step.Programs.compile_ahead
+
+        def signal_then_compile(programs, *args, **kwargs):
+            if not sent:
+                sent.append(0)
+                os.kill(os.getpid(), signum)
+            return compile_ahead(programs, *args, **kwargs)
+
+        step.Programs.compile_ahead = signal_then_compile
+    elif when == "epoch":
         finish_boundary = loop.finish_boundary
 
         def finish_boundary_then_signal(plan, store, writer, boundary, *args):

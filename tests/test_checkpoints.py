@@ -100,6 +100,30 @@ def test_a_signal_while_the_last_epoch_is_read_still_stops_with_the_resume_line(
     assert_same_run(tmp_path, reference)
 
 
+def test_a_signal_before_training_stops_with_nothing_to_save(tiny_data, tmp_path, reference, caplog):
+    """SIGTERM as a fresh run starts compiling: exit 128 + signal and the resume line, no checkpoint, no history.
+    SIGINT as the run resumed from step 4 compiles: its checkpoints and history stay as they were. The rerun ends
+    with the uninterrupted bits."""
+    args = main_args(tiny_data, tmp_path)
+    fresh = run_interrupted("TERM", 0, "compile", *args)
+    assert fresh.returncode == 128 + signal.SIGTERM, fresh.stderr[-2000:]
+    assert fresh.stderr.strip().splitlines()[-2] == (
+        "interrupted (SIGTERM before training began: nothing trained, nothing saved). Resume with the same command:"
+    )
+    assert checkpoint_steps(tmp_path) == [] and metrics.read_history(tmp_path) == []
+    saved = interrupt(tiny_data, tmp_path, signal.SIGTERM, 4)
+    steps, history = sorted(checkpoint_steps(tmp_path)), metrics.read_history(tmp_path)
+    resumed = run_interrupted("INT", 0, "compile", *args)
+    assert resumed.returncode == 128 + signal.SIGINT, resumed.stderr[-2000:]
+    assert resumed.stderr.strip().splitlines()[-2] == (
+        f"interrupted (SIGINT before training resumed: nothing new to save, the checkpoint at step {saved} stays). "
+        "Resume with the same command:"
+    )
+    assert sorted(checkpoint_steps(tmp_path)) == steps and metrics.read_history(tmp_path) == history
+    assert f"Resumed from checkpoint at step {saved} " in finish(tiny_data, tmp_path, caplog)
+    assert_same_run(tmp_path, reference)
+
+
 def test_truncated_latest_checkpoint_falls_back_with_a_warning(two_epoch_run, caplog):
     config, workdir = two_epoch_run
     expected = metrics.load_results(workdir)["params_sha256"]

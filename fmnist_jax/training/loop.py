@@ -233,9 +233,11 @@ def _train_epochs(
     inputs: TrainInputs,
     step: int,
     train_seconds: float,
+    guard: checkpoints.PreemptionGuard,
 ) -> tuple[TrainState, float, dict[str, Any] | None]:
     """Trains from `step` to the end on `inputs` (`_inputs(plan, step)`); returns the final state, the training
-    seconds and the last epoch's validation scores (None when no epoch ended here).
+    seconds and the last epoch's validation scores (None when no epoch ended here). On a signal (`guard`), saves
+    and raises `Interrupted`.
 
     With host overlap (`resolve_host_overlap`), the host finishes each boundary (an epoch's end, a checkpoint) only
     once the train calls up to the next one are queued behind it: while it reads the scores, logs, writes the history
@@ -251,33 +253,32 @@ def _train_epochs(
         None,
     )
     try:
-        with checkpoints.PreemptionGuard() as guard:
-            for n in chunks(step, plan.total_steps, spe, config.steps_per_call, plan.every_steps):
-                state = programs.train(n)(state, inputs, np.int32(step), np.int32(step % spe))
-                step += n
-                epoch.bar.update(n)
-                if writer:
-                    writer.steps_done(step, ((step - 1) % spe + 1) * config.batch_size, state.loss_sum)
-                save = step % plan.every_steps == 0 or step == plan.total_steps
-                if step % spe == 0 or save:
-                    state, boundary = begin_boundary(plan, state, step, epoch, save=save, wait=not overlap)
-                    saved_step = step if save else saved_step
-                    for ready in (pending, None if overlap else boundary):
-                        if ready is not None:
-                            last_val = finish_boundary(plan, store, writer, ready, clock) or last_val
-                    pending = boundary if overlap else None
-                    if step % spe == 0 and step < plan.total_steps:
-                        epoch = EpochProgress(plan, step)
-                        inputs = inputs.replace(perm=plan.permutation(epoch.index))
-                if guard.signal:
-                    break
-            if pending is not None:  # the last boundary, or the one pending when a signal came
-                last_val = finish_boundary(plan, store, writer, pending, clock) or last_val
-            if guard.signal:  # caught during training or while the last boundary was read
-                if saved_step != step:
-                    _save(store, writer, plan, state, step, clock.seconds)
-                store.wait()
-                raise errors.Interrupted(guard.signal, step, store.directory)
+        for n in chunks(step, plan.total_steps, spe, config.steps_per_call, plan.every_steps):
+            state = programs.train(n)(state, inputs, np.int32(step), np.int32(step % spe))
+            step += n
+            epoch.bar.update(n)
+            if writer:
+                writer.steps_done(step, ((step - 1) % spe + 1) * config.batch_size, state.loss_sum)
+            save = step % plan.every_steps == 0 or step == plan.total_steps
+            if step % spe == 0 or save:
+                state, boundary = begin_boundary(plan, state, step, epoch, save=save, wait=not overlap)
+                saved_step = step if save else saved_step
+                for ready in (pending, None if overlap else boundary):
+                    if ready is not None:
+                        last_val = finish_boundary(plan, store, writer, ready, clock) or last_val
+                pending = boundary if overlap else None
+                if step % spe == 0 and step < plan.total_steps:
+                    epoch = EpochProgress(plan, step)
+                    inputs = inputs.replace(perm=plan.permutation(epoch.index))
+            if guard.signal:
+                break
+        if pending is not None:  # the last boundary, or the one pending when a signal came
+            last_val = finish_boundary(plan, store, writer, pending, clock) or last_val
+        if guard.signal:  # caught during training or while the last boundary was read
+            if saved_step != step:
+                _save(store, writer, plan, state, step, clock.seconds)
+            store.wait()
+            raise errors.Interrupted(guard.signal, step, store.directory)
     finally:
         epoch.bar.close()
     return state, clock.seconds, last_val
@@ -291,7 +292,9 @@ def train_and_evaluate(
     process other than the first of a multi-process run, {} where it cannot see the results of a finished run)."""
     workdir = pathlib.Path(workdir)
     lead = files.is_lead_process()
-    with timing.compile_clock() as clock:
+    # From the data on, SIGTERM and SIGINT stop the run at its next safe point: before training, with nothing to
+    # save; during training, once its state is saved (`_train_epochs`).
+    with timing.compile_clock() as clock, checkpoints.PreemptionGuard() as guard:
         # Where the seconds go, kept in results.json; the process's start-up is the first run's.
         phases = timing.Phases(clock, before_run=timing.start_up())
         mesh = mesh or parallel.make_mesh()
@@ -311,20 +314,34 @@ def train_and_evaluate(
                 visible = lead or (workdir / metrics.RESULTS_FILE).exists()
                 return metrics.load_results(workdir) if visible else {}
             plan, state, num_params = make_plan(config, workdir, mesh, phases, loaded)
-            return _run_plan(plan, store, state, num_params, phases)
+            return _run_plan(plan, store, state, num_params, phases, guard)
+
+
+def _stop_if_signalled(guard: checkpoints.PreemptionGuard, step: int, store: checkpoints.CheckpointStore) -> None:
+    """Before the first train call: a signal caught so far ends the run with nothing to save (it goes on from
+    `step`, the restored checkpoint's, when rerun)."""
+    if guard.signal:
+        raise errors.Interrupted(guard.signal, step, store.directory, saved=False)
 
 
 def _run_plan(
-    plan: Plan, store: checkpoints.CheckpointStore, state: TrainState, num_params: int, phases: timing.Phases
+    plan: Plan,
+    store: checkpoints.CheckpointStore,
+    state: TrainState,
+    num_params: int,
+    phases: timing.Phases,
+    guard: checkpoints.PreemptionGuard,
 ) -> dict[str, Any]:
     """Restores, trains and scores `plan`'s run in `store` (train_and_evaluate after its set-up; the caller
-    closes the store)."""
+    closes the store). A signal before training (`guard`) stops the run before the compilation, if it came
+    before the restore, or after it; one during training, once the state is saved."""
     config, workdir, lead = plan.config, plan.workdir, files.is_lead_process()
     with phases("setup"):
         state = parallel.replicate(state, plan.programs.mesh)
     with contextlib.ExitStack() as cleanup:
         with phases("restore"):
             state, step, train_seconds = _restore(store, state, plan)
+        _stop_if_signalled(guard, step, store)
         if lead:  # the history is the lineage of the state training goes on from, even a fresh one
             metrics.truncate_history(workdir, step // plan.steps_per_epoch)
         writer = None
@@ -336,8 +353,10 @@ def _run_plan(
         with phases("compile"):
             inputs = _inputs(plan, step)
             _compile(plan, state, inputs, step)
+        _stop_if_signalled(guard, step, store)
         with phases("training"):
-            state, train_seconds, val = _train_epochs(plan, store, writer, state, inputs, step, train_seconds)
+            state, train_seconds, val = _train_epochs(plan, store, writer, state, inputs, step, train_seconds, guard)
+        guard.release()  # from here on a signal acts as usual: every step is trained
         with phases("checkpoint_wait"):
             store.close()  # every save committed before the results mark the run finished
         results = plan.evaluator.final(
