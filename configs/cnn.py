@@ -48,6 +48,9 @@ def get_config() -> ml_collections.ConfigDict:
     # next epoch ("on") or at once, waiting for them ("off"); "auto": on for a one-process GPU/TPU run; off on CPU,
     # where XLA runs small programs in the calling thread (the host waits anyway), and across processes.
     config.host_overlap = "auto"
+    # Speed only: where compiled programs are kept for the next run's start ("off", or a folder); "auto": the
+    # folder JAX_COMPILATION_CACHE_DIR names, else ~/.cache/fmnist_jax/xla on GPU/TPU and none on CPU.
+    config.compilation_cache = "auto"
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "seed_cnn"  # a name in fmnist_jax.models.MODELS

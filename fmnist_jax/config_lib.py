@@ -31,6 +31,7 @@ OPERATIONAL = (
     "scan_unroll",
     "eval_batch_size",
     "host_overlap",
+    "compilation_cache",
     "model.conv",
     "checkpoint.async_save",
     "checkpoint.atomicity",

@@ -54,9 +54,13 @@ def _inputs(config: ml_collections.ConfigDict) -> tuple[np.ndarray, list[str]]:
 
 
 def _run_cnn(config: ml_collections.ConfigDict, workdir: pathlib.Path, mode: str) -> Any:
-    from fmnist_jax.training import evaluate, loop, state  # JAX only when needed
+    import jax  # JAX only when needed
+
+    from fmnist_jax import compile_cache
+    from fmnist_jax.training import evaluate, loop, state
 
     state.check_config(config)
+    compile_cache.set_up(config.compilation_cache, jax.default_backend())
     if mode == "train":
         return loop.train_and_evaluate(config, workdir)
     config_lib.check_trained_with(config, workdir, evaluate=mode == "evaluate")

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from fmnist_jax import augment, config_lib, models, ops, parallel
+from fmnist_jax import augment, compile_cache, config_lib, models, ops, parallel
 from fmnist_jax.errors import ConfigError
 
 UNROLL_CHOICES = ("auto", "full", "rolled")
@@ -40,6 +40,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.scan_unroll={config.scan_unroll!r} must be one of {UNROLL_CHOICES}.")
     if config.host_overlap not in HOST_OVERLAP_CHOICES:
         raise ConfigError(f"config.host_overlap={config.host_overlap!r} must be one of {HOST_OVERLAP_CHOICES}.")
+    compile_cache.check(config.compilation_cache)
     if config.model.conv not in ops.CONV_IMPLS:
         raise ConfigError(f"config.model.conv={config.model.conv!r} must be one of {ops.CONV_IMPLS}.")
     config_lib.check_positive(
