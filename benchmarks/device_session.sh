@@ -19,6 +19,9 @@
 #   resume     the SIGKILL and SIGTERM resume tests on the GPU (bit-identical parameters)
 #   speedrun   time_to_accuracy of configs/speedrun.py as it is (batch 64, 30 epochs; no GPU variant reaches its
 #              accuracy yet: docs/models.md), one seed: the GPU's time for the CPU's recipe
+#   wide       the screen for 0.960 on one GPU (docs/models.md, "Towards 0.96"): on the validation split, seed 0,
+#              vgg_bn_large as it is, 1.5x wider, and with 200 epochs; each results.json kept as OUT/wide_NAME.json
+#              (about 6 minutes on an H200: a lease of its own; not in the default list)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 KIT=.device_kit
@@ -50,9 +53,9 @@ export FMNIST_DATA_DIR=$DATA_DIR FMNIST_REAL_DATA_DIR=$DATA_DIR
 # Toy sizes for a dry run on a CPU: a few hundred images, one or two epochs, a few timed steps.
 if [ -n "${TINY:-}" ]; then
   SMALL=(--config.data.num_train=1024 --config.data.validation_size=256 --config.steps_per_call=2)
-  CNN_EPOCHS=1 LARGE_EPOCHS=1 TIMED=20 SPEEDRUN_EPOCHS=1 LIMIT=1
+  CNN_EPOCHS=1 LARGE_EPOCHS=1 TIMED=20 SPEEDRUN_EPOCHS=1 LIMIT=1 WIDE_EPOCHS=1 WIDE_LONG=2
 else
-  SMALL=() CNN_EPOCHS=30 LARGE_EPOCHS=20 TIMED=300 SPEEDRUN_EPOCHS=0 LIMIT=0
+  SMALL=() CNN_EPOCHS=30 LARGE_EPOCHS=20 TIMED=300 SPEEDRUN_EPOCHS=0 LIMIT=0 WIDE_EPOCHS=0 WIDE_LONG=200
 fi
 
 step() {  # step NAME SECONDS COMMAND...: runs COMMAND under a time limit, its output to OUT/NAME.out
@@ -94,6 +97,18 @@ orbax.checkpoint as o; print(jax.devices(), jax.__version__, flax.__version__, o
       epochs=()
       [ "$SPEEDRUN_EPOCHS" != 0 ] && epochs=(--config.num_epochs=$SPEEDRUN_EPOCHS)
       step speedrun 300 $PY -m benchmarks time_to_accuracy --config=speedrun --seeds=1 "${epochs[@]}" "${SMALL[@]}" ;;
-    *) echo "unknown step $s (env check start loop resume speedrun)" >&2; exit 2 ;;
+    wide)  # V0 the reference, V1 wider, V2 longer; the rules: docs/models.md, "Towards 0.96"
+      variants=("v0" "v1 --config.model.widths=96,192,384" "v2 --config.num_epochs=$WIDE_LONG")
+      for variant in "${variants[@]}"; do
+        set -- $variant
+        name=$1; shift
+        [ "$WIDE_EPOCHS" != 0 ] && [ "$name" != v2 ] && set -- "$@" --config.num_epochs=$WIDE_EPOCHS
+        rm -rf "$OUT/runs/wide_$name"
+        step "wide_$name" 330 $PY main.py --config=configs/vgg_bn_large.py --workdir="$OUT/runs/wide_$name" \
+          --config.data.validation_size=12000 "$@" "${SMALL[@]}"
+        cp "$OUT/runs/wide_$name/results.json" "$OUT/wide_$name.json" 2>/dev/null
+        cp "$OUT/runs/wide_$name/history.jsonl" "$OUT/wide_$name.history.jsonl" 2>/dev/null
+      done ;;
+    *) echo "unknown step $s (env check start loop resume speedrun wide)" >&2; exit 2 ;;
   esac
 done
