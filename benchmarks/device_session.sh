@@ -16,7 +16,7 @@
 #              with a cold and then a warm persistent compilation cache; each results.json (where the seconds went)
 #              kept as OUT/start_cold_results.json and OUT/start_warm_results.json
 #   loop       loop_overhead for the study CNN (30 epochs) and vgg_bn_large (20), host overlap on and off
-#   resume     the SIGKILL and SIGTERM resume tests on the GPU (bit-identical parameters)
+#   resume     the SIGKILL, SIGTERM and SIGINT resume tests on the GPU (bit-identical parameters)
 #   speedrun   time_to_accuracy of configs/speedrun.py as it is (batch 64, 30 epochs; no GPU variant reaches its
 #              accuracy yet: docs/models.md), one seed: the GPU's time for the CPU's recipe
 #   wide       the screen for 0.960 on one GPU (docs/models.md, "Towards 0.96"): on the validation split, seed 0,
@@ -92,7 +92,7 @@ orbax.checkpoint as o; print(jax.devices(), jax.__version__, flax.__version__, o
           --config.num_epochs=$LARGE_EPOCHS --config.host_overlap=$overlap "${SMALL[@]}"
       done ;;
     resume)
-      step resume 300 $PY -m pytest -q -x -p no:cacheprovider tests/test_checkpoints.py -k "sigkill or sigterm" ;;
+      step resume 300 $PY -m pytest -q -x -p no:cacheprovider tests/test_checkpoints.py -k "sigkill or sigterm or signal" ;;
     speedrun)
       epochs=()
       [ "$SPEEDRUN_EPOCHS" != 0 ] && epochs=(--config.num_epochs=$SPEEDRUN_EPOCHS)
