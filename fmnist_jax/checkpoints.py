@@ -38,7 +38,7 @@ class PreemptionGuard:
 
     def _handle(self, signum, frame):
         logging.warning(
-            "%s received: stopping once what was trained is saved (a second one stops at once).",
+            "%s received: stopping at the next safe point, with what was trained saved (a second one acts as usual).",
             signal.Signals(signum).name,
         )
         self.signal = signum

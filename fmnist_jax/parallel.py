@@ -118,6 +118,15 @@ def scalar(x: jax.Array) -> float:
     return scalars(x)[0]
 
 
+def any_process(flag: bool) -> bool:
+    """Whether `flag` holds on any process of the job (itself in a one-process job)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.asarray(multihost_utils.process_allgather(np.int32(flag))).any())
+
+
 def lead_decides(decision: bool) -> bool:
     """Process 0's `decision`, the same on every process of a multi-process job (each may see other files)."""
     if jax.process_count() == 1:

@@ -13,7 +13,8 @@ import pytest
 from helpers import assert_same_run, checkpoint_steps, load_config, run_interrupted
 
 from fmnist_jax import checkpoints, files, metrics, run
-from fmnist_jax.errors import ConfigError
+from fmnist_jax.errors import ConfigError, Interrupted
+from fmnist_jax.training import loop, step
 from fmnist_jax.training import state as train_state
 
 # The session's finished tiny run (2 epochs of 4 steps, a checkpoint every 2 steps), keeping 2 checkpoints.
@@ -122,6 +123,31 @@ def test_a_signal_before_training_stops_with_nothing_to_save(tiny_data, tmp_path
     assert sorted(checkpoint_steps(tmp_path)) == steps and metrics.read_history(tmp_path) == history
     assert f"Resumed from checkpoint at step {saved} " in finish(tiny_data, tmp_path, caplog)
     assert_same_run(tmp_path, reference)
+
+
+def test_a_signal_while_the_data_loads_stops_before_compiling_even_a_finished_run(two_epoch_run, monkeypatch):
+    """SIGINT while the data loads: a fresh run stops before its compile phase, nothing saved; a finished run (as a
+    comparison's member) stops too, its results untouched, instead of reporting them and letting the next train."""
+    config, finished = two_epoch_run
+    load_data, handler = loop.load_data, signal.getsignal(signal.SIGINT)
+
+    def signal_then_load(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return load_data(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "load_data", signal_then_load)
+    monkeypatch.setattr(step.Programs, "compile_ahead", lambda *a, **k: pytest.fail("compiled after the signal"))
+    fresh = finished.parent / "fresh"
+    with pytest.raises(Interrupted) as stopped:
+        run.run(config, fresh)
+    assert (stopped.value.signum, stopped.value.step, stopped.value.saved) == (signal.SIGINT, 0, False)
+    assert checkpoint_steps(fresh) == [] and metrics.read_history(fresh) == []
+    results = (finished / metrics.RESULTS_FILE).read_bytes()
+    with pytest.raises(Interrupted) as stopped:
+        run.run(config, finished)
+    assert (stopped.value.step, stopped.value.saved) == (8, False)
+    assert (finished / metrics.RESULTS_FILE).read_bytes() == results
+    assert signal.getsignal(signal.SIGINT) is handler  # the guard's is gone
 
 
 def test_truncated_latest_checkpoint_falls_back_with_a_warning(two_epoch_run, caplog):

@@ -1,8 +1,12 @@
 """config.compilation_cache: which folder keeps the compiled programs, on each platform (TPU and GPU by stand-in)."""
 
+import logging
 import pathlib
 
+import jax
+import numpy as np
 import pytest
+from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
 from fmnist_jax import compile_cache
 from fmnist_jax.errors import ConfigError
@@ -29,3 +33,42 @@ def test_a_folder_jax_was_given_is_kept_by_auto_and_dropped_by_off():
 def test_a_value_that_is_no_folder_is_refused_naming_the_field(bad):
     with pytest.raises(ConfigError, match=r"config.compilation_cache=.* must be 'auto', 'off' or the folder"):
         compile_cache.resolve(bad, "gpu", None)
+
+
+@pytest.fixture
+def jax_cache_restored(monkeypatch):
+    """This process's cache settings (the suite's shared folder) put back after the test; `set_up` starts afresh."""
+    saved = {k: getattr(jax.config, k) for k in ("jax_compilation_cache_dir", "jax_enable_compilation_cache")}
+    monkeypatch.setattr(compile_cache, "_GIVEN", [])
+    yield
+    for key, value in saved.items():
+        jax.config.update(key, value)
+    jax_cache.reset_cache()
+
+
+def compile_new_program(scale: float) -> None:
+    """Compiles (and runs) a program no other test compiles."""
+    jax.jit(lambda x: x * scale + 0.5)(np.float32(1)).block_until_ready()
+
+
+def test_a_process_can_switch_folders_and_turn_the_cache_off_and_on(tmp_path, jax_cache_restored, caplog):
+    """A comparison's members run in one process: each one's choice takes effect, JAX's cache reset between."""
+    given = jax.config.jax_compilation_cache_dir  # the suite's folder, as JAX_COMPILATION_CACHE_DIR gives it
+    assert given and compile_cache.set_up("auto", "cpu") == given
+    mine = tmp_path / "mine"
+    assert compile_cache.set_up(str(mine), "cpu") == str(mine)
+    compile_new_program(1.25)
+    kept = sorted(p.name for p in mine.iterdir())
+    assert kept  # the program, however quick its compile
+    assert compile_cache.set_up("off", "gpu") is None and not jax.config.jax_enable_compilation_cache
+    compile_new_program(1.75)
+    assert sorted(p.name for p in mine.iterdir()) == kept
+    assert compile_cache.set_up("auto", "gpu") == given and jax.config.jax_enable_compilation_cache
+    assert compile_cache.set_up(str(mine), "tpu") == str(mine)
+    compile_new_program(1.75)
+    assert len(list(mine.iterdir())) == len(kept) + 1
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    caplog.set_level(logging.WARNING)
+    assert compile_cache.set_up(str(blocked / "xla"), "gpu") is None and not jax.config.jax_enable_compilation_cache
+    assert f"{blocked / 'xla'} cannot be made" in caplog.text

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import math
 import pathlib
+import signal
 import sys
 import time
 from typing import Any
@@ -311,6 +312,7 @@ def train_and_evaluate(
                 logging.info(
                     "Run already finished (%d steps); reporting %s", total_steps, workdir / metrics.RESULTS_FILE
                 )
+                _stop_if_signalled(guard, total_steps, store)  # not lost: a comparison's next member would train
                 visible = lead or (workdir / metrics.RESULTS_FILE).exists()
                 return metrics.load_results(workdir) if visible else {}
             plan, state, num_params = make_plan(config, workdir, mesh, phases, loaded)
@@ -318,10 +320,10 @@ def train_and_evaluate(
 
 
 def _stop_if_signalled(guard: checkpoints.PreemptionGuard, step: int, store: checkpoints.CheckpointStore) -> None:
-    """Before the first train call: a signal caught so far ends the run with nothing to save (it goes on from
-    `step`, the restored checkpoint's, when rerun)."""
-    if guard.signal:
-        raise errors.Interrupted(guard.signal, step, store.directory, saved=False)
+    """Before the first train call: a signal caught so far (by any process of the run, so that all stop together)
+    ends the run with nothing to save (it goes on from `step`, the restored checkpoint's, when rerun)."""
+    if parallel.any_process(guard.signal is not None):
+        raise errors.Interrupted(guard.signal or signal.SIGTERM, step, store.directory, saved=False)
 
 
 def _run_plan(
