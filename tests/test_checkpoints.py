@@ -14,8 +14,9 @@ from helpers import assert_same_run, checkpoint_steps, load_config, run_interrup
 
 from fmnist_jax import checkpoints, files, metrics, run
 from fmnist_jax.errors import ConfigError, Interrupted
-from fmnist_jax.training import loop, step
+from fmnist_jax.training import loop
 from fmnist_jax.training import state as train_state
+from fmnist_jax.training import step as train_step
 
 # The session's finished tiny run (2 epochs of 4 steps, a checkpoint every 2 steps), keeping 2 checkpoints.
 KILL_FIELDS = {
@@ -136,7 +137,7 @@ def test_a_signal_while_the_data_loads_stops_before_compiling_even_a_finished_ru
         return load_data(*args, **kwargs)
 
     monkeypatch.setattr(loop, "load_data", signal_then_load)
-    monkeypatch.setattr(step.Programs, "compile_ahead", lambda *a, **k: pytest.fail("compiled after the signal"))
+    monkeypatch.setattr(train_step.Programs, "compile_ahead", lambda *a, **k: pytest.fail("compiled after the signal"))
     fresh = finished.parent / "fresh"
     with pytest.raises(Interrupted) as stopped:
         run.run(config, fresh)
