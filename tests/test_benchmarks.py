@@ -100,9 +100,14 @@ def test_overrides_are_parsed_as_main_py_parses_them():
         (
             "cnn2",
             [],
-            "--config=cnn2: there is no configs/cnn2.py (the CNN configs: cnn, speedrun, vgg_bn, vgg_bn_large)",
+            "--config=cnn2: there is no configs/cnn2.py "
+            "(the CNN configs: cnn, speedrun, speedrun_gpu, vgg_bn, vgg_bn_large)",
         ),
-        ("random_forest", [], "--config=random_forest is not a CNN's config; the CNN configs: cnn, speedrun, vgg_bn"),
+        (
+            "random_forest",
+            [],
+            "--config=random_forest is not a CNN's config; the CNN configs: cnn, speedrun, speedrun_gpu",
+        ),
         ("cnn", ["--config.model.conf=xla"], 'unknown config field in --config.model.conf=xla (did you mean "conv"?)'),
         ("cnn", ["--config.num_epochs=x"], "flag --config.num_epochs=x: invalid literal for int()"),
     ],

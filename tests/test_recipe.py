@@ -253,6 +253,7 @@ def test_vgg_bn_shapes_and_parameter_count():
             "logits_with_hidden": with_hidden(jnp.zeros((2, 28, 28, 1)), dropout_key=KEY).shape,
             "vgg_bn": train_state.create_train_state(load_config("vgg_bn"))[2],
             "speedrun": train_state.create_train_state(load_config("speedrun"))[2],
+            "speedrun_gpu": train_state.create_train_state(load_config("speedrun_gpu"))[2],
         }
 
     built = abstractly(build)
@@ -268,6 +269,7 @@ def test_vgg_bn_shapes_and_parameter_count():
     one_per_stage = 9 * (1 * 24 + 24 * 48 + 48 * 96) + 2 * (24 + 48 + 96)
     speedrun_head = 3 * 3 * 96 * 256 + 256 + 256 * 10 + 10
     assert built["speedrun"] == one_per_stage + speedrun_head == 276_402
+    assert built["speedrun_gpu"] == 575_338  # configs/speedrun_gpu.py: vgg_bn's model without its dropout
 
 
 def training_loss(model, x, labels):

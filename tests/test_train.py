@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers import load_config, model_logits
 
-from fmnist_jax import checkpoints, data, errors, files, metrics, ops, parallel, run
+from fmnist_jax import checkpoints, compile_cache, data, errors, files, metrics, ops, parallel, run
 from fmnist_jax.errors import ConfigError
 from fmnist_jax.training import evaluate, loop
 from fmnist_jax.training import state as train_state
@@ -275,6 +275,7 @@ def test_every_auto_choice_on_one_tpu_chip():
     assert loop.resolve_host_overlap(config.host_overlap, "cpu") is False
     assert loop.resolve_host_overlap("on", "cpu") is True and loop.resolve_host_overlap("off", "gpu") is False
     assert loop.resolve_host_overlap(config.host_overlap, "tpu", processes=2) is False  # a pod's hosts: at once
+    assert compile_cache.resolve(config.compilation_cache, "tpu", None) == str(compile_cache.default_dir())
 
 
 def test_batch_larger_than_the_data_is_an_error(cnn_config, tmp_path):

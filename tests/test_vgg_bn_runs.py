@@ -56,6 +56,22 @@ def test_the_speedrun_is_the_stronger_cnns_recipe_on_one_convolution_per_stage()
     }
 
 
+def test_the_gpu_speedrun_is_the_speedrun_at_batch_512_on_vgg_bns_convolutions():
+    """configs/speedrun_gpu.py adds no code path: the speedrun's recipe with vgg_bn's convolutions, a larger batch
+    and its learning rate, schedule and epochs; the runs here and vgg_bn's tests (its model) cover it."""
+    gpu, speedrun = (config_lib.flatten(config_lib.to_dict(load_config(n))) for n in ("speedrun_gpu", "speedrun"))
+    differ = {k: (gpu.get(k), speedrun.get(k)) for k in gpu | speedrun if gpu.get(k) != speedrun.get(k)}
+    assert differ == {
+        "name": ("speedrun_gpu", "speedrun"),
+        "model.depths": ([1, 2, 2], [1, 1, 1]),
+        "model.widths": ([32, 64, 128], [24, 48, 96]),
+        "batch_size": (512, 64),
+        "learning_rate": (6e-3, 3e-3),
+        "schedule.warmup_epochs": (2.0, 1.0),
+        "num_epochs": (24, 30),
+    }
+
+
 @pytest.fixture(scope="module")
 def reference(tiny_data, tmp_path_factory):
     """The uninterrupted run on one device (in this process: the runs that need a fresh one are main.py's)."""
