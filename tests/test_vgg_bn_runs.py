@@ -40,12 +40,17 @@ def run_here(tiny_data, workdir, **changes) -> dict:
     return run.run(config(tiny_data, **changes), workdir)
 
 
+def differing(name: str, other: str) -> dict:
+    """Every field (operational ones too) whose value differs between configs/NAME.py and configs/OTHER.py, as
+    field -> (NAME's value, OTHER's)."""
+    a, b = (config_lib.flatten(config_lib.to_dict(load_config(n))) for n in (name, other))
+    return {k: (a.get(k), b.get(k)) for k in a | b if a.get(k) != b.get(k)}
+
+
 def test_the_speedrun_is_the_stronger_cnns_recipe_on_one_convolution_per_stage():
     """The runs below train configs/speedrun.py (at batch 32, 2 epochs, with vgg_bn's dropout and moving average);
     configs/vgg_bn.py differs from it in these fields alone, so they test both recipes."""
-    speedrun, stronger = (config_lib.flatten(config_lib.to_dict(load_config(n))) for n in ("speedrun", "vgg_bn"))
-    differ = {k: (speedrun.get(k), stronger.get(k)) for k in speedrun | stronger if speedrun.get(k) != stronger.get(k)}
-    assert differ == {
+    assert differing("speedrun", "vgg_bn") == {
         "name": ("speedrun", "vgg_bn"),
         "model.depths": ([1, 1, 1], [1, 2, 2]),
         "model.widths": ([24, 48, 96], [32, 64, 128]),
@@ -59,9 +64,7 @@ def test_the_speedrun_is_the_stronger_cnns_recipe_on_one_convolution_per_stage()
 def test_the_gpu_speedrun_is_the_speedrun_at_batch_512_on_vgg_bns_convolutions():
     """configs/speedrun_gpu.py adds no code path: the speedrun's recipe with vgg_bn's convolutions, a larger batch
     and its learning rate, schedule and epochs; the runs here and vgg_bn's tests (its model) cover it."""
-    gpu, speedrun = (config_lib.flatten(config_lib.to_dict(load_config(n))) for n in ("speedrun_gpu", "speedrun"))
-    differ = {k: (gpu.get(k), speedrun.get(k)) for k in gpu | speedrun if gpu.get(k) != speedrun.get(k)}
-    assert differ == {
+    assert differing("speedrun_gpu", "speedrun") == {
         "name": ("speedrun_gpu", "speedrun"),
         "model.depths": ([1, 2, 2], [1, 1, 1]),
         "model.widths": ([32, 64, 128], [24, 48, 96]),
