@@ -27,8 +27,8 @@ __all__ = ["CheckpointError", "CheckpointStore", "PreemptionGuard"]
 
 
 class PreemptionGuard:
-    """Within `with` (or until `release`), SIGTERM and SIGINT only set `.signal`: the loop saves, then stops. A
-    second signal acts as usual (a second Ctrl-C interrupts at once)."""
+    """Within `with` (or until `release`), SIGTERM and SIGINT only set `.signal`: the loop stops at its next safe
+    point, saving what was trained. A second signal acts as usual (a second Ctrl-C raises KeyboardInterrupt)."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

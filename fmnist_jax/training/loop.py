@@ -246,13 +246,8 @@ def _train_epochs(
     saved, so the history is never behind a checkpoint."""
     config, spe, programs = plan.config, plan.steps_per_epoch, plan.programs
     overlap = resolve_host_overlap(config.host_overlap, programs.mesh.devices.flat[0].platform, jax.process_count())
-    epoch, last_val, pending, clock, saved_step = (
-        EpochProgress(plan, step),
-        None,
-        None,
-        TrainingClock(train_seconds),
-        None,
-    )
+    epoch, clock = EpochProgress(plan, step), TrainingClock(train_seconds)
+    last_val, pending, saved_step = None, None, None
     try:
         for n in chunks(step, plan.total_steps, spe, config.steps_per_call, plan.every_steps):
             state = programs.train(n)(state, inputs, np.int32(step), np.int32(step % spe))
