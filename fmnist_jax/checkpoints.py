@@ -20,7 +20,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from fmnist_jax import files
+from fmnist_jax import files, parallel
 from fmnist_jax.errors import CheckpointError
 
 __all__ = ["CheckpointError", "CheckpointStore", "PreemptionGuard"]
@@ -50,6 +50,12 @@ class PreemptionGuard:
         except ValueError:  # not the main thread: signals cannot be caught here
             self._previous = {}
         return self
+
+    def heard(self) -> int | None:
+        """The signal this process or any other of the job caught: the same answer on every process, each of which
+        must ask at the same point of the run (one all-gather; in a one-process job, `.signal`). A process that
+        stopped alone would leave the others waiting for it in their next collective."""
+        return parallel.max_over_processes(self.signal or 0) or None
 
     def release(self) -> None:
         """Puts the previous handlers back (once; `__exit__` calls it too)."""

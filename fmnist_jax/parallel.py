@@ -118,13 +118,14 @@ def scalar(x: jax.Array) -> float:
     return scalars(x)[0]
 
 
-def any_process(flag: bool) -> bool:
-    """Whether `flag` holds on any process of the job (itself in a one-process job)."""
+def max_over_processes(value: int) -> int:
+    """The largest of the processes' `value`s, the same on every process (every one must call it at the same point
+    of the run: one all-gather); `value` itself in a one-process job."""
     if jax.process_count() == 1:
-        return flag
+        return value
     from jax.experimental import multihost_utils
 
-    return bool(np.asarray(multihost_utils.process_allgather(np.int32(flag))).any())
+    return int(np.asarray(multihost_utils.process_allgather(np.int32(value))).max())
 
 
 def lead_decides(decision: bool) -> bool:

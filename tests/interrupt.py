@@ -8,7 +8,8 @@ save is complete. With WHEN=epoch, STEP counts epochs instead: the signal follow
 line and events written, whatever the checkpoints). With WHEN=compile (STEP ignored), the signal comes as the
 compilation of the run's programs starts, before any step is trained. Signalling from outside once a checkpoint
 appears races the run, and a fast accelerator finishes a tiny run before the signal lands; from inside, the moment
-is the same on every device.
+is the same on every device. With WHEN=step, the signal comes once the train call that reaches step STEP or beyond
+has been queued, mid-epoch if STEP is.
 """
 
 import os
@@ -22,8 +23,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def main() -> None:
     name, at_step, when, *main_args = sys.argv[1:]
-    if when not in ("in_flight", "committed", "epoch", "compile"):
-        raise SystemExit(f"WHEN must be in_flight, committed, epoch or compile, got {when!r}")
+    if when not in ("in_flight", "committed", "epoch", "compile", "step"):
+        raise SystemExit(f"WHEN must be in_flight, committed, epoch, compile or step, got {when!r}")
     signum, at_step = signal.Signals[f"SIG{name}"], int(at_step)
     sys.path.insert(0, str(ROOT))
     from fmnist_jax import checkpoints
@@ -40,6 +41,23 @@ def main() -> None:
             return compile_ahead(programs, *args, **kwargs)
 
         step.Programs.compile_ahead = signal_then_compile
+    elif when == "step":
+        train = step.Programs.train
+
+        def train_then_signal(programs, num_steps):
+            call = train(programs, num_steps)
+
+            def call_then_signal(state, inputs, first_step, first_batch):
+                out = call(state, inputs, first_step, first_batch)
+                if int(first_step) + num_steps >= at_step and not sent:
+                    sent.append(int(first_step) + num_steps)
+                    os.kill(os.getpid(), signum)
+                return out
+
+            call_then_signal.lower = getattr(call, "lower", None)  # compile_ahead lowers what `train` returns
+            return call_then_signal
+
+        step.Programs.train = train_then_signal
     elif when == "epoch":
         finish_boundary = loop.finish_boundary
 

@@ -7,6 +7,7 @@ starts; a run on 1 device runs in this process (one CPU device).
 import json
 import logging
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -202,9 +203,10 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_two_processes(args, *, scripts=((), ())):
+def start_two_processes(args, *, scripts=((), ()), timeout=600):
     """Two main.py processes (2 fake devices each) joined by jax.distributed; process i runs `python *scripts[i]
-    ARGS` when scripts[i] names a wrapper. Returns their (return code, stderr) pairs."""
+    ARGS` when scripts[i] names a wrapper. Returns their (return code, stderr) pairs; fails the test when they have
+    not both ended within `timeout` seconds (one waiting for the other in a collective), once both are killed."""
     port = free_port()
     procs = []
     for pid, script in enumerate(scripts):
@@ -220,7 +222,13 @@ def start_two_processes(args, *, scripts=((), ())):
         procs.append(
             subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         )
-    errs = [p.communicate(timeout=600)[1] for p in procs]
+    try:
+        errs = [p.communicate(timeout=timeout)[1] for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        errs = [p.communicate()[1] for p in procs]
+        pytest.fail(f"the two processes had not ended after {timeout} s:\n" + "\n".join(e[-1500:] for e in errs))
     return [(p.returncode, e) for p, e in zip(procs, errs, strict=True)]
 
 
@@ -241,3 +249,31 @@ def test_two_processes_train_as_one_and_agree_that_a_run_is_finished(tiny_data, 
     assert [rc for rc, _ in rerun] == [0, 0], rerun[0][1][-2000:] + rerun[1][1][-2000:]
     assert all("Run already finished (8 steps)" in e for _, e in rerun)
     assert (tmp_path / "results.json").read_bytes() == results and len(metrics.read_history(tmp_path)) == 2
+
+
+@pytest.mark.parametrize(
+    "at, when, line, epochs",
+    [
+        ("2", "step", "SIGTERM: checkpoint saved at step 4 ", [1]),
+        ("0", "compile", "SIGTERM before training began: nothing trained, nothing saved", []),
+    ],
+    ids=["mid_epoch", "compiling"],
+)
+def test_a_signal_to_one_process_stops_both_at_the_same_point(
+    tiny_data, tmp_path, one_device_run, at, when, line, epochs
+):
+    """SIGTERM to process 1 alone, mid-epoch (once the call up to step 2 of 4 is queued) or as the programs compile:
+    both processes train on to the epoch's end and save there, or stop before training, and exit 143 together (one
+    stopping alone would leave the other waiting in its next collective); the rerun gives the uninterrupted maths."""
+    args = tiny_args(tiny_data, tmp_path)
+    signal_one = (str(ROOT / "tests" / "interrupt.py"), "TERM", at, when)
+    stopped = start_two_processes(args, scripts=((), signal_one), timeout=240)
+    errs = "".join(e[-2000:] for _, e in stopped)
+    assert [rc for rc, _ in stopped] == [128 + signal.SIGTERM] * 2, errs
+    assert all(line in e for _, e in stopped), errs
+    assert [r["epoch"] for r in metrics.read_history(tmp_path)] == epochs
+    rerun = start_two_processes(args, timeout=240)
+    assert [rc for rc, _ in rerun] == [0, 0], "".join(e[-2000:] for _, e in rerun)
+    resumed = [("Resumed from checkpoint at step 4 (epoch 2, 0/4 steps into it)" in e) for _, e in rerun]
+    assert resumed == [bool(epochs)] * 2
+    assert_same_maths(tmp_path, one_device_run)

@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import math
 import pathlib
-import signal
 import sys
 import time
 from typing import Any
@@ -243,11 +242,15 @@ def _train_epochs(
     With host overlap (`resolve_host_overlap`), the host finishes each boundary (an epoch's end, a checkpoint) only
     once the train calls up to the next one are queued behind it: while it reads the scores, logs, writes the history
     and saves, the devices keep training; without, at once. A boundary is always finished before a later one is
-    saved, so the history is never behind a checkpoint."""
+    saved, so the history is never behind a checkpoint.
+
+    A signal stops a one-process run after the call under way; a multi-process job at the next boundary, where every
+    process asks whether any caught one (`guard.heard`), so that all stop at the same step."""
     config, spe, programs = plan.config, plan.steps_per_epoch, plan.programs
     overlap = resolve_host_overlap(config.host_overlap, programs.mesh.devices.flat[0].platform, jax.process_count())
     epoch, clock = EpochProgress(plan, step), TrainingClock(train_seconds)
-    last_val, pending, saved_step = None, None, None
+    last_val, pending, saved_step, heard = None, None, None, None
+    alone = jax.process_count() == 1
     try:
         for n in chunks(step, plan.total_steps, spe, config.steps_per_call, plan.every_steps):
             state = programs.train(n)(state, inputs, np.int32(step), np.int32(step % spe))
@@ -256,7 +259,8 @@ def _train_epochs(
             if writer:
                 writer.steps_done(step, ((step - 1) % spe + 1) * config.batch_size, state.loss_sum)
             save = step % plan.every_steps == 0 or step == plan.total_steps
-            if step % spe == 0 or save:
+            boundary_here = step % spe == 0 or save
+            if boundary_here:
                 state, boundary = begin_boundary(plan, state, step, epoch, save=save, wait=not overlap)
                 saved_step = step if save else saved_step
                 for ready in (pending, None if overlap else boundary):
@@ -266,15 +270,15 @@ def _train_epochs(
                 if step % spe == 0 and step < plan.total_steps:
                     epoch = EpochProgress(plan, step)
                     inputs = inputs.replace(perm=plan.permutation(epoch.index))
-            if guard.signal:
+            if (alone or boundary_here) and (heard := guard.heard()):
                 break
         if pending is not None:  # the last boundary, or the one pending when a signal came
             last_val = finish_boundary(plan, store, writer, pending, clock) or last_val
-        if guard.signal:  # caught during training or while the last boundary was read
+        if heard := heard or guard.heard():  # caught during training or while the last boundary was read
             if saved_step != step:
                 _save(store, writer, plan, state, step, clock.seconds)
             store.wait()
-            raise errors.Interrupted(guard.signal, step, store.directory)
+            raise errors.Interrupted(heard, step, store.directory)
     finally:
         epoch.bar.close()
     return state, clock.seconds, last_val
@@ -317,8 +321,8 @@ def train_and_evaluate(
 def _stop_if_signalled(guard: checkpoints.PreemptionGuard, step: int, store: checkpoints.CheckpointStore) -> None:
     """Before the first train call: a signal caught so far (by any process of the run, so that all stop together)
     ends the run with nothing to save (it goes on from `step`, the restored checkpoint's, when rerun)."""
-    if parallel.any_process(guard.signal is not None):
-        raise errors.Interrupted(guard.signal or signal.SIGTERM, step, store.directory, saved=False)
+    if heard := guard.heard():
+        raise errors.Interrupted(heard, step, store.directory, saved=False)
 
 
 def _run_plan(
