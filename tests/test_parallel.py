@@ -232,23 +232,30 @@ def start_two_processes(args, *, scripts=((), ()), timeout=600):
     return [(p.returncode, e) for p, e in zip(procs, errs, strict=True)]
 
 
-def test_two_processes_train_as_one_and_agree_that_a_run_is_finished(tiny_data, tmp_path, one_device_run):
+@pytest.fixture(scope="module")
+def two_process_run(tiny_data, tmp_path_factory):
+    """The tiny run by two processes (2 fake devices each) joined by jax.distributed: its workdir and their stderr."""
+    workdir = tmp_path_factory.mktemp("two_processes")
+    (rc0, err0), (rc1, err1) = start_two_processes(tiny_args(tiny_data, workdir))
+    assert (rc0, rc1) == (0, 0), err0[-2000:] + err1[-2000:]
+    return workdir, (err0, err1)
+
+
+def test_two_processes_train_as_one_and_agree_that_a_run_is_finished(tiny_data, two_process_run, one_device_run):
     """Two processes (2 fake devices each) joined by jax.distributed: the 1-device maths, files written once. A
     rerun is finished for both even where process 1 cannot see results.json (storage that is not shared)."""
-    args = tiny_args(tiny_data, tmp_path)
-    (rc0, err0), (rc1, err1) = start_two_processes(args)
-    assert (rc0, rc1) == (0, 0), err0[-2000:] + err1[-2000:]
-    assert all(
-        "jax.distributed.initialize" in e and "Mesh: 4 cpu device(s) over 2 process(es)" in e for e in (err0, err1)
-    )
-    history = metrics.read_history(tmp_path)
+    workdir, errs = two_process_run
+    assert all("jax.distributed.initialize" in e and "Mesh: 4 cpu device(s) over 2 process(es)" in e for e in errs)
+    history = metrics.read_history(workdir)
     assert [r["epoch"] for r in history] == [1, 2]  # written by process 0 only
-    assert_same_maths(tmp_path, one_device_run)
-    results = (tmp_path / "results.json").read_bytes()
-    rerun = start_two_processes(args, scripts=((), (str(ROOT / "tests" / "unseen_results.py"),)))
+    assert_same_maths(workdir, one_device_run)
+    results = (workdir / "results.json").read_bytes()
+    rerun = start_two_processes(
+        tiny_args(tiny_data, workdir), scripts=((), (str(ROOT / "tests" / "unseen_results.py"),))
+    )
     assert [rc for rc, _ in rerun] == [0, 0], rerun[0][1][-2000:] + rerun[1][1][-2000:]
     assert all("Run already finished (8 steps)" in e for _, e in rerun)
-    assert (tmp_path / "results.json").read_bytes() == results and len(metrics.read_history(tmp_path)) == 2
+    assert (workdir / "results.json").read_bytes() == results and len(metrics.read_history(workdir)) == 2
 
 
 @pytest.mark.parametrize(
@@ -260,11 +267,12 @@ def test_two_processes_train_as_one_and_agree_that_a_run_is_finished(tiny_data, 
     ids=["mid_epoch", "compiling"],
 )
 def test_a_signal_to_one_process_stops_both_at_the_same_point(
-    tiny_data, tmp_path, one_device_run, at, when, line, epochs
+    tiny_data, tmp_path, two_process_run, at, when, line, epochs
 ):
     """SIGTERM to process 1 alone, mid-epoch (once the call up to step 2 of 4 is queued) or as the programs compile:
     both processes train on to the epoch's end and save there, or stop before training, and exit 143 together (one
-    stopping alone would leave the other waiting in its next collective); the rerun gives the uninterrupted maths."""
+    stopping alone would leave the other waiting in its next collective); the rerun ends with the uninterrupted
+    two-process run's bits."""
     args = tiny_args(tiny_data, tmp_path)
     signal_one = (str(ROOT / "tests" / "interrupt.py"), "TERM", at, when)
     stopped = start_two_processes(args, scripts=((), signal_one), timeout=240)
@@ -276,4 +284,9 @@ def test_a_signal_to_one_process_stops_both_at_the_same_point(
     assert [rc for rc, _ in rerun] == [0, 0], "".join(e[-2000:] for _, e in rerun)
     resumed = [("Resumed from checkpoint at step 4 (epoch 2, 0/4 steps into it)" in e) for _, e in rerun]
     assert resumed == [bool(epochs)] * 2
-    assert_same_maths(tmp_path, one_device_run)
+    uninterrupted = two_process_run[0]
+    assert metrics.load_results(tmp_path)["params_sha256"] == metrics.load_results(uninterrupted)["params_sha256"]
+    losses = [
+        [(r["train_loss"], r["validation_loss"]) for r in metrics.read_history(w)] for w in (tmp_path, uninterrupted)
+    ]
+    assert losses[0] == losses[1]
