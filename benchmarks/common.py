@@ -15,7 +15,6 @@ import functools
 import importlib
 import json
 import pathlib
-import re
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -27,7 +26,7 @@ from absl import flags
 from jax.sharding import Mesh
 from ml_collections import config_flags
 
-from fmnist_jax import data, machine, parallel
+from fmnist_jax import config_lib, data, machine, parallel
 from fmnist_jax.timing import compile_clock
 from fmnist_jax.training import state as state_lib
 from fmnist_jax.training.state import RandomRoots, TrainState
@@ -104,9 +103,11 @@ def load_config(
         config_flags.DEFINE_config_dict(prefix, config, flag_values=values, sys_argv=argv)
         values(argv)
     except AttributeError as e:
-        close = re.search(r'Did you mean "([^"]+)"', str(e))
-        hint = f' (did you mean "{close.group(1)}"?)' if close else ""
-        raise UsageError(f"unknown config field in {' '.join(overrides)}{hint}") from e
+        for override in overrides:
+            field = override.split("=", 1)[0].removeprefix(f"--{prefix}.")
+            if why := config_lib.unknown_field(config, field, source=f"configs/{name}.py"):
+                raise UsageError(f"unknown config field in {override}: {why}") from e
+        raise UsageError(f"unknown config field in {' '.join(overrides)}") from e
     except (flags.Error, KeyError, TypeError, ValueError) as e:
         raise UsageError(" ".join(str(e).split())) from e
     return values[prefix].value

@@ -9,9 +9,11 @@ workdir was trained with.
 
 from __future__ import annotations
 
+import difflib
 import json
 import pathlib
 import re
+import shlex
 from collections.abc import Mapping
 from typing import Any
 
@@ -84,6 +86,26 @@ def get(config: ml_collections.ConfigDict, field: str) -> Any:
     return value
 
 
+def unknown_field(config: ml_collections.ConfigDict, field: str, *, source: str = "the config file") -> str | None:
+    """Why the dotted path `field` names no field of `config` ('config.model has no field "conf" (did you mean
+    "conv"?)'), or None when it does: for the errors of --config.FIELD=VALUE overrides (`source`: the file that
+    lists the fields)."""
+    node, where = config, "config"
+    for part in field.split("."):
+        if not isinstance(node, (Mapping, ml_collections.ConfigDict)):
+            return f"{where} is a value, not a group of fields"
+        if part not in node:
+            keys = sorted(node.keys())
+            close = difflib.get_close_matches(part, keys, n=1)
+            if close:
+                hint = f'did you mean "{close[0]}"?'
+            else:
+                hint = f"its fields: {', '.join(keys)}" if len(keys) <= 12 else f"see {source} for its fields"
+            return f'{where} has no field "{part}" ({hint})'
+        node, where = node[part], f"{where}.{part}"
+    return None
+
+
 def check_positive(config: ml_collections.ConfigDict, *fields: str, allow_zero: bool = False) -> None:
     """Raises ConfigError naming the first of `fields` (dotted paths) that is not a positive number."""
     for field in fields:
@@ -107,7 +129,7 @@ DATA_FIELDS = ("seed", "data.")
 NOTHING_COMPUTED = (CONFIG_FILE, files.LOCK_FILE)
 
 
-def _read_saved(path: pathlib.Path) -> dict[str, Any]:
+def read_saved(path: pathlib.Path) -> dict[str, Any]:
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -125,13 +147,27 @@ def check_trained_with(config: ml_collections.ConfigDict, workdir: str | pathlib
     if not path.exists():
         return
     fields = MODEL_FIELDS + (DATA_FIELDS if evaluate else ())
-    changed = {k: v for k, v in diff(_read_saved(path), to_dict(config)).items() if _matches(k, fields)}
+    changed = {k: v for k, v in diff(read_saved(path), to_dict(config)).items() if _matches(k, fields)}
     if changed:
         listing = ", ".join(f"{k}: trained with {old!r}, asked for {new!r}" for k, (old, new) in changed.items())
+        overrides = " ".join(override(k, old) for k, (old, _) in changed.items())
         raise ConfigError(
-            f"{workdir} was trained with another {'model or data' if evaluate else 'model'} ({listing}); use the "
-            f"config it was trained with ({path})."
+            f"{workdir} was trained with another {'model or data' if evaluate else 'model'} ({listing}); add "
+            f"{overrides} to use what it was trained with (its whole config: {path})."
         )
+
+
+def override(field: str, value: Any) -> str:
+    """The --config.FIELD=VALUE flag that sets the dotted path `field` to `value` (as the shell takes it)."""
+    text = ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+    return shlex.quote(f"--config.{field}={text}")
+
+
+def _what(config: Mapping[str, Any]) -> str:
+    """What a config trains, in words ("cnn (seed_cnn)", "baseline (random_forest)", "compare")."""
+    model = config.get("model")
+    name = model.get("name") if isinstance(model, Mapping) else None
+    return f"{config.get('kind')} ({name})" if name else str(config.get("kind"))
 
 
 def save_or_check(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> None:
@@ -140,10 +176,13 @@ def save_or_check(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
     path = workdir / CONFIG_FILE
     requested = to_dict(config)
     if path.exists():
-        saved = _read_saved(path)
+        saved = read_saved(path)
         changed = diff(saved, requested)
         if changed and all(p.name in NOTHING_COMPUTED for p in workdir.iterdir()):
             logging.info("%s was left by a start that computed nothing; replacing it.", path)
+        elif changed and _what(saved) != _what(requested):
+            what = f"a {_what(saved)} run, not a {_what(requested)} one"
+            raise ConfigError(f"{workdir} holds {what}; use a new --workdir.")
         elif changed:
             listing = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
             unsafe = [k for k in changed if not _matches(k, SAFE_TO_CHANGE)]

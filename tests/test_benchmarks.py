@@ -108,7 +108,11 @@ def test_overrides_are_parsed_as_main_py_parses_them():
             [],
             "--config=random_forest is not a CNN's config; the CNN configs: cnn, speedrun, speedrun_gpu",
         ),
-        ("cnn", ["--config.model.conf=xla"], 'unknown config field in --config.model.conf=xla (did you mean "conv"?)'),
+        (
+            "cnn",
+            ["--config.model.conf=xla"],
+            'unknown config field in --config.model.conf=xla: config.model has no field "conf" (did you mean "conv"?)',
+        ),
         ("cnn", ["--config.num_epochs=x"], "flag --config.num_epochs=x: invalid literal for int()"),
     ],
 )
@@ -135,7 +139,11 @@ def test_a_config_that_cannot_run_is_one_usage_line(name, overrides, says):
         (step_times, ["--variant=a:model.head_width"], "--variant='a:model.head_width': write it as LABEL:"),
         (step_times, ["--variant=base:batch_size=32"], "'base' names --config itself"),
         (step_times, ["--variant=a:batch_size=32", "--variant=a:batch_size=16"], "the label 'a' is used twice"),
-        (step_times, ["--variant=a:model.head_widht=0"], "unknown config field in --config.model.head_widht=0"),
+        (
+            step_times,
+            ["--variant=a:model.head_widht=0"],
+            'in --config.model.head_widht=0: config.model has no field "h',
+        ),
         (step_times, ["--other=linear_svm"], "--other=linear_svm is not a CNN's config"),
         (step_times, ["--rounds=0"], "--rounds=0 must be at least 1"),
         (step_times, ["--other.num_epochs=2"], "--other.FIELD=VALUE overrides need --other=NAME"),

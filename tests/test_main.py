@@ -1,11 +1,14 @@
 """main.py: flags, the default workdir, and one-line errors with exit status 2."""
 
 import json
+import re
+import shlex
 
 import pytest
 from helpers import ROOT, run_main
 
-from fmnist_jax import metrics
+from fmnist_jax import config_lib, metrics
+from fmnist_jax.errors import ConfigError
 
 
 def last_line(result):
@@ -17,13 +20,31 @@ def last_line(result):
     [
         (
             ["--config=configs/cnn.py", "--config.num_epoch=1"],
-            'error: unknown config field: num_epoch Did you mean "num_epochs" instead of "num_epoch"?',
+            'error: unknown config field in --config.num_epoch=1: config has no field "num_epoch" (did you mean '
+            '"num_epochs"?)',
+        ),
+        (
+            ["--config=configs/compare.py", "--config.members.cnn2.num_epochs=1"],
+            'in --config.members.cnn2.num_epochs=1: config.members has no field "cnn2" (did you mean "cnn"?)',
+        ),
+        (
+            ["--config=configs/cnn.py", "--config.model.widths=8,16,32"],
+            'in --config.model.widths=8,16,32: config.model has no field "widths" (its fields: conv, name)',
+        ),
+        (
+            ["--config=configs/compare.py", "--config.members.cnn.foo=1"],
+            'config.members.cnn has no field "foo" (see configs/compare.py for its fields)',
         ),
         (
             ["--config=configs/cnn.py", "--config.num_epochs=abc"],
-            "error: flag --config.num_epochs=abc: invalid literal for int() with base 10: 'abc",
+            "error: flag --config.num_epochs=abc: invalid literal for int() with base 10: 'abc'",
         ),
-        (["--config=configs/missing.py"], "No such file or directory: 'configs/missing.py"),
+        (["--config=configs/missing.py"], "error: --config=configs/missing.py: no such file (the configs in "),
+        (["--config=configs/cnn.py", "extra"], "error: unexpected arguments ['extra']: settings are flags"),
+        (  # a run's config.json is not a config file
+            ["--config=tests/fingerprints.json"],
+            "error: --config=tests/fingerprints.json could not be loaded as a config file (",
+        ),
         (
             ["--config=configs/cnn.py", "--config.data.dir=/nonexistent/fmnist"],
             "error: data folder /nonexistent/fmnist does not exist. Get Fashion-MNIST one of three ways",
@@ -85,3 +106,37 @@ def test_compilation_cache_off_on_cpu_by_default_and_a_folder_reused_to_the_same
     given.mkdir()
     assert train("off", "--config.compilation_cache=off", env={"JAX_COMPILATION_CACHE_DIR": str(given)}) == reference
     assert list(given.iterdir()) == []
+
+
+def test_evaluate_with_another_config_names_the_flags_that_restore_the_trained_one(tmp_path):
+    """The refusal to evaluate a workdir with another model or data says which --config.FIELD=VALUE flags give the
+    config it was trained with; added to the command, they pass the check (tuples and floats as flags take them)."""
+    from benchmarks import common
+
+    trained = common.load_config("vgg_bn", ["--config.model.widths=16,32,64", "--config.data.validation_size=500"])
+    config_lib.save_or_check(trained, tmp_path)
+    asked = common.load_config("vgg_bn", ["--config.mode=evaluate", "--config.model.dropout=0.25"])
+    with pytest.raises(ConfigError) as refused:
+        config_lib.check_trained_with(asked, tmp_path, evaluate=True)
+    flags = shlex.split(re.search(r"; add (.*) to use what it was trained with", str(refused.value)).group(1))
+    assert sorted(flags) == [
+        "--config.data.validation_size=500",
+        f"--config.model.dropout={trained.model.dropout}",
+        "--config.model.widths=16,32,64",
+    ]
+    config_lib.check_trained_with(
+        common.load_config("vgg_bn", ["--config.mode=evaluate", *flags]), tmp_path, evaluate=True
+    )
+
+
+def test_a_workdir_of_another_kind_of_run_is_refused_in_one_short_line(tmp_path):
+    """A baseline started in a CNN's workdir: one line saying what the workdir holds, not every field that differs."""
+    from benchmarks import common
+
+    config_lib.save_or_check(common.load_config("cnn"), tmp_path)
+    (tmp_path / metrics.HISTORY_FILE).write_text("")  # something computed: the config.json may not be replaced
+    with pytest.raises(ConfigError) as refused:
+        config_lib.save_or_check(common.load_config("random_forest"), tmp_path)
+    assert str(refused.value) == (
+        f"{tmp_path} holds a cnn (seed_cnn) run, not a baseline (random_forest) one; use a new --workdir."
+    )

@@ -210,7 +210,8 @@ def test_the_colab_notebook_runs_headlessly_with_tiny_settings(tiny_data, tmp_pa
     # The devices, asked in a child process; the whole log streamed, from its first lines (not only the last 8).
     assert "backend cpu: 1 device(s)" in text and "Mesh: 1 cpu device(s)" in text
     assert (
-        'FAILED: main.py exited with 2: error: unknown config field: nme Did you mean "name" instead of "nme"?' in text
+        "FAILED: main.py exited with 2: error: unknown config field in --config.model.nme=resnet: config.model has no"
+        ' field "nme" (did you mean "name"?)' in text
     )
 
 
@@ -234,7 +235,10 @@ def test_the_accelerator_check_runs_on_one_device_and_reports_each_figure(tiny_d
         ("--config=random_forest", "--config=random_forest is not a CNN's config"),
         ("--config=cnn2", "no configs/cnn2.py"),
         ("--large_batch=0", "--large_batch=0 must be at least 1"),
-        ("--config.model.conf=xla", 'unknown config field in --config.model.conf=xla (did you mean "conv"?)'),
+        (
+            "--config.model.conf=xla",
+            'in --config.model.conf=xla: config.model has no field "conf" (did you mean "conv"?)',
+        ),
     ],
 )
 def test_the_accelerator_check_refuses_what_it_cannot_time_before_any_figure(capsys, args, says):
