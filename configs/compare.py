@@ -22,7 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.quick = False  # True: apply quick_overrides (few epochs, few trees, a data subset)
     # Each member is a full config (override any field: --config.members.cnn.num_epochs=5) plus `enabled` and
     # `workdir`: None trains in WORKDIR/<member>/seed_<seed>; a folder (with {seed} in it for several seeds)
-    # holding a finished run is reported as it is.
+    # holding a finished run is reported as it is (an interrupted one resumes; a missing one is an error).
     config.members = ml_collections.ConfigDict()
     members = (
         ("cnn", cnn),

@@ -141,6 +141,22 @@ def member_runs(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> lis
     return runs
 
 
+def _warn_if_other_settings(member: MemberRun) -> None:
+    """A reused run trained with settings other than its member's is reported as it is, with a warning that names
+    them (a run of fewer epochs would otherwise stand unmarked beside full ones)."""
+    saved = config_lib.read_saved(member.workdir / config_lib.CONFIG_FILE)
+    changed = config_lib.diff(saved, config_lib.to_dict(member.config))
+    if changed:
+        listing = ", ".join(f"{k}: {old!r} (member: {new!r})" for k, (old, new) in changed.items())
+        logging.warning(
+            "%s, seed %d: %s was trained with other settings (%s); reported as it is.",
+            member.name,
+            member.seed,
+            member.workdir,
+            listing,
+        )
+
+
 def _run_compare(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, dict[int, Any]]:
     """Runs every member's seeds that have no finished run yet, then builds the report from all of them;
     returns each member's results by seed."""
@@ -149,6 +165,12 @@ def _run_compare(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> di
     if config.mode != "train":
         raise ConfigError("a comparison only trains and reports: run evaluate/predict on a member's workdir.")
     runs = member_runs(config, workdir)
+    for member in runs:  # before anything trains: a mistyped folder would start a whole run elsewhere
+        if member.named and not member.workdir.exists():
+            raise ConfigError(
+                f"config.members.{member.name}.workdir: {member.workdir} does not exist; name the folder of a "
+                f"finished (or interrupted) run, or leave it unset to train in {workdir / member.name}/seed_<seed>."
+            )
     config_lib.save_or_check(config, workdir)
     for member in runs:
         if member.named and (member.workdir / metrics.RESULTS_FILE).exists():
@@ -159,6 +181,7 @@ def _run_compare(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> di
                     f"{member.seed}; name one folder per seed with {{seed}} or set --config.seeds={found}."
                 )
             logging.info("%s, seed %d: reusing the finished run in %s", member.name, member.seed, member.workdir)
+            _warn_if_other_settings(member)
         else:
             logging.info("%s, seed %d: running in %s", member.name, member.seed, member.workdir)
             run(member.config, member.workdir)

@@ -2,6 +2,7 @@
 
 import base64
 import json
+import logging
 import re
 import shutil
 
@@ -122,16 +123,25 @@ def test_rerun_reuses_finished_members(comparison):
     assert stamps == [p.stat().st_mtime_ns for p in paths]
 
 
-def test_named_member_workdir_is_reported_not_retrained(comparison, tmp_path):
+def test_named_member_workdir_is_reported_not_retrained(comparison, tmp_path, caplog):
+    """Named finished runs are reported as they are; one trained with settings other than its member's (here the
+    CNN's learning rate) with a warning that names them."""
     config, workdir, results = comparison
     for name in results:
         config.members[name].workdir = str(workdir / name / "seed_{seed}")
+    rate = config.members.cnn.learning_rate
+    config.members.cnn.learning_rate = rate * 2
     try:
-        out = run.run(config, tmp_path)
+        with caplog.at_level(logging.WARNING):
+            out = run.run(config, tmp_path)
     finally:
         for name in results:
             config.members[name].workdir = None
+        config.members.cnn.learning_rate = rate
     assert out == results and not list(tmp_path.glob("*/seed_*"))
+    warned = [r.getMessage() for r in caplog.records if "trained with other settings" in r.getMessage()]
+    assert [w.split(":")[0] for w in warned] == ["cnn, seed 0", "cnn, seed 1"]
+    assert all(f"(learning_rate: {rate!r} (member: {rate * 2!r})); reported as it is." in w for w in warned)
     # The report of the named runs shows what the comparison that trained them showed.
     summary = table_rows((tmp_path / "report.md").read_text(), "| model | test accuracy")
     assert summary == table_rows((workdir / "report.md").read_text(), "| model | test accuracy")
@@ -208,6 +218,10 @@ def test_a_named_workdir_for_several_seeds_must_hold_the_seed(tiny_data, tmp_pat
     config.members.cnn.workdir = str(tmp_path / "cnn_{name}_{seed}")
     with pytest.raises(ConfigError, match=r"only \{seed\} may stand in braces \(KeyError\('name'\)\)"):
         run.run(config, tmp_path / "compare")
+    config.members.cnn.workdir = str(tmp_path / "cnn_seed{seed}")  # a folder that does not exist: a typo
+    with pytest.raises(ConfigError, match=r"cnn_seed0 does not exist; name the folder of a finished \(or interr"):
+        run.run(config, tmp_path / "compare")
+    assert not list((tmp_path / "compare").glob("*/seed_*"))  # checked before any member trained
     config.members.cnn.workdir = None
     config.seeds = (1, 1)
     with pytest.raises(ConfigError, match=r"config\.seeds=\(1, 1\) must be distinct integers"):
