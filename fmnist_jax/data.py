@@ -42,12 +42,14 @@ IDX_FILES = {
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
 SOURCES = ("auto", "idx", "tfds")
 
-HOW_TO_GET_DATA = (
-    "Get Fashion-MNIST one of three ways: "
+IDX_WAYS = (
     "(1) on Debian/Ubuntu `sudo apt-get install dataset-fashion-mnist` (files land in "
     f"{DEBIAN_DIR}); "
     "(2) download the four *-ubyte.gz files from https://github.com/zalandoresearch/fashion-mnist "
-    f"(data/fashion) into a folder and pass --config.data.dir=FOLDER or set {ENV_VAR}=FOLDER; "
+    f"(data/fashion) into a folder and pass --config.data.dir=FOLDER or set {ENV_VAR}=FOLDER"
+)
+HOW_TO_GET_DATA = (
+    f"Get Fashion-MNIST one of three ways: {IDX_WAYS}; "
     "(3) --config.data.source=tfds with tensorflow-datasets and internet access."
 )
 
@@ -190,7 +192,9 @@ def load_tfds(data_dir: str | None = None) -> tuple[dict[str, Split], dict[str, 
             records = [source[i] for i in range(len(source))]
         except Exception as e:  # TFDS raises many types (network, missing TensorFlow for preparing, ...)
             raise DataError(
-                f"TFDS could not provide fashion_mnist/{split}: {type(e).__name__}: {e}. " + HOW_TO_GET_DATA
+                f"TFDS could not provide fashion_mnist/{split}: {type(e).__name__}: {e}. Its first preparation "
+                "needs internet access and TensorFlow (pip install tensorflow-cpu); or read the IDX files, got one "
+                f"of two ways: {IDX_WAYS}."
             ) from e
         images = np.stack([np.asarray(r["image"], np.uint8).reshape(IMAGE_SHAPE) for r in records])
         labels = np.asarray([int(r["label"]) for r in records], np.int32)

@@ -9,6 +9,7 @@ import pytest
 from helpers import idx_bytes, write_idx_dataset
 
 from fmnist_jax import data
+from fmnist_jax.errors import DataError
 
 
 def data_config(**fields) -> ml_collections.ConfigDict:
@@ -177,3 +178,28 @@ def test_real_data_files(real_data_dir):
     assert dataset.checksums["t10k-labels-idx1-ubyte.gz"] == (
         "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05"
     )
+
+
+def test_a_tfds_failure_says_what_its_preparation_needs_and_the_other_sources(monkeypatch):
+    """TFDS failing (here: no network for its first preparation) names the split and the error, what the
+    preparation needs, and the IDX ways; not the TFDS way just tried."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+
+    def offline(name, split, data_dir=None):
+        raise ConnectionError(f"cannot download {name}")
+
+    monkeypatch.setattr(tfds, "data_source", offline)
+    with pytest.raises(DataError) as failed:
+        data.load(data_config(source="tfds", validation_size=10), seed=0)
+    message = str(failed.value)
+    assert message.startswith("TFDS could not provide fashion_mnist/train: ConnectionError: cannot download fashion")
+    assert "needs internet access and TensorFlow" in message and "dataset-fashion-mnist" in message
+    assert "source=tfds" not in message
+
+
+def test_tfds_preparation_finds_what_it_imports():
+    """TFDS's first preparation imports importlib_resources (through etils), which no longer comes with it: a
+    requirement of ours. Without it the preparation fails before any download with ModuleNotFoundError."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    builder = tfds.builder("fashion_mnist", data_dir="/nonexistent-tfds-dir")
+    assert builder.code_path.suffix == ".py" and builder.code_path.exists()
