@@ -16,12 +16,12 @@ from configs import vgg_bn
 def get_config() -> ml_collections.ConfigDict:
     config = vgg_bn.get_config()
     config.name = "speedrun"
-    # Chosen on the validation split (docs/models.md#the-speedrun): one convolution per stage, 24, 48 and 96
-    # channels (vgg_bn's 32, 64, 128 at 26 epochs: 0.9481 of validation accuracy; these: 0.9453 at 26 epochs and
-    # 0.9467 at 30, for 0.73x the time per image); batch 64, which costs no more per image than 128 on a CPU and
-    # makes twice the updates; no dropout, which a short run does not need; no moving average, which a schedule
-    # that decays to zero makes redundant (removing it cost 0.0001 of validation accuracy, and it never changes
-    # the trained weights: tests/test_vgg_bn_runs.py).
+    # Chosen on the validation split (docs/models.md#the-speedrun-time-to-accuracy-on-a-cpu): one convolution per stage,
+    # 24, 48 and 96 channels (vgg_bn's 32, 64, 128 at 26 epochs: 0.9481 of validation accuracy; these: 0.9453 at 26
+    # epochs and 0.9467 at 30, for 0.73x the time per image); batch 64, which costs no more per image than 128 on a CPU
+    # and makes twice the updates; no dropout, which a short run does not need; no moving average, which a schedule that
+    # decays to zero makes redundant (removing it cost 0.0001 of validation accuracy, and it never changes the trained
+    # weights: tests/test_vgg_bn_runs.py).
     config.model.depths = (1, 1, 1)
     config.model.widths = (24, 48, 96)
     config.batch_size = 64

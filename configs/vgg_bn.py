@@ -1,8 +1,8 @@
 r"""Beyond the study: a VGG-style CNN with BatchNorm and a modern recipe, 20 epochs on all 60k images: test accuracy
 0.9441 +/- 0.0020 over seeds 0-2, 24-25 min a run on 2 cores of an AMD EPYC (AVX-512).
 
-python main.py --config=configs/vgg_bn.py --workdir=runs/vgg_bn
-python main.py --config=configs/vgg_bn.py --workdir=runs/vgg_bn_s1 --config.seed=1
+python main.py --config=configs/vgg_bn.py --workdir=runs/vgg_bn_seed0
+python main.py --config=configs/vgg_bn.py --workdir=runs/vgg_bn_seed1 --config.seed=1
 python main.py --config=configs/vgg_bn.py --workdir=runs/vgg_bn_val --config.data.validation_size=12000
 """
 

@@ -1,6 +1,6 @@
 """Where a run's seconds go: the compile clock, the process's age, and a run's named phases.
 
-`train_and_evaluate` times its phases (data, set-up, restore, training, the wait for the last checkpoint,
+`train_and_evaluate` times its phases (data, set-up, restore, compile, training, the wait for the last checkpoint,
 evaluation, writing) and the XLA compilations inside them, logs them in one line and keeps them in results.json
 under "seconds"; the benchmarks time their compilations with the same clock.
 """
