@@ -182,7 +182,9 @@ def save_or_check(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
             logging.info("%s was left by a start that computed nothing; replacing it.", path)
         elif changed and _what(saved) != _what(requested):
             what = f"a {_what(saved)} run, not a {_what(requested)} one"
-            raise ConfigError(f"{workdir} holds {what}; use a new --workdir.")
+            first = sorted(changed, key=lambda k: (k not in ("kind", "name", "model.name"), k))
+            names = ", ".join(first[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+            raise ConfigError(f"{workdir} holds {what} (fields that differ: {names}); use a new --workdir.")
         elif changed:
             listing = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
             unsafe = [k for k in changed if not _matches(k, SAFE_TO_CHANGE)]

@@ -130,13 +130,16 @@ def test_evaluate_with_another_config_names_the_flags_that_restore_the_trained_o
 
 
 def test_a_workdir_of_another_kind_of_run_is_refused_in_one_short_line(tmp_path):
-    """A baseline started in a CNN's workdir: one line saying what the workdir holds, not every field that differs."""
+    """A baseline started in a CNN's workdir: one short line saying what the workdir holds and the main fields that
+    differ, not all thirty."""
     from benchmarks import common
 
     config_lib.save_or_check(common.load_config("cnn"), tmp_path)
     (tmp_path / metrics.HISTORY_FILE).write_text("")  # something computed: the config.json may not be replaced
     with pytest.raises(ConfigError) as refused:
         config_lib.save_or_check(common.load_config("random_forest"), tmp_path)
-    assert str(refused.value) == (
-        f"{tmp_path} holds a cnn (seed_cnn) run, not a baseline (random_forest) one; use a new --workdir."
+    assert str(refused.value).startswith(
+        f"{tmp_path} holds a cnn (seed_cnn) run, not a baseline (random_forest) one (fields that differ: kind,"
+        " model.name, name, "
     )
+    assert re.search(r" and \d+ more\); use a new --workdir\.$", str(refused.value))
