@@ -13,7 +13,9 @@ import difflib
 import json
 import pathlib
 import re
+import runpy
 import shlex
+import traceback
 from collections.abc import Mapping
 from typing import Any
 
@@ -106,6 +108,47 @@ def unknown_field(config: ml_collections.ConfigDict, field: str, *, source: str 
     return None
 
 
+_CONFIG_FLAG = re.compile(r"^--?config(?:=(.*))?$")
+_OVERRIDE_FLAG = re.compile(r"^--?(?:no)?config\.([^=]+)")
+
+
+def flag_error(argv: list[str], error: Exception, configs_dir: pathlib.Path) -> str:
+    """One line for the flags in `argv` that absl or ml_collections refused with `error` (main.py): a missing or
+    broken config file (with the line that failed), an override of a field the config lacks (`unknown_field`), or
+    the library's own message."""
+    name = None
+    for i, arg in enumerate(argv):  # the last --config wins, as in absl
+        if match := _CONFIG_FLAG.match(arg):
+            name = match.group(1) if match.group(1) is not None else (argv[i + 1] if i + 1 < len(argv) else None)
+    if name is not None:
+        path, param = pathlib.Path(name), []
+        if not path.is_file() and ":" in name:  # FILE:PARAMETER, passed to get_config
+            head, tail = name.split(":", 1)
+            path, param = pathlib.Path(head), [tail]
+        if not path.is_file():
+            configs = ", ".join(sorted(c.name for c in configs_dir.glob("[!_]*.py") if c.stem != "common"))
+            return f"--config={name}: no such file (the configs in {configs_dir}: {configs})"
+        try:
+            config = runpy.run_path(str(path), run_name="config_file")["get_config"](*param)
+        except Exception as e:  # any failure of the user's file, in one line with where it happened
+            frames = [f for f in traceback.extract_tb(e.__traceback__) if pathlib.Path(f.filename) == path]
+            where = f" at {path}:{frames[-1].lineno}" if frames else ""
+            hint = "" if path.suffix == ".py" else "; --config takes a Python file whose get_config() returns a config"
+            return f"--config={name} could not be loaded as a config file ({type(e).__name__}{where}: {e}){hint}"
+        for arg in argv:
+            if match := _OVERRIDE_FLAG.match(arg):
+                field = match.group(1)
+                member = re.match(r"members\.([^.]+)\.", field)  # a comparison's member: fields of its own file
+                own = member and f"{configs_dir.name}/{member.group(1)}.py"
+                why = unknown_field(config, field, source=own if own and (configs_dir.parent / own).is_file() else name)
+                if why:
+                    return f"unknown config field in {arg}: {why}"
+    text = " ".join(str(error).replace("\\n", " ").replace("\\'", "'").split())
+    if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+        text = text[1:-1]  # a KeyError's quotes
+    return text
+
+
 def check_positive(config: ml_collections.ConfigDict, *fields: str, allow_zero: bool = False) -> None:
     """Raises ConfigError naming the first of `fields` (dotted paths) that is not a positive number."""
     for field in fields:
@@ -150,16 +193,25 @@ def check_trained_with(config: ml_collections.ConfigDict, workdir: str | pathlib
     changed = {k: v for k, v in diff(read_saved(path), to_dict(config)).items() if _matches(k, fields)}
     if changed:
         listing = ", ".join(f"{k}: trained with {old!r}, asked for {new!r}" for k, (old, new) in changed.items())
-        overrides = " ".join(override(k, old) for k, (old, _) in changed.items())
+        add = [override(k, old) for k, (old, _) in changed.items() if old is not None]
+        drop = [f"--config.{k}" for k, (old, _) in changed.items() if old is None]  # unset, or not in that config
+        how = " and ".join(
+            filter(None, [f"add {' '.join(add)}" if add else "", f"drop {' '.join(drop)}" if drop else ""])
+        )
         raise ConfigError(
-            f"{workdir} was trained with another {'model or data' if evaluate else 'model'} ({listing}); add "
-            f"{overrides} to use what it was trained with (its whole config: {path})."
+            f"{workdir} was trained with another {'model or data' if evaluate else 'model'} ({listing}); {how} "
+            f"to use what it was trained with (its whole config: {path})."
         )
 
 
 def override(field: str, value: Any) -> str:
-    """The --config.FIELD=VALUE flag that sets the dotted path `field` to `value` (as the shell takes it)."""
-    text = ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+    """The --config.FIELD=VALUE flag that sets the dotted path `field` to `value`, in the form ml_collections parses
+    back (numbers joined by commas, other sequences as a tuple's repr), quoted for the shell."""
+    if isinstance(value, (list, tuple)):
+        numbers = value and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        text = ",".join(str(v) for v in value) if numbers else repr(tuple(value))
+    else:
+        text = str(value)
     return shlex.quote(f"--config.{field}={text}")
 
 

@@ -141,20 +141,36 @@ def member_runs(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> lis
     return runs
 
 
-def _warn_if_other_settings(member: MemberRun) -> None:
-    """A reused run trained with settings other than its member's is reported as it is, with a warning that names
-    them (a run of fewer epochs would otherwise stand unmarked beside full ones)."""
-    saved = config_lib.read_saved(member.workdir / config_lib.CONFIG_FILE)
-    changed = config_lib.diff(saved, config_lib.to_dict(member.config))
-    if changed:
-        listing = ", ".join(f"{k}: {old!r} (member: {new!r})" for k, (old, new) in changed.items())
+def _check_named(member: MemberRun, workdir: pathlib.Path) -> bool:
+    """Whether the named folder of `member` holds its finished run, checked before anything trains: a folder that
+    does not exist (a typo would start a whole run there) or a run of another seed is an error; a run trained with
+    settings other than its member's, or whose settings are unknown (no config.json), is reported with a warning."""
+    where = f"config.members.{member.name}.workdir: {member.workdir}"
+    if not member.workdir.exists():
+        raise ConfigError(
+            f"{where} does not exist; name the folder of a finished (or interrupted) run, or leave it unset to "
+            f"train in {workdir / member.name}/seed_<seed>."
+        )
+    if not (member.workdir / metrics.RESULTS_FILE).exists():
+        return False  # an interrupted run: it resumes there
+    found = metrics.load_results(member.workdir)["seed"]
+    if found != member.seed:
+        raise ConfigError(
+            f"{where} holds a run of seed {found}, not {member.seed}; name one folder per seed with {{seed}} or set "
+            f"--config.seeds={found}."
+        )
+    saved = member.workdir / config_lib.CONFIG_FILE
+    changed = config_lib.diff(config_lib.read_saved(saved), config_lib.to_dict(member.config)) if saved.exists() else {}
+    listing = ", ".join(f"{k}: {old!r} (member: {new!r})" for k, (old, new) in changed.items())
+    if not saved.exists() or changed:
         logging.warning(
-            "%s, seed %d: %s was trained with other settings (%s); reported as it is.",
+            "%s, seed %d: %s %s; reported as it is.",
             member.name,
             member.seed,
             member.workdir,
-            listing,
+            f"was trained with other settings ({listing})" if changed else "has no config.json: its settings unknown",
         )
+    return True
 
 
 def _run_compare(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, dict[int, Any]]:
@@ -165,23 +181,11 @@ def _run_compare(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> di
     if config.mode != "train":
         raise ConfigError("a comparison only trains and reports: run evaluate/predict on a member's workdir.")
     runs = member_runs(config, workdir)
-    for member in runs:  # before anything trains: a mistyped folder would start a whole run elsewhere
-        if member.named and not member.workdir.exists():
-            raise ConfigError(
-                f"config.members.{member.name}.workdir: {member.workdir} does not exist; name the folder of a "
-                f"finished (or interrupted) run, or leave it unset to train in {workdir / member.name}/seed_<seed>."
-            )
+    reused = [member.named and _check_named(member, workdir) for member in runs]  # before anything trains
     config_lib.save_or_check(config, workdir)
-    for member in runs:
-        if member.named and (member.workdir / metrics.RESULTS_FILE).exists():
-            found = metrics.load_results(member.workdir)["seed"]
-            if found != member.seed:
-                raise ConfigError(
-                    f"config.members.{member.name}.workdir: {member.workdir} holds a run of seed {found}, not "
-                    f"{member.seed}; name one folder per seed with {{seed}} or set --config.seeds={found}."
-                )
+    for member, finished in zip(runs, reused, strict=True):
+        if finished:
             logging.info("%s, seed %d: reusing the finished run in %s", member.name, member.seed, member.workdir)
-            _warn_if_other_settings(member)
         else:
             logging.info("%s, seed %d: running in %s", member.name, member.seed, member.workdir)
             run(member.config, member.workdir)

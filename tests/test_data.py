@@ -198,8 +198,8 @@ def test_a_tfds_failure_says_what_its_preparation_needs_and_the_other_sources(mo
 
 
 def test_tfds_preparation_finds_what_it_imports():
-    """TFDS's first preparation imports importlib_resources (through etils), which no longer comes with it: a
-    requirement of ours. Without it the preparation fails before any download with ModuleNotFoundError."""
+    """TFDS's dataset builder imports importlib_resources for a first preparation but declares it only for Python
+    below 3.9: a requirement of ours. Without it the preparation fails before any download (ModuleNotFoundError)."""
     tfds = pytest.importorskip("tensorflow_datasets")
     builder = tfds.builder("fashion_mnist", data_dir="/nonexistent-tfds-dir")
     assert builder.code_path.suffix == ".py" and builder.code_path.exists()

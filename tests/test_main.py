@@ -33,7 +33,7 @@ def last_line(result):
         ),
         (
             ["--config=configs/compare.py", "--config.members.cnn.foo=1"],
-            'config.members.cnn has no field "foo" (see configs/compare.py for its fields)',
+            'config.members.cnn has no field "foo" (see configs/cnn.py for its fields)',
         ),
         (
             ["--config=configs/cnn.py", "--config.num_epochs=abc"],
@@ -109,24 +109,38 @@ def test_compilation_cache_off_on_cpu_by_default_and_a_folder_reused_to_the_same
 
 
 def test_evaluate_with_another_config_names_the_flags_that_restore_the_trained_one(tmp_path):
-    """The refusal to evaluate a workdir with another model or data says which --config.FIELD=VALUE flags give the
-    config it was trained with; added to the command, they pass the check (tuples and floats as flags take them)."""
+    """The refusal to evaluate a workdir with another model or data says which --config.FIELD=VALUE flags to add
+    and which to drop (a field the run left unset) for the config it was trained with; so changed, the command
+    passes the check (tuples, floats and None as the flags take them)."""
     from benchmarks import common
 
     trained = common.load_config("vgg_bn", ["--config.model.widths=16,32,64", "--config.data.validation_size=500"])
     config_lib.save_or_check(trained, tmp_path)
-    asked = common.load_config("vgg_bn", ["--config.mode=evaluate", "--config.model.dropout=0.25"])
+    asked_flags = ["--config.mode=evaluate", "--config.model.dropout=0.25", "--config.data.num_train=6000"]
     with pytest.raises(ConfigError) as refused:
-        config_lib.check_trained_with(asked, tmp_path, evaluate=True)
-    flags = shlex.split(re.search(r"; add (.*) to use what it was trained with", str(refused.value)).group(1))
-    assert sorted(flags) == [
+        config_lib.check_trained_with(common.load_config("vgg_bn", asked_flags), tmp_path, evaluate=True)
+    how = re.search(r"; add (.*) and drop (.*) to use what it was trained with", str(refused.value))
+    add, drop = shlex.split(how.group(1)), how.group(2).split()
+    assert sorted(add) == [
         "--config.data.validation_size=500",
         f"--config.model.dropout={trained.model.dropout}",
         "--config.model.widths=16,32,64",
     ]
-    config_lib.check_trained_with(
-        common.load_config("vgg_bn", ["--config.mode=evaluate", *flags]), tmp_path, evaluate=True
-    )
+    assert drop == ["--config.data.num_train"]
+    fixed = [f for f in asked_flags if f.split("=")[0] not in drop] + add
+    config_lib.check_trained_with(common.load_config("vgg_bn", fixed), tmp_path, evaluate=True)
+
+
+def test_a_suggested_flag_parses_back_to_its_value():
+    """`config_lib.override` writes each kind of value so that ml_collections reads it back as it was."""
+    from benchmarks import common
+
+    config = common.load_config("vgg_bn")
+    cases = {"model.widths": (8, 16), "augment.flip": False, "name": "a b", "learning_rate": 0.5, "model.depths": ()}
+    assert all(config_lib.get(config, field) != value for field, value in cases.items())  # each one a change
+    flags = [shlex.split(config_lib.override(field, value))[0] for field, value in cases.items()]
+    parsed = common.load_config("vgg_bn", flags)
+    assert {field: config_lib.get(parsed, field) for field in cases} == cases
 
 
 def test_a_workdir_of_another_kind_of_run_is_refused_in_one_short_line(tmp_path):

@@ -275,12 +275,12 @@ def test_a_signal_to_one_process_stops_both_at_the_same_point(
     two-process run's bits."""
     args = tiny_args(tiny_data, tmp_path)
     signal_one = (str(ROOT / "tests" / "interrupt.py"), "TERM", at, when)
-    stopped = start_two_processes(args, scripts=((), signal_one), timeout=240)
+    stopped = start_two_processes(args, scripts=((), signal_one), timeout=360)
     errs = "".join(e[-2000:] for _, e in stopped)
     assert [rc for rc, _ in stopped] == [128 + signal.SIGTERM] * 2, errs
     assert all(line in e for _, e in stopped), errs
     assert [r["epoch"] for r in metrics.read_history(tmp_path)] == epochs
-    rerun = start_two_processes(args, timeout=240)
+    rerun = start_two_processes(args, timeout=360)
     assert [rc for rc, _ in rerun] == [0, 0], "".join(e[-2000:] for _, e in rerun)
     resumed = [("Resumed from checkpoint at step 4 (epoch 2, 0/4 steps into it)" in e) for _, e in rerun]
     assert resumed == [bool(epochs)] * 2

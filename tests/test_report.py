@@ -125,10 +125,14 @@ def test_rerun_reuses_finished_members(comparison):
 
 def test_named_member_workdir_is_reported_not_retrained(comparison, tmp_path, caplog):
     """Named finished runs are reported as they are; one trained with settings other than its member's (here the
-    CNN's learning rate) with a warning that names them."""
+    CNN's learning rate) with a warning that names them, one without its config.json with a warning too."""
     config, workdir, results = comparison
     for name in results:
         config.members[name].workdir = str(workdir / name / "seed_{seed}")
+    for seed in (0, 1):  # the SVM's runs copied without their config.json: settings unknown
+        shutil.copytree(workdir / "linear_svm" / f"seed_{seed}", tmp_path / "svm" / f"seed_{seed}")
+        (tmp_path / "svm" / f"seed_{seed}" / config_lib.CONFIG_FILE).unlink()
+    config.members.linear_svm.workdir = str(tmp_path / "svm" / "seed_{seed}")
     rate = config.members.cnn.learning_rate
     config.members.cnn.learning_rate = rate * 2
     try:
@@ -138,10 +142,19 @@ def test_named_member_workdir_is_reported_not_retrained(comparison, tmp_path, ca
         for name in results:
             config.members[name].workdir = None
         config.members.cnn.learning_rate = rate
-    assert out == results and not list(tmp_path.glob("*/seed_*"))
-    warned = [r.getMessage() for r in caplog.records if "trained with other settings" in r.getMessage()]
-    assert [w.split(":")[0] for w in warned] == ["cnn, seed 0", "cnn, seed 1"]
-    assert all(f"(learning_rate: {rate!r} (member: {rate * 2!r})); reported as it is." in w for w in warned)
+    assert out == results and sorted(tmp_path.glob("*/seed_*")) == [
+        tmp_path / "svm" / "seed_0",
+        tmp_path / "svm" / "seed_1",
+    ]
+    warned = [r.getMessage() for r in caplog.records if "reported as it is" in r.getMessage()]
+    assert [w.split(":")[0] for w in warned] == [
+        "cnn, seed 0",
+        "cnn, seed 1",
+        "linear_svm, seed 0",
+        "linear_svm, seed 1",
+    ]
+    assert all(f"other settings (learning_rate: {rate!r} (member: {rate * 2!r})); reported" in w for w in warned[:2])
+    assert all("has no config.json: its settings unknown; reported as it is." in w for w in warned[2:])
     # The report of the named runs shows what the comparison that trained them showed.
     summary = table_rows((tmp_path / "report.md").read_text(), "| model | test accuracy")
     assert summary == table_rows((workdir / "report.md").read_text(), "| model | test accuracy")
