@@ -41,6 +41,14 @@ def last_line(result):
         ),
         (["--config=configs/missing.py"], "error: --config=configs/missing.py: no such file (the configs in "),
         (["--config=configs/cnn.py", "extra"], "error: unexpected arguments ['extra']: settings are flags"),
+        (  # the last --config is the one absl loads
+            ["--config=configs/vgg_bn.py", "--config=configs/cnn.py", "--config.model.widths=8,16"],
+            'in --config.model.widths=8,16: config.model has no field "widths" (its fields: conv, name)',
+        ),
+        (
+            ["--config=configs/cnn.py", "--noconfig.tensorboard.enable"],
+            'in --noconfig.tensorboard.enable: config.tensorboard has no field "enable" (did you mean "enabled"?)',
+        ),
         (  # a run's config.json is not a config file
             ["--config=tests/fingerprints.json"],
             "error: --config=tests/fingerprints.json could not be loaded as a config file (",
@@ -157,3 +165,14 @@ def test_a_workdir_of_another_kind_of_run_is_refused_in_one_short_line(tmp_path)
         " model.name, name, "
     )
     assert re.search(r" and \d+ more\); use a new --workdir\.$", str(refused.value))
+
+
+def test_a_config_file_that_fails_names_its_line(tmp_path):
+    config = tmp_path / "mine.py"
+    config.write_text("import ml_collections\n\n\ndef get_config():\n    return ml_collections.ConfigDict({'a': b})\n")
+    result = run_main(f"--config={config}", f"--workdir={tmp_path / 'w'}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert last_line(result) == (
+        f"error: --config={config} could not be loaded as a config file (NameError at {config}:5: name 'b' is not "
+        "defined)"
+    )
