@@ -11,6 +11,7 @@ import importlib
 import io
 import json
 import pathlib
+import re
 import statistics
 import subprocess
 import sys
@@ -449,3 +450,16 @@ def test_the_product_forms_compute_the_products_of_a_layer_and_are_timed_per_dty
         (dtype, name) for dtype in ("float32", "bfloat16") for name, _, _ in products.forms(64, 256, 10)
     ]
     assert all((r["m"], r["k"], r["n"]) == (64, 256, 10) and r["gflops"] > 0 for r in rows)
+
+
+def test_the_device_script_parses_and_names_every_step_it_runs():
+    """benchmarks/device_session.sh (run only on a lent GPU): valid bash, and its steps, its error message's list
+    of them and its header's descriptions agree."""
+    script = ROOT / "benchmarks" / "device_session.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    labels = {name for group in re.findall(r"^    ([a-z0-9|]+)\)", text, re.M) for name in group.split("|")}
+    listed = set(re.search(r"unknown step \$s \(([^)]*)\)", text).group(1).split())
+    described = set(re.findall(r"^#   ([a-z0-9]+) {2,}", text, re.M))
+    assert labels == listed and {"env", "resume", "speedrun", "fast95", "wide0"} <= labels
+    assert {re.sub(r"^wide\d$", "wide", name) for name in labels} == described  # wide0-2: `wide`'s parts
