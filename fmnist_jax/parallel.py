@@ -15,7 +15,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from fmnist_jax.errors import ParallelError
+from fmnist_jax.errors import ParallelError, WorkdirError
 
 DATA_AXIS = "data"
 
@@ -135,3 +135,12 @@ def lead_decides(decision: bool) -> bool:
     from jax.experimental import multihost_utils
 
     return bool(multihost_utils.broadcast_one_to_all(np.int32(decision)))
+
+
+def stop_together(error: Exception | None, what: str) -> None:
+    """Raises on every process of the job when process 0 met `error` (a refusal it may be alone to see: the workdir's
+    lock, its config.json): each its own error, or a WorkdirError saying process 0 stopped (one broadcast in a
+    multi-process job; `error` itself, if any, in a one-process job). Otherwise the others would wait in their next
+    collective until the job's time-outs end them with a traceback."""
+    if lead_decides(error is not None):
+        raise error or WorkdirError(f"process 0 stopped the run ({what}); its error says why.")

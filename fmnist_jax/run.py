@@ -12,7 +12,7 @@ import numpy as np
 from absl import logging
 
 from fmnist_jax import config_lib, files, metrics, predict
-from fmnist_jax.errors import LOG_FILE_ONLY, CheckpointError, ConfigError
+from fmnist_jax.errors import LOG_FILE_ONLY, CheckpointError, ConfigError, WorkdirError
 
 KINDS = ("cnn", "baseline", "compare")
 MODES = ("train", "evaluate", "predict")
@@ -33,8 +33,17 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Any:
     if kind == "cnn":
         from fmnist_jax import parallel  # JAX only when needed
 
-        parallel.maybe_initialize_distributed()
-    with files.workdir_lock(workdir) if files.is_lead_process() else contextlib.nullcontext():
+        parallel.maybe_initialize_distributed()  # first: which process leads is JAX's to say from here on
+    with contextlib.ExitStack() as lock:
+        try:  # held by the process that writes
+            lock.enter_context(files.workdir_lock(workdir) if files.is_lead_process() else contextlib.nullcontext())
+            busy = None
+        except WorkdirError as e:
+            busy = e
+        if kind == "cnn":
+            parallel.stop_together(busy, f"the workdir {workdir} could not be locked")
+        elif busy:
+            raise busy
         try:
             if kind == "cnn":
                 return _run_cnn(config, workdir, mode)
@@ -56,14 +65,19 @@ def _inputs(config: ml_collections.ConfigDict) -> tuple[np.ndarray, list[str]]:
 def _run_cnn(config: ml_collections.ConfigDict, workdir: pathlib.Path, mode: str) -> Any:
     import jax  # JAX only when needed
 
-    from fmnist_jax import compile_cache
+    from fmnist_jax import compile_cache, parallel
     from fmnist_jax.training import evaluate, loop, state
 
     state.check_config(config)
     compile_cache.set_up(config.compilation_cache, jax.default_backend())
     if mode == "train":
         return loop.train_and_evaluate(config, workdir)
-    config_lib.check_trained_with(config, workdir, evaluate=mode == "evaluate")
+    refused = None
+    try:
+        config_lib.check_trained_with(config, workdir, evaluate=mode == "evaluate")
+    except ConfigError as e:
+        refused = e
+    parallel.stop_together(refused, f"{workdir} was trained with another config")
     if mode == "evaluate":
         return evaluate.evaluate_checkpoint(config, workdir)
     images, names = _inputs(config)

@@ -4,6 +4,7 @@ A run on several devices is a `main.py` subprocess, so its XLA_FLAGS (the fake d
 starts; a run on 1 device runs in this process (one CPU device).
 """
 
+import contextlib
 import json
 import logging
 import shutil
@@ -29,7 +30,7 @@ from helpers import (
     subprocess_env,
 )
 
-from fmnist_jax import metrics, run
+from fmnist_jax import files, metrics, run
 
 # The tiny run (the study's CNN on the tiny data, 2 epochs of 4 steps); the evaluation batch splits over 8 devices.
 TINY = {"data.validation_size": 64, "steps_per_call": 2, "eval_batch_size": 48, "num_epochs": 2}
@@ -290,3 +291,22 @@ def test_a_signal_to_one_process_stops_both_at_the_same_point(
         [(r["train_loss"], r["validation_loss"]) for r in metrics.read_history(w)] for w in (tmp_path, uninterrupted)
     ]
     assert losses[0] == losses[1]
+
+
+@pytest.mark.parametrize("refusal", ["another_config", "locked"])
+def test_what_only_process_0_refuses_stops_both_processes_at_once(tiny_data, two_process_run, refusal):
+    """A refusal only process 0 meets (its workdir's config.json differs, or the workdir is locked by another run)
+    ends both processes at once with one line each, exit 2 (process 1 waited ~30 s in a collective and ended with a
+    traceback); the finished run is untouched."""
+    workdir = two_process_run[0]
+    results = (workdir / "results.json").read_bytes()
+    overrides = {"learning_rate": 0.5} if refusal == "another_config" else {}
+    with files.workdir_lock(workdir) if refusal == "locked" else contextlib.nullcontext():
+        stopped = start_two_processes(tiny_args(tiny_data, workdir, **overrides), timeout=120)
+    (rc0, err0), (rc1, err1) = stopped
+    assert (rc0, rc1) == (2, 2), err0[-2000:] + err1[-2000:]
+    said = "holds a run with a different config (learning_rate: " if overrides else "is in use by process "
+    assert said in err0.strip().splitlines()[-1]
+    why = f"{workdir} holds a run with another config" if overrides else f"the workdir {workdir} could not be locked"
+    assert err1.strip().splitlines()[-1] == f"error: process 0 stopped the run ({why}); its error says why."
+    assert "Traceback" not in err0 + err1 and (workdir / "results.json").read_bytes() == results
