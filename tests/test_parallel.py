@@ -264,16 +264,17 @@ def test_two_processes_train_as_one_and_agree_that_a_run_is_finished(tiny_data, 
     [
         ("2", "step", "SIGTERM: checkpoint saved at step 4 ", [1]),
         ("0", "compile", "SIGTERM before training began: nothing trained, nothing saved", []),
+        ("2", "epoch", "SIGTERM: checkpoint saved at step 8 ", [1, 2]),  # as the last boundary is read
     ],
-    ids=["mid_epoch", "compiling"],
+    ids=["mid_epoch", "compiling", "last_boundary"],
 )
 def test_a_signal_to_one_process_stops_both_at_the_same_point(
     tiny_data, tmp_path, two_process_run, at, when, line, epochs
 ):
-    """SIGTERM to process 1 alone, mid-epoch (once the call up to step 2 of 4 is queued) or as the programs compile:
-    both processes train on to the epoch's end and save there, or stop before training, and exit 143 together (one
-    stopping alone would leave the other waiting in its next collective); the rerun ends with the uninterrupted
-    two-process run's bits."""
+    """SIGTERM to process 1 alone, mid-epoch (once the call up to step 2 of 4 is queued), as the programs compile, or
+    once the last epoch's end is read: both processes train on to the epoch's end and save there, or stop before
+    training, or stop before the final evaluation, and exit 143 together (one stopping alone would leave the other
+    waiting in its next collective); the rerun ends with the uninterrupted two-process run's bits."""
     args = tiny_args(tiny_data, tmp_path)
     signal_one = (str(ROOT / "tests" / "interrupt.py"), "TERM", at, when)
     stopped = start_two_processes(args, scripts=((), signal_one), timeout=360)
@@ -283,7 +284,8 @@ def test_a_signal_to_one_process_stops_both_at_the_same_point(
     assert [r["epoch"] for r in metrics.read_history(tmp_path)] == epochs
     rerun = start_two_processes(args, timeout=360)
     assert [rc for rc, _ in rerun] == [0, 0], "".join(e[-2000:] for _, e in rerun)
-    resumed = [("Resumed from checkpoint at step 4 (epoch 2, 0/4 steps into it)" in e) for _, e in rerun]
+    step = 4 * len(epochs)
+    resumed = [(f"Resumed from checkpoint at step {step} (epoch {step // 4 + 1}, 0/4 steps" in e) for _, e in rerun]
     assert resumed == [bool(epochs)] * 2
     uninterrupted = two_process_run[0]
     assert metrics.load_results(tmp_path)["params_sha256"] == metrics.load_results(uninterrupted)["params_sha256"]
