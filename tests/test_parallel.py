@@ -284,8 +284,8 @@ def test_a_signal_to_one_process_stops_both_at_the_same_point(
     assert [r["epoch"] for r in metrics.read_history(tmp_path)] == epochs
     rerun = start_two_processes(args, timeout=360)
     assert [rc for rc, _ in rerun] == [0, 0], "".join(e[-2000:] for _, e in rerun)
-    step = 4 * len(epochs)
-    resumed = [(f"Resumed from checkpoint at step {step} (epoch {step // 4 + 1}, 0/4 steps" in e) for _, e in rerun]
+    where = {1: "step 4 (epoch 2, 0/4 steps into it)", 2: "step 8 (training done; the final evaluation follows)"}
+    resumed = [f"Resumed from checkpoint at {where.get(len(epochs))}" in e for _, e in rerun]
     assert resumed == [bool(epochs)] * 2
     uninterrupted = two_process_run[0]
     assert metrics.load_results(tmp_path)["params_sha256"] == metrics.load_results(uninterrupted)["params_sha256"]

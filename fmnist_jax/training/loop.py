@@ -169,9 +169,11 @@ def _restore(store: checkpoints.CheckpointStore, state: TrainState, plan: Plan) 
     state, meta = restored
     spe = plan.steps_per_epoch
     step = meta["step"]
-    logging.info(
-        "Resumed from checkpoint at step %d (epoch %d, %d/%d steps into it)", step, step // spe + 1, step % spe, spe
-    )
+    if step >= plan.total_steps:
+        logging.info("Resumed from checkpoint at step %d (training done; the final evaluation follows)", step)
+    else:
+        where = (step // spe + 1, step % spe, spe)
+        logging.info("Resumed from checkpoint at step %d (epoch %d, %d/%d steps into it)", step, *where)
     return state, step, meta["train_seconds"]
 
 
