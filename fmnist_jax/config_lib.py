@@ -195,9 +195,7 @@ def check_trained_with(config: ml_collections.ConfigDict, workdir: str | pathlib
         listing = ", ".join(f"{k}: trained with {old!r}, asked for {new!r}" for k, (old, new) in changed.items())
         add = [override(k, old) for k, (old, _) in changed.items() if old is not None]
         drop = [f"--config.{k}" for k, (old, _) in changed.items() if old is None]  # unset, or not in that config
-        how = " and ".join(
-            filter(None, [f"add {' '.join(add)}" if add else "", f"drop {' '.join(drop)}" if drop else ""])
-        )
+        how = " and ".join(f"{verb} {' '.join(flags)}" for verb, flags in (("add", add), ("drop", drop)) if flags)
         raise ConfigError(
             f"{workdir} was trained with another {'model or data' if evaluate else 'model'} ({listing}); {how} "
             f"to use what it was trained with (its whole config: {path})."

@@ -6,7 +6,9 @@ all-reduce. The same code runs on one CPU, eight TPU cores, or many hosts.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -15,7 +17,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from fmnist_jax.errors import ParallelError, WorkdirError
+from fmnist_jax.errors import ParallelError, UserError, WorkdirError
 
 DATA_AXIS = "data"
 
@@ -137,10 +139,16 @@ def lead_decides(decision: bool) -> bool:
     return bool(multihost_utils.broadcast_one_to_all(np.int32(decision)))
 
 
-def stop_together(error: Exception | None, what: str) -> None:
-    """Raises on every process of the job when process 0 met `error` (a refusal it may be alone to see: the workdir's
-    lock, its config.json): each its own error, or a WorkdirError saying process 0 stopped (one broadcast in a
-    multi-process job; `error` itself, if any, in a one-process job). Otherwise the others would wait in their next
-    collective until the job's time-outs end them with a traceback."""
+@contextlib.contextmanager
+def stop_together(what: str) -> Iterator[None]:
+    """Within: a refusal (`UserError`) that process 0 may be alone to meet (the workdir's lock, its config.json).
+    Every process of the job raises when process 0 did: each its own error, or a WorkdirError saying process 0
+    stopped (one broadcast in a multi-process job; the error itself in a one-process job). Otherwise the others would
+    wait in their next collective until the job's time-outs end them with a traceback."""
+    error = None
+    try:
+        yield
+    except UserError as e:
+        error = e
     if lead_decides(error is not None):
         raise error or WorkdirError(f"process 0 stopped the run ({what}); its error says why.")

@@ -12,7 +12,7 @@ import numpy as np
 from absl import logging
 
 from fmnist_jax import config_lib, files, metrics, predict
-from fmnist_jax.errors import LOG_FILE_ONLY, CheckpointError, ConfigError, WorkdirError
+from fmnist_jax.errors import LOG_FILE_ONLY, CheckpointError, ConfigError
 
 KINDS = ("cnn", "baseline", "compare")
 MODES = ("train", "evaluate", "predict")
@@ -35,15 +35,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Any:
 
         parallel.maybe_initialize_distributed()  # first: which process leads is JAX's to say from here on
     with contextlib.ExitStack() as lock:
-        try:  # held by the process that writes
-            lock.enter_context(files.workdir_lock(workdir) if files.is_lead_process() else contextlib.nullcontext())
-            busy = None
-        except WorkdirError as e:
-            busy = e
         if kind == "cnn":
-            parallel.stop_together(busy, f"the workdir {workdir} could not be locked")
-        elif busy:
-            raise busy
+            agreed = parallel.stop_together(f"the workdir {workdir} could not be locked")
+        else:
+            agreed = contextlib.nullcontext()
+        with agreed:  # the lock, held by the process that writes
+            lock.enter_context(files.workdir_lock(workdir) if files.is_lead_process() else contextlib.nullcontext())
         try:
             if kind == "cnn":
                 return _run_cnn(config, workdir, mode)
@@ -72,12 +69,8 @@ def _run_cnn(config: ml_collections.ConfigDict, workdir: pathlib.Path, mode: str
     compile_cache.set_up(config.compilation_cache, jax.default_backend())
     if mode == "train":
         return loop.train_and_evaluate(config, workdir)
-    refused = None
-    try:
+    with parallel.stop_together(f"{workdir} was trained with another config"):
         config_lib.check_trained_with(config, workdir, evaluate=mode == "evaluate")
-    except ConfigError as e:
-        refused = e
-    parallel.stop_together(refused, f"{workdir} was trained with another config")
     if mode == "evaluate":
         return evaluate.evaluate_checkpoint(config, workdir)
     images, names = _inputs(config)
@@ -174,16 +167,14 @@ def _check_named(member: MemberRun, workdir: pathlib.Path) -> bool:
             f"--config.seeds={found}."
         )
     saved = member.workdir / config_lib.CONFIG_FILE
-    changed = config_lib.diff(config_lib.read_saved(saved), config_lib.to_dict(member.config)) if saved.exists() else {}
-    listing = ", ".join(f"{k}: {old!r} (member: {new!r})" for k, (old, new) in changed.items())
-    if not saved.exists() or changed:
-        logging.warning(
-            "%s, seed %d: %s %s; reported as it is.",
-            member.name,
-            member.seed,
-            member.workdir,
-            f"was trained with other settings ({listing})" if changed else "has no config.json: its settings unknown",
-        )
+    unlike = None
+    if not saved.exists():
+        unlike = "has no config.json: its settings unknown"
+    elif changed := config_lib.diff(config_lib.read_saved(saved), config_lib.to_dict(member.config)):
+        listing = ", ".join(f"{k}: {old!r} (member: {new!r})" for k, (old, new) in changed.items())
+        unlike = f"was trained with other settings ({listing})"
+    if unlike:
+        logging.warning("%s, seed %d: %s %s; reported as it is.", member.name, member.seed, member.workdir, unlike)
     return True
 
 

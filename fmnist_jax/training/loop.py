@@ -301,13 +301,9 @@ def train_and_evaluate(
         phases = timing.Phases(clock, before_run=timing.start_up())
         mesh = mesh or parallel.make_mesh()
         parallel.check_batch_size(config.batch_size, mesh)
-        refused = None
-        try:
+        with parallel.stop_together(f"{workdir} holds a run with another config"):
             if lead:
                 config_lib.save_or_check(config, workdir)
-        except errors.ConfigError as e:
-            refused = e
-        parallel.stop_together(refused, f"{workdir} holds a run with another config")
         loaded = load_data(config, mesh, phases)
         with contextlib.ExitStack() as cleanup:
             with phases("setup"):
