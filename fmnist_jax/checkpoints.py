@@ -9,11 +9,11 @@ a save leaves the previous checkpoint untouched; those leftovers are never resto
 from __future__ import annotations
 
 import errno
-import os
 import pathlib
 import shutil
 import signal
 import time
+import uuid
 from typing import Any
 
 import jax
@@ -151,7 +151,7 @@ class CheckpointStore:
         self.directory = pathlib.Path(directory).absolute()
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            probe = self.directory / f".write-test.{os.getpid()}"
+            probe = self.directory / f".write-test.{uuid.uuid4().hex}"  # hosts on shared storage may share a PID
             probe.write_bytes(b"")
             probe.unlink()
             self.atomicity = self._recorded_atomicity(resolve_atomicity(atomicity, self.directory))

@@ -5,6 +5,7 @@ import copy
 import errno
 import logging
 import os
+import shutil
 import signal
 import subprocess
 
@@ -332,6 +333,24 @@ def test_evaluate_from_a_checkpoint(two_epoch_run):
         run.run(config, workdir)
 
 
+def test_evaluating_an_unfinished_run_keeps_its_scores_apart_and_the_run_unfinished(two_epoch_run, tmp_path):
+    """results.json marks a run finished: scoring the newest checkpoint of a run stopped half way writes
+    evaluate_step_N/, and the rerun trains on to the uninterrupted run's bits."""
+    config, straight = two_epoch_run
+    stopped = tmp_path / "stopped"
+    shutil.copytree(straight, stopped)
+    shutil.rmtree(stopped / "checkpoints" / "8")
+    for name in ("results.json", "predictions.npz"):
+        (stopped / name).unlink()
+    config.mode = "evaluate"
+    scores = run.run(config, stopped)
+    assert metrics.load_results(stopped / "evaluate_step_6") == scores
+    assert not (stopped / "results.json").exists() and not (stopped / "predictions.npz").exists()
+    config.mode = "train"
+    run.run(config, stopped)
+    assert_same_run(stopped, straight)
+
+
 @pytest.fixture
 def read_only_dir(tmp_path):
     folder = tmp_path / "ro"
@@ -381,3 +400,22 @@ def test_a_full_disk_during_a_save_is_one_disk_full_error_naming_the_workdir(cnn
     )
     assert isinstance(caught.value.__cause__, checkpoints.CheckpointError)
     assert not (tmp_path / "results.json").exists()
+
+
+def test_stores_opened_at_once_on_shared_storage_do_not_take_each_others_write_probe(tmp_path, monkeypatch):
+    """Every process checks that it can write the folder; processes on different hosts may have the same PID (as
+    containers give), so here a second store opens while the first one's probe is on disk, in one process."""
+    write_bytes, opened = checkpoints.pathlib.Path.write_bytes, []
+
+    def write_then_open_another(path, content):
+        written = write_bytes(path, content)
+        if path.name.startswith(".write-test") and not opened:
+            opened.append(None)  # the second store's own probe opens no third
+            opened[0] = checkpoints.CheckpointStore(tmp_path / "checkpoints", async_save=False)
+        return written
+
+    monkeypatch.setattr(checkpoints.pathlib.Path, "write_bytes", write_then_open_another)
+    first = checkpoints.CheckpointStore(tmp_path / "checkpoints", async_save=False)
+    for store in (first, *opened):
+        store.close()
+    assert len(opened) == 1 and not list((tmp_path / "checkpoints").glob(".write-test*"))

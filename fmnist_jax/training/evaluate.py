@@ -15,7 +15,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from fmnist_jax import checkpoints, data, files, metrics, parallel, timing
+from fmnist_jax import checkpoints, config_lib, data, files, metrics, parallel, timing
 from fmnist_jax.errors import CheckpointError
 from fmnist_jax.training import state as state_lib
 from fmnist_jax.training.step import Programs
@@ -174,14 +174,21 @@ def restore_for_inference(
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
-    """Scores a checkpoint on the validation and test sets (mode=evaluate): the latest one into the workdir's
-    results.json and predictions.npz; the one `config.checkpoint.step` names into WORKDIR/evaluate_step_N/, so
-    that the run's own results (what a rerun and the comparison report read) stay those of its last step."""
+    """Scores a checkpoint on the validation and test sets (mode=evaluate): the latest, at the run's last step, into
+    the workdir's results.json and predictions.npz; the one `config.checkpoint.step` names, or the latest of a run
+    not yet finished, into WORKDIR/evaluate_step_N/: results.json marks a run finished, and a rerun and the
+    comparison report read it as the run's own results."""
     workdir = pathlib.Path(workdir)
     mesh = parallel.make_mesh()
     programs, state, num_params, meta = restore_for_inference(config, workdir, mesh)
-    out = workdir if config.checkpoint.step is None else workdir / f"evaluate_step_{meta['step']}"
     dataset = data.load(config.data, seed=config.seed)
+    saved = workdir / config_lib.CONFIG_FILE  # what the run trains to (its data is this config's: checked)
+    trained = config_lib.read_saved(saved) if saved.exists() else config_lib.to_dict(config)
+    last_step = len(dataset.train) // trained["batch_size"] * trained["num_epochs"]
+    own = config.checkpoint.step is None and meta["step"] == last_step
+    out = workdir if own else workdir / f"evaluate_step_{meta['step']}"
+    if config.checkpoint.step is None and not own:
+        logging.info("Checkpoint %d is not the run's last (step %d): scored apart from it", meta["step"], last_step)
     logging.info("Evaluating on %d %s device(s) into %s", mesh.devices.size, jax.default_backend(), out)
     if files.is_lead_process():
         out.mkdir(exist_ok=True)
