@@ -199,6 +199,28 @@ def test_more_epochs_on_resume_equal_a_longer_run(cnn_config, finished_tiny_run,
     )
 
 
+def test_a_checkpoint_inside_an_epoch_counts_the_part_of_it_already_trained(finished_tiny_run):
+    """Each checkpoint's training seconds are where a run resumed from it goes on counting: the one at step 6, half
+    way through epoch 2, holds epoch 1's and part of epoch 2's."""
+    store = checkpoints.CheckpointStore(finished_tiny_run / "checkpoints", async_save=False)
+    meta = checkpoints.ocp.args.Composite(meta=checkpoints.ocp.args.JsonRestore())
+    try:
+        seconds = {s: store.manager.restore(s, args=meta)["meta"]["train_seconds"] for s in store.all_steps()}
+    finally:
+        store.close()
+    epochs = [r["seconds"] for r in metrics.read_history(finished_tiny_run)]
+    assert seconds[4] == pytest.approx(epochs[0]) and seconds[8] == pytest.approx(sum(epochs))
+    assert seconds[4] < seconds[6] < seconds[8]
+    assert metrics.load_results(finished_tiny_run)["train_seconds"] == pytest.approx(sum(epochs))
+
+
+def test_a_run_resumed_at_its_last_step_shows_no_epoch_past_its_last(two_epoch_run, capsys):
+    cnn_config, workdir = two_epoch_run
+    (workdir / "results.json").unlink()  # stopped after its last checkpoint, before its results
+    run.run(cnn_config, workdir)
+    assert "epoch 3" not in capsys.readouterr().err and (workdir / "results.json").exists()
+
+
 def test_finished_run_is_not_retrained(two_epoch_run):
     cnn_config, workdir = two_epoch_run
     first = metrics.load_results(workdir)
@@ -278,10 +300,15 @@ def test_every_auto_choice_on_one_tpu_chip():
     assert compile_cache.resolve(config.compilation_cache, "tpu", None) == str(compile_cache.default_dir())
 
 
-def test_batch_larger_than_the_data_is_an_error(cnn_config, tmp_path):
+def test_batch_larger_than_the_data_is_an_error_whose_fix_works(cnn_config, tmp_path):
     cnn_config.batch_size = 512
-    with pytest.raises(ConfigError, match=r"config\.batch_size=512 exceeds the 256 training images"):
-        run.run(cnn_config, tmp_path)
+    with pytest.raises(ConfigError, match=r"config\.batch_size=512 exceeds the 256 training images") as refused:
+        run.run(cnn_config, tmp_path / "a")
+    assert "num_train" not in str(refused.value)  # every image not held out is already taken
+    assert "lower it or hold fewer images out for validation (config.data.validation_size=64)" in str(refused.value)
+    cnn_config.batch_size, cnn_config.data.num_train = 128, 100
+    with pytest.raises(ConfigError, match=r"100 training images; lower it or raise config.data.num_train or hold"):
+        run.run(cnn_config, tmp_path / "b")
 
 
 # The evaluation batch of the padding test: the tiny run's (fingerprints.tiny_config), so that its evaluation

@@ -31,7 +31,7 @@ from fmnist_jax.training.state import TrainState
 from fmnist_jax.training.step import TrainInputs
 
 
-def _progress(total: int, initial: int, desc: str):
+def _progress(total: int, initial: int, desc: str, *, hide: bool = False):
     from tqdm import auto as tqdm
 
     return tqdm.tqdm(
@@ -41,7 +41,7 @@ def _progress(total: int, initial: int, desc: str):
         unit="step",
         leave=False,
         file=sys.stderr,
-        disable=not files.is_lead_process(),
+        disable=hide or not files.is_lead_process(),
         mininterval=1.0 if sys.stderr.isatty() else 30.0,
     )
 
@@ -52,7 +52,8 @@ class EpochProgress:
     def __init__(self, plan: Plan, step: int):
         self.index = step // plan.steps_per_epoch
         self.first_step = step
-        self.bar = _progress(plan.steps_per_epoch, step % plan.steps_per_epoch, f"epoch {self.index + 1}")
+        done = step >= plan.total_steps  # resumed from the last step: no epoch to show
+        self.bar = _progress(plan.steps_per_epoch, step % plan.steps_per_epoch, f"epoch {self.index + 1}", hide=done)
 
 
 @dataclasses.dataclass
@@ -108,6 +109,12 @@ class TrainingClock:
         self.seconds = seconds
         self.mark = time.perf_counter()
 
+    def until(self, arrays: Any) -> float:
+        """The training seconds once `arrays` (a state to save inside an epoch) are computed: the epochs' before it
+        and the part of its own trained so far, which a run resumed from there would otherwise never count."""
+        jax.block_until_ready(arrays)
+        return self.seconds + time.perf_counter() - self.mark
+
 
 def finish_boundary(
     plan: Plan,
@@ -156,7 +163,8 @@ def finish_boundary(
         if writer:
             writer.epoch(record, learning_rate=float(plan.learning_rates[epoch.index]))
     if boundary.to_save is not None:
-        _save(store, writer, plan, boundary.to_save, boundary.step, clock.seconds)
+        seconds = clock.seconds if boundary.epoch else clock.until(boundary.to_save)
+        _save(store, writer, plan, boundary.to_save, boundary.step, seconds)
         boundary.to_save = None  # the copy's memory goes once Orbax has it on the host
     return val
 
@@ -278,7 +286,7 @@ def _train_epochs(
             last_val = finish_boundary(plan, store, writer, pending, clock) or last_val
         if heard := heard or guard.heard():  # caught during training or while the last boundary was read
             if saved_step != step:
-                _save(store, writer, plan, state, step, clock.seconds)
+                _save(store, writer, plan, state, step, clock.until(state))
             store.wait()
             raise errors.Interrupted(heard, step, store.directory)
     finally:

@@ -68,9 +68,11 @@ def load_data(config: ml_collections.ConfigDict, mesh: Mesh, phases: timing.Phas
         dataset = data.load(config.data, seed=config.seed)
     steps_per_epoch = len(dataset.train) // config.batch_size
     if steps_per_epoch == 0:
+        fewer_out = f"hold fewer images out for validation (config.data.validation_size={config.data.validation_size})"
+        more = fewer_out if config.data.num_train is None else f"raise config.data.num_train or {fewer_out}"
         raise ConfigError(
             f"config.batch_size={config.batch_size} exceeds the {len(dataset.train)} training images; lower it or "
-            "raise config.data.num_train."
+            f"{more}."
         )
     logging.info(
         "Data from %s: %d train, %d validation, %d test images; %d steps/epoch",
