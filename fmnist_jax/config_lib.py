@@ -2,15 +2,16 @@
 
 A workdir belongs to one experiment. Rerunning in it with a different config would silently mix two runs,
 so differing fields stop the run, except fields that only change speed (always allowed) and fields that are
-safe to change on resume (allowed with `--config.resume_with_changes=True`); a config.json left by a start that
-computed nothing may be replaced. `evaluate` and `predict` refuse a config whose model differs from the one the
-workdir was trained with.
+safe to change on resume (allowed with `--config.resume_with_changes=True`, never ending a run before its newest
+checkpoint); a config.json left by a start that kept nothing may be replaced. `evaluate` and `predict` refuse a
+config whose model differs from the one the workdir was trained with.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+import math
 import pathlib
 import re
 import runpy
@@ -22,7 +23,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from fmnist_jax import files
+from fmnist_jax import files, metrics
 from fmnist_jax.errors import ConfigError
 
 CONFIG_FILE = "config.json"
@@ -168,8 +169,46 @@ def check_positive(config: ml_collections.ConfigDict, *fields: str, allow_zero: 
 MODEL_FIELDS = ("model.", "ema_decay")
 DATA_FIELDS = ("seed", "data.")
 # All that a start which failed before computing anything (bad data, a batch larger than the split) leaves in its
-# workdir: a config.json there with nothing else may be replaced by any config.
+# workdir: a config.json there with nothing else may be replaced by any config (see `kept_nothing`).
 NOTHING_COMPUTED = (CONFIG_FILE, files.LOCK_FILE)
+CHECKPOINTS_DIR = "checkpoints"
+
+
+def checkpoint_steps(workdir: pathlib.Path) -> list[int]:
+    """The steps of WORKDIR/checkpoints' step folders, oldest first, read from their names (no Orbax)."""
+    folder = workdir / CHECKPOINTS_DIR
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+
+
+def kept_nothing(workdir: pathlib.Path) -> bool:
+    """Whether `workdir` holds nothing that a rerun would go on from: besides NOTHING_COMPUTED, at most a checkpoint
+    folder without a step, an empty history and TensorBoard events (a run from step 0 drops them). A stop or an
+    out-of-memory error while compiling leaves such a workdir, and the next start may change any field."""
+    for path in workdir.iterdir():
+        if path.name in NOTHING_COMPUTED or path.name == "tensorboard":
+            continue
+        if path.name == CHECKPOINTS_DIR and not checkpoint_steps(workdir):
+            continue
+        if path.name == metrics.HISTORY_FILE and not metrics.read_history(workdir):
+            continue
+        return False
+    return True
+
+
+def shortened_below_its_checkpoint(workdir: pathlib.Path, num_epochs: int) -> str | None:
+    """Why `num_epochs` ends the run in `workdir` before its newest checkpoint (its steps per epoch from
+    history.jsonl), or None: a run cannot be shortened below what it has trained."""
+    history, steps = metrics.read_history(workdir), checkpoint_steps(workdir)
+    if not history or not steps:  # no epoch ended: every checkpoint lies in the first
+        return None
+    per_epoch = history[0]["step"] // history[0]["epoch"]
+    if steps[-1] <= num_epochs * per_epoch:
+        return None
+    return (
+        f"{workdir} has trained to step {steps[-1]} (epoch {steps[-1] / per_epoch:g}) and config.num_epochs="
+        f"{num_epochs} ends at step {num_epochs * per_epoch}; set it to {math.ceil(steps[-1] / per_epoch)} or more, "
+        "or use a new --workdir."
+    )
 
 
 def read_saved(path: pathlib.Path) -> dict[str, Any]:
@@ -228,8 +267,8 @@ def save_or_check(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
     if path.exists():
         saved = read_saved(path)
         changed = diff(saved, requested)
-        if changed and all(p.name in NOTHING_COMPUTED for p in workdir.iterdir()):
-            logging.info("%s was left by a start that computed nothing; replacing it.", path)
+        if changed and kept_nothing(workdir):
+            logging.info("%s was left by a start that kept nothing; replacing it.", path)
         elif changed and _what(saved) != _what(requested):
             what = f"a {_what(saved)} run, not a {_what(requested)} one"
             first = sorted(changed, key=lambda k: (k not in ("kind", "name", "model.name"), k))
@@ -245,6 +284,8 @@ def save_or_check(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
                     else "pass --config.resume_with_changes=True to continue with them, or use a new --workdir"
                 )
                 raise ConfigError(f"{workdir} holds a run with a different config ({listing}); {how}.")
+            if "num_epochs" in changed and (why := shortened_below_its_checkpoint(workdir, config.num_epochs)):
+                raise ConfigError(why)
         elif saved == requested:
             return
     try:

@@ -153,9 +153,11 @@ def is_stopped(proc: subprocess.Popen) -> bool:
 
 
 def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
-    """The step folders in WORKDIR/checkpoints (complete ones: Orbax writes the others under temporary names)."""
-    folder = pathlib.Path(workdir) / "checkpoints"
-    return [int(p.name) for p in folder.glob("*") if p.name.isdigit()] if folder.exists() else []
+    """The step folders in WORKDIR/checkpoints, oldest first (complete ones: Orbax writes the others under
+    temporary names)."""
+    from fmnist_jax import config_lib
+
+    return config_lib.checkpoint_steps(pathlib.Path(workdir))
 
 
 def devices(n: int) -> dict[str, str]:

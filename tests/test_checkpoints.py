@@ -314,6 +314,46 @@ def test_a_start_that_computed_nothing_leaves_no_config_in_the_way(cnn_config, t
         run.run(cnn_config, tmp_path / "w")
 
 
+def test_a_start_that_failed_while_compiling_lets_the_next_change_any_field(cnn_config, tmp_path, monkeypatch):
+    """Out of memory while compiling (or a stop then) leaves a checkpoint folder with no step and TensorBoard's
+    file: nothing a rerun would go on from, so the corrected command (a smaller batch) runs in the same workdir."""
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 81.2GiB")
+
+    monkeypatch.setattr(loop, "_compile", out_of_memory)
+    with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED"):
+        run.run(cnn_config, tmp_path)
+    assert {"checkpoints", "tensorboard", "config.json"} <= {p.name for p in tmp_path.iterdir()}
+    monkeypatch.undo()
+    cnn_config.batch_size = 32
+    assert run.run(cnn_config, tmp_path)["test_accuracy"] > 0
+    assert [r["step"] for r in metrics.read_history(tmp_path)] == [8, 16]  # 256 images in batches of 32
+    cnn_config.batch_size = 64  # now it holds a run
+    with pytest.raises(ConfigError, match=r"holds a run with a different config \(batch_size: 32 -> 64\)"):
+        run.run(cnn_config, tmp_path)
+
+
+def test_a_run_cannot_be_shortened_below_its_newest_checkpoint(two_epoch_run, tmp_path):
+    """resume_with_changes may change num_epochs, but not end a run before the step it has trained to: the run
+    would be scored and recorded as a shorter one. Its config.json stays as it was."""
+    config, finished = two_epoch_run  # checkpoints at steps 4, 6, 8; 4 steps an epoch
+    config.num_epochs, config.resume_with_changes = 1, True
+    saved = (finished / "config.json").read_text()
+    with pytest.raises(ConfigError, match=r"trained to step 8 \(epoch 2\) and config.num_epochs=1 ends at step 4; set"):
+        run.run(config, finished)
+    assert (finished / "config.json").read_text() == saved
+    stopped = tmp_path / "stopped"  # stopped half way through epoch 2
+    shutil.copytree(finished, stopped)
+    shutil.rmtree(stopped / "checkpoints" / "8")
+    (stopped / "results.json").unlink()
+    with pytest.raises(ConfigError, match=r"step 6 \(epoch 1.5\) .* set it to 2 or more, or use a new --workdir"):
+        run.run(config, stopped)
+    (stopped / "history.jsonl").unlink()  # without it, the restore finds the checkpoint past the end
+    with pytest.raises(ConfigError, match=r"checkpoint 6 in .* past the run's last step, 4 \(config.num_epochs=1\)"):
+        run.run(config, stopped)
+
+
 def test_evaluate_from_a_checkpoint(two_epoch_run):
     config, workdir = two_epoch_run
     final = metrics.load_results(workdir)

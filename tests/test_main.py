@@ -157,7 +157,7 @@ def test_a_workdir_of_another_kind_of_run_is_refused_in_one_short_line(tmp_path)
     from benchmarks import common
 
     config_lib.save_or_check(common.load_config("cnn"), tmp_path)
-    (tmp_path / metrics.HISTORY_FILE).write_text("")  # something computed: the config.json may not be replaced
+    metrics.append_history(tmp_path, {"epoch": 1, "step": 750})  # an epoch trained: config.json stays
     with pytest.raises(ConfigError) as refused:
         config_lib.save_or_check(common.load_config("random_forest"), tmp_path)
     assert str(refused.value).startswith(

@@ -177,6 +177,11 @@ def _restore(store: checkpoints.CheckpointStore, state: TrainState, plan: Plan) 
     state, meta = restored
     spe = plan.steps_per_epoch
     step = meta["step"]
+    if step > plan.total_steps:  # config_lib refuses it where the history tells the steps per epoch
+        raise errors.ConfigError(
+            f"checkpoint {step} in {store.directory} is past the run's last step, {plan.total_steps} "
+            f"(config.num_epochs={plan.config.num_epochs}); raise config.num_epochs or use a new --workdir."
+        )
     if step >= plan.total_steps:
         logging.info("Resumed from checkpoint at step %d (training done; the final evaluation follows)", step)
     else:
