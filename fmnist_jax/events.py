@@ -1,17 +1,19 @@
 """TensorBoard event files for a CNN run, written with tensorboardX (numpy and protobuf only, no TensorFlow).
 
 Events go to WORKDIR/tensorboard/ and follow the history's rule: they describe the run that produced the final
-parameters. A run that restores step S first rewrites the event files it finds without the events past S
-(events at S itself, such as the restored epoch's scalars, belong to its lineage), so every reader, TensorBoard's
-fast Rust loader included, shows each step once; its own file starts with a purge marker at S + 1, which
-TensorBoard's Python reader honours. Every scalar is logged at a global step. Events are written in the training
-thread and flushed at each epoch's end, so what a crash loses is only what the restored state has not reached.
+parameters. A run that restores step S first rewrites the event files it finds without the events past S (events
+at S itself, such as the restored epoch's scalars, belong to its lineage; a finished run's test scores and
+hyper-parameters do not: it is scored again), so every reader, TensorBoard's fast Rust loader included, shows each
+step once; its own file starts with a purge marker at S + 1, which TensorBoard's Python reader honours. Every scalar
+is logged at a global step. Events are written in the training thread and flushed at each epoch's end, so what a
+crash loses is only what the restored state has not reached.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import struct
 import time
 from typing import Any
@@ -26,6 +28,7 @@ from fmnist_jax import config_lib, files
 
 EVENTS_DIR = "tensorboard"
 HPARAMS_RUN = "hparams"
+FINAL_TAGS = ("test/",)  # written once the run is scored (`EventWriter.finish`)
 
 # A copy of the epoch's running loss sum, kept when a point is due (the next train call donates the state). A jitted
 # program, so the training loop can compile it with the run's other programs, before its epochs begin.
@@ -45,13 +48,15 @@ def _records(path: pathlib.Path) -> list[bytes]:
     return records
 
 
-def prune(directory: pathlib.Path, last_step: int) -> None:
-    """Rewrites every event file under `directory` without the events whose step is past `last_step`."""
+def prune(directory: pathlib.Path, last_step: int, *, final: tuple[str, ...] = FINAL_TAGS) -> None:
+    """Rewrites every event file under `directory` without the events whose step is past `last_step`, and without
+    the scalars tagged `final*` (a finished run's test scores, written again when a resumed run finishes)."""
     for path in sorted(directory.rglob("events.out.tfevents.*")):
         kept, changed = [], False
         for record in _records(path):
             event = event_pb2.Event.FromString(record[12:-4])
-            if event.step > last_step and (event.HasField("summary") or event.HasField("session_log")):
+            past = event.step > last_step and (event.HasField("summary") or event.HasField("session_log"))
+            if past or any(value.tag.startswith(final) for value in event.summary.value):
                 changed = True
             else:
                 kept.append(record)
@@ -97,7 +102,8 @@ class EventWriter:
 
     def __init__(self, workdir: pathlib.Path, *, restored_step: int, loss_every_steps: int):
         self.directory = pathlib.Path(workdir) / EVENTS_DIR
-        if self.directory.exists():
+        if self.directory.exists():  # a resumed run: its final scores and hyper-parameters come when it finishes
+            shutil.rmtree(self.directory / HPARAMS_RUN, ignore_errors=True)
             prune(self.directory, restored_step)
         self.writer = _EventFile(self.directory, purge_step=restored_step + 1)
         self.loss_every_steps = loss_every_steps

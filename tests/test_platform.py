@@ -53,13 +53,14 @@ def logged():
         root.setLevel(level)
 
 
-def read_scalars(workdir: pathlib.Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar series of the run's event files, read by TensorBoard's own reader."""
+def read_scalars(workdir: pathlib.Path, run: str = "") -> dict[str, list[tuple[int, float]]]:
+    """Every scalar series of the run's event files (of its TensorBoard run `run`: "" the training's), read by
+    TensorBoard's own reader."""
     from tensorboard.backend.event_processing import event_accumulator
 
     # Without the reader's own purging: the files themselves must hold each step once (TensorBoard's fast Rust
     # loader does not purge).
-    acc = event_accumulator.EventAccumulator(str(workdir / events.EVENTS_DIR), purge_orphaned_data=False)
+    acc = event_accumulator.EventAccumulator(str(workdir / events.EVENTS_DIR / run), purge_orphaned_data=False)
     acc.Reload()
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
@@ -125,6 +126,20 @@ def test_events_hold_each_epoch_once_equal_to_the_history_even_after_a_sigkill(k
     assert_events_match_history(killed_mid_save.workdir)
     hparams = killed_mid_save.workdir / events.EVENTS_DIR / events.HPARAMS_RUN
     assert any(hparams.iterdir())
+
+
+def test_a_finished_run_trained_on_keeps_only_its_new_final_scores(two_epoch_run):
+    """Resumed at its last step with more epochs, a finished run is scored again: TensorBoard shows the test scores
+    and the hyper-parameters of the longer run alone, not the shorter one's beside them."""
+    config, workdir = two_epoch_run
+    config.num_epochs, config.resume_with_changes = 3, True
+    results = run.run(config, workdir)
+    scalars = read_scalars(workdir)
+    assert scalars["test/accuracy"] == [(12, pytest.approx(results["test_accuracy"]))]
+    assert [s for s, _ in scalars["validation/accuracy"]] == [4, 8, 12]
+    hparams = read_scalars(workdir, events.HPARAMS_RUN)
+    assert hparams["hparam/test_accuracy"] == [(12, pytest.approx(results["test_accuracy"]))]
+    assert len(list((workdir / events.EVENTS_DIR / events.HPARAMS_RUN).iterdir())) == 1
 
 
 @pytest.fixture
