@@ -204,11 +204,16 @@ class CheckpointStore:
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
         """Starts saving `state` at `step` (in the background when async); a failure raises CheckpointError."""
         try:
-            self.manager.save(
+            saved = self.manager.save(
                 step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
             )
         except Exception as e:  # Orbax raises OSError, ValueError, or its own types
             raise CheckpointError(f"saving checkpoint {step} to {self.directory} failed: {e}") from e
+        if not saved:  # Orbax skips a step it counts as saved: the run would go on without its checkpoint
+            raise CheckpointError(
+                f"checkpoint {step} was not saved: {self.directory} already counts steps {self.all_steps()}; "
+                "rerun the same command to resume from the newest one."
+            )
 
     def restore(self, step: int, target: Any) -> tuple[Any, dict[str, Any]]:
         """The state and metadata of checkpoint `step`, placed like `target`."""
@@ -271,6 +276,10 @@ class CheckpointStore:
                 if files.is_lead_process():
                     aside = self._set_aside(bad)
                     logging.warning("Checkpoint %s is damaged; moved to %s.", self.directory / str(bad), aside)
+            # Every process, once the lead has moved them (an all-gather in a multi-process job), reads the folder
+            # again: Orbax would otherwise still count the moved steps, and refuse to save them again.
+            if parallel.max_over_processes(len(failed)):
+                self.manager.reload()
             return restored
         if failed:
             config = self.directory.parent / "config.json"
@@ -312,7 +321,6 @@ class CheckpointStore:
         if aside.exists():
             shutil.rmtree(aside)
         shutil.move(self.directory / str(step), aside)
-        self.manager.reload()
         return aside
 
     def wait(self) -> None:

@@ -140,15 +140,16 @@ def lead_decides(decision: bool) -> bool:
 
 
 @contextlib.contextmanager
-def stop_together(what: str) -> Iterator[None]:
-    """Within: a refusal (`UserError`) that process 0 may be alone to meet (the workdir's lock, its config.json).
-    Every process of the job raises when process 0 did: each its own error, or a WorkdirError saying process 0
-    stopped (one broadcast in a multi-process job; the error itself in a one-process job). Otherwise the others would
-    wait in their next collective until the job's time-outs end them with a traceback."""
+def stop_together(what: str, *, errors: tuple[type[Exception], ...] = (UserError,)) -> Iterator[None]:
+    """Within: a refusal (`UserError`) that process 0 may be alone to meet (the workdir's lock, its config.json), or
+    one of `errors` (OSError: a write only process 0 makes, on a full disk). Every process of the job raises when
+    process 0 did: each its own error, or a WorkdirError saying process 0 stopped (one broadcast in a multi-process
+    job; the error itself in a one-process job). Otherwise the others would wait in their next collective until the
+    job's time-outs end them with a traceback."""
     error = None
     try:
         yield
-    except UserError as e:
+    except errors as e:
         error = e
     if lead_decides(error is not None):
         raise error or WorkdirError(f"process 0 stopped the run ({what}); its error says why.")

@@ -160,6 +160,14 @@ def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
     return config_lib.checkpoint_steps(pathlib.Path(workdir))
 
 
+def damage_checkpoint(workdir: str | os.PathLike, step: int) -> None:
+    """Cuts the largest file of WORKDIR/checkpoints/STEP in half, as a crash while writing it would."""
+    folder = pathlib.Path(workdir) / "checkpoints" / str(step)
+    largest = max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    with open(largest, "r+b") as f:
+        f.truncate(largest.stat().st_size // 2)
+
+
 def devices(n: int) -> dict[str, str]:
     """The environment of a subprocess that sees `n` fake CPU devices."""
     return {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}

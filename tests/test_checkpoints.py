@@ -156,11 +156,7 @@ def test_truncated_latest_checkpoint_falls_back_with_a_warning(two_epoch_run, ca
     config, workdir = two_epoch_run
     expected = metrics.load_results(workdir)["params_sha256"]
     (workdir / "results.json").unlink()
-    files = sorted(
-        (p for p in (workdir / "checkpoints" / "8").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size
-    )
-    with open(files[-1], "r+b") as f:
-        f.truncate(files[-1].stat().st_size // 2)
+    helpers.damage_checkpoint(workdir, 8)
     run.run(config, workdir)
     assert "Checkpoint" in caplog.text and "8 is damaged" in caplog.text
     assert (workdir / "checkpoints_damaged" / "8").is_dir()

@@ -23,6 +23,8 @@ from helpers import (
     assert_every_check_reported,
     by_check,
     check,
+    checkpoint_steps,
+    damage_checkpoint,
     devices,
     load_config,
     main_args,
@@ -312,3 +314,31 @@ def test_what_only_process_0_refuses_stops_both_processes_at_once(tiny_data, two
     why = f"{workdir} holds a run with another config" if overrides else f"the workdir {workdir} could not be locked"
     assert err1.strip().splitlines()[-1] == f"error: process 0 stopped the run ({why}); its error says why."
     assert "Traceback" not in err0 + err1 and (workdir / "results.json").read_bytes() == results
+
+
+def test_a_full_disk_under_process_0_stops_both_processes_at_once(tiny_data, tmp_path):
+    """Process 0 alone writes the history and events; when its disk fills (at epoch 1's end), both processes stop
+    with one line each, exit 2 (process 1 waited in its next collective until the job's time-outs ended it)."""
+    full_disk = (str(ROOT / "tests" / "full_disk.py"), "1")
+    (rc0, err0), (rc1, err1) = start_two_processes(tiny_args(tiny_data, tmp_path), scripts=(full_disk, ()), timeout=120)
+    assert (rc0, rc1) == (2, 2), err0[-2000:] + err1[-2000:]
+    assert err0.strip().splitlines()[-1].startswith(f"error: the disk holding {tmp_path} is full")
+    assert err1.strip().splitlines()[-1] == (
+        f"error: process 0 stopped the run (writing the history and events of {tmp_path}); its error says why."
+    )
+    assert "Traceback" not in err0 + err1 and not (tmp_path / "results.json").exists()
+
+
+def test_a_damaged_checkpoint_is_set_aside_for_every_process(tiny_data, tmp_path, two_process_run):
+    """Process 0 moves the damaged newest checkpoint aside; every process must then forget it, or process 1's Orbax
+    would skip saving that step again when training reaches it, and process 0 would wait for it (a hang). The rerun
+    ends with the uninterrupted two-process run's bits."""
+    workdir = tmp_path / "run"
+    shutil.copytree(two_process_run[0], workdir)
+    (workdir / "results.json").unlink()
+    damage_checkpoint(workdir, 8)
+    rerun = start_two_processes(tiny_args(tiny_data, workdir), timeout=180)
+    assert [rc for rc, _ in rerun] == [0, 0], "".join(e[-2000:] for _, e in rerun)
+    assert all("Resumed from checkpoint at step 4 " in e for _, e in rerun)
+    assert (workdir / "checkpoints_damaged" / "8").is_dir() and checkpoint_steps(workdir)[-1] == 8
+    assert metrics.load_results(workdir)["params_sha256"] == metrics.load_results(two_process_run[0])["params_sha256"]

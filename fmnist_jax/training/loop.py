@@ -24,7 +24,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from fmnist_jax import checkpoints, config_lib, errors, events, files, metrics, parallel, timing
-from fmnist_jax.errors import TrainingError
+from fmnist_jax.errors import TrainingError, UserError
 from fmnist_jax.training.evaluate import PendingScores
 from fmnist_jax.training.plan import Plan, chunks, load_data, make_plan
 from fmnist_jax.training.state import TrainState
@@ -158,10 +158,11 @@ def finish_boundary(
             *(epoch.index + 1, config.num_epochs, train_loss, train_acc, metrics.fmt(val["loss"])),
             *(metrics.fmt(val["accuracy"]), seconds, record["images_per_second"], eta),
         )
-        if files.is_lead_process():
-            metrics.append_history(plan.workdir, record)
-        if writer:
-            writer.epoch(record, learning_rate=float(plan.learning_rates[epoch.index]))
+        with _lead_writes(plan):
+            if files.is_lead_process():
+                metrics.append_history(plan.workdir, record)
+            if writer:
+                writer.epoch(record, learning_rate=float(plan.learning_rates[epoch.index]))
     if boundary.to_save is not None:
         seconds = clock.seconds if boundary.epoch else clock.until(boundary.to_save)
         _save(store, writer, plan, boundary.to_save, boundary.step, seconds)
@@ -209,9 +210,16 @@ def _save(store: checkpoints.CheckpointStore, writer, plan: Plan, state: TrainSt
         "train_seconds": seconds,
         "config": config_lib.to_dict(plan.config),
     }
-    if writer:  # the points up to a checkpoint are on disk before it
-        writer.flush(up_to=step)
+    with _lead_writes(plan):
+        if writer:  # the points up to a checkpoint are on disk before it
+            writer.flush(up_to=step)
     store.save(step, state, meta)
+
+
+def _lead_writes(plan: Plan):
+    """Around the files only process 0 writes during training (history, events): when a write fails there (a full
+    disk), every process stops, not process 0 alone (`parallel.stop_together`)."""
+    return parallel.stop_together(f"writing the history and events of {plan.workdir}", errors=(UserError, OSError))
 
 
 def _inputs(plan: Plan, step: int) -> TrainInputs:
