@@ -172,6 +172,24 @@ def test_commit_file_checkpoints_resume_bit_identically_and_ignore_an_unfinished
     assert all((p / "commit_success.txt").exists() for p in (killed_mid_save.workdir / "checkpoints").glob("[0-9]*"))
 
 
+STOP_CELL = """import threading
+import time
+
+
+def stop_once_started(config=pathlib.Path(WORKDIR + "_stopped") / "config.json"):
+    while not config.exists():
+        time.sleep(0.05)
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+
+threading.Thread(target=stop_once_started, daemon=True).start()
+try:
+    run("--config=configs/cnn.py", f"--workdir={WORKDIR}_stopped", f"--config.data.dir={DATA_DIR}", *CNN_OVERRIDES)
+except KeyboardInterrupt:
+    print("STOPPED by the kernel")
+"""
+
+
 @pytest.mark.slow
 def test_the_colab_notebook_runs_headlessly_with_tiny_settings(tiny_data, tmp_path):
     import nbformat
@@ -208,6 +226,12 @@ def test_the_colab_notebook_runs_headlessly_with_tiny_settings(tiny_data, tmp_pa
     notebook.cells.append(
         nbformat.v4.new_code_cell(f"try:\n    {failing}\nexcept RuntimeError as e:\n    print('FAILED:', e)")
     )
+    # A crash's output ends with JAX's note on its frames, after the line that names the exception.
+    crash = "Traceback (most recent call last):\\n  ...\\nTypeError: dtypes differ\\nFor simplicity, JAX has removed"
+    notebook.cells.append(nbformat.v4.new_code_cell(f"print('CRASH LINE:', error_line('{crash}'))"))
+    # The cell's stop button, once the run has begun (its config.json written): SIGINT to the kernel's main thread,
+    # never to main.py's process group; run() passes one SIGINT on and shows main.py's output until it stops.
+    notebook.cells.append(nbformat.v4.new_code_cell(STOP_CELL))
     NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
     text = "\n".join(
         output.get("text", "") + json.dumps(output.get("data", {}))
@@ -228,6 +252,9 @@ def test_the_colab_notebook_runs_headlessly_with_tiny_settings(tiny_data, tmp_pa
         "FAILED: main.py exited with 2: error: unknown config field in --config.model.nme=resnet: config.model has no"
         ' field "nme" (did you mean "name"?)' in text
     )
+    assert "CRASH LINE: TypeError: dtypes differ" in text
+    assert "interrupted (SIGINT " in text and text.index("interrupted (SIGINT ") < text.index("STOPPED by the kernel")
+    assert "Resume with the same command" in text and not (tmp_path / "cnn_stopped" / "results.json").exists()
 
 
 def tiny_cnn(data_dir: pathlib.Path, *fields: str) -> tuple[str, ...]:
