@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import pathlib
+import re
 import signal
 import types
 
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import ROOT, assert_every_check_reported, by_check, load_config, main_args, run_interrupted
+from packaging.specifiers import SpecifierSet
 
 from benchmarks import accelerator_check
 from fmnist_jax import checkpoints, events, metrics, run
@@ -229,6 +231,9 @@ def test_the_colab_notebook_runs_headlessly_with_tiny_settings(tiny_data, tmp_pa
     # A crash's output ends with JAX's note on its frames, after the line that names the exception.
     crash = "Traceback (most recent call last):\\n  ...\\nTypeError: dtypes differ\\nFor simplicity, JAX has removed"
     notebook.cells.append(nbformat.v4.new_code_cell(f"print('CRASH LINE:', error_line('{crash}'))"))
+    # The install's jax for each runtime, from stand-ins for what Colab installs there.
+    runtimes = "{'libtpu', 'numpy'}, {'jax-cuda12-plugin', 'jax'}, {'jax', 'numpy'}"
+    notebook.cells.append(nbformat.v4.new_code_cell(f"print('JAX FOR:', [jax_for(r)[0] for r in ({runtimes})])"))
     # The cell's stop button, once the run has begun (its config.json written): SIGINT to the kernel's main thread,
     # never to main.py's process group; run() passes one SIGINT on and shows main.py's output until it stops.
     notebook.cells.append(nbformat.v4.new_code_cell(STOP_CELL))
@@ -253,6 +258,9 @@ def test_the_colab_notebook_runs_headlessly_with_tiny_settings(tiny_data, tmp_pa
         ' field "nme" (did you mean "name"?)' in text
     )
     assert "CRASH LINE: TypeError: dtypes differ" in text
+    pinned = re.search(r"JAX FOR: \['jax\[tpu\]==(\S+)', 'jax\[cuda12\]==\1', 'jax==\1'\]", text)
+    allowed = next(r for r in (ROOT / "requirements.txt").read_text().splitlines() if r.startswith("jax>"))
+    assert pinned and SpecifierSet(allowed.removeprefix("jax")).contains(pinned.group(1))  # a release it allows
     assert "interrupted (SIGINT " in text and text.index("interrupted (SIGINT ") < text.index("STOPPED by the kernel")
     assert "Resume with the same command" in text and not (tmp_path / "cnn_stopped" / "results.json").exists()
 
