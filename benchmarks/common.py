@@ -103,11 +103,8 @@ def load_config(
         config_flags.DEFINE_config_dict(prefix, config, flag_values=values, sys_argv=argv)
         values(argv)
     except AttributeError as e:
-        for override in overrides:
-            field = override.split("=", 1)[0].removeprefix(f"--{prefix}.")
-            if why := config_lib.unknown_field(config, field, source=f"configs/{name}.py"):
-                raise UsageError(f"unknown config field in {override}: {why}") from e
-        raise UsageError(f"unknown config field in {' '.join(overrides)}") from e
+        why = config_lib.unknown_override(config, list(overrides), source=lambda _: f"configs/{name}.py", prefix=prefix)
+        raise UsageError(why or f"unknown config field in {' '.join(overrides)}") from e
     except (flags.Error, KeyError, TypeError, ValueError) as e:
         raise UsageError(" ".join(str(e).split())) from e
     return values[prefix].value

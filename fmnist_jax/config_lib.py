@@ -17,7 +17,7 @@ import re
 import runpy
 import shlex
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import ml_collections
@@ -110,7 +110,18 @@ def unknown_field(config: ml_collections.ConfigDict, field: str, *, source: str 
 
 
 _CONFIG_FLAG = re.compile(r"^--?config(?:=(.*))?$")
-_OVERRIDE_FLAG = re.compile(r"^--?(?:no)?config\.([^=]+)")
+
+
+def unknown_override(
+    config: ml_collections.ConfigDict, args: list[str], *, source: Callable[[str], str], prefix: str = "config"
+) -> str | None:
+    """'unknown config field in ARG: WHY' for the first --PREFIX.FIELD=VALUE (or --noPREFIX.FIELD) of `args` that
+    names no field of `config` (`unknown_field`; `source(field)` names the file that lists its fields), or None."""
+    flag = re.compile(rf"^--?(?:no)?{re.escape(prefix)}\.([^=]+)")
+    for arg in args:
+        if (match := flag.match(arg)) and (why := unknown_field(config, match.group(1), source=source(match.group(1)))):
+            return f"unknown config field in {arg}: {why}"
+    return None
 
 
 def flag_error(argv: list[str], error: Exception, configs_dir: pathlib.Path) -> str:
@@ -136,14 +147,14 @@ def flag_error(argv: list[str], error: Exception, configs_dir: pathlib.Path) -> 
             where = f" at {path}:{frames[-1].lineno}" if frames else ""
             hint = "" if path.suffix == ".py" else "; --config takes a Python file whose get_config() returns a config"
             return f"--config={name} could not be loaded as a config file ({type(e).__name__}{where}: {e}){hint}"
-        for arg in argv:
-            if match := _OVERRIDE_FLAG.match(arg):
-                field = match.group(1)
-                member = re.match(r"members\.([^.]+)\.", field)  # a comparison's member: fields of its own file
-                own = member and f"{configs_dir.name}/{member.group(1)}.py"
-                why = unknown_field(config, field, source=own if own and (configs_dir.parent / own).is_file() else name)
-                if why:
-                    return f"unknown config field in {arg}: {why}"
+
+        def source(field: str) -> str:  # a comparison member's fields are in its own config file
+            member = re.match(r"members\.([^.]+)\.", field)
+            own = member and f"{configs_dir.name}/{member.group(1)}.py"
+            return own if own and (configs_dir.parent / own).is_file() else name
+
+        if why := unknown_override(config, argv, source=source):
+            return why
     text = " ".join(str(error).replace("\\n", " ").replace("\\'", "'").split())
     if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
         text = text[1:-1]  # a KeyError's quotes
