@@ -20,7 +20,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from fmnist_jax import files, parallel
+from fmnist_jax import config_lib, files, parallel
 from fmnist_jax.errors import CheckpointError
 
 __all__ = ["CheckpointError", "CheckpointStore", "PreemptionGuard"]
@@ -175,7 +175,7 @@ class CheckpointStore:
     def for_run(cls, workdir: pathlib.Path, checkpoint: Any, *, async_save: bool | None = None) -> CheckpointStore:
         """The store of WORKDIR/checkpoints as `config.checkpoint` sets it up (`async_save` overrides its field)."""
         return cls(
-            pathlib.Path(workdir) / "checkpoints",
+            pathlib.Path(workdir) / config_lib.CHECKPOINTS_DIR,
             max_to_keep=checkpoint.max_to_keep,
             async_save=checkpoint.async_save if async_save is None else async_save,
             atomicity=checkpoint.atomicity,

@@ -164,7 +164,7 @@ def restore_for_inference(
         store.close()
     if restored is None:
         raise CheckpointError(
-            f"no checkpoint in {workdir / 'checkpoints'}: train first "
+            f"no checkpoint in {store.directory}: train first "
             f"(python main.py --config=configs/cnn.py --workdir={workdir})."
         )
     state, meta = restored
