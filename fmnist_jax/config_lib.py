@@ -183,6 +183,12 @@ DATA_FIELDS = ("seed", "data.")
 # workdir: a config.json there with nothing else may be replaced by any config (see `kept_nothing`).
 NOTHING_COMPUTED = (CONFIG_FILE, files.LOCK_FILE)
 CHECKPOINTS_DIR = "checkpoints"
+EVENTS_DIR = "tensorboard"  # the TensorBoard events' folder (events.py's; named here, where no JAX is imported)
+
+
+def steps_per_epoch(num_train_images: int, batch_size: int) -> int:
+    """A CNN run's steps per epoch: the whole batches in its training split (a last partial batch is dropped)."""
+    return num_train_images // batch_size
 
 
 def checkpoint_steps(workdir: pathlib.Path) -> list[int]:
@@ -196,7 +202,7 @@ def kept_nothing(workdir: pathlib.Path) -> bool:
     folder without a step, an empty history and TensorBoard events (a run from step 0 drops them). A stop or an
     out-of-memory error while compiling leaves such a workdir, and the next start may change any field."""
     for path in workdir.iterdir():
-        if path.name in NOTHING_COMPUTED or path.name == "tensorboard":
+        if path.name in NOTHING_COMPUTED or path.name == EVENTS_DIR:
             continue
         if path.name == CHECKPOINTS_DIR and not checkpoint_steps(workdir):
             continue

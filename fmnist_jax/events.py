@@ -26,7 +26,7 @@ from tensorboardX.proto import event_pb2
 
 from fmnist_jax import config_lib, files
 
-EVENTS_DIR = "tensorboard"
+EVENTS_DIR = config_lib.EVENTS_DIR
 HPARAMS_RUN = "hparams"
 FINAL_TAGS = ("test/",)  # written once the run is scored (`EventWriter.finish`)
 

@@ -34,6 +34,9 @@ from helpers import (
 
 from fmnist_jax import files, metrics, run
 
+# main.py as a process that meets a fault the others do not (`python FAULTY_MAIN FAULT MAIN_ARGS...`).
+FAULTY_MAIN = str(ROOT / "tests" / "faulty_main.py")
+
 # The tiny run (the study's CNN on the tiny data, 2 epochs of 4 steps); the evaluation batch splits over 8 devices.
 TINY = {"data.validation_size": 64, "steps_per_call": 2, "eval_batch_size": 48, "num_epochs": 2}
 
@@ -253,9 +256,7 @@ def test_two_processes_train_as_one_and_agree_that_a_run_is_finished(tiny_data, 
     assert [r["epoch"] for r in history] == [1, 2]  # written by process 0 only
     assert_same_maths(workdir, one_device_run)
     results = (workdir / "results.json").read_bytes()
-    rerun = start_two_processes(
-        tiny_args(tiny_data, workdir), scripts=((), (str(ROOT / "tests" / "unseen_results.py"),))
-    )
+    rerun = start_two_processes(tiny_args(tiny_data, workdir), scripts=((), (FAULTY_MAIN, "unseen-results")))
     assert [rc for rc, _ in rerun] == [0, 0], rerun[0][1][-2000:] + rerun[1][1][-2000:]
     assert all("Run already finished (8 steps)" in e for _, e in rerun)
     assert (workdir / "results.json").read_bytes() == results and len(metrics.read_history(workdir)) == 2
@@ -319,7 +320,7 @@ def test_what_only_process_0_refuses_stops_both_processes_at_once(tiny_data, two
 def test_a_full_disk_under_process_0_stops_both_processes_at_once(tiny_data, tmp_path):
     """Process 0 alone writes the history and events; when its disk fills (at epoch 1's end), both processes stop
     with one line each, exit 2 (process 1 waited in its next collective until the job's time-outs ended it)."""
-    full_disk = (str(ROOT / "tests" / "full_disk.py"), "1")
+    full_disk = (FAULTY_MAIN, "full-disk:1")
     (rc0, err0), (rc1, err1) = start_two_processes(tiny_args(tiny_data, tmp_path), scripts=(full_disk, ()), timeout=120)
     assert (rc0, rc1) == (2, 2), err0[-2000:] + err1[-2000:]
     assert err0.strip().splitlines()[-1].startswith(f"error: the disk holding {tmp_path} is full")

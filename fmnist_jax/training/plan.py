@@ -13,7 +13,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from fmnist_jax import data, timing
+from fmnist_jax import config_lib, data, timing
 from fmnist_jax.errors import ConfigError
 from fmnist_jax.training import state as state_lib
 from fmnist_jax.training.evaluate import Evaluator, eval_batch_size
@@ -66,7 +66,7 @@ def load_data(config: ml_collections.ConfigDict, mesh: Mesh, phases: timing.Phas
     )
     with phases("data"):
         dataset = data.load(config.data, seed=config.seed)
-    steps_per_epoch = len(dataset.train) // config.batch_size
+    steps_per_epoch = config_lib.steps_per_epoch(len(dataset.train), config.batch_size)
     if steps_per_epoch == 0:
         fewer_out = f"hold fewer images out for validation (config.data.validation_size={config.data.validation_size})"
         more = fewer_out if config.data.num_train is None else f"raise config.data.num_train or {fewer_out}"

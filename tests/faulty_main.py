@@ -1,0 +1,41 @@
+"""Runs main.py as one process of a multi-host job that meets a fault the others do not, for test_parallel:
+
+python tests/faulty_main.py unseen-results MAIN_ARGS...  # cannot see the workdir's results.json, as on
+                                                         # storage that the hosts do not share
+python tests/faulty_main.py full-disk:EPOCH MAIN_ARGS... # its writes of history.jsonl fail with a full disk
+                                                         # from epoch EPOCH's end on, as when its disk fills
+"""
+
+import errno
+import pathlib
+import runpy
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    sys.path.insert(0, str(ROOT))
+    from fmnist_jax import metrics
+
+    fault, _, value = sys.argv[1].partition(":")
+    if fault == "unseen-results":
+        metrics.RESULTS_FILE = "results.on-another-host.json"
+    elif fault == "full-disk":
+        epoch, append = int(value), metrics.append_history
+
+        def append_until_full(workdir, record):
+            if record["epoch"] >= epoch:
+                path = str(pathlib.Path(workdir) / metrics.HISTORY_FILE)
+                raise OSError(errno.ENOSPC, "No space left on device", path)
+            append(workdir, record)
+
+        metrics.append_history = append_until_full
+    else:
+        sys.exit(f"unknown fault {sys.argv[1]!r}: unseen-results or full-disk:EPOCH")
+    sys.argv = [str(ROOT / "main.py"), *sys.argv[2:]]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()
