@@ -38,6 +38,7 @@ OPERATIONAL = (
     "host_overlap",
     "compilation_cache",
     "model.conv",
+    "model.verbose",  # a baseline's fit printing its progress
     "checkpoint.async_save",
     "checkpoint.atomicity",
     "tensorboard.",

@@ -20,8 +20,11 @@ from fmnist_jax.report.__main__ import main as report_main
 @pytest.fixture(scope="module")
 def comparison(tiny_data, tmp_path_factory):
     """The quick comparison on the tiny data set (quick overrides shrunk to fit it)."""
+    from fmnist_jax import timing
+
     config = quick_compare_config(tiny_data, seeds=(0, 1))
     workdir = tmp_path_factory.mktemp("compare")
+    timing._START_UP_TAKEN.clear()  # as in a fresh process: the process's start-up not yet taken by a run
     return config, workdir, run.run(config, workdir)
 
 
@@ -51,6 +54,9 @@ def test_quick_comparison_writes_every_section_with_the_members_numbers(comparis
             assert results[name][seed]["seed"] == seed
     assert results["cnn"][0]["num_params"] == 438_026
     assert results["cnn"][0]["params_sha256"] != results["cnn"][1]["params_sha256"]
+    # The process's start-up is the comparison's, not its first member's.
+    assert all(set(r["seconds"]["phases"]) >= {"data", "training"} for r in results["cnn"].values())
+    assert not any("before_run" in r["seconds"]["phases"] for r in results["cnn"].values())
     md = (workdir / "report.md").read_text()
     for section in (
         "## Summary",
@@ -207,6 +213,33 @@ def test_two_runs_of_one_model_get_distinct_titles_and_files(comparison, tmp_pat
     assert {f"confusion_{label}.png" for label in labels} <= {p.name for p in paths["plots"].iterdir()}
 
 
+def test_runs_of_one_config_with_other_settings_are_other_models(comparison, tmp_path):
+    """Seeds are averaged only over runs that computed the same thing: a run with another C is a model of its own,
+    titled with what differs; a run that differs only where its data lay or how fast it ran joins its seeds."""
+    _, workdir, _ = comparison
+    for seed in (0, 1):
+        shutil.copytree(workdir / "linear_svm" / f"seed_{seed}", tmp_path / f"svm_{seed}")
+    other = tmp_path / "svm_other"
+    shutil.copytree(workdir / "linear_svm" / "seed_1", other)
+    for folder, changes in ((other, {"C": 4.0}), (tmp_path / "svm_1", {"verbose": 0})):
+        saved = json.loads((folder / config_lib.CONFIG_FILE).read_text())
+        saved["model"].update(changes)
+        saved["data"]["dir"] = "/elsewhere"  # operational: not a setting
+        (folder / config_lib.CONFIG_FILE).write_text(json.dumps(saved))
+    paths = report.build([tmp_path / "svm_0", tmp_path / "svm_1", other], tmp_path / "out")
+    summary = table_rows(paths["markdown"].read_text(), "| model |")
+    models = json.loads(paths["json"].read_text())["models"]
+    assert [(row[0], row[-2]) for row in summary] == [
+        ("Linear SVM (model.C=1.0)", "2"),
+        ("Linear SVM (model.C=4.0)", "1"),
+    ]
+    assert list(models) == ["linear_svm_1", "linear_svm_2"]
+    assert [r.workdir for r in report.runs.load_models([tmp_path / "svm_0", tmp_path / "svm_1"])[0].runs] == [
+        tmp_path / "svm_0",
+        tmp_path / "svm_1",
+    ]
+
+
 def test_the_speedrun_joins_the_comparison_when_asked_under_its_own_title(tmp_path):
     config = load_config("compare", seeds=(0, 1), quick=True)
     assert "speedrun" not in {r.name for r in run.member_runs(config, tmp_path)}  # off by default
@@ -306,6 +339,33 @@ def test_pair_sentences_say_what_the_tests_establish():
         == "A and B are equally accurate on these test images (McNemar p = 1.000)."
     )
     assert "no paired test" in sentences.pair_sentence("A", "B", {})
+    # Seeds one model lacks (or lacks predictions for) are named, never covered by "on every seed".
+    two = {s: three[s] for s in (0, 2)}
+    assert sentences.pair_sentence("A", "B", two, untested=[1]) == (
+        "A is more accurate than B by 1.1 points (each seed's 95% CI within 0.4 to 1.8; McNemar p ≤ 0.030 on seeds "
+        "0 and 2). No paired test for seed 1 (a run or its predictions.npz missing)."
+    )
+    assert sentences.pair_sentence("A", "B", one, untested=[1, 2]).endswith(
+        "(95% CI 2.0 to 3.2; McNemar p < 1e-6 on seed 0). No paired test for seeds 1 and 2 (a run or its "
+        "predictions.npz missing)."
+    )
+
+
+def test_a_pair_names_the_seeds_it_could_not_test(comparison, tmp_path):
+    """A seed whose predictions are gone is named as untested in the report, not covered by the other's test."""
+    _, workdir, _ = comparison
+    for name in ("random_forest", "linear_svm"):
+        for seed in (0, 1):
+            shutil.copytree(workdir / name / f"seed_{seed}", tmp_path / name / f"seed_{seed}")
+    (tmp_path / "random_forest" / "seed_1" / metrics.PREDICTIONS_FILE).unlink()
+    paths = report.build(
+        [tmp_path / n / f"seed_{s}" for n in ("random_forest", "linear_svm") for s in (0, 1)], tmp_path
+    )
+    (pair,) = json.loads(paths["json"].read_text())["pairs"]
+    assert (list(pair["seeds"]), pair["untested_seeds"]) == (["0"], [1])
+    assert "every seed" not in pair["sentence"]
+    assert pair["sentence"].endswith(" No paired test for seed 1 (a run or its predictions.npz missing).")
+    assert pair["sentence"] in paths["markdown"].read_text()
 
 
 @pytest.mark.heavy

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from fmnist_jax import metrics, stats
+from fmnist_jax import config_lib, metrics, stats
+from fmnist_jax.errors import ConfigError
 
 # Test accuracies the original study published, by model name.
 PUBLISHED = {"seed_cnn": 0.8997, "random_forest": 0.879, "linear_svm": 0.76}
@@ -81,18 +82,55 @@ def folder_label(run: Member) -> str:
     return f"{w.parent.name}_{w.name}" if w.name.startswith("seed_") else w.name
 
 
+SHOWN_FIELDS = 3  # at most this many differing fields in the title of a model that is kept apart
+
+
+def settings(member: Member) -> dict[str, Any]:
+    """What a run computed, from its config.json: every field but the seed and the operational ones (those that
+    change only speed or where the data lies); {} for a folder without a readable config.json."""
+    path = member.workdir / config_lib.CONFIG_FILE
+    try:
+        saved = config_lib.read_saved(path) if path.exists() else {}
+    except ConfigError:
+        return {}
+    return {k: v for k, v in config_lib.flatten(saved).items() if k != "seed"}  # `diff` leaves operational ones out
+
+
+def _by_settings(runs: list[Member]) -> list[tuple[list[Member], str]]:
+    """Runs of one label split by their settings: each share of the runs with what sets it apart for its title
+    ("" where all agree). Runs of one config trained with other settings (more trees, fewer images) are other
+    models: averaging them as seeds of one would mix two experiments."""
+    shares: list[tuple[dict[str, Any], list[Member]]] = []
+    for run in runs:
+        own = settings(run)
+        same = next((share for key, share in shares if not config_lib.diff(key, own)), None)
+        if same is None:
+            shares.append((own, [run]))
+        else:
+            same.append(run)
+    if len(shares) == 1:
+        return [(runs, "")]
+    differing = sorted({k for a, _ in shares for b, _ in shares for k in config_lib.diff(a, b)})
+    shown = differing[:SHOWN_FIELDS]
+    more = ", …" if len(differing) > SHOWN_FIELDS else ""
+    return [(share, ", ".join(f"{k}={key.get(k)}" for k in shown) + more) for key, share in shares]
+
+
 def _group(members: Sequence[Member]) -> list[Model]:
-    """Runs of one label with distinct seeds are one model; runs that repeat a seed are one model each."""
+    """Runs of one label and one setting with distinct seeds are one model; runs that repeat a seed are one model
+    each; runs of one label with other settings are other models (titled with the fields that differ)."""
     groups: dict[str, list[Member]] = {}
     for member in members:
         groups.setdefault(member.label, []).append(member)
     models = []
     for label, runs in groups.items():
-        seeds = [r.results["seed"] for r in runs]
-        if len(set(seeds)) == len(seeds):
-            models.append(Model(label, runs[0].title, sorted(runs, key=lambda r: r.results["seed"])))
-        else:
-            models += [Model(f"{label}_{folder_label(r)}", f"{r.title} ({folder_label(r)})", [r]) for r in runs]
+        for i, (share, apart) in enumerate(_by_settings(runs)):
+            title, name = (f"{share[0].title} ({apart})", f"{label}_{i + 1}") if apart else (share[0].title, label)
+            seeds = [r.results["seed"] for r in share]
+            if len(set(seeds)) == len(seeds):
+                models.append(Model(name, title, sorted(share, key=lambda r: r.results["seed"])))
+            else:
+                models += [Model(f"{name}_{folder_label(r)}", f"{title} ({folder_label(r)})", [r]) for r in share]
     return models
 
 
@@ -111,9 +149,9 @@ def _set_apart(models: list[Model]) -> list[Model]:
 
 
 def load_models(workdirs: Sequence[str | pathlib.Path]) -> list[Model]:
-    """Every workdir's run, grouped into models: runs of one config with distinct seeds are one model's seeds.
-    Runs of one config and seed in several workdirs (a study setting beside the default, say) stay apart, with
-    the folder name in title and file names."""
+    """Every workdir's run, grouped into models: runs of one config and its settings with distinct seeds are one
+    model's seeds. Runs of one config with other settings (config.json) are other models, titled with the fields
+    that differ; runs of one config and seed in several workdirs stay apart, with the folder name in the title."""
     return _set_apart(_group([load_member(w) for w in workdirs]))
 
 

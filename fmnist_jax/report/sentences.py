@@ -35,17 +35,32 @@ def _better_minus_worse(seeds: dict[int, dict[str, Any]], sign: float) -> tuple[
     return lows, highs
 
 
-def pair_sentence(a: str, b: str, seeds: dict[int, dict[str, Any]], level: float = 0.05) -> str:
-    """One sentence on a pair of models over the seeds: the mean difference, the seeds' intervals and p-values.
-    A difference is called established only when every seed's test finds it, in the same direction."""
+def seed_list(seeds: Sequence[int]) -> str:
+    """Seeds in words: "seed 0", "seeds 0 and 2", "seeds 0, 1 and 2"."""
+    names = [str(s) for s in seeds]
+    return ("seed " if len(names) == 1 else "seeds ") + (
+        " and ".join(names) if len(names) < 3 else ", ".join(names[:-1]) + f" and {names[-1]}"
+    )
+
+
+def pair_sentence(
+    a: str, b: str, seeds: dict[int, dict[str, Any]], level: float = 0.05, *, untested: Sequence[int] = ()
+) -> str:
+    """One sentence on a pair of models over the seeds tested: the mean difference, the seeds' intervals and
+    p-values. A difference is called established only when every seed's test finds it, in the same direction.
+    `untested`: the seeds of either model without a paired test (the other's run or a predictions.npz missing),
+    named, so that no claim reads as if made for them."""
+    missing = f" No paired test for {seed_list(untested)} (a run or its predictions.npz missing)." if untested else ""
     if not seeds:
         return f"{a} and {b}: no seed with both runs' predictions, so no paired test."
     diffs = np.array([s["difference"] for s in seeds.values()])
     ps = [s["p_value"] for s in seeds.values()]
     mean, one = float(diffs.mean()), len(seeds) == 1
-    every = "" if one else " on every seed"
+    where = f" on {seed_list(list(seeds))}" if untested else ("" if one else " on every seed")
     if not np.any(diffs):
-        return f"{a} and {b} are equally accurate on these test images (McNemar {stats.format_p(min(ps))}{every})."
+        return f"{a} and {b} are equally accurate on these test images (McNemar {stats.format_p(min(ps))}{where})." + (
+            missing
+        )
     better, worse, sign = (a, b, 1.0) if mean >= 0 else (b, a, -1.0)
     lows, highs = _better_minus_worse(seeds, sign)
     if one:
@@ -54,16 +69,20 @@ def pair_sentence(a: str, b: str, seeds: dict[int, dict[str, Any]], level: float
         ci = f"each seed's 95% CI within {100 * min(lows):.1f} to {100 * max(highs):.1f}"
     consistent = bool(np.all(np.sign(diffs) == sign))
     if max(ps) < level and consistent:
-        p = stats.format_p(ps[0]) if one else stats.format_p(max(ps)).replace("p = ", "p ≤ ") + every
-        return f"{better} is more accurate than {worse} by {100 * abs(mean):.1f} points ({ci}; McNemar {p})."
+        p = stats.format_p(ps[0]) if one else stats.format_p(max(ps)).replace("p = ", "p ≤ ")
+        return f"{better} is more accurate than {worse} by {100 * abs(mean):.1f} points ({ci}; McNemar {p}{where})." + (
+            missing
+        )
     if one:
-        spread = f"McNemar {stats.format_p(ps[0])}"
+        spread = f"McNemar {stats.format_p(ps[0])}{where}"
     else:
-        spread = f"McNemar p from {min(ps):.2g} to {max(ps):.2g} across seeds"
+        spread = (
+            f"McNemar p from {min(ps):.2g} to {max(ps):.2g} across {seed_list(list(seeds)) if untested else 'seeds'}"
+        )
     why = "" if consistent else "; the seeds disagree on which is better"
     return (
         f"{better} is ahead of {worse} by {100 * abs(mean):.1f} points on average, a difference these test "
-        f"images do not establish ({ci}; {spread}{why})."
+        f"images do not establish ({ci}; {spread}{why}).{missing}"
     )
 
 

@@ -166,7 +166,14 @@ def compare_pair(a: Model, b: Model) -> dict[str, Any]:
             )
         low, high = stats.paired_difference_interval(ca, cb, seed=seed)
         seeds[seed] = {"difference": float(ca.mean() - cb.mean()), "ci95": [low, high], **stats.mcnemar(ca, cb)}
-    return {"a": a.label, "b": b.label, "seeds": seeds, "sentence": sentences.pair_sentence(a.title, b.title, seeds)}
+    untested = sorted((set(a.seeds) | set(b.seeds)) - set(seeds))
+    return {
+        "a": a.label,
+        "b": b.label,
+        "seeds": seeds,
+        "untested_seeds": untested,
+        "sentence": sentences.pair_sentence(a.title, b.title, seeds, untested=untested),
+    }
 
 
 def compare_pairs(models: Sequence[Model]) -> list[dict[str, Any]]:
