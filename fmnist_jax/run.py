@@ -188,6 +188,10 @@ def _run_compare(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> di
     runs = member_runs(config, workdir)
     reused = [member.named and _check_named(member, workdir) for member in runs]  # before anything trains
     config_lib.save_or_check(config, workdir)
+    if any(member.config.kind == "cnn" for member, done in zip(runs, reused, strict=True) if not done):
+        from fmnist_jax import timing  # JAX, which a CNN member imports anyway
+
+        timing.start_up()  # the process's start-up is the comparison's: no member's seconds (before_run) hold it
     for member, finished in zip(runs, reused, strict=True):
         if finished:
             logging.info("%s, seed %d: reusing the finished run in %s", member.name, member.seed, member.workdir)
