@@ -46,6 +46,11 @@ OPERATIONAL = (
     "predict.",
     "data.dir",
     "data.source",
+    # A comparison's seeds and members: each member's run guards its own config.json, so adding a seed or a member,
+    # leaving one out or naming a finished run's folder reuses the runs there are.
+    "seeds",
+    "enabled",
+    "workdir",
 )
 # Compared, but may change with --config.resume_with_changes=True.
 SAFE_TO_CHANGE = ("num_epochs", "checkpoint.every_steps", "checkpoint.max_to_keep", "compute_dtype")

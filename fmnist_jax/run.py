@@ -148,6 +148,25 @@ def member_runs(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> lis
     return runs
 
 
+def _check_member(member: MemberRun) -> None:
+    """The member's own config checks, before anything trains: a field that cannot run is named as the member's
+    (config.members.NAME.FIELD), not found after the members before it have trained."""
+    if member.config.kind == "cnn":
+        from fmnist_jax.training import state  # JAX, which a CNN member imports anyway
+
+        check = state.check_config
+    else:
+        from fmnist_jax import baselines
+
+        check = baselines.check_config
+    try:
+        check(member.config)
+    except ConfigError as e:
+        message = str(e)
+        own = message.replace("config.", f"config.members.{member.name}.", 1) if message.startswith("config.") else ""
+        raise ConfigError(own or f"config.members.{member.name}: {message}") from e
+
+
 def _check_named(member: MemberRun, workdir: pathlib.Path) -> bool:
     """Whether the named folder of `member` holds its finished run, checked before anything trains: a folder that
     does not exist (a typo would start a whole run there) or a run of another seed is an error; a run trained with
@@ -187,6 +206,9 @@ def _run_compare(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> di
         raise ConfigError("a comparison only trains and reports: run evaluate/predict on a member's workdir.")
     runs = member_runs(config, workdir)
     reused = [member.named and _check_named(member, workdir) for member in runs]  # before anything trains
+    for member, finished in zip(runs, reused, strict=True):
+        if not finished:
+            _check_member(member)
     config_lib.save_or_check(config, workdir)
     if any(member.config.kind == "cnn" for member, done in zip(runs, reused, strict=True) if not done):
         from fmnist_jax import timing  # JAX, which a CNN member imports anyway

@@ -7,6 +7,7 @@ import re
 import shutil
 
 import joblib
+import ml_collections
 import numpy as np
 import pytest
 from helpers import NARROW_RECIPE, load_config, quick_compare_config, run_main
@@ -272,6 +273,30 @@ def test_a_named_workdir_for_several_seeds_must_hold_the_seed(tiny_data, tmp_pat
     config.seeds = (1, 1)
     with pytest.raises(ConfigError, match=r"config\.seeds=\(1, 1\) must be distinct integers"):
         run.run(config, tmp_path / "compare")
+
+
+def test_a_members_bad_field_stops_the_comparison_before_anything_trains(tiny_data, tmp_path):
+    config = quick_compare_config(tiny_data, seeds=(0,))
+    config.members.linear_svm.model.C = 0.0
+    with pytest.raises(ConfigError, match=r"^config\.members\.linear_svm\.model\.C=0\.0 must be positive"):
+        run.run(config, tmp_path)
+    assert not list(tmp_path.glob("*/seed_*")) and not (tmp_path / config_lib.CONFIG_FILE).exists()
+
+
+def test_a_comparison_takes_other_seeds_and_members_reusing_its_runs(comparison, tmp_path):
+    """Seeds and members are the comparison's choice, not its runs' settings: fewer seeds, or a member left out,
+    reuses the finished runs there are (each run's own config.json guards what it computed)."""
+    config, workdir, results = comparison
+    shutil.copytree(workdir, tmp_path / "compare")
+    paths = sorted((tmp_path / "compare").glob("*/seed_*/results.json"))
+    stamps = [p.stat().st_mtime_ns for p in paths]
+    fewer = ml_collections.ConfigDict(config.to_dict())
+    fewer.seeds, fewer.members.linear_svm.enabled = (1,), False
+    out = run.run(fewer, tmp_path / "compare")
+    assert out == {name: {1: results[name][1]} for name in ("cnn", "random_forest")}
+    assert stamps == [p.stat().st_mtime_ns for p in paths]
+    summary = table_rows((tmp_path / "compare" / "report.md").read_text(), "| model | test accuracy")
+    assert [(row[0], row[-2]) for row in summary] == [("CNN (Flax)", "1"), ("Random forest", "1")]
 
 
 def test_a_report_folder_that_cannot_be_made_is_named(comparison, tmp_path):
