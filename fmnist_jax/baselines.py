@@ -7,6 +7,7 @@ results.json files compare line for line. The fitted estimator is kept in the wo
 from __future__ import annotations
 
 import io
+import json
 import pathlib
 import time
 import warnings
@@ -20,9 +21,11 @@ from sklearn import ensemble, pipeline, preprocessing, svm
 from sklearn.exceptions import ConvergenceWarning
 
 from fmnist_jax import config_lib, data, files, metrics
-from fmnist_jax.errors import LOG_FILE_ONLY, ConfigError
+from fmnist_jax.errors import ConfigError, ResultsError
 
 MODEL_FILE = "model.joblib"
+FIT_FILE = "fit.json"  # beside model.joblib: what its fit reported, so a run stopped before its scores keeps them
+FIT_FIELDS = ("train_seconds", "converged", "n_iter", "search")
 PREPROCESS = ("none", "scale", "standardize")
 FOREST_FIELDS = (
     "n_estimators",
@@ -152,13 +155,39 @@ def predict(estimator: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | Non
     return estimator.predict(x), None
 
 
-def save_estimator(workdir: pathlib.Path, estimator: Any) -> pathlib.Path:
-    """The fitted estimator as model.joblib, written atomically: a crash never leaves half a model."""
+def save_estimator(workdir: pathlib.Path, estimator: Any, record: dict[str, Any]) -> pathlib.Path:
+    """The fitted estimator as model.joblib and what its fit reported (`record`, FIT_FIELDS) as fit.json, each written
+    atomically and fit.json first: a crash never leaves half a model, nor a model without its record."""
+    files.atomic_write_text(workdir / FIT_FILE, json.dumps(record, indent=2) + "\n")
     buffer = io.BytesIO()
     joblib.dump(estimator, buffer)
     path = workdir / MODEL_FILE
     files.atomic_write_bytes(path, buffer.getvalue())
     return path
+
+
+def _finished_results(workdir: pathlib.Path) -> dict[str, Any] | None:
+    """The workdir's results.json; None where there is none, or where it is damaged (said: the model is scored
+    again, which rewrites it)."""
+    if not (workdir / metrics.RESULTS_FILE).exists():
+        return None
+    try:
+        return metrics.load_results(workdir)
+    except ResultsError as e:
+        logging.warning("%s Scoring the saved model again instead.", e)
+        return None
+
+
+def fit_record(workdir: pathlib.Path) -> dict[str, Any]:
+    """What the fit of WORKDIR/model.joblib reported (FIT_FIELDS): from its results.json, or where that is gone or
+    damaged from fit.json; {} where neither can be read (the fit's seconds are then unknown)."""
+    results = _finished_results(workdir)
+    if results is None and (workdir / FIT_FILE).exists():
+        try:
+            results = json.loads((workdir / FIT_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            logging.warning("%s cannot be read: the fit's seconds are unknown.", workdir / FIT_FILE)
+    return {k: v for k, v in (results or {}).items() if k in FIT_FIELDS}
 
 
 def load_estimator(workdir: str | pathlib.Path) -> Any:
@@ -178,6 +207,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the first field of a baseline config that cannot run."""
     config_lib.check_positive(config, "seed", allow_zero=True)
     create_estimator(config)
+    if config.search.method != "none":
+        from fmnist_jax import search  # which imports this module
+
+        search.check_search(config)
 
 
 def fit_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
@@ -185,14 +218,21 @@ def fit_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.P
     results.json, predictions.npz and model.joblib; returns the results dict. With `config.search.method` set,
     searches `config.search.grid` on the validation split first and fits the best setting."""
     workdir = pathlib.Path(workdir)
-    if (workdir / metrics.RESULTS_FILE).exists() and (workdir / MODEL_FILE).exists():
+    if (workdir / MODEL_FILE).exists() and (finished := _finished_results(workdir)) is not None:
         logging.info("Run already finished; reporting %s", workdir / metrics.RESULTS_FILE)
-        return metrics.load_results(workdir)
+        return finished
     dataset = data.load(config.data, seed=config.seed)
+    if (workdir / MODEL_FILE).exists() and (workdir / FIT_FILE).exists():  # stopped between its fit and its scores
+        logging.info("%s holds a fitted model without its scores: scoring it", workdir)
+        record = fit_record(workdir)
+        train_seconds = record.pop("train_seconds", None)
+        return score(config, workdir, load_estimator(workdir), dataset, train_seconds=train_seconds, extra=record)
     x_train, y_train = flatten(dataset.train.images), dataset.train.labels
     extra, estimator = {}, create_estimator(config)
     if config.search.method != "none":
-        best, extra["search"] = search(config, dataset)
+        from fmnist_jax import search  # which imports this module
+
+        best, extra["search"] = search.search(config, dataset)
         estimator.set_params(**{f"model__{k}": v for k, v in best.items()})
     if config.data.use_validation_for_training:
         x_train = np.concatenate([x_train, flatten(dataset.validation.images)])
@@ -201,152 +241,8 @@ def fit_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.P
     start = time.perf_counter()
     fit_info = fit(estimator, x_train, y_train)
     train_seconds = time.perf_counter() - start
-    save_estimator(workdir, estimator)
+    save_estimator(workdir, estimator, {"train_seconds": train_seconds, **fit_info, **extra})
     return score(config, workdir, estimator, dataset, train_seconds=train_seconds, extra={**fit_info, **extra})
-
-
-SEARCH_METHODS = ("none", "grid", "halving")
-
-
-def check_search(config: ml_collections.ConfigDict, dataset: data.Dataset) -> dict[str, list[Any]]:
-    """The grid of `config.search`, each value checked before any fit: our own bounds (`create_estimator`) and
-    scikit-learn's parameter validation; raises ConfigError naming the field and the value it rejects."""
-    method, grid = config.search.method, config.search.grid.to_dict()
-    if method not in SEARCH_METHODS:
-        raise ConfigError(f"config.search.method={method!r} must be one of {SEARCH_METHODS}.")
-    if not grid or not all(isinstance(v, (list, tuple)) and v for v in grid.values()):
-        raise ConfigError(f"config.search.grid={grid!r} must map model fields to non-empty lists of values.")
-    unknown = [k for k in grid if k not in config.model]
-    if unknown:
-        raise ConfigError(f"config.search.grid names {unknown}, which are not fields of config.model.")
-    if not len(dataset.validation) or config.data.use_validation_for_training:
-        raise ConfigError(
-            "a search scores settings on the validation split: set config.data.validation_size > 0 "
-            "and config.data.use_validation_for_training=False."
-        )
-    for field, values in grid.items():
-        for value in values:
-            one = ml_collections.ConfigDict(config.to_dict(), type_safe=False)  # a value of another type too
-            one.model[field] = value
-            try:
-                model = create_estimator(one)[-1]
-                if hasattr(model, "_validate_params"):  # scikit-learn's own check of each parameter's type and range
-                    model._validate_params()
-            except (ConfigError, ValueError, TypeError) as e:
-                reason = str(e).rstrip(".")
-                raise ConfigError(
-                    f"config.search.grid.{field}: the value {value!r} is rejected ({reason}); change or drop it."
-                ) from e
-    return {k: list(v) for k, v in grid.items()}
-
-
-def _searcher(config: ml_collections.ConfigDict, grid: dict[str, list[Any]], split: Any) -> Any:
-    """scikit-learn's grid or successive-halving search over `grid`, on the predefined train/validation split."""
-    from sklearn import model_selection
-
-    estimator = create_estimator(config)
-    if "verbose" in estimator[-1].get_params():
-        estimator[-1].set_params(verbose=0)
-    param_grid = {f"model__{k}": v for k, v in grid.items()}
-    common = {"cv": split, "scoring": "accuracy", "refit": False, "verbose": 2, "n_jobs": 1}
-    if config.search.method == "grid":
-        return model_selection.GridSearchCV(estimator, param_grid, **common)
-    from sklearn.experimental import enable_halving_search_cv  # noqa: F401  (registers the class below)
-
-    return model_selection.HalvingGridSearchCV(
-        estimator, param_grid, factor=config.search.factor, random_state=config.seed, **common
-    )
-
-
-def _search_rows(cv: dict[str, Any], method: str) -> list[dict[str, Any]]:
-    """Every fitted setting with its validation accuracy (None for a failed fit) and fit seconds."""
-    rows = []
-    for i, params in enumerate(cv["params"]):
-        row = {
-            "params": {k.removeprefix("model__"): _plain(v) for k, v in params.items()},
-            "validation_accuracy": _finite_or_none(cv["mean_test_score"][i]),  # a failed fit: None (NaN)
-            "fit_seconds": float(cv["mean_fit_time"][i]),
-        }
-        if method == "halving":
-            row["round"], row["images"] = int(cv["iter"][i]), int(cv["n_resources"][i])
-        rows.append(row)
-    return rows
-
-
-def _best_row(rows: list[dict[str, Any]], method: str) -> dict[str, Any]:
-    """The best scored setting among the finalists (halving: those that reached the last round)."""
-    if method == "halving":  # a setting's score is the one from the last round it reached (the most images)
-        last = {}
-        for row in rows:
-            key = tuple(row["params"].items())
-            if key not in last or row["round"] > last[key]["round"]:
-                last[key] = row
-        finalists = [r for r in last.values() if r["round"] == max(r["round"] for r in rows)]
-    else:
-        finalists = rows
-    scored = [r for r in finalists if r["validation_accuracy"] is not None]
-    if not scored:  # a last round where every setting failed (scikit-learn raises on that itself today)
-        raise _all_settings_failed([r["params"] for r in finalists])
-    return max(scored, key=lambda r: r["validation_accuracy"])
-
-
-def search(config: ml_collections.ConfigDict, dataset: data.Dataset) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Trains every setting of `config.search.grid` on the training split and scores it on the validation split
-    only (scikit-learn's search over a predefined split; "halving" is successive halving: each round keeps the
-    best 1/factor of the settings and trains them on factor times more images). Returns the best setting and
-    the record for results.json: every setting with its validation accuracy and fit seconds."""
-    from sklearn import model_selection
-
-    grid, method = check_search(config, dataset), config.search.method
-    x = np.concatenate([flatten(dataset.train.images), flatten(dataset.validation.images)])
-    y = np.concatenate([dataset.train.labels, dataset.validation.labels])
-    split = model_selection.PredefinedSplit(np.r_[np.full(len(dataset.train), -1), np.zeros(len(dataset.validation))])
-    searcher = _searcher(config, grid, split)
-    size = int(np.prod([len(v) for v in grid.values()]))
-    logging.info(
-        "%s search over %d settings of %s, scored on %d validation images",
-        *(method, size, ", ".join(grid), len(dataset.validation)),
-    )
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        try:
-            searcher.fit(x, y)
-        except ValueError as e:  # scikit-learn's "All the N fits failed", with every fit's reason
-            if "fits failed" not in str(e):
-                raise
-            logging.warning("The search's failures: %s", e, extra=LOG_FILE_ONLY)
-            raise _all_settings_failed(grid) from e
-    seconds = time.perf_counter() - start
-    rows = _search_rows(searcher.cv_results_, method)
-    best = _best_row(rows, method)
-    logging.info(
-        "search done in %.1f s: best %s, validation accuracy %.4f", seconds, best["params"], best["validation_accuracy"]
-    )
-    record = {
-        "method": method,
-        "grid": rows,
-        "best_params": best["params"],
-        "best_validation_accuracy": best["validation_accuracy"],
-        "seconds": seconds,
-    }
-    return best["params"], record
-
-
-def _all_settings_failed(settings: Any) -> ConfigError:
-    return ConfigError(
-        f"config.search.grid: every setting failed to fit ({settings}); the log file holds scikit-learn's reasons. "
-        "Fix the grid's values."
-    )
-
-
-def _finite_or_none(value: float) -> float | None:
-    return float(value) if np.isfinite(value) else None
-
-
-def _plain(value: Any) -> Any:
-    """NumPy scalars from a parameter grid as JSON-able Python values."""
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def score(
@@ -355,7 +251,7 @@ def score(
     estimator: Any,
     dataset: data.Dataset,
     *,
-    train_seconds: float,
+    train_seconds: float | None,
     extra: dict[str, Any],
 ) -> dict[str, Any]:
     """Validation and test scores of a fitted estimator, written as results.json and predictions.npz."""
@@ -385,10 +281,10 @@ def score(
     )
     metrics.save_results(workdir, results)
     logging.info(
-        "%s: test accuracy %.4f (validation %s), fit %.1f s",
+        "%s: test accuracy %.4f (validation %s), fit %s",
         config.model.name,
         results["test_accuracy"],
-        "n/a" if val_acc is None else f"{val_acc:.4f}",
-        train_seconds,
+        metrics.fmt(val_acc),
+        "time unknown" if train_seconds is None else f"{train_seconds:.1f} s",
     )
     return results

@@ -89,15 +89,9 @@ def _run_baseline(config: ml_collections.ConfigDict, workdir: pathlib.Path, mode
     estimator = baselines.load_estimator(workdir)
     if mode == "evaluate":
         dataset = data.load(config.data, seed=config.seed)
-        previous = metrics.load_results(workdir) if (workdir / metrics.RESULTS_FILE).exists() else {}
-        return baselines.score(
-            config,
-            workdir,
-            estimator,
-            dataset,
-            train_seconds=previous.get("train_seconds"),
-            extra={k: previous[k] for k in ("converged", "n_iter", "search") if k in previous},
-        )
+        record = baselines.fit_record(workdir)  # the fit's seconds and report, kept in the new results.json
+        train_seconds = record.pop("train_seconds", None)
+        return baselines.score(config, workdir, estimator, dataset, train_seconds=train_seconds, extra=record)
     images, names = _inputs(config)
     preds, probs = baselines.predict(estimator, baselines.flatten(images))
     return predict.report(workdir, names, probs, preds)

@@ -17,7 +17,7 @@ def tiny(name, tiny_data, **overrides):
 
 
 def test_baselines_module_never_imports_jax():
-    code = "import sys, fmnist_jax.baselines, fmnist_jax.run; assert 'jax' not in sys.modules, 'jax imported'"
+    code = "import sys, fmnist_jax.baselines, fmnist_jax.search, fmnist_jax.run; assert 'jax' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
@@ -94,6 +94,27 @@ def test_evaluate_mode_rescores_the_saved_model(tiny_data, tmp_path):
     assert evaluated["confusion_matrix"] == trained["confusion_matrix"]
 
 
+def test_a_fit_stopped_before_its_scores_or_with_damaged_scores_is_scored_again_not_refitted(tiny_data, tmp_path):
+    """model.joblib's fit.json keeps what the fit reported (seconds, convergence), so a run without a readable
+    results.json (a stop between fit and scores, a damaged file) is scored again with them; evaluate keeps them."""
+    config = tiny("linear_svm", tiny_data, preprocess="none", **{"model.dual": "true", "model.max_iter": 2})
+    trained = run.run(config, tmp_path)
+    model, kept = tmp_path / baselines.MODEL_FILE, ("test_accuracy", "confusion_matrix", "train_seconds", "n_iter")
+    stamp = model.stat().st_mtime_ns
+    for damage in (lambda path: path.unlink(), lambda path: path.write_text('{"test_accuracy": 0.9')):
+        damage(tmp_path / metrics.RESULTS_FILE)
+        again = run.run(config, tmp_path)
+        assert {k: again[k] for k in kept} == {k: trained[k] for k in kept} and again["converged"] is False
+        assert metrics.load_results(tmp_path) == again and model.stat().st_mtime_ns == stamp  # not refitted
+    (tmp_path / metrics.RESULTS_FILE).unlink()
+    config.mode = "evaluate"
+    evaluated = run.run(config, tmp_path)
+    assert {k: evaluated[k] for k in kept} == {k: trained[k] for k in kept} and evaluated["converged"] is False
+    (tmp_path / metrics.RESULTS_FILE).unlink()
+    (tmp_path / baselines.FIT_FILE).unlink()  # a model saved before fit.json existed: its fit's seconds unknown
+    assert run.run(config, tmp_path)["train_seconds"] is None
+
+
 @pytest.mark.parametrize(
     "name, field, value, match",
     [
@@ -103,6 +124,8 @@ def test_evaluate_mode_rescores_the_saved_model(tiny_data, tmp_path):
         ("linear_svm", "model.dual", "maybe", r"config.model.dual='maybe' must be"),
         ("linear_svm", "preprocess", "pca", r"config.preprocess='pca' must be one of"),
         ("random_forest", "seed", -1, r"config.seed=-1 must be zero or more"),
+        ("random_forest_search", "search.factor", 1, r"config.search.factor=1 must be a number above 1"),
+        ("random_forest_search", "search.method", "random", r"config.search.method='random' must be one of"),
     ],
 )
 def test_bad_values_name_the_field(tiny_data, tmp_path, name, field, value, match):
