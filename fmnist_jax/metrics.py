@@ -14,6 +14,7 @@ import json
 import os
 import pathlib
 import platform
+import zipfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -58,9 +59,12 @@ def evaluate(
     `probs` (N, num_classes) is given: scikit-learn's definitions (tests/test_metrics.py), computed with NumPy so
     that a CNN run does not import scikit-learn and SciPy (a second of every start-up)."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    if y_true.shape != y_pred.shape or y_true.ndim != 1:
-        raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} must be 1-D and of equal length")
+    if y_true.shape != y_pred.shape or y_true.ndim != 1 or not len(y_true):
+        raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} must be 1-D, of equal length, not empty")
     k = len(class_names)
+    for name, y in (("y_true", y_true), ("y_pred", y_pred)):
+        if y.min() < 0 or y.max() >= k:  # np.bincount would count it in another class's cell
+            raise ValueError(f"{name} holds labels outside 0..{k - 1} ({y.min()} to {y.max()})")
     confusion = np.bincount(y_true.astype(np.int64) * k + y_pred.astype(np.int64), minlength=k * k).reshape(k, k)
     support, predicted, hits = confusion.sum(1), confusion.sum(0), np.diag(confusion)
     precision, recall = _ratio(hits, predicted), _ratio(hits, support)
@@ -177,9 +181,11 @@ def read_history(workdir: str | pathlib.Path) -> list[dict[str, Any]]:
     for i, line in enumerate(lines):
         try:
             records.append(json.loads(line))
-        except json.JSONDecodeError:
+        except json.JSONDecodeError as e:
             if i < len(lines) - 1:
-                raise
+                raise ResultsError(
+                    f"{path}: line {i + 1} is not valid JSON ({e}); fix or delete that line (each line is one epoch)."
+                ) from e
             logging.warning("%s: ignoring a torn last line (the process was killed while writing it)", path)
     return records
 
@@ -237,5 +243,12 @@ def save_predictions(
 
 def load_predictions(workdir: str | os.PathLike) -> dict[str, np.ndarray]:
     """The arrays that `save_predictions` wrote: labels, preds and, if saved, probs."""
-    with np.load(pathlib.Path(workdir) / PREDICTIONS_FILE) as f:
-        return {k: f[k] for k in f.files}
+    path = pathlib.Path(workdir) / PREDICTIONS_FILE
+    try:
+        with np.load(path) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ResultsError(
+            f"{path} cannot be read ({type(e).__name__}: {e}); score the run again to rewrite it (its command with "
+            "--config.mode=evaluate)."
+        ) from e

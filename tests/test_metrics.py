@@ -69,6 +69,13 @@ def test_shape_errors():
         metrics.evaluate(np.zeros(3), np.zeros(4), class_names=NAMES)
     with pytest.raises(ValueError, match=r"probs has shape \(2, 2\)"):
         metrics.evaluate(np.zeros(2), np.zeros(2), np.ones((2, 2)), class_names=NAMES)
+    with pytest.raises(ValueError, match="not empty"):
+        metrics.evaluate(np.zeros(0), np.zeros(0), class_names=NAMES)
+    k = len(NAMES)  # a label out of range would be counted in another class's cell
+    with pytest.raises(ValueError, match=rf"y_pred holds labels outside 0..{k - 1} \(1 to {k}\)"):
+        metrics.evaluate(np.array([1, 2]), np.array([1, k]), class_names=NAMES)
+    with pytest.raises(ValueError, match=r"y_true holds labels outside 0..\d+ \(-1 to 1\)"):
+        metrics.evaluate(np.array([1, -1]), np.array([1, 1]), class_names=NAMES)
 
 
 def _results(**extra):
@@ -108,6 +115,20 @@ def test_load_results_errors_name_the_file(tmp_path):
     (tmp_path / "results.json").write_text('{"model": "x"}')
     with pytest.raises(metrics.ResultsError, match="lacks the fields"):
         metrics.load_results(tmp_path)
+
+
+def test_damaged_history_and_predictions_are_errors_naming_the_file(tmp_path):
+    """A torn last line is a killed write (skipped); a bad line before it, or unreadable predictions, is damage."""
+    (tmp_path / metrics.HISTORY_FILE).write_text('{"epoch": 1}\n{"epoch": 2\n{"epoch": 3}\n')
+    with pytest.raises(metrics.ResultsError, match=r"history\.jsonl: line 2 is not valid JSON .*fix or delete that"):
+        metrics.read_history(tmp_path)
+    (tmp_path / metrics.HISTORY_FILE).write_text('{"epoch": 1}\n{"epoch": 2\n')
+    assert metrics.read_history(tmp_path) == [{"epoch": 1}]
+    metrics.save_predictions(tmp_path, labels=np.zeros(3, np.int32), preds=np.zeros(3, np.int32))
+    path = tmp_path / metrics.PREDICTIONS_FILE
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(metrics.ResultsError, match=r"predictions\.npz cannot be read \(BadZipFile: .*mode=evaluate"):
+        metrics.load_predictions(tmp_path)
 
 
 def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):

@@ -299,6 +299,20 @@ def test_a_comparison_takes_other_seeds_and_members_reusing_its_runs(comparison,
     assert [(row[0], row[-2]) for row in summary] == [("CNN (Flax)", "1"), ("Random forest", "1")]
 
 
+def test_a_damaged_history_or_predictions_file_is_one_error_naming_it(comparison, tmp_path):
+    _, workdir, _ = comparison
+    run_dir = tmp_path / "cnn"
+    shutil.copytree(workdir / "cnn" / "seed_0", run_dir)
+    records = metrics.read_history(run_dir)
+    metrics.write_history(run_dir, [{k: v for k, v in r.items() if k != "validation_loss"} for r in records])
+    with pytest.raises(UserError, match=r"cnn/history\.jsonl has epochs without \['validation_loss'\], which the"):
+        report.build([run_dir], tmp_path / "out")
+    metrics.write_history(run_dir, records)
+    (run_dir / metrics.PREDICTIONS_FILE).write_bytes(b"PK\x03\x04 torn")
+    with pytest.raises(UserError, match=r"cnn/predictions\.npz cannot be read"):
+        report.build([run_dir], tmp_path / "out")
+
+
 def test_a_report_folder_that_cannot_be_made_is_named(comparison, tmp_path):
     _, workdir, _ = comparison
     (tmp_path / "a_file").write_text("")

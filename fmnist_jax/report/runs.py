@@ -14,11 +14,12 @@ from typing import Any
 import numpy as np
 
 from fmnist_jax import config_lib, metrics, stats
-from fmnist_jax.errors import ConfigError
+from fmnist_jax.errors import ConfigError, ResultsError
 
 # Test accuracies the original study published, by model name.
 PUBLISHED = {"seed_cnn": 0.8997, "random_forest": 0.879, "linear_svm": 0.76}
 PUBLISHED_CONFIGS = ("cnn", "random_forest", "linear_svm")  # the configs that are the study's models
+CURVE_KEYS = ("epoch", "train_loss", "train_accuracy", "validation_loss", "validation_accuracy")  # what is plotted
 MODEL_TITLES = {
     "seed_cnn": "CNN (Flax)",
     "random_forest": "Random forest",
@@ -49,6 +50,11 @@ def load_member(workdir: str | pathlib.Path) -> Member:
     workdir = pathlib.Path(workdir)
     results = metrics.load_results(workdir)
     history = metrics.read_history(workdir)
+    if missing := sorted({k for record in history for k in CURVE_KEYS if k not in record}):
+        raise ResultsError(
+            f"{workdir / metrics.HISTORY_FILE} has epochs without {missing}, which the report plots; it was not "
+            "written by this version: delete it to report the run without its curves."
+        )
     predictions = metrics.load_predictions(workdir) if (workdir / metrics.PREDICTIONS_FILE).exists() else {}
     return Member(
         label=results.get("config_name") or workdir.name,
