@@ -25,10 +25,10 @@ def main(argv: list[str]) -> None:
     from fmnist_jax import logs, run  # after flags parsing
     from fmnist_jax.errors import Interrupted, UserError
 
-    logs.set_up(FLAGS.log_dir)
     config_file = config_flags.get_config_filename(FLAGS["config"])
     workdir = FLAGS.workdir or str(pathlib.Path("runs") / pathlib.Path(config_file).stem)
     try:
+        logs.set_up(FLAGS.log_dir)
         run.run(FLAGS.config, workdir)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

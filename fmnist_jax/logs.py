@@ -3,6 +3,8 @@ there, and every warning and error with its traceback in a log file (the termina
 
 from __future__ import annotations
 
+import errno
+import functools
 import logging as py_logging
 import os
 import pathlib
@@ -11,12 +13,22 @@ import tempfile
 
 from absl import logging
 
-from fmnist_jax.errors import LOG_FILE_ONLY
+from fmnist_jax.errors import LOG_FILE_ONLY, ConfigError
+
+PACKAGE = pathlib.Path(__file__).resolve().parent
+MAIN = PACKAGE.parent / "main.py"
+
+
+@functools.cache
+def _own_file(pathname: str) -> bool:
+    path = pathlib.Path(pathname).resolve()
+    return path == MAIN or PACKAGE in path.parents
 
 
 def _own(record: py_logging.LogRecord) -> bool:
-    """Whether `record` comes from this project (the package or main.py)."""
-    return "fmnist_jax" in record.pathname or record.pathname.endswith("main.py")
+    """Whether `record` comes from this project (the package or main.py), by where its file lies: not by a name in
+    its path, which a checkout in a folder named like the package would give every library under it."""
+    return _own_file(record.pathname)
 
 
 class _OwnLogsOnly(py_logging.Filter):
@@ -58,8 +70,17 @@ class _OneLinePerLibraryRecord(logging.PythonFormatter):
 def set_up(log_dir: str | None = None) -> pathlib.Path:
     """This project's INFO lines and the libraries' warnings on the terminal, the libraries' in one line each;
     every warning and error, tracebacks included, in a log file under --log_dir (default: the temporary folder)."""
-    log_dir = pathlib.Path(log_dir or tempfile.gettempdir())
-    log_path = log_dir / f"fmnist_jax.{os.getpid()}.log"
+    folder = pathlib.Path(log_dir or tempfile.gettempdir())
+    try:  # now, not at the first warning: a log file that cannot be opened then would end the run there
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "not writable")
+    except OSError as e:
+        raise ConfigError(
+            f"--log_dir={log_dir or folder}: cannot write a log file there ({e.strerror}); name a writable folder"
+            + ("." if log_dir is None else ", or drop --log_dir for the temporary folder.")
+        ) from e
+    log_path = folder / f"fmnist_jax.{os.getpid()}.log"
     terminal = logging.get_absl_handler()
     terminal.addFilter(_Terminal())
     terminal.setFormatter(_OneLinePerLibraryRecord(log_path))

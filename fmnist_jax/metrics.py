@@ -164,7 +164,10 @@ def load_results(path: str | os.PathLike) -> dict[str, Any]:
     except FileNotFoundError as e:
         raise ResultsError(f"{path} does not exist: has this run finished?") from e
     except json.JSONDecodeError as e:
-        raise ResultsError(f"{path} is not valid JSON ({e}); rerun the model to rewrite it.") from e
+        raise ResultsError(
+            f"{path} is not valid JSON ({e}); score the run again to rewrite it (its command with "
+            "--config.mode=evaluate)."
+        ) from e
     missing = [k for k in REQUIRED_KEYS if k not in results]
     if missing:
         raise ResultsError(f"{path} lacks the fields {missing}; it was not written by this version.")

@@ -70,6 +70,26 @@ def test_expected_errors_are_one_line_and_exit_2(tmp_path, args, expected):
     assert "Traceback" not in result.stderr
 
 
+def test_the_log_folder_is_made_or_named_in_one_line_before_anything_runs(tmp_path):
+    """--log_dir is made when missing, and one that cannot be is an error at once: not at the first warning, which
+    would end the run there (the log file is opened lazily)."""
+    bad = ("--config=configs/cnn.py", "--config.data.validation_size=-5")  # stops at once, after the logs' set-up
+    result = run_main(*bad, f"--workdir={tmp_path / 'w'}", f"--log_dir={tmp_path / 'new' / 'logs'}")
+    assert result.returncode == 2 and (tmp_path / "new" / "logs").is_dir()
+    (tmp_path / "file").write_text("")
+    result = run_main(*bad, f"--workdir={tmp_path / 'w'}", f"--log_dir={tmp_path / 'file' / 'logs'}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert last_line(result).startswith(f"error: --log_dir={tmp_path / 'file' / 'logs'}: cannot write a log file there")
+
+
+def test_own_log_lines_are_told_by_where_their_file_lies(tmp_path):
+    from fmnist_jax import logs
+
+    assert logs._own_file(str(ROOT / "fmnist_jax" / "training" / "loop.py")) and logs._own_file(str(ROOT / "main.py"))
+    library = tmp_path / "fmnist_jax" / ".venv" / "lib" / "orbax" / "checkpoint_manager.py"  # a checkout so named
+    assert not logs._own_file(str(library)) and not logs._own_file(str(tmp_path / "fmnist_jax" / "main.py"))
+
+
 def test_default_workdir_is_runs_slash_config_name(tiny_data, tmp_path):
     result = run_main(
         f"--config={ROOT / 'configs' / 'cnn.py'}",
