@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import math
 import os
 import pathlib
 import zlib
@@ -117,7 +118,7 @@ def _header(path: pathlib.Path, raw: bytes, magic: int, ndim: int) -> tuple[int,
             "Is this the right file, or is it damaged?"
         )
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header_len + int(np.prod(dims))
+    expected = header_len + math.prod(dims)  # Python ints: a damaged header's dims overflow int64
     if len(raw) != expected:
         raise DataError(
             f"{path}: header says {dims} -> {expected} bytes, the file has {len(raw)} "
@@ -169,6 +170,8 @@ def load_idx(directory: str | os.PathLike) -> tuple[dict[str, Split], dict[str, 
                 f"{paths[0]} holds {len(images)} images but {paths[1]} holds {len(labels)} "
                 "labels; they must agree. One of the files is from another data set."
             )
+        if not len(images):
+            raise DataError(f"{paths[0]} holds no images: the {split} split would be empty. Download it again.")
         checksums[paths[0].name], checksums[paths[1].name] = images_sha, labels_sha
         splits[split] = Split(images, labels)
     return splits, checksums

@@ -50,6 +50,8 @@ def _rewrite(folder, name, content):
         ("bad_gzip", r"train-images-idx3-ubyte.gz: the gzip stream is damaged or truncated"),
         ("corrupt_deflate", r"train-images-idx3-ubyte.gz: the gzip stream is damaged or truncated .*invalid block"),
         ("short_header", r"shorter than the 16-byte IDX header"),
+        ("empty_test", r"t10k-images-idx3-ubyte.gz holds no images: the test split would be empty"),
+        ("huge_header", r"header says \(4294967295, 4294967295, 4294967295\) -> 79228162458924105385300197391 bytes"),
     ],
 )
 def test_malformed_files_raise_clear_errors(tmp_path, case, expected):
@@ -76,6 +78,11 @@ def test_malformed_files_raise_clear_errors(tmp_path, case, expected):
         path.write_bytes(raw[:10] + b"\xff" * 8 + raw[18:])
     elif case == "short_header":
         _rewrite(folder, "train-images-idx3-ubyte", b"\x00\x00\x08\x03\x00")
+    elif case == "empty_test":
+        _rewrite(folder, "t10k-images-idx3-ubyte", idx_bytes(np.zeros((0, 28, 28), np.uint8), 2051))
+        _rewrite(folder, "t10k-labels-idx1-ubyte", idx_bytes(np.zeros(0, np.uint8), 2049))
+    elif case == "huge_header":  # dims whose product overflows int64
+        _rewrite(folder, "train-images-idx3-ubyte", (2051).to_bytes(4, "big") + b"\xff" * 12)
     with pytest.raises(data.DataError, match=expected):
         data.load_idx(folder)
 
