@@ -74,6 +74,14 @@ def create_estimator(config: ml_collections.ConfigDict) -> Any:
         estimator = svm.LinearSVC(random_state=config.seed, **params)
     else:
         raise ConfigError(f"config.model.name={m.name!r} is not a baseline; choose 'random_forest' or 'linear_svm'.")
+    if params.get("n_jobs") == 0:  # joblib's error, at the fit
+        raise ConfigError("config.model.n_jobs=0 must be a number of processes, or -1 for every core.")
+    try:
+        estimator._validate_params()  # scikit-learn's own check of each parameter's type and range, before any fit
+    except (ValueError, TypeError) as e:
+        field = next((k for k in params if f"'{k}' parameter" in str(e)), None)
+        setting = f"model.{field}={params[field]!r}" if field else "model"
+        raise ConfigError(f"config.{setting} is rejected by scikit-learn: {e}") from e
     preprocess = config.preprocess
     if preprocess not in PREPROCESS:
         raise ConfigError(f"config.preprocess={preprocess!r} must be one of {PREPROCESS}.")

@@ -124,6 +124,8 @@ def test_a_fit_stopped_before_its_scores_or_with_damaged_scores_is_scored_again_
         ("linear_svm", "model.dual", "maybe", r"config.model.dual='maybe' must be"),
         ("linear_svm", "preprocess", "pca", r"config.preprocess='pca' must be one of"),
         ("random_forest", "seed", -1, r"config.seed=-1 must be zero or more"),
+        ("random_forest", "model.criterion", "gin", r"config.model.criterion='gin' is rejected by scikit-learn: The"),
+        ("random_forest", "model.n_jobs", 0, r"config.model.n_jobs=0 must be a number of processes, or -1"),
         ("random_forest_search", "search.factor", 1, r"config.search.factor=1 must be a number above 1"),
         ("random_forest_search", "search.method", "random", r"config.search.method='random' must be one of"),
     ],
