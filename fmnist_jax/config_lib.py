@@ -171,14 +171,11 @@ def check_positive(config: ml_collections.ConfigDict, *fields: str, allow_zero: 
     """Raises ConfigError naming the first of `fields` (dotted paths) that is not a positive number."""
     for field in fields:
         value = get(config, field)
-        ok = (
-            isinstance(value, (int, float))
-            and not isinstance(value, bool)
-            and (value >= 0 if allow_zero else value > 0)
-        )
-        if not ok:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (number and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)):
             bound = "zero or more" if allow_zero else "positive"
-            raise ConfigError(f"config.{field}={value!r} must be {bound}.")
+            finite = "finite and " if number and not math.isfinite(value) else ""
+            raise ConfigError(f"config.{field}={value!r} must be {finite}{bound}.")
 
 
 # What a checkpoint or saved model was trained as: `evaluate` and `predict` refuse a config that differs here,

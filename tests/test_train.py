@@ -253,6 +253,10 @@ def test_nan_loss_stops_with_a_clear_error(cnn_config, tmp_path):
         ("eval_batch_size", -5, r"config.eval_batch_size=-5 must be zero or more"),
         ("seed", -1, r"config.seed=-1 must be zero or more"),
         ("model.conv", "cudnn", r"config.model.conv='cudnn' must be one of \('auto', 'im2col', 'xla', 'taps'\)"),
+        ("learning_rate", float("inf"), r"config.learning_rate=inf must be finite and positive"),
+        ("adam.b1", 1.0, r"config.adam.b1=1.0 must be below 1"),
+        ("adam.b2", -0.5, r"config.adam.b2=-0.5 must be zero or more"),
+        ("adam.eps", 0.0, r"config.adam.eps=0.0 must be positive"),
     ],
 )
 def test_bad_config_values_name_the_field(cnn_config, tmp_path, field, value, match):
@@ -261,6 +265,23 @@ def test_bad_config_values_name_the_field(cnn_config, tmp_path, field, value, ma
     with pytest.raises(ConfigError, match=match):
         run.run(cnn_config, tmp_path)
     assert not (tmp_path / "config.json").exists()
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("model.dropout", 1.5, r"config.model.dropout=1.5 must be below 1"),
+        ("model.dropout", -0.5, r"config.model.dropout=-0.5 must be zero or more"),
+        ("model.widths", (0, 0, 0), r"config.model.widths=\(0, 0, 0\) must be positive integers, one per stage"),
+        ("model.depths", (), r"config.model.depths=\(\) must be positive integers"),
+        ("model.head_width", -1, r"config.model.head_width=-1 must be zero or more"),
+    ],
+)
+def test_the_stronger_cnns_bad_model_values_name_the_field(field, value, match):
+    """Checked before anything is written (JAX failed at the first step with a traceback, or divided by zero)."""
+    config = load_config("vgg_bn", **{field: value})
+    with pytest.raises(ConfigError, match=match):
+        train_state.check_config(config)
 
 
 def test_eval_batch_zero_picks_by_backend_and_rounds_to_the_devices(cnn_config):

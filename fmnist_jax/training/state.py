@@ -61,10 +61,27 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config.{field}={value!r} must be below 1 (0 turns it off).")
     if config.augment.translate >= 14:
         raise ConfigError(f"config.augment.translate={config.augment.translate} must be below 14 pixels.")
+    _check_model_and_adam(config)
     try:  # the model's fields (name, widths, compute dtype, ...): built abstractly, nothing allocated
         nnx.eval_shape(lambda: models.create_model(config.model.name, seed=0, **model_kwargs(config)))
     except TypeError as e:
         raise ConfigError(f"config.model does not fit model {config.model.name!r}: {e}.") from e
+
+
+def _check_model_and_adam(config: ml_collections.ConfigDict) -> None:
+    """The model's and Adam's numbers in their ranges (JAX would fail at the first step, or train on silently)."""
+    m = config.model
+    for field in ("widths", "depths"):
+        values = m.get(field)
+        if values is not None and not (values and all(isinstance(v, int) and v > 0 for v in values)):
+            raise ConfigError(f"config.model.{field}={values!r} must be positive integers, one per stage.")
+    if "head_width" in m:
+        config_lib.check_positive(config, "model.head_width", allow_zero=True)
+    config_lib.check_positive(config, "adam.eps")
+    for field in ("adam.b1", "adam.b2", *(["model.dropout"] if "dropout" in m else [])):
+        config_lib.check_positive(config, field, allow_zero=True)
+        if config_lib.get(config, field) >= 1:
+            raise ConfigError(f"config.{field}={config_lib.get(config, field)!r} must be below 1.")
 
 
 @flax.struct.dataclass
