@@ -50,7 +50,13 @@ def to_fmnist(image: np.ndarray) -> np.ndarray:
 
 
 def _greyscale(img) -> np.ndarray:
-    """A PIL image as 0-255 greyscale: 16- and 32-bit integer and float images scaled, not clipped."""
+    """A PIL image as 0-255 greyscale: 16- and 32-bit integer and float images scaled, not clipped; a transparent
+    background white (what a viewer shows; the colour hidden under it is often black, and would hide the garment)."""
+    from PIL import Image
+
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     if img.mode.startswith("I") or img.mode == "F":  # "I;16" (16-bit PNG), "I" (32-bit), "F" (float)
         a = np.asarray(img, np.float64)
         if img.mode.startswith("I;16") or (img.mode == "I" and a.max() > 255):  # the 16-bit range
@@ -63,25 +69,37 @@ def _greyscale(img) -> np.ndarray:
 
 def _read_one(path: pathlib.Path) -> list[np.ndarray]:
     if path.suffix.lower() == ".npy":
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if not magic:
+            raise ValueError("an empty .npy file")
+        if magic != b"\x93NUMPY":
+            raise ValueError("not a .npy file (it lacks NumPy's header)")
         try:
             array = np.load(path, allow_pickle=False)
         except EOFError as e:
-            raise ValueError("an empty .npy file") from e
+            raise ValueError("a truncated .npy file") from e
+        except ValueError as e:  # an array of Python objects, which only unpickling could read
+            raise ValueError(f"an array NumPy cannot read without unpickling ({e}); save one of numbers") from e
         if array.ndim == 2:
             array = array[None]
         if array.ndim != 3 or array.shape[1:] != IMAGE_SHAPE:
             raise ValueError(f"shape {array.shape}; expected (28, 28) or (N, 28, 28)")
         if len(array) == 0:
             raise ValueError("shape (0, 28, 28): no images")
-        if array.dtype != np.uint8:
+        if array.dtype != np.uint8:  # scaled as a PNG of that depth is: floats up to 1 and 16-bit integers
+            sixteen_bit = array.dtype.kind in "ui" and array.max() > 255
             array = np.asarray(array, np.float64)
-            array = np.clip(np.round(array * 255 if array.max() <= 1.0 else array), 0, 255)
+            if not np.isfinite(array).all():
+                raise ValueError("it holds NaN or infinite values")
+            array = array / 257 if sixteen_bit else array * 255 if array.max() <= 1.0 else array
+            array = np.clip(np.round(array), 0, 255)
         return list(array.astype(np.uint8))
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            return [to_fmnist(_greyscale(img))]
+            return [to_fmnist(_greyscale(ImageOps.exif_transpose(img)))]  # upright as a viewer shows a photo
     except UnidentifiedImageError as e:
         raise ValueError("not an image PIL can read") from e
     except Image.DecompressionBombError as e:

@@ -61,3 +61,37 @@ def test_deep_images_are_scaled_and_unreadable_inputs_named(tmp_path, monkeypatc
     message = str(error.value)
     assert "empty.npy: an empty .npy file" in message and "none.npy: shape (0, 28, 28): no images" in message
     assert "deep.png: too large to read safely" in message
+
+
+def test_photos_stand_upright_transparency_is_white_and_npy_arrays_scale_like_pngs(tmp_path):
+    """A phone photo's EXIF orientation is applied; a transparent background counts as the white a viewer shows
+    (its hidden colour, here black, would hide a dark garment); a 16-bit .npy scales as a 16-bit PNG does; an .npy
+    that is no array of numbers is named."""
+    stored = np.zeros((20, 28), np.uint8)
+    stored[:4, :] = 255  # a light band along the top as stored, on the right once rotated for viewing
+    photo = Image.fromarray(stored)
+    exif = photo.getexif()
+    exif[0x0112] = 6  # Orientation: rotate 90° clockwise to view
+    photo.save(tmp_path / "photo.jpg", exif=exif)
+    (upright,), _ = predict.load_images([tmp_path / "photo.jpg"])
+    viewed, as_stored = (predict.to_fmnist(np.ascontiguousarray(a)) for a in (np.rot90(stored, -1), stored))
+    assert np.abs(upright.astype(int) - viewed).max() <= 8  # JPEG's rounding
+    assert np.abs(upright.astype(int) - as_stored).max() > 200
+    garment = np.zeros((28, 28, 4), np.uint8)  # RGBA: transparent black around
+    garment[6:22, 8:20] = (20, 20, 20, 255)  # an opaque dark garment
+    Image.fromarray(garment, "RGBA").save(tmp_path / "product.png")
+    (image,), _ = predict.load_images([tmp_path / "product.png"])
+    assert image[:4].max() == 0 and image[10:18, 10:18].min() > 200  # inverted off white: a light garment on black
+    deep = np.full((28, 28), 30000, np.uint16)
+    np.save(tmp_path / "deep.npy", deep)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    from_npy, from_png = predict.load_images([tmp_path / "deep.npy", tmp_path / "deep.png"])[0]
+    assert int(from_npy.max()) == round(30000 / 257)
+    np.testing.assert_array_equal(predict.to_fmnist(from_npy), from_png)
+    (tmp_path / "png.npy").write_bytes((tmp_path / "deep.png").read_bytes())
+    np.save(tmp_path / "nan.npy", np.full((28, 28), np.nan))
+    with pytest.raises(predict.PredictError) as error:
+        predict.load_images([tmp_path / "png.npy", tmp_path / "nan.npy"])
+    message = str(error.value)
+    assert "png.npy: not a .npy file (it lacks NumPy's header)" in message and "allow_pickle" not in message
+    assert "nan.npy: it holds NaN or infinite values" in message
