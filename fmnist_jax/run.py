@@ -30,6 +30,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Any:
     if mode not in MODES:
         raise ConfigError(f"config.mode={mode!r} is not one of {MODES}.")
     workdir = pathlib.Path(workdir)
+    if mode != "train" and kind != "compare" and not workdir.is_dir():  # before the lock makes it
+        raise ConfigError(
+            f"--workdir={workdir} does not exist: {mode} reads a trained run's folder; check the path, or train first."
+        )
     if kind == "cnn":
         from fmnist_jax import parallel  # JAX only when needed
 

@@ -82,6 +82,23 @@ def test_the_log_folder_is_made_or_named_in_one_line_before_anything_runs(tmp_pa
     assert last_line(result).startswith(f"error: --log_dir={tmp_path / 'file' / 'logs'}: cannot write a log file there")
 
 
+def test_evaluate_or_predict_where_nothing_trained_is_one_line_and_makes_nothing(tmp_path):
+    """A mistyped workdir is not made (with a lock, and a checkpoint folder whose form a later run would keep)."""
+    typo = tmp_path / "runs" / "cnnn"
+    result = run_main("--config=configs/cnn.py", f"--workdir={typo}", "--config.mode=evaluate")
+    assert result.returncode == 2 and last_line(result) == (
+        f"error: --workdir={typo} does not exist: evaluate reads a trained run's folder; check the path, or train "
+        "first."
+    )
+    assert not typo.exists()
+    (tmp_path / "empty").mkdir()
+    result = run_main("--config=configs/cnn.py", f"--workdir={tmp_path / 'empty'}", "--config.mode=evaluate")
+    assert result.returncode == 2 and last_line(result).startswith(
+        f"error: no checkpoint in {tmp_path / 'empty' / config_lib.CHECKPOINTS_DIR}: train first"
+    )
+    assert [p.name for p in (tmp_path / "empty").iterdir()] == [".lock"]  # no checkpoints/
+
+
 def test_own_log_lines_are_told_by_where_their_file_lies(tmp_path):
     from fmnist_jax import logs
 

@@ -156,6 +156,12 @@ def restore_for_inference(
     config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: Mesh
 ) -> tuple[Programs, state_lib.TrainState, int, dict[str, Any]]:
     """The programs and the state of checkpoint `config.checkpoint.step` (None: the latest valid one)."""
+    none = CheckpointError(
+        f"no checkpoint in {workdir / config_lib.CHECKPOINTS_DIR}: train first "
+        f"(python main.py --config=configs/cnn.py --workdir={workdir})."
+    )
+    if not config_lib.checkpoint_steps(workdir):  # before the store makes a checkpoint folder there
+        raise none
     graphs, state, num_params = state_lib.create_train_state(config)
     store = checkpoints.CheckpointStore.for_run(workdir, config.checkpoint, async_save=False)
     try:
@@ -163,10 +169,7 @@ def restore_for_inference(
     finally:
         store.close()
     if restored is None:
-        raise CheckpointError(
-            f"no checkpoint in {store.directory}: train first "
-            f"(python main.py --config=configs/cnn.py --workdir={workdir})."
-        )
+        raise none
     state, meta = restored
     logging.info("Using checkpoint at step %d", meta["step"])
     programs = Programs(graphs, mesh, config.batch_size, unroll=False, recipe=state_lib.Recipe.from_config(config))
