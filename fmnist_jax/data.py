@@ -12,6 +12,7 @@ import hashlib
 import math
 import os
 import pathlib
+import socket
 import zlib
 from collections.abc import Mapping
 from typing import Any
@@ -207,6 +208,25 @@ def load_tfds(data_dir: str | None = None) -> tuple[dict[str, Split], dict[str, 
     return splits, {"tfds:fashion_mnist": _array_digest(splits)}
 
 
+# Where TFDS fetches Fashion-MNIST from: its Cloud Storage mirror, then the data set's own host.
+TFDS_HOSTS = (("storage.googleapis.com", 443), ("fashion-mnist.s3-website.eu-central-1.amazonaws.com", 80))
+
+
+def _tfds_could_provide(timeout: float = 3.0) -> bool:
+    """Whether TFDS may provide Fashion-MNIST now: a copy it prepared before, a proxy (which this cannot judge), or
+    one of its hosts answering. Offline, TFDS retries its downloads for minutes before it fails."""
+    prepared = pathlib.Path(os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets").expanduser() / "fashion_mnist"
+    if any(prepared.glob("*/dataset_info.json")) or any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy")):
+        return True
+    for host in TFDS_HOSTS:
+        try:
+            socket.create_connection(host, timeout=timeout).close()
+            return True
+        except OSError:
+            continue
+    return False
+
+
 def _array_digest(splits: Mapping[str, Split]) -> str:
     h = hashlib.sha256()
     for name in sorted(splits):
@@ -267,14 +287,16 @@ def load(config: Any, *, seed: int) -> Dataset:
             explicit = [c for c in candidates if c[0] != "Debian dataset-fashion-mnist"]
             candidates = explicit[:1] or [c for c in candidates if pathlib.Path(c[1]).is_dir()][:1]
         if not candidates:
+            nowhere = f"no Fashion-MNIST found: not in {DEBIAN_DIR}, {ENV_VAR} unset, config.data.dir unset, and"
+            if not _tfds_could_provide():
+                raise DataError(f"{nowhere} TFDS has no copy and cannot download one (offline). {HOW_TO_GET_DATA}")
             try:
                 raw, checksums = load_tfds(None)
                 origin = "tfds"
             except DataError as e:
-                raise DataError(
-                    f"no Fashion-MNIST found: not in {DEBIAN_DIR}, {ENV_VAR} unset, "
-                    f"config.data.dir unset, and TFDS failed ({e}). {HOW_TO_GET_DATA}"
-                ) from e
+                cause = e.__cause__ or e
+                why = " ".join(f"{type(cause).__name__}: {cause}".split())
+                raise DataError(f"{nowhere} TFDS failed ({why[:300]}). {HOW_TO_GET_DATA}") from e
         else:
             raw, checksums = load_idx(candidates[0][1])
             origin = f"idx:{pathlib.Path(candidates[0][1]).expanduser().resolve()}"

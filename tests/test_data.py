@@ -176,6 +176,42 @@ def test_auto_uses_first_available_without_explicit_dirs(tmp_path, monkeypatch):
     assert dataset.source == f"idx:{folder.resolve()}" and len(dataset.train) == 25
 
 
+def test_auto_with_no_data_anywhere_and_no_network_fails_at_once_saying_how_to_get_it(tmp_path, monkeypatch):
+    """Offline, TFDS would retry its downloads for minutes: `auto` finds that out in seconds and says so once."""
+    monkeypatch.delenv(data.ENV_VAR, raising=False)
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    monkeypatch.setattr(data, "DEBIAN_DIR", str(tmp_path / "none"))
+    tried = []
+
+    def unreachable(address, timeout):
+        tried.append(address)
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(data.socket, "create_connection", unreachable)
+    with pytest.raises(DataError) as failed:
+        data.load(data_config(validation_size=10), seed=0)
+    message = str(failed.value)
+    assert message.startswith(f"no Fashion-MNIST found: not in {tmp_path / 'none'}, FMNIST_DATA_DIR unset")
+    assert "TFDS has no copy and cannot download one (offline)" in message and message.count("(1) on Debian") == 1
+    assert tried == list(data.TFDS_HOSTS)
+    (tmp_path / "tfds" / "fashion_mnist" / "3.0.1").mkdir(parents=True)  # a copy TFDS prepared before: tried
+    (tmp_path / "tfds" / "fashion_mnist" / "3.0.1" / "dataset_info.json").write_text("{}")
+    assert data._tfds_could_provide() and len(tried) == 2
+    tfds = pytest.importorskip("tensorflow_datasets")
+
+    def offline(name, split, data_dir=None):
+        raise ConnectionError(f"cannot download {name}")
+
+    monkeypatch.setattr(tfds, "data_source", offline)
+    with pytest.raises(DataError) as failed:
+        data.load(data_config(validation_size=10), seed=0)
+    message = str(failed.value)
+    assert "TFDS failed (ConnectionError: cannot download fashion_mnist). Get Fashion-MNIST" in message
+    assert message.count("(1) on Debian") == 1  # the ways to get the data said once
+
+
 @pytest.mark.slow
 def test_real_data_files(real_data_dir):
     dataset = data.load(data_config(dir=str(real_data_dir), validation_size=12000), seed=0)
