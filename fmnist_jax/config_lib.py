@@ -164,6 +164,8 @@ def flag_error(argv: list[str], error: Exception, configs_dir: pathlib.Path) -> 
     text = " ".join(str(error).replace("\\n", " ").replace("\\'", "'").split())
     if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
         text = text[1:-1]  # a KeyError's quotes
+    if any(re.fullmatch(r"--config\.[\w.]+=(?i:none)", arg) for arg in argv) and "'None'" in text:
+        text += " (leave the flag out for the config's own value, None included)"
     return text
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import pathlib
+import re
 from typing import Any
 
 import ml_collections
@@ -160,9 +161,9 @@ def _check_member(member: MemberRun) -> None:
     try:
         check(member.config)
     except ConfigError as e:
-        message = str(e)
-        own = message.replace("config.", f"config.members.{member.name}.", 1) if message.startswith("config.") else ""
-        raise ConfigError(own or f"config.members.{member.name}: {message}") from e
+        message = re.sub(r"(?<![\w./])(--)?config\.", rf"\1config.members.{member.name}.", str(e))
+        own = f"config.members.{member.name}."
+        raise ConfigError(message if message.startswith(own) else f"{own.rstrip('.')}: {message}") from e
 
 
 def _check_named(member: MemberRun, workdir: pathlib.Path) -> bool:
@@ -204,14 +205,15 @@ def _run_compare(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> di
         raise ConfigError("a comparison only trains and reports: run evaluate/predict on a member's workdir.")
     runs = member_runs(config, workdir)
     reused = [member.named and _check_named(member, workdir) for member in runs]  # before anything trains
-    for member, finished in zip(runs, reused, strict=True):
-        if not finished:
-            _check_member(member)
-    config_lib.save_or_check(config, workdir)
-    if any(member.config.kind == "cnn" for member, done in zip(runs, reused, strict=True) if not done):
-        from fmnist_jax import timing  # JAX, which a CNN member imports anyway
+    to_run = [member for member, finished in zip(runs, reused, strict=True) if not finished]
+    if any(member.config.kind == "cnn" for member in to_run):
+        from fmnist_jax import parallel, timing  # JAX, which a CNN member imports anyway
 
+        parallel.maybe_initialize_distributed()  # first: the CNN checks below start JAX's backend
         timing.start_up()  # the process's start-up is the comparison's: no member's seconds (before_run) hold it
+    for member in {m.name: m for m in to_run}.values():  # each member's config once (seeds differ in the seed)
+        _check_member(member)
+    config_lib.save_or_check(config, workdir)
     for member, finished in zip(runs, reused, strict=True):
         if finished:
             logging.info("%s, seed %d: reusing the finished run in %s", member.name, member.seed, member.workdir)

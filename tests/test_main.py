@@ -39,6 +39,10 @@ def last_line(result):
             ["--config=configs/cnn.py", "--config.num_epochs=abc"],
             "error: flag --config.num_epochs=abc: invalid literal for int() with base 10: 'abc'",
         ),
+        (
+            ["--config=configs/cnn.py", "--config.data.num_train=None"],
+            "'None' (leave the flag out for the config's own value, None included)",
+        ),
         (["--config=configs/missing.py"], "error: --config=configs/missing.py: no such file (the configs in "),
         (["--config=configs/cnn.py", "extra"], "error: unexpected arguments ['extra']: settings are flags"),
         (  # the last --config is the one absl loads

@@ -247,6 +247,21 @@ def two_process_run(tiny_data, tmp_path_factory):
     return workdir, (err0, err1)
 
 
+def test_a_comparison_in_a_job_joins_it_before_its_checks_start_jax(tiny_data, tmp_path):
+    """jax.distributed.initialize must come before anything starts JAX's backend: a comparison checks its CNN
+    members (building the model abstractly) after joining the job (a job of one process here), not before."""
+    members = [f"--config.members.{m}.enabled=False" for m in ("random_forest", "linear_svm", "vgg_bn")]
+    quick = [f"--config.quick_overrides.cnn.{k}" for k in ("data.num_train=256", "data.validation_size=64")]
+    job = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{free_port()}", "JAX_NUM_PROCESSES": "1", "JAX_PROCESS_ID": "0"}
+    result = run_main(
+        *("--config=configs/compare.py", f"--workdir={tmp_path}", "--config.quick=True", "--config.seeds=0"),
+        *(*members, f"--config.members.cnn.data.dir={tiny_data}", *quick, "--config.quick_overrides.cnn.num_epochs=1"),
+        env={"JAX_PLATFORMS": "cpu", **job},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "jax.distributed.initialize" in result.stderr and (tmp_path / "report.md").exists()
+
+
 def test_two_processes_train_as_one_and_agree_that_a_run_is_finished(tiny_data, two_process_run, one_device_run):
     """Two processes (2 fake devices each) joined by jax.distributed: the 1-device maths, files written once. A
     rerun is finished for both even where process 1 cannot see results.json (storage that is not shared)."""

@@ -281,6 +281,13 @@ def test_a_members_bad_field_stops_the_comparison_before_anything_trains(tiny_da
     with pytest.raises(ConfigError, match=r"^config\.members\.linear_svm\.model\.C=0\.0 must be positive"):
         run.run(config, tmp_path)
     assert not list(tmp_path.glob("*/seed_*")) and not (tmp_path / config_lib.CONFIG_FILE).exists()
+    config.members.linear_svm.model.C = 1.0
+    config.members.random_forest_search.enabled = True
+    config.members.random_forest_search.search.factor = 1  # its message suggests a flag: the member's
+    with pytest.raises(ConfigError) as failed:
+        run.run(config, tmp_path)
+    assert str(failed.value).startswith("config.members.random_forest_search.search.factor=1 must be a number above")
+    assert "e.g. --config.members.random_forest_search.search.factor=3." in str(failed.value)
 
 
 def test_a_comparison_takes_other_seeds_and_members_reusing_its_runs(comparison, tmp_path):
