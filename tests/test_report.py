@@ -239,6 +239,13 @@ def test_runs_of_one_config_with_other_settings_are_other_models(comparison, tmp
         tmp_path / "svm_0",
         tmp_path / "svm_1",
     ]
+    (tmp_path / "svm_1" / config_lib.CONFIG_FILE).unlink()  # settings unknown: joins the first, not a third model
+    models = report.runs.load_models([tmp_path / "svm_0", other, tmp_path / "svm_1"])
+    assert [(m.title, [r.workdir.name for r in m.runs]) for m in models] == [
+        ("Linear SVM (model.C=1.0)", ["svm_0", "svm_1"]),
+        ("Linear SVM (model.C=4.0)", ["svm_other"]),
+    ]
+    assert [report.runs.published_accuracy(m) for m in models] == [0.76, 0.76]  # both the study's config
 
 
 def test_the_speedrun_joins_the_comparison_when_asked_under_its_own_title(tmp_path):

@@ -91,31 +91,46 @@ def folder_label(run: Member) -> str:
 SHOWN_FIELDS = 3  # at most this many differing fields in the title of a model that is kept apart
 
 
-def settings(member: Member) -> dict[str, Any]:
-    """What a run computed, from its config.json: every field but the seed and the operational ones (those that
-    change only speed or where the data lies); {} for a folder without a readable config.json."""
+# Fields of config.json that change how a run was driven, not what it computed (resuming may change them).
+NOT_SETTINGS = ("seed", "checkpoint.")
+
+
+def settings(member: Member) -> dict[str, Any] | None:
+    """What a run computed, from its config.json: every field but the seed, the checkpointing and the operational
+    ones (speed, output, where the data lies); None for a folder without a readable config.json."""
     path = member.workdir / config_lib.CONFIG_FILE
     try:
-        saved = config_lib.read_saved(path) if path.exists() else {}
+        saved = config_lib.read_saved(path) if path.exists() else None
     except ConfigError:
-        return {}
-    return {k: v for k, v in config_lib.flatten(saved).items() if k != "seed"}  # `diff` leaves operational ones out
+        return None
+    if saved is None:
+        return None
+    flat = config_lib.flatten(saved)
+    return {
+        k: v for k, v in flat.items() if not any(k == n or (n.endswith(".") and k.startswith(n)) for n in NOT_SETTINGS)
+    }
 
 
 def _by_settings(runs: list[Member]) -> list[tuple[list[Member], str]]:
     """Runs of one label split by their settings: each share of the runs with what sets it apart for its title
     ("" where all agree). Runs of one config trained with other settings (more trees, fewer images) are other
-    models: averaging them as seeds of one would mix two experiments."""
+    models: averaging them as seeds of one would mix two experiments. A run whose settings are unknown (no
+    config.json) joins the first share."""
     shares: list[tuple[dict[str, Any], list[Member]]] = []
+    unknown = []
     for run in runs:
         own = settings(run)
+        if own is None:
+            unknown.append(run)
+            continue
         same = next((share for key, share in shares if not config_lib.diff(key, own)), None)
         if same is None:
             shares.append((own, [run]))
         else:
             same.append(run)
-    if len(shares) == 1:
+    if len(shares) <= 1:
         return [(runs, "")]
+    shares[0][1].extend(unknown)
     differing = sorted({k for a, _ in shares for b, _ in shares for k in config_lib.diff(a, b)})
     shown = differing[:SHOWN_FIELDS]
     more = ", …" if len(differing) > SHOWN_FIELDS else ""
@@ -163,7 +178,8 @@ def load_models(workdirs: Sequence[str | pathlib.Path]) -> list[Model]:
 
 def published_accuracy(model: Model) -> float | None:
     """The test accuracy the original study published for this model, when it is one of the study's configs."""
-    return PUBLISHED.get(model.runs[0].results["model"]) if model.label in PUBLISHED_CONFIGS else None
+    first = model.runs[0].results
+    return PUBLISHED.get(first["model"]) if first.get("config_name") in PUBLISHED_CONFIGS else None
 
 
 def correctness(member: Member) -> np.ndarray | None:
