@@ -187,15 +187,19 @@ def _finished_results(workdir: pathlib.Path) -> dict[str, Any] | None:
 
 
 def fit_record(workdir: pathlib.Path) -> dict[str, Any]:
-    """What the fit of WORKDIR/model.joblib reported (FIT_FIELDS): from its results.json, or where that is gone or
-    damaged from fit.json; {} where neither can be read (the fit's seconds are then unknown)."""
-    results = _finished_results(workdir)
-    if results is None and (workdir / FIT_FILE).exists():
+    """What the fit of WORKDIR/model.joblib reported (FIT_FIELDS): its fit.json, or for a model saved before fit.json
+    existed its results.json's fields; {} where neither can be read (the fit's seconds are then unknown)."""
+    for read in (
+        lambda: json.loads((workdir / FIT_FILE).read_text(encoding="utf-8")),
+        lambda: metrics.load_results(workdir),
+    ):
         try:
-            results = json.loads((workdir / FIT_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            logging.warning("%s cannot be read: the fit's seconds are unknown.", workdir / FIT_FILE)
-    return {k: v for k, v in (results or {}).items() if k in FIT_FIELDS}
+            record = read()
+        except (OSError, ValueError, ResultsError):
+            continue
+        if isinstance(record, dict):
+            return {k: v for k, v in record.items() if k in FIT_FIELDS}
+    return {}
 
 
 def load_estimator(workdir: str | pathlib.Path) -> Any:
@@ -226,11 +230,12 @@ def fit_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.P
     results.json, predictions.npz and model.joblib; returns the results dict. With `config.search.method` set,
     searches `config.search.grid` on the validation split first and fits the best setting."""
     workdir = pathlib.Path(workdir)
-    if (workdir / MODEL_FILE).exists() and (finished := _finished_results(workdir)) is not None:
+    fitted = (workdir / MODEL_FILE).exists()
+    if fitted and (finished := _finished_results(workdir)) is not None:
         logging.info("Run already finished; reporting %s", workdir / metrics.RESULTS_FILE)
         return finished
     dataset = data.load(config.data, seed=config.seed)
-    if (workdir / MODEL_FILE).exists() and (workdir / FIT_FILE).exists():  # stopped between its fit and its scores
+    if fitted:  # stopped between its fit and its scores, or its results.json damaged
         logging.info("%s holds a fitted model without its scores: scoring it", workdir)
         record = fit_record(workdir)
         train_seconds = record.pop("train_seconds", None)

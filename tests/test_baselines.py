@@ -1,5 +1,6 @@
 """baselines.py: estimators built from config, fitted, scored with the shared metrics, reused, errors."""
 
+import json
 import subprocess
 import sys
 
@@ -110,9 +111,15 @@ def test_a_fit_stopped_before_its_scores_or_with_damaged_scores_is_scored_again_
     config.mode = "evaluate"
     evaluated = run.run(config, tmp_path)
     assert {k: evaluated[k] for k in kept} == {k: trained[k] for k in kept} and evaluated["converged"] is False
+    (tmp_path / baselines.FIT_FILE).write_text("[]")  # not a record: the results.json's fields are used
+    assert {k: run.run(config, tmp_path)[k] for k in kept} == {k: trained[k] for k in kept}
     (tmp_path / metrics.RESULTS_FILE).unlink()
     (tmp_path / baselines.FIT_FILE).unlink()  # a model saved before fit.json existed: its fit's seconds unknown
     assert run.run(config, tmp_path)["train_seconds"] is None
+    (tmp_path / metrics.RESULTS_FILE).write_text("{")  # and damaged: scored again, not refitted
+    config.mode = "train"
+    again = run.run(config, tmp_path)
+    assert again["train_seconds"] is None and model.stat().st_mtime_ns == stamp
 
 
 @pytest.mark.parametrize(
@@ -248,6 +255,8 @@ def test_evaluate_refuses_another_model_or_split_and_keeps_the_search_record(tin
     results = metrics.load_results(tmp_path)
     results["search"] = {"method": "grid", "best_params": {"n_estimators": 5}}  # as a search run records it
     metrics.save_results(tmp_path, results)
+    fit = json.loads((tmp_path / baselines.FIT_FILE).read_text())
+    (tmp_path / baselines.FIT_FILE).write_text(json.dumps({**fit, "search": results["search"]}))
     config.mode = "evaluate"
     assert run.run(config, tmp_path)["search"] == results["search"]
     for field, value, says in (
