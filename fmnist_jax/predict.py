@@ -77,10 +77,10 @@ def _read_one(path: pathlib.Path) -> list[np.ndarray]:
             raise ValueError("not a .npy file (it lacks NumPy's header)")
         try:
             array = np.load(path, allow_pickle=False)
-        except EOFError as e:
-            raise ValueError("a truncated .npy file") from e
-        except ValueError as e:  # an array of Python objects, which only unpickling could read
-            raise ValueError(f"an array NumPy cannot read without unpickling ({e}); save one of numbers") from e
+        except (EOFError, ValueError) as e:
+            if "allow_pickle" in str(e):  # an array of Python objects, which only unpickling could read
+                raise ValueError("an array of Python objects, which is read only by unpickling; save numbers") from e
+            raise ValueError(f"a damaged or truncated .npy file ({e})") from e
         if array.ndim == 2:
             array = array[None]
         if array.ndim != 3 or array.shape[1:] != IMAGE_SHAPE:

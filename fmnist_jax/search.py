@@ -23,7 +23,7 @@ SEARCH_METHODS = ("none", "grid", "halving")
 def check_search(config: ml_collections.ConfigDict) -> dict[str, list[Any]]:
     """The grid of `config.search`, each value checked before any fit (and before any data is read): our own bounds
     (`create_estimator`) and scikit-learn's parameter validation; raises ConfigError naming the field and the value
-    it rejects. Returns the grid."""
+    it rejects. Returns the grid in the estimator's values (config.model's strings converted as for one fit)."""
     method, grid = config.search.method, config.search.grid.to_dict()
     if method not in SEARCH_METHODS:
         raise ConfigError(f"config.search.method={method!r} must be one of {SEARCH_METHODS}.")
@@ -43,18 +43,21 @@ def check_search(config: ml_collections.ConfigDict) -> dict[str, list[Any]]:
             "a search scores settings on the validation split: set config.data.validation_size > 0 "
             "and config.data.use_validation_for_training=False."
         )
+    checked: dict[str, list[Any]] = {}
     for field, values in grid.items():
+        checked[field] = []
         for value in values:
             one = ml_collections.ConfigDict(config.to_dict(), type_safe=False)  # a value of another type too
             one.model[field] = value
             try:
-                create_estimator(one)  # our bounds and scikit-learn's parameter validation
+                model = create_estimator(one)[-1]  # our bounds and scikit-learn's parameter validation
             except ConfigError as e:
                 reason = str(e).rstrip(".")
                 raise ConfigError(
                     f"config.search.grid.{field}: the value {value!r} is rejected ({reason}); change or drop it."
                 ) from e
-    return {k: list(v) for k, v in grid.items()}
+            checked[field].append(model.get_params()[field])  # as the estimator takes it (dual "false": False)
+    return checked
 
 
 def _searcher(config: ml_collections.ConfigDict, grid: dict[str, list[Any]], split: Any) -> Any:

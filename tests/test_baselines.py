@@ -230,6 +230,16 @@ def test_a_grid_value_that_cannot_run_is_refused_before_any_fit(tiny_data, tmp_p
     assert not (tmp_path / baselines.MODEL_FILE).exists()
 
 
+def test_a_grid_of_solver_choices_is_searched_as_the_estimator_takes_them(tiny_data, tmp_path):
+    """config.model.dual's strings are converted for each setting as for one fit ("false" is False, which LinearSVC
+    takes; the string itself failed every fit of that setting, and the search chose among the rest)."""
+    config = tiny("linear_svm_search", tiny_data, **{"search.method": "grid"})
+    config.search.grid = {"dual": ("auto", "false")}
+    grid = run.run(config, tmp_path)["search"]["grid"]
+    assert [g["params"]["dual"] for g in grid] == ["auto", False]
+    assert all(g["validation_accuracy"] is not None for g in grid)
+
+
 def test_a_rejected_grid_value_on_the_command_line_is_one_error_line(tiny_data, tmp_path):
     result = subprocess.run(
         [

@@ -90,8 +90,13 @@ def test_photos_stand_upright_transparency_is_white_and_npy_arrays_scale_like_pn
     np.testing.assert_array_equal(predict.to_fmnist(from_npy), from_png)
     (tmp_path / "png.npy").write_bytes((tmp_path / "deep.png").read_bytes())
     np.save(tmp_path / "nan.npy", np.full((28, 28), np.nan))
+    (tmp_path / "torn.npy").write_bytes((tmp_path / "deep.npy").read_bytes()[:300])
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    inputs = [tmp_path / f"{name}.npy" for name in ("png", "nan", "torn", "objects")]
     with pytest.raises(predict.PredictError) as error:
-        predict.load_images([tmp_path / "png.npy", tmp_path / "nan.npy"])
+        predict.load_images(inputs)
     message = str(error.value)
+    assert "torn.npy: a damaged or truncated .npy file (" in message
+    assert "objects.npy: an array of Python objects, which is read only by unpickling; save numbers" in message
     assert "png.npy: not a .npy file (it lacks NumPy's header)" in message and "allow_pickle" not in message
     assert "nan.npy: it holds NaN or infinite values" in message
