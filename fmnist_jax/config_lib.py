@@ -46,12 +46,10 @@ OPERATIONAL = (
     "predict.",
     "data.dir",
     "data.source",
-    # A comparison's seeds and members: each member's run guards its own config.json, so adding a seed or a member,
-    # leaving one out or naming a finished run's folder reuses the runs there are.
-    "seeds",
-    "enabled",
-    "workdir",
 )
+# A comparison's seeds and members' switches and folders: each member's run guards its own config.json, so adding a
+# seed or a member, leaving one out or naming a finished run's folder reuses the runs there are.
+COMPARISON_CHOICES = re.compile(r"seeds|members\.[^.]+\.(enabled|workdir)")
 # Compared, but may change with --config.resume_with_changes=True.
 SAFE_TO_CHANGE = ("num_epochs", "checkpoint.every_steps", "checkpoint.max_to_keep", "compute_dtype")
 
@@ -83,7 +81,7 @@ def diff(saved: Mapping[str, Any], requested: Mapping[str, Any]) -> dict[str, tu
     return {
         k: (a.get(k), b.get(k))
         for k in sorted(set(a) | set(b))
-        if a.get(k) != b.get(k) and not _matches(k, OPERATIONAL)
+        if a.get(k) != b.get(k) and not _matches(k, OPERATIONAL) and not COMPARISON_CHOICES.fullmatch(k)
     }
 
 

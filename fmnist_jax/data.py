@@ -13,6 +13,7 @@ import math
 import os
 import pathlib
 import socket
+import urllib.request
 import zlib
 from collections.abc import Mapping
 from typing import Any
@@ -216,7 +217,8 @@ def _tfds_could_provide(timeout: float = 3.0) -> bool:
     """Whether TFDS may provide Fashion-MNIST now: a copy it prepared before, a proxy (which this cannot judge), or
     one of its hosts answering. Offline, TFDS retries its downloads for minutes before it fails."""
     prepared = pathlib.Path(os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets").expanduser() / "fashion_mnist"
-    if any(prepared.glob("*/dataset_info.json")) or any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy")):
+    proxies = urllib.request.getproxies()  # the environment's (and the system's) proxies
+    if any(prepared.glob("*/dataset_info.json")) or proxies.get("https") or proxies.get("all"):
         return True
     for host in TFDS_HOSTS:
         try:

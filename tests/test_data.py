@@ -179,8 +179,7 @@ def test_auto_uses_first_available_without_explicit_dirs(tmp_path, monkeypatch):
 def test_auto_with_no_data_anywhere_and_no_network_fails_at_once_saying_how_to_get_it(tmp_path, monkeypatch):
     """Offline, TFDS would retry its downloads for minutes: `auto` finds that out in seconds and says so once."""
     monkeypatch.delenv(data.ENV_VAR, raising=False)
-    monkeypatch.delenv("HTTPS_PROXY", raising=False)
-    monkeypatch.delenv("https_proxy", raising=False)
+    monkeypatch.setattr(data.urllib.request, "getproxies", dict)  # no proxy
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
     monkeypatch.setattr(data, "DEBIAN_DIR", str(tmp_path / "none"))
     tried = []
@@ -199,6 +198,9 @@ def test_auto_with_no_data_anywhere_and_no_network_fails_at_once_saying_how_to_g
     (tmp_path / "tfds" / "fashion_mnist" / "3.0.1").mkdir(parents=True)  # a copy TFDS prepared before: tried
     (tmp_path / "tfds" / "fashion_mnist" / "3.0.1" / "dataset_info.json").write_text("{}")
     assert data._tfds_could_provide() and len(tried) == 2
+    (tmp_path / "tfds" / "fashion_mnist" / "3.0.1" / "dataset_info.json").unlink()
+    monkeypatch.setattr(data.urllib.request, "getproxies", lambda: {"all": "socks5://proxy:1080"})
+    assert data._tfds_could_provide() and len(tried) == 2  # a proxy: TFDS may get through, not judged here
     tfds = pytest.importorskip("tensorflow_datasets")
 
     def offline(name, split, data_dir=None):

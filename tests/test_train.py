@@ -278,7 +278,8 @@ def test_bad_config_values_name_the_field(cnn_config, tmp_path, field, value, ma
     ],
 )
 def test_the_stronger_cnns_bad_model_values_name_the_field(field, value, match):
-    """Checked before anything is written (JAX failed at the first step with a traceback, or divided by zero)."""
+    """Checked with the config, before the run writes anything (JAX failed at its first step with a traceback, or
+    divided by zero); run.run calls this check first, as the CNN cases above show."""
     config = load_config("vgg_bn", **{field: value})
     with pytest.raises(ConfigError, match=match):
         train_state.check_config(config)
