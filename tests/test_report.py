@@ -446,7 +446,10 @@ def test_a_forest_search_scores_every_setting_on_validation_and_refits_the_best(
     assert model.max_features == search["best_params"]["max_features"]
     out = report.build([tmp_path], tmp_path / "report")
     md = out["markdown"].read_text()
-    assert "## Searches" in md and len(table_rows(md, "| setting |")) == len(search["grid"])
+    rows = table_rows(md, "| setting |")
+    assert "## Searches" in md and len(rows) == len(search["grid"])
+    top = max(finalists, key=lambda g: g["validation_accuracy"])  # the chosen setting heads the table
+    assert rows[0][1:3] == [metrics.fmt(top["validation_accuracy"]), f"{top['images']:,}" if "images" in top else "all"]
 
 
 def test_a_search_needs_a_validation_split_and_known_fields(tiny_data, tmp_path):

@@ -199,10 +199,11 @@ def pair_rows(pairs: Sequence[dict[str, Any]], titles: dict[str, str]) -> list[l
 
 
 def search_rows(member: Member) -> list[list[str]]:
-    """A searched model's grid: every setting, its validation accuracy and fit seconds, best first."""
+    """A searched model's grid: every setting, its validation accuracy and fit seconds, best first; for successive
+    halving the last round's first (the most images), so that the top row is the setting chosen."""
     grid = sorted(
         member.results["search"]["grid"],
-        key=lambda g: -1.0 if g["validation_accuracy"] is None else -g["validation_accuracy"],
+        key=lambda g: (-g.get("images", 0), -1.0 if g["validation_accuracy"] is None else -g["validation_accuracy"]),
     )
     return [
         [
