@@ -2,7 +2,7 @@ r"""The study's CNN, 30 epochs: test accuracy 0.9009 +/- 0.0020 over seeds 0-2 (
 training on 2 cores of an AMD EPYC (AVX-512), 14.1 s on one NVIDIA H200 (seed 0).
 
 python main.py --config=configs/cnn.py --workdir=runs/cnn
-python main.py --config=configs/cnn.py --config.num_epochs=1 --config.data.num_train=6000   # a quick run
+python main.py --config=configs/cnn.py --workdir=runs/try --config.num_epochs=1 --config.data.num_train=6000  # quick
 """
 
 import ml_collections

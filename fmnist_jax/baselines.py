@@ -232,7 +232,7 @@ def fit_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.P
     workdir = pathlib.Path(workdir)
     fitted = (workdir / MODEL_FILE).exists()
     if fitted and (finished := _finished_results(workdir)) is not None:
-        logging.info("Run already finished; reporting %s", workdir / metrics.RESULTS_FILE)
+        logging.info("Run already finished: %s, from %s", metrics.scores_line(finished), workdir / metrics.RESULTS_FILE)
         return finished
     dataset = data.load(config.data, seed=config.seed)
     if fitted:  # stopped between its fit and its scores, or its results.json damaged

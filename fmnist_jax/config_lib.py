@@ -252,13 +252,18 @@ def check_trained_with(config: ml_collections.ConfigDict, workdir: str | pathlib
     changed = {k: v for k, v in diff(read_saved(path), to_dict(config)).items() if _matches(k, fields)}
     if changed:
         listing = ", ".join(f"{k}: trained with {old!r}, asked for {new!r}" for k, (old, new) in changed.items())
-        add = [override(k, old) for k, (old, _) in changed.items() if old is not None]
-        drop = [f"--config.{k}" for k, (old, _) in changed.items() if old is None]  # unset, or not in that config
-        how = " and ".join(f"{verb} {' '.join(flags)}" for verb, flags in (("add", add), ("drop", drop)) if flags)
         raise ConfigError(
-            f"{workdir} was trained with another {'model or data' if evaluate else 'model'} ({listing}); {how} "
-            f"to use what it was trained with (its whole config: {path})."
+            f"{workdir} was trained with another {'model or data' if evaluate else 'model'} ({listing}); "
+            f"{restoring_flags(changed)} to use what it was trained with (its whole config: {path})."
         )
+
+
+def restoring_flags(changed: Mapping[str, tuple[Any, Any]]) -> str:
+    """What to add to and drop from a command line to get back the saved values of `changed` (`diff`'s result):
+    "add --config.num_epochs=1 and drop --config.data.num_train=6000"."""
+    add = [override(k, old) for k, (old, _) in changed.items() if old is not None]
+    drop = [f"--config.{k}" for k, (old, _) in changed.items() if old is None]  # unset, or not in that config
+    return " and ".join(f"{verb} {' '.join(flags)}" for verb, flags in (("add", add), ("drop", drop)) if flags)
 
 
 def override(field: str, value: Any) -> str:
@@ -299,7 +304,8 @@ def save_or_check(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
             unsafe = [k for k in changed if not _matches(k, SAFE_TO_CHANGE)]
             if unsafe or not config.resume_with_changes:
                 how = (
-                    f"use a new --workdir (fields {unsafe} change what is computed)"
+                    f"{restoring_flags(changed)} to go on with it as it was, or use a new --workdir (fields {unsafe} "
+                    "change what is computed)"
                     if unsafe
                     else "pass --config.resume_with_changes=True to continue with them, or use a new --workdir"
                 )

@@ -52,6 +52,11 @@ def fmt(value: float | None, spec: str = ".4f") -> str:
     return "n/a" if value is None else format(value, spec)
 
 
+def scores_line(results: Mapping[str, Any]) -> str:
+    """A run's scores for a log line: "test accuracy 0.9009 (validation 0.9012)"."""
+    return f"test accuracy {fmt(results.get('test_accuracy'))} (validation {fmt(results.get('validation_accuracy'))})"
+
+
 def evaluate(
     y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray | None = None, *, class_names: Sequence[str] = CLASS_NAMES
 ) -> dict[str, Any]:

@@ -176,7 +176,8 @@ def test_a_finished_run_is_reported_without_building_its_model(two_epoch_run, mo
     monkeypatch.setattr(train_state, "create_train_state", no_model)
     caplog.set_level(logging.INFO)
     assert run.run(config, workdir) == first
-    assert "Run already finished (8 steps)" in caplog.text and "Resumed from checkpoint" not in caplog.text
+    assert "Resumed from checkpoint" not in caplog.text
+    assert f"Run already finished (8 steps): test accuracy {first['test_accuracy']:.4f} (validation " in caplog.text
     monkeypatch.undo()
     (workdir / "checkpoints" / "8" / "meta" / "metadata").unlink()
     assert run.run(config, workdir)["params_sha256"] == first["params_sha256"]
@@ -356,6 +357,9 @@ def test_evaluate_from_a_checkpoint(two_epoch_run):
     config.mode = "evaluate"
     assert run.run(config, workdir)["test_accuracy"] == final["test_accuracy"]
     latest = metrics.load_results(workdir)  # rewritten by the evaluation of the latest checkpoint
+    trained = {k: v for k, v in latest["seconds"].items() if k != "evaluate"}
+    assert trained == final["seconds"]  # where the training's seconds went is kept, the scoring's beside it
+    assert list(latest["seconds"]["evaluate"]["phases"]) == ["evaluation", "writing"]
     config.checkpoint.step = 4
     older = run.run(config, workdir)
     assert older["params_sha256"] != final["params_sha256"]

@@ -73,6 +73,9 @@ def test_quick_comparison_writes_every_section_with_the_members_numbers(comparis
         assert section in md
     summary = table_rows(md, "| model | test accuracy")
     assert [row[0] for row in summary] == ["CNN (Flax)", "Random forest", "Linear SVM"]
+    # Quick runs are said to be: each run's line names what differs from its config file.
+    assert "seed 0 — not `configs/cnn.py` as it is: data.num_train=256, data.validation_size=64, num_epochs=3" in md
+    assert "not `configs/random_forest.py` as it is: data.num_train=256, data.validation_size=64, model.n_estim" in md
     for row, name, study in zip(
         summary, ("cnn", "random_forest", "linear_svm"), ("0.8997", "0.8790", "0.7600"), strict=True
     ):

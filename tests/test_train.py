@@ -232,7 +232,11 @@ def test_finished_run_is_not_retrained(two_epoch_run):
 def test_changed_maths_field_is_refused_even_with_the_flag(two_epoch_run):
     cnn_config, workdir = two_epoch_run
     cnn_config.learning_rate, cnn_config.resume_with_changes = 0.01, True
-    with pytest.raises(ConfigError, match=r"learning_rate: 0.001 -> 0.01\); use a new --workdir"):
+    with pytest.raises(
+        ConfigError,
+        match=r"learning_rate: 0.001 -> 0.01\); add --config.learning_rate=0.001 to go on with it as it "
+        r"was, or use a new --workdir \(fields \['learning_rate'\] change what is computed\)\.$",
+    ):
         run.run(cnn_config, workdir)
 
 

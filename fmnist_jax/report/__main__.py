@@ -24,7 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {paths['markdown']} and {paths['html']}")
+    print(f"wrote {paths['markdown']}, {paths['html']}, {paths['json']} and {paths['plots']}/")
     return 0
 
 

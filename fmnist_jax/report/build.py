@@ -13,7 +13,7 @@ from fmnist_jax import files
 from fmnist_jax.errors import UserError
 from fmnist_jax.report import plots, sentences, tables
 from fmnist_jax.report.render import Block, BulletList, Heading, Image, Paragraph, Table, html_page, markdown
-from fmnist_jax.report.runs import Member, Model, load_models
+from fmnist_jax.report.runs import Member, Model, changed_from_config_file, load_models
 
 TITLE = "Fashion-MNIST: model comparison"
 REPORT_JSON = "report.json"
@@ -67,6 +67,11 @@ def summary(ctx: Context) -> list[Block]:
             [
                 f"**{m.title}**: `{run.workdir}`, seed {run.results['seed']}"
                 + (" — did **not converge** (max_iter reached)" if run.results.get("converged") is False else "")
+                + (
+                    f" — not `configs/{run.results['config_name']}.py` as it is: {changed}"
+                    if (changed := changed_from_config_file(run))
+                    else ""
+                )
                 for m in ctx.models
                 for run in m.runs
             ]

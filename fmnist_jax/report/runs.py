@@ -7,7 +7,10 @@ sentences and the plots all start from these objects.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
+import runpy
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -93,6 +96,16 @@ SHOWN_FIELDS = 3  # at most this many differing fields in the title of a model t
 
 # Fields of config.json that change how a run was driven, not what it computed (resuming may change them).
 NOT_SETTINGS = ("seed", "checkpoint.")
+CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[2] / "configs"  # a checkout's configs/*.py
+SHOWN_DEFAULTS = 5  # at most this many fields that differ from the config file's in a run's line
+
+
+def _computed(saved: dict[str, Any]) -> dict[str, Any]:
+    """A config's fields that decide what a run computes, flat (`diff` leaves the operational ones out)."""
+    flat = config_lib.flatten(saved)
+    return {
+        k: v for k, v in flat.items() if not any(k == n or (n.endswith(".") and k.startswith(n)) for n in NOT_SETTINGS)
+    }
 
 
 def settings(member: Member) -> dict[str, Any] | None:
@@ -100,15 +113,38 @@ def settings(member: Member) -> dict[str, Any] | None:
     ones (speed, output, where the data lies); None for a folder without a readable config.json."""
     path = member.workdir / config_lib.CONFIG_FILE
     try:
-        saved = config_lib.read_saved(path) if path.exists() else None
+        return _computed(config_lib.read_saved(path)) if path.exists() else None
     except ConfigError:
         return None
-    if saved is None:
+
+
+@functools.cache
+def _config_file_settings(config_name: str) -> dict[str, Any] | None:
+    """What configs/<config_name>.py computes as it is (None where there is no such file, or it fails)."""
+    path = CONFIGS_DIR / f"{config_name}.py"
+    if not path.is_file():
         return None
-    flat = config_lib.flatten(saved)
-    return {
-        k: v for k, v in flat.items() if not any(k == n or (n.endswith(".") and k.startswith(n)) for n in NOT_SETTINGS)
-    }
+    added = str(CONFIGS_DIR.parent) not in sys.path  # its `from configs import common`
+    if added:
+        sys.path.insert(0, str(CONFIGS_DIR.parent))
+    try:
+        return _computed(config_lib.to_dict(runpy.run_path(str(path), run_name="config_file")["get_config"]()))
+    except Exception:  # a config file of another version: nothing to say
+        return None
+    finally:
+        if added:
+            sys.path.remove(str(CONFIGS_DIR.parent))
+
+
+def changed_from_config_file(member: Member) -> str:
+    """The fields in which a run's settings differ from its config file's ("num_epochs=3, ..."; "" where none or
+    unknown): a quick or hand-changed run is said to be one beside its scores."""
+    own, file = settings(member), _config_file_settings(member.results.get("config_name") or "")
+    if own is None or file is None:
+        return ""
+    changed = config_lib.diff(file, own)
+    shown = [f"{k}={new}" for k, (_, new) in list(changed.items())[:SHOWN_DEFAULTS]]
+    return ", ".join(shown) + (", …" if len(changed) > SHOWN_DEFAULTS else "")
 
 
 def _by_settings(runs: list[Member]) -> list[tuple[list[Member], str]]:

@@ -110,10 +110,12 @@ class Evaluator:
         train_seconds: float,
         val: dict[str, Any] | None = None,
         phases: timing.Phases | None = None,
+        trained_seconds: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Scores `state` on validation (unless `val` already holds its scores) and test; writes results.json
         and predictions.npz to `out` (predictions first: results.json marks a run finished). With `phases`, the
-        scoring is the phase "evaluation", the predictions' writing "writing", and results.json keeps them all."""
+        scoring is the phase "evaluation", the predictions' writing "writing", and results.json keeps them all.
+        `trained_seconds`: the training run's `seconds`, kept, with this scoring's beside them as "evaluate"."""
         config, dataset = self.config, self.dataset
         phases = phases or timing.Phases()
         with phases("evaluation"):
@@ -146,7 +148,8 @@ class Evaluator:
                 metrics.save_predictions(
                     out, labels=dataset.test.labels, preds=preds, probs=test["probs"], images=dataset.test.images
                 )
-            results["seconds"] = phases.record()
+            record = phases.record()
+            results["seconds"] = {**trained_seconds, "evaluate": record} if trained_seconds else record
             metrics.save_results(out, results)
         logging.info("test accuracy %.4f  (validation %s)", results["test_accuracy"], metrics.fmt(val["accuracy"]))
         return results
@@ -196,7 +199,13 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathli
     if files.is_lead_process():
         out.mkdir(exist_ok=True)
     evaluator = Evaluator(config, dataset, programs, eval_batch_size(config, mesh))
-    return evaluator.final(state, out, num_params=num_params, train_seconds=meta["train_seconds"])
+    try:  # a run scored again keeps where its training's seconds went
+        trained_seconds = metrics.load_results(out).get("seconds") if own else None
+    except metrics.ResultsError:
+        trained_seconds = None
+    return evaluator.final(
+        state, out, num_params=num_params, train_seconds=meta["train_seconds"], trained_seconds=trained_seconds
+    )
 
 
 def predict_images(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, images: np.ndarray) -> np.ndarray:

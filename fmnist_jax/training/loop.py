@@ -332,12 +332,14 @@ def train_and_evaluate(
             cleanup.callback(store.close)
             total_steps = loaded[1] * config.num_epochs
             if _already_finished(store, workdir, total_steps):
+                visible = lead or (workdir / metrics.RESULTS_FILE).exists()
+                results = metrics.load_results(workdir) if visible else {}
                 logging.info(
-                    "Run already finished (%d steps); reporting %s", total_steps, workdir / metrics.RESULTS_FILE
+                    "Run already finished (%d steps): %s, from %s",
+                    *(total_steps, metrics.scores_line(results), workdir / metrics.RESULTS_FILE),
                 )
                 _stop_if_signalled(guard, total_steps, store)  # not lost: a comparison's next member would train
-                visible = lead or (workdir / metrics.RESULTS_FILE).exists()
-                return metrics.load_results(workdir) if visible else {}
+                return results
             plan, state, num_params = make_plan(config, workdir, mesh, phases, loaded)
             return _run_plan(plan, store, state, num_params, phases, guard)
 
