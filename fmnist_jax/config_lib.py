@@ -249,20 +249,27 @@ def check_trained_with(config: ml_collections.ConfigDict, workdir: str | pathlib
     if not path.exists():
         return
     fields = MODEL_FIELDS + (DATA_FIELDS if evaluate else ())
-    changed = {k: v for k, v in diff(read_saved(path), to_dict(config)).items() if _matches(k, fields)}
+    saved = read_saved(path)
+    changed = {k: v for k, v in diff(saved, to_dict(config)).items() if _matches(k, fields)}
     if changed:
         listing = ", ".join(f"{k}: trained with {old!r}, asked for {new!r}" for k, (old, new) in changed.items())
+        how = restoring_flags(changed, saved)
         raise ConfigError(
             f"{workdir} was trained with another {'model or data' if evaluate else 'model'} ({listing}); "
-            f"{restoring_flags(changed)} to use what it was trained with (its whole config: {path})."
+            + (f"{how} to use what it was trained with" if how else "its config.json is an earlier version's")
+            + f" (its whole config: {path})."
         )
 
 
-def restoring_flags(changed: Mapping[str, tuple[Any, Any]]) -> str:
-    """What to add to and drop from a command line to get back the saved values of `changed` (`diff`'s result):
-    "add --config.num_epochs=1 and drop --config.data.num_train=6000"."""
+def restoring_flags(changed: Mapping[str, tuple[Any, Any]], saved: Mapping[str, Any]) -> str:
+    """What to add to and drop from a command line to get back the `saved` config's values of `changed` (`diff`'s
+    result): "add --config.num_epochs=1 and drop --config.data.num_train"; "" where `saved` lacks a field (an
+    earlier version's config.json: no flags give it back)."""
+    flat = flatten(saved)
+    if any(k not in flat for k in changed):
+        return ""
     add = [override(k, old) for k, (old, _) in changed.items() if old is not None]
-    drop = [f"--config.{k}" for k, (old, _) in changed.items() if old is None]  # unset, or not in that config
+    drop = [f"--config.{k}" for k, (old, _) in changed.items() if old is None]  # unset there
     return " and ".join(f"{verb} {' '.join(flags)}" for verb, flags in (("add", add), ("drop", drop)) if flags)
 
 
@@ -303,8 +310,9 @@ def save_or_check(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
             listing = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
             unsafe = [k for k in changed if not _matches(k, SAFE_TO_CHANGE)]
             if unsafe or not config.resume_with_changes:
+                back = restoring_flags(changed, saved)
                 how = (
-                    f"{restoring_flags(changed)} to go on with it as it was, or use a new --workdir (fields {unsafe} "
+                    f"{back + ' to go on with it as it was, or ' if back else ''}use a new --workdir (fields {unsafe} "
                     "change what is computed)"
                     if unsafe
                     else "pass --config.resume_with_changes=True to continue with them, or use a new --workdir"

@@ -218,7 +218,10 @@ def _tfds_could_provide(timeout: float = 3.0) -> bool:
     one of its hosts answering. Offline, TFDS retries its downloads for minutes before it fails."""
     prepared = pathlib.Path(os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets").expanduser() / "fashion_mnist"
     proxies = urllib.request.getproxies()  # the environment's (and the system's) proxies
-    if any(prepared.glob("*/dataset_info.json")) or proxies.get("https") or proxies.get("all"):
+    proxied = (proxies.get("https") or proxies.get("all")) and not all(
+        urllib.request.proxy_bypass(host) for host, _ in TFDS_HOSTS
+    )
+    if any(prepared.glob("*/dataset_info.json")) or proxied:
         return True
     for host in TFDS_HOSTS:
         try:

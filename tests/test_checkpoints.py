@@ -13,7 +13,7 @@ import helpers
 import pytest
 from helpers import assert_same_run, checkpoint_steps, load_config, run_interrupted
 
-from fmnist_jax import checkpoints, files, metrics, run
+from fmnist_jax import checkpoints, files, metrics, report, run
 from fmnist_jax.errors import ConfigError, Interrupted
 from fmnist_jax.training import loop
 from fmnist_jax.training import state as train_state
@@ -364,6 +364,9 @@ def test_evaluate_from_a_checkpoint(two_epoch_run):
     older = run.run(config, workdir)
     assert older["params_sha256"] != final["params_sha256"]
     assert metrics.load_results(workdir / "evaluate_step_4") == older  # its own folder, with its predictions
+    assert older["checkpoint_step"] == 4 and "checkpoint_step" not in latest
+    models = report.runs.load_models([workdir, workdir / "evaluate_step_4"])  # never averaged with its run
+    assert [(m.title, len(m.runs)) for m in models] == [("CNN (Flax)", 1), ("CNN (Flax) (checkpoint at step 4)", 1)]
     assert (workdir / "evaluate_step_4" / "predictions.npz").exists()
     assert metrics.load_results(workdir) == latest  # the run's results stay those of its last step
     config.mode, config.checkpoint.step = "train", None

@@ -247,19 +247,25 @@ def two_process_run(tiny_data, tmp_path_factory):
     return workdir, (err0, err1)
 
 
-def test_a_comparison_in_a_job_joins_it_before_its_checks_start_jax(tiny_data, tmp_path):
-    """jax.distributed.initialize must come before anything starts JAX's backend: a comparison checks its CNN
-    members (building the model abstractly) after joining the job (a job of one process here), not before."""
-    members = [f"--config.members.{m}.enabled=False" for m in ("random_forest", "linear_svm", "vgg_bn")]
-    quick = [f"--config.quick_overrides.cnn.{k}" for k in ("data.num_train=256", "data.validation_size=64")]
-    job = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{free_port()}", "JAX_NUM_PROCESSES": "1", "JAX_PROCESS_ID": "0"}
-    result = run_main(
+def test_a_comparison_in_a_two_process_job_trains_its_cnn_together_and_the_rest_on_process_0(tiny_data, tmp_path):
+    """Both processes join the job before a CNN check starts JAX, train the CNN member together, and process 0
+    alone fits the baseline and writes the report, so neither waits in a collective for the other."""
+    members = [f"--config.members.{m}.enabled=False" for m in ("linear_svm", "vgg_bn")]
+    small = [
+        f"--config.quick_overrides.{m}.{k}"
+        for m in ("cnn", "random_forest")
+        for k in ("data.num_train=256", "data.validation_size=64")
+    ]
+    args = [
         *("--config=configs/compare.py", f"--workdir={tmp_path}", "--config.quick=True", "--config.seeds=0"),
-        *(*members, f"--config.members.cnn.data.dir={tiny_data}", *quick, "--config.quick_overrides.cnn.num_epochs=1"),
-        env={"JAX_PLATFORMS": "cpu", **job},
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "jax.distributed.initialize" in result.stderr and (tmp_path / "report.md").exists()
+        *(*members, *small, "--config.quick_overrides.cnn.num_epochs=1"),
+        *(f"--config.members.{m}.data.dir={tiny_data}" for m in ("cnn", "random_forest")),
+    ]
+    (rc0, err0), (rc1, err1) = start_two_processes(args, timeout=300)
+    assert (rc0, rc1) == (0, 0), err0[-2000:] + err1[-2000:]
+    assert all("Mesh: 4 cpu device(s) over 2 process(es)" in e for e in (err0, err1))
+    assert "random_forest, seed 0: running" in err0 and "random_forest" not in err1
+    assert (tmp_path / "report.md").exists() and (tmp_path / "random_forest" / "seed_0" / "results.json").exists()
 
 
 def test_two_processes_train_as_one_and_agree_that_a_run_is_finished(tiny_data, two_process_run, one_device_run):

@@ -5,6 +5,7 @@ import json
 import logging
 import re
 import shutil
+import sys
 
 import joblib
 import ml_collections
@@ -242,13 +243,46 @@ def test_runs_of_one_config_with_other_settings_are_other_models(comparison, tmp
         tmp_path / "svm_0",
         tmp_path / "svm_1",
     ]
-    (tmp_path / "svm_1" / config_lib.CONFIG_FILE).unlink()  # settings unknown: joins the first, not a third model
+    (tmp_path / "svm_1" / config_lib.CONFIG_FILE).unlink()  # settings unknown: a model of its own beside known ones
     models = report.runs.load_models([tmp_path / "svm_0", other, tmp_path / "svm_1"])
     assert [(m.title, [r.workdir.name for r in m.runs]) for m in models] == [
-        ("Linear SVM (model.C=1.0)", ["svm_0", "svm_1"]),
+        ("Linear SVM (model.C=1.0)", ["svm_0"]),
         ("Linear SVM (model.C=4.0)", ["svm_other"]),
+        ("Linear SVM (settings unknown: no config.json)", ["svm_1"]),
     ]
-    assert [report.runs.published_accuracy(m) for m in models] == [0.76, 0.76]  # both the study's config
+    assert [report.runs.published_accuracy(m) for m in models] == [0.76] * 3  # all the study's config
+    assert [len(m.runs) for m in report.runs.load_models([tmp_path / "svm_0", tmp_path / "svm_1"])] == [1, 1]
+
+
+def test_a_run_is_said_to_differ_from_its_config_file_only_where_it_does(comparison, tmp_path):
+    """The report's note names a config file's fields a run changed, reads only configs/NAME.py for a plain name,
+    and leaves sys.path as it was."""
+    _, workdir, _ = comparison
+    run_dir = tmp_path / "svm"
+    shutil.copytree(workdir / "linear_svm" / "seed_0", run_dir)
+    member = report.runs.load_member(run_dir)
+    assert report.runs.changed_from_config_file(member) == "data.num_train=256, data.validation_size=64"
+    as_file = config_lib.to_dict(load_config("linear_svm", **{"data.dir": "/elsewhere"}))  # operational: no note
+    (run_dir / config_lib.CONFIG_FILE).write_text(json.dumps(as_file))
+    path = list(sys.path)
+    assert report.runs.changed_from_config_file(member) == "" and sys.path == path
+    del as_file["model"]["C"]  # a field an earlier version's config.json lacks
+    (run_dir / config_lib.CONFIG_FILE).write_text(json.dumps(as_file))
+    assert report.runs.changed_from_config_file(member) == "model.C absent"
+    member.results["config_name"] = str(tmp_path / "probe")  # a path is never run
+    (tmp_path / "probe.py").write_text("raise SystemExit('ran')")
+    assert report.runs.changed_from_config_file(member) == ""
+
+
+def test_the_search_table_heads_with_the_chosen_setting_and_failed_ones_last(tmp_path):
+    grid = [
+        {"params": {"C": 1.0}, "validation_accuracy": None, "fit_seconds": 0.1, "round": 1, "images": 200},
+        {"params": {"C": 2.0}, "validation_accuracy": 0.9, "fit_seconds": 0.1, "round": 0, "images": 100},
+        {"params": {"C": 3.0}, "validation_accuracy": 0.8, "fit_seconds": 0.1, "round": 1, "images": 200},
+    ]
+    member = report.runs.Member("m", tmp_path, {"search": {"grid": grid}}, [], {})
+    rows = [row[:3] for row in tables.search_rows(member)]
+    assert rows == [["C=3.0", "0.8000", "200"], ["C=1.0", "n/a", "200"], ["C=2.0", "0.9000", "100"]]
 
 
 def test_the_speedrun_joins_the_comparison_when_asked_under_its_own_title(tmp_path):

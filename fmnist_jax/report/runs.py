@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import pathlib
+import re
 import runpy
 import sys
 from collections.abc import Sequence
@@ -59,14 +60,11 @@ def load_member(workdir: str | pathlib.Path) -> Member:
             "written by this version: delete it to report the run without its curves."
         )
     predictions = metrics.load_predictions(workdir) if (workdir / metrics.PREDICTIONS_FILE).exists() else {}
-    return Member(
-        label=results.get("config_name") or workdir.name,
-        workdir=workdir,
-        results=results,
-        history=history,
-        predictions=predictions,
-        title=CONFIG_TITLES.get(results["config_name"]) or MODEL_TITLES.get(results["model"], results["model"]),
-    )
+    title = CONFIG_TITLES.get(results["config_name"]) or MODEL_TITLES.get(results["model"], results["model"])
+    label, step = results.get("config_name") or workdir.name, results.get("checkpoint_step")
+    if step is not None:  # an earlier checkpoint scored apart (evaluate_step_N/): never a finished run's seed
+        label, title = f"{label}_step{step}", f"{title} (checkpoint at step {step})"
+    return Member(label=label, workdir=workdir, results=results, history=history, predictions=predictions, title=title)
 
 
 @dataclasses.dataclass
@@ -122,8 +120,11 @@ def settings(member: Member) -> dict[str, Any] | None:
 def _config_file_settings(config_name: str) -> dict[str, Any] | None:
     """What configs/<config_name>.py computes as it is (None where there is no such file, or it fails)."""
     path = CONFIGS_DIR / f"{config_name}.py"
-    if not path.is_file():
+    if not re.fullmatch(r"\w+", config_name) or not path.is_file():  # a name, never a path to run
         return None
+    loaded = sys.modules.get("configs")
+    if loaded is not None and [pathlib.Path(p).resolve() for p in getattr(loaded, "__path__", [])] != [CONFIGS_DIR]:
+        return None  # another module named configs: its files are not these
     added = str(CONFIGS_DIR.parent) not in sys.path  # its `from configs import common`
     if added:
         sys.path.insert(0, str(CONFIGS_DIR.parent))
@@ -143,15 +144,15 @@ def changed_from_config_file(member: Member) -> str:
     if own is None or file is None:
         return ""
     changed = config_lib.diff(file, own)
-    shown = [f"{k}={new}" for k, (_, new) in list(changed.items())[:SHOWN_DEFAULTS]]
+    shown = [_field(own, k) for k in list(changed)[:SHOWN_DEFAULTS]]
     return ", ".join(shown) + (", …" if len(changed) > SHOWN_DEFAULTS else "")
 
 
 def _by_settings(runs: list[Member]) -> list[tuple[list[Member], str]]:
     """Runs of one label split by their settings: each share of the runs with what sets it apart for its title
     ("" where all agree). Runs of one config trained with other settings (more trees, fewer images) are other
-    models: averaging them as seeds of one would mix two experiments. A run whose settings are unknown (no
-    config.json) joins the first share."""
+    models: averaging them as seeds of one would mix two experiments. Runs whose settings are unknown (no
+    config.json) are a share of their own beside known ones."""
     shares: list[tuple[dict[str, Any], list[Member]]] = []
     unknown = []
     for run in runs:
@@ -164,13 +165,17 @@ def _by_settings(runs: list[Member]) -> list[tuple[list[Member], str]]:
             shares.append((own, [run]))
         else:
             same.append(run)
-    if len(shares) <= 1:
+    if len(shares) + bool(unknown) <= 1:
         return [(runs, "")]
-    shares[0][1].extend(unknown)
     differing = sorted({k for a, _ in shares for b, _ in shares for k in config_lib.diff(a, b)})
     shown = differing[:SHOWN_FIELDS]
     more = ", …" if len(differing) > SHOWN_FIELDS else ""
-    return [(share, ", ".join(f"{k}={key.get(k)}" for k in shown) + more) for key, share in shares]
+    apart = [(share, ", ".join(_field(key, k) for k in shown) + more) for key, share in shares]
+    return apart + ([(unknown, "settings unknown: no config.json")] if unknown else [])
+
+
+def _field(settings: dict[str, Any], field: str) -> str:
+    return f"{field}={settings[field]}" if field in settings else f"{field} absent"
 
 
 def _group(members: Sequence[Member]) -> list[Model]:

@@ -203,7 +203,7 @@ def search_rows(member: Member) -> list[list[str]]:
     halving the last round's first (the most images), so that the top row is the setting chosen."""
     grid = sorted(
         member.results["search"]["grid"],
-        key=lambda g: (-g.get("images", 0), -1.0 if g["validation_accuracy"] is None else -g["validation_accuracy"]),
+        key=lambda g: (-g.get("images", 0), g["validation_accuracy"] is None, -(g["validation_accuracy"] or 0)),
     )
     return [
         [

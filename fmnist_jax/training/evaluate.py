@@ -111,11 +111,13 @@ class Evaluator:
         val: dict[str, Any] | None = None,
         phases: timing.Phases | None = None,
         trained_seconds: dict[str, Any] | None = None,
+        checkpoint_step: int | None = None,
     ) -> dict[str, Any]:
         """Scores `state` on validation (unless `val` already holds its scores) and test; writes results.json
         and predictions.npz to `out` (predictions first: results.json marks a run finished). With `phases`, the
         scoring is the phase "evaluation", the predictions' writing "writing", and results.json keeps them all.
-        `trained_seconds`: the training run's `seconds`, kept, with this scoring's beside them as "evaluate"."""
+        `trained_seconds`: the training run's `seconds`, kept, with this scoring's beside them as "evaluate";
+        `checkpoint_step`: the step of a checkpoint scored apart from its run (results.json says so)."""
         config, dataset = self.config, self.dataset
         phases = phases or timing.Phases()
         with phases("evaluation"):
@@ -141,6 +143,7 @@ class Evaluator:
                 "test_loss": test["loss"],
                 "validation_loss": val["loss"],
                 "params_sha256": state_lib.params_sha256(state),
+                **({} if checkpoint_step is None else {"checkpoint_step": checkpoint_step}),
             },
         )
         if files.is_lead_process():
@@ -204,7 +207,12 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathli
     except metrics.ResultsError:
         trained_seconds = None
     return evaluator.final(
-        state, out, num_params=num_params, train_seconds=meta["train_seconds"], trained_seconds=trained_seconds
+        state,
+        out,
+        num_params=num_params,
+        train_seconds=meta["train_seconds"],
+        trained_seconds=trained_seconds,
+        checkpoint_step=None if own else meta["step"],
     )
 
 

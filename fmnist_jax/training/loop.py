@@ -332,12 +332,10 @@ def train_and_evaluate(
             cleanup.callback(store.close)
             total_steps = loaded[1] * config.num_epochs
             if _already_finished(store, workdir, total_steps):
-                visible = lead or (workdir / metrics.RESULTS_FILE).exists()
-                results = metrics.load_results(workdir) if visible else {}
-                logging.info(
-                    "Run already finished (%d steps): %s, from %s",
-                    *(total_steps, metrics.scores_line(results), workdir / metrics.RESULTS_FILE),
-                )
+                path = workdir / metrics.RESULTS_FILE  # process 0's: storage may not be shared
+                results = metrics.load_results(workdir) if lead or path.exists() else {}
+                scores = metrics.scores_line(results) if results else "scored"
+                logging.info("Run already finished (%d steps): %s, from %s", total_steps, scores, path)
                 _stop_if_signalled(guard, total_steps, store)  # not lost: a comparison's next member would train
                 return results
             plan, state, num_params = make_plan(config, workdir, mesh, phases, loaded)
