@@ -34,7 +34,7 @@ def is_lead_process() -> bool:
     JAX (baselines, comparisons) read the launcher's rank from the environment."""
     if "jax" in sys.modules:
         return sys.modules["jax"].process_index() == 0
-    return all(os.environ.get(v, "0") == "0" for v in RANK_VARIABLES)
+    return all((os.environ.get(v) or "0") == "0" for v in RANK_VARIABLES)  # an empty variable is unset
 
 
 def _umask() -> int:

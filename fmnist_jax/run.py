@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import pathlib
 import re
-import sys
 from typing import Any
 
 import ml_collections
@@ -214,28 +213,16 @@ def _run_compare(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> di
         timing.start_up()  # the process's start-up is the comparison's: no member's seconds (before_run) hold it
     for member in {m.name: m for m in to_run}.values():  # each member's config once (seeds differ in the seed)
         _check_member(member)
-    lead, job = files.is_lead_process(), "jax" in sys.modules and sys.modules["jax"].process_count() > 1
-    agreed = contextlib.nullcontext()
-    if job:
-        from fmnist_jax import parallel
-
-        agreed = parallel.stop_together(f"{workdir} holds another comparison")  # every process stops, or none
-    with agreed:
-        if lead:
-            config_lib.save_or_check(config, workdir)
-    for member in (m for m, finished in zip(runs, reused, strict=True) if finished):
-        logging.info("%s, seed %d: reusing the finished run in %s", member.name, member.seed, member.workdir)
-    # In a multi-process job, every process trains the CNNs together, then process 0 alone fits the baselines (they
-    # share no work, and their files are written once) and writes the report: no process waits in a collective.
-    for member in sorted(to_run, key=lambda m: m.config.kind != "cnn") if job else to_run:
-        if member.config.kind == "cnn" or lead:
+    config_lib.save_or_check(config, workdir)  # on every process, as each member's run: the same refusal for all
+    for member, finished in zip(runs, reused, strict=True):
+        if finished:
+            logging.info("%s, seed %d: reusing the finished run in %s", member.name, member.seed, member.workdir)
+        else:  # on every process, baselines too: none may end early, JAX's exit waits for all of them
             logging.info("%s, seed %d: running in %s", member.name, member.seed, member.workdir)
             run(member.config, member.workdir)
-    if lead:
-        paths = report.build([member.workdir for member in runs], workdir)
-        logging.info("Report: %s, %s and %s", paths["markdown"], paths["html"], paths["json"])
+    paths = report.build([member.workdir for member in runs], workdir)
+    logging.info("Report: %s, %s and %s", paths["markdown"], paths["html"], paths["json"])
     results: dict[str, dict[int, Any]] = {}
-    for member in runs:  # what this process can see (another host's storage may not be shared)
-        if lead or (member.workdir / metrics.RESULTS_FILE).exists():
-            results.setdefault(member.name, {})[member.seed] = metrics.load_results(member.workdir)
+    for member in runs:
+        results.setdefault(member.name, {})[member.seed] = metrics.load_results(member.workdir)
     return results

@@ -3,6 +3,7 @@
 import json
 import re
 import shlex
+import sys
 
 import pytest
 from helpers import ROOT, run_main
@@ -101,6 +102,19 @@ def test_evaluate_or_predict_where_nothing_trained_is_one_line_and_makes_nothing
         f"error: no checkpoint in {tmp_path / 'empty' / config_lib.CHECKPOINTS_DIR}: train first"
     )
     assert [p.name for p in (tmp_path / "empty").iterdir()] == [".lock"]  # no checkpoints/
+
+
+def test_without_jax_the_lead_process_is_told_by_the_launchers_rank(monkeypatch):
+    from fmnist_jax import files
+
+    monkeypatch.delitem(sys.modules, "jax")  # a run that never imports JAX (baselines, comparisons)
+    for variable in files.RANK_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    assert files.is_lead_process()
+    monkeypatch.setenv("JAX_PROCESS_ID", "")  # empty: unset
+    assert files.is_lead_process()
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    assert not files.is_lead_process()
 
 
 def test_own_log_lines_are_told_by_where_their_file_lies(tmp_path):

@@ -247,9 +247,10 @@ def two_process_run(tiny_data, tmp_path_factory):
     return workdir, (err0, err1)
 
 
-def test_a_comparison_in_a_two_process_job_trains_its_cnn_together_and_the_rest_on_process_0(tiny_data, tmp_path):
-    """Both processes join the job before a CNN check starts JAX, train the CNN member together, and process 0
-    alone fits the baseline and writes the report, so neither waits in a collective for the other."""
+def test_a_comparison_in_a_two_process_job_joins_it_before_its_checks_start_jax(tiny_data, tmp_path):
+    """Both processes join the job before a CNN member's check starts JAX (jax.distributed.initialize refuses to
+    after), train the CNN member together and run every other member too: none ends early, as JAX's exit waits for
+    every process (for 5 minutes, then it ends the others)."""
     members = [f"--config.members.{m}.enabled=False" for m in ("linear_svm", "vgg_bn")]
     small = [
         f"--config.quick_overrides.{m}.{k}"
@@ -264,7 +265,7 @@ def test_a_comparison_in_a_two_process_job_trains_its_cnn_together_and_the_rest_
     (rc0, err0), (rc1, err1) = start_two_processes(args, timeout=300)
     assert (rc0, rc1) == (0, 0), err0[-2000:] + err1[-2000:]
     assert all("Mesh: 4 cpu device(s) over 2 process(es)" in e for e in (err0, err1))
-    assert "random_forest, seed 0: running" in err0 and "random_forest" not in err1
+    assert all("random_forest, seed 0: running" in e for e in (err0, err1))
     assert (tmp_path / "report.md").exists() and (tmp_path / "random_forest" / "seed_0" / "results.json").exists()
 
 

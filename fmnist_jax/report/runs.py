@@ -109,7 +109,8 @@ def _computed(saved: dict[str, Any]) -> dict[str, Any]:
 def settings(member: Member) -> dict[str, Any] | None:
     """What a run computed, from its config.json: every field but the seed, the checkpointing and the operational
     ones (speed, output, where the data lies); None for a folder without a readable config.json."""
-    path = member.workdir / config_lib.CONFIG_FILE
+    folder = member.workdir.parent if member.results.get("checkpoint_step") is not None else member.workdir
+    path = folder / config_lib.CONFIG_FILE  # an evaluate_step_N/ folder's run is the one around it
     try:
         return _computed(config_lib.read_saved(path)) if path.exists() else None
     except ConfigError:
