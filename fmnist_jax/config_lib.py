@@ -249,24 +249,26 @@ def check_trained_with(config: ml_collections.ConfigDict, workdir: str | pathlib
     if not path.exists():
         return
     fields = MODEL_FIELDS + (DATA_FIELDS if evaluate else ())
-    saved = read_saved(path)
-    changed = {k: v for k, v in diff(saved, to_dict(config)).items() if _matches(k, fields)}
+    saved, requested = read_saved(path), to_dict(config)
+    changed = {k: v for k, v in diff(saved, requested).items() if _matches(k, fields)}
     if changed:
         listing = ", ".join(f"{k}: trained with {old!r}, asked for {new!r}" for k, (old, new) in changed.items())
-        how = restoring_flags(changed, saved)
+        how = restoring_flags(changed, saved, requested)
         raise ConfigError(
             f"{workdir} was trained with another {'model or data' if evaluate else 'model'} ({listing}); "
-            + (f"{how} to use what it was trained with" if how else "its config.json is an earlier version's")
+            + (f"{how} to use what it was trained with" if how else "its config.json is another version's")
             + f" (its whole config: {path})."
         )
 
 
-def restoring_flags(changed: Mapping[str, tuple[Any, Any]], saved: Mapping[str, Any]) -> str:
+def restoring_flags(
+    changed: Mapping[str, tuple[Any, Any]], saved: Mapping[str, Any], requested: Mapping[str, Any]
+) -> str:
     """What to add to and drop from a command line to get back the `saved` config's values of `changed` (`diff`'s
-    result): "add --config.num_epochs=1 and drop --config.data.num_train"; "" where `saved` lacks a field (an
-    earlier version's config.json: no flags give it back)."""
-    flat = flatten(saved)
-    if any(k not in flat for k in changed):
+    result) in the `requested` one: "add --config.num_epochs=1 and drop --config.data.num_train"; "" where either
+    lacks a field (a config.json of another version: no flag gives it back)."""
+    flats = flatten(saved), flatten(requested)
+    if any(k not in flat for flat in flats for k in changed):
         return ""
     add = [override(k, old) for k, (old, _) in changed.items() if old is not None]
     drop = [f"--config.{k}" for k, (old, _) in changed.items() if old is None]  # unset there
@@ -310,7 +312,7 @@ def save_or_check(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
             listing = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
             unsafe = [k for k in changed if not _matches(k, SAFE_TO_CHANGE)]
             if unsafe or not config.resume_with_changes:
-                back = restoring_flags(changed, saved)
+                back = restoring_flags(changed, saved, requested)
                 how = (
                     f"{back + ' to go on with it as it was, or ' if back else ''}use a new --workdir (fields {unsafe} "
                     "change what is computed)"

@@ -197,9 +197,12 @@ def test_evaluate_with_another_config_names_the_flags_that_restore_the_trained_o
 def test_the_flags_that_restore_a_saved_config_and_none_for_a_field_it_lacks():
     saved = {"num_epochs": 1, "data": {"num_train": None}}
     changed = config_lib.diff(saved, {"num_epochs": 30, "data": {"num_train": 6000}})
-    assert config_lib.restoring_flags(changed, saved) == "add --config.num_epochs=1 and drop --config.data.num_train"
-    earlier = {"num_epochs": 1}  # an earlier version's config.json, without the field: no flag gives it back
-    assert config_lib.restoring_flags(config_lib.diff(earlier, {"num_epochs": 1, "adam": {"b1": 0.9}}), earlier) == ""
+    requested = {"num_epochs": 30, "data": {"num_train": 6000}}
+    flags = config_lib.restoring_flags(changed, saved, requested)
+    assert flags == "add --config.num_epochs=1 and drop --config.data.num_train"
+    earlier, now = {"num_epochs": 1}, {"num_epochs": 1, "adam": {"b1": 0.9}}  # a field one version lacks: no flag
+    assert config_lib.restoring_flags(config_lib.diff(earlier, now), earlier, now) == ""
+    assert config_lib.restoring_flags(config_lib.diff(now, earlier), now, earlier) == ""  # not --config.adam.b1
 
 
 def test_a_suggested_flag_parses_back_to_its_value():
