@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import pathlib
 import re
+import sys
 from typing import Any
 
 import ml_collections
@@ -35,12 +36,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Any:
         raise ConfigError(
             f"--workdir={workdir} does not exist: {mode} reads a trained run's folder; check the path, or train first."
         )
-    if kind == "cnn":
+    uses_jax = kind == "cnn" or (
+        kind == "compare" and any(m.enabled and m.kind == "cnn" for m in config.members.values())
+    )
+    if uses_jax:
         from fmnist_jax import parallel  # JAX only when needed
 
         parallel.maybe_initialize_distributed()  # first: which process leads is JAX's to say from here on
     with contextlib.ExitStack() as lock:
-        if kind == "cnn":
+        if uses_jax:
             agreed = parallel.stop_together(f"the workdir {workdir} could not be locked")
         else:
             agreed = contextlib.nullcontext()
@@ -204,12 +208,19 @@ def _run_compare(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> di
     if config.mode != "train":
         raise ConfigError("a comparison only trains and reports: run evaluate/predict on a member's workdir.")
     runs = member_runs(config, workdir)
-    reused = [member.named and _check_named(member, workdir) for member in runs]  # before anything trains
+    if "jax" in sys.modules and sys.modules["jax"].process_count() > 1:  # a job (joined by `run`): process 0 decides
+        from fmnist_jax import parallel
+
+        lead = files.is_lead_process()
+        with parallel.stop_together("a member's named folder"):  # it alone may see them
+            found = [bool(m.named and _check_named(m, workdir)) for m in runs] if lead else [False] * len(runs)
+        reused = [parallel.lead_decides(finished) for finished in found]
+    else:
+        reused = [member.named and _check_named(member, workdir) for member in runs]  # before anything trains
     to_run = [member for member, finished in zip(runs, reused, strict=True) if not finished]
     if any(member.config.kind == "cnn" for member in to_run):
-        from fmnist_jax import parallel, timing  # JAX, which a CNN member imports anyway
+        from fmnist_jax import timing  # JAX, which a CNN member imports anyway
 
-        parallel.maybe_initialize_distributed()  # first: the CNN checks below start JAX's backend
         timing.start_up()  # the process's start-up is the comparison's: no member's seconds (before_run) hold it
     for member in {m.name: m for m in to_run}.values():  # each member's config once (seeds differ in the seed)
         _check_member(member)

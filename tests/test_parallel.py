@@ -248,9 +248,10 @@ def two_process_run(tiny_data, tmp_path_factory):
 
 
 def test_a_comparison_in_a_two_process_job_joins_it_before_its_checks_start_jax(tiny_data, tmp_path):
-    """Both processes join the job before a CNN member's check starts JAX (jax.distributed.initialize refuses to
-    after), train the CNN member together and run every other member too: none ends early, as JAX's exit waits for
-    every process (for 5 minutes, then it ends the others)."""
+    """Both processes join the job before the lock and before a CNN member's check starts JAX (initialize refuses
+    to after), stop together when only process 0 meets the lock, train the CNN member together and run every other
+    member too (none may end early: JAX's exit waits for every process for 5 minutes, then ends the others);
+    whether a named member's run is finished is process 0's to say."""
     members = [f"--config.members.{m}.enabled=False" for m in ("linear_svm", "vgg_bn")]
     small = [
         f"--config.quick_overrides.{m}.{k}"
@@ -262,10 +263,19 @@ def test_a_comparison_in_a_two_process_job_joins_it_before_its_checks_start_jax(
         *(*members, *small, "--config.quick_overrides.cnn.num_epochs=1"),
         *(f"--config.members.{m}.data.dir={tiny_data}" for m in ("cnn", "random_forest")),
     ]
+    with files.workdir_lock(tmp_path):  # in use: process 0 alone meets the lock, and both stop at once
+        (rc0, err0), (rc1, err1) = start_two_processes(args, timeout=120)
+    assert (rc0, rc1) == (2, 2) and "is in use by process " in err0.strip().splitlines()[-1], err0[-2000:]
+    assert err1.strip().splitlines()[-1] == (
+        f"error: process 0 stopped the run (the workdir {tmp_path} could not be locked); its error says why."
+    )
     (rc0, err0), (rc1, err1) = start_two_processes(args, timeout=300)
     assert (rc0, rc1) == (0, 0), err0[-2000:] + err1[-2000:]
     assert all("Mesh: 4 cpu device(s) over 2 process(es)" in e for e in (err0, err1))
     assert all("random_forest, seed 0: running" in e for e in (err0, err1))
+    named = [*args, f"--config.members.cnn.workdir={tmp_path / 'cnn' / 'seed_{seed}'}"]
+    (rc0, err0), (rc1, err1) = start_two_processes(named, timeout=300)  # process 0 decides the named run is finished
+    assert (rc0, rc1) == (0, 0) and all("cnn, seed 0: reusing the finished run" in e for e in (err0, err1))
     assert (tmp_path / "report.md").exists() and (tmp_path / "random_forest" / "seed_0" / "results.json").exists()
 
 
