@@ -70,7 +70,9 @@ def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return json.loads(config.to_json())
 
 
-def _matches(field: str, patterns: tuple[str, ...]) -> bool:
+def matches(field: str, patterns: tuple[str, ...]) -> bool:
+    """Whether the dotted `field` is one of `patterns` ("a.b") or under one ("a."); a comparison's member fields
+    ("members.NAME.a.b") follow the member's rules."""
     field = re.sub(r"^members\.[^.]+\.", "", field)  # a comparison's member fields follow the member's rules
     return any(field == p or (p.endswith(".") and field.startswith(p)) for p in patterns)
 
@@ -81,7 +83,7 @@ def diff(saved: Mapping[str, Any], requested: Mapping[str, Any]) -> dict[str, tu
     return {
         k: (a.get(k), b.get(k))
         for k in sorted(set(a) | set(b))
-        if a.get(k) != b.get(k) and not _matches(k, OPERATIONAL) and not COMPARISON_CHOICES.fullmatch(k)
+        if a.get(k) != b.get(k) and not matches(k, OPERATIONAL) and not COMPARISON_CHOICES.fullmatch(k)
     }
 
 
@@ -178,6 +180,15 @@ def check_positive(config: ml_collections.ConfigDict, *fields: str, allow_zero: 
             raise ConfigError(f"config.{field}={value!r} must be {finite}{bound}.")
 
 
+def check_fraction(config: ml_collections.ConfigDict, *fields: str, note: str = "") -> None:
+    """Raises ConfigError naming the first of `fields` (dotted paths) that is not in [0, 1); `note` follows the
+    bound in the message (" (0 turns it off)")."""
+    check_positive(config, *fields, allow_zero=True)
+    for field in fields:
+        if (value := get(config, field)) >= 1:
+            raise ConfigError(f"config.{field}={value!r} must be below 1{note}.")
+
+
 # What a checkpoint or saved model was trained as: `evaluate` and `predict` refuse a config that differs here,
 # `evaluate` also in what it is scored on (another seed or split would score training images as held out).
 MODEL_FIELDS = ("model.", "ema_decay")
@@ -250,7 +261,7 @@ def check_trained_with(config: ml_collections.ConfigDict, workdir: str | pathlib
         return
     fields = MODEL_FIELDS + (DATA_FIELDS if evaluate else ())
     saved, requested = read_saved(path), to_dict(config)
-    changed = {k: v for k, v in diff(saved, requested).items() if _matches(k, fields)}
+    changed = {k: v for k, v in diff(saved, requested).items() if matches(k, fields)}
     if changed:
         listing = ", ".join(f"{k}: trained with {old!r}, asked for {new!r}" for k, (old, new) in changed.items())
         how = restoring_flags(changed, saved, requested)
@@ -310,7 +321,7 @@ def save_or_check(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
             raise ConfigError(f"{workdir} holds {what} (fields that differ: {names}); use a new --workdir.")
         elif changed:
             listing = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
-            unsafe = [k for k in changed if not _matches(k, SAFE_TO_CHANGE)]
+            unsafe = [k for k in changed if not matches(k, SAFE_TO_CHANGE)]
             if unsafe or not config.resume_with_changes:
                 back = restoring_flags(changed, saved, requested)
                 how = (

@@ -28,6 +28,7 @@ from fmnist_jax.errors import ResultsError
 RESULTS_FILE = "results.json"
 HISTORY_FILE = "history.jsonl"
 PREDICTIONS_FILE = "predictions.npz"
+SCORE_AGAIN = "score the run again to rewrite it (its command with --config.mode=evaluate)"  # for a damaged file
 REQUIRED_KEYS = (
     "model",
     "config_name",
@@ -169,10 +170,7 @@ def load_results(path: str | os.PathLike) -> dict[str, Any]:
     except FileNotFoundError as e:
         raise ResultsError(f"{path} does not exist: has this run finished?") from e
     except json.JSONDecodeError as e:
-        raise ResultsError(
-            f"{path} is not valid JSON ({e}); score the run again to rewrite it (its command with "
-            "--config.mode=evaluate)."
-        ) from e
+        raise ResultsError(f"{path} is not valid JSON ({e}); {SCORE_AGAIN}.") from e
     missing = [k for k in REQUIRED_KEYS if k not in results]
     if missing:
         raise ResultsError(f"{path} lacks the fields {missing}; it was not written by this version.")
@@ -256,7 +254,4 @@ def load_predictions(workdir: str | os.PathLike) -> dict[str, np.ndarray]:
         with np.load(path) as f:
             return {k: f[k] for k in f.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise ResultsError(
-            f"{path} cannot be read ({type(e).__name__}: {e}); score the run again to rewrite it (its command with "
-            "--config.mode=evaluate)."
-        ) from e
+        raise ResultsError(f"{path} cannot be read ({type(e).__name__}: {e}); {SCORE_AGAIN}.") from e

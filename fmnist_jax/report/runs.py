@@ -100,10 +100,7 @@ SHOWN_DEFAULTS = 5  # at most this many fields that differ from the config file'
 
 def _computed(saved: dict[str, Any]) -> dict[str, Any]:
     """A config's fields that decide what a run computes, flat (`diff` leaves the operational ones out)."""
-    flat = config_lib.flatten(saved)
-    return {
-        k: v for k, v in flat.items() if not any(k == n or (n.endswith(".") and k.startswith(n)) for n in NOT_SETTINGS)
-    }
+    return {k: v for k, v in config_lib.flatten(saved).items() if not config_lib.matches(k, NOT_SETTINGS)}
 
 
 def settings(member: Member) -> dict[str, Any] | None:

@@ -43,22 +43,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     compile_cache.check(config.compilation_cache)
     if config.model.conv not in ops.CONV_IMPLS:
         raise ConfigError(f"config.model.conv={config.model.conv!r} must be one of {ops.CONV_IMPLS}.")
-    config_lib.check_positive(
-        config,
-        "weight_decay",
-        "label_smoothing",
-        "ema_decay",
-        "augment.translate",
-        "augment.erase_prob",
-        "schedule.warmup_epochs",
-        allow_zero=True,
-    )
+    config_lib.check_positive(config, "weight_decay", "augment.translate", "schedule.warmup_epochs", allow_zero=True)
     if config.schedule.name not in SCHEDULES:
         raise ConfigError(f"config.schedule.name={config.schedule.name!r} must be one of {SCHEDULES}.")
-    for field in ("label_smoothing", "ema_decay", "augment.erase_prob"):
-        value = config_lib.get(config, field)
-        if value >= 1:
-            raise ConfigError(f"config.{field}={value!r} must be below 1 (0 turns it off).")
+    config_lib.check_fraction(config, "label_smoothing", "ema_decay", "augment.erase_prob", note=" (0 turns it off)")
     if config.augment.translate >= 14:
         raise ConfigError(f"config.augment.translate={config.augment.translate} must be below 14 pixels.")
     _check_model_and_adam(config)
@@ -78,10 +66,7 @@ def _check_model_and_adam(config: ml_collections.ConfigDict) -> None:
     if "head_width" in m:
         config_lib.check_positive(config, "model.head_width", allow_zero=True)
     config_lib.check_positive(config, "adam.eps")
-    for field in ("adam.b1", "adam.b2", *(["model.dropout"] if "dropout" in m else [])):
-        config_lib.check_positive(config, field, allow_zero=True)
-        if config_lib.get(config, field) >= 1:
-            raise ConfigError(f"config.{field}={config_lib.get(config, field)!r} must be below 1.")
+    config_lib.check_fraction(config, "adam.b1", "adam.b2", *(["model.dropout"] if "dropout" in m else []))
 
 
 @flax.struct.dataclass
