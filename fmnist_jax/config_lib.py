@@ -205,6 +205,11 @@ def steps_per_epoch(num_train_images: int, batch_size: int) -> int:
     return num_train_images // batch_size
 
 
+def last_step(num_train_images: int, batch_size: int, num_epochs: int) -> int:
+    """The step a CNN run ends at: its steps per epoch times its epochs."""
+    return steps_per_epoch(num_train_images, batch_size) * num_epochs
+
+
 def checkpoint_steps(workdir: pathlib.Path) -> list[int]:
     """The steps of WORKDIR/checkpoints' step folders, oldest first, read from their names (no Orbax)."""
     folder = workdir / CHECKPOINTS_DIR

@@ -367,7 +367,7 @@ def test_evaluate_from_a_checkpoint(two_epoch_run):
     assert older["checkpoint_step"] == 4 and "checkpoint_step" not in latest
     models = report.runs.load_models([workdir, workdir / "evaluate_step_4"])  # never averaged with its run
     assert [(m.title, len(m.runs)) for m in models] == [("CNN (Flax)", 1), ("CNN (Flax) (checkpoint at step 4)", 1)]
-    assert report.runs.settings(models[1].runs[0]) == report.runs.settings(models[0].runs[0])  # its run's config
+    assert models[1].runs[0].settings == models[0].runs[0].settings is not None  # its run's config
     assert (workdir / "evaluate_step_4" / "predictions.npz").exists()
     assert metrics.load_results(workdir) == latest  # the run's results stay those of its last step
     config.mode, config.checkpoint.step = "train", None

@@ -260,14 +260,18 @@ def test_a_run_is_said_to_differ_from_its_config_file_only_where_it_does(compari
     _, workdir, _ = comparison
     run_dir = tmp_path / "svm"
     shutil.copytree(workdir / "linear_svm" / "seed_0", run_dir)
-    member = report.runs.load_member(run_dir)
-    assert report.runs.changed_from_config_file(member) == "data.num_train=256, data.validation_size=64"
+
+    def changed() -> str:  # the settings are read when a run is loaded
+        return report.runs.changed_from_config_file(report.runs.load_member(run_dir))
+
+    assert changed() == "data.num_train=256, data.validation_size=64"
     as_file = config_lib.to_dict(load_config("linear_svm", **{"data.dir": "/elsewhere"}))  # operational: no note
     (run_dir / config_lib.CONFIG_FILE).write_text(json.dumps(as_file))
     path = list(sys.path)
-    assert report.runs.changed_from_config_file(member) == "" and sys.path == path
+    assert changed() == "" and sys.path == path
     del as_file["model"]["C"]  # a field an earlier version's config.json lacks
     (run_dir / config_lib.CONFIG_FILE).write_text(json.dumps(as_file))
+    member = report.runs.load_member(run_dir)
     assert report.runs.changed_from_config_file(member) == "model.C absent"
     member.results["config_name"] = str(tmp_path / "probe")  # a path is never run
     (tmp_path / "probe.py").write_text("raise SystemExit('ran')")

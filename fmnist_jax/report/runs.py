@@ -47,6 +47,7 @@ class Member:
     history: list[dict[str, Any]]
     predictions: dict[str, np.ndarray]
     title: str = ""
+    settings: dict[str, Any] | None = None  # what the run computed (`read_settings`); None where unknown
 
 
 def load_member(workdir: str | pathlib.Path) -> Member:
@@ -64,7 +65,7 @@ def load_member(workdir: str | pathlib.Path) -> Member:
     label, step = results.get("config_name") or workdir.name, results.get("checkpoint_step")
     if step is not None:  # an earlier checkpoint scored apart (evaluate_step_N/): never a finished run's seed
         label, title = f"{label}_step{step}", f"{title} (checkpoint at step {step})"
-    return Member(label=label, workdir=workdir, results=results, history=history, predictions=predictions, title=title)
+    return Member(label, workdir, results, history, predictions, title, read_settings(workdir, step is not None))
 
 
 @dataclasses.dataclass
@@ -103,11 +104,11 @@ def _computed(saved: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config_lib.flatten(saved).items() if not config_lib.matches(k, NOT_SETTINGS)}
 
 
-def settings(member: Member) -> dict[str, Any] | None:
+def read_settings(workdir: pathlib.Path, scored_apart: bool) -> dict[str, Any] | None:
     """What a run computed, from its config.json: every field but the seed, the checkpointing and the operational
-    ones (speed, output, where the data lies); None for a folder without a readable config.json."""
-    folder = member.workdir.parent if member.results.get("checkpoint_step") is not None else member.workdir
-    path = folder / config_lib.CONFIG_FILE  # an evaluate_step_N/ folder's run is the one around it
+    ones (speed, output, where the data lies); None for a folder without a readable config.json. An earlier
+    checkpoint scored apart (`scored_apart`, an evaluate_step_N/ folder) is the run's around it."""
+    path = (workdir.parent if scored_apart else workdir) / config_lib.CONFIG_FILE
     try:
         return _computed(config_lib.read_saved(path)) if path.exists() else None
     except ConfigError:
@@ -138,7 +139,7 @@ def _config_file_settings(config_name: str) -> dict[str, Any] | None:
 def changed_from_config_file(member: Member) -> str:
     """The fields in which a run's settings differ from its config file's ("num_epochs=3, ..."; "" where none or
     unknown): a quick or hand-changed run is said to be one beside its scores."""
-    own, file = settings(member), _config_file_settings(member.results.get("config_name") or "")
+    own, file = member.settings, _config_file_settings(member.results.get("config_name") or "")
     if own is None or file is None:
         return ""
     changed = config_lib.diff(file, own)
@@ -154,7 +155,7 @@ def _by_settings(runs: list[Member]) -> list[tuple[list[Member], str]]:
     shares: list[tuple[dict[str, Any], list[Member]]] = []
     unknown = []
     for run in runs:
-        own = settings(run)
+        own = run.settings
         if own is None:
             unknown.append(run)
             continue

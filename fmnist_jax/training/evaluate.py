@@ -193,7 +193,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathli
     dataset = data.load(config.data, seed=config.seed)
     saved = workdir / config_lib.CONFIG_FILE  # what the run trains to (its data is this config's: checked)
     trained = config_lib.read_saved(saved) if saved.exists() else config_lib.to_dict(config)
-    last_step = config_lib.steps_per_epoch(len(dataset.train), trained["batch_size"]) * trained["num_epochs"]
+    last_step = config_lib.last_step(len(dataset.train), trained["batch_size"], trained["num_epochs"])
     own = config.checkpoint.step is None and meta["step"] == last_step
     out = workdir if own else workdir / f"evaluate_step_{meta['step']}"
     if config.checkpoint.step is None and not own:

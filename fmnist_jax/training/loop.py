@@ -330,7 +330,7 @@ def train_and_evaluate(
             with phases("setup"):
                 store = checkpoints.CheckpointStore.for_run(workdir, config.checkpoint)  # on every process
             cleanup.callback(store.close)
-            total_steps = loaded[1] * config.num_epochs
+            total_steps = config_lib.last_step(len(loaded[0].train), config.batch_size, config.num_epochs)
             if _already_finished(store, workdir, total_steps):
                 path = workdir / metrics.RESULTS_FILE  # process 0's: storage may not be shared
                 results = metrics.load_results(workdir) if lead or path.exists() else {}

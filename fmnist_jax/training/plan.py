@@ -104,7 +104,7 @@ def make_plan(
             evaluator=Evaluator(config, dataset, programs, eval_batch_size(config, mesh)),
             roots=RandomRoots.from_seed(config.seed, augment=recipe.augment.enabled),
             steps_per_epoch=steps_per_epoch,
-            total_steps=steps_per_epoch * config.num_epochs,
+            total_steps=config_lib.last_step(len(dataset.train), config.batch_size, config.num_epochs),
             every_steps=config.checkpoint.every_steps or steps_per_epoch,
             learning_rates=state_lib.learning_rates_at(
                 config, steps_per_epoch, [(e + 1) * steps_per_epoch - 1 for e in range(config.num_epochs)]
