@@ -54,16 +54,19 @@ def _greyscale(img) -> np.ndarray:
     background white (what a viewer shows; the colour hidden under it is often black, and would hide the garment)."""
     from PIL import Image
 
+    if img.mode.startswith("I") or img.mode == "F":  # "I;16" (16-bit PNG), "I" (32-bit), "F" (float)
+        raw = np.asarray(img, np.float64)
+        a = raw
+        if img.mode.startswith("I;16") or (img.mode == "I" and raw.max() > 255):  # the 16-bit range
+            a = raw / 257
+        elif img.mode == "F" and raw.max() <= 1.0:
+            a = raw * 255
+        if "transparency" in img.info:  # one grey value marked transparent (a PNG's tRNS), before any scaling
+            a = np.where(raw == img.info["transparency"], 255.0, a)
+        return np.clip(np.round(a), 0, 255).astype(np.uint8)
     if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info:
         rgba = img.convert("RGBA")
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    if img.mode.startswith("I") or img.mode == "F":  # "I;16" (16-bit PNG), "I" (32-bit), "F" (float)
-        a = np.asarray(img, np.float64)
-        if img.mode.startswith("I;16") or (img.mode == "I" and a.max() > 255):  # the 16-bit range
-            a = a / 257
-        elif img.mode == "F" and a.max() <= 1.0:
-            a = a * 255
-        return np.clip(np.round(a), 0, 255).astype(np.uint8)
     return np.asarray(img.convert("L"))
 
 

@@ -65,8 +65,8 @@ def test_deep_images_are_scaled_and_unreadable_inputs_named(tmp_path, monkeypatc
 
 def test_photos_stand_upright_transparency_is_white_and_npy_arrays_scale_like_pngs(tmp_path):
     """A phone photo's EXIF orientation is applied; a transparent background counts as the white a viewer shows
-    (its hidden colour, here black, would hide a dark garment); a 16-bit .npy scales as a 16-bit PNG does; an .npy
-    that is no array of numbers is named."""
+    (its hidden colour, here black, would hide a dark garment), in a 16-bit PNG too; a 16-bit .npy scales as a 16-bit
+    PNG does; an .npy that is no array of numbers is named."""
     stored = np.zeros((20, 28), np.uint8)
     stored[:4, :] = 255  # a light band along the top as stored, on the right once rotated for viewing
     photo = Image.fromarray(stored)
@@ -88,6 +88,10 @@ def test_photos_stand_upright_transparency_is_white_and_npy_arrays_scale_like_pn
     from_npy, from_png = predict.load_images([tmp_path / "deep.npy", tmp_path / "deep.png"])[0]
     assert int(from_npy.max()) == round(30000 / 257)
     np.testing.assert_array_equal(predict.to_fmnist(from_npy), from_png)
+    deep[6:22, 8:20] = 5140  # 16-bit grey 20 on a background marked transparent (tRNS): scaled, then white
+    Image.fromarray(deep).save(tmp_path / "deep_clear.png", transparency=30000)
+    (clear,), _ = predict.load_images([tmp_path / "deep_clear.png"])
+    np.testing.assert_array_equal(clear, predict.to_fmnist(np.where(deep == 30000, 255, 20).astype(np.uint8)))
     (tmp_path / "png.npy").write_bytes((tmp_path / "deep.png").read_bytes())
     np.save(tmp_path / "nan.npy", np.full((28, 28), np.nan))
     (tmp_path / "torn.npy").write_bytes((tmp_path / "deep.npy").read_bytes()[:300])
