@@ -23,8 +23,8 @@ from sklearn.exceptions import ConvergenceWarning
 from fmnist_jax import config_lib, data, files, metrics
 from fmnist_jax.errors import ConfigError, ResultsError
 
-MODEL_FILE = "model.joblib"
-FIT_FILE = "fit.json"  # beside model.joblib: what its fit reported, so a run stopped before its scores keeps them
+# model.joblib, and beside it fit.json: what its fit reported, so a run stopped before its scores keeps them.
+MODEL_FILE, FIT_FILE = config_lib.MODEL_FILE, config_lib.FIT_FILE
 FIT_FIELDS = ("train_seconds", "converged", "n_iter", "search")
 PREPROCESS = ("none", "scale", "standardize")
 FOREST_FIELDS = (

@@ -197,6 +197,7 @@ DATA_FIELDS = ("seed", "data.")
 # workdir: a config.json there with nothing else may be replaced by any config (see `kept_nothing`).
 NOTHING_COMPUTED = (CONFIG_FILE, files.LOCK_FILE)
 CHECKPOINTS_DIR = "checkpoints"
+MODEL_FILE, FIT_FILE = "model.joblib", "fit.json"  # a baseline's fitted model and its fit's record (baselines.py's)
 EVENTS_DIR = "tensorboard"  # the TensorBoard events' folder (events.py's; named here, where no JAX is imported)
 
 
@@ -218,14 +219,17 @@ def checkpoint_steps(workdir: pathlib.Path) -> list[int]:
 
 def kept_nothing(workdir: pathlib.Path) -> bool:
     """Whether `workdir` holds nothing that a rerun would go on from: besides NOTHING_COMPUTED, at most a checkpoint
-    folder without a step, an empty history and TensorBoard events (a run from step 0 drops them). A stop or an
-    out-of-memory error while compiling leaves such a workdir, and the next start may change any field."""
+    folder without a step, an empty history and TensorBoard events (a run from step 0 drops them), a baseline's fit
+    record without its model (a crash between the two writes; the rerun fits again). A stop or an out-of-memory error
+    while compiling leaves such a workdir, and the next start may change any field."""
     for path in workdir.iterdir():
         if path.name in NOTHING_COMPUTED or path.name == EVENTS_DIR:
             continue
         if path.name == CHECKPOINTS_DIR and not checkpoint_steps(workdir):
             continue
         if path.name == metrics.HISTORY_FILE and not metrics.read_history(workdir):
+            continue
+        if path.name == FIT_FILE and not (workdir / MODEL_FILE).exists():
             continue
         return False
     return True

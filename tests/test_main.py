@@ -233,6 +233,22 @@ def test_a_workdir_of_another_kind_of_run_is_refused_in_one_short_line(tmp_path)
     assert re.search(r" and \d+ more\); use a new --workdir\.$", str(refused.value))
 
 
+def test_a_baseline_stopped_between_its_fit_record_and_its_model_lets_the_next_start_change_any_field(tmp_path):
+    """fit.json is written before model.joblib: alone it is nothing a rerun goes on from (the rerun fits again)."""
+    from benchmarks import common
+
+    config = common.load_config("random_forest")
+    config_lib.save_or_check(config, tmp_path)
+    (tmp_path / config_lib.FIT_FILE).write_text("{}")
+    config.model.n_estimators = 10
+    config_lib.save_or_check(config, tmp_path)  # replaced
+    assert config_lib.read_saved(tmp_path / config_lib.CONFIG_FILE)["model"]["n_estimators"] == 10
+    (tmp_path / config_lib.MODEL_FILE).write_bytes(b"")  # now a fitted model lies there: kept
+    config.model.n_estimators = 20
+    with pytest.raises(ConfigError, match=r"model.n_estimators: 10 -> 20"):
+        config_lib.save_or_check(config, tmp_path)
+
+
 def test_a_config_file_that_fails_names_its_line(tmp_path):
     config = tmp_path / "mine.py"
     config.write_text("import ml_collections\n\n\ndef get_config():\n    return ml_collections.ConfigDict({'a': b})\n")
