@@ -2,8 +2,10 @@
 XLA:CPU generates code for (the host's best, or the cap that `XLA_FLAGS=--xla_cpu_max_isa=...` sets).
 
 XLA:CPU compiles for the processor it runs on, so two CPUs that share a model name (an AVX2-only and an AVX-512
-AMD EPYC both report "AMD EPYC") can round differently: the model and the instruction set together name a CPU
-kind. Reads /proc/cpuinfo (Linux); elsewhere the model is what `platform` knows and the flags are empty.
+AMD EPYC both report "AMD EPYC") can round differently; and XLA:CPU splits long reductions (a sum, a weight
+gradient's product) over its threads, one per CPU the process may use, so a run's bits also depend on that count.
+The model, the instruction set and the thread count together name a CPU kind. Reads /proc/cpuinfo (Linux);
+elsewhere the model is what `platform` knows and the flags are empty.
 """
 
 from __future__ import annotations
@@ -77,11 +79,28 @@ def xla_cpu_isa(xla_flags: str | None = None) -> str:
     return best
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, which `taskset` narrows): XLA:CPU's thread count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
 def cpu_kind(xla_flags: str | None = None) -> str:
-    """The CPU kind that bit-exact recordings are keyed by: "<model> / <instruction set XLA:CPU targets>"."""
-    return f"{cpu_model()} / {xla_cpu_isa(xla_flags)}"
+    """The CPU kind that bit-exact recordings are keyed by: "<model> / <instruction set XLA:CPU targets> / <N>
+    threads" (the usable CPUs: XLA:CPU sums long reductions in as many parts)."""
+    threads = usable_cpus()
+    return f"{cpu_model()} / {xla_cpu_isa(xla_flags)} / {threads} thread{'s' if threads != 1 else ''}"
 
 
 def describe() -> dict[str, object]:
-    """The machine as speed figures print it: CPU model, speed flags, XLA:CPU's instruction set, cores."""
-    return {"cpu": cpu_model(), "flags": speed_flags(), "xla_cpu_isa": xla_cpu_isa(), "cores": os.cpu_count()}
+    """The machine as speed figures print it: CPU model, speed flags, XLA:CPU's instruction set, cores (those
+    the machine has, and those this process may use)."""
+    return {
+        "cpu": cpu_model(),
+        "flags": speed_flags(),
+        "xla_cpu_isa": xla_cpu_isa(),
+        "cores": os.cpu_count(),
+        "usable_cores": usable_cpus(),
+    }

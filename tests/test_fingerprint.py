@@ -1,9 +1,9 @@
 """The study's run is a fixed point: a change that leaves its maths alone leaves its parameters' bits alone.
 
-The fingerprints are recorded per CPU kind and jax version (tests/fingerprints.py, which also records a new kind).
-On a kind without a recording the bit-exact test skips and says so; what holds on every CPU is still checked: the
-same seeded run twice gives the same bits, and its loss curve follows the recorded one within DRIFT_LOSS_RTOL
-(tests/helpers.py).
+The fingerprints are recorded per CPU kind (its usable CPUs included) and jax version (tests/fingerprints.py, which
+also records a new kind). On a kind without a recording the bit-exact test skips and says so; what holds on every CPU
+is still checked: the same seeded run twice gives the same bits, and its loss curve follows the recorded one within
+DRIFT_LOSS_RTOL (tests/helpers.py).
 """
 
 import fingerprints
