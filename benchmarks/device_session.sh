@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The accelerator figures of docs/performance.md in one prepared run, for a GPU lent for minutes.
+# The accelerator figures of docs/performance.md in one prepared run, for minutes of GPU time.
 #
 #   bash benchmarks/device_session.sh prepare            # here (package registry, data installed): .device_kit/
 #   bash benchmarks/device_session.sh run OUT [STEP...]  # on the device, .device_kit carried: figures in OUT/
@@ -20,7 +20,7 @@
 #              parameters); if a test fails, all again with XLA_FLAGS=--xla_gpu_deterministic_ops=true (a call of
 #              its own: with the retry it may take 10 minutes)
 #   speedrun   time_to_accuracy of configs/speedrun_gpu.py (batch 512, 24 epochs), seeds 0-4: its test accuracy and
-#              training seconds against issue 30's aims (0.94 in <= 2 s, 0.95 in <= 10 s on an H200); then
+#              training seconds against its aims (docs/models.md: 0.94 in <= 2 s, 0.95 in <= 10 s on an H200); then
 #              configs/speedrun.py as it is (batch 64, 30 epochs), one seed: the GPU's time for the CPU's recipe
 #   fast95     the screen for 0.95 in <= 10 s (docs/models.md, "At a GPU's batch"): speedrun_gpu at widths
 #              48/96/192, then 64/128/256, 32 epochs, on the validation split; OUT/fast95_N.json. Not in the default

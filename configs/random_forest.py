@@ -2,7 +2,7 @@ r"""The study's random forest, 100 trees: test accuracy 0.8734 +/- 0.0005 over s
 2 cores of an AMD EPYC (AVX-512, seed 0, shared machine). On all 60k images (second command): 0.8760 in 35.8 s.
 
 python main.py --config=configs/random_forest.py --workdir=runs/random_forest
-python main.py --config=configs/random_forest.py --config.data.use_validation_for_training=True   # 60k, as the study
+python main.py --config=configs/random_forest.py --workdir=runs/rf60k --config.data.use_validation_for_training=True
 """
 
 import ml_collections
