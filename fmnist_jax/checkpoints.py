@@ -9,6 +9,7 @@ a save leaves the previous checkpoint untouched; those leftovers are never resto
 from __future__ import annotations
 
 import errno
+import itertools
 import pathlib
 import shutil
 import signal
@@ -315,11 +316,15 @@ class CheckpointStore:
         raise AssertionError("unreachable")
 
     def _set_aside(self, step: int) -> pathlib.Path:
-        """Moves a damaged step folder out of the way (never deleted: it may hold something worth saving)."""
-        aside = self.directory.parent / f"{self.directory.name}_damaged" / str(step)
-        aside.parent.mkdir(parents=True, exist_ok=True)
-        if aside.exists():
-            shutil.rmtree(aside)
+        """Moves a damaged step folder out of the way (never deleted: it may hold something worth saving), beside
+        any earlier one of that step (`STEP`, `STEP.1`, ...)."""
+        folder = self.directory.parent / f"{self.directory.name}_damaged"
+        folder.mkdir(parents=True, exist_ok=True)
+        aside = folder / str(step)
+        for n in itertools.count(1):
+            if not aside.exists():
+                break
+            aside = folder / f"{step}.{n}"
         shutil.move(self.directory / str(step), aside)
         return aside
 

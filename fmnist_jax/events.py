@@ -48,6 +48,15 @@ def _records(path: pathlib.Path) -> list[bytes]:
     return records
 
 
+def rewind(workdir: pathlib.Path, restored_step: int) -> None:
+    """Takes WORKDIR's events back to a resumed run's restored step (where there are any): its final scores and
+    hyper-parameters come again when it finishes; the points past the step, from the run that died, go."""
+    directory = pathlib.Path(workdir) / EVENTS_DIR
+    if directory.exists():
+        shutil.rmtree(directory / HPARAMS_RUN, ignore_errors=True)
+        prune(directory, restored_step)
+
+
 def prune(directory: pathlib.Path, last_step: int, *, final: tuple[str, ...] = FINAL_TAGS) -> None:
     """Rewrites every event file under `directory` without the events whose step is past `last_step`, and without
     the scalars tagged `final*` (a finished run's test scores, written again when a resumed run finishes)."""
@@ -102,9 +111,7 @@ class EventWriter:
 
     def __init__(self, workdir: pathlib.Path, *, restored_step: int, loss_every_steps: int):
         self.directory = pathlib.Path(workdir) / EVENTS_DIR
-        if self.directory.exists():  # a resumed run: its final scores and hyper-parameters come when it finishes
-            shutil.rmtree(self.directory / HPARAMS_RUN, ignore_errors=True)
-            prune(self.directory, restored_step)
+        rewind(workdir, restored_step)
         self.writer = _EventFile(self.directory, purge_step=restored_step + 1)
         self.loss_every_steps = loss_every_steps
         self._last_point = restored_step

@@ -160,6 +160,13 @@ def save_results(workdir: str | os.PathLike, results: Mapping[str, Any]) -> path
     return path
 
 
+def forget_scores(workdir: str | os.PathLike) -> None:
+    """Removes `workdir`'s results.json (first: it marks a run finished) and predictions.npz: the scores of a run
+    that goes on training (more epochs than it finished with)."""
+    for name in (RESULTS_FILE, PREDICTIONS_FILE):
+        (pathlib.Path(workdir) / name).unlink(missing_ok=True)
+
+
 def load_results(path: str | os.PathLike) -> dict[str, Any]:
     """Reads a results.json (or the one in a workdir) and checks it follows the schema."""
     path = pathlib.Path(path)

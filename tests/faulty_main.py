@@ -4,6 +4,8 @@ python tests/faulty_main.py unseen-results MAIN_ARGS...  # cannot see the workdi
                                                          # storage that the hosts do not share
 python tests/faulty_main.py full-disk:EPOCH MAIN_ARGS... # its writes of history.jsonl fail with a full disk
                                                          # from epoch EPOCH's end on, as when its disk fills
+python tests/faulty_main.py full-disk:results MAIN_ARGS...  # its write of the test predictions fails so, after
+                                                            # training
 """
 
 import errno
@@ -21,6 +23,14 @@ def main() -> None:
     fault, _, value = sys.argv[1].partition(":")
     if fault == "unseen-results":
         metrics.RESULTS_FILE = "results.on-another-host.json"
+    elif fault == "full-disk" and value == "results":
+
+        def save_onto_a_full_disk(workdir, **arrays):
+            raise OSError(
+                errno.ENOSPC, "No space left on device", str(pathlib.Path(workdir) / metrics.PREDICTIONS_FILE)
+            )
+
+        metrics.save_predictions = save_onto_a_full_disk
     elif fault == "full-disk":
         epoch, append = int(value), metrics.append_history
 
@@ -32,7 +42,7 @@ def main() -> None:
 
         metrics.append_history = append_until_full
     else:
-        sys.exit(f"unknown fault {sys.argv[1]!r}: unseen-results or full-disk:EPOCH")
+        sys.exit(f"unknown fault {sys.argv[1]!r}: unseen-results, full-disk:EPOCH or full-disk:results")
     sys.argv = [str(ROOT / "main.py"), *sys.argv[2:]]
     runpy.run_path(sys.argv[0], run_name="__main__")
 

@@ -463,3 +463,17 @@ def test_stores_opened_at_once_on_shared_storage_do_not_take_each_others_write_p
     for store in (first, *opened):
         store.close()
     assert len(opened) == 1 and not list((tmp_path / "checkpoints").glob(".write-test*"))
+
+
+def test_a_step_set_aside_twice_keeps_both_copies(tmp_path):
+    """A damaged step folder is never deleted: a second one of the same step goes beside the first."""
+    store = checkpoints.CheckpointStore(tmp_path / "checkpoints", async_save=False)
+    try:
+        for content in ("first", "second"):
+            (tmp_path / "checkpoints" / "5").mkdir()
+            (tmp_path / "checkpoints" / "5" / "data").write_text(content)
+            store._set_aside(5)
+    finally:
+        store.close()
+    aside = tmp_path / "checkpoints_damaged"
+    assert {p.name: (p / "data").read_text() for p in aside.iterdir()} == {"5": "first", "5.1": "second"}

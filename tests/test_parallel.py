@@ -349,15 +349,21 @@ def test_what_only_process_0_refuses_stops_both_processes_at_once(tiny_data, two
     assert "Traceback" not in err0 + err1 and (workdir / "results.json").read_bytes() == results
 
 
-def test_a_full_disk_under_process_0_stops_both_processes_at_once(tiny_data, tmp_path):
-    """Process 0 alone writes the history and events; when its disk fills (at epoch 1's end), both processes stop
-    with one line each, exit 2 (process 1 waited in its next collective until the job's time-outs ended it)."""
-    full_disk = (FAULTY_MAIN, "full-disk:1")
+@pytest.mark.parametrize(
+    "when, writing",
+    [("1", "writing the history and events of {}"), ("results", "writing the results in {}")],
+    ids=["history", "results"],
+)
+def test_a_full_disk_under_process_0_stops_both_processes_at_once(tiny_data, tmp_path, when, writing):
+    """Process 0 alone writes the history, events and results; when its disk fills (at epoch 1's end, or at the
+    test predictions after training), both processes stop with one line each, exit 2 (process 1 waited in its next
+    collective, or went on to a comparison's next member, until the job's time-outs ended it)."""
+    full_disk = (FAULTY_MAIN, f"full-disk:{when}")
     (rc0, err0), (rc1, err1) = start_two_processes(tiny_args(tiny_data, tmp_path), scripts=(full_disk, ()), timeout=120)
     assert (rc0, rc1) == (2, 2), err0[-2000:] + err1[-2000:]
     assert err0.strip().splitlines()[-1].startswith(f"error: the disk holding {tmp_path} is full")
     assert err1.strip().splitlines()[-1] == (
-        f"error: process 0 stopped the run (writing the history and events of {tmp_path}); its error says why."
+        f"error: process 0 stopped the run ({writing.format(tmp_path)}); its error says why."
     )
     assert "Traceback" not in err0 + err1 and not (tmp_path / "results.json").exists()
 

@@ -7,6 +7,7 @@ import json
 import logging
 import pathlib
 import re
+import shutil
 import signal
 import types
 
@@ -142,6 +143,18 @@ def test_a_finished_run_trained_on_keeps_only_its_new_final_scores(two_epoch_run
     hparams = read_scalars(workdir, events.HPARAMS_RUN)
     assert hparams["hparam/test_accuracy"] == [(12, pytest.approx(results["test_accuracy"]))]
     assert len(list((workdir / events.EVENTS_DIR / events.HPARAMS_RUN).iterdir())) == 1
+
+
+def test_a_run_resumed_without_tensorboard_drops_the_events_past_its_checkpoint(two_epoch_run):
+    """Turning TensorBoard off on a resume (an operational field) still takes the events back to the restored step:
+    they follow the history, never the run that died."""
+    config, workdir = two_epoch_run
+    shutil.rmtree(workdir / "checkpoints" / "8")  # killed in epoch 2 after step 6's save, its events at step 8 kept
+    (workdir / "results.json").unlink()
+    config.tensorboard.enabled = False
+    run.run(config, workdir)
+    assert [s for s, _ in read_scalars(workdir)["validation/accuracy"]] == [4]  # step 8's came from the dead run
+    assert "test/accuracy" not in read_scalars(workdir) and not (workdir / "tensorboard" / "hparams").exists()
 
 
 @pytest.fixture

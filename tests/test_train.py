@@ -1,7 +1,9 @@
 """fmnist_jax/training: the loop's maths, determinism, exact resume, evaluation padding and failure modes."""
 
 import json
+import os
 import shutil
+import signal
 import time
 import types
 
@@ -11,7 +13,7 @@ import numpy as np
 import pytest
 from helpers import load_config, model_logits
 
-from fmnist_jax import checkpoints, compile_cache, data, errors, files, metrics, ops, parallel, run
+from fmnist_jax import checkpoints, compile_cache, config_lib, data, errors, files, metrics, ops, parallel, run
 from fmnist_jax.errors import ConfigError
 from fmnist_jax.training import evaluate, loop
 from fmnist_jax.training import state as train_state
@@ -184,7 +186,9 @@ def test_resume_mid_epoch_replays_exactly(two_epoch_run, tmp_path):
     )
 
 
-def test_more_epochs_on_resume_equal_a_longer_run(cnn_config, finished_tiny_run, tmp_path):
+def test_more_epochs_on_resume_equal_a_longer_run(cnn_config, finished_tiny_run, tmp_path, monkeypatch):
+    """A finished run given more epochs trains on to the longer run's bits; once it goes on, the shorter run's
+    scores are gone (else a stop before its end left them marking it finished, for comparisons and the report)."""
     cnn_config.checkpoint.every_steps = 2  # as the finished tiny run: the 2-epoch run to match
     cnn_config.num_epochs = 1
     run.run(cnn_config, tmp_path / "short")
@@ -192,6 +196,15 @@ def test_more_epochs_on_resume_equal_a_longer_run(cnn_config, finished_tiny_run,
     with pytest.raises(ConfigError, match=r"num_epochs: 1 -> 2.*--config.resume_with_changes=True"):
         run.run(cnn_config, tmp_path / "short")
     cnn_config.resume_with_changes = True
+
+    def stopped(*args, **kwargs):
+        raise RuntimeError("stopped before epoch 2")
+
+    monkeypatch.setattr(loop, "_compile", stopped)
+    with pytest.raises(RuntimeError, match="stopped before epoch 2"):
+        run.run(cnn_config, tmp_path / "short")
+    assert not {"results.json", "predictions.npz"} & {p.name for p in (tmp_path / "short").iterdir()}
+    monkeypatch.undo()
     run.run(cnn_config, tmp_path / "short")
     assert history_losses(tmp_path / "short") == history_losses(finished_tiny_run)
     np.testing.assert_array_equal(
@@ -219,6 +232,43 @@ def test_a_run_resumed_at_its_last_step_shows_no_epoch_past_its_last(two_epoch_r
     (workdir / "results.json").unlink()  # stopped after its last checkpoint, before its results
     run.run(cnn_config, workdir)
     assert "epoch 3" not in capsys.readouterr().err and (workdir / "results.json").exists()
+
+
+def test_a_signal_on_a_run_resumed_at_its_last_step_stops_with_its_checkpoint_saved(two_epoch_run, monkeypatch):
+    """Restored at its last step (stopped before its results), nothing to train: a signal heard then ends the run
+    at that step, saved (it was a save of a step Orbax already holds: a checkpoint error)."""
+    cnn_config, workdir = two_epoch_run
+    (workdir / "results.json").unlink()
+    asked = []
+
+    def heard(guard):  # after the restore, after the compilation: none; after the (empty) training: SIGTERM
+        asked.append(1)
+        return signal.SIGTERM if len(asked) >= 3 else None
+
+    monkeypatch.setattr(checkpoints.PreemptionGuard, "heard", heard)
+    with pytest.raises(errors.Interrupted) as stopped:
+        run.run(cnn_config, workdir)
+    assert (stopped.value.step, stopped.value.saved, len(asked)) == (8, True, 3)
+    assert config_lib.checkpoint_steps(workdir)[-1] == 8 and not (workdir / "results.json").exists()
+
+
+def test_a_signal_while_the_last_saves_commit_stops_the_run_with_every_step_saved(cnn_config, tmp_path, monkeypatch):
+    """SIGTERM while the run waits for its last checkpoint: the run stops as during training (saved, the resume line
+    from main.py), not with the signal's default action; the rerun scores it."""
+    close, sent = checkpoints.CheckpointStore.close, []
+
+    def signalled_close(store):  # the first close is the wait for the last saves
+        if not sent:
+            sent.append(os.kill(os.getpid(), signal.SIGTERM))
+        close(store)
+
+    monkeypatch.setattr(checkpoints.CheckpointStore, "close", signalled_close)
+    with pytest.raises(errors.Interrupted) as stopped:
+        run.run(cnn_config, tmp_path)
+    assert (stopped.value.step, stopped.value.saved, stopped.value.signum) == (8, True, signal.SIGTERM)
+    assert config_lib.checkpoint_steps(tmp_path)[-1] == 8 and not (tmp_path / "results.json").exists()
+    monkeypatch.undo()
+    assert run.run(cnn_config, tmp_path)["test_accuracy"] == metrics.load_results(tmp_path)["test_accuracy"]
 
 
 def test_finished_run_is_not_retrained(two_epoch_run):

@@ -16,7 +16,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from fmnist_jax import checkpoints, config_lib, data, files, metrics, parallel, timing
-from fmnist_jax.errors import CheckpointError
+from fmnist_jax.errors import CheckpointError, UserError
 from fmnist_jax.training import state as state_lib
 from fmnist_jax.training.step import Programs
 
@@ -146,14 +146,16 @@ class Evaluator:
                 **({} if checkpoint_step is None else {"checkpoint_step": checkpoint_step}),
             },
         )
-        if files.is_lead_process():
-            with phases("writing"):
-                metrics.save_predictions(
-                    out, labels=dataset.test.labels, preds=preds, probs=test["probs"], images=dataset.test.images
-                )
-            record = phases.record()
-            results["seconds"] = {**trained_seconds, "evaluate": record} if trained_seconds else record
-            metrics.save_results(out, results)
+        # Process 0 writes; a write that fails there (a full disk) stops every process, not it alone.
+        with parallel.stop_together(f"writing the results in {out}", errors=(UserError, OSError)):
+            if files.is_lead_process():
+                with phases("writing"):
+                    metrics.save_predictions(
+                        out, labels=dataset.test.labels, preds=preds, probs=test["probs"], images=dataset.test.images
+                    )
+                record = phases.record()
+                results["seconds"] = {**trained_seconds, "evaluate": record} if trained_seconds else record
+                metrics.save_results(out, results)
         logging.info("test accuracy %.4f  (validation %s)", results["test_accuracy"], metrics.fmt(val["accuracy"]))
         return results
 
@@ -164,7 +166,7 @@ def restore_for_inference(
     """The programs and the state of checkpoint `config.checkpoint.step` (None: the latest valid one)."""
     none = CheckpointError(
         f"no checkpoint in {workdir / config_lib.CHECKPOINTS_DIR}: train first "
-        f"(python main.py --config=configs/cnn.py --workdir={workdir})."
+        f"(python main.py --config=configs/{config.name}.py --workdir={workdir}, or the config file you train with)."
     )
     if not config_lib.checkpoint_steps(workdir):  # before the store makes a checkpoint folder there
         raise none

@@ -75,7 +75,7 @@ def _check_finite(value: float, epoch: int, step: int, what: str) -> None:
     if not math.isfinite(value):
         raise TrainingError(
             f"{what} became {value} in epoch {epoch + 1} (by step {step}). Training stopped: "
-            "lower config.learning_rate or check the input data."
+            "lower config.learning_rate (in a new --workdir) or check the input data."
         )
 
 
@@ -181,7 +181,8 @@ def _restore(store: checkpoints.CheckpointStore, state: TrainState, plan: Plan) 
     if step > plan.total_steps:  # config_lib refuses it where the history tells the steps per epoch
         raise errors.ConfigError(
             f"checkpoint {step} in {store.directory} is past the run's last step, {plan.total_steps} "
-            f"(config.num_epochs={plan.config.num_epochs}); raise config.num_epochs or use a new --workdir."
+            f"(config.num_epochs={plan.config.num_epochs}); raise config.num_epochs (with "
+            "--config.resume_with_changes=True) or use a new --workdir."
         )
     if step >= plan.total_steps:
         logging.info("Resumed from checkpoint at step %d (training done; the final evaluation follows)", step)
@@ -272,7 +273,8 @@ def _train_epochs(
     config, spe, programs = plan.config, plan.steps_per_epoch, plan.programs
     overlap = resolve_host_overlap(config.host_overlap, programs.mesh.devices.flat[0].platform, jax.process_count())
     epoch, clock = EpochProgress(plan, step), TrainingClock(train_seconds)
-    last_val, pending, saved_step, heard = None, None, None, None
+    last_val, pending, heard = None, None, None
+    saved_step = step  # the restored state is saved (step 0: nothing to save before the first call)
     alone = jax.process_count() == 1
     try:
         for n in chunks(step, plan.total_steps, spe, config.steps_per_call, plan.every_steps):
@@ -367,23 +369,30 @@ def _run_plan(
         with phases("restore"):
             state, step, train_seconds = _restore(store, state, plan)
         _stop_if_signalled(guard, step, store)
-        if lead:  # the history is the lineage of the state training goes on from, even a fresh one
-            metrics.truncate_history(workdir, step // plan.steps_per_epoch)
         writer = None
-        if lead and config.tensorboard.enabled:
-            writer = events.EventWriter(
-                workdir, restored_step=step, loss_every_steps=config.tensorboard.loss_every_steps
-            )
-            cleanup.callback(writer.close)
+        with _lead_writes(plan):
+            if lead:  # the history is the lineage of the state training goes on from, even a fresh one
+                metrics.truncate_history(workdir, step // plan.steps_per_epoch)
+                if step < plan.total_steps:  # a finished run given more epochs: its scores are no longer the run's
+                    metrics.forget_scores(workdir)
+                if config.tensorboard.enabled:
+                    writer = events.EventWriter(
+                        workdir, restored_step=step, loss_every_steps=config.tensorboard.loss_every_steps
+                    )
+                    cleanup.callback(writer.close)
+                else:  # events of an earlier start follow the history all the same
+                    events.rewind(workdir, step)
         with phases("compile"):
             inputs = _inputs(plan, step)
             _compile(plan, state, inputs, step)
         _stop_if_signalled(guard, step, store)
         with phases("training"):
             state, train_seconds, val = _train_epochs(plan, store, writer, state, inputs, step, train_seconds, guard)
-        guard.release()  # from here on a signal acts as usual: every step is trained
         with phases("checkpoint_wait"):
             store.close()  # every save committed before the results mark the run finished
+        if heard := guard.heard():  # while the last saves were committed: stop, all saved
+            raise errors.Interrupted(heard, plan.total_steps, store.directory)
+        guard.release()  # the scoring left: a signal acts as usual (every step is trained and saved)
         results = plan.evaluator.final(
             state, workdir, num_params=num_params, train_seconds=train_seconds, val=val, phases=phases
         )
