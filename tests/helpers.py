@@ -206,7 +206,7 @@ def wait_for(predicate, proc: subprocess.Popen, timeout: float = 300.0) -> None:
     while not predicate():
         assert proc.poll() is None, "the process ended before the awaited moment: " + proc.communicate()[1][-2000:]
         assert time.monotonic() < deadline, "the awaited moment never came"
-        time.sleep(0.002)
+        time.sleep(0.01)
 
 
 def quick_compare_config(data_dir: pathlib.Path, *, beyond: bool = False, **overrides):

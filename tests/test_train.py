@@ -96,17 +96,19 @@ def test_trains_tiny_data_and_writes_the_workdir(cnn_config, tmp_path):
 
 def test_the_loop_form_does_not_change_the_maths(cnn_config, finished_tiny_run, tmp_path):
     """One call per step, unrolled scan, rolled scan -> equal to float tolerance. Run "a" is the session's finished
-    tiny run (checkpoints every 2 steps). That the same config twice gives identical bits, histories and predictions
-    is tests/test_fingerprint.py's `test_the_same_seeded_run_twice_gives_the_same_bits` (a fresh run against "a")."""
+    tiny run (2 steps a call, rolled: `auto` on CPU with im2col convolutions; checkpoints every 2 steps). That the
+    same config twice gives identical bits, histories and predictions is tests/test_fingerprint.py's
+    `test_the_same_seeded_run_twice_gives_the_same_bits` (a fresh run against "a")."""
     runs = {"a": (history_losses(finished_tiny_run), metrics.load_predictions(finished_tiny_run)["probs"])}
     for name, steps_per_call, unroll in [
         ("per_step", 1, "auto"),
         ("rolled", 4, "rolled"),  # 4 steps a call: one call per epoch
+        ("unrolled", 4, "full"),
     ]:
         cnn_config.steps_per_call, cnn_config.scan_unroll = steps_per_call, unroll
         run.run(cnn_config, tmp_path / name)
         runs[name] = (history_losses(tmp_path / name), metrics.load_predictions(tmp_path / name)["probs"])
-    for other in ("per_step", "rolled"):
+    for other in ("per_step", "rolled", "unrolled"):
         np.testing.assert_allclose(runs[other][0], runs["a"][0], rtol=1e-5)
         np.testing.assert_allclose(runs[other][1], runs["a"][1], atol=1e-5)
 
