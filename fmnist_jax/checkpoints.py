@@ -125,6 +125,8 @@ TRANSIENT_WORDS = (
     "Connection reset",
     "timed out",
 )
+# A device out of memory words itself as RESOURCE_EXHAUSTED too: neither the storage's fault nor the checkpoint's.
+OUT_OF_MEMORY_WORDS = ("Out of memory", "out of memory", "OOM when allocating")
 RESTORE_ATTEMPTS = 3
 RETRY_SECONDS = 1.0  # the first retry's delay; each next one waits twice as long
 
@@ -299,6 +301,12 @@ class CheckpointStore:
             try:
                 return self.restore(step, target)
             except Exception as e:
+                if any(word in str(e) for word in OUT_OF_MEMORY_WORDS):
+                    raise CheckpointError(
+                        f"checkpoint {self.directory / str(step)} could not be restored: the device ran out of memory "
+                        f"({str(e)[:200]}); it is kept: free the device (another process may hold it) and rerun the "
+                        "same command."
+                    ) from e
                 if not is_transient(e):
                     raise
                 if attempt == RESTORE_ATTEMPTS - 1:

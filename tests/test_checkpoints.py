@@ -204,15 +204,16 @@ def test_storage_errors_are_transient_and_signs_of_damage_are_not(error, transie
     assert checkpoints.is_transient(wrapped) is transient
 
 
-def _flaky_restore(monkeypatch, failures: int):
-    """CheckpointStore.restore raising a transient error (too many open files) on its first `failures` calls."""
+def _flaky_restore(monkeypatch, failures: int, error: Exception | None = None):
+    """CheckpointStore.restore raising a transient error (too many open files), or `error`, on its first `failures`
+    calls."""
     monkeypatch.setattr(checkpoints, "RETRY_SECONDS", 0.0)
     restore, calls = checkpoints.CheckpointStore.restore, []
 
     def flaky(store, step, target):
         calls.append(step)
         if len(calls) <= failures:
-            raise OSError(errno.EMFILE, "Too many open files", str(store.directory / str(step)))
+            raise error or OSError(errno.EMFILE, "Too many open files", str(store.directory / str(step)))
         return restore(store, step, target)
 
     monkeypatch.setattr(checkpoints.CheckpointStore, "restore", flaky)
@@ -229,6 +230,19 @@ def test_a_transient_error_on_the_first_restore_attempt_is_retried_and_sets_noth
     assert run.run(config, workdir)["params_sha256"] == expected
     assert calls[:2] == [8, 8] and "retrying in 0.0 s" in caplog.text
     assert sorted(checkpoint_steps(workdir)) == [4, 6, 8] and not (workdir / "checkpoints_damaged").exists()
+
+
+def test_a_device_out_of_memory_while_restoring_stops_at_once_and_keeps_the_checkpoint(two_epoch_run, monkeypatch):
+    """Out of memory is worded RESOURCE_EXHAUSTED like a storage's rate limit, but retrying it cannot help and the
+    checkpoint is not damaged: one attempt, one error saying so, every checkpoint kept."""
+    config, workdir = two_epoch_run
+    (workdir / "results.json").unlink()
+    oom = RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.20GiB.")
+    calls = _flaky_restore(monkeypatch, failures=1, error=oom)
+    with pytest.raises(checkpoints.CheckpointError, match=r"checkpoints/8 could not be restored: the device ran out"):
+        run.run(config, workdir)
+    assert calls == [8] and sorted(checkpoint_steps(workdir)) == [4, 6, 8]
+    assert not (workdir / "checkpoints_damaged").exists()
 
 
 def test_a_transient_error_that_persists_stops_the_run_keeps_the_checkpoint_and_the_rerun_resumes(
