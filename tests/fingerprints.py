@@ -23,7 +23,8 @@ import subprocess
 import sys
 import tempfile
 
-from helpers import REAL_DATA_DIR, ROOT, check, load_config, run_main, write_idx_dataset
+import helpers
+from helpers import REAL_DATA_DIR, ROOT, check, run_main, write_idx_dataset
 
 RECORDINGS = ROOT / "tests" / "fingerprints.json"
 REAL_ARGS = ("--config=configs/cnn.py", "--config.num_epochs=1", "--config.data.num_train=2560")
@@ -54,8 +55,7 @@ def tiny_data(folder: pathlib.Path) -> pathlib.Path:
 
 def tiny_config(data_dir: pathlib.Path):
     """The CNN config on the tiny data: 64 validation, 256 training images (4 steps/epoch), 2 epochs."""
-    overrides = {"data.validation_size": 64, "num_epochs": 2, "steps_per_call": 2, "eval_batch_size": 50}
-    return load_config("cnn", **{"data.dir": str(data_dir), **overrides})
+    return helpers.tiny_config(data_dir)
 
 
 def losses(history: list[dict]) -> dict[str, list[float]]:

@@ -68,6 +68,28 @@ def main_args(name: str, workdir: str | os.PathLike, fields: dict) -> tuple[str,
     return (f"--config=configs/{name}.py", f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in values.items()))
 
 
+# The tiny run: the study's CNN on the tiny data set (`tiny_data`: 64 validation and 256 training images), 2 epochs
+# of 4 steps, 2 a call; its fingerprint is recorded (tests/fingerprints.py). A test runs it with main.py where it
+# needs a process of its own (to hold a lock, be stopped or killed, fill a disk, say how it ended) and in the test's
+# process otherwise: `tiny_args` and `tiny_config` give the same config.
+TINY_FIELDS = {"data.validation_size": 64, "eval_batch_size": 50, "steps_per_call": 2, "num_epochs": 2}
+
+
+def tiny_args(data_dir: str | os.PathLike, workdir: str | os.PathLike, **overrides) -> tuple[str, ...]:
+    """main.py's arguments for the tiny run in `workdir` with dotted-path `overrides`."""
+    return main_args("cnn", workdir, {**TINY_FIELDS, "data.dir": data_dir, **overrides})
+
+
+def tiny_config(data_dir: str | os.PathLike, **overrides):
+    """The config `tiny_args` gives main.py."""
+    return load_config("cnn", **{**TINY_FIELDS, "data.dir": str(data_dir), **overrides})
+
+
+def last_line(text: str) -> str:
+    """The last line of a process's output (where main.py says how it ended)."""
+    return text.strip().splitlines()[-1]
+
+
 @nnx.jit
 def model_logits(model, x, dropout_key=None):
     """`model(x, dropout_key=dropout_key)` as one jitted program (without a key: the evaluation form, running

@@ -7,7 +7,7 @@ import sys
 import joblib
 import numpy as np
 import pytest
-from helpers import ROOT, load_config
+from helpers import ROOT, last_line, load_config
 
 from fmnist_jax import baselines, data, metrics, run
 from fmnist_jax.errors import ConfigError
@@ -254,7 +254,7 @@ def test_a_rejected_grid_value_on_the_command_line_is_one_error_line(tiny_data, 
         check=False,
     )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == (
+    assert last_line(result.stderr) == (
         "error: config.search.grid.C: the value -1.0 is rejected (config.model.C=-1.0 must be positive); change or "
         "drop it."
     )

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import ROOT, load_config
+from helpers import ROOT, last_line, load_config
 
 from benchmarks import (
     COMMANDS,
@@ -156,7 +156,7 @@ def test_bad_arguments_stop_before_anything_is_timed(capsys, module, args, says)
     with pytest.raises(SystemExit) as stop:
         module.main(args)
     out, err = capsys.readouterr()
-    assert stop.value.code == 2 and out == "" and says in err.strip().splitlines()[-1]
+    assert stop.value.code == 2 and out == "" and says in last_line(err)
 
 
 def test_time_to_accuracy_refuses_a_kept_workdir_that_exists(capsys, tmp_path):

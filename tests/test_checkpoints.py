@@ -11,7 +11,7 @@ import subprocess
 
 import helpers
 import pytest
-from helpers import assert_same_run, checkpoint_steps, load_config, run_interrupted
+from helpers import assert_same_run, checkpoint_steps, run_interrupted
 
 from fmnist_jax import checkpoints, files, metrics, report, run
 from fmnist_jax.errors import ConfigError, Interrupted
@@ -20,19 +20,12 @@ from fmnist_jax.training import state as train_state
 from fmnist_jax.training import step as train_step
 
 # The session's finished tiny run (2 epochs of 4 steps, a checkpoint every 2 steps), keeping 2 checkpoints.
-KILL_FIELDS = {
-    "num_epochs": 2,
-    "steps_per_call": 2,
-    "checkpoint.every_steps": 2,
-    "checkpoint.max_to_keep": 2,
-    "data.validation_size": 64,
-    "eval_batch_size": 50,
-}
+KILL_FIELDS = {**helpers.TINY_FIELDS, "checkpoint.every_steps": 2, "checkpoint.max_to_keep": 2}
 
 
 def main_args(tiny_data, workdir) -> tuple[str, ...]:
     """The tiny study run: 2 epochs of 4 steps, a checkpoint every 2 steps."""
-    return helpers.main_args("cnn", workdir, {"data.dir": tiny_data, **KILL_FIELDS})
+    return helpers.tiny_args(tiny_data, workdir, **KILL_FIELDS)
 
 
 def finish(tiny_data, workdir, caplog) -> str:
@@ -40,7 +33,7 @@ def finish(tiny_data, workdir, caplog) -> str:
     what it logged."""
     caplog.clear()
     caplog.set_level(logging.INFO)
-    run.run(load_config("cnn", **{"data.dir": str(tiny_data), **KILL_FIELDS}), workdir)
+    run.run(helpers.tiny_config(tiny_data, **KILL_FIELDS), workdir)
     return caplog.text
 
 

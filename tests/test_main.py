@@ -6,14 +6,10 @@ import shlex
 import sys
 
 import pytest
-from helpers import ROOT, run_main
+from helpers import ROOT, last_line, run_main
 
 from fmnist_jax import config_lib, metrics
 from fmnist_jax.errors import ConfigError
-
-
-def last_line(result):
-    return result.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize(
@@ -71,7 +67,7 @@ def last_line(result):
 def test_expected_errors_are_one_line_and_exit_2(tmp_path, args, expected):
     result = run_main(*args, f"--workdir={tmp_path / 'w'}")
     assert result.returncode == 2, result.stderr[-2000:]
-    assert expected in last_line(result) and last_line(result).startswith("error: ")
+    assert expected in last_line(result.stderr) and last_line(result.stderr).startswith("error: ")
     assert "Traceback" not in result.stderr
 
 
@@ -84,21 +80,23 @@ def test_the_log_folder_is_made_or_named_in_one_line_before_anything_runs(tmp_pa
     (tmp_path / "file").write_text("")
     result = run_main(*bad, f"--workdir={tmp_path / 'w'}", f"--log_dir={tmp_path / 'file' / 'logs'}")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert last_line(result).startswith(f"error: --log_dir={tmp_path / 'file' / 'logs'}: cannot write a log file there")
+    assert last_line(result.stderr).startswith(
+        f"error: --log_dir={tmp_path / 'file' / 'logs'}: cannot write a log file there"
+    )
 
 
 def test_evaluate_or_predict_where_nothing_trained_is_one_line_and_makes_nothing(tmp_path):
     """A mistyped workdir is not made (with a lock, and a checkpoint folder whose form a later run would keep)."""
     typo = tmp_path / "runs" / "cnnn"
     result = run_main("--config=configs/cnn.py", f"--workdir={typo}", "--config.mode=evaluate")
-    assert result.returncode == 2 and last_line(result) == (
+    assert result.returncode == 2 and last_line(result.stderr) == (
         f"error: --workdir={typo} does not exist: evaluate reads a trained run's folder; check the path, or train "
         "first."
     )
     assert not typo.exists()
     (tmp_path / "empty").mkdir()
     result = run_main("--config=configs/cnn.py", f"--workdir={tmp_path / 'empty'}", "--config.mode=evaluate")
-    assert result.returncode == 2 and last_line(result).startswith(
+    assert result.returncode == 2 and last_line(result.stderr).startswith(
         f"error: no checkpoint in {tmp_path / 'empty' / config_lib.CHECKPOINTS_DIR}: train first"
     )
     assert [p.name for p in (tmp_path / "empty").iterdir()] == [".lock"]  # no checkpoints/
@@ -254,7 +252,7 @@ def test_a_config_file_that_fails_names_its_line(tmp_path):
     config.write_text("import ml_collections\n\n\ndef get_config():\n    return ml_collections.ConfigDict({'a': b})\n")
     result = run_main(f"--config={config}", f"--workdir={tmp_path / 'w'}")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert last_line(result) == (
+    assert last_line(result.stderr) == (
         f"error: --config={config} could not be loaded as a config file (NameError at {config}:5: name 'b' is not "
         "defined)"
     )

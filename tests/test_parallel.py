@@ -14,6 +14,7 @@ import subprocess
 import sys
 import types
 
+import helpers
 import numpy as np
 import pytest
 from helpers import (
@@ -26,8 +27,8 @@ from helpers import (
     checkpoint_steps,
     damage_checkpoint,
     devices,
+    last_line,
     load_config,
-    main_args,
     run_main,
     subprocess_env,
 )
@@ -37,13 +38,13 @@ from fmnist_jax import files, metrics, run
 # main.py as a process that meets a fault the others do not (`python FAULTY_MAIN FAULT MAIN_ARGS...`).
 FAULTY_MAIN = str(ROOT / "tests" / "faulty_main.py")
 
-# The tiny run (the study's CNN on the tiny data, 2 epochs of 4 steps); the evaluation batch splits over 8 devices.
-TINY = {"data.validation_size": 64, "steps_per_call": 2, "eval_batch_size": 48, "num_epochs": 2}
+# The tiny run (helpers.TINY_FIELDS) with an evaluation batch that splits over 8 devices.
+TINY = {**helpers.TINY_FIELDS, "eval_batch_size": 48}
 
 
 def tiny_args(tiny_data, workdir, **overrides):
     """main.py's arguments for the tiny run in `workdir` with dotted-path `overrides`."""
-    return main_args("cnn", workdir, {**TINY, "data.dir": tiny_data, **overrides})
+    return helpers.tiny_args(tiny_data, workdir, **{**TINY, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +151,7 @@ def test_the_accelerator_check_runs_on_eight_devices_through_the_command_line(ei
 def test_batch_size_the_devices_cannot_split_fails_before_compiling(tiny_data, tmp_path):
     result = run_main(*tiny_args(tiny_data, tmp_path, batch_size=60), env=devices(8))
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == (
+    assert last_line(result.stderr) == (
         "error: config.batch_size=60 cannot be split over 8 devices; use a multiple of 8 (e.g. 56 or 64) "
         "or run on fewer devices."
     )
@@ -167,7 +168,7 @@ def test_an_eight_device_checkpoint_restores_on_one_device(
     for name in ("results.json", "predictions.npz"):
         (tmp_path / "run" / name).unlink()
     caplog.set_level(logging.INFO, logger="absl")
-    run.run(load_config("cnn", **{**TINY, "data.dir": str(tiny_data)}), tmp_path / "run")
+    run.run(helpers.tiny_config(tiny_data, **TINY), tmp_path / "run")
     assert "Resumed from checkpoint at step 4" in caplog.text
     assert "Mesh: 1 cpu device(s)" in caplog.text
     assert_same_maths(tmp_path / "run", one_device_run)
@@ -265,8 +266,8 @@ def test_a_comparison_in_a_two_process_job_joins_it_before_its_checks_start_jax(
     ]
     with files.workdir_lock(tmp_path):  # in use: process 0 alone meets the lock, and both stop at once
         (rc0, err0), (rc1, err1) = start_two_processes(args, timeout=120)
-    assert (rc0, rc1) == (2, 2) and "is in use by process " in err0.strip().splitlines()[-1], err0[-2000:]
-    assert err1.strip().splitlines()[-1] == (
+    assert (rc0, rc1) == (2, 2) and "is in use by process " in last_line(err0), err0[-2000:]
+    assert last_line(err1) == (
         f"error: process 0 stopped the run (the workdir {tmp_path} could not be locked); its error says why."
     )
     (rc0, err0), (rc1, err1) = start_two_processes(args, timeout=300)
@@ -343,9 +344,9 @@ def test_what_only_process_0_refuses_stops_both_processes_at_once(tiny_data, two
     (rc0, err0), (rc1, err1) = stopped
     assert (rc0, rc1) == (2, 2), err0[-2000:] + err1[-2000:]
     said = "holds a run with a different config (learning_rate: " if overrides else "is in use by process "
-    assert said in err0.strip().splitlines()[-1]
+    assert said in last_line(err0)
     why = f"{workdir} holds a run with another config" if overrides else f"the workdir {workdir} could not be locked"
-    assert err1.strip().splitlines()[-1] == f"error: process 0 stopped the run ({why}); its error says why."
+    assert last_line(err1) == f"error: process 0 stopped the run ({why}); its error says why."
     assert "Traceback" not in err0 + err1 and (workdir / "results.json").read_bytes() == results
 
 
@@ -361,10 +362,8 @@ def test_a_full_disk_under_process_0_stops_both_processes_at_once(tiny_data, tmp
     full_disk = (FAULTY_MAIN, f"full-disk:{when}")
     (rc0, err0), (rc1, err1) = start_two_processes(tiny_args(tiny_data, tmp_path), scripts=(full_disk, ()), timeout=120)
     assert (rc0, rc1) == (2, 2), err0[-2000:] + err1[-2000:]
-    assert err0.strip().splitlines()[-1].startswith(f"error: the disk holding {tmp_path} is full")
-    assert err1.strip().splitlines()[-1] == (
-        f"error: process 0 stopped the run ({writing.format(tmp_path)}); its error says why."
-    )
+    assert last_line(err0).startswith(f"error: the disk holding {tmp_path} is full")
+    assert last_line(err1) == (f"error: process 0 stopped the run ({writing.format(tmp_path)}); its error says why.")
     assert "Traceback" not in err0 + err1 and not (tmp_path / "results.json").exists()
 
 

@@ -14,7 +14,7 @@ import types
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import ROOT, assert_every_check_reported, by_check, load_config, main_args, run_interrupted
+from helpers import ROOT, assert_every_check_reported, by_check, last_line, load_config, main_args, run_interrupted
 from packaging.specifiers import SpecifierSet
 
 from benchmarks import accelerator_check
@@ -309,7 +309,7 @@ def test_the_accelerator_check_refuses_what_it_cannot_time_before_any_figure(cap
         accelerator_check.main([args])
     out, err = capsys.readouterr()
     assert stop.value.code == 2 and out == ""  # a usage error before any figure
-    assert says in err.strip().splitlines()[-1]
+    assert says in last_line(err)
 
 
 def test_a_folder_keeps_its_checkpoint_form_when_the_setting_changes(two_epoch_run):

@@ -19,38 +19,24 @@ from helpers import (
     ROOT,
     assert_same_run,
     is_stopped,
+    last_line,
     load_config,
-    main_args,
     quick_compare_config,
     run_interrupted,
     run_main,
     start_main,
     subprocess_env,
+    tiny_args,
+    tiny_config,
     wait_for,
     without_timings,
 )
 
 from fmnist_jax import files, metrics, run
 
-# The tiny run: the CNN on the tiny data, 4 steps an epoch, 2 epochs (the study's tiny config,
-# fingerprints.tiny_config). A test runs it with main.py where it needs a process of its own (to hold a lock, be
-# stopped or killed, fill a disk, say how it ended) and in this process otherwise: `tiny_args` and `tiny_config`
-# give the same config.
-TINY = {"data.validation_size": 64, "eval_batch_size": 50, "steps_per_call": 2, "num_epochs": 2}
-
-
-def tiny_args(tiny_data, workdir, **overrides):
-    """main.py's arguments for the tiny run in `workdir` with dotted-path `overrides`."""
-    return main_args("cnn", workdir, {**TINY, "data.dir": tiny_data, **overrides})
-
 
 def tiny_run(tiny_data, workdir, **overrides):
     return run_main(*tiny_args(tiny_data, workdir, **overrides))
-
-
-def tiny_config(tiny_data, **overrides):
-    """The config `tiny_args` gives main.py."""
-    return load_config("cnn", **{**TINY, "data.dir": str(tiny_data), **overrides})
 
 
 def snapshot(folder: pathlib.Path) -> dict[str, bytes]:
@@ -93,7 +79,7 @@ def test_a_second_run_on_a_locked_workdir_exits_2_naming_the_holder_and_changes_
         result = tiny_run(tiny_data, workdir, num_epochs=1)
         assert snapshot(workdir) == before
     assert result.returncode == 2
-    last = result.stderr.strip().splitlines()[-1]
+    last = last_line(result.stderr)
     pattern = (
         rf"error: {re.escape(str(workdir))} is in use by process {os.getpid()} on host "
         rf"{re.escape(socket.gethostname())} since \d\d:\d\d:\d\d; wait for it to finish or choose another --workdir\."
@@ -211,7 +197,7 @@ def test_a_full_disk_ends_with_one_line_and_the_rerun_resumes(tiny_data, small_t
     workdir = small_tmpfs / "run"
     result = tiny_run(tiny_data, workdir)
     assert result.returncode == 2
-    last = result.stderr.strip().splitlines()[-1]
+    last = last_line(result.stderr)
     assert last == (
         f"error: the disk holding {workdir} is full (no space left while saving a checkpoint); free some space "
         "and rerun the same command: it resumes from the last complete checkpoint."
