@@ -80,7 +80,11 @@ def seed_summary(values: Sequence[float]) -> dict[str, Any]:
 
 
 def format_p(p: float) -> str:
-    """A p-value for a sentence: 'p = 0.034', 'p < 1e-6'."""
+    """A p-value for a sentence: 'p = 0.034', 'p < 1e-6'; never rounded onto or across a usual level (0.04996 is
+    'p = 0.04996', not 'p = 0.050')."""
     if p < 1e-6:
         return "p < 1e-6"
-    return f"p = {p:.2g}" if p < 0.001 else f"p = {p:.3f}"
+    text = f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
+    if any(p < level <= float(text) for level in (0.05, 0.01, 0.001)):
+        text = f"{p:.4g}"
+    return f"p = {text}"

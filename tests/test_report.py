@@ -407,6 +407,10 @@ def seed_test(difference, low, high, p):
     return {"difference": difference, "ci95": [low, high], "p_value": p, "only_a_correct": 0, "only_b_correct": 0}
 
 
+def tie_test():
+    return seed_test(0.0, -0.001, 0.001, 1.0)
+
+
 def test_pair_sentences_say_what_the_tests_establish():
     one = {0: seed_test(0.026, 0.020, 0.032, 1e-9)}
     expected = "The CNN is more accurate than the forest by 2.6 points (95% CI 2.0 to 3.2; McNemar p < 1e-6)."
@@ -418,15 +422,23 @@ def test_pair_sentences_say_what_the_tests_establish():
         "A is more accurate than B by 1.1 points (each seed's 95% CI within 0.4 to 1.8; McNemar p ≤ 0.030 on every "
         "seed)."
     )
-    mixed = {0: seed_test(0.004, -0.001, 0.009, 0.2), 1: seed_test(-0.002, -0.007, 0.003, 0.7)}
-    assert sentences.pair_sentence("A", "B", mixed) == (
-        "A is ahead of B by 0.1 points on average, a difference these test images do not establish (each seed's "
-        "95% CI within -0.7 to 0.9; McNemar p from 0.2 to 0.7 across seeds; the seeds disagree on which is better)."
+    close = {0: seed_test(0.004, -0.001, 0.009, 0.2), 1: seed_test(0.002, -0.003, 0.007, 0.7)}
+    assert sentences.pair_sentence("A", "B", close) == (
+        "A is ahead of B by 0.3 points on average, a difference these test images do not establish (each seed's "
+        "95% CI within -0.3 to 0.9; McNemar p from 0.2 to 0.7 across seeds)."
     )
+    # Each seed's difference established, but not the same way: each side's seeds are named, no winner.
     opposite = {0: seed_test(0.01, 0.005, 0.015, 0.001), 1: seed_test(-0.008, -0.012, -0.004, 0.001)}
-    assert "do not establish" in sentences.pair_sentence("A", "B", opposite)  # each significant, but not the same way
-    balanced = {0: seed_test(0.002, -0.003, 0.007, 0.4), 1: seed_test(-0.002, -0.007, 0.003, 0.4)}
-    assert sentences.pair_sentence("A", "B", balanced).endswith("the seeds disagree on which is better).")
+    assert sentences.pair_sentence("A", "B", opposite) == (
+        "The seeds disagree on which of A and B is more accurate: A is ahead on seed 0 (95% CI 0.5 to 1.5 points; "
+        "McNemar p = 0.001), B on seed 1 (95% CI 0.4 to 1.2 points; McNemar p = 0.001); it depends on the training "
+        "run, and neither is established."
+    )
+    balanced = {0: seed_test(0.002, -0.003, 0.007, 0.4), 1: seed_test(-0.002, -0.007, 0.003, 0.4), 2: tie_test()}
+    assert sentences.pair_sentence("A", "B", balanced).startswith(
+        "The seeds disagree on which of A and B is more accurate: A is ahead on seed 0 (95% CI -0.3 to 0.7 points; "
+        "McNemar p = 0.400), B on seed 1 (95% CI -0.3 to 0.7 points; McNemar p = 0.400), neither on seed 2; "
+    )
     tie = {0: seed_test(0.0, -0.001, 0.001, 1.0)}
     assert (
         sentences.pair_sentence("A", "B", tie)
@@ -549,3 +561,21 @@ def test_the_stronger_cnn_is_the_fourth_member_with_its_curves(comparison, tiny_
     assert "plots/curves_vgg_bn.png" in md and (tmp_path / "plots" / "curves_vgg_bn.png").stat().st_size > 0
     pairs = json.loads((tmp_path / "report.json").read_text())["pairs"]
     assert ("cnn", "vgg_bn") in [(p["a"], p["b"]) for p in pairs]
+
+
+def test_timings_over_seeds_say_how_many_seeds_they_cover_and_throughput_is_images_over_seconds(tmp_path):
+    """A seed without a timing is not averaged in silently; images/s is all images over all seconds (10,000 images
+    in 1 s and in 3 s: 5,000 images/s, where the mean of the two rates says 6,667)."""
+
+    def member(seed, train, predict):
+        results = {"seed": seed, "train_seconds": train, "predict_seconds": predict}
+        results["samples_per_second"] = 10_000 / predict if predict else None
+        return report.runs.Member("m", tmp_path, {**results, "validation_accuracy": None}, [], {})
+
+    model = report.runs.Model("m", "M", [member(0, 100.0, 1.0), member(1, None, 3.0)])
+    assert tables._mean_cell(model.values("train_seconds"), tables.fmt_seconds) == "100.0 s (1 of 2 seeds)"
+    assert tables._mean_cell(model.values("predict_seconds"), tables.fmt_seconds) == "2.0 s"
+    assert tables._throughput(model) == "5,000"
+    model.runs.append(member(2, 50.0, None))
+    assert tables._throughput(model) == "5,000 (2 of 3 seeds)"
+    assert tables._mean_cell(model.values("validation_accuracy"), tables.fmt) == tables.fmt(None)

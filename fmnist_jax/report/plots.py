@@ -61,14 +61,15 @@ def plot_confusion(member: Member, path: pathlib.Path) -> pathlib.Path:
 
 
 def plot_curves(model: Model, path: pathlib.Path) -> pathlib.Path:
-    """Train and validation loss and accuracy per epoch, one line per seed."""
+    """Train and validation loss and accuracy per epoch, one line per seed; the train figures are those of the
+    training steps (with their dropout and augmentation, where the recipe has them)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for run in model.runs:
         seed = f" (seed {run.results['seed']})" if len(model.runs) > 1 else ""
         epochs = [r["epoch"] for r in run.history]
         for ax, key in ((axes[0], "loss"), (axes[1], "accuracy")):
-            ax.plot(epochs, [r[f"train_{key}"] for r in run.history], "o-", ms=3, label=f"train (with dropout){seed}")
+            ax.plot(epochs, [r[f"train_{key}"] for r in run.history], "o-", ms=3, label=f"train (as trained){seed}")
             if any(r[f"validation_{key}"] is not None for r in run.history):  # none when trained on all 60k
                 ax.plot(epochs, [r[f"validation_{key}"] for r in run.history], "s-", ms=3, label=f"validation{seed}")
     for ax, label in ((axes[0], "cross-entropy loss"), (axes[1], "accuracy")):

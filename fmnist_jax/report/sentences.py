@@ -68,7 +68,9 @@ def pair_sentence(
     else:
         ci = f"each seed's 95% CI within {100 * min(lows):.1f} to {100 * max(highs):.1f}"
     consistent = bool(np.all(np.sign(diffs) == sign))
-    if max(ps) < level and consistent:
+    if not consistent:
+        return _trading_places(a, b, seeds) + missing
+    if max(ps) < level:
         p = stats.format_p(ps[0]) if one else stats.format_p(max(ps)).replace("p = ", "p ≤ ")
         return f"{better} is more accurate than {worse} by {100 * abs(mean):.1f} points ({ci}; McNemar {p}{where})." + (
             missing
@@ -79,10 +81,29 @@ def pair_sentence(
         spread = (
             f"McNemar p from {min(ps):.2g} to {max(ps):.2g} across {seed_list(list(seeds)) if untested else 'seeds'}"
         )
-    why = "" if consistent else "; the seeds disagree on which is better"
     return (
         f"{better} is ahead of {worse} by {100 * abs(mean):.1f} points on average, a difference these test "
-        f"images do not establish ({ci}; {spread}{why}).{missing}"
+        f"images do not establish ({ci}; {spread}).{missing}"
+    )
+
+
+def _trading_places(a: str, b: str, seeds: dict[int, dict[str, Any]]) -> str:
+    """The sentence for seeds that disagree on which model is better: each side's seeds with their intervals and
+    p-values. However sure each seed's test is, which model wins depends on the training run."""
+    sides = []
+    for name, sign in ((a, 1.0), (b, -1.0)):
+        won = {s: t for s, t in seeds.items() if np.sign(t["difference"]) == sign}
+        if won:
+            lows, highs = _better_minus_worse(won, sign)
+            ps = [t["p_value"] for t in won.values()]
+            p = stats.format_p(ps[0]) if len(won) == 1 else f"p from {min(ps):.2g} to {max(ps):.2g}"
+            ci = f"95% CI {'' if len(won) == 1 else 'within '}{100 * min(lows):.1f} to {100 * max(highs):.1f} points"
+            sides.append(f"{name}{'' if sides else ' is ahead'} on {seed_list(list(won))} ({ci}; McNemar {p})")
+    tied = [s for s, t in seeds.items() if t["difference"] == 0]
+    sides += [f"neither on {seed_list(tied)}"] if tied else []
+    return (
+        f"The seeds disagree on which of {a} and {b} is more accurate: {', '.join(sides)}; it depends on the training "
+        "run, and neither is established."
     )
 
 

@@ -66,6 +66,21 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return float(np.mean(known)) if known else None
 
 
+def _mean_cell(values: Sequence[float | None], cell) -> str:
+    """`cell` of the mean of the known values, saying over how many seeds when some are unknown."""
+    known = sum(v is not None for v in values)
+    return cell(_mean(values)) + (f" ({known} of {len(values)} seeds)" if 0 < known < len(values) else "")
+
+
+def _throughput(model: Model) -> str:
+    """Images predicted per second over the model's seeds: all images over all seconds (not a mean of rates)."""
+    timed = [r.results for r in model.runs if r.results.get("predict_seconds") and r.results.get("samples_per_second")]
+    images = sum(r["samples_per_second"] * r["predict_seconds"] for r in timed)  # each run's images predicted
+    rate = images / sum(r["predict_seconds"] for r in timed) if timed else None
+    some = 0 < len(timed) < len(model.runs)
+    return fmt(rate, ",.0f") + (f" ({len(timed)} of {len(model.runs)} seeds)" if some else "")
+
+
 def _interval(member: Member) -> str:
     """A run's exact accuracy interval as a cell."""
     ci = accuracy_interval(member)
@@ -99,11 +114,11 @@ def summary_rows(models: Sequence[Model]) -> list[list[str]]:
             mean_std(m.values("test_accuracy")),
             _interval(m.runs[0]) if len(m.runs) == 1 else "per seed below",
             fmt(published_accuracy(m)),
-            fmt(_mean(m.values("validation_accuracy"))),
+            _mean_cell(m.values("validation_accuracy"), fmt),
             _params(m),
-            fmt_seconds(_mean(m.values("train_seconds"))),
-            fmt_seconds(_mean(m.values("predict_seconds"))),
-            fmt(_mean(m.values("samples_per_second")), ",.0f"),
+            _mean_cell(m.values("train_seconds"), fmt_seconds),
+            _mean_cell(m.values("predict_seconds"), fmt_seconds),
+            _throughput(m),
             str(len(m.runs)),
             _checksums(m.runs[0].results),
         ]
