@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import importlib
 import json
+import os
 import pathlib
 import time
 from collections.abc import Iterator, Sequence
@@ -187,13 +188,15 @@ class Arrays:
 
 
 def load_arrays(config: ml_collections.ConfigDict) -> Arrays:
-    """`config.data`'s training and test splits; without any data installed (and no `data.dir` named), random
-    images of the same sizes: speed does not depend on the pixels, and `source` says "random"."""
+    """`config.data`'s training and test splits; without any data installed (no folder named by `data.dir` or
+    FMNIST_DATA_DIR, none in Debian's place), random images of the same sizes: speed does not depend on the pixels,
+    and `source` says "random". Data that is named or installed but fails to load is an error."""
+    named = config.data.dir or os.environ.get(data.ENV_VAR) or pathlib.Path(data.DEBIAN_DIR).is_dir()
     try:
         ds = data.load(config.data, seed=config.seed)
         return Arrays(ds.train, ds.test, ds.source)
     except data.DataError:
-        if config.data.dir:
+        if named or config.data.source != "auto":
             raise
     rng = np.random.default_rng(config.seed)
     n = config.data.num_train or TRAIN_FILE_IMAGES - config.data.validation_size

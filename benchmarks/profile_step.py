@@ -13,7 +13,7 @@ so the per-op times can add up to more than the step's wall time: read them as w
 that XLA:CPU hands to Eigen (plain `dot` ops, such as the weight gradients in autodiff's layout) run on the thread
 pool after their thunk returns: the trace shows them as almost free and charges their time to the ops beside them.
 For the products' share, `python -m benchmarks flop_efficiency --layers` times each convolution alone. The trace
-itself is kept in --trace_dir (open it in Perfetto or TensorBoard's profiler).
+itself is kept in a folder of its own under --trace_dir (open it in Perfetto or TensorBoard's profiler).
 """
 
 from __future__ import annotations
@@ -99,14 +99,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     table = op_table(hlo)
     jax.block_until_ready(call())
-    trace_dir = pathlib.Path(args.trace_dir or tempfile.mkdtemp(prefix="fmnist_trace_"))
-    start = time.perf_counter()
+    # A folder of its own under --trace_dir: a reused one holds earlier traces, which the profiler names by the
+    # second they began (two in one second share a name).
+    if args.trace_dir:
+        pathlib.Path(args.trace_dir).mkdir(parents=True, exist_ok=True)
+    trace_dir = pathlib.Path(tempfile.mkdtemp(prefix="fmnist_trace_", dir=args.trace_dir))
     with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
+        start = time.perf_counter()
         for _ in range(args.calls):
             out = call()
         jax.block_until_ready(out)
+        traced = time.perf_counter() - start  # the calls alone: not the profiler's stop and the trace's writing
     steps = args.calls * steps_per_call
-    wall = (time.perf_counter() - start) / steps
+    wall = traced / steps
     busy, trace_file = busy_micros(trace_dir, table)
     for name, micros in busy.most_common(args.top):
         shape, source = table[name]

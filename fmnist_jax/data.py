@@ -152,11 +152,13 @@ def read_idx_labels(path: pathlib.Path) -> tuple[np.ndarray, str]:
     return labels.astype(np.int32), digest
 
 
-def load_idx(directory: str | os.PathLike) -> tuple[dict[str, Split], dict[str, str]]:
-    """Reads the four IDX files in `directory`: ({"train": Split, "test": Split}, {file name: sha256})."""
+def load_idx(directory: str | os.PathLike, named_by: str = "") -> tuple[dict[str, Split], dict[str, str]]:
+    """Reads the four IDX files in `directory` (which `named_by` names, for errors: "config.data.dir", ENV_VAR):
+    ({"train": Split, "test": Split}, {file name: sha256})."""
     directory = pathlib.Path(directory).expanduser()
     if not directory.is_dir():
-        raise DataError(f"data folder {directory} does not exist. {HOW_TO_GET_DATA}")
+        by = f" (named by {named_by})" if named_by else ""
+        raise DataError(f"data folder {directory}{by} does not exist. {HOW_TO_GET_DATA}")
     splits, checksums = {}, {}
     for split, (images_stem, labels_stem) in IDX_FILES.items():
         paths = [_find(directory, stem) for stem in (images_stem, labels_stem)]
@@ -213,10 +215,11 @@ def load_tfds(data_dir: str | None = None) -> tuple[dict[str, Split], dict[str, 
 TFDS_HOSTS = (("storage.googleapis.com", 443), ("fashion-mnist.s3-website.eu-central-1.amazonaws.com", 80))
 
 
-def _tfds_could_provide(timeout: float = 3.0) -> bool:
-    """Whether TFDS may provide Fashion-MNIST now: a copy it prepared before, a proxy (which this cannot judge), or
-    one of its hosts answering. Offline, TFDS retries its downloads for minutes before it fails."""
-    prepared = pathlib.Path(os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets").expanduser() / "fashion_mnist"
+def _tfds_could_provide(data_dir: str | None = None, timeout: float = 3.0) -> bool:
+    """Whether TFDS may provide Fashion-MNIST now: a copy it prepared before (in `data_dir`, TFDS's folder), a proxy
+    (which this cannot judge), or one of its hosts answering. Offline, TFDS retries its downloads for minutes."""
+    folder = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+    prepared = pathlib.Path(folder).expanduser() / "fashion_mnist"
     proxies = urllib.request.getproxies()  # the environment's (and the system's) proxies
     proxied = (proxies.get("https") or proxies.get("all")) and not all(
         urllib.request.proxy_bypass(host) for host, _ in TFDS_HOSTS
@@ -282,7 +285,13 @@ def load(config: Any, *, seed: int) -> Dataset:
         raise DataError(f"config.data.source={source!r} is not one of {SOURCES}.")
     data_dir = config.dir or None
     origin = ""
-    if source == "tfds":
+    if source == "tfds":  # config.data.dir, when set, is TFDS's own folder
+        if not _tfds_could_provide(data_dir):
+            where = f"in {data_dir}" if data_dir else "in TFDS's folder"
+            raise DataError(
+                f"config.data.source='tfds': TFDS has no prepared fashion_mnist {where} and cannot download one "
+                f"(offline). {HOW_TO_GET_DATA}"
+            )
         raw, checksums = load_tfds(data_dir)
         origin = "tfds"
     else:
@@ -303,7 +312,8 @@ def load(config: Any, *, seed: int) -> Dataset:
                 why = " ".join(f"{type(cause).__name__}: {cause}".split())
                 raise DataError(f"{nowhere} TFDS failed ({why[:300]}). {HOW_TO_GET_DATA}") from e
         else:
-            raw, checksums = load_idx(candidates[0][1])
+            named_by = "" if candidates[0][1] == DEBIAN_DIR else candidates[0][0]
+            raw, checksums = load_idx(candidates[0][1], named_by=named_by)
             origin = f"idx:{pathlib.Path(candidates[0][1]).expanduser().resolve()}"
     train, validation = split_train_validation(
         raw["train"], validation_size=config.validation_size, num_train=config.num_train, seed=seed

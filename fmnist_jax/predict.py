@@ -1,7 +1,9 @@
 """Classifying the user's own images: reading them as Fashion-MNIST-like 28x28 uint8, and reporting.
 
-Fashion-MNIST shows light garments on a black background. A photo is usually the reverse, so an image whose
-border is mostly light is inverted; each image is fitted into 28x28 keeping its aspect ratio.
+Fashion-MNIST shows light garments on a black background, each trimmed to the garment, whose longer side fills the
+28 pixels. A photo is usually the reverse, so an image whose border is mostly light is inverted; then it is cropped
+to what stands out from its border (a margin of background would shrink the garment) and fitted into 28x28 keeping
+its aspect ratio. A 28x28 image is taken as it is, but for the inversion.
 """
 
 from __future__ import annotations
@@ -32,13 +34,21 @@ def parse_inputs(inputs: str | Sequence[str]) -> list[pathlib.Path]:
     return paths
 
 
+# How far from the border's grey a pixel must be to count as the garment when an image is cropped to it.
+OBJECT_CONTRAST = 32
+
+
 def to_fmnist(image: np.ndarray) -> np.ndarray:
-    """A greyscale uint8 image of any size -> 28x28, light object on a dark background."""
+    """A greyscale uint8 image of any size -> 28x28, light object on a dark background, cropped to the object."""
     from PIL import Image
 
     border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
     if border.mean() > 127:
-        image = 255 - image
+        image, border = 255 - image, 255 - border
+    if image.shape != IMAGE_SHAPE:
+        rows, cols = np.nonzero(np.abs(image.astype(np.int16) - int(np.median(border))) > OBJECT_CONTRAST)
+        if rows.size:
+            image = image[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     h, w = image.shape
     scale = 28 / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
@@ -90,7 +100,7 @@ def _read_one(path: pathlib.Path) -> list[np.ndarray]:
             raise ValueError(f"shape {array.shape}; expected (28, 28) or (N, 28, 28)")
         if len(array) == 0:
             raise ValueError("shape (0, 28, 28): no images")
-        if array.dtype != np.uint8:  # scaled as a PNG of that depth is: floats up to 1 and 16-bit integers
+        if array.dtype != np.uint8:  # integers above 255 as a 16-bit PNG is (/257), floats up to 1 (x255)
             sixteen_bit = array.dtype.kind in "ui" and array.max() > 255
             array = np.asarray(array, np.float64)
             if not np.isfinite(array).all():

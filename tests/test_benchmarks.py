@@ -179,7 +179,7 @@ def test_every_line_carries_the_machine_it_was_measured_on(capsys):
     }
 
 
-def test_without_data_the_arrays_are_random_images_of_the_configs_sizes(tiny_data, monkeypatch):
+def test_without_data_the_arrays_are_random_images_of_the_configs_sizes(tiny_data, tmp_path, monkeypatch):
     arrays = common.load_arrays(common.load_config("cnn", tiny(tiny_data)))
     assert (len(arrays.train), len(arrays.test)) == (256, 100) and arrays.source.startswith("idx:")
 
@@ -187,11 +187,16 @@ def test_without_data_the_arrays_are_random_images_of_the_configs_sizes(tiny_dat
         raise data.DataError("no Fashion-MNIST found")
 
     monkeypatch.setattr(data, "load", missing)
+    monkeypatch.setattr(data, "DEBIAN_DIR", str(tmp_path / "none"))
+    monkeypatch.delenv(data.ENV_VAR, raising=False)
     arrays = common.load_arrays(common.load_config("cnn", ["--config.data.num_train=300"]))
     assert arrays.source == "random" and (len(arrays.train), len(arrays.test)) == (300, 10_000)
     assert arrays.train.images.dtype == np.uint8 and arrays.train.images.shape[1:] == (28, 28)
     with pytest.raises(data.DataError):  # a folder the user named must load
         common.load_arrays(common.load_config("cnn", [f"--config.data.dir={tiny_data}"]))
+    monkeypatch.setenv(data.ENV_VAR, str(tiny_data))  # so must the environment's, or an installed copy
+    with pytest.raises(data.DataError):
+        common.load_arrays(common.load_config("cnn", []))
 
 
 def test_train_speed_times_this_loop_and_the_plain_flax_loop_and_skips_a_missing_torch(tiny_data, monkeypatch):
@@ -339,6 +344,9 @@ def test_profile_sums_the_traced_ops_of_the_package_program(tiny_data, tmp_path,
     assert all(row["from"].startswith(f"jit({program})") for row in ops_rows if row["from"])
     assert (total["steps"], total["batch"]) == ((1, 50) if forward_only else (4, 64))
     assert pathlib.Path(total["trace"]).is_file() and tmp_path in pathlib.Path(total["trace"]).parents
+    if forward_only:  # the folder reused: the figures are the new trace's, not the first one's
+        *_, again = run(profile_step, *args, "--forward_only")
+        assert again["trace"] != total["trace"] and pathlib.Path(again["trace"]).is_file()
 
 
 # flop_efficiency

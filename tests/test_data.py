@@ -153,12 +153,13 @@ def test_source_order_config_dir_then_environment(tmp_path, monkeypatch):
 
 def test_forced_idx_with_bad_environment_folder_fails(tmp_path, monkeypatch):
     monkeypatch.setenv(data.ENV_VAR, str(tmp_path / "missing"))
-    with pytest.raises(data.DataError, match="missing does not exist"):
+    with pytest.raises(data.DataError, match="missing \\(named by FMNIST_DATA_DIR\\) does not exist"):
         data.load(data_config(source="idx"), seed=0)
 
 
-def test_tfds_source_through_mock_data():
+def test_tfds_source_through_mock_data(monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
+    monkeypatch.setattr(data, "_tfds_could_provide", lambda data_dir: True)  # the mock stands in for TFDS's copy
     with tfds.testing.mock_data(num_examples=40):
         dataset = data.load(data_config(source="tfds", validation_size=10), seed=0)
     assert dataset.source == "tfds"
@@ -225,10 +226,25 @@ def test_real_data_files(real_data_dir):
     )
 
 
+def test_forced_tfds_offline_without_a_copy_stops_at_once(tmp_path, monkeypatch):
+    """TFDS would retry its downloads for minutes (and write its folders into data.dir): the source forced, the
+    offline check runs first, on the folder data.dir names for TFDS."""
+    monkeypatch.setattr(data.urllib.request, "getproxies", dict)
+
+    def unreachable(address, timeout):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(data.socket, "create_connection", unreachable)
+    with pytest.raises(DataError, match=rf"TFDS has no prepared fashion_mnist in {tmp_path} and cannot download"):
+        data.load(data_config(source="tfds", dir=str(tmp_path)), seed=0)
+    assert not any(tmp_path.iterdir())  # nothing written there
+
+
 def test_a_tfds_failure_says_what_its_preparation_needs_and_the_other_sources(monkeypatch):
     """TFDS failing (here: no network for its first preparation) names the split and the error, what the
     preparation needs, and the IDX ways; not the TFDS way just tried."""
     tfds = pytest.importorskip("tensorflow_datasets")
+    monkeypatch.setattr(data, "_tfds_could_provide", lambda data_dir: True)  # it could, then fails
 
     def offline(name, split, data_dir=None):
         raise ConnectionError(f"cannot download {name}")
