@@ -385,6 +385,8 @@ def test_the_layer_breakdown_finds_each_convolution_and_its_flops(name, padding,
     batch = config.batch_size
     total = conv_flops + dense_training_flops(batch, *dense) + shift_flops(config)
     assert total == flop_efficiency.flops_per_image(config) * batch
+    xla = load_config(name, **{"model.conv": "xla"})  # as GPUs and TPUs run it: the same useful products
+    assert flop_efficiency.flops_per_image(xla) == flop_efficiency.flops_per_image(config)
 
 
 def test_the_layer_breakdown_follows_the_compute_dtype():
