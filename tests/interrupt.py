@@ -9,7 +9,8 @@ line and events written, whatever the checkpoints). With WHEN=compile (STEP igno
 compilation of the run's programs starts, before any step is trained. Signalling from outside once a checkpoint
 appears races the run, and a fast accelerator finishes a tiny run before the signal lands; from inside, the moment
 is the same on every device. With WHEN=step, the signal comes once the train call that reaches step STEP or beyond
-has been queued, mid-epoch if STEP is.
+has been queued, mid-epoch if STEP is. For comparisons: WHEN=fit, as the STEP-th baseline fit begins (1: the
+first baseline member's); WHEN=report, once the report's STEP-th plot is written (the report half-written).
 """
 
 import os
@@ -23,15 +24,30 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def main() -> None:
     name, at_step, when, *main_args = sys.argv[1:]
-    if when not in ("in_flight", "committed", "epoch", "compile", "step"):
-        raise SystemExit(f"WHEN must be in_flight, committed, epoch, compile or step, got {when!r}")
+    whens = ("in_flight", "committed", "epoch", "compile", "step", "fit", "report")
+    if when not in whens:
+        raise SystemExit(f"WHEN must be one of {', '.join(whens)}, got {when!r}")
     signum, at_step = signal.Signals[f"SIG{name}"], int(at_step)
     sys.path.insert(0, str(ROOT))
-    from fmnist_jax import checkpoints
+    from fmnist_jax import baselines, checkpoints
+    from fmnist_jax.report import plots
     from fmnist_jax.training import loop, step
 
     sent = []  # the signal goes once (a STOP, continued, must not stop the run again)
-    if when == "compile":
+    if when in ("fit", "report"):
+        module, attribute = (baselines, "fit") if when == "fit" else (plots, "_save")
+        wrapped, calls = getattr(module, attribute), []
+
+        def signal_at_the_call(*args, **kwargs):  # a fit: before it; a plot: once written
+            calls.append(1)
+            out = wrapped(*args, **kwargs) if when == "report" else None
+            if len(calls) >= at_step and not sent:
+                sent.append(len(calls))
+                os.kill(os.getpid(), signum)
+            return out if when == "report" else wrapped(*args, **kwargs)
+
+        setattr(module, attribute, signal_at_the_call)
+    elif when == "compile":
         compile_ahead = step.Programs.compile_ahead
 
         def signal_then_compile(programs, *args, **kwargs):

@@ -257,30 +257,21 @@ def test_a_comparison_killed_at_any_moment_reruns_to_the_same_report(tiny_data, 
     reference = tmp_path / "reference"
     run.run(load_config("compare", **overrides), reference)
 
+    # Each kill from inside, at its moment (tests/interrupt.py), and what it left: the members before it finished,
+    # its own not, no report.
     workdir = tmp_path / "killed"
+    members = ["cnn", "random_forest", "linear_svm"]
     moments = {
-        "during the CNN's training": lambda: list((workdir / "cnn" / "seed_0" / "checkpoints").glob("[0-9]*")),
-        "during the forest's fit": (workdir / "random_forest" / "seed_0" / "config.json").exists,
-        "while the report is written": (workdir / "plots").exists,
+        "during the CNN's training (its first checkpoint saved)": ((2, "committed"), []),
+        "during the forest's fit": ((1, "fit"), ["cnn"]),
+        "while the report is written (its first plot saved)": ((1, "report"), members),
     }
-    env = subprocess_env()
-    for moment, reached in moments.items():
-        proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "main.py"), *args, f"--workdir={workdir}"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            wait_for(reached, proc)
-        except AssertionError:
-            if proc.poll() is None or (workdir / "report.md").exists():
-                raise
-            pytest.fail(f"the comparison ended before the kill point {moment!r}")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    for moment, (when, done) in moments.items():
+        killed = run_interrupted("KILL", *when, *args, f"--workdir={workdir}")
+        assert killed.returncode == -signal.SIGKILL, f"{moment}: {killed.stderr[-2000:]}"
+        assert [m for m in members if (workdir / m / "seed_0" / "results.json").exists()] == done, moment
+        assert not (workdir / "report.md").exists(), moment
+    assert any((workdir / "plots").iterdir())  # the report half-written
     assert (workdir / "config.json").read_text() == (reference / "config.json").read_text()  # the same comparison
     run.run(load_config("compare", **overrides), workdir)
     assert report_numbers(workdir) == report_numbers(reference)
