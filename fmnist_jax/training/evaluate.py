@@ -95,10 +95,8 @@ class Evaluator:
     programs: Programs
     batch_size: int
 
-    def split(self, state: state_lib.TrainState, split: data.Split) -> dict[str, Any]:
-        return evaluate_split(self.programs, state, split, batch_size=self.batch_size)
-
     def dispatch(self, state: state_lib.TrainState, split: data.Split) -> PendingScores:
+        """`split`'s evaluation, dispatched (`.collect()` waits for its scores)."""
         return dispatch_split(self.programs, state, split, batch_size=self.batch_size)
 
     def final(
@@ -122,9 +120,9 @@ class Evaluator:
         phases = phases or timing.Phases()
         with phases("evaluation"):
             if val is None:
-                val = self.split(state, dataset.validation)
+                val = self.dispatch(state, dataset.validation).collect()
             start = time.perf_counter()
-            test = self.split(state, dataset.test)
+            test = self.dispatch(state, dataset.test).collect()
             predict_seconds = time.perf_counter() - start
         preds = test["probs"].argmax(-1)
         scores = metrics.evaluate(dataset.test.labels, preds, test["probs"], class_names=dataset.class_names)
