@@ -56,7 +56,8 @@ from fmnist_jax.errors import ConfigError
         ),
         (
             ["--config=configs/cnn.py", "--config.data.dir=/nonexistent/fmnist"],
-            "error: data folder /nonexistent/fmnist does not exist. Get Fashion-MNIST one of three ways",
+            "error: data folder /nonexistent/fmnist (named by config.data.dir) does not exist. Get Fashion-MNIST one "
+            "of three ways",
         ),
         (
             ["--config=configs/cnn.py", "--config.data.validation_size=-5"],
