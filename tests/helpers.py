@@ -16,7 +16,10 @@ from flax import nnx
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the configs/ package, as main.py sees it
-REAL_DATA_DIR = pathlib.Path(os.environ.get("FMNIST_REAL_DATA_DIR", "/usr/share/datasets/fashion-mnist"))
+# The real data for the `slow` tests: FMNIST_REAL_DATA_DIR, else the folder runs use (FMNIST_DATA_DIR), else Debian's.
+REAL_DATA_DIR = pathlib.Path(
+    os.environ.get("FMNIST_REAL_DATA_DIR") or os.environ.get("FMNIST_DATA_DIR") or "/usr/share/datasets/fashion-mnist"
+)
 
 # How far two runs of the study's tiny config (2 epochs, 8 steps) may drift apart when only rounding differs: another
 # CPU kind, or another device count (the gradient's sum in another order). Measured on an AVX2 EPYC, 1 and 8 devices
