@@ -298,8 +298,8 @@ def time_training(
 
 
 def whole_run_steps(config: ml_collections.ConfigDict, train_images: int) -> int:
-    """The train steps of `config`'s whole run on `train_images` images: full batches per epoch times its epochs."""
-    return train_images // config.batch_size * config.num_epochs
+    """The train steps of `config`'s whole run on `train_images` images (`config_lib.last_step`)."""
+    return config_lib.last_step(train_images, config.batch_size, config.num_epochs)
 
 
 def speed_fields(step_seconds: float, batch: int, epoch_steps: int) -> dict[str, Any]:

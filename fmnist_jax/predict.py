@@ -34,8 +34,10 @@ def parse_inputs(inputs: str | Sequence[str]) -> list[pathlib.Path]:
     return paths
 
 
-# How far from the border's grey a pixel must be to count as the garment when an image is cropped to it.
+# How far from the border's grey a pixel must be to count as the garment when an image is cropped to it, and the share
+# of the image such pixels must make up (fewer are specks of dust, or a garment too faint to find: no crop).
 OBJECT_CONTRAST = 32
+OBJECT_MIN_SHARE = 0.005
 
 
 def to_fmnist(image: np.ndarray) -> np.ndarray:
@@ -47,7 +49,7 @@ def to_fmnist(image: np.ndarray) -> np.ndarray:
         image, border = 255 - image, 255 - border
     if image.shape != IMAGE_SHAPE:
         rows, cols = np.nonzero(np.abs(image.astype(np.int16) - int(np.median(border))) > OBJECT_CONTRAST)
-        if rows.size:
+        if rows.size >= max(OBJECT_MIN_SHARE * image.size, 1):
             image = image[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     h, w = image.shape
     scale = 28 / max(h, w)

@@ -79,12 +79,22 @@ def seed_summary(values: Sequence[float]) -> dict[str, Any]:
     }
 
 
+P_LEVELS = (0.05, 0.01, 0.001)  # the usual significance levels: a printed p-value never crosses nor meets one
+
+
+def p_text(p: float, spec: str) -> str:
+    """`p` in the format `spec` ('.3f', '.2g', ...), with as many more significant digits as it takes to print it on
+    the same side of every P_LEVELS level, and on none unless it is one (0.04996 is '0.04996', 0.0501 '0.0501')."""
+    text = format(p, spec)
+    for digits in range(2, 18):
+        if all((float(text) < level) == (p < level) and (float(text) == level) == (p == level) for level in P_LEVELS):
+            return text
+        text = f"{p:.{digits}g}"
+    return repr(p)
+
+
 def format_p(p: float) -> str:
-    """A p-value for a sentence: 'p = 0.034', 'p < 1e-6'; never rounded onto or across a usual level (0.04996 is
-    'p = 0.04996', not 'p = 0.050')."""
+    """A p-value for a sentence: 'p = 0.034', 'p < 1e-6' (`p_text`: never rounded onto or across a usual level)."""
     if p < 1e-6:
         return "p < 1e-6"
-    text = f"{p:.2g}" if p < 0.001 else f"{p:.3f}"
-    if any(p < level <= float(text) for level in (0.05, 0.01, 0.001)):
-        text = f"{p:.4g}"
-    return f"p = {text}"
+    return "p = " + p_text(p, ".2g" if p < 0.001 else ".3f")

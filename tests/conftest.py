@@ -74,11 +74,15 @@ def cnn_config(tiny_data):
 
 @pytest.fixture(scope="session")
 def real_data_dir() -> pathlib.Path:
-    """The real Fashion-MNIST files; missing ones fail in CI (never a silent skip there)."""
+    """The real Fashion-MNIST files, the official gzip ones (the tests check their checksums); missing ones fail in
+    CI (never a silent skip there)."""
     if not (REAL_DATA_DIR / "train-images-idx3-ubyte.gz").exists():
+        where = f"{REAL_DATA_DIR} (FMNIST_REAL_DATA_DIR, else FMNIST_DATA_DIR, else Debian's folder)"
         if os.environ.get("CI"):
-            pytest.fail(f"the real data set is missing from {REAL_DATA_DIR}: .ci/run must install it")
-        pytest.skip(f"real data not in {REAL_DATA_DIR} (apt-get install dataset-fashion-mnist)")
+            pytest.fail(f"the official gzip files of Fashion-MNIST are not in {where}: .ci/run must install them")
+        pytest.skip(
+            f"the official gzip files of Fashion-MNIST are not in {where}: apt-get install dataset-fashion-mnist"
+        )
     return REAL_DATA_DIR
 
 

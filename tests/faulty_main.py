@@ -6,6 +6,7 @@ python tests/faulty_main.py full-disk:EPOCH MAIN_ARGS... # its writes of history
                                                          # from epoch EPOCH's end on, as when its disk fills
 python tests/faulty_main.py full-disk:results MAIN_ARGS...  # its write of the test predictions fails so, after
                                                             # training
+python tests/faulty_main.py full-disk:events MAIN_ARGS...   # its last TensorBoard write (the test scores) fails so
 """
 
 import errno
@@ -23,6 +24,13 @@ def main() -> None:
     fault, _, value = sys.argv[1].partition(":")
     if fault == "unseen-results":
         metrics.RESULTS_FILE = "results.on-another-host.json"
+    elif fault == "full-disk" and value == "events":
+        from fmnist_jax import events
+
+        def finish_onto_a_full_disk(writer, *args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device", str(writer.directory))
+
+        events.EventWriter.finish = finish_onto_a_full_disk
     elif fault == "full-disk" and value == "results":
 
         def save_onto_a_full_disk(workdir, **arrays):
@@ -42,7 +50,9 @@ def main() -> None:
 
         metrics.append_history = append_until_full
     else:
-        sys.exit(f"unknown fault {sys.argv[1]!r}: unseen-results, full-disk:EPOCH or full-disk:results")
+        sys.exit(
+            f"unknown fault {sys.argv[1]!r}: unseen-results, full-disk:EPOCH, full-disk:results or full-disk:events"
+        )
     sys.argv = [str(ROOT / "main.py"), *sys.argv[2:]]
     runpy.run_path(sys.argv[0], run_name="__main__")
 

@@ -164,10 +164,10 @@ def run_main(
 def run_interrupted(
     signal_name: str, at_step: int, when: str, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
-    """Runs `python main.py ARGS` until it sends itself SIG`signal_name` at its checkpoint `at_step`, the save
-    `when` = "in_flight" (just started) or "committed" (complete), or with `when` = "epoch" at the end of epoch
-    `at_step`: tests/interrupt.py. Unlike a signal sent from outside once a checkpoint appears, the moment does not
-    depend on the device's speed."""
+    """Runs `python main.py ARGS` until it sends itself SIG`signal_name` at the moment `at_step` and `when` name
+    (tests/interrupt.py: a checkpoint's save "in_flight" or "committed", an "epoch"'s end, the "compile", a "step",
+    a baseline's "fit", the "report"'s plots). Unlike a signal sent from outside once a checkpoint appears, the
+    moment does not depend on the device's speed."""
     return run_main(*args, env=env, script=(str(ROOT / "tests" / "interrupt.py"), signal_name, str(at_step), when))
 
 

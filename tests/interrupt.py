@@ -29,13 +29,19 @@ def main() -> None:
         raise SystemExit(f"WHEN must be one of {', '.join(whens)}, got {when!r}")
     signum, at_step = signal.Signals[f"SIG{name}"], int(at_step)
     sys.path.insert(0, str(ROOT))
-    from fmnist_jax import baselines, checkpoints
-    from fmnist_jax.report import plots
+    from fmnist_jax import checkpoints
     from fmnist_jax.training import loop, step
 
     sent = []  # the signal goes once (a STOP, continued, must not stop the run again)
     if when in ("fit", "report"):
-        module, attribute = (baselines, "fit") if when == "fit" else (plots, "_save")
+        if when == "fit":
+            from fmnist_jax import baselines as module
+
+            attribute = "fit"
+        else:
+            from fmnist_jax.report import plots as module
+
+            attribute = "_save"
         wrapped, calls = getattr(module, attribute), []
 
         def signal_at_the_call(*args, **kwargs):  # a fit: before it; a plot: once written

@@ -7,6 +7,7 @@ the count taken from the train step's own jaxpr."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import io
 import json
@@ -350,6 +351,18 @@ def test_profile_sums_the_traced_ops_of_the_package_program(tiny_data, tmp_path,
 
 
 # flop_efficiency
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_a_convolutions_flops_are_its_outputs_times_its_kernels_share_of_them(groups):
+    """2 x outputs x (kernel size x input channels per group): a grouped convolution's kernel shape holds the
+    groups already."""
+    x, kernel = jnp.ones((2, 9, 9, 8)), jnp.ones((3, 3, 8 // groups, 16))
+    conv = functools.partial(
+        jax.lax.conv_general_dilated, window_strides=(1, 1), padding="VALID", feature_group_count=groups
+    )
+    jaxpr = jax.make_jaxpr(lambda x, k: conv(x, k, dimension_numbers=("NHWC", "HWIO", "NHWC")))(x, kernel).jaxpr
+    assert flop_efficiency.count_flops(jaxpr) == 2 * (2 * 7 * 7 * 16) * (3 * 3 * 8 // groups)
 
 
 def dense_training_flops(batch: int, *shapes: tuple[int, int]) -> int:

@@ -59,6 +59,11 @@ def test_a_photo_is_trimmed_to_its_garment_whose_longer_side_fills_the_28_pixels
     noisy = photo.copy()
     noisy[::7, ::5] += 20  # JPEG-like noise on the background stays under the contrast that marks the garment
     assert np.abs(predict.to_fmnist(noisy).astype(int) - trimmed).max() <= 20
+    faint = np.full((400, 400), 255, np.uint8)
+    faint[100:300, 150:250] = 225  # a garment too faint to stand out, and a speck of dust: no crop to the speck
+    faint[20, 20] = 0
+    out = predict.to_fmnist(faint)
+    assert np.count_nonzero(out > 20) < 28 * 28 // 2 and out[14, 14] > 20  # the whole photo fitted, the garment in it
 
 
 def test_deep_images_are_scaled_and_unreadable_inputs_named(tmp_path, monkeypatch):

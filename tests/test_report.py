@@ -439,6 +439,12 @@ def test_pair_sentences_say_what_the_tests_establish():
         "The seeds disagree on which of A and B is more accurate: A is ahead on seed 0 (95% CI -0.3 to 0.7 points; "
         "McNemar p = 0.400), B on seed 1 (95% CI -0.3 to 0.7 points; McNemar p = 0.400), neither on seed 2; "
     )
+    # Ahead on two seeds, equal on the third: no seed has the other ahead, but neither is the difference established.
+    ahead_or_equal = {0: three[0], 1: tie_test(), 2: three[2]}
+    assert sentences.pair_sentence("A", "B", ahead_or_equal) == (
+        "A is ahead of B by 0.7 points on average, a difference these test images do not establish (each seed's 95% "
+        "CI within -0.1 to 1.8; McNemar p from 0.01 to 1 across seeds; equal on seed 1)."
+    )
     tie = {0: seed_test(0.0, -0.001, 0.001, 1.0)}
     assert (
         sentences.pair_sentence("A", "B", tie)

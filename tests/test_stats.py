@@ -66,14 +66,17 @@ def test_seed_summary_and_p_value_words():
         "values": [0.9, 0.92, 0.91],
     }
     assert stats.seed_summary([0.9])["std"] == 0.0
-    assert [stats.format_p(p) for p in (3e-9, 2.5e-4, 0.0344, 0.5, 0.04996, 0.0501, 0.00996)] == [
+    assert [stats.format_p(p) for p in (3e-9, 2.5e-4, 0.0344, 0.5, 0.04996, 0.049996, 0.0501, 0.05, 0.0011)] == [
         "p < 1e-6",
         "p = 0.00025",
         "p = 0.034",
         "p = 0.500",
         "p = 0.04996",  # below 0.05: never printed as 0.050
+        "p = 0.049996",
+        "p = 0.0501",  # above it: never printed on it either
         "p = 0.050",
-        "p = 0.00996",
+        "p = 0.0011",
     ]
+    assert [stats.p_text(p, ".2g") for p in (0.0496, 0.2, 0.00996)] == ["0.0496", "0.2", "0.00996"]
     with pytest.raises(ValueError, match="different images"):
         stats.mcnemar(np.ones(3, bool), np.ones(4, bool))

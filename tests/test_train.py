@@ -264,9 +264,19 @@ def test_a_signal_while_the_last_saves_commit_stops_the_run_with_every_step_save
             sent.append(os.kill(os.getpid(), signal.SIGTERM))
         close(store)
 
+    class DefaultAction(Exception):
+        pass
+
+    def default_action(signum, frame):  # in place of SIGTERM's default, which would end the test's process
+        raise DefaultAction
+
     monkeypatch.setattr(checkpoints.CheckpointStore, "close", signalled_close)
-    with pytest.raises(errors.Interrupted) as stopped:
-        run.run(cnn_config, tmp_path)
+    previous = signal.signal(signal.SIGTERM, default_action)
+    try:
+        with pytest.raises(errors.Interrupted) as stopped:
+            run.run(cnn_config, tmp_path)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     assert (stopped.value.step, stopped.value.saved, stopped.value.signum) == (8, True, signal.SIGTERM)
     assert config_lib.checkpoint_steps(tmp_path)[-1] == 8 and not (tmp_path / "results.json").exists()
     monkeypatch.undo()

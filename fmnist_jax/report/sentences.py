@@ -35,6 +35,11 @@ def _better_minus_worse(seeds: dict[int, dict[str, Any]], sign: float) -> tuple[
     return lows, highs
 
 
+def _p_range(ps: Sequence[float]) -> str:
+    """ "0.002 to 0.2": the smallest and the largest p-value, each on its side of the usual levels."""
+    return f"{stats.p_text(min(ps), '.2g')} to {stats.p_text(max(ps), '.2g')}"
+
+
 def seed_list(seeds: Sequence[int]) -> str:
     """Seeds in words: "seed 0", "seeds 0 and 2", "seeds 0, 1 and 2"."""
     names = [str(s) for s in seeds]
@@ -67,10 +72,10 @@ def pair_sentence(
         ci = f"95% CI {100 * lows[0]:.1f} to {100 * highs[0]:.1f}"
     else:
         ci = f"each seed's 95% CI within {100 * min(lows):.1f} to {100 * max(highs):.1f}"
-    consistent = bool(np.all(np.sign(diffs) == sign))
-    if not consistent:
+    if np.any(diffs > 0) and np.any(diffs < 0):  # each model ahead on some seed
         return _trading_places(a, b, seeds) + missing
-    if max(ps) < level:
+    consistent = bool(np.all(np.sign(diffs) == sign))  # not where a seed ties
+    if max(ps) < level and consistent:
         p = stats.format_p(ps[0]) if one else stats.format_p(max(ps)).replace("p = ", "p ≤ ")
         return f"{better} is more accurate than {worse} by {100 * abs(mean):.1f} points ({ci}; McNemar {p}{where})." + (
             missing
@@ -78,12 +83,12 @@ def pair_sentence(
     if one:
         spread = f"McNemar {stats.format_p(ps[0])}{where}"
     else:
-        spread = (
-            f"McNemar p from {min(ps):.2g} to {max(ps):.2g} across {seed_list(list(seeds)) if untested else 'seeds'}"
-        )
+        spread = f"McNemar p from {_p_range(ps)} across {seed_list(list(seeds)) if untested else 'seeds'}"
+    tied = [s for s, t in seeds.items() if t["difference"] == 0]
+    ties = f"; equal on {seed_list(tied)}" if tied else ""
     return (
         f"{better} is ahead of {worse} by {100 * abs(mean):.1f} points on average, a difference these test "
-        f"images do not establish ({ci}; {spread}).{missing}"
+        f"images do not establish ({ci}; {spread}{ties}).{missing}"
     )
 
 
@@ -96,7 +101,7 @@ def _trading_places(a: str, b: str, seeds: dict[int, dict[str, Any]]) -> str:
         if won:
             lows, highs = _better_minus_worse(won, sign)
             ps = [t["p_value"] for t in won.values()]
-            p = stats.format_p(ps[0]) if len(won) == 1 else f"p from {min(ps):.2g} to {max(ps):.2g}"
+            p = stats.format_p(ps[0]) if len(won) == 1 else f"p from {_p_range(ps)}"
             ci = f"95% CI {'' if len(won) == 1 else 'within '}{100 * min(lows):.1f} to {100 * max(highs):.1f} points"
             sides.append(f"{name}{'' if sides else ' is ahead'} on {seed_list(list(won))} ({ci}; McNemar {p})")
     tied = [s for s, t in seeds.items() if t["difference"] == 0]
@@ -108,10 +113,10 @@ def _trading_places(a: str, b: str, seeds: dict[int, dict[str, Any]]) -> str:
 
 
 def p_cell(p: float) -> str:
-    """A p-value for a table cell: three significant digits, or scientific form when tiny."""
+    """A p-value for a table cell: three significant digits, or scientific form when tiny (`stats.p_text`)."""
     if p == 0:
         return "< 1e-300"
-    return f"{p:.3g}" if p >= 1e-4 else f"{p:.1e}"
+    return stats.p_text(p, ".3g" if p >= 1e-4 else ".1e")
 
 
 def confused_in_words(pairs: Sequence[tuple[str, str, float]]) -> list[str]:

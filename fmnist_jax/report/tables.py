@@ -272,7 +272,8 @@ def _run_json(run: Member) -> dict[str, Any]:
 
 
 def report_json(models: Sequence[Model], pairs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Every number the report shows, keyed by model and seed, p-values as exact floats."""
+    """The report's numbers per run (scores, per-class figures, timings) and per pair, keyed by model and seed,
+    p-values as exact floats (the confusion matrices stay in each run's results.json)."""
     out: dict[str, Any] = {
         "confidence": stats.CONFIDENCE,
         "methods": sentences.METHODS,

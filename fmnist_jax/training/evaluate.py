@@ -199,8 +199,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathli
     if config.checkpoint.step is None and not own:
         logging.info("Checkpoint %d is not the run's last (step %d): scored apart from it", meta["step"], last_step)
     logging.info("Evaluating on %d %s device(s) into %s", mesh.devices.size, jax.default_backend(), out)
-    if files.is_lead_process():
-        out.mkdir(exist_ok=True)
+    with parallel.stop_together(f"making {out}", errors=(UserError, OSError)):
+        if files.is_lead_process():
+            out.mkdir(exist_ok=True)
     evaluator = Evaluator(config, dataset, programs, eval_batch_size(config, mesh))
     try:  # a run scored again keeps where its training's seconds went
         trained_seconds = metrics.load_results(out).get("seconds") if own else None

@@ -397,6 +397,7 @@ def _run_plan(
             state, workdir, num_params=num_params, train_seconds=train_seconds, val=val, phases=phases
         )
         logging.info("Where the seconds went: %s", phases.line())
-        if writer:
-            writer.finish(results, config_lib.to_dict(config), step=plan.total_steps)
+        with _lead_writes(plan):  # on every process: one that fails on process 0 stops them all
+            if writer:
+                writer.finish(results, config_lib.to_dict(config), step=plan.total_steps)
         return results
