@@ -40,6 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
         member.enabled = name not in optional
         member.workdir = config_dict.placeholder(str)
         config.members[name] = member
+    config.members.linear_svm.model.verbose = 0  # its solver's lines would bury the CNNs' epochs (1: on)
     config.quick_overrides = ml_collections.ConfigDict(
         {
             "cnn": {"num_epochs": 3, "data": {"num_train": 12000, "validation_size": 2000}},

@@ -93,4 +93,5 @@ if __name__ == "__main__":
     elif sys.argv[1:]:
         raise SystemExit("usage: python tests/fingerprints.py [record]")
     else:
-        print(json.dumps({"kind": kind(), "tiny": recorded("tiny"), "real": recorded("real")}, indent=2))
+        tiny, real = recorded("tiny"), recorded("real")
+        print(json.dumps({"kind": kind(), "recorded": bool(tiny and real), "tiny": tiny, "real": real}, indent=2))

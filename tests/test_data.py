@@ -96,6 +96,12 @@ def test_missing_file_names_it_and_the_ways_to_get_data(tmp_path):
         r"dataset-fashion-mnist.*FMNIST_DATA_DIR.*tfds",
     ):
         data.load_idx(folder)
+    for name in ("train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz"):
+        (folder / name).unlink()
+    with pytest.raises(
+        data.DataError, match=r"lacks train-images-idx3-ubyte\[.gz\], t10k-images-idx3-ubyte\[.gz\], t10k"
+    ):
+        data.load_idx(folder)  # every missing file named at once
 
 
 def test_missing_folder_lists_three_ways(tmp_path):

@@ -126,12 +126,18 @@ def test_html_is_self_contained(comparison):
     assert 'src="plots/' not in page and "<table>" in page and "Shirt" in page
 
 
-def test_rerun_reuses_finished_members(comparison):
+def test_rerun_reuses_finished_members(comparison, caplog):
+    """And ends with each member's scores on screen, as the report's first table has them."""
     config, workdir, results = comparison
     paths = sorted(workdir.glob("*/seed_*/results.json"))
     stamps = [p.stat().st_mtime_ns for p in paths]
-    assert len(paths) == 6 and run.run(config, workdir) == results
+    with caplog.at_level(logging.INFO):
+        assert len(paths) == 6 and run.run(config, workdir) == results
     assert stamps == [p.stat().st_mtime_ns for p in paths]
+    for name, by_seed in results.items():
+        accuracy = stats.seed_summary([by_seed[s]["test_accuracy"] for s in (0, 1)])
+        expected = f"{name}: test accuracy {accuracy['mean']:.4f} ± {accuracy['std']:.4f} (seeds 0, 1)"
+        assert expected in [r.getMessage() for r in caplog.records]
 
 
 def test_named_member_workdir_is_reported_not_retrained(comparison, tmp_path, caplog):
