@@ -54,6 +54,8 @@ def rewind(workdir: pathlib.Path, restored_step: int) -> None:
     directory = pathlib.Path(workdir) / EVENTS_DIR
     if directory.exists():
         shutil.rmtree(directory / HPARAMS_RUN, ignore_errors=True)
+        for temporary in directory.rglob(".*.tmp"):  # a rewrite a kill cut short (TensorBoard would read it)
+            temporary.unlink(missing_ok=True)
         prune(directory, restored_step)
 
 

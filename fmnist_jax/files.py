@@ -24,8 +24,12 @@ from absl import logging
 from fmnist_jax.errors import DiskFull, WorkdirBusy, WorkdirError
 
 LOCK_FILE = ".lock"
-# The launchers' variables that give a process its rank in a multi-process job (JAX's own, SLURM, Open MPI).
-RANK_VARIABLES = ("JAX_PROCESS_ID", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK")
+# The launchers' variables that give a process its rank in a multi-process job (JAX's own, SLURM, Open MPI, a TPU
+# pod's hosts).
+RANK_VARIABLES = ("JAX_PROCESS_ID", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "TPU_WORKER_ID")
+# The temporary files of atomic writes: hidden, and named apart from what readers look for (TensorBoard reads any
+# file whose name holds "tfevents", a half-written one too).
+TEMP_PREFIX, TEMP_SUFFIX = ".atomic-", ".tmp"
 
 
 def is_lead_process() -> bool:
@@ -47,12 +51,13 @@ def _umask() -> int:
 
 
 def atomic_write_bytes(path: str | os.PathLike, content: bytes) -> None:
-    """Writes `content` to `path` through a temporary file in the same folder, fsync and a rename."""
+    """Writes `content` to `path` through a temporary file in the same folder, fsync, a rename and an fsync of the
+    folder (without it, a power loss may undo the rename)."""
     path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
         with os.fdopen(fd, "wb") as f:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
             f.write(content)
             f.flush()
             os.fsync(f.fileno())
@@ -60,6 +65,20 @@ def atomic_write_bytes(path: str | os.PathLike, content: bytes) -> None:
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: pathlib.Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # a file system that cannot open folders: the rename stands as the system keeps it
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems (FUSE mounts) refuse a folder's fsync
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -84,13 +84,33 @@ def set_up(log_dir: str | None = None) -> pathlib.Path:
     terminal = logging.get_absl_handler()
     terminal.addFilter(_Terminal())
     terminal.setFormatter(_OneLinePerLibraryRecord(log_path))
-    file = py_logging.FileHandler(log_path, delay=True, encoding="utf-8")
+    file = _LogFile(log_path, delay=True, encoding="utf-8")
     file.addFilter(_OwnLogsOnly())
     file.setFormatter(logging.PythonFormatter())
     file.setLevel(py_logging.WARNING)
     py_logging.getLogger().addHandler(file)
     sys.unraisablehook = _unraisable_to_log_file
     return log_path
+
+
+class _LogFile(py_logging.FileHandler):
+    """The log file's handler: when a record cannot be written (a full disk under --log_dir, the file not opened), it
+    says so once on the terminal and stops, instead of Python's twenty-line report of every later record."""
+
+    def emit(self, record: py_logging.LogRecord) -> None:
+        try:
+            super().emit(record)
+        except Exception:  # opening the file (delayed to the first record) is outside FileHandler's own guard
+            self.handleError(record)
+
+    def handleError(self, record: py_logging.LogRecord) -> None:
+        if self.level <= py_logging.CRITICAL:
+            self.setLevel(py_logging.CRITICAL + 1)  # nothing more goes there
+            error = sys.exc_info()[1]
+            print(
+                f"warning: the log file {self.baseFilename} cannot be written ({error}); no more is logged there",
+                file=sys.stderr,
+            )
 
 
 def _unraisable_to_log_file(unraisable) -> None:

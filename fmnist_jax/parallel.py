@@ -29,6 +29,8 @@ def _multiprocess_variables() -> list[str]:
     found += [
         v for v in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE") if env.get(v, "1").isdigit() and int(env.get(v, "1")) > 1
     ]
+    if "SLURM_NTASKS" in found and not env.get("SLURM_STEP_ID"):  # an allocation's shell (salloc): not a task of srun
+        found.remove("SLURM_NTASKS")
     if "," in env.get("TPU_WORKER_HOSTNAMES", ""):
         found.append("TPU_WORKER_HOSTNAMES")
     return found
@@ -51,7 +53,14 @@ def maybe_initialize_distributed() -> None:
     # CPU devices of different processes talk through gloo (the setting is ignored by GPU and TPU).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     logging.info("Multi-process environment (%s): jax.distributed.initialize(%s)", ", ".join(wanted), kwargs)
-    jax.distributed.initialize(**kwargs)
+    try:
+        jax.distributed.initialize(**kwargs)
+    except (ValueError, RuntimeError) as e:  # the job's description incomplete, or its coordinator unreachable
+        raise ParallelError(
+            f"jax.distributed.initialize failed ({type(e).__name__}: {' '.join(str(e).split())[:300]}); the "
+            f"environment's {', '.join(wanted)} describe a multi-process job: start each process under its launcher "
+            "(srun, mpirun) or with JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, or unset them."
+        ) from e
 
 
 def make_mesh(devices: list[Any] | None = None) -> Mesh:

@@ -1,5 +1,7 @@
 """main.py: flags, the default workdir, and one-line errors with exit status 2."""
 
+import errno
+import io
 import json
 import re
 import shlex
@@ -114,6 +116,35 @@ def test_without_jax_the_lead_process_is_told_by_the_launchers_rank(monkeypatch)
     assert files.is_lead_process()
     monkeypatch.setenv("SLURM_PROCID", "3")
     assert not files.is_lead_process()
+    monkeypatch.delenv("SLURM_PROCID")
+    monkeypatch.setenv("TPU_WORKER_ID", "1")  # a TPU pod's second host
+    assert not files.is_lead_process()
+
+
+def test_a_log_file_that_cannot_be_written_is_said_once_then_left(tmp_path, capsys):
+    """A full disk under --log_dir: one warning on the terminal, not Python's twenty-line report per record."""
+    import logging
+
+    from fmnist_jax import logs
+
+    class FullDisk(io.StringIO):
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    (tmp_path / "folder").mkdir()  # a folder where the file should be: it cannot be opened
+    for handler in (logs._LogFile(tmp_path / "folder", delay=True), logs._LogFile(tmp_path / "log", delay=True)):
+        if handler.baseFilename.endswith("log"):
+            handler.stream = FullDisk()  # opened, then every write fails
+        logger = logging.getLogger("test_a_log_file_that_cannot_be_written")
+        logger.addHandler(handler)
+        logger.propagate = False
+        try:
+            for _ in range(3):
+                logger.warning("a library's warning")
+        finally:
+            logger.removeHandler(handler)
+        err = capsys.readouterr().err
+        assert err.count("cannot be written") == 1 and "no more is logged there" in err and "Logging error" not in err
 
 
 def test_own_log_lines_are_told_by_where_their_file_lies(tmp_path):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import stat
 import subprocess
 import sys
 
@@ -144,6 +145,19 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     with pytest.raises(TypeError):
         files.atomic_write_bytes(path, "not bytes")
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["results.json"]
+
+
+def test_a_write_is_synced_with_its_folder_after_the_rename(tmp_path, monkeypatch):
+    """The file, then its folder: without the folder's fsync a power loss may undo the rename."""
+    synced, fsync = [], os.fsync
+
+    def recorded(fd):
+        synced.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        fsync(fd)
+
+    monkeypatch.setattr(files.os, "fsync", recorded)
+    files.atomic_write_text(tmp_path / "results.json", "new")
+    assert synced == ["file", "folder"] and os.listdir(tmp_path) == ["results.json"]
 
 
 def test_predictions_round_trip(tmp_path):

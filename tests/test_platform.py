@@ -18,7 +18,7 @@ from helpers import ROOT, assert_every_check_reported, by_check, last_line, load
 from packaging.specifiers import SpecifierSet
 
 from benchmarks import accelerator_check
-from fmnist_jax import checkpoints, events, metrics, run
+from fmnist_jax import checkpoints, events, files, metrics, run
 
 # The tiny study config's shapes (tests/fingerprints.py), so that its compiled programs serve these runs too.
 TINY = {"data.validation_size": 64, "eval_batch_size": 50, "steps_per_call": 2}
@@ -143,6 +143,20 @@ def test_a_finished_run_trained_on_keeps_only_its_new_final_scores(two_epoch_run
     hparams = read_scalars(workdir, events.HPARAMS_RUN)
     assert hparams["hparam/test_accuracy"] == [(12, pytest.approx(results["test_accuracy"]))]
     assert len(list((workdir / events.EVENTS_DIR / events.HPARAMS_RUN).iterdir())) == 1
+
+
+def test_a_rewrite_of_the_events_cut_short_is_removed_on_resume_and_never_read(two_epoch_run):
+    """A kill while the events are rewritten leaves the rewrite's temporary file; TensorBoard reads any file whose
+    name holds "tfevents", so its points past the restored step would come back: the resume removes it, and
+    temporary files are named apart."""
+    _, workdir = two_epoch_run
+    events_dir = workdir / events.EVENTS_DIR
+    original = next(events_dir.glob("events.out.tfevents.*"))
+    left = events_dir / f".{original.name}.abc123.tmp"  # the name an earlier version gave it
+    left.write_bytes(original.read_bytes())
+    events.rewind(workdir, 4)
+    assert not left.exists() and [s for s, _ in read_scalars(workdir)["validation/accuracy"]] == [4]
+    assert "tfevents" not in files.TEMP_PREFIX + files.TEMP_SUFFIX
 
 
 def test_a_run_resumed_without_tensorboard_drops_the_events_past_its_checkpoint(two_epoch_run):
