@@ -223,8 +223,8 @@ def kept_nothing(workdir: pathlib.Path) -> bool:
     record without its model (a crash between the two writes; the rerun fits again). A stop or an out-of-memory error
     while compiling leaves such a workdir, and the next start may change any field."""
     for path in workdir.iterdir():
-        if path.name in NOTHING_COMPUTED or path.name == EVENTS_DIR:
-            continue
+        if path.name in NOTHING_COMPUTED or path.name == EVENTS_DIR or path.name.startswith(files.TEMP_PREFIX):
+            continue  # a temporary file is a write a kill cut short
         if path.name == CHECKPOINTS_DIR and not checkpoint_steps(workdir):
             continue
         if path.name == metrics.HISTORY_FILE and not metrics.read_history(workdir):

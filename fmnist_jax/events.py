@@ -55,7 +55,8 @@ def rewind(workdir: pathlib.Path, restored_step: int) -> None:
     if directory.exists():
         shutil.rmtree(directory / HPARAMS_RUN, ignore_errors=True)
         for temporary in directory.rglob(".*.tmp"):  # a rewrite a kill cut short (TensorBoard would read it)
-            temporary.unlink(missing_ok=True)
+            if temporary.is_file():
+                temporary.unlink(missing_ok=True)
         prune(directory, restored_step)
 
 

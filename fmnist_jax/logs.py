@@ -104,11 +104,14 @@ class _LogFile(py_logging.FileHandler):
             self.handleError(record)
 
     def handleError(self, record: py_logging.LogRecord) -> None:
-        if self.level <= py_logging.CRITICAL:
+        error = sys.exc_info()[1]
+        why = " ".join(str(error).split())[:200]
+        if not isinstance(error, OSError):  # a record that cannot be formatted: that record alone is lost
+            print(f"warning: a log record could not be written to {self.baseFilename} ({why})", file=sys.stderr)
+        elif self.level <= py_logging.CRITICAL:
             self.setLevel(py_logging.CRITICAL + 1)  # nothing more goes there
-            error = sys.exc_info()[1]
             print(
-                f"warning: the log file {self.baseFilename} cannot be written ({error}); no more is logged there",
+                f"warning: the log file {self.baseFilename} cannot be written ({why}); no more is logged there",
                 file=sys.stderr,
             )
 

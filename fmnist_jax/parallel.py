@@ -26,11 +26,13 @@ def _multiprocess_variables() -> list[str]:
     """The environment variables that describe a job of several processes (SLURM, Open MPI, TPU pods, ...)."""
     env = os.environ
     found = [v for v in ("JAX_COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS") if env.get(v)]
+    # SLURM: the tasks of a job step (srun); an allocation's shell or a batch script counts the allocation's tasks in
+    # SLURM_NTASKS but is one process (an interactive step's SLURM_STEP_NUM_TASKS is 1).
     found += [
-        v for v in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE") if env.get(v, "1").isdigit() and int(env.get(v, "1")) > 1
+        v
+        for v in ("SLURM_STEP_NUM_TASKS", "OMPI_COMM_WORLD_SIZE")
+        if env.get(v, "1").isdigit() and int(env.get(v, "1")) > 1
     ]
-    if "SLURM_NTASKS" in found and not env.get("SLURM_STEP_ID"):  # an allocation's shell (salloc): not a task of srun
-        found.remove("SLURM_NTASKS")
     if "," in env.get("TPU_WORKER_HOSTNAMES", ""):
         found.append("TPU_WORKER_HOSTNAMES")
     return found

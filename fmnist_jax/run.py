@@ -205,7 +205,8 @@ def _check_named(member: MemberRun, workdir: pathlib.Path) -> bool:
 def _run_compare(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, dict[int, Any]]:
     """Runs every member's seeds that have no finished run yet, then builds the report from all of them;
     returns each member's results by seed."""
-    from fmnist_jax import report, stats
+    from fmnist_jax import report
+    from fmnist_jax.report import sentences, tables
 
     if config.mode != "train":
         raise ConfigError("a comparison only trains and reports: run evaluate/predict on a member's workdir.")
@@ -239,7 +240,6 @@ def _run_compare(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> di
     for member in runs:
         results.setdefault(member.name, {})[member.seed] = metrics.load_results(member.workdir)
     for name, by_seed in results.items():  # the scores on screen, the report's first table in short
-        accuracy = stats.seed_summary([r["test_accuracy"] for r in by_seed.values()])
-        seeds = ", ".join(str(s) for s in by_seed)
-        logging.info("%s: test accuracy %.4f ± %.4f (seeds %s)", name, accuracy["mean"], accuracy["std"], seeds)
+        accuracy = tables.mean_std([r["test_accuracy"] for r in by_seed.values()])
+        logging.info("%s: test accuracy %s (%s)", name, accuracy, sentences.seed_list(list(by_seed)))
     return results

@@ -10,7 +10,7 @@ import sys
 import pytest
 from helpers import ROOT, last_line, run_main
 
-from fmnist_jax import config_lib, metrics
+from fmnist_jax import config_lib, files, metrics
 from fmnist_jax.errors import ConfigError
 
 
@@ -106,7 +106,6 @@ def test_evaluate_or_predict_where_nothing_trained_is_one_line_and_makes_nothing
 
 
 def test_without_jax_the_lead_process_is_told_by_the_launchers_rank(monkeypatch):
-    from fmnist_jax import files
 
     monkeypatch.delitem(sys.modules, "jax")  # a run that never imports JAX (baselines, comparisons)
     for variable in files.RANK_VARIABLES:
@@ -145,6 +144,16 @@ def test_a_log_file_that_cannot_be_written_is_said_once_then_left(tmp_path, caps
             logger.removeHandler(handler)
         err = capsys.readouterr().err
         assert err.count("cannot be written") == 1 and "no more is logged there" in err and "Logging error" not in err
+    handler = logs._LogFile(tmp_path / "kept.log", delay=True)  # a record that cannot be formatted: it alone is lost
+    logger.addHandler(handler)
+    try:
+        logger.warning("a library's %d", "typo")
+        logger.warning("the next warning")
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    assert "a log record could not be written" in capsys.readouterr().err
+    assert "the next warning" in (tmp_path / "kept.log").read_text()
 
 
 def test_own_log_lines_are_told_by_where_their_file_lies(tmp_path):
@@ -270,6 +279,7 @@ def test_a_baseline_stopped_between_its_fit_record_and_its_model_lets_the_next_s
     config = common.load_config("random_forest")
     config_lib.save_or_check(config, tmp_path)
     (tmp_path / config_lib.FIT_FILE).write_text("{}")
+    (tmp_path / f"{files.TEMP_PREFIX}x{files.TEMP_SUFFIX}").write_text("")  # a write a kill cut short: nothing kept
     config.model.n_estimators = 10
     config_lib.save_or_check(config, tmp_path)  # replaced
     assert config_lib.read_saved(tmp_path / config_lib.CONFIG_FILE)["model"]["n_estimators"] == 10

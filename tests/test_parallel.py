@@ -178,9 +178,10 @@ def test_an_eight_device_checkpoint_restores_on_one_device(
     "env, expected",
     [
         ({}, []),
-        ({"SLURM_NTASKS": "1", "SLURM_STEP_ID": "0"}, []),
-        ({"SLURM_NTASKS": "4", "SLURM_STEP_ID": "0"}, ["SLURM_NTASKS"]),
-        ({"SLURM_NTASKS": "4"}, []),  # an allocation's shell (salloc -n4): no task of a job step
+        ({"SLURM_NTASKS": "1", "SLURM_STEP_NUM_TASKS": "1"}, []),
+        ({"SLURM_NTASKS": "4", "SLURM_STEP_NUM_TASKS": "4"}, ["SLURM_STEP_NUM_TASKS"]),  # srun -n4
+        ({"SLURM_NTASKS": "4"}, []),  # a batch script or an allocation's shell (salloc -n4): one process
+        ({"SLURM_NTASKS": "4", "SLURM_STEP_ID": "4294967290", "SLURM_STEP_NUM_TASKS": "1"}, []),  # an interactive step
         (
             {"OMPI_COMM_WORLD_SIZE": "2", "JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"},
             ["JAX_COORDINATOR_ADDRESS", "OMPI_COMM_WORLD_SIZE"],
@@ -197,6 +198,7 @@ def test_multiprocess_jobs_are_recognised_from_the_environment(monkeypatch, env,
         "MEGASCALE_COORDINATOR_ADDRESS",
         "SLURM_NTASKS",
         "SLURM_STEP_ID",
+        "SLURM_STEP_NUM_TASKS",
         "OMPI_COMM_WORLD_SIZE",
         "TPU_WORKER_HOSTNAMES",
     ):
@@ -209,13 +211,13 @@ def test_multiprocess_jobs_are_recognised_from_the_environment(monkeypatch, env,
 def test_a_multi_process_job_described_in_part_is_one_line(tiny_data, tmp_path):
     """A job step's variables without what JAX needs to join it (a coordinator): one line naming them, not
     initialize's traceback."""
-    env = {**subprocess_env(), "SLURM_NTASKS": "2", "SLURM_STEP_ID": "0", "JAX_PLATFORMS": "cpu"}
+    env = {**subprocess_env(), "SLURM_NTASKS": "2", "SLURM_STEP_NUM_TASKS": "2", "JAX_PLATFORMS": "cpu"}
     for var in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_PROCID", "JAX_COORDINATOR_ADDRESS"):
         env.pop(var, None)
     result = run_main(*tiny_args(tiny_data, tmp_path), env=env)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert last_line(result.stderr).startswith("error: jax.distributed.initialize failed (")
-    assert "the environment's SLURM_NTASKS describe a multi-process job" in last_line(result.stderr)
+    assert "the environment's SLURM_STEP_NUM_TASKS describe a multi-process job" in last_line(result.stderr)
 
 
 def free_port():

@@ -136,7 +136,7 @@ def test_rerun_reuses_finished_members(comparison, caplog):
     assert stamps == [p.stat().st_mtime_ns for p in paths]
     for name, by_seed in results.items():
         accuracy = stats.seed_summary([by_seed[s]["test_accuracy"] for s in (0, 1)])
-        expected = f"{name}: test accuracy {accuracy['mean']:.4f} ± {accuracy['std']:.4f} (seeds 0, 1)"
+        expected = f"{name}: test accuracy {accuracy['mean']:.4f} ± {accuracy['std']:.4f} (seeds 0 and 1)"
         assert expected in [r.getMessage() for r in caplog.records]
 
 
