@@ -106,7 +106,6 @@ def test_evaluate_or_predict_where_nothing_trained_is_one_line_and_makes_nothing
 
 
 def test_without_jax_the_lead_process_is_told_by_the_launchers_rank(monkeypatch):
-
     monkeypatch.delitem(sys.modules, "jax")  # a run that never imports JAX (baselines, comparisons)
     for variable in files.RANK_VARIABLES:
         monkeypatch.delenv(variable, raising=False)
