@@ -60,6 +60,15 @@ def rewind(workdir: pathlib.Path, restored_step: int) -> None:
         prune(directory, restored_step)
 
 
+def for_run(workdir: pathlib.Path, restored_step: int, tensorboard: Any) -> EventWriter | None:
+    """A run's event writer from `restored_step` on (`config.tensorboard`), or None with TensorBoard off: the events
+    of an earlier start are taken back to the step all the same (they follow the history)."""
+    if not tensorboard.enabled:
+        rewind(workdir, restored_step)
+        return None
+    return EventWriter(workdir, restored_step=restored_step, loss_every_steps=tensorboard.loss_every_steps)
+
+
 def prune(directory: pathlib.Path, last_step: int, *, final: tuple[str, ...] = FINAL_TAGS) -> None:
     """Rewrites every event file under `directory` without the events whose step is past `last_step`, and without
     the scalars tagged `final*` (a finished run's test scores, written again when a resumed run finishes)."""

@@ -375,13 +375,8 @@ def _run_plan(
                 metrics.truncate_history(workdir, step // plan.steps_per_epoch)
                 if step < plan.total_steps:  # a finished run given more epochs: its scores are no longer the run's
                     metrics.forget_scores(workdir)
-                if config.tensorboard.enabled:
-                    writer = events.EventWriter(
-                        workdir, restored_step=step, loss_every_steps=config.tensorboard.loss_every_steps
-                    )
+                if writer := events.for_run(workdir, step, config.tensorboard):
                     cleanup.callback(writer.close)
-                else:  # events of an earlier start follow the history all the same
-                    events.rewind(workdir, step)
         with phases("compile"):
             inputs = _inputs(plan, step)
             _compile(plan, state, inputs, step)
