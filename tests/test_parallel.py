@@ -266,9 +266,9 @@ def two_process_run(tiny_data, tmp_path_factory):
 
 def test_a_comparison_in_a_two_process_job_joins_it_before_its_checks_start_jax(tiny_data, tmp_path):
     """Both processes join the job before the lock and before a CNN member's check starts JAX (initialize refuses
-    to after), stop together when only process 0 meets the lock, train the CNN member together and run every other
-    member too (none may end early: JAX's exit waits for every process for 5 minutes, then ends the others);
-    whether a named member's run is finished is process 0's to say."""
+    to after), stop together when only process 0 meets the lock (the comparison's, or a baseline member's), train
+    the CNN member together and run every other member too (none may end early: JAX's exit waits for every process
+    for 5 minutes, then ends the others); whether a named member's run is finished is process 0's to say."""
     members = [f"--config.members.{m}.enabled=False" for m in ("linear_svm", "vgg_bn")]
     small = [
         f"--config.quick_overrides.{m}.{k}"
@@ -293,7 +293,16 @@ def test_a_comparison_in_a_two_process_job_joins_it_before_its_checks_start_jax(
     named = [*args, f"--config.members.cnn.workdir={tmp_path / 'cnn' / 'seed_{seed}'}"]
     (rc0, err0), (rc1, err1) = start_two_processes(named, timeout=300)  # process 0 decides the named run is finished
     assert (rc0, rc1) == (0, 0) and all("cnn, seed 0: reusing the finished run" in e for e in (err0, err1))
-    assert (tmp_path / "report.md").exists() and (tmp_path / "random_forest" / "seed_0" / "results.json").exists()
+    forest = tmp_path / "random_forest" / "seed_0"
+    assert (tmp_path / "report.md").exists() and (forest / "results.json").exists()
+    (forest / "results.json").unlink()  # to be scored again, in a workdir another process holds: both stop at once
+    with files.workdir_lock(forest):
+        (rc0, err0), (rc1, err1) = start_two_processes(named, timeout=120)
+    assert (rc0, rc1) == (2, 2) and "is in use by process " in last_line(err0), err0[-2000:] + err1[-2000:]
+    assert (
+        last_line(err1)
+        == f"error: process 0 stopped the run (the workdir {forest} could not be locked); its error says why."
+    )
 
 
 def test_two_processes_train_as_one_and_agree_that_a_run_is_finished(tiny_data, two_process_run, one_device_run):
