@@ -9,7 +9,6 @@ a save leaves the previous checkpoint untouched; those leftovers are never resto
 from __future__ import annotations
 
 import errno
-import itertools
 import pathlib
 import shutil
 import signal
@@ -22,7 +21,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from fmnist_jax import config_lib, files, parallel
-from fmnist_jax.errors import CheckpointError
+from fmnist_jax.errors import CheckpointError, causes
 
 __all__ = ["CheckpointError", "CheckpointStore", "PreemptionGuard"]
 
@@ -134,15 +133,17 @@ RETRY_SECONDS = 1.0  # the first retry's delay; each next one waits twice as lon
 def is_transient(error: BaseException) -> bool:
     """Whether `error` (or an error it was raised from) is one of the storage's transient errors: an OSError
     with an errno of TRANSIENT_ERRNOS, or a message with one of TRANSIENT_WORDS."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in TRANSIENT_ERRNOS:
-            return True
-        if isinstance(error, TimeoutError) or any(word in str(error) for word in TRANSIENT_WORDS):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
+    return any(
+        (isinstance(e, OSError) and e.errno in TRANSIENT_ERRNOS)
+        or isinstance(e, TimeoutError)
+        or any(word in str(e) for word in TRANSIENT_WORDS)
+        for e in causes(error)
+    )
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether `error` (or an error it was raised from) is a device out of memory (OUT_OF_MEMORY_WORDS)."""
+    return any(word in str(e) for e in causes(error) for word in OUT_OF_MEMORY_WORDS)
 
 
 class CheckpointStore:
@@ -301,7 +302,7 @@ class CheckpointStore:
             try:
                 return self.restore(step, target)
             except Exception as e:
-                if any(word in str(e) for word in OUT_OF_MEMORY_WORDS):
+                if is_out_of_memory(e):
                     raise CheckpointError(
                         f"checkpoint {self.directory / str(step)} could not be restored: the device ran out of memory "
                         f"({str(e)[:200]}); it is kept: free the device (another process may hold it) and rerun the "
@@ -328,10 +329,9 @@ class CheckpointStore:
         any earlier one of that step (`STEP`, `STEP.1`, ...)."""
         folder = self.directory.parent / f"{self.directory.name}_damaged"
         folder.mkdir(parents=True, exist_ok=True)
-        aside = folder / str(step)
-        for n in itertools.count(1):
-            if not aside.exists():
-                break
+        aside, n = folder / str(step), 0
+        while aside.exists():
+            n += 1
             aside = folder / f"{step}.{n}"
         shutil.move(self.directory / str(step), aside)
         return aside

@@ -5,9 +5,20 @@ Each message names the file, field or value at fault and how to fix it.
 
 import pathlib
 import signal
+from collections.abc import Iterator
 
 # `extra=` for a log record that belongs in main.py's log file but not on the terminal (a long library error).
 LOG_FILE_ONLY = {"log_file_only": True}
+
+
+def causes(error: BaseException | None) -> Iterator[BaseException]:
+    """`error` and the exceptions it was raised from (`__cause__`, else `__context__`), each once: a library's error
+    often wraps the one that says what happened (a full disk, a timeout, a device out of memory)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
 
 
 class UserError(Exception):

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 from absl import logging
 
-from fmnist_jax.errors import DiskFull, WorkdirBusy, WorkdirError
+from fmnist_jax.errors import DiskFull, WorkdirBusy, WorkdirError, causes
 
 LOCK_FILE = ".lock"
 # The launchers' variables that give a process its rank in a multi-process job (JAX's own, SLURM, Open MPI, a TPU
@@ -88,15 +88,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def is_disk_full(error: BaseException) -> bool:
     """Whether `error`, or any exception it was raised from, is 'no space left' (or a quota exceeded)."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if "No space left on device" in str(error) or "RESOURCE_EXHAUSTED: No space" in str(error):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
+    return any(
+        (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT))
+        or "No space left on device" in str(e)
+        or "RESOURCE_EXHAUSTED: No space" in str(e)
+        for e in causes(error)
+    )
 
 
 def disk_full_error(workdir: str | os.PathLike, doing: str) -> DiskFull:
