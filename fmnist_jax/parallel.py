@@ -164,3 +164,9 @@ def stop_together(what: str, *, errors: tuple[type[Exception], ...] = (UserError
         error = e
     if lead_decides(error is not None):
         raise error or WorkdirError(f"process 0 stopped the run ({what}); its error says why.")
+
+
+def lead_writes(what: str):
+    """`stop_together` around files only process 0 writes (`what`: "writing the results in DIR"): a refusal or a
+    failed write there (a full disk) stops every process, not process 0 alone."""
+    return stop_together(what, errors=(UserError, OSError))

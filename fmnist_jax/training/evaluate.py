@@ -16,7 +16,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from fmnist_jax import checkpoints, config_lib, data, files, metrics, parallel, timing
-from fmnist_jax.errors import CheckpointError, UserError
+from fmnist_jax.errors import CheckpointError
 from fmnist_jax.training import state as state_lib
 from fmnist_jax.training.step import Programs
 
@@ -145,7 +145,7 @@ class Evaluator:
             },
         )
         # Process 0 writes; a write that fails there (a full disk) stops every process, not it alone.
-        with parallel.stop_together(f"writing the results in {out}", errors=(UserError, OSError)):
+        with parallel.lead_writes(f"writing the results in {out}"):
             if files.is_lead_process():
                 with phases("writing"):
                     metrics.save_predictions(
@@ -199,7 +199,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathli
     if config.checkpoint.step is None and not own:
         logging.info("Checkpoint %d is not the run's last (step %d): scored apart from it", meta["step"], last_step)
     logging.info("Evaluating on %d %s device(s) into %s", mesh.devices.size, jax.default_backend(), out)
-    with parallel.stop_together(f"making {out}", errors=(UserError, OSError)):
+    with parallel.lead_writes(f"making {out}"):
         if files.is_lead_process():
             out.mkdir(exist_ok=True)
     evaluator = Evaluator(config, dataset, programs, eval_batch_size(config, mesh))

@@ -24,7 +24,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from fmnist_jax import checkpoints, config_lib, errors, events, files, metrics, parallel, timing
-from fmnist_jax.errors import TrainingError, UserError
+from fmnist_jax.errors import TrainingError
 from fmnist_jax.training.evaluate import PendingScores
 from fmnist_jax.training.plan import Plan, chunks, load_data, make_plan
 from fmnist_jax.training.state import TrainState
@@ -219,8 +219,8 @@ def _save(store: checkpoints.CheckpointStore, writer, plan: Plan, state: TrainSt
 
 def _lead_writes(plan: Plan):
     """Around the files only process 0 writes during training (history, events): when a write fails there (a full
-    disk), every process stops, not process 0 alone (`parallel.stop_together`)."""
-    return parallel.stop_together(f"writing the history and events of {plan.workdir}", errors=(UserError, OSError))
+    disk), every process stops, not process 0 alone (`parallel.lead_writes`)."""
+    return parallel.lead_writes(f"writing the history and events of {plan.workdir}")
 
 
 def _inputs(plan: Plan, step: int) -> TrainInputs:
