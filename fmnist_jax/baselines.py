@@ -202,6 +202,16 @@ def fit_record(workdir: pathlib.Path) -> dict[str, Any]:
     return {}
 
 
+def score_saved(
+    config: ml_collections.ConfigDict, workdir: pathlib.Path, estimator: Any, dataset: data.Dataset
+) -> dict[str, Any]:
+    """`score` of the estimator saved in `workdir`, its fit's seconds and report (`fit_record`) kept in the new
+    results.json: a model scored again is never refitted."""
+    record = fit_record(workdir)
+    train_seconds = record.pop("train_seconds", None)
+    return score(config, workdir, estimator, dataset, train_seconds=train_seconds, extra=record)
+
+
 def load_estimator(workdir: str | pathlib.Path) -> Any:
     path = pathlib.Path(workdir) / MODEL_FILE
     if not path.exists():
@@ -237,9 +247,7 @@ def fit_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.P
     dataset = data.load(config.data, seed=config.seed)
     if fitted:  # stopped between its fit and its scores, or its results.json damaged
         logging.info("%s holds a fitted model without its scores: scoring it", workdir)
-        record = fit_record(workdir)
-        train_seconds = record.pop("train_seconds", None)
-        return score(config, workdir, load_estimator(workdir), dataset, train_seconds=train_seconds, extra=record)
+        return score_saved(config, workdir, load_estimator(workdir), dataset)
     x_train, y_train = flatten(dataset.train.images), dataset.train.labels
     extra, estimator = {}, create_estimator(config)
     if config.search.method != "none":

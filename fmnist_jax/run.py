@@ -99,10 +99,7 @@ def _run_baseline(config: ml_collections.ConfigDict, workdir: pathlib.Path, mode
     config_lib.check_trained_with(config, workdir, evaluate=mode == "evaluate")
     estimator = baselines.load_estimator(workdir)
     if mode == "evaluate":
-        dataset = data.load(config.data, seed=config.seed)
-        record = baselines.fit_record(workdir)  # the fit's seconds and report, kept in the new results.json
-        train_seconds = record.pop("train_seconds", None)
-        return baselines.score(config, workdir, estimator, dataset, train_seconds=train_seconds, extra=record)
+        return baselines.score_saved(config, workdir, estimator, data.load(config.data, seed=config.seed))
     images, names = _inputs(config)
     preds, probs = baselines.predict(estimator, baselines.flatten(images))
     return predict.report(workdir, names, probs, preds)
