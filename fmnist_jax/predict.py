@@ -61,6 +61,14 @@ def to_fmnist(image: np.ndarray) -> np.ndarray:
     return out
 
 
+def _as_8_bit(values: np.ndarray, *, sixteen_bit: bool, unit: bool) -> np.ndarray:
+    """Grey values as 0-255 uint8, rounded and clipped: 16-bit ones divided by 257, ones in [0, 1] (`unit`) times 255,
+    others as they are."""
+    values = np.asarray(values, np.float64)
+    values = values / 257 if sixteen_bit else values * 255 if unit else values
+    return np.clip(np.round(values), 0, 255).astype(np.uint8)
+
+
 def _greyscale(img) -> np.ndarray:
     """A PIL image as 0-255 greyscale: 16- and 32-bit integer and float images scaled, not clipped; a transparent
     background white (what a viewer shows; the colour hidden under it is often black, and would hide the garment)."""
@@ -68,14 +76,11 @@ def _greyscale(img) -> np.ndarray:
 
     if img.mode.startswith("I") or img.mode == "F":  # "I;16" (16-bit PNG), "I" (32-bit), "F" (float)
         raw = np.asarray(img, np.float64)
-        a = raw
-        if img.mode.startswith("I;16") or (img.mode == "I" and raw.max() > 255):  # the 16-bit range
-            a = raw / 257
-        elif img.mode == "F" and raw.max() <= 1.0:
-            a = raw * 255
-        if "transparency" in img.info:  # one grey value marked transparent (a PNG's tRNS), before any scaling
-            a = np.where(raw == img.info["transparency"], 255.0, a)
-        return np.clip(np.round(a), 0, 255).astype(np.uint8)
+        sixteen_bit = img.mode.startswith("I;16") or (img.mode == "I" and raw.max() > 255)
+        grey = _as_8_bit(raw, sixteen_bit=sixteen_bit, unit=img.mode == "F" and raw.max() <= 1.0)
+        if "transparency" in img.info:  # one grey value marked transparent (a PNG's tRNS), read before the scaling
+            grey[raw == img.info["transparency"]] = 255
+        return grey
     if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info:
         rgba = img.convert("RGBA")
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
@@ -103,13 +108,11 @@ def _read_one(path: pathlib.Path) -> list[np.ndarray]:
         if len(array) == 0:
             raise ValueError("shape (0, 28, 28): no images")
         if array.dtype != np.uint8:  # integers above 255 as a 16-bit PNG is (/257), floats up to 1 (x255)
-            sixteen_bit = array.dtype.kind in "ui" and array.max() > 255
-            array = np.asarray(array, np.float64)
             if not np.isfinite(array).all():
                 raise ValueError("it holds NaN or infinite values")
-            array = array / 257 if sixteen_bit else array * 255 if array.max() <= 1.0 else array
-            array = np.clip(np.round(array), 0, 255)
-        return list(array.astype(np.uint8))
+            sixteen_bit = array.dtype.kind in "ui" and array.max() > 255
+            array = _as_8_bit(array, sixteen_bit=sixteen_bit, unit=array.max() <= 1.0)
+        return list(array)
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
