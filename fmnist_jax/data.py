@@ -159,12 +159,12 @@ def load_idx(directory: str | os.PathLike, named_by: str = "") -> tuple[dict[str
     if not directory.is_dir():
         by = f" (named by {named_by})" if named_by else ""
         raise DataError(f"data folder {directory}{by} does not exist. {HOW_TO_GET_DATA}")
-    stems = [stem for pair in IDX_FILES.values() for stem in pair]
-    if missing := [stem for stem in stems if _find(directory, stem) is None]:
+    found = {stem: _find(directory, stem) for pair in IDX_FILES.values() for stem in pair}
+    if missing := [stem for stem, path in found.items() if path is None]:
         raise DataError(f"data folder {directory} lacks {', '.join(m + '[.gz]' for m in missing)}. {HOW_TO_GET_DATA}")
     splits, checksums = {}, {}
-    for split, (images_stem, labels_stem) in IDX_FILES.items():
-        paths = [_find(directory, stem) for stem in (images_stem, labels_stem)]
+    for split, stems in IDX_FILES.items():
+        paths = [found[stem] for stem in stems]
         images, images_sha = read_idx_images(paths[0])
         labels, labels_sha = read_idx_labels(paths[1])
         if len(images) != len(labels):

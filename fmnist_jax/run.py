@@ -44,7 +44,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Any:
 
         parallel.maybe_initialize_distributed()  # first: which process leads is JAX's to say from here on
     with contextlib.ExitStack() as lock:
-        if uses_jax or "jax" in sys.modules:  # a comparison's baseline member too: its processes stop together
+        if "jax" in sys.modules:  # joined above, or a comparison's baseline member: its processes stop together
             from fmnist_jax import parallel
 
             agreed = parallel.stop_together(f"the workdir {workdir} could not be locked")

@@ -72,8 +72,9 @@ def pair_sentence(
         ci = f"95% CI {100 * lows[0]:.1f} to {100 * highs[0]:.1f}"
     else:
         ci = f"each seed's 95% CI within {100 * min(lows):.1f} to {100 * max(highs):.1f}"
+    tied = [s for s, t in seeds.items() if t["difference"] == 0]
     if np.any(diffs > 0) and np.any(diffs < 0):  # each model ahead on some seed
-        return _trading_places(a, b, seeds) + missing
+        return _trading_places(a, b, seeds, tied) + missing
     consistent = bool(np.all(np.sign(diffs) == sign))  # not where a seed ties
     if max(ps) < level and consistent:
         p = stats.format_p(ps[0]) if one else stats.format_p(max(ps)).replace("p = ", "p ≤ ")
@@ -84,7 +85,6 @@ def pair_sentence(
         spread = f"McNemar {stats.format_p(ps[0])}{where}"
     else:
         spread = f"McNemar p from {_p_range(ps)} across {seed_list(list(seeds)) if untested else 'seeds'}"
-    tied = [s for s, t in seeds.items() if t["difference"] == 0]
     ties = f"; equal on {seed_list(tied)}" if tied else ""
     return (
         f"{better} is ahead of {worse} by {100 * abs(mean):.1f} points on average, a difference these test "
@@ -92,9 +92,9 @@ def pair_sentence(
     )
 
 
-def _trading_places(a: str, b: str, seeds: dict[int, dict[str, Any]]) -> str:
+def _trading_places(a: str, b: str, seeds: dict[int, dict[str, Any]], tied: Sequence[int]) -> str:
     """The sentence for seeds that disagree on which model is better: each side's seeds with their intervals and
-    p-values. However sure each seed's test is, which model wins depends on the training run."""
+    p-values, and the `tied` seeds. However sure each seed's test is, which model wins depends on the training run."""
     sides = []
     for name, sign in ((a, 1.0), (b, -1.0)):
         won = {s: t for s, t in seeds.items() if np.sign(t["difference"]) == sign}
@@ -104,7 +104,6 @@ def _trading_places(a: str, b: str, seeds: dict[int, dict[str, Any]]) -> str:
             p = stats.format_p(ps[0]) if len(won) == 1 else f"p from {_p_range(ps)}"
             ci = f"95% CI {'' if len(won) == 1 else 'within '}{100 * min(lows):.1f} to {100 * max(highs):.1f} points"
             sides.append(f"{name}{'' if sides else ' is ahead'} on {seed_list(list(won))} ({ci}; McNemar {p})")
-    tied = [s for s, t in seeds.items() if t["difference"] == 0]
     sides += [f"neither on {seed_list(tied)}"] if tied else []
     return (
         f"The seeds disagree on which of {a} and {b} is more accurate: {', '.join(sides)}; it depends on the training "

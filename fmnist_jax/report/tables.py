@@ -66,10 +66,14 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return float(np.mean(known)) if known else None
 
 
+def _covering(known: int, seeds: int) -> str:
+    """ " (2 of 3 seeds)" after a figure that some of a model's seeds lack; "" where all or none have it."""
+    return f" ({known} of {seeds} seeds)" if 0 < known < seeds else ""
+
+
 def _mean_cell(values: Sequence[float | None], cell) -> str:
     """`cell` of the mean of the known values, saying over how many seeds when some are unknown."""
-    known = sum(v is not None for v in values)
-    return cell(_mean(values)) + (f" ({known} of {len(values)} seeds)" if 0 < known < len(values) else "")
+    return cell(_mean(values)) + _covering(sum(v is not None for v in values), len(values))
 
 
 def _throughput(model: Model) -> str:
@@ -77,8 +81,7 @@ def _throughput(model: Model) -> str:
     timed = [r.results for r in model.runs if r.results.get("predict_seconds") and r.results.get("samples_per_second")]
     images = sum(r["samples_per_second"] * r["predict_seconds"] for r in timed)  # each run's images predicted
     rate = images / sum(r["predict_seconds"] for r in timed) if timed else None
-    some = 0 < len(timed) < len(model.runs)
-    return fmt(rate, ",.0f") + (f" ({len(timed)} of {len(model.runs)} seeds)" if some else "")
+    return fmt(rate, ",.0f") + _covering(len(timed), len(model.runs))
 
 
 def _interval(member: Member) -> str:
