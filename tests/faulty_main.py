@@ -17,6 +17,11 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+def full_disk(path) -> OSError:
+    """The error a write under `path` meets on a full disk."""
+    return OSError(errno.ENOSPC, "No space left on device", str(path))
+
+
 def main() -> None:
     sys.path.insert(0, str(ROOT))
     from fmnist_jax import metrics
@@ -28,15 +33,13 @@ def main() -> None:
         from fmnist_jax import events
 
         def finish_onto_a_full_disk(writer, *args, **kwargs):
-            raise OSError(errno.ENOSPC, "No space left on device", str(writer.directory))
+            raise full_disk(writer.directory)
 
         events.EventWriter.finish = finish_onto_a_full_disk
     elif fault == "full-disk" and value == "results":
 
         def save_onto_a_full_disk(workdir, **arrays):
-            raise OSError(
-                errno.ENOSPC, "No space left on device", str(pathlib.Path(workdir) / metrics.PREDICTIONS_FILE)
-            )
+            raise full_disk(pathlib.Path(workdir) / metrics.PREDICTIONS_FILE)
 
         metrics.save_predictions = save_onto_a_full_disk
     elif fault == "full-disk":
@@ -44,8 +47,7 @@ def main() -> None:
 
         def append_until_full(workdir, record):
             if record["epoch"] >= epoch:
-                path = str(pathlib.Path(workdir) / metrics.HISTORY_FILE)
-                raise OSError(errno.ENOSPC, "No space left on device", path)
+                raise full_disk(pathlib.Path(workdir) / metrics.HISTORY_FILE)
             append(workdir, record)
 
         metrics.append_history = append_until_full
