@@ -29,7 +29,7 @@ def main(argv: list[str]) -> None:
     workdir = FLAGS.workdir or str(pathlib.Path("runs") / pathlib.Path(config_file).stem)
     try:
         logs.set_up(FLAGS.log_dir)
-        run.run(FLAGS.config, workdir)
+        run.run(FLAGS.config, workdir, given=set(config_flags.get_override_values(FLAGS["config"])))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -3,8 +3,8 @@
 A workdir belongs to one experiment. Rerunning in it with a different config would silently mix two runs,
 so differing fields stop the run, except fields that only change speed (always allowed) and fields that are
 safe to change on resume (allowed with `--config.resume_with_changes=True`, never ending a run before its newest
-checkpoint); a config.json left by a start that kept nothing may be replaced. `evaluate` and `predict` refuse a
-config whose model differs from the one the workdir was trained with.
+checkpoint); a config.json left by a start that kept nothing may be replaced. `evaluate` and `predict` use the model
+(and data) the workdir was trained with: a field set on the command line to another value is refused.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import re
 import runpy
 import shlex
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import ml_collections
@@ -261,24 +261,45 @@ def read_saved(path: pathlib.Path) -> dict[str, Any]:
     return saved
 
 
-def check_trained_with(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, evaluate: bool) -> None:
-    """For `evaluate` and `predict`: raises ConfigError when `config`'s model fields (and for `evaluate` its seed and
-    data fields) differ from those the workdir was trained with (its config.json): that would score other weights,
-    fail to restore them, or score on a split that the model trained on."""
+def check_trained_with(
+    config: ml_collections.ConfigDict,
+    workdir: str | pathlib.Path,
+    *,
+    evaluate: bool,
+    given: Collection[str] | None = None,
+) -> dict[str, Any]:
+    """For `evaluate` and `predict`: makes `config`'s model fields (and for `evaluate` its seed and data fields) those
+    the workdir was trained with (its config.json), which another value would score other weights, fail to restore
+    them, or score on a split the model trained on. A field the command line set (`given`: main.py's
+    --config.FIELD flags; None: every field) that differs raises ConfigError naming the flags to drop (with None:
+    to add and drop); any other is taken from config.json. Returns the fields taken, with their values."""
     path = pathlib.Path(workdir) / CONFIG_FILE
     if not path.exists():
-        return
+        return {}
     fields = MODEL_FIELDS + (DATA_FIELDS if evaluate else ())
     saved, requested = read_saved(path), to_dict(config)
     changed = {k: v for k, v in diff(saved, requested).items() if matches(k, fields)}
-    if changed:
+    both = flatten(saved).keys() & flatten(requested).keys()  # a config.json of another version lacks some
+    taken = {k: old for k, (old, _) in changed.items() if given is not None and k not in given and k in both}
+    try:
+        config.update_from_flattened_dict(taken)
+    except (TypeError, ValueError):  # a value this version's field cannot hold: refused below with the rest
+        taken = {}
+    if changed := {k: v for k, v in changed.items() if k not in taken}:
         listing = ", ".join(f"{k}: trained with {old!r}, asked for {new!r}" for k, (old, new) in changed.items())
-        how = restoring_flags(changed, saved, requested)
+        if given is None or not changed.keys() <= given:
+            how = restoring_flags(changed, saved, requested)
+        else:
+            how = "drop " + " ".join(f"--config.{k}" for k in changed)
         raise ConfigError(
             f"{workdir} was trained with another {'model or data' if evaluate else 'model'} ({listing}); "
             + (f"{how} to use what it was trained with" if how else "its config.json is another version's")
             + f" (its whole config: {path})."
         )
+    if taken:
+        values = ", ".join(f"{k}={v!r}" for k, v in taken.items())
+        logging.info("%s: as %s was trained (its config.json): %s.", config.mode, workdir, values)
+    return taken
 
 
 def restoring_flags(

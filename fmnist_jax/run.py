@@ -7,6 +7,7 @@ import dataclasses
 import pathlib
 import re
 import sys
+from collections.abc import Collection
 from typing import Any
 
 import ml_collections
@@ -20,8 +21,11 @@ KINDS = ("cnn", "baseline", "compare")
 MODES = ("train", "evaluate", "predict")
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Any:
+def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, given: Collection[str] | None = None) -> Any:
     """Runs `config` in `workdir`: train returns the results dict, evaluate too, predict the rows printed.
+
+    `evaluate` and `predict` take the model (and data) fields that `given` does not name from the trained run's
+    config.json (`given`: the fields set on the command line; None: all, so that each must match).
 
     The workdir is locked for the run (in a multi-process job by process 0, the one that writes); a full disk
     anywhere below surfaces as one `files.DiskFull` error that names the workdir.
@@ -54,10 +58,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> Any:
             lock.enter_context(files.workdir_lock(workdir) if files.is_lead_process() else contextlib.nullcontext())
         try:
             if kind == "cnn":
-                return _run_cnn(config, workdir, mode)
+                return _run_cnn(config, workdir, mode, given)
             if kind == "compare":
                 return _run_compare(config, workdir)
-            return _run_baseline(config, workdir, mode)
+            return _run_baseline(config, workdir, mode, given)
         except Exception as e:
             if files.is_disk_full(e) and not isinstance(e, files.DiskFull):
                 doing = "saving a checkpoint" if isinstance(e, CheckpointError) else "writing its files"
@@ -70,7 +74,7 @@ def _inputs(config: ml_collections.ConfigDict) -> tuple[np.ndarray, list[str]]:
     return predict.load_images(predict.parse_inputs(config.predict.inputs))
 
 
-def _run_cnn(config: ml_collections.ConfigDict, workdir: pathlib.Path, mode: str) -> Any:
+def _run_cnn(config: ml_collections.ConfigDict, workdir: pathlib.Path, mode: str, given: Collection[str] | None) -> Any:
     import jax  # JAX only when needed
 
     from fmnist_jax import compile_cache, parallel
@@ -81,7 +85,7 @@ def _run_cnn(config: ml_collections.ConfigDict, workdir: pathlib.Path, mode: str
     if mode == "train":
         return loop.train_and_evaluate(config, workdir)
     with parallel.stop_together(f"{workdir} was trained with another config"):
-        config_lib.check_trained_with(config, workdir, evaluate=mode == "evaluate")
+        config_lib.check_trained_with(config, workdir, evaluate=mode == "evaluate", given=given)
     if mode == "evaluate":
         return evaluate.evaluate_checkpoint(config, workdir)
     images, names = _inputs(config)
@@ -89,14 +93,16 @@ def _run_cnn(config: ml_collections.ConfigDict, workdir: pathlib.Path, mode: str
     return predict.report(workdir, names, probs, probs.argmax(-1))
 
 
-def _run_baseline(config: ml_collections.ConfigDict, workdir: pathlib.Path, mode: str) -> Any:
+def _run_baseline(
+    config: ml_collections.ConfigDict, workdir: pathlib.Path, mode: str, given: Collection[str] | None
+) -> Any:
     from fmnist_jax import baselines, data
 
     baselines.check_config(config)
     if mode == "train":
         config_lib.save_or_check(config, workdir)
         return baselines.fit_and_evaluate(config, workdir)
-    config_lib.check_trained_with(config, workdir, evaluate=mode == "evaluate")
+    config_lib.check_trained_with(config, workdir, evaluate=mode == "evaluate", given=given)
     estimator = baselines.load_estimator(workdir)
     if mode == "evaluate":
         return baselines.score_saved(config, workdir, estimator, data.load(config.data, seed=config.seed))

@@ -67,13 +67,14 @@ def test_the_real_splits_score_the_same_on_1_and_8_devices(real_run, real_data_d
     for name in (metrics.RESULTS_FILE, metrics.PREDICTIONS_FILE):  # what the evaluation must write anew
         (copy / name).unlink()
     args = (
-        *fingerprints.REAL_ARGS,
+        fingerprints.REAL_ARGS[0],  # the config file alone: evaluate takes the run's data fields from its config.json
         f"--workdir={copy}",
         f"--config.data.dir={real_data_dir}",
         "--config.mode=evaluate",
     )
     result = check(run_main(*args, env=devices(8), timeout=300))
     assert "Evaluating on 8 cpu device(s)" in result.stderr
+    assert "(its config.json): data.num_train=2560." in result.stderr
     reference, scored = metrics.load_results(real_run), metrics.load_results(copy)
     assert scored["params_sha256"] == reference["params_sha256"]  # the run's last state, restored
     assert abs(scored["test_accuracy"] - reference["test_accuracy"]) <= 1e-4

@@ -163,7 +163,10 @@ def test_own_log_lines_are_told_by_where_their_file_lies(tmp_path):
     assert not logs._own_file(str(library)) and not logs._own_file(str(tmp_path / "fmnist_jax" / "main.py"))
 
 
-def test_default_workdir_is_runs_slash_config_name(tiny_data, tmp_path):
+@pytest.fixture(scope="module")
+def default_workdir_run(tiny_data, tmp_path_factory):
+    """A one-epoch tiny CNN run by main.py without --workdir, from its own folder: (that folder, main.py's result)."""
+    cwd = tmp_path_factory.mktemp("main")
     result = run_main(
         f"--config={ROOT / 'configs' / 'cnn.py'}",
         "--config.num_epochs=1",
@@ -171,15 +174,48 @@ def test_default_workdir_is_runs_slash_config_name(tiny_data, tmp_path):
         "--config.data.validation_size=64",
         "--config.steps_per_call=2",
         "--config.eval_batch_size=50",
-        cwd=tmp_path,
+        cwd=cwd,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    workdir = tmp_path / "runs" / "cnn"
+    return cwd, result
+
+
+def test_default_workdir_is_runs_slash_config_name(default_workdir_run):
+    cwd, result = default_workdir_run
+    workdir = cwd / "runs" / "cnn"
     assert metrics.load_results(workdir)["num_params"] == 438_026
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["num_epochs"] == 1 and saved["data"]["validation_size"] == 64
     assert "epoch 1/1" in result.stderr and "test accuracy" in result.stderr
     assert "Renaming" not in result.stderr  # Orbax's INFO chatter is filtered out
+
+
+def test_evaluate_takes_the_trained_data_fields_not_on_its_command_line_and_refuses_others(
+    default_workdir_run, tiny_data
+):
+    """`mode=evaluate` without the training's data flags scores the split the run held out (its config.json's
+    validation_size, not the config file's 12,000), says so, and gives the run's own scores; a data flag given with
+    another value is refused in one line naming the flag to drop, and nothing is written."""
+    cwd, _ = default_workdir_run
+    workdir = cwd / "runs" / "cnn"
+    trained = metrics.load_results(workdir)
+    asked = ("--config=configs/cnn.py", f"--workdir={workdir}", f"--config.data.dir={tiny_data}")
+    result = run_main(*asked, "--config.mode=evaluate", "--config.eval_batch_size=50")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"evaluate: as {workdir} was trained (its config.json): data.validation_size=64." in result.stderr
+    scored = metrics.load_results(workdir)
+    assert scored["params_sha256"] == trained["params_sha256"]
+    assert scored["validation_accuracy"] == pytest.approx(trained["validation_accuracy"], abs=1e-6)
+    assert scored["test_accuracy"] == pytest.approx(trained["test_accuracy"], abs=1e-6)
+    before = sorted(p.name for p in workdir.iterdir())
+    refused = run_main(*asked, "--config.mode=evaluate", "--config.seed=1", "--config.data.validation_size=32")
+    assert refused.returncode == 2
+    assert last_line(refused.stderr).startswith(
+        f"error: {workdir} was trained with another model or data (data.validation_size: trained with 64, asked for "
+        "32, seed: trained with 0, asked for 1); drop --config.data.validation_size --config.seed to use what it "
+        "was trained with"
+    )
+    assert sorted(p.name for p in workdir.iterdir()) == before
 
 
 def test_compilation_cache_off_on_cpu_by_default_and_a_folder_reused_to_the_same_bits(tiny_data, tmp_path):
@@ -210,9 +246,10 @@ def test_compilation_cache_off_on_cpu_by_default_and_a_folder_reused_to_the_same
 
 
 def test_evaluate_with_another_config_names_the_flags_that_restore_the_trained_one(tmp_path):
-    """The refusal to evaluate a workdir with another model or data says which --config.FIELD=VALUE flags to add
-    and which to drop (a field the run left unset) for the config it was trained with; so changed, the command
-    passes the check (tuples, floats and None as the flags take them)."""
+    """Where every field counts as asked (`given=None`: a config built in Python), the refusal to evaluate a workdir
+    with another model or data says which --config.FIELD=VALUE flags to add and which to drop (a field the run left
+    unset) for the config it was trained with; so changed, the command passes the check (tuples, floats and None as
+    the flags take them)."""
     from benchmarks import common
 
     trained = common.load_config("vgg_bn", ["--config.model.widths=16,32,64", "--config.data.validation_size=500"])
@@ -229,7 +266,38 @@ def test_evaluate_with_another_config_names_the_flags_that_restore_the_trained_o
     ]
     assert drop == ["--config.data.num_train"]
     fixed = [f for f in asked_flags if f.split("=")[0] not in drop] + add
-    config_lib.check_trained_with(common.load_config("vgg_bn", fixed), tmp_path, evaluate=True)
+    assert config_lib.check_trained_with(common.load_config("vgg_bn", fixed), tmp_path, evaluate=True) == {}
+
+
+def test_evaluate_and_predict_take_the_trained_fields_the_command_line_left_alone(tmp_path):
+    """With `given` (the fields main.py's command line set), a model, seed or data field that differs from the
+    trained run's is taken from its config.json (predict: the model's alone) and returned; one the command line
+    set is refused, naming the flags to drop, whether or not others were taken."""
+    from benchmarks import common
+
+    trained = common.load_config("vgg_bn", ["--config.model.widths=16,32,64", "--config.data.validation_size=500"])
+    trained.seed = 3
+    config_lib.save_or_check(trained, tmp_path)
+    config = common.load_config("vgg_bn", ["--config.mode=evaluate"])
+    taken = config_lib.check_trained_with(config, tmp_path, evaluate=True, given={"mode"})
+    assert taken == {"data.validation_size": 500, "model.widths": [16, 32, 64], "seed": 3}
+    assert (config.model.widths, config.data.validation_size, config.seed) == ((16, 32, 64), 500, 3)
+    assert config_lib.diff(config_lib.read_saved(tmp_path / "config.json"), config_lib.to_dict(config)) == {}
+    config = common.load_config("vgg_bn", ["--config.mode=predict"])
+    assert config_lib.check_trained_with(config, tmp_path, evaluate=False, given={"mode"}) == {
+        "model.widths": [16, 32, 64]
+    }
+    default = common.load_config("vgg_bn")
+    assert (config.seed, config.data.validation_size) == (default.seed, default.data.validation_size)  # no split
+    asked = ["--config.mode=evaluate", "--config.model.dropout=0.25"]
+    with pytest.raises(
+        ConfigError,
+        match=r"\(model\.dropout: trained with 0\.\d+, asked for 0\.25\); drop "
+        r"--config\.model\.dropout to use",
+    ):
+        config_lib.check_trained_with(
+            common.load_config("vgg_bn", asked), tmp_path, evaluate=True, given={"mode", "model.dropout"}
+        )
 
 
 def test_the_flags_that_restore_a_saved_config_and_none_for_a_field_it_lacks():
