@@ -295,6 +295,7 @@ def score(
         num_predicted=len(dataset.test),
         seed=config.seed,
         checksums=dataset.checksums,
+        released=dataset.released,
         extra=extra,
     )
     metrics.save_predictions(  # first: results.json marks the run finished

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 from fmnist_jax.errors import DataError
 
@@ -43,6 +44,14 @@ IDX_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
+# SHA-256 of the released files' IDX content (decompressed: a gzip's bytes depend on its compressor), as in
+# github.com/zalandoresearch/fashion-mnist's data/fashion and Debian's dataset-fashion-mnist.
+RELEASED_SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
 SOURCES = ("auto", "idx", "tfds")
 
 IDX_WAYS = (
@@ -70,7 +79,8 @@ class Split:
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    """The three splits plus where they came from (source, folder, SHA-256 of every file read)."""
+    """The three splits plus where they came from: source and folder, the SHA-256 of each IDX file's content (or of
+    TFDS's arrays), and whether the IDX files are the data set's released ones (None for TFDS: not compared)."""
 
     train: Split
     validation: Split
@@ -78,6 +88,7 @@ class Dataset:
     class_names: tuple[str, ...] = CLASS_NAMES
     source: str = ""
     checksums: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    released: bool | None = None
 
 
 # --------------------------------------------------------------------------------------------- IDX files
@@ -91,18 +102,17 @@ def _find(directory: pathlib.Path, stem: str) -> pathlib.Path | None:
 
 
 def _read_bytes(path: pathlib.Path) -> tuple[bytes, str]:
-    """The file's (decompressed) content and the SHA-256 of the file as stored."""
+    """The file's (decompressed) content and its SHA-256: a raw file and its gzip have the same."""
     try:
         raw = path.read_bytes()
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror}). Check the file's permissions.") from e
-    digest = hashlib.sha256(raw).hexdigest()
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as e:  # zlib.error: corrupt deflate data
             raise DataError(f"{path}: the gzip stream is damaged or truncated ({e}). Download the file again.") from e
-    return raw, digest
+    return raw, hashlib.sha256(raw).hexdigest()
 
 
 def _header(path: pathlib.Path, raw: bytes, magic: int, ndim: int) -> tuple[int, ...]:
@@ -130,7 +140,8 @@ def _header(path: pathlib.Path, raw: bytes, magic: int, ndim: int) -> tuple[int,
 
 
 def read_idx_images(path: pathlib.Path) -> tuple[np.ndarray, str]:
-    """Reads an IDX images file (magic 2051, N x 28 x 28 uint8), gzip or raw; returns (images, sha256)."""
+    """Reads an IDX images file (magic 2051, N x 28 x 28 uint8), gzip or raw; returns (images, its content's
+    sha256)."""
     raw, digest = _read_bytes(path)
     n, rows, cols = _header(path, raw, IMAGES_MAGIC, 3)
     if (rows, cols) != IMAGE_SHAPE:
@@ -139,7 +150,8 @@ def read_idx_images(path: pathlib.Path) -> tuple[np.ndarray, str]:
 
 
 def read_idx_labels(path: pathlib.Path) -> tuple[np.ndarray, str]:
-    """Reads an IDX labels file (magic 2049, N uint8 in 0..9), gzip or raw; returns (labels, sha256)."""
+    """Reads an IDX labels file (magic 2049, N uint8 in 0..9), gzip or raw; returns (labels, its content's
+    sha256)."""
     raw, digest = _read_bytes(path)
     _header(path, raw, LABELS_MAGIC, 1)
     labels = np.frombuffer(raw, np.uint8, offset=8)
@@ -154,7 +166,7 @@ def read_idx_labels(path: pathlib.Path) -> tuple[np.ndarray, str]:
 
 def load_idx(directory: str | os.PathLike, named_by: str = "") -> tuple[dict[str, Split], dict[str, str]]:
     """Reads the four IDX files in `directory` (which `named_by` names, for errors: "config.data.dir", ENV_VAR):
-    ({"train": Split, "test": Split}, {file name: sha256})."""
+    ({"train": Split, "test": Split}, {IDX name (without .gz): its content's sha256})."""
     directory = pathlib.Path(directory).expanduser()
     if not directory.is_dir():
         by = f" (named by {named_by})" if named_by else ""
@@ -174,7 +186,7 @@ def load_idx(directory: str | os.PathLike, named_by: str = "") -> tuple[dict[str
             )
         if not len(images):
             raise DataError(f"{paths[0]} holds no images: the {split} split would be empty. Download it again.")
-        checksums[paths[0].name], checksums[paths[1].name] = images_sha, labels_sha
+        checksums[stems[0]], checksums[stems[1]] = images_sha, labels_sha
         splits[split] = Split(images, labels)
     return splits, checksums
 
@@ -282,7 +294,7 @@ def load(config: Any, *, seed: int) -> Dataset:
     if source not in SOURCES:
         raise DataError(f"config.data.source={source!r} is not one of {SOURCES}.")
     data_dir = config.dir or None
-    origin = ""
+    origin, released = "", None
     if source == "tfds":  # config.data.dir, when set, is TFDS's own folder
         if not _tfds_could_provide(data_dir):
             where = f"in {data_dir}" if data_dir else "in TFDS's folder"
@@ -312,8 +324,39 @@ def load(config: Any, *, seed: int) -> Dataset:
         else:
             named_by = "" if candidates[0][1] == DEBIAN_DIR else candidates[0][0]
             raw, checksums = load_idx(candidates[0][1], named_by=named_by)
-            origin = f"idx:{pathlib.Path(candidates[0][1]).expanduser().resolve()}"
+            folder = pathlib.Path(candidates[0][1]).expanduser().resolve()
+            origin, released = f"idx:{folder}", _released(folder, checksums)
     train, validation = split_train_validation(
         raw["train"], validation_size=config.validation_size, num_train=config.num_train, seed=seed
     )
-    return Dataset(train=train, validation=validation, test=raw["test"], source=origin, checksums=dict(checksums))
+    return Dataset(
+        train=train,
+        validation=validation,
+        test=raw["test"],
+        source=origin,
+        checksums=dict(checksums),
+        released=released,
+    )
+
+
+_told_unreleased: set[pathlib.Path] = set()  # the folders whose other data a warning has named in this process
+
+
+def _released(folder: pathlib.Path, checksums: Mapping[str, str]) -> bool:
+    """Whether the IDX files read from `folder` hold Fashion-MNIST's released content; a warning, once per folder,
+    names those that do not (another data set in the same format, or files changed: scores of other data)."""
+    other = [name for name, digest in RELEASED_SHA256.items() if checksums.get(name) != digest]
+    if other and folder not in _told_unreleased:
+        _told_unreleased.add(folder)
+        which = (
+            "the four IDX files are"
+            if len(other) == 4
+            else " and ".join(other) + (" is" if len(other) == 1 else " are")
+        )
+        logging.warning(
+            "%s: %s not Fashion-MNIST's released files (their content's SHA-256 differs): scores on this data are "
+            "not comparable with the study's or this project's.",
+            folder,
+            which,
+        )
+    return not other

@@ -127,9 +127,10 @@ def make_results(
     num_predicted: int,
     seed: int,
     checksums: Mapping[str, str],
+    released: bool | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The results.json record: one schema for every model."""
+    """The results.json record: one schema for every model (`checksums` and `released`: data.Dataset's)."""
     return {
         "model": model,
         "config_name": config_name,
@@ -146,6 +147,7 @@ def make_results(
         "seed": seed,
         "versions": versions(),
         "dataset_checksums": dict(checksums),
+        "dataset_released": released,
         **dict(extra or {}),
     }
 

@@ -18,21 +18,54 @@ def data_config(**fields) -> ml_collections.ConfigDict:
 
 
 @pytest.mark.parametrize("compress", [True, False])
-def test_reads_gzip_and_raw_files_with_checksums(tmp_path, compress):
+def test_reads_gzip_and_raw_files_with_checksums_of_their_content(tmp_path, compress):
     folder = write_idx_dataset(tmp_path, n_train=50, n_test=30, compress=compress)
     splits, checksums = data.load_idx(folder)
     assert splits["train"].images.shape == (50, 28, 28) and splits["train"].images.dtype == np.uint8
     assert splits["test"].labels.shape == (30,) and splits["test"].labels.dtype == np.int32
-    assert len(checksums) == 4
+    assert sorted(checksums) == sorted(data.RELEASED_SHA256)  # by IDX name, without .gz
     for name, digest in checksums.items():
-        assert digest == hashlib.sha256((folder / name).read_bytes()).hexdigest()
+        stored = (folder / (name + ".gz" if compress else name)).read_bytes()
+        assert digest == hashlib.sha256(gzip.decompress(stored) if compress else stored).hexdigest()
 
 
-def test_gzip_and_raw_hold_the_same_arrays(tmp_path):
-    a, _ = data.load_idx(write_idx_dataset(tmp_path / "a", n_train=40, n_test=10, compress=True))
-    b, _ = data.load_idx(write_idx_dataset(tmp_path / "b", n_train=40, n_test=10, compress=False))
+def test_gzip_and_raw_hold_the_same_arrays_and_checksums(tmp_path):
+    a, a_sums = data.load_idx(write_idx_dataset(tmp_path / "a", n_train=40, n_test=10, compress=True))
+    b, b_sums = data.load_idx(write_idx_dataset(tmp_path / "b", n_train=40, n_test=10, compress=False))
     np.testing.assert_array_equal(a["train"].images, b["train"].images)
     np.testing.assert_array_equal(a["test"].labels, b["test"].labels)
+    assert a_sums == b_sums
+
+
+def test_files_other_than_the_released_ones_are_told_once_per_folder_by_name(tmp_path, monkeypatch, caplog):
+    """Generated files are not Fashion-MNIST's released ones: `released` is False, and a warning (once per folder in
+    a process) says so; with the recorded digests those of three of the files, it names the fourth alone; with all
+    four, `released` is True and nothing is said."""
+    folder = write_idx_dataset(tmp_path / "other", n_train=40, n_test=10)
+    monkeypatch.setattr(data, "_told_unreleased", set())
+    config = data_config(dir=str(folder), validation_size=10)
+    with caplog.at_level("WARNING"):
+        first, again = data.load(config, seed=0), data.load(config, seed=1)
+    assert first.released is False and again.released is False
+    told = [r.getMessage() for r in caplog.records if "released" in r.getMessage()]
+    assert told == [
+        f"{folder.resolve()}: the four IDX files are not Fashion-MNIST's released files (their content's SHA-256 "
+        "differs): scores on this data are not comparable with the study's or this project's."
+    ]
+    caplog.clear()
+    sums = dict(first.checksums)
+    monkeypatch.setattr(data, "RELEASED_SHA256", {**sums, "t10k-labels-idx1-ubyte": "0" * 64})
+    monkeypatch.setattr(data, "_told_unreleased", set())
+    with caplog.at_level("WARNING"):
+        assert data.load(config, seed=0).released is False
+    assert [r.getMessage().split(": ")[1] for r in caplog.records] == [
+        "t10k-labels-idx1-ubyte is not Fashion-MNIST's released files (their content's SHA-256 differs)"
+    ]
+    caplog.clear()
+    monkeypatch.setattr(data, "RELEASED_SHA256", sums)
+    with caplog.at_level("WARNING"):
+        assert data.load(data_config(dir=str(folder), validation_size=10), seed=0).released is True
+    assert not caplog.records
 
 
 def _rewrite(folder, name, content):
@@ -172,7 +205,7 @@ def test_tfds_source_through_mock_data(monkeypatch):
     assert (len(dataset.train), len(dataset.validation), len(dataset.test)) == (30, 10, 40)
     assert dataset.train.images.shape == (30, 28, 28) and dataset.train.images.dtype == np.uint8
     assert dataset.train.labels.dtype == np.int32 and dataset.train.labels.max() < 10
-    assert list(dataset.checksums) == ["tfds:fashion_mnist"]
+    assert list(dataset.checksums) == ["tfds:fashion_mnist"] and dataset.released is None  # TFDS's: not compared
 
 
 def test_auto_uses_first_available_without_explicit_dirs(tmp_path, monkeypatch):
@@ -227,9 +260,7 @@ def test_real_data_files(real_data_dir):
     assert (len(dataset.train), len(dataset.validation), len(dataset.test)) == (48000, 12000, 10000)
     assert np.bincount(dataset.test.labels).tolist() == [1000] * 10
     assert np.bincount(np.concatenate([dataset.train.labels, dataset.validation.labels])).tolist() == [6000] * 10
-    assert dataset.checksums["t10k-labels-idx1-ubyte.gz"] == (
-        "8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05"
-    )
+    assert dataset.checksums == data.RELEASED_SHA256 and dataset.released is True
 
 
 def test_forced_tfds_offline_without_a_copy_stops_at_once(tmp_path, monkeypatch):

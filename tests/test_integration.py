@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from helpers import check, devices, run_main
 
-from fmnist_jax import metrics
+from fmnist_jax import data, metrics
 
 # How far this run's losses may stray from the recorded curve on another CPU kind: its 40 steps drift further than
 # the tiny run's 8 (tests/helpers.py): measured up to 1.7e-3 (relative) between 1 and 8 devices and XLA:CPU capped
@@ -36,12 +36,7 @@ def test_the_study_run_on_the_real_data_writes_its_record_and_keeps_its_fingerpr
     assert sum(c["support"] for c in results["per_class"].values()) == 10_000
     history = metrics.read_history(real_run)
     assert len(history) == 1 and history[0]["step"] == 40
-    assert set(results["dataset_checksums"]) == {
-        "train-images-idx3-ubyte.gz",
-        "train-labels-idx1-ubyte.gz",
-        "t10k-images-idx3-ubyte.gz",
-        "t10k-labels-idx1-ubyte.gz",
-    }
+    assert results["dataset_checksums"] == data.RELEASED_SHA256 and results["dataset_released"] is True
     reference = fingerprints.load()["loss_curves"]["real"]
     assert set(reference) == {"train_loss", "validation_loss"}
     for key, curve in reference.items():

@@ -60,6 +60,8 @@ def test_quick_comparison_writes_every_section_with_the_members_numbers(comparis
     assert all(set(r["seconds"]["phases"]) >= {"data", "training"} for r in results["cnn"].values())
     assert not any("before_run" in r["seconds"]["phases"] for r in results["cnn"].values())
     md = (workdir / "report.md").read_text()
+    assert all(r[seed]["dataset_released"] is False for r in results.values() for seed in (0, 1))  # generated data
+    assert "Every run read data files other than Fashion-MNIST's released ones" in md
     for section in (
         "## Summary",
         "## Seeds",
@@ -222,6 +224,23 @@ def test_two_runs_of_one_model_get_distinct_titles_and_files(comparison, tmp_pat
     labels = list(json.loads(paths["json"].read_text())["models"])
     assert labels == ["linear_svm_linear_svm_seed_0", "linear_svm_linear_svm_seed_0_2"]
     assert {f"confusion_{label}.png" for label in labels} <= {p.name for p in paths["plots"].iterdir()}
+
+
+def test_the_report_names_the_runs_that_read_other_data_than_the_released_files(comparison, tmp_path):
+    """A run's `dataset_released` (False: IDX files with other content) is said in the introduction, naming the
+    runs; runs of the released files (True) or of TFDS's (None) are not named."""
+    import shutil
+
+    _, workdir, _ = comparison
+    for name, released in (("svm_a", True), ("svm_b", False), ("svm_c", None)):
+        shutil.copytree(workdir / "linear_svm" / "seed_0", tmp_path / name)
+        results = metrics.load_results(tmp_path / name)
+        metrics.save_results(tmp_path / name, {**results, "dataset_released": released})
+    md = report.build([tmp_path / n for n in ("svm_a", "svm_b", "svm_c")], tmp_path / "out")["markdown"].read_text()
+    assert "The run svm_b read data files other than Fashion-MNIST's released ones" in md
+    assert "svm_a read" not in md and "svm_c" not in md.split("## Summary")[0]
+    md = report.build([tmp_path / "svm_a"], tmp_path / "out2")["markdown"].read_text()
+    assert "released" not in md
 
 
 def test_runs_of_one_config_with_other_settings_are_other_models(comparison, tmp_path):

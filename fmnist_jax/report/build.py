@@ -13,7 +13,7 @@ from fmnist_jax import files
 from fmnist_jax.errors import UserError
 from fmnist_jax.report import plots, sentences, tables
 from fmnist_jax.report.render import Block, BulletList, Heading, Image, Paragraph, Table, html_page, markdown
-from fmnist_jax.report.runs import Member, Model, changed_from_config_file, load_models
+from fmnist_jax.report.runs import Member, Model, changed_from_config_file, folder_label, load_models
 
 TITLE = "Fashion-MNIST: model comparison"
 REPORT_JSON = "report.json"
@@ -54,8 +54,21 @@ def introduction(ctx: Context) -> list[Block]:
             f"All models are scored on {_test_images(ctx.runs)} test images by `fmnist_jax.metrics`. "
             "The study's column is the test accuracy the original study published."
             + (" With several seeds, a figure is the mean ± the standard deviation over seeds." if ctx.several else "")
+            + _other_data(ctx.runs)
         ),
     ]
+
+
+def _other_data(runs: Sequence[Member]) -> str:
+    """A sentence naming the runs that read IDX files other than Fashion-MNIST's released ones, or ""."""
+    other = [folder_label(r) for r in runs if r.results.get("dataset_released") is False]
+    if not other:
+        return ""
+    which = "Every run" if len(other) == len(runs) else f"The run{'s' * (len(other) > 1)} {', '.join(other)}"
+    return (
+        f" {which} read data files other than Fashion-MNIST's released ones (their content's SHA-256 differs): "
+        "their scores are not comparable with the study's."
+    )
 
 
 def summary(ctx: Context) -> list[Block]:

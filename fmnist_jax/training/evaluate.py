@@ -137,6 +137,7 @@ class Evaluator:
             num_predicted=len(dataset.test),
             seed=config.seed,
             checksums=dataset.checksums,
+            released=dataset.released,
             extra={
                 "test_loss": test["loss"],
                 "validation_loss": val["loss"],
