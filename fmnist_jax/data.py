@@ -339,23 +339,19 @@ def load(config: Any, *, seed: int) -> Dataset:
     )
 
 
-_told_unreleased: set[pathlib.Path] = set()  # the folders whose other data a warning has named in this process
-
-
 def _released(folder: pathlib.Path, checksums: Mapping[str, str]) -> bool:
-    """Whether the IDX files read from `folder` hold Fashion-MNIST's released content; a warning, once per folder,
-    names those that do not (another data set in the same format, or files changed: scores of other data)."""
+    """Whether the IDX files read from `folder` hold Fashion-MNIST's released content; a warning names those that do
+    not (another data set in the same format, or files changed: scores of other data)."""
     other = [name for name, digest in RELEASED_SHA256.items() if checksums.get(name) != digest]
-    if other and folder not in _told_unreleased:
-        _told_unreleased.add(folder)
+    if other:
         which = (
-            "the four IDX files are"
+            "all four IDX files differ"
             if len(other) == 4
-            else " and ".join(other) + (" is" if len(other) == 1 else " are")
+            else " and ".join(other) + " differ" + "s" * (len(other) == 1)
         )
         logging.warning(
-            "%s: %s not Fashion-MNIST's released files (their content's SHA-256 differs): scores on this data are "
-            "not comparable with the study's or this project's.",
+            "%s: %s from Fashion-MNIST's released files (by their content's SHA-256): scores on this data are not "
+            "comparable with the study's or this project's.",
             folder,
             which,
         )
