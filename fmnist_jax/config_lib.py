@@ -9,6 +9,7 @@ checkpoint); a config.json left by a start that kept nothing may be replaced. `e
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import math
@@ -261,45 +262,60 @@ def read_saved(path: pathlib.Path) -> dict[str, Any]:
     return saved
 
 
-def check_trained_with(
+def trained_fields(
     config: ml_collections.ConfigDict,
     workdir: str | pathlib.Path,
     *,
     evaluate: bool,
     given: Collection[str] | None = None,
 ) -> dict[str, Any]:
-    """For `evaluate` and `predict`: makes `config`'s model fields (and for `evaluate` its seed and data fields) those
-    the workdir was trained with (its config.json), which another value would score other weights, fail to restore
-    them, or score on a split the model trained on. A field the command line set (`given`: main.py's
-    --config.FIELD flags; None: every field) that differs raises ConfigError naming the flags to drop (with None:
-    to add and drop); any other is taken from config.json. Returns the fields taken, with their values."""
+    """For `evaluate` and `predict`: the fields of the workdir's config.json that `config` should take, with their
+    values: each that changes what is computed (not OPERATIONAL) and differs, unless the command line set it
+    (`given`: main.py's --config.FIELD or --config.SECTION flags; None: all). A model field (`evaluate`: also the seed
+    or a data field) set otherwise raises ConfigError naming the flags to drop (None: to add and drop): it would score
+    other weights, fail to restore them, or score a split the model trained on; so does another kind or model."""
     path = pathlib.Path(workdir) / CONFIG_FILE
     if not path.exists():
         return {}
-    fields = MODEL_FIELDS + (DATA_FIELDS if evaluate else ())
     saved, requested = read_saved(path), to_dict(config)
-    changed = {k: v for k, v in diff(saved, requested).items() if matches(k, fields)}
-    both = flatten(saved).keys() & flatten(requested).keys()  # a config.json of another version lacks some
-    taken = {k: old for k, (old, _) in changed.items() if given is not None and k not in given and k in both}
-    try:
-        config.update_from_flattened_dict(taken)
-    except (TypeError, ValueError):  # a value this version's field cannot hold: refused below with the rest
-        taken = {}
-    if changed := {k: v for k, v in changed.items() if k not in taken}:
-        listing = ", ".join(f"{k}: trained with {old!r}, asked for {new!r}" for k, (old, new) in changed.items())
-        if given is None or not changed.keys() <= given:
-            how = restoring_flags(changed, saved, requested)
+    if (was := _what(saved)) != (now := _what(requested)):
+        raise ConfigError(f"{workdir} holds a {was} run, not a {now} one; use the config file it was trained with.")
+    changed, both = diff(saved, requested), flatten(saved).keys() & flatten(requested).keys()
+
+    def set_by(field: str) -> str | None:  # the flag that set `field` ("data.num_train", or its section "data")
+        parts = field.split(".")
+        return next((g for g in (".".join(parts[:i]) for i in range(len(parts), 0, -1)) if g in given), None)
+
+    probe, taken, unsettable = copy.deepcopy(config), {}, []
+    for field, (old, _) in changed.items():
+        if given is None or field not in both or set_by(field):
+            continue
+        try:
+            probe.update_from_flattened_dict({field: old})  # a value this version's field cannot hold is refused
+            taken[field] = old
+        except (TypeError, ValueError, KeyError):
+            unsettable.append(field)
+    guarded = MODEL_FIELDS + (DATA_FIELDS if evaluate else ())
+    if refused := {k: v for k, v in changed.items() if matches(k, guarded) and k not in taken}:
+        listing = ", ".join(f"{k}: trained with {old!r}, asked for {new!r}" for k, (old, new) in refused.items())
+        if unsettable or given is None or not all(set_by(k) for k in refused):
+            how = "" if unsettable else restoring_flags(refused, saved, requested)
         else:
-            how = "drop " + " ".join(f"--config.{k}" for k in changed)
+            how = "drop " + " ".join(dict.fromkeys(f"--config.{set_by(k)}" for k in refused))
         raise ConfigError(
             f"{workdir} was trained with another {'model or data' if evaluate else 'model'} ({listing}); "
             + (f"{how} to use what it was trained with" if how else "its config.json is another version's")
             + f" (its whole config: {path})."
         )
-    if taken:
-        values = ", ".join(f"{k}={v!r}" for k, v in taken.items())
-        logging.info("%s: as %s was trained (its config.json): %s.", config.mode, workdir, values)
     return taken
+
+
+def take(config: ml_collections.ConfigDict, fields: Mapping[str, Any], workdir: str | pathlib.Path) -> None:
+    """Sets `trained_fields`'s result in `config`, saying which fields it set."""
+    if fields:
+        config.update_from_flattened_dict(dict(fields))
+        values = ", ".join(f"{k}={v!r}" for k, v in fields.items())
+        logging.info("%s: as %s was trained (its config.json): %s.", config.mode, workdir, values)
 
 
 def restoring_flags(

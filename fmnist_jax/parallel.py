@@ -7,6 +7,7 @@ all-reduce. The same code runs on one CPU, eight TPU cores, or many hosts.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -148,6 +149,18 @@ def lead_decides(decision: bool) -> bool:
     from jax.experimental import multihost_utils
 
     return bool(multihost_utils.broadcast_one_to_all(np.int32(decision)))
+
+
+def lead_shares(value: Any) -> Any:
+    """Process 0's JSON-able `value`, the same on every process of a multi-process job (each may see other files)."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    text = np.frombuffer(json.dumps(value).encode(), np.uint8)
+    size = int(multihost_utils.broadcast_one_to_all(np.int32(text.size)))
+    mine = text if jax.process_index() == 0 else np.zeros(size, np.uint8)
+    return json.loads(np.asarray(multihost_utils.broadcast_one_to_all(mine), np.uint8).tobytes())
 
 
 @contextlib.contextmanager

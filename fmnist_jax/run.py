@@ -84,8 +84,10 @@ def _run_cnn(config: ml_collections.ConfigDict, workdir: pathlib.Path, mode: str
     compile_cache.set_up(config.compilation_cache, jax.default_backend())
     if mode == "train":
         return loop.train_and_evaluate(config, workdir)
+    taken = {}
     with parallel.stop_together(f"{workdir} was trained with another config"):
-        config_lib.check_trained_with(config, workdir, evaluate=mode == "evaluate", given=given)
+        taken = config_lib.trained_fields(config, workdir, evaluate=mode == "evaluate", given=given)
+    config_lib.take(config, parallel.lead_shares(taken), workdir)  # process 0's reading, on every process
     if mode == "evaluate":
         return evaluate.evaluate_checkpoint(config, workdir)
     images, names = _inputs(config)
@@ -102,7 +104,9 @@ def _run_baseline(
     if mode == "train":
         config_lib.save_or_check(config, workdir)
         return baselines.fit_and_evaluate(config, workdir)
-    config_lib.check_trained_with(config, workdir, evaluate=mode == "evaluate", given=given)
+    config_lib.take(
+        config, config_lib.trained_fields(config, workdir, evaluate=mode == "evaluate", given=given), workdir
+    )
     estimator = baselines.load_estimator(workdir)
     if mode == "evaluate":
         return baselines.score_saved(config, workdir, estimator, data.load(config.data, seed=config.seed))

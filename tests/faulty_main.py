@@ -2,6 +2,7 @@
 
 python tests/faulty_main.py unseen-results MAIN_ARGS...  # cannot see the workdir's results.json, as on
                                                          # storage that the hosts do not share
+python tests/faulty_main.py unseen-config MAIN_ARGS...   # cannot see its config.json so
 python tests/faulty_main.py full-disk:EPOCH MAIN_ARGS... # its writes of history.jsonl fail with a full disk
                                                          # from epoch EPOCH's end on, as when its disk fills
 python tests/faulty_main.py full-disk:results MAIN_ARGS...  # its write of the test predictions fails so, after
@@ -24,11 +25,13 @@ def full_disk(path) -> OSError:
 
 def main() -> None:
     sys.path.insert(0, str(ROOT))
-    from fmnist_jax import metrics
+    from fmnist_jax import config_lib, metrics
 
     fault, _, value = sys.argv[1].partition(":")
     if fault == "unseen-results":
         metrics.RESULTS_FILE = "results.on-another-host.json"
+    elif fault == "unseen-config":
+        config_lib.CONFIG_FILE = "config.on-another-host.json"
     elif fault == "full-disk" and value == "events":
         from fmnist_jax import events
 
@@ -53,7 +56,8 @@ def main() -> None:
         metrics.append_history = append_until_full
     else:
         sys.exit(
-            f"unknown fault {sys.argv[1]!r}: unseen-results, full-disk:EPOCH, full-disk:results or full-disk:events"
+            f"unknown fault {sys.argv[1]!r}: unseen-results, unseen-config, full-disk:EPOCH, full-disk:results or "
+            "full-disk:events"
         )
     sys.argv = [str(ROOT / "main.py"), *sys.argv[2:]]
     runpy.run_path(sys.argv[0], run_name="__main__")

@@ -56,7 +56,7 @@ def test_files_other_than_the_released_ones_are_named_in_a_warning(tmp_path, mon
     with caplog.at_level("WARNING"):
         assert data.load(config, seed=0).released is False
     assert [r.getMessage().split(": ")[1] for r in caplog.records] == [
-        "t10k-labels-idx1-ubyte differs from Fashion-MNIST's released files (by their content's SHA-256)"
+        "t10k-labels-idx1-ubyte differs from Fashion-MNIST's released file (by its content's SHA-256)"
     ]
     caplog.clear()
     monkeypatch.setattr(data, "RELEASED_SHA256", sums)

@@ -202,7 +202,8 @@ def test_evaluate_takes_the_trained_data_fields_not_on_its_command_line_and_refu
     asked = ("--config=configs/cnn.py", f"--workdir={workdir}", f"--config.data.dir={tiny_data}")
     result = run_main(*asked, "--config.mode=evaluate", "--config.eval_batch_size=50")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert f"evaluate: as {workdir} was trained (its config.json): data.validation_size=64." in result.stderr
+    taken = "data.validation_size=64, num_epochs=1."  # the held-out split, and the run's own end
+    assert f"evaluate: as {workdir} was trained (its config.json): {taken}" in result.stderr
     scored = metrics.load_results(workdir)
     assert scored["params_sha256"] == trained["params_sha256"]
     assert scored["validation_accuracy"] == pytest.approx(trained["validation_accuracy"], abs=1e-6)
@@ -256,7 +257,7 @@ def test_evaluate_with_another_config_names_the_flags_that_restore_the_trained_o
     config_lib.save_or_check(trained, tmp_path)
     asked_flags = ["--config.mode=evaluate", "--config.model.dropout=0.25", "--config.data.num_train=6000"]
     with pytest.raises(ConfigError) as refused:
-        config_lib.check_trained_with(common.load_config("vgg_bn", asked_flags), tmp_path, evaluate=True)
+        config_lib.trained_fields(common.load_config("vgg_bn", asked_flags), tmp_path, evaluate=True)
     how = re.search(r"; add (.*) and drop (.*) to use what it was trained with", str(refused.value))
     add, drop = shlex.split(how.group(1)), how.group(2).split()
     assert sorted(add) == [
@@ -266,38 +267,50 @@ def test_evaluate_with_another_config_names_the_flags_that_restore_the_trained_o
     ]
     assert drop == ["--config.data.num_train"]
     fixed = [f for f in asked_flags if f.split("=")[0] not in drop] + add
-    assert config_lib.check_trained_with(common.load_config("vgg_bn", fixed), tmp_path, evaluate=True) == {}
+    assert config_lib.trained_fields(common.load_config("vgg_bn", fixed), tmp_path, evaluate=True) == {}
 
 
 def test_evaluate_and_predict_take_the_trained_fields_the_command_line_left_alone(tmp_path):
-    """With `given` (the fields main.py's command line set), a model, seed or data field that differs from the
-    trained run's is taken from its config.json (predict: the model's alone) and returned; one the command line
-    set is refused, naming the flags to drop, whether or not others were taken."""
+    """With `given` (the fields or sections main.py's command line set), every field that changes what is computed
+    and differs from the trained run's is taken from its config.json (tta_flip and weight_decay too: the run's own
+    scores, and an optimizer state that restores); one the command line set is used as asked, but a model, seed or
+    data field so set is refused, naming the flags (or the section's flag) to drop. Nothing changes the config
+    until `take`; a config.json value this version's field cannot hold, or a run of another model, is refused."""
     from benchmarks import common
 
-    trained = common.load_config("vgg_bn", ["--config.model.widths=16,32,64", "--config.data.validation_size=500"])
-    trained.seed = 3
+    widths = ["--config.model.widths=16,32,64", "--config.data.validation_size=500", "--config.weight_decay=0.01"]
+    trained = common.load_config("vgg_bn", [*widths, "--config.seed=3", "--config.tta_flip=False"])
     config_lib.save_or_check(trained, tmp_path)
     config = common.load_config("vgg_bn", ["--config.mode=evaluate"])
-    taken = config_lib.check_trained_with(config, tmp_path, evaluate=True, given={"mode"})
-    assert taken == {"data.validation_size": 500, "model.widths": [16, 32, 64], "seed": 3}
+    taken = config_lib.trained_fields(config, tmp_path, evaluate=True, given={"mode"})
+    expected = {"data.validation_size": 500, "model.widths": [16, 32, 64], "seed": 3, "tta_flip": False}
+    assert taken == {**expected, "weight_decay": 0.01}
+    assert config.model.widths == common.load_config("vgg_bn").model.widths  # `take` changes it
+    config_lib.take(config, taken, tmp_path)
     assert (config.model.widths, config.data.validation_size, config.seed) == ((16, 32, 64), 500, 3)
     assert config_lib.diff(config_lib.read_saved(tmp_path / "config.json"), config_lib.to_dict(config)) == {}
-    config = common.load_config("vgg_bn", ["--config.mode=predict"])
-    assert config_lib.check_trained_with(config, tmp_path, evaluate=False, given={"mode"}) == {
-        "model.widths": [16, 32, 64]
-    }
-    default = common.load_config("vgg_bn")
-    assert (config.seed, config.data.validation_size) == (default.seed, default.data.validation_size)  # no split
-    asked = ["--config.mode=evaluate", "--config.model.dropout=0.25"]
-    with pytest.raises(
-        ConfigError,
-        match=r"\(model\.dropout: trained with 0\.\d+, asked for 0\.25\); drop "
-        r"--config\.model\.dropout to use",
-    ):
-        config_lib.check_trained_with(
-            common.load_config("vgg_bn", asked), tmp_path, evaluate=True, given={"mode", "model.dropout"}
-        )
+    config = common.load_config("vgg_bn", ["--config.mode=predict", "--config.tta_flip=True", "--config.seed=5"])
+    taken = config_lib.trained_fields(config, tmp_path, evaluate=False, given={"mode", "tta_flip", "seed"})
+    assert taken == {"data.validation_size": 500, "model.widths": [16, 32, 64], "weight_decay": 0.01}
+    for asked, given, flags in [
+        (["--config.model.dropout=0.25"], {"model.dropout"}, "--config.model.dropout"),
+        (
+            ["--config.data={'source': 'auto', 'dir': None, 'validation_size': 50, 'num_train': None}"],
+            {"data"},
+            "--config.data",
+        ),
+    ]:
+        config = common.load_config("vgg_bn", ["--config.mode=evaluate", *asked])
+        with pytest.raises(ConfigError, match=rf"asked for [\d.]+\); drop {re.escape(flags)} to use what it was"):
+            config_lib.trained_fields(config, tmp_path, evaluate=True, given={"mode", *given})
+    saved = config_lib.read_saved(tmp_path / "config.json")
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "seed": "three"}))  # another version's field
+    config = common.load_config("vgg_bn", ["--config.mode=evaluate"])
+    with pytest.raises(ConfigError, match=r"seed: trained with 'three', asked for 0\); its config.json is another"):
+        config_lib.trained_fields(config, tmp_path, evaluate=True, given={"mode"})
+    assert config.seed == 0 and config.model.widths == common.load_config("vgg_bn").model.widths
+    with pytest.raises(ConfigError, match=r"holds a cnn \(vgg_bn\) run, not a cnn \(seed_cnn\) one; use the config"):
+        config_lib.trained_fields(common.load_config("cnn"), tmp_path, evaluate=True, given=set())
 
 
 def test_the_flags_that_restore_a_saved_config_and_none_for_a_field_it_lacks():

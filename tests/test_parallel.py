@@ -320,6 +320,25 @@ def test_two_processes_train_as_one_and_agree_that_a_run_is_finished(tiny_data, 
     assert (workdir / "results.json").read_bytes() == results and len(metrics.read_history(workdir)) == 2
 
 
+def test_evaluate_in_a_two_process_job_takes_the_trained_fields_process_0_read(tiny_data, two_process_run, tmp_path):
+    """`mode=evaluate` without the run's data flags, in a two-process job where process 1 cannot see config.json
+    (storage that is not shared): both take the fields process 0 read from it (alone, process 1 would hold out
+    another split, and the processes would disagree), and score the run as its end did."""
+    workdir = tmp_path / "run"
+    shutil.copytree(two_process_run[0], workdir)
+    trained = metrics.load_results(workdir)
+    args = ["--config=configs/cnn.py", f"--workdir={workdir}", f"--config.data.dir={tiny_data}"]
+    args += ["--config.mode=evaluate", "--config.eval_batch_size=48"]
+    (rc0, err0), (rc1, err1) = start_two_processes(args, scripts=((), (FAULTY_MAIN, "unseen-config")), timeout=180)
+    assert (rc0, rc1) == (0, 0), err0[-2000:] + err1[-2000:]
+    taken = f"evaluate: as {workdir} was trained (its config.json): data.validation_size=64, num_epochs=2."
+    assert all(taken in e for e in (err0, err1))
+    scored = metrics.load_results(workdir)
+    assert scored["params_sha256"] == trained["params_sha256"]
+    for split in ("validation", "test"):
+        assert scored[f"{split}_accuracy"] == pytest.approx(trained[f"{split}_accuracy"], abs=1e-6)
+
+
 @pytest.mark.parametrize(
     "at, when, line, epochs",
     [

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from helpers import NARROW_RECIPE, load_config, quick_compare_config, run_main
 
-from fmnist_jax import config_lib, metrics, report, run, stats
+from fmnist_jax import config_lib, data, metrics, report, run, stats
 from fmnist_jax.errors import ConfigError, UserError
 from fmnist_jax.report import sentences, tables
 from fmnist_jax.report.__main__ import main as report_main
@@ -228,17 +228,27 @@ def test_two_runs_of_one_model_get_distinct_titles_and_files(comparison, tmp_pat
 
 def test_the_report_names_the_runs_that_read_other_data_than_the_released_files(comparison, tmp_path):
     """A run's `dataset_released` (False: IDX files with other content) is said in the introduction, naming the
-    runs; runs of the released files (True) or of TFDS's (None) are not named."""
+    runs; runs of the released files (True) or of TFDS's (None) are not named; in results that predate the field,
+    raw IDX files' checksums tell, gzip files' cannot."""
     import shutil
 
     _, workdir, _ = comparison
-    for name, released in (("svm_a", True), ("svm_b", False), ("svm_c", None)):
+    older = {
+        k: v for k, v in metrics.load_results(workdir / "linear_svm" / "seed_0").items() if k != "dataset_released"
+    }
+    other_raw = dict.fromkeys(data.RELEASED_SHA256, "0" * 64)
+    for name, changes in [
+        ("svm_a", {"dataset_released": True}),
+        ("svm_b", {"dataset_released": False}),
+        ("svm_c", {"dataset_released": None}),  # TFDS's
+        ("svm_d", {"dataset_checksums": other_raw}),  # older results: raw files' checksums, of their content
+        ("svm_e", {"dataset_checksums": {f"{n}.gz": "0" * 64 for n in data.RELEASED_SHA256}}),  # gzip files': unknown
+    ]:
         shutil.copytree(workdir / "linear_svm" / "seed_0", tmp_path / name)
-        results = metrics.load_results(tmp_path / name)
-        metrics.save_results(tmp_path / name, {**results, "dataset_released": released})
-    md = report.build([tmp_path / n for n in ("svm_a", "svm_b", "svm_c")], tmp_path / "out")["markdown"].read_text()
-    assert "The run svm_b read data files other than Fashion-MNIST's released ones" in md
-    assert "svm_a read" not in md and "svm_c" not in md.split("## Summary")[0]
+        metrics.save_results(tmp_path / name, {**older, **changes})
+    runs = [tmp_path / f"svm_{x}" for x in "abcde"]
+    md = report.build(runs, tmp_path / "out")["markdown"].read_text()
+    assert "The runs svm_b, svm_d read data files other than Fashion-MNIST's released ones" in md
     md = report.build([tmp_path / "svm_a"], tmp_path / "out2")["markdown"].read_text()
     assert "released" not in md
 

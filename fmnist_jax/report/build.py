@@ -9,7 +9,7 @@ import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fmnist_jax import files
+from fmnist_jax import data, files
 from fmnist_jax.errors import UserError
 from fmnist_jax.report import plots, sentences, tables
 from fmnist_jax.report.render import Block, BulletList, Heading, Image, Paragraph, Table, html_page, markdown
@@ -61,7 +61,7 @@ def introduction(ctx: Context) -> list[Block]:
 
 def _other_data(runs: Sequence[Member]) -> str:
     """A sentence naming the runs that read IDX files other than Fashion-MNIST's released ones, or ""."""
-    other = [folder_label(r) for r in runs if r.results.get("dataset_released") is False]
+    other = [folder_label(r) for r in runs if _released(r.results) is False]
     if not other:
         return ""
     which = "Every run" if len(other) == len(runs) else f"The run{'s' * (len(other) > 1)} {', '.join(other)}"
@@ -69,6 +69,15 @@ def _other_data(runs: Sequence[Member]) -> str:
         f" {which} read data files other than Fashion-MNIST's released ones (their content's SHA-256 differs): "
         "their scores are not comparable with the study's."
     )
+
+
+def _released(results: dict[str, Any]) -> bool | None:
+    """results.json's `dataset_released`; in results that predate it, read off raw IDX files' checksums (of their
+    content, as now), None for gzip files' (of the files as stored) and TFDS's."""
+    if "dataset_released" in results:
+        return results["dataset_released"]
+    sums = results.get("dataset_checksums") or {}
+    return sums == data.RELEASED_SHA256 if sums.keys() == data.RELEASED_SHA256.keys() else None
 
 
 def summary(ctx: Context) -> list[Block]:
