@@ -6,7 +6,9 @@ and TPU runs only, `$XDG_CACHE_HOME/fmnist_jax/xla` (`~/.cache/...`): there a st
 CNN on an H200: 4.4 s of compilation in a 28 s run), while on a CPU compiling is a small part of a run and XLA:CPU's
 programs are built for the CPU's instruction set (a home folder shared by machines of two CPU kinds would hold
 programs for both). "off" keeps none; any other value is the folder, on any platform. A program
-loaded from the cache is the one that was compiled: the same bits.
+loaded from the cache is the one that was compiled: the same bits. A multi-process job on CPUs keeps none, whatever
+the setting: with jax 0.12, a program whose collectives span processes (gloo) hangs when it comes from the cache
+after one compiled in the process has run (`parallel.maybe_initialize_distributed`).
 """
 
 from __future__ import annotations
@@ -39,11 +41,11 @@ def check(setting: str) -> None:
         )
 
 
-def resolve(setting: str, platform: str, given: str | None) -> str | None:
+def resolve(setting: str, platform: str, given: str | None, processes: int = 1) -> str | None:
     """The folder the run's compiled programs are kept in, None for none: `setting` on `platform` ("cpu", "gpu",
-    "tpu"), where JAX was given the folder `given` (or None) before the run."""
+    "tpu") in a job of `processes`, where JAX was given the folder `given` (or None) before the run."""
     check(setting)
-    if setting == OFF:
+    if setting == OFF or (platform == "cpu" and processes > 1):
         return None
     if setting != AUTO:
         return os.path.expanduser(setting)  # a leading ~ only: a gs:// path stays as it is
@@ -64,7 +66,9 @@ def set_up(setting: str, platform: str) -> str | None:
     without a cache."""
     if not _GIVEN:
         _GIVEN.append(jax.config.jax_compilation_cache_dir or None)
-    folder = resolve(setting, platform, _GIVEN[0])
+    folder = resolve(setting, platform, _GIVEN[0], jax.process_count())
+    if folder is None and setting != OFF and resolve(setting, platform, _GIVEN[0]) is not None:
+        logging.info("A multi-process job on CPUs keeps no compiled programs (see config.compilation_cache).")
     if folder is not None and "://" not in folder:
         try:
             pathlib.Path(folder).mkdir(parents=True, exist_ok=True)

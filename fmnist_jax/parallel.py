@@ -18,6 +18,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from fmnist_jax import compile_cache
 from fmnist_jax.errors import ParallelError, UserError, WorkdirError
 
 DATA_AXIS = "data"
@@ -64,6 +65,12 @@ def maybe_initialize_distributed() -> None:
             f"environment's {', '.join(wanted)} describe a multi-process job: start each process under its launcher "
             "(srun, mpirun) or with JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, or unset them."
         ) from e
+    if jax.default_backend() == "cpu":
+        # With jax 0.12, gloo's collectives hang unless every process runs a program with the same source locations,
+        # compiled in the process: no traceback in the locations (a process started through a wrapper has other
+        # frames) and, from the first collective on, no program from the persistent cache.
+        jax.config.update("jax_traceback_in_locations_limit", 0)
+        compile_cache.set_up(compile_cache.OFF, "cpu")
 
 
 def make_mesh(devices: list[Any] | None = None) -> Mesh:

@@ -29,6 +29,16 @@ def test_a_folder_jax_was_given_is_kept_by_auto_and_dropped_by_off():
         assert compile_cache.resolve("~/mine", platform, "/given") == str(pathlib.Path.home() / "mine")
 
 
+def test_a_multi_process_job_on_cpus_keeps_no_programs_whatever_the_setting():
+    """With jax 0.12, a program whose collectives span processes hangs on CPUs when it comes from the cache after one
+    compiled in the process has run (the two-process tests hung on their second run): such a job keeps none; on
+    accelerators, or in one process, the setting stands."""
+    for setting, given in (("auto", "/given"), ("/mine", None)):
+        assert compile_cache.resolve(setting, "cpu", given, 2) is None
+        assert compile_cache.resolve(setting, "cpu", given, 1) is not None
+        assert compile_cache.resolve(setting, "gpu", given, 2) == compile_cache.resolve(setting, "gpu", given, 1)
+
+
 @pytest.mark.parametrize("bad", ["", "  ", None, 3])
 def test_a_value_that_is_no_folder_is_refused_naming_the_field(bad):
     with pytest.raises(ConfigError, match=r"config.compilation_cache=.* must be 'auto', 'off' or the folder"):
