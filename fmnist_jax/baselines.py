@@ -292,10 +292,8 @@ def score(
         num_params=count_params(estimator),
         train_seconds=train_seconds,
         predict_seconds=predict_seconds,
-        num_predicted=len(dataset.test),
         seed=config.seed,
-        checksums=dataset.checksums,
-        released=dataset.released,
+        dataset=dataset,
         extra=extra,
     )
     metrics.save_predictions(  # first: results.json marks the run finished

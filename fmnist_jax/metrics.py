@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 
 from fmnist_jax import files
-from fmnist_jax.data import CLASS_NAMES
+from fmnist_jax.data import CLASS_NAMES, Dataset
 from fmnist_jax.errors import ResultsError
 
 RESULTS_FILE = "results.json"
@@ -124,13 +124,11 @@ def make_results(
     num_params: int | None,
     train_seconds: float | None,
     predict_seconds: float,
-    num_predicted: int,
     seed: int,
-    checksums: Mapping[str, str],
-    released: bool | None = None,
+    dataset: Dataset,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The results.json record: one schema for every model (`checksums` and `released`: data.Dataset's)."""
+    """The results.json record: one schema for every model (`scores` of `dataset`'s test split)."""
     return {
         "model": model,
         "config_name": config_name,
@@ -143,11 +141,11 @@ def make_results(
         "num_params": num_params,
         "train_seconds": train_seconds,
         "predict_seconds": predict_seconds,
-        "samples_per_second": num_predicted / predict_seconds if predict_seconds > 0 else None,
+        "samples_per_second": len(dataset.test) / predict_seconds if predict_seconds > 0 else None,
         "seed": seed,
         "versions": versions(),
-        "dataset_checksums": dict(checksums),
-        "dataset_released": released,
+        "dataset_checksums": dict(dataset.checksums),
+        "dataset_released": dataset.released,
         **dict(extra or {}),
     }
 

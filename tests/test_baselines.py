@@ -279,7 +279,7 @@ def test_evaluate_refuses_another_model_or_split_and_keeps_the_search_record(tin
         with pytest.raises(ConfigError, match=says):
             run.run(other, tmp_path)
     svm = tiny("linear_svm", tiny_data, mode="predict")
-    with pytest.raises(ConfigError, match=r"another model \(model.C: trained with None"):
+    with pytest.raises(ConfigError, match=r"holds a baseline \(random_forest\) run, not a baseline \(linear_svm\) one"):
         run.run(svm, tmp_path)
 
 

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from fmnist_jax import files, metrics
+from fmnist_jax import data, files, metrics
 
 NAMES = ("a", "b", "c")
 
@@ -81,6 +81,7 @@ def test_shape_errors():
 
 def _results(**extra):
     scores = metrics.evaluate(np.array([0, 1, 2]), np.array([0, 1, 1]), class_names=NAMES)
+    test = data.Split(np.zeros((3, 28, 28), np.uint8), np.array([0, 1, 2], np.int32))
     return metrics.make_results(
         model="m",
         config_name="c",
@@ -89,9 +90,8 @@ def _results(**extra):
         num_params=7,
         train_seconds=1.0,
         predict_seconds=0.5,
-        num_predicted=3,
         seed=0,
-        checksums={"f": "0" * 64},
+        dataset=data.Dataset(train=test, validation=test, test=test, checksums={"f": "0" * 64}),
         extra=extra,
     )
 

@@ -134,10 +134,8 @@ class Evaluator:
             num_params=num_params,
             train_seconds=train_seconds,
             predict_seconds=predict_seconds,
-            num_predicted=len(dataset.test),
             seed=config.seed,
-            checksums=dataset.checksums,
-            released=dataset.released,
+            dataset=dataset,
             extra={
                 "test_loss": test["loss"],
                 "validation_loss": val["loss"],
