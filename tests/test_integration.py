@@ -69,7 +69,7 @@ def test_the_real_splits_score_the_same_on_1_and_8_devices(real_run, real_data_d
     )
     result = check(run_main(*args, env=devices(8), timeout=300))
     assert "Evaluating on 8 cpu device(s)" in result.stderr
-    assert "(its config.json): data.num_train=2560." in result.stderr
+    assert "(its config.json): data.num_train=2560, num_epochs=1." in result.stderr
     reference, scored = metrics.load_results(real_run), metrics.load_results(copy)
     assert scored["params_sha256"] == reference["params_sha256"]  # the run's last state, restored
     assert abs(scored["test_accuracy"] - reference["test_accuracy"]) <= 1e-4
