@@ -343,15 +343,17 @@ def _released(folder: pathlib.Path, checksums: Mapping[str, str]) -> bool:
     """Whether the IDX files read from `folder` hold Fashion-MNIST's released content; a warning names those that do
     not (another data set in the same format, or files changed: scores of other data)."""
     other = [name for name, digest in RELEASED_SHA256.items() if checksums.get(name) != digest]
-    if len(other) == len(RELEASED_SHA256):
-        which = "all four IDX files differ from Fashion-MNIST's released files (by their content's SHA-256)"
-    elif other:
-        one = len(other) == 1
-        names = other[0] if one else f"{', '.join(other[:-1])} and {other[-1]}"
-        which = f"{names} {'differs' if one else 'differ'} from Fashion-MNIST's released file{'' if one else 's'}"
-        which += f" (by {'its' if one else 'their'} content's SHA-256)"
     if other:
+        one = len(other) == 1
+        names = f"{', '.join(other[:-1])} and {other[-1]}" if len(other) > 1 else other[0]
+        names = "all four IDX files" if len(other) == len(RELEASED_SHA256) else names
         logging.warning(
-            "%s: %s: scores on this data are not comparable with the study's or this project's.", folder, which
+            "%s: %s %s from Fashion-MNIST's released file%s (by %s content's SHA-256): scores on this data are not "
+            "comparable with the study's or this project's.",
+            folder,
+            names,
+            "differs" if one else "differ",
+            "" if one else "s",
+            "its" if one else "their",
         )
     return not other
