@@ -3,8 +3,8 @@ r"""Runs main.py and interrupts it from inside at a chosen checkpoint, however f
     python tests/interrupt.py SIGNAL STEP WHEN MAIN_ARGS...
 
 Once `CheckpointStore.save` is called for a step >= STEP, the process sends itself SIGNAL (KILL, TERM or INT):
-WHEN=in_flight right after the save has started (an asynchronous save is still writing), WHEN=committed once that
-save is complete. With WHEN=epoch, STEP counts epochs instead: the signal follows the end of epoch STEP (its history
+WHEN=in_flight right after the save has started (asynchronous, its commit held back), WHEN=committed once that save
+is complete. With WHEN=epoch, STEP counts epochs instead: the signal follows the end of epoch STEP (its history
 line and events written, whatever the checkpoints). With WHEN=compile (STEP ignored), the signal comes as the
 compilation of the run's programs starts, before any step is trained. Signalling from outside once a checkpoint
 appears races the run, and a fast accelerator finishes a tiny run before the signal lands; from inside, the moment
@@ -95,6 +95,9 @@ def main() -> None:
         save = checkpoints.CheckpointStore.save
 
         def save_then_signal(store, step, state, meta):
+            if when == "in_flight" and step >= at_step and not sent:
+                store.wait()  # the saves before it complete (this save would wait for them)
+                hold_the_commit()
             save(store, step, state, meta)
             if step >= at_step and not sent:
                 if when == "committed":
@@ -105,6 +108,25 @@ def main() -> None:
         checkpoints.CheckpointStore.save = save_then_signal
     sys.argv = [str(ROOT / "main.py"), *main_args]
     runpy.run_path(sys.argv[0], run_name="__main__")
+
+
+def hold_the_commit() -> None:
+    """Makes every later checkpoint save stop before its commit (the rename of its folder, or its commit file), so
+    that the signal lands while the save is in flight however fast the disk: else a small save could finish in the
+    instant before it. The commit waits in the save's background thread for ever; in a save on the main thread (not
+    asynchronous) it raises instead of hanging the run."""
+    import asyncio
+    import threading
+
+    from orbax.checkpoint import path
+
+    async def never_commit(self, *args, **kwargs):
+        if threading.current_thread() is threading.main_thread():
+            raise RuntimeError("interrupt.py in_flight needs an asynchronous save (config.checkpoint.async_save)")
+        await asyncio.Event().wait()
+
+    for temporary_path in (path.atomicity.AtomicRenameTemporaryPath, path.atomicity.CommitFileTemporaryPath):
+        temporary_path.finalize = never_commit
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def test_sigkill_anywhere_then_rerun_gives_bit_identical_parameters(tiny_data, t
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not (tmp_path / "results.json").exists()
     complete = checkpoint_steps(tmp_path)
-    assert max(complete) == 6 if when == "committed" else max(complete) in (4, 6)
+    assert max(complete) == (6 if when == "committed" else 4)  # in flight: step 6's commit held back
     assert "Resumed from checkpoint at step" in finish(tiny_data, tmp_path, caplog)
     assert_same_run(tmp_path, reference)
 

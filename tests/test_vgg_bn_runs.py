@@ -111,9 +111,10 @@ def test_the_moving_average_is_a_shadow_that_training_never_reads(tiny_data, tmp
 def test_sigkill_and_rerun_give_the_uninterrupted_bits(tiny_data, tmp_path, reference, caplog):
     killed = run_interrupted("KILL", 6, "in_flight", *args(tiny_data, tmp_path), env=devices(1))  # mid-save
     assert killed.returncode == -signal.SIGKILL and not (tmp_path / "results.json").exists(), killed.stderr[-2000:]
+    assert max(checkpoint_steps(tmp_path)) == 4  # step 6's save was cut short
     caplog.set_level(logging.INFO)
     run_here(tiny_data, tmp_path)  # the rerun
-    assert "Resumed from checkpoint at step" in caplog.text
+    assert "Resumed from checkpoint at step 4 " in caplog.text
     ours, theirs = metrics.load_results(tmp_path), metrics.load_results(reference)
     assert ours["params_sha256"] == theirs["params_sha256"]  # the model state and its moving average
     assert ours["test_accuracy"] == theirs["test_accuracy"]
