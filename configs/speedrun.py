@@ -4,7 +4,7 @@ r"""Time to accuracy on a CPU: vgg_bn's recipe on one convolution per stage of 2
 its aim: 0.940 in 0.45x (docs/models.md#the-speedrun-time-to-accuracy-on-a-cpu).
 
 python main.py --config=configs/speedrun.py --workdir=runs/speedrun
-python -m benchmarks time_to_accuracy --config=speedrun --seeds=5 --compare=vgg_bn --workdir=runs/speedrun
+python -m benchmarks time_to_accuracy --config=speedrun --seeds=5 --compare=vgg_bn --workdir=runs/speedrun_tta
 python main.py --config=configs/speedrun.py --workdir=runs/speedrun_val --config.data.validation_size=12000
 """
 
