@@ -88,10 +88,14 @@ def usable_cpus() -> int:
 
 
 def cpu_kind(xla_flags: str | None = None) -> str:
-    """The CPU kind that bit-exact recordings are keyed by: "<model> / <instruction set XLA:CPU targets> / <N>
-    threads" (the usable CPUs: XLA:CPU sums long reductions in as many parts)."""
+    """The CPU kind that bit-exact recordings are keyed by: "<model> / <the CPU's newest instruction set> / <N>
+    threads" (the usable CPUs: XLA:CPU sums long reductions in as many parts). An XLA_FLAGS cap below that set is
+    named after it ("AVX512_BF16, XLA:CPU capped at AVX2"): a capped CPU is a kind of its own, never the kind of a
+    CPU whose newest set is the cap (capped at AVX2, an AVX-512 EPYC keeps its own bits, not an AVX2 EPYC's)."""
+    best, targeted = xla_cpu_isa(""), xla_cpu_isa(xla_flags)
+    isa = best if targeted == best else f"{best}, XLA:CPU capped at {targeted}"
     threads = usable_cpus()
-    return f"{cpu_model()} / {xla_cpu_isa(xla_flags)} / {threads} thread{'s' if threads != 1 else ''}"
+    return f"{cpu_model()} / {isa} / {threads} thread{'s' if threads != 1 else ''}"
 
 
 def describe() -> dict[str, object]:

@@ -4,8 +4,8 @@ r"""The study's fingerprints by CPU kind, its reference loss curves, and the com
     python tests/fingerprints.py record   # runs the two recorded runs here and adds this kind to fingerprints.json
 
 XLA:CPU generates different code for different processors, so the exact bits of a seeded run are recorded per
-CPU kind (the model, the instruction set XLA:CPU targets and the usable CPUs, whose count splits its sums:
-`fmnist_jax.machine.cpu_kind`) and jax version.
+CPU kind (the model, its newest instruction set and any cap on XLA:CPU's, and the usable CPUs, whose count splits its
+sums: `fmnist_jax.machine.cpu_kind`) and jax version.
 Two runs are recorded: `tiny` (the study's config on the generated tiny data set for 2 epochs: the
 `cnn_config` fixture) and `real` (the study's config on the real data for one epoch of 2,560 images, through
 main.py). Each kind keeps its loss curves too; `loss_curves` names the kind whose curves every CPU kind is

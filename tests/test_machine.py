@@ -1,4 +1,5 @@
-"""The CPU kind that recordings are keyed by: the model, the instruction set XLA:CPU targets, the usable CPUs."""
+"""The CPU kind that recordings are keyed by: the model, its newest instruction set (and a cap on XLA:CPU's), the
+usable CPUs."""
 
 import os
 import subprocess
@@ -10,6 +11,7 @@ from helpers import ROOT
 from fmnist_jax import machine
 
 AVX2_EPYC = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse4_2 avx avx2 fma\n"
+AVX512_EPYC = "model name\t: AMD EPYC\nflags\t\t: sse4_2 avx avx2 fma avx512f avx512_vnni avx512_bf16\n"
 AVX512_XEON = "model name\t: Intel(R) Xeon(R) Processor\nflags\t\t: sse4_2 avx avx2 fma avx512f avx512_bf16\n"
 AMX_XEON = "model name\t: Intel(R) Xeon(R) Platinum 8481C\nflags\t\t: avx2 fma avx512f avx512_bf16 amx_tile amx_bf16\n"
 
@@ -47,7 +49,26 @@ def test_the_kind_names_the_model_the_instruction_set_and_the_usable_cpus(cpuinf
     assert machine.speed_flags() == ["avx2", "fma"] and machine.describe()["usable_cores"] == 3
     monkeypatch.delattr(machine.os, "sched_getaffinity", raising=False)  # not Linux: the machine's count
     monkeypatch.setattr(machine.os, "cpu_count", lambda: 6)
-    assert machine.cpu_kind("--xla_cpu_max_isa=AVX") == "AMD EPYC / AVX / 6 threads"
+    assert machine.cpu_kind("--xla_cpu_max_isa=AVX") == "AMD EPYC / AVX2, XLA:CPU capped at AVX / 6 threads"
+
+
+def test_a_cap_on_xla_cpu_is_a_kind_of_its_own_not_the_kind_of_a_cpu_without_the_newer_sets(cpuinfo, monkeypatch):
+    """Capped at AVX2, an AVX-512 CPU keeps its own bits (the product libraries XLA calls choose their kernels by
+    the processor), not an AVX2 CPU's: the two must not share a recording."""
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    cpuinfo(AVX2_EPYC)
+    avx2 = machine.cpu_kind("")
+    cpuinfo(AVX512_EPYC)
+    capped = machine.cpu_kind("--xla_cpu_max_isa=AVX2")
+    assert (
+        avx2 == "AMD EPYC / AVX2 / 2 threads" and capped == "AMD EPYC / AVX512_BF16, XLA:CPU capped at AVX2 / 2 threads"
+    )
+    assert (
+        machine.cpu_kind("--xla_cpu_max_isa=AVX512_BF16")
+        == machine.cpu_kind("")
+        == "AMD EPYC / AVX512_BF16 / 2 threads"
+    )
+    assert machine.xla_cpu_isa("--xla_cpu_max_isa=AVX2") == "AVX2"  # what the speed figures print
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
