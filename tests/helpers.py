@@ -193,9 +193,14 @@ def damage_checkpoint(workdir: str | os.PathLike, step: int) -> None:
         f.truncate(largest.stat().st_size // 2)
 
 
+DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+
+
 def devices(n: int) -> dict[str, str]:
-    """The environment of a subprocess that sees `n` fake CPU devices."""
-    return {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+    """The environment of a subprocess that sees `n` fake CPU devices, this process's other XLA_FLAGS kept (a cap
+    on the instruction set changes the bits: a subprocess without it would not compute as this process does)."""
+    kept = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(DEVICE_COUNT_FLAG)]
+    return {"XLA_FLAGS": " ".join([*kept, f"{DEVICE_COUNT_FLAG}={n}"])}
 
 
 def check(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
