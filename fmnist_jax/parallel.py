@@ -18,7 +18,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from fmnist_jax import compile_cache
+from fmnist_jax import compile_cache, machine
 from fmnist_jax.errors import ParallelError, UserError, WorkdirError
 
 DATA_AXIS = "data"
@@ -77,6 +77,16 @@ def make_mesh(devices: list[Any] | None = None) -> Mesh:
     """A one-axis mesh ("data") over `devices` (default: every device of every process)."""
     devices = list(jax.devices() if devices is None else devices)
     return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def run_machine(mesh: Mesh) -> str:
+    """What a run's bits depend on beyond its config and data: the devices (on CPUs, their kind:
+    `machine.cpu_kind`), how many, in how many processes, and jax's version. results.json and every checkpoint
+    record it; a run resumed where it differs trains on, but not to an uninterrupted run's bits."""
+    device = mesh.devices.flat[0]
+    what = machine.cpu_kind() if device.platform == "cpu" else device.device_kind
+    count = f"{mesh.devices.size} device(s) in {jax.process_count()} process(es)"
+    return f"{device.platform}: {what}; {count}; jax {jax.__version__}"
 
 
 def data_sharding(mesh: Mesh) -> NamedSharding:

@@ -13,7 +13,7 @@ import helpers
 import pytest
 from helpers import assert_same_run, checkpoint_steps, run_interrupted
 
-from fmnist_jax import checkpoints, files, metrics, report, run
+from fmnist_jax import checkpoints, files, machine, metrics, parallel, report, run
 from fmnist_jax.errors import ConfigError, Interrupted
 from fmnist_jax.training import loop
 from fmnist_jax.training import state as train_state
@@ -154,6 +154,35 @@ def test_truncated_latest_checkpoint_falls_back_with_a_warning(two_epoch_run, ca
     assert "Checkpoint" in caplog.text and "8 is damaged" in caplog.text
     assert (workdir / "checkpoints_damaged" / "8").is_dir()
     assert metrics.load_results(workdir)["params_sha256"] == expected
+
+
+def test_checkpoints_and_results_name_the_machine_and_a_resume_elsewhere_warns(two_epoch_run, monkeypatch, caplog):
+    """results.json and every checkpoint record the machine the run computed on; a resume on the same one says
+    nothing more, one on another (here another CPU kind) warns that the bits will differ, then records the new one."""
+    config, workdir = two_epoch_run
+    here = parallel.run_machine(parallel.make_mesh())
+    assert here.startswith(f"cpu: {machine.cpu_kind()}; 1 device(s) in 1 process(es); jax ")
+    assert metrics.load_results(workdir)["machine"] == here
+    store = checkpoints.CheckpointStore.for_run(workdir, config.checkpoint)
+    assert store.newest_meta()["machine"] == here
+    store.close()
+    expected = metrics.load_results(workdir)["params_sha256"]
+
+    def resume_from_step_6() -> str:
+        shutil.rmtree(workdir / "checkpoints" / "8")
+        (workdir / "results.json").unlink()
+        caplog.clear()
+        run.run(config, workdir)
+        assert "Resumed from checkpoint at step 6 " in caplog.text
+        return caplog.text
+
+    caplog.set_level(logging.INFO)
+    assert "was written on" not in resume_from_step_6()
+    assert metrics.load_results(workdir)["params_sha256"] == expected
+    elsewhere = here.replace(machine.cpu_kind(), "Another CPU / AVX2 / 4 threads")
+    monkeypatch.setattr(machine, "cpu_kind", lambda xla_flags=None: "Another CPU / AVX2 / 4 threads")
+    assert f"Checkpoint 6 was written on {here} and training goes on on {elsewhere}: " in resume_from_step_6()
+    assert metrics.load_results(workdir)["machine"] == elsewhere
 
 
 def test_a_finished_run_is_reported_without_building_its_model(two_epoch_run, monkeypatch, caplog):

@@ -140,6 +140,7 @@ class Evaluator:
                 "test_loss": test["loss"],
                 "validation_loss": val["loss"],
                 "params_sha256": state_lib.params_sha256(state),
+                "machine": parallel.run_machine(self.programs.mesh),
                 **({} if checkpoint_step is None else {"checkpoint_step": checkpoint_step}),
             },
         )

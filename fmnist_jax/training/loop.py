@@ -178,6 +178,7 @@ def _restore(store: checkpoints.CheckpointStore, state: TrainState, plan: Plan) 
     state, meta = restored
     spe = plan.steps_per_epoch
     step = meta["step"]
+    plan.warn_if_moved(meta)
     if step > plan.total_steps:  # config_lib refuses it where the history tells the steps per epoch
         raise errors.ConfigError(
             f"checkpoint {step} in {store.directory} is past the run's last step, {plan.total_steps} "
@@ -210,6 +211,7 @@ def _save(store: checkpoints.CheckpointStore, writer, plan: Plan, state: TrainSt
         "epoch": step // plan.steps_per_epoch,
         "train_seconds": seconds,
         "config": config_lib.to_dict(plan.config),
+        "machine": plan.machine,
     }
     with _lead_writes(plan):
         if writer:  # the points up to a checkpoint are on disk before it

@@ -13,7 +13,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from fmnist_jax import config_lib, data, timing
+from fmnist_jax import config_lib, data, files, parallel, timing
 from fmnist_jax.errors import ConfigError
 from fmnist_jax.training import state as state_lib
 from fmnist_jax.training.evaluate import Evaluator, eval_batch_size
@@ -51,6 +51,19 @@ class Plan:
     total_steps: int
     every_steps: int
     learning_rates: np.ndarray  # at each epoch's last step, for TensorBoard
+    machine: str  # `parallel.run_machine`
+
+    def warn_if_moved(self, meta: dict) -> None:
+        """Warns when the checkpoint of `meta` was written on another machine (checkpoints older than the
+        record say nothing): the run trains on, but its bits can no longer be an uninterrupted run's. Process 0
+        alone compares (it wrote the record; another host of the job may have another CPU)."""
+        written = meta.get("machine", self.machine)
+        if written != self.machine and files.is_lead_process():
+            logging.warning(
+                "Checkpoint %d was written on %s and training goes on on %s: the run trains on as usual, but no "
+                "longer to an uninterrupted run's exact bits (docs/running.md#reproducibility-across-cpus).",
+                *(meta["step"], written, self.machine),
+            )
 
     def permutation(self, epoch: int) -> jax.Array:
         return self.programs.permutation(self.roots.data, epoch, len(self.dataset.train))
@@ -109,5 +122,6 @@ def make_plan(
             learning_rates=state_lib.learning_rates_at(
                 config, steps_per_epoch, [(e + 1) * steps_per_epoch - 1 for e in range(config.num_epochs)]
             ),
+            machine=parallel.run_machine(mesh),
         )
     return plan, state, num_params
