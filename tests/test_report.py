@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from helpers import NARROW_RECIPE, load_config, quick_compare_config, run_main
 
-from fmnist_jax import config_lib, data, metrics, report, run, stats
+from fmnist_jax import config_lib, data, metrics, parallel, report, run, stats
 from fmnist_jax.errors import ConfigError, UserError
 from fmnist_jax.report import sentences, tables
 from fmnist_jax.report.__main__ import main as report_main
@@ -251,6 +251,24 @@ def test_the_report_names_the_runs_that_read_other_data_than_the_released_files(
     assert "The runs svm_b, svm_d read data files other than Fashion-MNIST's released ones" in md
     md = report.build([tmp_path / "svm_a"], tmp_path / "out2")["markdown"].read_text()
     assert "released" not in md
+
+
+def test_the_report_names_the_machines_when_the_cnn_runs_computed_on_several(comparison, tmp_path):
+    """A CNN run's results.json names its machine; runs of one machine (the comparison's) say nothing of it, runs
+    of two are listed under each, since their times do not compare."""
+    _, workdir, results = comparison
+    here = results["cnn"][0]["machine"]
+    assert here == results["cnn"][1]["machine"] == parallel.run_machine(parallel.make_mesh())
+    assert "machines" not in (workdir / "report.md").read_text()
+    for seed in (0, 1):
+        shutil.copytree(workdir / "cnn" / f"seed_{seed}", tmp_path / f"cnn_{seed}")
+    moved = {**results["cnn"][1], "machine": "gpu: NVIDIA H200; 1 device(s) in 1 process(es); jax 0.11.2"}
+    metrics.save_results(tmp_path / "cnn_1", moved)
+    md = report.build([tmp_path / "cnn_0", tmp_path / "cnn_1"], tmp_path / "out")["markdown"].read_text()
+    assert (
+        f"The CNN runs computed on 2 machines, their times comparable within one only: `{here}` (cnn_0); "
+        "`gpu: NVIDIA H200; 1 device(s) in 1 process(es); jax 0.11.2` (cnn_1)."
+    ) in " ".join(md.split())
 
 
 def test_runs_of_one_config_with_other_settings_are_other_models(comparison, tmp_path):

@@ -55,6 +55,7 @@ def introduction(ctx: Context) -> list[Block]:
             "The study's column is the test accuracy the original study published."
             + (" With several seeds, a figure is the mean ± the standard deviation over seeds." if ctx.several else "")
             + _other_data(ctx.runs)
+            + _machines(ctx.runs)
         ),
     ]
 
@@ -69,6 +70,19 @@ def _other_data(runs: Sequence[Member]) -> str:
         f" {which} read data files other than Fashion-MNIST's released ones (their content's SHA-256 differs): "
         "their scores are not comparable with the study's."
     )
+
+
+def _machines(runs: Sequence[Member]) -> str:
+    """A sentence naming the machines the CNN runs computed on (results.json's `machine`) where there are several,
+    with the runs of each: their times compare only within one. "" for one."""
+    by_machine: dict[str, list[str]] = {}
+    for r in runs:
+        if r.results.get("machine"):
+            by_machine.setdefault(r.results["machine"], []).append(folder_label(r))
+    if len(by_machine) < 2:
+        return ""
+    listed = "; ".join(f"`{name}` ({', '.join(labels)})" for name, labels in by_machine.items())
+    return f" The CNN runs computed on {len(by_machine)} machines, their times comparable within one only: {listed}."
 
 
 def _released(results: dict[str, Any]) -> bool | None:
