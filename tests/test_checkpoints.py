@@ -10,6 +10,7 @@ import signal
 import subprocess
 
 import helpers
+import jax
 import pytest
 from helpers import assert_same_run, checkpoint_steps, run_interrupted
 
@@ -161,7 +162,7 @@ def test_checkpoints_and_results_name_the_machine_and_a_resume_elsewhere_warns(t
     nothing more, one on another (here another CPU kind) warns that the bits will differ, then records the new one."""
     config, workdir = two_epoch_run
     here = parallel.run_machine(parallel.make_mesh())
-    assert here.startswith(f"cpu: {machine.cpu_kind()}; 1 device(s) in 1 process(es); jax ")
+    assert here == f"cpu: {machine.cpu_kind()}; {jax.device_count()} device(s) in 1 process(es); jax {jax.__version__}"
     assert metrics.load_results(workdir)["machine"] == here
     store = checkpoints.CheckpointStore.for_run(workdir, config.checkpoint)
     assert store.newest_meta()["machine"] == here
