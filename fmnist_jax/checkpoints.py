@@ -101,6 +101,16 @@ def resolve_atomicity(setting: str, directory: pathlib.Path) -> str:
 ATOMICITY_FILE = "ATOMICITY"
 
 
+def trained_on(meta: dict[str, Any], machine: str | None = None) -> list[dict[str, Any]]:
+    """The machines a checkpoint's steps computed on, [{"machine", "from_step"}], from its metadata: its
+    `trained_on`; in older checkpoints, the `machine` that wrote it, from step 0; older still, `machine`'s (or
+    none)."""
+    if meta.get("trained_on"):
+        return list(meta["trained_on"])
+    written = meta.get("machine", machine)
+    return [{"machine": written, "from_step": 0}] if written else []
+
+
 def _abstract(tree: Any) -> Any:
     """Shapes, dtypes and shardings of `tree`: restoring onto them places the arrays on today's mesh."""
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)

@@ -16,7 +16,7 @@ from helpers import assert_same_run, checkpoint_steps, run_interrupted
 
 from fmnist_jax import checkpoints, files, machine, metrics, parallel, report, run
 from fmnist_jax.errors import ConfigError, Interrupted
-from fmnist_jax.training import loop
+from fmnist_jax.training import evaluate, loop
 from fmnist_jax.training import state as train_state
 from fmnist_jax.training import step as train_step
 
@@ -157,9 +157,10 @@ def test_truncated_latest_checkpoint_falls_back_with_a_warning(two_epoch_run, ca
     assert metrics.load_results(workdir)["params_sha256"] == expected
 
 
-def test_checkpoints_and_results_name_the_machine_and_a_resume_elsewhere_warns(two_epoch_run, monkeypatch, caplog):
-    """results.json and every checkpoint record the machine the run computed on; a resume on the same one says
-    nothing more, one on another (here another CPU kind) warns that the bits will differ, then records the new one."""
+def test_checkpoints_and_results_name_the_machines_and_a_resume_elsewhere_warns(two_epoch_run, monkeypatch, caplog):
+    """results.json and every checkpoint record the machine the run computed on and the machines its steps trained on;
+    a resume on the same one says nothing more, one on another (here another CPU kind) warns that the bits will
+    differ and adds the new one from its step; scoring again elsewhere names the scorer and keeps that lineage."""
     config, workdir = two_epoch_run
     here = parallel.run_machine(parallel.make_mesh())
     assert here == f"cpu: {machine.cpu_kind()}; {jax.device_count()} device(s) in 1 process(es); jax {jax.__version__}"
@@ -180,10 +181,19 @@ def test_checkpoints_and_results_name_the_machine_and_a_resume_elsewhere_warns(t
     caplog.set_level(logging.INFO)
     assert "was written on" not in resume_from_step_6()
     assert metrics.load_results(workdir)["params_sha256"] == expected
+    assert metrics.load_results(workdir)["trained_on"] == [{"machine": here, "from_step": 0}]
     elsewhere = here.replace(machine.cpu_kind(), "Another CPU / AVX2 / 4 threads")
     monkeypatch.setattr(machine, "cpu_kind", lambda xla_flags=None: "Another CPU / AVX2 / 4 threads")
     assert f"Checkpoint 6 was written on {here} and training goes on on {elsewhere}: " in resume_from_step_6()
-    assert metrics.load_results(workdir)["machine"] == elsewhere
+    moved = [{"machine": here, "from_step": 0}, {"machine": elsewhere, "from_step": 6}]
+    results = metrics.load_results(workdir)
+    assert results["machine"] == elsewhere and results["trained_on"] == moved
+    store = checkpoints.CheckpointStore.for_run(workdir, config.checkpoint)
+    assert store.newest_meta()["trained_on"] == moved  # a later resume keeps the whole lineage
+    store.close()
+    monkeypatch.undo()  # scored again on the first machine: the scores name it, the lineage stays the training's
+    results = evaluate.evaluate_checkpoint(config, workdir)
+    assert results["machine"] == here and results["trained_on"] == moved == metrics.load_results(workdir)["trained_on"]
 
 
 def test_a_finished_run_is_reported_without_building_its_model(two_epoch_run, monkeypatch, caplog):

@@ -16,6 +16,7 @@ from helpers import load_config, model_logits
 from fmnist_jax import checkpoints, compile_cache, config_lib, data, errors, files, metrics, ops, parallel, run
 from fmnist_jax.errors import ConfigError
 from fmnist_jax.training import evaluate, loop
+from fmnist_jax.training import plan as plan_lib
 from fmnist_jax.training import state as train_state
 from fmnist_jax.training import step as steps
 
@@ -381,10 +382,10 @@ def test_every_auto_choice_on_one_tpu_chip():
     assert ops.resolve_conv(config.model.conv, "tpu", training=False, in_channels=1) == "xla"  # CPU: "taps"
     assert steps.resolve_unroll(config.scan_unroll, "tpu", config.model.conv) is False  # a rolled scan
     assert steps.resolve_unroll(config.scan_unroll, "cpu", "xla") is True  # the CPU's exception, for contrast
-    assert loop.resolve_host_overlap(config.host_overlap, "tpu") is True  # the host logs while the chip trains
-    assert loop.resolve_host_overlap(config.host_overlap, "cpu") is False
-    assert loop.resolve_host_overlap("on", "cpu") is True and loop.resolve_host_overlap("off", "gpu") is False
-    assert loop.resolve_host_overlap(config.host_overlap, "tpu", processes=2) is False  # a pod's hosts: at once
+    assert plan_lib.resolve_host_overlap(config.host_overlap, "tpu") is True  # the host logs while the chip trains
+    assert plan_lib.resolve_host_overlap(config.host_overlap, "cpu") is False
+    assert plan_lib.resolve_host_overlap("on", "cpu") is True and plan_lib.resolve_host_overlap("off", "gpu") is False
+    assert plan_lib.resolve_host_overlap(config.host_overlap, "tpu", processes=2) is False  # a pod's hosts: at once
     assert compile_cache.resolve(config.compilation_cache, "tpu", None) == str(compile_cache.default_dir())
 
 

@@ -73,16 +73,21 @@ def _other_data(runs: Sequence[Member]) -> str:
 
 
 def _machines(runs: Sequence[Member]) -> str:
-    """A sentence naming the machines the CNN runs computed on (results.json's `machine`) where there are several,
-    with the runs of each: their times compare only within one. "" for one."""
+    """A sentence naming the machines the CNN runs trained on (results.json's `trained_on`, older results' `machine`)
+    where there are several, with the runs of each: their times compare only within one. A run that moved between
+    machines is listed under its machines in turn. "" for one."""
     by_machine: dict[str, list[str]] = {}
+    machines: set[str] = set()
     for r in runs:
-        if r.results.get("machine"):
-            by_machine.setdefault(r.results["machine"], []).append(folder_label(r))
-    if len(by_machine) < 2:
+        parts = r.results.get("trained_on") or ([{"machine": r.results["machine"]}] if "machine" in r.results else [])
+        if parts:
+            machines.update(p["machine"] for p in parts)
+            name = parts[0]["machine"] + "".join(f"`, from step {p['from_step']} on `{p['machine']}" for p in parts[1:])
+            by_machine.setdefault(name, []).append(folder_label(r))
+    if len(machines) < 2:
         return ""
     listed = "; ".join(f"`{name}` ({', '.join(labels)})" for name, labels in by_machine.items())
-    return f" The CNN runs computed on {len(by_machine)} machines, their times comparable within one only: {listed}."
+    return f" The CNN runs computed on {len(machines)} machines, their times comparable within one only: {listed}."
 
 
 def _released(results: dict[str, Any]) -> bool | None:

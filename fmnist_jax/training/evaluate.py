@@ -110,12 +110,14 @@ class Evaluator:
         phases: timing.Phases | None = None,
         trained_seconds: dict[str, Any] | None = None,
         checkpoint_step: int | None = None,
+        trained_on: list[dict] | None = None,
     ) -> dict[str, Any]:
         """Scores `state` on validation (unless `val` already holds its scores) and test; writes results.json
         and predictions.npz to `out` (predictions first: results.json marks a run finished). With `phases`, the
         scoring is the phase "evaluation", the predictions' writing "writing", and results.json keeps them all.
         `trained_seconds`: the training run's `seconds`, kept, with this scoring's beside them as "evaluate";
-        `checkpoint_step`: the step of a checkpoint scored apart from its run (results.json says so)."""
+        `checkpoint_step`: the step of a checkpoint scored apart from its run (results.json says so); `trained_on`:
+        the machines its steps computed on (`Plan.trained_on`), kept beside the one that scores (`machine`)."""
         config, dataset = self.config, self.dataset
         phases = phases or timing.Phases()
         with phases("evaluation"):
@@ -141,6 +143,7 @@ class Evaluator:
                 "validation_loss": val["loss"],
                 "params_sha256": state_lib.params_sha256(state),
                 "machine": parallel.run_machine(self.programs.mesh),
+                **({"trained_on": trained_on} if trained_on else {}),
                 **({} if checkpoint_step is None else {"checkpoint_step": checkpoint_step}),
             },
         )
@@ -214,6 +217,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathli
         train_seconds=meta["train_seconds"],
         trained_seconds=trained_seconds,
         checkpoint_step=None if own else meta["step"],
+        trained_on=checkpoints.trained_on(meta),
     )
 
 

@@ -178,7 +178,7 @@ def _restore(store: checkpoints.CheckpointStore, state: TrainState, plan: Plan) 
     state, meta = restored
     spe = plan.steps_per_epoch
     step = meta["step"]
-    plan.warn_if_moved(meta)
+    plan.resume_from(meta)
     if step > plan.total_steps:  # config_lib refuses it where the history tells the steps per epoch
         raise errors.ConfigError(
             f"checkpoint {step} in {store.directory} is past the run's last step, {plan.total_steps} "
@@ -212,6 +212,7 @@ def _save(store: checkpoints.CheckpointStore, writer, plan: Plan, state: TrainSt
         "train_seconds": seconds,
         "config": config_lib.to_dict(plan.config),
         "machine": plan.machine,
+        "trained_on": plan.trained_on,
     }
     with _lead_writes(plan):
         if writer:  # the points up to a checkpoint are on disk before it
@@ -241,16 +242,6 @@ def _compile(plan: Plan, state: TrainState, inputs: TrainInputs, step: int) -> N
         events.copy_point(state.loss_sum)  # compiled now, not at the first running-loss point
 
 
-def resolve_host_overlap(setting: str, platform: str, processes: int = 1) -> bool:
-    """Whether the host reads each boundary while the devices train on (`config.host_overlap`). "auto": on a GPU or
-    TPU in a one-process run. Not on XLA:CPU, where small programs run in the calling thread (the host would wait for
-    the devices anyway); not across processes, where reading the validation is itself a program on the devices (an
-    all-gather), queued behind the next epoch's calls."""
-    if setting != "auto":
-        return setting == "on"
-    return platform != "cpu" and processes == 1
-
-
 def _train_epochs(
     plan: Plan,
     store: checkpoints.CheckpointStore,
@@ -265,7 +256,7 @@ def _train_epochs(
     seconds and the last epoch's validation scores (None when no epoch ended here). On a signal (`guard`), saves
     and raises `Interrupted`.
 
-    With host overlap (`resolve_host_overlap`), the host finishes each boundary (an epoch's end, a checkpoint) only
+    With host overlap (`Plan.host_overlap`), the host finishes each boundary (an epoch's end, a checkpoint) only
     once the train calls up to the next one are queued behind it: while it reads the scores, logs, writes the history
     and saves, the devices keep training; without, at once. A boundary is always finished before a later one is
     saved, so the history is never behind a checkpoint.
@@ -273,7 +264,7 @@ def _train_epochs(
     A signal stops a one-process run after the call under way; a multi-process job at the next boundary, where every
     process asks whether any caught one (`guard.heard`), so that all stop at the same step."""
     config, spe, programs = plan.config, plan.steps_per_epoch, plan.programs
-    overlap = resolve_host_overlap(config.host_overlap, programs.mesh.devices.flat[0].platform, jax.process_count())
+    overlap = plan.host_overlap
     epoch, clock = EpochProgress(plan, step), TrainingClock(train_seconds)
     last_val, pending, heard = None, None, None
     saved_step = step  # the restored state is saved (step 0: nothing to save before the first call)
@@ -391,7 +382,13 @@ def _run_plan(
             raise errors.Interrupted(heard, plan.total_steps, store.directory)
         guard.release()  # the scoring left: a signal acts as usual (every step is trained and saved)
         results = plan.evaluator.final(
-            state, workdir, num_params=num_params, train_seconds=train_seconds, val=val, phases=phases
+            state,
+            workdir,
+            num_params=num_params,
+            train_seconds=train_seconds,
+            val=val,
+            phases=phases,
+            trained_on=plan.trained_on,
         )
         logging.info("Where the seconds went: %s", phases.line())
         with _lead_writes(plan):  # on every process: one that fails on process 0 stops them all

@@ -13,7 +13,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from fmnist_jax import config_lib, data, files, parallel, timing
+from fmnist_jax import checkpoints, config_lib, data, files, parallel, timing
 from fmnist_jax.errors import ConfigError
 from fmnist_jax.training import state as state_lib
 from fmnist_jax.training.evaluate import Evaluator, eval_batch_size
@@ -37,6 +37,16 @@ def chunks(
         step += n
 
 
+def resolve_host_overlap(setting: str, platform: str, processes: int = 1) -> bool:
+    """Whether the host reads each boundary while the devices train on (`config.host_overlap`). "auto": on a GPU or
+    TPU in a one-process run. Not on XLA:CPU, where small programs run in the calling thread (the host would wait for
+    the devices anyway); not across processes, where reading the validation is itself a program on the devices (an
+    all-gather), queued behind the next epoch's calls."""
+    if setting != "auto":
+        return setting == "on"
+    return platform != "cpu" and processes == 1
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """What stays fixed while one run trains: its config, workdir, data, programs and step counts."""
@@ -51,19 +61,30 @@ class Plan:
     total_steps: int
     every_steps: int
     learning_rates: np.ndarray  # at each epoch's last step, for TensorBoard
+    host_overlap: bool  # `resolve_host_overlap`
     machine: str  # `parallel.run_machine`
+    # The machines the run's steps computed on, [{"machine", "from_step"}], oldest first: this one from step 0 until
+    # a restore (`resume_from`) sets it from the checkpoint it continues. Checkpoints and results.json keep it.
+    trained_on: list[dict] = dataclasses.field(default_factory=list)
 
-    def warn_if_moved(self, meta: dict) -> None:
-        """Warns when the checkpoint of `meta` was written on another machine (checkpoints older than the
-        record say nothing): the run trains on, but its bits can no longer be an uninterrupted run's. Process 0
-        alone compares (it wrote the record; another host of the job may have another CPU)."""
+    def __post_init__(self) -> None:
+        self.trained_on[:] = [{"machine": self.machine, "from_step": 0}]
+
+    def resume_from(self, meta: dict) -> None:
+        """Takes the lineage of the checkpoint of `meta` (checkpoints that predate the record: this machine's) and,
+        where it was written on another machine, warns and adds this one from its step: the run trains on, but its
+        bits can no longer be an uninterrupted run's. Process 0 alone warns (another host of the job may have
+        another CPU)."""
         written = meta.get("machine", self.machine)
-        if written != self.machine and files.is_lead_process():
-            logging.warning(
-                "Checkpoint %d was written on %s and training goes on on %s: the run trains on as usual, but no "
-                "longer to an uninterrupted run's exact bits (docs/running.md#reproducibility-across-cpus).",
-                *(meta["step"], written, self.machine),
-            )
+        self.trained_on[:] = checkpoints.trained_on(meta, self.machine)
+        if written != self.machine:
+            self.trained_on.append({"machine": self.machine, "from_step": meta["step"]})
+            if files.is_lead_process():
+                logging.warning(
+                    "Checkpoint %d was written on %s and training goes on on %s: the run trains on as usual, but "
+                    "no longer to an uninterrupted run's exact bits (docs/running.md#reproducibility-across-cpus).",
+                    *(meta["step"], written, self.machine),
+                )
 
     def permutation(self, epoch: int) -> jax.Array:
         return self.programs.permutation(self.roots.data, epoch, len(self.dataset.train))
@@ -122,6 +143,7 @@ def make_plan(
             learning_rates=state_lib.learning_rates_at(
                 config, steps_per_epoch, [(e + 1) * steps_per_epoch - 1 for e in range(config.num_epochs)]
             ),
+            host_overlap=resolve_host_overlap(config.host_overlap, mesh.devices.flat[0].platform, jax.process_count()),
             machine=parallel.run_machine(mesh),
         )
     return plan, state, num_params
