@@ -46,9 +46,9 @@ def parse_flags(argv: list[str]) -> list[str]:
         remaining = FLAGS(argv)
         FLAGS.config.get("kind")  # the config file loads lazily: load it now
     except Exception as e:  # whatever the flags or the config file raised, in one line
-        from fmnist_jax import config_lib
+        from fmnist_jax import flag_errors
 
-        print(f"error: {config_lib.flag_error(argv, e, ROOT / 'configs')}", file=sys.stderr)
+        print(f"error: {flag_errors.flag_error(argv, e, ROOT / 'configs')}", file=sys.stderr)
         sys.exit(2)
     if len(remaining) > 1:
         print(f"error: unexpected arguments {remaining[1:]}: settings are flags, --config.FIELD=VALUE", file=sys.stderr)

@@ -27,7 +27,7 @@ from absl import flags
 from jax.sharding import Mesh
 from ml_collections import config_flags
 
-from fmnist_jax import config_lib, data, machine, parallel
+from fmnist_jax import config_lib, data, flag_errors, machine, parallel
 from fmnist_jax.timing import compile_clock
 from fmnist_jax.training import state as state_lib
 from fmnist_jax.training.state import RandomRoots, TrainState
@@ -104,7 +104,9 @@ def load_config(
         config_flags.DEFINE_config_dict(prefix, config, flag_values=values, sys_argv=argv)
         values(argv)
     except AttributeError as e:
-        why = config_lib.unknown_override(config, list(overrides), source=lambda _: f"configs/{name}.py", prefix=prefix)
+        why = flag_errors.unknown_override(
+            config, list(overrides), source=lambda _: f"configs/{name}.py", prefix=prefix
+        )
         raise UsageError(why or f"unknown config field in {' '.join(overrides)}") from e
     except (flags.Error, KeyError, TypeError, ValueError) as e:
         raise UsageError(" ".join(str(e).split())) from e

@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from fmnist_jax import config_lib, files, parallel
-from fmnist_jax.errors import CheckpointError, causes
+from fmnist_jax.errors import CheckpointError, brief, causes
 
 __all__ = ["CheckpointError", "CheckpointStore", "PreemptionGuard"]
 
@@ -246,12 +246,7 @@ class CheckpointStore:
         try:
             return dict(self.manager.restore(steps[-1], args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
         except Exception as e:  # damaged or unreachable: not this check's to judge
-            logging.info(
-                "Checkpoint %s's metadata does not read (%s: %s)",
-                self.directory / str(steps[-1]),
-                type(e).__name__,
-                str(e)[:200],
-            )
+            logging.info("Checkpoint %s's metadata does not read (%s)", self.directory / str(steps[-1]), brief(e))
             return None
 
     def restore_latest(self, target: Any, *, step: int | None = None) -> tuple[Any, dict[str, Any]] | None:
@@ -278,13 +273,13 @@ class CheckpointStore:
                 raise
             except Exception as e:  # a truncated or missing file surfaces as many exception types
                 logging.warning(
-                    "Checkpoint %s does not restore (%s: %s)%s",
+                    "Checkpoint %s does not restore (%s)%s",
                     self.directory / str(s),
-                    type(e).__name__,
-                    str(e)[:300],
+                    brief(e),
                     "; trying the one before." if s != steps[0] else ".",
+                    exc_info=e,  # the whole error in the log file
                 )
-                failed.append((s, f"{s}: {type(e).__name__}: {str(e)[:300]}"))
+                failed.append((s, f"{s}: {brief(e)}"))
                 continue
             for bad, _ in failed:  # newer than one that restores, and no transient error: damaged
                 if files.is_lead_process():
@@ -315,21 +310,23 @@ class CheckpointStore:
                 if is_out_of_memory(e):
                     raise CheckpointError(
                         f"checkpoint {self.directory / str(step)} could not be restored: the device ran out of memory "
-                        f"({str(e)[:200]}); it is kept: free the device (another process may hold it) and rerun the "
+                        f"({brief(e)}); it is kept: free the device (another process may hold it) and rerun the "
                         "same command."
                     ) from e
                 if not is_transient(e):
                     raise
                 if attempt == RESTORE_ATTEMPTS - 1:
                     raise CheckpointError(
-                        f"checkpoint {self.directory / str(step)} could not be read ({type(e).__name__}: "
-                        f"{str(e)[:200]}), {RESTORE_ATTEMPTS} attempts; it is kept: rerun the same command to "
+                        f"checkpoint {self.directory / str(step)} could not be read ({brief(e)}), "
+                        f"{RESTORE_ATTEMPTS} attempts; it is kept: rerun the same command to "
                         "resume from it once the storage answers."
                     ) from e
                 delay = RETRY_SECONDS * 2**attempt
                 logging.warning(
-                    "Reading checkpoint %s failed (%s: %s); retrying in %.1f s.",
-                    *(self.directory / str(step), type(e).__name__, str(e)[:200], delay),
+                    "Reading checkpoint %s failed (%s); retrying in %.1f s.",
+                    self.directory / str(step),
+                    brief(e),
+                    delay,
                 )
                 time.sleep(delay)
         raise AssertionError("unreachable")

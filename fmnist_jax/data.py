@@ -170,7 +170,8 @@ def load_idx(directory: str | os.PathLike, named_by: str = "") -> tuple[dict[str
     directory = pathlib.Path(directory).expanduser()
     if not directory.is_dir():
         by = f" (named by {named_by})" if named_by else ""
-        raise DataError(f"data folder {directory}{by} does not exist. {HOW_TO_GET_DATA}")
+        what = "is a file, not a folder" if directory.exists() else "does not exist"
+        raise DataError(f"data folder {directory}{by} {what}. {HOW_TO_GET_DATA}")
     found = {stem: _find(directory, stem) for pair in IDX_FILES.values() for stem in pair}
     if missing := [stem for stem, path in found.items() if path is None]:
         raise DataError(f"data folder {directory} lacks {', '.join(m + '[.gz]' for m in missing)}. {HOW_TO_GET_DATA}")

@@ -21,6 +21,17 @@ def causes(error: BaseException | None) -> Iterator[BaseException]:
         error = error.__cause__ or error.__context__
 
 
+def brief(error: BaseException, limit: int = 200) -> str:
+    """`error` in one short line for a message: "Type: its first line", whitespace collapsed, cut at a word before
+    `limit` characters with "...". A library's message may run to pages (a TensorStore spec): its whole text and
+    traceback belong in the log file."""
+    lines = str(error).strip().splitlines()
+    first = " ".join(lines[0].split()) if lines else ""
+    if len(first) > limit or len(lines) > 1:
+        first = (first[:limit].rsplit(" ", 1)[0] if len(first) > limit else first) + " ..."
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
 class UserError(Exception):
     """Bad input, config or environment; the message names the file, field or value and how to fix it."""
 

@@ -131,7 +131,8 @@ def workdir_lock(workdir: str | os.PathLike) -> Iterator[None]:
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise disk_full_error(workdir, f"creating {path}") from e
-        raise WorkdirError(f"cannot use {workdir} as a workdir ({e.strerror}); choose a writable --workdir.") from e
+        why = "a file, not a folder" if workdir.is_file() else e.strerror
+        raise WorkdirError(f"cannot use {workdir} as a workdir ({why}); choose a writable --workdir.") from e
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

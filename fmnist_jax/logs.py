@@ -47,19 +47,23 @@ class _Terminal(_OwnLogsOnly):
 
 
 class _OneLinePerLibraryRecord(logging.PythonFormatter):
-    """The terminal's format: a library's warning or error as its first line alone. A failing background save
-    logs several tracebacks; they go whole to the log file named at the end of the line."""
+    """The terminal's format: a library's warning or error as its first line alone, and this project's with an error
+    attached as its line alone. A failing background save logs several tracebacks; they go whole to the log file
+    named at the end of the line."""
 
     def __init__(self, log_path: pathlib.Path):
         super().__init__()
         self.log_path = log_path
 
     def format(self, record: py_logging.LogRecord) -> str:
-        if _own(record):
+        own = _own(record)
+        if own and not record.exc_info:
             return super().format(record)
         saved = record.msg, record.args, record.exc_info, record.exc_text
         first = (record.getMessage().splitlines() or [""])[0]
-        record.msg = f"{first[:200]}{'...' if len(first) > 200 else ''} (details: {self.log_path})"
+        if not own and len(first) > 200:
+            first = first[:200] + "..."
+        record.msg = f"{first} (details: {self.log_path})"
         record.args, record.exc_info, record.exc_text = None, None, None
         try:
             return super().format(record)

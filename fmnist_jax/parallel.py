@@ -19,7 +19,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from fmnist_jax import compile_cache, machine
-from fmnist_jax.errors import ParallelError, UserError, WorkdirError
+from fmnist_jax.errors import ParallelError, UserError, WorkdirError, brief
 
 DATA_AXIS = "data"
 
@@ -61,7 +61,7 @@ def maybe_initialize_distributed() -> None:
         jax.distributed.initialize(**kwargs)
     except (ValueError, RuntimeError) as e:  # the job's description incomplete, or its coordinator unreachable
         raise ParallelError(
-            f"jax.distributed.initialize failed ({type(e).__name__}: {' '.join(str(e).split())[:300]}); the "
+            f"jax.distributed.initialize failed ({brief(e, 300)}); the "
             f"environment's {', '.join(wanted)} describe a multi-process job: start each process under its launcher "
             "(srun, mpirun) or with JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, or unset them."
         ) from e

@@ -6,8 +6,9 @@ import contextlib
 import dataclasses
 import pathlib
 import re
+import shutil
 import sys
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import ml_collections
@@ -47,7 +48,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, given: C
         from fmnist_jax import parallel  # JAX only when needed
 
         parallel.maybe_initialize_distributed()  # first: which process leads is JAX's to say from here on
-    with contextlib.ExitStack() as lock:
+    with _removed_if_unused(workdir), contextlib.ExitStack() as lock:  # the lock is released before the removal
         if "jax" in sys.modules:  # joined above, or a comparison's baseline member: its processes stop together
             from fmnist_jax import parallel
 
@@ -68,6 +69,26 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, given: C
                 logging.warning("The full disk's error: %s: %s", type(e).__name__, e, extra=LOG_FILE_ONLY)
                 raise files.disk_full_error(workdir, doing) from e
             raise
+
+
+@contextlib.contextmanager
+def _removed_if_unused(workdir: pathlib.Path) -> Iterator[None]:
+    """Removes `workdir` if the `with` made it and failed before it kept anything but its lock and config.json (and
+    empty folders): a command refused for a bad setting or missing data leaves no folder behind. Process 0 alone."""
+    made = not workdir.exists()
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError):
+            if made and files.is_lead_process() and workdir.is_dir() and _unused(workdir):
+                shutil.rmtree(workdir)
+        raise
+
+
+def _unused(workdir: pathlib.Path) -> bool:
+    return all(
+        p.name in config_lib.NOTHING_COMPUTED or (p.is_dir() and not any(p.iterdir())) for p in workdir.iterdir()
+    )
 
 
 def _inputs(config: ml_collections.ConfigDict) -> tuple[np.ndarray, list[str]]:
@@ -157,6 +178,11 @@ def member_runs(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> lis
                     "a literal brace as {{ or }}."
                 ) from e
             runs.append(MemberRun(name, seed, member, folder, bool(named)))
+    if not runs:
+        raise ConfigError(
+            f"config.members: none is enabled ({', '.join(config.members)}); enable one, e.g. "
+            "--config.members.cnn.enabled=True."
+        )
     return runs
 
 

@@ -15,7 +15,7 @@ import pytest
 from helpers import assert_same_run, checkpoint_steps, run_interrupted
 
 from fmnist_jax import checkpoints, files, machine, metrics, parallel, report, run
-from fmnist_jax.errors import ConfigError, Interrupted
+from fmnist_jax.errors import ConfigError, Interrupted, UserError
 from fmnist_jax.training import evaluate, loop
 from fmnist_jax.training import state as train_state
 from fmnist_jax.training import step as train_step
@@ -347,7 +347,10 @@ def test_a_config_of_another_model_is_refused_and_moves_no_checkpoint(two_epoch_
 
 
 def test_a_start_that_computed_nothing_leaves_no_config_in_the_way(cnn_config, tmp_path):
+    """In a folder that was there (one the run made is removed: the next test), a start refused after config.json is
+    written leaves it, and the corrected command replaces it."""
     cnn_config.batch_size = 512  # more than the 256 training images: refused after config.json is written
+    (tmp_path / "w").mkdir()
     with pytest.raises(ConfigError, match=r"batch_size=512 exceeds the 256 training images"):
         run.run(cnn_config, tmp_path / "w")
     assert sorted(p.name for p in (tmp_path / "w").iterdir()) == [".lock", "config.json"]
@@ -356,6 +359,28 @@ def test_a_start_that_computed_nothing_leaves_no_config_in_the_way(cnn_config, t
     cnn_config.num_epochs = 3  # now the workdir holds a run: a changed config is refused as before
     with pytest.raises(ConfigError, match=r"holds a run with a different config \(num_epochs: 2 -> 3\)"):
         run.run(cnn_config, tmp_path / "w")
+
+
+def test_a_refused_start_leaves_no_folder_it_made(cnn_config, tmp_path):
+    """A command refused after its workdir was made (a setting checked with the model, the data read after
+    config.json is written, a comparison without members) removes that folder (one that was there keeps its
+    config.json: the test before)."""
+    from benchmarks import common
+
+    bad_model, bad_data = cnn_config.copy_and_resolve_references(), cnn_config.copy_and_resolve_references()
+    bad_model.model.name = "resnet"
+    bad_data.data.dir = str(tmp_path / "no_data")
+    compare = common.load_config("compare")
+    for member in compare.members.values():
+        member.enabled = False
+    for config, refused in [
+        (bad_model, r"config.model.name='resnet'"),
+        (bad_data, r"no_data \(named by config.data.dir\) does not exist"),
+        (compare, r"config.members: none is enabled \(cnn, .*\); enable one, e.g. --config.members.cnn.enabled=True"),
+    ]:
+        with pytest.raises(UserError, match=refused):
+            run.run(config, tmp_path / "new")
+        assert not (tmp_path / "new").exists()
 
 
 def test_a_start_that_failed_while_compiling_lets_the_next_change_any_field(cnn_config, tmp_path, monkeypatch):
@@ -464,6 +489,9 @@ def test_read_only_workdir_is_a_clear_error(cnn_config, read_only_dir):
         files.WorkdirError, match=r"cannot use .*run as a workdir \((Read-only file system|Permission denied)\)"
     ):
         run.run(cnn_config, read_only_dir / "run")
+    (read_only_dir.parent / "afile").write_text("")
+    with pytest.raises(files.WorkdirError, match=r"cannot use .*afile as a workdir \(a file, not a folder\)"):
+        run.run(cnn_config, read_only_dir.parent / "afile")
     with pytest.raises(checkpoints.CheckpointError, match=r"cannot write checkpoints to .*choose a writable"):
         checkpoints.CheckpointStore(read_only_dir / "checkpoints")
 

@@ -137,6 +137,11 @@ def test_missing_file_names_it_and_the_ways_to_get_data(tmp_path):
 def test_missing_folder_lists_three_ways(tmp_path):
     with pytest.raises(data.DataError, match=r"does not exist.*\(1\).*\(2\).*\(3\)"):
         data.load(data_config(dir=str(tmp_path / "nowhere")), seed=0)
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(
+        data.DataError, match=r"afile \(named by config.data.dir\) is a file, not a folder\. .*\(1\).*\(2\).*\(3\)"
+    ):
+        data.load(data_config(dir=str(tmp_path / "afile")), seed=0)
 
 
 def test_split_is_seeded_disjoint_and_sized(tmp_path):

@@ -35,12 +35,22 @@ from fmnist_jax.errors import ConfigError
             'config.members.cnn has no field "foo" (see configs/cnn.py for its fields)',
         ),
         (
-            ["--config=configs/cnn.py", "--config.num_epochs=abc"],
-            "error: flag --config.num_epochs=abc: invalid literal for int() with base 10: 'abc'",
+            ["--config=configs/cnn.py", "--config.num_epochs=1.5"],
+            "error: --config.num_epochs=1.5: config.num_epochs takes an integer (the config file's: 30)",
+        ),
+        (  # a None placeholder's type
+            ["--config=configs/cnn.py", "--config.augment.flip=yes", "--config.data.num_train=abc"],
+            "error: --config.augment.flip=yes: config.augment.flip takes True or False (the config file's: False)",
+        ),
+        ([], "error: no --config given: name a config file, e.g. --config=configs/cnn.py (in "),
+        (
+            ["--config=configs/common.py"],
+            "(KeyError: 'get_config'); a config file defines get_config() (the configs in ",
         ),
         (
             ["--config=configs/cnn.py", "--config.data.num_train=None"],
-            "'None' (leave the flag out for the config's own value, None included)",
+            "error: --config.data.num_train=None: config.data.num_train takes an integer, not None, on the command "
+            "line; leave the flag out for the config file's None",
         ),
         (["--config=configs/missing.py"], "error: --config=configs/missing.py: no such file (the configs in "),
         (["--config=configs/cnn.py", "extra"], "error: unexpected arguments ['extra']: settings are flags"),
@@ -72,6 +82,7 @@ def test_expected_errors_are_one_line_and_exit_2(tmp_path, args, expected):
     assert result.returncode == 2, result.stderr[-2000:]
     assert expected in last_line(result.stderr) and last_line(result.stderr).startswith("error: ")
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "w").exists()  # a refused command leaves no folder
 
 
 def test_the_log_folder_is_made_or_named_in_one_line_before_anything_runs(tmp_path):
@@ -153,6 +164,38 @@ def test_a_log_file_that_cannot_be_written_is_said_once_then_left(tmp_path, caps
         handler.close()
     assert "a log record could not be written" in capsys.readouterr().err
     assert "the next warning" in (tmp_path / "kept.log").read_text()
+
+
+def test_an_error_in_a_log_line_is_brief_on_the_terminal_and_whole_in_the_log_file(tmp_path):
+    """A library's error can run to pages (TensorStore's spec of a damaged array): a warning of this project that
+    carries one shows it cut at a word, on one line that names the log file; the log file keeps it whole."""
+    import logging
+
+    from fmnist_jax import logs
+    from fmnist_jax.errors import brief
+
+    spec = "Encountered error while reading array index: {'driver': 'zarr', 'dtype': 'float32'}" + " x" * 200
+    error = ValueError(spec + "\n  with a second line")
+    assert brief(error) == "ValueError: " + spec[: spec[:200].rindex(" ")] + " ..."
+    assert brief(KeyError("step")) == "KeyError: 'step'" and brief(OSError()) == "OSError"
+    try:
+        raise error
+    except ValueError:
+        exc_info = sys.exc_info()
+    own = str(ROOT / "fmnist_jax" / "checkpoints.py")
+    record = logging.LogRecord(
+        "absl", logging.WARNING, own, 1, "Checkpoint 8 does not restore (%s).", (brief(error),), exc_info
+    )
+    line = logs._OneLinePerLibraryRecord(tmp_path / "run.log").format(record)
+    assert line.endswith(f"Checkpoint 8 does not restore ({brief(error)}). (details: {tmp_path / 'run.log'})")
+    assert "\n" not in line and "Traceback" not in line and record.exc_info is exc_info  # the record kept for the file
+    assert "Traceback" in logging.Formatter().format(record) and "with a second line" in logging.Formatter().format(
+        record
+    )
+    record = logging.LogRecord("absl", logging.INFO, own, 1, "Resumed from checkpoint at step %d", (6,), None)
+    assert (
+        logs._OneLinePerLibraryRecord(tmp_path / "run.log").format(record).endswith("Resumed from checkpoint at step 6")
+    )
 
 
 def test_own_log_lines_are_told_by_where_their_file_lies(tmp_path):

@@ -1,0 +1,104 @@
+"""One line for the command line's mistakes (main.py): a missing or broken config file, an override of a field the
+config lacks (with the close matches), a value of the wrong type for its field, or else the library's own message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import pathlib
+import re
+import runpy
+import traceback
+from collections.abc import Callable, Mapping
+
+import ml_collections
+
+from fmnist_jax import config_lib
+
+
+def unknown_field(config: ml_collections.ConfigDict, field: str, *, source: str = "the config file") -> str | None:
+    """Why the dotted path `field` names no field of `config` ('config.model has no field "conf" (did you mean
+    "conv"?)'), or None when it does: for the errors of --config.FIELD=VALUE overrides (`source`: the file that
+    lists the fields)."""
+    node, where = config, "config"
+    for part in field.split("."):
+        if not isinstance(node, (Mapping, ml_collections.ConfigDict)):
+            return f"{where} is a value, not a group of fields"
+        if part not in node:
+            keys = sorted(node.keys())
+            close = difflib.get_close_matches(part, keys, n=1)
+            if close:
+                hint = f'did you mean "{close[0]}"?'
+            else:
+                hint = f"its fields: {', '.join(keys)}" if len(keys) <= 12 else f"see {source} for its fields"
+            return f'{where} has no field "{part}" ({hint})'
+        node, where = node[part], f"{where}.{part}"
+    return None
+
+
+_CONFIG_FLAG = re.compile(r"^--?config(?:=(.*))?$")
+
+
+def unknown_override(
+    config: ml_collections.ConfigDict, args: list[str], *, source: Callable[[str], str], prefix: str = "config"
+) -> str | None:
+    """'unknown config field in ARG: WHY' for the first --PREFIX.FIELD=VALUE (or --noPREFIX.FIELD) of `args` that
+    names no field of `config` (`unknown_field`; `source(field)` names the file that lists its fields), or None."""
+    flag = re.compile(rf"^--?(?:no)?{re.escape(prefix)}\.([^=]+)")
+    for arg in args:
+        if (match := flag.match(arg)) and (why := unknown_field(config, match.group(1), source=source(match.group(1)))):
+            return f"unknown config field in {arg}: {why}"
+    return None
+
+
+def flag_error(argv: list[str], error: Exception, configs_dir: pathlib.Path) -> str:
+    """One line for the flags in `argv` that absl or ml_collections refused with `error` (main.py): a missing or
+    broken config file (with the line that failed), an override of a field the config lacks (`unknown_field`), a
+    value its field's type refuses, or the library's own message."""
+    name = None
+    for i, arg in enumerate(argv):  # the last --config wins, as in absl
+        if match := _CONFIG_FLAG.match(arg):
+            name = match.group(1) if match.group(1) is not None else (argv[i + 1] if i + 1 < len(argv) else None)
+    configs = ", ".join(sorted(c.name for c in configs_dir.glob("[!_]*.py") if c.stem != "common"))
+    if name is None:
+        return f"no --config given: name a config file, e.g. --config=configs/cnn.py (in {configs_dir}: {configs})"
+    path, param = pathlib.Path(name), []
+    if not path.is_file() and ":" in name:  # FILE:PARAMETER, passed to get_config
+        head, tail = name.split(":", 1)
+        path, param = pathlib.Path(head), [tail]
+    if not path.is_file():
+        return f"--config={name}: no such file (the configs in {configs_dir}: {configs})"
+    try:
+        config = runpy.run_path(str(path), run_name="config_file")["get_config"](*param)
+    except Exception as e:  # any failure of the user's file, in one line with where it happened
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if pathlib.Path(f.filename) == path]
+        where = f" at {path}:{frames[-1].lineno}" if frames else ""
+        hint = "" if path.suffix == ".py" else "; --config takes a Python file whose get_config() returns a config"
+        if isinstance(e, KeyError) and e.args == ("get_config",):
+            hint = f"; a config file defines get_config() (the configs in {configs_dir}: {configs})"
+        return f"--config={name} could not be loaded as a config file ({type(e).__name__}{where}: {e}){hint}"
+
+    def source(field: str) -> str:  # a comparison member's fields are in its own config file
+        member = re.match(r"members\.([^.]+)\.", field)
+        own = member and f"{configs_dir.name}/{member.group(1)}.py"
+        return own if own and (configs_dir.parent / own).is_file() else name
+
+    if why := unknown_override(config, argv, source=source):
+        return why
+    text = " ".join(str(error).replace("\\n", " ").replace("\\'", "'").split())
+    if bad := re.match(r"flag --config\.([\w.]+)=(.*?): ", text):
+        field, value = bad.groups()
+        parent, _, key = field.rpartition(".")
+        with contextlib.suppress(AttributeError, KeyError, TypeError):  # the field's type, a None placeholder's too
+            kind = (config_lib.get(config, parent) if parent else config).get_type(key)
+            takes = {bool: "True or False", int: "an integer", float: "a number"}.get(kind)
+            if takes:
+                current = config_lib.get(config, field)
+                if value.lower() == "none":
+                    takes += f", not None, on the command line; leave the flag out for the config file's {current!r}"
+                    return f"--config.{field}={value}: config.{field} takes {takes}"
+                return f"--config.{field}={value}: config.{field} takes {takes} (the config file's: {current!r})"
+    if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+        text = text[1:-1]  # a KeyError's quotes
+    return text
