@@ -33,7 +33,7 @@ from helpers import (
     subprocess_env,
 )
 
-from fmnist_jax import files, metrics, run
+from fmnist_jax import config_lib, files, metrics, run
 
 # main.py as a process that meets a fault the others do not (`python FAULTY_MAIN FAULT MAIN_ARGS...`).
 FAULTY_MAIN = str(ROOT / "tests" / "faulty_main.py")
@@ -355,7 +355,8 @@ def test_a_signal_to_one_process_stops_both_at_the_same_point(
     """SIGTERM to process 1 alone, mid-epoch (once the call up to step 2 of 4 is queued), as the programs compile, or
     once the last epoch's end is read: both processes train on to the epoch's end and save there, or stop before
     training, or stop before the final evaluation, and exit 143 together (one stopping alone would leave the other
-    waiting in its next collective); the rerun ends with the uninterrupted two-process run's bits."""
+    waiting in its next collective); the rerun ends with the uninterrupted two-process run's bits (stopped before
+    training, the workdir holds nothing a rerun would go on from: the rerun is the fixture's run)."""
     args = tiny_args(tiny_data, tmp_path)
     signal_one = (str(ROOT / "tests" / "interrupt.py"), "TERM", at, when)
     stopped = start_two_processes(args, scripts=((), signal_one), timeout=360)
@@ -363,6 +364,9 @@ def test_a_signal_to_one_process_stops_both_at_the_same_point(
     assert [rc for rc, _ in stopped] == [128 + signal.SIGTERM] * 2, errs
     assert all(line in e for _, e in stopped), errs
     assert [r["epoch"] for r in metrics.read_history(tmp_path)] == epochs
+    if not epochs:  # stopped before training: nothing a rerun goes on from, so it is a fresh run (the fixture's)
+        assert config_lib.kept_nothing(tmp_path) and not checkpoint_steps(tmp_path)
+        return
     rerun = start_two_processes(args, timeout=360)
     assert [rc for rc, _ in rerun] == [0, 0], "".join(e[-2000:] for _, e in rerun)
     where = {1: "step 4 (epoch 2, 0/4 steps into it)", 2: "step 8 (training done; the final evaluation follows)"}
