@@ -264,8 +264,8 @@ def test_evaluate_takes_the_trained_data_fields_not_on_its_command_line_and_refu
 
 def test_compilation_cache_off_on_cpu_by_default_and_a_folder_reused_to_the_same_bits(tiny_data, tmp_path):
     """`config.compilation_cache`: "auto" on a CPU (JAX given no folder) writes no cache; a folder named fills it,
-    and a second run with the same folder compiles nothing new (every program found) and ends with the same bits;
-    ("off", and which folder each setting picks on each platform: test_compile_cache.py, in-process.)"""
+    and a second run with the same folder compiles nothing new (every program found) and ends with the same bits.
+    "off", and which folder each setting picks on each platform: test_compile_cache.py, in-process."""
     no_jax_folder = {"JAX_COMPILATION_CACHE_DIR": "", "XDG_CACHE_HOME": str(tmp_path / "xdg")}
     fields = ("--config=configs/cnn.py", f"--config.data.dir={tiny_data}", "--config.num_epochs=1")
     fields += ("--config.data.validation_size=64", "--config.data.num_train=128")
