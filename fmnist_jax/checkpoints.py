@@ -13,6 +13,7 @@ import pathlib
 import shutil
 import signal
 import time
+import traceback
 import uuid
 from typing import Any
 
@@ -279,6 +280,7 @@ class CheckpointStore:
                     "; trying the one before." if s != steps[0] else ".",
                     exc_info=e,  # the whole error in the log file
                 )
+                traceback.clear_frames(e.__traceback__)  # Orbax's coroutines in them closed now, in its event loop
                 failed.append((s, f"{s}: {brief(e)}"))
                 continue
             for bad, _ in failed:  # newer than one that restores, and no transient error: damaged
@@ -327,7 +329,9 @@ class CheckpointStore:
                     self.directory / str(step),
                     brief(e),
                     delay,
+                    exc_info=e,
                 )
+                traceback.clear_frames(e.__traceback__)
                 time.sleep(delay)
         raise AssertionError("unreachable")
 

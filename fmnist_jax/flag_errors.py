@@ -61,8 +61,10 @@ def flag_error(argv: list[str], error: Exception, configs_dir: pathlib.Path) -> 
         if match := _CONFIG_FLAG.match(arg):
             name = match.group(1) if match.group(1) is not None else (argv[i + 1] if i + 1 < len(argv) else None)
     configs = ", ".join(sorted(c.name for c in configs_dir.glob("[!_]*.py") if c.stem != "common"))
-    if name is None:
+    if name is None and re.search(r"--config\b", str(error)):  # absl's: "Flag --config must have a value ..."
         return f"no --config given: name a config file, e.g. --config=configs/cnn.py (in {configs_dir}: {configs})"
+    if name is None:
+        return " ".join(str(error).split())
     path, param = pathlib.Path(name), []
     if not path.is_file() and ":" in name:  # FILE:PARAMETER, passed to get_config
         head, tail = name.split(":", 1)
@@ -87,8 +89,11 @@ def flag_error(argv: list[str], error: Exception, configs_dir: pathlib.Path) -> 
     if why := unknown_override(config, argv, source=source):
         return why
     text = " ".join(str(error).replace("\\n", " ").replace("\\'", "'").split())
-    if bad := re.match(r"flag --config\.([\w.]+)=(.*?): ", text):
-        field, value = bad.groups()
+    if bad := re.match(r"flag --config\.([\w.]+)=", text):
+        field = bad.group(1)
+        value = next(
+            (a.split("=", 1)[1] for a in reversed(argv) if re.match(rf"--?config\.{re.escape(field)}=", a)), ""
+        )
         parent, _, key = field.rpartition(".")
         with contextlib.suppress(AttributeError, KeyError, TypeError):  # the field's type, a None placeholder's too
             kind = (config_lib.get(config, parent) if parent else config).get_type(key)

@@ -16,7 +16,7 @@ import numpy as np
 from absl import logging
 
 from fmnist_jax import config_lib, files, metrics, predict
-from fmnist_jax.errors import LOG_FILE_ONLY, CheckpointError, ConfigError
+from fmnist_jax.errors import LOG_FILE_ONLY, CheckpointError, ConfigError, Interrupted
 
 KINDS = ("cnn", "baseline", "compare")
 MODES = ("train", "evaluate", "predict")
@@ -48,7 +48,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, given: C
         from fmnist_jax import parallel  # JAX only when needed
 
         parallel.maybe_initialize_distributed()  # first: which process leads is JAX's to say from here on
-    with _removed_if_unused(workdir), contextlib.ExitStack() as lock:  # the lock is released before the removal
+    made = not workdir.exists()
+    with contextlib.ExitStack() as lock:
         if "jax" in sys.modules:  # joined above, or a comparison's baseline member: its processes stop together
             from fmnist_jax import parallel
 
@@ -57,6 +58,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, given: C
             agreed = contextlib.nullcontext()
         with agreed:  # the lock, held by the process that writes
             lock.enter_context(files.workdir_lock(workdir) if files.is_lead_process() else contextlib.nullcontext())
+        if made and files.is_lead_process():  # once locked (a run refused the lock must not touch the folder)
+            lock.enter_context(_removed_if_unused(workdir))  # exits before the lock is released
         try:
             if kind == "cnn":
                 return _run_cnn(config, workdir, mode, given)
@@ -73,14 +76,16 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, given: C
 
 @contextlib.contextmanager
 def _removed_if_unused(workdir: pathlib.Path) -> Iterator[None]:
-    """Removes `workdir` if the `with` made it and failed before it kept anything but its lock and config.json (and
-    empty folders): a command refused for a bad setting or missing data leaves no folder behind. Process 0 alone."""
-    made = not workdir.exists()
+    """Removes `workdir`, which this run made and locked, if the `with` fails before it kept anything but its lock
+    and config.json (and empty folders): a command refused for a bad setting or missing data leaves no folder
+    behind. A signal (`Interrupted`, Ctrl-C) leaves it as it is: its line says to rerun the same command there."""
     try:
         yield
-    except BaseException:
+    except Interrupted:
+        raise
+    except Exception:
         with contextlib.suppress(OSError):
-            if made and files.is_lead_process() and workdir.is_dir() and _unused(workdir):
+            if _unused(workdir):
                 shutil.rmtree(workdir)
         raise
 

@@ -1,6 +1,7 @@
 """Checkpoints that survive anything: SIGKILL and SIGTERM at any moment, damaged and leftover folders,
 restore for evaluation and prediction, unwritable workdirs."""
 
+import contextlib
 import copy
 import errno
 import logging
@@ -196,6 +197,16 @@ def test_checkpoints_and_results_name_the_machines_and_a_resume_elsewhere_warns(
     assert results["machine"] == here and results["trained_on"] == moved == metrics.load_results(workdir)["trained_on"]
 
 
+def test_the_lineage_of_checkpoints_older_than_its_record():
+    """Checkpoints that predate `trained_on` give the machine that wrote them, from step 0; older still, the one
+    given (a resume: this machine's), or none (a checkpoint scored again: results.json then names no lineage)."""
+    moved = [{"machine": "a", "from_step": 0}, {"machine": "b", "from_step": 6}]
+    assert checkpoints.trained_on({"step": 8, "machine": "b", "trained_on": moved}, "c") == moved
+    assert checkpoints.trained_on({"step": 8, "machine": "b"}, "c") == [{"machine": "b", "from_step": 0}]
+    assert checkpoints.trained_on({"step": 8}, "c") == [{"machine": "c", "from_step": 0}]
+    assert checkpoints.trained_on({"step": 8}) == []
+
+
 def test_a_finished_run_is_reported_without_building_its_model(two_epoch_run, monkeypatch, caplog):
     """A rerun of a finished run decides from its results.json and its newest checkpoint's metadata alone: no model,
     no programs, no arrays read. Where that metadata does not read, the restore decides, as for any resume: the
@@ -381,6 +392,24 @@ def test_a_refused_start_leaves_no_folder_it_made(cnn_config, tmp_path):
         with pytest.raises(UserError, match=refused):
             run.run(config, tmp_path / "new")
         assert not (tmp_path / "new").exists()
+
+
+def test_a_run_refused_the_lock_leaves_the_folder_to_the_run_that_holds_it(cnn_config, tmp_path, monkeypatch):
+    """Two starts on a new workdir: the one that found no folder but lost the lock to the other (which made it and
+    wrote config.json) leaves that folder alone."""
+    workdir, real_lock = tmp_path / "new", files.workdir_lock
+
+    @contextlib.contextmanager
+    def the_other_run_first(path):
+        with real_lock(path):  # the other run: it made the folder, holds the lock, has written its config.json
+            (path / "config.json").write_text("{}")
+            with real_lock(path):
+                yield
+
+    monkeypatch.setattr(files, "workdir_lock", the_other_run_first)
+    with pytest.raises(files.WorkdirBusy):
+        run.run(cnn_config, workdir)
+    assert sorted(p.name for p in workdir.iterdir()) == [".lock", "config.json"]
 
 
 def test_a_start_that_failed_while_compiling_lets_the_next_change_any_field(cnn_config, tmp_path, monkeypatch):

@@ -38,10 +38,15 @@ from fmnist_jax.errors import ConfigError
             ["--config=configs/cnn.py", "--config.num_epochs=1.5"],
             "error: --config.num_epochs=1.5: config.num_epochs takes an integer (the config file's: 30)",
         ),
-        (  # a None placeholder's type
-            ["--config=configs/cnn.py", "--config.augment.flip=yes", "--config.data.num_train=abc"],
+        (
+            ["--config=configs/cnn.py", "--config.augment.flip=yes"],
             "error: --config.augment.flip=yes: config.augment.flip takes True or False (the config file's: False)",
         ),
+        (  # a None placeholder's type
+            ["--config=configs/cnn.py", "--config.data.num_train=a: b"],
+            "error: --config.data.num_train=a: b: config.data.num_train takes an integer (the config file's: None)",
+        ),
+        (["--confg=configs/cnn.py"], "error: Unknown command line flag 'confg'. Did you mean: config ?"),
         ([], "error: no --config given: name a config file, e.g. --config=configs/cnn.py (in "),
         (
             ["--config=configs/common.py"],
@@ -91,6 +96,12 @@ def test_the_log_folder_is_made_or_named_in_one_line_before_anything_runs(tmp_pa
     bad = ("--config=configs/cnn.py", "--config.data.validation_size=-5")  # stops at once, after the logs' set-up
     result = run_main(*bad, f"--workdir={tmp_path / 'w'}", f"--log_dir={tmp_path / 'new' / 'logs'}")
     assert result.returncode == 2 and (tmp_path / "new" / "logs").is_dir()
+    (tmp_path / "a_file").write_text("")  # an error raised from a library's (here the OS's): that one in the log
+    result = run_main("--config=configs/cnn.py", f"--workdir={tmp_path / 'a_file'}", f"--log_dir={tmp_path / 'new'}")
+    assert last_line(result.stderr).endswith("a_file as a workdir (a file, not a folder); choose a writable --workdir.")
+    (log,) = (tmp_path / "new").glob("*.log")
+    assert "Traceback" in log.read_text() and "FileExistsError" in log.read_text()
+    assert "Traceback" not in result.stderr
     (tmp_path / "file").write_text("")
     result = run_main(*bad, f"--workdir={tmp_path / 'w'}", f"--log_dir={tmp_path / 'file' / 'logs'}")
     assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -254,29 +254,29 @@ def test_the_report_names_the_runs_that_read_other_data_than_the_released_files(
 
 
 def test_the_report_names_the_machines_when_the_cnn_runs_computed_on_several(comparison, tmp_path):
-    """A CNN run's results.json names the machines it trained on; runs of one machine (the comparison's) say nothing
-    of it, runs of two are listed under each, since their times do not compare; a run that moved, under both."""
+    """A CNN run's results.json names the machines it trained on and the one that scored it; runs of one machine (the
+    comparison's) say nothing of it, runs of two are listed under each, since their times do not compare; a run that
+    moved, under its machines in turn; one scored again elsewhere, with that machine."""
     _, workdir, results = comparison
     here = results["cnn"][0]["machine"]
     assert here == results["cnn"][1]["machine"] == parallel.run_machine(parallel.make_mesh())
     assert results["cnn"][0]["trained_on"] == [{"machine": here, "from_step": 0}]
     assert "machines" not in (workdir / "report.md").read_text()
     gpu = "gpu: NVIDIA H200; 1 device(s) in 1 process(es); jax 0.11.2"
-    lineages = [
-        [],
-        [{"machine": gpu, "from_step": 0}],
-        [{"machine": here, "from_step": 0}, {"machine": gpu, "from_step": 6}],
-    ]
-    for seed, lineage in enumerate(lineages):
-        shutil.copytree(workdir / "cnn" / f"seed_{seed % 2}", tmp_path / f"cnn_{seed}")
-        if lineage:
-            metrics.save_results(tmp_path / f"cnn_{seed}", {**results["cnn"][seed % 2], "trained_on": lineage})
     older = {k: v for k, v in results["cnn"][0].items() if k != "trained_on"}  # results before the lineage
-    metrics.save_results(tmp_path / "cnn_0", older)
-    md = report.build([tmp_path / f"cnn_{seed}" for seed in range(3)], tmp_path / "out")["markdown"].read_text()
+    changes = [
+        older,
+        {"machine": gpu, "trained_on": [{"machine": gpu, "from_step": 0}]},
+        {"machine": gpu, "trained_on": [{"machine": here, "from_step": 0}, {"machine": gpu, "from_step": 6}]},
+        {"machine": gpu},  # trained here, scored again on the GPU
+    ]
+    for i, change in enumerate(changes):
+        shutil.copytree(workdir / "cnn" / f"seed_{i % 2}", tmp_path / f"cnn_{i}")
+        metrics.save_results(tmp_path / f"cnn_{i}", {**results["cnn"][i % 2], **change} if i else change)
+    md = report.build([tmp_path / f"cnn_{i}" for i in range(4)], tmp_path / "out")["markdown"].read_text()
     assert (
         f"The CNN runs computed on 2 machines, their times comparable within one only: `{here}` (cnn_0); `{gpu}` "
-        f"(cnn_1); `{here}`, from step 6 on `{gpu}` (cnn_2)."
+        f"(cnn_1); `{here}`, from step 6 on `{gpu}` (cnn_2); `{here}`, scored on `{gpu}` (cnn_3)."
     ) in " ".join(md.split())
 
 

@@ -75,14 +75,19 @@ def _other_data(runs: Sequence[Member]) -> str:
 def _machines(runs: Sequence[Member]) -> str:
     """A sentence naming the machines the CNN runs trained on (results.json's `trained_on`, older results' `machine`)
     where there are several, with the runs of each: their times compare only within one. A run that moved between
-    machines is listed under its machines in turn. "" for one."""
+    machines is listed under its machines in turn, one scored again elsewhere (`machine`) with that one. "" for
+    one."""
     by_machine: dict[str, list[str]] = {}
     machines: set[str] = set()
     for r in runs:
-        parts = r.results.get("trained_on") or ([{"machine": r.results["machine"]}] if "machine" in r.results else [])
+        scored = r.results.get("machine")
+        parts = r.results.get("trained_on") or ([{"machine": scored}] if scored else [])
         if parts:
             machines.update(p["machine"] for p in parts)
             name = parts[0]["machine"] + "".join(f"`, from step {p['from_step']} on `{p['machine']}" for p in parts[1:])
+            if scored and scored != parts[-1]["machine"]:  # its prediction time is that machine's
+                machines.add(scored)
+                name += f"`, scored on `{scored}"
             by_machine.setdefault(name, []).append(folder_label(r))
     if len(machines) < 2:
         return ""

@@ -65,7 +65,7 @@ class Plan:
     machine: str  # `parallel.run_machine`
     # The machines the run's steps computed on, [{"machine", "from_step"}], oldest first: this one from step 0 until
     # a restore (`resume_from`) sets it from the checkpoint it continues. Checkpoints and results.json keep it.
-    trained_on: list[dict] = dataclasses.field(default_factory=list)
+    trained_on: list[dict] = dataclasses.field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         self.trained_on[:] = [{"machine": self.machine, "from_step": 0}]
