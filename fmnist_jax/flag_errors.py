@@ -4,7 +4,6 @@ config lacks (with the close matches), a value of the wrong type for its field, 
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import pathlib
 import re
@@ -61,9 +60,9 @@ def flag_error(argv: list[str], error: Exception, configs_dir: pathlib.Path) -> 
         if match := _CONFIG_FLAG.match(arg):
             name = match.group(1) if match.group(1) is not None else (argv[i + 1] if i + 1 < len(argv) else None)
     configs = ", ".join(sorted(c.name for c in configs_dir.glob("[!_]*.py") if c.stem != "common"))
-    if name is None and re.search(r"--config\b", str(error)):  # absl's: "Flag --config must have a value ..."
-        return f"no --config given: name a config file, e.g. --config=configs/cnn.py (in {configs_dir}: {configs})"
-    if name is None:
+    if name is None:  # absl's "Flag --config must have a value other than None", or an error of another flag
+        if re.search(r"--config\b", str(error)):
+            return f"no --config given: name a config file, e.g. --config=configs/cnn.py (in {configs_dir}: {configs})"
         return " ".join(str(error).split())
     path, param = pathlib.Path(name), []
     if not path.is_file() and ":" in name:  # FILE:PARAMETER, passed to get_config
@@ -89,21 +88,32 @@ def flag_error(argv: list[str], error: Exception, configs_dir: pathlib.Path) -> 
     if why := unknown_override(config, argv, source=source):
         return why
     text = " ".join(str(error).replace("\\n", " ").replace("\\'", "'").split())
-    if bad := re.match(r"flag --config\.([\w.]+)=", text):
-        field = bad.group(1)
-        value = next(
-            (a.split("=", 1)[1] for a in reversed(argv) if re.match(rf"--?config\.{re.escape(field)}=", a)), ""
-        )
-        parent, _, key = field.rpartition(".")
-        with contextlib.suppress(AttributeError, KeyError, TypeError):  # the field's type, a None placeholder's too
-            kind = (config_lib.get(config, parent) if parent else config).get_type(key)
-            takes = {bool: "True or False", int: "an integer", float: "a number"}.get(kind)
-            if takes:
-                current = config_lib.get(config, field)
-                if value.lower() == "none":
-                    takes += f", not None, on the command line; leave the flag out for the config file's {current!r}"
-                    return f"--config.{field}={value}: config.{field} takes {takes}"
-                return f"--config.{field}={value}: config.{field} takes {takes} (the config file's: {current!r})"
+    if why := _wrong_type(config, argv, text):
+        return why
     if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
         text = text[1:-1]  # a KeyError's quotes
     return text
+
+
+def _wrong_type(config: ml_collections.ConfigDict, argv: list[str], text: str) -> str | None:
+    """For a parser's refusal `text` of --config.FIELD=VALUE: the type FIELD takes (that of a None placeholder too)
+    and the config file's value; None when the field takes another type (the parser's text then stands)."""
+    if not (bad := re.match(r"flag --config\.([\w.]+)=", text)):
+        return None
+    field = bad.group(1)
+    value = next((a.split("=", 1)[1] for a in reversed(argv) if re.match(rf"--?config\.{re.escape(field)}=", a)), "")
+    parent, _, key = field.rpartition(".")
+    try:
+        kind = (config_lib.get(config, parent) if parent else config).get_type(key)
+        current = config_lib.get(config, field)
+    except (AttributeError, KeyError, TypeError):
+        return None
+    takes = {bool: "True or False", int: "an integer", float: "a number"}.get(kind)
+    if takes is None:
+        return None
+    if value.lower() == "none":
+        return (
+            f"--config.{field}={value}: config.{field} takes {takes}, not None, on the command line; leave the flag "
+            f"out for the config file's {current!r}"
+        )
+    return f"--config.{field}={value}: config.{field} takes {takes} (the config file's: {current!r})"

@@ -91,6 +91,8 @@ def _removed_if_unused(workdir: pathlib.Path) -> Iterator[None]:
 
 
 def _unused(workdir: pathlib.Path) -> bool:
+    """Whether `workdir` holds only its lock, config.json and empty folders: stricter than `config_lib.kept_nothing`
+    (which lets a rerun replace config.json), since this removes the folder with whatever else it holds."""
     return all(
         p.name in config_lib.NOTHING_COMPUTED or (p.is_dir() and not any(p.iterdir())) for p in workdir.iterdir()
     )
