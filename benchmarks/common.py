@@ -28,6 +28,7 @@ from jax.sharding import Mesh
 from ml_collections import config_flags
 
 from fmnist_jax import config_lib, data, flag_errors, machine, parallel
+from fmnist_jax.errors import ConfigError
 from fmnist_jax.timing import compile_clock
 from fmnist_jax.training import state as state_lib
 from fmnist_jax.training.state import RandomRoots, TrainState
@@ -93,7 +94,9 @@ def load_config(
 ) -> ml_collections.ConfigDict:
     """configs/NAME.py's `get_config()` with `--PREFIX.FIELD=VALUE` overrides applied by ml_collections, as main.py
     applies them (types, tuples, None fields alike); UsageError for a missing file or a bad override (`flag` is
-    the flag that named the config, for the message)."""
+    the flag that named the config, for the message). NAME may be given as main.py takes it, configs/NAME.py."""
+    if name.endswith(".py") and pathlib.Path(name).parent.resolve() == (ROOT / "configs").resolve():
+        name = pathlib.Path(name).stem
     if not (ROOT / "configs" / f"{name}.py").is_file():
         raise UsageError(f"--{flag}={name}: there is no configs/{name}.py (the CNN configs: {cnn_names()})")
     config = importlib.import_module(f"configs.{name}").get_config()
@@ -116,10 +119,15 @@ def load_config(
 def cnn_config(
     name: str, overrides: Sequence[str] = (), *, flag: str = "config", prefix: str = "config"
 ) -> ml_collections.ConfigDict:
-    """`load_config`, refusing a config that is not a CNN's (only those train through `Programs`)."""
+    """`load_config`, refusing a config that is not a CNN's (only those train through `Programs`) or a field that
+    cannot run (`state.check_config`, as main.py refuses it)."""
     config = load_config(name, overrides, flag=flag, prefix=prefix)
     if config.get("kind") != "cnn":
         raise UsageError(f"--{flag}={name} is not a CNN's config; the CNN configs: {cnn_names()}")
+    try:
+        state_lib.check_config(config)
+    except ConfigError as e:
+        raise UsageError(str(e)) from e
     return config
 
 

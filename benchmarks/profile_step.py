@@ -94,6 +94,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     common.check_at_least(parser, args, "calls", "steps_per_call", "top")
     with common.usage_errors(parser):
         config = common.cnn_config(args.config, overrides["config"])
+    if args.trace_dir:
+        with common.usage_errors(parser):  # before the compile: a folder for the trace, or one line
+            try:
+                pathlib.Path(args.trace_dir).mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                why = "a file, not a folder" if pathlib.Path(args.trace_dir).is_file() else e.strerror
+                raise common.UsageError(f"--trace_dir={args.trace_dir}: {why}; name a folder (made if missing)") from e
     call, hlo, steps_per_call = program_to_trace(
         config, forward_only=args.forward_only, steps_per_call=args.steps_per_call
     )
@@ -101,8 +108,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     jax.block_until_ready(call())
     # A folder of its own under --trace_dir: a reused one holds earlier traces, which the profiler names by the
     # second they began (two in one second share a name).
-    if args.trace_dir:
-        pathlib.Path(args.trace_dir).mkdir(parents=True, exist_ok=True)
     trace_dir = pathlib.Path(tempfile.mkdtemp(prefix="fmnist_trace_", dir=args.trace_dir))
     with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
         start = time.perf_counter()

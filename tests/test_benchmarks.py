@@ -94,6 +94,7 @@ def test_overrides_are_parsed_as_main_py_parses_them():
     assert common.load_config("cnn", ["--config.augment.flip=true"]).augment.flip is True
     other = common.load_config("cnn", ["--compare.num_epochs=2"], flag="compare", prefix="compare")
     assert other.num_epochs == 2
+    assert common.load_config(str(ROOT / "configs" / "vgg_bn.py")).name == "vgg_bn"  # as main.py takes it
 
 
 @pytest.mark.parametrize(
@@ -116,6 +117,7 @@ def test_overrides_are_parsed_as_main_py_parses_them():
             'unknown config field in --config.model.conf=xla: config.model has no field "conf" (did you mean "conv"?)',
         ),
         ("cnn", ["--config.num_epochs=x"], "flag --config.num_epochs=x: invalid literal for int()"),
+        ("cnn", ["--config.batch_size=0"], "config.batch_size=0 must be positive."),  # as main.py refuses it
     ],
 )
 def test_a_config_that_cannot_run_is_one_usage_line(name, overrides, says):
@@ -137,6 +139,7 @@ def test_a_config_that_cannot_run_is_one_usage_line(name, overrides, says):
         (time_to_accuracy, ["--compare.num_epochs=2"], "--compare.FIELD=VALUE overrides need --compare=OTHER"),
         (time_to_accuracy, ["--compare=random_forest"], "--compare=random_forest is not a CNN's config"),
         (profile_step, ["--config=compare"], "--config=compare is not a CNN's config"),
+        (profile_step, [f"--trace_dir={ROOT / 'README.md'}"], "README.md: a file, not a folder; name a folder"),
         (step_times, ["--variant=no_head"], "--variant='no_head': write it as LABEL:FIELD=VALUE"),
         (step_times, ["--variant=a:model.head_width"], "--variant='a:model.head_width': write it as LABEL:"),
         (step_times, ["--variant=base:batch_size=32"], "'base' names --config itself"),

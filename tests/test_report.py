@@ -261,7 +261,8 @@ def test_the_report_names_the_machines_when_the_cnn_runs_computed_on_several(com
     here = results["cnn"][0]["machine"]
     assert here == results["cnn"][1]["machine"] == parallel.run_machine(parallel.make_mesh())
     assert results["cnn"][0]["trained_on"] == [{"machine": here, "from_step": 0}]
-    assert "machines" not in (workdir / "report.md").read_text()
+    intro = " ".join((workdir / "report.md").read_text().split())
+    assert f"The CNN runs computed on `{here}`." in intro and "machines" not in intro
     gpu = "gpu: NVIDIA H200; 1 device(s) in 1 process(es); jax 0.11.2"
     older = {k: v for k, v in results["cnn"][0].items() if k != "trained_on"}  # results before the lineage
     changes = [
@@ -428,6 +429,17 @@ def test_a_damaged_history_or_predictions_file_is_one_error_naming_it(comparison
     (run_dir / metrics.PREDICTIONS_FILE).write_bytes(b"PK\x03\x04 torn")
     with pytest.raises(UserError, match=r"cnn/predictions\.npz cannot be read"):
         report.build([run_dir], tmp_path / "out")
+
+
+def test_a_run_named_twice_or_a_file_named_as_a_run_is_one_error(comparison, tmp_path):
+    _, workdir, _ = comparison
+    svm = workdir / "linear_svm" / "seed_0"
+    again = svm / ".." / "seed_0"
+    with pytest.raises(UserError, match=r"seed_0/\.\./seed_0 is named twice \(also as .*seed_0\): name each run's"):
+        report.build([svm, again], tmp_path / "out")
+    with pytest.raises(UserError, match=r"seed_0/results\.json is a file, not a run's folder: name the folder"):
+        report.build([svm / "results.json"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_report_folder_that_cannot_be_made_is_named(comparison, tmp_path):

@@ -75,8 +75,8 @@ def _other_data(runs: Sequence[Member]) -> str:
 def _machines(runs: Sequence[Member]) -> str:
     """A sentence naming the machines the CNN runs trained on (results.json's `trained_on`, older results' `machine`)
     where there are several, with the runs of each: their times compare only within one. A run that moved between
-    machines is listed under its machines in turn, one scored again elsewhere (`machine`) with that one. "" for
-    one."""
+    machines is listed under its machines in turn, one scored again elsewhere (`machine`) with that one; where all
+    computed on one, that one. "" for none (runs older than the record, baselines alone)."""
     by_machine: dict[str, list[str]] = {}
     machines: set[str] = set()
     for r in runs:
@@ -89,6 +89,8 @@ def _machines(runs: Sequence[Member]) -> str:
                 machines.add(scored)
                 name += f"`, scored on `{scored}"
             by_machine.setdefault(name, []).append(folder_label(r))
+    if len(machines) == 1 and len(by_machine) == 1:  # where the times in the tables come from
+        return f" The CNN runs computed on `{machines.pop()}`."
     if len(machines) < 2:
         return ""
     listed = "; ".join(f"`{name}` ({', '.join(labels)})" for name, labels in by_machine.items())

@@ -53,6 +53,8 @@ class Member:
 def load_member(workdir: str | pathlib.Path) -> Member:
     """Reads a finished workdir (results.json is required; history and predictions are optional)."""
     workdir = pathlib.Path(workdir)
+    if workdir.is_file():
+        raise ResultsError(f"{workdir} is a file, not a run's folder: name the folder that holds its results.json.")
     results = metrics.load_results(workdir)
     history = metrics.read_history(workdir)
     if missing := sorted({k for record in history for k in CURVE_KEYS if k not in record}):
@@ -212,7 +214,13 @@ def _set_apart(models: list[Model]) -> list[Model]:
 def load_models(workdirs: Sequence[str | pathlib.Path]) -> list[Model]:
     """Every workdir's run, grouped into models: runs of one config and its settings with distinct seeds are one
     model's seeds. Runs of one config with other settings (config.json) are other models, titled with the fields
-    that differ; runs of one config and seed in several workdirs stay apart, with the folder name in the title."""
+    that differ; runs of one config and seed in several workdirs stay apart, with the folder name in the title. A
+    folder named twice is an error (the run would be compared with itself)."""
+    seen: dict[pathlib.Path, str | pathlib.Path] = {}
+    for w in workdirs:
+        if (resolved := pathlib.Path(w).resolve()) in seen:
+            raise ResultsError(f"{w} is named twice (also as {seen[resolved]}): name each run's folder once.")
+        seen[resolved] = w
     return _set_apart(_group([load_member(w) for w in workdirs]))
 
 
