@@ -519,6 +519,12 @@ def test_pair_sentences_say_what_the_tests_establish():
         "A is ahead of B by 0.7 points on average, a difference these test images do not establish (each seed's 95% "
         "CI within -0.1 to 1.8; McNemar p from 0.01 to 1 across seeds; equal on seed 1)."
     )
+    # One seed: its difference is not an average, and a difference below 0.05 points keeps a second decimal.
+    small = {1: seed_test(0.0005, -0.003, 0.004, 0.9)}
+    assert sentences.pair_sentence("A", "B", small) == (
+        "A is ahead of B by 0.05 points on seed 1, a difference these test images do not establish (95% CI -0.3 to "
+        "0.4; McNemar p = 0.900)."
+    )
     tie = {0: seed_test(0.0, -0.001, 0.001, 1.0)}
     assert (
         sentences.pair_sentence("A", "B", tie)

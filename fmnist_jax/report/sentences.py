@@ -78,7 +78,7 @@ def pair_sentence(
     consistent = bool(np.all(np.sign(diffs) == sign))  # not where a seed ties
     if max(ps) < level and consistent:
         p = stats.format_p(ps[0]) if one else stats.format_p(max(ps)).replace("p = ", "p ≤ ")
-        return f"{better} is more accurate than {worse} by {100 * abs(mean):.1f} points ({ci}; McNemar {p}{where})." + (
+        return f"{better} is more accurate than {worse} by {_points(mean)} points ({ci}; McNemar {p}{where})." + (
             missing
         )
     if one:
@@ -86,10 +86,17 @@ def pair_sentence(
     else:
         spread = f"McNemar p from {_p_range(ps)} across {seed_list(list(seeds)) if untested else 'seeds'}"
     ties = f"; equal on {seed_list(tied)}" if tied else ""
+    over = f"on {seed_list(list(seeds))}" if one else "on average"
     return (
-        f"{better} is ahead of {worse} by {100 * abs(mean):.1f} points on average, a difference these test "
+        f"{better} is ahead of {worse} by {_points(mean)} points {over}, a difference these test "
         f"images do not establish ({ci}; {spread}{ties}).{missing}"
     )
+
+
+def _points(difference: float) -> str:
+    """|difference| in percentage points, with a second decimal below 0.1 (one would round it to 0.0 or 0.1)."""
+    points = 100 * abs(difference)
+    return f"{points:.2f}" if points < 0.1 else f"{points:.1f}"
 
 
 def _trading_places(a: str, b: str, seeds: dict[int, dict[str, Any]], tied: Sequence[int]) -> str:
