@@ -25,7 +25,12 @@ BOOTSTRAP_RESAMPLES = 2000
 def accuracy_interval(correct: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:
     """The exact binomial (Clopper-Pearson) interval of the share of True in `correct`."""
     correct = np.asarray(correct, bool)
-    ci = stats.binomtest(int(correct.sum()), len(correct)).proportion_ci(confidence, method="exact")
+    return count_interval(int(correct.sum()), len(correct), confidence)
+
+
+def count_interval(right: int, images: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The exact binomial (Clopper-Pearson) interval of an accuracy of `right` out of `images`."""
+    ci = stats.binomtest(right, images).proportion_ci(confidence, method="exact")
     return float(ci.low), float(ci.high)
 
 
@@ -70,11 +75,11 @@ def paired_difference_interval(
 
 
 def seed_summary(values: Sequence[float]) -> dict[str, Any]:
-    """Mean, sample standard deviation (0 for one seed) and the values themselves."""
+    """Mean, sample standard deviation (None for one seed: it has none) and the values themselves."""
     values = [float(v) for v in values]
     return {
         "mean": float(np.mean(values)),
-        "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+        "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
         "values": values,
     }
 

@@ -558,6 +558,9 @@ def test_a_pair_names_the_seeds_it_could_not_test(comparison, tmp_path):
     assert "every seed" not in pair["sentence"]
     assert pair["sentence"].endswith(" No paired test for seed 1 (a run or its predictions.npz missing).")
     assert pair["sentence"] in paths["markdown"].read_text()
+    forest = json.loads(paths["json"].read_text())["models"]["random_forest"]["seeds"]
+    with_predictions = report.runs.load_member(workdir / "random_forest" / "seed_1")
+    assert forest["1"]["test_accuracy_ci95"] == list(report.runs.accuracy_interval(with_predictions))  # the counts'
 
 
 @pytest.mark.heavy

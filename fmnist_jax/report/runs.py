@@ -238,9 +238,14 @@ def correctness(member: Member) -> np.ndarray | None:
 
 
 def accuracy_interval(member: Member) -> tuple[float, float] | None:
-    """The exact interval of a run's test accuracy (None without its predictions)."""
-    correct = correctness(member)
-    return None if correct is None else stats.accuracy_interval(correct)
+    """The exact interval of a run's test accuracy: from its predictions, or without them from results.json's
+    confusion matrix (its diagonal the images classified right); None without either."""
+    if (correct := correctness(member)) is not None:
+        return stats.accuracy_interval(correct)
+    if not (confusion := member.results.get("confusion_matrix")):
+        return None
+    confusion = np.asarray(confusion)
+    return stats.count_interval(int(np.trace(confusion)), int(confusion.sum()))
 
 
 def confusion_rates(confusion: Sequence[Sequence[int]]) -> np.ndarray:
