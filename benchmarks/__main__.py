@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import difflib
 import importlib
 import importlib.util
 import pathlib
@@ -37,7 +38,10 @@ def main(argv: list[str]) -> None:
         sys.exit(0 if argv else 2)
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"{usage()}\n\nerror: no benchmark named {name!r}", file=sys.stderr)
+        by_module = [n for n, module in COMMANDS.items() if module.rsplit(".", 1)[-1] == name]  # its file's name
+        close = by_module or difflib.get_close_matches(name, COMMANDS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        print(f"{usage()}\n\nerror: no benchmark named {name!r}{hint}", file=sys.stderr)
         sys.exit(2)
     from benchmarks import common
     from fmnist_jax.errors import UserError

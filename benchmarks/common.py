@@ -112,7 +112,8 @@ def load_config(
         )
         raise UsageError(why or f"unknown config field in {' '.join(overrides)}") from e
     except (flags.Error, KeyError, TypeError, ValueError) as e:
-        raise UsageError(" ".join(str(e).split())) from e
+        text = " ".join(str(e).split())
+        raise UsageError(flag_errors.wrong_type(config, list(overrides), text, prefix) or text) from e
     return values[prefix].value
 
 

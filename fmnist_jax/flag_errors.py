@@ -88,20 +88,21 @@ def flag_error(argv: list[str], error: Exception, configs_dir: pathlib.Path) -> 
     if why := unknown_override(config, argv, source=source):
         return why
     text = " ".join(str(error).replace("\\n", " ").replace("\\'", "'").split())
-    if why := _wrong_type(config, argv, text):
+    if why := wrong_type(config, argv, text):
         return why
     if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
         text = text[1:-1]  # a KeyError's quotes
     return text
 
 
-def _wrong_type(config: ml_collections.ConfigDict, argv: list[str], text: str) -> str | None:
-    """For a parser's refusal `text` of --config.FIELD=VALUE: the type FIELD takes (that of a None placeholder too)
+def wrong_type(config: ml_collections.ConfigDict, argv: list[str], text: str, prefix: str = "config") -> str | None:
+    """For a parser's refusal `text` of --PREFIX.FIELD=VALUE: the type FIELD takes (that of a None placeholder too)
     and the config file's value; None when the field takes another type (the parser's text then stands)."""
-    if not (bad := re.match(r"flag --config\.([\w.]+)=", text)):
+    if not (bad := re.match(rf"flag --{re.escape(prefix)}\.([\w.]+)=", text)):
         return None
     field = bad.group(1)
-    value = next((a.split("=", 1)[1] for a in reversed(argv) if re.match(rf"--?config\.{re.escape(field)}=", a)), "")
+    flag = rf"--?{re.escape(prefix)}\.{re.escape(field)}="
+    value = next((a.split("=", 1)[1] for a in reversed(argv) if re.match(flag, a)), "")
     parent, _, key = field.rpartition(".")
     try:
         kind = (config_lib.get(config, parent) if parent else config).get_type(key)
@@ -113,7 +114,7 @@ def _wrong_type(config: ml_collections.ConfigDict, argv: list[str], text: str) -
         return None
     if value.lower() == "none":
         return (
-            f"--config.{field}={value}: config.{field} takes {takes}, not None, on the command line; leave the flag "
+            f"--{prefix}.{field}={value}: config.{field} takes {takes}, not None, on the command line; leave the flag "
             f"out for the config file's {current!r}"
         )
-    return f"--config.{field}={value}: config.{field} takes {takes} (the config file's: {current!r})"
+    return f"--{prefix}.{field}={value}: config.{field} takes {takes} (the config file's: {current!r})"
