@@ -95,25 +95,34 @@ def load_config(
     """configs/NAME.py's `get_config()` with `--PREFIX.FIELD=VALUE` overrides applied by ml_collections, as main.py
     applies them (types, tuples, None fields alike); UsageError for a missing file or a bad override (`flag` is
     the flag that named the config, for the message). NAME may be given as main.py takes it, configs/NAME.py."""
-    if name.endswith(".py") and pathlib.Path(name).parent.resolve() == (ROOT / "configs").resolve():
+    given = name
+    if name.endswith(".py"):
+        if pathlib.Path(name).resolve().parent != (ROOT / "configs").resolve():
+            raise UsageError(
+                f"--{flag}={given}: the benchmarks take a config of this checkout's configs/, by name (e.g. "
+                f"--{flag}=cnn; the CNN configs: {cnn_names()})"
+            )
         name = pathlib.Path(name).stem
+    if name == "common":
+        raise UsageError(
+            f"--{flag}={given}: configs/common.py holds what the configs share (the CNN configs: {cnn_names()})"
+        )
     if not (ROOT / "configs" / f"{name}.py").is_file():
-        raise UsageError(f"--{flag}={name}: there is no configs/{name}.py (the CNN configs: {cnn_names()})")
+        raise UsageError(f"--{flag}={given}: there is no configs/{name}.py (the CNN configs: {cnn_names()})")
     config = importlib.import_module(f"configs.{name}").get_config()
     if not overrides:
         return config
+    fresh = importlib.import_module(f"configs.{name}").get_config()  # the file's values, for the messages
     values, argv = flags.FlagValues(), ["benchmarks", *overrides]
     try:
         config_flags.DEFINE_config_dict(prefix, config, flag_values=values, sys_argv=argv)
         values(argv)
     except AttributeError as e:
-        why = flag_errors.unknown_override(
-            config, list(overrides), source=lambda _: f"configs/{name}.py", prefix=prefix
-        )
+        why = flag_errors.unknown_override(fresh, list(overrides), source=lambda _: f"configs/{name}.py", prefix=prefix)
         raise UsageError(why or f"unknown config field in {' '.join(overrides)}") from e
     except (flags.Error, KeyError, TypeError, ValueError) as e:
         text = " ".join(str(e).split())
-        raise UsageError(flag_errors.wrong_type(config, list(overrides), text, prefix) or text) from e
+        raise UsageError(flag_errors.wrong_type(fresh, list(overrides), text, prefix) or text) from e
     return values[prefix].value
 
 
@@ -127,8 +136,8 @@ def cnn_config(
         raise UsageError(f"--{flag}={name} is not a CNN's config; the CNN configs: {cnn_names()}")
     try:
         state_lib.check_config(config)
-    except ConfigError as e:
-        raise UsageError(str(e)) from e
+    except ConfigError as e:  # named as the flag's fields: --compare's config.batch_size is compare.batch_size
+        raise UsageError(str(e).replace("config.", f"{prefix}.") if prefix != "config" else str(e)) from e
     return config
 
 

@@ -94,21 +94,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     common.check_at_least(parser, args, "calls", "steps_per_call", "top")
     with common.usage_errors(parser):
         config = common.cnn_config(args.config, overrides["config"])
-    if args.trace_dir:
-        with common.usage_errors(parser):  # before the compile: a folder for the trace, or one line
-            try:
+    # A folder of its own under --trace_dir, made before the compile (or one line): a reused one holds earlier
+    # traces, which the profiler names by the second they began (two in one second share a name).
+    with common.usage_errors(parser):
+        try:
+            if args.trace_dir:
                 pathlib.Path(args.trace_dir).mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                why = "a file, not a folder" if pathlib.Path(args.trace_dir).is_file() else e.strerror
-                raise common.UsageError(f"--trace_dir={args.trace_dir}: {why}; name a folder (made if missing)") from e
+            trace_dir = pathlib.Path(tempfile.mkdtemp(prefix="fmnist_trace_", dir=args.trace_dir))
+        except OSError as e:
+            why = "a file, not a folder" if args.trace_dir and pathlib.Path(args.trace_dir).is_file() else e.strerror
+            raise common.UsageError(f"--trace_dir={args.trace_dir}: {why}; name a writable folder") from e
     call, hlo, steps_per_call = program_to_trace(
         config, forward_only=args.forward_only, steps_per_call=args.steps_per_call
     )
     table = op_table(hlo)
     jax.block_until_ready(call())
-    # A folder of its own under --trace_dir: a reused one holds earlier traces, which the profiler names by the
-    # second they began (two in one second share a name).
-    trace_dir = pathlib.Path(tempfile.mkdtemp(prefix="fmnist_trace_", dir=args.trace_dir))
     with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
         start = time.perf_counter()
         for _ in range(args.calls):

@@ -114,7 +114,7 @@ def wrong_type(config: ml_collections.ConfigDict, argv: list[str], text: str, pr
         return None
     if value.lower() == "none":
         return (
-            f"--{prefix}.{field}={value}: config.{field} takes {takes}, not None, on the command line; leave the flag "
-            f"out for the config file's {current!r}"
+            f"--{prefix}.{field}={value}: {prefix}.{field} takes {takes}, not None, on the command line; leave the "
+            f"flag out for the config file's {current!r}"
         )
-    return f"--{prefix}.{field}={value}: config.{field} takes {takes} (the config file's: {current!r})"
+    return f"--{prefix}.{field}={value}: {prefix}.{field} takes {takes} (the config file's: {current!r})"

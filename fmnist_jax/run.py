@@ -190,6 +190,13 @@ def member_runs(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> lis
             f"config.members: none is enabled ({', '.join(config.members)}); enable one, e.g. "
             "--config.members.cnn.enabled=True."
         )
+    folders: dict[pathlib.Path, MemberRun] = {}
+    for member in runs:  # before anything trains: two runs in one folder would refuse, or report, each other
+        if (other := folders.setdefault(member.workdir.resolve(), member)) is not member:
+            raise ConfigError(
+                f"config.members.{other.name} (seed {other.seed}) and config.members.{member.name} (seed "
+                f"{member.seed}) name one folder, {member.workdir}: give each its own workdir."
+            )
     return runs
 
 

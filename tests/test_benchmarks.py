@@ -119,12 +119,28 @@ def test_overrides_are_parsed_as_main_py_parses_them():
         ),
         ("cnn", ["--config.num_epochs=x"], "--config.num_epochs=x: config.num_epochs takes an integer (the config"),
         ("cnn", ["--config.batch_size=0"], "config.batch_size=0 must be positive."),  # as main.py refuses it
+        ("common", [], "--config=common: configs/common.py holds what the configs share (the CNN configs: cnn, "),
+        ("/tmp/cnn.py", [], "--config=/tmp/cnn.py: the benchmarks take a config of this checkout's configs/, by name"),
     ],
 )
 def test_a_config_that_cannot_run_is_one_usage_line(name, overrides, says):
     with pytest.raises(common.UsageError) as error:
         common.cnn_config(name, overrides)
     assert says in str(error.value) and "\n" not in str(error.value)
+
+
+def test_another_configs_refusal_names_its_own_flag():
+    """--compare's (or --other's) fields are named as that flag's; a wrong type quotes the config file's value, not
+    an earlier override's."""
+    with pytest.raises(common.UsageError, match=r"^compare\.batch_size=0 must be positive\.$"):
+        common.cnn_config("cnn", ["--compare.batch_size=0"], flag="compare", prefix="compare")
+    with pytest.raises(
+        common.UsageError,
+        match=r"^--compare.batch_size=x: compare.batch_size takes an integer \(the config file's: 64\)$",
+    ):
+        common.cnn_config(
+            "cnn", ["--compare.batch_size=32", "--compare.batch_size=x"], flag="compare", prefix="compare"
+        )
 
 
 @pytest.mark.parametrize(
@@ -140,7 +156,11 @@ def test_a_config_that_cannot_run_is_one_usage_line(name, overrides, says):
         (time_to_accuracy, ["--compare.num_epochs=2"], "--compare.FIELD=VALUE overrides need --compare=OTHER"),
         (time_to_accuracy, ["--compare=random_forest"], "--compare=random_forest is not a CNN's config"),
         (profile_step, ["--config=compare"], "--config=compare is not a CNN's config"),
-        (profile_step, [f"--trace_dir={ROOT / 'README.md'}"], "README.md: a file, not a folder; name a folder"),
+        (
+            profile_step,
+            [f"--trace_dir={ROOT / 'README.md'}"],
+            "README.md: a file, not a folder; name a writable folder",
+        ),
         (step_times, ["--variant=no_head"], "--variant='no_head': write it as LABEL:FIELD=VALUE"),
         (step_times, ["--variant=a:model.head_width"], "--variant='a:model.head_width': write it as LABEL:"),
         (step_times, ["--variant=base:batch_size=32"], "'base' names --config itself"),

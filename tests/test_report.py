@@ -380,6 +380,12 @@ def test_a_named_workdir_for_several_seeds_must_hold_the_seed(tiny_data, tmp_pat
     with pytest.raises(ConfigError, match=r"cnn_seed0 does not exist; name the folder of a finished \(or interr"):
         run.run(config, tmp_path / "compare")
     assert not list((tmp_path / "compare").glob("*/seed_*"))  # checked before any member trained
+    config.members.cnn.workdir = str(tmp_path / "compare" / "random_forest" / "seed_{seed}")  # another member's
+    with pytest.raises(
+        ConfigError,
+        match=r"config\.members\.cnn \(seed 0\) and config\.members\.random_forest \(seed 0\) name one folder",
+    ):
+        run.run(config, tmp_path / "compare")
     config.members.cnn.workdir = None
     config.seeds = (1, 1)
     with pytest.raises(ConfigError, match=r"config\.seeds=\(1, 1\) must be distinct integers"):
@@ -519,12 +525,15 @@ def test_pair_sentences_say_what_the_tests_establish():
         "A is ahead of B by 0.7 points on average, a difference these test images do not establish (each seed's 95% "
         "CI within -0.1 to 1.8; McNemar p from 0.01 to 1 across seeds; equal on seed 1)."
     )
-    # One seed: its difference is not an average, and a difference below 0.05 points keeps a second decimal.
+    # One seed: its difference is not an average, and a difference below 0.1 points keeps a second decimal; the
+    # seed is named once, also where another seed went untested.
     small = {1: seed_test(0.0005, -0.003, 0.004, 0.9)}
-    assert sentences.pair_sentence("A", "B", small) == (
+    assert sentences.pair_sentence("A", "B", small, untested=[0]) == (
         "A is ahead of B by 0.05 points on seed 1, a difference these test images do not establish (95% CI -0.3 to "
-        "0.4; McNemar p = 0.900)."
+        "0.4; McNemar p = 0.900). No paired test for seed 0 (a run or its predictions.npz missing)."
     )
+    tiny = {s: seed_test(d, -0.003, 0.003, 0.9) for s, d in ((0, 0.0001), (1, 0.0), (2, 0.0))}
+    assert sentences.pair_sentence("A", "B", tiny).startswith("A is ahead of B by under 0.01 points on average, ")
     tie = {0: seed_test(0.0, -0.001, 0.001, 1.0)}
     assert (
         sentences.pair_sentence("A", "B", tie)

@@ -90,7 +90,8 @@ def _machines(runs: Sequence[Member]) -> str:
                 name += f"`, scored on `{scored}"
             by_machine.setdefault(name, []).append(folder_label(r))
     if len(machines) == 1 and len(by_machine) == 1:  # where the times in the tables come from
-        return f" The CNN runs computed on `{machines.pop()}`."
+        (labels,) = by_machine.values()
+        return f" The CNN run{'s' * (len(labels) > 1)} computed on `{machines.pop()}`."
     if len(machines) < 2:
         return ""
     listed = "; ".join(f"`{name}` ({', '.join(labels)})" for name, labels in by_machine.items())

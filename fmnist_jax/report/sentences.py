@@ -24,7 +24,7 @@ METHODS = {
     f"{stats.BOOTSTRAP_RESAMPLES} resamples), per seed",
     "p_value": "exact McNemar test: two-sided binomial test on the images exactly one model gets right "
     "(scipy.stats.binomtest), per seed",
-    "seeds": "mean and sample standard deviation (ddof=1) over seeds",
+    "seeds": "mean and sample standard deviation (ddof=1) over seeds; none (null) for one seed",
 }
 
 
@@ -82,7 +82,7 @@ def pair_sentence(
             missing
         )
     if one:
-        spread = f"McNemar {stats.format_p(ps[0])}{where}"
+        spread = f"McNemar {stats.format_p(ps[0])}"  # its seed named in the sentence
     else:
         spread = f"McNemar p from {_p_range(ps)} across {seed_list(list(seeds)) if untested else 'seeds'}"
     ties = f"; equal on {seed_list(tied)}" if tied else ""
@@ -94,9 +94,10 @@ def pair_sentence(
 
 
 def _points(difference: float) -> str:
-    """|difference| in percentage points, with a second decimal below 0.1 (one would round it to 0.0 or 0.1)."""
+    """|difference| in percentage points, with a second decimal below 0.1 (one would round it to 0.0 or 0.1), and
+    "under 0.01" below 0.005."""
     points = 100 * abs(difference)
-    return f"{points:.2f}" if points < 0.1 else f"{points:.1f}"
+    return "under 0.01" if points < 0.005 else f"{points:.2f}" if points < 0.1 else f"{points:.1f}"
 
 
 def _trading_places(a: str, b: str, seeds: dict[int, dict[str, Any]], tied: Sequence[int]) -> str:
