@@ -23,7 +23,7 @@ flags.mark_flags_as_required(["config"])
 
 def main(argv: list[str]) -> None:
     from fmnist_jax import logs, run  # after flags parsing
-    from fmnist_jax.errors import LOG_FILE_ONLY, Interrupted, UserError
+    from fmnist_jax.errors import LOG_FILE_ONLY, Interrupted, UserError, traceback_text
 
     config_file = config_flags.get_config_filename(FLAGS["config"])
     workdir = FLAGS.workdir or str(pathlib.Path("runs") / pathlib.Path(config_file).stem)
@@ -33,7 +33,7 @@ def main(argv: list[str]) -> None:
         run.run(FLAGS.config, workdir, given=set(config_flags.get_override_values(FLAGS["config"])))
     except UserError as e:
         if log_file and e.__cause__ is not None:  # a library's error behind it, whole, with its traceback
-            logging.warning("error: %s", e, exc_info=e, extra=LOG_FILE_ONLY)
+            logging.warning("error: %s\n%s", e, traceback_text(e), extra=LOG_FILE_ONLY)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except Interrupted as e:

@@ -13,7 +13,6 @@ import pathlib
 import shutil
 import signal
 import time
-import traceback
 import uuid
 from typing import Any
 
@@ -22,7 +21,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from fmnist_jax import config_lib, files, parallel
-from fmnist_jax.errors import CheckpointError, brief, causes
+from fmnist_jax.errors import LOG_FILE_ONLY, SEE_LOG_FILE, CheckpointError, brief, causes, traceback_text
 
 __all__ = ["CheckpointError", "CheckpointStore", "PreemptionGuard"]
 
@@ -278,9 +277,9 @@ class CheckpointStore:
                     self.directory / str(s),
                     brief(e),
                     "; trying the one before." if s != steps[0] else ".",
-                    exc_info=e,  # the whole error in the log file
+                    extra=SEE_LOG_FILE,
                 )
-                traceback.clear_frames(e.__traceback__)  # Orbax's coroutines in them closed now, in its event loop
+                logging.warning("%s", traceback_text(e), extra=LOG_FILE_ONLY)
                 failed.append((s, f"{s}: {brief(e)}"))
                 continue
             for bad, _ in failed:  # newer than one that restores, and no transient error: damaged
@@ -329,9 +328,9 @@ class CheckpointStore:
                     self.directory / str(step),
                     brief(e),
                     delay,
-                    exc_info=e,
+                    extra=SEE_LOG_FILE,
                 )
-                traceback.clear_frames(e.__traceback__)
+                logging.warning("%s", traceback_text(e), extra=LOG_FILE_ONLY)
                 time.sleep(delay)
         raise AssertionError("unreachable")
 

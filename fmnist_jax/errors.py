@@ -5,10 +5,13 @@ Each message names the file, field or value at fault and how to fix it.
 
 import pathlib
 import signal
+import traceback
 from collections.abc import Iterator
 
 # `extra=` for a log record that belongs in main.py's log file but not on the terminal (a long library error).
 LOG_FILE_ONLY = {"log_file_only": True}
+# `extra=` for a terminal line whose details follow in a LOG_FILE_ONLY record: the line names the log file.
+SEE_LOG_FILE = {"see_log_file": True}
 
 
 def causes(error: BaseException | None) -> Iterator[BaseException]:
@@ -30,6 +33,16 @@ def brief(error: BaseException, limit: int = 200) -> str:
     if len(first) > limit or len(lines) > 1:
         first = (first[:limit].rsplit(" ", 1)[0] if len(first) > limit else first) + " ..."
     return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
+def traceback_text(error: BaseException) -> str:
+    """`error`'s whole traceback, its causes' too, as text, for a log record; then clears the frames' locals (an
+    exception's frames keep a library's pending coroutines alive, to be closed at some later collection, after
+    their event loop has closed)."""
+    text = "".join(traceback.format_exception(error)).rstrip()
+    for each in causes(error):
+        traceback.clear_frames(each.__traceback__)
+    return text
 
 
 class UserError(Exception):

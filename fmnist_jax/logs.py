@@ -48,8 +48,8 @@ class _Terminal(_OwnLogsOnly):
 
 class _OneLinePerLibraryRecord(logging.PythonFormatter):
     """The terminal's format: a library's warning or error as its first line alone, and this project's with an error
-    attached as its line alone. A failing background save logs several tracebacks; they go whole to the log file
-    named at the end of the line."""
+    attached (or its details in a record of the log file's, `SEE_LOG_FILE`) as its line alone. A failing background
+    save logs several tracebacks; they go whole to the log file named at the end of the line."""
 
     def __init__(self, log_path: pathlib.Path):
         super().__init__()
@@ -57,7 +57,7 @@ class _OneLinePerLibraryRecord(logging.PythonFormatter):
 
     def format(self, record: py_logging.LogRecord) -> str:
         own = _own(record)
-        if own and not record.exc_info:
+        if own and not record.exc_info and not getattr(record, "see_log_file", False):
             return super().format(record)
         saved = record.msg, record.args, record.exc_info, record.exc_text
         first = (record.getMessage().splitlines() or [""])[0]

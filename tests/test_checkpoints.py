@@ -154,6 +154,10 @@ def test_truncated_latest_checkpoint_falls_back_with_a_warning(two_epoch_run, ca
     helpers.damage_checkpoint(workdir, 8)
     run.run(config, workdir)
     assert "Checkpoint" in caplog.text and "8 is damaged" in caplog.text
+    (line,) = [r for r in caplog.records if "does not restore" in r.getMessage()]
+    assert "\n" not in line.getMessage() and getattr(line, "see_log_file", False) and line.exc_info is None
+    (details,) = [r for r in caplog.records if getattr(r, "log_file_only", False) and "Traceback" in r.getMessage()]
+    assert details.exc_info is None  # text: no frames kept alive by the log
     assert (workdir / "checkpoints_damaged" / "8").is_dir()
     assert metrics.load_results(workdir)["params_sha256"] == expected
 

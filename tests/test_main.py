@@ -183,7 +183,7 @@ def test_an_error_in_a_log_line_is_brief_on_the_terminal_and_whole_in_the_log_fi
     import logging
 
     from fmnist_jax import logs
-    from fmnist_jax.errors import brief
+    from fmnist_jax.errors import SEE_LOG_FILE, brief, traceback_text
 
     spec = "Encountered error while reading array index: {'driver': 'zarr', 'dtype': 'float32'}" + " x" * 200
     error = ValueError(spec + "\n  with a second line")
@@ -203,6 +203,12 @@ def test_an_error_in_a_log_line_is_brief_on_the_terminal_and_whole_in_the_log_fi
     assert "Traceback" in logging.Formatter().format(record) and "with a second line" in logging.Formatter().format(
         record
     )
+    flagged = logging.LogRecord(
+        "absl", logging.WARNING, own, 1, "Checkpoint 8 does not restore (%s).", (brief(error),), None
+    )
+    flagged.__dict__.update(SEE_LOG_FILE)  # its details in a record of the log file's own: no frames kept
+    assert logs._OneLinePerLibraryRecord(tmp_path / "run.log").format(flagged).endswith(line[line.index("] ") :])
+    assert traceback_text(error).startswith("Traceback") and traceback_text(error).endswith("with a second line")
     record = logging.LogRecord("absl", logging.INFO, own, 1, "Resumed from checkpoint at step %d", (6,), None)
     assert (
         logs._OneLinePerLibraryRecord(tmp_path / "run.log").format(record).endswith("Resumed from checkpoint at step 6")
