@@ -52,7 +52,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             label, fields = parse_variant(spec)
             if label in configs or label == args.other:
                 raise common.UsageError(f"--variant: the label {label!r} is used twice")
-            configs[label] = common.cnn_config(args.config, [*overrides["config"], *fields])
+            try:
+                configs[label] = common.cnn_config(args.config, [*overrides["config"], *fields])
+            except common.UsageError as e:  # its fields were written as --config overrides: name the variant
+                raise common.UsageError(f"--variant={spec!r}: {e}") from e
         if overrides["other"] and not args.other:
             raise common.UsageError("--other.FIELD=VALUE overrides need --other=NAME")
         if args.other:

@@ -168,7 +168,7 @@ def test_another_configs_refusal_names_its_own_flag():
         (
             step_times,
             ["--variant=a:model.head_widht=0"],
-            'in --config.model.head_widht=0: config.model has no field "h',
+            "--variant='a:model.head_widht=0': unknown config field in --config.model.head_widht=0: config.model has",
         ),
         (step_times, ["--other=linear_svm"], "--other=linear_svm is not a CNN's config"),
         (step_times, ["--rounds=0"], "--rounds=0 must be at least 1"),
