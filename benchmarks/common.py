@@ -137,7 +137,7 @@ def cnn_config(
     try:
         state_lib.check_config(config)
     except ConfigError as e:  # named as the flag's fields: --compare's config.batch_size is compare.batch_size
-        raise UsageError(str(e).replace("config.", f"{prefix}.") if prefix != "config" else str(e)) from e
+        raise UsageError(config_lib.as_fields_of(str(e), prefix)) from e
     return config
 
 

@@ -85,6 +85,12 @@ def diff(saved: Mapping[str, Any], requested: Mapping[str, Any]) -> dict[str, tu
     }
 
 
+def as_fields_of(message: str, prefix: str) -> str:
+    """`message` (a ConfigError's) with its `config.FIELD` and `--config.FIELD` named as `PREFIX.FIELD`: a comparison
+    member's (`config.members.NAME`) or a benchmark's other config (`compare`); config.json stays as it is."""
+    return re.sub(r"(?<![\w./])(--)?config\.(?!json\b)", rf"\1{prefix}.", message)
+
+
 def get(config: ml_collections.ConfigDict, field: str) -> Any:
     """The value of the dotted path `field` ("checkpoint.every_steps") in `config`."""
     value = config

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import pathlib
-import re
 import shutil
 import sys
 from collections.abc import Collection, Iterator
@@ -214,7 +213,7 @@ def _check_member(member: MemberRun) -> None:
     try:
         check(member.config)
     except ConfigError as e:
-        message = re.sub(r"(?<![\w./])(--)?config\.(?!json\b)", rf"\1config.members.{member.name}.", str(e))
+        message = config_lib.as_fields_of(str(e), f"config.members.{member.name}")
         own = f"config.members.{member.name}."
         raise ConfigError(message if message.startswith(own) else f"{own.rstrip('.')}: {message}") from e
 

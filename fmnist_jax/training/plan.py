@@ -75,8 +75,8 @@ class Plan:
         where it was written on another machine, warns and adds this one from its step: the run trains on, but its
         bits can no longer be an uninterrupted run's. Process 0 alone warns (another host of the job may have
         another CPU)."""
-        written = meta.get("machine", self.machine)
         self.trained_on[:] = checkpoints.trained_on(meta, self.machine)
+        written = self.trained_on[-1]["machine"]  # the lineage's last machine wrote the checkpoint
         if written != self.machine:
             self.trained_on.append({"machine": self.machine, "from_step": meta["step"]})
             if files.is_lead_process():
