@@ -362,3 +362,17 @@ class CheckpointStore:
             self.wait()
         finally:
             self.manager.close()
+            self._await_leftover_cleanup()
+
+    def _await_leftover_cleanup(self) -> None:
+        """Waits for the manager's removal of the temporary folders earlier runs left: Orbax starts it in a thread when
+        the manager is made and its `close` does not wait for it, so a store made next on the same folder (a rerun in
+        the same process) would remove the same folders at the same time, and its first save fail on one already
+        gone. A failure here leaves leftovers, which every store ignores. (Orbax's attribute, read if it has it.)"""
+        cleanup = getattr(self.manager, "_cleanup_tmp_directory_future", None)
+        if cleanup is None:
+            return
+        try:
+            cleanup.result()
+        except Exception as e:  # leftovers stay, harmless
+            logging.info("Removing the temporary folders left in %s failed (%s)", self.directory, brief(e))

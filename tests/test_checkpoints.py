@@ -319,7 +319,8 @@ def test_leftover_temporary_folder_is_ignored(two_epoch_run):
     os.rename(workdir / "checkpoints" / "8", workdir / "checkpoints" / "8.orbax-checkpoint-tmp")
     store = checkpoints.CheckpointStore(workdir / "checkpoints")
     assert store.all_steps() == [4, 6]
-    store.close()
+    store.close()  # once closed, its removal of the leftover is done: the run's store does not race it
+    assert not (workdir / "checkpoints" / "8.orbax-checkpoint-tmp").exists()
     run.run(config, workdir)
     assert metrics.load_results(workdir)["params_sha256"] == expected
 
