@@ -16,16 +16,17 @@ from typing import Any
 import joblib
 import ml_collections
 import numpy as np
+import sklearn
 from absl import logging
 from sklearn import ensemble, pipeline, preprocessing, svm
 from sklearn.exceptions import ConvergenceWarning
 
-from fmnist_jax import config_lib, data, files, metrics
+from fmnist_jax import config_lib, data, files, machine, metrics
 from fmnist_jax.errors import ConfigError, ResultsError
 
 # model.joblib, and beside it fit.json: what its fit reported, so a run stopped before its scores keeps them.
 MODEL_FILE, FIT_FILE = config_lib.MODEL_FILE, config_lib.FIT_FILE
-FIT_FIELDS = ("train_seconds", "converged", "n_iter", "search")
+FIT_FIELDS = ("train_seconds", "converged", "n_iter", "search", "trained_on")
 PREPROCESS = ("none", "scale", "standardize")
 FOREST_FIELDS = (
     "n_estimators",
@@ -225,6 +226,12 @@ def load_estimator(workdir: str | pathlib.Path) -> Any:
     return estimator
 
 
+def run_machine() -> str:
+    """What a baseline's fit and scores computed on, as results.json records it (`machine`, and the fit's in
+    `trained_on`): the CPU kind (`machine.cpu_kind`: model, instruction set, threads) and scikit-learn's version."""
+    return f"cpu: {machine.cpu_kind()}; scikit-learn {sklearn.__version__}"
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the first field of a baseline config that cannot run."""
     config_lib.check_positive(config, "seed", allow_zero=True)
@@ -262,6 +269,7 @@ def fit_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.P
     start = time.perf_counter()
     fit_info = fit(estimator, x_train, y_train)
     train_seconds = time.perf_counter() - start
+    extra["trained_on"] = [{"machine": run_machine(), "from_step": 0}]  # the CNN's form: one fit, from its start
     save_estimator(workdir, estimator, {"train_seconds": train_seconds, **fit_info, **extra})
     return score(config, workdir, estimator, dataset, train_seconds=train_seconds, extra={**fit_info, **extra})
 
@@ -294,7 +302,7 @@ def score(
         predict_seconds=predict_seconds,
         seed=config.seed,
         dataset=dataset,
-        extra=extra,
+        extra={**extra, "machine": run_machine()},
     )
     metrics.save_predictions(  # first: results.json marks the run finished
         workdir, labels=dataset.test.labels, preds=test_pred, probs=test_probs, images=dataset.test.images

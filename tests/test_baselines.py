@@ -7,6 +7,7 @@ import sys
 import joblib
 import numpy as np
 import pytest
+import sklearn
 from helpers import ROOT, last_line, load_config
 
 from fmnist_jax import baselines, data, metrics, run
@@ -85,14 +86,21 @@ def test_svm_converges_on_scaled_pixels(tiny_data, tmp_path):
     assert results["converged"] is True and results["test_accuracy"] > 0.8
 
 
-def test_evaluate_mode_rescores_the_saved_model(tiny_data, tmp_path):
+def test_evaluate_mode_rescores_the_saved_model(tiny_data, tmp_path, monkeypatch):
+    """Scored again, as on another machine: the same scores, results.json naming the machine that scored
+    (`machine`) and the one that fitted (`trained_on`, as a CNN run's lineage)."""
     config = tiny("random_forest", tiny_data, **{"model.n_estimators": 10})
     trained = run.run(config, tmp_path)
+    here = baselines.run_machine()
+    assert here.startswith("cpu: ") and here.endswith(f"; scikit-learn {sklearn.__version__}")
+    assert trained["machine"] == here and trained["trained_on"] == [{"machine": here, "from_step": 0}]
     (tmp_path / "results.json").unlink()
     config.mode = "evaluate"
+    monkeypatch.setattr(baselines, "run_machine", lambda: "cpu: another")
     evaluated = run.run(config, tmp_path)
     assert evaluated["test_accuracy"] == trained["test_accuracy"]
     assert evaluated["confusion_matrix"] == trained["confusion_matrix"]
+    assert evaluated["machine"] == "cpu: another" and evaluated["trained_on"] == trained["trained_on"]
 
 
 def test_a_fit_stopped_before_its_scores_or_with_damaged_scores_is_scored_again_not_refitted(tiny_data, tmp_path):

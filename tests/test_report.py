@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from helpers import NARROW_RECIPE, load_config, quick_compare_config, run_main
 
-from fmnist_jax import config_lib, data, metrics, parallel, report, run, stats
+from fmnist_jax import baselines, config_lib, data, machine, metrics, parallel, report, run, stats
 from fmnist_jax.errors import ConfigError, UserError
 from fmnist_jax.report import sentences, tables
 from fmnist_jax.report.__main__ import main as report_main
@@ -253,30 +253,40 @@ def test_the_report_names_the_runs_that_read_other_data_than_the_released_files(
     assert "released" not in md
 
 
-def test_the_report_names_the_machines_when_the_cnn_runs_computed_on_several(comparison, tmp_path):
-    """A CNN run's results.json names the machines it trained on and the one that scored it; runs of one machine (the
-    comparison's) say nothing of it, runs of two are listed under each, since their times do not compare; a run that
-    moved, under its machines in turn; one scored again elsewhere, with that machine."""
+def test_the_report_names_the_machine_and_lists_the_runs_of_each_where_there_are_several(comparison, tmp_path):
+    """Every run's results.json names the machines it trained on and the one that scored it; the report names their
+    hardware (without device counts and versions): the comparison's one, or, for runs of two, the runs under each,
+    since their times do not compare; a run that moved, under its machines in turn (not for another device count on
+    the same hardware); one scored again elsewhere, with that machine."""
     _, workdir, results = comparison
-    here = results["cnn"][0]["machine"]
-    assert here == results["cnn"][1]["machine"] == parallel.run_machine(parallel.make_mesh())
-    assert results["cnn"][0]["trained_on"] == [{"machine": here, "from_step": 0}]
+    cnn = results["cnn"][0]["machine"]
+    assert cnn == results["cnn"][1]["machine"] == parallel.run_machine(parallel.make_mesh())
+    assert results["cnn"][0]["trained_on"] == [{"machine": cnn, "from_step": 0}]
+    forest = results["random_forest"][0]["machine"]
+    assert forest == baselines.run_machine() and results["random_forest"][0]["trained_on"][0]["machine"] == forest
+    here = f"cpu: {machine.cpu_kind()}"  # the hardware both name, without device counts and versions
+    assert cnn.startswith(here + ";") and forest.startswith(here + ";")
     intro = " ".join((workdir / "report.md").read_text().split())
-    assert f"The CNN runs computed on `{here}`." in intro and "machines" not in intro
-    gpu = "gpu: NVIDIA H200; 1 device(s) in 1 process(es); jax 0.11.2"
+    assert f"The runs computed on `{here}`." in intro and "machines" not in intro
+    gpu = "gpu: NVIDIA H200"
+    on_gpu = f"{gpu}; 1 device(s) in 1 process(es); jax 0.11.2"
     older = {k: v for k, v in results["cnn"][0].items() if k != "trained_on"}  # results before the lineage
+    eight = cnn.replace("1 device(s)", "8 device(s)")  # the same hardware: not a move between machines
     changes = [
         older,
-        {"machine": gpu, "trained_on": [{"machine": gpu, "from_step": 0}]},
-        {"machine": gpu, "trained_on": [{"machine": here, "from_step": 0}, {"machine": gpu, "from_step": 6}]},
-        {"machine": gpu},  # trained here, scored again on the GPU
+        {"machine": on_gpu, "trained_on": [{"machine": on_gpu, "from_step": 0}]},
+        {
+            "machine": on_gpu,
+            "trained_on": [{"machine": m, "from_step": n} for m, n in ((cnn, 0), (eight, 2), (on_gpu, 6))],
+        },
+        {"machine": on_gpu},  # trained here, scored again on the GPU
     ]
     for i, change in enumerate(changes):
         shutil.copytree(workdir / "cnn" / f"seed_{i % 2}", tmp_path / f"cnn_{i}")
         metrics.save_results(tmp_path / f"cnn_{i}", {**results["cnn"][i % 2], **change} if i else change)
     md = report.build([tmp_path / f"cnn_{i}" for i in range(4)], tmp_path / "out")["markdown"].read_text()
     assert (
-        f"The CNN runs computed on 2 machines, their times comparable within one only: `{here}` (cnn_0); `{gpu}` "
+        f"The runs computed on 2 machines, their times comparable within one only: `{here}` (cnn_0); `{gpu}` "
         f"(cnn_1); `{here}`, from step 6 on `{gpu}` (cnn_2); `{here}`, scored on `{gpu}` (cnn_3)."
     ) in " ".join(md.split())
 

@@ -72,30 +72,39 @@ def _other_data(runs: Sequence[Member]) -> str:
     )
 
 
+def _hardware(machine: str) -> str:
+    """A recorded `machine` without its device count and versions: "cpu: <CPU kind>" or "gpu: <device>"."""
+    return machine.split(";")[0]
+
+
 def _machines(runs: Sequence[Member]) -> str:
-    """A sentence naming the machines the CNN runs trained on (results.json's `trained_on`, older results' `machine`)
-    where there are several, with the runs of each: their times compare only within one. A run that moved between
-    machines is listed under its machines in turn, one scored again elsewhere (`machine`) with that one; where all
-    computed on one, that one. "" for none (runs older than the record, baselines alone)."""
+    """A sentence naming the hardware the runs computed on (results.json's `trained_on`, older results' `machine`,
+    each without its device count and versions): where there are several, with the runs of each, since their times
+    compare only within one. A run that moved between machines is listed under its machines in turn, one scored again
+    elsewhere (`machine`) with that one; where all computed on one, that one. "" for none (runs older than the
+    record)."""
     by_machine: dict[str, list[str]] = {}
     machines: set[str] = set()
     for r in runs:
-        scored = r.results.get("machine")
-        parts = r.results.get("trained_on") or ([{"machine": scored}] if scored else [])
+        scored = _hardware(r.results["machine"]) if r.results.get("machine") else None
+        parts: list[tuple[str, int]] = []  # (hardware, from step), a move between machines of one kind left out
+        for p in r.results.get("trained_on") or ([{"machine": r.results["machine"], "from_step": 0}] if scored else []):
+            if not parts or _hardware(p["machine"]) != parts[-1][0]:
+                parts.append((_hardware(p["machine"]), p["from_step"]))
         if parts:
-            machines.update(p["machine"] for p in parts)
-            name = parts[0]["machine"] + "".join(f"`, from step {p['from_step']} on `{p['machine']}" for p in parts[1:])
-            if scored and scored != parts[-1]["machine"]:  # its prediction time is that machine's
+            machines.update(m for m, _ in parts)
+            name = parts[0][0] + "".join(f"`, from step {n} on `{m}" for m, n in parts[1:])
+            if scored and scored != parts[-1][0]:  # its prediction time is that machine's
                 machines.add(scored)
                 name += f"`, scored on `{scored}"
             by_machine.setdefault(name, []).append(folder_label(r))
     if len(machines) == 1 and len(by_machine) == 1:  # where the times in the tables come from
         (labels,) = by_machine.values()
-        return f" The CNN run{'s' * (len(labels) > 1)} computed on `{machines.pop()}`."
+        return f" The run{'s' * (len(labels) > 1)} computed on `{machines.pop()}`."
     if len(machines) < 2:
         return ""
     listed = "; ".join(f"`{name}` ({', '.join(labels)})" for name, labels in by_machine.items())
-    return f" The CNN runs computed on {len(machines)} machines, their times comparable within one only: {listed}."
+    return f" The runs computed on {len(machines)} machines, their times comparable within one only: {listed}."
 
 
 def _released(results: dict[str, Any]) -> bool | None:
