@@ -48,6 +48,9 @@ OPERATIONAL = (
 # A comparison's seeds and members' switches and folders: each member's run guards its own config.json, so adding a
 # seed or a member, leaving one out or naming a finished run's folder reuses the runs there are.
 COMPARISON_CHOICES = re.compile(r"seeds|members\.[^.]+\.(enabled|workdir)")
+# Besides the model and data (which `evaluate` refuses to change), the fields that change what a checkpoint scores:
+# scored with another value, a finished run's checkpoint is scored apart from its results (training/evaluate.py).
+SCORING_FIELDS = ("tta_flip", "compute_dtype")
 # Compared, but may change with --config.resume_with_changes=True.
 SAFE_TO_CHANGE = ("num_epochs", "checkpoint.every_steps", "checkpoint.max_to_keep", "compute_dtype")
 

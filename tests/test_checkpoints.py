@@ -4,6 +4,7 @@ restore for evaluation and prediction, unwritable workdirs."""
 import contextlib
 import copy
 import errno
+import json
 import logging
 import os
 import shutil
@@ -499,6 +500,25 @@ def test_evaluating_an_unfinished_run_keeps_its_scores_apart_and_the_run_unfinis
     config.mode = "train"
     run.run(config, stopped)
     assert_same_run(stopped, straight)
+
+
+def test_a_finished_run_scored_with_other_settings_keeps_its_own_results(two_epoch_run):
+    """Scoring the last checkpoint with a setting other than the run's (test-time flips) writes evaluate_step_8/,
+    naming the setting (`scored_with`), which the report keeps apart from the run; the run's own results stay."""
+    config, finished = two_epoch_run
+    own = (finished / "results.json").read_bytes()
+    config.mode, config.tta_flip = "evaluate", True
+    scores = run.run(config, finished)
+    apart = finished / "evaluate_step_8"
+    assert metrics.load_results(apart) == scores and (finished / "results.json").read_bytes() == own
+    assert scores["scored_with"] == {"tta_flip": True} and scores["checkpoint_step"] == 8
+    assert scores["params_sha256"] == json.loads(own)["params_sha256"]
+    members = [report.runs.load_member(w) for w in (finished, apart)]
+    assert members[1].settings == {**members[0].settings, "tta_flip": True}
+    config.tta_flip = False  # the run's own setting again: its results are rewritten in place, to the same scores
+    again = run.run(config, finished)
+    assert again["test_accuracy"] == json.loads(own)["test_accuracy"] and "scored_with" not in again
+    assert metrics.load_results(finished) == again
 
 
 @pytest.fixture

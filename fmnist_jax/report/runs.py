@@ -67,7 +67,10 @@ def load_member(workdir: str | pathlib.Path) -> Member:
     label, step = results.get("config_name") or workdir.name, results.get("checkpoint_step")
     if step is not None:  # an earlier checkpoint scored apart (evaluate_step_N/): never a finished run's seed
         label, title = f"{label}_step{step}", f"{title} (checkpoint at step {step})"
-    return Member(label, workdir, results, history, predictions, title, read_settings(workdir, step is not None))
+    settings = read_settings(workdir, step is not None)
+    if settings is not None and results.get("scored_with"):  # scored with settings other than its run's
+        settings = {**settings, **results["scored_with"]}
+    return Member(label, workdir, results, history, predictions, title, settings)
 
 
 @dataclasses.dataclass

@@ -110,14 +110,16 @@ class Evaluator:
         phases: timing.Phases | None = None,
         trained_seconds: dict[str, Any] | None = None,
         checkpoint_step: int | None = None,
+        scored_with: dict[str, Any] | None = None,
         trained_on: list[dict] | None = None,
     ) -> dict[str, Any]:
         """Scores `state` on validation (unless `val` already holds its scores) and test; writes results.json
         and predictions.npz to `out` (predictions first: results.json marks a run finished). With `phases`, the
         scoring is the phase "evaluation", the predictions' writing "writing", and results.json keeps them all.
         `trained_seconds`: the training run's `seconds`, kept, with this scoring's beside them as "evaluate";
-        `checkpoint_step`: the step of a checkpoint scored apart from its run (results.json says so); `trained_on`:
-        the machines its steps computed on (`Plan.trained_on`), kept beside the one that scores (`machine`)."""
+        `checkpoint_step`: the step of a checkpoint scored apart from its run (results.json says so), `scored_with`
+        the settings other than the run's it was scored with; `trained_on`: the machines its steps computed on
+        (`Plan.trained_on`), kept beside the one that scores (`machine`)."""
         config, dataset = self.config, self.dataset
         phases = phases or timing.Phases()
         with phases("evaluation"):
@@ -145,6 +147,7 @@ class Evaluator:
                 "machine": parallel.run_machine(self.programs.mesh),
                 **({"trained_on": trained_on} if trained_on else {}),
                 **({} if checkpoint_step is None else {"checkpoint_step": checkpoint_step}),
+                **({"scored_with": scored_with} if scored_with else {}),
             },
         )
         # Process 0 writes; a write that fails there (a full disk) stops every process, not it alone.
@@ -186,10 +189,12 @@ def restore_for_inference(
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
-    """Scores a checkpoint on the validation and test sets (mode=evaluate): the latest, at the run's last step, into
-    the workdir's results.json and predictions.npz; the one `config.checkpoint.step` names, or the latest of a run
-    not yet finished, into WORKDIR/evaluate_step_N/: results.json marks a run finished, and a rerun and the
-    comparison report read it as the run's own results."""
+    """Scores a checkpoint on the validation and test sets (mode=evaluate): the latest, at the run's last step, with
+    the run's settings, into the workdir's results.json and predictions.npz; the one `config.checkpoint.step` names,
+    the latest of a run not yet finished, or one scored with settings other than the run's config.json (a field of
+    config_lib.SCORING_FIELDS the command line set; results.json's `scored_with` names them), into
+    WORKDIR/evaluate_step_N/: results.json marks a run finished, and a rerun and the comparison report read it as the
+    run's own results."""
     workdir = pathlib.Path(workdir)
     mesh = parallel.make_mesh()
     programs, state, num_params, meta = restore_for_inference(config, workdir, mesh)
@@ -197,9 +202,15 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathli
     saved = workdir / config_lib.CONFIG_FILE  # what the run trains to (its data is this config's: checked)
     trained = config_lib.read_saved(saved) if saved.exists() else config_lib.to_dict(config)
     last_step = config_lib.last_step(len(dataset.train), trained["batch_size"], trained["num_epochs"])
-    own = config.checkpoint.step is None and meta["step"] == last_step
+    requested = config_lib.to_dict(config)  # fields of another version's config.json, on one side only: not asked
+    both = config_lib.flatten(trained).keys() & config_lib.flatten(requested).keys() & set(config_lib.SCORING_FIELDS)
+    other = {k: new for k, (_, new) in config_lib.diff(trained, requested).items() if k in both}
+    own = config.checkpoint.step is None and meta["step"] == last_step and not other
     out = workdir if own else workdir / f"evaluate_step_{meta['step']}"
-    if config.checkpoint.step is None and not own:
+    if other:
+        asked = ", ".join(f"{k}={v!r}" for k, v in other.items())
+        logging.info("Settings other than the run's (%s): scored apart from its results, into %s", asked, out)
+    elif config.checkpoint.step is None and not own:
         logging.info("Checkpoint %d is not the run's last (step %d): scored apart from it", meta["step"], last_step)
     logging.info("Evaluating on %d %s device(s) into %s", mesh.devices.size, jax.default_backend(), out)
     with parallel.lead_writes(f"making {out}"):
@@ -217,6 +228,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathli
         train_seconds=meta["train_seconds"],
         trained_seconds=trained_seconds,
         checkpoint_step=None if own else meta["step"],
+        scored_with=other,
         trained_on=checkpoints.trained_on(meta),
     )
 
