@@ -214,9 +214,8 @@ def trained_fields(
         raise ConfigError(f"{workdir} holds a {was} run, not a {now} one; use the config file it was trained with.")
     changed, both = diff(saved, requested), flatten(saved).keys() & flatten(requested).keys()
 
-    def set_by(field: str) -> str | None:  # the flag that set `field` ("data.num_train", or its section "data")
-        parts = field.split(".")
-        return next((g for g in (".".join(parts[:i]) for i in range(len(parts), 0, -1)) if g in given), None)
+    def set_by(field: str) -> str | None:
+        return flag_setting(field, given)
 
     probe, taken, unsettable = copy.deepcopy(config), {}, []
     for field, (old, _) in changed.items():
@@ -240,6 +239,13 @@ def trained_fields(
             + f" (its whole config: {path})."
         )
     return taken
+
+
+def flag_setting(field: str, given: Collection[str]) -> str | None:
+    """The flag of `given` (main.py's --config.FIELD or --config.SECTION flags, without "--config.") that set the
+    dotted `field`: the field ("data.num_train") or its section ("data"); None where none did."""
+    parts = field.split(".")
+    return next((g for g in (".".join(parts[:i]) for i in range(len(parts), 0, -1)) if g in given), None)
 
 
 def take(config: ml_collections.ConfigDict, fields: Mapping[str, Any], workdir: str | pathlib.Path) -> None:

@@ -63,7 +63,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, given: C
             if kind == "cnn":
                 return _run_cnn(config, workdir, mode, given)
             if kind == "compare":
-                return _run_compare(config, workdir)
+                return _run_compare(config, workdir, given)
             return _run_baseline(config, workdir, mode, given)
         except Exception as e:
             if files.is_disk_full(e) and not isinstance(e, files.DiskFull):
@@ -153,9 +153,12 @@ class MemberRun:
     named: bool  # a workdir the user named: a finished run there is reported as it is
 
 
-def member_runs(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[MemberRun]:
+def member_runs(
+    config: ml_collections.ConfigDict, workdir: pathlib.Path, given: Collection[str] | None = None
+) -> list[MemberRun]:
     """Every enabled member once per seed, in the study's order: its config (seed and, with quick=True, the quick
-    overrides applied) and its workdir, WORKDIR/<member>/seed_<seed> unless the member names one."""
+    overrides applied, but for a member's field the command line set: `given`, as `run` takes it) and its workdir,
+    WORKDIR/<member>/seed_<seed> unless the member names one."""
     seeds = tuple(config.seeds)
     if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):
         raise ConfigError(f"config.seeds={config.seeds!r} must be distinct integers, e.g. --config.seeds=0,1,2.")
@@ -170,12 +173,12 @@ def member_runs(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> lis
                 f"config.members.{name}.workdir={named!r} names one folder for {len(seeds)} seeds; put {{seed}} in "
                 f"it (e.g. {named}_seed{{seed}}) or run one seed."
             )
+        quick = _quick_overrides(config, name, given)
         for seed in seeds:
             member = ml_collections.ConfigDict(section.to_dict())  # an unlocked copy
             del member["workdir"], member["enabled"]
             member.seed = seed
-            if config.quick and name in config.quick_overrides:
-                config_lib.merge(member, config.quick_overrides[name])
+            config_lib.merge(member, quick)
             try:
                 folder = pathlib.Path(named.format(seed=seed)) if named else workdir / name / f"seed_{seed}"
             except (KeyError, IndexError, ValueError) as e:
@@ -248,7 +251,28 @@ def _check_named(member: MemberRun, workdir: pathlib.Path) -> bool:
     return True
 
 
-def _run_compare(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, dict[int, Any]]:
+def _quick_overrides(config: ml_collections.ConfigDict, name: str, given: Collection[str] | None) -> dict[str, Any]:
+    """What quick=True sets in member `name` (nested, for `config_lib.merge`): its quick_overrides, less the fields
+    the command line set for the member (--config.members.NAME.FIELD), which win and are said to."""
+    if not (config.quick and name in config.quick_overrides):
+        return {}
+    quick = config.quick_overrides[name].to_dict()
+    kept = [k for k in config_lib.flatten(quick) if given and config_lib.flag_setting(f"members.{name}.{k}", given)]
+    for field in kept:
+        *sections, key = field.split(".")
+        inner = quick
+        for section in sections:
+            inner = inner[section]
+        del inner[key]
+    if kept:
+        values = ", ".join(f"{k}={config_lib.get(config.members[name], k)!r}" for k in kept)
+        logging.info("%s: quick=True keeps the command line's %s over quick_overrides.%s", name, values, name)
+    return quick
+
+
+def _run_compare(
+    config: ml_collections.ConfigDict, workdir: pathlib.Path, given: Collection[str] | None
+) -> dict[str, dict[int, Any]]:
     """Runs every member's seeds that have no finished run yet, then builds the report from all of them;
     returns each member's results by seed."""
     from fmnist_jax import report
@@ -256,7 +280,7 @@ def _run_compare(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> di
 
     if config.mode != "train":
         raise ConfigError("a comparison only trains and reports: run evaluate/predict on a member's workdir.")
-    runs = member_runs(config, workdir)
+    runs = member_runs(config, workdir, given)
     if "jax" in sys.modules and sys.modules["jax"].process_count() > 1:  # a job (joined by `run`): process 0 decides
         from fmnist_jax import parallel
 

@@ -376,6 +376,27 @@ def test_the_speedrun_joins_the_comparison_when_asked_under_its_own_title(tmp_pa
     assert report.runs.load_member(workdir).title == "Speedrun CNN (beyond the study)"  # not vgg_bn's title
 
 
+def test_a_members_field_set_on_the_command_line_wins_over_quick_overrides(tmp_path, caplog):
+    """quick=True sets its smaller values, but a member's field the command line set (itself or its section) keeps
+    the command line's value, and the log says so; without a command line (a config built in Python), quick's."""
+    config = load_config("compare", quick=True)
+    config.members.cnn.num_epochs, config.members.random_forest.data.num_train = 1, 500
+    given = {"quick", "members.cnn.num_epochs", "members.random_forest.data"}
+    with caplog.at_level(logging.INFO):
+        runs = {r.name: r.config for r in run.member_runs(config, tmp_path, given)}
+    quick = config.quick_overrides
+    assert (runs["cnn"].num_epochs, runs["cnn"].data.num_train) == (1, quick.cnn.data.num_train)
+    assert runs["random_forest"].data.num_train == 500
+    assert runs["random_forest"].model.n_estimators == quick.random_forest.model.n_estimators
+    assert "cnn: quick=True keeps the command line's num_epochs=1 over quick_overrides.cnn" in caplog.text
+    assert "random_forest: quick=True keeps the command line's data.num_train=500" in caplog.text
+    python = {r.name: r.config for r in run.member_runs(config, tmp_path)}
+    assert (python["cnn"].num_epochs, python["random_forest"].data.num_train) == (
+        quick.cnn.num_epochs,
+        quick.random_forest.data.num_train,
+    )
+
+
 def test_a_named_workdir_for_several_seeds_must_hold_the_seed(tiny_data, tmp_path):
     config = quick_compare_config(tiny_data, seeds=(0, 1))
     config.members.cnn.workdir = str(tmp_path / "cnn")
