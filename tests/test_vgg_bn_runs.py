@@ -153,8 +153,9 @@ def test_evaluate_and_predict_score_the_checkpoint_as_training_did(tiny_data, re
     assert evaluated["test_accuracy"] == trained["test_accuracy"]
     assert evaluated["params_sha256"] == trained["params_sha256"]
     np.testing.assert_allclose(metrics.load_predictions(workdir)["probs"], trained_probs, atol=1e-6)
-    run.run(config(tiny_data, mode="evaluate", tta_flip=False), workdir)
-    assert not np.allclose(metrics.load_predictions(workdir)["probs"], trained_probs, atol=1e-4)  # TTA was on
+    plain = run.run(config(tiny_data, mode="evaluate", tta_flip=False), workdir)  # scored apart from the run's
+    apart = workdir / f"evaluate_step_{plain['checkpoint_step']}"
+    assert not np.allclose(metrics.load_predictions(apart)["probs"], trained_probs, atol=1e-4)  # TTA was on
 
     test_images = data.load(config(tiny_data).data, seed=0).test.images[:5]
     np.save(tmp_path / "five.npy", test_images)
