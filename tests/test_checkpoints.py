@@ -503,14 +503,18 @@ def test_evaluating_an_unfinished_run_keeps_its_scores_apart_and_the_run_unfinis
 
 
 def test_a_finished_run_scored_with_other_settings_keeps_its_own_results(two_epoch_run):
-    """Scoring the last checkpoint with a setting other than the run's (test-time flips) writes evaluate_step_8/,
-    naming the setting (`scored_with`), which the report keeps apart from the run; the run's own results stay."""
+    """Scoring the last checkpoint with a setting other than the run's (test-time flips) writes a folder of its own,
+    naming the setting (`scored_with`), which the report keeps apart from the run; the run's own results stay, and
+    so do those of the checkpoint scored apart with the run's settings (evaluate_step_8/)."""
     config, finished = two_epoch_run
     own = (finished / "results.json").read_bytes()
-    config.mode, config.tta_flip = "evaluate", True
+    config.mode, config.checkpoint.step = "evaluate", 8
+    plain = run.run(config, finished)
+    config.checkpoint.step, config.tta_flip = None, True
     scores = run.run(config, finished)
-    apart = finished / "evaluate_step_8"
+    apart = finished / "evaluate_step_8_tta_flip=True"
     assert metrics.load_results(apart) == scores and (finished / "results.json").read_bytes() == own
+    assert metrics.load_results(finished / "evaluate_step_8") == plain and "scored_with" not in plain
     assert scores["scored_with"] == {"tta_flip": True} and scores["checkpoint_step"] == 8
     assert scores["params_sha256"] == json.loads(own)["params_sha256"]
     members = [report.runs.load_member(w) for w in (finished, apart)]

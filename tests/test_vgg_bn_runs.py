@@ -154,7 +154,7 @@ def test_evaluate_and_predict_score_the_checkpoint_as_training_did(tiny_data, re
     assert evaluated["params_sha256"] == trained["params_sha256"]
     np.testing.assert_allclose(metrics.load_predictions(workdir)["probs"], trained_probs, atol=1e-6)
     plain = run.run(config(tiny_data, mode="evaluate", tta_flip=False), workdir)  # scored apart from the run's
-    apart = workdir / f"evaluate_step_{plain['checkpoint_step']}"
+    apart = workdir / f"evaluate_step_{plain['checkpoint_step']}_tta_flip=False"
     assert not np.allclose(metrics.load_predictions(apart)["probs"], trained_probs, atol=1e-4)  # TTA was on
 
     test_images = data.load(config(tiny_data).data, seed=0).test.images[:5]

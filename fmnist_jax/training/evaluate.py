@@ -193,8 +193,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathli
     the run's settings, into the workdir's results.json and predictions.npz; the one `config.checkpoint.step` names,
     the latest of a run not yet finished, or one scored with settings other than the run's config.json (a field of
     config_lib.SCORING_FIELDS the command line set; results.json's `scored_with` names them), into
-    WORKDIR/evaluate_step_N/: results.json marks a run finished, and a rerun and the comparison report read it as the
-    run's own results."""
+    WORKDIR/evaluate_step_N/ (with other settings, WORKDIR/evaluate_step_N_FIELD=VALUE/): results.json marks a run
+    finished, and a rerun and the comparison report read it as the run's own results."""
     workdir = pathlib.Path(workdir)
     mesh = parallel.make_mesh()
     programs, state, num_params, meta = restore_for_inference(config, workdir, mesh)
@@ -206,7 +206,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathli
     both = config_lib.flatten(trained).keys() & config_lib.flatten(requested).keys() & set(config_lib.SCORING_FIELDS)
     other = {k: new for k, (_, new) in config_lib.diff(trained, requested).items() if k in both}
     own = config.checkpoint.step is None and meta["step"] == last_step and not other
-    out = workdir if own else workdir / f"evaluate_step_{meta['step']}"
+    # One folder per checkpoint and settings: a scoring with other settings never replaces another's.
+    apart = "_".join([f"evaluate_step_{meta['step']}", *(f"{k}={v}" for k, v in other.items())])
+    out = workdir if own else workdir / apart
     if other:
         asked = ", ".join(f"{k}={v!r}" for k, v in other.items())
         logging.info("Settings other than the run's (%s): scored apart from its results, into %s", asked, out)
