@@ -208,7 +208,7 @@ def score_saved(
 ) -> dict[str, Any]:
     """`score` of the estimator saved in `workdir`, its fit's seconds and report (`fit_record`) kept in the new
     results.json: a model scored again is never refitted."""
-    record = fit_record(workdir)
+    record = {"trained_on": None, **fit_record(workdir)}  # None: a fit whose machine was not recorded
     train_seconds = record.pop("train_seconds", None)
     return score(config, workdir, estimator, dataset, train_seconds=train_seconds, extra=record)
 

@@ -123,7 +123,9 @@ def test_a_fit_stopped_before_its_scores_or_with_damaged_scores_is_scored_again_
     assert {k: run.run(config, tmp_path)[k] for k in kept} == {k: trained[k] for k in kept}
     (tmp_path / metrics.RESULTS_FILE).unlink()
     (tmp_path / baselines.FIT_FILE).unlink()  # a model saved before fit.json existed: its fit's seconds unknown
-    assert run.run(config, tmp_path)["train_seconds"] is None
+    rescored = run.run(config, tmp_path)
+    assert rescored["train_seconds"] is None
+    assert rescored["trained_on"] is None and rescored["machine"] == baselines.run_machine()  # the fit's: unknown
     (tmp_path / metrics.RESULTS_FILE).write_text("{")  # and damaged: scored again, not refitted
     config.mode = "train"
     again = run.run(config, tmp_path)

@@ -286,9 +286,19 @@ def test_the_report_names_the_machine_and_lists_the_runs_of_each_where_there_are
         metrics.save_results(tmp_path / f"cnn_{i}", {**results["cnn"][i % 2], **change} if i else change)
     md = report.build([tmp_path / f"cnn_{i}" for i in range(4)], tmp_path / "out")["markdown"].read_text()
     assert (
-        f"The runs computed on 2 machines, their times comparable within one only: `{here}` (cnn_0); `{gpu}` "
-        f"(cnn_1); `{here}`, from step 6 on `{gpu}` (cnn_2); `{here}`, scored on `{gpu}` (cnn_3)."
+        f"Times compare within one machine only: the CNN runs: `{here}` (cnn_0); `{gpu}` (cnn_1); `{here}`, from step "
+        f"6 on `{gpu}` (cnn_2); `{here}`, scored on `{gpu}` (cnn_3)."
     ) in " ".join(md.split())
+    # A GPU's host fits the baselines on its CPU: each group named with its own; a run without a record apart.
+    for name in ("random_forest", "linear_svm"):
+        shutil.copytree(workdir / name / "seed_0", tmp_path / name)
+    svm = {k: v for k, v in results["linear_svm"][0].items() if k not in ("machine", "trained_on")}
+    metrics.save_results(tmp_path / "linear_svm", svm)  # results older than the record
+    md = report.build([tmp_path / n for n in ("cnn_1", "random_forest", "linear_svm")], tmp_path / "out2")["markdown"]
+    assert (
+        f"No machine is recorded for linear_svm. Times compare within one machine only: the CNN runs on `{gpu}`, the "
+        f"baselines on `{here}`."
+    ) in " ".join(md.read_text().split())
 
 
 def test_runs_of_one_config_with_other_settings_are_other_models(comparison, tmp_path):

@@ -72,39 +72,64 @@ def _other_data(runs: Sequence[Member]) -> str:
     )
 
 
+BASELINE_MODELS = ("random_forest", "linear_svm")  # results.json's `model` of the scikit-learn baselines
+
+
 def _hardware(machine: str) -> str:
     """A recorded `machine` without its device count and versions: "cpu: <CPU kind>" or "gpu: <device>"."""
     return machine.split(";")[0]
 
 
+def _run_machines(results: dict[str, Any]) -> tuple[str, set[str]] | None:
+    """How a run's machines read in the report ("A", "A`, from step 6 on `B", "A`, scored on `B") and their hardware,
+    from results.json's `trained_on` (older CNN results: `machine`, the one that scored); None where neither says
+    (results older than the record; a baseline scored again whose fit's machine was not recorded: `trained_on` null)."""
+    scored = _hardware(results["machine"]) if results.get("machine") else None
+    lineage = results.get("trained_on", [{"machine": results["machine"], "from_step": 0}] if scored else None)
+    if not lineage:
+        return None
+    parts: list[tuple[str, int]] = []  # (hardware, from step), a move between machines of one kind left out
+    for p in lineage:
+        if not parts or _hardware(p["machine"]) != parts[-1][0]:
+            parts.append((_hardware(p["machine"]), p["from_step"]))
+    name = parts[0][0] + "".join(f"`, from step {n} on `{m}" for m, n in parts[1:])
+    if scored and scored != parts[-1][0]:  # its prediction time is that machine's
+        name += f"`, scored on `{scored}"
+    return name, {m for m, _ in parts} | ({scored} if scored else set())
+
+
 def _machines(runs: Sequence[Member]) -> str:
-    """A sentence naming the hardware the runs computed on (results.json's `trained_on`, older results' `machine`,
-    each without its device count and versions): where there are several, with the runs of each, since their times
-    compare only within one. A run that moved between machines is listed under its machines in turn, one scored again
-    elsewhere (`machine`) with that one; where all computed on one, that one. "" for none (runs older than the
-    record)."""
-    by_machine: dict[str, list[str]] = {}
-    machines: set[str] = set()
+    """A sentence naming the hardware the runs computed on (`_run_machines`), since times compare only within one:
+    the one all computed on; else, for the CNN runs and for the baselines (which a GPU's host fits on its CPU), the
+    one each group computed on or each machine with its runs. The runs without a record are named apart."""
+    described: dict[str, list[tuple[str, str]]] = {"CNN runs": [], "baselines": []}  # group -> [(name, label)]
+    hardware: set[str] = set()
+    unrecorded = []
     for r in runs:
-        scored = _hardware(r.results["machine"]) if r.results.get("machine") else None
-        parts: list[tuple[str, int]] = []  # (hardware, from step), a move between machines of one kind left out
-        for p in r.results.get("trained_on") or ([{"machine": r.results["machine"], "from_step": 0}] if scored else []):
-            if not parts or _hardware(p["machine"]) != parts[-1][0]:
-                parts.append((_hardware(p["machine"]), p["from_step"]))
-        if parts:
-            machines.update(m for m, _ in parts)
-            name = parts[0][0] + "".join(f"`, from step {n} on `{m}" for m, n in parts[1:])
-            if scored and scored != parts[-1][0]:  # its prediction time is that machine's
-                machines.add(scored)
-                name += f"`, scored on `{scored}"
-            by_machine.setdefault(name, []).append(folder_label(r))
-    if len(machines) == 1 and len(by_machine) == 1:  # where the times in the tables come from
-        (labels,) = by_machine.values()
-        return f" The run{'s' * (len(labels) > 1)} computed on `{machines.pop()}`."
-    if len(machines) < 2:
-        return ""
-    listed = "; ".join(f"`{name}` ({', '.join(labels)})" for name, labels in by_machine.items())
-    return f" The runs computed on {len(machines)} machines, their times comparable within one only: {listed}."
+        found = _run_machines(r.results)
+        if found is None:
+            unrecorded.append(folder_label(r))
+            continue
+        group = "baselines" if r.results.get("model") in BASELINE_MODELS else "CNN runs"
+        described[group].append((found[0], folder_label(r)))
+        hardware |= found[1]
+    names = {name for pairs in described.values() for name, _ in pairs}
+    sentence = f" No machine is recorded for {', '.join(unrecorded)}." if unrecorded else ""
+    if len(hardware) == 1 and len(names) == 1:
+        sentence += f" The {'other ' * bool(unrecorded)}runs computed on `{hardware.pop()}`."
+    elif hardware:
+        clauses = []
+        for group, pairs in described.items():
+            by_name: dict[str, list[str]] = {}
+            for name, label in pairs:
+                by_name.setdefault(name, []).append(label)
+            if len(by_name) == 1:
+                clauses.append(f"the {group} on `{next(iter(by_name))}`")
+            elif by_name:
+                listed = "; ".join(f"`{name}` ({', '.join(labels)})" for name, labels in by_name.items())
+                clauses.append(f"the {group}: {listed}")
+        sentence += f" Times compare within one machine only: {', '.join(clauses)}."
+    return sentence
 
 
 def _released(results: dict[str, Any]) -> bool | None:
