@@ -157,8 +157,9 @@ def member_runs(
     config: ml_collections.ConfigDict, workdir: pathlib.Path, given: Collection[str] | None = None
 ) -> list[MemberRun]:
     """Every enabled member once per seed, in the study's order: its config (seed and, with quick=True, the quick
-    overrides applied, but for a member's field the command line set: `given`, as `run` takes it) and its workdir,
-    WORKDIR/<member>/seed_<seed> unless the member names one."""
+    overrides applied, but for a member's field the command line set: `given`, main.py's flags; None, a config built
+    in Python: quick's values apply throughout) and its workdir, WORKDIR/<member>/seed_<seed> unless the member names
+    one."""
     seeds = tuple(config.seeds)
     if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):
         raise ConfigError(f"config.seeds={config.seeds!r} must be distinct integers, e.g. --config.seeds=0,1,2.")
