@@ -47,7 +47,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, given: C
         from fmnist_jax import parallel  # JAX only when needed
 
         parallel.maybe_initialize_distributed()  # first: which process leads is JAX's to say from here on
-    made = not workdir.exists()
+    made = _outermost_missing(workdir)  # the folder the lock's making of `workdir` will make first, or None
     with contextlib.ExitStack() as lock:
         if "jax" in sys.modules:  # joined above, or a comparison's baseline member: its processes stop together
             from fmnist_jax import parallel
@@ -58,7 +58,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, given: C
         with agreed:  # the lock, held by the process that writes
             lock.enter_context(files.workdir_lock(workdir) if files.is_lead_process() else contextlib.nullcontext())
         if made and files.is_lead_process():  # once locked (a run refused the lock must not touch the folder)
-            lock.enter_context(_removed_if_unused(workdir))  # exits before the lock is released
+            lock.enter_context(_removed_if_unused(workdir, made))  # exits before the lock is released
         try:
             if kind == "cnn":
                 return _run_cnn(config, workdir, mode, given)
@@ -73,19 +73,33 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, given: C
             raise
 
 
+def _outermost_missing(path: pathlib.Path) -> pathlib.Path | None:
+    """The outermost of `path` and its parents that does not exist (`path` itself for a new folder in an existing
+    one; runs/a for runs/a/b where runs alone exists); None where `path` exists."""
+    missing = None
+    while not path.exists() and path != path.parent:
+        missing, path = path, path.parent
+    return missing
+
+
 @contextlib.contextmanager
-def _removed_if_unused(workdir: pathlib.Path) -> Iterator[None]:
-    """Removes `workdir`, which this run made and locked, if the `with` fails before it kept anything but its lock
-    and config.json (and empty folders): a command refused for a bad setting or missing data leaves no folder
-    behind. A signal (`Interrupted`, Ctrl-C) leaves it as it is: its line says to rerun the same command there."""
+def _removed_if_unused(workdir: pathlib.Path, made: pathlib.Path) -> Iterator[None]:
+    """Removes `workdir`, which this run made (with its parents up to `made`) and locked, if the `with` fails before
+    it kept anything but its lock and config.json (and empty folders), and then those parents while they are empty: a
+    command refused for a bad setting or missing data leaves no folder behind. A signal (`Interrupted`, Ctrl-C)
+    leaves it as it is: its line says to rerun the same command there."""
     try:
         yield
     except Interrupted:
         raise
     except Exception:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # a parent another run has filled since stays
             if _unused(workdir):
                 shutil.rmtree(workdir)
+                for parent in workdir.parents:
+                    if made not in (parent, *parent.parents):
+                        break
+                    parent.rmdir()
         raise
 
 

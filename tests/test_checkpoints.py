@@ -380,8 +380,8 @@ def test_a_start_that_computed_nothing_leaves_no_config_in_the_way(cnn_config, t
 
 def test_a_refused_start_leaves_no_folder_it_made(cnn_config, tmp_path):
     """A command refused after its workdir was made (a setting checked with the model, the data read after
-    config.json is written, a comparison without members) removes that folder (one that was there keeps its
-    config.json: the test before)."""
+    config.json is written, a comparison without members) removes that folder and the parents it made, as far as
+    they are empty (one that was there keeps its config.json: the test before)."""
     from benchmarks import common
 
     bad_model, bad_data = cnn_config.copy_and_resolve_references(), cnn_config.copy_and_resolve_references()
@@ -398,6 +398,10 @@ def test_a_refused_start_leaves_no_folder_it_made(cnn_config, tmp_path):
         with pytest.raises(UserError, match=refused):
             run.run(config, tmp_path / "new")
         assert not (tmp_path / "new").exists()
+    (tmp_path / "runs" / "kept").mkdir(parents=True)  # runs/ was there: the start makes a/b/new in it, then removes it
+    with pytest.raises(UserError, match=r"config\.model\.name='resnet'"):
+        run.run(bad_model, tmp_path / "runs" / "a" / "b" / "new")
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["kept"]
 
 
 def test_a_run_refused_the_lock_leaves_the_folder_to_the_run_that_holds_it(cnn_config, tmp_path, monkeypatch):
