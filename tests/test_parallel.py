@@ -347,6 +347,16 @@ def test_evaluate_in_a_two_process_job_takes_the_trained_fields_process_0_read(t
     assert scored["params_sha256"] == trained["params_sha256"]
     for split in ("validation", "test"):
         assert scored[f"{split}_accuracy"] == pytest.approx(trained[f"{split}_accuracy"], abs=1e-6)
+    # With a setting other than the run's, scored apart: process 1 knows it from process 0's reading too.
+    own = (workdir / "results.json").read_bytes()
+    (rc0, err0), (rc1, err1) = start_two_processes(
+        [*args, "--config.tta_flip=True"], scripts=((), (FAULTY_MAIN, "unseen-config")), timeout=180
+    )
+    assert (rc0, rc1) == (0, 0), err0[-2000:] + err1[-2000:]
+    apart = workdir / "evaluate_step_8_tta_flip=True"
+    said = f"Settings other than the run's (tta_flip=True): scored apart from its results, into {apart}"
+    assert all(said in e for e in (err0, err1)) and (workdir / "results.json").read_bytes() == own
+    assert metrics.load_results(apart)["params_sha256"] == trained["params_sha256"]
 
 
 @pytest.mark.parametrize(
