@@ -47,7 +47,9 @@ def test_forest_trains_scores_and_is_reused(tiny_data, tmp_path):
     forest = baselines.load_estimator(tmp_path)[-1]
     assert len(forest.estimators_) == 25
     assert results["num_params"] == sum(t.tree_.node_count for t in forest.estimators_)
-    assert results["validation_accuracy"] is not None
+    held_out = data.load(config.data, seed=config.seed).validation
+    val_pred, _ = baselines.predict(baselines.load_estimator(tmp_path), baselines.flatten(held_out.images))
+    assert results["validation_accuracy"] == np.mean(val_pred == held_out.labels) and len(held_out) == 64
     saved = metrics.load_predictions(tmp_path)
     picked = saved["probs"][np.arange(len(saved["labels"])), saved["labels"]]  # each test image's true class
     assert results["log_loss"] == pytest.approx(-np.mean(np.log(np.clip(picked, 1e-15, None))), rel=1e-6)

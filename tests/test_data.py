@@ -199,7 +199,8 @@ def test_forced_idx_with_bad_environment_folder_fails(tmp_path, monkeypatch):
 
 
 def test_tfds_source_through_mock_data(monkeypatch):
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds  # a requirement: never skipped
+
     monkeypatch.setattr(data, "_tfds_could_provide", lambda data_dir: True)  # the mock stands in for TFDS's copy
     with tfds.testing.mock_data(num_examples=40):
         dataset = data.load(data_config(source="tfds", validation_size=10), seed=0)
@@ -243,7 +244,7 @@ def test_auto_with_no_data_anywhere_and_no_network_fails_at_once_saying_how_to_g
     (tmp_path / "tfds" / "fashion_mnist" / "3.0.1" / "dataset_info.json").unlink()
     monkeypatch.setattr(data.urllib.request, "getproxies", lambda: {"all": "socks5://proxy:1080"})
     assert data._tfds_could_provide() and len(tried) == 2  # a proxy: TFDS may get through, not judged here
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds  # a requirement: never skipped
 
     def offline(name, split, data_dir=None):
         raise ConnectionError(f"cannot download {name}")
@@ -282,7 +283,8 @@ def test_forced_tfds_offline_without_a_copy_stops_at_once(tmp_path, monkeypatch)
 def test_a_tfds_failure_says_what_its_preparation_needs_and_the_other_sources(monkeypatch):
     """TFDS failing (here: no network for its first preparation) names the split and the error, what the
     preparation needs, and the IDX ways; not the TFDS way just tried."""
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds  # a requirement: never skipped
+
     monkeypatch.setattr(data, "_tfds_could_provide", lambda data_dir: True)  # it could, then fails
 
     def offline(name, split, data_dir=None):
@@ -300,6 +302,7 @@ def test_a_tfds_failure_says_what_its_preparation_needs_and_the_other_sources(mo
 def test_tfds_preparation_finds_what_it_imports():
     """TFDS's dataset builder imports importlib_resources for a first preparation but declares it only for Python
     below 3.9: a requirement of ours. Without it the preparation fails before any download (ModuleNotFoundError)."""
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds  # a requirement: never skipped
+
     builder = tfds.builder("fashion_mnist", data_dir="/nonexistent-tfds-dir")
     assert builder.code_path.suffix == ".py" and builder.code_path.exists()

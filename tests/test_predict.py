@@ -1,5 +1,7 @@
 """predict.py and mode=predict: the user's own images (any size, PNG/JPEG or .npy) through a checkpoint."""
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -29,7 +31,7 @@ def test_predict_own_images_from_a_checkpoint(two_epoch_run, tmp_path, capsys):
     np.testing.assert_allclose([r["probability"] for r in rows[3:]], saved.max(-1), atol=1e-5)
     assert rows[1]["class"] == rows[2]["class"] and rows[1]["probability"] == rows[2]["probability"]
     assert f"{tmp_path / 'bar.png'}: {rows[0]['class']} {rows[0]['name']}" in capsys.readouterr().out
-    assert (workdir / predict.OUTPUT_FILE).exists()
+    assert json.loads((workdir / predict.OUTPUT_FILE).read_text()) == rows
     (tmp_path / "bad.png").write_text("not an image")
     config.predict.inputs = f"{tmp_path / 'bad.png'},{tmp_path / 'missing.jpg'}"
     with pytest.raises(predict.PredictError, match=r"bad.png: not an image PIL can read; .*missing.jpg: No such file"):

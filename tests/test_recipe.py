@@ -1,6 +1,8 @@
 """Beyond the study: augmentation, BatchNorm, the schedule and AdamW, label smoothing, the moving average
 of the weights and flip test-time augmentation, each against its definition; the VGG-style model."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -166,7 +168,31 @@ def test_adamw_decays_kernels_only():
     np.testing.assert_array_equal(after[("norms", 0, "scale")][...], 2.0)
 
 
+def test_the_configs_augmentation_reaches_the_train_step(monkeypatch):
+    """A train step given the recipe's augmentation key trains on `augment.apply(batch, key, the config's
+    augmentation)` (traced, not compiled: what `augment.apply` does is the tests' above)."""
+    config = small_vgg_config()
+    graphs, state, _ = train_state.create_train_state(config)
+    recipe, calls = train_state.Recipe.from_config(config), []
+
+    def recorded(inputs, key, settings):
+        calls.append((inputs.shape, settings))
+        return inputs
+
+    monkeypatch.setattr(augment, "apply", recorded)
+    images, labels = np.zeros((8, 28, 28), np.uint8), np.arange(8) % 10
+    for key in (jax.random.key(2), None):
+        jax.eval_shape(functools.partial(steps.train_step, graphs, recipe), state, images, labels, (key, key), 0)
+    assert recipe.augment.enabled and calls == [((8, 28, 28, 1), recipe.augment)]  # none without a key
+
+
 def test_label_smoothing_is_cross_entropy_against_smoothed_targets():
+    """The loss with smoothed targets, and the config's value reaching the training recipe (vgg_bn's 0.1)."""
+    assert (
+        train_state.Recipe.from_config(load_config("vgg_bn")).label_smoothing
+        == load_config("vgg_bn").label_smoothing
+        > 0
+    )
     model = small_vgg()
     x, labels = random_batch(8), np.arange(8) % 10
 

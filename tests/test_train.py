@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import signal
 import time
 import types
@@ -95,11 +94,19 @@ def test_trains_tiny_data_and_writes_the_workdir(cnn_config, tmp_path):
     assert sum(by_phase.values()) == pytest.approx(seconds["compilation"])
 
 
-def test_the_loop_form_does_not_change_the_maths(cnn_config, finished_tiny_run, tmp_path):
+def test_the_loop_form_does_not_change_the_maths(cnn_config, finished_tiny_run, tmp_path, monkeypatch):
     """One call per step, unrolled scan, rolled scan -> equal to float tolerance. Run "a" is the session's finished
     tiny run (2 steps a call, rolled: `auto` on CPU with im2col convolutions; checkpoints every 2 steps). That the
     same config twice gives identical bits, histories and predictions is tests/test_fingerprint.py's
     `test_the_same_seeded_run_twice_gives_the_same_bits` (a fresh run against "a")."""
+    unrolled = []  # what each run's programs were built with
+
+    class Recorded(steps.Programs):
+        def __init__(self, *args, unroll, **kwargs):
+            unrolled.append(unroll)
+            super().__init__(*args, unroll=unroll, **kwargs)
+
+    monkeypatch.setattr(plan_lib, "Programs", Recorded)
     runs = {"a": (history_losses(finished_tiny_run), metrics.load_predictions(finished_tiny_run)["probs"])}
     for name, steps_per_call, unroll in [
         ("per_step", 1, "auto"),
@@ -109,6 +116,9 @@ def test_the_loop_form_does_not_change_the_maths(cnn_config, finished_tiny_run, 
         cnn_config.steps_per_call, cnn_config.scan_unroll = steps_per_call, unroll
         run.run(cnn_config, tmp_path / name)
         runs[name] = (history_losses(tmp_path / name), metrics.load_predictions(tmp_path / name)["probs"])
+    assert unrolled == [False, False, True]
+    # Measured (AVX-512 EPYC, also capped at AVX2): one call per step and the rolled scan give run "a"'s bits, the
+    # unrolled scan probabilities within 6e-8 (XLA fuses across its steps); 1e-5 leaves other CPU kinds' fusions room.
     for other in ("per_step", "rolled", "unrolled"):
         np.testing.assert_allclose(runs[other][0], runs["a"][0], rtol=1e-5)
         np.testing.assert_allclose(runs[other][1], runs["a"][1], atol=1e-5)
@@ -167,26 +177,6 @@ def test_each_epochs_validation_scores_the_state_at_its_end(finished_tiny_run, c
         assert again["loss"] == pytest.approx(record["validation_loss"], rel=1e-6)
         assert again["accuracy"] == record["validation_accuracy"]
     assert history[0]["validation_loss"] != pytest.approx(history[1]["validation_loss"], rel=1e-3)
-
-
-def test_resume_mid_epoch_replays_exactly(two_epoch_run, tmp_path):
-    cnn_config, straight = two_epoch_run  # checkpoints every 2 steps
-    # An interrupted run: same config, but its newest checkpoint (step 8) and results never got written.
-    shutil.copytree(straight, tmp_path / "resumed")
-    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "8")
-    (tmp_path / "resumed" / "results.json").unlink()
-    store = checkpoints.CheckpointStore(tmp_path / "resumed" / "checkpoints")
-    assert store.all_steps() == [4, 6]
-    store.close()
-    run.run(cnn_config, tmp_path / "resumed")
-    assert (
-        metrics.read_history(tmp_path / "resumed")[1]["train_loss"] == (metrics.read_history(straight)[1]["train_loss"])
-    )
-    assert len(metrics.read_history(tmp_path / "resumed")) == 2
-    np.testing.assert_array_equal(
-        metrics.load_predictions(tmp_path / "resumed")["probs"],
-        metrics.load_predictions(straight)["probs"],
-    )
 
 
 def test_more_epochs_on_resume_equal_a_longer_run(cnn_config, finished_tiny_run, tmp_path, monkeypatch):
