@@ -26,6 +26,7 @@ from fmnist_jax.errors import ConfigError, ResultsError
 
 # model.joblib, and beside it fit.json: what its fit reported, so a run stopped before its scores keeps them.
 MODEL_FILE, FIT_FILE = config_lib.MODEL_FILE, config_lib.FIT_FILE
+MODELS = ("random_forest", "linear_svm")  # config.model.name of the baselines (and results.json's `model`)
 FIT_FIELDS = ("train_seconds", "converged", "n_iter", "search", "trained_on")
 PREPROCESS = ("none", "scale", "standardize")
 FOREST_FIELDS = (
@@ -74,7 +75,7 @@ def create_estimator(config: ml_collections.ConfigDict) -> Any:
         params["dual"] = _dual(params.get("dual", "auto"))
         estimator = svm.LinearSVC(random_state=config.seed, **params)
     else:
-        raise ConfigError(f"config.model.name={m.name!r} is not a baseline; choose 'random_forest' or 'linear_svm'.")
+        raise ConfigError(f"config.model.name={m.name!r} is not a baseline; choose one of {MODELS}.")
     if params.get("n_jobs") == 0:  # joblib's error, at the fit
         raise ConfigError("config.model.n_jobs=0 must be a number of processes, or -1 for every core.")
     try:

@@ -126,7 +126,13 @@ def workdir_lock(workdir: str | os.PathLike) -> Iterator[None]:
     workdir = pathlib.Path(workdir)
     path = workdir / LOCK_FILE
     try:
-        workdir.mkdir(parents=True, exist_ok=True)
+        for attempt in range(3):  # a parent that another run's refused start removes meanwhile is made again
+            try:
+                workdir.mkdir(parents=True, exist_ok=True)
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):

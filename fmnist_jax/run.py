@@ -97,6 +97,8 @@ def _removed_if_unused(workdir: pathlib.Path, made: pathlib.Path) -> Iterator[No
             if _unused(workdir):
                 shutil.rmtree(workdir)
                 for parent in workdir.parents:
+                    if parent.name == "..":  # runs/a/../b: a, made on the way, is the next one
+                        continue
                     if made not in (parent, *parent.parents):
                         break
                     parent.rmdir()

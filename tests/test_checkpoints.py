@@ -7,6 +7,7 @@ import errno
 import json
 import logging
 import os
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -399,9 +400,26 @@ def test_a_refused_start_leaves_no_folder_it_made(cnn_config, tmp_path):
             run.run(config, tmp_path / "new")
         assert not (tmp_path / "new").exists()
     (tmp_path / "runs" / "kept").mkdir(parents=True)  # runs/ was there: the start makes a/b/new in it, then removes it
-    with pytest.raises(UserError, match=r"config\.model\.name='resnet'"):
-        run.run(bad_model, tmp_path / "runs" / "a" / "b" / "new")
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["kept"]
+    for new in (tmp_path / "runs" / "a" / "b" / "new", tmp_path / "runs" / "c" / ".." / "d"):  # c: never made
+        with pytest.raises(UserError, match=r"config\.model\.name='resnet'"):
+            run.run(bad_model, new)
+        assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["kept"]
+
+
+def test_a_parent_another_start_removes_meanwhile_is_made_again(tmp_path, monkeypatch):
+    """Two starts under one new folder: when the one refused removes that folder while the other is making its own
+    workdir in it (a FileNotFoundError from mkdir), the other makes it again and takes its lock."""
+    real_mkdir, failed = pathlib.Path.mkdir, []
+
+    def removed_once(path, *args, **kwargs):
+        if not failed:
+            failed.append(path)
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", removed_once)
+    with files.workdir_lock(tmp_path / "runs" / "new"):
+        assert (tmp_path / "runs" / "new" / files.LOCK_FILE).exists() and failed == [tmp_path / "runs" / "new"]
 
 
 def test_a_run_refused_the_lock_leaves_the_folder_to_the_run_that_holds_it(cnn_config, tmp_path, monkeypatch):

@@ -1,6 +1,7 @@
 """The report package and the compare kind: the quick comparison end to end, and the report from any workdirs."""
 
 import base64
+import importlib
 import json
 import logging
 import re
@@ -296,9 +297,36 @@ def test_the_report_names_the_machine_and_lists_the_runs_of_each_where_there_are
     metrics.save_results(tmp_path / "linear_svm", svm)  # results older than the record
     md = report.build([tmp_path / n for n in ("cnn_1", "random_forest", "linear_svm")], tmp_path / "out2")["markdown"]
     assert (
-        f"No machine is recorded for linear_svm. Times compare within one machine only: the CNN runs on `{gpu}`, the "
-        f"baselines on `{here}`."
+        f"No machine is recorded for linear_svm. Times compare within one machine only: the CNN run on `{gpu}`, the "
+        f"baseline on `{here}`."
     ) in " ".join(md.read_text().split())
+
+
+def test_the_machine_sentence_counts_its_runs_and_names_what_is_unrecorded(tmp_path):
+    """One run is "the run"; a baseline scored again whose fit's machine went unrecorded (`trained_on` null) is
+    named by the machine that scored it and said to lack its fit's; results without any record are named; the
+    baselines' model names are those of baselines.MODELS."""
+    cpu, gpu = "cpu: EPYC / AVX512 / 2 threads", "gpu: NVIDIA H200"
+    build = importlib.import_module("fmnist_jax.report.build")  # the module, which report.build (a function) hides
+
+    def member(label, model, **fields):
+        return report.runs.Member(label, tmp_path / label, {"model": model, **fields}, [], {})
+
+    cnn = member("cnn", "seed_cnn", machine=f"{cpu}; 1 device(s)", trained_on=[{"machine": cpu, "from_step": 0}])
+    assert build._machines([cnn]) == f" The run computed on `{cpu}`."
+    forest = member("rf", "random_forest", machine=f"{cpu}; scikit-learn 1.6", trained_on=None)
+    old = member("svm", "linear_svm")
+    assert build._machines([cnn, forest, old]) == (
+        f" No machine is recorded for rf's fit, svm. The other runs computed on `{cpu}`."
+    )
+    moved = member(
+        "cnn2", "seed_cnn", machine=gpu, trained_on=[{"machine": cpu, "from_step": 0}, {"machine": gpu, "from_step": 6}]
+    )
+    assert build._machines([moved, forest]) == (
+        f" No machine is recorded for rf's fit. Times compare within one machine only: the CNN run on `{cpu}`, from "
+        f"step 6 on `{gpu}`, the baseline on `{cpu}`."
+    )
+    assert build.BASELINE_MODELS == baselines.MODELS
 
 
 def test_runs_of_one_config_with_other_settings_are_other_models(comparison, tmp_path):

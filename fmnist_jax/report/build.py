@@ -72,7 +72,8 @@ def _other_data(runs: Sequence[Member]) -> str:
     )
 
 
-BASELINE_MODELS = ("random_forest", "linear_svm")  # results.json's `model` of the scikit-learn baselines
+BASELINE_MODELS = ("random_forest", "linear_svm")  # results.json's `model` of the baselines (baselines.MODELS)
+GROUPS = {"cnn": ("CNN run", "CNN runs"), "baseline": ("baseline", "baselines")}  # the sentence's words, by count
 
 
 def _hardware(machine: str) -> str:
@@ -80,14 +81,16 @@ def _hardware(machine: str) -> str:
     return machine.split(";")[0]
 
 
-def _run_machines(results: dict[str, Any]) -> tuple[str, set[str]] | None:
-    """How a run's machines read in the report ("A", "A`, from step 6 on `B", "A`, scored on `B") and their hardware,
-    from results.json's `trained_on` (older CNN results: `machine`, the one that scored); None where neither says
-    (results older than the record; a baseline scored again whose fit's machine was not recorded: `trained_on` null)."""
+def _run_machines(results: dict[str, Any]) -> tuple[str, set[str], bool] | None:
+    """How a run's machines read in the report ("A", "A`, from step 6 on `B", "A`, scored on `B"), their hardware,
+    and whether its training's machine went unrecorded, from results.json's `trained_on` (older CNN results:
+    `machine`, the one that scored); `trained_on` null (a baseline scored again whose fit, or a checkpoint scored
+    whose training, predates the record): named by the machine that scored it; None where neither says (results
+    older than the record)."""
     scored = _hardware(results["machine"]) if results.get("machine") else None
     lineage = results.get("trained_on", [{"machine": results["machine"], "from_step": 0}] if scored else None)
     if not lineage:
-        return None
+        return (scored, {scored}, True) if scored else None
     parts: list[tuple[str, int]] = []  # (hardware, from step), a move between machines of one kind left out
     for p in lineage:
         if not parts or _hardware(p["machine"]) != parts[-1][0]:
@@ -95,39 +98,40 @@ def _run_machines(results: dict[str, Any]) -> tuple[str, set[str]] | None:
     name = parts[0][0] + "".join(f"`, from step {n} on `{m}" for m, n in parts[1:])
     if scored and scored != parts[-1][0]:  # its prediction time is that machine's
         name += f"`, scored on `{scored}"
-    return name, {m for m, _ in parts} | ({scored} if scored else set())
+    return name, {m for m, _ in parts} | ({scored} if scored else set()), False
 
 
 def _machines(runs: Sequence[Member]) -> str:
     """A sentence naming the hardware the runs computed on (`_run_machines`), since times compare only within one:
     the one all computed on; else, for the CNN runs and for the baselines (which a GPU's host fits on its CPU), the
     one each group computed on or each machine with its runs. The runs without a record are named apart."""
-    described: dict[str, list[tuple[str, str]]] = {"CNN runs": [], "baselines": []}  # group -> [(name, label)]
+    described: dict[str, dict[str, list[str]]] = {group: {} for group in GROUPS}  # group -> name -> run labels
     hardware: set[str] = set()
     unrecorded = []
     for r in runs:
         found = _run_machines(r.results)
-        if found is None:
-            unrecorded.append(folder_label(r))
-            continue
-        group = "baselines" if r.results.get("model") in BASELINE_MODELS else "CNN runs"
-        described[group].append((found[0], folder_label(r)))
-        hardware |= found[1]
-    names = {name for pairs in described.values() for name, _ in pairs}
+        group = "baseline" if r.results.get("model") in BASELINE_MODELS else "cnn"
+        if found is None or found[2]:
+            unrecorded.append(
+                folder_label(r) + ("" if found is None else "'s fit" if group == "baseline" else "'s training")
+            )
+        if found is not None:
+            described[group].setdefault(found[0], []).append(folder_label(r))
+            hardware |= found[1]
+    recorded = sum(len(labels) for by_name in described.values() for labels in by_name.values())
     sentence = f" No machine is recorded for {', '.join(unrecorded)}." if unrecorded else ""
-    if len(hardware) == 1 and len(names) == 1:
-        sentence += f" The {'other ' * bool(unrecorded)}runs computed on `{hardware.pop()}`."
+    if len(hardware) == 1 and len({name for by_name in described.values() for name in by_name}) == 1:
+        other = "other " if recorded < len(runs) else ""
+        sentence += f" The {other}run{'s' * (recorded > 1)} computed on `{hardware.pop()}`."
     elif hardware:
         clauses = []
-        for group, pairs in described.items():
-            by_name: dict[str, list[str]] = {}
-            for name, label in pairs:
-                by_name.setdefault(name, []).append(label)
+        for group, by_name in described.items():
+            words = GROUPS[group][sum(map(len, by_name.values())) > 1]
             if len(by_name) == 1:
-                clauses.append(f"the {group} on `{next(iter(by_name))}`")
+                clauses.append(f"the {words} on `{next(iter(by_name))}`")
             elif by_name:
                 listed = "; ".join(f"`{name}` ({', '.join(labels)})" for name, labels in by_name.items())
-                clauses.append(f"the {group}: {listed}")
+                clauses.append(f"the {words}: {listed}")
         sentence += f" Times compare within one machine only: {', '.join(clauses)}."
     return sentence
 

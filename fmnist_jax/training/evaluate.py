@@ -145,7 +145,7 @@ class Evaluator:
                 "validation_loss": val["loss"],
                 "params_sha256": state_lib.params_sha256(state),
                 "machine": parallel.run_machine(self.programs.mesh),
-                **({"trained_on": trained_on} if trained_on else {}),
+                **({} if trained_on is None else {"trained_on": trained_on or None}),  # None: not recorded
                 **({} if checkpoint_step is None else {"checkpoint_step": checkpoint_step}),
                 **({"scored_with": scored_with} if scored_with else {}),
             },
