@@ -200,8 +200,11 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathli
     programs, state, num_params, meta = restore_for_inference(config, workdir, mesh)
     dataset = data.load(config.data, seed=config.seed)
     saved = workdir / config_lib.CONFIG_FILE  # what the run trains to (its data is this config's: checked)
-    read = config_lib.read_saved(saved) if saved.exists() else config_lib.to_dict(config)
-    trained = parallel.lead_shares(read)  # process 0's reading: every process scores into the same folder
+    read = None  # process 0's reading, which every process takes: they score into the same folder
+    with parallel.stop_together(f"reading {saved}"):
+        if files.is_lead_process():
+            read = config_lib.read_saved(saved) if saved.exists() else config_lib.to_dict(config)
+    trained = parallel.lead_shares(read)
     last_step = config_lib.last_step(len(dataset.train), trained["batch_size"], trained["num_epochs"])
     requested = config_lib.to_dict(config)  # fields of another version's config.json, on one side only: not asked
     both = config_lib.flatten(trained).keys() & config_lib.flatten(requested).keys() & set(config_lib.SCORING_FIELDS)
