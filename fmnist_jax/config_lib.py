@@ -214,12 +214,9 @@ def trained_fields(
         raise ConfigError(f"{workdir} holds a {was} run, not a {now} one; use the config file it was trained with.")
     changed, both = diff(saved, requested), flatten(saved).keys() & flatten(requested).keys()
 
-    def set_by(field: str) -> str | None:
-        return flag_setting(field, given)
-
     probe, taken, unsettable = copy.deepcopy(config), {}, []
     for field, (old, _) in changed.items():
-        if given is None or field not in both or set_by(field):
+        if given is None or field not in both or flag_setting(field, given):
             continue
         try:
             probe.update_from_flattened_dict({field: old})  # a value this version's field cannot hold is refused
@@ -229,10 +226,10 @@ def trained_fields(
     guarded = MODEL_FIELDS + (DATA_FIELDS if evaluate else ())
     if refused := {k: v for k, v in changed.items() if matches(k, guarded) and k not in taken}:
         listing = ", ".join(f"{k}: trained with {old!r}, asked for {new!r}" for k, (old, new) in refused.items())
-        if unsettable or given is None or not all(set_by(k) for k in refused):
+        if unsettable or given is None or not all(flag_setting(k, given) for k in refused):
             how = "" if unsettable else restoring_flags(refused, saved, requested)
         else:
-            how = "drop " + " ".join(dict.fromkeys(f"--config.{set_by(k)}" for k in refused))
+            how = "drop " + " ".join(dict.fromkeys(f"--config.{flag_setting(k, given)}" for k in refused))
         raise ConfigError(
             f"{workdir} was trained with another {'model or data' if evaluate else 'model'} ({listing}); "
             + (f"{how} to use what it was trained with" if how else "its config.json is another version's")
