@@ -11,6 +11,7 @@ import tempfile
 import fingerprints
 import jax
 import pytest
+import tolerances
 from helpers import REAL_DATA_DIR
 
 from fmnist_jax import run
@@ -40,12 +41,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.integration)
 
 
+def pytest_addoption(parser):
+    tolerances.add_option(parser)
+
+
 def pytest_configure(config):
     """Every process of the run (the pytest workers and each main.py they start) shares one persistent XLA
     compilation cache, so the many tiny runs compile each program once instead of once per process. It lives in
     a fresh temporary folder, made by the first process (the workers inherit it) and deleted when that process
     ends; a cache folder the caller set is used as it is. Every program is kept, however quick its compile: the
-    tiny runs' programs compile in well under a second each, and there are about twenty per run."""
+    tiny runs' programs compile in well under a second each, and there are about twenty per run. With
+    --tolerance-report, records how much of each tolerance the comparisons use (tolerances.py)."""
     if CACHE_ENV not in os.environ:
         os.environ[CACHE_ENV] = config.xla_cache_folder = tempfile.mkdtemp(prefix="fmnist-jax-xla-cache-")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
@@ -53,6 +59,7 @@ def pytest_configure(config):
     jax.config.update(
         "jax_persistent_cache_min_compile_time_secs", float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"])
     )
+    tolerances.configure(config)
 
 
 def pytest_unconfigure(config):
