@@ -7,9 +7,10 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import tolerances
-from helpers import subprocess_env
+from helpers import quotient_error, rounded, subprocess_env
 
 TESTS = pathlib.Path(__file__).resolve().parent
 
@@ -100,3 +101,16 @@ def test_summary_orders_comparisons_by_least_headroom(tmp_path):
         f"comparison | tolerance | {avx2} | {again}",
         f"b.py:9 | {loose} | 0.7 | 0.1",
     ]
+
+
+def test_quotient_error_is_the_worst_case_of_its_inputs_rounding():
+    rng = np.random.default_rng(0)
+    for a, b, da, db in [(3.0, 1.5, 0.005, 0.005), (0.12, 0.031, 0.0005, 0.0005), (-2.0, 0.4, 0.05, 0.01)]:
+        bound = quotient_error(a, b, da, db)
+        corners = [abs((a + sa * da) / (b + sb * db) - a / b) for sa in (-1, 1) for sb in (-1, 1)]
+        assert bound == pytest.approx(max(corners), rel=1e-12)  # reached at a corner of the box
+        inside = (a + rng.uniform(-da, da, 10_000)) / (b + rng.uniform(-db, db, 10_000))
+        assert np.abs(inside - a / b).max() <= bound
+    assert rounded(2) == pytest.approx(0.005) and round(0.1234999, 2) == pytest.approx(0.12, abs=rounded(2))
+    with pytest.raises(AssertionError, match=r"within 0\.01 of zero"):
+        quotient_error(1.0, 0.005, 0.0, 0.01)
