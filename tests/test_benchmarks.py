@@ -508,11 +508,21 @@ def test_the_product_forms_compute_the_products_of_a_layer_and_are_timed_per_dty
     np.testing.assert_allclose(weight_grad(patches, dy), patches.T @ dy, rtol=1e-5)
     np.testing.assert_allclose(laid_out(patches.T, dy), patches.T @ dy, rtol=1e-5)
     monkeypatch.setattr(products, "LAYERS", (("dense2", 64, 256, 10),))
+    timed, best_seconds = [], products.best_seconds
+
+    def recorded(fn, shapes, dtype, seconds):
+        timed.append((dtype, best_seconds(fn, shapes, dtype, seconds)))
+        return timed[-1][1]
+
+    monkeypatch.setattr(products, "best_seconds", recorded)
     rows = list(products.product_rows(("float32", "bfloat16"), seconds=0.01))
     assert [(r["dtype"], r["product"]) for r in rows] == [
         (dtype, name) for dtype in ("float32", "bfloat16") for name, _, _ in products.forms(64, 256, 10)
     ]
-    assert all((r["m"], r["k"], r["n"]) == (64, 256, 10) and r["gflops"] > 0 for r in rows)
+    assert [dtype for dtype, _ in timed] == [jnp.dtype(r["dtype"]) for r in rows]  # each form timed in its dtype
+    for row, (_, seconds) in zip(rows, timed, strict=True):  # the rate of its time, whatever the machine's speed
+        assert (row["m"], row["k"], row["n"]) == (64, 256, 10) and seconds > 0
+        assert row["gflops"] == pytest.approx(2 * 64 * 256 * 10 / seconds / 1e9, abs=rounded(1))
 
 
 def test_the_device_script_parses_and_names_every_step_it_runs():

@@ -290,23 +290,23 @@ def test_a_comparison_in_a_two_process_job_joins_it_before_its_checks_start_jax(
         *(f"--config.members.{m}.data.dir={tiny_data}" for m in ("cnn", "random_forest")),
     ]
     with files.workdir_lock(tmp_path):  # in use: process 0 alone meets the lock, and both stop at once
-        (rc0, err0), (rc1, err1) = start_two_processes(args, timeout=120)
+        (rc0, err0), (rc1, err1) = start_two_processes(args)
     assert (rc0, rc1) == (2, 2) and "is in use by process " in last_line(err0), err0[-2000:]
     assert last_line(err1) == (
         f"error: process 0 stopped the run (the workdir {tmp_path} could not be locked); its error says why."
     )
-    (rc0, err0), (rc1, err1) = start_two_processes(args, timeout=300)
+    (rc0, err0), (rc1, err1) = start_two_processes(args)
     assert (rc0, rc1) == (0, 0), err0[-2000:] + err1[-2000:]
     assert all("Mesh: 4 cpu device(s) over 2 process(es)" in e for e in (err0, err1))
     assert all("random_forest, seed 0: running" in e for e in (err0, err1))
     named = [*args, f"--config.members.cnn.workdir={tmp_path / 'cnn' / 'seed_{seed}'}"]
-    (rc0, err0), (rc1, err1) = start_two_processes(named, timeout=300)  # process 0 decides the named run is finished
+    (rc0, err0), (rc1, err1) = start_two_processes(named)  # process 0 decides the named run is finished
     assert (rc0, rc1) == (0, 0) and all("cnn, seed 0: reusing the finished run" in e for e in (err0, err1))
     forest = tmp_path / "random_forest" / "seed_0"
     assert (tmp_path / "report.md").exists() and (forest / "results.json").exists()
     (forest / "results.json").unlink()  # to be scored again, in a workdir another process holds: both stop at once
     with files.workdir_lock(forest):
-        (rc0, err0), (rc1, err1) = start_two_processes(named, timeout=120)
+        (rc0, err0), (rc1, err1) = start_two_processes(named)
     assert (rc0, rc1) == (2, 2) and "is in use by process " in last_line(err0), err0[-2000:] + err1[-2000:]
     assert (
         last_line(err1)
@@ -339,7 +339,7 @@ def test_evaluate_in_a_two_process_job_takes_the_trained_fields_process_0_read(t
     trained = metrics.load_results(workdir)
     args = ["--config=configs/cnn.py", f"--workdir={workdir}", f"--config.data.dir={tiny_data}"]
     args += ["--config.mode=evaluate", "--config.eval_batch_size=48"]
-    (rc0, err0), (rc1, err1) = start_two_processes(args, scripts=((), (FAULTY_MAIN, "unseen-config")), timeout=180)
+    (rc0, err0), (rc1, err1) = start_two_processes(args, scripts=((), (FAULTY_MAIN, "unseen-config")))
     assert (rc0, rc1) == (0, 0), err0[-2000:] + err1[-2000:]
     taken = f"evaluate: as {workdir} was trained (its config.json): data.validation_size=64, num_epochs=2."
     assert all(taken in e for e in (err0, err1))
@@ -350,7 +350,7 @@ def test_evaluate_in_a_two_process_job_takes_the_trained_fields_process_0_read(t
     # With a setting other than the run's, scored apart: process 1 knows it from process 0's reading too.
     own = (workdir / "results.json").read_bytes()
     (rc0, err0), (rc1, err1) = start_two_processes(
-        [*args, "--config.tta_flip=True"], scripts=((), (FAULTY_MAIN, "unseen-config")), timeout=180
+        [*args, "--config.tta_flip=True"], scripts=((), (FAULTY_MAIN, "unseen-config"))
     )
     assert (rc0, rc1) == (0, 0), err0[-2000:] + err1[-2000:]
     apart = workdir / "evaluate_step_8_tta_flip=True"
@@ -378,7 +378,7 @@ def test_a_signal_to_one_process_stops_both_at_the_same_point(
     training, the workdir holds nothing a rerun would go on from: the rerun is the fixture's run)."""
     args = tiny_args(tiny_data, tmp_path)
     signal_one = (str(ROOT / "tests" / "interrupt.py"), "TERM", at, when)
-    stopped = start_two_processes(args, scripts=((), signal_one), timeout=360)
+    stopped = start_two_processes(args, scripts=((), signal_one))
     errs = "".join(e[-2000:] for _, e in stopped)
     assert [rc for rc, _ in stopped] == [128 + signal.SIGTERM] * 2, errs
     assert all(line in e for _, e in stopped), errs
@@ -386,7 +386,7 @@ def test_a_signal_to_one_process_stops_both_at_the_same_point(
     if not epochs:  # stopped before training: nothing a rerun goes on from, so it is a fresh run (the fixture's)
         assert config_lib.kept_nothing(tmp_path) and not checkpoint_steps(tmp_path)
         return
-    rerun = start_two_processes(args, timeout=360)
+    rerun = start_two_processes(args)
     assert [rc for rc, _ in rerun] == [0, 0], "".join(e[-2000:] for _, e in rerun)
     where = {1: "step 4 (epoch 2, 0/4 steps into it)", 2: "step 8 (training done; the final evaluation follows)"}
     resumed = [f"Resumed from checkpoint at {where.get(len(epochs))}" in e for _, e in rerun]
@@ -408,7 +408,7 @@ def test_what_only_process_0_refuses_stops_both_processes_at_once(tiny_data, two
     results = (workdir / "results.json").read_bytes()
     overrides = {"learning_rate": 0.5} if refusal == "another_config" else {}
     with files.workdir_lock(workdir) if refusal == "locked" else contextlib.nullcontext():
-        stopped = start_two_processes(tiny_args(tiny_data, workdir, **overrides), timeout=120)
+        stopped = start_two_processes(tiny_args(tiny_data, workdir, **overrides))
     (rc0, err0), (rc1, err1) = stopped
     assert (rc0, rc1) == (2, 2), err0[-2000:] + err1[-2000:]
     said = "holds a run with a different config (learning_rate: " if overrides else "is in use by process "
@@ -433,7 +433,7 @@ def test_a_full_disk_under_process_0_stops_both_processes_at_once(tiny_data, tmp
     each, exit 2 (process 1 waited in its next collective, or went on to a comparison's next member, until the job's
     time-outs ended it)."""
     full_disk = (FAULTY_MAIN, f"full-disk:{when}")
-    (rc0, err0), (rc1, err1) = start_two_processes(tiny_args(tiny_data, tmp_path), scripts=(full_disk, ()), timeout=120)
+    (rc0, err0), (rc1, err1) = start_two_processes(tiny_args(tiny_data, tmp_path), scripts=(full_disk, ()))
     assert (rc0, rc1) == (2, 2), err0[-2000:] + err1[-2000:]
     assert last_line(err0).startswith(f"error: the disk holding {tmp_path} is full")
     assert last_line(err1) == (f"error: process 0 stopped the run ({writing.format(tmp_path)}); its error says why.")
@@ -449,7 +449,7 @@ def test_a_damaged_checkpoint_is_set_aside_for_every_process(tiny_data, tmp_path
     shutil.copytree(two_process_run[0], workdir)
     (workdir / "results.json").unlink()
     damage_checkpoint(workdir, 8)
-    rerun = start_two_processes(tiny_args(tiny_data, workdir), timeout=180)
+    rerun = start_two_processes(tiny_args(tiny_data, workdir))
     assert [rc for rc, _ in rerun] == [0, 0], "".join(e[-2000:] for _, e in rerun)
     assert all("Resumed from checkpoint at step 4 " in e for _, e in rerun)
     assert (workdir / "checkpoints_damaged" / "8").is_dir() and checkpoint_steps(workdir)[-1] == 8

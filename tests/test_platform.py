@@ -211,9 +211,11 @@ def stop_once_started(config=pathlib.Path(WORKDIR + "_stopped") / "config.json")
     signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
 
+# A run far longer than the stop takes to arrive, however fast the machine: it is still training when stopped.
+overrides = [o for o in CNN_OVERRIDES if not o.startswith("--config.num_epochs=")] + ["--config.num_epochs=1000"]
 threading.Thread(target=stop_once_started, daemon=True).start()
 try:
-    run("--config=configs/cnn.py", f"--workdir={WORKDIR}_stopped", f"--config.data.dir={DATA_DIR}", *CNN_OVERRIDES)
+    run("--config=configs/cnn.py", f"--workdir={WORKDIR}_stopped", f"--config.data.dir={DATA_DIR}", *overrides)
 except KeyboardInterrupt:
     print("STOPPED by the kernel")
 """
