@@ -52,8 +52,8 @@ def test_the_compile_clock_times_on_the_monotonic_clock_and_counts_overlapping_c
             thread.join()
         monitoring.record_event_duration_secs("/some/other/event", 5.0)
     assert clock.count == 3
-    # Opened at 0; the first compilation (1, 2); the threads' (3 or 4, 5 or 6), both started before either ended:
-    # their union is 3 ticks, where their sum would be 4, JAX's durations 1,000.1 s, the other event's 5 s.
+    # Opened at 0; the first compilation (1, 2); the threads' (3 or 4, 5 or 6), both started before either ended,
+    # whose union is 3 ticks (their sum: 4). In all 4: not the spans' sum (5), JAX's durations (1,000.1 s) nor 5 s.
     assert clock.seconds == 4
     two_spans = timing.CompileClock()
     two_spans._spans = [(0.0, 2.0), (1.0, 3.0), (5.0, 5.5)]
