@@ -26,7 +26,7 @@ from fmnist_jax.errors import ConfigError, ResultsError
 
 # model.joblib, and beside it fit.json: what its fit reported, so a run stopped before its scores keeps them.
 MODEL_FILE, FIT_FILE = config_lib.MODEL_FILE, config_lib.FIT_FILE
-MODELS = ("random_forest", "linear_svm")  # config.model.name of the baselines (and results.json's `model`)
+MODELS = config_lib.BASELINE_MODELS  # config.model.name of the baselines (and results.json's `model`)
 FIT_FIELDS = ("train_seconds", "converged", "n_iter", "search", "trained_on")
 PREPROCESS = ("none", "scale", "standardize")
 FOREST_FIELDS = (

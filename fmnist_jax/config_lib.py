@@ -131,6 +131,7 @@ DATA_FIELDS = ("seed", "data.")
 NOTHING_COMPUTED = (CONFIG_FILE, files.LOCK_FILE)
 CHECKPOINTS_DIR = "checkpoints"
 MODEL_FILE, FIT_FILE = "model.joblib", "fit.json"  # a baseline's fitted model and its fit's record (baselines.py's)
+BASELINE_MODELS = ("random_forest", "linear_svm")  # their config.model.name and results.json's `model`
 EVENTS_DIR = "tensorboard"  # the TensorBoard events' folder (events.py's; named here, where no JAX is imported)
 
 

@@ -233,10 +233,13 @@ def free_port():
 QUICK_COMPILE_FLAG = "--xla_backend_optimization_level=0"
 
 
-def start_two_processes(args, *, scripts=((), ()), timeout=600):
+JOB_TIMEOUT = 600  # seconds: a hang's limit (a start compiles ~50 programs; a slow shared machine takes minutes)
+
+
+def start_two_processes(args, *, scripts=((), ())):
     """Two main.py processes (2 fake devices each) joined by jax.distributed, compiling quickly (QUICK_COMPILE_FLAG);
     process i runs `python *scripts[i] ARGS` when scripts[i] names a wrapper. Returns their (return code, stderr)
-    pairs; fails the test when they have not both ended within `timeout` seconds (one waiting for the other in a
+    pairs; fails the test when they have not both ended within JOB_TIMEOUT seconds (one waiting for the other in a
     collective), once both are killed."""
     xla_flags = f"{devices(2)['XLA_FLAGS']} {QUICK_COMPILE_FLAG}"
     port = free_port()
@@ -255,12 +258,12 @@ def start_two_processes(args, *, scripts=((), ()), timeout=600):
             subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         )
     try:
-        errs = [p.communicate(timeout=timeout)[1] for p in procs]
+        errs = [p.communicate(timeout=JOB_TIMEOUT)[1] for p in procs]
     except subprocess.TimeoutExpired:
         for p in procs:
             p.kill()
         errs = [p.communicate()[1] for p in procs]
-        pytest.fail(f"the two processes had not ended after {timeout} s:\n" + "\n".join(e[-1500:] for e in errs))
+        pytest.fail(f"the two processes had not ended after {JOB_TIMEOUT} s:\n" + "\n".join(e[-1500:] for e in errs))
     return [(p.returncode, e) for p, e in zip(procs, errs, strict=True)]
 
 

@@ -9,7 +9,7 @@ import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fmnist_jax import data, files
+from fmnist_jax import config_lib, data, files
 from fmnist_jax.errors import UserError
 from fmnist_jax.report import plots, sentences, tables
 from fmnist_jax.report.render import Block, BulletList, Heading, Image, Paragraph, Table, html_page, markdown
@@ -72,7 +72,7 @@ def _other_data(runs: Sequence[Member]) -> str:
     )
 
 
-BASELINE_MODELS = ("random_forest", "linear_svm")  # results.json's `model` of the baselines (baselines.MODELS)
+BASELINE_MODELS = config_lib.BASELINE_MODELS  # results.json's `model` of the baselines (baselines.MODELS)
 GROUPS = {"cnn": ("CNN run", "CNN runs"), "baseline": ("baseline", "baselines")}  # the sentence's words, by count
 
 
