@@ -1,7 +1,7 @@
 r"""Every model over seeds 0, 1, 2, then one report with intervals and paired tests (docs/comparison.md): the study's
 three models took 53 min on 2 cores of an AMD EPYC (AVX-512); the VGG-BN CNN adds about 25 min a seed there.
 
-python main.py --config=configs/compare.py --workdir=runs/compare               # every member, 3 seeds
+python main.py --config=configs/compare.py --workdir=runs/compare               # every enabled member, 3 seeds
 python main.py --config=configs/compare.py --workdir=runs/quick --config.quick=True --config.seeds=0,1
 python main.py --config=configs/compare.py --config.seeds=0 --config.members.cnn.workdir=runs/cnn   # reuse a run
 python main.py --config=configs/compare.py --config.members.random_forest_search.enabled=True       # add the search

@@ -1,5 +1,6 @@
-r"""The study's linear SVM on pixels / 255: test accuracy 0.8392 +/- 0.0013 over seeds 0-2 (the study: 0.76), 96 s on
-2 cores of an AMD EPYC (AVX-512, seed 0). The study's setting (second command): 0.7925, 348 s, not converged.
+r"""The study's linear SVM on pixels / 255: test accuracy 0.8392 +/- 0.0013 over seeds 0-2 (the study: 0.76), 96-113 s
+on 2 cores of an AMD EPYC (AVX-512, seed 0, two sittings). The study's setting (second command): 0.7925, 348 s, not
+converged.
 
     python main.py --config=configs/linear_svm.py --workdir=runs/linear_svm          # pixels / 255, primal solver
     python main.py --config=configs/linear_svm.py --workdir=runs/svm_study \

@@ -632,3 +632,31 @@ def test_a_step_set_aside_twice_keeps_both_copies(tmp_path):
         store.close()
     aside = tmp_path / "checkpoints_damaged"
     assert {p.name: (p / "data").read_text() for p in aside.iterdir()} == {"5": "first", "5.1": "second"}
+
+
+def test_a_second_signal_acts_as_the_handler_before_the_guard_would():
+    """The first SIGTERM or SIGINT is only noted; the guard then puts the previous handler back, so a second one
+    acts as usual (a second Ctrl-C raises KeyboardInterrupt); leaving the guard restores what was there."""
+    heard = []
+    before = {
+        s: signal.signal(s, h)
+        for s, h in ((signal.SIGTERM, lambda *_: heard.append("term")), (signal.SIGINT, signal.default_int_handler))
+    }
+    try:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            heard.clear()
+            with checkpoints.PreemptionGuard() as guard:
+                os.kill(os.getpid(), signum)
+                assert guard.signal == signum and heard == []
+                if signum == signal.SIGTERM:
+                    os.kill(os.getpid(), signum)
+                    assert heard == ["term"]
+                else:
+                    with pytest.raises(KeyboardInterrupt):
+                        os.kill(os.getpid(), signum)
+        with checkpoints.PreemptionGuard():
+            pass
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)

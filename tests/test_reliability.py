@@ -2,7 +2,9 @@
 disk, and a comparison killed at any moment. (Scoring one checkpoint on 1 and 8 devices: tests/test_integration.py.)"""
 
 import dataclasses
+import errno
 import json
+import logging
 import os
 import pathlib
 import re
@@ -128,6 +130,22 @@ def test_two_runs_started_together_train_once(tiny_data, tmp_path, finished):
     _, err = first.communicate(timeout=600)
     assert first.returncode == 0, err[-3000:]
     finished.assert_same_run(tmp_path)
+
+
+def test_a_file_system_that_cannot_lock_lets_the_run_go_on_with_a_warning(tmp_path, monkeypatch, caplog):
+    """Where flock is not supported (ENOLCK, EOPNOTSUPP: some network file systems) the run goes on unprotected and
+    says so, naming the lock file."""
+
+    def cannot_lock(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(files.fcntl, "flock", cannot_lock)
+    caplog.set_level(logging.WARNING)
+    with files.workdir_lock(tmp_path):
+        entered = True
+    assert entered and "not protected against a second run in the same workdir" in caplog.text
+    assert str(tmp_path / files.LOCK_FILE) in caplog.text
+    assert (tmp_path / files.LOCK_FILE).read_text().startswith(f"{os.getpid()} ")  # the holder still named
 
 
 def test_the_comparison_locks_its_workdir_and_its_members(tmp_path):
