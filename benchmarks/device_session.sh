@@ -6,33 +6,38 @@
 #   TINY=1 bash benchmarks/device_session.sh run OUT     # a dry run on a CPU: every step at toy size
 #
 # `prepare` fills .device_kit/ (git-ignored) with what a bare device image lacks: the ml-collections, tensorboardX,
-# protobuf and pytest wheels and the four Fashion-MNIST files. `run` installs the wheels if they are missing, then
-# runs the steps named (default: all, most wanted first), each under its own time limit: a step writes OUT/NAME.out
-# (its output, the benchmarks' JSON lines included) and appends its exit status and seconds to OUT/steps.txt, so a
-# step that fails or runs out of time costs only itself. The steps:
+# protobuf and pytest wheels and the four Fashion-MNIST files. `run` installs the wheels if they are missing (and
+# stops, exit 3, if the kit was not carried), then runs the steps named (default: all, most wanted first), each
+# under its own time limit (SIGINT at the limit, so that pytest prints its failures and main.py saves; SIGKILL 30 s
+# later): a step writes WORK/NAME.out (its output, the benchmarks' JSON lines included) and appends its exit status
+# and seconds to WORK/steps.txt, so a step that fails or runs out of time costs only itself. WORK (DEVICE_WORK,
+# default /tmp/fmnist_device) also holds the runs and caches. The device tool brings back at most 8 files from OUT,
+# so after every step OUT gets two: steps.txt and figures.tgz (WORK without its runs and caches: every .out and
+# every kept results.json), and a call stopped at its limit still brings back the steps before it. Call it with
+# kind nvidia-h200 (the targets are an H200's). The steps:
 #   env        devices, versions, the GPU
 #   check      python -m benchmarks accelerator_check (the study CNN: compile, images/s, evaluation, bfloat16)
 #   start      the study's 30-epoch run through main.py, start to finish (target: 12 s of wall time on an H200),
 #              with a cold and then a warm persistent compilation cache; each results.json (where the seconds went)
-#              kept as OUT/start_cold_results.json and OUT/start_warm_results.json
+#              kept as WORK/start_cold_results.json and WORK/start_warm_results.json
 #   loop       loop_overhead for the study CNN (30 epochs) and vgg_bn_large (20), host overlap on and off
-#   resume     the SIGKILL, SIGTERM and SIGINT resume tests and the same run twice on the GPU (bit-identical
-#              parameters); if a test fails, all again with XLA_FLAGS=--xla_gpu_deterministic_ops=true (a call of
-#              its own: with the retry it may take 10 minutes)
+#   resume     the SIGKILL, SIGTERM and SIGINT resume tests (the study CNN's and VGG-BN's) and the same run twice
+#              on the GPU (bit-identical parameters); if a test fails, all again with
+#              XLA_FLAGS=--xla_gpu_deterministic_ops=true (a call of its own: with the retry it may take 10 minutes)
 #   speedrun   time_to_accuracy of configs/speedrun_gpu.py (batch 512, 24 epochs), seeds 0-4: its test accuracy and
 #              training seconds against its aims (docs/models.md: 0.94 in <= 2 s, 0.95 in <= 10 s on an H200); then
 #              configs/speedrun.py as it is (batch 64, 30 epochs), one seed: the GPU's time for the CPU's recipe
 #   fast95     the screen for 0.95 in <= 10 s (docs/models.md, "At a GPU's batch"): speedrun_gpu at widths
-#              48/96/192, then 64/128/256, 32 epochs, on the validation split; OUT/fast95_N.json. Not in the default
+#              48/96/192, then 64/128/256, 32 epochs, on the validation split; WORK/fast95_N.json. Not in the default
 #              list: about 1-2 minutes on an H200
 #   wide       the screen for 0.960 on one GPU (docs/models.md, "Towards 0.96"): on the validation split, seed 0,
 #              without a compilation cache, wide0 vgg_bn_large as it is, wide1 1.5x wider, wide2 200 epochs (`wide`:
-#              all three); each results.json kept as OUT/wide_N.json. About 6 minutes on an H200 in all, not in the
+#              all three); each results.json kept as WORK/wide_N.json. About 6 minutes on an H200 in all, not in the
 #              default list: run `wide0 wide1`, then `wide2`, each call under the device's 10-minute limit
 set -uo pipefail
 cd "$(dirname "$0")/.."
 KIT=.device_kit
-DATA=/usr/share/datasets/fashion-mnist
+DATA=${FMNIST_DATA_DIR:-/usr/share/datasets/fashion-mnist}  # prepare packs these; run reads the kit's, else these
 
 usage() { sed -n '3,6p' "$0" >&2; exit 2; }
 
@@ -48,7 +53,8 @@ case "${1:-}" in
   *) usage ;;
 esac
 STEPS=${*:-env check start loop resume speedrun}
-mkdir -p "$OUT"
+WORK=${DEVICE_WORK:-/tmp/fmnist_device}
+mkdir -p "$OUT" "$WORK"
 PY=${PYTHON:-python3}
 for module in ml_collections tensorboardX; do
   $PY -c "import $module" 2>/dev/null || $PY -m pip install -q --no-index --no-deps --find-links="$KIT/wheels" \
@@ -57,6 +63,12 @@ done
 $PY -c "import google.protobuf" 2>/dev/null || $PY -m pip install -q --no-index --find-links="$KIT/wheels" protobuf
 $PY -c "import pytest" 2>/dev/null || $PY -m pip install -q --no-index --find-links="$KIT/wheels" pytest
 DATA_DIR=$([ -f "$KIT/data/train-images-idx3-ubyte.gz" ] && echo "$PWD/$KIT/data" || echo "$DATA")
+if ! $PY -c "import ml_collections, tensorboardX, google.protobuf, pytest" || \
+    [ ! -f "$DATA_DIR/train-images-idx3-ubyte.gz" ]; then
+  echo "error: a package or the data set is missing: run \`bash benchmarks/device_session.sh prepare\` where pip" \
+    "works and carry $KIT" >&2
+  exit 3
+fi
 export FMNIST_DATA_DIR=$DATA_DIR FMNIST_REAL_DATA_DIR=$DATA_DIR
 
 # Toy sizes for a dry run on a CPU: a few hundred images, one or two epochs, a few timed steps.
@@ -67,13 +79,21 @@ else
   SMALL=() CNN_EPOCHS=30 LARGE_EPOCHS=20 TIMED=300 SPEEDRUN_EPOCHS=0 LIMIT=0 WIDE_EPOCHS=0 WIDE_LONG=200
 fi
 
-step() {  # step NAME SECONDS COMMAND...: runs COMMAND under a time limit, its output to OUT/NAME.out
+step() {  # step NAME SECONDS COMMAND...: runs COMMAND under a time limit, its output to WORK/NAME.out
   local name=$1 limit=$2 start rc
   shift 2
   start=$(date +%s%N)
-  timeout "$limit" "$@" >"$OUT/$name.out" 2>&1
+  timeout -s INT -k 30 "$limit" "$@" >"$WORK/$name.out" 2>&1
   rc=$?
-  echo "$name rc=$rc $(( ($(date +%s%N) - start) / 1000000 )) ms" | tee -a "$OUT/steps.txt"
+  echo "$name rc=$rc $(( ($(date +%s%N) - start) / 1000000 )) ms" | tee -a "$WORK/steps.txt"
+  tail -n 2 "$WORK/$name.out" | cut -c1-300  # in the call's output too
+  bring_back
+}
+
+bring_back() {  # OUT/steps.txt and OUT/figures.tgz, replaced whole (a call stopped mid-write keeps the last ones)
+  cp "$WORK/steps.txt" "$OUT/steps.txt.part" && mv "$OUT/steps.txt.part" "$OUT/steps.txt"
+  tar czf "$OUT/figures.tgz.part" -C "$WORK" --exclude=./runs --exclude=./xla_cache . &&
+    mv "$OUT/figures.tgz.part" "$OUT/figures.tgz"
 }
 
 for s in $STEPS; do
@@ -85,13 +105,13 @@ orbax.checkpoint as o; print(jax.devices(), jax.__version__, flax.__version__, o
       if [ "$LIMIT" = 1 ]; then extra=(--steps=5 --large_batch=128); else extra=(); fi
       step check 240 $PY -m benchmarks accelerator_check "${extra[@]}" ;;
     start)  # twice: a cold persistent compilation cache (filled by the run), then a warm one
-      rm -rf "$OUT/xla_cache"
+      rm -rf "$WORK/xla_cache"
       for pass in cold warm; do
-        rm -rf "$OUT/runs/cnn_$pass"
-        step "start_$pass" 240 env JAX_COMPILATION_CACHE_DIR="$OUT/xla_cache" \
+        rm -rf "$WORK/runs/cnn_$pass"
+        step "start_$pass" 240 env JAX_COMPILATION_CACHE_DIR="$WORK/xla_cache" \
           JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 $PY main.py --config=configs/cnn.py \
-          --workdir="$OUT/runs/cnn_$pass" --config.num_epochs=$CNN_EPOCHS "${SMALL[@]}"
-        cp "$OUT/runs/cnn_$pass/results.json" "$OUT/start_${pass}_results.json" 2>/dev/null
+          --workdir="$WORK/runs/cnn_$pass" --config.num_epochs=$CNN_EPOCHS "${SMALL[@]}"
+        cp "$WORK/runs/cnn_$pass/results.json" "$WORK/start_${pass}_results.json" 2>/dev/null
       done ;;
     loop)
       for overlap in on off; do
@@ -101,11 +121,14 @@ orbax.checkpoint as o; print(jax.devices(), jax.__version__, flax.__version__, o
           --config.num_epochs=$LARGE_EPOCHS --config.host_overlap=$overlap "${SMALL[@]}"
       done ;;
     resume)  # every kill/signal test and the same run twice; if any fails, again with deterministic GPU kernels
-      tests=(tests/test_checkpoints.py tests/test_fingerprint.py -k "sigkill or sigterm or signal or twice")
-      step resume 300 $PY -m pytest -q -p no:cacheprovider "${tests[@]}"
-      if tail -1 "$OUT/steps.txt" | grep -q " rc=1 "; then  # a test failed (not a time-out, not a set-up error)
-        step resume_deterministic 300 env XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_deterministic_ops=true" \
-          $PY -m pytest -q -p no:cacheprovider "${tests[@]}"
+      # The tests' own process trains the reference run while the runs they start train beside it: JAX's default
+      # of taking 75% of the GPU's memory at the start would leave each of those a quarter, so each takes what it uses.
+      tests=(tests/test_checkpoints.py tests/test_vgg_bn_runs.py tests/test_fingerprint.py -p no:cacheprovider
+        -k "sigkill or sigterm or signal or twice" --durations=0)
+      step resume 300 env XLA_PYTHON_CLIENT_PREALLOCATE=false $PY -m pytest -q "${tests[@]}"
+      if tail -1 "$WORK/steps.txt" | grep -q " rc=1 "; then  # a test failed (not a time-out, not a set-up error)
+        step resume_deterministic 300 env XLA_PYTHON_CLIENT_PREALLOCATE=false \
+          XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_deterministic_ops=true" $PY -m pytest -q "${tests[@]}"
       fi ;;
     speedrun)
       epochs=()
@@ -118,10 +141,11 @@ orbax.checkpoint as o; print(jax.devices(), jax.__version__, flax.__version__, o
         case $v in 1) widths=48,96,192 ;; 2) widths=64,128,256 ;; esac
         epochs=(--config.num_epochs=32)
         [ "$SPEEDRUN_EPOCHS" != 0 ] && epochs=(--config.num_epochs=$SPEEDRUN_EPOCHS)
-        rm -rf "$OUT/runs/fast95_$v"
-        step "fast95_$v" 150 $PY main.py --config=configs/speedrun_gpu.py --workdir="$OUT/runs/fast95_$v" \
-          --config.data.validation_size=12000 --config.model.widths=$widths "${epochs[@]}" "${SMALL[@]}"
-        cp "$OUT/runs/fast95_$v/results.json" "$OUT/fast95_$v.json" 2>/dev/null
+        rm -rf "$WORK/runs/fast95_$v"
+        step "fast95_$v" 150 $PY main.py --config=configs/speedrun_gpu.py --workdir="$WORK/runs/fast95_$v" \
+          --config.data.validation_size=12000 --config.model.widths=$widths --config.compilation_cache=off \
+          "${epochs[@]}" "${SMALL[@]}"
+        cp "$WORK/runs/fast95_$v/results.json" "$WORK/fast95_$v.json" 2>/dev/null
       done ;;
     wide|wide0|wide1|wide2)  # V0 the reference, V1 wider, V2 longer; the rules: docs/models.md, "Towards 0.96"
       [ "$s" = wide ] && variants="0 1 2" || variants=${s#wide}
@@ -132,12 +156,13 @@ orbax.checkpoint as o; print(jax.devices(), jax.__version__, flax.__version__, o
           2) extra=(--config.num_epochs=$WIDE_LONG) limit=330 ;;
         esac
         [ "$WIDE_EPOCHS" != 0 ] && [ "$v" != 2 ] && extra+=(--config.num_epochs=$WIDE_EPOCHS)
-        rm -rf "$OUT/runs/wide_$v"
-        step "wide$v" $limit $PY main.py --config=configs/vgg_bn_large.py --workdir="$OUT/runs/wide_$v" \
+        rm -rf "$WORK/runs/wide_$v"
+        step "wide$v" $limit $PY main.py --config=configs/vgg_bn_large.py --workdir="$WORK/runs/wide_$v" \
           --config.data.validation_size=12000 --config.compilation_cache=off "${extra[@]}" "${SMALL[@]}"
-        cp "$OUT/runs/wide_$v/results.json" "$OUT/wide_$v.json" 2>/dev/null
-        cp "$OUT/runs/wide_$v/history.jsonl" "$OUT/wide_$v.history.jsonl" 2>/dev/null
+        cp "$WORK/runs/wide_$v/results.json" "$WORK/wide_$v.json" 2>/dev/null
+        cp "$WORK/runs/wide_$v/history.jsonl" "$WORK/wide_$v.history.jsonl" 2>/dev/null
       done ;;
     *) echo "unknown step $s (env check start loop resume speedrun fast95 wide wide0 wide1 wide2)" >&2; exit 2 ;;
   esac
+  bring_back  # with the results.json kept after its last step
 done

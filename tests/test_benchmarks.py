@@ -16,12 +16,13 @@ import re
 import statistics
 import subprocess
 import sys
+import tarfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import ROOT, last_line, load_config, quotient_error, rounded
+from helpers import ROOT, last_line, load_config, quotient_error, rounded, subprocess_env
 
 from benchmarks import (
     COMMANDS,
@@ -536,3 +537,32 @@ def test_the_device_script_parses_and_names_every_step_it_runs():
     described = set(re.findall(r"^#   ([a-z0-9]+) {2,}", text, re.M))
     assert labels == listed and {"env", "resume", "speedrun", "fast95", "wide0"} <= labels
     assert {re.sub(r"^wide\d$", "wide", name) for name in labels} == described  # wide0-2: `wide`'s parts
+
+
+def test_the_device_script_brings_back_two_files_after_a_step_and_stops_at_once_without_its_kit(tiny_data, tmp_path):
+    """The device tool brings back at most 8 files from OUT, 2 folders down: after every step the script leaves
+    OUT/steps.txt and OUT/figures.tgz (every step's output, no runs or caches) and nothing else; without the
+    packages it needs it stops (exit 3) before any step, saying how to prepare them."""
+    script = str(ROOT / "benchmarks" / "device_session.sh")
+    out, work = tmp_path / "out", tmp_path / "work"
+    env = {**subprocess_env(), "PYTHON": sys.executable, "DEVICE_WORK": str(work), "FMNIST_DATA_DIR": str(tiny_data)}
+    done = subprocess.run(
+        ["bash", script, "run", str(out), "env"], check=False, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["figures.tgz", "steps.txt"]
+    (line,) = (out / "steps.txt").read_text().splitlines()
+    assert re.fullmatch(r"env rc=0 \d+ ms", line) and line in done.stdout
+    with tarfile.open(out / "figures.tgz") as packed:
+        assert sorted(packed.getnames()) == [".", "./env.out", "./steps.txt"]
+        assert f" {jax.__version__} " in packed.extractfile("./env.out").read().decode()  # the versions it ran with
+    bare = subprocess.run(  # a Python without site-packages: none of the packages
+        ["bash", script, "run", str(tmp_path / "bare"), "env"],
+        check=False,
+        env={**env, "PYTHON": f"{sys.executable} -I -S"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bare.returncode == 3 and "run `bash benchmarks/device_session.sh prepare`" in last_line(bare.stderr)
+    assert list((tmp_path / "bare").iterdir()) == []
