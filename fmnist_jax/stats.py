@@ -7,11 +7,13 @@ Every function takes plain NumPy (per-image correctness as booleans) and returns
   right (under "equally accurate" each such image is a fair coin);
 - `paired_difference_interval`: a paired bootstrap interval of the accuracy difference, resampling test images
   with both models' answers kept together;
-- `seed_summary`: mean, sample standard deviation and every value over seeds.
+- `seed_summary`: mean, sample standard deviation and every value over seeds;
+- `holm`: Holm's step-down adjustment of several tests' p-values (one per pair of models).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,8 +56,9 @@ def paired_difference_interval(
 ) -> tuple[float, float]:
     """A paired percentile-bootstrap interval of accuracy(a) - accuracy(b) over the same test images."""
     a, b = np.asarray(a_correct, np.float64), np.asarray(b_correct, np.float64)
-    if np.array_equal(a, b):  # every resample's difference is 0
-        return 0.0, 0.0
+    if np.array_equal(a, b) or len(a) == 1:  # every resample's difference is the observed one
+        difference = float(a.mean() - b.mean())
+        return difference, difference
 
     def difference(x, y, axis=-1):
         return np.mean(x, axis=axis) - np.mean(y, axis=axis)
@@ -84,22 +87,45 @@ def seed_summary(values: Sequence[float]) -> dict[str, Any]:
     }
 
 
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment: each of m p-values (one per hypothesis, in any order) adjusted, in the same
+    order. Calling a result where its adjusted p-value is below a level keeps the chance of any false call among
+    the m at most that level, whatever their dependence."""
+    m, adjusted, largest = len(p_values), [1.0] * len(p_values), 0.0
+    for rank, i in enumerate(np.argsort(p_values, kind="stable")):
+        largest = max(largest, min(1.0, (m - rank) * float(p_values[i])))
+        adjusted[i] = largest
+    return adjusted
+
+
 P_LEVELS = (0.05, 0.01, 0.001)  # the usual significance levels: a printed p-value never crosses nor meets one
 
 
-def p_text(p: float, spec: str) -> str:
+def p_text(p: float, spec: str, *, upper: bool = False) -> str:
     """`p` in the format `spec` ('.3f', '.2g', ...), with as many more significant digits as it takes to print it on
-    the same side of every P_LEVELS level, and on none unless it is one (0.04996 is '0.04996', 0.0501 '0.0501')."""
-    text = format(p, spec)
+    the same side of every P_LEVELS level, and on none unless it is one (0.04996 is '0.04996', 0.0501 '0.0501').
+    `upper`: rounded up, never down, for a bound ('p ≤ 0.031' for 0.0304)."""
+    text = _rounded(p, spec, upper)
     for digits in range(2, 18):
         if all((float(text) < level) == (p < level) and (float(text) == level) == (p == level) for level in P_LEVELS):
             return text
-        text = f"{p:.{digits}g}"
+        text = _rounded(p, f".{digits}g", upper)
     return repr(p)
 
 
-def format_p(p: float) -> str:
-    """A p-value for a sentence: 'p = 0.034', 'p < 1e-6' (`p_text`: never rounded onto or across a usual level)."""
+def _rounded(p: float, spec: str, upper: bool) -> str:
+    """format(p, spec), or with `upper` the next value up in its last printed digit where that rounded down."""
+    text = format(p, spec)
+    if upper and float(text) < p:
+        precision = int(spec[1:-1])
+        last = -precision if spec.endswith("f") else math.floor(math.log10(p)) - precision + 1
+        text = format(float(text) + 10.0**last, spec)
+    return text
+
+
+def format_p(p: float, *, upper: bool = False) -> str:
+    """A p-value for a sentence: 'p = 0.034', 'p < 1e-6' (`p_text`: never rounded onto or across a usual level);
+    `upper`, a bound on several: 'p ≤ 0.031', rounded up."""
     if p < 1e-6:
         return "p < 1e-6"
-    return "p = " + p_text(p, ".2g" if p < 0.001 else ".3f")
+    return ("p ≤ " if upper else "p = ") + p_text(p, ".2g" if p < 0.001 else ".3f", upper=upper)

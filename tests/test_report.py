@@ -540,6 +540,8 @@ def test_report_json_holds_every_number_the_report_shows(comparison):
         ("random_forest", "linear_svm"),
     ]
     md = (workdir / "report.md").read_text()
+    largest = [max(test["p_value"] for test in pair["seeds"].values()) for pair in data["pairs"]]
+    assert [pair["p_holm"] for pair in data["pairs"]] == stats.holm(largest)  # corrected for the 3 pairs
     for pair in data["pairs"]:
         assert pair["sentence"] in md
         for seed, test in pair["seeds"].items():
@@ -615,6 +617,20 @@ def test_pair_sentences_say_what_the_tests_establish():
         "A is more accurate than B by 1.1 points (each seed's 95% CI within 0.4 to 1.8; McNemar p ≤ 0.030 on seeds "
         "0 and 2). No paired test for seed 1 (a run or its predictions.npz missing)."
     )
+    # With several pairs a difference is established only after Holm's correction for their number.
+    assert sentences.pair_sentence("A", "B", three, corrected=(0.045, 3)) == (
+        "A is more accurate than B by 1.1 points (each seed's 95% CI within 0.4 to 1.8; McNemar p ≤ 0.030 on every "
+        "seed; Holm-adjusted for the 3 pairs, p = 0.045)."
+    )
+    assert sentences.pair_sentence("A", "B", three, corrected=(0.09, 3)) == (
+        "A is ahead of B by 1.1 points on average, a difference these test images do not establish once corrected "
+        "for the 3 pairs (each seed's 95% CI within 0.4 to 1.8; McNemar p ≤ 0.030 on every seed; Holm-adjusted for "
+        "the 3 pairs, p = 0.090)."
+    )
+    assert sentences.pair_sentence("A", "B", {0: three[0]}, corrected=(0.06, 6)).startswith(
+        "A is ahead of B by 1.0 points on seed 0, a difference these test images do not establish once corrected "
+    )
+    assert sentences.pair_sentence("A", "B", three, corrected=(0.03, 1)) == sentences.pair_sentence("A", "B", three)
     assert sentences.pair_sentence("A", "B", one, untested=[1, 2]).endswith(
         "(95% CI 2.0 to 3.2; McNemar p < 1e-6 on seed 0). No paired test for seeds 1 and 2 (a run or its "
         "predictions.npz missing)."

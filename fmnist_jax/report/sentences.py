@@ -10,13 +10,17 @@ import numpy as np
 
 from fmnist_jax import stats
 
+LEVEL = 0.05  # the level at which a sentence calls a difference established, after Holm's correction over the pairs
 PAIRED_TESTS = (
     "Per pair and seed, on the same test images: the accuracy difference in points, its 95% paired "
     f"bootstrap interval ({stats.BOOTSTRAP_RESAMPLES} resamples of the test images), the images only "
     "one of the two gets right, and the exact McNemar p-value (a two-sided binomial test on those "
     "images). Each seed's test is valid on its own. The seeds share one test set, so they are not "
     "independent evidence: do not multiply or average their p-values; read a difference as real when "
-    "every seed's test agrees (the largest p-value below the level you choose)."
+    "every seed's test agrees, in the same direction (a pair's p-value is its largest over the seeds). "
+    f"With several pairs, the sentences call a difference established at the {LEVEL} level after Holm's "
+    "correction for the number of pairs tested. The percentile interval can leave out 0 while the exact "
+    "p-value is just above the level: read such a pair by its p-value."
 )
 METHODS = {
     "test_accuracy_ci95": "exact binomial (Clopper-Pearson) interval over the test images, per seed",
@@ -24,6 +28,8 @@ METHODS = {
     f"{stats.BOOTSTRAP_RESAMPLES} resamples), per seed",
     "p_value": "exact McNemar test: two-sided binomial test on the images exactly one model gets right "
     "(scipy.stats.binomtest), per seed",
+    "p_holm": "per pair: its largest McNemar p-value over the seeds, adjusted by Holm's step-down correction "
+    f"for the number of pairs tested; a difference is called established where it is below {LEVEL}",
     "seeds": "mean and sample standard deviation (ddof=1) over seeds; none (null) for one seed",
 }
 
@@ -49,12 +55,19 @@ def seed_list(seeds: Sequence[int]) -> str:
 
 
 def pair_sentence(
-    a: str, b: str, seeds: dict[int, dict[str, Any]], level: float = 0.05, *, untested: Sequence[int] = ()
+    a: str,
+    b: str,
+    seeds: dict[int, dict[str, Any]],
+    level: float = LEVEL,
+    *,
+    untested: Sequence[int] = (),
+    corrected: tuple[float, int] | None = None,
 ) -> str:
     """One sentence on a pair of models over the seeds tested: the mean difference, the seeds' intervals and
-    p-values. A difference is called established only when every seed's test finds it, in the same direction.
-    `untested`: the seeds of either model without a paired test (the other's run or a predictions.npz missing),
-    named, so that no claim reads as if made for them."""
+    p-values. A difference is called established only when every seed's test finds it, in the same direction, and
+    with `corrected` = (the pair's Holm-adjusted p-value, the number of pairs) for several pairs, only when that is
+    below `level` too. `untested`: the seeds of either model without a paired test (the other's run or a
+    predictions.npz missing), named, so that no claim reads as if made for them."""
     missing = f" No paired test for {seed_list(untested)} (a run or its predictions.npz missing)." if untested else ""
     if not seeds:
         return f"{a} and {b}: no seed with both runs' predictions, so no paired test."
@@ -76,17 +89,25 @@ def pair_sentence(
     if np.any(diffs > 0) and np.any(diffs < 0):  # each model ahead on some seed
         return _trading_places(a, b, seeds, tied) + missing
     consistent = bool(np.all(np.sign(diffs) == sign))  # not where a seed ties
+    over = f"on {seed_list(list(seeds))}" if one else "on average"
+    adjusted, pairs = corrected if corrected and corrected[1] > 1 else (max(ps), 1)
+    holm = f"; Holm-adjusted for the {pairs} pairs, {stats.format_p(adjusted)}" if pairs > 1 else ""
     if max(ps) < level and consistent:
-        p = stats.format_p(ps[0]) if one else stats.format_p(max(ps)).replace("p = ", "p ≤ ")
-        return f"{better} is more accurate than {worse} by {_points(mean)} points ({ci}; McNemar {p}{where})." + (
-            missing
+        p = stats.format_p(ps[0]) if one else stats.format_p(max(ps), upper=True)
+        if adjusted < level:
+            return (
+                f"{better} is more accurate than {worse} by {_points(mean)} points ({ci}; McNemar {p}{where}{holm})."
+                + missing
+            )
+        return (
+            f"{better} is ahead of {worse} by {_points(mean)} points {over}, a difference these test images do not "
+            f"establish once corrected for the {pairs} pairs ({ci}; McNemar {p}{where}{holm}).{missing}"
         )
     if one:
         spread = f"McNemar {stats.format_p(ps[0])}"  # its seed named in the sentence
     else:
         spread = f"McNemar p from {_p_range(ps)} across {seed_list(list(seeds)) if untested else 'seeds'}"
     ties = f"; equal on {seed_list(tied)}" if tied else ""
-    over = f"on {seed_list(list(seeds))}" if one else "on average"
     return (
         f"{better} is ahead of {worse} by {_points(mean)} points {over}, a difference these test "
         f"images do not establish ({ci}; {spread}{ties}).{missing}"

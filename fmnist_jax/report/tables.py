@@ -168,7 +168,7 @@ def per_class_rows(models: Sequence[Model]) -> list[list[str]]:
 
 def compare_pair(a: Model, b: Model) -> dict[str, Any]:
     """Model a against model b on the same test images, for every seed both have (and both saved predictions
-    for): the accuracy difference with its paired bootstrap interval, the exact McNemar test, and one sentence."""
+    for): the accuracy difference with its paired bootstrap interval and the exact McNemar test."""
     b_runs = {run.results["seed"]: run for run in b.runs}
     seeds = {}
     for run in a.runs:
@@ -185,18 +185,23 @@ def compare_pair(a: Model, b: Model) -> dict[str, Any]:
         low, high = stats.paired_difference_interval(ca, cb, seed=seed)
         seeds[seed] = {"difference": float(ca.mean() - cb.mean()), "ci95": [low, high], **stats.mcnemar(ca, cb)}
     untested = sorted((set(a.seeds) | set(b.seeds)) - set(seeds))
-    return {
-        "a": a.label,
-        "b": b.label,
-        "seeds": seeds,
-        "untested_seeds": untested,
-        "sentence": sentences.pair_sentence(a.title, b.title, seeds, untested=untested),
-    }
+    return {"a": a.label, "b": b.label, "seeds": seeds, "untested_seeds": untested}
 
 
 def compare_pairs(models: Sequence[Model]) -> list[dict[str, Any]]:
-    """Every pair of models, in report order."""
-    return [compare_pair(a, b) for i, a in enumerate(models) for b in models[i + 1 :]]
+    """Every pair of models, in report order, each with its p-value (its seeds' largest) adjusted by Holm's
+    correction for the pairs tested (`p_holm`; null for a pair without a paired test) and its sentence."""
+    pairs = [compare_pair(a, b) for i, a in enumerate(models) for b in models[i + 1 :]]
+    titles = {m.label: m.title for m in models}
+    tested = [max(s["p_value"] for s in pair["seeds"].values()) for pair in pairs if pair["seeds"]]
+    adjusted = iter(stats.holm(tested))
+    for pair in pairs:
+        pair["p_holm"] = next(adjusted) if pair["seeds"] else None
+        corrected = None if pair["p_holm"] is None else (pair["p_holm"], len(tested))
+        pair["sentence"] = sentences.pair_sentence(
+            titles[pair["a"]], titles[pair["b"]], pair["seeds"], untested=pair["untested_seeds"], corrected=corrected
+        )
+    return pairs
 
 
 def pair_rows(pairs: Sequence[dict[str, Any]], titles: dict[str, str]) -> list[list[str]]:
@@ -206,7 +211,7 @@ def pair_rows(pairs: Sequence[dict[str, Any]], titles: dict[str, str]) -> list[l
             f"{titles[pair['a']]} − {titles[pair['b']]}",
             str(seed),
             f"{100 * s['difference']:+.2f}",
-            f"{100 * s['ci95'][0]:+.2f} to {100 * s['ci95'][1]:+.2f}",
+            f"{100 * s['ci95'][0]:+.1f} to {100 * s['ci95'][1]:+.1f}",  # its ends move by ~0.02 with the resamples
             str(s["only_a_correct"]),
             str(s["only_b_correct"]),
             sentences.p_cell(s["p_value"]),
