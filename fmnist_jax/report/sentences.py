@@ -99,18 +99,16 @@ def pair_sentence(
                 f"{better} is more accurate than {worse} by {_points(mean)} points ({ci}; McNemar {p}{where}{holm})."
                 + missing
             )
-        return (
-            f"{better} is ahead of {worse} by {_points(mean)} points {over}, a difference these test images do not "
-            f"establish once corrected for the {pairs} pairs ({ci}; McNemar {p}{where}{holm}).{missing}"
-        )
-    if one:
-        spread = f"McNemar {stats.format_p(ps[0])}"  # its seed named in the sentence
+        why, tests = f" once corrected for the {pairs} pairs", f"McNemar {p}{where}{holm}"
     else:
-        spread = f"McNemar p from {_p_range(ps)} across {seed_list(list(seeds)) if untested else 'seeds'}"
-    ties = f"; equal on {seed_list(tied)}" if tied else ""
+        if one:
+            spread = f"McNemar {stats.format_p(ps[0])}"  # its seed named in the sentence
+        else:
+            spread = f"McNemar p from {_p_range(ps)} across {seed_list(list(seeds)) if untested else 'seeds'}"
+        why, tests = "", spread + (f"; equal on {seed_list(tied)}" if tied else "")
     return (
         f"{better} is ahead of {worse} by {_points(mean)} points {over}, a difference these test "
-        f"images do not establish ({ci}; {spread}{ties}).{missing}"
+        f"images do not establish{why} ({ci}; {tests}).{missing}"
     )
 
 
