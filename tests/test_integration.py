@@ -7,6 +7,7 @@ import shutil
 import fingerprints
 import numpy as np
 import pytest
+import tolerances
 from helpers import check, devices, run_main
 
 from fmnist_jax import data, metrics
@@ -74,9 +75,10 @@ def test_the_real_splits_score_the_same_on_1_and_8_devices(real_run, real_data_d
     assert scored["params_sha256"] == reference["params_sha256"]  # the run's last state, restored
     # The evaluation's sums run in another order on 8 devices. Measured (AVX-512 EPYC): the same accuracies, losses
     # within 3e-9 relative, probabilities within 5e-7; the bounds leave other CPU kinds room: one image of the
-    # 10,000 may change class, the losses 1e-5 relative, the probabilities 20x the drift measured.
-    assert abs(scored["test_accuracy"] - reference["test_accuracy"]) <= 1e-4
-    assert abs(scored["validation_accuracy"] - reference["validation_accuracy"]) <= 1e-4
+    # 10,000 (or of the 12,000) may change class, the losses 1e-5 relative, the probabilities 20x the drift measured.
+    for split, images in (("test", 10_000), ("validation", 12_000)):
+        changed = round(abs(scored[f"{split}_accuracy"] - reference[f"{split}_accuracy"]) * images)
+        tolerances.assert_within(changed, 1, f"{split} images that changed class")
     assert scored["test_loss"] == pytest.approx(reference["test_loss"], rel=1e-5)
     assert scored["validation_loss"] == pytest.approx(reference["validation_loss"], rel=1e-5)
     np.testing.assert_allclose(

@@ -29,6 +29,7 @@ def pytest_configure(config):
 TESTS_FILE = """
 import numpy as np
 import pytest
+import tolerances
 
 def test_close():
     np.testing.assert_allclose([1.0, 2.05], [1.0, 2.0], rtol=0.05)  # 0.05 of 0.1 allowed
@@ -37,9 +38,13 @@ def test_close():
     assert {"a": 1.0, "b": 5.0} == pytest.approx({"a": 1.0, "b": 5.1}, rel=0.1)  # 0.1 of 0.51
     assert 1.0 == pytest.approx(np.float32(0.75), rel=0.5)  # a NumPy scalar expected: 0.25 of 0.375
     assert float("inf") == pytest.approx(float("inf"), abs=1)  # equal infinities: no share to speak of
+    tolerances.assert_within(0.3, 1.2, "norm")  # a bound in the test's own terms: 0.25 of it
 
 def test_outside():
     np.testing.assert_allclose(1.3, 1.0, atol=0.1)
+
+def test_over_its_own_bound():
+    tolerances.assert_within(2, 1, "images that changed class")
 """
 
 
@@ -56,15 +61,18 @@ def test_report_records_the_share_used_of_passing_comparisons(tmp_path):
         capture_output=True,
         text=True,
     )
-    assert "1 failed, 1 passed" in done.stdout, done.stdout + done.stderr  # the wrapper still fails what fails
+    assert "2 failed, 1 passed" in done.stdout, done.stdout + done.stderr  # the wrapper still fails what fails
     assert "tolerances.py" not in done.stdout  # the failure's traceback shows the test, not the wrapper
+    assert "images that changed class: 2 is over its bound 1" in done.stdout
     lines = [json.loads(line) for line in report.read_text().splitlines()]
-    sites = [f"test_numbers.py:{n}" for n in (6, 7, 8, 9, 9, 10)]  # a mapping's values each; no failure, no infinity
-    assert [line["site"] for line in lines] == sites
-    assert [line["used"] for line in lines] == pytest.approx([0.5, 0.0, 0.5, 0.0, 0.1 / 0.51, 0.25 / 0.375], rel=1e-6)
-    assert [line["err_msg"] for line in lines] == ["", "exact", "", "", "", ""]
+    sites = [f"test_numbers.py:{n}" for n in (7, 8, 9, 10, 10, 11, 13)]  # a mapping's values each; no failure
+    assert [line["site"] for line in lines] == sites  # nor an infinity
+    used = [0.5, 0.0, 0.5, 0.0, 0.1 / 0.51, 0.25 / 0.375, 0.25]
+    assert [line["used"] for line in lines] == pytest.approx(used, rel=1e-6)
+    assert [line["err_msg"] for line in lines] == ["", "exact", "", "", "", "", "norm"]
     assert {line["test"] for line in lines} == {"test_numbers.py::test_close"}
     assert lines[0]["tolerance"] == "rtol=0.05 atol=0" and lines[2]["tolerance"] == "rel=None abs=0.2"
+    assert lines[-1]["tolerance"] == "bound=1.2"
     assert lines[0]["cpu_kind"]
 
 

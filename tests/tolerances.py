@@ -2,7 +2,8 @@
 `np.testing.assert_allclose` and `pytest.approx` comparison that passes, the share of its tolerance it used
 (the largest |actual - desired| / (atol + rtol * |desired|) over the elements: 0 exact, 1 at the limit), one JSON
 line per comparison (per element of an approx over a container), with its test, its line in the test files, its
-err_msg and the machine's CPU kind. FILE is written afresh by each run.
+err_msg and the machine's CPU kind; a bound a test states in its own terms (a norm's relative error, a count of
+images) does the same through `assert_within`. FILE is written afresh by each run.
 
     python tests/tolerances.py FILE [FILE ...]
 
@@ -22,6 +23,18 @@ import sys
 
 import numpy as np
 import pytest
+
+_ACTIVE: list = []  # the recorder while a report is being written (configure), else empty
+
+
+def assert_within(value: float, bound: float, err_msg: str = "") -> None:
+    """Asserts `value <= bound` for a non-negative measure of a difference (a relative error, a count of images
+    that changed class); with --tolerance-report, records value / bound as the share of the tolerance used."""
+    __tracebackhide__ = True
+    value, bound = float(value), float(bound)
+    assert value <= bound, f"{err_msg or 'the difference'}: {value:.4g} is over its bound {bound:.4g}"
+    if _ACTIVE:
+        _ACTIVE[0](value / bound if bound > 0 else 0.0, f"bound={bound:g}", err_msg)
 
 
 def add_option(parser: pytest.Parser) -> None:
@@ -44,6 +57,7 @@ def configure(config: pytest.Config) -> None:
         path.write_text("")
     lines: list[str] = []
     record = _recorder(lines, machine.cpu_kind(), config.rootpath)
+    _ACTIVE[:] = [record]
     original = np.testing.assert_allclose
 
     def assert_allclose(actual, desired, rtol=1e-7, atol=0, equal_nan=True, err_msg="", *args, **kwargs):
@@ -71,6 +85,7 @@ def configure(config: pytest.Config) -> None:
 
     def restore() -> None:
         np.testing.assert_allclose, approx_scalar.__eq__ = original, compare
+        _ACTIVE.clear()
         with path.open("a") as f:  # one append per process, when it ends
             f.write("".join(lines))
 
