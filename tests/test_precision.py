@@ -54,7 +54,7 @@ def test_bfloat16_convolution_rounds_operands_and_accumulates_in_float32(impl, c
     rounded = ops.conv2d_valid(bf16_values(x), bf16_values(kernel), "xla")
     if channels == 1 and impl == "taps":
         rounded = exact  # the one-channel taps multiply in float32
-    # One rounding to bfloat16 at the end (2^-8 of the result), not one per addition:
+    # One rounding to bfloat16 at the end (at most 2^-9 of each element), not one per addition:
     tolerances.assert_within(relative_error(y, rounded), 2**-8, "against float32 sums of the rounded operands")
     tolerances.assert_within(relative_error(y, exact), 1e-2, "against float32")
     assert [g.dtype for g in grads] == [jnp.float32, jnp.float32]  # cotangents come back in the inputs' dtype
