@@ -9,8 +9,9 @@ line and events written, whatever the checkpoints). With WHEN=compile (STEP igno
 compilation of the run's programs starts, before any step is trained. Signalling from outside once a checkpoint
 appears races the run, and a fast accelerator finishes a tiny run before the signal lands; from inside, the moment
 is the same on every device. With WHEN=step, the signal comes once the train call that reaches step STEP or beyond
-has been queued, mid-epoch if STEP is. For comparisons: WHEN=fit, as the STEP-th baseline fit begins (1: the
-first baseline member's); WHEN=report, once the report's STEP-th plot is written (the report half-written).
+has been queued, mid-epoch if STEP is; with WHEN=ran, from another thread once that call has run, as a signal from
+outside comes while the host waits for the devices. For comparisons: WHEN=fit, as the STEP-th baseline fit begins
+(1: the first baseline member's); WHEN=report, once the report's STEP-th plot is written (the report half-written).
 """
 
 import os
@@ -24,7 +25,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def main() -> None:
     name, at_step, when, *main_args = sys.argv[1:]
-    whens = ("in_flight", "committed", "epoch", "compile", "step", "fit", "report")
+    whens = ("in_flight", "committed", "epoch", "compile", "step", "ran", "fit", "report")
     if when not in whens:
         raise SystemExit(f"WHEN must be one of {', '.join(whens)}, got {when!r}")
     signum, at_step = signal.Signals[f"SIG{name}"], int(at_step)
@@ -63,8 +64,16 @@ def main() -> None:
             return compile_ahead(programs, *args, **kwargs)
 
         step.Programs.compile_ahead = signal_then_compile
-    elif when == "step":
+    elif when in ("step", "ran"):
+        import threading
+
+        import jax
+
         train = step.Programs.train
+
+        def signal_once_run(done):  # the thread waits for the call's copy of its loss sum (the state is donated)
+            jax.block_until_ready(done)
+            os.kill(os.getpid(), signum)
 
         def train_then_signal(programs, num_steps):
             call = train(programs, num_steps)
@@ -73,7 +82,10 @@ def main() -> None:
                 out = call(state, inputs, first_step, first_batch)
                 if int(first_step) + num_steps >= at_step and not sent:
                     sent.append(int(first_step) + num_steps)
-                    os.kill(os.getpid(), signum)
+                    if when == "step":
+                        os.kill(os.getpid(), signum)
+                    else:
+                        threading.Thread(target=signal_once_run, args=(out.loss_sum.copy(),), daemon=True).start()
                 return out
 
             call_then_signal.lower = getattr(call, "lower", None)  # compile_ahead lowers what `train` returns

@@ -88,6 +88,23 @@ def test_sigterm_and_sigint_save_then_exit_with_resume_line(tiny_data, tmp_path,
     assert_same_run(tmp_path, reference)
 
 
+def test_a_signal_from_outside_stops_a_one_process_run_within_two_calls(tiny_data, tmp_path, caplog):
+    """The host queues train calls far faster than they run. A SIGINT that comes while it waits for the devices
+    (here from another thread, once the call reaching step 4 has run) stops the run within `CallQueue.DEPTH` calls
+    of that one, mid-epoch, not at the epoch's end (step 64); the rerun resumes there and trains the rest once."""
+    fields = {**KILL_FIELDS, "batch_size": 4, "steps_per_call": 1, "num_epochs": 1, "checkpoint.every_steps": 0}
+    result = run_interrupted("INT", 4, "ran", *helpers.tiny_args(tiny_data, tmp_path, **fields))
+    assert result.returncode == 128 + signal.SIGINT, result.stderr[-2000:]
+    saved = checkpoint_steps(tmp_path)
+    assert len(saved) == 1 and f"checkpoint saved at step {saved[0]} " in result.stderr
+    # Two calls after step 4's, and more for the thread's wake-up on a loaded machine; a whole epoch queued: 64.
+    assert 4 <= saved[0] <= 16, result.stderr[-2000:]
+    caplog.set_level(logging.INFO)
+    run.run(helpers.tiny_config(tiny_data, **fields), tmp_path)
+    assert f"Resumed from checkpoint at step {saved[0]} (epoch 1, {saved[0]}/64 steps into it)" in caplog.text
+    assert [r["step"] for r in metrics.read_history(tmp_path)] == [64]
+
+
 def test_a_signal_while_the_last_epoch_is_read_still_stops_with_the_resume_line(tiny_data, tmp_path, reference, caplog):
     """With host overlap the last boundary is read after the last train call: a SIGTERM then (here right after epoch
     2's history line) still exits 128 + signal with the resume line, its checkpoint (the last step's) saved; the

@@ -28,7 +28,7 @@ from fmnist_jax.errors import TrainingError
 from fmnist_jax.training.evaluate import PendingScores
 from fmnist_jax.training.plan import Plan, chunks, load_data, make_plan
 from fmnist_jax.training.state import TrainState
-from fmnist_jax.training.step import TrainInputs
+from fmnist_jax.training.step import CallQueue, TrainInputs
 
 
 def _progress(total: int, initial: int, desc: str, *, hide: bool = False):
@@ -238,8 +238,7 @@ def _compile(plan: Plan, state: TrainState, inputs: TrainInputs, step: int) -> N
     config = plan.config
     sizes = chunks(step, plan.total_steps, plan.steps_per_epoch, config.steps_per_call, plan.every_steps)
     plan.programs.compile_ahead(state, inputs, sizes, eval_batch=plan.evaluator.batch_size)
-    if config.tensorboard.enabled and config.tensorboard.loss_every_steps:
-        events.copy_point(state.loss_sum)  # compiled now, not at the first running-loss point
+    events.copy_point(state.loss_sum)  # compiled now: the running-loss points and the queue's marks copy the sum
 
 
 def _train_epochs(
@@ -261,17 +260,20 @@ def _train_epochs(
     and saves, the devices keep training; without, at once. A boundary is always finished before a later one is
     saved, so the history is never behind a checkpoint.
 
-    A signal stops a one-process run after the call under way; a multi-process job at the next boundary, where every
-    process asks whether any caught one (`guard.heard`), so that all stop at the same step."""
+    A signal stops a one-process run without host overlap within `CallQueue.DEPTH` calls; with host overlap, where
+    the host runs up to an epoch ahead so that the devices never wait for its boundary work, there; a multi-process
+    job at the next boundary, where every process asks whether any caught one (`guard.heard`): all stop together."""
     config, spe, programs = plan.config, plan.steps_per_epoch, plan.programs
     overlap = plan.host_overlap
     epoch, clock = EpochProgress(plan, step), TrainingClock(train_seconds)
     last_val, pending, heard = None, None, None
     saved_step = step  # the restored state is saved (step 0: nothing to save before the first call)
     alone = jax.process_count() == 1
+    queue = CallQueue(events.copy_point if alone and not overlap else None)
     try:
         for n in chunks(step, plan.total_steps, spe, config.steps_per_call, plan.every_steps):
             state = programs.train(n)(state, inputs, np.int32(step), np.int32(step % spe))
+            queue.queued(state)
             step += n
             epoch.bar.update(n)
             if writer:

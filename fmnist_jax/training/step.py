@@ -9,6 +9,7 @@ function of (seed, step, position in the global batch).
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import functools
@@ -227,3 +228,22 @@ class Programs:
         if "eval" in compiled:
             self._compiled_eval[eval_batch] = compiled.pop("eval")
         self._train.update(compiled)
+
+
+class CallQueue:
+    """Keeps at most `DEPTH` train calls queued, where `mark` (a jitted copy) is given. The host dispatches far
+    faster than the calls run: unbounded, it queues a whole epoch, and a signal can stop the run only at the epoch's
+    end. Each call's mark is `mark` of its loss sum (the next call donates the state itself)."""
+
+    DEPTH = 2
+
+    def __init__(self, mark: Callable[[jax.Array], jax.Array] | None) -> None:
+        self.mark, self.marks = mark, collections.deque()
+
+    def queued(self, state: TrainState) -> None:
+        """After a train call is dispatched: waits for the calls before the last `DEPTH` - 1 (with 2, the one before
+        it) to have run, so that no more than `DEPTH` are ever queued."""
+        if self.mark is not None:
+            self.marks.append(self.mark(state.loss_sum))
+            if len(self.marks) == self.DEPTH:
+                jax.block_until_ready(self.marks.popleft())
