@@ -26,7 +26,8 @@ from fmnist_jax.errors import ConfigError
 
 CONFIG_FILE = "config.json"
 # Never compared: how fast or how a run is driven, not what it computes.
-# The data's location is operational too: results.json records the checksums of the files actually read.
+# The data's location is operational too: results.json and each checkpoint record the checksums of the files read
+# (a resume on other files is refused: training/plan.py).
 OPERATIONAL = (
     "resume_with_changes",
     "mode",

@@ -11,6 +11,7 @@ import pathlib
 import shutil
 import signal
 import subprocess
+import types
 
 import helpers
 import jax
@@ -218,6 +219,52 @@ def test_checkpoints_and_results_name_the_machines_and_a_resume_elsewhere_warns(
     monkeypatch.undo()  # scored again on the first machine: the scores name it, the lineage stays the training's
     results = evaluate.evaluate_checkpoint(config, workdir)
     assert results["machine"] == here and results["trained_on"] == moved == metrics.load_results(workdir)["trained_on"]
+
+
+def test_a_run_resumed_on_other_data_is_refused_and_keeps_its_checkpoints(tiny_data, tmp_path, caplog):
+    """Each checkpoint records the checksums of the data it trained on: a rerun that reads other files (another
+    data.dir, a changed FMNIST_DATA_DIR) is refused with one line naming them, its checkpoints, history and events
+    untouched, where it would have trained on and recorded the new files' checksums as the run's; with the files it
+    trained on it goes on."""
+    config = helpers.tiny_config(tiny_data)
+    run.run(config, tmp_path)
+    shutil.rmtree(tmp_path / "checkpoints" / "8")  # as if stopped after epoch 1
+    (tmp_path / "results.json").unlink()
+    other = helpers.write_idx_dataset(tmp_path.parent / f"{tmp_path.name}_other", n_train=320, n_test=100, seed=1)
+
+    def kept():  # all but config.json (it names the last command's operational fields: data.dir) and the lock
+        return {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file() and p.parent != tmp_path}
+
+    before = kept() | {tmp_path / "history.jsonl": (tmp_path / "history.jsonl").read_bytes()}
+    pattern = (
+        rf"checkpoint 4 in {tmp_path}/checkpoints was trained on other data: t10k-images-idx3-ubyte, "
+        rf"t10k-labels-idx1-ubyte, train-images-idx3-ubyte, train-labels-idx1-ubyte in idx:{other} differ from what "
+        r"it trained on \(by content's SHA-256\)\. Point config.data.dir \(or FMNIST_DATA_DIR\) at the files it"
+    )
+    with pytest.raises(ConfigError, match=pattern):
+        run.run(helpers.tiny_config(other), tmp_path)
+    assert kept() | {tmp_path / "history.jsonl": (tmp_path / "history.jsonl").read_bytes()} == before
+    caplog.set_level(logging.INFO)
+    run.run(config, tmp_path)
+    assert "Resumed from checkpoint at step 4 " in caplog.text
+    assert [r["step"] for r in metrics.read_history(tmp_path)] == [4, 8]
+
+
+def test_data_from_another_source_than_the_checkpoints_is_named_in_a_warning(caplog):
+    """IDX files' checksums and TFDS's arrays' digest share no name: nothing to compare, so a warning, not a refusal;
+    checkpoints older than the record compare nothing."""
+    from fmnist_jax.training.plan import Plan
+
+    plan = types.SimpleNamespace(dataset=types.SimpleNamespace(checksums={"tfds:fashion_mnist": "a"}, source="tfds"))
+    meta = {"step": 6, "dataset_checksums": {"train-images-idx3-ubyte": "b"}}
+    Plan.check_data(plan, meta, pathlib.Path("w"))
+    assert "Checkpoint 6 was trained on data read as train-images-idx3-ubyte and goes on with data from tfds" in (
+        caplog.text
+    )
+    caplog.clear()
+    Plan.check_data(plan, {"step": 6}, pathlib.Path("w"))
+    Plan.check_data(plan, {"step": 6, "dataset_checksums": {"tfds:fashion_mnist": "a"}}, pathlib.Path("w"))
+    assert caplog.text == ""
 
 
 def test_the_lineage_of_checkpoints_older_than_its_record():

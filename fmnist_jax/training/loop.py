@@ -178,7 +178,7 @@ def _restore(store: checkpoints.CheckpointStore, state: TrainState, plan: Plan) 
     state, meta = restored
     spe = plan.steps_per_epoch
     step = meta["step"]
-    plan.resume_from(meta)
+    plan.resume_from(meta, store.directory)
     if step > plan.total_steps:  # config_lib refuses it where the history tells the steps per epoch
         raise errors.ConfigError(
             f"checkpoint {step} in {store.directory} is past the run's last step, {plan.total_steps} "
@@ -213,6 +213,7 @@ def _save(store: checkpoints.CheckpointStore, writer, plan: Plan, state: TrainSt
         "config": config_lib.to_dict(plan.config),
         "machine": plan.machine,
         "trained_on": plan.trained_on,
+        "dataset_checksums": dict(plan.dataset.checksums),
     }
     with _lead_writes(plan):
         if writer:  # the points up to a checkpoint are on disk before it

@@ -70,11 +70,14 @@ class Plan:
     def __post_init__(self) -> None:
         self.trained_on[:] = [{"machine": self.machine, "from_step": 0}]
 
-    def resume_from(self, meta: dict) -> None:
+    def resume_from(self, meta: dict, directory: pathlib.Path) -> None:
         """Takes the lineage of the checkpoint of `meta` (checkpoints that predate the record: this machine's) and,
         where it was written on another machine, warns and adds this one from its step: the run trains on, but its
         bits can no longer be an uninterrupted run's. Process 0 alone warns (another host of the job may have
-        another CPU)."""
+        another CPU). Refuses data other than the checkpoint's (`check_data`)."""
+        with parallel.stop_together(f"the data differ from those of the checkpoints in {directory}"):
+            if files.is_lead_process():
+                self.check_data(meta, directory)
         self.trained_on[:] = checkpoints.trained_on(meta, self.machine)
         written = self.trained_on[-1]["machine"]  # the lineage's last machine wrote the checkpoint
         if written != self.machine:
@@ -85,6 +88,25 @@ class Plan:
                     "no longer to an uninterrupted run's exact bits (docs/running.md#reproducibility-across-cpus).",
                     *(meta["step"], written, self.machine),
                 )
+
+    def check_data(self, meta: dict, directory: pathlib.Path) -> None:
+        """Raises ConfigError where the checkpoint of `meta` (in `directory`) was trained on files whose content
+        differs from the data read now (its `dataset_checksums`; where none are recorded, nothing to compare); warns
+        where the two sources share no file to compare (IDX files and TFDS's arrays)."""
+        before, now = meta.get("dataset_checksums") or {}, self.dataset.checksums
+        if differ := sorted(name for name in before.keys() & now.keys() if before[name] != now[name]):
+            verb = "differs" if len(differ) == 1 else "differ"
+            raise ConfigError(
+                f"checkpoint {meta['step']} in {directory} was trained on other data: {', '.join(differ)} in "
+                f"{self.dataset.source} {verb} from what it trained on (by content's SHA-256). Point config.data.dir "
+                "(or FMNIST_DATA_DIR) at the files it trained on, or train in a new --workdir."
+            )
+        if before and not before.keys() & now.keys():
+            logging.warning(
+                "Checkpoint %d was trained on data read as %s and goes on with data from %s: the two cannot be "
+                "compared; make sure they are the same.",
+                *(meta["step"], " and ".join(sorted(before)), self.dataset.source),
+            )
 
     def permutation(self, epoch: int) -> jax.Array:
         return self.programs.permutation(self.roots.data, epoch, len(self.dataset.train))
