@@ -517,6 +517,34 @@ def test_a_run_named_twice_or_a_file_named_as_a_run_is_one_error(comparison, tmp
     assert not (tmp_path / "out").exists()
 
 
+def test_a_comparisons_folder_reports_its_runs_and_a_folder_without_results_says_why(comparison, tmp_path):
+    """A comparison's workdir (or a report's folder) stands for the runs its report.json lists: the same models and
+    figures again. A folder that does not exist, an unfinished run and a report whose runs are gone are each one
+    error saying what to name instead."""
+    _, workdir, _ = comparison
+    report.build([workdir], tmp_path / "again")
+    first, again = (json.loads((folder / "report.json").read_text()) for folder in (workdir, tmp_path / "again"))
+    assert again["models"] == first["models"] and again["pairs"] == first["pairs"]
+    with pytest.raises(UserError, match=r"nope does not exist: name a finished run's folder \(the --workdir it"):
+        report.build([tmp_path / "nope"], tmp_path / "out")
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(workdir / "cnn" / "seed_0", unfinished)
+    (unfinished / "results.json").unlink()
+    steps = config_lib.checkpoint_steps(unfinished)
+    with pytest.raises(
+        UserError, match=rf"unfinished holds an unfinished run \(its newest checkpoint is step {steps[-1]}\)"
+    ):
+        report.build([unfinished], tmp_path / "out")
+    moved = tmp_path / "moved"
+    shutil.copytree(tmp_path / "again", moved)  # the report alone, its runs named by paths it does not hold
+    listing = json.loads((moved / "report.json").read_text())
+    listing["models"]["cnn"]["seeds"]["0"]["workdir"] = str(tmp_path / "gone")
+    (moved / "report.json").write_text(json.dumps(listing))
+    with pytest.raises(UserError, match=rf"moved holds a report; its runs {tmp_path}/gone have no results\.json"):
+        report.build([moved], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_report_folder_that_cannot_be_made_is_named(comparison, tmp_path):
     _, workdir, _ = comparison
     (tmp_path / "a_file").write_text("")

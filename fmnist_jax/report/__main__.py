@@ -16,7 +16,9 @@ from fmnist_jax.report.build import build
 def main(argv: Sequence[str] | None = None) -> int:
     """Builds the report of the workdirs named on the command line; 2 with one line on stderr for a user error."""
     parser = argparse.ArgumentParser(prog="python -m fmnist_jax.report", description=__doc__.splitlines()[0])
-    parser.add_argument("workdirs", nargs="+", help="finished run folders (each with results.json)")
+    parser.add_argument(
+        "workdirs", nargs="+", help="finished run folders (each with results.json), or a comparison's folder: its runs"
+    )
     parser.add_argument("--out", required=True, help="folder for report.md, report.html and plots/")
     args = parser.parse_args(argv)
     try:

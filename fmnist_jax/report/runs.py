@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import pathlib
 import re
 import runpy
@@ -55,6 +56,13 @@ def load_member(workdir: str | pathlib.Path) -> Member:
     workdir = pathlib.Path(workdir)
     if workdir.is_file():
         raise ResultsError(f"{workdir} is a file, not a run's folder: name the folder that holds its results.json.")
+    if not workdir.exists():
+        raise ResultsError(f"{workdir} does not exist: name a finished run's folder (the --workdir it trained in).")
+    if not (workdir / metrics.RESULTS_FILE).exists() and (steps := config_lib.checkpoint_steps(workdir)):
+        raise ResultsError(
+            f"{workdir} holds an unfinished run (its newest checkpoint is step {steps[-1]}): rerun its command to "
+            "finish it, or score that checkpoint with --config.mode=evaluate and name its evaluate_step_N folder."
+        )
     results = metrics.load_results(workdir)
     history = metrics.read_history(workdir)
     if missing := sorted({k for record in history for k in CURVE_KEYS if k not in record}):
@@ -219,12 +227,32 @@ def load_models(workdirs: Sequence[str | pathlib.Path]) -> list[Model]:
     model's seeds. Runs of one config with other settings (config.json) are other models, titled with the fields
     that differ; runs of one config and seed in several workdirs stay apart, with the folder name in the title. A
     folder named twice is an error (the run would be compared with itself)."""
+    workdirs = [run for w in workdirs for run in report_runs(pathlib.Path(w))]
     seen: dict[pathlib.Path, str | pathlib.Path] = {}
     for w in workdirs:
         if (resolved := pathlib.Path(w).resolve()) in seen:
             raise ResultsError(f"{w} is named twice (also as {seen[resolved]}): name each run's folder once.")
         seen[resolved] = w
     return _set_apart(_group([load_member(w) for w in workdirs]))
+
+
+def report_runs(folder: pathlib.Path) -> list[pathlib.Path]:
+    """The runs a report's folder (a comparison's workdir, or a report's --out) reported, from its report.json, where
+    `folder` holds no run itself; else `folder`. A run it names that is gone is an error naming it."""
+    listing = folder / "report.json"
+    if (folder / metrics.RESULTS_FILE).exists() or not listing.is_file():
+        return [folder]
+    try:
+        models = json.loads(listing.read_text(encoding="utf-8"))["models"].values()
+        runs = [pathlib.Path(run["workdir"]) for m in models for run in m["seeds"].values()]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ResultsError(f"{listing} is not a report's record ({e!r}): name the runs to report instead.") from e
+    if gone := [str(run) for run in runs if not (run / metrics.RESULTS_FILE).exists()]:
+        raise ResultsError(
+            f"{folder} holds a report; its runs {', '.join(gone)} have no results.json (its paths are as it was built: "
+            "rerun from that folder, or name the runs to report)."
+        )
+    return runs
 
 
 def published_accuracy(model: Model) -> float | None:
