@@ -213,7 +213,10 @@ def trained_fields(
         return {}
     saved, requested = read_saved(path), to_dict(config)
     if (was := _what(saved)) != (now := _what(requested)):
-        raise ConfigError(f"{workdir} holds a {was} run, not a {now} one; use the config file it was trained with.")
+        same_kind = saved.get("kind") == requested.get("kind") and given is not None
+        flag = flag_setting("model.name", given) if same_kind else None  # the command line named another model
+        how = f"drop --config.{flag}" if flag else "use the config file it was trained with"
+        raise ConfigError(f"{workdir} holds a {was} run, not a {now} one; {how}.")
     changed, both = diff(saved, requested), flatten(saved).keys() & flatten(requested).keys()
 
     probe, taken, unsettable = copy.deepcopy(config), {}, []

@@ -40,15 +40,39 @@ _CONFIG_FLAG = re.compile(r"^--?config(?:=(.*))?$")
 
 
 def unknown_override(
-    config: ml_collections.ConfigDict, args: list[str], *, source: Callable[[str], str], prefix: str = "config"
+    config: ml_collections.ConfigDict,
+    args: list[str],
+    *,
+    source: Callable[[str], str],
+    prefix: str = "config",
+    elsewhere: Callable[[str], list[str]] | None = None,
 ) -> str | None:
     """'unknown config field in ARG: WHY' for the first --PREFIX.FIELD=VALUE (or --noPREFIX.FIELD) of `args` that
-    names no field of `config` (`unknown_field`; `source(field)` names the file that lists its fields), or None."""
+    names no field of `config` (`unknown_field`; `source(field)` names the file that lists its fields), or None;
+    `elsewhere(field)` names the config files that have the field, if any."""
     flag = re.compile(rf"^--?(?:no)?{re.escape(prefix)}\.([^=]+)")
     for arg in args:
         if (match := flag.match(arg)) and (why := unknown_field(config, match.group(1), source=source(match.group(1)))):
-            return f"unknown config field in {arg}: {why}"
+            others = elsewhere(match.group(1)) if elsewhere else []
+            named = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+            has = f"; {named} {'has' if len(others) == 1 else 'have'} it" if others else ""
+            return f"unknown config field in {arg}: {why}{has}"
     return None
+
+
+def configs_with(field: str, configs_dir: pathlib.Path, but: pathlib.Path | None = None) -> list[str]:
+    """The config files of `configs_dir` (but `but`) whose config has the dotted `field`, as configs/NAME.py."""
+    found = []
+    for path in sorted(configs_dir.glob("[!_]*.py")):
+        if path.stem == "common" or (but is not None and path.resolve() == but.resolve()):
+            continue
+        try:
+            config = runpy.run_path(str(path), run_name="config_file")["get_config"]()
+        except Exception:  # a file that needs a parameter, or another's broken file: not one to point at
+            continue
+        if unknown_field(config, field) is None:
+            found.append(f"{configs_dir.name}/{path.name}")
+    return found
 
 
 def flag_error(argv: list[str], error: Exception, configs_dir: pathlib.Path) -> str:
@@ -85,7 +109,7 @@ def flag_error(argv: list[str], error: Exception, configs_dir: pathlib.Path) -> 
         own = member and f"{configs_dir.name}/{member.group(1)}.py"
         return own if own and (configs_dir.parent / own).is_file() else name
 
-    if why := unknown_override(config, argv, source=source):
+    if why := unknown_override(config, argv, source=source, elsewhere=lambda f: configs_with(f, configs_dir, path)):
         return why
     text = " ".join(str(error).replace("\\n", " ").replace("\\'", "'").split())
     if why := wrong_type(config, argv, text):

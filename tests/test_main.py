@@ -27,8 +27,9 @@ from fmnist_jax.errors import ConfigError
             'in --config.members.cnn2.num_epochs=1: config.members has no field "cnn2" (did you mean "cnn"?)',
         ),
         (
-            ["--config=configs/cnn.py", "--config.model.widths=8,16,32"],
-            'in --config.model.widths=8,16,32: config.model has no field "widths" (its fields: conv, name)',
+            ["--config=configs/cnn.py", "--config.model.widths=8,16,32"],  # and the config files that have it
+            'in --config.model.widths=8,16,32: config.model has no field "widths" (its fields: conv, name); '
+            "configs/speedrun.py, configs/speedrun_gpu.py, configs/vgg_bn.py and 1 more have it",
         ),
         (
             ["--config=configs/compare.py", "--config.members.cnn.foo=1"],
@@ -366,6 +367,9 @@ def test_evaluate_and_predict_take_the_trained_fields_the_command_line_left_alon
     assert config.seed == 0 and config.model.widths == common.load_config("vgg_bn").model.widths
     with pytest.raises(ConfigError, match=r"holds a cnn \(vgg_bn\) run, not a cnn \(seed_cnn\) one; use the config"):
         config_lib.trained_fields(common.load_config("cnn"), tmp_path, evaluate=True, given=set())
+    named = common.load_config("vgg_bn", ["--config.model.name=seed_cnn"])  # the model named on the command line
+    with pytest.raises(ConfigError, match=r"not a cnn \(seed_cnn\) one; drop --config.model.name\.$"):
+        config_lib.trained_fields(named, tmp_path, evaluate=True, given={"model.name"})
 
 
 def test_the_flags_that_restore_a_saved_config_and_none_for_a_field_it_lacks():
