@@ -40,6 +40,9 @@ def main(argv: list[str]) -> None:
         command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
         print(f"interrupted ({e}). Resume with the same command:\n  {command}", file=sys.stderr)
         sys.exit(128 + e.signum)
+    finally:
+        if sys.exc_info()[0] in (None, SystemExit):  # an end it chose, not a crash: a crash keeps the log file
+            logs.finish()  # the log file goes where the terminal showed all it holds
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -31,6 +31,13 @@ def _own(record: py_logging.LogRecord) -> bool:
     return _own_file(record.pathname)
 
 
+def _whole_on_the_terminal(record: py_logging.LogRecord) -> bool:
+    """Whether the terminal shows `record` whole: this project's, without an error attached, its details elsewhere
+    or a place in the log file alone. The others are one line there (naming the log file), or none."""
+    flagged = getattr(record, "see_log_file", False) or getattr(record, "log_file_only", False)
+    return _own(record) and not record.exc_info and not flagged
+
+
 class _OwnLogsOnly(py_logging.Filter):
     """Keeps this project's INFO lines and every library's warnings (Orbax logs each save at INFO)."""
 
@@ -57,7 +64,7 @@ class _OneLinePerLibraryRecord(logging.PythonFormatter):
 
     def format(self, record: py_logging.LogRecord) -> str:
         own = _own(record)
-        if own and not record.exc_info and not getattr(record, "see_log_file", False):
+        if _whole_on_the_terminal(record):
             return super().format(record)
         saved = record.msg, record.args, record.exc_info, record.exc_text
         first = (record.getMessage().splitlines() or [""])[0]
@@ -89,6 +96,8 @@ def set_up(log_dir: str | None = None) -> pathlib.Path:
     terminal.addFilter(_Terminal())
     terminal.setFormatter(_OneLinePerLibraryRecord(log_path))
     file = _LogFile(log_path, delay=True, encoding="utf-8")
+    file.kept = bool(log_dir)  # asked for by --log_dir (absl's default: "")
+    _FILES[:] = [file]
     file.addFilter(_OwnLogsOnly())
     file.setFormatter(logging.PythonFormatter())
     file.setLevel(py_logging.WARNING)
@@ -97,11 +106,29 @@ def set_up(log_dir: str | None = None) -> pathlib.Path:
     return log_path
 
 
+def finish() -> None:
+    """At the end of main.py: removes the log file `set_up` opened where every record in it was shown whole on the
+    terminal and no --log_dir asked for it, so that runs do not fill the temporary folder with copies of what they
+    printed. A file with a library's warning, a traceback or a record for the log file alone stays."""
+    for file in _FILES:
+        if not (file.kept or file.needed):
+            py_logging.getLogger().removeHandler(file)
+            file.close()
+            pathlib.Path(file.baseFilename).unlink(missing_ok=True)
+    _FILES.clear()
+
+
+_FILES: list[_LogFile] = []  # the log file `set_up` opened
+
+
 class _LogFile(py_logging.FileHandler):
     """The log file's handler: when a record cannot be written (a full disk under --log_dir, the file not opened), it
     says so once on the terminal and stops, instead of Python's twenty-line report of every later record."""
 
+    needed = False  # whether it holds a record the terminal did not show whole (`finish` keeps it then)
+
     def emit(self, record: py_logging.LogRecord) -> None:
+        self.needed = self.needed or not _whole_on_the_terminal(record)
         try:
             super().emit(record)
         except Exception:  # opening the file (delayed to the first record) is outside FileHandler's own guard

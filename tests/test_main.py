@@ -8,7 +8,7 @@ import shlex
 import sys
 
 import pytest
-from helpers import ROOT, last_line, run_main
+from helpers import ROOT, last_line, run_main, tiny_args
 
 from fmnist_jax import config_lib, files, metrics
 from fmnist_jax.errors import ConfigError
@@ -109,6 +109,27 @@ def test_the_log_folder_is_made_or_named_in_one_line_before_anything_runs(tmp_pa
     assert last_line(result.stderr).startswith(
         f"error: --log_dir={tmp_path / 'file' / 'logs'}: cannot write a log file there"
     )
+
+
+def test_a_log_file_that_holds_only_what_the_terminal_showed_is_removed(tiny_data, tmp_path):
+    """The log file in the temporary folder goes at the end of a run whose warnings the terminal showed whole (here
+    that the tiny data are not Fashion-MNIST's), so runs do not fill that folder; one holding a library error's
+    traceback stays, as does any under a --log_dir that asked for it."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    args = tiny_args(tiny_data, tmp_path / "w", num_epochs=1)
+    result = run_main(*args, env={"TMPDIR": str(temp)})
+    assert result.returncode == 0 and "differ from Fashion-MNIST's released files" in result.stderr
+    assert list(temp.iterdir()) == []
+    (tmp_path / "a_file").write_text("")
+    result = run_main("--config=configs/cnn.py", f"--workdir={tmp_path / 'a_file'}", env={"TMPDIR": str(temp)})
+    assert result.returncode == 2
+    (log,) = temp.glob("fmnist_jax.*.log")
+    assert "FileExistsError" in log.read_text()
+    result = run_main(*args, f"--log_dir={tmp_path / 'asked'}")  # a finished run's rerun: the data still load
+    assert result.returncode == 0 and "Run already finished" in result.stderr
+    (kept,) = (tmp_path / "asked").glob("*.log")
+    assert "differ from Fashion-MNIST's released files" in kept.read_text()
 
 
 def test_evaluate_or_predict_where_nothing_trained_is_one_line_and_makes_nothing(tmp_path):
