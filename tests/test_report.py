@@ -250,6 +250,9 @@ def test_the_report_names_the_runs_that_read_other_data_than_the_released_files(
     runs = [tmp_path / f"svm_{x}" for x in "abcde"]
     md = report.build(runs, tmp_path / "out")["markdown"].read_text()
     assert "The runs svm_b, svm_d read data files other than Fashion-MNIST's released ones" in md
+    assert "differs): their scores are not comparable" in md
+    md = report.build(runs[:2], tmp_path / "out1")["markdown"].read_text()
+    assert "The run svm_b read data files other than" in md and "differs): its scores are not comparable" in md
     md = report.build([tmp_path / "svm_a"], tmp_path / "out2")["markdown"].read_text()
     assert "released" not in md
 

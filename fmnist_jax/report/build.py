@@ -68,7 +68,7 @@ def _other_data(runs: Sequence[Member]) -> str:
     which = "Every run" if len(other) == len(runs) else f"The run{'s' * (len(other) > 1)} {', '.join(other)}"
     return (
         f" {which} read data files other than Fashion-MNIST's released ones (their content's SHA-256 differs): "
-        "their scores are not comparable with the study's."
+        f"{'its' if len(other) == 1 else 'their'} scores are not comparable with the study's."
     )
 
 
