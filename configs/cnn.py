@@ -74,7 +74,8 @@ def get_config() -> ml_collections.ConfigDict:
     # TensorBoard events in WORKDIR/tensorboard (tensorboard --logdir runs): per epoch and every N train steps.
     config.tensorboard = ml_collections.ConfigDict({"enabled": True, "loss_every_steps": 50})
 
-    config.predict = ml_collections.ConfigDict({"inputs": ""})  # mode=predict: comma-separated image/.npy paths
+    # mode=predict: inputs, comma-separated image/.npy paths; output, the predictions' JSON ("": WORKDIR/predict.json)
+    config.predict = ml_collections.ConfigDict({"inputs": "", "output": ""})
 
     config.resume_with_changes = False  # allow resuming a workdir whose saved config differs in safe fields
     return config

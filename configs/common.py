@@ -22,7 +22,8 @@ def baseline_config(model_name: str) -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict({"name": model_name})
     config.data = data_config()
     config.data.use_validation_for_training = False  # True: fit on all 60k, as the study did for its forest
-    config.predict = ml_collections.ConfigDict({"inputs": ""})  # comma-separated image or .npy paths
+    # inputs: comma-separated image or .npy paths; output: the JSON file of the predictions ("": WORKDIR/predict.json)
+    config.predict = ml_collections.ConfigDict({"inputs": "", "output": ""})
     # A search over model fields, scored on the validation split only; the best setting is then fitted and
     # scored on the test set. "none", "grid" (every setting on all training images) or "halving" (successive
     # halving: each round keeps the best 1/factor of the settings and trains them on factor times more images).

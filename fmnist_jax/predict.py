@@ -9,6 +9,7 @@ its aspect ratio. A 28x28 image is taken as it is, but for the inversion.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 from collections.abc import Sequence
 
@@ -147,10 +148,22 @@ def load_images(paths: Sequence[pathlib.Path]) -> tuple[np.ndarray, list[str]]:
     return np.stack(images), names
 
 
-def report(
-    workdir: str | pathlib.Path, names: Sequence[str], probs: np.ndarray | None, preds: np.ndarray
-) -> list[dict]:
-    """Prints one line per input and writes them to workdir/predict.json."""
+def output_path(setting: str, workdir: pathlib.Path) -> pathlib.Path:
+    """Where the predictions go (`config.predict.output`: a file, or a folder for its predict.json; "": the
+    workdir's predict.json), checked before any model loads: a folder that cannot be written (a read-only archive
+    of a run) is an error naming the setting that writes elsewhere."""
+    path = pathlib.Path(setting).expanduser() if setting else workdir / OUTPUT_FILE
+    path = path / OUTPUT_FILE if path.is_dir() else path
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        why = "no such folder" if not path.parent.is_dir() else "not writable"
+        raise PredictError(
+            f"cannot write the predictions to {path} ({why}); set --config.predict.output=FILE to write them elsewhere."
+        )
+    return path
+
+
+def report(output: pathlib.Path, names: Sequence[str], probs: np.ndarray | None, preds: np.ndarray) -> list[dict]:
+    """Prints one line per input and writes them to `output` (`output_path`)."""
     rows = []
     for i, name in enumerate(names):
         c = int(preds[i])
@@ -163,5 +176,5 @@ def report(
         rows.append(row)
         prob = "" if probs is None else f"  p={probs[i, c]:.3f}"
         print(f"{name}: {c} {CLASS_NAMES[c]}{prob}")
-    files.atomic_write_text(pathlib.Path(workdir) / OUTPUT_FILE, json.dumps(rows, indent=2) + "\n")
+    files.atomic_write_text(output, json.dumps(rows, indent=2) + "\n")
     return rows

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import pathlib
 import shutil
 import sys
@@ -55,8 +56,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, given: C
             agreed = parallel.stop_together(f"the workdir {workdir} could not be locked")
         else:
             agreed = contextlib.nullcontext()
-        with agreed:  # the lock, held by the process that writes
-            lock.enter_context(files.workdir_lock(workdir) if files.is_lead_process() else contextlib.nullcontext())
+        # The lock, held by the process that writes; `predict` reads a run it cannot write (an archive) unlocked.
+        locks = files.is_lead_process() and not (mode == "predict" and not os.access(workdir, os.W_OK | os.X_OK))
+        with agreed:
+            lock.enter_context(files.workdir_lock(workdir) if locks else contextlib.nullcontext())
         if made and files.is_lead_process():  # once locked (a run refused the lock must not touch the folder)
             lock.enter_context(_removed_if_unused(workdir, made))  # exits before the lock is released
         try:
@@ -113,8 +116,10 @@ def _unused(workdir: pathlib.Path) -> bool:
     )
 
 
-def _inputs(config: ml_collections.ConfigDict) -> tuple[np.ndarray, list[str]]:
-    return predict.load_images(predict.parse_inputs(config.predict.inputs))
+def _inputs(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[np.ndarray, list[str], pathlib.Path]:
+    """The images to predict, their names and where the predictions go, checked before the model loads."""
+    output = predict.output_path(config.predict.output, workdir)
+    return *predict.load_images(predict.parse_inputs(config.predict.inputs)), output
 
 
 def _run_cnn(config: ml_collections.ConfigDict, workdir: pathlib.Path, mode: str, given: Collection[str] | None) -> Any:
@@ -133,9 +138,9 @@ def _run_cnn(config: ml_collections.ConfigDict, workdir: pathlib.Path, mode: str
     config_lib.take(config, parallel.lead_shares(taken), workdir)  # process 0's reading, on every process
     if mode == "evaluate":
         return evaluate.evaluate_checkpoint(config, workdir)
-    images, names = _inputs(config)
+    images, names, output = _inputs(config, workdir)
     probs = evaluate.predict_images(config, workdir, images)
-    return predict.report(workdir, names, probs, probs.argmax(-1))
+    return predict.report(output, names, probs, probs.argmax(-1))
 
 
 def _run_baseline(
@@ -153,9 +158,9 @@ def _run_baseline(
     estimator = baselines.load_estimator(workdir)
     if mode == "evaluate":
         return baselines.score_saved(config, workdir, estimator, data.load(config.data, seed=config.seed))
-    images, names = _inputs(config)
+    images, names, output = _inputs(config, workdir)
     preds, probs = baselines.predict(estimator, baselines.flatten(images))
-    return predict.report(workdir, names, probs, preds)
+    return predict.report(output, names, probs, preds)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,12 +1,14 @@
 """predict.py and mode=predict: the user's own images (any size, PNG/JPEG or .npy) through a checkpoint."""
 
 import json
+import os
+import pathlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from fmnist_jax import data, metrics, predict, run
+from fmnist_jax import data, files, metrics, predict, run
 
 
 def test_predict_own_images_from_a_checkpoint(two_epoch_run, tmp_path, capsys):
@@ -35,6 +37,39 @@ def test_predict_own_images_from_a_checkpoint(two_epoch_run, tmp_path, capsys):
     (tmp_path / "bad.png").write_text("not an image")
     config.predict.inputs = f"{tmp_path / 'bad.png'},{tmp_path / 'missing.jpg'}"
     with pytest.raises(predict.PredictError, match=r"bad.png: not an image PIL can read; .*missing.jpg: No such file"):
+        run.run(config, workdir)
+
+
+def test_predictions_go_where_predict_output_says_and_a_run_that_cannot_be_written_is_read(
+    two_epoch_run, tmp_path, monkeypatch
+):
+    """`predict.output` names a file or a folder for the predictions. A workdir that cannot be written (a run kept
+    on read-only storage) is read without its lock; the predictions must then go elsewhere, and the error before
+    the model loads says how."""
+    config, workdir = two_epoch_run
+    np.save(tmp_path / "one.npy", np.zeros((1, 28, 28), np.uint8))
+    config.mode, config.predict.inputs = "predict", str(tmp_path / "one.npy")
+    (tmp_path / "out").mkdir()
+    config.predict.output = str(tmp_path / "out")
+    rows = run.run(config, workdir)
+    assert json.loads((tmp_path / "out" / predict.OUTPUT_FILE).read_text()) == rows
+    assert not (workdir / predict.OUTPUT_FILE).exists()
+    access = os.access
+
+    def read_only(path, mode, **kwargs):  # the workdir as on a read-only mount (root writes wherever chmod says not)
+        return access(path, mode, **kwargs) and not (mode & os.W_OK and pathlib.Path(path) == workdir)
+
+    monkeypatch.setattr(os, "access", read_only)
+    monkeypatch.setattr(files, "workdir_lock", lambda folder: pytest.fail(f"{folder} was locked"))
+    config.predict.output = ""
+    says = rf"cannot write the predictions to {workdir}/predict\.json \(not writable\); set --config\.predict\.output="
+    with pytest.raises(predict.PredictError, match=says):
+        run.run(config, workdir)
+    config.predict.output = str(tmp_path / "elsewhere.json")
+    assert run.run(config, workdir) == rows
+    assert json.loads((tmp_path / "elsewhere.json").read_text()) == rows
+    config.predict.output = str(tmp_path / "no" / "such.json")
+    with pytest.raises(predict.PredictError, match=r"no/such\.json \(no such folder\); set --config\.predict"):
         run.run(config, workdir)
 
 
