@@ -157,27 +157,35 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 class CheckpointStore:
-    """Saves and restores train states under `directory` through an Orbax `CheckpointManager`."""
+    """Saves and restores train states under `directory` through an Orbax `CheckpointManager`; `read_only` (to
+    predict from a run kept on storage that cannot be written): restores only, writing nothing, not even to set a
+    damaged checkpoint aside."""
 
     def __init__(
-        self, directory: str | pathlib.Path, *, max_to_keep: int = 3, async_save: bool = True, atomicity: str = "auto"
+        self,
+        directory: str | pathlib.Path,
+        *,
+        max_to_keep: int = 3,
+        async_save: bool = True,
+        atomicity: str = "auto",
+        read_only: bool = False,
     ):
-        self.directory = pathlib.Path(directory).absolute()
+        self.directory, self.read_only = pathlib.Path(directory).absolute(), read_only
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            probe = self.directory / f".write-test.{uuid.uuid4().hex}"  # hosts on shared storage may share a PID
-            probe.write_bytes(b"")
-            probe.unlink()
-            self.atomicity = self._recorded_atomicity(resolve_atomicity(atomicity, self.directory))
+            if read_only:  # the form the folder was written in, read as the record says
+                self.atomicity = self._kept_atomicity() or resolve_atomicity(atomicity, self.directory)
+            else:
+                self._check_writable()
+                self.atomicity = self._recorded_atomicity(resolve_atomicity(atomicity, self.directory))
         except OSError as e:
             raise CheckpointError(
                 f"cannot write checkpoints to {self.directory} ({e.strerror}); choose a writable --workdir."
             ) from e
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
-            create=True,
+            create=not read_only,
             enable_async_checkpointing=async_save,
-            cleanup_tmp_directories=True,
+            cleanup_tmp_directories=not read_only,
             temporary_path_class=ocp.path.atomicity.CommitFileTemporaryPath
             if self.atomicity == "commit_file"
             else None,
@@ -186,29 +194,42 @@ class CheckpointStore:
         self._closed = False
 
     @classmethod
-    def for_run(cls, workdir: pathlib.Path, checkpoint: Any, *, async_save: bool | None = None) -> CheckpointStore:
+    def for_run(
+        cls, workdir: pathlib.Path, checkpoint: Any, *, async_save: bool | None = None, read_only: bool = False
+    ) -> CheckpointStore:
         """The store of WORKDIR/checkpoints as `config.checkpoint` sets it up (`async_save` overrides its field)."""
         return cls(
             pathlib.Path(workdir) / config_lib.CHECKPOINTS_DIR,
             max_to_keep=checkpoint.max_to_keep,
             async_save=checkpoint.async_save if async_save is None else async_save,
             atomicity=checkpoint.atomicity,
+            read_only=read_only,
         )
+
+    def _check_writable(self) -> None:
+        """Makes the folder and writes (and removes) a file there: an OSError says why it cannot hold checkpoints."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        probe = self.directory / f".write-test.{uuid.uuid4().hex}"  # hosts on shared storage may share a PID
+        probe.write_bytes(b"")
+        probe.unlink()
+
+    def _kept_atomicity(self) -> str | None:
+        """The form the folder's checkpoints were started in (ATOMICITY_FILE), None where it records none."""
+        record = self.directory / ATOMICITY_FILE
+        kept = record.read_text(encoding="utf-8").strip() if record.exists() else None
+        return kept if kept in ATOMICITY[1:] else None
 
     def _recorded_atomicity(self, wanted: str) -> str:
         """The folder keeps the form it was started with (ATOMICITY_FILE): in commit-file form Orbax deletes
         every step folder without a commit file, so rename-form checkpoints must never be opened that way."""
-        record = self.directory / ATOMICITY_FILE
-        if record.exists():
-            kept = record.read_text(encoding="utf-8").strip()
-            if kept in ATOMICITY[1:]:
-                if kept != wanted:
-                    logging.info(
-                        "%s holds %s-form checkpoints: keeping that form (asked: %s)", self.directory, kept, wanted
-                    )
-                return kept
+        if kept := self._kept_atomicity():
+            if kept != wanted:
+                logging.info(
+                    "%s holds %s-form checkpoints: keeping that form (asked: %s)", self.directory, kept, wanted
+                )
+            return kept
         if files.is_lead_process():  # on shared storage, one process writes the record
-            files.atomic_write_text(record, wanted + "\n")
+            files.atomic_write_text(self.directory / ATOMICITY_FILE, wanted + "\n")
         return wanted
 
     def all_steps(self) -> list[int]:
@@ -283,7 +304,7 @@ class CheckpointStore:
                 failed.append((s, f"{s}: {brief(e)}"))
                 continue
             for bad, _ in failed:  # newer than one that restores, and no transient error: damaged
-                if files.is_lead_process():
+                if files.is_lead_process() and not self.read_only:
                     aside = self._set_aside(bad)
                     logging.warning("Checkpoint %s is damaged; moved to %s.", self.directory / str(bad), aside)
             # Every process, once the lead has moved them (an all-gather in a multi-process job), reads the folder

@@ -153,7 +153,7 @@ def output_path(setting: str, workdir: pathlib.Path) -> pathlib.Path:
     workdir's predict.json), checked before any model loads: a folder that cannot be written (a read-only archive
     of a run) is an error naming the setting that writes elsewhere."""
     path = pathlib.Path(setting).expanduser() if setting else workdir / OUTPUT_FILE
-    path = path / OUTPUT_FILE if path.is_dir() else path
+    path = path / OUTPUT_FILE if path.is_dir() or setting.endswith(("/", os.sep)) else path
     if not os.access(path.parent, os.W_OK | os.X_OK):
         why = "no such folder" if not path.parent.is_dir() else "not writable"
         raise PredictError(

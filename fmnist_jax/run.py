@@ -155,11 +155,11 @@ def _run_baseline(
     config_lib.take(
         config, config_lib.trained_fields(config, workdir, evaluate=mode == "evaluate", given=given), workdir
     )
-    estimator = baselines.load_estimator(workdir)
     if mode == "evaluate":
+        estimator = baselines.load_estimator(workdir)
         return baselines.score_saved(config, workdir, estimator, data.load(config.data, seed=config.seed))
     images, names, output = _inputs(config, workdir)
-    preds, probs = baselines.predict(estimator, baselines.flatten(images))
+    preds, probs = baselines.predict(baselines.load_estimator(workdir), baselines.flatten(images))
     return predict.report(output, names, probs, preds)
 
 

@@ -3,7 +3,11 @@
 import json
 import os
 import pathlib
+import shlex
+import subprocess
+import sys
 
+import helpers
 import numpy as np
 import pytest
 from PIL import Image
@@ -56,8 +60,11 @@ def test_predictions_go_where_predict_output_says_and_a_run_that_cannot_be_writt
     assert not (workdir / predict.OUTPUT_FILE).exists()
     access = os.access
 
-    def read_only(path, mode, **kwargs):  # the workdir as on a read-only mount (root writes wherever chmod says not)
-        return access(path, mode, **kwargs) and not (mode & os.W_OK and pathlib.Path(path) == workdir)
+    def read_only(path, mode, **kwargs):  # the run as on a read-only mount (root writes wherever chmod says not)
+        return access(path, mode, **kwargs) and not (mode & os.W_OK and workdir in (path, *pathlib.Path(path).parents))
+
+    def contents():
+        return {p: p.read_bytes() for p in sorted(workdir.rglob("*")) if p.is_file()}
 
     monkeypatch.setattr(os, "access", read_only)
     monkeypatch.setattr(files, "workdir_lock", lambda folder: pytest.fail(f"{folder} was locked"))
@@ -66,11 +73,35 @@ def test_predictions_go_where_predict_output_says_and_a_run_that_cannot_be_writt
     with pytest.raises(predict.PredictError, match=says):
         run.run(config, workdir)
     config.predict.output = str(tmp_path / "elsewhere.json")
+    before = contents()
     assert run.run(config, workdir) == rows
+    assert contents() == before and not list(workdir.rglob(".write-test*"))  # nothing written, nothing probed
     assert json.loads((tmp_path / "elsewhere.json").read_text()) == rows
     config.predict.output = str(tmp_path / "no" / "such.json")
     with pytest.raises(predict.PredictError, match=r"no/such\.json \(no such folder\); set --config\.predict"):
         run.run(config, workdir)
+    config.predict.output = f"{tmp_path / 'new'}/"  # a folder, by its slash: not a file named "new"
+    with pytest.raises(predict.PredictError, match=r"new/predict\.json \(no such folder\)"):
+        run.run(config, workdir)
+
+
+def test_predict_reads_a_run_on_a_read_only_mount(two_epoch_run, tiny_data, tmp_path):
+    """The run bind-mounted read-only (a mount namespace of main.py's own: root, Linux): `predict` restores its
+    checkpoint writing nothing, where the store's write probe once refused it, and writes the predictions elsewhere."""
+    _, workdir = two_epoch_run
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True, check=False).returncode:
+        pytest.skip("no mount namespace here (unshare -m needs root): the read-only mount cannot be made")
+    np.save(tmp_path / "one.npy", np.zeros((1, 28, 28), np.uint8))
+    mount = tmp_path / "archive"
+    mount.mkdir()
+    args = helpers.tiny_args(tiny_data, mount, mode="predict", **{"predict.inputs": str(tmp_path / "one.npy")})
+    command = [sys.executable, str(helpers.ROOT / "main.py"), *args, f"--config.predict.output={tmp_path}"]
+    script = f"mount --bind {workdir} {mount} && mount -o remount,bind,ro {mount} && exec {shlex.join(command)}"
+    before = {p: p.read_bytes() for p in sorted(workdir.rglob("*")) if p.is_file()}
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / predict.OUTPUT_FILE).read_text())[0]["input"] == f"{tmp_path / 'one.npy'}[0]"
+    assert {p: p.read_bytes() for p in sorted(workdir.rglob("*")) if p.is_file()} == before
 
 
 def test_prediction_image_conversion():
