@@ -4,6 +4,7 @@ import base64
 import importlib
 import json
 import logging
+import pathlib
 import re
 import shutil
 import sys
@@ -546,6 +547,31 @@ def test_a_comparisons_folder_reports_its_runs_and_a_folder_without_results_says
     with pytest.raises(UserError, match=rf"moved holds a report; its runs {tmp_path}/gone have no results\.json"):
         report.build([moved], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_report_built_with_relative_paths_finds_its_runs_from_anywhere_and_after_a_move(
+    comparison, tmp_path, monkeypatch
+):
+    """report.json records the folder it was built from and its --out as given: its relative run paths resolve
+    from another current folder, and from the report's folder once the whole tree has moved."""
+    from fmnist_jax.report import runs
+
+    _, workdir, _ = comparison
+    tree = tmp_path / "tree"
+    shutil.copytree(workdir, tree / "quick")
+    listing = json.loads((tree / "quick" / "report.json").read_text())
+    for m in listing["models"].values():
+        for run_ in m["seeds"].values():  # as `main.py --workdir=quick` from `tree` writes them
+            run_["workdir"] = str("quick" / pathlib.Path(run_["workdir"]).relative_to(workdir))
+    listing |= {"built_from": str(tree), "out": "quick"}
+    (tree / "quick" / "report.json").write_text(json.dumps(listing))
+    expected = [tree / "quick" / name / f"seed_{seed}" for name in listing["models"] for seed in (0, 1)]
+    monkeypatch.chdir(tmp_path)
+    assert sorted(runs.report_runs(tree / "quick")) == sorted(expected)
+    shutil.move(tree, tmp_path / "moved")
+    moved = [tmp_path / "moved" / path.relative_to(tree) for path in expected]
+    assert sorted(runs.report_runs(tmp_path / "moved" / "quick")) == sorted(moved)
+    assert {"built_from", "out"} <= json.loads((workdir / "report.json").read_text()).keys()
 
 
 def test_a_report_folder_that_cannot_be_made_is_named(comparison, tmp_path):

@@ -299,7 +299,8 @@ def build(workdirs: Sequence[str | pathlib.Path], out: str | pathlib.Path) -> di
     ctx = Context(models, tables.compare_pairs(models), plots_folder)
     blocks = [block for section in SECTIONS for block in section(ctx)]
     paths = {"markdown": out / "report.md", "html": out / "report.html", "json": out / REPORT_JSON}
-    files.atomic_write_text(paths["json"], json.dumps(tables.report_json(models, ctx.pairs), indent=2) + "\n")
+    record = {**tables.report_json(models, ctx.pairs), "built_from": str(pathlib.Path.cwd()), "out": str(out)}
+    files.atomic_write_text(paths["json"], json.dumps(record, indent=2) + "\n")
     files.atomic_write_text(paths["markdown"], markdown(blocks, out))
     files.atomic_write_text(paths["html"], html_page(blocks, TITLE))
     return {**paths, "plots": plots_folder}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import pathlib
 import re
 import runpy
@@ -243,16 +244,27 @@ def report_runs(folder: pathlib.Path) -> list[pathlib.Path]:
     if (folder / metrics.RESULTS_FILE).exists() or not listing.is_file():
         return [folder]
     try:
-        models = json.loads(listing.read_text(encoding="utf-8"))["models"].values()
-        runs = [pathlib.Path(run["workdir"]) for m in models for run in m["seeds"].values()]
+        record = json.loads(listing.read_text(encoding="utf-8"))
+        runs = [
+            _located(run["workdir"], record, folder) for m in record["models"].values() for run in m["seeds"].values()
+        ]
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ResultsError(f"{listing} is not a report's record ({e!r}): name the runs to report instead.") from e
     if gone := [str(run) for run in runs if not (run / metrics.RESULTS_FILE).exists()]:
-        raise ResultsError(
-            f"{folder} holds a report; its runs {', '.join(gone)} have no results.json (its paths are as it was built: "
-            "rerun from that folder, or name the runs to report)."
-        )
+        raise ResultsError(f"{folder} holds a report; its runs {', '.join(gone)} have no results.json: name the runs.")
     return runs
+
+
+def _located(run: str, record: dict[str, Any], folder: pathlib.Path) -> pathlib.Path:
+    """A run's folder as report.json names it: as written (absolute, or from here), else from the folder the report
+    was built from, else where it lies from the report's folder as it lay then (the two moved together)."""
+    path, base, out = pathlib.Path(run), record.get("built_from"), record.get("out")
+    candidates = [path]
+    if base:
+        candidates.append(pathlib.Path(base) / path)
+        if out:
+            candidates.append(folder / os.path.relpath(pathlib.Path(base) / path, pathlib.Path(base) / out))
+    return next((c for c in candidates if (c / metrics.RESULTS_FILE).exists()), path)
 
 
 def published_accuracy(model: Model) -> float | None:
