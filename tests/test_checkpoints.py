@@ -89,21 +89,24 @@ def test_sigterm_and_sigint_save_then_exit_with_resume_line(tiny_data, tmp_path,
     assert_same_run(tmp_path, reference)
 
 
-def test_a_signal_from_outside_stops_a_one_process_run_within_two_calls(tiny_data, tmp_path, caplog):
+def test_a_signal_from_outside_stops_a_one_process_run_within_two_calls(tmp_path, caplog):
     """The host queues train calls far faster than they run. A SIGINT that comes while it waits for the devices
     (here from another thread, once the call reaching step 4 has run) stops the run within `CallQueue.DEPTH` calls
-    of that one, mid-epoch, not at the epoch's end (step 64); the rerun resumes there and trains the rest once."""
-    fields = {**KILL_FIELDS, "batch_size": 4, "steps_per_call": 1, "num_epochs": 1, "checkpoint.every_steps": 0}
-    result = run_interrupted("INT", 4, "ran", *helpers.tiny_args(tiny_data, tmp_path, **fields))
+    of that one, mid-epoch, not at the epoch's end (step 80); the rerun resumes there and trains the rest once."""
+    data_dir = helpers.write_idx_dataset(tmp_path / "data", n_train=2624, n_test=100)  # 2,560 training images
+    fields = {**KILL_FIELDS, "batch_size": 32, "steps_per_call": 1, "num_epochs": 1, "checkpoint.every_steps": 0}
+    workdir = tmp_path / "run"
+    result = run_interrupted("INT", 4, "ran", *helpers.tiny_args(data_dir, workdir, **fields))
     assert result.returncode == 128 + signal.SIGINT, result.stderr[-2000:]
-    saved = checkpoint_steps(tmp_path)
+    saved = checkpoint_steps(workdir)
     assert len(saved) == 1 and f"checkpoint saved at step {saved[0]} " in result.stderr
-    # Two calls after step 4's, and more for the thread's wake-up on a loaded machine; a whole epoch queued: 64.
+    # Two calls after step 4's, and ten more (about 0.1 s) for the signalling thread to wake on a loaded machine;
+    # with the whole epoch queued the run stopped at its end.
     assert 4 <= saved[0] <= 16, result.stderr[-2000:]
     caplog.set_level(logging.INFO)
-    run.run(helpers.tiny_config(tiny_data, **fields), tmp_path)
-    assert f"Resumed from checkpoint at step {saved[0]} (epoch 1, {saved[0]}/64 steps into it)" in caplog.text
-    assert [r["step"] for r in metrics.read_history(tmp_path)] == [64]
+    run.run(helpers.tiny_config(data_dir, **fields), workdir)
+    assert f"Resumed from checkpoint at step {saved[0]} (epoch 1, {saved[0]}/80 steps into it)" in caplog.text
+    assert [r["step"] for r in metrics.read_history(workdir)] == [80]
 
 
 def test_a_signal_while_the_last_epoch_is_read_still_stops_with_the_resume_line(tiny_data, tmp_path, reference, caplog):
