@@ -112,8 +112,7 @@ def finish() -> None:
     printed. A file with a library's warning, a traceback or a record for the log file alone stays."""
     for file in _FILES:
         if not (file.kept or file.needed):
-            py_logging.getLogger().removeHandler(file)
-            file.close()
+            file.close()  # still attached: a record after this (asyncio's at exit, say) makes the file again
             pathlib.Path(file.baseFilename).unlink(missing_ok=True)
     _FILES.clear()
 

@@ -5,10 +5,11 @@ import io
 import json
 import re
 import shlex
+import subprocess
 import sys
 
 import pytest
-from helpers import ROOT, last_line, run_main, tiny_args
+from helpers import ROOT, last_line, run_main, subprocess_env, tiny_args
 
 from fmnist_jax import config_lib, files, metrics
 from fmnist_jax.errors import ConfigError
@@ -130,6 +131,32 @@ def test_a_log_file_that_holds_only_what_the_terminal_showed_is_removed(tiny_dat
     assert result.returncode == 0 and "Run already finished" in result.stderr
     (kept,) = (tmp_path / "asked").glob("*.log")
     assert "differ from Fashion-MNIST's released files" in kept.read_text()
+
+
+LATE_RECORD = """
+import logging, sys
+from fmnist_jax import logs
+path = logs.set_up(None)
+own = logging.LogRecord("absl", logging.WARNING, logs.__file__, 1, "shown whole", None, None)  # as the package's
+logging.getLogger().handle(own)
+logs.finish()
+print(path.exists())
+logging.getLogger("asyncio").error("a late library record")  # after the run's end, as asyncio's at exit
+print(path.exists() and "a late library record" in path.read_text() and "shown whole" not in path.read_text())
+"""
+
+
+def test_a_record_after_the_log_file_was_removed_makes_it_again(tmp_path):
+    """A record after `logs.finish` (asyncio's at the interpreter's exit, hidden from the terminal) makes the log file
+    again, holding it alone: nothing the terminal did not show is lost."""
+    done = subprocess.run(
+        [sys.executable, "-c", LATE_RECORD],
+        capture_output=True,
+        text=True,
+        env=subprocess_env({"TMPDIR": str(tmp_path)}),
+        check=False,
+    )
+    assert done.stdout.split() == ["False", "True"], done.stderr[-2000:]
 
 
 def test_evaluate_or_predict_where_nothing_trained_is_one_line_and_makes_nothing(tmp_path):
