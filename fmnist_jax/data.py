@@ -340,6 +340,12 @@ def load(config: Any, *, seed: int) -> Dataset:
     )
 
 
+def differing(before: Mapping[str, str], now: Mapping[str, str]) -> list[str]:
+    """The files (checksums' names) whose content differs between two readings, `before` a run's record of them
+    (a checkpoint's `dataset_checksums`; empty in one older than the record: nothing to compare)."""
+    return sorted(name for name in before.keys() & now.keys() if before[name] != now[name])
+
+
 def _released(folder: pathlib.Path, checksums: Mapping[str, str]) -> bool:
     """Whether the IDX files read from `folder` hold Fashion-MNIST's released content; a warning names those that do
     not (another data set in the same format, or files changed: scores of other data)."""

@@ -228,7 +228,7 @@ def test_a_run_resumed_on_other_data_is_refused_and_keeps_its_checkpoints(tiny_d
     """Each checkpoint records the checksums of the data it trained on: a rerun that reads other files (another
     data.dir, a changed FMNIST_DATA_DIR) is refused with one line naming them, its checkpoints, history and events
     untouched, where it would have trained on and recorded the new files' checksums as the run's; with the files it
-    trained on it goes on."""
+    trained on it goes on. `evaluate` on other files scores apart from the run's results."""
     config = helpers.tiny_config(tiny_data)
     run.run(config, tmp_path)
     shutil.rmtree(tmp_path / "checkpoints" / "8")  # as if stopped after epoch 1
@@ -251,6 +251,14 @@ def test_a_run_resumed_on_other_data_is_refused_and_keeps_its_checkpoints(tiny_d
     run.run(config, tmp_path)
     assert "Resumed from checkpoint at step 4 " in caplog.text
     assert [r["step"] for r in metrics.read_history(tmp_path)] == [4, 8]
+    own = (tmp_path / "results.json").read_bytes()
+    run.run(helpers.tiny_config(other, mode="evaluate"), tmp_path)  # scored on the other files: apart from its own
+    assert (tmp_path / "results.json").read_bytes() == own
+    apart = metrics.load_results(tmp_path / "evaluate_step_8_other_data")
+    assert (
+        apart["checkpoint_step"] == 8
+        and apart["dataset_checksums"] != metrics.load_results(tmp_path)["dataset_checksums"]
+    )
 
 
 def test_data_from_another_source_than_the_checkpoints_is_named_in_a_warning(caplog):

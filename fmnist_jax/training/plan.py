@@ -94,7 +94,7 @@ class Plan:
         differs from the data read now (its `dataset_checksums`; where none are recorded, nothing to compare); warns
         where the two sources share no file to compare (IDX files and TFDS's arrays)."""
         before, now = meta.get("dataset_checksums") or {}, self.dataset.checksums
-        if differ := sorted(name for name in before.keys() & now.keys() if before[name] != now[name]):
+        if differ := data.differing(before, now):
             verb = "differs" if len(differ) == 1 else "differ"
             raise ConfigError(
                 f"checkpoint {meta['step']} in {directory} was trained on other data: {', '.join(differ)} in "
