@@ -261,16 +261,16 @@ def _train_epochs(
     and saves, the devices keep training; without, at once. A boundary is always finished before a later one is
     saved, so the history is never behind a checkpoint.
 
-    A signal stops a one-process run without host overlap within `CallQueue.DEPTH` calls; with host overlap, where
-    the host runs up to an epoch ahead so that the devices never wait for its boundary work, there; a multi-process
-    job at the next boundary, where every process asks whether any caught one (`guard.heard`): all stop together."""
-    config, spe, programs = plan.config, plan.steps_per_epoch, plan.programs
-    overlap = plan.host_overlap
+    A signal stops a one-process CPU run within `CallQueue.DEPTH` calls; a GPU or TPU run up to an epoch later (with
+    host overlap the host runs that far ahead, so the devices never wait for its boundary work); a multi-process job
+    at the next boundary, where every process asks whether any caught one (`guard.heard`): all stop together."""
+    config, spe, programs, overlap = plan.config, plan.steps_per_epoch, plan.programs, plan.host_overlap
     epoch, clock = EpochProgress(plan, step), TrainingClock(train_seconds)
     last_val, pending, heard = None, None, None
     saved_step = step  # the restored state is saved (step 0: nothing to save before the first call)
     alone = jax.process_count() == 1
-    queue = CallQueue(events.copy_point if alone and not overlap else None)
+    bounded = alone and not overlap and programs.mesh.devices.flat[0].platform == "cpu"  # GPU, TPU: epochs are short
+    queue = CallQueue(events.copy_point if bounded else None)
     try:
         for n in chunks(step, plan.total_steps, spe, config.steps_per_call, plan.every_steps):
             state = programs.train(n)(state, inputs, np.int32(step), np.int32(step % spe))
