@@ -213,9 +213,14 @@ def trained_fields(
         return {}
     saved, requested = read_saved(path), to_dict(config)
     if (was := _what(saved)) != (now := _what(requested)):
-        same_kind = saved.get("kind") == requested.get("kind") and given is not None
-        flag = flag_setting("model.name", given) if same_kind else None  # the command line named another model
-        how = f"drop --config.{flag}" if flag else "use the config file it was trained with"
+        flag = flag_setting("model.name", given) if given is not None else None  # the command line named a model
+        file = f"configs/{saved.get('name')}.py"  # config.name: the config file's name, in this project's configs
+        known = (pathlib.Path(__file__).parents[1] / file).is_file()
+        how = f"use the config file it was trained with{f' ({file})' if known else ''}"
+        if saved.get("name") == requested.get("name"):  # the same file: a flag, now or in training, made the model
+            how = f"drop --config.{flag}" if flag else f"add --config.model.name={saved['model']['name']}"
+        elif flag:
+            how += f", without --config.{flag}"
         raise ConfigError(f"{workdir} holds a {was} run, not a {now} one; {how}.")
     changed, both = diff(saved, requested), flatten(saved).keys() & flatten(requested).keys()
 

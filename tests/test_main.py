@@ -413,11 +413,20 @@ def test_evaluate_and_predict_take_the_trained_fields_the_command_line_left_alon
     with pytest.raises(ConfigError, match=r"seed: trained with 'three', asked for 0\); its config.json is another"):
         config_lib.trained_fields(config, tmp_path, evaluate=True, given={"mode"})
     assert config.seed == 0 and config.model.widths == common.load_config("vgg_bn").model.widths
-    with pytest.raises(ConfigError, match=r"holds a cnn \(vgg_bn\) run, not a cnn \(seed_cnn\) one; use the config"):
+    with pytest.raises(
+        ConfigError, match=r"\(seed_cnn\) one; use the config file it was trained with \(configs/vgg_bn\.py\)\.$"
+    ):
         config_lib.trained_fields(common.load_config("cnn"), tmp_path, evaluate=True, given=set())
     named = common.load_config("vgg_bn", ["--config.model.name=seed_cnn"])  # the model named on the command line
     with pytest.raises(ConfigError, match=r"not a cnn \(seed_cnn\) one; drop --config.model.name\.$"):
         config_lib.trained_fields(named, tmp_path, evaluate=True, given={"model.name"})
+    named = common.load_config("speedrun", ["--config.model.name=seed_cnn"])  # another file, and the flag
+    with pytest.raises(ConfigError, match=r"with \(configs/vgg_bn\.py\), without --config.model.name\.$"):
+        config_lib.trained_fields(named, tmp_path, evaluate=True, given={"model.name"})
+    saved = config_lib.read_saved(tmp_path / "config.json")  # as trained by cnn.py with --config.model.name=vgg_bn
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "name": "cnn"}))
+    with pytest.raises(ConfigError, match=r"not a cnn \(seed_cnn\) one; add --config.model.name=vgg_bn\.$"):
+        config_lib.trained_fields(common.load_config("cnn"), tmp_path, evaluate=True, given=set())
 
 
 def test_the_flags_that_restore_a_saved_config_and_none_for_a_field_it_lacks():
