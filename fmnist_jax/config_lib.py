@@ -217,8 +217,9 @@ def trained_fields(
         file = f"configs/{saved.get('name')}.py"  # config.name: the config file's name, in this project's configs
         known = (pathlib.Path(__file__).parents[1] / file).is_file()
         how = f"use the config file it was trained with{f' ({file})' if known else ''}"
-        if saved.get("name") == requested.get("name"):  # the same file: a flag, now or in training, made the model
-            how = f"drop --config.{flag}" if flag else f"add --config.model.name={saved['model']['name']}"
+        trained = (saved.get("model") or {}).get("name")
+        if saved.get("name") == requested.get("name") and (flag or trained):  # the same file: a flag made the model
+            how = f"drop --config.{flag}" if flag else f"add --config.model.name={trained}"
         elif flag:
             how += f", without --config.{flag}"
         raise ConfigError(f"{workdir} holds a {was} run, not a {now} one; {how}.")
