@@ -50,6 +50,11 @@ def _umask() -> int:
         return 0o022
 
 
+def writable(folder: str | os.PathLike) -> bool:
+    """Whether files can be made in `folder`: False where it is missing or on read-only storage (even for root)."""
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
 def atomic_write_bytes(path: str | os.PathLike, content: bytes) -> None:
     """Writes `content` to `path` through a temporary file in the same folder, fsync, a rename and an fsync of the
     folder (without it, a power loss may undo the rename)."""

@@ -13,6 +13,7 @@ import tempfile
 
 from absl import logging
 
+from fmnist_jax import files
 from fmnist_jax.errors import LOG_FILE_ONLY, ConfigError
 
 PACKAGE = pathlib.Path(__file__).resolve().parent
@@ -84,7 +85,7 @@ def set_up(log_dir: str | None = None) -> pathlib.Path:
     folder = pathlib.Path(log_dir or tempfile.gettempdir())
     try:  # now, not at the first warning: a log file that cannot be opened then would end the run there
         folder.mkdir(parents=True, exist_ok=True)
-        if not os.access(folder, os.W_OK | os.X_OK):
+        if not files.writable(folder):
             raise PermissionError(errno.EACCES, "not writable")
     except OSError as e:
         raise ConfigError(

@@ -154,7 +154,7 @@ def output_path(setting: str, workdir: pathlib.Path) -> pathlib.Path:
     of a run) is an error naming the setting that writes elsewhere."""
     path = pathlib.Path(setting).expanduser() if setting else workdir / OUTPUT_FILE
     path = path / OUTPUT_FILE if path.is_dir() or setting.endswith(("/", os.sep)) else path
-    if not os.access(path.parent, os.W_OK | os.X_OK):
+    if not files.writable(path.parent):
         why = "no such folder" if not path.parent.is_dir() else "not writable"
         raise PredictError(
             f"cannot write the predictions to {path} ({why}); set --config.predict.output=FILE to write them elsewhere."

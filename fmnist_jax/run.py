@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import pathlib
 import shutil
 import sys
@@ -57,7 +56,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, given: C
         else:
             agreed = contextlib.nullcontext()
         # The lock, held by the process that writes; `predict` reads a run it cannot write (an archive) unlocked.
-        locks = files.is_lead_process() and not (mode == "predict" and not os.access(workdir, os.W_OK | os.X_OK))
+        locks = files.is_lead_process() and (mode != "predict" or files.writable(workdir))
         with agreed:
             lock.enter_context(files.workdir_lock(workdir) if locks else contextlib.nullcontext())
         if made and files.is_lead_process():  # once locked (a run refused the lock must not touch the folder)

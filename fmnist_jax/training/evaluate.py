@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import pathlib
 import time
 from typing import Any
@@ -176,8 +175,7 @@ def restore_for_inference(
     if not config_lib.checkpoint_steps(workdir):  # before the store makes a checkpoint folder there
         raise none
     graphs, state, num_params = state_lib.create_train_state(config)
-    folder = workdir / config_lib.CHECKPOINTS_DIR  # on storage that cannot be written (an archive): read only
-    read_only = not os.access(folder, os.W_OK | os.X_OK)
+    read_only = not files.writable(workdir / config_lib.CHECKPOINTS_DIR)  # on read-only storage (an archive)
     store = checkpoints.CheckpointStore.for_run(workdir, config.checkpoint, async_save=False, read_only=read_only)
     try:
         restored = store.restore_latest(parallel.replicate(state, mesh), step=config.checkpoint.step)
