@@ -185,6 +185,11 @@ def run_interrupted(
     return run_main(*args, env=env, script=(str(ROOT / "tests" / "interrupt.py"), signal_name, str(at_step), when))
 
 
+def snapshot(folder: pathlib.Path) -> dict[str, bytes]:
+    """Every file below `folder`, by its path from there, with its bytes: to show a command changed nothing."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def is_stopped(proc: subprocess.Popen) -> bool:
     """Whether `proc` is stopped (SIGSTOP): state T in /proc/PID/stat (Linux)."""
     stat = pathlib.Path(f"/proc/{proc.pid}/stat").read_text()

@@ -63,9 +63,6 @@ def test_predictions_go_where_predict_output_says_and_a_run_that_cannot_be_writt
     def read_only(path, mode, **kwargs):  # the run as on a read-only mount (root writes wherever chmod says not)
         return access(path, mode, **kwargs) and not (mode & os.W_OK and workdir in (path, *pathlib.Path(path).parents))
 
-    def contents():
-        return {p: p.read_bytes() for p in sorted(workdir.rglob("*")) if p.is_file()}
-
     monkeypatch.setattr(os, "access", read_only)
     monkeypatch.setattr(files, "workdir_lock", lambda folder: pytest.fail(f"{folder} was locked"))
     config.predict.output = ""
@@ -73,9 +70,9 @@ def test_predictions_go_where_predict_output_says_and_a_run_that_cannot_be_writt
     with pytest.raises(predict.PredictError, match=says):
         run.run(config, workdir)
     config.predict.output = str(tmp_path / "elsewhere.json")
-    before = contents()
+    before = helpers.snapshot(workdir)
     assert run.run(config, workdir) == rows
-    assert contents() == before and not list(workdir.rglob(".write-test*"))  # nothing written, nothing probed
+    assert helpers.snapshot(workdir) == before  # nothing written, not even the store's probe
     assert json.loads((tmp_path / "elsewhere.json").read_text()) == rows
     config.predict.output = str(tmp_path / "no" / "such.json")
     with pytest.raises(predict.PredictError, match=r"no/such\.json \(no such folder\); set --config\.predict"):
@@ -97,11 +94,11 @@ def test_predict_reads_a_run_on_a_read_only_mount(two_epoch_run, tiny_data, tmp_
     args = helpers.tiny_args(tiny_data, mount, mode="predict", **{"predict.inputs": str(tmp_path / "one.npy")})
     command = [sys.executable, str(helpers.ROOT / "main.py"), *args, f"--config.predict.output={tmp_path}"]
     script = f"mount --bind {workdir} {mount} && mount -o remount,bind,ro {mount} && exec {shlex.join(command)}"
-    before = {p: p.read_bytes() for p in sorted(workdir.rglob("*")) if p.is_file()}
+    before = helpers.snapshot(workdir)
     done = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((tmp_path / predict.OUTPUT_FILE).read_text())[0]["input"] == f"{tmp_path / 'one.npy'}[0]"
-    assert {p: p.read_bytes() for p in sorted(workdir.rglob("*")) if p.is_file()} == before
+    assert helpers.snapshot(workdir) == before
 
 
 def test_prediction_image_conversion():

@@ -26,6 +26,7 @@ from helpers import (
     quick_compare_config,
     run_interrupted,
     run_main,
+    snapshot,
     start_main,
     subprocess_env,
     tiny_args,
@@ -39,10 +40,6 @@ from fmnist_jax import files, metrics, run
 
 def tiny_run(tiny_data, workdir, **overrides):
     return run_main(*tiny_args(tiny_data, workdir, **overrides))
-
-
-def snapshot(folder: pathlib.Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @dataclasses.dataclass(frozen=True)
