@@ -60,11 +60,16 @@ def unknown_override(
     return None
 
 
+def _config_files(configs_dir: pathlib.Path) -> list[pathlib.Path]:
+    """The config files of `configs_dir`, by name (not __init__.py, nor common.py's shared parts)."""
+    return sorted(c for c in configs_dir.glob("[!_]*.py") if c.stem != "common")
+
+
 def configs_with(field: str, configs_dir: pathlib.Path, but: pathlib.Path | None = None) -> list[str]:
     """The config files of `configs_dir` (but `but`) whose config has the dotted `field`, as configs/NAME.py."""
     found = []
-    for path in sorted(configs_dir.glob("[!_]*.py")):
-        if path.stem == "common" or (but is not None and path.resolve() == but.resolve()):
+    for path in _config_files(configs_dir):
+        if but is not None and path.resolve() == but.resolve():
             continue
         try:
             config = runpy.run_path(str(path), run_name="config_file")["get_config"]()
@@ -83,7 +88,7 @@ def flag_error(argv: list[str], error: Exception, configs_dir: pathlib.Path) -> 
     for i, arg in enumerate(argv):  # the last --config wins, as in absl
         if match := _CONFIG_FLAG.match(arg):
             name = match.group(1) if match.group(1) is not None else (argv[i + 1] if i + 1 < len(argv) else None)
-    configs = ", ".join(sorted(c.name for c in configs_dir.glob("[!_]*.py") if c.stem != "common"))
+    configs = ", ".join(c.name for c in _config_files(configs_dir))
     if name is None:  # absl's "Flag --config must have a value other than None", or an error of another flag
         if re.search(r"--config\b", str(error)):
             return f"no --config given: name a config file, e.g. --config=configs/cnn.py (in {configs_dir}: {configs})"
