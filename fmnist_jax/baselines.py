@@ -11,6 +11,7 @@ import json
 import pathlib
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import joblib
@@ -243,16 +244,20 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         search.check_search(config)
 
 
-def fit_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
+def fit_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str | pathlib.Path, accept: Callable[[], None] = lambda: None
+) -> dict[str, Any]:
     """Fits the baseline (or reuses the one a finished run saved), scores validation and test, writes
     results.json, predictions.npz and model.joblib; returns the results dict. With `config.search.method` set,
-    searches `config.search.grid` on the validation split first and fits the best setting."""
+    searches `config.search.grid` on the validation split first and fits the best setting. Calls `accept` once
+    the data are read (`config_lib.put_back_unless_accepted`)."""
     workdir = pathlib.Path(workdir)
     fitted = (workdir / MODEL_FILE).exists()
     if fitted and (finished := _finished_results(workdir)) is not None:
         logging.info("Run already finished: %s, from %s", metrics.scores_line(finished), workdir / metrics.RESULTS_FILE)
         return finished
     dataset = data.load(config.data, seed=config.seed)
+    accept()
     if fitted:  # stopped between its fit and its scores, or its results.json damaged
         logging.info("%s holds a fitted model without its scores: scoring it", workdir)
         return score_saved(config, workdir, load_estimator(workdir), dataset)

@@ -9,13 +9,14 @@ checkpoint); a config.json left by a start that kept nothing may be replaced. `e
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import pathlib
 import re
 import shlex
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
 import ml_collections
@@ -296,8 +297,9 @@ def _what(config: Mapping[str, Any]) -> str:
     return f"{config.get('kind')} ({name})" if name else str(config.get("kind"))
 
 
-def save_or_check(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> None:
-    """Writes `workdir/config.json`, or checks the one there matches `config` (see the module docstring)."""
+def save_or_check(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> str | None:
+    """Writes `workdir/config.json`, or checks the one there matches `config` (see the module docstring); returns
+    the text of the config.json it replaced (other operational fields, or changes allowed on resume), else None."""
     workdir = pathlib.Path(workdir)
     path = workdir / CONFIG_FILE
     requested = to_dict(config)
@@ -326,12 +328,29 @@ def save_or_check(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
             if "num_epochs" in changed and (why := shortened_below_its_checkpoint(workdir, config.num_epochs)):
                 raise ConfigError(why)
         elif saved == requested:
-            return
+            return None
+    replaced = path.read_text(encoding="utf-8") if path.exists() else None
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         files.atomic_write_text(path, json.dumps(requested, indent=2) + "\n")
     except OSError as e:
         raise ConfigError(f"cannot write {path} ({e.strerror}); choose a writable --workdir.") from e
+    return replaced
+
+
+@contextlib.contextmanager
+def put_back_unless_accepted(workdir: str | pathlib.Path, replaced: str | None) -> Iterator[Callable[[], None]]:
+    """Gives the start a callable to call once its checks have passed (the data read, the checkpoint restored); if
+    the `with` raises before that, puts back the config.json text `replaced` (`save_or_check`'s): a start refused
+    (missing or other data, a checkpoint past its last step) or stopped before then leaves the run's config.json
+    as it was, its data.dir and num_epochs those the next start and `evaluate` compare and read."""
+    accepted = []
+    try:
+        yield lambda: accepted.append(True)
+    except BaseException:
+        if replaced is not None and not accepted:
+            files.atomic_write_text(pathlib.Path(workdir) / CONFIG_FILE, replaced)
+        raise
 
 
 def merge(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:

@@ -149,8 +149,9 @@ def _run_baseline(
 
     baselines.check_config(config)
     if mode == "train":
-        config_lib.save_or_check(config, workdir)
-        return baselines.fit_and_evaluate(config, workdir)
+        replaced = config_lib.save_or_check(config, workdir)
+        with config_lib.put_back_unless_accepted(workdir, replaced) as accept:
+            return baselines.fit_and_evaluate(config, workdir, accept)
     config_lib.take(
         config, config_lib.trained_fields(config, workdir, evaluate=mode == "evaluate", given=given), workdir
     )

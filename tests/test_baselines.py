@@ -11,7 +11,7 @@ import sklearn
 from helpers import ROOT, last_line, load_config
 
 from fmnist_jax import baselines, data, metrics, run
-from fmnist_jax.errors import ConfigError
+from fmnist_jax.errors import ConfigError, DataError
 
 
 def tiny(name, tiny_data, **overrides):
@@ -61,6 +61,19 @@ def test_forest_trains_scores_and_is_reused(tiny_data, tmp_path):
     stamp = (tmp_path / "results.json").stat().st_mtime_ns
     assert run.run(config, tmp_path) == results  # a finished run reports instead of refitting
     assert (tmp_path / "results.json").stat().st_mtime_ns == stamp
+
+
+def test_a_refused_rerun_leaves_the_runs_config_as_it_was(tiny_data, tmp_path):
+    """A rerun with another data.dir (operational: allowed) that cannot read its data is refused and leaves
+    config.json as it was, naming the data the model was fitted on; the first command then scores that model."""
+    config = tiny("random_forest", tiny_data, **{"model.n_estimators": 5})
+    trained = run.run(config, tmp_path)
+    (tmp_path / metrics.RESULTS_FILE).unlink()  # as if stopped between the fit and its scores
+    saved = (tmp_path / "config.json").read_bytes()
+    with pytest.raises(DataError, match="no_data"):
+        run.run(tiny("random_forest", tmp_path / "no_data", **{"model.n_estimators": 5}), tmp_path)
+    assert (tmp_path / "config.json").read_bytes() == saved
+    assert run.run(config, tmp_path)["test_accuracy"] == trained["test_accuracy"]
 
 
 def test_warm_started_forest_equals_one_fit(tiny_data):

@@ -227,19 +227,16 @@ def test_checkpoints_and_results_name_the_machines_and_a_resume_elsewhere_warns(
 
 def test_a_run_resumed_on_other_data_is_refused_and_keeps_its_checkpoints(tiny_data, tmp_path, caplog):
     """Each checkpoint records the checksums of the data it trained on: a rerun that reads other files (another
-    data.dir, a changed FMNIST_DATA_DIR) is refused with one line naming them, its checkpoints, history and events
-    untouched, where it would have trained on and recorded the new files' checksums as the run's; with the files it
-    trained on it goes on. `evaluate` on other files scores apart from the run's results."""
+    data.dir, a changed FMNIST_DATA_DIR) is refused with one line naming them, its checkpoints, history, events and
+    config.json untouched (its data.dir and num_epochs, even where the refused command raised them with
+    resume_with_changes), where it would have trained on and recorded the new files' checksums as the run's; with
+    the files it trained on it goes on. `evaluate` on other files scores apart from the run's results."""
     config = helpers.tiny_config(tiny_data)
     run.run(config, tmp_path)
     shutil.rmtree(tmp_path / "checkpoints" / "8")  # as if stopped after epoch 1
     (tmp_path / "results.json").unlink()
     other = helpers.write_idx_dataset(tmp_path.parent / f"{tmp_path.name}_other", n_train=320, n_test=100, seed=1)
-
-    def kept():  # all but config.json (it names the last command's operational fields: data.dir) and the lock
-        return {k: v for k, v in helpers.snapshot(tmp_path).items() if k not in ("config.json", files.LOCK_FILE)}
-
-    before = kept()
+    before = helpers.snapshot(tmp_path)
     pattern = (
         rf"checkpoint 4 in {tmp_path}/checkpoints was trained on other data: t10k-images-idx3-ubyte, "
         rf"t10k-labels-idx1-ubyte, train-images-idx3-ubyte, train-labels-idx1-ubyte in idx:{other} differ from what "
@@ -247,7 +244,10 @@ def test_a_run_resumed_on_other_data_is_refused_and_keeps_its_checkpoints(tiny_d
     )
     with pytest.raises(ConfigError, match=pattern):
         run.run(helpers.tiny_config(other), tmp_path)
-    assert kept() == before
+    assert helpers.snapshot(tmp_path) == before
+    with pytest.raises(ConfigError, match=pattern):
+        run.run(helpers.tiny_config(other, num_epochs=3, resume_with_changes=True), tmp_path)
+    assert helpers.snapshot(tmp_path) == before  # so the first command goes on as it was, num_epochs 2
     caplog.set_level(logging.INFO)
     run.run(config, tmp_path)
     assert "Resumed from checkpoint at step 4 " in caplog.text

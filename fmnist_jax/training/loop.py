@@ -15,6 +15,7 @@ import math
 import pathlib
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -170,29 +171,6 @@ def finish_boundary(
     return val
 
 
-def _restore(store: checkpoints.CheckpointStore, state: TrainState, plan: Plan) -> tuple[TrainState, int, float]:
-    """The newest valid checkpoint's state, step and training seconds, or the fresh `state` at step 0."""
-    restored = store.restore_latest(state)
-    if restored is None:
-        return state, 0, 0.0
-    state, meta = restored
-    spe = plan.steps_per_epoch
-    step = meta["step"]
-    plan.resume_from(meta, store.directory)
-    if step > plan.total_steps:  # config_lib refuses it where the history tells the steps per epoch
-        raise errors.ConfigError(
-            f"checkpoint {step} in {store.directory} is past the run's last step, {plan.total_steps} "
-            f"(config.num_epochs={plan.config.num_epochs}); raise config.num_epochs (with "
-            "--config.resume_with_changes=True) or use a new --workdir."
-        )
-    if step >= plan.total_steps:
-        logging.info("Resumed from checkpoint at step %d (training done; the final evaluation follows)", step)
-    else:
-        where = (step // spe + 1, step % spe, spe)
-        logging.info("Resumed from checkpoint at step %d (epoch %d, %d/%d steps into it)", step, *where)
-    return state, step, meta["train_seconds"]
-
-
 def _already_finished(store: checkpoints.CheckpointStore, workdir: pathlib.Path, total_steps: int) -> bool:
     """Whether the run has trained every step and written its results, decided before any model is built: its
     results.json exists (written only after every checkpoint was committed) and its newest checkpoint's metadata
@@ -320,11 +298,13 @@ def train_and_evaluate(
         phases = timing.Phases(clock, before_run=timing.start_up())
         mesh = mesh or parallel.make_mesh()
         parallel.check_batch_size(config.batch_size, mesh)
+        replaced = None
         with parallel.stop_together(f"{workdir} holds a run with another config"):
             if lead:
-                config_lib.save_or_check(config, workdir)
-        loaded = load_data(config, mesh, phases)
+                replaced = config_lib.save_or_check(config, workdir)
         with contextlib.ExitStack() as cleanup:
+            accept = cleanup.enter_context(config_lib.put_back_unless_accepted(workdir, replaced))
+            loaded = load_data(config, mesh, phases)
             with phases("setup"):
                 store = checkpoints.CheckpointStore.for_run(workdir, config.checkpoint)  # on every process
             cleanup.callback(store.close)
@@ -337,7 +317,7 @@ def train_and_evaluate(
                 _stop_if_signalled(guard, total_steps, store)  # not lost: a comparison's next member would train
                 return results
             plan, state, num_params = make_plan(config, workdir, mesh, phases, loaded)
-            return _run_plan(plan, store, state, num_params, phases, guard)
+            return _run_plan(plan, store, state, num_params, phases, guard, accept)
 
 
 def _stop_if_signalled(guard: checkpoints.PreemptionGuard, step: int, store: checkpoints.CheckpointStore) -> None:
@@ -354,17 +334,20 @@ def _run_plan(
     num_params: int,
     phases: timing.Phases,
     guard: checkpoints.PreemptionGuard,
+    accept: Callable[[], None],
 ) -> dict[str, Any]:
     """Restores, trains and scores `plan`'s run in `store` (train_and_evaluate after its set-up; the caller
-    closes the store). A signal before training (`guard`) stops the run before the compilation, if it came
-    before the restore, or after it; one during training, once the state is saved."""
+    closes the store), calling `accept` once the restore's checks have passed. A signal before training (`guard`)
+    stops the run before the compilation, if it came before the restore, or after it; one during training, once
+    the state is saved."""
     config, workdir, lead = plan.config, plan.workdir, files.is_lead_process()
     with phases("setup"):
         state = parallel.replicate(state, plan.programs.mesh)
     with contextlib.ExitStack() as cleanup:
         with phases("restore"):
-            state, step, train_seconds = _restore(store, state, plan)
+            state, step, train_seconds = plan.restore(store, state)
         _stop_if_signalled(guard, step, store)
+        accept()  # what follows changes the run's files: its config.json is this start's
         writer = None
         with _lead_writes(plan):
             if lead:  # the history is the lineage of the state training goes on from, even a fresh one

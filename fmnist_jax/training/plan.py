@@ -89,6 +89,28 @@ class Plan:
                     *(meta["step"], written, self.machine),
                 )
 
+    def restore(self, store: checkpoints.CheckpointStore, state: TrainState) -> tuple[TrainState, int, float]:
+        """The newest valid checkpoint's state, step and training seconds (its lineage and data checked:
+        `resume_from`), or the fresh `state` at step 0."""
+        restored = store.restore_latest(state)
+        if restored is None:
+            return state, 0, 0.0
+        state, meta = restored
+        step, spe = meta["step"], self.steps_per_epoch
+        self.resume_from(meta, store.directory)
+        if step > self.total_steps:  # config_lib refuses it where the history tells the steps per epoch
+            raise ConfigError(
+                f"checkpoint {step} in {store.directory} is past the run's last step, {self.total_steps} "
+                f"(config.num_epochs={self.config.num_epochs}); raise config.num_epochs (with "
+                "--config.resume_with_changes=True) or use a new --workdir."
+            )
+        if step >= self.total_steps:
+            logging.info("Resumed from checkpoint at step %d (training done; the final evaluation follows)", step)
+        else:
+            where = (step // spe + 1, step % spe, spe)
+            logging.info("Resumed from checkpoint at step %d (epoch %d, %d/%d steps into it)", step, *where)
+        return state, step, meta["train_seconds"]
+
     def check_data(self, meta: dict, directory: pathlib.Path) -> None:
         """Raises ConfigError where the checkpoint of `meta` (in `directory`) was trained on files whose content
         differs from the data read now (its `dataset_checksums`; where none are recorded, nothing to compare); warns
