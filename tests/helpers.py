@@ -128,11 +128,26 @@ def assert_same_run(workdir: str | os.PathLike, reference: str | os.PathLike) ->
 
 
 def make_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Learnable 28x28 uint8 images: noise plus a bright bar whose row encodes the class."""
+    """Learnable 28x28 uint8 images: noise plus a bright bar whose row encodes the class (`bar_classes`)."""
     images = rng.integers(0, 60, (len(labels), 28, 28), dtype=np.uint8)
     for i, c in enumerate(labels):
         images[i, 2 + 2 * c : 4 + 2 * c, 4:24] = 230
     return images
+
+
+def bar_classes(images: np.ndarray) -> np.ndarray:
+    """The class each of `make_images`'s images shows, read from its bar's first row (a flipped or shifted image,
+    or one given another's label, shows another)."""
+    return (np.argmax(images[:, :, 4:24].min(axis=2) == 230, axis=1) - 2) // 2
+
+
+def idx_arrays(*, n_train: int, n_test: int, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """`write_idx_dataset`'s arrays: {"train": (images, labels), "test": ...}."""
+    rng, arrays = np.random.default_rng(seed), {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        arrays[split] = make_images(labels, rng), labels
+    return arrays
 
 
 def idx_bytes(array: np.ndarray, magic: int) -> bytes:
@@ -143,12 +158,11 @@ def idx_bytes(array: np.ndarray, magic: int) -> bytes:
 def write_idx_dataset(
     directory: pathlib.Path, *, n_train: int, n_test: int, seed: int = 0, compress: bool = True
 ) -> pathlib.Path:
-    """Writes the four Fashion-MNIST IDX files (gzip or raw) of a small learnable data set."""
-    rng = np.random.default_rng(seed)
+    """Writes the four Fashion-MNIST IDX files (gzip or raw) of a small learnable data set (`idx_arrays`)."""
     directory.mkdir(parents=True, exist_ok=True)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        labels = rng.integers(0, 10, n).astype(np.uint8)
-        for kind, array, magic in (("images", make_images(labels, rng), 2051), ("labels", labels, 2049)):
+    arrays = idx_arrays(n_train=n_train, n_test=n_test, seed=seed)
+    for prefix, (images, labels) in zip(("train", "t10k"), arrays.values(), strict=True):
+        for kind, array, magic in (("images", images, 2051), ("labels", labels, 2049)):
             content = idx_bytes(array, magic)
             name = f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte"
             if compress:

@@ -6,7 +6,7 @@ import hashlib
 import ml_collections
 import numpy as np
 import pytest
-from helpers import idx_bytes, write_idx_dataset
+from helpers import bar_classes, idx_arrays, idx_bytes, write_idx_dataset
 
 from fmnist_jax import data
 from fmnist_jax.errors import DataError
@@ -23,6 +23,9 @@ def test_reads_gzip_and_raw_files_with_checksums_of_their_content(tmp_path, comp
     splits, checksums = data.load_idx(folder)
     assert splits["train"].images.shape == (50, 28, 28) and splits["train"].images.dtype == np.uint8
     assert splits["test"].labels.shape == (30,) and splits["test"].labels.dtype == np.int32
+    for split, (images, labels) in idx_arrays(n_train=50, n_test=30).items():  # the arrays written, exactly
+        np.testing.assert_array_equal(splits[split].images, images)
+        np.testing.assert_array_equal(splits[split].labels, labels)
     assert sorted(checksums) == sorted(data.RELEASED_SHA256)  # by IDX name, without .gz
     for name, digest in checksums.items():
         stored = (folder / (name + ".gz" if compress else name)).read_bytes()
@@ -156,6 +159,8 @@ def test_split_is_seeded_disjoint_and_sized(tmp_path):
     raw, _ = data.load_idx(folder)
     both = np.concatenate([a.train.images, a.validation.images]).reshape(100, -1)
     assert sorted(map(bytes, both)) == sorted(map(bytes, raw["train"].images.reshape(100, -1)))
+    for part in (a.train, a.validation, c.train, c.validation, a.test):  # each image keeps its own label
+        np.testing.assert_array_equal(bar_classes(part.images), part.labels)
 
 
 def test_num_train_limits_training_images_only(tmp_path):
@@ -264,6 +269,21 @@ def test_real_data_files(real_data_dir):
     assert np.bincount(dataset.test.labels).tolist() == [1000] * 10
     assert np.bincount(np.concatenate([dataset.train.labels, dataset.validation.labels])).tolist() == [6000] * 10
     assert dataset.checksums == data.RELEASED_SHA256 and dataset.released is True
+
+    # The arrays against the files read by hand (headers: 16 bytes for images, 8 for labels), each image with its label.
+    def read(name, header):
+        return np.frombuffer(gzip.decompress((real_data_dir / f"{name}.gz").read_bytes()), np.uint8, offset=header)
+
+    np.testing.assert_array_equal(dataset.test.images.reshape(-1), read("t10k-images-idx3-ubyte", 16))
+    np.testing.assert_array_equal(dataset.test.labels, read("t10k-labels-idx1-ubyte", 8))
+
+    def pairs(images, labels):
+        return sorted(bytes(image) + bytes([label]) for image, label in zip(images, labels, strict=True))
+
+    held = np.concatenate([dataset.train.images, dataset.validation.images]).reshape(60000, 784)
+    raw = read("train-images-idx3-ubyte", 16).reshape(60000, 784), read("train-labels-idx1-ubyte", 8)
+    held_labels = np.concatenate([dataset.train.labels, dataset.validation.labels])
+    assert pairs(held, held_labels) == pairs(*raw)
 
 
 def test_forced_tfds_offline_without_a_copy_stops_at_once(tmp_path, monkeypatch):

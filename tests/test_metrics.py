@@ -56,6 +56,8 @@ def test_scores_are_scikit_learns_on_random_predictions():
     assert s["confusion_matrix"] == skm.confusion_matrix(y_true, y_pred, labels=labels).tolist()
     got = np.array([[c["precision"], c["recall"], c["f1"], c["support"]] for c in s["per_class"].values()])
     np.testing.assert_allclose(got, np.stack([precision, recall, f1, support], 1), rtol=1e-12)
+    macro = skm.f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)
+    assert s["macro_f1"] == pytest.approx(macro, rel=1e-12) and s["macro_f1"] != pytest.approx(np.mean(precision))
     expected = skm.log_loss(y_true, probs / probs.sum(1, keepdims=True), labels=labels)
     assert s["log_loss"] == pytest.approx(expected, rel=1e-12)
 

@@ -55,6 +55,9 @@ def test_paired_bootstrap_agrees_with_a_plain_numpy_bootstrap():
     assert low == pytest.approx(np.percentile(diffs, 2.5), abs=0.002)
     assert high == pytest.approx(np.percentile(diffs, 97.5), abs=0.002)
     assert low < a.mean() - b.mean() < high
+    # Its width is the 95% normal interval's (seeds 0-7: 0.96-1.01 of it); a 90% interval's is 0.82-0.86 of it.
+    se = (a.astype(np.float64) - b).std(ddof=1) / np.sqrt(len(a))
+    assert (high - low) / 2 == pytest.approx(special.ndtri(0.975) * se, rel=0.08)
     assert stats.paired_difference_interval(a, b, seed=0) == stats.paired_difference_interval(a, b, seed=0)
     assert stats.paired_difference_interval(a, a) == (0.0, 0.0)
     # One image: every resample is that image, so the difference it shows (scipy refuses a single observation).
