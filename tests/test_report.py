@@ -13,10 +13,11 @@ import joblib
 import ml_collections
 import numpy as np
 import pytest
-from helpers import NARROW_RECIPE, load_config, quick_compare_config, run_main
+from helpers import NARROW_RECIPE, load_config, quick_compare_config, run_main, snapshot
 
 from fmnist_jax import baselines, config_lib, data, machine, metrics, parallel, report, run, stats
 from fmnist_jax.errors import ConfigError, UserError
+from fmnist_jax.report import plots as report_plots
 from fmnist_jax.report import sentences, tables
 from fmnist_jax.report.__main__ import main as report_main
 
@@ -102,10 +103,12 @@ def test_quick_comparison_writes_every_section_with_the_members_numbers(comparis
         assert r[2] == f"{results[name][seed]['test_accuracy']:.4f}" and r[3] == f"{low:.4f}–{high:.4f}"
     per_class = table_rows(md, "| class |")
     assert len(per_class) == 10 and per_class[6][0] == "Shirt"
-    shirt_f1 = [c.strip("*") for c in per_class[6][7:10]]
-    for text, name in zip(shirt_f1, ("cnn", "random_forest", "linear_svm"), strict=True):
-        values = [results[name][s]["per_class"]["Shirt"]["f1"] for s in (0, 1)]
-        assert text == f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+    cells = iter(c.strip("*") for c in per_class[6][1:])  # P, R and F1, each of the three models
+    for metric in ("precision", "recall", "f1"):
+        for name in ("cnn", "random_forest", "linear_svm"):
+            values = [results[name][s]["per_class"]["Shirt"][metric] for s in (0, 1)]
+            assert next(cells) == f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}", (metric, name)
+    assert next(cells, None) is None
     assert "All models are scored on the same 100 test images" in md
     images = re.findall(r"!\[[^\]]*\]\((plots/[^)]+)\)", md)
     assert {
@@ -508,6 +511,14 @@ def test_a_damaged_history_or_predictions_file_is_one_error_naming_it(comparison
     (run_dir / metrics.PREDICTIONS_FILE).write_bytes(b"PK\x03\x04 torn")
     with pytest.raises(UserError, match=r"cnn/predictions\.npz cannot be read"):
         report.build([run_dir], tmp_path / "out")
+    shutil.rmtree(run_dir)
+    shutil.copytree(workdir / "cnn" / "seed_0", run_dir)  # scored on other test images: no pair to test
+    saved = dict(np.load(run_dir / metrics.PREDICTIONS_FILE))
+    saved["labels"] = np.roll(saved["labels"], 1)
+    np.savez(run_dir / metrics.PREDICTIONS_FILE, **saved)
+    with pytest.raises(UserError, match=r"cnn and .*seed_0 were scored on different test images; pair runs on the"):
+        report.build([run_dir, workdir / "random_forest" / "seed_0"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_run_named_twice_or_a_file_named_as_a_run_is_one_error(comparison, tmp_path):
@@ -546,6 +557,9 @@ def test_a_comparisons_folder_reports_its_runs_and_a_folder_without_results_says
     (moved / "report.json").write_text(json.dumps(listing))
     with pytest.raises(UserError, match=rf"moved holds a report; its runs {tmp_path}/gone have no results\.json"):
         report.build([moved], tmp_path / "out")
+    (moved / "report.json").write_text('{"models": [1, 2]}')  # damaged: neither a run nor a report's record
+    with pytest.raises(UserError, match=r"moved/report\.json is not a report's record \(.*\): name the runs to report"):
+        report.build([moved], tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -574,11 +588,24 @@ def test_a_report_built_with_relative_paths_finds_its_runs_from_anywhere_and_aft
     assert {"built_from", "out"} <= json.loads((workdir / "report.json").read_text()).keys()
 
 
-def test_a_report_folder_that_cannot_be_made_is_named(comparison, tmp_path):
+def test_a_report_folder_that_cannot_be_made_is_named_and_one_that_failed_half_way_is_removed(
+    comparison, tmp_path, monkeypatch
+):
     _, workdir, _ = comparison
     (tmp_path / "a_file").write_text("")
     with pytest.raises(UserError, match=r"cannot make the report's folder .*a_file/plots .*choose another --out"):
         report.build([workdir / "linear_svm" / "seed_0"], tmp_path / "a_file")
+    report.build([workdir / "linear_svm" / "seed_0"], tmp_path / "kept")
+    before = snapshot(tmp_path / "kept")
+
+    def fails(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report_plots, "plot_samples", fails)  # the last figure: the others are written by then
+    for out in (tmp_path / "new", tmp_path / "kept"):
+        with pytest.raises(OSError, match="No space left"):
+            report.build([workdir / "linear_svm" / "seed_0"], out)
+    assert not (tmp_path / "new").exists() and snapshot(tmp_path / "kept").keys() == before.keys()
 
 
 def test_report_json_holds_every_number_the_report_shows(comparison):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import shutil
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -295,12 +296,19 @@ def build(workdirs: Sequence[str | pathlib.Path], out: str | pathlib.Path) -> di
         raise UserError("the report needs at least one finished workdir")
     models = load_models(workdirs)
     out = pathlib.Path(out)
+    pairs = tables.compare_pairs(models)  # which refuses runs scored on other test images
+    new = not out.exists()
     plots_folder = _make_folder(out / "plots")
-    ctx = Context(models, tables.compare_pairs(models), plots_folder)
-    blocks = [block for section in SECTIONS for block in section(ctx)]
-    paths = {"markdown": out / "report.md", "html": out / "report.html", "json": out / REPORT_JSON}
-    record = {**tables.report_json(models, ctx.pairs), "built_from": str(pathlib.Path.cwd()), "out": str(out)}
-    files.atomic_write_text(paths["json"], json.dumps(record, indent=2) + "\n")
-    files.atomic_write_text(paths["markdown"], markdown(blocks, out))
-    files.atomic_write_text(paths["html"], html_page(blocks, TITLE))
+    try:
+        ctx = Context(models, pairs, plots_folder)
+        blocks = [block for section in SECTIONS for block in section(ctx)]
+        paths = {"markdown": out / "report.md", "html": out / "report.html", "json": out / REPORT_JSON}
+        record = {**tables.report_json(models, ctx.pairs), "built_from": str(pathlib.Path.cwd()), "out": str(out)}
+        files.atomic_write_text(paths["json"], json.dumps(record, indent=2) + "\n")
+        files.atomic_write_text(paths["markdown"], markdown(blocks, out))
+        files.atomic_write_text(paths["html"], html_page(blocks, TITLE))
+    except BaseException:
+        if new:  # a report that failed half-way leaves no folder it made; an earlier report's stays
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     return {**paths, "plots": plots_folder}
