@@ -652,14 +652,24 @@ def test_read_only_workdir_is_a_clear_error(cnn_config, read_only_dir):
         checkpoints.CheckpointStore(read_only_dir / "checkpoints")
 
 
-def test_failed_save_stops_training_with_a_clear_error(cnn_config, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "outcome, refused",
+    [
+        (OSError(5, "Input/output error"), r"saving checkpoint 4 to .*failed: .*Input/output"),
+        (False, r"checkpoint 4 was not saved: .*checkpoints already counts steps \[\]; rerun the same command"),
+    ],
+    ids=["raised", "skipped"],  # Orbax skips a step it counts as saved, returning False
+)
+def test_failed_save_stops_training_with_a_clear_error(cnn_config, tmp_path, monkeypatch, outcome, refused):
     def broken_save(self, step, *args, **kwargs):
-        raise OSError(5, "Input/output error")
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
     monkeypatch.setattr(checkpoints.ocp.CheckpointManager, "save", broken_save)
-    with pytest.raises(checkpoints.CheckpointError, match=r"saving checkpoint 4 to .*failed: .*Input/output"):
+    with pytest.raises(checkpoints.CheckpointError, match=refused):
         run.run(cnn_config, tmp_path)
-    assert not (tmp_path / "results.json").exists()
+    assert not (tmp_path / "results.json").exists() and not checkpoint_steps(tmp_path)
 
 
 def test_a_full_disk_during_a_save_is_one_disk_full_error_naming_the_workdir(cnn_config, tmp_path, monkeypatch):

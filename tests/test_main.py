@@ -468,6 +468,24 @@ def test_a_workdir_of_another_kind_of_run_is_refused_in_one_short_line(tmp_path)
     assert re.search(r" and \d+ more\); use a new --workdir\.$", str(refused.value))
 
 
+def test_a_damaged_config_json_is_named_with_the_fix_for_a_rerun_and_for_evaluate(tmp_path):
+    from benchmarks import common
+
+    config, path = common.load_config("cnn"), tmp_path / config_lib.CONFIG_FILE
+    for text, says in (
+        ('{"kind": "cnn", ', r"cannot be read as a config \(Expecting"),
+        ("[1, 2]", "holds list, not a config"),
+    ):
+        path.write_text(text)
+        for check in (
+            lambda: config_lib.save_or_check(config, tmp_path),
+            lambda: config_lib.trained_fields(config, tmp_path, evaluate=True),
+        ):
+            with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))} {says}.*; fix or delete it\.$"):
+                check()
+        assert path.read_text() == text  # left for the user to mend
+
+
 def test_a_baseline_stopped_between_its_fit_record_and_its_model_lets_the_next_start_change_any_field(tmp_path):
     """fit.json is written before model.joblib: alone it is nothing a rerun goes on from (the rerun fits again)."""
     from benchmarks import common

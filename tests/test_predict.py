@@ -139,15 +139,20 @@ def test_deep_images_are_scaled_and_unreadable_inputs_named(tmp_path, monkeypatc
     (image,), _ = predict.load_images([tmp_path / "deep.png"])
     expected = predict.to_fmnist(np.round(ramp / 257).astype(np.uint8))
     assert np.abs(image.astype(int) - expected).max() <= 1 and 100 < image.mean() < 155
-    # An empty .npy, a stack of no images, an image over PIL's safety limit: each named, one error.
+    # An empty .npy, a stack of no images, a colour array, an image over PIL's safety limit: each named, one error.
     (tmp_path / "empty.npy").write_bytes(b"")
     np.save(tmp_path / "none.npy", np.zeros((0, 28, 28), np.uint8))
+    np.save(tmp_path / "rgb.npy", np.zeros((28, 28, 3), np.uint8))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 28*28 = 784 > 2 * 100: a "decompression bomb"
     with pytest.raises(predict.PredictError) as error:
-        predict.load_images([tmp_path / "empty.npy", tmp_path / "none.npy", tmp_path / "deep.png"])
+        predict.load_images([tmp_path / name for name in ("empty.npy", "none.npy", "rgb.npy", "deep.png")])
     message = str(error.value)
     assert "empty.npy: an empty .npy file" in message and "none.npy: shape (0, 28, 28): no images" in message
+    assert "rgb.npy: shape (28, 28, 3); expected (28, 28) or (N, 28, 28)" in message
     assert "deep.png: too large to read safely" in message
+    for nothing in ("", " , ", []):  # no path at all: the flag's form is shown
+        with pytest.raises(predict.PredictError, match=r"config.predict.inputs is empty: .*inputs=shirt.png,boot.jpg"):
+            predict.parse_inputs(nothing)
 
 
 def test_photos_stand_upright_transparency_is_white_and_npy_arrays_scale_like_pngs(tmp_path):

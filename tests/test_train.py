@@ -165,6 +165,20 @@ def test_each_boundary_is_read_while_the_next_steps_are_queued(cnn_config, tmp_p
     assert len(shas) == 1 and history_losses(tmp_path / "on") == history_losses(tmp_path / "off")
 
 
+def test_the_call_queue_lets_the_host_run_at_most_two_calls_ahead(monkeypatch):
+    """Before it queues another train call, the host waits for every call but the last one to have run (their
+    marks, in order): a signal then stops the run within two calls. Without a mark (GPU, TPU, several processes)
+    the host never waits."""
+    waited = []
+    monkeypatch.setattr(steps.jax, "block_until_ready", waited.append)
+    queue, free = steps.CallQueue(lambda loss_sum: -loss_sum), steps.CallQueue(None)
+    for call in range(1, 7):
+        queue.queued(types.SimpleNamespace(loss_sum=call))
+        free.queued(types.SimpleNamespace(loss_sum=call))
+        assert waited == [-c for c in range(1, call)], call
+    assert steps.CallQueue.DEPTH == 2
+
+
 def test_each_epochs_validation_scores_the_state_at_its_end(finished_tiny_run, cnn_config):
     """An epoch's validation is dispatched before the next train call takes over (donates) its state: its scores
     are those of the checkpoint saved at its end, scored again afterwards."""
