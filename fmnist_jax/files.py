@@ -124,61 +124,39 @@ def _holder(path: pathlib.Path) -> str:
 def workdir_lock(workdir: str | os.PathLike) -> Iterator[None]:
     """Holds `workdir`'s lock for the duration of the `with`; raises WorkdirBusy if a live process has it.
 
-    The lock file exists while a run holds it: it keeps the holder's pid, host and start time, for the error
-    message of a second run, and is removed on release (a command refused in a folder leaves nothing there). A
-    SIGKILL leaves it behind; its presence alone means nothing. A file system without locks (some network mounts)
-    runs unlocked, with a warning.
+    The lock file keeps the holder's pid, host and start time, for the error message of a second run; its
+    presence alone means nothing. A file system without locks (some network mounts) runs unlocked, with a
+    warning.
     """
     workdir = pathlib.Path(workdir)
     path = workdir / LOCK_FILE
-    fd = _locked(workdir, path)
     try:
+        for attempt in range(3):  # a parent that another run's refused start removes meanwhile is made again
+            try:
+                workdir.mkdir(parents=True, exist_ok=True)
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full_error(workdir, f"creating {path}") from e
+        why = "a file, not a folder" if workdir.is_file() else e.strerror
+        raise WorkdirError(f"cannot use {workdir} as a workdir ({why}); choose a writable --workdir.") from e
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WorkdirBusy(
+                f"{workdir} is in use by {_holder(path)}; wait for it to finish or choose another --workdir."
+            ) from None
+        except OSError as e:  # ENOLCK, EOPNOTSUPP: the file system cannot lock
+            logging.warning("cannot lock %s (%s): not protected against a second run in the same workdir", path, e)
         since = datetime.datetime.now().strftime("%H:%M:%S")
         with contextlib.suppress(OSError):  # the holder line is a courtesy; a full disk must not stop the run
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()} {socket.gethostname()} {since}\n".encode(), 0)
         yield
     finally:
-        with contextlib.suppress(OSError):  # removed while held: a run that opened it meanwhile finds it gone
-            os.unlink(path)
         os.close(fd)  # releases the lock
-
-
-def _locked(workdir: pathlib.Path, path: pathlib.Path) -> int:
-    """A descriptor of `path` holding its lock, made with `workdir` if missing. A holder removes the file before it
-    lets go, so a lock taken on a file that is no longer `path` (opened just before that) is dropped and taken anew.
-    """
-    while True:
-        fd = _opened(workdir, path)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise WorkdirBusy(
-                f"{workdir} is in use by {_holder(path)}; wait for it to finish or choose another --workdir."
-            ) from None
-        except OSError as e:  # ENOLCK, EOPNOTSUPP: the file system cannot lock
-            logging.warning("cannot lock %s (%s): not protected against a second run in the same workdir", path, e)
-            return fd
-        try:
-            if os.path.samestat(os.fstat(fd), os.stat(path)):
-                return fd
-        except FileNotFoundError:
-            pass
-        os.close(fd)  # the run before this one removed it as this one opened it
-
-
-def _opened(workdir: pathlib.Path, path: pathlib.Path) -> int:
-    tries = 3  # a parent that another run's refused start removes meanwhile is made again
-    while True:
-        try:
-            workdir.mkdir(parents=True, exist_ok=True)
-            return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        except OSError as e:
-            tries -= 1
-            if isinstance(e, FileNotFoundError) and tries:
-                continue
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise disk_full_error(workdir, f"creating {path}") from e
-            why = "a file, not a folder" if workdir.is_file() else e.strerror
-            raise WorkdirError(f"cannot use {workdir} as a workdir ({why}); choose a writable --workdir.") from e

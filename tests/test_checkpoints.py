@@ -447,7 +447,7 @@ def test_a_start_that_computed_nothing_leaves_no_config_in_the_way(cnn_config, t
     (tmp_path / "w").mkdir()
     with pytest.raises(ConfigError, match=r"batch_size=512 exceeds the 256 training images"):
         run.run(cnn_config, tmp_path / "w")
-    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["config.json"]
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == [".lock", "config.json"]
     cnn_config.batch_size = 64
     assert run.run(cnn_config, tmp_path / "w")["test_accuracy"] > 0
     cnn_config.num_epochs = 3  # now the workdir holds a run: a changed config is refused as before
@@ -513,7 +513,7 @@ def test_a_run_refused_the_lock_leaves_the_folder_to_the_run_that_holds_it(cnn_c
     monkeypatch.setattr(files, "workdir_lock", the_other_run_first)
     with pytest.raises(files.WorkdirBusy):
         run.run(cnn_config, workdir)
-    assert sorted(p.name for p in workdir.iterdir()) == ["config.json"]  # the other run's lock file went with it
+    assert sorted(p.name for p in workdir.iterdir()) == [".lock", "config.json"]
 
 
 def test_a_start_that_failed_while_compiling_lets_the_next_change_any_field(cnn_config, tmp_path, monkeypatch):

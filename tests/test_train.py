@@ -47,6 +47,7 @@ def test_trains_tiny_data_and_writes_the_workdir(cnn_config, tmp_path):
     results = run.run(cnn_config, tmp_path)
     wall = time.perf_counter() - start
     assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".lock",
         "checkpoints",
         "config.json",
         "history.jsonl",
