@@ -194,6 +194,8 @@ def read_saved(path: pathlib.Path) -> dict[str, Any]:
         raise ConfigError(f"{path} cannot be read as a config ({e}); fix or delete it.") from e
     if not isinstance(saved, dict):
         raise ConfigError(f"{path} holds {type(saved).__name__}, not a config; fix or delete it.")
+    if "kind" not in saved:  # every run's config names its kind
+        raise ConfigError(f"{path} lacks the field 'kind': it is not a run's config; fix or delete it.")
     return saved
 
 

@@ -36,9 +36,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, given: C
     if mode not in MODES:
         raise ConfigError(f"config.mode={mode!r} is not one of {MODES}.")
     workdir = pathlib.Path(workdir)
-    if mode != "train" and kind != "compare" and not workdir.is_dir():  # before the lock makes it
+    if mode != "train" and kind != "compare" and (trouble := _not_a_run(workdir)):  # before the lock makes or marks it
         raise ConfigError(
-            f"--workdir={workdir} does not exist: {mode} reads a trained run's folder; check the path, or train first."
+            f"--workdir={workdir} {trouble}: {mode} reads a trained run's folder; check the path, or train first."
         )
     uses_jax = kind == "cnn" or (
         kind == "compare" and any(m.enabled and m.kind == "cnn" for m in config.members.values())
@@ -73,6 +73,17 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, given: C
                 logging.warning("The full disk's error: %s: %s", type(e).__name__, e, extra=LOG_FILE_ONLY)
                 raise files.disk_full_error(workdir, doing) from e
             raise
+
+
+def _not_a_run(workdir: pathlib.Path) -> str | None:
+    """Why `workdir` holds no run to evaluate or predict with (None where it may): a run's folder holds its
+    config.json, its checkpoints or its fitted model (a copy may lack its config.json)."""
+    if not workdir.is_dir():
+        return "does not exist"
+    marks = (config_lib.CONFIG_FILE, config_lib.CHECKPOINTS_DIR, config_lib.MODEL_FILE)
+    if not any((workdir / mark).exists() for mark in marks):
+        return f"holds no run (no {', '.join(marks[:-1])} or {marks[-1]})"
+    return None
 
 
 def _outermost_missing(path: pathlib.Path) -> pathlib.Path | None:

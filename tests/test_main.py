@@ -169,11 +169,19 @@ def test_evaluate_or_predict_where_nothing_trained_is_one_line_and_makes_nothing
     )
     assert not typo.exists()
     (tmp_path / "empty").mkdir()
+    result = run_main("--config=configs/cnn.py", f"--workdir={tmp_path / 'empty'}", "--config.mode=predict")
+    assert result.returncode == 2 and last_line(result.stderr) == (
+        f"error: --workdir={tmp_path / 'empty'} holds no run (no config.json, checkpoints or model.joblib): predict "
+        "reads a trained run's folder; check the path, or train first."
+    )
+    assert not any((tmp_path / "empty").iterdir())  # no lock, no checkpoints/
+    from benchmarks import common
+
+    config_lib.save_or_check(common.load_config("cnn"), tmp_path / "empty")  # a start stopped before its checkpoints
     result = run_main("--config=configs/cnn.py", f"--workdir={tmp_path / 'empty'}", "--config.mode=evaluate")
     assert result.returncode == 2 and last_line(result.stderr).startswith(
         f"error: no checkpoint in {tmp_path / 'empty' / config_lib.CHECKPOINTS_DIR}: train first"
     )
-    assert [p.name for p in (tmp_path / "empty").iterdir()] == [".lock"]  # no checkpoints/
 
 
 def test_without_jax_the_lead_process_is_told_by_the_launchers_rank(monkeypatch):
@@ -475,6 +483,7 @@ def test_a_damaged_config_json_is_named_with_the_fix_for_a_rerun_and_for_evaluat
     for text, says in (
         ('{"kind": "cnn", ', r"cannot be read as a config \(Expecting"),
         ("[1, 2]", "holds list, not a config"),
+        ("{}", "lacks the field 'kind': it is not a run's config"),
     ):
         path.write_text(text)
         for check in (
