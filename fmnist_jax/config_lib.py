@@ -351,7 +351,11 @@ def put_back_unless_accepted(workdir: str | pathlib.Path, replaced: str | None) 
         yield lambda: accepted.append(True)
     except BaseException:
         if replaced is not None and not accepted:
-            files.atomic_write_text(pathlib.Path(workdir) / CONFIG_FILE, replaced)
+            path = pathlib.Path(workdir) / CONFIG_FILE
+            try:
+                files.atomic_write_text(path, replaced)
+            except OSError as e:  # the start's own error is the one to show
+                logging.warning("%s could not be put back (%s): it holds the refused command's fields", path, e)
         raise
 
 

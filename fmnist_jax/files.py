@@ -109,6 +109,15 @@ def disk_full_error(workdir: str | os.PathLike, doing: str) -> DiskFull:
     )
 
 
+def outermost_missing(path: pathlib.Path) -> pathlib.Path | None:
+    """The outermost of `path` and its parents that does not exist (`path` itself for a new folder in an existing
+    one; runs/a for runs/a/b where runs alone exists); None where `path` exists."""
+    missing = None
+    while not path.exists() and path != path.parent:
+        missing, path = path, path.parent
+    return missing
+
+
 def _holder(path: pathlib.Path) -> str:
     try:
         text = path.read_text(encoding="utf-8").split()

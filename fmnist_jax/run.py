@@ -47,7 +47,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, given: C
         from fmnist_jax import parallel  # JAX only when needed
 
         parallel.maybe_initialize_distributed()  # first: which process leads is JAX's to say from here on
-    made = _outermost_missing(workdir)  # the folder the lock's making of `workdir` will make first, or None
+    made = files.outermost_missing(workdir)  # the folder the lock's making of `workdir` will make first, or None
     with contextlib.ExitStack() as lock:
         if "jax" in sys.modules:  # joined above, or a comparison's baseline member: its processes stop together
             from fmnist_jax import parallel
@@ -75,6 +75,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, given: C
             raise
 
 
+def _config_bytes(workdir: pathlib.Path) -> bytes | None:
+    try:
+        return (workdir / config_lib.CONFIG_FILE).read_bytes()
+    except OSError:
+        return None
+
+
 def _not_a_run(workdir: pathlib.Path) -> str | None:
     """Why `workdir` holds no run to evaluate or predict with (None where it may): a run's folder holds its
     config.json, its checkpoints or its fitted model (a copy may lack its config.json)."""
@@ -84,15 +91,6 @@ def _not_a_run(workdir: pathlib.Path) -> str | None:
     if not any((workdir / mark).exists() for mark in marks):
         return f"holds no run (no {', '.join(marks[:-1])} or {marks[-1]})"
     return None
-
-
-def _outermost_missing(path: pathlib.Path) -> pathlib.Path | None:
-    """The outermost of `path` and its parents that does not exist (`path` itself for a new folder in an existing
-    one; runs/a for runs/a/b where runs alone exists); None where `path` exists."""
-    missing = None
-    while not path.exists() and path != path.parent:
-        missing, path = path, path.parent
-    return missing
 
 
 @contextlib.contextmanager
@@ -330,13 +328,21 @@ def _run_compare(
         timing.start_up()  # the process's start-up is the comparison's: no member's seconds (before_run) hold it
     for member in {m.name: m for m in to_run}.values():  # each member's config once (seeds differ in the seed)
         _check_member(member)
-    config_lib.save_or_check(config, workdir)  # on every process, as each member's run: the same refusal for all
-    for member, finished in zip(runs, reused, strict=True):
-        if finished:
-            logging.info("%s, seed %d: reusing the finished run in %s", member.name, member.seed, member.workdir)
-        else:  # on every process, baselines too: none may end early, JAX's exit waits for all of them
-            logging.info("%s, seed %d: running in %s", member.name, member.seed, member.workdir)
-            run(member.config, member.workdir)
+    replaced = config_lib.save_or_check(config, workdir)  # on every process, as each member's run: the same refusal
+    members_before = {member.workdir: _config_bytes(member.workdir) for member in to_run}
+    with config_lib.put_back_unless_accepted(workdir, replaced) as accept:
+        try:
+            for member, finished in zip(runs, reused, strict=True):
+                if finished:
+                    logging.info(
+                        "%s, seed %d: reusing the finished run in %s", member.name, member.seed, member.workdir
+                    )
+                else:  # on every process, baselines too: none may end early, JAX's exit waits for all of them
+                    logging.info("%s, seed %d: running in %s", member.name, member.seed, member.workdir)
+                    run(member.config, member.workdir)
+        finally:  # a member that took the new config keeps it in the comparison's; members all as they were: put back
+            if any(_config_bytes(folder) != text for folder, text in members_before.items()):
+                accept()
     paths = report.build([member.workdir for member in runs], workdir)
     logging.info("Report: %s, %s and %s", paths["markdown"], paths["html"], paths["json"])
     results: dict[str, dict[int, Any]] = {}

@@ -1,6 +1,8 @@
 """baselines.py: estimators built from config, fitted, scored with the shared metrics, reused, errors."""
 
+import errno
 import json
+import logging
 import subprocess
 import sys
 
@@ -10,7 +12,7 @@ import pytest
 import sklearn
 from helpers import ROOT, last_line, load_config
 
-from fmnist_jax import baselines, data, metrics, run
+from fmnist_jax import baselines, data, files, metrics, run
 from fmnist_jax.errors import ConfigError, DataError
 
 
@@ -63,9 +65,10 @@ def test_forest_trains_scores_and_is_reused(tiny_data, tmp_path):
     assert (tmp_path / "results.json").stat().st_mtime_ns == stamp
 
 
-def test_a_refused_rerun_leaves_the_runs_config_as_it_was(tiny_data, tmp_path):
+def test_a_refused_rerun_leaves_the_runs_config_as_it_was(tiny_data, tmp_path, monkeypatch, caplog):
     """A rerun with another data.dir (operational: allowed) that cannot read its data is refused and leaves
-    config.json as it was, naming the data the model was fitted on; the first command then scores that model."""
+    config.json as it was, naming the data the model was fitted on; the first command then scores that model. Where
+    config.json cannot be put back, the refusal is still the error shown, the failed put-back a warning."""
     config = tiny("random_forest", tiny_data, **{"model.n_estimators": 5})
     trained = run.run(config, tmp_path)
     (tmp_path / metrics.RESULTS_FILE).unlink()  # as if stopped between the fit and its scores
@@ -73,6 +76,21 @@ def test_a_refused_rerun_leaves_the_runs_config_as_it_was(tiny_data, tmp_path):
     with pytest.raises(DataError, match="no_data"):
         run.run(tiny("random_forest", tmp_path / "no_data", **{"model.n_estimators": 5}), tmp_path)
     assert (tmp_path / "config.json").read_bytes() == saved
+    real_write, written = files.atomic_write_text, []
+
+    def full_at_the_second(path, text):  # config.json written, then not put back: the disk filled meanwhile
+        written.append(path)
+        if len(written) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, text)
+
+    monkeypatch.setattr(files, "atomic_write_text", full_at_the_second)
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(DataError, match="no_data"):  # the start's own error, not the put-back's
+        run.run(tiny("random_forest", tmp_path / "no_data", **{"model.n_estimators": 5}), tmp_path)
+    assert written == [tmp_path / "config.json"] * 2 and "No space left" in caplog.text
+    assert f"{tmp_path / 'config.json'} could not be put back" in caplog.text
+    monkeypatch.undo()
     assert run.run(config, tmp_path)["test_accuracy"] == trained["test_accuracy"]
 
 

@@ -554,6 +554,7 @@ def test_a_run_cannot_be_shortened_below_its_newest_checkpoint(two_epoch_run, tm
     (stopped / "history.jsonl").unlink()  # without it, the restore finds the checkpoint past the end
     with pytest.raises(ConfigError, match=r"checkpoint 6 in .* past the run's last step, 4 \(config.num_epochs=1\)"):
         run.run(config, stopped)
+    assert (stopped / "config.json").read_text() == saved  # written for the restore, then put back
 
 
 def test_evaluate_from_a_checkpoint(two_epoch_run):

@@ -9,6 +9,7 @@ import re
 import shutil
 import sys
 
+import helpers
 import joblib
 import ml_collections
 import numpy as np
@@ -483,6 +484,24 @@ def test_a_members_bad_field_stops_the_comparison_before_anything_trains(tiny_da
     assert "e.g. --config.members.random_forest_search.search.factor=3." in str(failed.value)
 
 
+def test_a_refused_rerun_of_a_comparison_leaves_every_config_json_as_it_was(comparison, tiny_data, tmp_path):
+    """More epochs for the CNN, allowed on resume, but on other data: its run is refused, and neither its config.json
+    nor the comparison's keeps the refused command's fields, so the first command reruns as before."""
+    config, workdir, results = comparison
+    shutil.copytree(workdir, tmp_path / "compare")
+    configs = sorted((tmp_path / "compare").glob("**/config.json"))
+    before = [path.read_bytes() for path in configs]
+    other = helpers.write_idx_dataset(tmp_path / "other", n_train=320, n_test=100, seed=1)  # tiny_data's sizes
+    more = ml_collections.ConfigDict(config.to_dict())
+    more.resume_with_changes = more.members.cnn.resume_with_changes = True
+    more.members.cnn.num_epochs = config.quick_overrides.cnn.num_epochs + 1  # over quick's, as a flag
+    more.members.cnn.data.dir = str(other)
+    with pytest.raises(ConfigError, match=r"seed_0/checkpoints was trained on other data: t10k-images-idx3-ubyte"):
+        run.run(more, tmp_path / "compare", given={"members.cnn.num_epochs", "members.cnn.data.dir"})
+    assert len(configs) == 7 and [path.read_bytes() for path in configs] == before
+    assert run.run(config, tmp_path / "compare") == results
+
+
 def test_a_comparison_takes_other_seeds_and_members_reusing_its_runs(comparison, tmp_path):
     """Seeds and members are the comparison's choice, not its runs' settings: fewer seeds, or a member left out,
     reuses the finished runs there are (each run's own config.json guards what it computed)."""
@@ -602,10 +621,12 @@ def test_a_report_folder_that_cannot_be_made_is_named_and_one_that_failed_half_w
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(report_plots, "plot_samples", fails)  # the last figure: the others are written by then
-    for out in (tmp_path / "new", tmp_path / "kept"):
+    (tmp_path / "empty").mkdir()
+    for out in (tmp_path / "new" / "report", tmp_path / "empty", tmp_path / "kept"):
         with pytest.raises(OSError, match="No space left"):
             report.build([workdir / "linear_svm" / "seed_0"], out)
-    assert not (tmp_path / "new").exists() and snapshot(tmp_path / "kept").keys() == before.keys()
+    assert not (tmp_path / "new").exists() and not any((tmp_path / "empty").iterdir())
+    assert snapshot(tmp_path / "kept").keys() == before.keys()
 
 
 def test_report_json_holds_every_number_the_report_shows(comparison):

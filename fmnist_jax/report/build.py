@@ -297,7 +297,7 @@ def build(workdirs: Sequence[str | pathlib.Path], out: str | pathlib.Path) -> di
     models = load_models(workdirs)
     out = pathlib.Path(out)
     pairs = tables.compare_pairs(models)  # which refuses runs scored on other test images
-    new = not out.exists()
+    made = files.outermost_missing(out / "plots")  # what a failed build removes: out/plots, out or a parent of it
     plots_folder = _make_folder(out / "plots")
     try:
         ctx = Context(models, pairs, plots_folder)
@@ -308,7 +308,7 @@ def build(workdirs: Sequence[str | pathlib.Path], out: str | pathlib.Path) -> di
         files.atomic_write_text(paths["markdown"], markdown(blocks, out))
         files.atomic_write_text(paths["html"], html_page(blocks, TITLE))
     except BaseException:
-        if new:  # a report that failed half-way leaves no folder it made; an earlier report's stays
-            shutil.rmtree(out, ignore_errors=True)
+        if made:  # a report that failed half-way leaves no folder it made; an earlier report's stays
+            shutil.rmtree(made, ignore_errors=True)
         raise
     return {**paths, "plots": plots_folder}
