@@ -299,9 +299,10 @@ def _what(config: Mapping[str, Any]) -> str:
     return f"{config.get('kind')} ({name})" if name else str(config.get("kind"))
 
 
-def save_or_check(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> str | None:
+def save_or_check(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, write: bool = True) -> str | None:
     """Writes `workdir/config.json`, or checks the one there matches `config` (see the module docstring); returns
-    the text of the config.json it replaced (other operational fields, or changes allowed on resume), else None."""
+    the text of the config.json it replaced (other operational fields, or changes allowed on resume), else None.
+    Without `write` (a process of a job other than the one that writes), only checks."""
     workdir = pathlib.Path(workdir)
     path = workdir / CONFIG_FILE
     requested = to_dict(config)
@@ -331,6 +332,8 @@ def save_or_check(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
                 raise ConfigError(why)
         elif saved == requested:
             return None
+    if not write:
+        return None
     replaced = path.read_text(encoding="utf-8") if path.exists() else None
     try:
         workdir.mkdir(parents=True, exist_ok=True)

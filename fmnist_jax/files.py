@@ -14,6 +14,7 @@ import errno
 import fcntl
 import os
 import pathlib
+import shutil
 import socket
 import sys
 import tempfile
@@ -116,6 +117,19 @@ def outermost_missing(path: pathlib.Path) -> pathlib.Path | None:
     while not path.exists() and path != path.parent:
         missing, path = path, path.parent
     return missing
+
+
+def remove_made(path: pathlib.Path, made: pathlib.Path) -> None:
+    """Removes `path` whole, then its parents up to `made` (the outermost folder a command made for it:
+    `outermost_missing`) while they are empty: one that another command has put something in meanwhile stays."""
+    with contextlib.suppress(OSError):
+        shutil.rmtree(path)
+        for parent in path.parents:
+            if parent.name == "..":  # runs/a/../b: a, made on the way, is the next one
+                continue
+            if made not in (parent, *parent.parents):
+                break
+            parent.rmdir()
 
 
 def _holder(path: pathlib.Path) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import pathlib
-import shutil
 import sys
 from collections.abc import Collection, Iterator
 from typing import Any
@@ -75,11 +74,16 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, given: C
             raise
 
 
-def _config_bytes(workdir: pathlib.Path) -> bytes | None:
+def _saved_config(workdir: pathlib.Path) -> dict | None:
     try:
-        return (workdir / config_lib.CONFIG_FILE).read_bytes()
-    except OSError:
+        return config_lib.read_saved(workdir / config_lib.CONFIG_FILE)
+    except ConfigError:
         return None
+
+
+def _took_new_fields(before: dict | None, after: dict | None) -> bool:
+    """Whether a member's config.json changed in what it computes (a reused run's operational fields do not count)."""
+    return (before is None) != (after is None) or bool(before and after and config_lib.diff(before, after))
 
 
 def _not_a_run(workdir: pathlib.Path) -> str | None:
@@ -104,15 +108,9 @@ def _removed_if_unused(workdir: pathlib.Path, made: pathlib.Path) -> Iterator[No
     except Interrupted:
         raise
     except Exception:
-        with contextlib.suppress(OSError):  # a parent another run has filled since stays
+        with contextlib.suppress(OSError):
             if _unused(workdir):
-                shutil.rmtree(workdir)
-                for parent in workdir.parents:
-                    if parent.name == "..":  # runs/a/../b: a, made on the way, is the next one
-                        continue
-                    if made not in (parent, *parent.parents):
-                        break
-                    parent.rmdir()
+                files.remove_made(workdir, made)
         raise
 
 
@@ -328,8 +326,9 @@ def _run_compare(
         timing.start_up()  # the process's start-up is the comparison's: no member's seconds (before_run) hold it
     for member in {m.name: m for m in to_run}.values():  # each member's config once (seeds differ in the seed)
         _check_member(member)
-    replaced = config_lib.save_or_check(config, workdir)  # on every process, as each member's run: the same refusal
-    members_before = {member.workdir: _config_bytes(member.workdir) for member in to_run}
+    lead = files.is_lead_process()  # it alone writes config.json; every process checks it, as each member's run
+    replaced = config_lib.save_or_check(config, workdir, write=lead)
+    members_before = {member.workdir: _saved_config(member.workdir) for member in to_run}
     with config_lib.put_back_unless_accepted(workdir, replaced) as accept:
         try:
             for member, finished in zip(runs, reused, strict=True):
@@ -340,8 +339,8 @@ def _run_compare(
                 else:  # on every process, baselines too: none may end early, JAX's exit waits for all of them
                     logging.info("%s, seed %d: running in %s", member.name, member.seed, member.workdir)
                     run(member.config, member.workdir)
-        finally:  # a member that took the new config keeps it in the comparison's; members all as they were: put back
-            if any(_config_bytes(folder) != text for folder, text in members_before.items()):
+        finally:  # a member that took new fields keeps them in the comparison's; members all as they were: put back
+            if any(_took_new_fields(before, _saved_config(folder)) for folder, before in members_before.items()):
                 accept()
     paths = report.build([member.workdir for member in runs], workdir)
     logging.info("Report: %s, %s and %s", paths["markdown"], paths["html"], paths["json"])

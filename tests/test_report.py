@@ -502,6 +502,16 @@ def test_a_refused_rerun_of_a_comparison_leaves_every_config_json_as_it_was(comp
     assert run.run(config, tmp_path / "compare") == results
 
 
+def test_a_members_config_json_rewritten_for_operational_fields_alone_keeps_nothing_new():
+    """Whether a comparison refused part-way keeps the refused command's fields: only where a member's config.json
+    took fields that change what it computes (a reused run's config.json is rewritten with its new data.dir)."""
+    member = config_lib.to_dict(load_config("cnn"))
+    moved = {**member, "data": {**member["data"], "dir": "/elsewhere"}, "eval_batch_size": 25}
+    longer = {**member, "num_epochs": member["num_epochs"] + 1}
+    assert not run._took_new_fields(member, moved) and not run._took_new_fields(None, None)
+    assert run._took_new_fields(member, longer) and run._took_new_fields(None, member)
+
+
 def test_a_comparison_takes_other_seeds_and_members_reusing_its_runs(comparison, tmp_path):
     """Seeds and members are the comparison's choice, not its runs' settings: fewer seeds, or a member left out,
     reuses the finished runs there are (each run's own config.json guards what it computed)."""
@@ -618,14 +628,16 @@ def test_a_report_folder_that_cannot_be_made_is_named_and_one_that_failed_half_w
     before = snapshot(tmp_path / "kept")
 
     def fails(*args):
+        (tmp_path / "new" / "other").mkdir(parents=True, exist_ok=True)  # another command's, made meanwhile
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(report_plots, "plot_samples", fails)  # the last figure: the others are written by then
     (tmp_path / "empty").mkdir()
-    for out in (tmp_path / "new" / "report", tmp_path / "empty", tmp_path / "kept"):
+    for out in (tmp_path / "deep" / "er", tmp_path / "new" / "report", tmp_path / "empty", tmp_path / "kept"):
         with pytest.raises(OSError, match="No space left"):
             report.build([workdir / "linear_svm" / "seed_0"], out)
-    assert not (tmp_path / "new").exists() and not any((tmp_path / "empty").iterdir())
+    assert not (tmp_path / "deep").exists() and [p.name for p in (tmp_path / "new").iterdir()] == ["other"]
+    assert not any((tmp_path / "empty").iterdir())
     assert snapshot(tmp_path / "kept").keys() == before.keys()
 
 

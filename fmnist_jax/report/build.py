@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import shutil
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -309,6 +308,6 @@ def build(workdirs: Sequence[str | pathlib.Path], out: str | pathlib.Path) -> di
         files.atomic_write_text(paths["html"], html_page(blocks, TITLE))
     except BaseException:
         if made:  # a report that failed half-way leaves no folder it made; an earlier report's stays
-            shutil.rmtree(made, ignore_errors=True)
+            files.remove_made(plots_folder if made == plots_folder else out, made)
         raise
     return {**paths, "plots": plots_folder}
