@@ -199,6 +199,14 @@ def read_saved(path: pathlib.Path) -> dict[str, Any]:
     return saved
 
 
+def saved_or_none(workdir: pathlib.Path) -> dict[str, Any] | None:
+    """`workdir`'s config.json (`read_saved`), or None where it has none, or none that can be read."""
+    try:
+        return read_saved(workdir / CONFIG_FILE)
+    except ConfigError:
+        return None
+
+
 def trained_fields(
     config: ml_collections.ConfigDict,
     workdir: str | pathlib.Path,

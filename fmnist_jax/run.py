@@ -74,13 +74,6 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, given: C
             raise
 
 
-def _saved_config(workdir: pathlib.Path) -> dict | None:
-    try:
-        return config_lib.read_saved(workdir / config_lib.CONFIG_FILE)
-    except ConfigError:
-        return None
-
-
 def _took_new_fields(before: dict | None, after: dict | None) -> bool:
     """Whether a member's config.json changed in what it computes (a reused run's operational fields do not count)."""
     return (before is None) != (after is None) or bool(before and after and config_lib.diff(before, after))
@@ -328,7 +321,7 @@ def _run_compare(
         _check_member(member)
     lead = files.is_lead_process()  # it alone writes config.json; every process checks it, as each member's run
     replaced = config_lib.save_or_check(config, workdir, write=lead)
-    members_before = {member.workdir: _saved_config(member.workdir) for member in to_run}
+    members_before = {member.workdir: config_lib.saved_or_none(member.workdir) for member in to_run}
     with config_lib.put_back_unless_accepted(workdir, replaced) as accept:
         try:
             for member, finished in zip(runs, reused, strict=True):
@@ -340,7 +333,9 @@ def _run_compare(
                     logging.info("%s, seed %d: running in %s", member.name, member.seed, member.workdir)
                     run(member.config, member.workdir)
         finally:  # a member that took new fields keeps them in the comparison's; members all as they were: put back
-            if any(_took_new_fields(before, _saved_config(folder)) for folder, before in members_before.items()):
+            if any(
+                _took_new_fields(before, config_lib.saved_or_none(folder)) for folder, before in members_before.items()
+            ):
                 accept()
     paths = report.build([member.workdir for member in runs], workdir)
     logging.info("Report: %s, %s and %s", paths["markdown"], paths["html"], paths["json"])

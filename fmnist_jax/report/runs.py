@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from fmnist_jax import config_lib, metrics, stats
-from fmnist_jax.errors import ConfigError, ResultsError
+from fmnist_jax.errors import ResultsError
 
 # Test accuracies the original study published, by model name.
 PUBLISHED = {"seed_cnn": 0.8997, "random_forest": 0.879, "linear_svm": 0.76}
@@ -122,11 +122,8 @@ def read_settings(workdir: pathlib.Path, scored_apart: bool) -> dict[str, Any] |
     """What a run computed, from its config.json: every field but the seed, the checkpointing and the operational
     ones (speed, output, where the data lies); None for a folder without a readable config.json. An earlier
     checkpoint scored apart (`scored_apart`, an evaluate_step_N/ folder) is the run's around it."""
-    path = (workdir.parent if scored_apart else workdir) / config_lib.CONFIG_FILE
-    try:
-        return _computed(config_lib.read_saved(path)) if path.exists() else None
-    except ConfigError:
-        return None
+    saved = config_lib.saved_or_none(workdir.parent if scored_apart else workdir)
+    return None if saved is None else _computed(saved)
 
 
 @functools.cache
