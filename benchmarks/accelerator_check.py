@@ -51,6 +51,7 @@ def train_checks(
             check="train",
             model=model,
             batch=batch,
+            compute_dtype=config.compute_dtype,
             devices=mesh.devices.size,
             data=arrays.source,
             steps=timing.steps,
@@ -98,12 +99,16 @@ def devices_agree_check(config: ml_collections.ConfigDict, arrays: common.Arrays
 
 
 def bfloat16_check(
-    config: ml_collections.ConfigDict, arrays: common.Arrays, float32: common.Timing, *, steps: int, k: int
+    config: ml_collections.ConfigDict, arrays: common.Arrays, own: common.Timing, *, steps: int, k: int
 ) -> None:
-    """bfloat16's training images/s and mean loss against float32's (`float32`) at the config's batch."""
-    bfloat16 = common.time_training(
-        common.with_fields(config, compute_dtype="bfloat16"), arrays.train, steps=steps, steps_per_call=k
+    """bfloat16's training images/s and mean loss against float32's at the config's batch: the config's own
+    `compute_dtype` is its train line's timing (`own`), the other is timed here."""
+    other = "bfloat16" if config.compute_dtype == "float32" else "float32"
+    timed = common.time_training(
+        common.with_fields(config, compute_dtype=other), arrays.train, steps=steps, steps_per_call=k
     )
+    by_dtype = {config.compute_dtype: own, other: timed}
+    float32, bfloat16 = by_dtype["float32"], by_dtype["bfloat16"]
     batch = config.batch_size
     rates = {"float32": round(batch / float32.step_seconds), "bfloat16": round(batch / bfloat16.step_seconds)}
     common.emit(

@@ -18,6 +18,7 @@ import os
 import pathlib
 import time
 from collections.abc import Iterator, Sequence
+from importlib import metadata
 from typing import Any
 
 import jax
@@ -163,14 +164,21 @@ def with_fields(config: ml_collections.ConfigDict, **fields: Any) -> ml_collecti
 # What a figure is printed with
 
 
+VERSIONED = ("jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")  # beside jax, what a step's speed depends on
+
+
 @functools.cache
 def machine_fields() -> dict[str, Any]:
-    """The machine a figure comes from: `machine.describe()` with the jax version, backend and device count."""
+    """The machine a figure comes from: `machine.describe()` (the CPU) with the backend, its devices' kind and count
+    (a GPU's name), the jax version and the others that set a step's speed, and XLA_FLAGS as given."""
     return {
         **machine.describe(),
         "jax": jax.__version__,
         "backend": jax.default_backend(),
         "devices": jax.device_count(),
+        "device_kind": jax.devices()[0].device_kind,
+        "versions": {name: metadata.version(name) for name in VERSIONED},
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
 
 
@@ -245,6 +253,13 @@ class Trainer:
         return self.programs.train(self.k)(
             state, self.inputs, np.int32(first), np.int32(first % (self.batches - self.k + 1))
         )
+
+
+def warmed(run: Trainer) -> Trainer:
+    """`run` once its first call has run from a copy of its fresh state (compiled, its memory touched): a timing
+    after it is like any later one."""
+    jax.block_until_ready(run.call(jax.device_put(run.state, may_alias=False), 0))
+    return run
 
 
 def trainer(

@@ -53,6 +53,10 @@ case "${1:-}" in
   *) usage ;;
 esac
 STEPS=${*:-env check start loop resume speedrun}
+KNOWN="env check start loop resume speedrun fast95 wide wide0 wide1 wide2"
+for s in $STEPS; do  # all named right before any spends device time
+  case " $KNOWN " in *" $s "*) ;; *) echo "error: unknown step $s (the steps: $KNOWN)" >&2; exit 2 ;; esac
+done
 WORK=${DEVICE_WORK:-/tmp/fmnist_device}
 mkdir -p "$OUT" "$WORK"
 PY=${PYTHON:-python3}
@@ -100,7 +104,8 @@ for s in $STEPS; do
   case $s in
     env)
       step env 60 bash -c "nvidia-smi; grep -m1 'model name' /proc/cpuinfo; nproc; $PY -c 'import jax, flax, optax, \
-orbax.checkpoint as o; print(jax.devices(), jax.__version__, flax.__version__, optax.__version__, o.__version__)'" ;;
+orbax.checkpoint as o; print(jax.devices(), jax.__version__, flax.__version__, optax.__version__, o.__version__)'; \
+$PY -m pip list 2>/dev/null | grep -i -E '^(jax|jaxlib|jax-cuda|nvidia-cudnn|nvidia-cublas)'" ;;
     check)
       if [ "$LIMIT" = 1 ]; then extra=(--steps=5 --large_batch=128); else extra=(); fi
       step check 240 $PY -m benchmarks accelerator_check "${extra[@]}" ;;
@@ -162,7 +167,6 @@ orbax.checkpoint as o; print(jax.devices(), jax.__version__, flax.__version__, o
         cp "$WORK/runs/wide_$v/results.json" "$WORK/wide_$v.json" 2>/dev/null
         cp "$WORK/runs/wide_$v/history.jsonl" "$WORK/wide_$v.history.jsonl" 2>/dev/null
       done ;;
-    *) echo "unknown step $s (env check start loop resume speedrun fast95 wide wide0 wide1 wide2)" >&2; exit 2 ;;
   esac
   bring_back  # with the results.json kept after its last step
 done

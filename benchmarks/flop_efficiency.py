@@ -135,6 +135,8 @@ def parse(argv: Sequence[str] | None):
     if args.matmul_seconds <= 0 or args.product_seconds <= 0:
         parser.error("--matmul_seconds and --product_seconds must be above 0")
     dtypes = tuple(args.compute_dtype.split(","))
+    if given := [o for o in overrides["config"] if o.split("=", 1)[0] == "--config.compute_dtype"]:
+        parser.error(f"{given[-1]}: each dtype of --compute_dtype is measured; set it there (--compute_dtype=bfloat16)")
     for dtype in dtypes:
         if dtype not in COMPUTE_DTYPES:
             parser.error(f"--compute_dtype: {dtype!r} is not float32 or bfloat16")

@@ -19,8 +19,10 @@ import tempfile
 import time
 from collections.abc import Sequence
 
+import jax
+
 from benchmarks import common
-from fmnist_jax import metrics, timing
+from fmnist_jax import compile_cache, metrics, timing
 from fmnist_jax.training.loop import train_and_evaluate
 
 
@@ -33,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     common.check_at_least(parser, args, "steps")
     with common.usage_errors(parser):
         config = common.cnn_config(args.config, overrides["config"])
+    cache = compile_cache.set_up(config.compilation_cache, jax.default_backend())  # as main.py runs it
     arrays = common.load_arrays(config)
     before = common.time_training(config, arrays.train, steps=args.steps)
     with tempfile.TemporaryDirectory(prefix="fmnist-loop-") as folder:
@@ -67,4 +70,5 @@ def main(argv: Sequence[str] | None = None) -> None:
         compilation_by_phase=seconds["compilation_by_phase"],
         test_accuracy=results["test_accuracy"],
         data=arrays.source,
+        compilation_cache=cache,
     )

@@ -7,12 +7,13 @@ r"""Train-step times of a config and its variants, alternated in one sitting: an
 Times `--config` ("base"), each `--variant` (LABEL:FIELD=VALUE[;FIELD=VALUE...], the config with those fields changed)
 and `--other` (another CNN config, as it is) in turn, `--rounds` times: each timing is a warm-up call, then the
 package's train call for about `--images` training images, from the config's fresh state. Each config's train call is
-built and compiled once, in its first round's warm-up call, and reused by the later rounds. Alternating spreads a shared
-machine's drift over all of them, which timing each once, one after the other, would pin on whichever ran in a slow
-minute. One JSON line per timing (round, label, ms per step, us per image), then the medians over the rounds, each
-relative to the base's per image, and with `--other` the ratio of the whole runs' training times (each config's steps,
-its epochs times its steps per epoch, times its step time) per round and its median. Compilation is left out.
-`--config.FIELD=VALUE` overrides the base and its variants, `--other.FIELD=VALUE` the other config.
+built, compiled and run once before the first round, and reused by every round; each round starts one config further
+along. Alternating spreads a shared machine's drift over all of them, which timing each once, one after the other, would
+pin on whichever ran in a slow minute. One JSON line per timing (round, label, ms per step, us per image), then the
+medians over the rounds, each relative to the base's per image, and with `--other` the ratio of the whole runs' training
+times (each config's steps, its epochs times its steps per epoch, times its step time) per round and its median.
+Compilation is left out. `--config.FIELD=VALUE` overrides the base and its variants, `--other.FIELD=VALUE` the other
+config.
 """
 
 from __future__ import annotations
@@ -62,12 +63,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             configs[args.other] = common.cnn_config(args.other, overrides["other"], flag="other", prefix="other")
     arrays = {label: common.load_arrays(config) for label, config in configs.items()}
     seconds: dict[str, list[float]] = {label: [] for label in configs}  # per step
-    trainers: dict[str, common.Trainer] = {}  # each built, and its train call compiled, in the first round
+    trainers: dict[str, common.Trainer] = {}  # each built, its train call compiled and run once, before any timing
+    for label, config in configs.items():
+        trainers[label] = common.warmed(common.trainer(config, arrays[label].train))
+    labels = list(configs)
     for round_ in range(args.rounds):
-        for label, config in configs.items():
+        turn = round_ % len(labels)  # each round starts one further along: no label always times first
+        for label in labels[turn:] + labels[:turn]:
+            config = configs[label]
             steps = max(1, args.images // config.batch_size)
-            if label not in trainers:
-                trainers[label] = common.trainer(config, arrays[label].train)
             step = common.time_training(config, arrays[label].train, steps=steps, run=trainers[label]).step_seconds
             seconds[label].append(step)
             common.emit(

@@ -31,10 +31,11 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import jax
 import ml_collections
 
 from benchmarks import common
-from fmnist_jax import metrics
+from fmnist_jax import compile_cache, metrics
 from fmnist_jax.training.loop import train_and_evaluate
 
 PER_SEED = ("test_accuracy", "wall_seconds", "train_seconds", "compile_seconds", "images_per_second")
@@ -62,8 +63,10 @@ def fresh_workdir(kept: list[pathlib.Path] | None, seed: int) -> Iterator[pathli
 
 
 def run_seed(config: ml_collections.ConfigDict, seed: int, workdir: pathlib.Path) -> dict[str, Any]:
-    """One whole run of `config` with `config.seed` = `seed` in `workdir`, and its figures."""
+    """One whole run of `config` with `config.seed` = `seed` in `workdir`, and its figures; compiled programs kept
+    where main.py would keep them (`config.compilation_cache`)."""
     config = common.with_fields(config, seed=seed)
+    cache = compile_cache.set_up(config.compilation_cache, jax.default_backend())
     start = time.perf_counter()
     results = train_and_evaluate(config, workdir)
     wall = time.perf_counter() - start
@@ -77,6 +80,7 @@ def run_seed(config: ml_collections.ConfigDict, seed: int, workdir: pathlib.Path
         "train_seconds": round(results["train_seconds"], 3),
         "compile_seconds": round(compiled["compilation"], 3),
         "compilations": compiled["compilations"],
+        "compilation_cache": cache,
         "images_per_second": round(steps * config.batch_size / results["train_seconds"], 1),
         "steps": steps,
         "batch_size": config.batch_size,

@@ -323,10 +323,11 @@ def assert_every_check_reported(
         assert agree["same"] is (abs(many - one) <= 1e-8 + 1e-4 * abs(one))  # np.allclose(rtol=1e-4)
     else:
         assert agree["skipped"] == "one device: nothing to compare"
-    bf16 = rows["bfloat16"][0]
-    assert train[0]["mean_loss"] == pytest.approx(bf16["mean_loss"]["float32"], abs=1e-5)
+    bf16, own = rows["bfloat16"][0], train[0]["compute_dtype"]  # the config's dtype: its train line's timing
+    assert {r["compute_dtype"] for r in train} == {config.compute_dtype}
+    assert train[0]["mean_loss"] == pytest.approx(bf16["mean_loss"][own], abs=1e-5)
     rates = bf16["images_per_second"]
-    assert rates["float32"] == train[0]["images_per_second"]
+    assert rates[own] == train[0]["images_per_second"]
     within = quotient_error(rates["bfloat16"], rates["float32"], rounded(0), rounded(0)) + rounded(2)
     assert rates["bfloat16"] > 0 and bf16["speedup"] == pytest.approx(rates["bfloat16"] / rates["float32"], abs=within)
     assert bf16["mean_loss"]["bfloat16"] == pytest.approx(bf16["mean_loss"]["float32"], rel=0.05)

@@ -11,6 +11,7 @@ import functools
 import importlib
 import io
 import json
+import os
 import pathlib
 import re
 import statistics
@@ -36,7 +37,7 @@ from benchmarks import (
     time_to_accuracy,
     train_speed,
 )
-from fmnist_jax import data, machine, metrics, ops
+from fmnist_jax import compile_cache, data, machine, metrics, ops
 
 
 def tiny(data_dir: pathlib.Path, prefix: str = "config") -> list[str]:
@@ -150,6 +151,11 @@ def test_another_configs_refusal_names_its_own_flag():
         (flop_efficiency, ["--configs=cnn,vgg_bnn"], "--configs=vgg_bnn: there is no configs/vgg_bnn.py"),
         (flop_efficiency, ["--configs=linear_svm"], "--configs=linear_svm is not a CNN's config"),
         (flop_efficiency, ["--compute_dtype=float32,bf16"], "'bf16' is not float32 or bfloat16"),
+        (
+            flop_efficiency,
+            ["--config.compute_dtype=bfloat16"],  # once measured as float32 without a word
+            "--config.compute_dtype=bfloat16: each dtype of --compute_dtype is measured; set it there",
+        ),
         (flop_efficiency, ["--matmul_seconds=0"], "--matmul_seconds and --product_seconds must be above 0"),
         (train_speed, ["--steps=0"], "--steps=0 must be at least 1"),
         (train_speed, ["--config.num_epochs", "2"], "--config.num_epochs: write the override as"),
@@ -193,16 +199,29 @@ def test_time_to_accuracy_refuses_a_kept_workdir_that_exists(capsys, tmp_path):
     assert not (tmp_path / "seed_0").exists()
 
 
-def test_every_line_carries_the_machine_it_was_measured_on(capsys):
+def test_every_line_carries_the_machine_it_was_measured_on(capsys, monkeypatch):
+    """The CPU, the devices (a GPU's name), the versions a step's speed depends on and the XLA flags it ran with."""
+    import flax
+    import jaxlib
+    import optax
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_max_isa=AVX2")  # read as the line is printed (cached for the process)
+    common.machine_fields.cache_clear()
     common.emit(figure=1.5)
+    common.machine_fields.cache_clear()
     line = json.loads(capsys.readouterr().out)
     assert line["figure"] == 1.5
-    assert line["machine"] == {
-        **machine.describe(),
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
-        "devices": jax.device_count(),
-    }
+    fields = line["machine"]
+    assert {k: fields[k] for k in machine.describe()} == machine.describe() and fields["cpu"]
+    assert (fields["jax"], fields["backend"], fields["devices"]) == (
+        jax.__version__,
+        jax.default_backend(),
+        jax.device_count(),
+    )
+    assert fields["device_kind"] == jax.devices()[0].device_kind
+    assert fields["versions"]["flax"] == flax.__version__ and fields["versions"]["optax"] == optax.__version__
+    assert fields["versions"]["jaxlib"] == jaxlib.__version__
+    assert fields["xla_flags"] == "--xla_cpu_max_isa=AVX2"
 
 
 def test_without_data_the_arrays_are_random_images_of_the_configs_sizes(tiny_data, tmp_path, monkeypatch):
@@ -256,12 +275,15 @@ def test_loop_overhead_sets_a_runs_training_time_against_its_steps_times_the_ste
     assert 0 < row["epoch_seconds"]["min"] <= row["epoch_seconds"]["median"] <= row["epoch_seconds"]["max"]
     assert row["epoch_seconds"]["min"] + row["epoch_seconds"]["max"] == pytest.approx(row["train_seconds"])
     assert row["data"].startswith("idx:") and 0 <= row["test_accuracy"] <= 1
+    assert row["compilation_cache"] == os.environ["JAX_COMPILATION_CACHE_DIR"]  # "auto": the one JAX was given
 
 
 def test_time_to_accuracy_reports_each_seeds_run_their_spread_and_the_ratio_to_another_config(
     tiny_data, tmp_path, monkeypatch
 ):
-    args = ["--seeds=2", f"--workdir={tmp_path}", "--config.num_epochs=1", *tiny(tiny_data)]
+    cache = tmp_path / "compiled"  # kept where main.py would keep them: here, the folder the config names
+    args = ["--seeds=2", f"--workdir={tmp_path}", "--config.num_epochs=1", f"--config.compilation_cache={cache}"]
+    args += tiny(tiny_data)
     # The other config's own number of epochs: its training split (256 images, 4 steps of 64) 3 times.
     compare = ["--compare=cnn", "--compare_steps=2", *tiny(tiny_data, prefix="compare"), "--compare.num_epochs=3"]
     order = []
@@ -272,7 +294,11 @@ def test_time_to_accuracy_reports_each_seeds_run_their_spread_and_the_ratio_to_a
 
     for name in ("time_other_step", "run_seed"):
         monkeypatch.setattr(time_to_accuracy, name, recorded(name))
-    *seeds, summary, ratio = run(time_to_accuracy, *args, *compare)
+    try:
+        *seeds, summary, ratio = run(time_to_accuracy, *args, *compare)
+    finally:
+        compile_cache.set_up("auto", "cpu")  # back to the session's folder (tests/conftest.py)
+    assert [row["compilation_cache"] for row in seeds] == [str(cache)] * 2 and any(cache.iterdir())
     assert order == ["time_other_step", "run_seed", "run_seed", "time_other_step"]
     assert [row["seed"] for row in seeds] == [0, 1] == summary["seeds"]
     for row in seeds:
@@ -317,8 +343,15 @@ def test_step_times_alternate_the_variants_and_summarise_them_per_image(tiny_dat
         timed.append((fields(config), kwargs["steps"], kwargs["run"], timing.mean_loss))
         return timing
 
+    warmed, real_warmed = [], common.warmed
+
+    def warm(run):
+        warmed.append((run, len(timed)))
+        return real_warmed(run)
+
     monkeypatch.setattr(common, "trainer", trainer)
     monkeypatch.setattr(common, "time_training", time_training)
+    monkeypatch.setattr(common, "warmed", warm)
     # The base and its variants, and the other config (its own overrides, its own 30 epochs): all the study CNN,
     # whose seed 0 and seed 1 models and batch-64 train call the tests above compiled already. The b32 variant
     # changes two fields, one of them outside the program (the number of epochs, under the constant learning
@@ -328,14 +361,18 @@ def test_step_times_alternate_the_variants_and_summarise_them_per_image(tiny_dat
     other = ["--other=cnn", *tiny(tiny_data, prefix="other"), "--rounds=2", "--images=128"]
     *lines, summary = run(step_times, *args, *variants, *other)
     configs = [("cnn", 64, 1e-3, 0, 3), ("cnn", 32, 1e-3, 0, 4), ("cnn", 64, 1e-3, 1, 3), ("cnn", 64, 1e-3, 0, 30)]
-    assert [config for config, _ in built] == configs  # each built once, in the first round
+    assert [config for config, _ in built] == configs  # each built once, before the first round
+    assert warmed == [(run, 0) for _, run in built]  # and run once before any timing: round 0 is like the others
     steps = [2, 4, 2, 2]  # each for about --images images
-    assert [(config, n) for config, n, _, _ in timed] == list(zip(configs, steps, strict=True)) * 2  # alternated
-    assert all(used is run for (*_, used, _), (_, run) in zip(timed, [*built, *built], strict=True))
-    losses = [loss for *_, loss in timed]
-    assert losses[4:] == losses[:4]  # the same steps from the same fresh state, round after round
+    order = [0, 1, 2, 3, 1, 2, 3, 0]  # alternated, the second round one further along
+    assert [(config, n) for config, n, _, _ in timed] == [(configs[i], steps[i]) for i in order]
+    assert all(used is built[i][1] for (*_, used, _), i in zip(timed, order, strict=True))
+    losses = {}
+    for (*_, loss), i in zip(timed, order, strict=True):
+        losses.setdefault(i, []).append(loss)
+    assert all(a == b for a, b in losses.values())  # the same steps from the same fresh state, round after round
     labels = ["base", "b32", "seed 1", "cnn"]
-    assert [(line["round"], line["variant"]) for line in lines] == [(r, label) for r in (0, 1) for label in labels]
+    assert [(line["round"], line["variant"]) for line in lines] == [(i // 4, labels[order[i]]) for i in range(8)]
     for line in lines:
         assert line["config"] == "cnn"
         within = 1000 * rounded(3) / line["batch_size"] + rounded(2)  # from ms (3 digits), printed to 2
@@ -527,13 +564,13 @@ def test_the_product_forms_compute_the_products_of_a_layer_and_are_timed_per_dty
 
 
 def test_the_device_script_parses_and_names_every_step_it_runs():
-    """benchmarks/device_session.sh (run only on a lent GPU): valid bash, and its steps, its error message's list
-    of them and its header's descriptions agree."""
+    """benchmarks/device_session.sh (run only on a lent GPU): valid bash, and its steps, its list of them (checked
+    before any runs) and its header's descriptions agree."""
     script = ROOT / "benchmarks" / "device_session.sh"
     subprocess.run(["bash", "-n", str(script)], check=True)
     text = script.read_text()
     labels = {name for group in re.findall(r"^    ([a-z0-9|]+)\)", text, re.M) for name in group.split("|")}
-    listed = set(re.search(r"unknown step \$s \(([^)]*)\)", text).group(1).split())
+    listed = set(re.search(r'^KNOWN="([^"]*)"$', text, re.M).group(1).split())
     described = set(re.findall(r"^#   ([a-z0-9]+) {2,}", text, re.M))
     assert labels == listed and {"env", "resume", "speedrun", "fast95", "wide0"} <= labels
     assert {re.sub(r"^wide\d$", "wide", name) for name in labels} == described  # wide0-2: `wide`'s parts
@@ -566,3 +603,8 @@ def test_the_device_script_brings_back_two_files_after_a_step_and_stops_at_once_
     )
     assert bare.returncode == 3 and "run `bash benchmarks/device_session.sh prepare`" in last_line(bare.stderr)
     assert list((tmp_path / "bare").iterdir()) == []
+    typo = subprocess.run(  # a step misnamed after a good one: refused before the good one spends device time
+        ["bash", script, "run", str(tmp_path / "typo"), "env", "wide3"], check=False, env=env, capture_output=True
+    )
+    assert typo.returncode == 2 and b"error: unknown step wide3 (the steps: env check" in typo.stderr
+    assert not (tmp_path / "typo").exists()

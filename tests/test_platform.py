@@ -300,12 +300,19 @@ def tiny_cnn(data_dir: pathlib.Path, *fields: str) -> tuple[str, ...]:
     return tuple(f"--config.{field}" for field in base)
 
 
-def test_the_accelerator_check_runs_on_one_device_and_reports_each_figure(tiny_data, capsys):
-    # The second batch size is 32, smaller than the config's: tests/test_benchmarks.py's step times train the same
-    # CNN at batch 32 on the same 256 images, so the two share that train call's compiled program.
-    accelerator_check.main(["--steps=2", "--large_batch=32", *tiny_cnn(tiny_data, "data.validation_size=64")])
+@pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
+def test_the_accelerator_check_runs_on_one_device_and_reports_each_figure(tiny_data, capsys, compute_dtype):
+    """Each figure, whichever dtype the config has: bfloat16 is set against float32 (a bfloat16 config's own
+    figures were once labelled float32, against themselves). The second batch size is 32, smaller than the config's:
+    tests/test_benchmarks.py's step times train the same CNN at batch 32 on the same 256 images, so in float32 the
+    two share that train call's compiled program."""
+    fields = tiny_cnn(tiny_data, "data.validation_size=64", f"compute_dtype={compute_dtype}")
+    accelerator_check.main(["--steps=2", "--large_batch=32", *fields])
     rows = by_check(capsys.readouterr().out.splitlines())
-    assert_every_check_reported(rows, load_config("cnn"), batches=[64, 32], count=1, epoch=256, eval_batch=50)
+    config = load_config("cnn", compute_dtype=compute_dtype)
+    assert_every_check_reported(rows, config, batches=[64, 32], count=1, epoch=256, eval_batch=50)
+    bf16 = rows["bfloat16"][0]["mean_loss"]
+    assert bf16["float32"] != bf16["bfloat16"]  # two dtypes timed, not one twice
 
 
 @pytest.mark.parametrize(
