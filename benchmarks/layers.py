@@ -63,7 +63,8 @@ def layer_flops(layer: dict, first: bool) -> int:
 def time_layer(layer: dict, first: bool, *, calls: int, steps_per_call: int) -> float:
     """Seconds per training step of one convolution alone: its forward and backward passes repeated in a
     `lax.scan` of `steps_per_call` (the kernel, and the input unless `first`, updated from their gradients so
-    nothing is hoisted); the best of `calls` calls after a compiling one."""
+    nothing is hoisted); the mean over `calls` calls after a compiling one, as the whole step is timed
+    (`common.time_training`), so that the two compare."""
     fn = layer["op"]
     # Random operands made on the host: no program compiled for each shape before the one timed.
     rng = np.random.default_rng(0)
@@ -87,12 +88,11 @@ def time_layer(layer: dict, first: bool, *, calls: int, steps_per_call: int) -> 
 
     run = jax.jit(lambda x, k: jax.lax.scan(body, (x, k, jnp.float32(1)), None, length=steps_per_call)[0])
     jax.block_until_ready(run(x, kernel))
-    best = float("inf")
+    start = time.perf_counter()
     for _ in range(calls):
-        start = time.perf_counter()
-        jax.block_until_ready(run(x, kernel))
-        best = min(best, (time.perf_counter() - start) / steps_per_call)
-    return best
+        out = run(x, kernel)
+    jax.block_until_ready(out)
+    return (time.perf_counter() - start) / (calls * steps_per_call)
 
 
 def stand_in(padding: str):

@@ -11,17 +11,20 @@ One JSON line per loop, then one with the ratios of their step times to this rep
   Flax's examples/mnist does, one `nnx.jit` call per step on a batch sent from the host;
 - `pytorch`: the same layers, Adam and batch in eager PyTorch, when torch is importable (it is not a dependency of
   this repository; the line says it was skipped otherwise).
-Each trains at configs/cnn.py's batch (64) for `--steps` steps after a warm-up call that compiles, on the real
-data when installed (random images otherwise); `epoch_seconds` scales the step time to an epoch of the config's
-training split. `--config.FIELD=VALUE` overrides configs/cnn.py (the plain loops keep the study's layers).
+Each is compiled (or warmed up) first, then the three train in turn at configs/cnn.py's batch (64), `--steps` steps
+each (rounded up to the project's whole calls, the same for all), for `--rounds` rounds, each round starting one loop
+further along; a loop's line gives the median over the rounds and each round's, its compile seconds beside them. On
+the real data when installed (random images otherwise); `epoch_seconds` scales the step time to an epoch of the
+config's training split. `--config.FIELD=VALUE` overrides configs/cnn.py (the plain loops keep the study's layers).
 The machine may be shared: compare the ratios of one run, not milliseconds across runs.
 """
 
 from __future__ import annotations
 
 import resource
+import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -30,11 +33,13 @@ from flax import nnx
 
 from benchmarks import common
 from fmnist_jax import models, ops
+from fmnist_jax.timing import compile_clock
 
 STUDY_PARAMS = 438_026
 
 
-def peak_host_memory_mb() -> int:
+def process_peak_host_memory_mb() -> int:
+    """The process's peak resident memory so far (`ru_maxrss` only grows): the loops' together, not one's."""
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
@@ -72,8 +77,9 @@ def host_batches(train, batch: int):
     return get
 
 
-def time_plain_flax(train, *, batch: int, steps: int) -> tuple[float, float]:
-    """(first call seconds, seconds per step) of Flax's examples/mnist loop: one `nnx.jit` call per step."""
+def plain_flax(train, *, batch: int) -> tuple[float, float, Callable[[int], float]]:
+    """Flax's examples/mnist loop, one `nnx.jit` call per step, compiled by its first call: (that call's seconds,
+    the compilation's inside it, `timed(steps)`, which runs `steps` more and returns the seconds per step)."""
     model = PlainCNN(nnx.Rngs(0, dropout=1))
     assert models.count_params(model) == STUDY_PARAMS
     optimizer = nnx.Optimizer(model, optax.adam(1e-3, eps=1e-7), wrt=nnx.Param)
@@ -89,18 +95,24 @@ def time_plain_flax(train, *, batch: int, steps: int) -> tuple[float, float]:
         return loss
 
     batches = host_batches(train, batch)
-    start = time.perf_counter()
-    jax.block_until_ready(step(model, optimizer, *batches(0)))
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    for i in range(1, steps + 1):
-        loss = step(model, optimizer, *batches(i))
-    jax.block_until_ready(loss)
-    return first, (time.perf_counter() - start) / steps
+    with compile_clock() as clock:  # as the project's first call is timed (`common.time_training`)
+        start = time.perf_counter()
+        jax.block_until_ready(step(model, optimizer, *batches(0)))
+        first = time.perf_counter() - start
+
+    def timed(steps: int) -> float:
+        start = time.perf_counter()
+        for i in range(1, steps + 1):
+            loss = step(model, optimizer, *batches(i))
+        jax.block_until_ready(loss)
+        return (time.perf_counter() - start) / steps
+
+    return first, clock.seconds, timed
 
 
-def time_pytorch(train, *, batch: int, steps: int) -> tuple[float, dict] | None:
-    """(seconds per step, versions) of the PyTorch eager twin, or None when torch is not importable."""
+def pytorch(train, *, batch: int) -> tuple[Callable[[int], float], dict] | None:
+    """The PyTorch eager twin after 5 warm-up steps: (`timed(steps)`, the seconds per step of `steps` more; its
+    versions), or None when torch is not importable."""
     try:
         import torch
     except ImportError:
@@ -127,53 +139,77 @@ def time_pytorch(train, *, batch: int, steps: int) -> tuple[float, dict] | None:
 
     for i in range(5):
         step(i)
-    start = time.perf_counter()
-    for i in range(steps):
-        step(i)
-    return (time.perf_counter() - start) / steps, {"torch": torch.__version__, "threads": torch.get_num_threads()}
+
+    def timed(steps: int) -> float:
+        start = time.perf_counter()
+        for i in range(steps):
+            step(i)
+        return (time.perf_counter() - start) / steps
+
+    return timed, {"torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = common.parser("train_speed", __doc__)
-    parser.add_argument("--steps", type=int, default=100, help="timed train steps per loop")
+    parser.add_argument("--steps", type=int, default=100, help="timed train steps per loop and round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the loops in turn; each line: their median")
     args, overrides = common.parse(parser, argv)
-    common.check_at_least(parser, args, "steps")
+    common.check_at_least(parser, args, "steps", "rounds")
     with common.usage_errors(parser):
         config = common.cnn_config("cnn", overrides["config"])
     arrays = common.load_arrays(config)
     batch, epoch_steps = config.batch_size, len(arrays.train) // config.batch_size
-    ours = common.time_training(config, arrays.train, steps=args.steps)
-    times = {"fmnist_jax": ours.step_seconds}
-    common.emit(
-        loop="fmnist_jax",
-        **common.speed_fields(ours.step_seconds, batch, epoch_steps),
-        steps=ours.steps,
-        first_call_seconds=round(ours.first_call_seconds, 2),
-        compile_seconds=round(ours.compile_seconds, 2),
+    ours_run = common.trainer(config, arrays.train)
+    first_timing = common.time_training(config, arrays.train, steps=args.steps, run=ours_run)  # compiles
+    steps = first_timing.steps  # whole calls of steps_per_call: every loop times as many
+    plain_first, plain_compile, plain_timed = plain_flax(arrays.train, batch=batch)
+    torch_run = pytorch(arrays.train, batch=batch)
+    loops = {
+        "fmnist_jax": lambda: common.time_training(config, arrays.train, steps=steps, run=ours_run).step_seconds,
+        "plain_flax": lambda: plain_timed(steps),
+    }
+    if torch_run is not None:
+        loops["pytorch"] = lambda: torch_run[0](steps)
+    times: dict[str, list[float]] = {name: [] for name in loops}
+    names = list(loops)
+    for round_ in range(args.rounds):  # in turn, each round starting one further along: drift spread over all
+        turn = round_ % len(names)
+        for name in names[turn:] + names[:turn]:
+            times[name].append(loops[name]())
+    median = {name: statistics.median(t) for name, t in times.items()}
+
+    def line(name: str, **fields) -> None:
+        per_round = [round(1000 * t, 2) for t in times[name]]
+        common.emit(
+            loop=name,
+            **common.speed_fields(median[name], batch, epoch_steps),
+            **fields,
+            steps=steps,
+            rounds=args.rounds,
+            ms_per_step_per_round=per_round,
+            data=arrays.source,
+        )
+
+    line(
+        "fmnist_jax",
+        first_call_seconds=round(first_timing.first_call_seconds, 2),
+        compile_seconds=round(first_timing.compile_seconds, 2),
         steps_per_call=config.steps_per_call,
         conv=ops.resolve_conv(config.model.conv),
-        num_params=ours.num_params,
-        data=arrays.source,
-        peak_host_memory_mb=peak_host_memory_mb(),
+        num_params=first_timing.num_params,
     )
-    first, times["plain_flax"] = time_plain_flax(arrays.train, batch=batch, steps=args.steps)
-    common.emit(
-        loop="plain_flax",
-        **common.speed_fields(times["plain_flax"], batch, epoch_steps),
-        steps=args.steps,
-        first_call_seconds=round(first, 2),
-        data=arrays.source,
-        peak_host_memory_mb=peak_host_memory_mb(),
-    )
-    torch_run = time_pytorch(arrays.train, batch=batch, steps=args.steps)
+    line("plain_flax", first_call_seconds=round(plain_first, 2), compile_seconds=round(plain_compile, 2))
     if torch_run is None:
         common.emit(loop="pytorch", skipped="torch is not installed (not a dependency of this repository)")
     else:
-        times["pytorch"], versions = torch_run
-        common.emit(
-            loop="pytorch", **common.speed_fields(times["pytorch"], batch, epoch_steps), steps=args.steps, **versions
-        )
+        line("pytorch", **torch_run[1])
     ratios = {
-        f"{name}_over_fmnist_jax": round(t / ours.step_seconds, 2) for name, t in times.items() if name != "fmnist_jax"
+        f"{name}_over_fmnist_jax": round(t / median["fmnist_jax"], 2)
+        for name, t in median.items()
+        if name != "fmnist_jax"
     }
-    common.emit(ratios=ratios, of="time per step, relative to this repository's loop")
+    common.emit(
+        ratios=ratios,
+        of="median time per step over the rounds, relative to this repository's loop",
+        process_peak_host_memory_mb=process_peak_host_memory_mb(),
+    )

@@ -315,7 +315,9 @@ def assert_every_check_reported(
         assert epoch % r["batch"] == 0
         within = quotient_error(epoch, r["images_per_second"], 0, rounded(0)) + rounded(2)
         assert r["epoch_seconds"] == pytest.approx(epoch / r["images_per_second"], abs=within)
-    assert rows["evaluate"][0]["images"] == 100 and rows["evaluate"][0]["batch"] == eval_batch
+    evaluated = rows["evaluate"][0]
+    assert evaluated["images"] == 100 and evaluated["batch"] == eval_batch and len(evaluated["seconds_per_pass"]) == 5
+    assert evaluated["seconds"] == pytest.approx(sorted(evaluated["seconds_per_pass"])[2], abs=rounded(4))  # median
     agree = rows["devices_agree"][0]
     if count > 1:  # within the drift that rounding allows on every CPU kind, and `same` says whether within 1e-4
         one, many = (agree["mean_loss_by_devices"][k] for k in ("1", str(count)))

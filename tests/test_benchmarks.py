@@ -246,10 +246,14 @@ def test_without_data_the_arrays_are_random_images_of_the_configs_sizes(tiny_dat
 
 def test_train_speed_times_this_loop_and_the_plain_flax_loop_and_skips_a_missing_torch(tiny_data, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch raises ImportError
-    ours, plain, torch, ratios = run(train_speed, "--steps=2", *tiny(tiny_data))
+    ours, plain, torch, ratios = run(train_speed, "--steps=3", "--rounds=3", *tiny(tiny_data))
     assert [ours["loop"], plain["loop"], torch["loop"]] == ["fmnist_jax", "plain_flax", "pytorch"]
     assert torch["skipped"].startswith("torch is not installed")
-    assert ours["num_params"] == train_speed.STUDY_PARAMS and ours["steps_per_call"] == 2 and ours["steps"] == 2
+    assert ours["num_params"] == train_speed.STUDY_PARAMS and ours["steps_per_call"] == 2
+    assert ours["steps"] == plain["steps"] == 2  # 3 steps are one whole call of 2: as many for the plain loop
+    for row in (ours, plain):  # the median of three rounds, each compiled before them
+        assert row["rounds"] == 3 and row["ms_per_step"] == pytest.approx(np.median(row["ms_per_step_per_round"]))
+        assert 0 <= row["compile_seconds"] <= row["first_call_seconds"]  # its compilations inside its first call
     assert ours["conv"] == ops.resolve_conv("auto") and ours["data"] == plain["data"]
     for row in (ours, plain):
         assert row["epoch_images"] == 256  # the config's training split: 4 steps of 64
