@@ -11,12 +11,12 @@ One JSON line per loop, then one with the ratios of their step times to this rep
   Flax's examples/mnist does, one `nnx.jit` call per step on a batch sent from the host;
 - `pytorch`: the same layers, Adam and batch in eager PyTorch, when torch is importable (it is not a dependency of
   this repository; the line says it was skipped otherwise).
-Each is compiled (or warmed up) first, then the three train in turn at configs/cnn.py's batch (64), `--steps` steps
-each (rounded up to the project's whole calls, the same for all), for `--rounds` rounds, each round starting one loop
-further along; a loop's line gives the median over the rounds and each round's, its compile seconds beside them. On
-the real data when installed (random images otherwise); `epoch_seconds` scales the step time to an epoch of the
-config's training split. `--config.FIELD=VALUE` overrides configs/cnn.py (the plain loops keep the study's layers).
-The machine may be shared: compare the ratios of one run, not milliseconds across runs.
+Each is compiled (or warmed up) first, then the loops train in turn at configs/cnn.py's batch (64), `--steps` steps
+each (down to the project's whole calls, one at least; the same for all), for `--rounds` rounds, each round starting
+one loop further along; a loop's line gives the median over the rounds and each round's, its compile seconds beside
+them. On the real data when installed (random images otherwise); `epoch_seconds` scales the step time to an epoch of
+the config's training split. `--config.FIELD=VALUE` overrides configs/cnn.py (the plain loops keep the study's
+layers). The machine may be shared: compare the ratios of one run, not milliseconds across runs.
 """
 
 from __future__ import annotations
