@@ -164,22 +164,49 @@ def with_fields(config: ml_collections.ConfigDict, **fields: Any) -> ml_collecti
 # What a figure is printed with
 
 
-VERSIONED = ("jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")  # beside jax, what a step's speed depends on
+# Beside jax, what a step's speed depends on: those installed are named (a GPU's compiler and kernels, a TPU's runtime).
+VERSIONED = ("jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "jax-cuda12-plugin", "jax-cuda12-pjrt")
+VERSIONED += ("nvidia-cudnn-cu12", "nvidia-cublas-cu12", "libtpu")
+CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"  # JAX's event for a program loaded from the persistent cache
 
 
 @functools.cache
 def machine_fields() -> dict[str, Any]:
     """The machine a figure comes from: `machine.describe()` (the CPU) with the backend, its devices' kind and count
-    (a GPU's name), the jax version and the others that set a step's speed, and XLA_FLAGS as given."""
+    (a GPU's name) and platform version, the jax version and the others installed that set a step's speed, and
+    XLA_FLAGS as given."""
+    versions = {}
+    for name in VERSIONED:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    device = jax.devices()[0]
     return {
         **machine.describe(),
         "jax": jax.__version__,
         "backend": jax.default_backend(),
         "devices": jax.device_count(),
-        "device_kind": jax.devices()[0].device_kind,
-        "versions": {name: metadata.version(name) for name in VERSIONED},
+        "device_kind": device.device_kind,
+        "platform_version": getattr(device.client, "platform_version", None),
+        "versions": versions,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
+
+
+@contextlib.contextmanager
+def cache_hits() -> Iterator[list[str]]:
+    """Within it, each program JAX loads from its persistent compilation cache (compiled in an earlier run, or
+    sitting) adds an entry to the yielded list: a compile time then holds loads, not compilations."""
+    hits: list[str] = []
+
+    def on_event(event: str, **kwargs: Any) -> None:
+        if event == CACHE_HIT_EVENT:
+            hits.append(event)
+
+    jax.monitoring.register_event_listener(on_event)
+    try:
+        yield hits
+    finally:
+        jax.monitoring.unregister_event_listener(on_event)
 
 
 def emit(**row: Any) -> dict[str, Any]:

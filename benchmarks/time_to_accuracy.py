@@ -8,7 +8,9 @@ Runs `training.loop.train_and_evaluate` (what main.py runs for a CNN: per-epoch 
 TensorBoard included) for seeds 0..N-1 (`config.seed`), each in a fresh workdir (a temporary one, deleted after;
 with --workdir, WORKDIR/seed_<s>, kept). One line per seed: the test accuracy; the wall seconds of the whole run
 (start to results, compilation included); the training seconds (results.json's `train_seconds`); the compile
-seconds (the XLA compilations JAX records during the run, summed; a persistent compilation cache makes them short);
+seconds (the XLA compilations JAX records during the run, summed), with the folder of compiled programs kept as
+main.py keeps them (`config.compilation_cache`: by default on a GPU or TPU) and the programs loaded from it
+(`cache_hits`: a seed after the first, or a run of an earlier sitting, loads what was compiled before, in less time);
 training images/s (the images of every step over the training seconds). Then their mean and sample standard
 deviation.
 
@@ -67,9 +69,10 @@ def run_seed(config: ml_collections.ConfigDict, seed: int, workdir: pathlib.Path
     where main.py would keep them (`config.compilation_cache`)."""
     config = common.with_fields(config, seed=seed)
     cache = compile_cache.set_up(config.compilation_cache, jax.default_backend())
-    start = time.perf_counter()
-    results = train_and_evaluate(config, workdir)
-    wall = time.perf_counter() - start
+    with common.cache_hits() as hits:
+        start = time.perf_counter()
+        results = train_and_evaluate(config, workdir)
+        wall = time.perf_counter() - start
     compiled = results["seconds"]  # the run's own compile clock (fmnist_jax.timing)
     steps = metrics.read_history(workdir)[-1]["step"]
     return {
@@ -81,6 +84,7 @@ def run_seed(config: ml_collections.ConfigDict, seed: int, workdir: pathlib.Path
         "compile_seconds": round(compiled["compilation"], 3),
         "compilations": compiled["compilations"],
         "compilation_cache": cache,
+        "cache_hits": len(hits),
         "images_per_second": round(steps * config.batch_size / results["train_seconds"], 1),
         "steps": steps,
         "batch_size": config.batch_size,

@@ -4,7 +4,8 @@ r"""The study CNN's training speed: this repository's loop against the plain Fla
     python -m benchmarks train_speed --steps=300
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m benchmarks train_speed
 
-One JSON line per loop, then one with the ratios of their step times to this repository's:
+One JSON line per loop, then one with the ratios of their step times to this repository's (per round, and their
+median):
 - `fmnist_jax`: the package's own jitted call (`Programs.train`), `config.steps_per_call` steps per call in a
   `lax.scan`, the training set on the devices, the config's convolution form;
 - `plain_flax`: the same CNN written the plain way (`nnx.Conv`, `nnx.max_pool`, `nnx.Dropout`) and trained as
@@ -203,13 +204,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         common.emit(loop="pytorch", skipped="torch is not installed (not a dependency of this repository)")
     else:
         line("pytorch", **torch_run[1])
-    ratios = {
-        f"{name}_over_fmnist_jax": round(t / median["fmnist_jax"], 2)
-        for name, t in median.items()
+    per_round = {  # each round's own: a machine's drift between rounds cancels
+        f"{name}_over_fmnist_jax": [t / ours for t, ours in zip(times[name], times["fmnist_jax"], strict=True)]
+        for name in names
         if name != "fmnist_jax"
     }
     common.emit(
-        ratios=ratios,
-        of="median time per step over the rounds, relative to this repository's loop",
+        ratios={name: round(statistics.median(r), 2) for name, r in per_round.items()},
+        per_round={name: [round(x, 2) for x in r] for name, r in per_round.items()},
+        of="time per step relative to this repository's loop in the same round; the median over the rounds",
         process_peak_host_memory_mb=process_peak_host_memory_mb(),
     )

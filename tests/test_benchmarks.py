@@ -245,25 +245,46 @@ def test_without_data_the_arrays_are_random_images_of_the_configs_sizes(tiny_dat
 
 
 def test_train_speed_times_this_loop_and_the_plain_flax_loop_and_skips_a_missing_torch(tiny_data, monkeypatch):
+    """Each loop compiled first, then the loops in turn over the rounds, each round one loop further along, every
+    loop the same steps (3 rounded down to the project's one call of 2); each line the median of its rounds, the
+    ratio line the median of the rounds' own ratios."""
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch raises ImportError
+    ran = []  # (loop, steps) of each timing, in order
+    real_timing, real_plain = common.time_training, train_speed.plain_flax
+
+    def time_training(config, train, **kwargs):
+        ran.append(("fmnist_jax", kwargs["steps"]))
+        return real_timing(config, train, **kwargs)
+
+    def plain_flax(train, **kwargs):
+        first, compiled, timed = real_plain(train, **kwargs)
+        return first, compiled, lambda steps: ran.append(("plain_flax", steps)) or timed(steps)
+
+    monkeypatch.setattr(common, "time_training", time_training)
+    monkeypatch.setattr(train_speed, "plain_flax", plain_flax)
     ours, plain, torch, ratios = run(train_speed, "--steps=3", "--rounds=3", *tiny(tiny_data))
+    rounds = [("fmnist_jax", 2), ("plain_flax", 2), ("plain_flax", 2), ("fmnist_jax", 2)] * 2  # rotated rounds
+    assert ran == [("fmnist_jax", 3), *rounds[:6]]  # first the compiling timing, at --steps (2 steps, one call)
     assert [ours["loop"], plain["loop"], torch["loop"]] == ["fmnist_jax", "plain_flax", "pytorch"]
     assert torch["skipped"].startswith("torch is not installed")
     assert ours["num_params"] == train_speed.STUDY_PARAMS and ours["steps_per_call"] == 2
-    assert ours["steps"] == plain["steps"] == 2  # 3 steps are one whole call of 2: as many for the plain loop
+    assert ours["steps"] == plain["steps"] == 2
+    assert ours["conv"] == ops.resolve_conv("auto") and ours["data"] == plain["data"]
     for row in (ours, plain):  # the median of three rounds, each compiled before them
         assert row["rounds"] == 3 and row["ms_per_step"] == pytest.approx(np.median(row["ms_per_step_per_round"]))
         assert 0 <= row["compile_seconds"] <= row["first_call_seconds"]  # its compilations inside its first call
-    assert ours["conv"] == ops.resolve_conv("auto") and ours["data"] == plain["data"]
-    for row in (ours, plain):
         assert row["epoch_images"] == 256  # the config's training split: 4 steps of 64
         assert row["epoch_seconds"] == pytest.approx(4 * row["ms_per_step"] / 1000, abs=0.01)
         within = quotient_error(64_000, row["ms_per_step"], 0, rounded(2)) + rounded(0)
         assert row["train_images_per_second"] == pytest.approx(64_000 / row["ms_per_step"], abs=within)
-    within = quotient_error(plain["ms_per_step"], ours["ms_per_step"], rounded(2), rounded(2)) + rounded(2)
-    assert ratios["ratios"] == {
-        "plain_flax_over_fmnist_jax": pytest.approx(plain["ms_per_step"] / ours["ms_per_step"], abs=within)
-    }
+    pairs = zip(plain["ms_per_step_per_round"], ours["ms_per_step_per_round"], strict=True)
+    within = max(
+        quotient_error(p, o, rounded(2), rounded(2))
+        for p, o in zip(*(r["ms_per_step_per_round"] for r in (plain, ours)), strict=True)
+    ) + rounded(2)
+    expected = [p / o for p, o in pairs]
+    assert ratios["per_round"]["plain_flax_over_fmnist_jax"] == pytest.approx(expected, abs=within)
+    assert ratios["ratios"] == {"plain_flax_over_fmnist_jax": pytest.approx(np.median(expected), abs=within)}
 
 
 def test_loop_overhead_sets_a_runs_training_time_against_its_steps_times_the_step_time(tiny_data):
@@ -280,6 +301,7 @@ def test_loop_overhead_sets_a_runs_training_time_against_its_steps_times_the_ste
     assert row["epoch_seconds"]["min"] + row["epoch_seconds"]["max"] == pytest.approx(row["train_seconds"])
     assert row["data"].startswith("idx:") and 0 <= row["test_accuracy"] <= 1
     assert row["compilation_cache"] == os.environ["JAX_COMPILATION_CACHE_DIR"]  # "auto": the one JAX was given
+    assert isinstance(row["cache_hits"], int) and row["cache_hits"] >= 0  # the session's cache: earlier tests' programs
 
 
 def test_time_to_accuracy_reports_each_seeds_run_their_spread_and_the_ratio_to_another_config(
@@ -303,6 +325,8 @@ def test_time_to_accuracy_reports_each_seeds_run_their_spread_and_the_ratio_to_a
     finally:
         compile_cache.set_up("auto", "cpu")  # back to the session's folder (tests/conftest.py)
     assert [row["compilation_cache"] for row in seeds] == [str(cache)] * 2 and any(cache.iterdir())
+    first, second = seeds  # the first seed compiles into the folder; the second loads every program from it
+    assert first["cache_hits"] == 0 < second["cache_hits"] == second["compilations"]
     assert order == ["time_other_step", "run_seed", "run_seed", "time_other_step"]
     assert [row["seed"] for row in seeds] == [0, 1] == summary["seeds"]
     for row in seeds:
