@@ -18,7 +18,6 @@ import os
 import pathlib
 import time
 from collections.abc import Iterator, Sequence
-from importlib import metadata
 from typing import Any
 
 import jax
@@ -28,7 +27,7 @@ from absl import flags
 from jax.sharding import Mesh
 from ml_collections import config_flags
 
-from fmnist_jax import config_lib, data, flag_errors, machine, parallel
+from fmnist_jax import config_lib, data, flag_errors, machine, metrics, parallel
 from fmnist_jax.errors import ConfigError
 from fmnist_jax.timing import compile_clock
 from fmnist_jax.training import state as state_lib
@@ -175,10 +174,6 @@ def machine_fields() -> dict[str, Any]:
     """The machine a figure comes from: `machine.describe()` (the CPU) with the backend, its devices' kind and count
     (a GPU's name) and platform version, the jax version and the others installed that set a step's speed, and
     XLA_FLAGS as given."""
-    versions = {}
-    for name in VERSIONED:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            versions[name] = metadata.version(name)
     device = jax.devices()[0]
     return {
         **machine.describe(),
@@ -187,7 +182,7 @@ def machine_fields() -> dict[str, Any]:
         "devices": jax.device_count(),
         "device_kind": device.device_kind,
         "platform_version": getattr(device.client, "platform_version", None),
-        "versions": versions,
+        "versions": metrics.versions(VERSIONED),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
 

@@ -106,10 +106,10 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     return np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator > 0)
 
 
-def versions() -> dict[str, str]:
-    """Versions of Python and the libraries that produced a result (those installed)."""
+def versions(names: Sequence[str] = _VERSIONED) -> dict[str, str]:
+    """Versions of Python and the libraries that produced a result (`names`, those installed)."""
     found = {"python": platform.python_version()}
-    for name in _VERSIONED:
+    for name in names:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             found[name] = importlib.metadata.version(name)
     return found
