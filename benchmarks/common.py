@@ -164,8 +164,10 @@ def with_fields(config: ml_collections.ConfigDict, **fields: Any) -> ml_collecti
 
 
 # Beside jax, what a step's speed depends on: those installed are named (a GPU's compiler and kernels, a TPU's runtime).
-VERSIONED = ("jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "jax-cuda12-plugin", "jax-cuda12-pjrt")
-VERSIONED += ("nvidia-cudnn-cu12", "nvidia-cublas-cu12", "libtpu")
+VERSIONED = (
+    *("jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"),
+    *("jax-cuda12-plugin", "jax-cuda12-pjrt", "nvidia-cudnn-cu12", "nvidia-cublas-cu12", "libtpu"),
+)
 CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"  # JAX's event for a program loaded from the persistent cache
 
 
