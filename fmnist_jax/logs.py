@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging as py_logging
+import math
 import os
 import pathlib
 import sys
@@ -18,6 +19,23 @@ from fmnist_jax.errors import LOG_FILE_ONLY, ConfigError
 
 PACKAGE = pathlib.Path(__file__).resolve().parent
 MAIN = PACKAGE.parent / "main.py"
+PROGRESS_ENV = "FMNIST_PROGRESS_SECONDS"
+
+
+def progress_seconds() -> float:
+    """How often a progress bar redraws: $FMNIST_PROGRESS_SECONDS (a notebook, whose output is a pipe that shows a
+    redrawn line in place, sets it to 1), else every second on a terminal and every 30 s into a file or a pipe (a
+    log then holds a line per 30 s, not one per step)."""
+    value = os.environ.get(PROGRESS_ENV, "")
+    if not value:
+        return 1.0 if sys.stderr.isatty() else 30.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds < math.inf:
+        raise ConfigError(f"{PROGRESS_ENV}={value!r}: give the seconds between progress redraws (e.g. 1), or unset it")
+    return seconds
 
 
 @functools.cache
@@ -81,7 +99,11 @@ class _OneLinePerLibraryRecord(logging.PythonFormatter):
 
 def set_up(log_dir: str | None = None) -> pathlib.Path:
     """This project's INFO lines and the libraries' warnings on the terminal, the libraries' in one line each;
-    every warning and error, tracebacks included, in a log file under --log_dir (default: the temporary folder)."""
+    every warning and error, tracebacks included, in a log file under --log_dir (default: the temporary folder).
+    A bad $FMNIST_PROGRESS_SECONDS is refused here, before anything runs; stdout and stderr go on when their reader
+    has gone (`_OutputOrNowhere`)."""
+    progress_seconds()
+    sys.stdout, sys.stderr = _OutputOrNowhere(sys.stdout), _OutputOrNowhere(sys.stderr)
     folder = pathlib.Path(log_dir or tempfile.gettempdir())
     try:  # now, not at the first warning: a log file that cannot be opened then would end the run there
         folder.mkdir(parents=True, exist_ok=True)
@@ -145,6 +167,34 @@ class _LogFile(py_logging.FileHandler):
                 f"warning: the log file {self.baseFilename} cannot be written ({why}); no more is logged there",
                 file=sys.stderr,
             )
+
+
+class _OutputOrNowhere:
+    """sys.stdout or sys.stderr that goes on when its reader has gone (a notebook's kernel restarted, a pipe's reader
+    ended): from the first write that finds the pipe closed, its file descriptor writes to /dev/null. A run stopped
+    then (the notebook's SIGTERM, say) saves its checkpoint and ends as it would, where its first progress bar's
+    write would have ended it on a BrokenPipeError with nothing saved."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+    def _unless_gone(self, call, *args):
+        try:
+            return call(*args)
+        except BrokenPipeError:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self._stream.fileno())  # for every later write, this process's C code's and Python's exit
+            os.close(null)
+            return call(*args)  # what the closed pipe refused, now to /dev/null
+
+    def write(self, text: str) -> int:
+        return self._unless_gone(self._stream.write, text)
+
+    def flush(self) -> None:
+        self._unless_gone(self._stream.flush)
 
 
 def _unraisable_to_log_file(unraisable) -> None:

@@ -11,7 +11,7 @@ import sys
 import pytest
 from helpers import ROOT, last_line, run_main, subprocess_env, tiny_args
 
-from fmnist_jax import config_lib, files, metrics
+from fmnist_jax import config_lib, files, logs, metrics
 from fmnist_jax.errors import ConfigError
 
 
@@ -110,6 +110,28 @@ def test_the_log_folder_is_made_or_named_in_one_line_before_anything_runs(tmp_pa
     assert last_line(result.stderr).startswith(
         f"error: --log_dir={tmp_path / 'file' / 'logs'}: cannot write a log file there"
     )
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "nan", "inf"])
+def test_a_bad_progress_interval_is_one_line_before_anything_runs(tmp_path, value):
+    result = run_main("--config=configs/cnn.py", f"--workdir={tmp_path / 'w'}", env={logs.PROGRESS_ENV: value})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert last_line(result.stderr) == (
+        f"error: FMNIST_PROGRESS_SECONDS={value!r}: give the seconds between progress redraws (e.g. 1), or unset it"
+    )
+    assert not (tmp_path / "w").exists()
+
+
+def test_the_progress_interval_is_the_variables_else_by_where_the_bars_go(monkeypatch):
+    """Every 30 s into a pipe or a file (a log holds a line per 30 s), every second on a terminal, or as set."""
+    monkeypatch.delenv(logs.PROGRESS_ENV, raising=False)
+    for tty, seconds in ((False, 30.0), (True, 1.0)):
+        monkeypatch.setattr(sys, "stderr", type("Stream", (io.StringIO,), {"isatty": lambda self, t=tty: t})())
+        assert logs.progress_seconds() == seconds
+        for value, given in (("0.25", 0.25), ("0", 0.0), ("", seconds)):
+            monkeypatch.setenv(logs.PROGRESS_ENV, value)
+            assert logs.progress_seconds() == given
+        monkeypatch.delenv(logs.PROGRESS_ENV)
 
 
 def test_a_log_file_that_holds_only_what_the_terminal_showed_is_removed(tiny_data, tmp_path):

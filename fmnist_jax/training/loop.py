@@ -24,7 +24,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from fmnist_jax import checkpoints, config_lib, errors, events, files, metrics, parallel, timing
+from fmnist_jax import checkpoints, config_lib, errors, events, files, logs, metrics, parallel, timing
 from fmnist_jax.errors import TrainingError
 from fmnist_jax.training.evaluate import PendingScores
 from fmnist_jax.training.plan import Plan, chunks, load_data, make_plan
@@ -43,7 +43,7 @@ def _progress(total: int, initial: int, desc: str, *, hide: bool = False):
         leave=False,
         file=sys.stderr,
         disable=hide or not files.is_lead_process(),
-        mininterval=1.0 if sys.stderr.isatty() else 30.0,
+        mininterval=logs.progress_seconds(),
     )
 
 
