@@ -1,7 +1,7 @@
 """The device mesh and how arrays are placed on it: batches split on the "data" axis, state replicated.
 
 This is data parallelism in today's JAX form: one `jax.jit` program over a `Mesh`; XLA inserts the gradient
-all-reduce. The same code runs on one CPU, eight TPU cores, or many hosts.
+all-reduce. The same code runs on one CPU, one GPU or TPU chip, several of them, or many hosts.
 """
 
 from __future__ import annotations

@@ -3,18 +3,34 @@ headlessly, checkpoints marked by a commit file (Drive, FUSE), and `python -m be
 device (on 8, through its command line, in tests/test_parallel.py's 8-device process)."""
 
 import contextlib
+import fcntl
 import json
 import logging
+import os
 import pathlib
 import re
 import shutil
 import signal
+import subprocess
+import sys
+import time
 import types
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import ROOT, assert_every_check_reported, by_check, last_line, load_config, main_args, run_interrupted
+from helpers import (
+    ROOT,
+    assert_every_check_reported,
+    by_check,
+    checkpoint_steps,
+    last_line,
+    load_config,
+    main_args,
+    run_interrupted,
+    subprocess_env,
+    wait_for,
+)
 from packaging.specifiers import SpecifierSet
 
 from benchmarks import accelerator_check
@@ -201,23 +217,79 @@ def test_commit_file_checkpoints_resume_bit_identically_and_ignore_an_unfinished
     assert all((p / "commit_success.txt").exists() for p in (killed_mid_save.workdir / "checkpoints").glob("[0-9]*"))
 
 
-STOP_CELL = """import threading
+# The cell's stop button (■): SIGINT to the kernel's main thread, never to main.py's process group, pressed once
+# the cell has shown each pattern in turn (or after 120 s: then it says so); what the cell shows is recorded as it
+# comes (Jupyter's kernel sets its output up for each cell: recorded from the cell that calls this).
+STOP_BUTTON = """import threading
 import time
 
 
-def stop_once_started(config=pathlib.Path(WORKDIR + "_stopped") / "config.json"):
-    while not config.exists():
-        time.sleep(0.05)
-    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+def press_stop_after(*patterns):
+    shown, write = [], sys.stdout.write
+    sys.stdout.write = lambda text: shown.append(text) or write(text)
 
+    def press():
+        deadline = time.monotonic() + 120
+        for pattern in patterns:
+            while not re.search(pattern, "".join(shown)):
+                if time.monotonic() > deadline:
+                    print("NEVER SHOWN:", pattern)
+                    break
+                time.sleep(0.05)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
-# A run far longer than the stop takes to arrive, however fast the machine: it is still training when stopped.
+    threading.Thread(target=press, daemon=True).start()
+"""
+# A run far longer than the stop takes to arrive, however fast the machine, stopped once its output has shown a
+# progress bar part-way through an epoch: shown live, redrawn at every update (the notebook's own setting, 1 s, is
+# printed first).
+STOP_CELL = """print("PROGRESS SECONDS:", os.environ["FMNIST_PROGRESS_SECONDS"])
+os.environ["FMNIST_PROGRESS_SECONDS"] = "0"
 overrides = [o for o in CNN_OVERRIDES if not o.startswith("--config.num_epochs=")] + ["--config.num_epochs=1000"]
-threading.Thread(target=stop_once_started, daemon=True).start()
+press_stop_after(r"epoch \\d+: +\\d+%\\|[^|]*\\| *[1-9]\\d*/\\d+")
 try:
     run("--config=configs/cnn.py", f"--workdir={WORKDIR}_stopped", f"--config.data.dir={DATA_DIR}", *overrides)
 except KeyboardInterrupt:
     print("STOPPED by the kernel")
+"""
+# A command that takes the first SIGINT and stops at the second: ■ twice, the second once the first has been seen.
+TWICE_CELL = """script = pathlib.Path(WORKDIR).parent / "second_stop.py"
+script.write_text(
+    "import signal, time\\n"
+    "def first(*_):\\n"
+    "    print('first stop', flush=True)\\n"
+    "    signal.signal(signal.SIGINT, signal.default_int_handler)\\n"
+    "signal.signal(signal.SIGINT, first)\\n"
+    "print('ready', flush=True)\\n"
+    "time.sleep(120)\\n"
+    "print('never stopped', flush=True)\\n"
+)
+press_stop_after("ready", "first stop")
+try:
+    follow(sys.executable, str(script))
+except KeyboardInterrupt as e:
+    print("STOPPED TWICE:", e)
+"""
+# A command killed by a signal, as Colab's out-of-memory killer ends one.
+KILLED_CELL = """script = pathlib.Path(WORKDIR).parent / "killed.py"
+script.write_text("import os, signal\\nprint('about to go', flush=True)\\nos.kill(os.getpid(), signal.SIGKILL)\\n")
+try:
+    follow(sys.executable, str(script))
+except RuntimeError as e:
+    print("KILLED:", e)
+"""
+# The compute dtype a rerun passes: the run's own (a copy of the finished CPU run, as if begun on a TPU), else the
+# backend's (a TPU stood in for).
+DTYPE_CELL = """saved = json.loads((pathlib.Path(WORKDIR) / "config.json").read_text())
+begun_on_tpu = pathlib.Path(WORKDIR + "_tpu")
+begun_on_tpu.mkdir()
+(begun_on_tpu / "config.json").write_text(json.dumps({**saved, "compute_dtype": "bfloat16"}))
+print("DTYPE OWN:", dtype_flags(WORKDIR, "compute_dtype"), dtype_flags(begun_on_tpu, "compute_dtype"))
+print("DTYPE NEW:", dtype_flags(WORKDIR + "_new", "compute_dtype"))
+print("DTYPE MEMBERS:", dtype_flags(COMPARE_WORKDIR, "members.cnn.compute_dtype", "members.speedrun.compute_dtype"))
+BACKEND, probed = "tpu", BACKEND
+print("DTYPE TPU:", dtype_flags(WORKDIR + "_new", "compute_dtype"), dtype_flags(WORKDIR, "compute_dtype"))
+BACKEND = probed
 """
 
 
@@ -263,9 +335,8 @@ def test_the_colab_notebook_runs_headlessly_with_tiny_settings(tiny_data, tmp_pa
     # The install's jax for each runtime, from stand-ins for what Colab installs there.
     runtimes = "{'libtpu', 'numpy'}, {'jax-cuda12-plugin', 'jax'}, {'jax', 'numpy'}"
     notebook.cells.append(nbformat.v4.new_code_cell(f"print('JAX FOR:', [jax_for(r)[0] for r in ({runtimes})])"))
-    # The cell's stop button, once the run has begun (its config.json written): SIGINT to the kernel's main thread,
-    # never to main.py's process group; run() passes one SIGINT on and shows main.py's output until it stops.
-    notebook.cells.append(nbformat.v4.new_code_cell(STOP_CELL))
+    for cell in (DTYPE_CELL, KILLED_CELL, STOP_BUTTON, TWICE_CELL, STOP_CELL):
+        notebook.cells.append(nbformat.v4.new_code_cell(cell))
     NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
     text = "\n".join(
         output.get("text", "") + json.dumps(output.get("data", {}))
@@ -290,8 +361,75 @@ def test_the_colab_notebook_runs_headlessly_with_tiny_settings(tiny_data, tmp_pa
     pinned = re.search(r"JAX FOR: \['jax\[tpu\]==(\S+)', 'jax\[cuda12\]==\1', 'jax==\1'\]", text)
     allowed = next(r for r in (ROOT / "requirements.txt").read_text().splitlines() if r.startswith("jax>"))
     assert pinned and SpecifierSet(allowed.removeprefix("jax")).contains(pinned.group(1))  # a release it allows
-    assert "interrupted (SIGINT " in text and text.index("interrupted (SIGINT ") < text.index("STOPPED by the kernel")
+    assert "NEVER SHOWN" not in text and "PROGRESS SECONDS: 1\n" in text
+    stopped = "interrupted (SIGINT: checkpoint saved at step "  # mid-run: its bar was shown part-way
+    assert stopped in text and text.index(stopped) < text.index("STOPPED by the kernel")
     assert "Resume with the same command" in text and not (tmp_path / "cnn_stopped" / "results.json").exists()
+    assert "first stop" in text and "never stopped" not in text and "STOPPED TWICE: second_stop.py stopped" in text
+    assert (
+        "KILLED: killed.py was killed by SIGKILL (on Colab, most often the runtime's memory running out); its last "
+        "line: about to go" in text
+    )
+    begun = tmp_path / "cnn_tpu"
+    assert "DTYPE OWN: ['--config.compute_dtype=float32'] ['--config.compute_dtype=bfloat16']" in text
+    assert f"{begun} holds a run begun elsewhere: it goes on with its own compute_dtype=bfloat16" in text
+    assert "DTYPE NEW: []" in text
+    members = "['--config.members.cnn.compute_dtype=float32', '--config.members.speedrun.compute_dtype=float32']"
+    assert f"DTYPE MEMBERS: {members}" in text
+    assert "DTYPE TPU: ['--config.compute_dtype=bfloat16'] ['--config.compute_dtype=float32']" in text
+    assert f"{tmp_path / 'cnn'} holds a run begun elsewhere: it goes on with its own compute_dtype=float32" in text
+
+
+# A kernel, as Jupyter's: the notebook's helpers, then a run far longer than the test; its output read by no one once
+# the kernel is gone.
+KERNEL = """import json, os, pathlib, sys
+cells = json.loads(pathlib.Path("notebooks/colab.ipynb").read_text())["cells"]
+exec(next("".join(c["source"]) for c in cells if "def follow(" in "".join(c["source"])))
+os.environ["FMNIST_PROGRESS_SECONDS"] = "0"  # a bar's redraw at every step: writes the closed pipe refuses
+run(*sys.argv[1:])
+"""
+
+
+def ended(pid: int) -> bool:
+    """Whether process `pid` has ended (gone, or a zombie its new parent has yet to reap)."""
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.slow
+def test_a_run_outlives_no_notebook_kernel_and_saves_what_it_trained(tiny_data, tmp_path):
+    """The kernel killed mid-run (a restart, a disconnect): main.py gets SIGTERM from Linux, and with its output's
+    reader gone it still saves the steps it trained (none were saved before: checkpoints every million steps), ends
+    and lets go of the workdir."""
+    workdir = tmp_path / "run"
+    args = tiny_cnn(tiny_data, "data.validation_size=64", "num_epochs=1000", "checkpoint.every_steps=1000000")
+    kernel = subprocess.Popen(
+        [sys.executable, "-c", KERNEL, "--config=configs/cnn.py", f"--workdir={workdir}", *args],
+        cwd=ROOT,
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: len(metrics.read_history(workdir)) >= 2, kernel)
+    main = int((workdir / files.LOCK_FILE).read_text().split()[0])
+    assert main != kernel.pid and checkpoint_steps(workdir) == []
+    kernel.kill()
+    kernel.communicate()
+    deadline = time.monotonic() + 120
+    try:
+        while not ended(main):
+            assert time.monotonic() < deadline, "main.py trains on without its kernel"
+            time.sleep(0.05)
+    finally:
+        if not ended(main):
+            os.kill(main, signal.SIGKILL)
+    trained = metrics.read_history(workdir)[-1]["step"]
+    assert checkpoint_steps(workdir) and checkpoint_steps(workdir)[-1] >= trained
+    with open(workdir / files.LOCK_FILE) as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: raises BlockingIOError while a process holds it
 
 
 def tiny_cnn(data_dir: pathlib.Path, *fields: str) -> tuple[str, ...]:
