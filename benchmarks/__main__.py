@@ -44,9 +44,11 @@ def main(argv: list[str]) -> None:
         print(f"{usage()}\n\nerror: no benchmark named {name!r}{hint}", file=sys.stderr)
         sys.exit(2)
     from benchmarks import common
+    from fmnist_jax import logs
     from fmnist_jax.errors import UserError
 
     try:
+        logs.progress_seconds()  # a bad $FMNIST_PROGRESS_SECONDS refused before anything is timed
         importlib.import_module(COMMANDS[name]).main(rest)
     except (common.UsageError, UserError) as e:
         print(f"python -m benchmarks {name}: error: {e}", file=sys.stderr)

@@ -28,7 +28,7 @@ def progress_seconds() -> float:
     log then holds a line per 30 s, not one per step)."""
     value = os.environ.get(PROGRESS_ENV, "")
     if not value:
-        return 1.0 if sys.stderr.isatty() else 30.0
+        return 1.0 if sys.stderr is not None and sys.stderr.isatty() else 30.0
     try:
         seconds = float(value)
     except ValueError:
@@ -103,7 +103,7 @@ def set_up(log_dir: str | None = None) -> pathlib.Path:
     A bad $FMNIST_PROGRESS_SECONDS is refused here, before anything runs; stdout and stderr go on when their reader
     has gone (`_OutputOrNowhere`)."""
     progress_seconds()
-    sys.stdout, sys.stderr = _OutputOrNowhere(sys.stdout), _OutputOrNowhere(sys.stderr)
+    _output_or_nowhere()
     folder = pathlib.Path(log_dir or tempfile.gettempdir())
     try:  # now, not at the first warning: a log file that cannot be opened then would end the run there
         folder.mkdir(parents=True, exist_ok=True)
@@ -169,6 +169,17 @@ class _LogFile(py_logging.FileHandler):
             )
 
 
+def _output_or_nowhere() -> None:
+    """sys.stdout and sys.stderr as `_OutputOrNowhere`, absl's handler writing through the new sys.stderr (it prints
+    a record again where its stream is not sys.stderr)."""
+    handler = logging.get_absl_handler().python_handler
+    on_stderr = handler.stream is sys.stderr
+    sys.stdout = None if sys.stdout is None else _OutputOrNowhere(sys.stdout)  # None: started without that file
+    sys.stderr = None if sys.stderr is None else _OutputOrNowhere(sys.stderr)
+    if on_stderr:
+        handler.stream = sys.stderr
+
+
 class _OutputOrNowhere:
     """sys.stdout or sys.stderr that goes on when its reader has gone (a notebook's kernel restarted, a pipe's reader
     ended): from the first write that finds the pipe closed, its file descriptor writes to /dev/null. A run stopped
@@ -178,7 +189,9 @@ class _OutputOrNowhere:
     def __init__(self, stream):
         self._stream = stream
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str):  # only for what the class lacks: `_stream` before __init__ (a copy) too
+        if name == "_stream" or name.startswith("__"):
+            raise AttributeError(name)
         return getattr(self._stream, name)
 
     def _unless_gone(self, call, *args):

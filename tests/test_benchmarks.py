@@ -87,6 +87,19 @@ def test_help_lists_every_sub_command_with_its_first_docstring_line():
     )
     assert unknown.returncode == 2
     assert unknown.stderr.endswith("error: no benchmark named 'profile_step' (did you mean 'profile'?)\n")
+    bad_interval = subprocess.run(  # before the sub-command's imports and compiles
+        [sys.executable, "-m", "benchmarks", "train_speed", "--steps=1"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=subprocess_env({"FMNIST_PROGRESS_SECONDS": "soon"}),
+        check=False,
+    )
+    assert bad_interval.returncode == 2 and "Traceback" not in bad_interval.stderr
+    assert bad_interval.stderr.endswith(
+        "train_speed: error: FMNIST_PROGRESS_SECONDS='soon': give the seconds between progress redraws (e.g. 1), or "
+        "unset it\n"
+    )
 
 
 def test_overrides_are_parsed_as_main_py_parses_them():

@@ -134,6 +134,46 @@ def test_the_progress_interval_is_the_variables_else_by_where_the_bars_go(monkey
         monkeypatch.delenv(logs.PROGRESS_ENV)
 
 
+# main.py's logging set-up, then a warning and N lines on stdout (as main.py's progress bars and prints would).
+SET_UP = """import sys
+from absl import app, logging
+from fmnist_jax import logs
+
+
+def main(argv):
+    logs.set_up()
+    logging.warning("once only")
+    for i in range(int(argv[1])):
+        print("line", i)
+    print("done", file=sys.stderr)
+
+
+app.run(main)
+"""
+
+
+def run_set_up(shell: str, tmp_path) -> subprocess.CompletedProcess:
+    """`shell` run by bash, where $SET_UP is the command that runs SET_UP."""
+    (tmp_path / "set_up.py").write_text(SET_UP)
+    command = f"{shlex.quote(sys.executable)} {shlex.quote(str(tmp_path / 'set_up.py'))}"
+    shell = shell.replace("$SET_UP", command)
+    return subprocess.run(["bash", "-c", shell], check=False, env=subprocess_env(), capture_output=True, text=True)
+
+
+def test_output_goes_on_when_its_reader_has_gone_or_was_never_there(tmp_path):
+    """A run goes on when the reader of its output has gone (a pipe's, a notebook kernel's: it must still save and
+    stop on SIGTERM) or when it started without stdout or stderr; absl's handler, which prints a record again where
+    its stream is not sys.stderr, prints each once."""
+    gone = run_set_up("$SET_UP 100000 2>&1 | head -c 1 >/dev/null; echo ${PIPESTATUS[0]}", tmp_path)
+    assert gone.stdout == "0\n" and gone.stderr == ""
+    for closed in ("1>&-", "2>&-"):
+        result = run_set_up(f"$SET_UP 3 {closed}", tmp_path)
+        assert result.returncode == 0 and "Traceback" not in result.stderr
+        assert ("done" in result.stderr) == (closed == "1>&-") and ("line 2" in result.stdout) == (closed == "2>&-")
+    result = run_set_up("$SET_UP 1 --alsologtostderr", tmp_path)
+    assert result.returncode == 0 and result.stderr.count("once only") == 1
+
+
 def test_a_log_file_that_holds_only_what_the_terminal_showed_is_removed(tiny_data, tmp_path):
     """The log file in the temporary folder goes at the end of a run whose warnings the terminal showed whole (here
     that the tiny data are not Fashion-MNIST's), so runs do not fill that folder; one holding a library error's
