@@ -3,7 +3,6 @@ headlessly, checkpoints marked by a commit file (Drive, FUSE), and `python -m be
 device (on 8, through its command line, in tests/test_parallel.py's 8-device process)."""
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -277,19 +276,30 @@ try:
     follow(sys.executable, str(script))
 except RuntimeError as e:
     print("KILLED:", e)
+stopped = "print('interrupted (SIGTERM: checkpoint saved at step 8 in x).')\\nprint('  python main.py')\\nexit(143)\\n"
+script.write_text(stopped)
+try:
+    follow(sys.executable, str(script))
+except RuntimeError as e:
+    print("TERMINATED:", e)
 """
-# The compute dtype a rerun passes: the run's own (a copy of the finished CPU run, as if begun on a TPU), else the
-# backend's (a TPU stood in for).
-DTYPE_CELL = """saved = json.loads((pathlib.Path(WORKDIR) / "config.json").read_text())
-begun_on_tpu = pathlib.Path(WORKDIR + "_tpu")
-begun_on_tpu.mkdir()
-(begun_on_tpu / "config.json").write_text(json.dumps({**saved, "compute_dtype": "bfloat16"}))
+# The compute dtype a rerun passes: the run's own (a copy of the finished CPU run, as if begun on a TPU), unless
+# its start kept nothing (its config.json alone), else the backend's (a TPU stood in for); JAX_PLATFORMS per backend.
+DTYPE_CELL = """import shutil
+
+begun_on_tpu, kept_nothing = pathlib.Path(WORKDIR + "_tpu"), pathlib.Path(WORKDIR + "_empty")
+shutil.copytree(WORKDIR, begun_on_tpu)
+kept_nothing.mkdir()
+for folder in (begun_on_tpu, kept_nothing):
+    saved = json.loads((pathlib.Path(WORKDIR) / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**saved, "compute_dtype": "bfloat16"}))
 print("DTYPE OWN:", dtype_flags(WORKDIR, "compute_dtype"), dtype_flags(begun_on_tpu, "compute_dtype"))
-print("DTYPE NEW:", dtype_flags(WORKDIR + "_new", "compute_dtype"))
+print("DTYPE NEW:", dtype_flags(WORKDIR + "_new", "compute_dtype"), dtype_flags(kept_nothing, "compute_dtype"))
 print("DTYPE MEMBERS:", dtype_flags(COMPARE_WORKDIR, "members.cnn.compute_dtype", "members.speedrun.compute_dtype"))
 BACKEND, probed = "tpu", BACKEND
 print("DTYPE TPU:", dtype_flags(WORKDIR + "_new", "compute_dtype"), dtype_flags(WORKDIR, "compute_dtype"))
 BACKEND = probed
+print("PLATFORMS:", [jax_platforms(backend) for backend in ("cpu", "gpu", "tpu")])
 """
 
 
@@ -370,10 +380,11 @@ def test_the_colab_notebook_runs_headlessly_with_tiny_settings(tiny_data, tmp_pa
         "KILLED: killed.py was killed by SIGKILL (on Colab, most often the runtime's memory running out); its last "
         "line: about to go" in text
     )
+    assert "TERMINATED: killed.py exited with 143: interrupted (SIGTERM: checkpoint saved at step 8 in x)." in text
     begun = tmp_path / "cnn_tpu"
     assert "DTYPE OWN: ['--config.compute_dtype=float32'] ['--config.compute_dtype=bfloat16']" in text
     assert f"{begun} holds a run begun elsewhere: it goes on with its own compute_dtype=bfloat16" in text
-    assert "DTYPE NEW: []" in text
+    assert "DTYPE NEW: [] []" in text and "PLATFORMS: [None, 'cuda', 'tpu']" in text
     members = "['--config.members.cnn.compute_dtype=float32', '--config.members.speedrun.compute_dtype=float32']"
     assert f"DTYPE MEMBERS: {members}" in text
     assert "DTYPE TPU: ['--config.compute_dtype=bfloat16'] ['--config.compute_dtype=float32']" in text
@@ -399,10 +410,11 @@ def ended(pid: int) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal and /proc are Linux's")
 def test_a_run_outlives_no_notebook_kernel_and_saves_what_it_trained(tiny_data, tmp_path):
     """The kernel killed mid-run (a restart, a disconnect): main.py gets SIGTERM from Linux, and with its output's
     reader gone it still saves the steps it trained (none were saved before: checkpoints every million steps), ends
-    and lets go of the workdir."""
+    and so lets go of the workdir and the devices."""
     workdir = tmp_path / "run"
     args = tiny_cnn(tiny_data, "data.validation_size=64", "num_epochs=1000", "checkpoint.every_steps=1000000")
     kernel = subprocess.Popen(
@@ -428,8 +440,6 @@ def test_a_run_outlives_no_notebook_kernel_and_saves_what_it_trained(tiny_data, 
             os.kill(main, signal.SIGKILL)
     trained = metrics.read_history(workdir)[-1]["step"]
     assert checkpoint_steps(workdir) and checkpoint_steps(workdir)[-1] >= trained
-    with open(workdir / files.LOCK_FILE) as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: raises BlockingIOError while a process holds it
 
 
 def tiny_cnn(data_dir: pathlib.Path, *fields: str) -> tuple[str, ...]:
