@@ -5,12 +5,28 @@ r"""Trains and scores the Fashion-MNIST models.
 Rerunning the same command resumes from the workdir's latest checkpoint.
 """
 
+import os
 import pathlib
 import shlex
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+
+def open_missing_outputs() -> None:
+    """Started without stdout or stderr (`2>&-`): /dev/null takes their place before any file is opened, so that no
+    file gets their number (C code's writes to stderr would land in it) and the progress bars have somewhere to go."""
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        if getattr(sys, name) is None:
+            null = os.open(os.devnull, os.O_WRONLY)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            setattr(sys, name, open(fd, "w", encoding="utf-8", closefd=False))  # noqa: SIM115 (the process's own)
+
+
+open_missing_outputs()
+
+from absl import app, flags, logging  # noqa: E402 (after the outputs are in place)
+from ml_collections import config_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 ROOT = pathlib.Path(__file__).resolve().parent

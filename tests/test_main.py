@@ -174,6 +174,16 @@ def test_output_goes_on_when_its_reader_has_gone_or_was_never_there(tmp_path):
     assert result.returncode == 0 and result.stderr.count("once only") == 1
 
 
+def test_a_run_started_without_stdout_and_stderr_trains_to_its_results(tiny_data, tmp_path):
+    """`main.py ... >&- 2>&-`: /dev/null takes their place before any file is opened (a file would otherwise get
+    their numbers), and the run trains, with its progress bars, to its results."""
+    args = " ".join(shlex.quote(a) for a in tiny_args(tiny_data, tmp_path / "w", num_epochs=1))
+    shell = f"{shlex.quote(sys.executable)} {shlex.quote(str(ROOT / 'main.py'))} {args} >&- 2>&-"
+    result = subprocess.run(["bash", "-c", shell], check=False, env=subprocess_env(), capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout == result.stderr == ""
+    assert metrics.load_results(tmp_path / "w")["test_accuracy"] > 0
+
+
 def test_a_log_file_that_holds_only_what_the_terminal_showed_is_removed(tiny_data, tmp_path):
     """The log file in the temporary folder goes at the end of a run whose warnings the terminal showed whole (here
     that the tiny data are not Fashion-MNIST's), so runs do not fill that folder; one holding a library error's
