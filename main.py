@@ -12,15 +12,19 @@ import sys
 
 
 def open_missing_outputs() -> None:
-    """Started without stdout or stderr (`2>&-`): /dev/null takes their place before any file is opened, so that no
-    file gets their number (C code's writes to stderr would land in it) and the progress bars have somewhere to go."""
-    for fd, name in ((1, "stdout"), (2, "stderr")):
+    """Started without stdin, stdout or stderr (`2>&-`): /dev/null takes their place before any file is opened, so
+    that no file gets their number (C code's writes to stderr would land in it; a child process inherits them) and
+    the progress bars have somewhere to go."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
         if getattr(sys, name) is None:
-            null = os.open(os.devnull, os.O_WRONLY)
+            null = os.open(os.devnull, os.O_RDONLY if mode == "r" else os.O_WRONLY)
             if null != fd:
-                os.dup2(null, fd)
+                os.dup2(null, fd)  # inheritable
                 os.close(null)
-            setattr(sys, name, open(fd, "w", encoding="utf-8", closefd=False))  # noqa: SIM115 (the process's own)
+            else:
+                os.set_inheritable(fd, True)
+            stream = open(fd, mode, encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
+            setattr(sys, name, stream)
 
 
 open_missing_outputs()
