@@ -27,10 +27,11 @@ __all__ = ["CheckpointError", "CheckpointStore", "PreemptionGuard"]
 
 
 class PreemptionGuard:
-    """Within `with` (or until `release`), SIGTERM and SIGINT only set `.signal`: the loop stops at its next safe
-    point, saving what was trained. A second signal acts as usual (a second Ctrl-C raises KeyboardInterrupt)."""
+    """Within `with` (or until `release`), SIGTERM, SIGINT and SIGHUP (a closed terminal or SSH session; left
+    ignored where it is, as under nohup) only set `.signal`: the loop stops at its next safe point, saving what was
+    trained. A second signal acts as usual (a second Ctrl-C raises KeyboardInterrupt)."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
     def __init__(self):
         self.signal: int | None = None
@@ -46,7 +47,8 @@ class PreemptionGuard:
 
     def __enter__(self) -> PreemptionGuard:
         try:
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+            caught = [s for s in self.SIGNALS if not (s == signal.SIGHUP and signal.getsignal(s) == signal.SIG_IGN)]
+            self._previous = {s: signal.signal(s, self._handle) for s in caught}
         except ValueError:  # not the main thread: signals cannot be caught here
             self._previous = {}
         return self

@@ -182,9 +182,9 @@ def _output_or_nowhere() -> None:
 
 class _OutputOrNowhere:
     """sys.stdout or sys.stderr that goes on when its reader has gone (a notebook's kernel restarted, a pipe's reader
-    ended): from the first write that finds the pipe closed, its file descriptor writes to /dev/null. A run stopped
-    then (the notebook's SIGTERM, say) saves its checkpoint and ends as it would, where its first progress bar's
-    write would have ended it on a BrokenPipeError with nothing saved."""
+    ended, a terminal closed): from the first write that finds the pipe closed or the terminal hung up, its file
+    descriptor writes to /dev/null. A run stopped then (the notebook's SIGTERM, the terminal's SIGHUP) saves its
+    checkpoint and ends as it would, where its first progress bar's write would have ended it with nothing saved."""
 
     def __init__(self, stream):
         self._stream = stream
@@ -197,7 +197,9 @@ class _OutputOrNowhere:
     def _unless_gone(self, call, *args):
         try:
             return call(*args)
-        except BrokenPipeError:
+        except OSError as e:
+            if not isinstance(e, BrokenPipeError) and e.errno != errno.EIO:  # EIO: a terminal that hung up
+                raise
             null = os.open(os.devnull, os.O_WRONLY)
             os.dup2(null, self._stream.fileno())  # for every later write, this process's C code's and Python's exit
             os.close(null)

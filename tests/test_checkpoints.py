@@ -725,6 +725,22 @@ def test_a_step_set_aside_twice_keeps_both_copies(tmp_path):
     assert {p.name: (p / "data").read_text() for p in aside.iterdir()} == {"5": "first", "5.1": "second"}
 
 
+def test_a_hangup_is_caught_as_sigterm_is_unless_it_was_ignored():
+    """SIGHUP (a closed terminal or SSH session) is noted as SIGTERM is; where it was ignored (nohup), it stays so."""
+    before = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        with checkpoints.PreemptionGuard() as guard:
+            os.kill(os.getpid(), signal.SIGHUP)
+            assert guard.signal == signal.SIGHUP and signal.getsignal(signal.SIGHUP) == signal.SIG_DFL  # released
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        with checkpoints.PreemptionGuard() as guard:
+            os.kill(os.getpid(), signal.SIGHUP)
+            assert guard.signal is None and signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
+
+
 def test_a_second_signal_acts_as_the_handler_before_the_guard_would():
     """The first SIGTERM or SIGINT is only noted; the guard then puts the previous handler back, so a second one
     acts as usual (a second Ctrl-C raises KeyboardInterrupt); leaving the guard restores what was there."""

@@ -7,12 +7,15 @@ import json
 import logging
 import os
 import pathlib
+import pty
 import re
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import ml_collections
@@ -20,6 +23,7 @@ import pytest
 from helpers import (
     ROOT,
     assert_same_run,
+    checkpoint_steps,
     is_stopped,
     last_line,
     load_config,
@@ -168,6 +172,44 @@ def test_a_run_killed_before_its_first_checkpoint_reruns_with_each_epoch_once(ti
     run.run(tiny_config(tiny_data, **no_checkpoints), tmp_path)
     assert [r["epoch"] for r in metrics.read_history(tmp_path)] == [1, 2]
     finished.assert_same_run(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux" or not shutil.which("setsid"), reason="util-linux's setsid --ctty")
+def test_a_closed_terminal_stops_the_run_with_what_it_trained_saved(tiny_data, tmp_path):
+    """The terminal or SSH session a run is attached to closes: SIGHUP, then writes that fail with EIO. The run saves
+    the steps it trained (none were saved before: checkpoints every million steps) and exits 128 + SIGHUP."""
+    workdir = tmp_path / "run"
+    args = tiny_args(tiny_data, workdir, num_epochs=1000, **{"checkpoint.every_steps": 10**6})
+    terminal, attached = pty.openpty()
+    main = subprocess.Popen(  # its own session, the pseudo-terminal its controlling terminal
+        ["setsid", "--ctty", sys.executable, str(ROOT / "main.py"), *args],
+        stdin=attached,
+        stdout=attached,
+        stderr=attached,
+        env=subprocess_env(),
+        cwd=ROOT,
+    )
+    os.close(attached)
+    shown, closing = [], threading.Event()
+
+    def read_the_terminal():  # as a terminal does: a full one would block the run's writes
+        while not closing.is_set():
+            if select.select([terminal], [], [], 0.05)[0]:
+                shown.append(os.read(terminal, 1 << 16))
+
+    reader = threading.Thread(target=read_the_terminal, daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: len(metrics.read_history(workdir)) >= 2, main)
+    finally:
+        closing.set()
+        reader.join()
+        os.close(terminal)  # the terminal closes
+    assert main.wait(timeout=120) == 128 + signal.SIGHUP, b"".join(shown)[-2000:]
+    trained = metrics.read_history(workdir)[-1]["step"]
+    assert checkpoint_steps(workdir) and checkpoint_steps(workdir)[-1] >= trained
+    assert b"epoch 1/1000" in b"".join(shown)  # the terminal showed the run until it closed
 
 
 def test_history_beyond_the_restored_checkpoint_is_cut_back(tmp_path, finished):
