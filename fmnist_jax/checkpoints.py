@@ -29,7 +29,8 @@ __all__ = ["CheckpointError", "CheckpointStore", "PreemptionGuard"]
 class PreemptionGuard:
     """Within `with` (or until `release`), SIGTERM, SIGINT and SIGHUP (a closed terminal or SSH session; left
     ignored where it is, as under nohup) only set `.signal`: the loop stops at its next safe point, saving what was
-    trained. A second signal acts as usual (a second Ctrl-C raises KeyboardInterrupt)."""
+    trained. A second signal acts as usual (a second Ctrl-C raises KeyboardInterrupt), but for SIGHUP, ignored until
+    `release`: a terminal that hangs up sends it twice (its shell passes one on, the kernel sends another)."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -39,11 +40,16 @@ class PreemptionGuard:
 
     def _handle(self, signum, frame):
         logging.warning(
-            "%s received: stopping at the next safe point, with what was trained saved (a second one acts as usual).",
+            "%s received: stopping at the next safe point, with what was trained saved (a second SIGTERM or Ctrl-C "
+            "acts as usual).",
             signal.Signals(signum).name,
         )
         self.signal = signum
+        hangup = self._previous.pop(signal.SIGHUP, None)
         self.release()
+        if hangup is not None:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            self._previous = {signal.SIGHUP: hangup}  # put back by `release`
 
     def __enter__(self) -> PreemptionGuard:
         try:

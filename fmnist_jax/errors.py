@@ -90,8 +90,8 @@ class DiskFull(WorkdirError):
 
 
 class Interrupted(Exception):
-    """Training stopped on SIGTERM/SIGINT after saving a checkpoint at `step`, or, with `saved` False, before its
-    first step (nothing new to save: the run goes on from `step`, its newest checkpoint's, or 0)."""
+    """Training stopped on SIGTERM, SIGINT or SIGHUP after saving a checkpoint at `step`, or, with `saved` False,
+    before its first step (nothing new to save: the run goes on from `step`, its newest checkpoint's, or 0)."""
 
     def __init__(self, signum: int, step: int, directory: pathlib.Path, *, saved: bool = True):
         self.signum, self.step, self.directory, self.saved = signum, step, directory, saved

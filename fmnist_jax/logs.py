@@ -9,6 +9,7 @@ import logging as py_logging
 import math
 import os
 import pathlib
+import stat
 import sys
 import tempfile
 
@@ -198,12 +199,16 @@ class _OutputOrNowhere:
         try:
             return call(*args)
         except OSError as e:
-            if not isinstance(e, BrokenPipeError) and e.errno != errno.EIO:  # EIO: a terminal that hung up
+            fd = self._stream.fileno()
+            hung_up = e.errno == errno.EIO and stat.S_ISCHR(os.fstat(fd).st_mode)  # not a file's EIO: a disk's error
+            if not (isinstance(e, BrokenPipeError) or hung_up):
                 raise
             null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, self._stream.fileno())  # for every later write, this process's C code's and Python's exit
+            os.dup2(null, fd)  # for every later write, this process's C code's and Python's exit
             os.close(null)
-            return call(*args)  # what the closed pipe refused, now to /dev/null
+            why = "its terminal hung up" if hung_up else "its pipe's reader has gone"
+            logging.warning("From here this run's output goes to /dev/null: %s.", why, extra=LOG_FILE_ONLY)  # kept
+            return call(*args)  # what the closed pipe or terminal refused, now to /dev/null
 
     def write(self, text: str) -> int:
         return self._unless_gone(self._stream.write, text)

@@ -267,7 +267,9 @@ def wait_for(predicate, proc: subprocess.Popen, timeout: float = 300.0) -> None:
     """Polls `predicate` until it holds; fails if `proc` ends first or `timeout` passes."""
     deadline = time.monotonic() + timeout
     while not predicate():
-        assert proc.poll() is None, "the process ended before the awaited moment: " + proc.communicate()[1][-2000:]
+        assert proc.poll() is None, (
+            "the process ended before the awaited moment: " + (proc.communicate()[1] or "")[-2000:]
+        )
         assert time.monotonic() < deadline, "the awaited moment never came"
         time.sleep(0.01)
 

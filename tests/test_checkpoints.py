@@ -725,20 +725,30 @@ def test_a_step_set_aside_twice_keeps_both_copies(tmp_path):
     assert {p.name: (p / "data").read_text() for p in aside.iterdir()} == {"5": "first", "5.1": "second"}
 
 
-def test_a_hangup_is_caught_as_sigterm_is_unless_it_was_ignored():
-    """SIGHUP (a closed terminal or SSH session) is noted as SIGTERM is; where it was ignored (nohup), it stays so."""
-    before = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+def test_a_hangup_is_caught_as_sigterm_is_its_second_ignored_unless_it_was_ignored():
+    """SIGHUP (a closed terminal or SSH session) is noted as SIGTERM is; its second (a hung-up terminal sends two) is
+    ignored until the guard ends, while a SIGTERM then acts as usual; where SIGHUP was ignored (nohup), it stays so."""
+    heard = []
+    before = {
+        s: signal.signal(s, h)
+        for s, h in ((signal.SIGHUP, signal.SIG_DFL), (signal.SIGTERM, lambda n, _: heard.append(n)))
+    }
     try:
         with checkpoints.PreemptionGuard() as guard:
             os.kill(os.getpid(), signal.SIGHUP)
-            assert guard.signal == signal.SIGHUP and signal.getsignal(signal.SIGHUP) == signal.SIG_DFL  # released
+            os.kill(os.getpid(), signal.SIGHUP)  # its default would end this process
+            assert guard.signal == signal.SIGHUP and signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert heard == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         with checkpoints.PreemptionGuard() as guard:
             os.kill(os.getpid(), signal.SIGHUP)
             assert guard.signal is None and signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
         assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
     finally:
-        signal.signal(signal.SIGHUP, before)
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 def test_a_second_signal_acts_as_the_handler_before_the_guard_would():

@@ -174,16 +174,27 @@ def test_a_run_killed_before_its_first_checkpoint_reruns_with_each_epoch_once(ti
     finished.assert_same_run(tmp_path)
 
 
+def can_attach_a_terminal() -> bool:
+    """Whether util-linux's `setsid --ctty` and pseudo-terminals are here, and SIGHUP is not ignored (nohup)."""
+    if sys.platform != "linux" or signal.getsignal(signal.SIGHUP) == signal.SIG_IGN or not shutil.which("setsid"):
+        return False
+    usage = subprocess.run(["setsid", "--help"], capture_output=True, text=True, check=False)
+    return "--ctty" in usage.stdout and pathlib.Path("/dev/ptmx").exists()
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(sys.platform != "linux" or not shutil.which("setsid"), reason="util-linux's setsid --ctty")
+@pytest.mark.skipif(
+    not can_attach_a_terminal(), reason="needs `setsid --ctty`, pseudo-terminals and SIGHUP not ignored"
+)
 def test_a_closed_terminal_stops_the_run_with_what_it_trained_saved(tiny_data, tmp_path):
     """The terminal or SSH session a run is attached to closes: SIGHUP, then writes that fail with EIO. The run saves
-    the steps it trained (none were saved before: checkpoints every million steps) and exits 128 + SIGHUP."""
-    workdir = tmp_path / "run"
+    the steps it trained (none were saved before: checkpoints every million steps), exits 128 + SIGHUP, and its log
+    file says why its output ended."""
+    workdir, logs = tmp_path / "run", tmp_path / "logs"
     args = tiny_args(tiny_data, workdir, num_epochs=1000, **{"checkpoint.every_steps": 10**6})
     terminal, attached = pty.openpty()
     main = subprocess.Popen(  # its own session, the pseudo-terminal its controlling terminal
-        ["setsid", "--ctty", sys.executable, str(ROOT / "main.py"), *args],
+        ["setsid", "--ctty", sys.executable, str(ROOT / "main.py"), *args, f"--log_dir={logs}"],
         stdin=attached,
         stdout=attached,
         stderr=attached,
@@ -195,21 +206,33 @@ def test_a_closed_terminal_stops_the_run_with_what_it_trained_saved(tiny_data, t
 
     def read_the_terminal():  # as a terminal does: a full one would block the run's writes
         while not closing.is_set():
-            if select.select([terminal], [], [], 0.05)[0]:
-                shown.append(os.read(terminal, 1 << 16))
+            try:
+                if select.select([terminal], [], [], 0.05)[0]:
+                    shown.append(os.read(terminal, 1 << 16))
+            except OSError:  # EIO once the run has closed its end
+                return
 
     reader = threading.Thread(target=read_the_terminal, daemon=True)
     reader.start()
     try:
-        wait_for(lambda: len(metrics.read_history(workdir)) >= 2, main)
+        try:
+            wait_for(lambda: len(metrics.read_history(workdir)) >= 2, main)
+        finally:
+            closing.set()
+            reader.join()
+            os.close(terminal)  # the terminal closes
+        assert main.wait(timeout=120) == 128 + signal.SIGHUP
     finally:
-        closing.set()
-        reader.join()
-        os.close(terminal)  # the terminal closes
-    assert main.wait(timeout=120) == 128 + signal.SIGHUP, b"".join(shown)[-2000:]
+        if main.poll() is None:
+            main.kill()
+            main.wait()
+        print(b"".join(shown)[-2000:].decode(errors="replace"))  # what the terminal showed, for a failure's report
     trained = metrics.read_history(workdir)[-1]["step"]
     assert checkpoint_steps(workdir) and checkpoint_steps(workdir)[-1] >= trained
     assert b"epoch 1/1000" in b"".join(shown)  # the terminal showed the run until it closed
+    (log,) = logs.glob("*.log")
+    assert "SIGHUP received" in log.read_text()
+    assert "From here this run's output goes to /dev/null: its terminal hung up." in log.read_text()
 
 
 def test_history_beyond_the_restored_checkpoint_is_cut_back(tmp_path, finished):

@@ -291,7 +291,7 @@ def train_and_evaluate(
     process other than the first of a multi-process run, {} where it cannot see the results of a finished run)."""
     workdir = pathlib.Path(workdir)
     lead = files.is_lead_process()
-    # From the data on, SIGTERM and SIGINT stop the run at its next safe point: before training, with nothing to
+    # From the data on, SIGTERM, SIGINT and SIGHUP stop the run at its next safe point: before training, with nothing to
     # save; during training, once its state is saved (`_train_epochs`).
     with timing.compile_clock() as clock, checkpoints.PreemptionGuard() as guard:
         # Where the seconds go, kept in results.json; the process's start-up is the first run's.
