@@ -217,8 +217,9 @@ def test_commit_file_checkpoints_resume_bit_identically_and_ignore_an_unfinished
 
 
 # The cell's stop button (■): SIGINT to the kernel's main thread, never to main.py's process group, pressed once
-# the cell has shown each pattern in turn (or after 120 s: then it says so); what the cell shows is recorded as it
-# comes (Jupyter's kernel sets its output up for each cell: recorded from the cell that calls this).
+# the cell has been given each pattern in turn (or after 120 s: then it says so); what the cell is given is recorded
+# as it comes, at sys.stdout.write (IPython sets that up for each cell: recorded from the cell that calls this). The
+# cell joins the presser, so that none outlives it.
 STOP_BUTTON = """import threading
 import time
 
@@ -232,12 +233,14 @@ def press_stop_after(*patterns):
         for pattern in patterns:
             while not re.search(pattern, "".join(shown)):
                 if time.monotonic() > deadline:
-                    print("NEVER SHOWN:", pattern)
+                    print("NEVER SHOWN:", pattern, "in", repr("".join(shown)[-300:]))
                     break
                 time.sleep(0.05)
             signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
-    threading.Thread(target=press, daemon=True).start()
+    presser = threading.Thread(target=press, daemon=True)
+    presser.start()
+    return presser, shown
 """
 # A run far longer than the stop takes to arrive, however fast the machine, stopped once its output has shown a
 # progress bar part-way through an epoch: shown live, redrawn at every update (the notebook's own setting, 1 s, is
@@ -245,11 +248,14 @@ def press_stop_after(*patterns):
 STOP_CELL = """print("PROGRESS SECONDS:", os.environ["FMNIST_PROGRESS_SECONDS"])
 os.environ["FMNIST_PROGRESS_SECONDS"] = "0"
 overrides = [o for o in CNN_OVERRIDES if not o.startswith("--config.num_epochs=")] + ["--config.num_epochs=1000"]
-press_stop_after(r"epoch \\d+: +\\d+%\\|[^|]*\\| *[1-9]\\d*/\\d+")
+presser, shown = press_stop_after(r"epoch \\d+: +\\d+%\\|[^|]*\\| *[1-9]\\d*/\\d+")
 try:
     run("--config=configs/cnn.py", f"--workdir={WORKDIR}_stopped", f"--config.data.dir={DATA_DIR}", *overrides)
 except KeyboardInterrupt:
-    print("STOPPED by the kernel")
+    presser.join()
+    given = "".join(shown)
+    print("STOPPED by the kernel, given", given.index("interrupted (SIGINT: checkpoint saved at step "))
+    print("THEN:", "Resume with the same command" in given[given.index("interrupted (SIGINT"):])
 """
 # A command that takes the first SIGINT and stops at the second: ■ twice, the second once the first has been seen.
 TWICE_CELL = """script = pathlib.Path(WORKDIR).parent / "second_stop.py"
@@ -263,10 +269,11 @@ script.write_text(
     "time.sleep(120)\\n"
     "print('never stopped', flush=True)\\n"
 )
-press_stop_after("ready", "first stop")
+presser, shown = press_stop_after("ready", "first stop")
 try:
     follow(sys.executable, str(script))
 except KeyboardInterrupt as e:
+    presser.join()
     print("STOPPED TWICE:", e)
 """
 # A command killed by a signal, as Colab's out-of-memory killer ends one.
@@ -371,11 +378,11 @@ def test_the_colab_notebook_runs_headlessly_with_tiny_settings(tiny_data, tmp_pa
     pinned = re.search(r"JAX FOR: \['jax\[tpu\]==(\S+)', 'jax\[cuda12\]==\1', 'jax==\1'\]", text)
     allowed = next(r for r in (ROOT / "requirements.txt").read_text().splitlines() if r.startswith("jax>"))
     assert pinned and SpecifierSet(allowed.removeprefix("jax")).contains(pinned.group(1))  # a release it allows
-    assert "NEVER SHOWN" not in text and "PROGRESS SECONDS: 1\n" in text
-    stopped = "interrupted (SIGINT: checkpoint saved at step "  # mid-run: its bar was shown part-way
-    assert stopped in text and text.index(stopped) < text.index("STOPPED by the kernel")
-    assert "Resume with the same command" in text and not (tmp_path / "cnn_stopped" / "results.json").exists()
-    assert "first stop" in text and "never stopped" not in text and "STOPPED TWICE: second_stop.py stopped" in text
+    assert "NEVER SHOWN" not in text and "PROGRESS SECONDS: 1\n" in text, text[text.find("DTYPE OWN") :]
+    # Stopped mid-run (its bar was given part-way), main.py's resume line given before the cell stopped.
+    assert re.search(r"STOPPED by the kernel, given \d+\nTHEN: True\n", text), text[text.find("PROGRESS") :]
+    assert not (tmp_path / "cnn_stopped" / "results.json").exists()
+    assert "never stopped" not in text and "STOPPED TWICE: second_stop.py stopped" in text  # pressed on "first stop"
     assert (
         "KILLED: killed.py was killed by SIGKILL (on Colab, most often the runtime's memory running out); its last "
         "line: about to go" in text
