@@ -29,8 +29,9 @@ __all__ = ["CheckpointError", "CheckpointStore", "PreemptionGuard"]
 class PreemptionGuard:
     """Within `with` (or until `release`), SIGTERM, SIGINT and SIGHUP (a closed terminal or SSH session; left
     ignored where it is, as under nohup) only set `.signal`: the loop stops at its next safe point, saving what was
-    trained. A second signal acts as usual (a second Ctrl-C raises KeyboardInterrupt), but for SIGHUP, ignored until
-    `release`: a terminal that hangs up sends it twice (its shell passes one on, the kernel sends another)."""
+    trained. A second SIGTERM or SIGINT acts as usual (a second Ctrl-C raises KeyboardInterrupt); a SIGHUP after any
+    of them is ignored until `release`: a terminal that hangs up sends two (its shell passes one on, the kernel sends
+    another), and one closed during the save should not end it."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -44,16 +45,19 @@ class PreemptionGuard:
             "acts as usual).",
             signal.Signals(signum).name,
         )
-        self.signal = signum
-        hangup = self._previous.pop(signal.SIGHUP, None)
-        self.release()
-        if hangup is not None:
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)
-            self._previous = {signal.SIGHUP: hangup}  # put back by `release`
+        if self.signal is None:
+            self.signal = signum
+        previous, self._previous = self._previous, {}
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_IGN if s == signal.SIGHUP else handler)
+        if signal.SIGHUP in previous:
+            self._previous = {signal.SIGHUP: previous[signal.SIGHUP]}  # put back by `release`
 
     def __enter__(self) -> PreemptionGuard:
         try:
-            caught = [s for s in self.SIGNALS if not (s == signal.SIGHUP and signal.getsignal(s) == signal.SIG_IGN)]
+            # SIGHUP where it is not ignored (nohup) nor C code's (a handler Python cannot put back).
+            hangup = signal.getsignal(signal.SIGHUP) not in (signal.SIG_IGN, None)
+            caught = [s for s in self.SIGNALS if s != signal.SIGHUP or hangup]
             self._previous = {s: signal.signal(s, self._handle) for s in caught}
         except ValueError:  # not the main thread: signals cannot be caught here
             self._previous = {}
@@ -67,9 +71,9 @@ class PreemptionGuard:
 
     def release(self) -> None:
         """Puts the previous handlers back (once; `__exit__` calls it too)."""
-        for s, handler in self._previous.items():
+        previous, self._previous = self._previous, {}  # taken first: a signal's handler may run in the loop below
+        for s, handler in previous.items():
             signal.signal(s, handler)
-        self._previous = {}
 
     def __exit__(self, *exc) -> None:
         self.release()

@@ -199,15 +199,18 @@ class _OutputOrNowhere:
         try:
             return call(*args)
         except OSError as e:
+            if e.errno not in (errno.EPIPE, errno.EIO):  # EPIPE: BrokenPipeError
+                raise
             fd = self._stream.fileno()
-            hung_up = e.errno == errno.EIO and stat.S_ISCHR(os.fstat(fd).st_mode)  # not a file's EIO: a disk's error
-            if not (isinstance(e, BrokenPipeError) or hung_up):
+            hung_up = e.errno == errno.EIO and stat.S_ISCHR(os.fstat(fd).st_mode)  # a file's EIO is a disk's error
+            if e.errno == errno.EIO and not hung_up:
                 raise
             null = os.open(os.devnull, os.O_WRONLY)
             os.dup2(null, fd)  # for every later write, this process's C code's and Python's exit
             os.close(null)
             why = "its terminal hung up" if hung_up else "its pipe's reader has gone"
-            logging.warning("From here this run's output goes to /dev/null: %s.", why, extra=LOG_FILE_ONLY)  # kept
+            name = getattr(self._stream, "name", fd)
+            logging.warning("From here %s goes to /dev/null: %s.", name, why, extra=LOG_FILE_ONLY)  # the file kept
             return call(*args)  # what the closed pipe or terminal refused, now to /dev/null
 
     def write(self, text: str) -> int:

@@ -218,8 +218,8 @@ def test_commit_file_checkpoints_resume_bit_identically_and_ignore_an_unfinished
 
 # The cell's stop button (■): SIGINT to the kernel's main thread, never to main.py's process group, pressed once
 # the cell has been given each pattern in turn (or after 120 s: then it says so); what the cell is given is recorded
-# as it comes, at sys.stdout.write (IPython sets that up for each cell: recorded from the cell that calls this). The
-# cell joins the presser, so that none outlives it.
+# as it comes, at sys.stdout.write (IPython patches that for each cell and puts it back after: recorded from the cell
+# that runs the command). The cell joins the presser, so that none outlives it.
 STOP_BUTTON = """import threading
 import time
 
@@ -254,8 +254,9 @@ try:
 except KeyboardInterrupt:
     presser.join()
     given = "".join(shown)
-    print("STOPPED by the kernel, given", given.index("interrupted (SIGINT: checkpoint saved at step "))
-    print("THEN:", "Resume with the same command" in given[given.index("interrupted (SIGINT"):])
+    stopped = given.find("interrupted (SIGINT: checkpoint saved at step ")
+    print("STOPPED by the kernel, given", stopped if stopped >= 0 else repr(given[-500:]))
+    print("THEN:", stopped >= 0 and "Resume with the same command" in given[stopped:])
 """
 # A command that takes the first SIGINT and stops at the second: ■ twice, the second once the first has been seen.
 TWICE_CELL = """script = pathlib.Path(WORKDIR).parent / "second_stop.py"

@@ -232,7 +232,7 @@ def test_a_closed_terminal_stops_the_run_with_what_it_trained_saved(tiny_data, t
     assert b"epoch 1/1000" in b"".join(shown)  # the terminal showed the run until it closed
     (log,) = logs.glob("*.log")
     assert "SIGHUP received" in log.read_text()
-    assert "From here this run's output goes to /dev/null: its terminal hung up." in log.read_text()
+    assert "From here <stderr> goes to /dev/null: its terminal hung up." in log.read_text()
 
 
 def test_history_beyond_the_restored_checkpoint_is_cut_back(tmp_path, finished):
