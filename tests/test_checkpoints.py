@@ -18,7 +18,7 @@ import jax
 import pytest
 from helpers import assert_same_run, checkpoint_steps, run_interrupted
 
-from fmnist_jax import checkpoints, files, machine, metrics, parallel, report, run
+from fmnist_jax import checkpoints, files, machine, metrics, parallel, preemption, report, run
 from fmnist_jax.errors import ConfigError, Interrupted, UserError
 from fmnist_jax.training import evaluate, loop
 from fmnist_jax.training import state as train_state
@@ -734,7 +734,7 @@ def test_a_hangup_is_caught_as_sigterm_is_its_second_ignored_unless_it_was_ignor
         for s, h in ((signal.SIGHUP, signal.SIG_DFL), (signal.SIGTERM, lambda n, _: heard.append(n)))
     }
     try:
-        with checkpoints.PreemptionGuard() as guard:
+        with preemption.PreemptionGuard() as guard:
             os.kill(os.getpid(), signal.SIGHUP)
             os.kill(os.getpid(), signal.SIGHUP)  # its default would end this process
             assert guard.signal == signal.SIGHUP and signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
@@ -742,7 +742,7 @@ def test_a_hangup_is_caught_as_sigterm_is_its_second_ignored_unless_it_was_ignor
             assert heard == [signal.SIGTERM]
         assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        with checkpoints.PreemptionGuard() as guard:
+        with preemption.PreemptionGuard() as guard:
             os.kill(os.getpid(), signal.SIGHUP)
             assert guard.signal is None and signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
         assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
@@ -762,7 +762,7 @@ def test_a_second_signal_acts_as_the_handler_before_the_guard_would():
     try:
         for signum in (signal.SIGTERM, signal.SIGINT):
             heard.clear()
-            with checkpoints.PreemptionGuard() as guard:
+            with preemption.PreemptionGuard() as guard:
                 os.kill(os.getpid(), signum)
                 assert guard.signal == signum and heard == []
                 if signum == signal.SIGTERM:
@@ -771,7 +771,7 @@ def test_a_second_signal_acts_as_the_handler_before_the_guard_would():
                 else:
                     with pytest.raises(KeyboardInterrupt):
                         os.kill(os.getpid(), signum)
-        with checkpoints.PreemptionGuard():
+        with preemption.PreemptionGuard():
             pass
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:

@@ -12,7 +12,19 @@ import numpy as np
 import pytest
 from helpers import load_config, model_logits
 
-from fmnist_jax import checkpoints, compile_cache, config_lib, data, errors, files, metrics, ops, parallel, run
+from fmnist_jax import (
+    checkpoints,
+    compile_cache,
+    config_lib,
+    data,
+    errors,
+    files,
+    metrics,
+    ops,
+    parallel,
+    preemption,
+    run,
+)
 from fmnist_jax.errors import ConfigError
 from fmnist_jax.training import evaluate, loop
 from fmnist_jax.training import plan as plan_lib
@@ -252,7 +264,7 @@ def test_a_signal_on_a_run_resumed_at_its_last_step_stops_with_its_checkpoint_sa
         asked.append(1)
         return signal.SIGTERM if len(asked) >= 3 else None
 
-    monkeypatch.setattr(checkpoints.PreemptionGuard, "heard", heard)
+    monkeypatch.setattr(preemption.PreemptionGuard, "heard", heard)
     with pytest.raises(errors.Interrupted) as stopped:
         run.run(cnn_config, workdir)
     assert (stopped.value.step, stopped.value.saved, len(asked)) == (8, True, 3)

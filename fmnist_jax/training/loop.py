@@ -24,7 +24,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from fmnist_jax import checkpoints, config_lib, errors, events, files, logs, metrics, parallel, timing
+from fmnist_jax import checkpoints, config_lib, errors, events, files, logs, metrics, parallel, preemption, timing
 from fmnist_jax.errors import TrainingError
 from fmnist_jax.training.evaluate import PendingScores
 from fmnist_jax.training.plan import Plan, chunks, load_data, make_plan
@@ -228,7 +228,7 @@ def _train_epochs(
     inputs: TrainInputs,
     step: int,
     train_seconds: float,
-    guard: checkpoints.PreemptionGuard,
+    guard: preemption.PreemptionGuard,
 ) -> tuple[TrainState, float, dict[str, Any] | None]:
     """Trains from `step` to the end on `inputs` (`_inputs(plan, step)`); returns the final state, the training
     seconds and the last epoch's validation scores (None when no epoch ended here). On a signal (`guard`), saves
@@ -293,7 +293,7 @@ def train_and_evaluate(
     lead = files.is_lead_process()
     # From the data on, SIGTERM, SIGINT and SIGHUP stop the run at its next safe point: before training, with nothing to
     # save; during training, once its state is saved (`_train_epochs`).
-    with timing.compile_clock() as clock, checkpoints.PreemptionGuard() as guard:
+    with timing.compile_clock() as clock, preemption.PreemptionGuard() as guard:
         # Where the seconds go, kept in results.json; the process's start-up is the first run's.
         phases = timing.Phases(clock, before_run=timing.start_up())
         mesh = mesh or parallel.make_mesh()
@@ -320,7 +320,7 @@ def train_and_evaluate(
             return _run_plan(plan, store, state, num_params, phases, guard, accept)
 
 
-def _stop_if_signalled(guard: checkpoints.PreemptionGuard, step: int, store: checkpoints.CheckpointStore) -> None:
+def _stop_if_signalled(guard: preemption.PreemptionGuard, step: int, store: checkpoints.CheckpointStore) -> None:
     """Before the first train call: a signal caught so far (by any process of the run, so that all stop together)
     ends the run with nothing to save (it goes on from `step`, the restored checkpoint's, when rerun)."""
     if heard := guard.heard():
@@ -333,7 +333,7 @@ def _run_plan(
     state: TrainState,
     num_params: int,
     phases: timing.Phases,
-    guard: checkpoints.PreemptionGuard,
+    guard: preemption.PreemptionGuard,
     accept: Callable[[], None],
 ) -> dict[str, Any]:
     """Restores, trains and scores `plan`'s run in `store` (train_and_evaluate after its set-up; the caller

@@ -1,0 +1,64 @@
+"""Stop signals: SIGTERM (a scheduler's preemption), SIGINT (Ctrl-C) and SIGHUP (a closed terminal) end a run at
+its next safe point, with what it trained saved, instead of at once."""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+from absl import logging
+
+from fmnist_jax import parallel
+
+
+class PreemptionGuard:
+    """Within `with` (or until `release`), SIGTERM, SIGINT and SIGHUP (a closed terminal or SSH session; left
+    ignored where it is, as under nohup) only set `.signal`: the loop stops at its next safe point, saving what was
+    trained. A second SIGTERM or SIGINT acts as usual (a second Ctrl-C raises KeyboardInterrupt); a SIGHUP after any
+    of them is ignored until `release`: a terminal that hangs up sends two (its shell passes one on, the kernel sends
+    another), and one closed during the save should not end it."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame):
+        logging.warning(
+            "%s received: stopping at the next safe point, with what was trained saved (a second SIGTERM or Ctrl-C "
+            "acts as usual).",
+            signal.Signals(signum).name,
+        )
+        if self.signal is None:
+            self.signal = signum
+        previous, self._previous = self._previous, {}
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_IGN if s == signal.SIGHUP else handler)
+        if signal.SIGHUP in previous:
+            self._previous = {signal.SIGHUP: previous[signal.SIGHUP]}  # put back by `release`
+
+    def __enter__(self) -> PreemptionGuard:
+        try:
+            # SIGHUP where it is not ignored (nohup) nor C code's (a handler Python cannot put back).
+            hangup = signal.getsignal(signal.SIGHUP) not in (signal.SIG_IGN, None)
+            caught = [s for s in self.SIGNALS if s != signal.SIGHUP or hangup]
+            self._previous = {s: signal.signal(s, self._handle) for s in caught}
+        except ValueError:  # not the main thread: signals cannot be caught here
+            self._previous = {}
+        return self
+
+    def heard(self) -> int | None:
+        """The signal this process or any other of the job caught: the same answer on every process, each of which
+        must ask at the same point of the run (one all-gather; in a one-process job, `.signal`). A process that
+        stopped alone would leave the others waiting for it in their next collective."""
+        return parallel.max_over_processes(self.signal or 0) or None
+
+    def release(self) -> None:
+        """Puts the previous handlers back (once; `__exit__` calls it too)."""
+        previous, self._previous = self._previous, {}  # taken first: a signal's handler may run in the loop below
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+    def __exit__(self, *exc) -> None:
+        self.release()
