@@ -204,10 +204,17 @@ def snapshot(folder: pathlib.Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def process_state(pid: int) -> str | None:
+    """The state letter in /proc/PID/stat (Linux: T stopped, Z ended but not yet reaped), or None once it is gone."""
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return None
+
+
 def is_stopped(proc: subprocess.Popen) -> bool:
-    """Whether `proc` is stopped (SIGSTOP): state T in /proc/PID/stat (Linux)."""
-    stat = pathlib.Path(f"/proc/{proc.pid}/stat").read_text()
-    return stat.rsplit(")", 1)[1].split()[0] == "T"
+    """Whether `proc` is stopped (SIGSTOP)."""
+    return process_state(proc.pid) == "T"
 
 
 def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:

@@ -26,6 +26,7 @@ from helpers import (
     last_line,
     load_config,
     main_args,
+    process_state,
     run_interrupted,
     subprocess_env,
     wait_for,
@@ -411,10 +412,7 @@ run(*sys.argv[1:])
 
 def ended(pid: int) -> bool:
     """Whether process `pid` has ended (gone, or a zombie its new parent has yet to reap)."""
-    try:
-        return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
+    return process_state(pid) in (None, "Z")
 
 
 @pytest.mark.slow
