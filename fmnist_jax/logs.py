@@ -199,16 +199,15 @@ class _OutputOrNowhere:
         try:
             return call(*args)
         except OSError as e:
-            if e.errno not in (errno.EPIPE, errno.EIO):  # EPIPE: BrokenPipeError
+            if e.errno == errno.EPIPE:  # BrokenPipeError
+                why = "its pipe's reader has gone"
+            elif e.errno == errno.EIO and stat.S_ISCHR(os.fstat(self._stream.fileno()).st_mode):  # not a disk's EIO
+                why = "its terminal hung up"
+            else:
                 raise
-            fd = self._stream.fileno()
-            hung_up = e.errno == errno.EIO and stat.S_ISCHR(os.fstat(fd).st_mode)  # a file's EIO is a disk's error
-            if e.errno == errno.EIO and not hung_up:
-                raise
-            null = os.open(os.devnull, os.O_WRONLY)
+            fd, null = self._stream.fileno(), os.open(os.devnull, os.O_WRONLY)
             os.dup2(null, fd)  # for every later write, this process's C code's and Python's exit
             os.close(null)
-            why = "its terminal hung up" if hung_up else "its pipe's reader has gone"
             name = getattr(self._stream, "name", fd)
             logging.warning("From here %s goes to /dev/null: %s.", name, why, extra=LOG_FILE_ONLY)  # the file kept
             return call(*args)  # what the closed pipe or terminal refused, now to /dev/null
