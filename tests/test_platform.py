@@ -357,8 +357,10 @@ def test_the_colab_notebook_runs_headlessly_with_tiny_settings(tiny_data, tmp_pa
     for cell in (DTYPE_CELL, KILLED_CELL, STOP_BUTTON, TWICE_CELL, STOP_CELL):
         notebook.cells.append(nbformat.v4.new_code_cell(cell))
     NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
-    text = "\n".join(
-        output.get("text", "") + json.dumps(output.get("data", {}))
+    # The cells' output as shown: a stream's pieces joined as they came (one print's words may come in two messages),
+    # each display's data on a line of its own.
+    text = "".join(
+        output.get("text", "") or "\n" + json.dumps(output.get("data", {})) + "\n"
         for cell in notebook.cells
         if cell.cell_type == "code"
         for output in cell.get("outputs", [])
