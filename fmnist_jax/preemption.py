@@ -16,13 +16,15 @@ class PreemptionGuard:
     ignored where it is, as under nohup) only set `.signal`: the loop stops at its next safe point, saving what was
     trained. A second SIGTERM or SIGINT acts as usual (a second Ctrl-C raises KeyboardInterrupt); a SIGHUP after any
     of them is ignored until `release`: a terminal that hangs up sends two (its shell passes one on, the kernel sends
-    another), and one closed during the save should not end it."""
+    another), and one closed during the save should not end it. A signal that `heard` never reported is not lost:
+    `release` raises it again under the handlers it puts back, as if it had come just after."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
     def __init__(self):
         self.signal: int | None = None
         self._previous: dict[int, Any] = {}
+        self._acted_on = False  # `heard` reported a signal: the run is stopping for it
 
     def _handle(self, signum, frame):
         logging.warning(
@@ -52,13 +54,20 @@ class PreemptionGuard:
         """The signal this process or any other of the job caught: the same answer on every process, each of which
         must ask at the same point of the run (one all-gather; in a one-process job, `.signal`). A process that
         stopped alone would leave the others waiting for it in their next collective."""
-        return parallel.max_over_processes(self.signal or 0) or None
+        heard = parallel.max_over_processes(self.signal or 0) or None
+        self._acted_on = self._acted_on or heard is not None
+        return heard
 
-    def release(self) -> None:
-        """Puts the previous handlers back (once; `__exit__` calls it too)."""
+    def release(self, *, unheard: bool = True) -> None:
+        """Puts the previous handlers back (once; `__exit__` calls it too). With `unheard`, a signal caught since the
+        last `heard` (which the run has not stopped for) is then raised again: it acts as usual, as one that came a
+        moment later would (a Ctrl-C raises KeyboardInterrupt, a SIGTERM's default ends the process)."""
         previous, self._previous = self._previous, {}  # taken first: a signal's handler may run in the loop below
         for s, handler in previous.items():
             signal.signal(s, handler)
+        if unheard and self.signal is not None and not self._acted_on:
+            self._acted_on = True  # once
+            signal.raise_signal(self.signal)
 
-    def __exit__(self, *exc) -> None:
-        self.release()
+    def __exit__(self, exc_type, *exc) -> None:
+        self.release(unheard=exc_type is None)  # not over an error on its way out: it would hide it

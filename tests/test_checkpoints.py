@@ -739,13 +739,46 @@ def test_a_hangup_is_caught_as_sigterm_is_its_second_ignored_unless_it_was_ignor
             os.kill(os.getpid(), signal.SIGHUP)  # its default would end this process
             assert guard.signal == signal.SIGHUP and signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
             os.kill(os.getpid(), signal.SIGTERM)
-            assert heard == [signal.SIGTERM]
+            assert heard == [signal.SIGTERM] and guard.heard() == signal.SIGHUP  # the run stops for it
         assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         with preemption.PreemptionGuard() as guard:
             os.kill(os.getpid(), signal.SIGHUP)
             assert guard.signal is None and signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
         assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def test_a_signal_the_run_never_heard_acts_as_usual_when_the_guard_ends_unless_an_error_is_on_its_way():
+    """A signal caught after the loop last asked (`heard`) is raised again when the guard ends, under the handlers
+    it puts back, as one a moment later would be (a Ctrl-C: KeyboardInterrupt), once; one the run heard is not; nor
+    one caught while an error leaves the guard: the error goes on, unhidden."""
+    heard = []
+    before = {
+        s: signal.signal(s, h)
+        for s, h in ((signal.SIGTERM, lambda n, _: heard.append(n)), (signal.SIGINT, signal.default_int_handler))
+    }
+    try:
+        with preemption.PreemptionGuard() as guard:
+            assert guard.heard() is None
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert heard == []  # only noted
+            guard.release()
+            assert heard == [signal.SIGTERM]
+        assert heard == [signal.SIGTERM]  # not twice
+        with pytest.raises(KeyboardInterrupt), preemption.PreemptionGuard():
+            os.kill(os.getpid(), signal.SIGINT)
+
+        def fail_after_a_signal():
+            with preemption.PreemptionGuard():
+                os.kill(os.getpid(), signal.SIGTERM)
+                raise ValueError("the error")
+
+        with pytest.raises(ValueError, match="the error"):
+            fail_after_a_signal()
+        assert heard == [signal.SIGTERM] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
@@ -771,6 +804,8 @@ def test_a_second_signal_acts_as_the_handler_before_the_guard_would():
                 else:
                     with pytest.raises(KeyboardInterrupt):
                         os.kill(os.getpid(), signum)
+                assert guard.heard() == signum  # the run stops for it: not raised again on leaving
+            assert heard == (["term"] if signum == signal.SIGTERM else [])
         with preemption.PreemptionGuard():
             pass
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
