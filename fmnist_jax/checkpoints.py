@@ -56,7 +56,7 @@ def resolve_atomicity(setting: str, directory: pathlib.Path) -> str:
     return "commit_file" if on_drive or _mount_type(directory).startswith("fuse") else "rename"
 
 
-ATOMICITY_FILE = "ATOMICITY"
+ATOMICITY_FILE = config_lib.ATOMICITY_FILE
 
 
 def trained_on(meta: dict[str, Any], machine: str | None = None) -> list[dict[str, Any]]:
@@ -342,6 +342,17 @@ class CheckpointStore:
         finally:
             self.manager.close()
             self._await_leftover_cleanup()
+
+    def close_over(self, exc_type, exc, tb) -> bool:
+        """`close` as an `ExitStack.push` exit: where an error is already on its way out, a failed save is logged
+        beside it, not raised in its place (a NaN loss or a second Ctrl-C must not read as a full disk)."""
+        try:
+            self.close()
+        except CheckpointError as e:
+            if exc is None:
+                raise
+            logging.warning("%s (while stopping for %s)", e, type(exc).__name__)
+        return False
 
     def _await_leftover_cleanup(self) -> None:
         """Waits for the manager's removal of the temporary folders earlier runs left: Orbax starts it in a thread when

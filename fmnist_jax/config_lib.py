@@ -132,6 +132,7 @@ DATA_FIELDS = ("seed", "data.")
 # workdir: a config.json there with nothing else may be replaced by any config (see `kept_nothing`).
 NOTHING_COMPUTED = (CONFIG_FILE, files.LOCK_FILE)
 CHECKPOINTS_DIR = "checkpoints"
+ATOMICITY_FILE, COMMIT_FILE = "ATOMICITY", "commit_success.txt"  # the checkpoints' form; Orbax's commit in place
 MODEL_FILE, FIT_FILE = "model.joblib", "fit.json"  # a baseline's fitted model and its fit's record (baselines.py's)
 BASELINE_MODELS = ("random_forest", "linear_svm")  # their config.model.name and results.json's `model`
 EVENTS_DIR = "tensorboard"  # the TensorBoard events' folder (events.py's; named here, where no JAX is imported)
@@ -148,9 +149,16 @@ def last_step(num_train_images: int, batch_size: int, num_epochs: int) -> int:
 
 
 def checkpoint_steps(workdir: pathlib.Path) -> list[int]:
-    """The steps of WORKDIR/checkpoints' step folders, oldest first, read from their names (no Orbax)."""
+    """The steps of WORKDIR/checkpoints' step folders, oldest first, read from their names (no Orbax); in the
+    commit-file form (`checkpoints.py`), only folders with Orbax's commit file: one without is a save cut short."""
     folder = workdir / CHECKPOINTS_DIR
-    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    form = folder / ATOMICITY_FILE
+    in_place = form.is_file() and form.read_text(encoding="utf-8").strip() == "commit_file"
+    return sorted(
+        int(p.name) for p in folder.iterdir() if p.name.isdigit() and (not in_place or (p / COMMIT_FILE).exists())
+    )
 
 
 def kept_nothing(workdir: pathlib.Path) -> bool:
@@ -345,7 +353,7 @@ def save_or_check(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
     replaced = path.read_text(encoding="utf-8") if path.exists() else None
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        files.atomic_write_text(path, json.dumps(requested, indent=2) + "\n")
+        files.replace_undoably(path, json.dumps(requested, indent=2) + "\n", replaced)
     except OSError as e:
         raise ConfigError(f"cannot write {path} ({e.strerror}); choose a writable --workdir.") from e
     return replaced
@@ -356,18 +364,28 @@ def put_back_unless_accepted(workdir: str | pathlib.Path, replaced: str | None) 
     """Gives the start a callable to call once its checks have passed (the data read, the checkpoint restored); if
     the `with` raises before that, puts back the config.json text `replaced` (`save_or_check`'s): a start refused
     (missing or other data, a checkpoint past its last step) or stopped before then leaves the run's config.json
-    as it was, its data.dir and num_epochs those the next start and `evaluate` compare and read."""
-    accepted = []
+    as it was, its data.dir and num_epochs those the next start and `evaluate` compare and read. One killed before
+    then (SIGKILL: no `except` runs) has it put back by the next start (`files.undo_killed_writes`)."""
+    path, accepted = pathlib.Path(workdir) / CONFIG_FILE, []
+
+    def accept() -> None:
+        if not accepted:
+            files.keep_replacement(path)
+            accepted.append(True)
+
     try:
-        yield lambda: accepted.append(True)
+        yield accept
     except BaseException:
         if replaced is not None and not accepted:
-            path = pathlib.Path(workdir) / CONFIG_FILE
             try:
                 files.atomic_write_text(path, replaced)
+                files.keep_replacement(path)
             except OSError as e:  # the start's own error is the one to show
-                logging.warning("%s could not be put back (%s): it holds the refused command's fields", path, e)
+                logging.warning(
+                    "%s could not be put back (%s): it holds the refused command's fields until a start there", path, e
+                )
         raise
+    accept()  # ended without an error: the config.json it wrote stands
 
 
 def merge(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:

@@ -18,6 +18,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 
 from absl import logging
@@ -31,6 +32,8 @@ RANK_VARIABLES = ("JAX_PROCESS_ID", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "TPU
 # The temporary files of atomic writes: hidden, and named apart from what readers look for (TensorBoard reads any
 # file whose name holds "tfevents", a half-written one too).
 TEMP_PREFIX, TEMP_SUFFIX = ".atomic-", ".tmp"
+STARTED = time.time()  # about when this process started (its first import of this module)
+BEFORE_SUFFIX = ".before"  # `replace_undoably`'s copy of what it replaced: .config.json.before
 
 
 def is_lead_process() -> bool:
@@ -72,6 +75,50 @@ def atomic_write_bytes(path: str | os.PathLike, content: bytes) -> None:
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
+
+
+def _before(path: pathlib.Path) -> pathlib.Path:
+    """The hidden file that keeps the text `replace_undoably` replaced in `path`, beside it."""
+    return path.with_name(f".{path.name}{BEFORE_SUFFIX}")
+
+
+def replace_undoably(path: str | os.PathLike, text: str, before: str | None) -> None:
+    """Writes `text` to `path` (atomically), first keeping `before`, the text it replaces (None: none), in a hidden
+    file beside it, until `keep_replacement` drops it: a process killed before then (no `finally` runs) has its
+    replacement undone by the next `undo_killed_writes` there."""
+    path = pathlib.Path(path)
+    if before is not None:
+        atomic_write_text(_before(path), before)
+    atomic_write_text(path, text)
+
+
+def keep_replacement(path: str | os.PathLike) -> None:
+    """Makes `replace_undoably`'s write of `path` final."""
+    _before(pathlib.Path(path)).unlink(missing_ok=True)
+
+
+def undo_killed_writes(folder: pathlib.Path, *more: pathlib.Path) -> None:
+    """What writes cut short by a kill left in `folder` (and the folders `more`), undone: their temporary files
+    removed, a replacement never kept (`replace_undoably`) put back. Only by the process that holds the workdir's
+    lock; a temporary file younger than this process stays: the write of another process of its job, under way."""
+    for where in (folder, *more):
+        for leftover in where.glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}") if where.is_dir() else ():
+            if _older_than_this_process(leftover):
+                leftover.unlink(missing_ok=True)
+                logging.info("Removed %s, a write that a kill cut short", leftover)
+    for before in folder.glob(f".*{BEFORE_SUFFIX}"):
+        if _older_than_this_process(before):
+            path = before.with_name(before.name[1 : -len(BEFORE_SUFFIX)])
+            atomic_write_bytes(path, before.read_bytes())
+            before.unlink()
+            logging.warning("%s put back as it was: the start that replaced it was killed before it went on", path)
+
+
+def _older_than_this_process(path: pathlib.Path) -> bool:
+    try:
+        return path.stat().st_mtime < STARTED
+    except FileNotFoundError:  # renamed or removed meanwhile by the process that wrote it
+        return False
 
 
 def _fsync_folder(folder: pathlib.Path) -> None:

@@ -12,9 +12,9 @@ from fmnist_jax import parallel
 
 
 class PreemptionGuard:
-    """Within `with` (or until `release`), SIGTERM, SIGINT and SIGHUP (a closed terminal or SSH session; left
-    ignored where it is, as under nohup) only set `.signal`: the loop stops at its next safe point, saving what was
-    trained. A second SIGTERM or SIGINT acts as usual (a second Ctrl-C raises KeyboardInterrupt); a SIGHUP after any
+    """Within `with` (or until `release`), SIGTERM, SIGINT and SIGHUP (a closed terminal or SSH session), each left
+    ignored where it is (as SIGHUP under nohup), only set `.signal`: the loop stops at its next safe point, saving what
+    was trained. A second SIGTERM or SIGINT acts as usual (a second Ctrl-C raises KeyboardInterrupt); a SIGHUP after any
     of them is ignored until `release`: a terminal that hangs up sends two (its shell passes one on, the kernel sends
     another), and one closed during the save should not end it. A signal that `heard` never reported is not lost:
     `release` raises it again under the handlers it puts back, as if it had come just after."""
@@ -42,9 +42,10 @@ class PreemptionGuard:
 
     def __enter__(self) -> PreemptionGuard:
         try:
-            # SIGHUP where it is not ignored (nohup) nor C code's (a handler Python cannot put back).
-            hangup = signal.getsignal(signal.SIGHUP) not in (signal.SIG_IGN, None)
-            caught = [s for s in self.SIGNALS if s != signal.SIGHUP or hangup]
+            # Not a signal ignored (SIGHUP under nohup, SIGINT in a job a script started with `&`: a Ctrl-C meant for
+            # the script), nor SIGHUP where C code handles it (a handler Python cannot put back).
+            before = {s: signal.getsignal(s) for s in self.SIGNALS}
+            caught = [s for s, h in before.items() if h != signal.SIG_IGN and (h is not None or s != signal.SIGHUP)]
             self._previous = {s: signal.signal(s, self._handle) for s in caught}
         except ValueError:  # not the main thread: signals cannot be caught here
             self._previous = {}

@@ -58,6 +58,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, given: C
         locks = files.is_lead_process() and (mode != "predict" or files.writable(workdir))
         with agreed:
             lock.enter_context(files.workdir_lock(workdir) if locks else contextlib.nullcontext())
+        if locks:  # alone in the workdir: what a killed start left half-done goes first
+            files.undo_killed_writes(workdir, workdir / config_lib.CHECKPOINTS_DIR)
         if made and files.is_lead_process():  # once locked (a run refused the lock must not touch the folder)
             lock.enter_context(_removed_if_unused(workdir, made))  # exits before the lock is released
         try:

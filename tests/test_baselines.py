@@ -78,20 +78,21 @@ def test_a_refused_rerun_leaves_the_runs_config_as_it_was(tiny_data, tmp_path, m
     assert (tmp_path / "config.json").read_bytes() == saved
     real_write, written = files.atomic_write_text, []
 
-    def full_at_the_second(path, text):  # config.json written, then not put back: the disk filled meanwhile
-        written.append(path)
-        if len(written) == 2:
+    def full_at_the_put_back(path, text):  # config.json written, then not put back: the disk filled meanwhile
+        written.append(path.name)
+        if written.count("config.json") == 2:
             raise OSError(errno.ENOSPC, "No space left on device")
         real_write(path, text)
 
-    monkeypatch.setattr(files, "atomic_write_text", full_at_the_second)
+    monkeypatch.setattr(files, "atomic_write_text", full_at_the_put_back)
     caplog.set_level(logging.WARNING)
     with pytest.raises(DataError, match="no_data"):  # the start's own error, not the put-back's
         run.run(tiny("random_forest", tmp_path / "no_data", **{"model.n_estimators": 5}), tmp_path)
-    assert written == [tmp_path / "config.json"] * 2 and "No space left" in caplog.text
+    assert written == [".config.json.before", "config.json", "config.json"] and "No space left" in caplog.text
     assert f"{tmp_path / 'config.json'} could not be put back" in caplog.text
     monkeypatch.undo()
     assert run.run(config, tmp_path)["test_accuracy"] == trained["test_accuracy"]
+    assert (tmp_path / "config.json").read_bytes() == saved  # the next start put it back
 
 
 def test_warm_started_forest_equals_one_fit(tiny_data):

@@ -18,8 +18,8 @@ import jax
 import pytest
 from helpers import assert_same_run, checkpoint_steps, run_interrupted
 
-from fmnist_jax import checkpoints, files, machine, metrics, parallel, preemption, report, run
-from fmnist_jax.errors import ConfigError, Interrupted, UserError
+from fmnist_jax import checkpoints, config_lib, files, machine, metrics, parallel, preemption, report, run
+from fmnist_jax.errors import CheckpointError, ConfigError, Interrupted, UserError
 from fmnist_jax.training import evaluate, loop
 from fmnist_jax.training import state as train_state
 from fmnist_jax.training import step as train_step
@@ -782,6 +782,58 @@ def test_a_signal_the_run_never_heard_acts_as_usual_when_the_guard_ends_unless_a
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
+
+
+def test_a_signal_ignored_before_the_guard_stays_ignored():
+    """A job a script started with `&` ignores SIGINT (the script's Ctrl-C is not its own), under nohup SIGHUP:
+    the guard leaves an ignored signal ignored rather than stop the run for it."""
+    before = {s: signal.signal(s, signal.SIG_IGN) for s in preemption.PreemptionGuard.SIGNALS}
+    try:
+        with preemption.PreemptionGuard() as guard:
+            for s in preemption.PreemptionGuard.SIGNALS:
+                assert signal.getsignal(s) == signal.SIG_IGN
+                os.kill(os.getpid(), s)
+            assert guard.signal is None and guard.heard() is None
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def test_a_failed_save_found_while_an_error_stops_the_run_is_logged_beside_it_not_in_its_place(tmp_path, caplog):
+    """Closing the store waits for the last save: where it failed (a full disk) while another error is already
+    stopping the run (a NaN loss, a second Ctrl-C), that error stays the one raised; alone, the save's is raised."""
+    for error in (ValueError("the run's own error"), None):
+        store = checkpoints.CheckpointStore(tmp_path / f"c{error is None}", async_save=False)
+        failures = [OSError(errno.ENOSPC, "No space left on device")]  # raised once, as Orbax raises a save's
+
+        def failed_save(wait=store.manager.wait_until_finished, failures=failures):
+            wait()
+            if failures:
+                raise failures.pop()
+
+        store.manager.wait_until_finished = failed_save
+        with contextlib.ExitStack() as stack:
+            stack.push(store.close_over)
+            if error is None:
+                with pytest.raises(CheckpointError, match="No space left"):
+                    stack.close()
+            else:
+                with pytest.raises(ValueError, match="the run's own error"), stack:
+                    raise error
+    assert "No space left on device (while stopping for ValueError)" in caplog.text
+
+
+def test_a_save_cut_short_in_the_commit_file_form_is_no_checkpoint(tmp_path):
+    """In the commit-file form (Drive), a step folder without Orbax's commit file is a save a kill cut short: not a
+    checkpoint to resume from, nor a step that keeps the run from being replaced or shortened."""
+    folder = tmp_path / "checkpoints"
+    for step, committed in ((4, True), (6, False)):
+        (folder / str(step)).mkdir(parents=True)
+        if committed:
+            (folder / str(step) / config_lib.COMMIT_FILE).write_text("")
+    assert config_lib.checkpoint_steps(tmp_path) == [4, 6]  # the rename form: a step folder is complete
+    (folder / config_lib.ATOMICITY_FILE).write_text("commit_file\n")
+    assert config_lib.checkpoint_steps(tmp_path) == [4]
 
 
 def test_a_second_signal_acts_as_the_handler_before_the_guard_would():

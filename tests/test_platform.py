@@ -161,6 +161,23 @@ def test_a_finished_run_trained_on_keeps_only_its_new_final_scores(two_epoch_run
     assert len(list((workdir / events.EVENTS_DIR / events.HPARAMS_RUN).iterdir())) == 1
 
 
+def test_the_final_events_are_written_before_the_results_mark_the_run_finished(two_epoch_run, monkeypatch):
+    """results.json marks a run finished: a rerun then only reports it. So TensorBoard's test scores and
+    hyper-parameters are written first; a kill between the two (they were written after) lost them for good."""
+    config, workdir = two_epoch_run
+    (workdir / "results.json").unlink()  # scored again from its last checkpoint
+    save_results, seen = metrics.save_results, []
+
+    def look_then_save(out, results):
+        hparams = read_scalars(workdir, events.HPARAMS_RUN).get("hparam/test_accuracy")
+        seen.append((read_scalars(workdir).get("test/accuracy"), hparams))
+        save_results(out, results)
+
+    monkeypatch.setattr(metrics, "save_results", look_then_save)
+    results = run.run(config, workdir)
+    assert seen == [([(8, pytest.approx(results["test_accuracy"]))],) * 2]
+
+
 def test_a_rewrite_of_the_events_cut_short_is_removed_on_resume_and_never_read(two_epoch_run):
     """A kill while the events are rewritten leaves the rewrite's temporary file; TensorBoard reads any file whose
     name holds "tfevents", so its points past the restored step would come back: the resume removes it, and

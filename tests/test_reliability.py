@@ -1,6 +1,7 @@
 """A run's record survives: one run per workdir, history that is the lineage of the final parameters, a full
 disk, and a comparison killed at any moment. (Scoring one checkpoint on 1 and 8 devices: tests/test_integration.py.)"""
 
+import copy
 import dataclasses
 import errno
 import json
@@ -39,7 +40,7 @@ from helpers import (
     without_timings,
 )
 
-from fmnist_jax import files, metrics, run
+from fmnist_jax import config_lib, files, metrics, run
 
 
 def tiny_run(tiny_data, workdir, **overrides):
@@ -172,6 +173,33 @@ def test_a_run_killed_before_its_first_checkpoint_reruns_with_each_epoch_once(ti
     run.run(tiny_config(tiny_data, **no_checkpoints), tmp_path)
     assert [r["epoch"] for r in metrics.read_history(tmp_path)] == [1, 2]
     finished.assert_same_run(tmp_path)
+
+
+def test_what_a_start_killed_before_its_checks_left_half_done_is_undone_by_the_next(two_epoch_run):
+    """SIGKILL runs no `except`: a start with more epochs (resume_with_changes) killed after writing its config.json,
+    before its checks passed, left that config.json beside the shorter run's scores (so the run's own command was
+    refused), and a kill inside an atomic write its temporary file. The next start puts config.json back as it was
+    and removes the temporary files: the run's own command reports it finished, nothing else left."""
+    config, workdir = two_epoch_run
+    before = snapshot(workdir)
+    longer = copy.deepcopy(config)
+    longer.num_epochs, longer.resume_with_changes = 3, True
+    config_lib.save_or_check(longer, workdir)  # all the killed start did
+    assert json.loads((workdir / "config.json").read_text())["num_epochs"] == 3
+    for folder in (workdir, workdir / "checkpoints"):
+        (folder / f"{files.TEMP_PREFIX}cut{files.TEMP_SUFFIX}").write_text("half")
+    young = workdir / f"{files.TEMP_PREFIX}under_way{files.TEMP_SUFFIX}"  # another process of the job is writing
+    for path in workdir.rglob(".*"):  # the killed process's files are older than the process that starts next
+        os.utime(path, (files.STARTED - 60,) * 2)
+    young.write_text("being written")
+    assert run.run(config, workdir) == metrics.load_results(workdir)
+    young.unlink()  # left alone
+    after = snapshot(workdir)
+    assert {k: v for k, v in after.items() if k != files.LOCK_FILE} == {
+        k: v for k, v in before.items() if k != files.LOCK_FILE
+    }
+    run.run(longer, workdir)  # and the longer command, started again, goes on as it would have
+    assert len(metrics.read_history(workdir)) == 3 and not list(workdir.glob(f".*{files.BEFORE_SUFFIX}"))
 
 
 def can_attach_a_terminal() -> bool:

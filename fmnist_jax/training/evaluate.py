@@ -7,6 +7,7 @@ import dataclasses
 import math
 import pathlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -112,6 +113,7 @@ class Evaluator:
         checkpoint_step: int | None = None,
         scored_with: dict[str, Any] | None = None,
         trained_on: list[dict] | None = None,
+        before_results: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
         """Scores `state` on validation (unless `val` already holds its scores) and test; writes results.json
         and predictions.npz to `out` (predictions first: results.json marks a run finished). With `phases`, the
@@ -119,7 +121,8 @@ class Evaluator:
         `trained_seconds`: the training run's `seconds`, kept, with this scoring's beside them as "evaluate";
         `checkpoint_step`: the step of a checkpoint scored apart from its run (results.json says so), `scored_with`
         the settings other than the run's it was scored with; `trained_on`: the machines its steps computed on
-        (`Plan.trained_on`), kept beside the one that scores (`machine`)."""
+        (`Plan.trained_on`), kept beside the one that scores (`machine`); `before_results`: what else to write from
+        the results on the process that writes, before results.json marks the run finished (the TensorBoard events)."""
         config, dataset = self.config, self.dataset
         phases = phases or timing.Phases()
         with phases("evaluation"):
@@ -159,6 +162,8 @@ class Evaluator:
                     )
                 record = phases.record()
                 results["seconds"] = {**trained_seconds, "evaluate": record} if trained_seconds else record
+                if before_results:
+                    before_results(results)
                 metrics.save_results(out, results)
         logging.info("test accuracy %.4f  (validation %s)", results["test_accuracy"], metrics.fmt(val["accuracy"]))
         return results

@@ -307,7 +307,7 @@ def train_and_evaluate(
             loaded = load_data(config, mesh, phases)
             with phases("setup"):
                 store = checkpoints.CheckpointStore.for_run(workdir, config.checkpoint)  # on every process
-            cleanup.callback(store.close)
+            cleanup.push(store.close_over)
             total_steps = config_lib.last_step(len(loaded[0].train), config.batch_size, config.num_epochs)
             if _already_finished(store, workdir, total_steps):
                 path = workdir / metrics.RESULTS_FILE  # process 0's: storage may not be shared
@@ -347,13 +347,17 @@ def _run_plan(
         with phases("restore"):
             state, step, train_seconds = plan.restore(store, state)
         _stop_if_signalled(guard, step, store)
-        accept()  # what follows changes the run's files: its config.json is this start's
         writer = None
+        with _lead_writes(plan):
+            # A finished run given more epochs: its scores are no longer the run's (gone before its config.json
+            # is this start's: a kill between the two leaves the old config, its run unscored, not scores under
+            # the new one).
+            if lead and step < plan.total_steps:
+                metrics.forget_scores(workdir)
+        accept()  # what follows changes the run's files: its config.json is this start's
         with _lead_writes(plan):
             if lead:  # the history is the lineage of the state training goes on from, even a fresh one
                 metrics.truncate_history(workdir, step // plan.steps_per_epoch)
-                if step < plan.total_steps:  # a finished run given more epochs: its scores are no longer the run's
-                    metrics.forget_scores(workdir)
                 if writer := events.for_run(workdir, step, config.tensorboard):
                     cleanup.callback(writer.close)
         with phases("compile"):
@@ -375,9 +379,10 @@ def _run_plan(
             val=val,
             phases=phases,
             trained_on=plan.trained_on,
+            # the final events before results.json: a run killed between the two is scored again, events and all
+            before_results=(lambda r: writer.finish(r, config_lib.to_dict(config), step=plan.total_steps))
+            if writer
+            else None,
         )
         logging.info("Where the seconds went: %s", phases.line())
-        with _lead_writes(plan):  # on every process: one that fails on process 0 stops them all
-            if writer:
-                writer.finish(results, config_lib.to_dict(config), step=plan.total_steps)
         return results
