@@ -52,9 +52,11 @@ def main(argv: list[str]) -> None:
         log_file = logs.set_up(FLAGS.log_dir)
         run.run(FLAGS.config, workdir, given=set(config_flags.get_override_values(FLAGS["config"])))
     except UserError as e:
+        details = ""
         if log_file and e.__cause__ is not None:  # a library's error behind it, whole, with its traceback
             logging.warning("error: %s\n%s", e, traceback_text(e), extra=LOG_FILE_ONLY)
-        print(f"error: {e}", file=sys.stderr)
+            details = f" (details: {log_file})"  # the file is kept: it holds what the terminal did not show
+        print(f"error: {e}{details}", file=sys.stderr)
         sys.exit(2)
     except Interrupted as e:
         command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])

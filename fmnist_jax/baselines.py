@@ -59,6 +59,21 @@ def _dual(value: str) -> bool | str:
     return choices[str(value).lower()]
 
 
+def _max_features(value: Any) -> Any:
+    """config.model.max_features as scikit-learn takes it: the field is a string ("sqrt"), so a number or None given
+    on the command line comes as text: "0.5" is a fraction of the features, "100" a count, "None" all of them."""
+    if not isinstance(value, str):
+        return value
+    if value.lower() == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
 def create_estimator(config: ml_collections.ConfigDict) -> Any:
     """The estimator `config.model` describes, behind the preprocessing `config.preprocess` names."""
     m = config.model
@@ -68,6 +83,8 @@ def create_estimator(config: ml_collections.ConfigDict) -> Any:
         if m.get("max_depth") is not None:
             config_lib.check_positive(config, "model.max_depth")
         params = {k: m[k] for k in FOREST_FIELDS if k in m}
+        if "max_features" in params:
+            params["max_features"] = _max_features(params["max_features"])
         estimator = ensemble.RandomForestClassifier(random_state=config.seed, **params)
     elif m.name == "linear_svm":
         _check_fields(m, SVM_FIELDS)

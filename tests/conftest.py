@@ -12,7 +12,7 @@ import fingerprints
 import jax
 import pytest
 import tolerances
-from helpers import REAL_DATA_DIR
+from helpers import REAL_DATA_DIR, SUBPROCESS_TEMP_ENV
 
 from fmnist_jax import run
 
@@ -51,7 +51,10 @@ def pytest_configure(config):
     a fresh temporary folder, made by the first process (the workers inherit it) and deleted when that process
     ends; a cache folder the caller set is used as it is. Every program is kept, however quick its compile: the
     tiny runs' programs compile in well under a second each, and there are about twenty per run. With
-    --tolerance-report, records how much of each tolerance the comparisons use (tolerances.py)."""
+    --tolerance-report, records how much of each tolerance the comparisons use (tolerances.py). The main.py
+    processes the tests start keep their temporary files (log files among them) in one folder, removed at the end."""
+    if SUBPROCESS_TEMP_ENV not in os.environ:
+        os.environ[SUBPROCESS_TEMP_ENV] = config.subprocess_temp = tempfile.mkdtemp(prefix="fmnist-jax-test-temp-")
     if CACHE_ENV not in os.environ:
         os.environ[CACHE_ENV] = config.xla_cache_folder = tempfile.mkdtemp(prefix="fmnist-jax-xla-cache-")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
@@ -63,8 +66,9 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
-    if folder := getattr(config, "xla_cache_folder", None):
-        shutil.rmtree(folder, ignore_errors=True)
+    for name in ("xla_cache_folder", "subprocess_temp"):
+        if folder := getattr(config, name, None):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ import numpy as np
 from flax import nnx
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+SUBPROCESS_TEMP_ENV = "FMNIST_TEST_SUBPROCESS_TMPDIR"  # set by conftest.py for the whole test run
 sys.path.insert(0, str(ROOT))  # the configs/ package, as main.py sees it
 # The real data for the `slow` tests: FMNIST_REAL_DATA_DIR, else the folder runs use (FMNIST_DATA_DIR), else Debian's.
 REAL_DATA_DIR = pathlib.Path(
@@ -251,9 +252,11 @@ def check(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 def subprocess_env(env: dict[str, str] | None = None) -> dict[str, str]:
     """This process's environment with the repository first on PYTHONPATH (an existing PYTHONPATH kept after it,
-    e.g. where packages are installed with --target), updated by `env`."""
+    e.g. where packages are installed with --target) and the test run's temporary folder as TMPDIR (conftest.py's:
+    the log files main.py keeps do not pile up in /tmp), updated by `env`."""
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "PYTHONPATH": path, **(env or {})}
+    temp = os.environ.get(SUBPROCESS_TEMP_ENV)
+    return {**os.environ, "PYTHONPATH": path, **({"TMPDIR": temp} if temp else {}), **(env or {})}
 
 
 def start_main(*args: str, env: dict[str, str] | None = None, script: tuple = ()) -> subprocess.Popen:

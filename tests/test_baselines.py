@@ -3,6 +3,7 @@
 import errno
 import json
 import logging
+import pathlib
 import subprocess
 import sys
 
@@ -190,6 +191,14 @@ def test_bad_values_name_the_field(tiny_data, tmp_path, name, field, value, matc
         run.run(config, tmp_path)
 
 
+@pytest.mark.parametrize("text, value", [("0.5", 0.5), ("100", 100), ("None", None), ("log2", "log2")])
+def test_max_features_given_as_text_on_the_command_line_is_what_scikit_learn_takes(tiny_data, text, value):
+    """The field holds a string ("sqrt"), so a number or None set with --config.model.max_features comes as text:
+    it reaches scikit-learn as the number, or None, it names."""
+    config = tiny("random_forest", tiny_data, **{"model.max_features": text})
+    assert baselines.create_estimator(config)[-1].max_features == value
+
+
 def test_unknown_estimator_field_is_named(tiny_data, tmp_path):
     config = tiny("random_forest", tiny_data)
     config.model.n_trees = 10
@@ -294,6 +303,7 @@ def test_a_rejected_grid_value_on_the_command_line_is_one_error_line(tiny_data, 
         [
             *(sys.executable, str(ROOT / "main.py"), "--config=configs/linear_svm_search.py", f"--workdir={tmp_path}"),
             *(f"--config.data.dir={tiny_data}", "--config.data.validation_size=64", "--config.search.grid.C=1.0,-1.0"),
+            f"--log_dir={tmp_path / 'logs'}",
         ],
         capture_output=True,
         text=True,
@@ -301,10 +311,13 @@ def test_a_rejected_grid_value_on_the_command_line_is_one_error_line(tiny_data, 
         check=False,
     )
     assert result.returncode == 2
-    assert last_line(result.stderr) == (
+    line, details = last_line(result.stderr).split(" (details: ")  # scikit-learn's error, whole, in the log file
+    assert line == (
         "error: config.search.grid.C: the value -1.0 is rejected (config.model.C=-1.0 must be positive); change or "
         "drop it."
     )
+    log = pathlib.Path(details.removesuffix(")"))
+    assert log.parent == tmp_path / "logs" and "Traceback" in log.read_text()
     assert "Traceback" not in result.stderr and "Fitting" not in result.stderr
 
 

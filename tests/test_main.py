@@ -100,8 +100,10 @@ def test_the_log_folder_is_made_or_named_in_one_line_before_anything_runs(tmp_pa
     assert result.returncode == 2 and (tmp_path / "new" / "logs").is_dir()
     (tmp_path / "a_file").write_text("")  # an error raised from a library's (here the OS's): that one in the log
     result = run_main("--config=configs/cnn.py", f"--workdir={tmp_path / 'a_file'}", f"--log_dir={tmp_path / 'new'}")
-    assert last_line(result.stderr).endswith("a_file as a workdir (a file, not a folder); choose a writable --workdir.")
     (log,) = (tmp_path / "new").glob("*.log")
+    assert last_line(result.stderr).endswith(
+        f"a_file as a workdir (a file, not a folder); choose a writable --workdir. (details: {log})"
+    )
     assert "Traceback" in log.read_text() and "FileExistsError" in log.read_text()
     assert "Traceback" not in result.stderr
     (tmp_path / "file").write_text("")
