@@ -1,9 +1,10 @@
 """Classifying the user's own images: reading them as Fashion-MNIST-like 28x28 uint8, and reporting.
 
 Fashion-MNIST shows light garments on a black background, each trimmed to the garment, whose longer side fills the
-28 pixels. A photo is usually the reverse, so an image whose border is mostly light is inverted; then it is cropped
-to what stands out from its border (a margin of background would shrink the garment) and fitted into 28x28 keeping
-its aspect ratio. A 28x28 image is taken as it is, but for the inversion.
+28 pixels. A photo is usually the reverse, so an image whose garment (what stands out from the border's grey) is
+darker than its background is inverted; then its background is taken down to black, it is cropped to what stands out
+(a margin of background would shrink the garment), fitted into 28x28 keeping its aspect ratio and stretched so that
+its lightest pixel is white. A 28x28 image is taken as it is, but for the inversion; an .npy array as it is.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pathlib
 from collections.abc import Sequence
 
 import numpy as np
+from absl import logging
 
 from fmnist_jax import files
 from fmnist_jax.data import CLASS_NAMES, IMAGE_SHAPE
@@ -35,29 +37,60 @@ def parse_inputs(inputs: str | Sequence[str]) -> list[pathlib.Path]:
     return paths
 
 
-# How far from the border's grey a pixel must be to count as the garment when an image is cropped to it, and the share
-# of the image such pixels must make up (fewer are specks of dust, or a garment too faint to find: no crop).
-OBJECT_CONTRAST = 32
+# How far from the border's grey a pixel must be to count as the garment (for the crop, that share of the lightest
+# pixel's distance from it: a photo on grey has less contrast than one on white, 255; never under the floor, which
+# JPEG's noise stays under), and the share of the image such pixels must make up (fewer are specks of dust, or a
+# garment too faint to find: no crop).
+OBJECT_CONTRAST, OBJECT_CONTRAST_FLOOR = 32, 8
 OBJECT_MIN_SHARE = 0.005
 
 
-def to_fmnist(image: np.ndarray) -> np.ndarray:
-    """A greyscale uint8 image of any size -> 28x28, light object on a dark background, cropped to the object."""
+def _border(image: np.ndarray) -> np.ndarray:
+    return np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+
+
+def _light_on_dark(image: np.ndarray) -> np.ndarray:
+    """`image`, inverted where its garment is darker than its background: where most of the border is one grey (a
+    background), by what stands out from it; else (nothing stands out, or a garment that fills the frame) by whether
+    the border is mostly light."""
+    border = _border(image)
+    background = int(np.median(border))
+    stands_out = np.abs(image.astype(np.int16) - background) > OBJECT_CONTRAST
+    uniform = np.mean(np.abs(border.astype(np.int16) - background) <= OBJECT_CONTRAST) >= 0.75
+    if uniform and np.count_nonzero(stands_out) >= max(OBJECT_MIN_SHARE * image.size, 1):
+        dark = image[stands_out].mean() < background
+    else:
+        dark = border.mean() > 127
+    return 255 - image if dark else image
+
+
+def to_fmnist(image: np.ndarray, name: str = "an image") -> np.ndarray:
+    """A greyscale uint8 image of any size -> 28x28, light object on a black background, cropped to the object, its
+    lightest pixel white (as in 92% of Fashion-MNIST's images; all reach 250). A 28x28 image only gets the inversion."""
     from PIL import Image
 
-    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
-    if border.mean() > 127:
-        image, border = 255 - image, 255 - border
-    if image.shape != IMAGE_SHAPE:
-        rows, cols = np.nonzero(np.abs(image.astype(np.int16) - int(np.median(border))) > OBJECT_CONTRAST)
-        if rows.size >= max(OBJECT_MIN_SHARE * image.size, 1):
-            image = image[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    image = _light_on_dark(image)
+    if image.shape == IMAGE_SHAPE:
+        return image.astype(np.uint8)
+    image = np.clip(image.astype(np.int16) - int(np.median(_border(image))), 0, 255).astype(np.uint8)  # black around
+    contrast = max(OBJECT_CONTRAST * int(image.max()) / 255, OBJECT_CONTRAST_FLOOR)
+    rows, cols = np.nonzero(image > contrast)
+    if rows.size >= max(OBJECT_MIN_SHARE * image.size, 1):
+        image = image[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    else:
+        logging.warning(
+            "%s: nothing in it stands out from its background: the whole image is classified, and its class may "
+            "mean little",
+            name,
+        )
     h, w = image.shape
     scale = 28 / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     resized = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
+    if resized.max() > 0:
+        resized = np.round(resized * (255 / resized.max())).astype(np.uint8)
     out = np.zeros(IMAGE_SHAPE, np.uint8)
-    top, left = (28 - size[1]) // 2, (28 - size[0]) // 2
+    top, left = (29 - size[1]) // 2, (29 - size[0]) // 2  # an odd spare pixel above and to the left, as in the data
     out[top : top + size[1], left : left + size[0]] = resized
     return out
 
@@ -68,6 +101,22 @@ def _as_8_bit(values: np.ndarray, *, sixteen_bit: bool, unit: bool) -> np.ndarra
     values = np.asarray(values, np.float64)
     values = values / 257 if sixteen_bit else values * 255 if unit else values
     return np.clip(np.round(values), 0, 255).astype(np.uint8)
+
+
+def _npy_as_8_bit(array: np.ndarray) -> np.ndarray:
+    """An .npy's numbers as 0-255 uint8: integers 0-255 as they are, up to 65535 as a 16-bit PNG's (/257); floats
+    0-1 times 255, up to 255 as they are. Others are refused, not clipped into range."""
+    if array.dtype.kind not in "uif" or not np.isfinite(array).all():
+        raise ValueError("it holds NaN or infinite values" if array.dtype.kind == "f" else f"{array.dtype} values")
+    low, high = array.min(), array.max()
+    limit = 65535 if array.dtype.kind in "ui" else 255
+    if low < 0 or high > limit:
+        raise ValueError(
+            f"values from {low} to {high}: expected grey levels 0-255, floats 0-1, or 16-bit integers 0-65535"
+        )
+    return _as_8_bit(
+        array, sixteen_bit=array.dtype.kind in "ui" and high > 255, unit=array.dtype.kind == "f" and high <= 1
+    )
 
 
 def _greyscale(img) -> np.ndarray:
@@ -109,16 +158,13 @@ def _read_one(path: pathlib.Path) -> list[np.ndarray]:
         if len(array) == 0:
             raise ValueError("shape (0, 28, 28): no images")
         if array.dtype != np.uint8:  # integers above 255 as a 16-bit PNG is (/257), floats up to 1 (x255)
-            if not np.isfinite(array).all():
-                raise ValueError("it holds NaN or infinite values")
-            sixteen_bit = array.dtype.kind in "ui" and array.max() > 255
-            array = _as_8_bit(array, sixteen_bit=sixteen_bit, unit=array.max() <= 1.0)
+            array = _npy_as_8_bit(array)
         return list(array)
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            return [to_fmnist(_greyscale(ImageOps.exif_transpose(img)))]  # upright as a viewer shows a photo
+            return [to_fmnist(_greyscale(ImageOps.exif_transpose(img)), str(path))]  # upright, as viewed
     except UnidentifiedImageError as e:
         raise ValueError("not an image PIL can read") from e
     except Image.DecompressionBombError as e:

@@ -34,6 +34,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, given: C
         raise ConfigError(f"config.kind={kind!r} is not one of {KINDS}.")
     if mode not in MODES:
         raise ConfigError(f"config.mode={mode!r} is not one of {MODES}.")
+    if mode == "train" and (
+        unread := sorted(f for f in given or () if f.startswith("predict.") or f == "checkpoint.step")
+    ):
+        modes = "--config.mode=evaluate or predict" if unread[0] == "checkpoint.step" else "--config.mode=predict"
+        raise ConfigError(
+            f"--config.{unread[0]} is read by {modes} alone, and this command trains: add the mode, or drop the field."
+        )
     workdir = pathlib.Path(workdir)
     if mode != "train" and kind != "compare" and (trouble := _not_a_run(workdir)):  # before the lock makes or marks it
         raise ConfigError(

@@ -1,6 +1,7 @@
 """predict.py and mode=predict: the user's own images (any size, PNG/JPEG or .npy) through a checkpoint."""
 
 import json
+import logging
 import os
 import pathlib
 import shlex
@@ -196,3 +197,65 @@ def test_photos_stand_upright_transparency_is_white_and_npy_arrays_scale_like_pn
     assert "objects.npy: an array of Python objects, which is read only by unpickling; save numbers" in message
     assert "png.npy: not a .npy file (it lacks NumPy's header)" in message and "allow_pickle" not in message
     assert "nan.npy: it holds NaN or infinite values" in message
+
+
+def photo_of(garment: np.ndarray, background: int, size: int = 200) -> np.ndarray:
+    """`garment` (light on black, as Fashion-MNIST's) enlarged 4x into a photo: dark on a `background` grey."""
+    big = np.kron(garment, np.ones((4, 4), np.uint8)).astype(np.int16)
+    photo = np.full((size, size), background, np.int16)
+    at = (size - big.shape[0]) // 2, (size - big.shape[1]) // 2
+    photo[at[0] : at[0] + big.shape[0], at[1] : at[1] + big.shape[1]] -= big * background // 255
+    return photo.astype(np.uint8)
+
+
+def test_a_photo_on_any_plain_background_comes_out_as_fashion_mnist_shows_garments(real_data_dir):
+    """A dark garment on white, on light grey or on mid grey (a border mean under 127) is inverted; its background is
+    taken down to black and its lightest pixel to white; every image of the data set is left as it is, and its
+    negative brought back."""
+    images = data.read_idx_images(real_data_dir / "t10k-images-idx3-ubyte.gz")[0]
+    assert all(np.array_equal(predict.to_fmnist(image), image) for image in images)
+    assert all(np.array_equal(predict.to_fmnist(255 - image), image) for image in images)
+    garment = images[0]
+    outs = [predict.to_fmnist(photo_of(garment, grey)) for grey in (255, 210, 120)]
+    lit = np.count_nonzero(garment > 20)
+    for out in outs:
+        assert out.max() == 255 and abs(np.count_nonzero(out > 20) - lit) < 0.1 * lit  # black around, not grey
+        assert np.abs(out.astype(int) - outs[0]).mean() < 12 and np.corrcoef(out.ravel(), garment.ravel())[0, 1] > 0.9
+
+
+def test_a_garment_with_an_odd_margin_has_its_spare_pixel_above_and_left_as_in_the_data(caplog):
+    """Fashion-MNIST puts the odd spare pixel of a centred garment's margin above and to the left (left margin
+    minus right: +1 in 3,224 test images, -1 in 10)."""
+    photo = np.full((100, 100), 255, np.uint8)
+    photo[10:90, 30:67] = 0  # 80 x 37: 28 x 13 once fitted, a margin of 15 columns
+    columns = np.nonzero(predict.to_fmnist(photo).max(0))[0]
+    assert (columns.min(), columns.max()) == (8, 20)
+    assert "stands out" not in caplog.text
+
+
+def test_an_image_where_nothing_stands_out_is_classified_with_a_warning(caplog):
+    caplog.set_level(logging.WARNING)
+    assert predict.to_fmnist(np.full((50, 50), 255, np.uint8), "blank.png").max() == 0
+    assert "blank.png: nothing in it stands out from its background: the whole image is classified" in caplog.text
+
+
+def test_npy_values_are_read_as_documented_and_out_of_range_ones_refused(tmp_path):
+    """0-255 as they are (integers of any type), floats 0-1 times 255, 16-bit integers /257; a negative value, a
+    float above 255 or an integer above 65535 is refused, not clipped into range."""
+    arrays = {
+        "eye_int.npy": np.eye(28, dtype=np.int64),
+        "eye_float.npy": np.eye(28),
+        "deep.npy": np.full((28, 28), 65535, np.uint16),
+        "negative.npy": np.full((28, 28), -1.0),
+        "bright.npy": np.full((28, 28), 1000.0),
+        "huge.npy": np.full((28, 28), 70000, np.int32),
+    }
+    for name, array in arrays.items():
+        np.save(tmp_path / name, array)
+    read, _ = predict.load_images([tmp_path / n for n in ("eye_int.npy", "eye_float.npy", "deep.npy")])
+    assert [int(image.max()) for image in read] == [1, 255, 255]
+    with pytest.raises(predict.PredictError) as error:
+        predict.load_images([tmp_path / n for n in ("negative.npy", "bright.npy", "huge.npy")])
+    message = str(error.value)
+    for name, values in (("negative", "-1.0 to -1.0"), ("bright", "1000.0 to 1000.0"), ("huge", "70000 to 70000")):
+        assert f"{name}.npy: values from {values}: expected grey levels 0-255" in message
