@@ -233,7 +233,7 @@ def trained_fields(
     saved, requested = read_saved(path), to_dict(config)
     if (was := _what(saved)) != (now := _what(requested)):
         flag = flag_setting("model.name", given) if given is not None else None  # the command line named a model
-        file = f"configs/{saved.get('name')}.py"  # config.name: the config file's name, in this project's configs
+        file = f"configs/{saved.get('name') or saved.get('kind')}.py"  # config.name: its file's (compare: none)
         known = (pathlib.Path(__file__).parents[1] / file).is_file()
         how = f"use the config file it was trained with{f' ({file})' if known else ''}"
         trained = (saved.get("model") or {}).get("name")

@@ -301,7 +301,8 @@ def load(config: Any, *, seed: int) -> Dataset:
             where = f"in {data_dir}" if data_dir else "in TFDS's folder"
             raise DataError(
                 f"config.data.source='tfds': TFDS has no prepared fashion_mnist {where} and cannot download one "
-                f"(offline). {HOW_TO_GET_DATA}"
+                "(offline). Prepare it where there is internet access, or read the IDX files "
+                f"(--config.data.source=auto), got one of two ways: {IDX_WAYS}."
             )
         raw, checksums = load_tfds(data_dir)
         origin = "tfds"

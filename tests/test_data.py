@@ -243,6 +243,12 @@ def test_auto_with_no_data_anywhere_and_no_network_fails_at_once_saying_how_to_g
     assert message.startswith(f"no Fashion-MNIST found: not in {tmp_path / 'none'}, FMNIST_DATA_DIR unset")
     assert "TFDS has no copy and cannot download one (offline)" in message and message.count("(1) on Debian") == 1
     assert tried == list(data.TFDS_HOSTS)
+    with pytest.raises(DataError) as failed:  # TFDS asked for: the way out is the IDX files, not TFDS again
+        data.load(data_config(validation_size=10, source="tfds"), seed=0)
+    message = str(failed.value)
+    assert "(offline). Prepare it where there is internet access, or read the IDX files" in message
+    assert "--config.data.source=tfds" not in message and message.count("(1) on Debian") == 1
+    tried.clear()
     (tmp_path / "tfds" / "fashion_mnist" / "3.0.1").mkdir(parents=True)  # a copy TFDS prepared before: tried
     (tmp_path / "tfds" / "fashion_mnist" / "3.0.1" / "dataset_info.json").write_text("{}")
     assert data._tfds_could_provide() and len(tried) == 2

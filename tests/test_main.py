@@ -444,6 +444,15 @@ def test_compilation_cache_off_on_cpu_by_default_and_a_folder_reused_to_the_same
     assert train("auto", env=no_jax_folder) == reference and not (tmp_path / "xdg").exists()
 
 
+def test_a_model_config_on_a_comparisons_workdir_names_the_comparisons_config_file(tmp_path):
+    from benchmarks import common
+
+    config_lib.save_or_check(common.load_config("compare", []), tmp_path)
+    how = r"holds a compare run, not a cnn \(seed_cnn\) one; use the config file it was trained with \(configs/compare"
+    with pytest.raises(ConfigError, match=how):
+        config_lib.trained_fields(common.load_config("cnn", ["--config.mode=evaluate"]), tmp_path, evaluate=True)
+
+
 def test_evaluate_with_another_config_names_the_flags_that_restore_the_trained_one(tmp_path):
     """Where every field counts as asked (`given=None`: a config built in Python), the refusal to evaluate a workdir
     with another model or data says which --config.FIELD=VALUE flags to add and which to drop (a field the run left
