@@ -152,13 +152,10 @@ def checkpoint_steps(workdir: pathlib.Path) -> list[int]:
     """The steps of WORKDIR/checkpoints' step folders, oldest first, read from their names (no Orbax); in the
     commit-file form (`checkpoints.py`), only folders with Orbax's commit file: one without is a save cut short."""
     folder = workdir / CHECKPOINTS_DIR
-    if not folder.is_dir():
-        return []
     form = folder / ATOMICITY_FILE
     in_place = form.is_file() and form.read_text(encoding="utf-8").strip() == "commit_file"
-    return sorted(
-        int(p.name) for p in folder.iterdir() if p.name.isdigit() and (not in_place or (p / COMMIT_FILE).exists())
-    )
+    steps = [p for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
+    return sorted(int(p.name) for p in steps if not in_place or (p / COMMIT_FILE).exists())
 
 
 def kept_nothing(workdir: pathlib.Path) -> bool:
@@ -315,10 +312,13 @@ def _what(config: Mapping[str, Any]) -> str:
     return f"{config.get('kind')} ({name})" if name else str(config.get("kind"))
 
 
-def save_or_check(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, write: bool = True) -> str | None:
+def save_or_check(
+    config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *, write: bool = True, undoable: bool = True
+) -> str | None:
     """Writes `workdir/config.json`, or checks the one there matches `config` (see the module docstring); returns
     the text of the config.json it replaced (other operational fields, or changes allowed on resume), else None.
-    Without `write` (a process of a job other than the one that writes), only checks."""
+    Without `write` (a process of a job other than the one that writes), only checks; `undoable` keeps the replaced
+    text for the next start to put back if this one is killed before it accepts (`put_back_unless_accepted`)."""
     workdir = pathlib.Path(workdir)
     path = workdir / CONFIG_FILE
     requested = to_dict(config)
@@ -353,7 +353,7 @@ def save_or_check(config: ml_collections.ConfigDict, workdir: str | pathlib.Path
     replaced = path.read_text(encoding="utf-8") if path.exists() else None
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        files.replace_undoably(path, json.dumps(requested, indent=2) + "\n", replaced)
+        files.replace_undoably(path, json.dumps(requested, indent=2) + "\n", replaced if undoable else None)
     except OSError as e:
         raise ConfigError(f"cannot write {path} ({e.strerror}); choose a writable --workdir.") from e
     return replaced
@@ -379,11 +379,11 @@ def put_back_unless_accepted(workdir: str | pathlib.Path, replaced: str | None) 
         if replaced is not None and not accepted:
             try:
                 files.atomic_write_text(path, replaced)
-                files.keep_replacement(path)
             except OSError as e:  # the start's own error is the one to show
-                logging.warning(
-                    "%s could not be put back (%s): it holds the refused command's fields until a start there", path, e
-                )
+                logging.warning("%s could not be put back (%s): it holds the refused command's fields", path, e)
+            else:
+                with contextlib.suppress(OSError):  # a copy left over is put back by the next start: the same text
+                    files.keep_replacement(path)
         raise
     accept()  # ended without an error: the config.json it wrote stands
 

@@ -302,7 +302,7 @@ def load(config: Any, *, seed: int) -> Dataset:
             raise DataError(
                 f"config.data.source='tfds': TFDS has no prepared fashion_mnist {where} and cannot download one "
                 "(offline). Prepare it where there is internet access, or read the IDX files "
-                f"(--config.data.source=auto), got one of two ways: {IDX_WAYS}."
+                f"(--config.data.source=auto, config.data.dir their folder or unset), got one of two ways: {IDX_WAYS}."
             )
         raw, checksums = load_tfds(data_dir)
         origin = "tfds"

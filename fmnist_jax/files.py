@@ -32,7 +32,6 @@ RANK_VARIABLES = ("JAX_PROCESS_ID", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "TPU
 # The temporary files of atomic writes: hidden, and named apart from what readers look for (TensorBoard reads any
 # file whose name holds "tfevents", a half-written one too).
 TEMP_PREFIX, TEMP_SUFFIX = ".atomic-", ".tmp"
-STARTED = time.time()  # about when this process started (its first import of this module)
 BEFORE_SUFFIX = ".before"  # `replace_undoably`'s copy of what it replaced: .config.json.before
 
 
@@ -97,27 +96,27 @@ def keep_replacement(path: str | os.PathLike) -> None:
     _before(pathlib.Path(path)).unlink(missing_ok=True)
 
 
-def undo_killed_writes(folder: pathlib.Path, *more: pathlib.Path) -> None:
+def undo_killed_writes(locked_at: float, folder: pathlib.Path, *more: pathlib.Path, replaced: tuple[str, ...]) -> None:
     """What writes cut short by a kill left in `folder` (and the folders `more`), undone: their temporary files
-    removed, a replacement never kept (`replace_undoably`) put back. Only by the process that holds the workdir's
-    lock; a temporary file younger than this process stays: the write of another process of its job, under way."""
+    removed, and the files named `replaced` that `replace_undoably` replaced and never kept put back. Only by the
+    process holding the workdir's lock, of files older than the time it took it (`locked_at`): the other processes of
+    its job write only after it has, and a younger file is theirs, under way."""
     for where in (folder, *more):
         for leftover in where.glob(f"{TEMP_PREFIX}*{TEMP_SUFFIX}") if where.is_dir() else ():
-            if _older_than_this_process(leftover):
+            if _older(leftover, locked_at):
                 leftover.unlink(missing_ok=True)
                 logging.info("Removed %s, a write that a kill cut short", leftover)
-    for before in folder.glob(f".*{BEFORE_SUFFIX}"):
-        if _older_than_this_process(before):
-            path = before.with_name(before.name[1 : -len(BEFORE_SUFFIX)])
-            atomic_write_bytes(path, before.read_bytes())
+    for name in replaced:
+        if _older(before := _before(folder / name), locked_at):
+            atomic_write_bytes(folder / name, before.read_bytes())
             before.unlink()
-            logging.warning("%s put back as it was: the start that replaced it was killed before it went on", path)
+            logging.warning("%s put back as it was: the start that replaced it was killed first", folder / name)
 
 
-def _older_than_this_process(path: pathlib.Path) -> bool:
+def _older(path: pathlib.Path, than: float) -> bool:
     try:
-        return path.stat().st_mtime < STARTED
-    except FileNotFoundError:  # renamed or removed meanwhile by the process that wrote it
+        return path.stat().st_mtime < than
+    except FileNotFoundError:  # not there, or renamed or removed meanwhile by the process that wrote it
         return False
 
 
@@ -191,8 +190,9 @@ def _holder(path: pathlib.Path) -> str:
 
 
 @contextlib.contextmanager
-def workdir_lock(workdir: str | os.PathLike) -> Iterator[None]:
-    """Holds `workdir`'s lock for the duration of the `with`; raises WorkdirBusy if a live process has it.
+def workdir_lock(workdir: str | os.PathLike) -> Iterator[float | None]:
+    """Holds `workdir`'s lock for the duration of the `with`, giving the time it was taken (None: not locked, on a
+    file system without locks); raises WorkdirBusy if a live process has it.
 
     The lock file keeps the holder's pid, host and start time, for the error message of a second run; its
     presence alone means nothing. A file system without locks (some network mounts) runs unlocked, with a
@@ -223,10 +223,15 @@ def workdir_lock(workdir: str | os.PathLike) -> Iterator[None]:
             ) from None
         except OSError as e:  # ENOLCK, EOPNOTSUPP: the file system cannot lock
             logging.warning("cannot lock %s (%s): not protected against a second run in the same workdir", path, e)
+            locked = False
+        else:
+            locked = True
         since = datetime.datetime.now().strftime("%H:%M:%S")
+        locked_at = time.time() - 1  # the file system's clock may lag the system's by a tick
         with contextlib.suppress(OSError):  # the holder line is a courtesy; a full disk must not stop the run
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()} {socket.gethostname()} {since}\n".encode(), 0)
-        yield
+            locked_at = os.fstat(fd).st_mtime  # the time the files written after it will show, at the least
+        yield locked_at if locked else None
     finally:
         os.close(fd)  # releases the lock

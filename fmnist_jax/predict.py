@@ -37,11 +37,11 @@ def parse_inputs(inputs: str | Sequence[str]) -> list[pathlib.Path]:
     return paths
 
 
-# How far from the border's grey a pixel must be to count as the garment (for the crop, that share of the lightest
-# pixel's distance from it: a photo on grey has less contrast than one on white, 255; never under the floor, which
-# JPEG's noise stays under), and the share of the image such pixels must make up (fewer are specks of dust, or a
-# garment too faint to find: no crop).
-OBJECT_CONTRAST, OBJECT_CONTRAST_FLOOR = 32, 8
+# How far from the border's grey a pixel must be to count as the garment (for the crop, that share of the farthest
+# pixel's distance: a photo on grey has less contrast than one on white; and never within the photo's noise,
+# NOISE_SIGMAS times the border's spread, nor under the floor), and the share of the image such pixels must make up
+# (fewer are specks of dust, or a garment too faint to find: no crop). A row or column of the crop holds two or more.
+OBJECT_CONTRAST, OBJECT_CONTRAST_FLOOR, NOISE_SIGMAS = 32, 8, 5
 OBJECT_MIN_SHARE = 0.005
 
 
@@ -72,10 +72,16 @@ def to_fmnist(image: np.ndarray, name: str = "an image") -> np.ndarray:
     image = _light_on_dark(image)
     if image.shape == IMAGE_SHAPE:
         return image.astype(np.uint8)
-    image = np.clip(image.astype(np.int16) - int(np.median(_border(image))), 0, 255).astype(np.uint8)  # black around
-    contrast = max(OBJECT_CONTRAST * int(image.max()) / 255, OBJECT_CONTRAST_FLOOR)
-    rows, cols = np.nonzero(image > contrast)
-    if rows.size >= max(OBJECT_MIN_SHARE * image.size, 1):
+    border = _border(image).astype(np.int16)
+    background = int(np.median(border))
+    sigma = 1.4826 * float(np.median(np.abs(border - background)))  # the photo's noise, from its border's spread
+    signed = image.astype(np.int16) - background
+    away = np.abs(signed)  # the garment, where it stands out either way (a white sole on grey too)
+    contrast = max(OBJECT_CONTRAST * int(away.max()) / 255, NOISE_SIGMAS * sigma, OBJECT_CONTRAST_FLOOR)
+    found = away > contrast
+    rows, cols = np.nonzero(found.sum(1) >= 2)[0], np.nonzero(found.sum(0) >= 2)[0]  # no lone speck widens it
+    image = np.where(signed > 3 * sigma, signed, 0).astype(np.uint8)  # black around, the noise too
+    if np.count_nonzero(found) >= max(OBJECT_MIN_SHARE * image.size, 1) and rows.size and cols.size:
         image = image[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     else:
         logging.warning(
@@ -105,7 +111,9 @@ def _as_8_bit(values: np.ndarray, *, sixteen_bit: bool, unit: bool) -> np.ndarra
 
 def _npy_as_8_bit(array: np.ndarray) -> np.ndarray:
     """An .npy's numbers as 0-255 uint8: integers 0-255 as they are, up to 65535 as a 16-bit PNG's (/257); floats
-    0-1 times 255, up to 255 as they are. Others are refused, not clipped into range."""
+    0-1 times 255, up to 255 as they are; a mask (booleans) 0 or 255. Others are refused, not clipped into range."""
+    if array.dtype.kind == "b":
+        return array.astype(np.uint8) * np.uint8(255)
     if array.dtype.kind not in "uif" or not np.isfinite(array).all():
         raise ValueError("it holds NaN or infinite values" if array.dtype.kind == "f" else f"{array.dtype} values")
     low, high = array.min(), array.max()

@@ -64,12 +64,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, given: C
         # The lock, held by the process that writes; `predict` reads a run it cannot write (an archive) unlocked.
         locks = files.is_lead_process() and (mode != "predict" or files.writable(workdir))
         with agreed:
-            lock.enter_context(files.workdir_lock(workdir) if locks else contextlib.nullcontext())
-        if locks:  # alone in the workdir: what a killed start left half-done goes first
-            files.undo_killed_writes(workdir, workdir / config_lib.CHECKPOINTS_DIR)
+            locked_at = lock.enter_context(files.workdir_lock(workdir) if locks else contextlib.nullcontext())
         if made and files.is_lead_process():  # once locked (a run refused the lock must not touch the folder)
             lock.enter_context(_removed_if_unused(workdir, made))  # exits before the lock is released
         try:
+            if locked_at is not None:  # alone in the workdir: what a killed start left half-done goes first
+                files.undo_killed_writes(
+                    locked_at, workdir, workdir / config_lib.CHECKPOINTS_DIR, replaced=(config_lib.CONFIG_FILE,)
+                )
             if kind == "cnn":
                 return _run_cnn(config, workdir, mode, given)
             if kind == "compare":
@@ -329,7 +331,8 @@ def _run_compare(
     for member in {m.name: m for m in to_run}.values():  # each member's config once (seeds differ in the seed)
         _check_member(member)
     lead = files.is_lead_process()  # it alone writes config.json; every process checks it, as each member's run
-    replaced = config_lib.save_or_check(config, workdir, write=lead)
+    # Not undoable after a kill: a member may have taken the new fields by then (they stand where one did).
+    replaced = config_lib.save_or_check(config, workdir, write=lead, undoable=False)
     members_before = {member.workdir: config_lib.saved_or_none(member.workdir) for member in to_run}
     with config_lib.put_back_unless_accepted(workdir, replaced) as accept:
         try:

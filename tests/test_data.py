@@ -248,7 +248,7 @@ def test_auto_with_no_data_anywhere_and_no_network_fails_at_once_saying_how_to_g
     message = str(failed.value)
     assert "(offline). Prepare it where there is internet access, or read the IDX files" in message
     assert "--config.data.source=tfds" not in message and message.count("(1) on Debian") == 1
-    tried.clear()
+    del tried[len(data.TFDS_HOSTS) :]  # the counts below are of the first probe and any after this point
     (tmp_path / "tfds" / "fashion_mnist" / "3.0.1").mkdir(parents=True)  # a copy TFDS prepared before: tried
     (tmp_path / "tfds" / "fashion_mnist" / "3.0.1" / "dataset_info.json").write_text("{}")
     assert data._tfds_could_provide() and len(tried) == 2

@@ -1,5 +1,6 @@
 """predict.py and mode=predict: the user's own images (any size, PNG/JPEG or .npy) through a checkpoint."""
 
+import io
 import json
 import logging
 import os
@@ -223,6 +224,32 @@ def test_a_photo_on_any_plain_background_comes_out_as_fashion_mnist_shows_garmen
         assert np.abs(out.astype(int) - outs[0]).mean() < 12 and np.corrcoef(out.ravel(), garment.ravel())[0, 1] > 0.9
 
 
+def test_a_faint_garment_in_a_noisy_jpeg_is_cropped_to_itself_not_to_the_noise(real_data_dir):
+    """A light-grey garment (at most 60 grey levels off white) in a photo with sensor noise (sigma 3) saved as JPEG:
+    the crop's threshold stays above the noise measured on the border, so the garment, not the whole frame, fills
+    the 28 pixels, and its background stays black."""
+    images = data.read_idx_images(real_data_dir / "t10k-images-idx3-ubyte.gz")[0][:10]
+    rng, differences = np.random.default_rng(0), []
+    for garment in images:
+        faint = photo_of((garment.astype(int) * 60 // 255).astype(np.uint8), 255).astype(float)
+        noisy = np.clip(faint + rng.normal(0, 3, faint.shape), 0, 255).astype(np.uint8)
+        jpeg = io.BytesIO()
+        Image.fromarray(noisy).save(jpeg, "JPEG", quality=85)
+        out = predict.to_fmnist(np.asarray(Image.open(jpeg).convert("L")))
+        differences.append(np.abs(out.astype(int) - predict.to_fmnist(photo_of(garment, 255))).mean())
+    assert max(differences) < 25 and np.mean(differences) < 8  # cropped to the frame: 20-60 (before the mend)
+
+
+def test_a_part_lighter_than_a_grey_background_belongs_to_the_garment_it_is_part_of():
+    """A dark shoe with a white sole on grey: the sole stands out from the background too, so the crop holds it,
+    though it comes out dark, as a white part does in the data set (photographed on white)."""
+    photo = np.full((200, 200), 120, np.uint8)
+    photo[50:125, 75:125] = 30  # the upper: 75 of the shoe's 100 rows
+    photo[125:150, 75:125] = 250  # the sole
+    rows = np.nonzero(predict.to_fmnist(photo).max(1))[0]
+    assert rows.min() == 0 and 20 <= rows.max() <= 22  # 75% of 28 rows lit, the sole's dark below
+
+
 def test_a_garment_with_an_odd_margin_has_its_spare_pixel_above_and_left_as_in_the_data(caplog):
     """Fashion-MNIST puts the odd spare pixel of a centred garment's margin above and to the left (left margin
     minus right: +1 in 3,224 test images, -1 in 10)."""
@@ -240,10 +267,11 @@ def test_an_image_where_nothing_stands_out_is_classified_with_a_warning(caplog):
 
 
 def test_npy_values_are_read_as_documented_and_out_of_range_ones_refused(tmp_path):
-    """0-255 as they are (integers of any type), floats 0-1 times 255, 16-bit integers /257; a negative value, a
-    float above 255 or an integer above 65535 is refused, not clipped into range."""
+    """0-255 as they are (integers of any type), floats 0-1 times 255, 16-bit integers /257, a boolean mask 0 or 255;
+    a negative value, a float above 255 or an integer above 65535 is refused, not clipped into range."""
     arrays = {
         "eye_int.npy": np.eye(28, dtype=np.int64),
+        "mask.npy": np.eye(28, dtype=bool),
         "eye_float.npy": np.eye(28),
         "deep.npy": np.full((28, 28), 65535, np.uint16),
         "negative.npy": np.full((28, 28), -1.0),
@@ -252,8 +280,8 @@ def test_npy_values_are_read_as_documented_and_out_of_range_ones_refused(tmp_pat
     }
     for name, array in arrays.items():
         np.save(tmp_path / name, array)
-    read, _ = predict.load_images([tmp_path / n for n in ("eye_int.npy", "eye_float.npy", "deep.npy")])
-    assert [int(image.max()) for image in read] == [1, 255, 255]
+    read, _ = predict.load_images([tmp_path / n for n in ("eye_int.npy", "eye_float.npy", "deep.npy", "mask.npy")])
+    assert [int(image.max()) for image in read] == [1, 255, 255, 255] and int(read[3].sum()) == 28 * 255
     with pytest.raises(predict.PredictError) as error:
         predict.load_images([tmp_path / n for n in ("negative.npy", "bright.npy", "huge.npy")])
     message = str(error.value)

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 import ml_collections
@@ -136,14 +137,19 @@ def test_two_runs_started_together_train_once(tiny_data, tmp_path, finished):
 
 def test_a_file_system_that_cannot_lock_lets_the_run_go_on_with_a_warning(tmp_path, monkeypatch, caplog):
     """Where flock is not supported (ENOLCK, EOPNOTSUPP: some network file systems) the run goes on unprotected and
-    says so, naming the lock file."""
+    says so, naming the lock file; it gives no time it locked at, so that no start undoes what may be another's
+    write under way. Locked, the time is the lock file's own (the clock the files written after it show)."""
+
+    with files.workdir_lock(tmp_path / "locked") as locked_at:
+        assert locked_at == (tmp_path / "locked" / files.LOCK_FILE).stat().st_mtime
 
     def cannot_lock(fd, operation):
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
 
     monkeypatch.setattr(files.fcntl, "flock", cannot_lock)
     caplog.set_level(logging.WARNING)
-    with files.workdir_lock(tmp_path):
+    with files.workdir_lock(tmp_path) as locked_at:
+        assert locked_at is None
         (tmp_path / "trained").touch()  # the run inside goes on
     assert (tmp_path / "trained").exists() and "not protected against a second run in the same workdir" in caplog.text
     assert str(tmp_path / files.LOCK_FILE) in caplog.text
@@ -188,10 +194,11 @@ def test_what_a_start_killed_before_its_checks_left_half_done_is_undone_by_the_n
     assert json.loads((workdir / "config.json").read_text())["num_epochs"] == 3
     for folder in (workdir, workdir / "checkpoints"):
         (folder / f"{files.TEMP_PREFIX}cut{files.TEMP_SUFFIX}").write_text("half")
-    young = workdir / f"{files.TEMP_PREFIX}under_way{files.TEMP_SUFFIX}"  # another process of the job is writing
-    for path in workdir.rglob(".*"):  # the killed process's files are older than the process that starts next
-        os.utime(path, (files.STARTED - 60,) * 2)
+    for path in workdir.rglob(".*"):  # the killed start's files, older than the next start's lock
+        os.utime(path, (time.time() - 60,) * 2)
+    young = workdir / f"{files.TEMP_PREFIX}under_way{files.TEMP_SUFFIX}"  # another process of the job is writing,
     young.write_text("being written")
+    os.utime(young, (time.time() + 60,) * 2)  # after the lock was taken (its processes write only after it)
     assert run.run(config, workdir) == metrics.load_results(workdir)
     young.unlink()  # left alone
     after = snapshot(workdir)
@@ -305,12 +312,12 @@ def test_a_full_disk_ends_with_one_line_and_the_rerun_resumes(tiny_data, small_t
     workdir = small_tmpfs / "run"
     result = tiny_run(tiny_data, workdir)
     assert result.returncode == 2
-    last = last_line(result.stderr)
+    last, details = last_line(result.stderr).split(" (details: ")  # the library's error whole in the log file
     assert last == (
         f"error: the disk holding {workdir} is full (no space left while saving a checkpoint); free some space "
         "and rerun the same command: it resumes from the last complete checkpoint."
     )
-    assert len(last) <= 300
+    assert len(last) <= 300 and "No space left" in pathlib.Path(details.removesuffix(")")).read_text()
     for name in ("config.json", "history.jsonl"):  # whole or absent, never truncated
         if (workdir / name).exists():
             text = (workdir / name).read_text()
