@@ -18,7 +18,6 @@ import shutil
 import socket
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 
 from absl import logging
@@ -227,11 +226,12 @@ def workdir_lock(workdir: str | os.PathLike) -> Iterator[float | None]:
         else:
             locked = True
         since = datetime.datetime.now().strftime("%H:%M:%S")
-        locked_at = time.time() - 1  # the file system's clock may lag the system's by a tick
         with contextlib.suppress(OSError):  # the holder line is a courtesy; a full disk must not stop the run
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()} {socket.gethostname()} {since}\n".encode(), 0)
-            locked_at = os.fstat(fd).st_mtime  # the time the files written after it will show, at the least
+        locked_at = None
+        with contextlib.suppress(OSError):  # by the file system's clock, which files written after it show at least
+            locked_at = os.fstat(fd).st_mtime  # (not written: an earlier time, which keeps more; never a later one)
         yield locked_at if locked else None
     finally:
         os.close(fd)  # releases the lock

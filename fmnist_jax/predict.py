@@ -38,9 +38,9 @@ def parse_inputs(inputs: str | Sequence[str]) -> list[pathlib.Path]:
 
 
 # How far from the border's grey a pixel must be to count as the garment (for the crop, that share of the farthest
-# pixel's distance: a photo on grey has less contrast than one on white; and never within the photo's noise,
-# NOISE_SIGMAS times the border's spread, nor under the floor), and the share of the image such pixels must make up
-# (fewer are specks of dust, or a garment too faint to find: no crop). A row or column of the crop holds two or more.
+# pixel's distance: a photo on grey has less contrast than one on white; nor within the background's own variation,
+# NOISE_SIGMAS times the border's spread; nor under the floor), and the share of the image such pixels must make up
+# (fewer are specks of dust, or a garment too faint to find: no crop).
 OBJECT_CONTRAST, OBJECT_CONTRAST_FLOOR, NOISE_SIGMAS = 32, 8, 5
 OBJECT_MIN_SHARE = 0.005
 
@@ -67,20 +67,24 @@ def _light_on_dark(image: np.ndarray) -> np.ndarray:
 def to_fmnist(image: np.ndarray, name: str = "an image") -> np.ndarray:
     """A greyscale uint8 image of any size -> 28x28, light object on a black background, cropped to the object, its
     lightest pixel white (as in 92% of Fashion-MNIST's images; all reach 250). A 28x28 image only gets the inversion."""
-    from PIL import Image
+    from PIL import Image, ImageFilter
 
     image = _light_on_dark(image)
     if image.shape == IMAGE_SHAPE:
         return image.astype(np.uint8)
     border = _border(image).astype(np.int16)
     background = int(np.median(border))
-    sigma = 1.4826 * float(np.median(np.abs(border - background)))  # the photo's noise, from its border's spread
+    spread = 1.4826 * float(np.median(np.abs(border - background)))  # the photo's noise, or its background's grading
     signed = image.astype(np.int16) - background
-    away = np.abs(signed)  # the garment, where it stands out either way (a white sole on grey too)
-    contrast = max(OBJECT_CONTRAST * int(away.max()) / 255, NOISE_SIGMAS * sigma, OBJECT_CONTRAST_FLOOR)
-    found = away > contrast
-    rows, cols = np.nonzero(found.sum(1) >= 2)[0], np.nonzero(found.sum(0) >= 2)[0]  # no lone speck widens it
-    image = np.where(signed > 3 * sigma, signed, 0).astype(np.uint8)  # black around, the noise too
+    # The garment where it stands out either way (a white sole on grey too), and so does a blurred copy: a lone noisy
+    # pixel does not. The background's own variation never sets the bar above half the garment's contrast.
+    blurred = np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(1)), np.int16)
+    away = np.minimum(np.abs(signed), np.abs(blurred - background))
+    level = min(NOISE_SIGMAS * spread, int(away.max()) / 2)
+    found = away > max(OBJECT_CONTRAST * int(away.max()) / 255, level, OBJECT_CONTRAST_FLOOR)
+    h, w = image.shape  # a crop's row (column) holds two garment pixels, where the image is that wide (tall)
+    rows, cols = np.nonzero(found.sum(1) >= min(2, w))[0], np.nonzero(found.sum(0) >= min(2, h))[0]
+    image = np.where(signed > level, signed, 0).astype(np.uint8)  # black around, the noise and grading too
     if np.count_nonzero(found) >= max(OBJECT_MIN_SHARE * image.size, 1) and rows.size and cols.size:
         image = image[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     else:
