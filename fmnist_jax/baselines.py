@@ -28,7 +28,7 @@ from fmnist_jax.errors import ConfigError, ResultsError
 # model.joblib, and beside it fit.json: what its fit reported, so a run stopped before its scores keeps them.
 MODEL_FILE, FIT_FILE = config_lib.MODEL_FILE, config_lib.FIT_FILE
 MODELS = config_lib.BASELINE_MODELS  # config.model.name of the baselines (and results.json's `model`)
-FIT_FIELDS = ("train_seconds", "converged", "n_iter", "search", "trained_on")
+FIT_FIELDS = ("train_seconds", "converged", "n_iter", "search", "trained_on", "dataset_checksums")
 PREPROCESS = ("none", "scale", "standardize")
 FOREST_FIELDS = (
     "n_estimators",
@@ -228,7 +228,13 @@ def score_saved(
     """`score` of the estimator saved in `workdir`, its fit's seconds and report (`fit_record`) kept in the new
     results.json: a model scored again is never refitted."""
     record = {"trained_on": None, **fit_record(workdir)}  # None: a fit whose machine was not recorded
-    train_seconds = record.pop("train_seconds", None)
+    train_seconds, fitted_on = record.pop("train_seconds", None), record.pop("dataset_checksums", None) or {}
+    if other := data.differing(fitted_on, dataset.checksums):  # where recorded: a fit of this version
+        why = data.other_source(fitted_on, dataset.checksums) or f"{', '.join(other)} differ, by content's SHA-256"
+        raise ConfigError(
+            f"{workdir / MODEL_FILE} was fitted on other data than is read now ({why}): read the data as its fit did "
+            "(config.data.source, config.data.dir), or train in a new --workdir."
+        )
     return score(config, workdir, estimator, dataset, train_seconds=train_seconds, extra=record)
 
 
@@ -293,7 +299,8 @@ def fit_and_evaluate(
     fit_info = fit(estimator, x_train, y_train)
     train_seconds = time.perf_counter() - start
     extra["trained_on"] = [{"machine": run_machine(), "from_step": 0}]  # the CNN's form: one fit, from its start
-    save_estimator(workdir, estimator, {"train_seconds": train_seconds, **fit_info, **extra})
+    fitted_on = {"dataset_checksums": dict(dataset.checksums)}  # fit.json's: a later scoring reads the same data
+    save_estimator(workdir, estimator, {"train_seconds": train_seconds, **fit_info, **extra, **fitted_on})
     return score(config, workdir, estimator, dataset, train_seconds=train_seconds, extra={**fit_info, **extra})
 
 
@@ -307,6 +314,7 @@ def score(
     extra: dict[str, Any],
 ) -> dict[str, Any]:
     """Validation and test scores of a fitted estimator, written as results.json and predictions.npz."""
+    num_fitted = len(dataset.train) + (len(dataset.validation) if config.data.use_validation_for_training else 0)
     val_acc = None  # none when the validation images were trained on: they are not held out then
     if len(dataset.validation) and not config.data.use_validation_for_training:
         val_pred, _ = predict(estimator, flatten(dataset.validation.images))
@@ -325,7 +333,7 @@ def score(
         predict_seconds=predict_seconds,
         seed=config.seed,
         dataset=dataset,
-        extra={**extra, "machine": run_machine()},
+        extra={**extra, "machine": run_machine(), "num_train_images": num_fitted},
     )
     metrics.save_predictions(  # first: results.json marks the run finished
         workdir, labels=dataset.test.labels, preds=test_pred, probs=test_probs, images=dataset.test.images

@@ -343,8 +343,22 @@ def load(config: Any, *, seed: int) -> Dataset:
 
 def differing(before: Mapping[str, str], now: Mapping[str, str]) -> list[str]:
     """The files (checksums' names) whose content differs between two readings, `before` a run's record of them
-    (a checkpoint's `dataset_checksums`; empty in one older than the record: nothing to compare)."""
+    (a checkpoint's `dataset_checksums`; empty in one older than the record: nothing to compare). Two readings that
+    name no file in common came from two sources (IDX files, TFDS's arrays), which give the images in other orders, so
+    that a seed's split differs: then every one of `now`'s."""
+    if before and now and not before.keys() & now.keys():
+        return sorted(now)
     return sorted(name for name in before.keys() & now.keys() if before[name] != now[name])
+
+
+def other_source(before: Mapping[str, str], now: Mapping[str, str]) -> str | None:
+    """Where `differing`'s two readings came from two sources: a clause saying so, for an error; else None."""
+    if not (before and now and not before.keys() & now.keys()):
+        return None
+    return (
+        f"it read them as {' and '.join(sorted(before))}, not as {' and '.join(sorted(now))}: another source gives the "
+        "images in another order, so the seed's split differs (its validation images would be ones it trained on)"
+    )
 
 
 def _released(folder: pathlib.Path, checksums: Mapping[str, str]) -> bool:

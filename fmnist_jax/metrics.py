@@ -143,6 +143,7 @@ def make_results(
         "predict_seconds": predict_seconds,
         "samples_per_second": len(dataset.test) / predict_seconds if predict_seconds > 0 else None,
         "seed": seed,
+        "num_train_images": len(dataset.train),  # what it trained on (a baseline fitted on validation too: more)
         "versions": versions(),
         "dataset_checksums": dict(dataset.checksums),
         "dataset_released": dataset.released,

@@ -141,6 +141,26 @@ def test_evaluate_mode_rescores_the_saved_model(tiny_data, tmp_path, monkeypatch
     assert evaluated["machine"] == "cpu: another" and evaluated["trained_on"] == trained["trained_on"]
 
 
+def test_a_fitted_model_is_never_scored_on_other_data_or_another_sources_split(tiny_data, tmp_path):
+    """fit.json records the data a model was fitted on: scoring it again (evaluate, or a rerun stopped before its
+    scores) on other files, or on the same images from another source (TFDS gives them in another order: another
+    split, whose validation images it was fitted on), is refused, naming why."""
+    config = tiny("random_forest", tiny_data, **{"model.n_estimators": 5})
+    run.run(config, tmp_path)
+    fit = json.loads((tmp_path / baselines.FIT_FILE).read_text())
+    assert fit["dataset_checksums"] == metrics.load_results(tmp_path)["dataset_checksums"]
+    (tmp_path / metrics.RESULTS_FILE).unlink()  # stopped between its fit and its scores
+    for fitted_on, why in (
+        ({**fit["dataset_checksums"], "train-images-idx3-ubyte": "0" * 64}, "train-images-idx3-ubyte differ"),
+        ({"tfds:fashion_mnist": "0" * 64}, "it read them as tfds:fashion_mnist, not as t10k-images-idx3-ubyte and"),
+    ):
+        (tmp_path / baselines.FIT_FILE).write_text(json.dumps({**fit, "dataset_checksums": fitted_on}))
+        with pytest.raises(ConfigError, match=f"model.joblib was fitted on other data than is read now \\({why}"):
+            run.run(config, tmp_path)
+    (tmp_path / baselines.FIT_FILE).write_text(json.dumps(fit))
+    assert run.run(config, tmp_path)["dataset_checksums"] == fit["dataset_checksums"]
+
+
 def test_a_fit_stopped_before_its_scores_or_with_damaged_scores_is_scored_again_not_refitted(tiny_data, tmp_path):
     """model.joblib's fit.json keeps what the fit reported (seconds, convergence), so a run without a readable
     results.json (a stop between fit and scores, a damaged file) is scored again with them; evaluate keeps them."""

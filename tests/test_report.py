@@ -262,6 +262,26 @@ def test_the_report_names_the_runs_that_read_other_data_than_the_released_files(
     assert "released" not in md
 
 
+def test_models_trained_on_different_numbers_of_images_are_said_to_be_so_beside_their_paired_tests(
+    comparison, tmp_path
+):
+    """results.json records how many images a model trained on (a baseline fitted on validation too: train and
+    validation); where a report's models differ in it (a recipe trained on all 60,000 beside the study's 48,000),
+    the paired tests are said to weigh the data with the recipe."""
+    _, workdir, _ = comparison
+    for name in ("cnn", "linear_svm"):
+        shutil.copytree(workdir / name / "seed_0", tmp_path / name)
+    trained, fitted = (metrics.load_results(tmp_path / name) for name in ("cnn", "linear_svm"))
+    history = metrics.read_history(tmp_path / "cnn")  # the images of an epoch: its steps' batches, a partial one too
+    assert trained["num_train_images"] == fitted["num_train_images"] > history[0]["step"] * 64 - 64
+    runs = [tmp_path / "cnn", tmp_path / "linear_svm"]
+    assert "different numbers of images" not in report.build(runs, tmp_path / "same")["markdown"].read_text()
+    metrics.save_results(tmp_path / "cnn", {**trained, "num_train_images": 60_000})
+    md = report.build(runs, tmp_path / "other")["markdown"].read_text()
+    listed = f"CNN (Flax): 60,000; Linear SVM: {fitted['num_train_images']:,}"
+    assert f"The models trained on different numbers of images ({listed}): each pair's test compares" in md
+
+
 def test_the_report_names_the_machine_and_lists_the_runs_of_each_where_there_are_several(comparison, tmp_path):
     """Every run's results.json names the machines it trained on and the one that scored it; the report names their
     hardware (without device counts and versions): the comparison's one, or, for runs of two, the runs under each,

@@ -181,6 +181,7 @@ def differences(ctx: Context) -> list[Block]:
     return [
         Heading("How sure are these differences?"),
         BulletList([pair["sentence"] for pair in ctx.pairs]),
+        *([Paragraph(other)] if (other := sentences.trained_on_other_numbers(ctx.models)) else []),
         Paragraph(sentences.PAIRED_TESTS),
         Table(header=tables.PAIR_HEADER, rows=tables.pair_rows(ctx.pairs, titles)),
     ]

@@ -4,11 +4,14 @@ and how each method is described in the report and in report.json."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fmnist_jax import stats
+
+if TYPE_CHECKING:
+    from fmnist_jax.report.runs import Model
 
 LEVEL = 0.05  # the level at which a sentence calls a difference established, after Holm's correction over the pairs
 PAIRED_TESTS = (
@@ -148,3 +151,20 @@ def p_cell(p: float) -> str:
 def confused_in_words(pairs: Sequence[tuple[str, str, float]]) -> list[str]:
     """The most confused (true, predicted, rate) pairs as bullets; one bullet when nothing was misclassified."""
     return [f"{true} taken for {pred}: {rate:.1%}" for true, pred, rate in pairs] or ["no test image misclassified"]
+
+
+def trained_on_other_numbers(models: Sequence[Model]) -> str | None:
+    """Where the models trained on different numbers of images (a config that trains on all 60,000 beside the
+    study's 48,000), a sentence saying so: a paired test then weighs the data with the recipe. None where they did
+    not, or where a run does not record it (results older than the field)."""
+    per_model = {m.title: {r.results.get("num_train_images") for r in m.runs} for m in models}
+    if any(len(c) != 1 or None in c for c in per_model.values()):  # unrecorded, or seeds that differ in it
+        return None
+    counts = {title: next(iter(c)) for title, c in per_model.items()}
+    if len(set(counts.values())) < 2:
+        return None
+    listed = "; ".join(f"{title}: {n:,}" for title, n in counts.items())
+    return (
+        f"The models trained on different numbers of images ({listed}): each pair's test compares two models as they "
+        "were trained, the data they had with their recipe."
+    )

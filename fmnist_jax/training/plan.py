@@ -113,21 +113,20 @@ class Plan:
 
     def check_data(self, meta: dict, directory: pathlib.Path) -> None:
         """Raises ConfigError where the checkpoint of `meta` (in `directory`) was trained on files whose content
-        differs from the data read now (its `dataset_checksums`; where none are recorded, nothing to compare); warns
-        where the two sources share no file to compare (IDX files and TFDS's arrays)."""
+        differs from the data read now (its `dataset_checksums`; where none are recorded, nothing to compare), or on
+        data read from another source (IDX files, TFDS's arrays: another split)."""
         before, now = meta.get("dataset_checksums") or {}, self.dataset.checksums
+        if why := data.other_source(before, now):
+            raise ConfigError(
+                f"checkpoint {meta['step']} in {directory} was trained on the same images read otherwise: {why}. Read "
+                "them as it did (config.data.source, config.data.dir), or train in a new --workdir."
+            )
         if differ := data.differing(before, now):
             verb = "differs" if len(differ) == 1 else "differ"
             raise ConfigError(
                 f"checkpoint {meta['step']} in {directory} was trained on other data: {', '.join(differ)} in "
                 f"{self.dataset.source} {verb} from what it trained on (by content's SHA-256). Point config.data.dir "
                 "(or FMNIST_DATA_DIR) at the files it trained on, or train in a new --workdir."
-            )
-        if before and not before.keys() & now.keys():
-            logging.warning(
-                "Checkpoint %d was trained on data read as %s and goes on with data from %s: the two cannot be "
-                "compared; make sure they are the same.",
-                *(meta["step"], " and ".join(sorted(before)), self.dataset.source),
             )
 
     def permutation(self, epoch: int) -> jax.Array:
