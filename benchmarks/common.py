@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import functools
 import importlib
+import importlib.metadata
 import json
 import os
 import pathlib
@@ -163,11 +164,18 @@ def with_fields(config: ml_collections.ConfigDict, **fields: Any) -> ml_collecti
 # What a figure is printed with
 
 
-# Beside jax, what a step's speed depends on: those installed are named (a GPU's compiler and kernels, a TPU's runtime).
-VERSIONED = (
-    *("jaxlib", "flax", "optax", "orbax-checkpoint", "numpy"),
-    *("jax-cuda12-plugin", "jax-cuda12-pjrt", "nvidia-cudnn-cu12", "nvidia-cublas-cu12", "libtpu"),
-)
+# Beside jax, what a step's speed depends on: those installed are named, with every one whose name starts with one of
+# ACCELERATOR_PACKAGES (a GPU's plugin and kernels for any CUDA version, a TPU's runtime).
+VERSIONED = ("jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "ml-dtypes")
+ACCELERATOR_PACKAGES = ("jax-cuda", "jax-rocm", "nvidia-cudnn", "nvidia-cublas", "libtpu")
+
+
+def versioned() -> tuple[str, ...]:
+    """VERSIONED and the accelerator packages installed, by name (sorted)."""
+    names = {(d.metadata["Name"] or "").lower() for d in importlib.metadata.distributions()}
+    return VERSIONED + tuple(sorted(n for n in names if n.startswith(ACCELERATOR_PACKAGES)))
+
+
 CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"  # JAX's event for a program loaded from the persistent cache
 
 
@@ -184,7 +192,7 @@ def machine_fields() -> dict[str, Any]:
         "devices": jax.device_count(),
         "device_kind": device.device_kind,
         "platform_version": getattr(device.client, "platform_version", None),
-        "versions": metrics.versions(VERSIONED),
+        "versions": metrics.versions(versioned()),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
 

@@ -14,7 +14,10 @@
 # default /tmp/fmnist_device) also holds the runs and caches. The device tool brings back at most 8 files from OUT,
 # so after every step OUT gets two: steps.txt and figures.tgz (WORK without its runs and caches: every .out and
 # every kept results.json), and a call stopped at its limit still brings back the steps before it. Call it with
-# kind nvidia-h200 (the targets are an H200's). The steps:
+# kind nvidia-h200 (the targets are an H200's). A session's 15 minutes of device time (the machine's start
+# included) hold the first four calls, most wanted first, each group's limits within one call's 10 minutes:
+#   `env resume` (limits 300 s, 540 with the retry), `check start` (390), `loop` (540), `speedrun` (480);
+#   a later session: `fast95` (300), `wide0 wide1` (540), `wide2` (330). The steps:
 #   env        devices, versions, the GPU
 #   check      python -m benchmarks accelerator_check (the study CNN: compile, images/s, evaluation, bfloat16)
 #   start      the study's 30-epoch run through main.py, start to finish (target: 12 s of wall time on an H200),
@@ -23,7 +26,7 @@
 #   loop       loop_overhead for the study CNN (30 epochs) and vgg_bn_large (20), host overlap on and off
 #   resume     the SIGKILL, SIGTERM and SIGINT resume tests (the study CNN's and VGG-BN's) and the same run twice
 #              on the GPU (bit-identical parameters); if a test fails, all again with
-#              XLA_FLAGS=--xla_gpu_deterministic_ops=true (a call of its own: with the retry it may take 10 minutes)
+#              XLA_FLAGS=--xla_gpu_deterministic_ops=true
 #   speedrun   time_to_accuracy of configs/speedrun_gpu.py (batch 512, 24 epochs), seeds 0-4: its test accuracy and
 #              training seconds against its aims (docs/models.md: 0.94 in <= 2 s, 0.95 in <= 10 s on an H200); then
 #              configs/speedrun.py as it is (batch 64, 30 epochs), one seed: the GPU's time for the CPU's recipe
@@ -52,7 +55,7 @@ case "${1:-}" in
   run) OUT=${2:-}; [ -n "$OUT" ] || usage; shift 2 ;;
   *) usage ;;
 esac
-STEPS=${*:-env check start loop resume speedrun}
+STEPS=${*:-env resume check start loop speedrun}
 KNOWN="env check start loop resume speedrun fast95 wide wide0 wide1 wide2"
 for s in $STEPS; do  # all named right before any spends device time
   case " $KNOWN " in *" $s "*) ;; *) echo "error: unknown step $s (the steps: $KNOWN)" >&2; exit 2 ;; esac
@@ -60,12 +63,16 @@ done
 WORK=${DEVICE_WORK:-/tmp/fmnist_device}
 mkdir -p "$OUT" "$WORK"
 PY=${PYTHON:-python3}
+# What is missing goes to a folder of its own on PYTHONPATH (the device's recipe: its environment may be read-only);
+# the processes the steps start inherit it.
+SITE=$WORK/site
+export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+install() { $PY -m pip install -q --no-index --no-compile --no-cache-dir --find-links="$KIT/wheels" --target "$SITE" "$@"; }
 for module in ml_collections tensorboardX; do
-  $PY -c "import $module" 2>/dev/null || $PY -m pip install -q --no-index --no-deps --find-links="$KIT/wheels" \
-    "$(echo $module | sed 's/_/-/')"
+  $PY -c "import $module" 2>/dev/null || install --no-deps "$(echo $module | sed 's/_/-/')"
 done
-$PY -c "import google.protobuf" 2>/dev/null || $PY -m pip install -q --no-index --find-links="$KIT/wheels" protobuf
-$PY -c "import pytest" 2>/dev/null || $PY -m pip install -q --no-index --find-links="$KIT/wheels" pytest
+$PY -c "import google.protobuf" 2>/dev/null || install protobuf
+$PY -c "import pytest" 2>/dev/null || install pytest
 DATA_DIR=$([ -f "$KIT/data/train-images-idx3-ubyte.gz" ] && echo "$PWD/$KIT/data" || echo "$DATA")
 if ! $PY -c "import ml_collections, tensorboardX, google.protobuf, pytest" || \
     [ ! -f "$DATA_DIR/train-images-idx3-ubyte.gz" ]; then
@@ -105,24 +112,24 @@ for s in $STEPS; do
     env)
       step env 60 bash -c "nvidia-smi; grep -m1 'model name' /proc/cpuinfo; nproc; $PY -c 'import jax, flax, optax, \
 orbax.checkpoint as o; print(jax.devices(), jax.__version__, flax.__version__, optax.__version__, o.__version__)'; \
-$PY -m pip list 2>/dev/null | grep -i -E '^(jax|jaxlib|jax-cuda|nvidia-cudnn|nvidia-cublas)' || true" ;;
+$PY -m pip list 2>/dev/null | grep -i -E '^(jax|jaxlib|jax-cuda|nvidia-cudnn|nvidia-cublas|ml.dtypes)' || true" ;;
     check)
       if [ "$LIMIT" = 1 ]; then extra=(--steps=5 --large_batch=128); else extra=(); fi
-      step check 240 $PY -m benchmarks accelerator_check "${extra[@]}" ;;
+      step check 150 $PY -m benchmarks accelerator_check "${extra[@]}" ;;
     start)  # twice: a cold persistent compilation cache (filled by the run), then a warm one
       rm -rf "$WORK/xla_cache"
       for pass in cold warm; do
         rm -rf "$WORK/runs/cnn_$pass"
-        step "start_$pass" 240 env JAX_COMPILATION_CACHE_DIR="$WORK/xla_cache" \
+        step "start_$pass" 120 env JAX_COMPILATION_CACHE_DIR="$WORK/xla_cache" \
           JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 $PY main.py --config=configs/cnn.py \
           --workdir="$WORK/runs/cnn_$pass" --config.num_epochs=$CNN_EPOCHS "${SMALL[@]}"
-        cp "$WORK/runs/cnn_$pass/results.json" "$WORK/start_${pass}_results.json" 2>/dev/null
+        cp "$WORK/runs/cnn_$pass/results.json" "$WORK/start_${pass}_results.json" 2>/dev/null && bring_back
       done ;;
     loop)
       for overlap in on off; do
-        step "loop_cnn_$overlap" 240 $PY -m benchmarks loop_overhead --config=cnn --steps=$TIMED \
+        step "loop_cnn_$overlap" 120 $PY -m benchmarks loop_overhead --config=cnn --steps=$TIMED \
           --config.num_epochs=$CNN_EPOCHS --config.host_overlap=$overlap "${SMALL[@]}"
-        step "loop_vgg_bn_large_$overlap" 300 $PY -m benchmarks loop_overhead --config=vgg_bn_large --steps=$TIMED \
+        step "loop_vgg_bn_large_$overlap" 150 $PY -m benchmarks loop_overhead --config=vgg_bn_large --steps=$TIMED \
           --config.num_epochs=$LARGE_EPOCHS --config.host_overlap=$overlap "${SMALL[@]}"
       done ;;
     resume)  # every kill/signal test and the same run twice; if any fails, again with deterministic GPU kernels
@@ -130,17 +137,17 @@ $PY -m pip list 2>/dev/null | grep -i -E '^(jax|jaxlib|jax-cuda|nvidia-cudnn|nvi
       # of taking 75% of the GPU's memory at the start would leave each of those a quarter, so each takes what it uses.
       tests=(tests/test_checkpoints.py tests/test_vgg_bn_runs.py tests/test_fingerprint.py -p no:cacheprovider
         -k "sigkill or sigterm or signal or twice" --durations=0)
-      step resume 300 env XLA_PYTHON_CLIENT_PREALLOCATE=false $PY -m pytest -q "${tests[@]}"
+      step resume 240 env XLA_PYTHON_CLIENT_PREALLOCATE=false $PY -m pytest -q "${tests[@]}"
       if tail -1 "$WORK/steps.txt" | grep -q " rc=1 "; then  # a test failed (not a time-out, not a set-up error)
-        step resume_deterministic 300 env XLA_PYTHON_CLIENT_PREALLOCATE=false \
+        step resume_deterministic 240 env XLA_PYTHON_CLIENT_PREALLOCATE=false \
           XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_deterministic_ops=true" $PY -m pytest -q "${tests[@]}"
       fi ;;
     speedrun)
       epochs=()
       [ "$SPEEDRUN_EPOCHS" != 0 ] && epochs=(--config.num_epochs=$SPEEDRUN_EPOCHS)
-      step speedrun_gpu 300 $PY -m benchmarks time_to_accuracy --config=speedrun_gpu --seeds=5 "${epochs[@]}" \
+      step speedrun_gpu 270 $PY -m benchmarks time_to_accuracy --config=speedrun_gpu --seeds=5 "${epochs[@]}" \
         "${SMALL[@]}"
-      step speedrun 300 $PY -m benchmarks time_to_accuracy --config=speedrun --seeds=1 "${epochs[@]}" "${SMALL[@]}" ;;
+      step speedrun 210 $PY -m benchmarks time_to_accuracy --config=speedrun --seeds=1 "${epochs[@]}" "${SMALL[@]}" ;;
     fast95)  # the screen for 0.95 in <= 10 s (docs/models.md, "At a GPU's batch"): speedrun_gpu wider, 32 epochs
       for v in 1 2; do
         case $v in 1) widths=48,96,192 ;; 2) widths=64,128,256 ;; esac
@@ -150,7 +157,7 @@ $PY -m pip list 2>/dev/null | grep -i -E '^(jax|jaxlib|jax-cuda|nvidia-cudnn|nvi
         step "fast95_$v" 150 $PY main.py --config=configs/speedrun_gpu.py --workdir="$WORK/runs/fast95_$v" \
           --config.data.validation_size=12000 --config.model.widths=$widths --config.compilation_cache=off \
           "${epochs[@]}" "${SMALL[@]}"
-        cp "$WORK/runs/fast95_$v/results.json" "$WORK/fast95_$v.json" 2>/dev/null
+        cp "$WORK/runs/fast95_$v/results.json" "$WORK/fast95_$v.json" 2>/dev/null && bring_back
       done ;;
     wide|wide0|wide1|wide2)  # V0 the reference, V1 wider, V2 longer; the rules: docs/models.md, "Towards 0.96"
       [ "$s" = wide ] && variants="0 1 2" || variants=${s#wide}
@@ -165,7 +172,7 @@ $PY -m pip list 2>/dev/null | grep -i -E '^(jax|jaxlib|jax-cuda|nvidia-cudnn|nvi
         step "wide$v" $limit $PY main.py --config=configs/vgg_bn_large.py --workdir="$WORK/runs/wide_$v" \
           --config.data.validation_size=12000 --config.compilation_cache=off "${extra[@]}" "${SMALL[@]}"
         cp "$WORK/runs/wide_$v/results.json" "$WORK/wide_$v.json" 2>/dev/null
-        cp "$WORK/runs/wide_$v/history.jsonl" "$WORK/wide_$v.history.jsonl" 2>/dev/null
+        cp "$WORK/runs/wide_$v/history.jsonl" "$WORK/wide_$v.history.jsonl" 2>/dev/null && bring_back
       done ;;
   esac
   bring_back  # with the results.json kept after its last step

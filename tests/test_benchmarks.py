@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import importlib.metadata
 import io
 import json
 import os
@@ -18,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import tarfile
+import types
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +39,7 @@ from benchmarks import (
     time_to_accuracy,
     train_speed,
 )
-from fmnist_jax import compile_cache, data, machine, metrics, ops
+from fmnist_jax import compile_cache, data, machine, metrics, ops, timing
 
 
 def tiny(data_dir: pathlib.Path, prefix: str = "config") -> list[str]:
@@ -237,6 +239,18 @@ def test_every_line_carries_the_machine_it_was_measured_on(capsys, monkeypatch):
     assert fields["xla_flags"] == "--xla_cpu_max_isa=AVX2"
 
 
+def test_a_gpus_plugin_and_kernel_libraries_are_named_whatever_their_cuda_version(monkeypatch):
+    """A GPU image's jax-cuda13-plugin, nvidia-cudnn-cu13 and nvidia-cublas are named in a line's versions, as a
+    CUDA 12 image's are; other packages are not."""
+    installed = {"jax-cuda13-plugin": "0.11.2", "nvidia-cudnn-cu13": "9.1", "nvidia-cublas": "13.0", "requests": "2"}
+    fake = [types.SimpleNamespace(metadata={"Name": name}) for name in installed]
+    monkeypatch.setattr(importlib.metadata, "distributions", lambda: fake)
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: installed.get(name) or jax.__version__)
+    names = common.versioned()
+    assert names[: len(common.VERSIONED)] == common.VERSIONED and "ml-dtypes" in names
+    assert names[len(common.VERSIONED) :] == ("jax-cuda13-plugin", "nvidia-cublas", "nvidia-cudnn-cu13")
+
+
 def test_without_data_the_arrays_are_random_images_of_the_configs_sizes(tiny_data, tmp_path, monkeypatch):
     arrays = common.load_arrays(common.load_config("cnn", tiny(tiny_data)))
     assert (len(arrays.train), len(arrays.test)) == (256, 100) and arrays.source.startswith("idx:")
@@ -333,6 +347,7 @@ def test_time_to_accuracy_reports_each_seeds_run_their_spread_and_the_ratio_to_a
 
     for name in ("time_other_step", "run_seed"):
         monkeypatch.setattr(time_to_accuracy, name, recorded(name))
+    monkeypatch.setattr(timing, "_START_UP_TAKEN", [])  # as in a fresh process: its start-up not yet taken
     try:
         *seeds, summary, ratio = run(time_to_accuracy, *args, *compare)
     finally:
@@ -346,6 +361,7 @@ def test_time_to_accuracy_reports_each_seeds_run_their_spread_and_the_ratio_to_a
         workdir = tmp_path / f"seed_{row['seed']}"
         results, history = metrics.load_results(workdir), metrics.read_history(workdir)
         assert results["seed"] == row["seed"] and row["test_accuracy"] == results["test_accuracy"]
+        assert "before_run" not in results["seconds"]["phases"]  # the benchmark's start-up and --compare timing
         assert row["train_seconds"] == round(results["train_seconds"], 3)
         assert row["steps"] == history[-1]["step"] == 4 and row["epochs"] == 1
         assert row["images_per_second"] == pytest.approx(4 * 64 / results["train_seconds"], abs=rounded(1))
