@@ -260,6 +260,12 @@ def test_flip_tta_averages_the_probabilities_of_each_image_and_its_mirror():
     np.testing.assert_allclose(probs, expected, atol=1e-6)
     nll = -np.log(np.take_along_axis(np.asarray(expected), np.asarray(labels)[:, None], 1)[:, 0])
     np.testing.assert_allclose(losses, np.where(np.asarray(mask), nll, 0.0), rtol=1e-5)
+    # Logits so far apart that a class's probability underflows to 0 for an image and its mirror: its loss is large,
+    # not infinite (the log of the mean taken from the log-probabilities).
+    loud = state.replace(model=jax.tree.map(lambda p: p * 30.0, state.model))
+    losses, probs = programs.eval(loud, images, labels, mask)
+    true = np.take_along_axis(np.asarray(probs), labels[:, None], 1)[:, 0]
+    assert (true[mask] == 0).any() and np.isfinite(np.asarray(losses)).all() and np.asarray(losses)[mask].max() > 100
 
 
 # --------------------------------------------------------------------------------------------- model, config

@@ -147,9 +147,11 @@ def eval_step(
     inputs = to_inputs(images)
     if recipe.tta_flip:  # one forward pass over both halves: one program, one pass over the weights
         n = inputs.shape[0]
-        both = jax.nn.softmax(model(jnp.concatenate([inputs, inputs[:, :, ::-1]])))
+        logits = model(jnp.concatenate([inputs, inputs[:, :, ::-1]]))
+        both, logp = jax.nn.softmax(logits), jax.nn.log_softmax(logits)
         probs = (both[:n] + both[n:]) / 2
-        losses = -jnp.log(jnp.take_along_axis(probs, labels[:, None], axis=-1)[:, 0])
+        log_mean = jnp.logaddexp(logp[:n], logp[n:]) - jnp.log(2.0)  # log(probs), finite where both underflow
+        losses = -jnp.take_along_axis(log_mean, labels[:, None], axis=-1)[:, 0]
         return jnp.where(mask, losses, 0.0), probs
     logits = model(inputs)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
