@@ -17,6 +17,7 @@ import importlib.metadata
 import json
 import os
 import pathlib
+import re
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -172,7 +173,7 @@ ACCELERATOR_PACKAGES = ("jax-cuda", "jax-rocm", "nvidia-cudnn", "nvidia-cublas",
 
 def versioned() -> tuple[str, ...]:
     """VERSIONED and the accelerator packages installed, by name (sorted)."""
-    names = {(d.metadata["Name"] or "").lower() for d in importlib.metadata.distributions()}
+    names = {re.sub(r"[-_.]+", "-", d.metadata["Name"] or "").lower() for d in importlib.metadata.distributions()}
     return VERSIONED + tuple(sorted(n for n in names if n.startswith(ACCELERATOR_PACKAGES)))
 
 

@@ -8,7 +8,7 @@
 # `prepare` fills .device_kit/ (git-ignored) with what a bare device image lacks: the ml-collections, tensorboardX,
 # protobuf and pytest wheels and the four Fashion-MNIST files. `run` installs the wheels if they are missing (and
 # stops, exit 3, if the kit was not carried), then runs the steps named (default: all, most wanted first), each
-# under its own time limit (SIGINT at the limit, so that pytest prints its failures and main.py saves; SIGKILL 30 s
+# under its own time limit (SIGINT at the limit, so that pytest prints its failures and main.py saves; SIGKILL 15 s
 # later): a step writes WORK/NAME.out (its output, the benchmarks' JSON lines included) and appends its exit status
 # and seconds to WORK/steps.txt, so a step that fails or runs out of time costs only itself. WORK (DEVICE_WORK,
 # default /tmp/fmnist_device) also holds the runs and caches. The device tool brings back at most 8 files from OUT,
@@ -16,8 +16,9 @@
 # every kept results.json), and a call stopped at its limit still brings back the steps before it. Call it with
 # kind nvidia-h200 (the targets are an H200's). A session's 15 minutes of device time (the machine's start
 # included) hold the first four calls, most wanted first, each group's limits within one call's 10 minutes:
-#   `env resume` (limits 300 s, 540 with the retry), `check start` (390), `loop` (540), `speedrun` (480);
-#   a later session: `fast95` (300), `wide0 wide1` (540), `wide2` (330). The steps:
+#   `env resume` (limits 300 s, 540 with the retry), `check start` (390), `loop` (480), `speedrun` (480), each
+#   step 15 s more at most; a later session: `fast95` (300), `wide0 wide1` (540), `wide2` (330). Their expected
+#   times are a fraction of the limits (docs/performance.md's H200 figures); resume's is unmeasured on a GPU. The steps:
 #   env        devices, versions, the GPU
 #   check      python -m benchmarks accelerator_check (the study CNN: compile, images/s, evaluation, bfloat16)
 #   start      the study's 30-epoch run through main.py, start to finish (target: 12 s of wall time on an H200),
@@ -67,12 +68,12 @@ PY=${PYTHON:-python3}
 # the processes the steps start inherit it.
 SITE=$WORK/site
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
-install() { $PY -m pip install -q --no-index --no-compile --no-cache-dir --find-links="$KIT/wheels" --target "$SITE" "$@"; }
-for module in ml_collections tensorboardX; do
-  $PY -c "import $module" 2>/dev/null || install --no-deps "$(echo $module | sed 's/_/-/')"
+# Each alone (--no-deps): a dependency the image has must not be shadowed by the kit's copy, first on PYTHONPATH.
+for pair in ml_collections:ml-collections tensorboardX:tensorboardX google.protobuf:protobuf pytest:pytest \
+    pluggy:pluggy iniconfig:iniconfig packaging:packaging pygments:pygments; do
+  $PY -c "import ${pair%%:*}" 2>/dev/null || $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    --find-links="$KIT/wheels" --target "$SITE" "${pair#*:}"
 done
-$PY -c "import google.protobuf" 2>/dev/null || install protobuf
-$PY -c "import pytest" 2>/dev/null || install pytest
 DATA_DIR=$([ -f "$KIT/data/train-images-idx3-ubyte.gz" ] && echo "$PWD/$KIT/data" || echo "$DATA")
 if ! $PY -c "import ml_collections, tensorboardX, google.protobuf, pytest" || \
     [ ! -f "$DATA_DIR/train-images-idx3-ubyte.gz" ]; then
@@ -83,7 +84,8 @@ fi
 export FMNIST_DATA_DIR=$DATA_DIR FMNIST_REAL_DATA_DIR=$DATA_DIR
 
 # Toy sizes for a dry run on a CPU: a few hundred images, one or two epochs, a few timed steps. On the GPU the loop's
-# bare timing takes 3,000 steps (a second or so): 300 would be over before the GPU's clocks had risen.
+# bare timing takes 3,000 steps (the study CNN's about a second, vgg_bn_large's 6 s): 300 would be over before the
+# GPU's clocks had risen.
 if [ -n "${TINY:-}" ]; then
   SMALL=(--config.data.num_train=1024 --config.data.validation_size=256 --config.steps_per_call=2)
   CNN_EPOCHS=1 LARGE_EPOCHS=1 TIMED=20 SPEEDRUN_EPOCHS=1 LIMIT=1 WIDE_EPOCHS=1 WIDE_LONG=2
@@ -95,7 +97,7 @@ step() {  # step NAME SECONDS COMMAND...: runs COMMAND under a time limit, its o
   local name=$1 limit=$2 start rc
   shift 2
   start=$(date +%s%N)
-  timeout -s INT -k 30 "$limit" "$@" >"$WORK/$name.out" 2>&1
+  timeout -s INT -k 15 "$limit" "$@" >"$WORK/$name.out" 2>&1
   rc=$?
   echo "$name rc=$rc $(( ($(date +%s%N) - start) / 1000000 )) ms" | tee -a "$WORK/steps.txt"
   tail -n 2 "$WORK/$name.out" | cut -c1-300  # in the call's output too
@@ -128,9 +130,9 @@ $PY -m pip list 2>/dev/null | grep -i -E '^(jax|jaxlib|jax-cuda|nvidia-cudnn|nvi
       done ;;
     loop)
       for overlap in on off; do
-        step "loop_cnn_$overlap" 120 $PY -m benchmarks loop_overhead --config=cnn --steps=$TIMED \
+        step "loop_cnn_$overlap" 105 $PY -m benchmarks loop_overhead --config=cnn --steps=$TIMED \
           --config.num_epochs=$CNN_EPOCHS --config.host_overlap=$overlap "${SMALL[@]}"
-        step "loop_vgg_bn_large_$overlap" 150 $PY -m benchmarks loop_overhead --config=vgg_bn_large --steps=$TIMED \
+        step "loop_vgg_bn_large_$overlap" 135 $PY -m benchmarks loop_overhead --config=vgg_bn_large --steps=$TIMED \
           --config.num_epochs=$LARGE_EPOCHS --config.host_overlap=$overlap "${SMALL[@]}"
       done ;;
     resume)  # every kill/signal test and the same run twice; if any fails, again with deterministic GPU kernels

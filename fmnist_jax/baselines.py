@@ -28,7 +28,7 @@ from fmnist_jax.errors import ConfigError, ResultsError
 # model.joblib, and beside it fit.json: what its fit reported, so a run stopped before its scores keeps them.
 MODEL_FILE, FIT_FILE = config_lib.MODEL_FILE, config_lib.FIT_FILE
 MODELS = config_lib.BASELINE_MODELS  # config.model.name of the baselines (and results.json's `model`)
-FIT_FIELDS = ("train_seconds", "converged", "n_iter", "search", "trained_on", "dataset_checksums")
+FIT_FIELDS = ("train_seconds", "converged", "n_iter", "search", "trained_on")
 PREPROCESS = ("none", "scale", "standardize")
 FOREST_FIELDS = (
     "n_estimators",
@@ -228,8 +228,12 @@ def score_saved(
     """`score` of the estimator saved in `workdir`, its fit's seconds and report (`fit_record`) kept in the new
     results.json: a model scored again is never refitted."""
     record = {"trained_on": None, **fit_record(workdir)}  # None: a fit whose machine was not recorded
-    train_seconds, fitted_on = record.pop("train_seconds", None), record.pop("dataset_checksums", None) or {}
-    if other := data.differing(fitted_on, dataset.checksums):  # where recorded: a fit of this version
+    train_seconds = record.pop("train_seconds", None)
+    try:  # the data of the fit, which fit.json alone records (results.json's: its last scoring's)
+        fitted_on = json.loads((workdir / FIT_FILE).read_text(encoding="utf-8")).get("dataset_checksums") or {}
+    except (OSError, ValueError, AttributeError):  # none, damaged, or not a record
+        fitted_on = {}
+    if other := data.differing(fitted_on, dataset.checksums):
         why = data.other_source(fitted_on, dataset.checksums) or f"{', '.join(other)} differ, by content's SHA-256"
         raise ConfigError(
             f"{workdir / MODEL_FILE} was fitted on other data than is read now ({why}): read the data as its fit did "

@@ -159,6 +159,13 @@ def test_a_fitted_model_is_never_scored_on_other_data_or_another_sources_split(t
             run.run(config, tmp_path)
     (tmp_path / baselines.FIT_FILE).write_text(json.dumps(fit))
     assert run.run(config, tmp_path)["dataset_checksums"] == fit["dataset_checksums"]
+    # A model saved before fit.json existed, its results.json keyed by the files' names as stored (.gz): scored.
+    (tmp_path / baselines.FIT_FILE).unlink()
+    scored = metrics.load_results(tmp_path)
+    older = {f"{name}.gz": digest for name, digest in scored["dataset_checksums"].items()}
+    metrics.save_results(tmp_path, {**scored, "dataset_checksums": older})
+    config.mode = "evaluate"
+    assert run.run(config, tmp_path)["test_accuracy"] == scored["test_accuracy"]
 
 
 def test_a_fit_stopped_before_its_scores_or_with_damaged_scores_is_scored_again_not_refitted(tiny_data, tmp_path):

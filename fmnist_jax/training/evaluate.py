@@ -221,7 +221,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathli
     apart = "_".join([f"evaluate_step_{meta['step']}", *(f"{k}={v}" for k, v in other.items())])
     out = workdir if own else workdir / (apart + ("_other_data" if other_data else ""))
     if other_data:
-        logging.info("Data other than the checkpoint's (%s differ): scored apart, into %s", ", ".join(other_data), out)
+        why = data.other_source(meta.get("dataset_checksums") or {}, dataset.checksums)
+        why = why or f"{', '.join(other_data)} differ"
+        logging.info("Data other than the checkpoint's (%s): scored apart, into %s", why, out)
     if other:
         asked = ", ".join(f"{k}={v!r}" for k, v in other.items())
         logging.info("Settings other than the run's (%s): scored apart from its results, into %s", asked, out)
