@@ -55,7 +55,7 @@ def main(argv: list[str]) -> None:
         details = ""
         if log_file and e.__cause__ is not None:  # a library's error behind it, whole, with its traceback
             logging.warning("error: %s\n%s", e, traceback_text(e), extra=LOG_FILE_ONLY)
-            details = f" (details: {log_file})"  # the file is kept: it holds what the terminal did not show
+            details = logs.details(log_file)  # the file is kept: it holds what the terminal did not show
         print(f"error: {e}{details}", file=sys.stderr)
         sys.exit(2)
     except Interrupted as e:

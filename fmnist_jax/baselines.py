@@ -207,18 +207,19 @@ def _finished_results(workdir: pathlib.Path) -> dict[str, Any] | None:
 
 
 def fit_record(workdir: pathlib.Path) -> dict[str, Any]:
-    """What the fit of WORKDIR/model.joblib reported (FIT_FIELDS): its fit.json, or for a model saved before fit.json
-    existed its results.json's fields; {} where neither can be read (the fit's seconds are then unknown)."""
-    for read in (
-        lambda: json.loads((workdir / FIT_FILE).read_text(encoding="utf-8")),
-        lambda: metrics.load_results(workdir),
+    """What the fit of WORKDIR/model.joblib reported (FIT_FIELDS): its fit.json, with the data it was fitted on
+    (`dataset_checksums`, which fit.json alone records: results.json's are its last scoring's), or for a model saved
+    before fit.json existed its results.json's fields; {} where neither can be read (its fit's seconds unknown)."""
+    for read, fields in (
+        (lambda: json.loads((workdir / FIT_FILE).read_text(encoding="utf-8")), (*FIT_FIELDS, "dataset_checksums")),
+        (lambda: metrics.load_results(workdir), FIT_FIELDS),
     ):
         try:
             record = read()
         except (OSError, ValueError, ResultsError):
             continue
         if isinstance(record, dict):
-            return {k: v for k, v in record.items() if k in FIT_FIELDS}
+            return {k: v for k, v in record.items() if k in fields}
     return {}
 
 
@@ -228,13 +229,8 @@ def score_saved(
     """`score` of the estimator saved in `workdir`, its fit's seconds and report (`fit_record`) kept in the new
     results.json: a model scored again is never refitted."""
     record = {"trained_on": None, **fit_record(workdir)}  # None: a fit whose machine was not recorded
-    train_seconds = record.pop("train_seconds", None)
-    try:  # the data of the fit, which fit.json alone records (results.json's: its last scoring's)
-        fitted_on = json.loads((workdir / FIT_FILE).read_text(encoding="utf-8")).get("dataset_checksums") or {}
-    except (OSError, ValueError, AttributeError):  # none, damaged, or not a record
-        fitted_on = {}
-    if other := data.differing(fitted_on, dataset.checksums):
-        why = data.other_source(fitted_on, dataset.checksums) or f"{', '.join(other)} differ, by content's SHA-256"
+    train_seconds, fitted_on = record.pop("train_seconds", None), record.pop("dataset_checksums", None) or {}
+    if why := data.what_differs(fitted_on, dataset.checksums):
         raise ConfigError(
             f"{workdir / MODEL_FILE} was fitted on other data than is read now ({why}): read the data as its fit did "
             "(config.data.source, config.data.dir), or train in a new --workdir."

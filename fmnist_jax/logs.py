@@ -90,7 +90,7 @@ class _OneLinePerLibraryRecord(logging.PythonFormatter):
         first = (record.getMessage().splitlines() or [""])[0]
         if not own and len(first) > 200:
             first = first[:200] + "..."
-        record.msg = f"{first} (details: {self.log_path})"
+        record.msg = first + details(self.log_path)
         record.args, record.exc_info, record.exc_text = None, None, None
         try:
             return super().format(record)
@@ -168,6 +168,11 @@ class _LogFile(py_logging.FileHandler):
                 f"warning: the log file {self.baseFilename} cannot be written ({why}); no more is logged there",
                 file=sys.stderr,
             )
+
+
+def details(log_file: str | os.PathLike) -> str:
+    """What a line shown alone adds to say where the rest of it is: " (details: LOG)"."""
+    return f" (details: {log_file})"
 
 
 def _output_or_nowhere() -> None:

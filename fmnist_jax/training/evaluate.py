@@ -215,15 +215,13 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathli
     requested = config_lib.to_dict(config)  # fields of another version's config.json, on one side only: not asked
     both = config_lib.flatten(trained).keys() & config_lib.flatten(requested).keys() & set(config_lib.SCORING_FIELDS)
     other = {k: new for k, (_, new) in config_lib.diff(trained, requested).items() if k in both}
-    other_data = data.differing(meta.get("dataset_checksums") or {}, dataset.checksums)
+    other_data = data.what_differs(meta.get("dataset_checksums") or {}, dataset.checksums)
     own = config.checkpoint.step is None and meta["step"] == last_step and not other and not other_data
     # One folder per checkpoint and settings: a scoring with other settings never replaces another's.
     apart = "_".join([f"evaluate_step_{meta['step']}", *(f"{k}={v}" for k, v in other.items())])
     out = workdir if own else workdir / (apart + ("_other_data" if other_data else ""))
     if other_data:
-        why = data.other_source(meta.get("dataset_checksums") or {}, dataset.checksums)
-        why = why or f"{', '.join(other_data)} differ"
-        logging.info("Data other than the checkpoint's (%s): scored apart, into %s", why, out)
+        logging.info("Data other than the checkpoint's (%s): scored apart, into %s", other_data, out)
     if other:
         asked = ", ".join(f"{k}={v!r}" for k, v in other.items())
         logging.info("Settings other than the run's (%s): scored apart from its results, into %s", asked, out)
