@@ -7,6 +7,7 @@ benchmark showed it, and each is tested against the plain formulation in tests/t
   XLA:CPU multiplies matrices at ~180 GFLOP/s here but runs the backward convolutions at ~85-130, and the
   weight gradient reuses the patches. For a forward pass alone XLA's convolution is faster, except for the
   one-channel first layer, which as nine multiply-adds ("taps") fuses with its activation and pooling.
+  With bfloat16 products (`taps_mixed`) one product per kernel position: no patch matrix to move.
 - `pool_bias_act` = max_pool_2x2(act(z + bias)) for training, computed as act(max_pool_2x2(z) + bias): the
   same values, since the bias and both activations are increasing, with a backward pass that is one select
   per input element instead of the tie-counting mask that autodiff of a max builds. (A forward pass alone
@@ -29,13 +30,17 @@ import jax.numpy as jnp
 CONV_IMPLS = ("auto", "im2col", "xla", "taps")
 
 
-def resolve_conv(impl: str, backend: str | None = None, *, training: bool = True, in_channels: int = 0) -> str:
-    """ "auto" -> "im2col" for training on CPU; otherwise "taps" for a single input channel on CPU, else "xla".
+def resolve_conv(
+    impl: str, backend: str | None = None, *, training: bool = True, in_channels: int = 0, mixed: bool = False
+) -> str:
+    """ "auto" -> for training on CPU "im2col", or "taps" for bfloat16 (`mixed`) products over several input
+    channels; for a forward pass alone on CPU "taps" for a single input channel, else "xla"; elsewhere "xla".
 
-    On CPU the patch matrix pays off in training, where the weight gradient reuses it; a forward pass alone
-    (evaluation, prediction) is faster through XLA's convolution, and for the one-channel first layer as
-    nine multiply-adds that fuse with its activation and pooling (benchmarks/). On GPU/TPU XLA's
-    convolution libraries beat both.
+    On CPU the patch matrix pays off in float32 training, where the weight gradient reuses it; with bfloat16
+    products, which AMX runs at several times the float32 rate, moving the patches costs more than the products,
+    so each kernel position multiplies the shifted input (`taps_mixed`). A forward pass alone (evaluation,
+    prediction) is faster through XLA's convolution, and for the one-channel first layer as nine multiply-adds
+    that fuse with its activation and pooling (benchmarks/). On GPU/TPU XLA's convolution libraries beat all.
     """
     if impl not in CONV_IMPLS:
         raise ValueError(f"conv={impl!r} is not one of {CONV_IMPLS}")
@@ -44,7 +49,7 @@ def resolve_conv(impl: str, backend: str | None = None, *, training: bool = True
     if (backend or jax.default_backend()) != "cpu":
         return "xla"
     if training:
-        return "im2col"
+        return "taps" if mixed and in_channels > 1 else "im2col"
     return "taps" if in_channels == 1 else "xla"
 
 
@@ -73,12 +78,14 @@ def conv2d_valid(
     With a lower-precision `compute_dtype` (bfloat16), both operands are cast to it, the products accumulate in
     float32 and the result is rounded to `compute_dtype`; without one, everything stays in the inputs' dtype.
     """
-    impl = resolve_conv(impl, training=training, in_channels=x.shape[-1])
     mixed = is_mixed(compute_dtype)
+    impl = resolve_conv(impl, training=training, in_channels=x.shape[-1], mixed=mixed)
     acc = jnp.float32 if mixed else None
     if mixed and impl == "im2col":
         return im2col_mixed(x.astype(compute_dtype), kernel, jnp.dtype(compute_dtype))
-    if mixed and not (impl == "taps" and x.shape[-1] == 1):  # one-channel taps multiply elementwise in float32
+    if mixed and impl == "taps" and x.shape[-1] > 1:
+        return taps_mixed(x, kernel, jnp.dtype(compute_dtype))
+    if mixed and impl == "xla":  # the one-channel taps multiply elementwise in float32
         x, kernel = x.astype(compute_dtype), kernel.astype(compute_dtype)
 
     def done(y: jax.Array) -> jax.Array:
@@ -153,6 +160,57 @@ def _im2col_mixed_bwd(dtype, residuals, dy):
 
 
 im2col_mixed.defvjp(_im2col_mixed_fwd, _im2col_mixed_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def taps_mixed(x: jax.Array, kernel: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    """The convolution as one product per kernel position ("tap") of the shifted input, `dtype` (bfloat16)
+    operands, float32 accumulation, rounded to `dtype`: no patch matrix nine times the input is ever built.
+
+    Where bfloat16 products are much faster than the memory traffic around them (AMX: docs/performance.md),
+    moving the patches costs more than the products. The backward pass takes the weight gradient tap by tap
+    from the input laid out channels first, (C, m) . dy, and the input gradient as one product dy . W^T folded
+    back onto the input in float32. `x` may be float32: it is cast inside and its gradient comes back in its dtype.
+    """
+    n, h, w, c = x.shape
+    kh, kw, _, o = kernel.shape
+    oh, ow = h - kh + 1, w - kw + 1
+    xb, kb = x.astype(dtype), kernel.astype(dtype)
+    taps = (
+        jnp.dot(xb[:, i : i + oh, j : j + ow, :].reshape(n * oh * ow, c), kb[i, j], preferred_element_type=jnp.float32)
+        for i in range(kh)
+        for j in range(kw)
+    )
+    return sum(taps).astype(dtype).reshape(n, oh, ow, o)
+
+
+def _taps_mixed_fwd(x, kernel, dtype):
+    return taps_mixed(x, kernel, dtype), (x, kernel)
+
+
+def _taps_mixed_bwd(dtype, residuals, dy):
+    x, kernel = residuals
+    n, h, w, c = x.shape
+    kh, kw, _, o = kernel.shape
+    oh, ow = h - kh + 1, w - kw + 1
+    m = n * oh * ow
+    dy = dy.reshape(m, o).astype(dtype)
+    xt = x.astype(dtype).transpose(3, 0, 1, 2)  # (C, N, H, W): each tap's input is then (C, m) as it stands
+    dk = jnp.stack(
+        [
+            jnp.dot(xt[:, :, i : i + oh, j : j + ow].reshape(c, m), dy, preferred_element_type=jnp.float32)
+            for i in range(kh)
+            for j in range(kw)
+        ]
+    )
+    w_t = (((1,), (1,)), ((), ()))  # dy . W^T: contract the output channels of both
+    dp = jax.lax.dot_general(dy, kernel.astype(dtype).reshape(kh * kw * c, o), w_t, preferred_element_type=jnp.float32)
+    _, patches_vjp = jax.vjp(lambda x: patches(x, kh, kw), x.astype(jnp.float32))
+    (dx,) = patches_vjp(dp.reshape(n, oh, ow, kh * kw * c))
+    return dx.astype(x.dtype), dk.reshape(kernel.shape).astype(kernel.dtype)
+
+
+taps_mixed.defvjp(_taps_mixed_fwd, _taps_mixed_bwd)
 
 
 def dense_mixed(x: jax.Array, kernel: jax.Array, bias: jax.Array, compute_dtype: jnp.dtype) -> jax.Array:

@@ -52,6 +52,11 @@ def test_im2col_convolution_equals_xla_convolution_with_gradients(x_shape, k_sha
 
 def test_auto_convolution_is_im2col_for_cpu_training_only():
     assert ops.resolve_conv("auto", "cpu") == ops.resolve_conv("auto", "cpu", in_channels=1) == "im2col"
+    # bfloat16 products over several channels: tap by tap; the one-channel first layer keeps its patches
+    assert ops.resolve_conv("auto", "cpu", in_channels=64, mixed=True) == "taps"
+    assert ops.resolve_conv("auto", "cpu", in_channels=1, mixed=True) == "im2col"
+    assert ops.resolve_conv("auto", "cpu", training=False, in_channels=64, mixed=True) == "xla"
+    assert ops.resolve_conv("auto", "gpu", in_channels=64, mixed=True) == "xla"
     assert ops.resolve_conv("auto", "cpu", training=False, in_channels=64) == "xla"
     assert ops.resolve_conv("auto", "cpu", training=False, in_channels=1) == "taps"
     assert ops.resolve_conv("auto", "gpu", training=False, in_channels=1) == "xla"

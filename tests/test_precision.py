@@ -60,6 +60,29 @@ def test_bfloat16_convolution_rounds_operands_and_accumulates_in_float32(impl, c
     assert [g.dtype for g in grads] == [jnp.float32, jnp.float32]  # cotangents come back in the inputs' dtype
 
 
+@pytest.mark.parametrize("x_shape", [(4, 13, 13, 16), (3, 7, 9, 5)])
+def test_tap_by_tap_bfloat16_gradients_are_float32_sums_of_the_rounded_operands(x_shape):
+    """`taps_mixed`, the bfloat16 training convolution on CPU: each of its products in float32 over the operands
+    rounded to bfloat16; the output rounded once, both gradients in float32 (the input's fold-back too)."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(x_shape, dtype=np.float32)
+    kernel = rng.standard_normal((3, 3, x_shape[-1], 8), dtype=np.float32)
+    dy = rng.standard_normal((x_shape[0], x_shape[1] - 2, x_shape[2] - 2, 8), dtype=np.float32)
+    y, pullback = jax.vjp(lambda x, k: ops.taps_mixed(x, k, jnp.dtype(jnp.bfloat16)), x, kernel)
+    dx, dk = pullback(jnp.asarray(dy, jnp.bfloat16))
+    assert (y.dtype, dx.dtype, dk.dtype) == (jnp.bfloat16, jnp.float32, jnp.float32)
+
+    def rounded(a):
+        return jnp.asarray(a).astype(jnp.bfloat16).astype(jnp.float32)
+
+    ref_y, ref_pullback = jax.vjp(lambda x, k: ops.conv2d_valid(x, k, "xla"), rounded(x), rounded(kernel))
+    ref_dx, ref_dk = ref_pullback(rounded(dy))
+    tolerances.assert_within(relative_error(y, ref_y), 2**-8, "output: one rounding to bfloat16 at the end")
+    # The same float32 sums in another order: a few float32 roundings (2^-24 each), nothing of bfloat16's 2^-8.
+    tolerances.assert_within(relative_error(dk, ref_dk), 1e-5, "weight gradient")
+    tolerances.assert_within(relative_error(dx, ref_dx), 1e-5, "input gradient")
+
+
 def test_float32_is_the_default_everywhere_and_bad_names_are_refused(tmp_path):
     for name in ("cnn", "vgg_bn", "vgg_bn_large"):
         assert load_config(name).compute_dtype == "float32"
