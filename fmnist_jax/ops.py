@@ -7,7 +7,8 @@ benchmark showed it, and each is tested against the plain formulation in tests/t
   XLA:CPU multiplies matrices at ~180 GFLOP/s here but runs the backward convolutions at ~85-130, and the
   weight gradient reuses the patches. For a forward pass alone XLA's convolution is faster, except for the
   one-channel first layer, which as nine multiply-adds ("taps") fuses with its activation and pooling.
-  With bfloat16 products (`taps_mixed`) one product per kernel position: no patch matrix to move.
+  With bfloat16 products (`taps_mixed`) one product per kernel position, whose forward pass and weight
+  gradient build no patch matrix.
 - `pool_bias_act` = max_pool_2x2(act(z + bias)) for training, computed as act(max_pool_2x2(z) + bias): the
   same values, since the bias and both activations are increasing, with a backward pass that is one select
   per input element instead of the tie-counting mask that autodiff of a max builds. (A forward pass alone
@@ -85,7 +86,8 @@ def conv2d_valid(
         return im2col_mixed(x.astype(compute_dtype), kernel, jnp.dtype(compute_dtype))
     if mixed and impl == "taps" and x.shape[-1] > 1:
         return taps_mixed(x, kernel, jnp.dtype(compute_dtype))
-    if mixed and impl == "xla":  # the one-channel taps multiply elementwise in float32
+    # XLA's convolution takes the cast operands; the one-channel taps multiply elementwise in float32.
+    if mixed and impl == "xla":
         x, kernel = x.astype(compute_dtype), kernel.astype(compute_dtype)
 
     def done(y: jax.Array) -> jax.Array:
@@ -165,12 +167,13 @@ im2col_mixed.defvjp(_im2col_mixed_fwd, _im2col_mixed_bwd)
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def taps_mixed(x: jax.Array, kernel: jax.Array, dtype: jnp.dtype) -> jax.Array:
     """The convolution as one product per kernel position ("tap") of the shifted input, `dtype` (bfloat16)
-    operands, float32 accumulation, rounded to `dtype`: no patch matrix nine times the input is ever built.
+    operands, float32 accumulation, rounded to `dtype`: the forward pass builds no patch matrix.
 
     Where bfloat16 products are much faster than the memory traffic around them (AMX: docs/performance.md),
-    moving the patches costs more than the products. The backward pass takes the weight gradient tap by tap
-    from the input laid out channels first, (C, m) . dy, and the input gradient as one product dy . W^T folded
-    back onto the input in float32. `x` may be float32: it is cast inside and its gradient comes back in its dtype.
+    moving patches in bfloat16 costs more than the products. The backward pass takes the weight gradient tap by
+    tap from the input laid out channels first, (C, m) . dy, and the input gradient as one product dy . W^T
+    folded back onto the input in float32. `x` may be float32 (the models pass it so): it is cast inside, and its
+    gradient comes back in its dtype, so a float32 input's gradient is never rounded to `dtype`.
     """
     n, h, w, c = x.shape
     kh, kw, _, o = kernel.shape
@@ -205,8 +208,8 @@ def _taps_mixed_bwd(dtype, residuals, dy):
     )
     w_t = (((1,), (1,)), ((), ()))  # dy . W^T: contract the output channels of both
     dp = jax.lax.dot_general(dy, kernel.astype(dtype).reshape(kh * kw * c, o), w_t, preferred_element_type=jnp.float32)
-    _, patches_vjp = jax.vjp(lambda x: patches(x, kh, kw), x.astype(jnp.float32))
-    (dx,) = patches_vjp(dp.reshape(n, oh, ow, kh * kw * c))
+    fold_back = jax.linear_transpose(lambda x: patches(x, kh, kw), jax.ShapeDtypeStruct(x.shape, jnp.float32))
+    (dx,) = fold_back(dp.reshape(n, oh, ow, kh * kw * c))
     return dx.astype(x.dtype), dk.reshape(kernel.shape).astype(kernel.dtype)
 
 

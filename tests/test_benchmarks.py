@@ -314,6 +314,16 @@ def test_train_speed_times_this_loop_and_the_plain_flax_loop_and_skips_a_missing
     assert ratios["ratios"] == {"plain_flax_over_fmnist_jax": pytest.approx(np.median(expected), abs=within)}
 
 
+def test_train_speed_names_the_training_convolutions_of_each_dtype(monkeypatch):
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    assert train_speed.conv_in_training(load_config("cnn")) == "im2col"
+    bfloat16 = load_config("cnn", compute_dtype="bfloat16")
+    assert train_speed.conv_in_training(bfloat16) == "taps (im2col for one input channel)"
+    assert train_speed.conv_in_training(load_config("cnn", compute_dtype="bfloat16", **{"model.conv": "xla"})) == "xla"
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert train_speed.conv_in_training(bfloat16) == "xla"
+
+
 def test_loop_overhead_sets_a_runs_training_time_against_its_steps_times_the_step_time(tiny_data):
     (row,) = run(loop_overhead, "--steps=2", "--config.num_epochs=2", *tiny(tiny_data))
     assert (row["total_steps"], row["epochs"], row["steps_per_call"], row["batch_size"]) == (8, 2, 2, 64)

@@ -50,7 +50,7 @@ def test_im2col_convolution_equals_xla_convolution_with_gradients(x_shape, k_sha
             np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4, err_msg=impl)
 
 
-def test_auto_convolution_is_im2col_for_cpu_training_only():
+def test_auto_convolution_is_patches_or_taps_for_cpu_training_only():
     assert ops.resolve_conv("auto", "cpu") == ops.resolve_conv("auto", "cpu", in_channels=1) == "im2col"
     # bfloat16 products over several channels: tap by tap; the one-channel first layer keeps its patches
     assert ops.resolve_conv("auto", "cpu", in_channels=64, mixed=True) == "taps"

@@ -60,23 +60,32 @@ def test_bfloat16_convolution_rounds_operands_and_accumulates_in_float32(impl, c
     assert [g.dtype for g in grads] == [jnp.float32, jnp.float32]  # cotangents come back in the inputs' dtype
 
 
-@pytest.mark.parametrize("x_shape", [(4, 13, 13, 16), (3, 7, 9, 5)])
-def test_tap_by_tap_bfloat16_gradients_are_float32_sums_of_the_rounded_operands(x_shape):
+@pytest.mark.parametrize(
+    "x_shape,k_shape",
+    [
+        ((4, 13, 13, 16), (3, 3, 16, 8)),
+        ((3, 7, 9, 5), (3, 3, 5, 8)),
+        ((1, 5, 7, 2), (2, 3, 2, 1)),  # kernels of unequal sides, one image, one output channel
+        ((3, 8, 5, 2), (4, 1, 2, 5)),
+        ((2, 6, 4, 3), (1, 1, 3, 4)),
+    ],
+)
+def test_tap_by_tap_bfloat16_gradients_are_float32_sums_of_the_rounded_operands(x_shape, k_shape):
     """`taps_mixed`, the bfloat16 training convolution on CPU: each of its products in float32 over the operands
     rounded to bfloat16; the output rounded once, both gradients in float32 (the input's fold-back too)."""
     rng = np.random.default_rng(1)
-    x = rng.standard_normal(x_shape, dtype=np.float32)
-    kernel = rng.standard_normal((3, 3, x_shape[-1], 8), dtype=np.float32)
-    dy = rng.standard_normal((x_shape[0], x_shape[1] - 2, x_shape[2] - 2, 8), dtype=np.float32)
-    y, pullback = jax.vjp(lambda x, k: ops.taps_mixed(x, k, jnp.dtype(jnp.bfloat16)), x, kernel)
-    dx, dk = pullback(jnp.asarray(dy, jnp.bfloat16))
-    assert (y.dtype, dx.dtype, dk.dtype) == (jnp.bfloat16, jnp.float32, jnp.float32)
+    x, kernel = (rng.standard_normal(shape, dtype=np.float32) for shape in (x_shape, k_shape))
 
     def rounded(a):
         return jnp.asarray(a).astype(jnp.bfloat16).astype(jnp.float32)
 
     ref_y, ref_pullback = jax.vjp(lambda x, k: ops.conv2d_valid(x, k, "xla"), rounded(x), rounded(kernel))
+    dy = rng.standard_normal(ref_y.shape, dtype=np.float32)
     ref_dx, ref_dk = ref_pullback(rounded(dy))
+    y, pullback = jax.vjp(lambda x, k: ops.taps_mixed(x, k, jnp.dtype(jnp.bfloat16)), x, kernel)
+    dx, dk = pullback(jnp.asarray(dy, jnp.bfloat16))
+    assert (y.dtype, dx.dtype, dk.dtype) == (jnp.bfloat16, jnp.float32, jnp.float32)
+    assert y.shape == ref_y.shape
     tolerances.assert_within(relative_error(y, ref_y), 2**-8, "output: one rounding to bfloat16 at the end")
     # The same float32 sums in another order: a few float32 roundings (2^-24 each), nothing of bfloat16's 2^-8.
     tolerances.assert_within(relative_error(dk, ref_dk), 1e-5, "weight gradient")
