@@ -55,8 +55,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict()
     config.model.name = "seed_cnn"  # a name in fmnist_jax.models.MODELS
     # Speed only: convolutions as patch matrix products ("im2col"), XLA's own ("xla"), sums of shifted
-    # products ("taps"), or "auto": im2col for training on CPU, the fastest forward pass for evaluation,
-    # xla on GPU/TPU. See fmnist_jax/ops.py and docs/performance.md.
+    # products ("taps"), or "auto": on CPU im2col for training (taps for bfloat16 over several input channels)
+    # and the fastest forward pass for evaluation; xla on GPU/TPU. See fmnist_jax/ops.py, docs/performance.md.
     config.model.conv = "auto"
 
     config.data = common.data_config()

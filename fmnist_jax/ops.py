@@ -7,8 +7,8 @@ benchmark showed it, and each is tested against the plain formulation in tests/t
   XLA:CPU multiplies matrices at ~180 GFLOP/s here but runs the backward convolutions at ~85-130, and the
   weight gradient reuses the patches. For a forward pass alone XLA's convolution is faster, except for the
   one-channel first layer, which as nine multiply-adds ("taps") fuses with its activation and pooling.
-  With bfloat16 products (`taps_mixed`) one product per kernel position, whose forward pass and weight
-  gradient build no patch matrix.
+  With bfloat16 products over several input channels (`taps_mixed`), one product per kernel position
+  instead: its forward pass and weight gradient build no patch matrix.
 - `pool_bias_act` = max_pool_2x2(act(z + bias)) for training, computed as act(max_pool_2x2(z) + bias): the
   same values, since the bias and both activations are increasing, with a backward pass that is one select
   per input element instead of the tie-counting mask that autodiff of a max builds. (A forward pass alone
@@ -39,7 +39,8 @@ def resolve_conv(
 
     On CPU the patch matrix pays off in float32 training, where the weight gradient reuses it; with bfloat16
     products, which AMX runs at several times the float32 rate, moving the patches costs more than the products,
-    so each kernel position multiplies the shifted input (`taps_mixed`). A forward pass alone (evaluation,
+    so each kernel position multiplies the shifted input (`taps_mixed`; measured on an AMX Xeon, and picked
+    on CPUs without AMX too, unmeasured there). A forward pass alone (evaluation,
     prediction) is faster through XLA's convolution, and for the one-channel first layer as nine multiply-adds
     that fuse with its activation and pooling (benchmarks/). On GPU/TPU XLA's convolution libraries beat all.
     """
