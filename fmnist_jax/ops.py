@@ -40,9 +40,9 @@ def resolve_conv(
     On CPU the patch matrix pays off in float32 training, where the weight gradient reuses it; with bfloat16
     products, which AMX runs at several times the float32 rate, moving the patches costs more than the products,
     so each kernel position multiplies the shifted input (`taps_mixed`; measured on an AMX Xeon, and picked
-    on CPUs without AMX too, unmeasured there). A forward pass alone (evaluation,
-    prediction) is faster through XLA's convolution, and for the one-channel first layer as nine multiply-adds
-    that fuse with its activation and pooling (benchmarks/). On GPU/TPU XLA's convolution libraries beat all.
+    on CPUs without AMX too, unmeasured there). A forward pass alone (evaluation, prediction) is faster through
+    XLA's convolution, and for the one-channel first layer as nine multiply-adds that fuse with its activation
+    and pooling (benchmarks/). On GPU/TPU XLA's convolution libraries beat all.
     """
     if impl not in CONV_IMPLS:
         raise ValueError(f"conv={impl!r} is not one of {CONV_IMPLS}")
