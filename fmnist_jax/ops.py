@@ -150,16 +150,22 @@ def _im2col_mixed_fwd(x, kernel, dtype):
 
 def _im2col_mixed_bwd(dtype, residuals, dy):
     x, kernel = residuals
-    n, h, w, c = x.shape
     kh, kw, _, o = kernel.shape
-    k, m = kh * kw * c, dy.shape[0] * dy.shape[1] * dy.shape[2]
-    dy = dy.reshape(m, o).astype(dtype)
+    dy = dy.reshape(-1, o).astype(dtype)
     dk = jnp.dot(patches_t(x, kh, kw), dy, preferred_element_type=jnp.float32).reshape(kernel.shape)
+    return _patches_input_grad(dy, kernel, x.shape, dtype, fold_dtype=x.dtype), dk.astype(kernel.dtype)
+
+
+def _patches_input_grad(dy, kernel, x_shape, dtype, fold_dtype):
+    """A convolution's input gradient over its patches: dy (m, O) . W^T with `dtype` operands and float32 sums,
+    rounded to `fold_dtype` and folded back onto the (N, H, W, C) input (the transpose of `patches`)."""
+    n, h, w, c = x_shape
+    kh, kw, _, o = kernel.shape
     w_t = (((1,), (1,)), ((), ()))  # dy . W^T: contract the output channels of both
-    dp = jax.lax.dot_general(dy, kernel.astype(dtype).reshape(k, o), w_t, preferred_element_type=jnp.float32)
-    _, patches_vjp = jax.vjp(lambda x: patches(x, kh, kw), x)
-    (dx,) = patches_vjp(dp.astype(dtype).reshape(n, h - kh + 1, w - kw + 1, k))
-    return dx, dk.astype(kernel.dtype)
+    dp = jax.lax.dot_general(dy, kernel.astype(dtype).reshape(kh * kw * c, o), w_t, preferred_element_type=jnp.float32)
+    fold_back = jax.linear_transpose(lambda x: patches(x, kh, kw), jax.ShapeDtypeStruct(x_shape, fold_dtype))
+    (dx,) = fold_back(dp.astype(fold_dtype).reshape(n, h - kh + 1, w - kw + 1, kh * kw * c))
+    return dx
 
 
 im2col_mixed.defvjp(_im2col_mixed_fwd, _im2col_mixed_bwd)
@@ -207,10 +213,7 @@ def _taps_mixed_bwd(dtype, residuals, dy):
             for j in range(kw)
         ]
     )
-    w_t = (((1,), (1,)), ((), ()))  # dy . W^T: contract the output channels of both
-    dp = jax.lax.dot_general(dy, kernel.astype(dtype).reshape(kh * kw * c, o), w_t, preferred_element_type=jnp.float32)
-    fold_back = jax.linear_transpose(lambda x: patches(x, kh, kw), jax.ShapeDtypeStruct(x.shape, jnp.float32))
-    (dx,) = fold_back(dp.reshape(n, oh, ow, kh * kw * c))
+    dx = _patches_input_grad(dy, kernel, x.shape, dtype, fold_dtype=jnp.float32)
     return dx.astype(x.dtype), dk.reshape(kernel.shape).astype(kernel.dtype)
 
 
