@@ -332,6 +332,12 @@ class CheckpointStore:
         except Exception as e:
             raise CheckpointError(f"a checkpoint save to {self.directory} failed: {e}") from e
 
+    def check(self) -> None:
+        """Raises CheckpointError now where a background save has failed; never waits for one still under way. Orbax
+        would raise it only when the next save starts, which may be many epochs on (`checkpoint.every_steps`)."""
+        if not self.manager.is_saving_in_progress():
+            self.wait()  # nothing pending: returns at once, or raises the failed save's error
+
     def close(self) -> None:
         """Finishes any pending save, then releases the manager (a second call does nothing)."""
         if self._closed:

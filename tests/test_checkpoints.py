@@ -694,6 +694,57 @@ def test_a_full_disk_during_a_save_is_one_disk_full_error_naming_the_workdir(cnn
     assert not (tmp_path / "results.json").exists()
 
 
+def test_check_raises_a_failed_background_save_and_never_waits_for_one_under_way(tmp_path):
+    """`CheckpointStore.check`, called at each epoch's end without a save: a save still being written is left to
+    finish (no wait); one that failed in the background is raised at once, not when the next save starts."""
+    store = checkpoints.CheckpointStore(tmp_path / "checkpoints")
+    calls = []
+
+    def failed_wait():
+        calls.append("wait")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    try:
+        store.manager.wait_until_finished = failed_wait
+        store.manager.is_saving_in_progress = lambda: True
+        store.check()  # under way: neither waited for nor raised
+        assert calls == []
+        store.manager.is_saving_in_progress = lambda: False
+        failed = f"a checkpoint save to {store.directory} failed: .Errno 28. No space left"
+        with pytest.raises(CheckpointError, match=failed):
+            store.check()
+        assert calls == ["wait"]
+    finally:
+        del store.manager.wait_until_finished, store.manager.is_saving_in_progress
+        store.close()
+
+
+def test_a_save_that_fails_in_the_background_stops_the_run_at_the_next_epochs_end(tiny_data, tmp_path, monkeypatch):
+    """A checkpoint every 2 epochs of 4: the save at the end of epoch 2 fails once written out in the background (a
+    full disk). The run stops at epoch 3's end with the full-disk error, not after training on to epoch 4's save."""
+    config = helpers.tiny_config(tiny_data, num_epochs=4, **{"checkpoint.every_steps": 8})
+    save = checkpoints.CheckpointStore.save
+
+    def save_then_fail(self, step, state, meta):
+        save(self, step, state, meta)
+        self.manager.wait_until_finished()  # written out, so that the next epoch's end finds it finished
+
+        failures = [OSError(errno.ENOSPC, "No space left on device")]  # raised once, as Orbax raises a save's
+
+        def failed(wait=self.manager.wait_until_finished):
+            wait()
+            if failures:
+                raise failures.pop()
+
+        self.manager.wait_until_finished = failed
+
+    monkeypatch.setattr(checkpoints.CheckpointStore, "save", save_then_fail)
+    with pytest.raises(files.DiskFull, match="no space left while saving a checkpoint"):
+        run.run(config, tmp_path)
+    assert [r["epoch"] for r in metrics.read_history(tmp_path)] == [1, 2, 3]
+    assert checkpoint_steps(tmp_path) == [8] and not (tmp_path / "results.json").exists()
+
+
 def test_stores_opened_at_once_on_shared_storage_do_not_take_each_others_write_probe(tmp_path, monkeypatch):
     """Every process checks that it can write the folder; processes on different hosts may have the same PID (as
     containers give), so here a second store opens while the first one's probe is on disk, in one process."""

@@ -125,11 +125,12 @@ def finish_boundary(
     clock: TrainingClock,
 ) -> dict[str, Any] | None:
     """Reads `boundary` (waits for its values): at an epoch's end logs the epoch's train and validation metrics and
-    appends them to history.jsonl, then saves its checkpoint if one is due. The epoch's seconds run from the last
-    time the host saw the devices done to the moment its sums were read, so they hold its training and not the
-    validation before it. With host overlap the host reads an epoch only after dispatching the next: if it dispatches
-    more slowly than the devices run, seconds shift between neighbouring epochs, and their sum stays the training's.
-    Adds the epoch's seconds to `clock`; returns its validation scores (None at a checkpoint alone)."""
+    appends them to history.jsonl, then saves its checkpoint if one is due (if none is, raises a background save's
+    failure: `CheckpointStore.check`). The epoch's seconds run from the last time the host saw the devices done to the
+    moment its sums were read, so they hold its training and not the validation before it. With host overlap the host
+    reads an epoch only after dispatching the next: if it dispatches more slowly than the devices run, seconds shift
+    between neighbouring epochs, and their sum stays the training's. Adds the epoch's seconds to `clock`; returns its
+    validation scores (None at a checkpoint alone)."""
     val = None
     if boundary.epoch is not None:
         config, epoch, step = plan.config, boundary.epoch, boundary.step
@@ -168,6 +169,8 @@ def finish_boundary(
         seconds = clock.seconds if boundary.epoch else clock.until(boundary.to_save)
         _save(store, writer, plan, boundary.to_save, boundary.step, seconds)
         boundary.to_save = None  # the copy's memory goes once Orbax has it on the host
+    else:  # an epoch's end with no save due: a background save that failed (a full disk) stops the run here
+        store.check()
     return val
 
 
