@@ -43,6 +43,11 @@ def is_lead_process() -> bool:
     return all((os.environ.get(v) or "0") == "0" for v in RANK_VARIABLES)  # an empty variable is unset
 
 
+def rank_description() -> str:
+    """The launcher's rank variables that are set, as `NAME=VALUE` (for a message about the process's rank)."""
+    return ", ".join(f"{v}={os.environ[v]}" for v in RANK_VARIABLES if os.environ.get(v)) or "no rank variable set"
+
+
 def _umask() -> int:
     """The process's umask, read without changing it (os.umask sets it, racing with other threads' files)."""
     try:

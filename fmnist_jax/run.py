@@ -27,7 +27,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, given: C
     config.json (`given`: the fields set on the command line; None: all, so that each must match).
 
     The workdir is locked for the run (in a multi-process job by process 0, the one that writes); a full disk
-    anywhere below surfaces as one `files.DiskFull` error that names the workdir.
+    anywhere below surfaces as one `files.DiskFull` error that names the workdir. A run without JAX (a baseline, a
+    comparison of baselines alone) launched on several ranks runs in the first alone: the others return None.
     """
     kind, mode = config.get("kind"), config.mode
     if kind not in KINDS:
@@ -53,6 +54,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, given: C
         from fmnist_jax import parallel  # JAX only when needed
 
         parallel.maybe_initialize_distributed()  # first: which process leads is JAX's to say from here on
+    elif "jax" not in sys.modules and not files.is_lead_process():  # scikit-learn alone, launched on several ranks
+        logging.info(
+            "A process other than the first of a multi-process job (%s): a %s run is one process's, and the first "
+            "runs it in %s; nothing to do here.",
+            files.rank_description(),
+            kind,
+            workdir,
+        )
+        return None
     made = files.outermost_missing(workdir)  # the folder the lock's making of `workdir` will make first, or None
     with contextlib.ExitStack() as lock:
         if "jax" in sys.modules:  # joined above, or a comparison's baseline member: its processes stop together

@@ -11,7 +11,7 @@ import joblib
 import numpy as np
 import pytest
 import sklearn
-from helpers import ROOT, last_line, load_config
+from helpers import ROOT, last_line, load_config, run_main
 
 from fmnist_jax import baselines, data, files, metrics, run
 from fmnist_jax.errors import ConfigError, DataError
@@ -24,6 +24,27 @@ def tiny(name, tiny_data, **overrides):
 def test_baselines_module_never_imports_jax():
     code = "import sys, fmnist_jax.baselines, fmnist_jax.search, fmnist_jax.run; assert 'jax' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+@pytest.mark.parametrize("config", ["random_forest", "compare"])
+def test_a_run_without_jax_launched_on_several_ranks_runs_in_the_first_alone(tiny_data, tmp_path, config):
+    """`srun -n 2 python main.py --config=configs/random_forest.py`: the second task writes nothing (neither the
+    workdir nor a file in it, where the first one's atomic writes and lock are) and says why; a comparison of
+    baselines alone likewise. The first task runs as one process would (the other tests)."""
+    workdir = tmp_path / "run"
+    if config == "compare":
+        fields = [f"--config.members.{cnn}.enabled=False" for cnn in ("cnn", "vgg_bn", "speedrun")]
+    else:
+        fields = [f"--config.data.dir={tiny_data}", "--config.data.validation_size=64"]
+    result = run_main(
+        f"--config=configs/{config}.py",
+        f"--workdir={workdir}",
+        *fields,
+        env={"SLURM_PROCID": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    said = f"(SLURM_PROCID=1): a {load_config(config).kind} run is one process's, and the first runs it in {workdir}"
+    assert said in result.stderr and "nothing to do here" in result.stderr and not workdir.exists()
 
 
 def test_forest_is_the_studys(tiny_data):
