@@ -49,6 +49,55 @@ def _border(image: np.ndarray) -> np.ndarray:
     return np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
 
 
+# A backdrop's light, fitted to the border in BACKDROP_FITS rounds, each leaving out the border's 1 - BACKDROP_SHARE
+# farthest on the garment's side (garment may reach the border); the last round keeps every pixel within
+# BACKDROP_SIGMAS robust deviations, and at least BACKDROP_SHARE of the border must be such backdrop.
+BACKDROP_SIGMAS, BACKDROP_FITS, BACKDROP_SHARE = 4, 8, 0.6
+
+
+def _even_light(image: np.ndarray) -> np.ndarray:
+    """`image` with the uneven light on its backdrop evened out: a vignette (corners darker than the middle, as a lens
+    or a lamp gives) or light falling off to one side. The light is fitted to the border as a plane plus a round
+    fall-off (a + b x + c y + d r^2, r from the middle), garment that reaches the border left out; each pixel is then
+    scaled by the light's brightest value over its value there, as light multiplies what it falls on: the backdrop
+    comes out one grey, the garment as it would look on it under even light. Light that varies by less than
+    OBJECT_CONTRAST_FLOOR over the image, or a border that is mostly garment, leaves the image as it is."""
+    h, w = image.shape
+    half = max(h - 1, w - 1, 1) / 2  # one scale for both axes: a round vignette stays round
+    rows, cols = (np.arange(h) - (h - 1) / 2) / half, (np.arange(w) - (w - 1) / 2) / half
+    y = np.concatenate([np.full(w, rows[0]), np.full(w, rows[-1]), rows, rows])  # `_border`'s order
+    x = np.concatenate([cols, cols, np.full(h, cols[0]), np.full(h, cols[-1])])
+    terms = np.stack([np.ones_like(x), x, y, x * x + y * y], axis=1)
+    values = _border(image).astype(np.float64)
+    # Garment on the border lies on one side of the backdrop's light: darker on a light backdrop, lighter on a dark
+    # one. Each side is tried, and the fit that explains its backdrop more closely is kept.
+    coef, _, backdrop = min((_backdrop_fit(terms, values, side) for side in (1.0, -1.0)), key=lambda f: f[1])
+    if backdrop.mean() < BACKDROP_SHARE:
+        return image
+    yy, xx = rows[:, None].astype(np.float32), cols[None, :].astype(np.float32)
+    light = coef[0] + coef[1] * xx + coef[2] * yy + coef[3] * (xx * xx + yy * yy)
+    if light.max() - light.min() < OBJECT_CONTRAST_FLOOR:
+        return image
+    light = np.clip(light, 1, 255)
+    return np.clip(np.round(image * (light.max() / light)), 0, 255).astype(np.uint8)
+
+
+def _backdrop_fit(terms: np.ndarray, values: np.ndarray, side: float) -> tuple[np.ndarray, float, np.ndarray]:
+    """The light's coefficients fitted to the border `values`, with garment taken to lie on `side` of it (+1: darker):
+    each fit leaves out the border's 1 - BACKDROP_SHARE farthest on that side; the last one every pixel within
+    BACKDROP_SIGMAS robust deviations. Returns the coefficients, that deviation and which pixels it counted."""
+    backdrop = np.ones(values.size, bool)
+    for _ in range(BACKDROP_FITS):
+        coef = np.linalg.lstsq(terms[backdrop], values[backdrop], rcond=None)[0]
+        above = side * (values - terms @ coef)
+        backdrop = above >= np.quantile(above, 1 - BACKDROP_SHARE)
+    centre = float(np.median(above[backdrop]))
+    sigma = max(1.4826 * float(np.median(np.abs(above[backdrop] - centre))), 1.0)
+    backdrop = np.abs(above - centre) <= BACKDROP_SIGMAS * sigma
+    coef = np.linalg.lstsq(terms[backdrop], values[backdrop], rcond=None)[0]
+    return coef, sigma, backdrop
+
+
 def _light_on_dark(image: np.ndarray) -> np.ndarray:
     """`image`, inverted where its garment is darker than its background: where most of the border is one grey (a
     background), by what stands out from it; else (nothing stands out, or a garment that fills the frame) by whether
@@ -69,9 +118,9 @@ def to_fmnist(image: np.ndarray, name: str = "an image") -> np.ndarray:
     lightest pixel white (as in 92% of Fashion-MNIST's images; all reach 250). A 28x28 image only gets the inversion."""
     from PIL import Image, ImageFilter
 
-    image = _light_on_dark(image)
     if image.shape == IMAGE_SHAPE:
-        return image.astype(np.uint8)
+        return _light_on_dark(image).astype(np.uint8)
+    image = _light_on_dark(_even_light(image))
     border = _border(image).astype(np.int16)
     background = int(np.median(border))
     spread = 1.4826 * float(np.median(np.abs(border - background)))  # the photo's noise, or its background's grading

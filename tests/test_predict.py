@@ -255,6 +255,36 @@ def test_a_garment_on_a_graded_background_is_cropped_to_itself(left, garment, ca
     assert lit.any(1).all() and (columns.min(), columns.max()) == (6, 22) and "stands out" not in caplog.text
 
 
+def lit_photo(garment: np.ndarray, light: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
+    """`garment` (light on black) enlarged 4x into a photo of a dark garment on a white backdrop under `light` (the
+    grey a white surface shows at each pixel): light times reflectance, the garment absorbing its share; `rows`
+    keeps a band of the photo (one that cuts into the garment makes it reach the border)."""
+    size = light.shape[0]
+    big = np.kron(garment, np.ones((4, 4), np.uint8)) / 255
+    at = (size - big.shape[0]) // 2
+    reflectance = np.ones_like(light)
+    reflectance[at : at + big.shape[0], at : at + big.shape[1]] -= big
+    return np.round(light * reflectance).astype(np.uint8)[rows]
+
+
+@pytest.mark.parametrize("centre, corner", [(250, 180), (240, 100), (200, 80), (150, 90)])
+def test_a_photo_with_a_vignette_comes_out_as_under_even_light(real_data_dir, centre, corner):
+    """A vignette (light falling off from `centre` grey in the middle to `corner` in the corners, as a lens or a lamp
+    gives) is evened out: each garment comes out as from the same photo under even light (before: 20 to 110 grey
+    levels off on average, the corners kept as garment), also where the garment reaches the photo's top and bottom."""
+    images = data.read_idx_images(real_data_dir / "t10k-images-idx3-ubyte.gz")[0][:20]
+    size = 200
+    y, x = np.mgrid[:size, :size] - (size - 1) / 2
+    vignette = centre + (corner - centre) * (y * y + x * x) / (2 * ((size - 1) / 2) ** 2)
+    even = np.full((size, size), float(centre))
+    for rows in (slice(None), slice(50, 150)):  # the whole photo; a band that cuts into every garment
+        differences = []
+        for garment in images:
+            out = predict.to_fmnist(lit_photo(garment, vignette, rows))
+            differences.append(np.abs(out.astype(int) - predict.to_fmnist(lit_photo(garment, even, rows))).mean())
+        assert np.mean(differences) < 3 and max(differences) < 25, rows  # as on plain and noisy backdrops
+
+
 def test_a_part_lighter_than_a_grey_background_belongs_to_the_garment_it_is_part_of():
     """A dark shoe with a white sole on grey: the sole stands out from the background too, so the crop holds it,
     though it comes out dark, as a white part does in the data set (photographed on white)."""
