@@ -228,14 +228,22 @@ def score_saved(
 ) -> dict[str, Any]:
     """`score` of the estimator saved in `workdir`, its fit's seconds and report (`fit_record`) kept in the new
     results.json: a model scored again is never refitted."""
+    check_fitted_on(workdir, dataset)
     record = {"trained_on": None, **fit_record(workdir)}  # None: a fit whose machine was not recorded
-    train_seconds, fitted_on = record.pop("train_seconds", None), record.pop("dataset_checksums", None) or {}
+    train_seconds = record.pop("train_seconds", None)
+    record.pop("dataset_checksums", None)
+    return score(config, workdir, estimator, dataset, train_seconds=train_seconds, extra=record)
+
+
+def check_fitted_on(workdir: pathlib.Path, dataset: data.Dataset) -> None:
+    """Raises ConfigError where the model in `workdir` was fitted on data other than `dataset` (fit.json's
+    `dataset_checksums`; where none are recorded, nothing to compare)."""
+    fitted_on = fit_record(workdir).get("dataset_checksums") or {}
     if why := data.what_differs(fitted_on, dataset.checksums):
         raise ConfigError(
             f"{workdir / MODEL_FILE} was fitted on other data than is read now ({why}): read the data as its fit did "
             "(config.data.source, config.data.dir), or train in a new --workdir."
         )
-    return score(config, workdir, estimator, dataset, train_seconds=train_seconds, extra=record)
 
 
 def load_estimator(workdir: str | pathlib.Path) -> Any:
@@ -276,11 +284,13 @@ def fit_and_evaluate(
     the data are read (`config_lib.put_back_unless_accepted`)."""
     workdir = pathlib.Path(workdir)
     fitted = (workdir / MODEL_FILE).exists()
+    dataset = data.load(config.data, seed=config.seed)
+    if fitted:  # on the data it was fitted on, or refused (before `accept`: config.json stays as it was)
+        check_fitted_on(workdir, dataset)
+    accept()
     if fitted and (finished := _finished_results(workdir)) is not None:
         logging.info("Run already finished: %s, from %s", metrics.scores_line(finished), workdir / metrics.RESULTS_FILE)
         return finished
-    dataset = data.load(config.data, seed=config.seed)
-    accept()
     if fitted:  # stopped between its fit and its scores, or its results.json damaged
         logging.info("%s holds a fitted model without its scores: scoring it", workdir)
         return score_saved(config, workdir, load_estimator(workdir), dataset)

@@ -7,6 +7,7 @@ import pathlib
 import subprocess
 import sys
 
+import helpers
 import joblib
 import numpy as np
 import pytest
@@ -180,6 +181,11 @@ def test_a_fitted_model_is_never_scored_on_other_data_or_another_sources_split(t
             run.run(config, tmp_path)
     (tmp_path / baselines.FIT_FILE).write_text(json.dumps(fit))
     assert run.run(config, tmp_path)["dataset_checksums"] == fit["dataset_checksums"]
+    other = helpers.write_idx_dataset(tmp_path.parent / f"{tmp_path.name}_other", n_train=320, n_test=100, seed=1)
+    saved = (tmp_path / "config.json").read_bytes()  # finished: its command on other files is refused, not reported
+    with pytest.raises(ConfigError, match=r"model\.joblib was fitted on other data than is read now"):
+        run.run(tiny("random_forest", other, **{"model.n_estimators": 5}), tmp_path)
+    assert (tmp_path / "config.json").read_bytes() == saved
     # A model saved before fit.json existed, its results.json keyed by the files' names as stored (.gz): scored.
     (tmp_path / baselines.FIT_FILE).unlink()
     scored = metrics.load_results(tmp_path)

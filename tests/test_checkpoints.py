@@ -230,7 +230,8 @@ def test_a_run_resumed_on_other_data_is_refused_and_keeps_its_checkpoints(tiny_d
     data.dir, a changed FMNIST_DATA_DIR) is refused with one line naming them, its checkpoints, history, events and
     config.json untouched (its data.dir and num_epochs, even where the refused command raised them with
     resume_with_changes), where it would have trained on and recorded the new files' checksums as the run's; with
-    the files it trained on it goes on. `evaluate` on other files scores apart from the run's results."""
+    the files it trained on it goes on. `evaluate` on other files scores apart from the run's results. Once the run
+    has finished, its command on other files is refused as well."""
     config = helpers.tiny_config(tiny_data)
     run.run(config, tmp_path)
     shutil.rmtree(tmp_path / "checkpoints" / "8")  # as if stopped after epoch 1
@@ -264,6 +265,10 @@ def test_a_run_resumed_on_other_data_is_refused_and_keeps_its_checkpoints(tiny_d
         apart["checkpoint_step"] == 8
         and apart["dataset_checksums"] != metrics.load_results(tmp_path)["dataset_checksums"]
     )
+    finished = kept()  # finished: its command on other files is refused too, not reported as if run on them
+    with pytest.raises(ConfigError, match=pattern.replace("checkpoint 4", "checkpoint 8")):
+        run.run(helpers.tiny_config(other), tmp_path)
+    assert kept() == finished
 
 
 def test_data_read_from_another_source_than_the_checkpoints_is_refused(caplog):

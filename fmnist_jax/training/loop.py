@@ -27,7 +27,7 @@ from jax.sharding import Mesh
 from fmnist_jax import checkpoints, config_lib, errors, events, files, logs, metrics, parallel, preemption, timing
 from fmnist_jax.errors import TrainingError
 from fmnist_jax.training.evaluate import PendingScores
-from fmnist_jax.training.plan import Plan, chunks, load_data, make_plan
+from fmnist_jax.training.plan import Plan, check_data, chunks, load_data, make_plan
 from fmnist_jax.training.state import TrainState
 from fmnist_jax.training.step import CallQueue, TrainInputs
 
@@ -174,16 +174,19 @@ def finish_boundary(
     return val
 
 
-def _already_finished(store: checkpoints.CheckpointStore, workdir: pathlib.Path, total_steps: int) -> bool:
-    """Whether the run has trained every step and written its results, decided before any model is built: its
-    results.json exists (written only after every checkpoint was committed) and its newest checkpoint's metadata
-    reads at the last step. Process 0 decides for every process (on storage that is not shared, the others may not
-    see its results.json); every process reads the metadata, since Orbax reads a checkpoint on all of them
-    together. A checkpoint that cannot be read is left to the restore, which tells damage from a transient error."""
+def _already_finished(
+    store: checkpoints.CheckpointStore, workdir: pathlib.Path, total_steps: int
+) -> dict[str, Any] | None:
+    """The newest checkpoint's metadata where the run has trained every step and written its results (else None),
+    decided before any model is built: its results.json exists (written only after every checkpoint was committed)
+    and its newest checkpoint's metadata reads at the last step. Process 0 decides for every process (on storage
+    that is not shared, the others may not see its results.json); every process reads the metadata, since Orbax
+    reads a checkpoint on all of them together. A checkpoint that cannot be read is left to the restore, which tells
+    damage from a transient error."""
     if not parallel.lead_decides(files.is_lead_process() and (workdir / metrics.RESULTS_FILE).exists()):
-        return False
+        return None
     meta = store.newest_meta()
-    return parallel.lead_decides(meta is not None and meta["step"] >= total_steps)
+    return meta if parallel.lead_decides(meta is not None and meta["step"] >= total_steps) else None
 
 
 def _save(store: checkpoints.CheckpointStore, writer, plan: Plan, state: TrainState, step: int, seconds: float):
@@ -312,7 +315,10 @@ def train_and_evaluate(
                 store = checkpoints.CheckpointStore.for_run(workdir, config.checkpoint)  # on every process
             cleanup.push(store.close_over)
             total_steps = config_lib.last_step(len(loaded[0].train), config.batch_size, config.num_epochs)
-            if _already_finished(store, workdir, total_steps):
+            if (finished := _already_finished(store, workdir, total_steps)) is not None:
+                with parallel.stop_together(f"the data differ from those of the checkpoints in {store.directory}"):
+                    if lead:  # a finished run reported on other data would have its config.json say it was
+                        check_data(finished, store.directory, loaded[0])
                 path = workdir / metrics.RESULTS_FILE  # process 0's: storage may not be shared
                 results = metrics.load_results(workdir) if lead or path.exists() else {}
                 scores = metrics.scores_line(results) if results else "scored"

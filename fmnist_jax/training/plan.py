@@ -112,25 +112,30 @@ class Plan:
         return state, step, meta["train_seconds"]
 
     def check_data(self, meta: dict, directory: pathlib.Path) -> None:
-        """Raises ConfigError where the checkpoint of `meta` (in `directory`) was trained on files whose content
-        differs from the data read now (its `dataset_checksums`; where none are recorded, nothing to compare), or on
-        data read from another source (IDX files, TFDS's arrays: another split)."""
-        before, now = meta.get("dataset_checksums") or {}, self.dataset.checksums
-        if why := data.other_source(before, now):
-            raise ConfigError(
-                f"checkpoint {meta['step']} in {directory} was trained on the same images read otherwise: {why}. Read "
-                "them as it did (config.data.source, config.data.dir), or train in a new --workdir."
-            )
-        if differ := data.differing(before, now):
-            verb = "differs" if len(differ) == 1 else "differ"
-            raise ConfigError(
-                f"checkpoint {meta['step']} in {directory} was trained on other data: {', '.join(differ)} in "
-                f"{self.dataset.source} {verb} from what it trained on (by content's SHA-256). Point config.data.dir "
-                "(or FMNIST_DATA_DIR) at the files it trained on, or train in a new --workdir."
-            )
+        """`check_data` of this plan's data set."""
+        check_data(meta, directory, self.dataset)
 
     def permutation(self, epoch: int) -> jax.Array:
         return self.programs.permutation(self.roots.data, epoch, len(self.dataset.train))
+
+
+def check_data(meta: dict, directory: pathlib.Path, dataset: data.Dataset) -> None:
+    """Raises ConfigError where the checkpoint of `meta` (in `directory`) was trained on files whose content differs
+    from `dataset`, the data read now (its `dataset_checksums`; where none are recorded, nothing to compare), or on
+    data read from another source (IDX files, TFDS's arrays: another split)."""
+    before, now = meta.get("dataset_checksums") or {}, dataset.checksums
+    if why := data.other_source(before, now):
+        raise ConfigError(
+            f"checkpoint {meta['step']} in {directory} was trained on the same images read otherwise: {why}. Read "
+            "them as it did (config.data.source, config.data.dir), or train in a new --workdir."
+        )
+    if differ := data.differing(before, now):
+        verb = "differs" if len(differ) == 1 else "differ"
+        raise ConfigError(
+            f"checkpoint {meta['step']} in {directory} was trained on other data: {', '.join(differ)} in "
+            f"{dataset.source} {verb} from what it trained on (by content's SHA-256). Point config.data.dir "
+            "(or FMNIST_DATA_DIR) at the files it trained on, or train in a new --workdir."
+        )
 
 
 def load_data(config: ml_collections.ConfigDict, mesh: Mesh, phases: timing.Phases) -> tuple[data.Dataset, int]:
