@@ -255,12 +255,26 @@ def load_images(paths: Sequence[pathlib.Path]) -> tuple[np.ndarray, list[str]]:
     return np.stack(images), names
 
 
-def output_path(setting: str, workdir: pathlib.Path) -> pathlib.Path:
+def output_path(
+    setting: str, workdir: pathlib.Path, *, inputs: Sequence[pathlib.Path] = (), run_files: Sequence[str] = ()
+) -> pathlib.Path:
     """Where the predictions go (`config.predict.output`: a file, or a folder for its predict.json; "": the
     workdir's predict.json), checked before any model loads: a folder that cannot be written (a read-only archive
-    of a run) is an error naming the setting that writes elsewhere."""
+    of a run) is an error naming the setting that writes elsewhere; so is one of the `inputs`, or what the run keeps
+    in its workdir (`run_files`, and its hidden files: its lock, a config.json kept to put back)."""
     path = pathlib.Path(setting).expanduser() if setting else workdir / OUTPUT_FILE
     path = path / OUTPUT_FILE if path.is_dir() or setting.endswith(("/", os.sep)) else path
+    target = path.resolve()
+    if any(target == pathlib.Path(p).resolve() for p in inputs):
+        raise PredictError(
+            f"--config.predict.output={setting}: {path} is one of the images to classify; choose another file."
+        )
+    inside = target.relative_to(workdir.resolve()).parts if target.is_relative_to(workdir.resolve()) else ()
+    if inside and (inside[0] in run_files or inside[0].startswith(".")):
+        raise PredictError(
+            f"--config.predict.output={setting}: {path} is in the run's own {inside[0]}, which the predictions must "
+            f"not replace; choose another file, e.g. {workdir / OUTPUT_FILE}."
+        )
     if not files.writable(path.parent):
         why = "no such folder" if not path.parent.is_dir() else "not writable"
         raise PredictError(

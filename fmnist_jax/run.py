@@ -35,12 +35,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, given: C
         raise ConfigError(f"config.kind={kind!r} is not one of {KINDS}.")
     if mode not in MODES:
         raise ConfigError(f"config.mode={mode!r} is not one of {MODES}.")
-    if mode == "train" and (
-        unread := sorted(f for f in given or () if f.startswith("predict.") or f == "checkpoint.step")
-    ):
-        modes = "--config.mode=evaluate or predict" if unread[0] == "checkpoint.step" else "--config.mode=predict"
+    readers = {"predict.": ("predict",), "checkpoint.step": ("evaluate", "predict")}  # fields one mode alone reads
+    if unread := sorted(f for f in given or () for k, m in readers.items() if f.startswith(k) and mode not in m):
+        modes = " or ".join(next(m for k, m in readers.items() if unread[0].startswith(k)))
+        doing = "trains" if mode == "train" else f"runs {mode}"
         raise ConfigError(
-            f"--config.{unread[0]} is read by {modes} alone, and this command trains: add the mode, or drop the field."
+            f"--config.{unread[0]} is read by --config.mode={modes} alone, and this command {doing}: set that mode, or "
+            "drop the field."
         )
     workdir = pathlib.Path(workdir)
     if mode != "train" and kind != "compare" and (trouble := _not_a_run(workdir)):  # before the lock makes or marks it
@@ -136,10 +137,24 @@ def _unused(workdir: pathlib.Path) -> bool:
     )
 
 
+# What a run keeps in its workdir (at its top level): never where predictions go.
+RUN_FILES = (
+    config_lib.CONFIG_FILE,
+    config_lib.CHECKPOINTS_DIR,
+    config_lib.EVENTS_DIR,
+    config_lib.MODEL_FILE,
+    config_lib.FIT_FILE,
+    metrics.RESULTS_FILE,
+    metrics.HISTORY_FILE,
+    metrics.PREDICTIONS_FILE,
+)
+
+
 def _inputs(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[np.ndarray, list[str], pathlib.Path]:
     """The images to predict, their names and where the predictions go, checked before the model loads."""
-    output = predict.output_path(config.predict.output, workdir)
-    return *predict.load_images(predict.parse_inputs(config.predict.inputs)), output
+    inputs = predict.parse_inputs(config.predict.inputs)
+    output = predict.output_path(config.predict.output, workdir, inputs=inputs, run_files=RUN_FILES)
+    return *predict.load_images(inputs), output
 
 
 def _run_cnn(config: ml_collections.ConfigDict, workdir: pathlib.Path, mode: str, given: Collection[str] | None) -> Any:
@@ -267,7 +282,8 @@ def _check_member(member: MemberRun) -> None:
 def _check_named(member: MemberRun, workdir: pathlib.Path) -> bool:
     """Whether the named folder of `member` holds its finished run, checked before anything trains: a folder that
     does not exist (a typo would start a whole run there) or a run of another seed is an error; a run trained with
-    settings other than its member's, or whose settings are unknown (no config.json), is reported with a warning."""
+    settings other than its member's, or whose settings are unknown (no config.json), is reported with a warning; one of
+    another model is an error."""
     where = f"config.members.{member.name}.workdir: {member.workdir}"
     if not member.workdir.exists():
         raise ConfigError(
@@ -276,7 +292,13 @@ def _check_named(member: MemberRun, workdir: pathlib.Path) -> bool:
         )
     if not (member.workdir / metrics.RESULTS_FILE).exists():
         return False  # an interrupted run: it resumes there
-    found = metrics.load_results(member.workdir)["seed"]
+    results = metrics.load_results(member.workdir)
+    if results["model"] != member.config.model.name:
+        raise ConfigError(
+            f"{where} holds a run of the model {results['model']!r}, not {member.name}'s {member.config.model.name!r}; "
+            f"name a folder of {member.name}'s runs, or leave it unset to train in {workdir / member.name}/seed_<seed>."
+        )
+    found = results["seed"]
     if found != member.seed:
         raise ConfigError(
             f"{where} holds a run of seed {found}, not {member.seed}; name one folder per seed with {{seed}} or set "

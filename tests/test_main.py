@@ -115,12 +115,21 @@ def test_the_log_folder_is_made_or_named_in_one_line_before_anything_runs(tmp_pa
 
 
 @pytest.mark.parametrize(
-    "flag, modes",
-    [("--config.predict.inputs=shirt.png", "--config.mode=predict"), ("--config.checkpoint.step=4", "evaluate or")],
+    "flag, modes, mode",
+    [
+        ("--config.predict.inputs=shirt.png", "--config.mode=predict alone, and this command trains", "train"),
+        ("--config.checkpoint.step=4", "--config.mode=evaluate or predict alone, and this command trains", "train"),
+        (
+            "--config.predict.inputs=shirt.png",
+            "--config.mode=predict alone, and this command runs evaluate",
+            "evaluate",
+        ),
+    ],
 )
-def test_a_training_command_with_a_field_only_another_mode_reads_is_refused_before_it_trains(tmp_path, flag, modes):
-    """predict.inputs without --config.mode=predict would train the study's CNN for 14 minutes, unasked."""
-    result = run_main("--config=configs/cnn.py", f"--workdir={tmp_path / 'w'}", flag)
+def test_a_command_with_a_field_only_another_mode_reads_is_refused_before_it_runs(tmp_path, flag, modes, mode):
+    """predict.inputs without --config.mode=predict would train the study's CNN for 14 minutes, unasked, or with
+    evaluate rescore a run and classify nothing."""
+    result = run_main("--config=configs/cnn.py", f"--workdir={tmp_path / 'w'}", f"--config.mode={mode}", flag)
     field = flag.split("=")[0].removeprefix("--config.")
     assert result.returncode == 2 and last_line(result.stderr).startswith(f"error: --config.{field} is read by ")
     assert modes in last_line(result.stderr) and not (tmp_path / "w").exists()

@@ -84,6 +84,25 @@ def test_predictions_go_where_predict_output_says_and_a_run_that_cannot_be_writt
         run.run(config, workdir)
 
 
+@pytest.mark.parametrize("target", ["config.json", "results.json", "checkpoints", ".lock", "the input"])
+def test_predictions_never_replace_an_input_or_what_the_run_keeps(two_epoch_run, tmp_path, target):
+    """`predict.output` pointed at one of the images, or at a file or folder the run keeps in its workdir (its
+    config, scores, checkpoints, lock), is refused before anything is read or written: the run stays whole."""
+    config, workdir = two_epoch_run
+    image = tmp_path / "one.npy"
+    np.save(image, np.zeros((1, 28, 28), np.uint8))
+    config.mode, config.predict.inputs = "predict", str(image)
+    config.predict.output = str(image if target == "the input" else workdir / target)
+
+    def kept():  # the lock aside: each start takes it anew
+        return {k: v for k, v in helpers.snapshot(workdir).items() if k != ".lock"}, image.read_bytes()
+
+    before = kept()
+    with pytest.raises(predict.PredictError, match=r"--config\.predict\.output=.*(one of the images|the run's own)"):
+        run.run(config, workdir)
+    assert kept() == before
+
+
 def test_predict_reads_a_run_on_a_read_only_mount(two_epoch_run, tiny_data, tmp_path):
     """The run bind-mounted read-only (a mount namespace of main.py's own: root, Linux): `predict` restores its
     checkpoint writing nothing, where the store's write probe once refused it, and writes the predictions elsewhere."""

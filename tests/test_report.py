@@ -186,6 +186,23 @@ def test_named_member_workdir_is_reported_not_retrained(comparison, tmp_path, ca
     assert [row[0] for row in summary] == ["CNN (Flax)", "Random forest", "Linear SVM"]
 
 
+def test_a_named_member_folder_of_another_model_is_refused(comparison, tmp_path):
+    """A member named at another model's runs (the forest's folder given the CNN's) is refused before anything trains:
+    reported as it is, its scores would stand under the member's name, and the member's own runs would be missing."""
+    config, workdir, _ = comparison
+    config.members.random_forest.workdir = str(workdir / "cnn" / "seed_{seed}")
+    try:
+        with pytest.raises(
+            ConfigError,
+            match=r"config\.members\.random_forest\.workdir: .*cnn/seed_0 holds a run of "
+            r"the model 'seed_cnn', not random_forest's 'random_forest'",
+        ):
+            run.run(config, tmp_path / "compare")
+    finally:
+        config.members.random_forest.workdir = None
+    assert not (tmp_path / "compare").exists()  # the folder it made, removed
+
+
 def test_confused_pairs_in_words():
     cm = np.zeros((10, 10), int)
     np.fill_diagonal(cm, 90)
