@@ -267,7 +267,7 @@ def run_machine() -> str:
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the first field of a baseline config that cannot run."""
-    config_lib.check_positive(config, "seed", allow_zero=True)
+    config_lib.check_seed(config)
     create_estimator(config)
     if config.search.method != "none":
         from fmnist_jax import search  # which imports this module

@@ -115,6 +115,16 @@ def check_positive(config: ml_collections.ConfigDict, *fields: str, allow_zero: 
             raise ConfigError(f"config.{field}={value!r} must be {finite}{bound}.")
 
 
+MAX_SEED = 2**31 - 1  # JAX takes a seed as an int32 argument; scikit-learn's random_state below 2**32
+
+
+def check_seed(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError where `config.seed` is not an integer from 0 to MAX_SEED."""
+    seed = config.seed
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"config.seed={seed!r} must be an integer from 0 to {MAX_SEED} (2**31 - 1).")
+
+
 def check_fraction(config: ml_collections.ConfigDict, *fields: str, note: str = "") -> None:
     """Raises ConfigError naming the first of `fields` (dotted paths) that is not in [0, 1); `note` follows the
     bound in the message (" (0 turns it off)")."""

@@ -218,8 +218,15 @@ def member_runs(
     in Python: quick's values apply throughout) and its workdir, WORKDIR/<member>/seed_<seed> unless the member names
     one."""
     seeds = tuple(config.seeds)
-    if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) for s in seeds):
-        raise ConfigError(f"config.seeds={config.seeds!r} must be distinct integers, e.g. --config.seeds=0,1,2.")
+    if (
+        not seeds
+        or len(set(seeds)) != len(seeds)
+        or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= config_lib.MAX_SEED for s in seeds)
+    ):
+        raise ConfigError(
+            f"config.seeds={config.seeds!r} must be distinct integers from 0 to {config_lib.MAX_SEED}, e.g. "
+            "--config.seeds=0,1,2."
+        )
     order = {"cnn": 0, "random_forest": 1, "linear_svm": 2}  # the study's order, other members after
     runs = []
     for name, section in sorted(config.members.items(), key=lambda item: (order.get(item[0], 9), item[0])):

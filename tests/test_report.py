@@ -501,9 +501,12 @@ def test_a_named_workdir_for_several_seeds_must_hold_the_seed(tiny_data, tmp_pat
     ):
         run.run(config, tmp_path / "compare")
     config.members.cnn.workdir = None
-    config.seeds = (1, 1)
-    with pytest.raises(ConfigError, match=r"config\.seeds=\(1, 1\) must be distinct integers"):
-        run.run(config, tmp_path / "compare")
+    for seeds in ((1, 1), (0, -1)):  # the comparison's field named, not a member's
+        config.seeds = seeds
+        with pytest.raises(
+            ConfigError, match=rf"config\.seeds={re.escape(str(seeds))} must be distinct integers from 0"
+        ):
+            run.run(config, tmp_path / "compare")
 
 
 def test_a_members_bad_field_stops_the_comparison_before_anything_trains(tiny_data, tmp_path):

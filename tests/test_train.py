@@ -334,7 +334,9 @@ def test_nan_loss_stops_with_a_clear_error(cnn_config, tmp_path):
         ("host_overlap", "yes", r"config.host_overlap='yes' must be one of \('auto', 'on', 'off'\)"),
         ("kind", "gan", r"config.kind='gan' is not one of"),
         ("eval_batch_size", -5, r"config.eval_batch_size=-5 must be zero or more"),
-        ("seed", -1, r"config.seed=-1 must be zero or more"),
+        ("tensorboard.loss_every_steps", -1, r"config.tensorboard.loss_every_steps=-1 must be zero or more"),
+        ("seed", -1, r"config.seed=-1 must be an integer from 0 to 2147483647 \(2\*\*31 - 1\)"),
+        ("seed", 2**31, r"config.seed=2147483648 must be an integer from 0 to 2147483647"),  # JAX's int32 argument
         ("model.conv", "cudnn", r"config.model.conv='cudnn' must be one of \('auto', 'im2col', 'xla', 'taps'\)"),
         ("learning_rate", float("inf"), r"config.learning_rate=inf must be finite and positive"),
         ("adam.b1", 1.0, r"config.adam.b1=1.0 must be below 1"),
@@ -368,7 +370,7 @@ def test_the_stronger_cnns_bad_model_values_name_the_field(field, value, match):
         train_state.check_config(config)
 
 
-def test_eval_batch_zero_picks_by_backend_and_rounds_to_the_devices(cnn_config):
+def test_eval_batch_zero_picks_by_backend_is_at_most_the_images_and_rounds_to_the_devices(cnn_config):
     mesh = parallel.make_mesh()
     cnn_config.eval_batch_size = 0
     assert evaluate.eval_batch_size(cnn_config, mesh) == (100 if jax.default_backend() == "cpu" else 1000)
@@ -386,6 +388,11 @@ def test_eval_batch_zero_picks_by_backend_and_rounds_to_the_devices(cnn_config):
     ]:
         cnn_config.eval_batch_size = asked
         assert evaluate.eval_batch_size(cnn_config, devices(platform, n)) == expected, (platform, n, asked)
+    # At most the images scored (then rounded to the devices): an absurd batch allocated 784 TiB after an epoch.
+    cnn_config.eval_batch_size = 2**40
+    assert evaluate.eval_batch_size(cnn_config, devices("cpu", 1), 10_000) == 10_000
+    assert evaluate.eval_batch_size(cnn_config, devices("cpu", 8), 3) == 8
+    assert evaluate.eval_batch_size(cnn_config, devices("cpu", 1), 0) == 1
 
 
 def test_every_auto_choice_on_one_tpu_chip():

@@ -26,12 +26,18 @@ from fmnist_jax.training.step import Programs
 AUTO_EVAL_BATCH_CPU, AUTO_EVAL_BATCH_ACCELERATOR = 100, 1000
 
 
-def eval_batch_size(config: ml_collections.ConfigDict, mesh: Mesh) -> int:
-    """`config.eval_batch_size` (0: by backend) rounded up to a multiple of the device count."""
+def eval_batch_size(config: ml_collections.ConfigDict, mesh: Mesh, images: int | None = None) -> int:
+    """`config.eval_batch_size` (0: by backend), at most the `images` scored where given (the largest split: a batch
+    past them would only pad, and an absurd one allocate it), rounded up to a multiple of the device count."""
     n = mesh.devices.size
     on_cpu = mesh.devices.flat[0].platform == "cpu"
     size = config.eval_batch_size or (AUTO_EVAL_BATCH_CPU if on_cpu else AUTO_EVAL_BATCH_ACCELERATOR)
-    return math.ceil(size / n) * n
+    return math.ceil((size if images is None else min(size, max(images, 1))) / n) * n
+
+
+def largest_split(dataset: data.Dataset) -> int:
+    """The number of images of the largest split scored (validation, test): `eval_batch_size`'s `images`."""
+    return max(len(dataset.validation), len(dataset.test))
 
 
 def _pad(array: np.ndarray, size: int) -> np.ndarray:
@@ -231,7 +237,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathli
     with parallel.lead_writes(f"making {out}"):
         if files.is_lead_process():
             out.mkdir(exist_ok=True)
-    evaluator = Evaluator(config, dataset, programs, eval_batch_size(config, mesh))
+    evaluator = Evaluator(config, dataset, programs, eval_batch_size(config, mesh, largest_split(dataset)))
     try:  # a run scored again keeps where its training's seconds went
         trained_seconds = metrics.load_results(out).get("seconds") if own else None
     except metrics.ResultsError:
@@ -254,4 +260,4 @@ def predict_images(config: ml_collections.ConfigDict, workdir: str | pathlib.Pat
     mesh = parallel.make_mesh()
     programs, state, _, _ = restore_for_inference(config, workdir, mesh)
     split = data.Split(images, np.zeros(len(images), np.int32))
-    return evaluate_split(programs, state, split, batch_size=eval_batch_size(config, mesh))["probs"]
+    return evaluate_split(programs, state, split, batch_size=eval_batch_size(config, mesh, len(images)))["probs"]

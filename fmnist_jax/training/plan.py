@@ -16,7 +16,7 @@ from jax.sharding import Mesh
 from fmnist_jax import checkpoints, config_lib, data, files, parallel, timing
 from fmnist_jax.errors import ConfigError
 from fmnist_jax.training import state as state_lib
-from fmnist_jax.training.evaluate import Evaluator, eval_batch_size
+from fmnist_jax.training.evaluate import Evaluator, eval_batch_size, largest_split
 from fmnist_jax.training.state import RandomRoots, TrainState
 from fmnist_jax.training.step import Programs, resolve_unroll
 
@@ -183,7 +183,7 @@ def make_plan(
             workdir=workdir,
             dataset=dataset,
             programs=programs,
-            evaluator=Evaluator(config, dataset, programs, eval_batch_size(config, mesh)),
+            evaluator=Evaluator(config, dataset, programs, eval_batch_size(config, mesh, largest_split(dataset))),
             roots=RandomRoots.from_seed(config.seed, augment=recipe.augment.enabled),
             steps_per_epoch=steps_per_epoch,
             total_steps=config_lib.last_step(len(dataset.train), config.batch_size, config.num_epochs),

@@ -33,8 +33,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     config_lib.check_positive(
         config, "num_epochs", "batch_size", "learning_rate", "steps_per_call", "checkpoint.max_to_keep"
     )
+    config_lib.check_seed(config)
     config_lib.check_positive(
-        config, "seed", "checkpoint.every_steps", "data.validation_size", "eval_batch_size", allow_zero=True
+        config,
+        *("checkpoint.every_steps", "data.validation_size", "eval_batch_size", "tensorboard.loss_every_steps"),
+        allow_zero=True,
     )
     if config.scan_unroll not in UNROLL_CHOICES:
         raise ConfigError(f"config.scan_unroll={config.scan_unroll!r} must be one of {UNROLL_CHOICES}.")
