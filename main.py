@@ -29,6 +29,7 @@ def open_missing_outputs() -> None:
 
 open_missing_outputs()
 
+import ml_collections  # noqa: E402
 from absl import app, flags, logging  # noqa: E402 (after the outputs are in place)
 from ml_collections import config_flags  # noqa: E402
 
@@ -73,6 +74,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         remaining = FLAGS(argv)
         FLAGS.config.get("kind")  # the config file loads lazily: load it now
+        if not isinstance(FLAGS.config, ml_collections.ConfigDict):  # a dict has .get too: named by flag_error
+            raise TypeError(f"get_config() returned {type(FLAGS.config).__name__}")
     except Exception as e:  # whatever the flags or the config file raised, in one line
         from fmnist_jax import flag_errors
 

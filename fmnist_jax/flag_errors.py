@@ -108,6 +108,12 @@ def flag_error(argv: list[str], error: Exception, configs_dir: pathlib.Path) -> 
         if isinstance(e, KeyError) and e.args == ("get_config",):
             hint = f"; a config file defines get_config() (the configs in {configs_dir}: {configs})"
         return f"--config={name} could not be loaded as a config file ({type(e).__name__}{where}: {e}){hint}"
+    if not isinstance(config, ml_collections.ConfigDict):
+        return (
+            f"--config={name}: its get_config() returned {'None' if config is None else type(config).__name__}, not "
+            "an ml_collections.ConfigDict; "
+            "return one (as the configs in configs/ do)"
+        )
 
     def source(field: str) -> str:  # a comparison member's fields are in its own config file
         member = re.match(r"members\.([^.]+)\.", field)

@@ -625,3 +625,17 @@ def test_a_config_file_that_fails_names_its_line(tmp_path):
         f"error: --config={config} could not be loaded as a config file (NameError at {config}:5: name 'b' is not "
         "defined)"
     )
+
+
+@pytest.mark.parametrize("returned, said", [("{'kind': 'cnn'}", "dict"), ("None", "None")])
+def test_a_config_file_that_returns_no_config_dict_says_so(tmp_path, returned, said):
+    """A plain dict has `.get` too (it once reached the run and failed there with a traceback); None tripped absl's
+    "--config must have a value" instead of naming the file's return value."""
+    config = tmp_path / "mine.py"
+    config.write_text(f"def get_config():\n    return {returned}\n")
+    result = run_main(f"--config={config}", f"--workdir={tmp_path / 'w'}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and not (tmp_path / "w").exists()
+    assert last_line(result.stderr) == (
+        f"error: --config={config}: its get_config() returned {said}, not an ml_collections.ConfigDict; return one "
+        "(as the configs in configs/ do)"
+    )
