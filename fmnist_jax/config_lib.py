@@ -248,6 +248,9 @@ def trained_fields(
             how = f"drop --config.{flag}" if flag else f"add --config.model.name={trained}"
         elif flag:
             how += f", without --config.{flag}"
+        if saved.get("kind") == "compare":  # which only trains and reports: its members' runs are scored
+            mode = "evaluate" if evaluate else "predict"
+            how = f"{mode} reads one of its members' runs, e.g. --workdir={pathlib.Path(workdir) / 'cnn' / 'seed_0'}"
         raise ConfigError(f"{workdir} holds a {was} run, not a {now} one; {how}.")
     changed, both = diff(saved, requested), flatten(saved).keys() & flatten(requested).keys()
 

@@ -174,6 +174,9 @@ def load_idx(directory: str | os.PathLike, named_by: str = "") -> tuple[dict[str
         raise DataError(f"data folder {directory}{by} {what}. {HOW_TO_GET_DATA}")
     found = {stem: _find(directory, stem) for pair in IDX_FILES.values() for stem in pair}
     if missing := [stem for stem, path in found.items() if path is None]:
+        folders = [str(directory / n) for m in missing for n in (m, m + ".gz") if (directory / n).is_dir()]
+        if folders:  # a name present, as a folder
+            raise DataError(f"{', '.join(folders)}: a folder where the IDX file should be. {HOW_TO_GET_DATA}")
         raise DataError(f"data folder {directory} lacks {', '.join(m + '[.gz]' for m in missing)}. {HOW_TO_GET_DATA}")
     splits, checksums = {}, {}
     for split, stems in IDX_FILES.items():

@@ -217,6 +217,8 @@ def workdir_lock(workdir: str | os.PathLike) -> Iterator[float | None]:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise disk_full_error(workdir, f"creating {path}") from e
         why = "a file, not a folder" if workdir.is_file() else e.strerror
+        if workdir.is_symlink() and not workdir.exists():
+            why = f"a symbolic link to {workdir.readlink()}, which does not exist"
         raise WorkdirError(f"cannot use {workdir} as a workdir ({why}); choose a writable --workdir.") from e
     try:
         try:

@@ -90,7 +90,7 @@ def flag_error(argv: list[str], error: Exception, configs_dir: pathlib.Path) -> 
             name = match.group(1) if match.group(1) is not None else (argv[i + 1] if i + 1 < len(argv) else None)
     configs = ", ".join(c.name for c in _config_files(configs_dir))
     if name is None:  # absl's "Flag --config must have a value other than None", or an error of another flag
-        if re.search(r"--config\b", str(error)):
+        if re.search(r"--config\b|flag '?config\.", str(error)):  # --config.FIELD without --config: "unknown flag"
             return f"no --config given: name a config file, e.g. --config=configs/cnn.py (in {configs_dir}: {configs})"
         return " ".join(str(error).split())
     path, param = pathlib.Path(name), []
@@ -98,7 +98,8 @@ def flag_error(argv: list[str], error: Exception, configs_dir: pathlib.Path) -> 
         head, tail = name.split(":", 1)
         path, param = pathlib.Path(head), [tail]
     if not path.is_file():
-        return f"--config={name}: no such file (the configs in {configs_dir}: {configs})"
+        what = "a folder, not a config file" if path.is_dir() else "no such file"
+        return f"--config={name}: {what} (the configs in {configs_dir}: {configs})"
     try:
         config = runpy.run_path(str(path), run_name="config_file")["get_config"](*param)
     except Exception as e:  # any failure of the user's file, in one line with where it happened

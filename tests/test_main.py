@@ -639,3 +639,40 @@ def test_a_config_file_that_returns_no_config_dict_says_so(tmp_path, returned, s
         f"error: --config={config}: its get_config() returned {said}, not an ml_collections.ConfigDict; return one "
         "(as the configs in configs/ do)"
     )
+
+
+def test_what_is_wrong_with_a_path_is_named_as_it_is(tiny_data, tmp_path):
+    """A path that is there but of the wrong sort is not called missing: a workdir that is a file or a dangling
+    symbolic link, an IDX file that is a folder, a --config that is a folder; --config.FIELD without --config says
+    --config is missing; a comparison's folder given to evaluate points at one of its members' runs."""
+    (tmp_path / "file").write_text("")
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (data / name).write_bytes((tiny_data / name).read_bytes())
+    (data / "train-labels-idx1-ubyte.gz").mkdir()
+    from benchmarks import common
+
+    config_lib.save_or_check(common.load_config("compare"), tmp_path / "compare")
+    evaluate = ("--config=configs/cnn.py", "--config.mode=evaluate")
+    for args, said in [
+        ((*evaluate, f"--workdir={tmp_path / 'file'}"), f"--workdir={tmp_path / 'file'} is a file, not a run's folder"),
+        (
+            ("--config=configs/random_forest.py", f"--workdir={tmp_path / 'dangling'}"),
+            f"cannot use {tmp_path / 'dangling'} as a workdir (a symbolic link to {tmp_path / 'gone'}, which does not",
+        ),
+        (
+            ("--config=configs/random_forest.py", f"--workdir={tmp_path / 'w'}", f"--config.data.dir={data}"),
+            f"{data / 'train-labels-idx1-ubyte.gz'}: a folder where the IDX file should be.",
+        ),
+        (("--config=configs", f"--workdir={tmp_path / 'w'}"), "--config=configs: a folder, not a config file"),
+        (("--config.num_epochs=1",), "no --config given: name a config file, e.g. --config=configs/cnn.py"),
+        (
+            (*evaluate, f"--workdir={tmp_path / 'compare'}"),
+            f"evaluate reads one of its members' runs, e.g. --workdir={tmp_path / 'compare' / 'cnn' / 'seed_0'}.",
+        ),
+    ]:
+        result = run_main(*args)
+        assert result.returncode == 2 and said in last_line(result.stderr), (args, result.stderr[-1000:])
+    assert not (tmp_path / "w").exists() and not (tmp_path / "gone").exists()
