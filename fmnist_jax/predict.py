@@ -9,9 +9,11 @@ its lightest pixel is white. A 28x28 image is taken as it is, but for the invers
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import pathlib
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,13 +24,30 @@ from fmnist_jax.data import CLASS_NAMES, IMAGE_SHAPE
 from fmnist_jax.errors import PredictError
 
 OUTPUT_FILE = "predict.json"
+LARGE_IMAGE_PIXELS = 50_000_000  # PIL warns from 89 million pixels (and refuses from twice that): said in our words
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 def parse_inputs(inputs: str | Sequence[str]) -> list[pathlib.Path]:
-    """`config.predict.inputs`: comma-separated paths (or a list)."""
-    items = inputs.split(",") if isinstance(inputs, str) else list(inputs)
-    paths = [pathlib.Path(p.strip()).expanduser() for p in items if str(p).strip()]
+    """`config.predict.inputs`: comma-separated paths (or a list), each a file or a pattern (`photos/*.jpg`, which
+    the shell leaves alone when quoted) that must match at least one, its matches in sorted order."""
+    items = [str(p).strip() for p in (inputs.split(",") if isinstance(inputs, str) else inputs)]
+    paths = []
+    for i, item in enumerate(items):
+        path = pathlib.Path(item).expanduser()
+        if not item or path.exists():
+            paths.extend([path] if item else [])
+        elif i + 1 < len(items) and pathlib.Path(f"{item},{items[i + 1]}").expanduser().exists():
+            raise PredictError(
+                f"config.predict.inputs: {item},{items[i + 1]} holds a comma, which separates the inputs; give the "
+                "file a name without one (or a link to it)."
+            )
+        elif any(c in item for c in "*?["):
+            if not (matches := sorted(glob.glob(str(path)))):
+                raise PredictError(f"config.predict.inputs: {item} matches no file.")
+            paths.extend(pathlib.Path(m) for m in matches)
+        else:
+            paths.append(path)  # missing: named with the rest by `load_images`
     if not paths:
         raise PredictError(
             "config.predict.inputs is empty: give image or .npy paths, comma-separated, e.g. "
@@ -175,6 +194,11 @@ def _npy_as_8_bit(array: np.ndarray) -> np.ndarray:
         raise ValueError(
             f"values from {low} to {high}: expected grey levels 0-255, floats 0-1, or 16-bit integers 0-65535"
         )
+    if array.dtype.kind == "f" and 1 < high < 2:  # 0-1 values a rounding took past 1, or grey levels near black?
+        raise ValueError(
+            f"floats up to {high}: read as 0-1 they pass 1, read as grey levels 0-255 they are black; clip 0-1 "
+            "values to 1, or scale grey levels to 0-255"
+        )
     return _as_8_bit(
         array, sixteen_bit=array.dtype.kind in "ui" and high > 255, unit=array.dtype.kind == "f" and high <= 1
     )
@@ -224,8 +248,16 @@ def _read_one(path: pathlib.Path) -> list[np.ndarray]:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
-            return [to_fmnist(_greyscale(ImageOps.exif_transpose(img)), str(path))]  # upright, as viewed
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # said in one line of our own
+            with Image.open(path) as img:
+                if img.width * img.height > LARGE_IMAGE_PIXELS:
+                    logging.warning(
+                        "%s: %d x %d pixels (%.0f megapixels), read whole: it takes memory, and a copy of a tenth of "
+                        "the size classifies the same (it becomes 28 x 28)",
+                        *(path, img.width, img.height, img.width * img.height / 1e6),
+                    )
+                return [to_fmnist(_greyscale(ImageOps.exif_transpose(img)), str(path))]  # upright, as viewed
     except UnidentifiedImageError as e:
         raise ValueError("not an image PIL can read") from e
     except Image.DecompressionBombError as e:

@@ -341,13 +341,38 @@ def test_npy_values_are_read_as_documented_and_out_of_range_ones_refused(tmp_pat
         "negative.npy": np.full((28, 28), -1.0),
         "bright.npy": np.full((28, 28), 1000.0),
         "huge.npy": np.full((28, 28), 70000, np.int32),
+        "past_one.npy": np.full((28, 28), 1.001),
     }
     for name, array in arrays.items():
         np.save(tmp_path / name, array)
     read, _ = predict.load_images([tmp_path / n for n in ("eye_int.npy", "eye_float.npy", "deep.npy", "mask.npy")])
     assert [int(image.max()) for image in read] == [1, 255, 255, 255] and int(read[3].sum()) == 28 * 255
     with pytest.raises(predict.PredictError) as error:
-        predict.load_images([tmp_path / n for n in ("negative.npy", "bright.npy", "huge.npy")])
+        predict.load_images([tmp_path / n for n in ("negative.npy", "bright.npy", "huge.npy", "past_one.npy")])
     message = str(error.value)
     for name, values in (("negative", "-1.0 to -1.0"), ("bright", "1000.0 to 1000.0"), ("huge", "70000 to 70000")):
         assert f"{name}.npy: values from {values}: expected grey levels 0-255" in message
+    # Floats just past 1: neither reading is safe (0-1 values past 1, or grey levels that are all but black).
+    assert "past_one.npy: floats up to 1.001: read as 0-1 they pass 1, read as grey levels 0-255 they are" in message
+
+
+def test_inputs_are_files_or_patterns_and_a_comma_in_a_name_is_named(tmp_path, caplog, recwarn):
+    """`predict.inputs` splits at commas: a pattern (quoted from the shell) gives its matches in order, one that
+    matches nothing is an error, and a file whose name holds a comma is named as such, not as two missing files. A
+    very large photo is read with one warning line of ours (PIL's own warning left out)."""
+    from PIL import Image
+
+    for name in ("b.png", "a.png", "with,comma.png"):
+        Image.fromarray(np.full((40, 30), 255, np.uint8)).save(tmp_path / name)
+    assert predict.parse_inputs(f"{tmp_path}/?.png") == [tmp_path / "a.png", tmp_path / "b.png"]
+    with pytest.raises(predict.PredictError, match=r"inputs: .*/\*\.jpg matches no file\."):
+        predict.parse_inputs(f"{tmp_path}/*.jpg")
+    with pytest.raises(predict.PredictError, match=r"with,comma\.png holds a comma, which separates the inputs"):
+        predict.parse_inputs(f"{tmp_path}/a.png,{tmp_path}/with,comma.png")
+    caplog.set_level(logging.WARNING)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(predict, "LARGE_IMAGE_PIXELS", 1000)
+        patch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL's warning from there on
+        predict.load_images([tmp_path / "a.png"])
+    assert "a.png: 30 x 40 pixels (0 megapixels), read whole: it takes memory" in caplog.text
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
