@@ -259,9 +259,9 @@ class CheckpointStore:
                     extra=SEE_LOG_FILE,
                 )
                 logging.warning("%s", traceback_text(e), extra=LOG_FILE_ONLY)
-                failed.append((s, f"{s}: {brief(e)}"))
+                failed.append((s, f"{s}: {brief(e)}", e))
                 continue
-            for bad, _ in failed:  # newer than one that restores, and no transient error: damaged
+            for bad, _, _ in failed:  # newer than one that restores, and no transient error: damaged
                 if files.is_lead_process() and not self.read_only:
                     aside = self._set_aside(bad)
                     logging.warning("Checkpoint %s is damaged; moved to %s.", self.directory / str(bad), aside)
@@ -272,12 +272,12 @@ class CheckpointStore:
             return restored
         if failed:
             config = self.directory.parent / "config.json"
+            listing = "; ".join(message for _, message, _ in failed).rstrip(".")
             raise CheckpointError(
-                f"no valid checkpoint in {self.directory}: "
-                + "; ".join(message for _, message in failed)
-                + f". If this run's config builds a different model than the one in {config}, run with that "
-                f"config; if the checkpoints are damaged, move them away or delete the folder to start again."
-            )
+                f"no valid checkpoint in {self.directory}: {listing}. If this run's config builds a different model "
+                f"than the one in {config}, run with that config; if the checkpoints are damaged, move them away or "
+                "delete the folder to start again."
+            ) from failed[0][2]  # the newest one's error, whole in the log file the line names
         return None
 
     def _restore_retrying(self, step: int, target: Any) -> tuple[Any, dict[str, Any]]:

@@ -24,12 +24,19 @@ def causes(error: BaseException | None) -> Iterator[BaseException]:
         error = error.__cause__ or error.__context__
 
 
+# Where a library's one-line message turns into a reference to its own objects (TensorStore appends a bound method's
+# repr), `brief` stops; the whole message stays in the log file.
+NOT_FOR_A_MESSAGE = ("See full TensorStore details", "<bound method")
+
+
 def brief(error: BaseException, limit: int = 200) -> str:
     """`error` in one short line for a message: "Type: its first line", whitespace collapsed, cut at a word before
     `limit` characters with "...". A library's message may run to pages (a TensorStore spec): its whole text and
     traceback belong in the log file."""
     lines = str(error).strip().splitlines()
     first = " ".join(lines[0].split()) if lines else ""
+    if (cut := min((first.find(m) for m in NOT_FOR_A_MESSAGE if m in first), default=-1)) >= 0:
+        first, lines = first[:cut].rstrip(" .:;,") + ".", [first]  # a library's pointer to its own objects
     if len(first) > limit or len(lines) > 1:
         first = (first[:limit].rsplit(" ", 1)[0] if len(first) > limit else first) + " ..."
     return f"{type(error).__name__}: {first}" if first else type(error).__name__

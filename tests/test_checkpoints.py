@@ -421,8 +421,12 @@ def test_no_valid_checkpoint_is_a_clear_error(two_epoch_run):
         for f in (workdir / "checkpoints" / str(step)).rglob("*"):
             if f.is_file() and f.stat().st_size > 100:
                 f.write_bytes(b"")
-    with pytest.raises(checkpoints.CheckpointError, match=r"no valid checkpoint in .*delete the folder to start again"):
+    with pytest.raises(
+        checkpoints.CheckpointError, match=r"no valid checkpoint in .*delete the folder to start again"
+    ) as e:
         run.run(config, workdir)
+    assert "<bound method" not in str(e.value) and "TensorStore details" not in str(e.value)  # its own objects
+    assert e.value.__cause__ is not None  # whole in the log file, which main.py's error line then names
     assert sorted(checkpoint_steps(workdir)) == [4, 6, 8]  # none restores: none is taken for damaged and moved
     with pytest.raises(checkpoints.CheckpointError, match=r"no valid checkpoint"):
         run.run(config, workdir)  # nor does a rerun start from scratch over them

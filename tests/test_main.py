@@ -341,6 +341,12 @@ def test_an_error_in_a_log_line_is_brief_on_the_terminal_and_whole_in_the_log_fi
     error = ValueError(spec + "\n  with a second line")
     assert brief(error) == "ValueError: " + spec[: spec[:200].rindex(" ")] + " ..."
     assert brief(KeyError("step")) == "KeyError: 'step'" and brief(OSError()) == "OSError"
+    tensorstore = (
+        "Encountered error while reading array index: (slice(0, 256, 1),). See full TensorStore details: <bound"
+    )
+    assert brief(Exception(tensorstore + " method Spec...>")) == (  # its pointer to its own objects left out
+        "Exception: Encountered error while reading array index: (slice(0, 256, 1),)."
+    )
     try:
         raise error
     except ValueError:
