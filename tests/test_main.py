@@ -459,13 +459,17 @@ def test_compilation_cache_off_on_cpu_by_default_and_a_folder_reused_to_the_same
     assert train("auto", env=no_jax_folder) == reference and not (tmp_path / "xdg").exists()
 
 
-def test_a_model_config_on_a_comparisons_workdir_names_the_comparisons_config_file(tmp_path):
+def test_a_model_config_on_a_comparisons_workdir_points_at_a_members_run(tmp_path):
+    """Not at the comparison's config file, which only trains and reports."""
     from benchmarks import common
 
     config_lib.save_or_check(common.load_config("compare", []), tmp_path)
-    how = r"holds a compare run, not a cnn \(seed_cnn\) one; use the config file it was trained with \(configs/compare"
-    with pytest.raises(ConfigError, match=how):
-        config_lib.trained_fields(common.load_config("cnn", ["--config.mode=evaluate"]), tmp_path, evaluate=True)
+    for mode in ("evaluate", "predict"):
+        how = rf"holds a compare run, not a cnn \(seed_cnn\) one; {mode} reads one of its members' runs, e\.g\. "
+        how += "--workdir="
+        config = common.load_config("cnn", [f"--config.mode={mode}"])
+        with pytest.raises(ConfigError, match=how + re.escape(str(tmp_path / "cnn" / "seed_0"))):
+            config_lib.trained_fields(config, tmp_path, evaluate=mode == "evaluate")
 
 
 def test_evaluate_with_another_config_names_the_flags_that_restore_the_trained_one(tmp_path):
