@@ -8,6 +8,7 @@ Rerunning the same command resumes from the workdir's latest checkpoint.
 import os
 import pathlib
 import shlex
+import signal
 import sys
 
 
@@ -63,6 +64,13 @@ def main(argv: list[str]) -> None:
         command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
         print(f"interrupted ({e}). Resume with the same command:\n  {command}", file=sys.stderr)
         sys.exit(128 + e.signum)
+    except KeyboardInterrupt:  # Ctrl-C where no guard holds it (the final scoring, a second Ctrl-C): one line too
+        command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
+        print(
+            f"interrupted (SIGINT, before the run had finished). Go on with the same command:\n  {command}",
+            file=sys.stderr,
+        )
+        sys.exit(128 + signal.SIGINT)
     finally:
         if sys.exc_info()[0] in (None, SystemExit):  # an end it chose, not a crash: a crash keeps the log file
             logs.finish()  # the log file goes where the terminal showed all it holds

@@ -170,15 +170,17 @@ def checkpoint_steps(workdir: pathlib.Path) -> list[int]:
 
 def kept_nothing(workdir: pathlib.Path) -> bool:
     """Whether `workdir` holds nothing that a rerun would go on from: besides NOTHING_COMPUTED, at most a checkpoint
-    folder without a step, an empty history and TensorBoard events (a run from step 0 drops them), a baseline's fit
-    record without its model (a crash between the two writes; the rerun fits again). A stop or an out-of-memory error
-    while compiling leaves such a workdir, and the next start may change any field."""
+    folder without a step, a history and TensorBoard events without one (a run from step 0 drops them), a baseline's
+    fit record without its model (a crash between the two writes; the rerun fits again). A stop or an out-of-memory
+    error while compiling, or a kill before the first checkpoint was committed, leaves such a workdir, and the next
+    start may change any field."""
+    no_step = not checkpoint_steps(workdir)
     for path in workdir.iterdir():
         if path.name in NOTHING_COMPUTED or path.name == EVENTS_DIR or path.name.startswith(files.TEMP_PREFIX):
             continue  # a temporary file is a write a kill cut short
-        if path.name == CHECKPOINTS_DIR and not checkpoint_steps(workdir):
+        if path.name == CHECKPOINTS_DIR and no_step:
             continue
-        if path.name == metrics.HISTORY_FILE and not metrics.read_history(workdir):
+        if path.name == metrics.HISTORY_FILE and (no_step or not metrics.read_history(workdir)):
             continue
         if path.name == FIT_FILE and not (workdir / MODEL_FILE).exists():
             continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pathlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -99,15 +100,18 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def check_batch_size(batch_size: int, mesh: Mesh, *, field: str = "config.batch_size") -> None:
-    """Raises before any compile if `batch_size` cannot be split evenly over the mesh's devices."""
+def check_batch_size(
+    batch_size: int, mesh: Mesh, *, field: str = "config.batch_size", resuming: pathlib.Path | None = None
+) -> None:
+    """Raises before any compile if `batch_size` cannot be split evenly over the mesh's devices. `resuming`: the
+    checkpoints a run goes on from, whose batch is its own (another would be refused): only the devices can change."""
     n = mesh.devices.size
     if batch_size <= 0 or batch_size % n:
         lower, upper = max(n, batch_size // n * n), (batch_size // n + 1) * n
-        raise ParallelError(
-            f"{field}={batch_size} cannot be split over {n} devices; use a multiple of {n} "
-            f"(e.g. {lower} or {upper}) or run on fewer devices."
-        )
+        how = f"use a multiple of {n} (e.g. {lower} or {upper}) or run on fewer devices"
+        if resuming is not None:
+            how = f"the run in {resuming} trained with it: go on on a number of devices that divides it"
+        raise ParallelError(f"{field}={batch_size} cannot be split over {n} devices; {how}.")
 
 
 def place(tree: Any, sharding: NamedSharding) -> Any:

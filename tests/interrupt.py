@@ -11,7 +11,8 @@ appears races the run, and a fast accelerator finishes a tiny run before the sig
 is the same on every device. With WHEN=step, the signal comes once the train call that reaches step STEP or beyond
 has been queued, mid-epoch if STEP is; with WHEN=ran, from another thread once that call has run, as a signal from
 outside comes while the host waits for the devices. For comparisons: WHEN=fit, as the STEP-th baseline fit begins
-(1: the first baseline member's); WHEN=report, once the report's STEP-th plot is written (the report half-written).
+(1: the first baseline member's); WHEN=report, once the report's STEP-th plot is written (the report half-written);
+WHEN=scoring (STEP ignored), as the final scoring is about to write results.json, after training.
 """
 
 import os
@@ -25,7 +26,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def main() -> None:
     name, at_step, when, *main_args = sys.argv[1:]
-    whens = ("in_flight", "committed", "epoch", "compile", "step", "ran", "fit", "report")
+    whens = ("in_flight", "committed", "epoch", "compile", "step", "ran", "fit", "report", "scoring")
     if when not in whens:
         raise SystemExit(f"WHEN must be one of {', '.join(whens)}, got {when!r}")
     signum, at_step = signal.Signals[f"SIG{name}"], int(at_step)
@@ -54,6 +55,18 @@ def main() -> None:
             return out if when == "report" else wrapped(*args, **kwargs)
 
         setattr(module, attribute, signal_at_the_call)
+    elif when == "scoring":
+        from fmnist_jax import metrics
+
+        save_results = metrics.save_results
+
+        def signal_then_save(*args, **kwargs):
+            if not sent:
+                sent.append(0)
+                os.kill(os.getpid(), signum)
+            return save_results(*args, **kwargs)
+
+        metrics.save_results = signal_then_save
     elif when == "compile":
         compile_ahead = step.Programs.compile_ahead
 

@@ -89,6 +89,42 @@ def test_sigterm_and_sigint_save_then_exit_with_resume_line(tiny_data, tmp_path,
     assert_same_run(tmp_path, reference)
 
 
+def test_ctrl_c_during_the_final_scoring_is_one_line_and_the_rerun_scores(tiny_data, tmp_path, reference, caplog):
+    """The final scoring runs unguarded (a signal acts as usual): a Ctrl-C there ends main.py with one line and the
+    command to go on with, not a traceback; the rerun scores the last checkpoint, with the uninterrupted bits."""
+    result = run_interrupted("INT", 0, "scoring", *main_args(tiny_data, tmp_path))
+    assert result.returncode == 128 + signal.SIGINT and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-2] == (
+        "interrupted (SIGINT, before the run had finished). Go on with the same command:"
+    )
+    assert not (tmp_path / "results.json").exists()
+    assert "Resumed from checkpoint at step 8 " in finish(tiny_data, tmp_path, caplog)
+    assert_same_run(tmp_path, reference)
+
+
+def test_a_resume_that_changes_the_rounding_says_its_bits_are_no_longer_exact(tiny_data, tmp_path, reference, caplog):
+    """`model.conv` and `scan_unroll` (and, with the scan unrolled, `steps_per_call` and `checkpoint.every_steps`)
+    change how fast, and the rounding: a resume that changes one trains on, with a warning naming it, as one on
+    another machine does; one that changes `steps_per_call` under the rolled scan keeps the bits, without it."""
+    shutil.copytree(reference, tmp_path / "run")
+    for name in ("results.json", "predictions.npz"):
+        (tmp_path / "run" / name).unlink()
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "8")
+    keep = tmp_path / "kept"
+    shutil.copytree(tmp_path / "run", keep)
+    caplog.set_level(logging.INFO)
+    fields = {**KILL_FIELDS, "checkpoint.max_to_keep": 3}  # the reference's
+    run.run(helpers.tiny_config(tiny_data, **{**fields, "steps_per_call": 1}), tmp_path / "run")
+    assert "Resumed from checkpoint at step 6 " in caplog.text and "change the rounding" not in caplog.text
+    assert_same_run(tmp_path / "run", reference)
+    caplog.clear()
+    run.run(helpers.tiny_config(tiny_data, **{**fields, "scan_unroll": "full", "steps_per_call": 1}), keep)
+    assert (
+        "Checkpoint 6 was trained with scan_unroll='auto' (now 'full'), steps_per_call=2 (now 1): these speed "
+        "settings change the rounding, so the run trains on as usual but no longer to an uninterrupted run's exact"
+    ) in caplog.text
+
+
 def test_a_signal_from_outside_stops_a_one_process_run_within_two_calls(tmp_path, caplog):
     """The host queues train calls far faster than they run. A SIGINT that comes while it waits for the devices
     (here from another thread, once the call reaching step 4 has run) stops the run within `CallQueue.DEPTH` calls
@@ -223,6 +259,24 @@ def test_checkpoints_and_results_name_the_machines_and_a_resume_elsewhere_warns(
     monkeypatch.undo()  # scored again on the first machine: the scores name it, the lineage stays the training's
     results = evaluate.evaluate_checkpoint(config, workdir)
     assert results["machine"] == here and results["trained_on"] == moved == metrics.load_results(workdir)["trained_on"]
+
+
+def test_a_start_killed_before_its_first_checkpoint_committed_kept_nothing(tiny_data, tmp_path, caplog):
+    """Its first epoch's history line written, its first save cut short (a temporary step folder): a rerun starts
+    from step 0 and drops that line, so nothing is kept and the next start may change any field, as after a stop
+    before training; once a step is committed, its fields are the run's."""
+    config = helpers.tiny_config(tiny_data)
+    config_lib.save_or_check(config, tmp_path)
+    metrics.append_history(tmp_path, {"epoch": 1, "step": 4, "train_loss": 1.0})
+    (tmp_path / "checkpoints" / "4.orbax-checkpoint-tmp").mkdir(parents=True)
+    assert config_lib.kept_nothing(tmp_path)
+    caplog.set_level(logging.INFO)
+    config_lib.save_or_check(helpers.tiny_config(tiny_data, seed=1), tmp_path)  # replaced, not refused
+    assert "was left by a start that kept nothing; replacing it" in caplog.text
+    (tmp_path / "checkpoints" / "4").mkdir()
+    assert not config_lib.kept_nothing(tmp_path)
+    with pytest.raises(ConfigError, match=r"holds a run with a different config \(seed: 1 -> 0\)"):
+        config_lib.save_or_check(config, tmp_path)
 
 
 def test_a_run_resumed_on_other_data_is_refused_and_keeps_its_checkpoints(tiny_data, tmp_path, caplog):

@@ -88,6 +88,13 @@ class Plan:
                     "no longer to an uninterrupted run's exact bits (docs/running.md#reproducibility-across-cpus).",
                     *(meta["step"], written, self.machine),
                 )
+        if files.is_lead_process() and (changed := rounding_changes(meta.get("config") or {}, self.config)):
+            logging.warning(
+                "Checkpoint %d was trained with %s: these speed settings change the rounding, so the run trains on "
+                "as usual but no longer to an uninterrupted run's exact bits (docs/running.md#config-fields).",
+                meta["step"],
+                ", ".join(f"{k}={old!r} (now {new!r})" for k, (old, new) in changed.items()),
+            )
 
     def restore(self, store: checkpoints.CheckpointStore, state: TrainState) -> tuple[TrainState, int, float]:
         """The newest valid checkpoint's state, step and training seconds (its lineage and data checked:
@@ -117,6 +124,24 @@ class Plan:
 
     def permutation(self, epoch: int) -> jax.Array:
         return self.programs.permutation(self.roots.data, epoch, len(self.dataset.train))
+
+
+def rounding_changes(saved: dict, config: ml_collections.ConfigDict) -> dict[str, tuple]:
+    """The speed settings that change the rounding (not the maths) where they differ between a checkpoint's config
+    (`saved`, as its metadata keeps it) and `config`: `model.conv` and `scan_unroll` (other programs), and where the
+    scan is unrolled before or now, `steps_per_call` and `checkpoint.every_steps` (other call lengths and fusions)."""
+    if not saved:
+        return {}
+    now, backend = config_lib.to_dict(config), jax.default_backend()
+
+    def unrolled(c: dict) -> bool:
+        return resolve_unroll(c.get("scan_unroll", "auto"), backend, (c.get("model") or {}).get("conv", "auto"))
+
+    fields = ["model.conv", "scan_unroll"]
+    if unrolled(saved) or unrolled(now):
+        fields += ["steps_per_call", "checkpoint.every_steps"]
+    flat_saved, flat_now = config_lib.flatten(saved), config_lib.flatten(now)
+    return {f: (flat_saved.get(f), flat_now.get(f)) for f in fields if flat_saved.get(f) != flat_now.get(f)}
 
 
 def check_data(meta: dict, directory: pathlib.Path, dataset: data.Dataset) -> None:
