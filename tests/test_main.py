@@ -580,7 +580,8 @@ def test_a_workdir_of_another_kind_of_run_is_refused_in_one_short_line(tmp_path)
     from benchmarks import common
 
     config_lib.save_or_check(common.load_config("cnn"), tmp_path)
-    metrics.append_history(tmp_path, {"epoch": 1, "step": 750})  # an epoch trained: config.json stays
+    metrics.append_history(tmp_path, {"epoch": 1, "step": 750})  # an epoch trained and saved: config.json stays
+    (tmp_path / config_lib.CHECKPOINTS_DIR / "750").mkdir(parents=True)
     with pytest.raises(ConfigError) as refused:
         config_lib.save_or_check(common.load_config("random_forest"), tmp_path)
     assert str(refused.value).startswith(
