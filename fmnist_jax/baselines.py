@@ -22,7 +22,7 @@ from absl import logging
 from sklearn import ensemble, pipeline, preprocessing, svm
 from sklearn.exceptions import ConvergenceWarning
 
-from fmnist_jax import config_lib, data, files, machine, metrics
+from fmnist_jax import checks, config_lib, data, files, machine, metrics
 from fmnist_jax.errors import ConfigError, ResultsError
 
 # model.joblib, and beside it fit.json: what its fit reported, so a run stopped before its scores keeps them.
@@ -79,16 +79,16 @@ def create_estimator(config: ml_collections.ConfigDict) -> Any:
     m = config.model
     if m.name == "random_forest":
         _check_fields(m, FOREST_FIELDS)
-        config_lib.check_positive(config, "model.n_estimators", "model.min_samples_split", "model.min_samples_leaf")
+        checks.positive(config, "model.n_estimators", "model.min_samples_split", "model.min_samples_leaf")
         if m.get("max_depth") is not None:
-            config_lib.check_positive(config, "model.max_depth")
+            checks.positive(config, "model.max_depth")
         params = {k: m[k] for k in FOREST_FIELDS if k in m}
         if "max_features" in params:
             params["max_features"] = _max_features(params["max_features"])
         estimator = ensemble.RandomForestClassifier(random_state=config.seed, **params)
     elif m.name == "linear_svm":
         _check_fields(m, SVM_FIELDS)
-        config_lib.check_positive(config, "model.C", "model.tol", "model.max_iter")
+        checks.positive(config, "model.C", "model.tol", "model.max_iter")
         params = {k: m[k] for k in SVM_FIELDS if k in m}
         params["dual"] = _dual(params.get("dual", "auto"))
         estimator = svm.LinearSVC(random_state=config.seed, **params)
@@ -267,7 +267,7 @@ def run_machine() -> str:
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the first field of a baseline config that cannot run."""
-    config_lib.check_seed(config)
+    checks.seed(config)
     create_estimator(config)
     if config.search.method != "none":
         from fmnist_jax import search  # which imports this module

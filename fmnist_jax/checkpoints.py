@@ -334,9 +334,19 @@ class CheckpointStore:
 
     def check(self) -> None:
         """Raises CheckpointError now where a background save has failed; never waits for one still under way. Orbax
-        would raise it only when the next save starts, which may be many epochs on (`checkpoint.every_steps`)."""
+        would raise it only when the next save starts, which may be many epochs on (`checkpoint.every_steps`). Every
+        process of a job calls it at the same point and all raise if any process's save failed (one all-gather): one
+        stopping alone would leave the others waiting in their next collective."""
+        failed = None
         if not self.manager.is_saving_in_progress():
-            self.wait()  # nothing pending: returns at once, or raises the failed save's error
+            try:
+                self.wait()  # nothing pending: returns at once, or raises the failed save's error
+            except CheckpointError as e:
+                failed = e
+        if parallel.max_over_processes(int(failed is not None)):
+            raise failed or CheckpointError(
+                f"a checkpoint save to {self.directory} failed on another process of the job; its error says why."
+            )
 
     def close(self) -> None:
         """Finishes any pending save, then releases the manager (a second call does nothing)."""

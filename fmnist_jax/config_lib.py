@@ -104,36 +104,6 @@ def get(config: ml_collections.ConfigDict, field: str) -> Any:
     return value
 
 
-def check_positive(config: ml_collections.ConfigDict, *fields: str, allow_zero: bool = False) -> None:
-    """Raises ConfigError naming the first of `fields` (dotted paths) that is not a positive number."""
-    for field in fields:
-        value = get(config, field)
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not (number and math.isfinite(value) and (value >= 0 if allow_zero else value > 0)):
-            bound = "zero or more" if allow_zero else "positive"
-            finite = "finite and " if number and not math.isfinite(value) else ""
-            raise ConfigError(f"config.{field}={value!r} must be {finite}{bound}.")
-
-
-MAX_SEED = 2**31 - 1  # JAX takes a seed as an int32 argument; scikit-learn's random_state below 2**32
-
-
-def check_seed(config: ml_collections.ConfigDict) -> None:
-    """Raises ConfigError where `config.seed` is not an integer from 0 to MAX_SEED."""
-    seed = config.seed
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
-        raise ConfigError(f"config.seed={seed!r} must be an integer from 0 to {MAX_SEED} (2**31 - 1).")
-
-
-def check_fraction(config: ml_collections.ConfigDict, *fields: str, note: str = "") -> None:
-    """Raises ConfigError naming the first of `fields` (dotted paths) that is not in [0, 1); `note` follows the
-    bound in the message (" (0 turns it off)")."""
-    check_positive(config, *fields, allow_zero=True)
-    for field in fields:
-        if (value := get(config, field)) >= 1:
-            raise ConfigError(f"config.{field}={value!r} must be below 1{note}.")
-
-
 # What a checkpoint or saved model was trained as: `evaluate` and `predict` refuse a config that differs here,
 # `evaluate` also in what it is scored on (another seed or split would score training images as held out).
 MODEL_FIELDS = ("model.", "ema_decay")
@@ -252,7 +222,10 @@ def trained_fields(
             how += f", without --config.{flag}"
         if saved.get("kind") == "compare":  # which only trains and reports: its members' runs are scored
             mode = "evaluate" if evaluate else "predict"
-            how = f"{mode} reads one of its members' runs, e.g. --workdir={pathlib.Path(workdir) / 'cnn' / 'seed_0'}"
+            found = sorted(p.parent for p in pathlib.Path(workdir).glob(f"*/seed_*/{CONFIG_FILE}"))
+            runs = [run for run in found if _what(saved_or_none(run) or {}) == now]
+            where = f"e.g. --workdir={runs[0]}" if runs else f"none here is a {now} run ({workdir}/MEMBER/seed_SEED)"
+            how = f"{mode} reads one of its members' runs, {where}"
         raise ConfigError(f"{workdir} holds a {was} run, not a {now} one; {how}.")
     changed, both = diff(saved, requested), flatten(saved).keys() & flatten(requested).keys()
 

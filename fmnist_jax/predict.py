@@ -16,34 +16,48 @@ import pathlib
 import warnings
 from collections.abc import Sequence
 
+import ml_collections
 import numpy as np
 from absl import logging
 
-from fmnist_jax import files
+from fmnist_jax import config_lib, files, metrics
 from fmnist_jax.data import CLASS_NAMES, IMAGE_SHAPE
 from fmnist_jax.errors import PredictError
 
 OUTPUT_FILE = "predict.json"
+# What a run keeps in its workdir (at its top level, and folders by their names' start): never where predictions go.
+RUN_FILES = (
+    *(config_lib.CONFIG_FILE, config_lib.CHECKPOINTS_DIR, config_lib.EVENTS_DIR),
+    *(config_lib.MODEL_FILE, config_lib.FIT_FILE),
+    *(metrics.RESULTS_FILE, metrics.HISTORY_FILE, metrics.PREDICTIONS_FILE),
+)
+RUN_PREFIXES = (f"{config_lib.CHECKPOINTS_DIR}_", "evaluate_step_")  # checkpoints set aside, scorings apart
+UNIT_ROUNDING = 1e-3  # floats up to 1 + this are 0-1 values rounded past 1: clipped to 1
 LARGE_IMAGE_PIXELS = 50_000_000  # PIL warns from 89 million pixels (and refuses from twice that): said in our words
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 def parse_inputs(inputs: str | Sequence[str]) -> list[pathlib.Path]:
-    """`config.predict.inputs`: comma-separated paths (or a list), each a file or a pattern (`photos/*.jpg`, which
-    the shell leaves alone when quoted) that must match at least one, its matches in sorted order."""
-    items = [str(p).strip() for p in (inputs.split(",") if isinstance(inputs, str) else inputs)]
+    """`config.predict.inputs`: comma-separated paths (or a list), each a file or a pattern with `*` or `?`
+    (`photos/*.jpg`, quoted from the shell; `[` is taken as it is) that must match at least one, its matches in
+    sorted order. A file whose name holds a comma is named as such, not as two missing files."""
+    raw = inputs.split(",") if isinstance(inputs, str) else [str(p) for p in inputs]
     paths = []
-    for i, item in enumerate(items):
+    for i, piece in enumerate(raw):
+        item = piece.strip()
         path = pathlib.Path(item).expanduser()
         if not item or path.exists():
             paths.extend([path] if item else [])
-        elif i + 1 < len(items) and pathlib.Path(f"{item},{items[i + 1]}").expanduser().exists():
+            continue
+        joined = [",".join(raw[i:j]).strip() for j in range(i + 2, len(raw) + 1)]  # the name, commas and all
+        if whole := next((name for name in joined if pathlib.Path(name).expanduser().exists()), None):
             raise PredictError(
-                f"config.predict.inputs: {item},{items[i + 1]} holds a comma, which separates the inputs; give the "
-                "file a name without one (or a link to it)."
+                f"config.predict.inputs: {whole} holds a comma, which separates the inputs; give the file a name "
+                "without one (or a link to it)."
             )
-        elif any(c in item for c in "*?["):
-            if not (matches := sorted(glob.glob(str(path)))):
+        if "*" in item or "?" in item:
+            pattern = glob.escape(str(path)).replace("[*]", "*").replace("[?]", "?")
+            if not (matches := sorted(glob.glob(pattern))):
                 raise PredictError(f"config.predict.inputs: {item} matches no file.")
             paths.extend(pathlib.Path(m) for m in matches)
         else:
@@ -54,6 +68,15 @@ def parse_inputs(inputs: str | Sequence[str]) -> list[pathlib.Path]:
             "--config.predict.inputs=shirt.png,boot.jpg"
         )
     return paths
+
+
+def inputs_and_output(
+    config: ml_collections.ConfigDict, workdir: pathlib.Path
+) -> tuple[np.ndarray, list[str], pathlib.Path]:
+    """The images to predict, their names and where the predictions go, checked before the model loads."""
+    inputs = parse_inputs(config.predict.inputs)
+    output = output_path(config.predict.output, workdir, inputs=inputs)
+    return *load_images(inputs), output
 
 
 # How far from the border's grey a pixel must be to count as the garment (for the crop, that share of the farthest
@@ -183,7 +206,8 @@ def _as_8_bit(values: np.ndarray, *, sixteen_bit: bool, unit: bool) -> np.ndarra
 
 def _npy_as_8_bit(array: np.ndarray) -> np.ndarray:
     """An .npy's numbers as 0-255 uint8: integers 0-255 as they are, up to 65535 as a 16-bit PNG's (/257); floats
-    0-1 times 255, up to 255 as they are; a mask (booleans) 0 or 255. Others are refused, not clipped into range."""
+    0-1 times 255 (up to 1 + UNIT_ROUNDING: clipped to 1), from 2 to 255 as they are; a mask (booleans) 0 or 255.
+    Others are refused, not clipped into range."""
     if array.dtype.kind == "b":
         return array.astype(np.uint8) * np.uint8(255)
     if array.dtype.kind not in "uif" or not np.isfinite(array).all():
@@ -194,7 +218,9 @@ def _npy_as_8_bit(array: np.ndarray) -> np.ndarray:
         raise ValueError(
             f"values from {low} to {high}: expected grey levels 0-255, floats 0-1, or 16-bit integers 0-65535"
         )
-    if array.dtype.kind == "f" and 1 < high < 2:  # 0-1 values a rounding took past 1, or grey levels near black?
+    if array.dtype.kind == "f" and 1 < high <= 1 + UNIT_ROUNDING:  # 0-1 values a rounding took just past 1
+        array, high = np.minimum(array, 1.0), 1.0
+    if array.dtype.kind == "f" and 1 < high < 2:  # 0-1 values taken past 1, or grey levels near black?
         raise ValueError(
             f"floats up to {high}: read as 0-1 they pass 1, read as grey levels 0-255 they are black; clip 0-1 "
             "values to 1, or scale grey levels to 0-255"
@@ -287,13 +313,11 @@ def load_images(paths: Sequence[pathlib.Path]) -> tuple[np.ndarray, list[str]]:
     return np.stack(images), names
 
 
-def output_path(
-    setting: str, workdir: pathlib.Path, *, inputs: Sequence[pathlib.Path] = (), run_files: Sequence[str] = ()
-) -> pathlib.Path:
+def output_path(setting: str, workdir: pathlib.Path, *, inputs: Sequence[pathlib.Path] = ()) -> pathlib.Path:
     """Where the predictions go (`config.predict.output`: a file, or a folder for its predict.json; "": the
     workdir's predict.json), checked before any model loads: a folder that cannot be written (a read-only archive
     of a run) is an error naming the setting that writes elsewhere; so is one of the `inputs`, or what the run keeps
-    in its workdir (`run_files`, and its hidden files: its lock, a config.json kept to put back)."""
+    in its workdir (`RUN_FILES`, its hidden files: its lock, a config.json kept to put back; its scorings apart)."""
     path = pathlib.Path(setting).expanduser() if setting else workdir / OUTPUT_FILE
     path = path / OUTPUT_FILE if path.is_dir() or setting.endswith(("/", os.sep)) else path
     target = path.resolve()
@@ -302,7 +326,7 @@ def output_path(
             f"--config.predict.output={setting}: {path} is one of the images to classify; choose another file."
         )
     inside = target.relative_to(workdir.resolve()).parts if target.is_relative_to(workdir.resolve()) else ()
-    if inside and (inside[0] in run_files or inside[0].startswith(".")):
+    if inside and (inside[0] in RUN_FILES or inside[0].startswith((".", *RUN_PREFIXES))):
         raise PredictError(
             f"--config.predict.output={setting}: {path} is in the run's own {inside[0]}, which the predictions must "
             f"not replace; choose another file, e.g. {workdir / OUTPUT_FILE}."

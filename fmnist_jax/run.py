@@ -10,10 +10,9 @@ from collections.abc import Collection, Iterator
 from typing import Any
 
 import ml_collections
-import numpy as np
 from absl import logging
 
-from fmnist_jax import config_lib, files, metrics, predict
+from fmnist_jax import checks, config_lib, files, metrics, predict
 from fmnist_jax.errors import LOG_FILE_ONLY, CheckpointError, ConfigError, Interrupted
 
 KINDS = ("cnn", "baseline", "compare")
@@ -141,26 +140,6 @@ def _unused(workdir: pathlib.Path) -> bool:
     )
 
 
-# What a run keeps in its workdir (at its top level): never where predictions go.
-RUN_FILES = (
-    config_lib.CONFIG_FILE,
-    config_lib.CHECKPOINTS_DIR,
-    config_lib.EVENTS_DIR,
-    config_lib.MODEL_FILE,
-    config_lib.FIT_FILE,
-    metrics.RESULTS_FILE,
-    metrics.HISTORY_FILE,
-    metrics.PREDICTIONS_FILE,
-)
-
-
-def _inputs(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> tuple[np.ndarray, list[str], pathlib.Path]:
-    """The images to predict, their names and where the predictions go, checked before the model loads."""
-    inputs = predict.parse_inputs(config.predict.inputs)
-    output = predict.output_path(config.predict.output, workdir, inputs=inputs, run_files=RUN_FILES)
-    return *predict.load_images(inputs), output
-
-
 def _run_cnn(config: ml_collections.ConfigDict, workdir: pathlib.Path, mode: str, given: Collection[str] | None) -> Any:
     import jax  # JAX only when needed
 
@@ -177,7 +156,7 @@ def _run_cnn(config: ml_collections.ConfigDict, workdir: pathlib.Path, mode: str
     config_lib.take(config, parallel.lead_shares(taken), workdir)  # process 0's reading, on every process
     if mode == "evaluate":
         return evaluate.evaluate_checkpoint(config, workdir)
-    images, names, output = _inputs(config, workdir)
+    images, names, output = predict.inputs_and_output(config, workdir)
     probs = evaluate.predict_images(config, workdir, images)
     return predict.report(output, names, probs, probs.argmax(-1))
 
@@ -198,7 +177,7 @@ def _run_baseline(
     if mode == "evaluate":
         estimator = baselines.load_estimator(workdir)
         return baselines.score_saved(config, workdir, estimator, data.load(config.data, seed=config.seed))
-    images, names, output = _inputs(config, workdir)
+    images, names, output = predict.inputs_and_output(config, workdir)
     preds, probs = baselines.predict(baselines.load_estimator(workdir), baselines.flatten(images))
     return predict.report(output, names, probs, preds)
 
@@ -225,10 +204,10 @@ def member_runs(
     if (
         not seeds
         or len(set(seeds)) != len(seeds)
-        or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= config_lib.MAX_SEED for s in seeds)
+        or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= checks.MAX_SEED for s in seeds)
     ):
         raise ConfigError(
-            f"config.seeds={config.seeds!r} must be distinct integers from 0 to {config_lib.MAX_SEED}, e.g. "
+            f"config.seeds={config.seeds!r} must be distinct integers from 0 to {checks.MAX_SEED}, e.g. "
             "--config.seeds=0,1,2."
         )
     order = {"cnn": 0, "random_forest": 1, "linear_svm": 2}  # the study's order, other members after

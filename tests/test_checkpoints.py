@@ -18,7 +18,7 @@ import jax
 import pytest
 from helpers import assert_same_run, checkpoint_steps, run_interrupted
 
-from fmnist_jax import checkpoints, config_lib, files, machine, metrics, parallel, preemption, report, run
+from fmnist_jax import checkpoints, config_lib, files, machine, metrics, ops, parallel, preemption, report, run
 from fmnist_jax.errors import CheckpointError, ConfigError, Interrupted, UserError
 from fmnist_jax.training import evaluate, loop
 from fmnist_jax.training import state as train_state
@@ -123,6 +123,29 @@ def test_a_resume_that_changes_the_rounding_says_its_bits_are_no_longer_exact(ti
         "Checkpoint 6 was trained with scan_unroll='auto' (now 'full'), steps_per_call=2 (now 1): these speed "
         "settings change the rounding, so the run trains on as usual but no longer to an uninterrupted run's exact"
     ) in caplog.text
+
+
+def test_the_rounding_settings_are_compared_as_they_resolve_and_only_where_recorded(cnn_config):
+    """`auto` and the form it picks here are the same settings (no warning); another form is not; a checkpoint whose
+    config predates a field is not compared on it; call lengths count only where the scan is unrolled."""
+    from fmnist_jax.training.plan import rounding_changes
+
+    saved = config_lib.to_dict(cnn_config)
+    picked = ops.resolve_conv("auto", jax.default_backend())
+    same = copy.deepcopy(cnn_config)
+    same.model.conv, same.scan_unroll = picked, "rolled"  # what `auto` resolves to for both, here
+    assert rounding_changes(saved, same) == {}
+    other = copy.deepcopy(cnn_config)
+    other.model.conv = "taps" if picked != "taps" else "im2col"
+    assert list(rounding_changes(saved, other)) == ["model.conv"]
+    older = copy.deepcopy(saved)
+    del older["model"]["conv"]  # a checkpoint from before the field
+    assert rounding_changes(older, other) == {}
+    longer = copy.deepcopy(cnn_config)
+    longer.steps_per_call += 1
+    assert rounding_changes(saved, longer) == {}  # the rolled scan: the same bits (the resume test's first run)
+    longer.scan_unroll = "full"
+    assert set(rounding_changes(saved, longer)) == {"scan_unroll", "steps_per_call"}
 
 
 def test_a_signal_from_outside_stops_a_one_process_run_within_two_calls(tmp_path, caplog):
@@ -777,6 +800,12 @@ def test_check_raises_a_failed_background_save_and_never_waits_for_one_under_way
         with pytest.raises(CheckpointError, match=failed):
             store.check()
         assert calls == ["wait"]
+        # Another process's save failed (its all-gather says so), this one's is still under way: all stop together.
+        store.manager.is_saving_in_progress = lambda: True
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(checkpoints.parallel, "max_over_processes", lambda value: 1)
+            with pytest.raises(CheckpointError, match="failed on another process of the job; its error says why"):
+                store.check()
     finally:
         del store.manager.wait_until_finished, store.manager.is_saving_in_progress
         store.close()

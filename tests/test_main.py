@@ -460,16 +460,20 @@ def test_compilation_cache_off_on_cpu_by_default_and_a_folder_reused_to_the_same
 
 
 def test_a_model_config_on_a_comparisons_workdir_points_at_a_members_run(tmp_path):
-    """Not at the comparison's config file, which only trains and reports."""
+    """Not at the comparison's config file, which only trains and reports: at a member's run of the command's model
+    that is there (seed 3 of the CNN, beside a forest's), or, with none, at the form of its members' folders."""
     from benchmarks import common
 
     config_lib.save_or_check(common.load_config("compare", []), tmp_path)
     for mode in ("evaluate", "predict"):
-        how = rf"holds a compare run, not a cnn \(seed_cnn\) one; {mode} reads one of its members' runs, e\.g\. "
-        how += "--workdir="
         config = common.load_config("cnn", [f"--config.mode={mode}"])
-        with pytest.raises(ConfigError, match=how + re.escape(str(tmp_path / "cnn" / "seed_0"))):
+        how = rf"holds a compare run, not a cnn \(seed_cnn\) one; {mode} reads one of its members' runs, "
+        with pytest.raises(ConfigError, match=how + re.escape(f"none here is a cnn (seed_cnn) run ({tmp_path}/MEMBER")):
             config_lib.trained_fields(config, tmp_path, evaluate=mode == "evaluate")
+    config_lib.save_or_check(common.load_config("random_forest", []), tmp_path / "random_forest" / "seed_3")
+    config_lib.save_or_check(common.load_config("cnn", []), tmp_path / "cnn" / "seed_3")
+    with pytest.raises(ConfigError, match=re.escape(f"e.g. --workdir={tmp_path / 'cnn' / 'seed_3'}.")):
+        config_lib.trained_fields(config, tmp_path, evaluate=False)
 
 
 def test_evaluate_with_another_config_names_the_flags_that_restore_the_trained_one(tmp_path):
@@ -681,7 +685,7 @@ def test_what_is_wrong_with_a_path_is_named_as_it_is(tiny_data, tmp_path):
         (("--config.num_epochs=1",), "no --config given: name a config file, e.g. --config=configs/cnn.py"),
         (
             (*evaluate, f"--workdir={tmp_path / 'compare'}"),
-            f"evaluate reads one of its members' runs, e.g. --workdir={tmp_path / 'compare' / 'cnn' / 'seed_0'}.",
+            f"evaluate reads one of its members' runs, none here is a cnn (seed_cnn) run ({tmp_path / 'compare'}/",
         ),
     ]:
         result = run_main(*args)

@@ -159,11 +159,15 @@ def test_batch_size_the_devices_cannot_split_fails_before_compiling(tiny_data, t
     )
     assert "Traceback" not in result.stderr and not (tmp_path / "config.json").exists()
     (tmp_path / "checkpoints" / "4").mkdir(parents=True)  # a run trained with batch 60: another batch is refused
+    (tmp_path / "config.json").write_text(json.dumps({"kind": "cnn", "batch_size": 60}))
     result = run_main(*tiny_args(tiny_data, tmp_path, batch_size=60), env=devices(8))
     assert result.returncode == 2 and last_line(result.stderr) == (
         f"error: config.batch_size=60 cannot be split over 8 devices; the run in {tmp_path / 'checkpoints'} trained "
         "with it: go on on a number of devices that divides it."
     )
+    (tmp_path / "config.json").write_text(json.dumps({"kind": "cnn", "batch_size": 64}))  # trained with another
+    result = run_main(*tiny_args(tiny_data, tmp_path, batch_size=60), env=devices(8))
+    assert result.returncode == 2 and "use a multiple of 8 (e.g. 56 or 64)" in last_line(result.stderr)
 
 
 def test_an_eight_device_checkpoint_restores_on_one_device(

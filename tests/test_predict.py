@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import shlex
 import subprocess
 import sys
@@ -84,7 +85,9 @@ def test_predictions_go_where_predict_output_says_and_a_run_that_cannot_be_writt
         run.run(config, workdir)
 
 
-@pytest.mark.parametrize("target", ["config.json", "results.json", "checkpoints", ".lock", "the input"])
+@pytest.mark.parametrize(
+    "target", ["config.json", "results.json", "checkpoints", ".lock", "evaluate_step_8/results.json", "the input"]
+)
 def test_predictions_never_replace_an_input_or_what_the_run_keeps(two_epoch_run, tmp_path, target):
     """`predict.output` pointed at one of the images, or at a file or folder the run keeps in its workdir (its
     config, scores, checkpoints, lock), is refused before anything is read or written: the run stays whole."""
@@ -274,33 +277,43 @@ def test_a_garment_on_a_graded_background_is_cropped_to_itself(left, garment, ca
     assert lit.any(1).all() and (columns.min(), columns.max()) == (6, 22) and "stands out" not in caplog.text
 
 
-def lit_photo(garment: np.ndarray, light: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
-    """`garment` (light on black) enlarged 4x into a photo of a dark garment on a white backdrop under `light` (the
-    grey a white surface shows at each pixel): light times reflectance, the garment absorbing its share; `rows`
-    keeps a band of the photo (one that cuts into the garment makes it reach the border)."""
+def lit_photo(garment: np.ndarray, light: np.ndarray, rows: slice = slice(None), *, dark: bool = True) -> np.ndarray:
+    """`garment` (light on black) enlarged 4x into a photo under `light` (the grey a white surface shows at each
+    pixel): light times reflectance. `dark`: a dark garment on a white backdrop (the garment absorbing its share);
+    else a light garment on a dark one (reflecting a fifth of the light). `rows` keeps a band of the photo (one that
+    cuts into the garment makes it reach the border)."""
     size = light.shape[0]
     big = np.kron(garment, np.ones((4, 4), np.uint8)) / 255
     at = (size - big.shape[0]) // 2
-    reflectance = np.ones_like(light)
-    reflectance[at : at + big.shape[0], at : at + big.shape[1]] -= big
+    reflectance = np.full_like(light, 1.0 if dark else 0.2)
+    reflectance[at : at + big.shape[0], at : at + big.shape[1]] += -big if dark else 0.8 * big
     return np.round(light * reflectance).astype(np.uint8)[rows]
 
 
-@pytest.mark.parametrize("centre, corner", [(250, 180), (240, 100), (200, 80), (150, 90)])
-def test_a_photo_with_a_vignette_comes_out_as_under_even_light(real_data_dir, centre, corner):
+@pytest.mark.parametrize(
+    "centre, corner, sideways, dark",
+    [
+        *((250, 180, 0, True), (240, 100, 0, True), (200, 80, 0, True), (150, 90, 0, True), (250, 250, 130, True)),
+        *((250, 150, 0, False), (250, 250, 130, False)),  # a light garment on a dark backdrop
+    ],
+)
+def test_a_photo_with_a_vignette_comes_out_as_under_even_light(real_data_dir, centre, corner, sideways, dark):
     """A vignette (light falling off from `centre` grey in the middle to `corner` in the corners, as a lens or a lamp
-    gives) is evened out: each garment comes out as from the same photo under even light (before: 20 to 110 grey
-    levels off on average, the corners kept as garment), also where the garment reaches the photo's top and bottom."""
+    gives) or light falling off to one side (by `sideways` grey levels from left to right) is evened out: each
+    garment, dark on a light backdrop or light on a dark one, comes out as from the same photo under even light
+    (before: 20 to 110 grey levels off on average, the corners kept as garment), also where it reaches the photo's
+    top and bottom."""
     images = data.read_idx_images(real_data_dir / "t10k-images-idx3-ubyte.gz")[0][:20]
     size = 200
     y, x = np.mgrid[:size, :size] - (size - 1) / 2
-    vignette = centre + (corner - centre) * (y * y + x * x) / (2 * ((size - 1) / 2) ** 2)
+    vignette = centre + (corner - centre) * (y * y + x * x) / (2 * ((size - 1) / 2) ** 2) - sideways * (x / size + 0.5)
     even = np.full((size, size), float(centre))
     for rows in (slice(None), slice(50, 150)):  # the whole photo; a band that cuts into every garment
         differences = []
         for garment in images:
-            out = predict.to_fmnist(lit_photo(garment, vignette, rows))
-            differences.append(np.abs(out.astype(int) - predict.to_fmnist(lit_photo(garment, even, rows))).mean())
+            out = predict.to_fmnist(lit_photo(garment, vignette, rows, dark=dark))
+            expected = predict.to_fmnist(lit_photo(garment, even, rows, dark=dark))
+            differences.append(np.abs(out.astype(int) - expected).mean())
         assert np.mean(differences) < 3 and max(differences) < 25, rows  # as on plain and noisy backdrops
 
 
@@ -341,19 +354,22 @@ def test_npy_values_are_read_as_documented_and_out_of_range_ones_refused(tmp_pat
         "negative.npy": np.full((28, 28), -1.0),
         "bright.npy": np.full((28, 28), 1000.0),
         "huge.npy": np.full((28, 28), 70000, np.int32),
-        "past_one.npy": np.full((28, 28), 1.001),
+        "past_one.npy": np.full((28, 28), 1.01),
+        "rounded_past_one.npy": np.eye(28, dtype=np.float32) * np.float32(1.0000001),
     }
     for name, array in arrays.items():
         np.save(tmp_path / name, array)
-    read, _ = predict.load_images([tmp_path / n for n in ("eye_int.npy", "eye_float.npy", "deep.npy", "mask.npy")])
-    assert [int(image.max()) for image in read] == [1, 255, 255, 255] and int(read[3].sum()) == 28 * 255
+    names = ("eye_int.npy", "eye_float.npy", "deep.npy", "mask.npy", "rounded_past_one.npy")
+    read, _ = predict.load_images([tmp_path / n for n in names])
+    assert [int(image.max()) for image in read] == [1, 255, 255, 255, 255] and int(read[3].sum()) == 28 * 255
+    np.testing.assert_array_equal(read[4], read[1])  # 0-1 values a rounding took past 1: as 0-1
     with pytest.raises(predict.PredictError) as error:
         predict.load_images([tmp_path / n for n in ("negative.npy", "bright.npy", "huge.npy", "past_one.npy")])
     message = str(error.value)
     for name, values in (("negative", "-1.0 to -1.0"), ("bright", "1000.0 to 1000.0"), ("huge", "70000 to 70000")):
         assert f"{name}.npy: values from {values}: expected grey levels 0-255" in message
     # Floats just past 1: neither reading is safe (0-1 values past 1, or grey levels that are all but black).
-    assert "past_one.npy: floats up to 1.001: read as 0-1 they pass 1, read as grey levels 0-255 they are" in message
+    assert "past_one.npy: floats up to 1.01: read as 0-1 they pass 1, read as grey levels 0-255 they are" in message
 
 
 def test_inputs_are_files_or_patterns_and_a_comma_in_a_name_is_named(tmp_path, caplog, recwarn):
@@ -362,13 +378,17 @@ def test_inputs_are_files_or_patterns_and_a_comma_in_a_name_is_named(tmp_path, c
     very large photo is read with one warning line of ours (PIL's own warning left out)."""
     from PIL import Image
 
-    for name in ("b.png", "a.png", "with,comma.png"):
+    (tmp_path / "[2024]").mkdir()
+    for name in ("b.png", "a.png", "with,comma.png", "Shirt, blue, 2.png", "[2024]/x.png", "photo1.png"):
         Image.fromarray(np.full((40, 30), 255, np.uint8)).save(tmp_path / name)
     assert predict.parse_inputs(f"{tmp_path}/?.png") == [tmp_path / "a.png", tmp_path / "b.png"]
+    assert predict.parse_inputs(f"{tmp_path}/[2024]/*.png") == [tmp_path / "[2024]" / "x.png"]  # "[" as it is
+    assert predict.parse_inputs(f"{tmp_path}/photo[1].png") == [tmp_path / "photo[1].png"]  # missing, not photo1.png
     with pytest.raises(predict.PredictError, match=r"inputs: .*/\*\.jpg matches no file\."):
         predict.parse_inputs(f"{tmp_path}/*.jpg")
-    with pytest.raises(predict.PredictError, match=r"with,comma\.png holds a comma, which separates the inputs"):
-        predict.parse_inputs(f"{tmp_path}/a.png,{tmp_path}/with,comma.png")
+    for name in ("with,comma.png", "Shirt, blue, 2.png"):
+        with pytest.raises(predict.PredictError, match=rf"{re.escape(name)} holds a comma, which separates the inputs"):
+            predict.parse_inputs(f"{tmp_path}/a.png,{tmp_path}/{name}")
     caplog.set_level(logging.WARNING)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(predict, "LARGE_IMAGE_PIXELS", 1000)

@@ -303,7 +303,8 @@ def train_and_evaluate(
         # Where the seconds go, kept in results.json; the process's start-up is the first run's.
         phases = timing.Phases(clock, before_run=timing.start_up())
         mesh = mesh or parallel.make_mesh()
-        resuming = workdir / config_lib.CHECKPOINTS_DIR if config_lib.checkpoint_steps(workdir) else None
+        trained = config_lib.checkpoint_steps(workdir) and (config_lib.saved_or_none(workdir) or {}).get("batch_size")
+        resuming = workdir / config_lib.CHECKPOINTS_DIR if trained == config.batch_size else None  # its own batch
         parallel.check_batch_size(config.batch_size, mesh, resuming=resuming)
         replaced = None
         with parallel.stop_together(f"{workdir} holds a run with another config"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 from collections.abc import Iterator
+from typing import Any
 
 import jax
 import ml_collections
@@ -13,7 +14,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from fmnist_jax import checkpoints, config_lib, data, files, parallel, timing
+from fmnist_jax import checkpoints, config_lib, data, files, ops, parallel, timing
 from fmnist_jax.errors import ConfigError
 from fmnist_jax.training import state as state_lib
 from fmnist_jax.training.evaluate import Evaluator, eval_batch_size, largest_split
@@ -128,20 +129,27 @@ class Plan:
 
 def rounding_changes(saved: dict, config: ml_collections.ConfigDict) -> dict[str, tuple]:
     """The speed settings that change the rounding (not the maths) where they differ between a checkpoint's config
-    (`saved`, as its metadata keeps it) and `config`: `model.conv` and `scan_unroll` (other programs), and where the
-    scan is unrolled before or now, `steps_per_call` and `checkpoint.every_steps` (other call lengths and fusions)."""
-    if not saved:
-        return {}
-    now, backend = config_lib.to_dict(config), jax.default_backend()
+    (`saved`, as its metadata keeps it) and `config`: the convolutions' and the scan's forms (`model.conv`,
+    `scan_unroll`, as each resolves on this backend), and where the scan is unrolled before or now, `steps_per_call`
+    and `checkpoint.every_steps` (other call lengths and fusions). A field the checkpoint's config lacks (an older
+    checkpoint) is not compared."""
+    backend = jax.default_backend()
+    before, now = config_lib.flatten(saved), config_lib.flatten(config_lib.to_dict(config))
 
-    def unrolled(c: dict) -> bool:
-        return resolve_unroll(c.get("scan_unroll", "auto"), backend, (c.get("model") or {}).get("conv", "auto"))
+    def forms(c: dict) -> dict[str, Any]:
+        conv, unroll = c.get("model.conv", "auto"), c.get("scan_unroll", "auto")
+        return {
+            "model.conv": ops.resolve_conv(conv, backend) if conv in ops.CONV_IMPLS else conv,
+            "scan_unroll": "full" if resolve_unroll(unroll, backend, conv) else "rolled",
+        }
 
-    fields = ["model.conv", "scan_unroll"]
-    if unrolled(saved) or unrolled(now):
-        fields += ["steps_per_call", "checkpoint.every_steps"]
-    flat_saved, flat_now = config_lib.flatten(saved), config_lib.flatten(now)
-    return {f: (flat_saved.get(f), flat_now.get(f)) for f in fields if flat_saved.get(f) != flat_now.get(f)}
+    fields = [f for f in ("model.conv", "scan_unroll") if f in before]
+    resolved_before, resolved_now = forms(before), forms(now)
+    changed = {f: (before[f], now.get(f)) for f in fields if resolved_before[f] != resolved_now[f]}
+    if "full" in (resolved_before["scan_unroll"], resolved_now["scan_unroll"]):
+        lengths = ("steps_per_call", "checkpoint.every_steps")
+        changed |= {f: (before[f], now.get(f)) for f in lengths if f in before and before[f] != now.get(f)}
+    return changed
 
 
 def check_data(meta: dict, directory: pathlib.Path, dataset: data.Dataset) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from fmnist_jax import augment, compile_cache, config_lib, models, ops, parallel
+from fmnist_jax import augment, checks, compile_cache, models, ops, parallel
 from fmnist_jax.errors import ConfigError
 
 UNROLL_CHOICES = ("auto", "full", "rolled")
@@ -30,11 +30,9 @@ SCHEDULES = ("constant", "warmup_cosine")
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the first CNN config field whose value cannot run."""
-    config_lib.check_positive(
-        config, "num_epochs", "batch_size", "learning_rate", "steps_per_call", "checkpoint.max_to_keep"
-    )
-    config_lib.check_seed(config)
-    config_lib.check_positive(
+    checks.positive(config, "num_epochs", "batch_size", "learning_rate", "steps_per_call", "checkpoint.max_to_keep")
+    checks.seed(config)
+    checks.positive(
         config,
         *("checkpoint.every_steps", "data.validation_size", "eval_batch_size", "tensorboard.loss_every_steps"),
         allow_zero=True,
@@ -46,10 +44,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     compile_cache.check(config.compilation_cache)
     if config.model.conv not in ops.CONV_IMPLS:
         raise ConfigError(f"config.model.conv={config.model.conv!r} must be one of {ops.CONV_IMPLS}.")
-    config_lib.check_positive(config, "weight_decay", "augment.translate", "schedule.warmup_epochs", allow_zero=True)
+    checks.positive(config, "weight_decay", "augment.translate", "schedule.warmup_epochs", allow_zero=True)
     if config.schedule.name not in SCHEDULES:
         raise ConfigError(f"config.schedule.name={config.schedule.name!r} must be one of {SCHEDULES}.")
-    config_lib.check_fraction(config, "label_smoothing", "ema_decay", "augment.erase_prob", note=" (0 turns it off)")
+    checks.fraction(config, "label_smoothing", "ema_decay", "augment.erase_prob", note=" (0 turns it off)")
     if config.augment.translate >= 14:
         raise ConfigError(f"config.augment.translate={config.augment.translate} must be below 14 pixels.")
     _check_model_and_adam(config)
@@ -67,9 +65,9 @@ def _check_model_and_adam(config: ml_collections.ConfigDict) -> None:
         if values is not None and not (values and all(isinstance(v, int) and v > 0 for v in values)):
             raise ConfigError(f"config.model.{field}={values!r} must be positive integers, one per stage.")
     if "head_width" in m:
-        config_lib.check_positive(config, "model.head_width", allow_zero=True)
-    config_lib.check_positive(config, "adam.eps")
-    config_lib.check_fraction(config, "adam.b1", "adam.b2", *(["model.dropout"] if "dropout" in m else []))
+        checks.positive(config, "model.head_width", allow_zero=True)
+    checks.positive(config, "adam.eps")
+    checks.fraction(config, "adam.b1", "adam.b2", *(["model.dropout"] if "dropout" in m else []))
 
 
 @flax.struct.dataclass
