@@ -332,13 +332,14 @@ class CheckpointStore:
         except Exception as e:
             raise CheckpointError(f"a checkpoint save to {self.directory} failed: {e}") from e
 
-    def check(self) -> None:
-        """Raises CheckpointError now where a background save has failed; never waits for one still under way. Orbax
-        would raise it only when the next save starts, which may be many epochs on (`checkpoint.every_steps`). Every
-        process of a job calls it at the same point and all raise if any process's save failed (one all-gather): one
-        stopping alone would leave the others waiting in their next collective."""
+    def check(self, *, wait: bool = False) -> None:
+        """Raises CheckpointError now where a background save has failed; without `wait`, never waits for one still
+        under way (Orbax would raise it only when the next save starts, which may be many epochs on:
+        `checkpoint.every_steps`); with it (before the next save, which would wait anyway), waits. Every process of a
+        job calls it at the same point and all raise if any process's save failed (one all-gather): one stopping
+        alone would leave the others waiting in their next collective."""
         failed = None
-        if not self.manager.is_saving_in_progress():
+        if wait or not self.manager.is_saving_in_progress():
             try:
                 self.wait()  # nothing pending: returns at once, or raises the failed save's error
             except CheckpointError as e:

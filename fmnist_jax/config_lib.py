@@ -222,7 +222,9 @@ def trained_fields(
             how += f", without --config.{flag}"
         if saved.get("kind") == "compare":  # which only trains and reports: its members' runs are scored
             mode = "evaluate" if evaluate else "predict"
-            found = sorted(p.parent for p in pathlib.Path(workdir).glob(f"*/seed_*/{CONFIG_FILE}"))
+            members, seeds = (saved.get("members") or {}).values(), saved.get("seeds") or ()
+            named = [str(m.get("workdir") or "").replace("{seed}", str(s)) for m in members for s in seeds]
+            found = [*map(pathlib.Path, filter(None, named)), *sorted(pathlib.Path(workdir).glob("*/seed_*"))]
             runs = [run for run in found if _what(saved_or_none(run) or {}) == now]
             where = f"e.g. --workdir={runs[0]}" if runs else f"none here is a {now} run ({workdir}/MEMBER/seed_SEED)"
             how = f"{mode} reads one of its members' runs, {where}"

@@ -10,6 +10,7 @@ its lightest pixel is white. A 28x28 image is taken as it is, but for the invers
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import os
 import pathlib
@@ -32,6 +33,7 @@ RUN_FILES = (
     *(metrics.RESULTS_FILE, metrics.HISTORY_FILE, metrics.PREDICTIONS_FILE),
 )
 RUN_PREFIXES = (f"{config_lib.CHECKPOINTS_DIR}_", "evaluate_step_")  # checkpoints set aside, scorings apart
+NAME_LIMIT = 4096  # the longest path a name holding commas is looked for as (Linux's PATH_MAX)
 UNIT_ROUNDING = 1e-3  # floats up to 1 + this are 0-1 values rounded past 1: clipped to 1
 LARGE_IMAGE_PIXELS = 50_000_000  # PIL warns from 89 million pixels (and refuses from twice that): said in our words
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -41,16 +43,18 @@ def parse_inputs(inputs: str | Sequence[str]) -> list[pathlib.Path]:
     """`config.predict.inputs`: comma-separated paths (or a list), each a file or a pattern with `*` or `?`
     (`photos/*.jpg`, quoted from the shell; `[` is taken as it is) that must match at least one, its matches in
     sorted order. A file whose name holds a comma is named as such, not as two missing files."""
-    raw = inputs.split(",") if isinstance(inputs, str) else [str(p) for p in inputs]
+    split = isinstance(inputs, str)  # a list's items are whole names, commas and all
+    raw = inputs.split(",") if split else [str(p) for p in inputs]
     paths = []
     for i, piece in enumerate(raw):
         item = piece.strip()
         path = pathlib.Path(item).expanduser()
-        if not item or path.exists():
+        if not item or os.path.exists(path):  # os.path's: False for a name too long to be one
             paths.extend([path] if item else [])
             continue
-        joined = [",".join(raw[i:j]).strip() for j in range(i + 2, len(raw) + 1)]  # the name, commas and all
-        if whole := next((name for name in joined if pathlib.Path(name).expanduser().exists()), None):
+        joined = (",".join(raw[i:j]).strip() for j in range(i + 2, len(raw) + 1) if split)  # with its commas
+        names = itertools.takewhile(lambda name: len(name) <= NAME_LIMIT, joined)
+        if whole := next((name for name in names if os.path.exists(os.path.expanduser(name))), None):
             raise PredictError(
                 f"config.predict.inputs: {whole} holds a comma, which separates the inputs; give the file a name "
                 "without one (or a link to it)."

@@ -474,6 +474,12 @@ def test_a_model_config_on_a_comparisons_workdir_points_at_a_members_run(tmp_pat
     config_lib.save_or_check(common.load_config("cnn", []), tmp_path / "cnn" / "seed_3")
     with pytest.raises(ConfigError, match=re.escape(f"e.g. --workdir={tmp_path / 'cnn' / 'seed_3'}.")):
         config_lib.trained_fields(config, tmp_path, evaluate=False)
+    # A member's run named elsewhere (--config.members.cnn.workdir, "reuse a run") is found there.
+    named = ["--config.seeds=5", f"--config.members.cnn.workdir={tmp_path.parent / 'mine_{seed}'}"]
+    config_lib.save_or_check(common.load_config("compare", named), tmp_path / "other")
+    config_lib.save_or_check(common.load_config("cnn", []), tmp_path.parent / "mine_5")
+    with pytest.raises(ConfigError, match=re.escape(f"e.g. --workdir={tmp_path.parent / 'mine_5'}.")):
+        config_lib.trained_fields(config, tmp_path / "other", evaluate=False)
 
 
 def test_evaluate_with_another_config_names_the_flags_that_restore_the_trained_one(tmp_path):

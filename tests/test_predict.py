@@ -7,6 +7,7 @@ import os
 import pathlib
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -86,7 +87,11 @@ def test_predictions_go_where_predict_output_says_and_a_run_that_cannot_be_writt
 
 
 @pytest.mark.parametrize(
-    "target", ["config.json", "results.json", "checkpoints", ".lock", "evaluate_step_8/results.json", "the input"]
+    "target",
+    [
+        *("config.json", "results.json", "checkpoints", ".lock", "the input"),
+        *("evaluate_step_8/results.json", "checkpoints_damaged/8"),  # a scoring apart, a checkpoint set aside
+    ],
 )
 def test_predictions_never_replace_an_input_or_what_the_run_keeps(two_epoch_run, tmp_path, target):
     """`predict.output` pointed at one of the images, or at a file or folder the run keeps in its workdir (its
@@ -96,14 +101,24 @@ def test_predictions_never_replace_an_input_or_what_the_run_keeps(two_epoch_run,
     np.save(image, np.zeros((1, 28, 28), np.uint8))
     config.mode, config.predict.inputs = "predict", str(image)
     config.predict.output = str(image if target == "the input" else workdir / target)
+    made = workdir / target.split("/")[0] if "/" in target else None  # as a scoring apart or a damaged step leaves
+    if made:
+        (workdir / target).parent.mkdir(parents=True)
+        (workdir / target).mkdir() if target.startswith("checkpoints") else (workdir / target).write_text("{}")
 
     def kept():  # the lock aside: each start takes it anew
         return {k: v for k, v in helpers.snapshot(workdir).items() if k != ".lock"}, image.read_bytes()
 
-    before = kept()
-    with pytest.raises(predict.PredictError, match=r"--config\.predict\.output=.*(one of the images|the run's own)"):
-        run.run(config, workdir)
-    assert kept() == before
+    try:
+        before = kept()
+        with pytest.raises(
+            predict.PredictError, match=r"--config\.predict\.output=.*(one of the images|the run's own)"
+        ):
+            run.run(config, workdir)
+        assert kept() == before
+    finally:
+        if made:
+            shutil.rmtree(made)  # the run is shared by other tests
 
 
 def test_predict_reads_a_run_on_a_read_only_mount(two_epoch_run, tiny_data, tmp_path):
@@ -386,6 +401,8 @@ def test_inputs_are_files_or_patterns_and_a_comma_in_a_name_is_named(tmp_path, c
     assert predict.parse_inputs(f"{tmp_path}/photo[1].png") == [tmp_path / "photo[1].png"]  # missing, not photo1.png
     with pytest.raises(predict.PredictError, match=r"inputs: .*/\*\.jpg matches no file\."):
         predict.parse_inputs(f"{tmp_path}/*.jpg")
+    many = [f"{tmp_path}/missing.png", *(f"{tmp_path}/a_rather_long_file_name_{i}.png" for i in range(300))]
+    assert len(predict.parse_inputs(",".join(many))) == 301  # joined past any name's length: not looked up
     for name in ("with,comma.png", "Shirt, blue, 2.png"):
         with pytest.raises(predict.PredictError, match=rf"{re.escape(name)} holds a comma, which separates the inputs"):
             predict.parse_inputs(f"{tmp_path}/a.png,{tmp_path}/{name}")

@@ -202,6 +202,7 @@ def _save(store: checkpoints.CheckpointStore, writer, plan: Plan, state: TrainSt
     with _lead_writes(plan):
         if writer:  # the points up to a checkpoint are on disk before it
             writer.flush(up_to=step)
+    store.check(wait=True)  # the last save's failure, on every process at once (Orbax's save would raise it on one)
     store.save(step, state, meta)
 
 
