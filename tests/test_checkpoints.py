@@ -152,6 +152,7 @@ def test_the_rounding_settings_are_compared_as_they_resolve_and_only_where_recor
         patches = copy.deepcopy(mixed)
         patches.model.conv = "im2col"
         assert list(rounding_changes(config_lib.to_dict(mixed), patches)) == ["model.conv"]
+        assert rounding_changes(saved, mixed) == {}  # the dtype changed (resume_with_changes): not its forms' say
 
 
 def test_a_signal_from_outside_stops_a_one_process_run_within_two_calls(tmp_path, caplog):

@@ -145,7 +145,8 @@ def rounding_changes(saved: dict, config: ml_collections.ConfigDict) -> dict[str
             "scan_unroll": "full" if resolve_unroll(unroll, backend, conv) else "rolled",
         }
 
-    fields = [f for f in ("model.conv", "scan_unroll") if f in before]
+    same_dtype = before.get("compute_dtype", "float32") == now.get("compute_dtype", "float32")  # else that says it
+    fields = [f for f in ("model.conv", "scan_unroll") if f in before and (same_dtype or f != "model.conv")]
     resolved_before, resolved_now = forms(before), forms(now)
     changed = {f: (before[f], now.get(f)) for f in fields if resolved_before[f] != resolved_now[f]}
     if "full" in (resolved_before["scan_unroll"], resolved_now["scan_unroll"]):
