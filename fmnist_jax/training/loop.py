@@ -319,9 +319,7 @@ def train_and_evaluate(
             cleanup.push(store.close_over)
             total_steps = config_lib.last_step(len(loaded[0].train), config.batch_size, config.num_epochs)
             if (finished := _already_finished(store, workdir, total_steps)) is not None:
-                with parallel.stop_together(f"the data differ from those of the checkpoints in {store.directory}"):
-                    if lead:  # a finished run reported on other data would have its config.json say it was
-                        check_data(finished, store.directory, loaded[0])
+                check_data(finished, store.directory, loaded[0])  # else its config.json would name the other data
                 path = workdir / metrics.RESULTS_FILE  # process 0's: storage may not be shared
                 results = metrics.load_results(workdir) if lead or path.exists() else {}
                 scores = metrics.scores_line(results) if results else "scored"

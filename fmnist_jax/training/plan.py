@@ -76,9 +76,7 @@ class Plan:
         where it was written on another machine, warns and adds this one from its step: the run trains on, but its
         bits can no longer be an uninterrupted run's. Process 0 alone warns (another host of the job may have
         another CPU). Refuses data other than the checkpoint's (`check_data`)."""
-        with parallel.stop_together(f"the data differ from those of the checkpoints in {directory}"):
-            if files.is_lead_process():
-                self.check_data(meta, directory)
+        self.check_data(meta, directory)
         self.trained_on[:] = checkpoints.trained_on(meta, self.machine)
         written = self.trained_on[-1]["machine"]  # the lineage's last machine wrote the checkpoint
         if written != self.machine:
@@ -158,20 +156,29 @@ def rounding_changes(saved: dict, config: ml_collections.ConfigDict) -> dict[str
 def check_data(meta: dict, directory: pathlib.Path, dataset: data.Dataset) -> None:
     """Raises ConfigError where the checkpoint of `meta` (in `directory`) was trained on files whose content differs
     from `dataset`, the data read now (its `dataset_checksums`; where none are recorded, nothing to compare), or on
-    data read from another source (IDX files, TFDS's arrays: another split)."""
+    data read from another source (IDX files, TFDS's arrays: another split). Process 0 checks (another host may
+    read other files) and every process of a job stops with it."""
+    with parallel.stop_together(f"the data differ from those of the checkpoints in {directory}"):
+        if files.is_lead_process() and (why := _other_data(meta, directory, dataset)):
+            raise ConfigError(why)
+
+
+def _other_data(meta: dict, directory: pathlib.Path, dataset: data.Dataset) -> str | None:
+    """`check_data`'s refusal, or None."""
     before, now = meta.get("dataset_checksums") or {}, dataset.checksums
     if why := data.other_source(before, now):
-        raise ConfigError(
+        return (
             f"checkpoint {meta['step']} in {directory} was trained on the same images read otherwise: {why}. Read "
             "them as it did (config.data.source, config.data.dir), or train in a new --workdir."
         )
     if differ := data.differing(before, now):
         verb = "differs" if len(differ) == 1 else "differ"
-        raise ConfigError(
+        return (
             f"checkpoint {meta['step']} in {directory} was trained on other data: {', '.join(differ)} in "
             f"{dataset.source} {verb} from what it trained on (by content's SHA-256). Point config.data.dir "
             "(or FMNIST_DATA_DIR) at the files it trained on, or train in a new --workdir."
         )
+    return None
 
 
 def load_data(config: ml_collections.ConfigDict, mesh: Mesh, phases: timing.Phases) -> tuple[data.Dataset, int]:
