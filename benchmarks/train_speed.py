@@ -153,8 +153,7 @@ def pytorch(train, *, batch: int) -> tuple[Callable[[int], float], dict] | None:
 def conv_in_training(config) -> str:
     """The training convolutions `model.conv` resolves to on this backend, the one-channel first layer's named apart
     where it differs (bfloat16 on CPU: "taps (im2col for one input channel)")."""
-    mixed = config.compute_dtype != "float32"
-    first, rest = (ops.resolve_conv(config.model.conv, in_channels=c, mixed=mixed) for c in (1, 2))
+    first, rest = ops.training_forms(config.model.conv, mixed=config.compute_dtype != "float32")
     return rest if first == rest else f"{rest} ({first} for one input channel)"
 
 

@@ -55,6 +55,12 @@ def resolve_conv(
     return "taps" if in_channels == 1 else "xla"
 
 
+def training_forms(impl: str, backend: str | None = None, *, mixed: bool = False) -> tuple[str, str]:
+    """What `impl` resolves to in training (`resolve_conv`) for a one-channel first layer and for the layers over
+    several input channels, which differ on CPU with bfloat16 products (`mixed`)."""
+    return tuple(resolve_conv(impl, backend, in_channels=c, mixed=mixed) for c in (1, 2))
+
+
 def patches(x: jax.Array, kh: int, kw: int) -> jax.Array:
     """(N, H, W, C) -> (N, H-kh+1, W-kw+1, kh*kw*C): every 'VALID' window, rows then columns then channels."""
     _, h, w, _ = x.shape

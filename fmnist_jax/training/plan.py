@@ -137,9 +137,8 @@ def rounding_changes(saved: dict, config: ml_collections.ConfigDict) -> dict[str
     def forms(c: dict) -> dict[str, Any]:
         conv, unroll = c.get("model.conv", "auto"), c.get("scan_unroll", "auto")
         mixed = c.get("compute_dtype", "float32") != "float32"  # bfloat16 picks its own forms
-        layers = [ops.resolve_conv(conv, backend, in_channels=n, mixed=mixed) for n in (1, 2)]  # the first, the rest
         return {
-            "model.conv": layers if conv in ops.CONV_IMPLS else conv,
+            "model.conv": ops.training_forms(conv, backend, mixed=mixed) if conv in ops.CONV_IMPLS else conv,
             "scan_unroll": "full" if resolve_unroll(unroll, backend, conv) else "rolled",
         }
 
