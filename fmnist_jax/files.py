@@ -48,6 +48,14 @@ def rank_description() -> str:
     return ", ".join(f"{v}={os.environ[v]}" for v in RANK_VARIABLES if os.environ.get(v)) or "no rank variable set"
 
 
+def not_a_folder(path: pathlib.Path, folder: str = "a folder") -> str | None:
+    """Why something at `path` cannot be used as a folder: "a file, not FOLDER", or a symbolic link to nothing;
+    None where it is a folder, or where nothing is there."""
+    if path.is_symlink() and not path.exists():
+        return f"a symbolic link to {path.readlink()}, which does not exist"
+    return f"a file, not {folder}" if path.exists() and not path.is_dir() else None
+
+
 def _umask() -> int:
     """The process's umask, read without changing it (os.umask sets it, racing with other threads' files)."""
     try:
@@ -216,9 +224,7 @@ def workdir_lock(workdir: str | os.PathLike) -> Iterator[float | None]:
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise disk_full_error(workdir, f"creating {path}") from e
-        why = "a file, not a folder" if workdir.is_file() else e.strerror
-        if workdir.is_symlink() and not workdir.exists():
-            why = f"a symbolic link to {workdir.readlink()}, which does not exist"
+        why = not_a_folder(workdir) or e.strerror
         raise WorkdirError(f"cannot use {workdir} as a workdir ({why}); choose a writable --workdir.") from e
     try:
         try:

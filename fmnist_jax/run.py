@@ -103,10 +103,8 @@ def _took_new_fields(before: dict | None, after: dict | None) -> bool:
 def _not_a_run(workdir: pathlib.Path) -> str | None:
     """Why `workdir` holds no run to evaluate or predict with (None where it may): a run's folder holds its
     config.json, its checkpoints or its fitted model (a copy may lack its config.json)."""
-    if workdir.exists() and not workdir.is_dir():
-        return "is a file, not a run's folder"
-    if workdir.is_symlink() and not workdir.exists():
-        return f"is a symbolic link to {workdir.readlink()}, which does not exist"
+    if why := files.not_a_folder(workdir, "a run's folder"):
+        return f"is {why}"
     if not workdir.is_dir():
         return "does not exist"
     marks = (config_lib.CONFIG_FILE, config_lib.CHECKPOINTS_DIR, config_lib.MODEL_FILE)
