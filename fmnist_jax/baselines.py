@@ -228,22 +228,22 @@ def score_saved(
 ) -> dict[str, Any]:
     """`score` of the estimator saved in `workdir`, its fit's seconds and report (`fit_record`) kept in the new
     results.json: a model scored again is never refitted."""
-    check_fitted_on(workdir, dataset)
-    record = {"trained_on": None, **fit_record(workdir)}  # None: a fit whose machine was not recorded
+    record = {"trained_on": None, **check_fitted_on(workdir, dataset)}  # None: a fit whose machine was not recorded
     train_seconds = record.pop("train_seconds", None)
     record.pop("dataset_checksums", None)
     return score(config, workdir, estimator, dataset, train_seconds=train_seconds, extra=record)
 
 
-def check_fitted_on(workdir: pathlib.Path, dataset: data.Dataset) -> None:
-    """Raises ConfigError where the model in `workdir` was fitted on data other than `dataset` (fit.json's
-    `dataset_checksums`; where none are recorded, nothing to compare)."""
-    fitted_on = fit_record(workdir).get("dataset_checksums") or {}
-    if why := data.what_differs(fitted_on, dataset.checksums):
+def check_fitted_on(workdir: pathlib.Path, dataset: data.Dataset) -> dict[str, Any]:
+    """The fit's record (`fit_record`), once it shows the model in `workdir` fitted on `dataset`: a ConfigError
+    where it was fitted on other data (fit.json's `dataset_checksums`; where none are recorded, nothing to compare)."""
+    record = fit_record(workdir)
+    if why := data.what_differs(record.get("dataset_checksums") or {}, dataset.checksums):
         raise ConfigError(
             f"{workdir / MODEL_FILE} was fitted on other data than is read now ({why}): read the data as its fit did "
             "(config.data.source, config.data.dir), or train in a new --workdir."
         )
+    return record
 
 
 def load_estimator(workdir: str | pathlib.Path) -> Any:
