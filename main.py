@@ -61,19 +61,19 @@ def main(argv: list[str]) -> None:
         print(f"error: {e}{details}", file=sys.stderr)
         sys.exit(2)
     except Interrupted as e:
-        command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
-        print(f"interrupted ({e}). Resume with the same command:\n  {command}", file=sys.stderr)
-        sys.exit(128 + e.signum)
+        stopped(f"interrupted ({e}). Resume with the same command:", e.signum)
     except KeyboardInterrupt:  # Ctrl-C where no guard holds it (the final scoring, a second Ctrl-C): one line too
-        command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
-        print(
-            f"interrupted (SIGINT, before the run had finished). Go on with the same command:\n  {command}",
-            file=sys.stderr,
-        )
-        sys.exit(128 + signal.SIGINT)
+        stopped("interrupted (SIGINT, before the run had finished). Go on with the same command:", signal.SIGINT)
     finally:
         if sys.exc_info()[0] in (None, SystemExit):  # an end it chose, not a crash: a crash keeps the log file
             logs.finish()  # the log file goes where the terminal showed all it holds
+
+
+def stopped(line: str, signum: int) -> None:
+    """Ends main.py stopped by signal `signum`: `line`, then the command to run again, and exit 128 + signum."""
+    command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
+    print(f"{line}\n  {command}", file=sys.stderr)
+    sys.exit(128 + signum)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -36,7 +36,7 @@ def brief(error: BaseException, limit: int = 200) -> str:
     lines = str(error).strip().splitlines()
     first = " ".join(lines[0].split()) if lines else ""
     if (cut := min((first.find(m) for m in NOT_FOR_A_MESSAGE if m in first), default=-1)) >= 0:
-        first, lines = first[:cut].rstrip(" .:;,") + ".", [first]  # a library's pointer to its own objects
+        first, lines = first[:cut].rstrip(" .:;,") + ".", lines[:1]  # a library's pointer to its own objects
     if len(first) > limit or len(lines) > 1:
         first = (first[:limit].rsplit(" ", 1)[0] if len(first) > limit else first) + " ..."
     return f"{type(error).__name__}: {first}" if first else type(error).__name__

@@ -112,8 +112,7 @@ def flag_error(argv: list[str], error: Exception, configs_dir: pathlib.Path) -> 
     if not isinstance(config, ml_collections.ConfigDict):
         return (
             f"--config={name}: its get_config() returned {'None' if config is None else type(config).__name__}, not "
-            "an ml_collections.ConfigDict; "
-            "return one (as the configs in configs/ do)"
+            "an ml_collections.ConfigDict; return one (as the configs in configs/ do)"
         )
 
     def source(field: str) -> str:  # a comparison member's fields are in its own config file
