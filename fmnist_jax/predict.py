@@ -113,19 +113,25 @@ def _even_light(image: np.ndarray) -> np.ndarray:
     rows, cols = (np.arange(h) - (h - 1) / 2) / half, (np.arange(w) - (w - 1) / 2) / half
     y = np.concatenate([np.full(w, rows[0]), np.full(w, rows[-1]), rows, rows])  # `_border`'s order
     x = np.concatenate([cols, cols, np.full(h, cols[0]), np.full(h, cols[-1])])
-    terms = np.stack([np.ones_like(x), x, y, x * x + y * y], axis=1)
+    terms = np.stack(_light_terms(y, x), axis=1)
     values = _border(image).astype(np.float64)
     # Garment on the border lies on one side of the backdrop's light: darker on a light backdrop, lighter on a dark
     # one. Each side is tried, and the fit that explains its backdrop more closely is kept.
     coef, _, backdrop = min((_backdrop_fit(terms, values, side) for side in (1.0, -1.0)), key=lambda f: f[1])
     if backdrop.mean() < BACKDROP_SHARE:
         return image
-    yy, xx = rows[:, None].astype(np.float32), cols[None, :].astype(np.float32)
-    light = coef[0] + coef[1] * xx + coef[2] * yy + coef[3] * (xx * xx + yy * yy)
+    grid = _light_terms(rows[:, None].astype(np.float32), cols[None, :].astype(np.float32))
+    light = sum(c * t for c, t in zip(coef, grid, strict=True))
     if light.max() - light.min() < OBJECT_CONTRAST_FLOOR:
         return image
     light = np.clip(light, 1, 255)
     return np.clip(np.round(image * (light.max() / light)), 0, 255).astype(np.uint8)
+
+
+def _light_terms(y: np.ndarray, x: np.ndarray) -> list[np.ndarray]:
+    """The light's model, a + b x + c y + d r^2, as its terms at rows `y` and columns `x` (broadcast together)."""
+    y, x = np.broadcast_arrays(y, x)
+    return [np.ones_like(x), x, y, x * x + y * y]
 
 
 def _backdrop_fit(terms: np.ndarray, values: np.ndarray, side: float) -> tuple[np.ndarray, float, np.ndarray]:
