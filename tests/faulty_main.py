@@ -8,6 +8,9 @@ python tests/faulty_main.py full-disk:EPOCH MAIN_ARGS... # its writes of history
 python tests/faulty_main.py full-disk:results MAIN_ARGS...  # its write of the test predictions fails so, after
                                                             # training
 python tests/faulty_main.py full-disk:events MAIN_ARGS...   # its last TensorBoard write (the test scores) fails so
+python tests/faulty_main.py failed-save:STEP MAIN_ARGS...   # its background save of checkpoint STEP fails once
+                                                            # written out (a full disk), as Orbax reports it: when
+                                                            # its saves are next waited for
 """
 
 import errno
@@ -45,6 +48,25 @@ def main() -> None:
             raise full_disk(pathlib.Path(workdir) / metrics.PREDICTIONS_FILE)
 
         metrics.save_predictions = save_onto_a_full_disk
+    elif fault == "failed-save":
+        from fmnist_jax import checkpoints
+
+        failing_step, save = int(value), checkpoints.CheckpointStore.save
+
+        def save_then_fail(self, step, state, meta):
+            save(self, step, state, meta)
+            if step != failing_step:
+                return
+            failures, wait = [full_disk(self.directory / str(step))], self.manager.wait_until_finished
+
+            def failed():  # raised once, as Orbax raises a save's error
+                wait()
+                if failures:
+                    raise failures.pop()
+
+            self.manager.wait_until_finished = failed
+
+        checkpoints.CheckpointStore.save = save_then_fail
     elif fault == "full-disk":
         epoch, append = int(value), metrics.append_history
 
@@ -56,8 +78,8 @@ def main() -> None:
         metrics.append_history = append_until_full
     else:
         sys.exit(
-            f"unknown fault {sys.argv[1]!r}: unseen-results, unseen-config, full-disk:EPOCH, full-disk:results or "
-            "full-disk:events"
+            f"unknown fault {sys.argv[1]!r}: unseen-results, unseen-config, full-disk:EPOCH, full-disk:results, "
+            "full-disk:events or failed-save:STEP"
         )
     sys.argv = [str(ROOT / "main.py"), *sys.argv[2:]]
     runpy.run_path(sys.argv[0], run_name="__main__")

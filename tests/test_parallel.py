@@ -456,6 +456,31 @@ def test_a_full_disk_under_process_0_stops_both_processes_at_once(tiny_data, tmp
     assert not (tmp_path / "results.json").exists()  # the final events are written before the results
 
 
+def test_a_save_that_fails_in_the_background_on_process_1_stops_both_at_the_same_point(
+    tiny_data, tmp_path, two_process_run
+):
+    """Process 1's background save of checkpoint 4 fails (a full disk), found when the next save waits for it:
+    every process agrees on the last save's outcome before saving again, so both stop there, exit 2, with one line
+    each (process 0 alone would have saved step 8 and waited for process 1 in Orbax's commit); the rerun resumes
+    from step 4 and ends with the uninterrupted two-process run's bits."""
+    args = tiny_args(tiny_data, tmp_path)
+    stopped = start_two_processes(args, scripts=((), (FAULTY_MAIN, "failed-save:4")))
+    (rc0, err0), (rc1, err1) = stopped
+    assert (rc0, rc1) == (2, 2), err0[-2000:] + err1[-2000:]
+    checkpoints_dir = tmp_path / "checkpoints"
+    assert last_line(err0) == (
+        f"error: a checkpoint save to {checkpoints_dir} failed on another process of the job; its error says why."
+    )
+    assert last_line(err1).startswith(f"error: the disk holding {tmp_path} is full (no space left while saving")
+    assert "Traceback" not in err0 + err1
+    assert checkpoint_steps(tmp_path) == [4] and not (tmp_path / "results.json").exists()
+    rerun = start_two_processes(args)
+    assert [rc for rc, _ in rerun] == [0, 0], "".join(e[-2000:] for _, e in rerun)
+    assert all("Resumed from checkpoint at step 4 " in e for _, e in rerun)
+    uninterrupted = two_process_run[0]
+    assert metrics.load_results(tmp_path)["params_sha256"] == metrics.load_results(uninterrupted)["params_sha256"]
+
+
 def test_a_damaged_checkpoint_is_set_aside_for_every_process(tiny_data, tmp_path, two_process_run):
     """Process 0 moves the damaged newest checkpoint aside; every process must then forget it, or process 1's Orbax
     would skip saving that step again when training reaches it, and process 0 would wait for it (a hang). The rerun
