@@ -17,9 +17,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.mode = "train"  # "train" (or resume, or report a finished run), "evaluate", "predict"
     config.name = "cnn"  # a label for results.json and the report
     config.seed = 0  # the split, the initialisation, dropout and the data order all follow from it
-    config.num_epochs = 30
+    config.num_epochs = 30  # passes over the training images (the study's 30)
     config.batch_size = 64  # global batch, split over all devices: must be a multiple of the device count
-    config.learning_rate = 1e-3
+    config.learning_rate = 1e-3  # Adam's step size (the peak of a warmup_cosine schedule)
     config.adam = ml_collections.ConfigDict({"b1": 0.9, "b2": 0.999, "eps": 1e-7})  # Keras' Adam defaults
 
     # Beyond the study (configs/vgg_bn.py uses them); here each is off, so the study's run is unchanged.
@@ -39,7 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # Speed only, never the maths: how many train steps one compiled call runs (through lax.scan), and
     # whether that scan is unrolled: "auto" (rolled, except for XLA convolutions on CPU, which a rolled XLA:CPU
-    # loop slows ~15x; docs/performance.md), "full", "rolled".
+    # loop slows ~15x; docs/history.md#the-speed-work-on-the-study-cnn), "full", "rolled".
     config.steps_per_call = 10
     config.scan_unroll = "auto"
     # 0: 100 on CPU, 1000 on GPU/TPU; rounded up to a multiple of the device count; the last batch is padded.
@@ -63,7 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.every_steps = 0  # 0: once per epoch
-    config.checkpoint.max_to_keep = 3
+    config.checkpoint.max_to_keep = 3  # the newest N checkpoints stay; older ones are deleted
     config.checkpoint.async_save = True  # write in the background while training goes on
     # How a finished checkpoint is marked: "rename" (a temporary folder renamed when complete), "commit_file"
     # (a commit_success.txt file: for Google Drive and other FUSE mounts, where a rename is a slow copy), or

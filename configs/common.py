@@ -15,7 +15,7 @@ def data_config() -> ml_collections.ConfigDict:
 
 def baseline_config(model_name: str) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.kind = "baseline"
+    config.kind = "baseline"  # what main.py runs: "cnn", "baseline" or "compare"
     config.name = model_name  # a label for results.json and the report
     config.seed = 0  # the split and the estimator's random_state
     config.mode = "train"  # "train" (fit, or report a finished run), "evaluate", "predict"
@@ -29,5 +29,7 @@ def baseline_config(model_name: str) -> ml_collections.ConfigDict:
     # halving: each round keeps the best 1/factor of the settings and trains them on factor times more images).
     config.search = ml_collections.ConfigDict({"method": "none", "factor": 3})
     config.search.grid = ml_collections.ConfigDict()  # model field -> tuple of values
+    # A CNN's flag (a changed num_epochs, checkpointing or compute_dtype may go on in the same workdir), taken here
+    # so that every config takes it; a baseline has none of those fields, so every change is still refused.
     config.resume_with_changes = False
     return config

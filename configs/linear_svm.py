@@ -16,12 +16,13 @@ def get_config() -> ml_collections.ConfigDict:
     config = common.baseline_config("linear_svm")
     config.preprocess = "scale"  # "none" (raw 0-255, the study), "scale" (/255) or "standardize" (StandardScaler)
     m = config.model
-    m.C = 1.0
-    m.loss = "squared_hinge"
-    m.penalty = "l2"
+    # scikit-learn's LinearSVC arguments, passed as they are (its documentation has each in full)
+    m.C = 1.0  # the inverse of the regularisation's strength
+    m.loss = "squared_hinge"  # or "hinge" (which needs dual="true")
+    m.penalty = "l2"  # or "l1" (which needs dual="false" and loss="squared_hinge")
     m.dual = "auto"  # "auto" (today's default: primal here), "true" (the study's solver), "false"
-    m.tol = 1e-4
-    m.max_iter = 1000
-    m.fit_intercept = True
+    m.tol = 1e-4  # the solver's stopping tolerance
+    m.max_iter = 1000  # the solver's most passes; reaching it warns that the fit has not converged
+    m.fit_intercept = True  # learn a bias per class
     m.verbose = 1  # liblinear prints its iterations while it fits (the fit's progress); 0: silent
     return config

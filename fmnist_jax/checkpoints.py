@@ -1,9 +1,12 @@
 """Orbax checkpoints: save the train state with its metadata, restore the latest one that is valid.
 
 A checkpoint is one step folder holding two items: `state` (the full `TrainState` pytree: parameters,
-optimizer state with its exact structure and step, the epoch's running metric sums) and `meta` (JSON: step,
-train seconds). Orbax writes each step to a temporary folder and renames it when complete, so a crash during
-a save leaves the previous checkpoint untouched; those leftovers are never restored.
+optimizer state with its exact structure and step, the epoch's running metric sums) and `meta` (JSON: step, epoch,
+train seconds, the config, the machine it computed on and those it was trained on, the data files' checksums). Orbax
+writes each step to a temporary folder and renames it when complete, or, with `checkpoint.atomicity=commit_file` (what
+"auto" picks on Google Drive and other FUSE mounts, whose renames are not atomic), writes it in place and marks it
+complete with a `commit_success.txt`; either way a crash during a save leaves the previous checkpoint untouched, and
+the unfinished folder is never restored.
 """
 
 from __future__ import annotations

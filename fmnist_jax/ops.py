@@ -139,7 +139,8 @@ def im2col_mixed(x: jax.Array, kernel: jax.Array, dtype: jnp.dtype) -> jax.Array
 
     Its backward pass hands XLA:CPU each product in the layout of its fast path: the weight gradient as
     P^T (k, m) . dy with P^T built from the input in that layout (autodiff contracts axis 0 of P and of dy,
-    which runs at a third of the bfloat16 rate: docs/performance.md), the input gradient as dy . W^T.
+    which runs at a third of the bfloat16 rate: docs/history.md#retired-benchmark-scripts), the input gradient as
+    dy . W^T.
     The float32 kernel is cast inside, so its gradient comes back in float32.
     """
     n, h, w, c = x.shape

@@ -1,7 +1,7 @@
 """Finished workdirs as the report sees them: each run as a `Member`, runs of one config grouped into a `Model`.
 
-Everything here reads what a run left behind (results.json, history.jsonl, predictions.npz); the tables, the
-sentences and the plots all start from these objects.
+Everything here reads what a run left behind (results.json, history.jsonl, predictions.npz, config.json; for a
+folder that holds a report, its report.json); the tables, the sentences and the plots all start from these objects.
 """
 
 from __future__ import annotations

@@ -160,7 +160,8 @@ def eval_step(
 
 def resolve_unroll(setting: str, backend: str, conv: str = "auto") -> bool:
     """Whether a multi-step call unrolls its scan. "auto": rolled (compiles in a third of the time), except
-    for XLA convolutions on CPU, which run many times slower inside an XLA:CPU while loop (docs/performance.md)."""
+    for XLA convolutions on CPU, which run ~15x slower inside an XLA:CPU while loop
+    (docs/history.md#the-speed-work-on-the-study-cnn)."""
     if setting == "auto":
         return backend == "cpu" and ops.resolve_conv(conv, backend) == "xla"
     return setting == "full"
