@@ -7,6 +7,7 @@ results.json files compare line for line. The fitted estimator is kept in the wo
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import pathlib
 import time
@@ -268,11 +269,48 @@ def run_machine() -> str:
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError naming the first field of a baseline config that cannot run."""
     checks.seed(config)
-    create_estimator(config)
+    estimator, grid = create_estimator(config)[-1], {}
     if config.search.method != "none":
         from fmnist_jax import search  # which imports this module
 
-        search.check_search(config)
+        grid = search.check_search(config)
+    if config.model.name == "linear_svm":
+        _check_svm_form(estimator, grid)
+
+
+# What LinearSVC fits (liblinear's solvers); scikit-learn checks the combination only when a fit starts.
+SVM_FORMS = (
+    "penalty='l2' with loss='squared_hinge', or with loss='hinge' and dual 'true' or 'auto'; or penalty='l1' with "
+    "loss='squared_hinge' and dual 'false' or 'auto'"
+)
+
+
+def _check_svm_form(estimator: Any, grid: dict[str, list[Any]]) -> None:
+    """Raises ConfigError where no setting of LinearSVC's penalty, loss and dual that the run would fit (the model's,
+    or the search grid's) is one liblinear has a solver for, each tried on three points (a search's other
+    unfittable settings are left to it: they show as failed fits)."""
+    varied = {k: grid[k] for k in ("penalty", "loss", "dual") if k in grid}
+    reason = ""
+    for values in itertools.product(*varied.values()):
+        setting = dict(zip(varied, values, strict=True))
+        probe = sklearn.base.clone(estimator).set_params(max_iter=1, verbose=0, **setting)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                probe.fit(np.eye(3), np.arange(3))
+                return
+            except ValueError as e:
+                reason = str(e).split(", Parameters:")[0]
+    if varied:
+        raise ConfigError(
+            f"config.search.grid: none of its settings of {sorted(varied)} can be fitted with config.model's other "
+            f"fields ({reason}); LinearSVC fits {SVM_FORMS}."
+        )
+    p = estimator.get_params()
+    raise ConfigError(
+        f"config.model: LinearSVC cannot fit penalty={p['penalty']!r}, loss={p['loss']!r} and dual="
+        f"{str(p['dual']).lower()!r} together ({reason}); it fits {SVM_FORMS}."
+    )
 
 
 def fit_and_evaluate(

@@ -323,8 +323,34 @@ def test_a_search_skips_settings_that_fail_and_names_a_grid_where_all_do(tiny_da
     assert results["search"]["best_params"] == {"penalty": "l2"}
     assert [row["validation_accuracy"] is None for row in results["search"]["grid"]] == [True, False]  # not NaN
     config.search.grid = {"penalty": ("l1",)}
-    with pytest.raises(ConfigError, match=r"every setting failed to fit .*Fix the grid's values"):
-        run.run(config, tmp_path / "all_fail")
+    with pytest.raises(ConfigError, match=r"^config.search.grid: none of its settings of \['penalty'\] can be fitted"):
+        run.run(config, tmp_path / "all_fail")  # found before any data is read or any fit starts
+    assert not (tmp_path / "all_fail").exists()
+    with pytest.MonkeyPatch.context() as patch:  # a failure of every fit found by the search itself
+        patch.setattr(baselines, "_check_svm_form", lambda *args: None)
+        with pytest.raises(ConfigError, match=r"every setting failed to fit .*Fix the grid's values"):
+            run.run(config, tmp_path / "all_fail")
+
+
+@pytest.mark.parametrize(
+    "fields, named",
+    [
+        ({"model.loss": "hinge", "model.dual": "false"}, "penalty='l2', loss='hinge' and dual='false'"),
+        ({"model.penalty": "l1", "model.loss": "hinge"}, "penalty='l1', loss='hinge' and dual='auto'"),
+        ({"model.penalty": "l1", "model.dual": "true"}, "penalty='l1', loss='squared_hinge' and dual='true'"),
+    ],
+)
+def test_a_linear_svm_form_liblinear_has_no_solver_for_is_refused_before_the_data_is_read(
+    tiny_data, tmp_path, fields, named
+):
+    """scikit-learn checks penalty, loss and dual together only when a fit starts (a traceback, and in a comparison
+    after the members before it had trained); here, before anything is read or written."""
+    config = tiny("linear_svm", tiny_data, **{"data.dir": str(tmp_path / "no_data"), **fields})
+    with pytest.raises(ConfigError, match=rf"^config.model: LinearSVC cannot fit {named} together \(.*; it fits "):
+        run.run(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    fine = tiny("linear_svm", tiny_data, **{**fields, "model.dual": "auto", "model.penalty": "l2"})
+    baselines.check_config(fine)  # l2 with either loss, dual chosen by scikit-learn: fits
 
 
 @pytest.mark.parametrize(

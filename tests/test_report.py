@@ -522,6 +522,12 @@ def test_a_members_bad_field_stops_the_comparison_before_anything_trains(tiny_da
         run.run(config, tmp_path)
     assert str(failed.value).startswith("config.members.random_forest_search.search.factor=1 must be a number above")
     assert "e.g. --config.members.random_forest_search.search.factor=3." in str(failed.value)
+    config.members.random_forest_search.enabled = False
+    config.members.linear_svm.model.penalty = "l1"  # a form scikit-learn refuses only when its fit starts
+    config.members.linear_svm.model.loss = "hinge"
+    with pytest.raises(ConfigError, match=r"^config\.members\.linear_svm\.model: LinearSVC cannot fit penalty='l1'"):
+        run.run(config, tmp_path)
+    assert not list(tmp_path.glob("*/seed_*")) and not (tmp_path / config_lib.CONFIG_FILE).exists()
 
 
 def test_a_refused_rerun_of_a_comparison_leaves_every_config_json_as_it_was(comparison, tiny_data, tmp_path):
