@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import pathlib
 import sys
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 import ml_collections
 from absl import logging
 
-from fmnist_jax import checks, config_lib, files, metrics, predict
+from fmnist_jax import checks, config_lib, data, files, metrics, predict
 from fmnist_jax.errors import LOG_FILE_ONLY, CheckpointError, ConfigError, Interrupted
 
 KINDS = ("cnn", "baseline", "compare")
@@ -162,7 +163,7 @@ def _run_cnn(config: ml_collections.ConfigDict, workdir: pathlib.Path, mode: str
 def _run_baseline(
     config: ml_collections.ConfigDict, workdir: pathlib.Path, mode: str, given: Collection[str] | None
 ) -> Any:
-    from fmnist_jax import baselines, data
+    from fmnist_jax import baselines
 
     baselines.check_config(config)
     if mode == "train":
@@ -267,11 +268,12 @@ def _check_member(member: MemberRun) -> None:
         raise ConfigError(message if message.startswith(own) else f"{own.rstrip('.')}: {message}") from e
 
 
-def _check_named(member: MemberRun, workdir: pathlib.Path) -> bool:
+def _check_named(member: MemberRun, workdir: pathlib.Path, checksums: Callable[[Any], dict[str, str]]) -> bool:
     """Whether the named folder of `member` holds its finished run, checked before anything trains: a folder that
     does not exist (a typo would start a whole run there) or a run of another seed is an error; a run trained with
-    settings other than its member's, or whose settings are unknown (no config.json), is reported with a warning; one of
-    another model is an error."""
+    settings other than its member's, or whose settings are unknown (no config.json), or on other training files, is
+    reported with a warning; one of another model, or scored on other test images than the member's data
+    (`checksums` of its config.data: the files' SHA-256), is an error."""
     where = f"config.members.{member.name}.workdir: {member.workdir}"
     if not member.workdir.exists():
         raise ConfigError(
@@ -292,16 +294,30 @@ def _check_named(member: MemberRun, workdir: pathlib.Path) -> bool:
             f"{where} holds a run of seed {found}, not {member.seed}; name one folder per seed with {{seed}} or set "
             f"--config.seeds={found}."
         )
+    recorded = {k: v for k, v in (results.get("dataset_checksums") or {}).items() if not k.endswith(".gz")}  # content's
+    now = checksums(member.config.data)
+    differ, how = data.differing(recorded, now), data.what_differs(recorded, now)
+    if data.other_source(recorded, now) or any(name.startswith("t10k") for name in differ):
+        raise ConfigError(
+            f"{where} was scored on other test images than the comparison's data ({how}), so it cannot be paired with "
+            f"the other members; name a run on the same data, or leave it unset to train in {workdir / member.name}"
+            "/seed_<seed>."
+        )
     saved = member.workdir / config_lib.CONFIG_FILE
-    unlike = None
+    unlike = f"was trained on other files ({how})" if differ else None
     if not saved.exists():
-        unlike = "has no config.json: its settings unknown"
+        unlike = ", and ".join(filter(None, [unlike, "has no config.json: its settings unknown"]))
     elif changed := config_lib.diff(config_lib.read_saved(saved), config_lib.to_dict(member.config)):
         listing = ", ".join(f"{k}: {old!r} (member: {new!r})" for k, (old, new) in changed.items())
-        unlike = f"was trained with other settings ({listing})"
+        unlike = ", and ".join(filter(None, [unlike, f"was trained with other settings ({listing})"]))
     if unlike:
         logging.warning("%s, seed %d: %s %s; reported as it is.", member.name, member.seed, member.workdir, unlike)
     return True
+
+
+def _files_only(source: str, folder: str | None) -> ml_collections.ConfigDict:
+    """A data section that reads `source`'s files from `folder` and splits off nothing (`data.load`)."""
+    return ml_collections.ConfigDict({"source": source, "dir": folder, "validation_size": 0, "num_train": None})
 
 
 def _quick_overrides(config: ml_collections.ConfigDict, name: str, given: Collection[str] | None) -> dict[str, Any]:
@@ -334,15 +350,18 @@ def _run_compare(
     if config.mode != "train":
         raise ConfigError("a comparison only trains and reports: run evaluate/predict on a member's workdir.")
     runs = member_runs(config, workdir, given)
+    # Each data section's files read once, only where a named member's finished run is there to check against them.
+    checksums = functools.cache(lambda source, folder: dict(data.load(_files_only(source, folder), seed=0).checksums))
+    check_named = functools.partial(_check_named, checksums=lambda d: checksums(d.source, d.dir))
     if "jax" in sys.modules and sys.modules["jax"].process_count() > 1:  # a job (joined by `run`): process 0 decides
         from fmnist_jax import parallel
 
         lead = files.is_lead_process()
         with parallel.stop_together("a member's named folder"):  # it alone may see them
-            found = [bool(m.named and _check_named(m, workdir)) for m in runs] if lead else [False] * len(runs)
+            found = [bool(m.named and check_named(m, workdir)) for m in runs] if lead else [False] * len(runs)
         reused = [parallel.lead_decides(finished) for finished in found]
     else:
-        reused = [member.named and _check_named(member, workdir) for member in runs]  # before anything trains
+        reused = [member.named and check_named(member, workdir) for member in runs]  # before anything trains
     to_run = [member for member, finished in zip(runs, reused, strict=True) if not finished]
     if any(member.config.kind == "cnn" for member in to_run):
         from fmnist_jax import timing  # JAX, which a CNN member imports anyway

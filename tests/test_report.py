@@ -203,6 +203,64 @@ def test_a_named_member_folder_of_another_model_is_refused(comparison, tmp_path)
     assert not (tmp_path / "compare").exists()  # the folder it made, removed
 
 
+def test_a_named_member_run_on_other_data_is_refused_for_other_test_files_and_warned_of_for_other_training_ones(
+    comparison, tmp_path, caplog
+):
+    """A named run's recorded data against the comparison's files (read once, before anything trains): scored on
+    other test images it could not be paired with the other members (an error, at the report after every member had
+    trained); trained on other files it is reported, with a warning naming them."""
+    config, workdir, results = comparison
+    for name in results:
+        config.members[name].workdir = str(workdir / name / "seed_{seed}")
+    for seed in (0, 1):
+        shutil.copytree(workdir / "random_forest" / f"seed_{seed}", tmp_path / "rf" / f"seed_{seed}")
+    config.members.random_forest.workdir = str(tmp_path / "rf" / "seed_{seed}")
+
+    def recorded(file):
+        for seed in (0, 1):
+            saved = metrics.load_results(tmp_path / "rf" / f"seed_{seed}")
+            saved["dataset_checksums"] = {**saved["dataset_checksums"], file: "0" * 64}
+            metrics.save_results(tmp_path / "rf" / f"seed_{seed}", saved)
+
+    try:
+        recorded("train-labels-idx1-ubyte")
+        with caplog.at_level(logging.WARNING):
+            assert run.run(config, tmp_path / "compare")["random_forest"][0]["dataset_checksums"] == {
+                **results["random_forest"][0]["dataset_checksums"],
+                "train-labels-idx1-ubyte": "0" * 64,
+            }
+        warned = "/seed_0 was trained on other files (train-labels-idx1-ubyte differ, by content's SHA-256)"
+        assert warned in caplog.text
+        recorded("t10k-images-idx3-ubyte")
+        with pytest.raises(ConfigError, match=r"rf/seed_0 was scored on other test images than the comparison's data "):
+            run.run(config, tmp_path / "again")
+    finally:
+        for name in results:
+            config.members[name].workdir = None
+    assert not (tmp_path / "again").exists()
+
+
+def test_runs_of_one_config_on_other_data_are_other_models_and_pairs_need_the_same_test_files(comparison, tmp_path):
+    """Runs whose results record other files are never seeds of one model (their mean would mix two experiments):
+    each is a model of its own, titled with its data; a pair whose test files differ by content is refused even where
+    the labels agree (other images in the same classes)."""
+    _, workdir, _ = comparison
+    for seed in (0, 1):
+        shutil.copytree(workdir / "linear_svm" / f"seed_{seed}", tmp_path / f"svm_{seed}")
+    other = metrics.load_results(tmp_path / "svm_1")
+    sums = other["dataset_checksums"]
+    metrics.save_results(tmp_path / "svm_1", {**other, "dataset_checksums": {**sums, "train-labels-idx1-ubyte": "0"}})
+    md = report.build([tmp_path / "svm_0", tmp_path / "svm_1"], tmp_path / "out")["markdown"].read_text()
+    titles = [row[0] for row in table_rows(md, "| model | test accuracy")]
+    assert len(titles) == 2 and all(t.startswith("Linear SVM (data: files ") for t in titles)
+    assert titles[0] != titles[1]
+    shutil.copytree(workdir / "random_forest" / "seed_0", tmp_path / "rf")
+    forest = metrics.load_results(tmp_path / "rf")
+    metrics.save_results(tmp_path / "rf", {**forest, "dataset_checksums": {**sums, "t10k-images-idx3-ubyte": "0"}})
+    with pytest.raises(UserError, match=r"svm_0 and .*rf were scored on different test images"):
+        report.build([tmp_path / "svm_0", tmp_path / "rf"], tmp_path / "pair")
+
+
 def test_confused_pairs_in_words():
     cm = np.zeros((10, 10), int)
     np.fill_diagonal(cm, 90)
@@ -259,7 +317,7 @@ def test_the_report_names_the_runs_that_read_other_data_than_the_released_files(
     older = {
         k: v for k, v in metrics.load_results(workdir / "linear_svm" / "seed_0").items() if k != "dataset_released"
     }
-    other_raw = dict.fromkeys(data.RELEASED_SHA256, "0" * 64)
+    other_raw = {**older["dataset_checksums"], "train-images-idx3-ubyte": "0" * 64}  # its test files: pairs hold
     for name, changes in [
         ("svm_a", {"dataset_released": True}),
         ("svm_b", {"dataset_released": False}),

@@ -9,11 +9,11 @@ import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fmnist_jax import config_lib, data, files
+from fmnist_jax import config_lib, files
 from fmnist_jax.errors import UserError
 from fmnist_jax.report import plots, sentences, tables
 from fmnist_jax.report.render import Block, BulletList, Heading, Image, Paragraph, Table, html_page, markdown
-from fmnist_jax.report.runs import Member, Model, changed_from_config_file, folder_label, load_models
+from fmnist_jax.report.runs import Member, Model, changed_from_config_file, folder_label, load_models, released
 
 TITLE = "Fashion-MNIST: model comparison"
 REPORT_JSON = "report.json"
@@ -62,7 +62,7 @@ def introduction(ctx: Context) -> list[Block]:
 
 def _other_data(runs: Sequence[Member]) -> str:
     """A sentence naming the runs that read IDX files other than Fashion-MNIST's released ones, or ""."""
-    other = [folder_label(r) for r in runs if _released(r.results) is False]
+    other = [folder_label(r) for r in runs if released(r.results) is False]
     if not other:
         return ""
     which = "Every run" if len(other) == len(runs) else f"The run{'s' * (len(other) > 1)} {', '.join(other)}"
@@ -134,15 +134,6 @@ def _machines(runs: Sequence[Member]) -> str:
                 clauses.append(f"the {words}: {listed}")
         sentence += f" Times compare within one machine only: {', '.join(clauses)}."
     return sentence
-
-
-def _released(results: dict[str, Any]) -> bool | None:
-    """results.json's `dataset_released`; in results that predate it, read off raw IDX files' checksums (of their
-    content, as now), None for gzip files' (of the files as stored) and TFDS's."""
-    if "dataset_released" in results:
-        return results["dataset_released"]
-    sums = results.get("dataset_checksums") or {}
-    return sums == data.RELEASED_SHA256 if sums.keys() == data.RELEASED_SHA256.keys() else None
 
 
 def summary(ctx: Context) -> list[Block]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import pathlib
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from fmnist_jax import config_lib, metrics, stats
+from fmnist_jax import config_lib, data, metrics, stats
 from fmnist_jax.errors import ResultsError
 
 # Test accuracies the original study published, by model name.
@@ -188,16 +189,54 @@ def _field(settings: dict[str, Any], field: str) -> str:
     return f"{field}={settings[field]}" if field in settings else f"{field} absent"
 
 
+def released(results: dict[str, Any]) -> bool | None:
+    """results.json's `dataset_released`; in results that predate it, read off raw IDX files' checksums (of their
+    content, as now), None for gzip files' (of the files as stored) and TFDS's."""
+    if "dataset_released" in results:
+        return results["dataset_released"]
+    sums = results.get("dataset_checksums") or {}
+    return sums == data.RELEASED_SHA256 if sums.keys() == data.RELEASED_SHA256.keys() else None
+
+
+def _data_name(results: dict[str, Any]) -> str:
+    """The data a run read, as a model's title names it: "the released files", or "files " and the start of the
+    SHA-256 of its files' checksums (runs of one data set share it), or "data unrecorded"."""
+    sums = results.get("dataset_checksums")
+    if not sums:
+        return "data unrecorded"
+    if released(results):
+        return "the released files"
+    return "files " + hashlib.sha256(json.dumps(sums, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _by_data(runs: list[Member]) -> list[tuple[list[Member], str]]:
+    """Runs of one label split by the data they read (their files' checksums): each share with what sets it apart
+    ("" where all read the same). Runs of other data are other experiments, never seeds of one model."""
+    shares: dict[str, list[Member]] = {}
+    for run in runs:
+        shares.setdefault(_data_name(run.results), []).append(run)
+    return [(runs, "")] if len(shares) == 1 else [(share, f"data: {name}") for name, share in shares.items()]
+
+
 def _group(members: Sequence[Member]) -> list[Model]:
-    """Runs of one label and one setting with distinct seeds are one model; runs that repeat a seed are one model
-    each; runs of one label with other settings are other models (titled with the fields that differ)."""
+    """Runs of one label, one data set and one setting with distinct seeds are one model; runs that repeat a seed are
+    one model each; runs of one label on other data or with other settings are other models (titled with the data
+    and the fields that differ)."""
     groups: dict[str, list[Member]] = {}
     for member in members:
         groups.setdefault(member.label, []).append(member)
     models = []
     for label, runs in groups.items():
-        for i, (share, apart) in enumerate(_by_settings(runs)):
-            title, name = (f"{share[0].title} ({apart})", f"{label}_{i + 1}") if apart else (share[0].title, label)
+        by_data = _by_data(runs)
+        shares = [
+            (share, f"{label}_data{j + 1}" if on else label, on, apart)  # label, then _dataN, then _N
+            for j, (same_data, on) in enumerate(by_data)
+            for share, apart in _by_settings(same_data)
+        ]
+        for i, (share, stem, on, apart) in enumerate(shares):
+            notes = ", ".join(note for note in (on, apart) if note)
+            title = f"{share[0].title} ({notes})" if notes else share[0].title
+            name = f"{stem}_{i + 1}" if apart else stem
             seeds = [r.results["seed"] for r in share]
             if len(set(seeds)) == len(seeds):
                 models.append(Model(name, title, sorted(share, key=lambda r: r.results["seed"])))

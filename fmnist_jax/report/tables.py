@@ -166,6 +166,14 @@ def per_class_rows(models: Sequence[Model]) -> list[list[str]]:
     return rows
 
 
+def _other_test_files(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two runs' results record other test files (IDX files only: TFDS records one digest for all its splits;
+    compared by name, so older results' gzip files' sums, named `*.gz`, are never set against content's): labels that
+    agree may still belong to other images."""
+    sums = [r.get("dataset_checksums") or {} for r in (a, b)]
+    return any(sums[0][k] != sums[1][k] for k in sums[0].keys() & sums[1].keys() if k.startswith("t10k"))
+
+
 def compare_pair(a: Model, b: Model) -> dict[str, Any]:
     """Model a against model b on the same test images, for every seed both have (and both saved predictions
     for): the accuracy difference with its paired bootstrap interval and the exact McNemar test."""
@@ -177,7 +185,9 @@ def compare_pair(a: Model, b: Model) -> dict[str, Any]:
         ca, cb = correctness(run), None if other is None else correctness(other)
         if ca is None or cb is None:
             continue
-        if not np.array_equal(run.predictions["labels"], other.predictions["labels"]):
+        if not np.array_equal(run.predictions["labels"], other.predictions["labels"]) or _other_test_files(
+            run.results, other.results
+        ):
             raise UserError(
                 f"{run.workdir} and {other.workdir} were scored on different test images; pair runs on the same "
                 "test set."
