@@ -667,8 +667,8 @@ def test_a_run_named_twice_or_a_file_named_as_a_run_is_one_error(comparison, tmp
 
 def test_a_comparisons_folder_reports_its_runs_and_a_folder_without_results_says_why(comparison, tmp_path):
     """A comparison's workdir (or a report's folder) stands for the runs its report.json lists: the same models and
-    figures again. A folder that does not exist, an unfinished run and a report whose runs are gone are each one
-    error saying what to name instead."""
+    figures again. A folder that does not exist, an unfinished run (a CNN's, a baseline's, a comparison's) and a
+    report whose runs are gone are each one error saying what to name or run instead."""
     _, workdir, _ = comparison
     report.build([workdir], tmp_path / "again")
     first, again = (json.loads((folder / "report.json").read_text()) for folder in (workdir, tmp_path / "again"))
@@ -683,6 +683,19 @@ def test_a_comparisons_folder_reports_its_runs_and_a_folder_without_results_says
         UserError, match=rf"unfinished holds an unfinished run \(its newest checkpoint is step {steps[-1]}\)"
     ):
         report.build([unfinished], tmp_path / "out")
+    fitted = tmp_path / "fitted"  # a baseline stopped between its fit and its scores
+    shutil.copytree(workdir / "random_forest" / "seed_0", fitted)
+    (fitted / "results.json").unlink()
+    with pytest.raises(UserError, match=r"fitted holds a fitted baseline not yet scored: rerun its command to score"):
+        report.build([fitted], tmp_path / "out")
+    (fitted / config_lib.MODEL_FILE).unlink()
+    with pytest.raises(UserError, match=r"fitted holds a run that has not finished \(its config\.json, no results"):
+        report.build([fitted], tmp_path / "out")
+    stopped = tmp_path / "stopped"  # a comparison stopped before its report
+    stopped.mkdir()
+    shutil.copy(workdir / config_lib.CONFIG_FILE, stopped)
+    with pytest.raises(UserError, match=r"stopped holds a comparison that has not finished \(no report\.json\): rerun"):
+        report.build([stopped], tmp_path / "out")
     moved = tmp_path / "moved"
     shutil.copytree(tmp_path / "again", moved)  # the report alone, its runs named by paths it does not hold
     listing = json.loads((moved / "report.json").read_text())
@@ -743,6 +756,17 @@ def test_a_report_folder_that_cannot_be_made_is_named_and_one_that_failed_half_w
     assert not (tmp_path / "deep").exists() and [p.name for p in (tmp_path / "new").iterdir()] == ["other"]
     assert not any((tmp_path / "empty").iterdir())
     assert snapshot(tmp_path / "kept").keys() == before.keys()
+
+
+def test_a_report_rebuilt_into_the_same_folder_keeps_only_its_own_figures(comparison, tmp_path):
+    """An earlier report's figures of models the new one does not hold are removed (they were left beside it)."""
+    _, workdir, _ = comparison
+    runs = [workdir / name / "seed_0" for name in ("random_forest", "linear_svm")]
+    report.build(runs, tmp_path)
+    assert any("linear_svm" in p.name for p in (tmp_path / "plots").glob("*.png"))
+    md = report.build(runs[:1], tmp_path)["markdown"].read_text()
+    shown = set(re.findall(r"plots/([\w.-]+\.png)", md))
+    assert shown and {p.name for p in (tmp_path / "plots").iterdir()} == shown
 
 
 def test_report_json_holds_every_number_the_report_shows(comparison):

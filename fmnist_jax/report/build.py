@@ -302,4 +302,8 @@ def build(workdirs: Sequence[str | pathlib.Path], out: str | pathlib.Path) -> di
         if made:  # a report that failed half-way leaves no folder it made; an earlier report's stays
             files.remove_made(plots_folder if made == plots_folder else out, made)
         raise
+    shown = {block.path.resolve() for block in blocks if isinstance(block, Image)}
+    for stale in plots_folder.glob("*.png"):  # an earlier report's figures of models this one does not hold
+        if stale.resolve() not in shown:
+            stale.unlink(missing_ok=True)
     return {**paths, "plots": plots_folder}

@@ -65,6 +65,8 @@ def load_member(workdir: str | pathlib.Path) -> Member:
             f"{workdir} holds an unfinished run (its newest checkpoint is step {steps[-1]}): rerun its command to "
             "finish it, or score that checkpoint with --config.mode=evaluate and name its evaluate_step_N folder."
         )
+    if not (workdir / metrics.RESULTS_FILE).exists() and (why := _unfinished(workdir)):
+        raise ResultsError(f"{workdir} holds {why}")
     results = metrics.load_results(workdir)
     history = metrics.read_history(workdir)
     if missing := sorted({k for record in history for k in CURVE_KEYS if k not in record}):
@@ -81,6 +83,21 @@ def load_member(workdir: str | pathlib.Path) -> Member:
     if settings is not None and results.get("scored_with"):  # scored with settings other than its run's
         settings = {**settings, **results["scored_with"]}
     return Member(label, workdir, results, history, predictions, title, settings)
+
+
+def _unfinished(workdir: pathlib.Path) -> str | None:
+    """What a folder without results.json holds, where a run began there, with how to finish it; None if none did."""
+    if (workdir / config_lib.MODEL_FILE).exists():
+        return "a fitted baseline not yet scored: rerun its command to score it (the model is not fitted again)."
+    saved = config_lib.saved_or_none(workdir)
+    if saved is None:
+        return None
+    if saved.get("kind") == "compare":
+        return (
+            "a comparison that has not finished (no report.json): rerun its command to finish it, or name its "
+            "members' finished runs (<member>/seed_<seed>)."
+        )
+    return "a run that has not finished (its config.json, no results.json): rerun its command to finish it."
 
 
 @dataclasses.dataclass
