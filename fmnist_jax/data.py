@@ -217,6 +217,8 @@ def load_tfds(data_dir: str | None = None) -> tuple[dict[str, Split], dict[str, 
                 "needs internet access and TensorFlow (pip install tensorflow-cpu); or read the IDX files, got one "
                 f"of two ways: {IDX_WAYS}."
             ) from e
+        if not records:
+            raise DataError(f"TFDS fashion_mnist/{split} holds no images: its prepared data is damaged.")
         images = np.stack([np.asarray(r["image"], np.uint8).reshape(IMAGE_SHAPE) for r in records])
         labels = np.asarray([int(r["label"]) for r in records], np.int32)
         if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):

@@ -214,6 +214,8 @@ def test_tfds_source_through_mock_data(monkeypatch):
     assert dataset.train.images.shape == (30, 28, 28) and dataset.train.images.dtype == np.uint8
     assert dataset.train.labels.dtype == np.int32 and dataset.train.labels.max() < 10
     assert list(dataset.checksums) == ["tfds:fashion_mnist"] and dataset.released is None  # TFDS's: not compared
+    with tfds.testing.mock_data(num_examples=0), pytest.raises(DataError, match=r"^TFDS fashion_mnist/train holds no"):
+        data.load(data_config(source="tfds", validation_size=10), seed=0)
 
 
 def test_auto_uses_first_available_without_explicit_dirs(tmp_path, monkeypatch):
