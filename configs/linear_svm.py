@@ -16,10 +16,10 @@ def get_config() -> ml_collections.ConfigDict:
     config = common.baseline_config("linear_svm")
     config.preprocess = "scale"  # "none" (raw 0-255, the study), "scale" (/255) or "standardize" (StandardScaler)
     m = config.model
-    # scikit-learn's LinearSVC arguments, passed as they are (its documentation has each in full)
+    # scikit-learn's LinearSVC arguments (its documentation has each in full); dual's text becomes True, False or "auto"
     m.C = 1.0  # the inverse of the regularisation's strength
-    m.loss = "squared_hinge"  # or "hinge" (which needs dual="true")
-    m.penalty = "l2"  # or "l1" (which needs dual="false" and loss="squared_hinge")
+    m.loss = "squared_hinge"  # or "hinge" (with penalty "l2", and dual "true" or "auto")
+    m.penalty = "l2"  # or "l1" (with loss "squared_hinge", and dual "false" or "auto")
     m.dual = "auto"  # "auto" (today's default: primal here), "true" (the study's solver), "false"
     m.tol = 1e-4  # the solver's stopping tolerance
     m.max_iter = 1000  # the solver's most passes; reaching it warns that the fit has not converged

@@ -15,13 +15,13 @@ def get_config() -> ml_collections.ConfigDict:
     config = common.baseline_config("random_forest")
     config.preprocess = "none"  # trees do not care about pixel scale
     m = config.model
-    # scikit-learn's RandomForestClassifier arguments, passed as they are (its documentation has each in full)
+    # scikit-learn's RandomForestClassifier arguments (its documentation has each in full)
     m.n_estimators = 100  # trees
     m.criterion = "gini"  # the split's impurity: "gini", "entropy" or "log_loss"
     m.max_depth = config_dict.placeholder(int)  # None: grow until pure
     m.min_samples_split = 2  # the fewest images a node needs to be split
     m.min_samples_leaf = 1  # the fewest images a leaf may hold
-    m.max_features = "sqrt"  # pixels tried per split: "sqrt" (28 of 784), "log2", a count or a fraction
+    m.max_features = "sqrt"  # pixels tried per split: "sqrt" (28 of 784), "log2", a count, a fraction, or "None": all
     m.bootstrap = True  # each tree on a resample of the training images (False: on all of them)
     m.n_jobs = -1  # every core
     return config

@@ -346,38 +346,6 @@ def load(config: Any, *, seed: int) -> Dataset:
     )
 
 
-def differing(before: Mapping[str, str], now: Mapping[str, str]) -> list[str]:
-    """The files (checksums' names) whose content differs between two readings, `before` a run's record of them
-    (a checkpoint's `dataset_checksums`; empty in one older than the record: nothing to compare). Two readings that
-    name no file in common came from two sources (IDX files, TFDS's arrays), which give the images in other orders, so
-    that a seed's split differs: then every one of `now`'s."""
-    if _two_sources(before, now):
-        return sorted(now)
-    return sorted(name for name in before.keys() & now.keys() if before[name] != now[name])
-
-
-def _two_sources(before: Mapping[str, str], now: Mapping[str, str]) -> bool:
-    return bool(before and now and not before.keys() & now.keys())
-
-
-def other_source(before: Mapping[str, str], now: Mapping[str, str]) -> str | None:
-    """Where `differing`'s two readings came from two sources: a clause saying so, for an error; else None."""
-    if not _two_sources(before, now):
-        return None
-    return (
-        f"it read them as {' and '.join(sorted(before))}, not as {' and '.join(sorted(now))}: another source gives the "
-        "images in another order, so the seed's split differs (its validation images would be ones it trained on)"
-    )
-
-
-def what_differs(before: Mapping[str, str], now: Mapping[str, str]) -> str | None:
-    """How two readings (`differing`'s) differ, as a clause: another source (`other_source`), or the files whose
-    content differs; None where they do not."""
-    if differ := differing(before, now):
-        return other_source(before, now) or f"{', '.join(differ)} differ, by content's SHA-256"
-    return None
-
-
 def _released(folder: pathlib.Path, checksums: Mapping[str, str]) -> bool:
     """Whether the IDX files read from `folder` hold Fashion-MNIST's released content; a warning names those that do
     not (another data set in the same format, or files changed: scores of other data)."""

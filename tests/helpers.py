@@ -288,8 +288,9 @@ def quick_compare_config(data_dir: pathlib.Path, *, beyond: bool = False, **over
     """The quick comparison shrunk to the tiny data set (256 training and 64 validation images per member); the
     study's three members, and with `beyond` the stronger CNN too (one epoch)."""
     config = load_config("compare", quick=True, **overrides)
-    for name in ("cnn", "random_forest", "linear_svm", "vgg_bn"):
+    for name in config.members:
         config.members[name].data.dir = str(data_dir)
+    for name in ("cnn", "random_forest", "linear_svm", "vgg_bn"):
         config.quick_overrides[name].data.num_train = 256
         config.quick_overrides[name].data.validation_size = 64
     config.members.cnn.steps_per_call = 4

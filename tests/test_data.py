@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import bar_classes, idx_arrays, idx_bytes, write_idx_dataset
 
-from fmnist_jax import data
+from fmnist_jax import checksums, data
 from fmnist_jax.errors import DataError
 
 
@@ -334,3 +334,24 @@ def test_tfds_preparation_finds_what_it_imports():
 
     builder = tfds.builder("fashion_mnist", data_dir="/nonexistent-tfds-dir")
     assert builder.code_path.suffix == ".py" and builder.code_path.exists()
+
+
+def test_older_records_of_the_data_compare_by_content_and_test_images_are_told_apart_by_their_files():
+    """Records before content's checksums named each file as found: a gzip file's sum (of its bytes as stored) is
+    never set against content's, a raw file's dotted name is its stem's. Test images differ where a test file's
+    content, TFDS's digest (of every split) or the source does; training files alone do not."""
+    now = dict(data.RELEASED_SHA256)
+    gzip_record = {f"{name}.gz": "0" * 64 for name in now}
+    dotted = {name.replace("-idx", ".idx"): digest for name, digest in now.items()}
+    assert checksums.by_content(gzip_record) == {} and checksums.by_content(dotted) == now
+    assert checksums.differing(gzip_record, now) == [] and checksums.other_source(gzip_record, now) is None
+    assert checksums.differing(dotted, now) == [] and checksums.what_differs(dotted, now) is None
+    other_train = {**now, "train-labels-idx1-ubyte": "0" * 64}
+    assert checksums.what_differs(other_train, now) == "train-labels-idx1-ubyte differ, by content's SHA-256"
+    assert checksums.other_test_images(other_train, now) is None
+    other_test = {**now, "t10k-labels-idx1-ubyte": "0" * 64}
+    assert checksums.other_test_images(now, other_test) == "t10k-labels-idx1-ubyte differ, by content's SHA-256"
+    tfds_a, tfds_b = {"tfds:fashion_mnist": "a" * 64}, {"tfds:fashion_mnist": "b" * 64}
+    assert checksums.other_test_images(tfds_a, tfds_b) == "tfds:fashion_mnist differ, by content's SHA-256"
+    assert "whose images come in other orders" in checksums.other_test_images(tfds_a, now)
+    assert checksums.other_test_images(None, now) is None and checksums.other_test_images(gzip_record, now) is None

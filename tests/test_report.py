@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from helpers import NARROW_RECIPE, load_config, quick_compare_config, run_main, snapshot
 
-from fmnist_jax import baselines, config_lib, data, machine, metrics, parallel, report, run, stats
+from fmnist_jax import baselines, compare, config_lib, data, machine, metrics, parallel, report, run, stats
 from fmnist_jax.errors import ConfigError, UserError
 from fmnist_jax.report import plots as report_plots
 from fmnist_jax.report import sentences, tables
@@ -206,59 +206,90 @@ def test_a_named_member_folder_of_another_model_is_refused(comparison, tmp_path)
 def test_a_named_member_run_on_other_data_is_refused_for_other_test_files_and_warned_of_for_other_training_ones(
     comparison, tmp_path, caplog
 ):
-    """A named run's recorded data against the comparison's files (read once, before anything trains): scored on
-    other test images it could not be paired with the other members (an error, at the report after every member had
-    trained); trained on other files it is reported, with a warning naming them."""
+    """A named run's recorded data against the files the members trained here read (read once, before anything
+    trains): scored on other test images it could not be paired with them (an error; the report refused it after
+    every member had trained); trained on other files it is reported, with a warning naming them. Runs recorded
+    before the checksums were of each file's content (a gzip file's bytes as stored) count as the same data."""
     config, workdir, results = comparison
-    for name in results:
-        config.members[name].workdir = str(workdir / name / "seed_{seed}")
+    config.members.cnn.workdir = str(workdir / "cnn" / "seed_{seed}")
     for seed in (0, 1):
         shutil.copytree(workdir / "random_forest" / f"seed_{seed}", tmp_path / "rf" / f"seed_{seed}")
-    config.members.random_forest.workdir = str(tmp_path / "rf" / "seed_{seed}")
+    config.members.random_forest.workdir = str(tmp_path / "rf" / "seed_{seed}")  # the SVM trains here
 
-    def recorded(file):
+    def recorded(change):
         for seed in (0, 1):
             saved = metrics.load_results(tmp_path / "rf" / f"seed_{seed}")
-            saved["dataset_checksums"] = {**saved["dataset_checksums"], file: "0" * 64}
+            saved["dataset_checksums"] = change(saved["dataset_checksums"])
             metrics.save_results(tmp_path / "rf" / f"seed_{seed}", saved)
 
     try:
-        recorded("train-labels-idx1-ubyte")
+        recorded(lambda sums: {f"{k}.gz": "0" * 64 for k in sums})  # a record before content's checksums
         with caplog.at_level(logging.WARNING):
-            assert run.run(config, tmp_path / "compare")["random_forest"][0]["dataset_checksums"] == {
-                **results["random_forest"][0]["dataset_checksums"],
-                "train-labels-idx1-ubyte": "0" * 64,
-            }
-        warned = "/seed_0 was trained on other files (train-labels-idx1-ubyte differ, by content's SHA-256)"
+            run.run(config, tmp_path / "older")
+        assert "trained on other files" not in caplog.text
+        recorded(
+            lambda sums: (
+                {
+                    k.removesuffix(".gz"): results["random_forest"][0]["dataset_checksums"][k.removesuffix(".gz")]
+                    for k in sums
+                }
+                | {"train-labels-idx1-ubyte": "0" * 64}
+            )
+        )
+        with caplog.at_level(logging.WARNING):
+            run.run(config, tmp_path / "compare")
+        warned = "/seed_0 was trained on other files than the members trained here read (train-labels-idx1-ubyte differ"
         assert warned in caplog.text
-        recorded("t10k-images-idx3-ubyte")
-        with pytest.raises(ConfigError, match=r"rf/seed_0 was scored on other test images than the comparison's data "):
+        recorded(lambda sums: {**sums, "t10k-images-idx3-ubyte": "0" * 64})
+        with pytest.raises(ConfigError, match=r"rf/seed_0 was scored on other test images than the members trained "):
             run.run(config, tmp_path / "again")
     finally:
-        for name in results:
-            config.members[name].workdir = None
-    assert not (tmp_path / "again").exists()
+        config.members.cnn.workdir = config.members.random_forest.workdir = None
+    assert not (tmp_path / "again").exists()  # the SVM never started
+
+
+def test_members_reading_other_test_images_stop_the_comparison_before_anything_trains(comparison, tmp_path):
+    config, _, _ = comparison
+    other = helpers.write_idx_dataset(tmp_path / "other", n_train=320, n_test=100, seed=7)
+    config.members.linear_svm.data.dir = str(other)
+    try:
+        with pytest.raises(
+            ConfigError,
+            match=r"^config\.members\.cnn and config\.members\.linear_svm read other test images \(t10k-images-idx3-ub",
+        ):
+            run.run(config, tmp_path / "compare")
+    finally:
+        config.members.linear_svm.data.dir = config.members.cnn.data.dir
+    assert not (tmp_path / "compare").exists()
 
 
 def test_runs_of_one_config_on_other_data_are_other_models_and_pairs_need_the_same_test_files(comparison, tmp_path):
     """Runs whose results record other files are never seeds of one model (their mean would mix two experiments):
-    each is a model of its own, titled with its data; a pair whose test files differ by content is refused even where
-    the labels agree (other images in the same classes)."""
+    each is a model of its own, titled with its data, in the same order whatever order the runs are named in; one
+    whose record predates content's checksums joins the others. Two models whose runs' test files differ by content
+    are refused, even where the labels agree (other images in the same classes) or no seed has both."""
     _, workdir, _ = comparison
     for seed in (0, 1):
         shutil.copytree(workdir / "linear_svm" / f"seed_{seed}", tmp_path / f"svm_{seed}")
     other = metrics.load_results(tmp_path / "svm_1")
     sums = other["dataset_checksums"]
     metrics.save_results(tmp_path / "svm_1", {**other, "dataset_checksums": {**sums, "train-labels-idx1-ubyte": "0"}})
-    md = report.build([tmp_path / "svm_0", tmp_path / "svm_1"], tmp_path / "out")["markdown"].read_text()
+    runs = [tmp_path / "svm_0", tmp_path / "svm_1"]
+    md = report.build(runs, tmp_path / "out")["markdown"].read_text()
     titles = [row[0] for row in table_rows(md, "| model | test accuracy")]
     assert len(titles) == 2 and all(t.startswith("Linear SVM (data: files ") for t in titles)
     assert titles[0] != titles[1]
-    shutil.copytree(workdir / "random_forest" / "seed_0", tmp_path / "rf")
+    again = report.build(runs[::-1], tmp_path / "reversed")["markdown"].read_text()
+    assert [row[0] for row in table_rows(again, "| model | test accuracy")] == titles
+    older = {k: v for k, v in other.items() if k != "dataset_released"}
+    metrics.save_results(tmp_path / "svm_1", {**older, "dataset_checksums": {f"{k}.gz": "0" for k in sums}})
+    md = report.build(runs, tmp_path / "older")["markdown"].read_text()
+    assert [row[0] for row in table_rows(md, "| model | test accuracy")] == ["Linear SVM"]  # seeds 0 and 1
+    shutil.copytree(workdir / "random_forest" / "seed_1", tmp_path / "rf")
     forest = metrics.load_results(tmp_path / "rf")
     metrics.save_results(tmp_path / "rf", {**forest, "dataset_checksums": {**sums, "t10k-images-idx3-ubyte": "0"}})
-    with pytest.raises(UserError, match=r"svm_0 and .*rf were scored on different test images"):
-        report.build([tmp_path / "svm_0", tmp_path / "rf"], tmp_path / "pair")
+    with pytest.raises(UserError, match=r"svm_0 and .*rf were scored on different test images \(t10k-images-idx3"):
+        report.build([tmp_path / "svm_0", tmp_path / "rf"], tmp_path / "pair")  # seeds 0 and 1: no paired test
 
 
 def test_confused_pairs_in_words():
@@ -505,9 +536,9 @@ def test_the_search_table_heads_with_the_chosen_setting_and_failed_ones_last(tmp
 
 def test_the_speedrun_joins_the_comparison_when_asked_under_its_own_title(tmp_path):
     config = load_config("compare", seeds=(0, 1), quick=True)
-    assert "speedrun" not in {r.name for r in run.member_runs(config, tmp_path)}  # off by default
+    assert "speedrun" not in {r.name for r in compare.member_runs(config, tmp_path)}  # off by default
     config.members.speedrun.enabled = True
-    runs = [r for r in run.member_runs(config, tmp_path) if r.name == "speedrun"]
+    runs = [r for r in compare.member_runs(config, tmp_path) if r.name == "speedrun"]
     assert [(r.seed, r.workdir) for r in runs] == [(s, tmp_path / "speedrun" / f"seed_{s}") for s in (0, 1)]
     assert {(r.config.name, r.config.model.depths, r.config.num_epochs) for r in runs} == {("speedrun", (1, 1, 1), 3)}
     workdir = tmp_path / "finished"
@@ -524,14 +555,14 @@ def test_a_members_field_set_on_the_command_line_wins_over_quick_overrides(tmp_p
     config.members.cnn.num_epochs, config.members.random_forest.data.num_train = 1, 500
     given = {"quick", "members.cnn.num_epochs", "members.random_forest.data"}
     with caplog.at_level(logging.INFO):
-        runs = {r.name: r.config for r in run.member_runs(config, tmp_path, given)}
+        runs = {r.name: r.config for r in compare.member_runs(config, tmp_path, given)}
     quick = config.quick_overrides
     assert (runs["cnn"].num_epochs, runs["cnn"].data.num_train) == (1, quick.cnn.data.num_train)
     assert runs["random_forest"].data.num_train == 500
     assert runs["random_forest"].model.n_estimators == quick.random_forest.model.n_estimators
     assert "cnn: quick=True keeps the command line's num_epochs=1 over quick_overrides.cnn" in caplog.text
     assert "random_forest: quick=True keeps the command line's data.num_train=500" in caplog.text
-    python = {r.name: r.config for r in run.member_runs(config, tmp_path)}
+    python = {r.name: r.config for r in compare.member_runs(config, tmp_path)}
     assert (python["cnn"].num_epochs, python["random_forest"].data.num_train) == (
         quick.cnn.num_epochs,
         quick.random_forest.data.num_train,
@@ -589,18 +620,21 @@ def test_a_members_bad_field_stops_the_comparison_before_anything_trains(tiny_da
 
 
 def test_a_refused_rerun_of_a_comparison_leaves_every_config_json_as_it_was(comparison, tiny_data, tmp_path):
-    """More epochs for the CNN, allowed on resume, but on other data: its run is refused, and neither its config.json
-    nor the comparison's keeps the refused command's fields, so the first command reruns as before."""
+    """More epochs for the CNN, allowed on resume, but on other training files (the same test files, which the
+    comparison checks before anything trains): its run is refused, and neither its config.json nor the comparison's
+    keeps the refused command's fields, so the first command reruns as before."""
     config, workdir, results = comparison
     shutil.copytree(workdir, tmp_path / "compare")
     configs = sorted((tmp_path / "compare").glob("**/config.json"))
     before = [path.read_bytes() for path in configs]
     other = helpers.write_idx_dataset(tmp_path / "other", n_train=320, n_test=100, seed=1)  # tiny_data's sizes
+    for test_file in tiny_data.glob("t10k-*"):
+        shutil.copy(test_file, other)
     more = ml_collections.ConfigDict(config.to_dict())
     more.resume_with_changes = more.members.cnn.resume_with_changes = True
     more.members.cnn.num_epochs = config.quick_overrides.cnn.num_epochs + 1  # over quick's, as a flag
     more.members.cnn.data.dir = str(other)
-    with pytest.raises(ConfigError, match=r"seed_0/checkpoints was trained on other data: t10k-images-idx3-ubyte"):
+    with pytest.raises(ConfigError, match=r"seed_0/checkpoints was trained on other data: train-images-idx3-ubyte"):
         run.run(more, tmp_path / "compare", given={"members.cnn.num_epochs", "members.cnn.data.dir"})
     assert len(configs) == 7 and [path.read_bytes() for path in configs] == before
     assert run.run(config, tmp_path / "compare") == results
@@ -612,8 +646,8 @@ def test_a_members_config_json_rewritten_for_operational_fields_alone_keeps_noth
     member = config_lib.to_dict(load_config("cnn"))
     moved = {**member, "data": {**member["data"], "dir": "/elsewhere"}, "eval_batch_size": 25}
     longer = {**member, "num_epochs": member["num_epochs"] + 1}
-    assert not run._took_new_fields(member, moved) and not run._took_new_fields(None, None)
-    assert run._took_new_fields(member, longer) and run._took_new_fields(None, member)
+    assert not compare._took_new_fields(member, moved) and not compare._took_new_fields(None, None)
+    assert compare._took_new_fields(member, longer) and compare._took_new_fields(None, member)
 
 
 def test_a_comparison_takes_other_seeds_and_members_reusing_its_runs(comparison, tmp_path):
@@ -759,14 +793,17 @@ def test_a_report_folder_that_cannot_be_made_is_named_and_one_that_failed_half_w
 
 
 def test_a_report_rebuilt_into_the_same_folder_keeps_only_its_own_figures(comparison, tmp_path):
-    """An earlier report's figures of models the new one does not hold are removed (they were left beside it)."""
+    """An earlier report's figures of models the new one does not hold are removed (they were left beside it); a file
+    the report did not write stays."""
     _, workdir, _ = comparison
     runs = [workdir / name / "seed_0" for name in ("random_forest", "linear_svm")]
     report.build(runs, tmp_path)
     assert any("linear_svm" in p.name for p in (tmp_path / "plots").glob("*.png"))
+    (tmp_path / "plots" / "mine.png").write_bytes(b"a figure of the user's own")
     md = report.build(runs[:1], tmp_path)["markdown"].read_text()
     shown = set(re.findall(r"plots/([\w.-]+\.png)", md))
-    assert shown and {p.name for p in (tmp_path / "plots").iterdir()} == shown
+    assert shown and {p.name for p in (tmp_path / "plots").iterdir()} == shown | {"mine.png"}
+    assert sorted(shown) == json.loads((tmp_path / "report.json").read_text())["figures"]
 
 
 def test_report_json_holds_every_number_the_report_shows(comparison):

@@ -62,7 +62,7 @@ def introduction(ctx: Context) -> list[Block]:
 
 def _other_data(runs: Sequence[Member]) -> str:
     """A sentence naming the runs that read IDX files other than Fashion-MNIST's released ones, or ""."""
-    other = [folder_label(r) for r in runs if released(r.results) is False]
+    other = sorted(folder_label(r) for r in runs if released(r.results) is False)
     if not other:
         return ""
     which = "Every run" if len(other) == len(runs) else f"The run{'s' * (len(other) > 1)} {', '.join(other)}"
@@ -290,11 +290,18 @@ def build(workdirs: Sequence[str | pathlib.Path], out: str | pathlib.Path) -> di
     pairs = tables.compare_pairs(models)  # which refuses runs scored on other test images
     made = files.outermost_missing(out / "plots")  # what a failed build removes: out/plots, out or a parent of it
     plots_folder = _make_folder(out / "plots")
+    earlier = _figures_of(out / REPORT_JSON)
     try:
         ctx = Context(models, pairs, plots_folder)
         blocks = [block for section in SECTIONS for block in section(ctx)]
         paths = {"markdown": out / "report.md", "html": out / "report.html", "json": out / REPORT_JSON}
-        record = {**tables.report_json(models, ctx.pairs), "built_from": str(pathlib.Path.cwd()), "out": str(out)}
+        figures = sorted({block.path.name for block in blocks if isinstance(block, Image)})
+        record = {
+            **tables.report_json(models, ctx.pairs),
+            "built_from": str(pathlib.Path.cwd()),
+            "out": str(out),
+            "figures": figures,
+        }
         files.atomic_write_text(paths["json"], json.dumps(record, indent=2) + "\n")
         files.atomic_write_text(paths["markdown"], markdown(blocks, out))
         files.atomic_write_text(paths["html"], html_page(blocks, TITLE))
@@ -302,8 +309,16 @@ def build(workdirs: Sequence[str | pathlib.Path], out: str | pathlib.Path) -> di
         if made:  # a report that failed half-way leaves no folder it made; an earlier report's stays
             files.remove_made(plots_folder if made == plots_folder else out, made)
         raise
-    shown = {block.path.resolve() for block in blocks if isinstance(block, Image)}
-    for stale in plots_folder.glob("*.png"):  # an earlier report's figures of models this one does not hold
-        if stale.resolve() not in shown:
-            stale.unlink(missing_ok=True)
+    for stale in sorted(earlier - set(figures)):  # the earlier report's figures of models this one does not hold
+        (plots_folder / stale).unlink(missing_ok=True)
     return {**paths, "plots": plots_folder}
+
+
+def _figures_of(listing: pathlib.Path) -> set[str]:
+    """The figures (file names in plots/) an earlier report's report.json lists; none where it has no list (another
+    file in plots/ is never touched)."""
+    try:
+        figures = json.loads(listing.read_text(encoding="utf-8")).get("figures") or []
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {name for name in figures if isinstance(name, str) and name == pathlib.Path(name).name}

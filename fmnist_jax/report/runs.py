@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from fmnist_jax import config_lib, data, metrics, stats
+from fmnist_jax import checksums, config_lib, data, metrics, stats
 from fmnist_jax.errors import ResultsError
 
 # Test accuracies the original study published, by model name.
@@ -211,28 +211,35 @@ def released(results: dict[str, Any]) -> bool | None:
     content, as now), None for gzip files' (of the files as stored) and TFDS's."""
     if "dataset_released" in results:
         return results["dataset_released"]
-    sums = results.get("dataset_checksums") or {}
+    sums = checksums.by_content(results.get("dataset_checksums"))
     return sums == data.RELEASED_SHA256 if sums.keys() == data.RELEASED_SHA256.keys() else None
 
 
 def _data_name(results: dict[str, Any]) -> str:
-    """The data a run read, as a model's title names it: "the released files", or "files " and the start of the
-    SHA-256 of its files' checksums (runs of one data set share it), or "data unrecorded"."""
-    sums = results.get("dataset_checksums")
-    if not sums:
-        return "data unrecorded"
-    if released(results):
+    """The data a run read, as a model's title names it: "the released files", or "files " (TFDS's: "TFDS's arrays ")
+    and the start of the SHA-256 of their checksums (runs of one data set share it), or "unrecorded" (no checksums,
+    or only an older record's of gzip files as stored)."""
+    sums = checksums.by_content(results.get("dataset_checksums"))
+    if released(results) or sums == data.RELEASED_SHA256:
         return "the released files"
-    return "files " + hashlib.sha256(json.dumps(sums, sort_keys=True).encode()).hexdigest()[:8]
+    if not sums:
+        return "unrecorded"
+    what = "TFDS's arrays" if any(k.startswith(checksums.TFDS_PREFIX) for k in sums) else "files"
+    return f"{what} {hashlib.sha256(json.dumps(sums, sort_keys=True).encode()).hexdigest()[:8]}"
 
 
 def _by_data(runs: list[Member]) -> list[tuple[list[Member], str]]:
     """Runs of one label split by the data they read (their files' checksums): each share with what sets it apart
-    ("" where all read the same). Runs of other data are other experiments, never seeds of one model."""
+    ("" where all read the same; the released files first, then by name, whatever order the runs came in). Runs of
+    other data are other experiments, never seeds of one model; runs whose data are unrecorded are taken for the
+    others' where those read one data set."""
     shares: dict[str, list[Member]] = {}
     for run in runs:
         shares.setdefault(_data_name(run.results), []).append(run)
-    return [(runs, "")] if len(shares) == 1 else [(share, f"data: {name}") for name, share in shares.items()]
+    if len(shares) <= 2 and "unrecorded" in shares:  # runs that cannot tell join the one data set the others read
+        return [(runs, "")]
+    order = sorted(shares, key=lambda name: (name != "the released files", name))
+    return [(runs, "")] if len(shares) == 1 else [(shares[name], f"data: {name}") for name in order]
 
 
 def _group(members: Sequence[Member]) -> list[Model]:

@@ -5,12 +5,13 @@ Cells are strings, formatted here and nowhere else; the section functions in `bu
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from fmnist_jax import stats
+from fmnist_jax import checksums, stats
 from fmnist_jax.data import CLASS_NAMES
 from fmnist_jax.errors import UserError
 from fmnist_jax.metrics import fmt
@@ -166,17 +167,17 @@ def per_class_rows(models: Sequence[Model]) -> list[list[str]]:
     return rows
 
 
-def _other_test_files(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether two runs' results record other test files (IDX files only: TFDS records one digest for all its splits;
-    compared by name, so older results' gzip files' sums, named `*.gz`, are never set against content's): labels that
-    agree may still belong to other images."""
-    sums = [r.get("dataset_checksums") or {} for r in (a, b)]
-    return any(sums[0][k] != sums[1][k] for k in sums[0].keys() & sums[1].keys() if k.startswith("t10k"))
-
-
 def compare_pair(a: Model, b: Model) -> dict[str, Any]:
     """Model a against model b on the same test images, for every seed both have (and both saved predictions
     for): the accuracy difference with its paired bootstrap interval and the exact McNemar test."""
+    for run, other in itertools.product(a.runs, b.runs):  # every run, with a paired test or without
+        if how := checksums.other_test_images(
+            run.results.get("dataset_checksums"), other.results.get("dataset_checksums")
+        ):
+            raise UserError(
+                f"{run.workdir} and {other.workdir} were scored on different test images ({how}); pair runs on the "
+                "same test set."
+            )
     b_runs = {run.results["seed"]: run for run in b.runs}
     seeds = {}
     for run in a.runs:
@@ -185,9 +186,7 @@ def compare_pair(a: Model, b: Model) -> dict[str, Any]:
         ca, cb = correctness(run), None if other is None else correctness(other)
         if ca is None or cb is None:
             continue
-        if not np.array_equal(run.predictions["labels"], other.predictions["labels"]) or _other_test_files(
-            run.results, other.results
-        ):
+        if not np.array_equal(run.predictions["labels"], other.predictions["labels"]):
             raise UserError(
                 f"{run.workdir} and {other.workdir} were scored on different test images; pair runs on the same "
                 "test set."

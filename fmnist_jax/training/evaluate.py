@@ -16,7 +16,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from fmnist_jax import checkpoints, config_lib, data, files, metrics, parallel, timing
+from fmnist_jax import checkpoints, checksums, config_lib, data, files, metrics, parallel, timing
 from fmnist_jax.errors import CheckpointError
 from fmnist_jax.training import state as state_lib
 from fmnist_jax.training.step import Programs
@@ -221,7 +221,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str | pathli
     requested = config_lib.to_dict(config)  # fields of another version's config.json, on one side only: not asked
     both = config_lib.flatten(trained).keys() & config_lib.flatten(requested).keys() & set(config_lib.SCORING_FIELDS)
     other = {k: new for k, (_, new) in config_lib.diff(trained, requested).items() if k in both}
-    other_data = data.what_differs(meta.get("dataset_checksums") or {}, dataset.checksums)
+    other_data = checksums.what_differs(meta.get("dataset_checksums") or {}, dataset.checksums)
     own = config.checkpoint.step is None and meta["step"] == last_step and not other and not other_data
     # One folder per checkpoint and settings: a scoring with other settings never replaces another's.
     apart = "_".join([f"evaluate_step_{meta['step']}", *(f"{k}={v}" for k, v in other.items())])

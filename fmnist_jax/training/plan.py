@@ -14,7 +14,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from fmnist_jax import checkpoints, config_lib, data, files, ops, parallel, timing
+from fmnist_jax import checkpoints, checksums, config_lib, data, files, ops, parallel, timing
 from fmnist_jax.errors import ConfigError
 from fmnist_jax.training import state as state_lib
 from fmnist_jax.training.evaluate import Evaluator, eval_batch_size, largest_split
@@ -165,12 +165,12 @@ def check_data(meta: dict, directory: pathlib.Path, dataset: data.Dataset) -> No
 def _other_data(meta: dict, directory: pathlib.Path, dataset: data.Dataset) -> str | None:
     """`check_data`'s refusal, or None."""
     before, now = meta.get("dataset_checksums") or {}, dataset.checksums
-    if why := data.other_source(before, now):
+    if why := checksums.other_source(before, now):
         return (
             f"checkpoint {meta['step']} in {directory} was trained on the same images read otherwise: {why}. Read "
             "them as it did (config.data.source, config.data.dir), or train in a new --workdir."
         )
-    if differ := data.differing(before, now):
+    if differ := checksums.differing(before, now):
         verb = "differs" if len(differ) == 1 else "differ"
         return (
             f"checkpoint {meta['step']} in {directory} was trained on other data: {', '.join(differ)} in "
