@@ -17,8 +17,16 @@ def by_content(sums: Mapping[str, str] | None) -> dict[str, str]:
     return {k.replace(".idx", "-idx"): v for k, v in (sums or {}).items() if not k.endswith(".gz")}
 
 
-def _two_sources(before: Mapping[str, str], now: Mapping[str, str]) -> bool:
-    return bool(before and now and not before.keys() & now.keys())
+def source(sums: Mapping[str, str] | None) -> str | None:
+    """What a record read: "tfds" (TFDS's arrays), "idx" (IDX files, in any record's naming), None (no record)."""
+    if not sums:
+        return None
+    return "tfds" if any(k.startswith(TFDS_PREFIX) for k in sums) else "idx"
+
+
+def _two_sources(before: Mapping[str, str] | None, now: Mapping[str, str] | None) -> bool:
+    """Whether two records read two sources (decided on the records as written: an older one's gzip files are IDX)."""
+    return None not in (source(before), source(now)) and source(before) != source(now)
 
 
 def differing(before: Mapping[str, str] | None, now: Mapping[str, str] | None) -> list[str]:
@@ -26,20 +34,20 @@ def differing(before: Mapping[str, str] | None, now: Mapping[str, str] | None) -
     (empty in one older than the record: nothing to compare). Two readings that name no file in common came from two
     sources (IDX files, TFDS's arrays), which give the images in other orders, so that a seed's split differs: then
     every one of `now`'s."""
-    before, now = by_content(before), by_content(now)
     if _two_sources(before, now):
-        return sorted(now)
+        return sorted(now or {})
+    before, now = by_content(before), by_content(now)
     return sorted(name for name in before.keys() & now.keys() if before[name] != now[name])
 
 
 def other_source(before: Mapping[str, str] | None, now: Mapping[str, str] | None) -> str | None:
     """Where `differing`'s two readings came from two sources: a clause saying so, for an error; else None."""
-    before, now = by_content(before), by_content(now)
     if not _two_sources(before, now):
         return None
     return (
-        f"it read them as {' and '.join(sorted(before))}, not as {' and '.join(sorted(now))}: another source gives the "
-        "images in another order, so the seed's split differs (its validation images would be ones it trained on)"
+        f"it read them as {' and '.join(sorted(before or {}))}, not as {' and '.join(sorted(now or {}))}: another "
+        "source gives the images in another order, so the seed's split differs (its validation images would be ones "
+        "it trained on)"
     )
 
 
@@ -55,8 +63,10 @@ def other_test_images(a: Mapping[str, str] | None, b: Mapping[str, str] | None) 
     """Whether two readings hold other test images, for pairing runs scored on them: a clause saying how (test files
     whose content differs, TFDS's digest differing, or two sources, whose test images come in other orders); None
     where they agree or cannot be told apart (a record without checksums)."""
-    a, b = by_content(a), by_content(b)
     if _two_sources(a, b):
-        return f"read as {' and '.join(sorted(a))} against {' and '.join(sorted(b))}, whose images come in other orders"
-    differ = [k for k in differing(a, b) if k in TEST_FILES or k.startswith(TFDS_PREFIX)]
+        return f"read from {source(a)} and from {source(b)}, whose test images come in other orders"
+    differ = differing(a, b)
+    if any(k.startswith(TFDS_PREFIX) for k in differ):  # one digest of every split: the test split's may differ
+        return "TFDS's arrays differ, by their SHA-256 (one digest of every split, so its test images may)"
+    differ = [k for k in differ if k in TEST_FILES]
     return f"{', '.join(differ)} differ, by content's SHA-256" if differ else None

@@ -172,36 +172,51 @@ def _check_data(reused: list[MemberRun], trained: list[MemberRun], workdir: path
     """Refuses, before anything trains, runs that would be scored on other test images (their pairs could not be
     tested, and the report refused them once every member had trained): members whose data sections read other
     test files, or a finished run named for a member scored on other test images than the members trained here; a
-    named run trained on other files is reported, with a warning. Each data section's files are read once, and only
-    where there is something to compare: members to train, and several data sections or runs reused."""
+    named run trained on other files than those is reported, with a warning (where nothing trains, than the first
+    named run's: the report then refuses other test images at once). Each data section's files are read once, and
+    only where there is something to compare: members to train, and several data sections or runs reused."""
     sections: dict[tuple[str, str | None], MemberRun] = {}  # each data section with the first member that reads it
     for member in trained:
-        sections.setdefault((member.config.data.source, member.config.data.dir), member)
-    if not sections or (len(sections) == 1 and not reused):
+        folder = member.config.data.dir
+        sections.setdefault(
+            (member.config.data.source, str(pathlib.Path(folder).expanduser()) if folder else None), member
+        )
+    if not trained:  # the named runs against the first of them: records only
+        if len(reused) < 2:
+            return
+        first, *reused = reused
+        here, than = _recorded(first), f"{first.name}'s run in {first.workdir} read"
+    elif len(sections) == 1 and not reused:
         return
-    read = {key: dict(data.load(_files_only(*key), seed=0).checksums) for key in sections}
-    (key, here), *others = read.items()
-    for other, sums in others:
-        if how := checksums.other_test_images(here, sums):
-            a, b = sections[key].name, sections[other].name
-            raise ConfigError(
-                f"config.members.{a} and config.members.{b} read other test images ({how}), so their runs could not "
-                "be paired: give every member the same config.data.source and config.data.dir."
-            )
+    else:
+        read = {key: dict(data.load(_files_only(*key), seed=0).checksums) for key in sections}
+        (key, here), *others = read.items()
+        for other, sums in others:
+            if how := checksums.other_test_images(here, sums):
+                a, b = sections[key].name, sections[other].name
+                raise ConfigError(
+                    f"config.members.{a} and config.members.{b} read other test images ({how}), so their runs could "
+                    "not be paired: give every member the same config.data.source and config.data.dir."
+                )
+        than = "the members trained here read"
     for member in reused:
-        recorded = metrics.load_results(member.workdir).get("dataset_checksums")
-        if how := checksums.other_test_images(recorded, here):
+        recorded = _recorded(member)
+        if trained and (how := checksums.other_test_images(recorded, here)):
             raise ConfigError(
-                f"config.members.{member.name}.workdir: {member.workdir} was scored on other test images than the "
-                f"members trained here read ({how}), so it could not be paired with them; name a run on the same "
-                f"data, or leave it unset to train in {workdir / member.name}/seed_<seed>."
+                f"config.members.{member.name}.workdir: {member.workdir} was scored on other test images than {than} "
+                f"({how}), so it could not be paired with them; name a run on the same data, or leave it unset to "
+                f"train in {workdir / member.name}/seed_<seed>."
             )
         if how := checksums.what_differs(recorded, here):
             logging.warning(
-                "%s, seed %d: %s was trained on other files than the members trained here read (%s); reported as "
-                "it is.",
-                *(member.name, member.seed, member.workdir, how),
+                "%s, seed %d: %s was trained on other files than %s (%s); reported as it is.",
+                *(member.name, member.seed, member.workdir, than, how),
             )
+
+
+def _recorded(member: MemberRun) -> dict[str, str] | None:
+    """The data checksums a member's finished run recorded."""
+    return metrics.load_results(member.workdir).get("dataset_checksums")
 
 
 def _files_only(source: str, folder: str | None) -> ml_collections.ConfigDict:
@@ -252,8 +267,8 @@ def run_compare(
     with _lead_decides("the data the members read"):
         if lead:
             _check_data([m for m, finished in zip(runs, reused, strict=True) if finished], to_run, workdir)
-    lead = files.is_lead_process()  # it alone writes config.json; every process checks it, as each member's run
-    # Not undoable after a kill: a member may have taken the new fields by then (they stand where one did).
+    # Process 0 alone writes config.json; every process checks it, as each member's run. Not undoable after a kill: a
+    # member may have taken the new fields by then (they stand where one did).
     replaced = config_lib.save_or_check(config, workdir, write=lead, undoable=False)
     members_before = {member.workdir: config_lib.saved_or_none(member.workdir) for member in to_run}
     with config_lib.put_back_unless_accepted(workdir, replaced) as accept:

@@ -19,6 +19,7 @@ from helpers import NARROW_RECIPE, load_config, quick_compare_config, run_main, 
 from fmnist_jax import baselines, compare, config_lib, data, machine, metrics, parallel, report, run, stats
 from fmnist_jax.errors import ConfigError, UserError
 from fmnist_jax.report import plots as report_plots
+from fmnist_jax.report import runs as runs_module
 from fmnist_jax.report import sentences, tables
 from fmnist_jax.report.__main__ import main as report_main
 
@@ -240,11 +241,17 @@ def test_a_named_member_run_on_other_data_is_refused_for_other_test_files_and_wa
             run.run(config, tmp_path / "compare")
         warned = "/seed_0 was trained on other files than the members trained here read (train-labels-idx1-ubyte differ"
         assert warned in caplog.text
+        config.members.linear_svm.workdir = str(workdir / "linear_svm" / "seed_{seed}")  # nothing trains: records
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            run.run(config, tmp_path / "named")
+        assert "rf/seed_0 was trained on other files than cnn's run in " in caplog.text
+        config.members.linear_svm.workdir = None
         recorded(lambda sums: {**sums, "t10k-images-idx3-ubyte": "0" * 64})
         with pytest.raises(ConfigError, match=r"rf/seed_0 was scored on other test images than the members trained "):
             run.run(config, tmp_path / "again")
     finally:
-        config.members.cnn.workdir = config.members.random_forest.workdir = None
+        config.members.cnn.workdir = config.members.random_forest.workdir = config.members.linear_svm.workdir = None
     assert not (tmp_path / "again").exists()  # the SVM never started
 
 
@@ -290,6 +297,12 @@ def test_runs_of_one_config_on_other_data_are_other_models_and_pairs_need_the_sa
     metrics.save_results(tmp_path / "rf", {**forest, "dataset_checksums": {**sums, "t10k-images-idx3-ubyte": "0"}})
     with pytest.raises(UserError, match=r"svm_0 and .*rf were scored on different test images \(t10k-images-idx3"):
         report.build([tmp_path / "svm_0", tmp_path / "rf"], tmp_path / "pair")  # seeds 0 and 1: no paired test
+
+
+def test_models_of_one_label_get_distinct_labels_even_where_a_suffixed_one_is_taken(tmp_path):
+    """Labels name the figures' files and report.json's keys: "a", "a" and "a_2" must not give two "a_2"."""
+    models = [runs_module.Model(label, "A", []) for label in ("a", "a", "a_2")]
+    assert [m.label for m in runs_module._set_apart(models)] == ["a", "a_2", "a_2_2"]
 
 
 def test_confused_pairs_in_words():
@@ -804,6 +817,11 @@ def test_a_report_rebuilt_into_the_same_folder_keeps_only_its_own_figures(compar
     shown = set(re.findall(r"plots/([\w.-]+\.png)", md))
     assert shown and {p.name for p in (tmp_path / "plots").iterdir()} == shown | {"mine.png"}
     assert sorted(shown) == json.loads((tmp_path / "report.json").read_text())["figures"]
+    report.build(runs, tmp_path)  # again with both, then as if by a version whose report.json had no figures
+    record = json.loads((tmp_path / "report.json").read_text())
+    (tmp_path / "report.json").write_text(json.dumps({k: v for k, v in record.items() if k != "figures"}))
+    report.build(runs[:1], tmp_path)
+    assert {p.name for p in (tmp_path / "plots").iterdir()} == shown | {"mine.png"}
 
 
 def test_report_json_holds_every_number_the_report_shows(comparison):

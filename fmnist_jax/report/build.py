@@ -295,7 +295,8 @@ def build(workdirs: Sequence[str | pathlib.Path], out: str | pathlib.Path) -> di
         ctx = Context(models, pairs, plots_folder)
         blocks = [block for section in SECTIONS for block in section(ctx)]
         paths = {"markdown": out / "report.md", "html": out / "report.html", "json": out / REPORT_JSON}
-        figures = sorted({block.path.name for block in blocks if isinstance(block, Image)})
+        figures = sorted(block.path.name for block in blocks if isinstance(block, Image))
+        assert len(set(figures)) == len(figures), f"two figures of one name: {figures}"  # labels are distinct
         record = {
             **tables.report_json(models, ctx.pairs),
             "built_from": str(pathlib.Path.cwd()),
@@ -314,11 +315,28 @@ def build(workdirs: Sequence[str | pathlib.Path], out: str | pathlib.Path) -> di
     return {**paths, "plots": plots_folder}
 
 
+# The file names of the figures a report draws, for a report.json written before it listed them (`figures`).
+OWN_FIGURES = (
+    "f1_per_class.png",
+    "samples_per_class.png",
+    "search_*.png",
+    "confusion_*.png",
+    "curves_*.png",
+    "errors_*.png",
+)
+
+
 def _figures_of(listing: pathlib.Path) -> set[str]:
-    """The figures (file names in plots/) an earlier report's report.json lists; none where it has no list (another
-    file in plots/ is never touched)."""
+    """The figures (file names in plots/) an earlier report's report.json lists; for one written before it listed
+    them, the files in plots/ named as a report names its figures; none without a report.json (another file in
+    plots/ is never touched)."""
     try:
-        figures = json.loads(listing.read_text(encoding="utf-8")).get("figures") or []
-    except (OSError, ValueError, AttributeError):
+        record = json.loads(listing.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return set()
+    if not isinstance(record, dict):
+        return set()
+    if "figures" not in record:
+        return {p.name for pattern in OWN_FIGURES for p in (listing.parent / "plots").glob(pattern)}
+    figures = record["figures"] if isinstance(record["figures"], list) else []
     return {name for name in figures if isinstance(name, str) and name == pathlib.Path(name).name}

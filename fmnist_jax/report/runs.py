@@ -228,16 +228,21 @@ def _data_name(results: dict[str, Any]) -> str:
     return f"{what} {hashlib.sha256(json.dumps(sums, sort_keys=True).encode()).hexdigest()[:8]}"
 
 
+def _source(run: Member) -> str | None:
+    return checksums.source(run.results.get("dataset_checksums"))
+
+
 def _by_data(runs: list[Member]) -> list[tuple[list[Member], str]]:
     """Runs of one label split by the data they read (their files' checksums): each share with what sets it apart
     ("" where all read the same; the released files first, then by name, whatever order the runs came in). Runs of
     other data are other experiments, never seeds of one model; runs whose data are unrecorded are taken for the
-    others' where those read one data set."""
+    others' where those read one data set from the same source (IDX files or TFDS)."""
     shares: dict[str, list[Member]] = {}
     for run in runs:
         shares.setdefault(_data_name(run.results), []).append(run)
-    if len(shares) <= 2 and "unrecorded" in shares:  # runs that cannot tell join the one data set the others read
-        return [(runs, "")]
+    unsure, sources = shares.get("unrecorded", []), {_source(r) for r in runs if _data_name(r.results) != "unrecorded"}
+    if len(shares) == 2 and unsure and {_source(r) for r in unsure} <= sources | {None}:
+        return [(runs, "")]  # runs that cannot tell join the one data set the others read, from the same source
     order = sorted(shares, key=lambda name: (name != "the released files", name))
     return [(runs, "")] if len(shares) == 1 else [(shares[name], f"data: {name}") for name in order]
 
@@ -271,11 +276,14 @@ def _group(members: Sequence[Member]) -> list[Model]:
 
 def _set_apart(models: list[Model]) -> list[Model]:
     """Makes labels (file names, keys) and titles distinct, e.g. for folders of one name under two parents."""
-    counts: dict[str, int] = {}
-    for m in models:
-        counts[m.label] = counts.get(m.label, 0) + 1
-        if counts[m.label] > 1:
-            m.label = f"{m.label}_{counts[m.label]}"
+    taken: set[str] = set()
+    for m in models:  # the second "a" becomes a_2, or a_3 where a_2 is another model's own label
+        label, n = m.label, 1
+        while label in taken:
+            n += 1
+            label = f"{m.label}_{n}"
+        taken.add(label)
+        m.label = label
     titles = [m.title for m in models]
     for m in models:
         if titles.count(m.title) > 1:
