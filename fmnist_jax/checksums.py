@@ -30,18 +30,19 @@ def _two_sources(before: Mapping[str, str] | None, now: Mapping[str, str] | None
 
 
 def differing(before: Mapping[str, str] | None, now: Mapping[str, str] | None) -> list[str]:
-    """The files (checksums' names) whose content differs between two readings, `before` a run's record of them
-    (empty in one older than the record: nothing to compare). Two readings that name no file in common came from two
-    sources (IDX files, TFDS's arrays), which give the images in other orders, so that a seed's split differs: then
-    every one of `now`'s."""
+    """The files (checksums' names, as `by_content` has them) whose content differs between two readings, `before` a
+    run's record of them (empty in one older than the record, or holding only gzip files' sums: nothing to compare).
+    Two readings of two sources (IDX files, TFDS's arrays: `source`) give the images in other orders, so that a seed's
+    split differs: then every one of `now`'s."""
     if _two_sources(before, now):
-        return sorted(now or {})
+        return sorted(by_content(now) or now or {})
     before, now = by_content(before), by_content(now)
     return sorted(name for name in before.keys() & now.keys() if before[name] != now[name])
 
 
 def other_source(before: Mapping[str, str] | None, now: Mapping[str, str] | None) -> str | None:
-    """Where `differing`'s two readings came from two sources: a clause saying so, for an error; else None."""
+    """Where `differing`'s two readings of one run's data came from two sources: a clause saying so, for an error;
+    else None."""
     if not _two_sources(before, now):
         return None
     return (
@@ -55,7 +56,11 @@ def what_differs(before: Mapping[str, str] | None, now: Mapping[str, str] | None
     """How two readings (`differing`'s) differ, as a clause: another source (`other_source`), or the files whose
     content differs; None where they do not."""
     if differ := differing(before, now):
-        return other_source(before, now) or f"{', '.join(differ)} differ, by content's SHA-256"
+        if other := other_source(before, now):
+            return other
+        if any(k.startswith(TFDS_PREFIX) for k in differ):
+            return "TFDS's arrays differ, by their SHA-256 (one digest of every split)"
+        return f"{', '.join(differ)} differ, by content's SHA-256"
     return None
 
 
@@ -67,6 +72,6 @@ def other_test_images(a: Mapping[str, str] | None, b: Mapping[str, str] | None) 
         return f"read from {source(a)} and from {source(b)}, whose test images come in other orders"
     differ = differing(a, b)
     if any(k.startswith(TFDS_PREFIX) for k in differ):  # one digest of every split: the test split's may differ
-        return "TFDS's arrays differ, by their SHA-256 (one digest of every split, so its test images may)"
+        return "TFDS's arrays differ, by their SHA-256: one digest of every split, the test split's among them"
     differ = [k for k in differ if k in TEST_FILES]
     return f"{', '.join(differ)} differ, by content's SHA-256" if differ else None

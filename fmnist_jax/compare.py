@@ -172,8 +172,8 @@ def _check_data(reused: list[MemberRun], trained: list[MemberRun], workdir: path
     """Refuses, before anything trains, runs that would be scored on other test images (their pairs could not be
     tested, and the report refused them once every member had trained): members whose data sections read other
     test files, or a finished run named for a member scored on other test images than the members trained here; a
-    named run trained on other files than those is reported, with a warning (where nothing trains, than the first
-    named run's: the report then refuses other test images at once). Each data section's files are read once, and
+    named run trained on other files than those is reported, with a warning (where nothing trains, the named runs are
+    held against the first of them that recorded its files' content). Each data section's files are read once, and
     only where there is something to compare: members to train, and several data sections or runs reused."""
     sections: dict[tuple[str, str | None], MemberRun] = {}  # each data section with the first member that reads it
     for member in trained:
@@ -181,10 +181,11 @@ def _check_data(reused: list[MemberRun], trained: list[MemberRun], workdir: path
         sections.setdefault(
             (member.config.data.source, str(pathlib.Path(folder).expanduser()) if folder else None), member
         )
-    if not trained:  # the named runs against the first of them: records only
-        if len(reused) < 2:
+    if not trained:  # the named runs against the first of them that recorded its files' content: records only
+        first = next((m for m in reused if checksums.by_content(_recorded(m))), None)
+        if first is None:
             return
-        first, *reused = reused
+        reused = [member for member in reused if member is not first]
         here, than = _recorded(first), f"{first.name}'s run in {first.workdir} read"
     elif len(sections) == 1 and not reused:
         return
@@ -201,7 +202,7 @@ def _check_data(reused: list[MemberRun], trained: list[MemberRun], workdir: path
         than = "the members trained here read"
     for member in reused:
         recorded = _recorded(member)
-        if trained and (how := checksums.other_test_images(recorded, here)):
+        if how := checksums.other_test_images(recorded, here):
             raise ConfigError(
                 f"config.members.{member.name}.workdir: {member.workdir} was scored on other test images than {than} "
                 f"({how}), so it could not be paired with them; name a run on the same data, or leave it unset to "

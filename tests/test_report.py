@@ -246,6 +246,15 @@ def test_a_named_member_run_on_other_data_is_refused_for_other_test_files_and_wa
         with caplog.at_level(logging.WARNING):
             run.run(config, tmp_path / "named")
         assert "rf/seed_0 was trained on other files than cnn's run in " in caplog.text
+        for seed in (0, 1):  # the CNN's runs as recorded before their files' content was: held against the forest's
+            shutil.copytree(workdir / "cnn" / f"seed_{seed}", tmp_path / "cnn" / f"seed_{seed}")
+            saved = metrics.load_results(tmp_path / "cnn" / f"seed_{seed}")
+            metrics.save_results(tmp_path / "cnn" / f"seed_{seed}", {**saved, "dataset_checksums": {"a.gz": "0"}})
+        config.members.cnn.workdir = str(tmp_path / "cnn" / "seed_{seed}")
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            run.run(config, tmp_path / "named_again")
+        assert "linear_svm/seed_0 was trained on other files than random_forest's run in " in caplog.text
         config.members.linear_svm.workdir = None
         recorded(lambda sums: {**sums, "t10k-images-idx3-ubyte": "0" * 64})
         with pytest.raises(ConfigError, match=r"rf/seed_0 was scored on other test images than the members trained "):
@@ -295,14 +304,29 @@ def test_runs_of_one_config_on_other_data_are_other_models_and_pairs_need_the_sa
     shutil.copytree(workdir / "random_forest" / "seed_1", tmp_path / "rf")
     forest = metrics.load_results(tmp_path / "rf")
     metrics.save_results(tmp_path / "rf", {**forest, "dataset_checksums": {**sums, "t10k-images-idx3-ubyte": "0"}})
-    with pytest.raises(UserError, match=r"svm_0 and .*rf were scored on different test images \(t10k-images-idx3"):
+    with pytest.raises(UserError, match=r"svm_0 and .*rf cannot be paired: their test images differ \(t10k-images"):
         report.build([tmp_path / "svm_0", tmp_path / "rf"], tmp_path / "pair")  # seeds 0 and 1: no paired test
 
 
+def test_runs_whose_data_are_unrecorded_join_only_a_share_of_their_own_source():
+    """A run without checksums, or with an older record's gzip sums only, counts as the others' where those read one
+    data set; the gzip record read IDX files, so never TFDS's arrays."""
+
+    def member(sums):
+        return runs_module.Member("svm", pathlib.Path("svm"), {"dataset_checksums": sums}, [], {})
+
+    gzip_record, tfds = {f"{k}.gz": "0" * 64 for k in data.RELEASED_SHA256}, {"tfds:fashion_mnist": "a" * 64}
+    assert [note for _, note in runs_module._by_data([member(data.RELEASED_SHA256), member(gzip_record)])] == [""]
+    assert [note for _, note in runs_module._by_data([member(tfds), member(None)])] == [""]
+    notes = [note for _, note in runs_module._by_data([member(tfds), member(gzip_record)])]
+    assert notes[0].startswith("data: TFDS's arrays ") and notes[1] == "data: unrecorded"
+
+
 def test_models_of_one_label_get_distinct_labels_even_where_a_suffixed_one_is_taken(tmp_path):
-    """Labels name the figures' files and report.json's keys: "a", "a" and "a_2" must not give two "a_2"."""
-    models = [runs_module.Model(label, "A", []) for label in ("a", "a", "a_2")]
-    assert [m.label for m in runs_module._set_apart(models)] == ["a", "a_2", "a_2_2"]
+    """Labels name the figures' files and report.json's keys: "a", "a" and "a_2" must not give two "a_2", nor
+    rename the model whose own label "a_2" is; labels differing in case alone name one file on macOS and Windows."""
+    models = [runs_module.Model(label, "A", []) for label in ("a", "a", "a_2", "A")]
+    assert [m.label for m in runs_module._set_apart(models)] == ["a", "a_3", "a_2", "A_4"]
 
 
 def test_confused_pairs_in_words():

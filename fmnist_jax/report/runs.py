@@ -276,13 +276,15 @@ def _group(members: Sequence[Member]) -> list[Model]:
 
 def _set_apart(models: list[Model]) -> list[Model]:
     """Makes labels (file names, keys) and titles distinct, e.g. for folders of one name under two parents."""
-    taken: set[str] = set()
-    for m in models:  # the second "a" becomes a_2, or a_3 where a_2 is another model's own label
+    # The second "a" becomes a_2, or a_3 where a_2 is another model's own label, which stays; compared case-folded,
+    # as the figures' file names are on macOS and Windows.
+    reserved, taken = {m.label.casefold() for m in models}, set()
+    for m in models:
         label, n = m.label, 1
-        while label in taken:
+        while label.casefold() in taken or (n > 1 and label.casefold() in reserved):
             n += 1
             label = f"{m.label}_{n}"
-        taken.add(label)
+        taken.add(label.casefold())
         m.label = label
     titles = [m.title for m in models]
     for m in models:

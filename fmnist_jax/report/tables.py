@@ -175,8 +175,8 @@ def compare_pair(a: Model, b: Model) -> dict[str, Any]:
             run.results.get("dataset_checksums"), other.results.get("dataset_checksums")
         ):
             raise UserError(
-                f"{run.workdir} and {other.workdir} were scored on different test images ({how}); pair runs on the "
-                "same test set."
+                f"{run.workdir} and {other.workdir} cannot be paired: their test images differ ({how}); pair runs on "
+                "the same test set."
             )
     b_runs = {run.results["seed"]: run for run in b.runs}
     seeds = {}
