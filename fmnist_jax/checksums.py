@@ -33,7 +33,7 @@ def differing(before: Mapping[str, str] | None, now: Mapping[str, str] | None) -
     """The files (checksums' names, as `by_content` has them) whose content differs between two readings, `before` a
     run's record of them (empty in one older than the record, or holding only gzip files' sums: nothing to compare).
     Two readings of two sources (IDX files, TFDS's arrays: `source`) give the images in other orders, so that a seed's
-    split differs: then every one of `now`'s."""
+    split differs: then every one of `now`'s (as written, where `by_content` keeps none of them)."""
     if _two_sources(before, now):
         return sorted(by_content(now) or now or {})
     before, now = by_content(before), by_content(now)
@@ -59,7 +59,7 @@ def what_differs(before: Mapping[str, str] | None, now: Mapping[str, str] | None
         if other := other_source(before, now):
             return other
         if any(k.startswith(TFDS_PREFIX) for k in differ):
-            return "TFDS's arrays differ, by their SHA-256 (one digest of every split)"
+            return "TFDS's arrays differ, by their SHA-256: one digest of every split"
         return f"{', '.join(differ)} differ, by content's SHA-256"
     return None
 

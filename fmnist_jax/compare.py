@@ -171,10 +171,11 @@ def _agreed(value: bool) -> bool:
 def _check_data(reused: list[MemberRun], trained: list[MemberRun], workdir: pathlib.Path) -> None:
     """Refuses, before anything trains, runs that would be scored on other test images (their pairs could not be
     tested, and the report refused them once every member had trained): members whose data sections read other
-    test files, or a finished run named for a member scored on other test images than the members trained here; a
-    named run trained on other files than those is reported, with a warning (where nothing trains, the named runs are
-    held against the first of them that recorded its files' content). Each data section's files are read once, and
-    only where there is something to compare: members to train, and several data sections or runs reused."""
+    test files, or a finished run named for a member scored on other test images than the members trained here read;
+    a named run trained on other files than those is reported, with a warning. Where nothing trains, the named runs
+    are held, for both, against the first of them that recorded its files' content. Each data section's files are
+    read once, and only where there is something to compare: members to train, and several data sections or runs
+    reused."""
     sections: dict[tuple[str, str | None], MemberRun] = {}  # each data section with the first member that reads it
     for member in trained:
         folder = member.config.data.dir

@@ -327,9 +327,9 @@ def test_a_run_resumed_on_other_data_is_refused_and_keeps_its_checkpoints(tiny_d
 
     before = kept()
     pattern = (
-        rf"checkpoint 4 in {tmp_path}/checkpoints was trained on other data: t10k-images-idx3-ubyte, "
-        rf"t10k-labels-idx1-ubyte, train-images-idx3-ubyte, train-labels-idx1-ubyte in idx:{other} differ from what "
-        r"it trained on \(by content's SHA-256\)\. Point config.data.dir \(or FMNIST_DATA_DIR\) at the files it"
+        rf"checkpoint 4 in {tmp_path}/checkpoints was trained on other data than idx:{other} holds: "
+        r"t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, train-images-idx3-ubyte, train-labels-idx1-ubyte differ, by "
+        r"content's SHA-256\. Point config.data.dir \(or FMNIST_DATA_DIR\) at the files it"
     )
     with pytest.raises(ConfigError, match=pattern):
         run.run(helpers.tiny_config(other), tmp_path)

@@ -255,13 +255,15 @@ def test_a_named_member_run_on_other_data_is_refused_for_other_test_files_and_wa
         with caplog.at_level(logging.WARNING):
             run.run(config, tmp_path / "named_again")
         assert "linear_svm/seed_0 was trained on other files than random_forest's run in " in caplog.text
-        config.members.linear_svm.workdir = None
         recorded(lambda sums: {**sums, "t10k-images-idx3-ubyte": "0" * 64})
+        with pytest.raises(ConfigError, match=r"linear_svm/seed_0 was scored on other test images than random_forest"):
+            run.run(config, tmp_path / "named_other_test")  # nothing trains: refused all the same, before the report
+        config.members.linear_svm.workdir = None
         with pytest.raises(ConfigError, match=r"rf/seed_0 was scored on other test images than the members trained "):
             run.run(config, tmp_path / "again")
     finally:
         config.members.cnn.workdir = config.members.random_forest.workdir = config.members.linear_svm.workdir = None
-    assert not (tmp_path / "again").exists()  # the SVM never started
+    assert not (tmp_path / "again").exists() and not (tmp_path / "named_other_test").exists()  # the SVM never started
 
 
 def test_members_reading_other_test_images_stop_the_comparison_before_anything_trains(comparison, tmp_path):
@@ -671,7 +673,7 @@ def test_a_refused_rerun_of_a_comparison_leaves_every_config_json_as_it_was(comp
     more.resume_with_changes = more.members.cnn.resume_with_changes = True
     more.members.cnn.num_epochs = config.quick_overrides.cnn.num_epochs + 1  # over quick's, as a flag
     more.members.cnn.data.dir = str(other)
-    with pytest.raises(ConfigError, match=r"seed_0/checkpoints was trained on other data: train-images-idx3-ubyte"):
+    with pytest.raises(ConfigError, match=r"seed_0/checkpoints was trained on other data than idx:.* train-images"):
         run.run(more, tmp_path / "compare", given={"members.cnn.num_epochs", "members.cnn.data.dir"})
     assert len(configs) == 7 and [path.read_bytes() for path in configs] == before
     assert run.run(config, tmp_path / "compare") == results

@@ -170,12 +170,10 @@ def _other_data(meta: dict, directory: pathlib.Path, dataset: data.Dataset) -> s
             f"checkpoint {meta['step']} in {directory} was trained on the same images read otherwise: {why}. Read "
             "them as it did (config.data.source, config.data.dir), or train in a new --workdir."
         )
-    if differ := checksums.differing(before, now):
-        verb = "differs" if len(differ) == 1 else "differ"
+    if how := checksums.what_differs(before, now):
         return (
-            f"checkpoint {meta['step']} in {directory} was trained on other data: {', '.join(differ)} in "
-            f"{dataset.source} {verb} from what it trained on (by content's SHA-256). Point config.data.dir "
-            "(or FMNIST_DATA_DIR) at the files it trained on, or train in a new --workdir."
+            f"checkpoint {meta['step']} in {directory} was trained on other data than {dataset.source} holds: {how}. "
+            "Point config.data.dir (or FMNIST_DATA_DIR) at the files it trained on, or train in a new --workdir."
         )
     return None
 
