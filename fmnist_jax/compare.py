@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import pathlib
-import sys
 from collections.abc import Collection
 from typing import Any
 
@@ -146,28 +144,6 @@ def _check_named(member: MemberRun, workdir: pathlib.Path) -> bool:
     return True
 
 
-def _multi_process() -> bool:
-    return "jax" in sys.modules and sys.modules["jax"].process_count() > 1  # a job, joined by `run`
-
-
-def _lead_decides(what: str) -> contextlib.AbstractContextManager:
-    """Around a check that process 0 alone makes: in a job, an error it raises stops every process at once."""
-    if not _multi_process():
-        return contextlib.nullcontext()
-    from fmnist_jax import parallel
-
-    return parallel.stop_together(what)
-
-
-def _agreed(value: bool) -> bool:
-    """Process 0's `value`, on every process of a job."""
-    if not _multi_process():
-        return value
-    from fmnist_jax import parallel
-
-    return parallel.lead_decides(value)
-
-
 def _check_data(reused: list[MemberRun], trained: list[MemberRun], workdir: pathlib.Path) -> None:
     """Refuses, before anything trains, runs that would be scored on other test images (their pairs could not be
     tested, and the report refused them once every member had trained): members whose data sections read other
@@ -256,9 +232,9 @@ def run_compare(
     if config.mode != "train":
         raise ConfigError("a comparison only trains and reports: run evaluate/predict on a member's workdir.")
     runs, lead = member_runs(config, workdir, given), files.is_lead_process()
-    with _lead_decides("a member's named folder"):  # before anything trains; process 0 alone may see the folders
+    with files.stop_together("a member's named folder"):  # before anything trains; process 0 alone may see the folders
         found = [bool(lead and member.named and _check_named(member, workdir)) for member in runs]
-    reused = [_agreed(finished) for finished in found]
+    reused = [files.lead_decides(finished) for finished in found]
     to_run = [member for member, finished in zip(runs, reused, strict=True) if not finished]
     if any(member.config.kind == "cnn" for member in to_run):
         from fmnist_jax import timing  # JAX, which a CNN member imports anyway
@@ -266,7 +242,7 @@ def run_compare(
         timing.start_up()  # the process's start-up is the comparison's: no member's seconds (before_run) hold it
     for member in {m.name: m for m in to_run}.values():  # each member's config once (seeds differ in the seed)
         _check_member(member)
-    with _lead_decides("the data the members read"):
+    with files.stop_together("the data the members read"):
         if lead:
             _check_data([m for m, finished in zip(runs, reused, strict=True) if finished], to_run, workdir)
     # Process 0 alone writes config.json; every process checks it, as each member's run. Not undoable after a kill: a

@@ -43,6 +43,25 @@ def is_lead_process() -> bool:
     return all((os.environ.get(v) or "0") == "0" for v in RANK_VARIABLES)  # an empty variable is unset
 
 
+def stop_together(what: str) -> contextlib.AbstractContextManager:
+    """Around a check process 0 may be alone to fail: `parallel.stop_together` once JAX is imported (the run may be
+    one process of a job); without JAX a run is one process's (`run`), with nothing to agree on."""
+    if "jax" not in sys.modules:
+        return contextlib.nullcontext()
+    from fmnist_jax import parallel
+
+    return parallel.stop_together(what)
+
+
+def lead_decides(decision: bool) -> bool:
+    """Process 0's `decision` on every process (`parallel.lead_decides`) once JAX is imported; else `decision`."""
+    if "jax" not in sys.modules:
+        return decision
+    from fmnist_jax import parallel
+
+    return parallel.lead_decides(decision)
+
+
 def rank_description() -> str:
     """The launcher's rank variables that are set, as `NAME=VALUE` (for a message about the process's rank)."""
     return ", ".join(f"{v}={os.environ[v]}" for v in RANK_VARIABLES if os.environ.get(v)) or "no rank variable set"

@@ -64,12 +64,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, given: C
         return None
     made = files.outermost_missing(workdir)  # the folder the lock's making of `workdir` will make first, or None
     with contextlib.ExitStack() as lock:
-        if "jax" in sys.modules:  # joined above, or a comparison's baseline member: its processes stop together
-            from fmnist_jax import parallel
-
-            agreed = parallel.stop_together(f"the workdir {workdir} could not be locked")
-        else:
-            agreed = contextlib.nullcontext()
+        # Joined above, or a comparison's baseline member: its processes stop together.
+        agreed = files.stop_together(f"the workdir {workdir} could not be locked")
         # The lock, held by the process that writes; `predict` reads a run it cannot write (an archive) unlocked.
         locks = files.is_lead_process() and (mode != "predict" or files.writable(workdir))
         with agreed:

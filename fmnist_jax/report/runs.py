@@ -219,9 +219,9 @@ def _data_name(results: dict[str, Any]) -> str:
     """The data a run read, as a model's title names it: "the released files", or "files " (TFDS's: "TFDS's arrays ")
     and the start of the SHA-256 of their checksums (runs of one data set share it), or "unrecorded" (no checksums,
     or only an older record's of gzip files as stored)."""
-    sums = checksums.by_content(results.get("dataset_checksums"))
-    if released(results) or sums == data.RELEASED_SHA256:
+    if released(results):
         return "the released files"
+    sums = checksums.by_content(results.get("dataset_checksums"))
     if not sums:
         return "unrecorded"
     what = "TFDS's arrays" if any(k.startswith(checksums.TFDS_PREFIX) for k in sums) else "files"
@@ -240,7 +240,8 @@ def _by_data(runs: list[Member]) -> list[tuple[list[Member], str]]:
     shares: dict[str, list[Member]] = {}
     for run in runs:
         shares.setdefault(_data_name(run.results), []).append(run)
-    unsure, sources = shares.get("unrecorded", []), {_source(r) for r in runs if _data_name(r.results) != "unrecorded"}
+    unsure = shares.get("unrecorded", [])
+    sources = {_source(r) for name, share in shares.items() if name != "unrecorded" for r in share}
     if len(shares) == 2 and unsure and {_source(r) for r in unsure} <= sources | {None}:
         return [(runs, "")]  # runs that cannot tell join the one data set the others read, from the same source
     order = sorted(shares, key=lambda name: (name != "the released files", name))
