@@ -90,7 +90,7 @@ def conv2d_valid(
     impl = resolve_conv(impl, training=training, in_channels=x.shape[-1], mixed=mixed)
     acc = jnp.float32 if mixed else None
     if mixed and impl == "im2col":
-        return im2col_mixed(x.astype(compute_dtype), kernel, jnp.dtype(compute_dtype))
+        return im2col_mixed(x, kernel, jnp.dtype(compute_dtype))
     if mixed and impl == "taps" and x.shape[-1] > 1:
         return taps_mixed(x, kernel, jnp.dtype(compute_dtype))
     # XLA's convolution takes the cast operands; the one-channel taps multiply elementwise in float32.
@@ -140,13 +140,14 @@ def im2col_mixed(x: jax.Array, kernel: jax.Array, dtype: jnp.dtype) -> jax.Array
     Its backward pass hands XLA:CPU each product in the layout of its fast path: the weight gradient as
     P^T (k, m) . dy with P^T built from the input in that layout (autodiff contracts axis 0 of P and of dy,
     which runs at a third of the bfloat16 rate: docs/history.md#retired-benchmark-scripts), the input gradient as
-    dy . W^T.
-    The float32 kernel is cast inside, so its gradient comes back in float32.
+    dy . W^T, folded back onto the input in float32.
+    Both operands are cast inside, so each gradient comes back in its operand's dtype: a float32 input's (the models
+    pass it so) is never rounded to `dtype`, nor summed in it over the overlapping windows.
     """
     n, h, w, c = x.shape
     kh, kw, _, o = kernel.shape
     oh, ow = h - kh + 1, w - kw + 1
-    p = patches(x, kh, kw).reshape(n * oh * ow, kh * kw * c)
+    p = patches(x.astype(dtype), kh, kw).reshape(n * oh * ow, kh * kw * c)
     y = jnp.dot(p, kernel.astype(dtype).reshape(kh * kw * c, o), preferred_element_type=jnp.float32)
     return y.astype(dtype).reshape(n, oh, ow, o)
 
@@ -159,19 +160,20 @@ def _im2col_mixed_bwd(dtype, residuals, dy):
     x, kernel = residuals
     kh, kw, _, o = kernel.shape
     dy = dy.reshape(-1, o).astype(dtype)
-    dk = jnp.dot(patches_t(x, kh, kw), dy, preferred_element_type=jnp.float32).reshape(kernel.shape)
-    return _patches_input_grad(dy, kernel, x.shape, dtype, fold_dtype=x.dtype), dk.astype(kernel.dtype)
+    dk = jnp.dot(patches_t(x.astype(dtype), kh, kw), dy, preferred_element_type=jnp.float32).reshape(kernel.shape)
+    dx = _patches_input_grad(dy, kernel, x.shape, dtype)
+    return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
 
-def _patches_input_grad(dy, kernel, x_shape, dtype, fold_dtype):
+def _patches_input_grad(dy, kernel, x_shape, dtype):
     """A convolution's input gradient over its patches: dy (m, O) . W^T with `dtype` operands and float32 sums,
-    rounded to `fold_dtype` and folded back onto the (N, H, W, C) input (the transpose of `patches`)."""
+    folded back onto the (N, H, W, C) input in float32 (the transpose of `patches`)."""
     n, h, w, c = x_shape
     kh, kw, _, o = kernel.shape
     w_t = (((1,), (1,)), ((), ()))  # dy . W^T: contract the output channels of both
     dp = jax.lax.dot_general(dy, kernel.astype(dtype).reshape(kh * kw * c, o), w_t, preferred_element_type=jnp.float32)
-    fold_back = jax.linear_transpose(lambda x: patches(x, kh, kw), jax.ShapeDtypeStruct(x_shape, fold_dtype))
-    (dx,) = fold_back(dp.astype(fold_dtype).reshape(n, h - kh + 1, w - kw + 1, kh * kw * c))
+    fold_back = jax.linear_transpose(lambda x: patches(x, kh, kw), jax.ShapeDtypeStruct(x_shape, jnp.float32))
+    (dx,) = fold_back(dp.reshape(n, h - kh + 1, w - kw + 1, kh * kw * c))
     return dx
 
 
@@ -220,7 +222,7 @@ def _taps_mixed_bwd(dtype, residuals, dy):
             for j in range(kw)
         ]
     )
-    dx = _patches_input_grad(dy, kernel, x.shape, dtype, fold_dtype=jnp.float32)
+    dx = _patches_input_grad(dy, kernel, x.shape, dtype)
     return dx.astype(x.dtype), dk.reshape(kernel.shape).astype(kernel.dtype)
 
 

@@ -70,9 +70,11 @@ def test_bfloat16_convolution_rounds_operands_and_accumulates_in_float32(impl, c
         ((2, 6, 4, 3), (1, 1, 3, 4)),
     ],
 )
-def test_tap_by_tap_bfloat16_gradients_are_float32_sums_of_the_rounded_operands(x_shape, k_shape):
-    """`taps_mixed`, the bfloat16 training convolution on CPU: each of its products in float32 over the operands
-    rounded to bfloat16; the output rounded once, both gradients in float32 (the input's fold-back too)."""
+@pytest.mark.parametrize("impl", ["taps", "im2col"])
+def test_bfloat16_training_convolutions_give_float32_sums_of_the_rounded_operands(impl, x_shape, k_shape):
+    """`taps_mixed` and `im2col_mixed`, the bfloat16 training convolutions on CPU (several input channels): each
+    product in float32 over the operands rounded to bfloat16; the output rounded once, both gradients in float32, the
+    input's fold-back over the overlapping windows too (summed in bfloat16, its error was about twice XLA's)."""
     rng = np.random.default_rng(1)
     x, kernel = (rng.standard_normal(shape, dtype=np.float32) for shape in (x_shape, k_shape))
 
@@ -82,7 +84,7 @@ def test_tap_by_tap_bfloat16_gradients_are_float32_sums_of_the_rounded_operands(
     ref_y, ref_pullback = jax.vjp(lambda x, k: ops.conv2d_valid(x, k, "xla"), rounded(x), rounded(kernel))
     dy = rng.standard_normal(ref_y.shape, dtype=np.float32)
     ref_dx, ref_dk = ref_pullback(rounded(dy))
-    y, pullback = jax.vjp(lambda x, k: ops.taps_mixed(x, k, jnp.dtype(jnp.bfloat16)), x, kernel)
+    y, pullback = jax.vjp(lambda x, k: ops.conv2d_valid(x, k, impl, compute_dtype=jnp.bfloat16), x, kernel)
     dx, dk = pullback(jnp.asarray(dy, jnp.bfloat16))
     assert (y.dtype, dx.dtype, dk.dtype) == (jnp.bfloat16, jnp.float32, jnp.float32)
     assert y.shape == ref_y.shape
