@@ -377,6 +377,12 @@ def test_a_grid_of_solver_choices_is_searched_as_the_estimator_takes_them(tiny_d
     grid = run.run(config, tmp_path)["search"]["grid"]
     assert [g["params"]["dual"] for g in grid] == ["auto", False]
     assert all(g["validation_accuracy"] is not None for g in grid)
+    l1 = tiny("linear_svm_search", tiny_data, **{"model.penalty": "l1", "model.dual": "true"})  # l1 fits primal only
+    l1.search.grid = {"dual": ("true", "false")}
+    baselines.check_config(l1)  # the grid's settings of dual are probed, not the model's own
+    l1.search.grid = {"dual": ("true",)}
+    with pytest.raises(ConfigError, match=r"^config\.search\.grid: none of its settings of \['dual'\] can be fitted"):
+        baselines.check_config(l1)
 
 
 def test_a_rejected_grid_value_on_the_command_line_is_one_error_line(tiny_data, tmp_path):

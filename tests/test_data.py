@@ -346,6 +346,11 @@ def test_older_records_of_the_data_compare_by_content_and_test_images_are_told_a
     assert checksums.by_content(gzip_record) == {} and checksums.by_content(dotted) == now
     assert checksums.differing(gzip_record, now) == [] and checksums.other_source(gzip_record, now) is None
     assert checksums.differing(dotted, now) == [] and checksums.what_differs(dotted, now) is None
+    dotted_other = {**dotted, "t10k-images.idx3-ubyte": "1" * 64}  # either side read by content, in either place
+    assert (
+        checksums.differing(dotted_other, now) == checksums.differing(now, dotted_other) == ["t10k-images-idx3-ubyte"]
+    )
+    assert checksums.other_test_images(dotted_other, now) == "t10k-images-idx3-ubyte differ, by content's SHA-256"
     other_train = {**now, "train-labels-idx1-ubyte": "0" * 64}
     assert checksums.what_differs(other_train, now) == "train-labels-idx1-ubyte differ, by content's SHA-256"
     assert checksums.other_test_images(other_train, now) is None

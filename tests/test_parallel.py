@@ -329,6 +329,30 @@ def test_a_comparison_in_a_two_process_job_joins_it_before_its_checks_start_jax(
     )
 
 
+def test_a_comparisons_checks_that_process_0_alone_makes_stop_both_processes(tiny_data, tmp_path):
+    """Process 0 alone checks a member's named folder and the data the members read, before anything trains; where
+    it refuses, process 1 stops with it at once (without the agreement it waited minutes for process 0, then failed)."""
+    other = helpers.write_idx_dataset(tmp_path / "other", n_train=320, n_test=100, seed=7)
+    args = [
+        *(
+            "--config=configs/compare.py",
+            f"--workdir={tmp_path / 'compare'}",
+            "--config.quick=True",
+            "--config.seeds=0",
+        ),
+        *(f"--config.members.{m}.enabled=False" for m in ("linear_svm", "vgg_bn")),
+        f"--config.members.cnn.data.dir={tiny_data}",
+    ]
+    for extra, what in [
+        ((f"--config.members.random_forest.workdir={tmp_path / 'typo'}",), "a member's named folder"),
+        ((f"--config.members.random_forest.data.dir={other}",), "the data the members read"),
+    ]:
+        (rc0, err0), (rc1, err1) = start_two_processes([*args, *extra])
+        assert (rc0, rc1) == (2, 2), err0[-2000:] + err1[-2000:]
+        assert last_line(err1) == f"error: process 0 stopped the run ({what}); its error says why.", err1[-2000:]
+    assert not list((tmp_path / "compare").glob("*/seed_*"))  # nothing trained
+
+
 def test_two_processes_train_as_one_and_agree_that_a_run_is_finished(tiny_data, two_process_run, one_device_run):
     """Two processes (2 fake devices each) joined by jax.distributed: the 1-device maths, files written once. A
     rerun is finished for both even where process 1 cannot see results.json (storage that is not shared)."""

@@ -187,11 +187,12 @@ def test_named_member_workdir_is_reported_not_retrained(comparison, tmp_path, ca
     assert [row[0] for row in summary] == ["CNN (Flax)", "Random forest", "Linear SVM"]
 
 
-def test_a_named_member_folder_of_another_model_is_refused(comparison, tmp_path):
-    """A member named at another model's runs (the forest's folder given the CNN's) is refused before anything trains:
-    reported as it is, its scores would stand under the member's name, and the member's own runs would be missing."""
+def test_a_named_member_folder_of_another_model_or_seed_is_refused(comparison, tmp_path):
+    """A member named at another model's runs (the forest's folder given the CNN's), or at a run of another seed, is
+    refused before anything trains: reported as it is, its scores would stand under the member's name and seed."""
     config, workdir, _ = comparison
     config.members.random_forest.workdir = str(workdir / "cnn" / "seed_{seed}")
+    seeds = config.seeds
     try:
         with pytest.raises(
             ConfigError,
@@ -199,9 +200,35 @@ def test_a_named_member_folder_of_another_model_is_refused(comparison, tmp_path)
             r"the model 'seed_cnn', not random_forest's 'random_forest'",
         ):
             run.run(config, tmp_path / "compare")
+        config.members.random_forest.workdir, config.seeds = str(workdir / "random_forest" / "seed_1"), (0,)
+        with pytest.raises(
+            ConfigError, match=r"random_forest/seed_1 holds a run of seed 1, not 0; .*--config\.seeds=1"
+        ):
+            run.run(config, tmp_path / "compare")
     finally:
-        config.members.random_forest.workdir = None
+        config.members.random_forest.workdir, config.seeds = None, seeds
     assert not (tmp_path / "compare").exists()  # the folder it made, removed
+
+
+def test_an_interrupted_run_in_a_named_folder_is_finished_there(comparison, tmp_path, caplog):
+    """A named folder may hold an unfinished run (docs/comparison.md): it goes on there, as its own command would (a
+    fitted forest not yet scored is scored, not fitted again), and its scores are the comparison's."""
+    config, workdir, results = comparison
+    for seed in (0, 1):
+        shutil.copytree(workdir / "random_forest" / f"seed_{seed}", tmp_path / "rf" / f"seed_{seed}")
+    (tmp_path / "rf" / "seed_1" / metrics.RESULTS_FILE).unlink()
+    for name in ("cnn", "linear_svm"):
+        config.members[name].workdir = str(workdir / name / "seed_{seed}")
+    config.members.random_forest.workdir = str(tmp_path / "rf" / "seed_{seed}")
+    try:
+        with caplog.at_level(logging.INFO):
+            out = run.run(config, tmp_path / "compare")
+    finally:
+        for name in ("cnn", "random_forest", "linear_svm"):
+            config.members[name].workdir = None
+    assert f"random_forest, seed 1: running in {tmp_path / 'rf' / 'seed_1'}" in caplog.text
+    assert out["random_forest"][1]["test_accuracy"] == results["random_forest"][1]["test_accuracy"]
+    assert (tmp_path / "rf" / "seed_1" / metrics.RESULTS_FILE).exists()
 
 
 def test_a_named_member_run_on_other_data_is_refused_for_other_test_files_and_warned_of_for_other_training_ones(
@@ -322,6 +349,12 @@ def test_runs_whose_data_are_unrecorded_join_only_a_share_of_their_own_source():
     assert [note for _, note in runs_module._by_data([member(tfds), member(None)])] == [""]
     notes = [note for _, note in runs_module._by_data([member(tfds), member(gzip_record)])]
     assert notes[0].startswith("data: TFDS's arrays ") and notes[1] == "data: unrecorded"
+    other = {**data.RELEASED_SHA256, "t10k-images-idx3-ubyte": "1" * 64}
+    notes = [note for _, note in runs_module._by_data([member(other), member(data.RELEASED_SHA256), member(None)])]
+    assert notes[0] == "data: the released files" and notes[1].startswith("data: files ")  # first, whatever the order
+    assert notes[2] == "data: unrecorded"  # two data sets recorded: an unrecorded run joins neither
+    dotted = {name.replace("-idx", ".idx"): digest for name, digest in other.items()}  # a record before 2026-12-06
+    assert [note for _, note in runs_module._by_data([member(other), member(dotted)])] == [""]  # the same files
 
 
 def test_models_of_one_label_get_distinct_labels_even_where_a_suffixed_one_is_taken(tmp_path):
@@ -329,6 +362,8 @@ def test_models_of_one_label_get_distinct_labels_even_where_a_suffixed_one_is_ta
     rename the model whose own label "a_2" is; labels differing in case alone name one file on macOS and Windows."""
     models = [runs_module.Model(label, "A", []) for label in ("a", "a", "a_2", "A")]
     assert [m.label for m in runs_module._set_apart(models)] == ["a", "a_3", "a_2", "A_4"]
+    models = [runs_module.Model(label, "Linear SVM", []) for label in ("a", "b")]  # two rows of one title
+    assert [m.title for m in runs_module._set_apart(models)] == ["Linear SVM (a)", "Linear SVM (b)"]
 
 
 def test_confused_pairs_in_words():
@@ -848,6 +883,17 @@ def test_a_report_rebuilt_into_the_same_folder_keeps_only_its_own_figures(compar
     (tmp_path / "report.json").write_text(json.dumps({k: v for k, v in record.items() if k != "figures"}))
     report.build(runs[:1], tmp_path)
     assert {p.name for p in (tmp_path / "plots").iterdir()} == shown | {"mine.png"}
+    outside = tmp_path.parent / f"{tmp_path.name}_keep.png"
+    outside.write_bytes(b"not the report's")
+    record = json.loads((tmp_path / "report.json").read_text())  # figures no report writes: beside or above plots/
+    record["figures"] += [f"../../{outside.name}", str(outside), "../report.md"]
+    (tmp_path / "report.json").write_text(json.dumps(record))
+    report.build(runs[:1], tmp_path)
+    assert outside.exists() and (tmp_path / "report.md").exists()
+    for damaged in ("5", '["x"]'):  # report.json no object: rebuilt over, and nothing of plots/ removed
+        (tmp_path / "report.json").write_text(damaged)
+        report.build(runs[:1], tmp_path)
+        assert {p.name for p in (tmp_path / "plots").iterdir()} == shown | {"mine.png"}
 
 
 def test_report_json_holds_every_number_the_report_shows(comparison):
@@ -981,6 +1027,13 @@ def test_a_pair_names_the_seeds_it_could_not_test(comparison, tmp_path):
     forest = json.loads(paths["json"].read_text())["models"]["random_forest"]["seeds"]
     with_predictions = report.runs.load_member(workdir / "random_forest" / "seed_1")
     assert forest["1"]["test_accuracy_ci95"] == list(report.runs.accuracy_interval(with_predictions))  # the counts'
+    runs = [
+        workdir / "random_forest" / "seed_0",
+        workdir / "random_forest" / "seed_1",
+        workdir / "linear_svm" / "seed_0",
+    ]
+    (pair,) = json.loads(report.build(runs, tmp_path / "one_svm")["json"].read_text())["pairs"]
+    assert (list(pair["seeds"]), pair["untested_seeds"]) == (["0"], [1])  # the other model has no run of seed 1
 
 
 @pytest.mark.heavy
