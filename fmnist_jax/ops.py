@@ -152,17 +152,23 @@ def im2col_mixed(x: jax.Array, kernel: jax.Array, dtype: jnp.dtype) -> jax.Array
     return y.astype(dtype).reshape(n, oh, ow, o)
 
 
+def _rounded_residuals(x, kernel, dtype):
+    """What a mixed convolution's backward pass keeps of its input: the input rounded to `dtype` (half a float32
+    input's memory) and an empty array of the input's own dtype, the dtype its gradient must come back in."""
+    return x.astype(dtype), kernel, jnp.zeros((0,), x.dtype)
+
+
 def _im2col_mixed_fwd(x, kernel, dtype):
-    return im2col_mixed(x, kernel, dtype), (x, kernel)
+    return im2col_mixed(x, kernel, dtype), _rounded_residuals(x, kernel, dtype)
 
 
 def _im2col_mixed_bwd(dtype, residuals, dy):
-    x, kernel = residuals
+    xb, kernel, like = residuals
     kh, kw, _, o = kernel.shape
     dy = dy.reshape(-1, o).astype(dtype)
-    dk = jnp.dot(patches_t(x.astype(dtype), kh, kw), dy, preferred_element_type=jnp.float32).reshape(kernel.shape)
-    dx = _patches_input_grad(dy, kernel, x.shape, dtype)
-    return dx.astype(x.dtype), dk.astype(kernel.dtype)
+    dk = jnp.dot(patches_t(xb, kh, kw), dy, preferred_element_type=jnp.float32).reshape(kernel.shape)
+    dx = _patches_input_grad(dy, kernel, xb.shape, dtype)
+    return dx.astype(like.dtype), dk.astype(kernel.dtype)
 
 
 def _patches_input_grad(dy, kernel, x_shape, dtype):
@@ -204,17 +210,17 @@ def taps_mixed(x: jax.Array, kernel: jax.Array, dtype: jnp.dtype) -> jax.Array:
 
 
 def _taps_mixed_fwd(x, kernel, dtype):
-    return taps_mixed(x, kernel, dtype), (x, kernel)
+    return taps_mixed(x, kernel, dtype), _rounded_residuals(x, kernel, dtype)
 
 
 def _taps_mixed_bwd(dtype, residuals, dy):
-    x, kernel = residuals
-    n, h, w, c = x.shape
+    xb, kernel, like = residuals
+    n, h, w, c = xb.shape
     kh, kw, _, o = kernel.shape
     oh, ow = h - kh + 1, w - kw + 1
     m = n * oh * ow
     dy = dy.reshape(m, o).astype(dtype)
-    xt = x.astype(dtype).transpose(3, 0, 1, 2)  # (C, N, H, W): each tap's input is then (C, m) as it stands
+    xt = xb.transpose(3, 0, 1, 2)  # (C, N, H, W): each tap's input is then (C, m) as it stands
     dk = jnp.stack(
         [
             jnp.dot(xt[:, :, i : i + oh, j : j + ow].reshape(c, m), dy, preferred_element_type=jnp.float32)
@@ -222,8 +228,8 @@ def _taps_mixed_bwd(dtype, residuals, dy):
             for j in range(kw)
         ]
     )
-    dx = _patches_input_grad(dy, kernel, x.shape, dtype)
-    return dx.astype(x.dtype), dk.reshape(kernel.shape).astype(kernel.dtype)
+    dx = _patches_input_grad(dy, kernel, xb.shape, dtype)
+    return dx.astype(like.dtype), dk.reshape(kernel.shape).astype(kernel.dtype)
 
 
 taps_mixed.defvjp(_taps_mixed_fwd, _taps_mixed_bwd)

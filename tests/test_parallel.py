@@ -343,12 +343,12 @@ def test_a_comparisons_checks_that_process_0_alone_makes_stop_both_processes(tin
         *(f"--config.members.{m}.enabled=False" for m in ("linear_svm", "vgg_bn")),
         f"--config.members.cnn.data.dir={tiny_data}",
     ]
-    for extra, what in [
-        ((f"--config.members.random_forest.workdir={tmp_path / 'typo'}",), "a member's named folder"),
-        ((f"--config.members.random_forest.data.dir={other}",), "the data the members read"),
+    for extra, what, why in [
+        ((f"--config.members.random_forest.workdir={tmp_path / 'typo'}",), "a member's named folder", "does not exist"),
+        ((f"--config.members.random_forest.data.dir={other}",), "the data the members read", "read other test images"),
     ]:
         (rc0, err0), (rc1, err1) = start_two_processes([*args, *extra])
-        assert (rc0, rc1) == (2, 2), err0[-2000:] + err1[-2000:]
+        assert (rc0, rc1) == (2, 2) and why in last_line(err0), err0[-2000:] + err1[-2000:]
         assert last_line(err1) == f"error: process 0 stopped the run ({what}); its error says why.", err1[-2000:]
     assert not list((tmp_path / "compare").glob("*/seed_*"))  # nothing trained
 

@@ -227,6 +227,7 @@ def test_an_interrupted_run_in_a_named_folder_is_finished_there(comparison, tmp_
         for name in ("cnn", "random_forest", "linear_svm"):
             config.members[name].workdir = None
     assert f"random_forest, seed 1: running in {tmp_path / 'rf' / 'seed_1'}" in caplog.text
+    assert f"{tmp_path / 'rf' / 'seed_1'} holds a fitted model without its scores: scoring it" in caplog.text
     assert out["random_forest"][1]["test_accuracy"] == results["random_forest"][1]["test_accuracy"]
     assert (tmp_path / "rf" / "seed_1" / metrics.RESULTS_FILE).exists()
 
@@ -890,10 +891,13 @@ def test_a_report_rebuilt_into_the_same_folder_keeps_only_its_own_figures(compar
     (tmp_path / "report.json").write_text(json.dumps(record))
     report.build(runs[:1], tmp_path)
     assert outside.exists() and (tmp_path / "report.md").exists()
-    for damaged in ("5", '["x"]'):  # report.json no object: rebuilt over, and nothing of plots/ removed
+    report.build(runs, tmp_path)
+    both = {p.name for p in (tmp_path / "plots").iterdir()}
+    assert both > shown | {"mine.png"}
+    for damaged in ("5", '["x"]'):  # report.json no object: rebuilt over, none of the figures it listed known: kept
         (tmp_path / "report.json").write_text(damaged)
         report.build(runs[:1], tmp_path)
-        assert {p.name for p in (tmp_path / "plots").iterdir()} == shown | {"mine.png"}
+        assert {p.name for p in (tmp_path / "plots").iterdir()} == both
 
 
 def test_report_json_holds_every_number_the_report_shows(comparison):
