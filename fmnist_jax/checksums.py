@@ -4,7 +4,7 @@ run's data against the files read now, a comparison's named runs and the report'
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 TEST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 TFDS_PREFIX = "tfds:"  # TFDS's digest, of every split at once
@@ -21,7 +21,12 @@ def source(sums: Mapping[str, str] | None) -> str | None:
     """What a record read: "tfds" (TFDS's arrays), "idx" (IDX files, in any record's naming), None (no record)."""
     if not sums:
         return None
-    return "tfds" if any(k.startswith(TFDS_PREFIX) for k in sums) else "idx"
+    return "tfds" if _tfds(sums) else "idx"
+
+
+def _tfds(names: Iterable[str]) -> bool:
+    """Whether checksums' `names` hold TFDS's digest."""
+    return any(k.startswith(TFDS_PREFIX) for k in names)
 
 
 def _two_sources(before: Mapping[str, str] | None, now: Mapping[str, str] | None) -> bool:
@@ -58,7 +63,7 @@ def what_differs(before: Mapping[str, str] | None, now: Mapping[str, str] | None
     if differ := differing(before, now):
         if other := other_source(before, now):
             return other
-        if any(k.startswith(TFDS_PREFIX) for k in differ):
+        if _tfds(differ):
             return "TFDS's arrays differ, by their SHA-256: one digest of every split"
         return f"{', '.join(differ)} differ, by content's SHA-256"
     return None
@@ -71,7 +76,7 @@ def other_test_images(a: Mapping[str, str] | None, b: Mapping[str, str] | None) 
     if _two_sources(a, b):
         return f"read from {source(a)} and from {source(b)}, whose test images come in other orders"
     differ = differing(a, b)
-    if any(k.startswith(TFDS_PREFIX) for k in differ):  # one digest of every split: the test split's may differ
+    if _tfds(differ):  # one digest of every split: the test split's may differ
         return "TFDS's arrays differ, by their SHA-256: one digest of every split, the test split's among them"
     differ = [k for k in differ if k in TEST_FILES]
     return f"{', '.join(differ)} differ, by content's SHA-256" if differ else None

@@ -224,7 +224,7 @@ def _data_name(results: dict[str, Any]) -> str:
     sums = checksums.by_content(results.get("dataset_checksums"))
     if not sums:
         return "unrecorded"
-    what = "TFDS's arrays" if any(k.startswith(checksums.TFDS_PREFIX) for k in sums) else "files"
+    what = "TFDS's arrays" if checksums.source(sums) == "tfds" else "files"
     return f"{what} {hashlib.sha256(json.dumps(sums, sort_keys=True).encode()).hexdigest()[:8]}"
 
 
