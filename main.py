@@ -7,7 +7,6 @@ Rerunning the same command resumes from the workdir's latest checkpoint.
 
 import os
 import pathlib
-import shlex
 import signal
 import sys
 
@@ -71,8 +70,9 @@ def main(argv: list[str]) -> None:
 
 def stopped(line: str, signum: int) -> None:
     """Ends main.py stopped by signal `signum`: `line`, then the command to run again, and exit 128 + signum."""
-    command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
-    print(f"{line}\n  {command}", file=sys.stderr)
+    from fmnist_jax import preemption
+
+    print(preemption.rerun_text(line), file=sys.stderr)
     sys.exit(128 + signum)
 
 

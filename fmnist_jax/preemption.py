@@ -1,14 +1,19 @@
 """Stop signals: SIGTERM (a scheduler's preemption), SIGINT (Ctrl-C) and SIGHUP (a closed terminal) end a run at
-its next safe point, with what it trained saved, instead of at once."""
+its next safe point, with what it trained saved, instead of at once (`PreemptionGuard`); a baseline, which has no
+safe point, at once, saying so (`at_once`)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shlex
 import signal
+import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from absl import logging
-
-from fmnist_jax import parallel
 
 
 class PreemptionGuard:
@@ -55,6 +60,8 @@ class PreemptionGuard:
         """The signal this process or any other of the job caught: the same answer on every process, each of which
         must ask at the same point of the run (one all-gather; in a one-process job, `.signal`). A process that
         stopped alone would leave the others waiting for it in their next collective."""
+        from fmnist_jax import parallel  # JAX's: not imported where `at_once` alone is used (a baseline)
+
         heard = parallel.max_over_processes(self.signal or 0) or None
         self._acted_on = self._acted_on or heard is not None
         return heard
@@ -72,3 +79,62 @@ class PreemptionGuard:
 
     def __exit__(self, exc_type, *exc) -> None:
         self.release(unheard=exc_type is None)  # not over an error on its way out: it would hide it
+
+
+def rerun_text(line: str) -> str:
+    """`line`, then the command that started this process, to run again (quoted for a shell)."""
+    command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
+    return f"{line}\n  {command}"
+
+
+@contextlib.contextmanager
+def at_once(what: str) -> Iterator[None]:
+    """For work without a safe point to stop at (a baseline: scikit-learn's calls hold the main thread for minutes,
+    and a Python handler runs only once they return): SIGTERM or SIGHUP ends the process at once, as its default
+    would, but says so first, on stderr: "interrupted (SIGTERM, `what`). Go on with the same command:" and the
+    command; exit 128 + the signal. A thread does it, woken through `signal.set_wakeup_fd` while the main thread is
+    still in C code. Only a signal left at its default is taken (one ignored, as SIGHUP under nohup, or handled by
+    the program that called, stays so); Ctrl-C acts as usual. Outside the main thread, or where another wake-up fd is
+    set (an event loop's), nothing changes."""
+    main = threading.current_thread() is threading.main_thread()
+    if (other := signal.set_wakeup_fd(-1) if main else -1) != -1:
+        signal.set_wakeup_fd(other)  # left to it
+    defaults = [s for s in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) == signal.SIG_DFL]
+    taken = defaults if main and other == -1 else []
+    if not taken:
+        yield
+        return
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    ended = threading.Lock()
+
+    def end(signum: int) -> None:
+        if not ended.acquire(blocking=False):  # the thread and the handler both see the signal: the first ends it
+            return
+        name = signal.Signals(signum).name
+        with contextlib.suppress(OSError):  # (a closed terminal: nowhere to say it)
+            os.write(2, (rerun_text(f"interrupted ({name}, {what}). Go on with the same command:") + "\n").encode())
+        os._exit(128 + signum)
+
+    def watch() -> None:
+        while data := os.read(read, 64):
+            for signum in data:  # a byte per signal caught, its number; 0: the `with` is over
+                if signum == 0:
+                    return
+                if signum in taken:
+                    end(signum)
+
+    previous = {s: signal.signal(s, lambda signum, frame: end(signum)) for s in taken}
+    signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+    watcher = threading.Thread(target=watch, name="at_once", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(-1)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        os.write(write, b"\0")
+        watcher.join()
+        os.close(read)
+        os.close(write)

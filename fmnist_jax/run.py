@@ -11,7 +11,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from fmnist_jax import config_lib, data, files, predict
+from fmnist_jax import config_lib, data, files, predict, preemption
 from fmnist_jax.errors import LOG_FILE_ONLY, CheckpointError, ConfigError, Interrupted
 
 KINDS = ("cnn", "baseline", "compare")
@@ -159,7 +159,8 @@ def _run_baseline(
     baselines.check_config(config)
     if mode == "train":
         replaced = config_lib.save_or_check(config, workdir)
-        with config_lib.put_back_unless_accepted(workdir, replaced) as accept:
+        unfinished = f"before {config.model.name} in {workdir} had finished; a baseline keeps no checkpoint"
+        with preemption.at_once(unfinished), config_lib.put_back_unless_accepted(workdir, replaced) as accept:
             return baselines.fit_and_evaluate(config, workdir, accept)
     config_lib.take(
         config, config_lib.trained_fields(config, workdir, evaluate=mode == "evaluate", given=given), workdir

@@ -4,6 +4,8 @@ import errno
 import json
 import logging
 import pathlib
+import shlex
+import signal
 import subprocess
 import sys
 
@@ -441,3 +443,55 @@ def test_a_damaged_or_foreign_model_file_is_named(tiny_data, tmp_path):
     joblib.dump({"not": "a model"}, path)
     with pytest.raises(ConfigError, match=r"model.joblib holds a dict, not a model of this project"):
         run.run(config, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "hangup, sent, ends_by",
+    [
+        ("default", ["SIGTERM"], "SIGTERM"),
+        ("default", ["SIGHUP"], "SIGHUP"),
+        ("ignored", ["SIGHUP", "SIGTERM"], "SIGTERM"),
+    ],
+)
+def test_a_signal_during_a_fit_ends_the_baseline_at_once_saying_what_to_rerun(
+    tiny_data, tmp_path, hangup, sent, ends_by
+):
+    """A fit is minutes inside liblinear, where no Python handler runs: SIGTERM (a scheduler's) or SIGHUP (a closed
+    terminal) still ends it at once, with the line and command a CNN run gives, exit 128 + the signal, the workdir
+    as a kill leaves it (config.json, no model); a SIGHUP ignored where the run started (nohup) stays ignored. The
+    fit here never ends by itself (a zero tolerance, a billion passes): only the signal ends the process."""
+    workdir, out, err = tmp_path / "run", tmp_path / "stdout", tmp_path / "stderr"
+    args = helpers.main_args(
+        "linear_svm",
+        workdir,
+        {
+            "data.dir": tiny_data,
+            "data.validation_size": 64,
+            "model.dual": "true",
+            "model.tol": 1e-30,
+            "model.max_iter": 10**9,
+            "model.C": 1000.0,
+            "model.verbose": 1,  # its passes' dots on stdout: the fit under way, in liblinear
+        },
+    )
+    command = [sys.executable, str(ROOT / "main.py"), *args]
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN if hangup == "ignored" else signal.SIG_DFL)  # inherited
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        try:
+            proc = subprocess.Popen(command, cwd=ROOT, env=helpers.subprocess_env(), stdout=stdout, stderr=stderr)
+        finally:
+            signal.signal(signal.SIGHUP, before)
+        try:
+            helpers.wait_for(lambda: "[LibLinear]." in out.read_text(), proc, timeout=120)
+            for name in sent:  # SIGHUP first: were it taken, it would end the run
+                proc.send_signal(signal.Signals[name])
+            assert proc.wait(timeout=60) == 128 + signal.Signals[ends_by]
+        finally:
+            proc.kill()
+    line, rerun = err.read_text().strip().splitlines()[-2:]
+    assert line == (
+        f"interrupted ({ends_by}, before linear_svm in {workdir} had finished; a baseline keeps no checkpoint). Go on "
+        "with the same command:"
+    )
+    assert rerun == "  " + shlex.join(command)
+    assert sorted(p.name for p in workdir.iterdir()) == [".lock", "config.json"]

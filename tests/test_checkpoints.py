@@ -936,6 +936,48 @@ def test_a_signal_the_run_never_heard_acts_as_usual_when_the_guard_ends_unless_a
             signal.signal(s, handler)
 
 
+def test_at_once_takes_only_default_signals_and_puts_back_all_it_changed():
+    """`preemption.at_once` (a baseline's stop): SIGTERM and SIGHUP at their default get its handler and a wake-up
+    fd, all put back after, its thread ended; a signal ignored or handled before it stays so, and another's wake-up
+    fd (an event loop's) leaves everything as it was. (Its effect, in a process: test_baselines.py.)"""
+    import threading
+
+    def at_once_state():
+        fd = signal.set_wakeup_fd(-1)
+        signal.set_wakeup_fd(fd)
+        return {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}, fd
+
+    def handled(signum, frame):
+        pass
+
+    before = {s: signal.signal(s, signal.SIG_DFL) for s in (signal.SIGTERM, signal.SIGHUP)}
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    try:
+        outside = at_once_state()
+        with preemption.at_once("a test"):
+            inside, fd = at_once_state()
+            assert fd != -1 and all(callable(h) for h in inside.values())
+            assert any(t.name == "at_once" for t in threading.enumerate())
+        assert at_once_state() == outside == ({signal.SIGTERM: signal.SIG_DFL, signal.SIGHUP: signal.SIG_DFL}, -1)
+        assert not any(t.name == "at_once" for t in threading.enumerate())
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, handled)
+        with preemption.at_once("a test"):
+            assert at_once_state() == ({signal.SIGTERM: handled, signal.SIGHUP: signal.SIG_IGN}, -1)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.set_wakeup_fd(write)
+        with preemption.at_once("a test"):
+            assert at_once_state() == ({signal.SIGTERM: signal.SIG_DFL, signal.SIGHUP: signal.SIG_IGN}, write)
+        assert signal.set_wakeup_fd(-1) == write
+    finally:
+        signal.set_wakeup_fd(-1)
+        os.close(read)
+        os.close(write)
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
 def test_a_signal_ignored_before_the_guard_stays_ignored():
     """A job a script started with `&` ignores SIGINT (the script's Ctrl-C is not its own), under nohup SIGHUP:
     the guard leaves an ignored signal ignored rather than stop the run for it."""
