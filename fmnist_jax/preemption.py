@@ -90,16 +90,18 @@ def rerun_text(line: str) -> str:
 @contextlib.contextmanager
 def at_once(what: str) -> Iterator[None]:
     """For work without a safe point to stop at (a baseline: scikit-learn's calls hold the main thread for minutes,
-    and a Python handler runs only once they return): SIGTERM or SIGHUP ends the process at once, as its default
-    would, but says so first, on stderr: "interrupted (SIGTERM, `what`). Go on with the same command:" and the
-    command; exit 128 + the signal. A thread does it, woken through `signal.set_wakeup_fd` while the main thread is
-    still in C code. Only a signal left at its default is taken (one ignored, as SIGHUP under nohup, or handled by
-    the program that called, stays so); Ctrl-C acts as usual. Outside the main thread, or where another wake-up fd is
-    set (an event loop's), nothing changes."""
+    and a Python handler runs only once they return): SIGTERM, SIGHUP or Ctrl-C ends the process at once, as their
+    default would (Ctrl-C's, KeyboardInterrupt, only once the call returns), saying so first on stderr:
+    "interrupted (SIGTERM, `what`). Go on with the same command:" and the command; exit 128 + the signal. A thread
+    does it, woken through `signal.set_wakeup_fd` while the main thread is still in C code. Only a signal left at
+    its default is taken (one ignored, as SIGHUP under nohup or Ctrl-C in a job a script started with `&`, or handled
+    by the program that called, stays so). Outside the main thread, or where another wake-up fd is set (an event
+    loop's), nothing changes."""
     main = threading.current_thread() is threading.main_thread()
     if (other := signal.set_wakeup_fd(-1) if main else -1) != -1:
         signal.set_wakeup_fd(other)  # left to it
     defaults = [s for s in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) == signal.SIG_DFL]
+    defaults += [signal.SIGINT] if signal.getsignal(signal.SIGINT) is signal.default_int_handler else []
     taken = defaults if main and other == -1 else []
     if not taken:
         yield

@@ -446,20 +446,22 @@ def test_a_damaged_or_foreign_model_file_is_named(tiny_data, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "hangup, sent, ends_by",
+    "ignored, sent, ends_by",
     [
-        ("default", ["SIGTERM"], "SIGTERM"),
-        ("default", ["SIGHUP"], "SIGHUP"),
-        ("ignored", ["SIGHUP", "SIGTERM"], "SIGTERM"),
+        (False, ["SIGTERM"], "SIGTERM"),
+        (False, ["SIGHUP"], "SIGHUP"),
+        (False, ["SIGINT"], "SIGINT"),
+        (True, ["SIGHUP", "SIGINT", "SIGTERM"], "SIGTERM"),
     ],
 )
 def test_a_signal_during_a_fit_ends_the_baseline_at_once_saying_what_to_rerun(
-    tiny_data, tmp_path, hangup, sent, ends_by
+    tiny_data, tmp_path, ignored, sent, ends_by
 ):
-    """A fit is minutes inside liblinear, where no Python handler runs: SIGTERM (a scheduler's) or SIGHUP (a closed
-    terminal) still ends it at once, with the line and command a CNN run gives, exit 128 + the signal, the workdir
-    as a kill leaves it (config.json, no model); a SIGHUP ignored where the run started (nohup) stays ignored. The
-    fit here never ends by itself (a zero tolerance, a billion passes): only the signal ends the process."""
+    """A fit is minutes inside liblinear, where no Python handler runs: SIGTERM (a scheduler's), SIGHUP (a closed
+    terminal) or Ctrl-C still ends it at once, with the line and command a CNN run gives, exit 128 + the signal, the
+    workdir as a kill leaves it (config.json, no model); SIGHUP and SIGINT ignored where the run started (nohup, a
+    script's `&`) stay ignored. The fit here never ends by itself (a zero tolerance, a billion passes): only the
+    signal ends the process."""
     workdir, out, err = tmp_path / "run", tmp_path / "stdout", tmp_path / "stderr"
     args = helpers.main_args(
         "linear_svm",
@@ -475,15 +477,17 @@ def test_a_signal_during_a_fit_ends_the_baseline_at_once_saying_what_to_rerun(
         },
     )
     command = [sys.executable, str(ROOT / "main.py"), *args]
-    before = signal.signal(signal.SIGHUP, signal.SIG_IGN if hangup == "ignored" else signal.SIG_DFL)  # inherited
+    chosen = signal.SIG_IGN if ignored else signal.SIG_DFL  # inherited: ignored, or the default (Python's for SIGINT)
+    before = {s: signal.signal(s, chosen) for s in (signal.SIGHUP, signal.SIGINT)}
     with open(out, "w") as stdout, open(err, "w") as stderr:
         try:
             proc = subprocess.Popen(command, cwd=ROOT, env=helpers.subprocess_env(), stdout=stdout, stderr=stderr)
         finally:
-            signal.signal(signal.SIGHUP, before)
+            for s, handler in before.items():
+                signal.signal(s, handler)
         try:
             helpers.wait_for(lambda: "[LibLinear]." in out.read_text(), proc, timeout=120)
-            for name in sent:  # SIGHUP first: were it taken, it would end the run
+            for name in sent:  # SIGTERM last: were another taken, it would end the run
                 proc.send_signal(signal.Signals[name])
             assert proc.wait(timeout=60) == 128 + signal.Signals[ends_by]
         finally:

@@ -937,38 +937,42 @@ def test_a_signal_the_run_never_heard_acts_as_usual_when_the_guard_ends_unless_a
 
 
 def test_at_once_takes_only_default_signals_and_puts_back_all_it_changed():
-    """`preemption.at_once` (a baseline's stop): SIGTERM and SIGHUP at their default get its handler and a wake-up
-    fd, all put back after, its thread ended; a signal ignored or handled before it stays so, and another's wake-up
-    fd (an event loop's) leaves everything as it was. (Its effect, in a process: test_baselines.py.)"""
+    """`preemption.at_once` (a baseline's stop): SIGTERM, SIGHUP and SIGINT at their defaults get its handler and a
+    wake-up fd, all put back after, its thread ended; a signal ignored or handled before it stays so, and another's
+    wake-up fd (an event loop's) leaves everything as it was. (Its effect, in a process: test_baselines.py.)"""
     import threading
+
+    names = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+    defaults = dict(zip(names, (signal.SIG_DFL, signal.SIG_DFL, signal.default_int_handler), strict=True))
 
     def at_once_state():
         fd = signal.set_wakeup_fd(-1)
         signal.set_wakeup_fd(fd)
-        return {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}, fd
+        return {s: signal.getsignal(s) for s in names}, fd
 
     def handled(signum, frame):
         pass
 
-    before = {s: signal.signal(s, signal.SIG_DFL) for s in (signal.SIGTERM, signal.SIGHUP)}
+    before = {s: signal.signal(s, h) for s, h in defaults.items()}
     read, write = os.pipe()
     os.set_blocking(write, False)
     try:
-        outside = at_once_state()
         with preemption.at_once("a test"):
             inside, fd = at_once_state()
-            assert fd != -1 and all(callable(h) for h in inside.values())
+            assert fd != -1 and all(h not in defaults.values() for h in inside.values())
             assert any(t.name == "at_once" for t in threading.enumerate())
-        assert at_once_state() == outside == ({signal.SIGTERM: signal.SIG_DFL, signal.SIGHUP: signal.SIG_DFL}, -1)
+        assert at_once_state() == (defaults, -1)
         assert not any(t.name == "at_once" for t in threading.enumerate())
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, handled)
+        left = {signal.SIGTERM: handled, signal.SIGHUP: signal.SIG_IGN, signal.SIGINT: signal.SIG_IGN}
+        for s, h in left.items():
+            signal.signal(s, h)
         with preemption.at_once("a test"):
-            assert at_once_state() == ({signal.SIGTERM: handled, signal.SIGHUP: signal.SIG_IGN}, -1)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            assert at_once_state() == (left, -1)
+        for s, h in defaults.items():
+            signal.signal(s, h)
         signal.set_wakeup_fd(write)
         with preemption.at_once("a test"):
-            assert at_once_state() == ({signal.SIGTERM: signal.SIG_DFL, signal.SIGHUP: signal.SIG_IGN}, write)
+            assert at_once_state() == (defaults, write)
         assert signal.set_wakeup_fd(-1) == write
     finally:
         signal.set_wakeup_fd(-1)
