@@ -119,10 +119,8 @@ def at_once(what: str) -> Iterator[None]:
         os._exit(128 + signum)
 
     def watch() -> None:
-        while data := os.read(read, 64):
-            for signum in data:  # a byte per signal caught, its number; 0: the `with` is over
-                if signum == 0:
-                    return
+        while data := os.read(read, 64):  # a byte per signal caught, its number; none: the `with` is over
+            for signum in data:
                 if signum in taken:
                     end(signum)
 
@@ -136,7 +134,6 @@ def at_once(what: str) -> Iterator[None]:
         signal.set_wakeup_fd(-1)
         for s, handler in previous.items():
             signal.signal(s, handler)
-        os.write(write, b"\0")
+        os.close(write)
         watcher.join()
         os.close(read)
-        os.close(write)
