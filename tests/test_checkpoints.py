@@ -146,6 +146,9 @@ def test_the_rounding_settings_are_compared_as_they_resolve_and_only_where_recor
     assert rounding_changes(saved, longer) == {}  # the rolled scan: the same bits (the resume test's first run)
     longer.scan_unroll = "full"
     assert set(rounding_changes(saved, longer)) == {"scan_unroll", "steps_per_call"}
+    rolled = copy.deepcopy(cnn_config)  # back from the unrolled scan to the rolled one: either side's unrolling counts
+    rolled.steps_per_call += 2
+    assert set(rounding_changes(config_lib.to_dict(longer), rolled)) == {"scan_unroll", "steps_per_call"}
     if jax.default_backend() == "cpu":  # in bfloat16 `auto` trains the deeper layers tap by tap there, not im2col
         mixed = copy.deepcopy(cnn_config)
         mixed.compute_dtype = "bfloat16"
@@ -246,10 +249,40 @@ def test_truncated_latest_checkpoint_falls_back_with_a_warning(two_epoch_run, ca
     assert "Checkpoint" in caplog.text and "8 is damaged" in caplog.text
     (line,) = [r for r in caplog.records if "does not restore" in r.getMessage()]
     assert "\n" not in line.getMessage() and getattr(line, "see_log_file", False) and line.exc_info is None
+    assert line.getMessage().endswith("; trying the one before.")  # 8 is the newest of three
     (details,) = [r for r in caplog.records if getattr(r, "log_file_only", False) and "Traceback" in r.getMessage()]
     assert details.exc_info is None  # text: no frames kept alive by the log
     assert (workdir / "checkpoints_damaged" / "8").is_dir()
     assert metrics.load_results(workdir)["params_sha256"] == expected
+
+
+def test_a_read_only_store_skips_a_damaged_checkpoint_and_moves_nothing(two_epoch_run, monkeypatch):
+    """`evaluate` or `predict` on a run it cannot write (an archive on a read-only mount): a damaged newest checkpoint
+    is passed over for the one before, and left where it is (moving it aside would fail there)."""
+    config, workdir = two_epoch_run
+    helpers.damage_checkpoint(workdir, 8)
+    access = os.access
+
+    def read_only(path, mode, **kwargs):  # as on a read-only mount (root writes wherever chmod says not)
+        return access(path, mode, **kwargs) and not (mode & os.W_OK and workdir in (path, *pathlib.Path(path).parents))
+
+    monkeypatch.setattr(os, "access", read_only)
+    store = checkpoints.CheckpointStore.for_run(workdir, config.checkpoint, async_save=False, read_only=True)
+    try:
+        _, state, _ = train_state.create_train_state(config)
+        _, meta = store.restore_latest(state)
+    finally:
+        store.close()
+    assert meta["step"] == 6 and sorted(checkpoint_steps(workdir)) == [4, 6, 8]
+    assert not (workdir / "checkpoints_damaged").exists()
+
+
+def test_the_last_step_is_saved_where_the_checkpoint_interval_does_not_divide_the_run(cnn_config, tmp_path):
+    """Every 3 steps of an 8-step run: 3, 6 and 8, the run's end (without it a rerun would train again from 6, and
+    `evaluate` would score an older state than the run's)."""
+    cnn_config.checkpoint.every_steps, cnn_config.checkpoint.max_to_keep = 3, 5
+    run.run(cnn_config, tmp_path)
+    assert sorted(checkpoint_steps(tmp_path)) == [3, 6, 8]
 
 
 def test_checkpoints_and_results_name_the_machines_and_a_resume_elsewhere_warns(two_epoch_run, monkeypatch, caplog):
@@ -453,6 +486,24 @@ def test_a_transient_error_on_the_first_restore_attempt_is_retried_and_sets_noth
     assert sorted(checkpoint_steps(workdir)) == [4, 6, 8] and not (workdir / "checkpoints_damaged").exists()
 
 
+def test_a_restore_retries_after_one_then_two_seconds(tmp_path, monkeypatch):
+    """A transient storage error is tried again after RETRY_SECONDS, then twice that, then given up on."""
+    slept = []
+    monkeypatch.setattr(checkpoints.time, "sleep", slept.append)
+    store = checkpoints.CheckpointStore(tmp_path / "checkpoints", async_save=False)
+    try:
+        monkeypatch.setattr(store, "restore", lambda step, target: _raise(OSError(errno.EIO, "Input/output error")))
+        with pytest.raises(checkpoints.CheckpointError):
+            store._restore_retrying(4, None)
+    finally:
+        store.close()
+    assert slept == [checkpoints.RETRY_SECONDS, 2 * checkpoints.RETRY_SECONDS]
+
+
+def _raise(error: Exception):
+    raise error
+
+
 def test_a_device_out_of_memory_while_restoring_stops_at_once_and_keeps_the_checkpoint(two_epoch_run, monkeypatch):
     """Out of memory is worded RESOURCE_EXHAUSTED like a storage's rate limit, but retrying it cannot help and the
     checkpoint is not damaged: one attempt, one error saying so, every checkpoint kept."""
@@ -635,6 +686,36 @@ def test_a_start_that_failed_while_compiling_lets_the_next_change_any_field(cnn_
         run.run(cnn_config, tmp_path)
 
 
+def test_an_error_after_a_start_accepted_its_changes_keeps_its_config(two_epoch_run, monkeypatch):
+    """A finished run given a third epoch loses its scores once its start is accepted; a failure after that (out of
+    memory while compiling) leaves config.json saying 3 epochs: put back to 2, it would name a finished run that has
+    no scores."""
+    config, workdir = two_epoch_run
+    config.num_epochs, config.resume_with_changes = 3, True
+    monkeypatch.setattr(loop, "_compile", lambda *args, **kwargs: _raise(RuntimeError("RESOURCE_EXHAUSTED")))
+    with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED"):
+        run.run(config, workdir)
+    assert json.loads((workdir / "config.json").read_text())["num_epochs"] == 3
+    assert not (workdir / "results.json").exists()
+
+
+def test_resume_with_changes_may_keep_more_checkpoints_and_end_at_the_newest(two_epoch_run):
+    """`checkpoint.max_to_keep` may change on resume (it changes no bits); and a run may be shortened to end exactly
+    at its newest checkpoint (3 epochs asked, stopped at step 8, rerun with 2): it is scored there."""
+    config, workdir = two_epoch_run
+    expected = metrics.load_results(workdir)["params_sha256"]
+    config.num_epochs, config.resume_with_changes, config.checkpoint.max_to_keep = 3, True, 5
+    run.run(config, workdir)
+    assert sorted(checkpoint_steps(workdir)) == [4, 6, 8, 10, 12]  # 3 were kept before
+    for step in (10, 12):
+        shutil.rmtree(workdir / "checkpoints" / str(step))
+    history = [r for r in metrics.read_history(workdir) if r["step"] <= 8]
+    (workdir / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    (workdir / "results.json").unlink()  # a 3-epoch run stopped at step 8
+    config.num_epochs = 2
+    assert run.run(config, workdir)["params_sha256"] == expected
+
+
 def test_a_run_cannot_be_shortened_below_its_newest_checkpoint(two_epoch_run, tmp_path):
     """resume_with_changes may change num_epochs, but not end a run before the step it has trained to: the run
     would be scored and recorded as a shorter one. Its config.json stays as it was."""
@@ -670,6 +751,8 @@ def test_evaluate_from_a_checkpoint(two_epoch_run):
     assert older["params_sha256"] != final["params_sha256"]
     assert metrics.load_results(workdir / "evaluate_step_4") == older  # its own folder, with its predictions
     assert older["checkpoint_step"] == 4 and "checkpoint_step" not in latest
+    again = run.run(config, workdir)  # scored apart again: its own seconds, not the first scoring's inside them
+    assert again["params_sha256"] == older["params_sha256"] and "evaluate" not in again["seconds"]
     models = report.runs.load_models([workdir, workdir / "evaluate_step_4"])  # never averaged with its run
     assert [(m.title, len(m.runs)) for m in models] == [("CNN (Flax)", 1), ("CNN (Flax) (checkpoint at step 4)", 1)]
     assert models[1].runs[0].settings == models[0].runs[0].settings is not None  # its run's config
@@ -818,6 +901,34 @@ def test_check_raises_a_failed_background_save_and_never_waits_for_one_under_way
         store.close()
 
 
+def test_a_save_puts_the_loss_points_before_it_on_disk_and_waits_for_the_save_under_way(tmp_path, monkeypatch):
+    """`loop._save`: TensorBoard's running-loss points up to the checkpoint's step are flushed first (a kill before the
+    epoch's end would otherwise leave them missing after the resume); then a save still under way is waited for and
+    its failure raised before the next one starts (on several processes, a failure met by one alone hangs the
+    others in Orbax's commit)."""
+    flushed = []
+    writer = types.SimpleNamespace(flush=lambda up_to=None: flushed.append(up_to))
+    plan = types.SimpleNamespace(
+        steps_per_epoch=4,
+        config=helpers.load_config("cnn"),
+        machine="here",
+        trained_on=[],
+        dataset=types.SimpleNamespace(checksums={}),
+        workdir=tmp_path,
+    )
+    store = checkpoints.CheckpointStore(tmp_path / "checkpoints", async_save=False)
+    try:
+        monkeypatch.setattr(store.manager, "is_saving_in_progress", lambda: True)
+        monkeypatch.setattr(store.manager, "wait_until_finished", lambda: _raise(OSError(errno.ENOSPC, "full")))
+        monkeypatch.setattr(store, "save", lambda *args: pytest.fail("saved while the save before it failed"))
+        with pytest.raises(CheckpointError, match="failed"):
+            loop._save(store, writer, plan, None, 6, 1.0)
+    finally:
+        monkeypatch.undo()
+        store.close()
+    assert flushed == [6]
+
+
 def test_a_save_that_fails_in_the_background_stops_the_run_at_the_next_epochs_end(tiny_data, tmp_path, monkeypatch):
     """A checkpoint every 2 epochs of 4: the save at the end of epoch 2 fails once written out in the background (a
     full disk). The run stops at epoch 3's end with the full-disk error, not after training on to epoch 4's save."""
@@ -863,18 +974,19 @@ def test_stores_opened_at_once_on_shared_storage_do_not_take_each_others_write_p
     assert len(opened) == 1 and not list((tmp_path / "checkpoints").glob(".write-test*"))
 
 
-def test_a_step_set_aside_twice_keeps_both_copies(tmp_path):
-    """A damaged step folder is never deleted: a second one of the same step goes beside the first."""
+def test_a_step_set_aside_again_keeps_every_copy(tmp_path):
+    """A damaged step folder is never deleted: a second and a third one of the same step go beside the first."""
     store = checkpoints.CheckpointStore(tmp_path / "checkpoints", async_save=False)
     try:
-        for content in ("first", "second"):
+        for content in ("first", "second", "third"):
             (tmp_path / "checkpoints" / "5").mkdir()
             (tmp_path / "checkpoints" / "5" / "data").write_text(content)
             store._set_aside(5)
     finally:
         store.close()
     aside = tmp_path / "checkpoints_damaged"
-    assert {p.name: (p / "data").read_text() for p in aside.iterdir()} == {"5": "first", "5.1": "second"}
+    copies = {p.name: (p / "data").read_text() for p in aside.iterdir()}
+    assert copies == {"5": "first", "5.1": "second", "5.2": "third"}
 
 
 def test_a_hangup_is_caught_as_sigterm_is_its_second_ignored_unless_it_was_ignored():

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import time
 import types
@@ -368,6 +369,66 @@ def test_the_stronger_cnns_bad_model_values_name_the_field(field, value, match):
     config = load_config("vgg_bn", **{field: value})
     with pytest.raises(ConfigError, match=match):
         train_state.check_config(config)
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("steps_per_call", 0, r"config.steps_per_call=0 must be positive"),
+        ("augment.translate", 14, r"config.augment.translate=14 must be below 14 pixels"),
+    ],
+)
+def test_a_call_of_no_steps_and_a_shift_of_half_the_image_are_refused_by_the_check(field, value, match):
+    """Called directly (run.run calls it first): a call of 0 steps would split the run into calls forever, and a
+    shift of 14 pixels can move the garment out of the 28x28 frame."""
+    with pytest.raises(ConfigError, match=match):
+        train_state.check_config(load_config("vgg_bn", **{field: value}))
+
+
+def test_train_metrics_count_the_images_trained_not_the_split(cnn_config, tmp_path):
+    """250 training images in batches of 64: 3 steps, 192 images an epoch (each epoch's order leaves out another
+    58); the epoch's train accuracy is a count of those 192."""
+    cnn_config.data.num_train = 250
+    run.run(cnn_config, tmp_path)
+    history = metrics.read_history(tmp_path)
+    assert [r["step"] for r in history] == [3, 6]
+    for record in history:
+        correct = record["train_accuracy"] * 192
+        assert correct == pytest.approx(round(correct), abs=1e-6)
+
+
+def test_a_resumed_epochs_speed_counts_the_steps_it_trained(two_epoch_run):
+    """Resumed from step 6, half way through epoch 2, the run trains 2 of the epoch's 4 steps: its images per second
+    are those 128 images over the seconds since the resume."""
+    config, workdir = two_epoch_run
+    shutil.rmtree(workdir / "checkpoints" / "8")
+    (workdir / "results.json").unlink()
+    run.run(config, workdir)
+    last = metrics.read_history(workdir)[-1]
+    assert last["step"] == 8 and last["images_per_second"] * last["seconds"] == pytest.approx(2 * config.batch_size)
+
+
+def test_epoch_seconds_hold_the_training_alone_and_the_time_left_ends_at_zero(cnn_config, tmp_path, monkeypatch):
+    """An epoch's seconds end when the devices finished it, before its validation (here 1,000 s on a stand-in clock:
+    nothing waits for them); the log's time left is 0 after the last epoch."""
+    offset, time_left = [0.0], []
+    clock = types.SimpleNamespace(
+        perf_counter=lambda: time.perf_counter() + offset[0],
+        strftime=time.strftime,
+        gmtime=lambda seconds: (time_left.append(seconds), time.gmtime(seconds))[1],
+    )
+    monkeypatch.setattr(loop, "time", clock)
+    dispatch = evaluate.Evaluator.dispatch
+
+    def slow_validation(self, *args):
+        offset[0] += 1000.0
+        return dispatch(self, *args)
+
+    monkeypatch.setattr(evaluate.Evaluator, "dispatch", slow_validation)
+    cnn_config.host_overlap = "off"  # (with it, the host reads an epoch's end later: its seconds shift)
+    run.run(cnn_config, tmp_path)
+    assert all(0 < r["seconds"] < 1000 for r in metrics.read_history(tmp_path))
+    assert len(time_left) == 2 and time_left[0] > 0 and time_left[-1] == 0
 
 
 def test_eval_batch_zero_picks_by_backend_is_at_most_the_images_and_rounds_to_the_devices(cnn_config):
