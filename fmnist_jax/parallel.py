@@ -107,8 +107,8 @@ def check_batch_size(
     checkpoints a run goes on from, whose batch is its own (another would be refused): only the devices can change."""
     n = mesh.devices.size
     if batch_size <= 0 or batch_size % n:
-        lower, upper = max(n, batch_size // n * n), (batch_size // n + 1) * n
-        how = f"use a multiple of {n} (e.g. {lower} or {upper}) or run on fewer devices"
+        nearest = sorted({max(n, batch_size // n * n), (batch_size // n + 1) * n})  # one, below the device count
+        how = f"use a multiple of {n} (e.g. {' or '.join(map(str, nearest))}) or run on fewer devices"
         if resuming is not None:
             how = f"the run in {resuming} trained with it: go on on a number of devices that divides it"
         raise ParallelError(f"{field}={batch_size} cannot be split over {n} devices; {how}.")

@@ -147,6 +147,20 @@ def test_events_hold_each_epoch_once_equal_to_the_history_even_after_a_sigkill(k
     assert any(hparams.iterdir())
 
 
+def test_each_epochs_learning_rate_in_the_events_is_its_last_steps(cnn_config, tmp_path):
+    """Under a warm-up and cosine schedule the rate changes every step: TensorBoard's `epoch/learning_rate` is the
+    one each epoch's last step trained with (steps 3 and 7 of two 4-step epochs, counted from 0)."""
+    from fmnist_jax.training import state as train_state
+
+    cnn_config.schedule.name, cnn_config.schedule.warmup_epochs = "warmup_cosine", 1.0
+    cnn_config.tensorboard.enabled = True
+    run.run(cnn_config, tmp_path)
+    logged = [v for _, v in read_scalars(tmp_path)["epoch/learning_rate"]]
+    expected = train_state.learning_rates_at(cnn_config, 4, [3, 7])
+    assert len(set(expected)) == 2
+    np.testing.assert_allclose(logged, expected, rtol=1e-6)
+
+
 def test_a_finished_run_trained_on_keeps_only_its_new_final_scores(two_epoch_run):
     """Resumed at its last step with more epochs, a finished run is scored again: TensorBoard shows the test scores
     and the hyper-parameters of the longer run alone, not the shorter one's beside them."""

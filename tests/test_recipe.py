@@ -2,6 +2,7 @@
 of the weights and flip test-time augmentation, each against its definition; the VGG-style model."""
 
 import functools
+import types
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,7 @@ import pytest
 from flax import nnx
 from helpers import load_config, model_logits
 
-from fmnist_jax import augment, models, ops
+from fmnist_jax import augment, models, ops, parallel
 from fmnist_jax.errors import ConfigError
 from fmnist_jax.training import state as train_state
 from fmnist_jax.training import step as steps
@@ -61,6 +62,9 @@ def shifted(image, dy, dx):
 def test_disabled_augmentation_is_the_identity_and_the_study_has_none():
     x = random_batch()
     assert augment.apply(x, KEY, augment.Augment()) is x
+    assert all(
+        a.enabled for a in (augment.Augment(flip=True), augment.Augment(translate=1), augment.Augment(erase_prob=0.1))
+    )
     assert not train_state.Recipe.from_config(load_config("cnn")).augment.enabled
     assert train_state.Recipe.from_config(load_config("vgg_bn")).augment.enabled
 
@@ -124,6 +128,39 @@ def test_erasing_replaces_one_rectangle_of_bounded_area_with_noise():
         assert augment.ERASE_AREA[0] / 2 <= area <= augment.ERASE_AREA[1] * 1.3
 
 
+def test_erased_rectangles_have_their_drawn_size_reach_every_edge_and_noise_of_their_own():
+    """Each rectangle is as tall and wide as its drawn area and aspect make it (recomputed here from the same
+    uniforms, in float64: a float32 tie may round the other way), and its top-left corner ranges over every place it
+    fits, so rectangles reach the last row and column; the noise is drawn apart from the rectangles' numbers."""
+    n = 2000
+    x = np.full((n, 28, 28, 1), 2.0, np.float32)
+    y = np.asarray(augment_jitted(x, KEY, augment.Augment(erase_prob=1.0)))[..., 0]
+    erased = y != 2.0
+    assert all(erased[:, i, :].any() and erased[:, :, i].any() for i in (0, -1))
+    u = np.asarray(augment._uniform(KEY, (n, 8)), np.float64)
+    area = (augment.ERASE_AREA[0] + u[:, 4] * (augment.ERASE_AREA[1] - augment.ERASE_AREA[0])) * 28 * 28
+    log_lo, log_hi = np.log(augment.ERASE_ASPECT[0]), np.log(augment.ERASE_ASPECT[1])
+    aspect = np.exp(log_lo + u[:, 5] * (log_hi - log_lo))
+    height, width = (np.clip(np.round(np.sqrt(area * a)), 1, 28) for a in (aspect, 1 / aspect))
+    assert np.mean(erased.any(axis=2).sum(1) == height) > 0.99 and np.mean(erased.any(axis=1).sum(1) == width) > 0.99
+    same_stream = np.asarray(augment._uniform(KEY, (n, 28, 28)))
+    assert np.mean(y[erased] == same_stream[erased]) < 0.01
+
+
+def test_each_step_draws_dropout_and_augmentation_from_their_own_roots(monkeypatch):
+    """Step t's keys are fold_in(dropout root, t) and fold_in(augmentation root, t): two streams, never one."""
+    seen = []
+    monkeypatch.setattr(steps, "train_step", lambda graphs, recipe, state, x, y, keys, step: seen.append(keys))
+    roots = train_state.RandomRoots.from_seed(0, augment=True)
+    images, labels = jnp.zeros((8, 28, 28), jnp.uint8), jnp.zeros(8, jnp.int32)
+    inputs = steps.TrainInputs(images, labels, jnp.arange(8), roots.dropout, roots.augment)
+    spec = types.SimpleNamespace(mesh=parallel.make_mesh(), batch_size=4, graphs=None, recipe=None, unroll=False)
+    steps.train_steps(spec, None, inputs, jnp.int32(5), jnp.int32(0), num_steps=1)
+    ((dropout, augmentation),) = seen
+    for key, root in ((dropout, roots.dropout), (augmentation, roots.augment)):
+        np.testing.assert_array_equal(jax.random.key_data(key), jax.random.key_data(jax.random.fold_in(root, 5)))
+
+
 @pytest.mark.heavy
 def test_augmentation_is_a_pure_function_of_key_and_position_in_the_batch():
     setting = augment.Augment(flip=True, translate=2, erase_prob=0.5)
@@ -145,6 +182,8 @@ def test_warmup_cosine_schedule_and_the_studys_constant_rate():
     np.testing.assert_allclose(lr, [0.0, 0.005, 0.01, 0.01 * 0.5 * (1 + np.cos(np.pi * 400 / 800)), 0.0], atol=1e-7)
     study = load_config("cnn")
     assert list(train_state.learning_rates_at(study, 750, [0, 12345])) == [study.learning_rate] * 2
+    one_epoch = load_config("vgg_bn", num_epochs=1)  # its warm-up is an epoch: all but the last step warm up
+    np.testing.assert_allclose(train_state.learning_rates_at(one_epoch, 4, [0, 3]), [0.0, 0.003], atol=1e-9)
     assert train_state.learning_rate_schedule(study, 750) == study.learning_rate  # a float: the study's optax.adam
 
 

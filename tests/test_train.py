@@ -473,6 +473,17 @@ def test_every_auto_choice_on_one_tpu_chip():
     assert compile_cache.resolve(config.compilation_cache, "tpu", None) == str(compile_cache.default_dir())
 
 
+def test_a_batch_the_devices_cannot_split_is_told_the_nearest_that_they_can():
+    """The multiples of the device count on either side of the batch; below the device count, the count alone."""
+    mesh = types.SimpleNamespace(devices=np.empty(8, object))  # check_batch_size reads the devices' count alone
+    for batch, nearest in ((60, "56 or 64"), (4, "8"), (0, "8")):
+        with pytest.raises(
+            errors.ParallelError, match=rf"use a multiple of 8 \(e\.g\. {nearest}\) or run on fewer devices"
+        ):
+            parallel.check_batch_size(batch, mesh)
+    parallel.check_batch_size(64, mesh)
+
+
 def test_batch_larger_than_the_data_is_an_error_whose_fix_works(cnn_config, tmp_path):
     cnn_config.batch_size = 512
     with pytest.raises(ConfigError, match=r"config\.batch_size=512 exceeds the 256 training images") as refused:
