@@ -107,7 +107,7 @@ def check_batch_size(
     checkpoints a run goes on from, whose batch is its own (another would be refused): only the devices can change."""
     n = mesh.devices.size
     if batch_size <= 0 or batch_size % n:
-        nearest = sorted({max(n, batch_size // n * n), (batch_size // n + 1) * n})  # one, below the device count
+        nearest = sorted({max(n, batch_size // n * n), (batch_size // n + 1) * n})  # one where the batch is below n
         how = f"use a multiple of {n} (e.g. {' or '.join(map(str, nearest))}) or run on fewer devices"
         if resuming is not None:
             how = f"the run in {resuming} trained with it: go on on a number of devices that divides it"

@@ -87,16 +87,25 @@ def rerun_text(line: str) -> str:
     return f"{line}\n  {command}"
 
 
+# Ctrl-C during `at_once`: raised as KeyboardInterrupt where Python code runs (its clean-up runs too), and where a C
+# call holds the main thread (a fit) for this long after it, the process ends as a SIGTERM ends it.
+CTRL_C_GRACE_SECONDS = 1.0
+# The most the line may wait for a stderr nobody reads (a paused terminal, a stalled pipe) before the process ends.
+LINE_SECONDS = 2.0
+_AT_ONCE: dict[str, Any] = {}  # the handlers and pipe of the `at_once` under way: a forked child drops them
+
+
 @contextlib.contextmanager
 def at_once(what: str) -> Iterator[None]:
     """For work without a safe point to stop at (a baseline: scikit-learn's calls hold the main thread for minutes,
-    and a Python handler runs only once they return): SIGTERM, SIGHUP or Ctrl-C ends the process at once, as their
-    default would (Ctrl-C's, KeyboardInterrupt, only once the call returns), saying so first on stderr:
-    "interrupted (SIGTERM, `what`). Go on with the same command:" and the command; exit 128 + the signal. A thread
-    does it, woken through `signal.set_wakeup_fd` while the main thread is still in C code. Only a signal left at
-    its default is taken (one ignored, as SIGHUP under nohup or Ctrl-C in a job a script started with `&`, or handled
-    by the program that called, stays so). Outside the main thread, or where another wake-up fd is set (an event
-    loop's), nothing changes."""
+    and a Python handler runs only once they return): SIGTERM or SIGHUP ends the process at once, as its default
+    would, but says so first on stderr: "interrupted (SIGTERM, `what`). Go on with the same command:" and the
+    command; exit 128 + the signal. Ctrl-C raises KeyboardInterrupt as usual, or, where the main thread is still in C
+    code CTRL_C_GRACE_SECONDS later, ends the process the same way. A thread does it, woken through
+    `signal.set_wakeup_fd` while the main thread is in C code. Only a signal left at its default is taken (one
+    ignored, as SIGHUP under nohup or Ctrl-C in a job a script started with `&`, or handled by the program that
+    called, stays so). Outside the main thread, or where another wake-up fd is set (an event loop's), nothing
+    changes; a process forked inside it starts without it."""
     main = threading.current_thread() is threading.main_thread()
     if (other := signal.set_wakeup_fd(-1) if main else -1) != -1:
         signal.set_wakeup_fd(other)  # left to it
@@ -106,34 +115,69 @@ def at_once(what: str) -> Iterator[None]:
     if not taken:
         yield
         return
-    read, write = os.pipe()
-    os.set_blocking(write, False)
-    ended = threading.Lock()
+    ended, raised, closing = threading.Lock(), threading.Event(), threading.Event()
 
     def end(signum: int) -> None:
         if not ended.acquire(blocking=False):  # the thread and the handler both see the signal: the first ends it
             return
-        name = signal.Signals(signum).name
-        with contextlib.suppress(OSError):  # (a closed terminal: nowhere to say it)
-            os.write(2, (rerun_text(f"interrupted ({name}, {what}). Go on with the same command:") + "\n").encode())
-        os._exit(128 + signum)
+        code = 128 + signum
+        try:
+            threading.Timer(LINE_SECONDS, os._exit, args=(code,)).start()  # should the write below block
+            line = rerun_text(f"interrupted ({signal.Signals(signum).name}, {what}). Go on with the same command:")
+            with contextlib.suppress(OSError):  # (a closed terminal: nowhere to say it)
+                os.write(2, (line + "\n").encode(errors="backslashreplace"))
+        finally:
+            os._exit(code)
+
+    def handle(signum: int, frame: Any) -> None:  # in the main thread, between two bytecodes: Python code runs
+        if signum == signal.SIGINT:
+            raised.set()
+            raise KeyboardInterrupt
+        end(signum)
 
     def watch() -> None:
         while data := os.read(read, 64):  # a byte per signal caught, its number; none: the `with` is over
             for signum in data:
-                if signum in taken:
+                if closing.is_set() or signum not in taken:
+                    continue
+                if signum != signal.SIGINT or not raised.wait(CTRL_C_GRACE_SECONDS):
                     end(signum)
 
-    previous = {s: signal.signal(s, lambda signum, frame: end(signum)) for s in taken}
-    signal.set_wakeup_fd(write, warn_on_full_buffer=False)
-    watcher = threading.Thread(target=watch, name="at_once", daemon=True)
-    watcher.start()
+    read, write = os.pipe()
+    previous, watcher = {}, None
     try:
+        os.set_blocking(write, False)
+        for s in taken:
+            previous[s] = signal.signal(s, handle)
+        signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        _AT_ONCE.update(previous=previous, fds=(read, write))
+        watcher = threading.Thread(target=watch, name="at_once", daemon=True)
+        watcher.start()
         yield
     finally:
-        signal.set_wakeup_fd(-1)
+        closing.set()  # the handlers, put back first, see what comes now
+        _AT_ONCE.clear()
         for s, handler in previous.items():
             signal.signal(s, handler)
+        signal.set_wakeup_fd(-1)
         os.close(write)
-        watcher.join()
+        if watcher is not None:
+            watcher.join()
         os.close(read)
+
+
+def _drop_at_once_in_a_child() -> None:
+    """In a process forked inside `at_once`: its wake-up fd and handlers are the parent's (a signal to the child would
+    wake the parent's thread and end the parent): the child goes without them."""
+    if at := dict(_AT_ONCE):
+        _AT_ONCE.clear()
+        with contextlib.suppress(ValueError, OSError):
+            signal.set_wakeup_fd(-1)
+            for s, handler in at["previous"].items():
+                signal.signal(s, handler)
+        for fd in at["fds"]:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+os.register_at_fork(after_in_child=_drop_at_once_in_a_child)

@@ -458,10 +458,10 @@ def test_a_signal_during_a_fit_ends_the_baseline_at_once_saying_what_to_rerun(
     tiny_data, tmp_path, ignored, sent, ends_by
 ):
     """A fit is minutes inside liblinear, where no Python handler runs: SIGTERM (a scheduler's), SIGHUP (a closed
-    terminal) or Ctrl-C still ends it at once, with the line and command a CNN run gives, exit 128 + the signal, the
-    workdir as a kill leaves it (config.json, no model); SIGHUP and SIGINT ignored where the run started (nohup, a
-    script's `&`) stay ignored. The fit here never ends by itself (a zero tolerance, a billion passes): only the
-    signal ends the process."""
+    terminal) or Ctrl-C (a second later) still ends it, with the line and command a CNN run gives, exit 128 + the
+    signal, the workdir as a kill leaves it (config.json, no model); SIGHUP and SIGINT ignored where the run started
+    (nohup, a script's `&`) stay ignored. The fit here never ends by itself (a zero tolerance, a billion passes):
+    only the signal ends the process."""
     workdir, out, err = tmp_path / "run", tmp_path / "stdout", tmp_path / "stderr"
     args = helpers.main_args(
         "linear_svm",
@@ -473,7 +473,7 @@ def test_a_signal_during_a_fit_ends_the_baseline_at_once_saying_what_to_rerun(
             "model.tol": 1e-30,
             "model.max_iter": 10**9,
             "model.C": 1000.0,
-            "model.verbose": 1,  # its passes' dots on stdout: the fit under way, in liblinear
+            "model.verbose": 1,  # a dot on stdout every few passes: the fit under way, in liblinear
         },
     )
     command = [sys.executable, str(ROOT / "main.py"), *args]
@@ -486,7 +486,7 @@ def test_a_signal_during_a_fit_ends_the_baseline_at_once_saying_what_to_rerun(
             for s, handler in before.items():
                 signal.signal(s, handler)
         try:
-            helpers.wait_for(lambda: "[LibLinear]." in out.read_text(), proc, timeout=120)
+            helpers.wait_for(lambda: "." in out.read_text(), proc, timeout=120)  # liblinear's own, flushed
             for name in sent:  # SIGTERM last: were another taken, it would end the run
                 proc.send_signal(signal.Signals[name])
             assert proc.wait(timeout=60) == 128 + signal.Signals[ends_by]

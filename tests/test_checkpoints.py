@@ -11,6 +11,7 @@ import pathlib
 import shutil
 import signal
 import subprocess
+import sys
 import types
 
 import helpers
@@ -264,7 +265,8 @@ def test_a_read_only_store_skips_a_damaged_checkpoint_and_moves_nothing(two_epoc
     access = os.access
 
     def read_only(path, mode, **kwargs):  # as on a read-only mount (root writes wherever chmod says not)
-        return access(path, mode, **kwargs) and not (mode & os.W_OK and workdir in (path, *pathlib.Path(path).parents))
+        path = pathlib.Path(path)
+        return access(path, mode, **kwargs) and not (mode & os.W_OK and workdir in (path, *path.parents))
 
     monkeypatch.setattr(os, "access", read_only)
     store = checkpoints.CheckpointStore.for_run(workdir, config.checkpoint, async_save=False, read_only=True)
@@ -1092,6 +1094,58 @@ def test_at_once_takes_only_default_signals_and_puts_back_all_it_changed():
         os.close(write)
         for s, handler in before.items():
             signal.signal(s, handler)
+
+
+AT_ONCE_SCRIPT = """
+import os, signal, sys, time
+from fmnist_jax import preemption
+{before}
+with preemption.at_once("in a test"):
+    {body}
+"""
+
+
+def _at_once_process(body: str, before: str = "", **kwargs) -> subprocess.Popen:
+    script = AT_ONCE_SCRIPT.format(before=before, body=body)
+    return subprocess.Popen([sys.executable, "-c", script], env=helpers.subprocess_env(), text=True, **kwargs)
+
+
+def test_at_once_lets_ctrl_c_in_python_code_raise_and_a_forked_child_go_without_it():
+    """Where Python code runs, Ctrl-C is KeyboardInterrupt as usual (`finally` blocks clean up; nothing ends the
+    process a second later); a child forked inside `at_once` has neither its handlers nor its wake-up fd (a signal to
+    the child would otherwise end the parent)."""
+    with pytest.raises(KeyboardInterrupt), preemption.at_once("a test"):
+        os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    child = (
+        "pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        fd = signal.set_wakeup_fd(-1)\n"
+        "        os._exit(0 if fd == -1 and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL else 1)\n"
+        "    print(os.waitpid(pid, 0)[1], flush=True)"
+    )
+    proc = _at_once_process(child, stdout=subprocess.PIPE)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and out.strip() == "0"
+
+
+def test_at_once_ends_the_process_even_where_its_line_cannot_be_written():
+    """A stderr nobody reads (a paused terminal, a stalled pipe), full: the line waits at most LINE_SECONDS, then the
+    process ends as the signal asked (before, a blocked write kept it alive through every later signal)."""
+    fill = (  # stderr's pipe filled without blocking, then blocking again: a write now waits for a reader
+        "os.set_blocking(2, False)\ntry:\n    while True: os.write(2, b'x' * 65536)\n"
+        "except BlockingIOError:\n    pass\nos.set_blocking(2, True)"
+    )
+    proc = _at_once_process(
+        "print('ready', flush=True)\n    time.sleep(60)", before=fill, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+        proc.communicate()
 
 
 def test_a_signal_ignored_before_the_guard_stays_ignored():

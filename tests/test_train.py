@@ -399,7 +399,7 @@ def test_train_metrics_count_the_images_trained_not_the_split(cnn_config, tmp_pa
 
 def test_a_resumed_epochs_speed_counts_the_steps_it_trained(two_epoch_run):
     """Resumed from step 6, half way through epoch 2, the run trains 2 of the epoch's 4 steps: its images per second
-    are those 128 images over the seconds since the resume."""
+    count those 128 images, not the epoch's 256, over its seconds."""
     config, workdir = two_epoch_run
     shutil.rmtree(workdir / "checkpoints" / "8")
     (workdir / "results.json").unlink()
