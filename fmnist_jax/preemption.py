@@ -115,7 +115,8 @@ def at_once(what: str) -> Iterator[None]:
     if not taken:
         yield
         return
-    ended, raised, closing = threading.Lock(), threading.Event(), threading.Event()
+    ended, raised = threading.Lock(), threading.Event()
+    closing, pending = [], []  # the tear-down under way (appending is one step), and a Ctrl-C held for after it
 
     def end(signum: int) -> None:
         if not ended.acquire(blocking=False):  # the thread and the handler both see the signal: the first ends it
@@ -130,22 +131,30 @@ def at_once(what: str) -> Iterator[None]:
             os._exit(code)
 
     def handle(signum: int, frame: Any) -> None:  # in the main thread, between two bytecodes: Python code runs
-        if signum == signal.SIGINT:
+        if signum != signal.SIGINT:
+            end(signum)
+        elif closing:
+            pending.append(signum)  # raised once all is put back: the tear-down itself is never cut short
+        else:
             raised.set()
             raise KeyboardInterrupt
-        end(signum)
 
     def watch() -> None:
         while data := os.read(read, 64):  # a byte per signal caught, its number; none: the `with` is over
             for signum in data:
-                if closing.is_set() or signum not in taken:
+                if signum not in taken or (signum == signal.SIGINT and closing):
                     continue
-                if signum != signal.SIGINT or not raised.wait(CTRL_C_GRACE_SECONDS):
+                if signum != signal.SIGINT:
+                    end(signum)
+                elif raised.wait(CTRL_C_GRACE_SECONDS):
+                    raised.clear()  # the main thread took it up; a later Ctrl-C is watched for again
+                else:
                     end(signum)
 
-    read, write = os.pipe()
-    previous, watcher = {}, None
+    read = write = watcher = None
+    previous = {}
     try:
+        read, write = os.pipe()
         os.set_blocking(write, False)
         for s in taken:
             previous[s] = signal.signal(s, handle)
@@ -155,15 +164,19 @@ def at_once(what: str) -> Iterator[None]:
         watcher.start()
         yield
     finally:
-        closing.set()  # the handlers, put back first, see what comes now
+        closing.append(True)
         _AT_ONCE.clear()
-        for s, handler in previous.items():
+        for s, handler in previous.items():  # put back before the wake-up fd goes: a signal now is theirs
             signal.signal(s, handler)
         signal.set_wakeup_fd(-1)
-        os.close(write)
+        if write is not None:
+            os.close(write)
         if watcher is not None:
             watcher.join()
-        os.close(read)
+        if read is not None:
+            os.close(read)
+        for s in pending[:1]:
+            signal.raise_signal(s)  # a Ctrl-C during the tear-down: KeyboardInterrupt, now
 
 
 def _drop_at_once_in_a_child() -> None:
@@ -171,9 +184,10 @@ def _drop_at_once_in_a_child() -> None:
     wake the parent's thread and end the parent): the child goes without them."""
     if at := dict(_AT_ONCE):
         _AT_ONCE.clear()
-        with contextlib.suppress(ValueError, OSError):
+        with contextlib.suppress(ValueError):  # (forked from another thread than the main one)
             signal.set_wakeup_fd(-1)
-            for s, handler in at["previous"].items():
+        for s, handler in at["previous"].items():
+            with contextlib.suppress(ValueError):
                 signal.signal(s, handler)
         for fd in at["fds"]:
             with contextlib.suppress(OSError):

@@ -1110,13 +1110,10 @@ def _at_once_process(body: str, before: str = "", **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", script], env=helpers.subprocess_env(), text=True, **kwargs)
 
 
-def test_at_once_lets_ctrl_c_in_python_code_raise_and_a_forked_child_go_without_it():
-    """Where Python code runs, Ctrl-C is KeyboardInterrupt as usual (`finally` blocks clean up; nothing ends the
-    process a second later); a child forked inside `at_once` has neither its handlers nor its wake-up fd (a signal to
-    the child would otherwise end the parent)."""
-    with pytest.raises(KeyboardInterrupt), preemption.at_once("a test"):
-        os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+def test_at_once_lets_a_forked_child_go_without_it_and_ctrl_c_in_python_code_raise():
+    """A child forked inside `at_once` has neither its handlers nor its wake-up fd (a signal to the child would
+    otherwise end the parent); where Python code runs, Ctrl-C is KeyboardInterrupt as usual (`finally` blocks clean
+    up), and the handlers are put back after it."""
     child = (
         "pid = os.fork()\n"
         "    if pid == 0:\n"
@@ -1127,6 +1124,66 @@ def test_at_once_lets_ctrl_c_in_python_code_raise_and_a_forked_child_go_without_
     proc = _at_once_process(child, stdout=subprocess.PIPE)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0 and out.strip() == "0"
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt), preemption.at_once("a test"):
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_a_ctrl_c_during_at_onces_tear_down_is_raised_once_all_is_put_back(monkeypatch):
+    """A second Ctrl-C while the first one's KeyboardInterrupt leaves `at_once` (here sent as its tear-down begins)
+    comes after the tear-down: handlers, wake-up fd and thread are gone, none left to act on a later signal."""
+    import threading
+
+    class Interrupting(dict):
+        def clear(self):
+            super().clear()
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(preemption, "_AT_ONCE", Interrupting())
+    before = {
+        s: signal.signal(s, h)
+        for s, h in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL))
+    }
+    try:
+        with pytest.raises(KeyboardInterrupt), preemption.at_once("a test"):
+            pass
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL and signal.set_wakeup_fd(-1) == -1
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert not any(t.name == "at_once" for t in threading.enumerate())
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def test_at_once_leaves_a_ctrl_c_the_code_took_up_to_it_and_still_ends_a_later_one_that_a_fit_holds(tmp_path):
+    """A KeyboardInterrupt the code caught does not end the process a grace period later (it runs on, here through
+    twice that grace); a later Ctrl-C while liblinear holds the main thread still ends it (exit 130, with the line)."""
+    script = (
+        "try:\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "    except KeyboardInterrupt:\n"
+        "        pass\n"
+        "    time.sleep(2 * preemption.CTRL_C_GRACE_SECONDS)\n"
+        "    print('alive', flush=True)\n"
+        "    import numpy as np\n"
+        "    from sklearn.svm import LinearSVC\n"
+        "    x, y = np.random.default_rng(0).normal(size=(200, 50)), np.arange(200) % 10\n"
+        "    LinearSVC(dual=True, tol=1e-30, max_iter=10**9, C=1000.0, verbose=1).fit(x, y)  # never ends"
+    )
+    out = tmp_path / "stdout"
+    with open(out, "w") as stdout:
+        proc = _at_once_process(script, stdout=stdout, stderr=subprocess.PIPE)
+        try:
+            helpers.wait_for(lambda: "alive\n" in (text := out.read_text()) and "." in text, proc, timeout=60)
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGINT and "interrupted (SIGINT, in a test)" in err
 
 
 def test_at_once_ends_the_process_even_where_its_line_cannot_be_written():
