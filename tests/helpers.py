@@ -226,6 +226,18 @@ def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
     return config_lib.checkpoint_steps(pathlib.Path(workdir))
 
 
+def read_only_below(monkeypatch, folder: pathlib.Path) -> None:
+    """`os.access` says nothing below `folder` (itself included) is writable, as on a read-only mount (root writes
+    wherever chmod says not, so a chmod cannot show it)."""
+    access = os.access
+
+    def read_only(path, mode, **kwargs):
+        path = pathlib.Path(path)
+        return access(path, mode, **kwargs) and not (mode & os.W_OK and folder in (path, *path.parents))
+
+    monkeypatch.setattr(os, "access", read_only)
+
+
 def damage_checkpoint(workdir: str | os.PathLike, step: int) -> None:
     """Cuts the largest file of WORKDIR/checkpoints/STEP in half, as a crash while writing it would."""
     folder = pathlib.Path(workdir) / "checkpoints" / str(step)

@@ -262,13 +262,7 @@ def test_a_read_only_store_skips_a_damaged_checkpoint_and_moves_nothing(two_epoc
     is passed over for the one before, and left where it is (moving it aside would fail there)."""
     config, workdir = two_epoch_run
     helpers.damage_checkpoint(workdir, 8)
-    access = os.access
-
-    def read_only(path, mode, **kwargs):  # as on a read-only mount (root writes wherever chmod says not)
-        path = pathlib.Path(path)
-        return access(path, mode, **kwargs) and not (mode & os.W_OK and workdir in (path, *path.parents))
-
-    monkeypatch.setattr(os, "access", read_only)
+    helpers.read_only_below(monkeypatch, workdir)
     store = checkpoints.CheckpointStore.for_run(workdir, config.checkpoint, async_save=False, read_only=True)
     try:
         _, state, _ = train_state.create_train_state(config)

@@ -3,8 +3,6 @@
 import io
 import json
 import logging
-import os
-import pathlib
 import re
 import shlex
 import shutil
@@ -62,12 +60,7 @@ def test_predictions_go_where_predict_output_says_and_a_run_that_cannot_be_writt
     rows = run.run(config, workdir)
     assert json.loads((tmp_path / "out" / predict.OUTPUT_FILE).read_text()) == rows
     assert not (workdir / predict.OUTPUT_FILE).exists()
-    access = os.access
-
-    def read_only(path, mode, **kwargs):  # the run as on a read-only mount (root writes wherever chmod says not)
-        return access(path, mode, **kwargs) and not (mode & os.W_OK and workdir in (path, *pathlib.Path(path).parents))
-
-    monkeypatch.setattr(os, "access", read_only)
+    helpers.read_only_below(monkeypatch, workdir)  # the run as on a read-only mount
     monkeypatch.setattr(files, "workdir_lock", lambda folder: pytest.fail(f"{folder} was locked"))
     config.predict.output = ""
     says = rf"cannot write the predictions to {workdir}/predict\.json \(not writable\); set --config\.predict\.output="
