@@ -144,12 +144,10 @@ def at_once(what: str) -> Iterator[None]:
             for signum in data:
                 if signum not in taken or (signum == signal.SIGINT and closing):
                     continue
-                if signum != signal.SIGINT:
-                    end(signum)
-                elif raised.wait(CTRL_C_GRACE_SECONDS):
+                if signum == signal.SIGINT and raised.wait(CTRL_C_GRACE_SECONDS):
                     raised.clear()  # the main thread took it up; a later Ctrl-C is watched for again
-                else:
-                    end(signum)
+                    continue
+                end(signum)
 
     read = write = watcher = None
     previous = {}
