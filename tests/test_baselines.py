@@ -240,6 +240,12 @@ def test_a_fit_stopped_before_its_scores_or_with_damaged_scores_is_scored_again_
         ("random_forest", "model.n_jobs", 0, r"config.model.n_jobs=0 must be a number of processes, or -1"),
         ("random_forest_search", "search.factor", 1, r"config.search.factor=1 must be a number above 1"),
         ("random_forest_search", "search.method", "random", r"config.search.method='random' must be one of"),
+        (  # the validation images trained on would score the settings
+            "random_forest_search",
+            "data.use_validation_for_training",
+            True,
+            r"a search scores settings on the validation split: .*use_validation_for_training=False",
+        ),
     ],
 )
 def test_bad_values_name_the_field(tiny_data, tmp_path, name, field, value, match):
@@ -294,7 +300,7 @@ def test_training_on_validation_reports_no_validation_accuracy(tiny_data, tmp_pa
         **{"model.n_estimators": 5, "model.bootstrap": False, "data.use_validation_for_training": True},
     )
     results = run.run(config, tmp_path)
-    assert results["validation_accuracy"] is None
+    assert results["validation_accuracy"] is None and results["num_train_images"] == 256 + 64
     assert sum(tree.tree_.n_node_samples[0] for tree in baselines.load_estimator(tmp_path)[-1].estimators_) == 5 * 320
 
 
@@ -371,6 +377,22 @@ def test_a_grid_value_that_cannot_run_is_refused_before_any_fit(tiny_data, tmp_p
     assert not (tmp_path / baselines.MODEL_FILE).exists()
 
 
+def test_a_search_fits_each_setting_on_the_training_split_and_scores_it_on_the_validation_split(tiny_data):
+    from fmnist_jax import search
+
+    config = tiny("random_forest_search", tiny_data, **{"search.method": "grid"})
+    config.search.grid = {"n_estimators": (2, 4), "max_depth": (3,)}
+    dataset = data.load(config.data, seed=config.seed)
+    best, record = search.search(config, dataset)
+    for row in record["grid"]:  # as one fit of that setting on the 256 training images, scored on the 64 others
+        one = baselines.create_estimator(config).set_params(**{f"model__{k}": v for k, v in row["params"].items()})
+        one.fit(baselines.flatten(dataset.train.images), dataset.train.labels)
+        expected = np.mean(one.predict(baselines.flatten(dataset.validation.images)) == dataset.validation.labels)
+        assert row["validation_accuracy"] == expected
+    top = max(record["grid"], key=lambda row: row["validation_accuracy"])  # the first of the best, as the search
+    assert best == top["params"] and record["best_validation_accuracy"] == top["validation_accuracy"]
+
+
 def test_a_grid_of_solver_choices_is_searched_as_the_estimator_takes_them(tiny_data, tmp_path):
     """config.model.dual's strings are converted for each setting as for one fit ("false" is False, which LinearSVC
     takes; the string itself failed every fit of that setting, and the search chose among the rest)."""
@@ -443,6 +465,36 @@ def test_a_damaged_or_foreign_model_file_is_named(tiny_data, tmp_path):
     joblib.dump({"not": "a model"}, path)
     with pytest.raises(ConfigError, match=r"model.joblib holds a dict, not a model of this project"):
         run.run(config, tmp_path)
+
+
+def test_a_new_workdir_a_signal_stopped_before_anything_was_computed_stays_for_the_rerun(
+    tiny_data, tmp_path, monkeypatch
+):
+    """A start refused for a bad setting removes the folder it made; one stopped by a signal (here while the data are
+    read) leaves it as it is, as its last line says: rerun the same command there."""
+    from fmnist_jax.errors import Interrupted
+
+    def stopped(*args, **kwargs):
+        raise Interrupted(signal.SIGTERM, 0, tmp_path / "new", saved=False)
+
+    monkeypatch.setattr(data, "load", stopped)
+    with pytest.raises(Interrupted):
+        run.run(tiny("random_forest", tiny_data), tmp_path / "new")
+    assert (tmp_path / "new").is_dir()
+
+
+def test_a_new_workdir_whose_run_failed_after_writing_into_a_subfolder_is_kept(tiny_data, tmp_path, monkeypatch):
+    """Only a folder holding nothing but its lock, config.json and empty folders is removed when its start fails."""
+
+    def failed(*args, **kwargs):
+        (tmp_path / "new" / "checkpoints" / "4").mkdir(parents=True)  # what the run had saved before it failed
+        (tmp_path / "new" / "checkpoints" / "4" / "state").write_text("saved")
+        raise RuntimeError("a failure after the first save")
+
+    monkeypatch.setattr(data, "load", failed)
+    with pytest.raises(RuntimeError, match="after the first save"):
+        run.run(tiny("random_forest", tiny_data), tmp_path / "new")
+    assert (tmp_path / "new" / "checkpoints" / "4" / "state").read_text() == "saved"
 
 
 @pytest.mark.parametrize(

@@ -79,6 +79,11 @@ def _rewrite(folder, name, content):
         ("wrong_magic", r"train-images-idx3-ubyte.gz: magic number 2049, expected 2051"),
         ("wrong_shape", r"images are 32x32, expected 28x28"),
         ("label_range", r"train-labels-idx1-ubyte.gz: label 12 at index 3 is outside 0..9"),
+        ("label_ten", r"train-labels-idx1-ubyte.gz: label 10 at index 3 is outside 0..9 \(1 such labels\)"),
+        (
+            "trailing",
+            r"train-images-idx3-ubyte.gz: header says \(40, 28, 28\) -> 31376 bytes, the file has 31381 \(tra",
+        ),
         ("count_mismatch", r"holds 40 images but .*train-labels-idx1-ubyte.gz holds 39 labels"),
         ("bad_gzip", r"train-images-idx3-ubyte.gz: the gzip stream is damaged or truncated"),
         ("corrupt_deflate", r"train-images-idx3-ubyte.gz: the gzip stream is damaged or truncated .*invalid block"),
@@ -100,6 +105,11 @@ def test_malformed_files_raise_clear_errors(tmp_path, case, expected):
     elif case == "label_range":
         labels[3] = 12
         _rewrite(folder, "train-labels-idx1-ubyte", idx_bytes(labels, 2049))
+    elif case == "label_ten":  # one past the last class
+        labels[3] = 10
+        _rewrite(folder, "train-labels-idx1-ubyte", idx_bytes(labels, 2049))
+    elif case == "trailing":
+        _rewrite(folder, "train-images-idx3-ubyte", idx_bytes(images, 2051) + b"\x00" * 5)
     elif case == "count_mismatch":
         _rewrite(folder, "train-labels-idx1-ubyte", idx_bytes(labels[:39], 2049))
     elif case == "bad_gzip":
@@ -201,6 +211,11 @@ def test_forced_idx_with_bad_environment_folder_fails(tmp_path, monkeypatch):
     monkeypatch.setenv(data.ENV_VAR, str(tmp_path / "missing"))
     with pytest.raises(data.DataError, match="missing \\(named by FMNIST_DATA_DIR\\) does not exist"):
         data.load(data_config(source="idx"), seed=0)
+    # Neither set: Debian's folder, which no setting names.
+    monkeypatch.delenv(data.ENV_VAR)
+    monkeypatch.setattr(data, "DEBIAN_DIR", str(tmp_path / "debian"))
+    with pytest.raises(data.DataError, match=f"^data folder {tmp_path / 'debian'} does not exist\\. Get"):
+        data.load(data_config(source="idx"), seed=0)
 
 
 def test_tfds_source_through_mock_data(monkeypatch):
@@ -216,6 +231,11 @@ def test_tfds_source_through_mock_data(monkeypatch):
     assert list(dataset.checksums) == ["tfds:fashion_mnist"] and dataset.released is None  # TFDS's: not compared
     with tfds.testing.mock_data(num_examples=0), pytest.raises(DataError, match=r"^TFDS fashion_mnist/train holds no"):
         data.load(data_config(source="tfds", validation_size=10), seed=0)
+    # A label past the last class (10) is damaged data, not an 11th class.
+    records = [{"image": np.zeros((28, 28, 1), np.uint8), "label": label} for label in (0, 9, 10)]
+    monkeypatch.setattr(tfds, "data_source", lambda name, split, data_dir: records)
+    with pytest.raises(DataError, match=r"^TFDS fashion_mnist/train: labels outside 0\.\.9"):
+        data.load(data_config(source="tfds", validation_size=1), seed=0)
 
 
 def test_auto_uses_first_available_without_explicit_dirs(tmp_path, monkeypatch):

@@ -137,7 +137,9 @@ def test_a_command_with_a_field_only_another_mode_reads_is_refused_before_it_run
 
 @pytest.mark.parametrize("value", ["abc", "-1", "nan", "inf"])
 def test_a_bad_progress_interval_is_one_line_before_anything_runs(tmp_path, value):
-    result = run_main("--config=configs/cnn.py", f"--workdir={tmp_path / 'w'}", env={logs.PROGRESS_ENV: value})
+    # A missing data folder and one epoch: were the value taken, the run would fail at once, not train for minutes.
+    flags = (f"--workdir={tmp_path / 'w'}", f"--config.data.dir={tmp_path / 'none'}", "--config.num_epochs=1")
+    result = run_main("--config=configs/cnn.py", *flags, env={logs.PROGRESS_ENV: value})
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert last_line(result.stderr) == (
         f"error: FMNIST_PROGRESS_SECONDS={value!r}: give the seconds between progress redraws (e.g. 1), or unset it"
@@ -252,6 +254,50 @@ def test_a_record_after_the_log_file_was_removed_makes_it_again(tmp_path):
         check=False,
     )
     assert done.stdout.split() == ["False", "True"], done.stderr[-2000:]
+
+
+def test_a_log_file_keeps_a_record_the_terminal_did_not_show_whole_whatever_comes_after_it(tmp_path, monkeypatch):
+    """`logs.finish` keeps the log file once any record in it was not shown whole (a library's warning), however
+    many of this project's whole lines follow; the terminal never shows asyncio's records (a failed save's tasks at
+    exit), which the log file keeps."""
+    import logging
+
+    library = logging.LogRecord("orbax", logging.WARNING, "/lib/orbax/manager.py", 1, "a library's warning", None, None)
+    own = logging.LogRecord("absl", logging.WARNING, logs.__file__, 1, "shown whole", None, None)
+    handler = logs._LogFile(tmp_path / "run.log", delay=True)
+    handler.kept = False  # in the temporary folder, as without --log_dir (`logs.set_up`)
+    for record in (library, own):
+        handler.handle(record)
+    monkeypatch.setattr(logs, "_FILES", [handler])
+    logs.finish()
+    handler.close()
+    assert "a library's warning" in (tmp_path / "run.log").read_text()
+    late = logging.LogRecord("asyncio", logging.ERROR, "/lib/asyncio/base_events.py", 1, "Task exception", None, None)
+    assert not logs._Terminal().filter(late) and logs._OwnLogsOnly().filter(late)
+    assert logs._Terminal().filter(library) and logs._Terminal().filter(own)
+
+
+def test_flag_errors_name_a_folder_given_as_the_config_and_list_the_config_files():
+    from helpers import load_config
+
+    from fmnist_jax import flag_errors
+
+    configs = ROOT / "configs"
+    listed = "cnn.py, compare.py, linear_svm.py, linear_svm_search.py, random_forest.py, random_forest_search.py, "
+    listed += "speedrun.py, speedrun_gpu.py, vgg_bn.py, vgg_bn_large.py"  # not __init__.py nor common.py
+    error = ValueError("the parser's own")
+    assert flag_errors.flag_error([f"--config={configs / 'nope.py'}"], error, configs) == (
+        f"--config={configs / 'nope.py'}: no such file (the configs in {configs}: {listed})"
+    )
+    assert flag_errors.flag_error([f"--config={configs}"], error, configs) == (
+        f"--config={configs}: a folder, not a config file (the configs in {configs}: {listed})"
+    )
+    # "none" in any case is the None the command line cannot give.
+    argv, text = ["--config.data.num_train=none"], "flag --config.data.num_train=none: could not parse"
+    assert flag_errors.wrong_type(load_config("cnn"), argv, text) == (
+        "--config.data.num_train=none: config.data.num_train takes an integer, not None, on the command line; leave "
+        "the flag out for the config file's None"
+    )
 
 
 def test_evaluate_or_predict_where_nothing_trained_is_one_line_and_makes_nothing(tmp_path):

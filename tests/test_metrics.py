@@ -152,6 +152,33 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["results.json"]
 
 
+def test_a_written_file_has_the_permissions_open_would_give_it(tmp_path):
+    """Not the 0600 of the temporary file it was written through: others may read a run's results, as usual."""
+    umask = os.umask(0o022)
+    try:
+        files.atomic_write_text(tmp_path / "results.json", "{}")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "results.json").stat().st_mode) == 0o644
+
+
+def test_a_full_disk_or_an_exceeded_quota_is_told_apart_from_other_errors_however_deep():
+    import errno
+
+    def raised_from(cause):
+        try:
+            try:
+                raise cause
+            except OSError as e:
+                raise RuntimeError("the save failed") from e
+        except RuntimeError as e:
+            return e
+
+    assert files.is_disk_full(raised_from(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))))
+    assert files.is_disk_full(raised_from(OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))))  # "Disk quota exceeded"
+    assert not files.is_disk_full(raised_from(OSError(errno.EACCES, os.strerror(errno.EACCES))))
+
+
 def test_a_write_is_synced_with_its_folder_after_the_rename(tmp_path, monkeypatch):
     """The file, then its folder: without the folder's fsync a power loss may undo the rename."""
     synced, fsync = [], os.fsync

@@ -116,6 +116,34 @@ def test_events_flushed_up_to_a_step_leave_the_later_points_pending(tmp_path):
     assert read_scalars(tmp_path)["train/loss_running"] == [(2, pytest.approx(0.1)), (4, pytest.approx(0.1))]
     writer.close()
     assert [s for s, _ in read_scalars(tmp_path)["train/loss_running"]] == [2, 4, 6]
+    every_three = events.EventWriter(tmp_path / "three", restored_step=0, loss_every_steps=3)
+    for step in (2, 4, 6, 8):  # calls of 2 steps: a point at the first call past each multiple of 3
+        every_three.steps_done(step, step * 10, jnp.float32(step))
+    every_three.close()
+    assert [s for s, _ in read_scalars(tmp_path / "three")["train/loss_running"]] == [4, 6]
+
+
+def test_a_resumed_runs_purge_marker_keeps_the_restored_steps_events_for_tensorboards_reader(tmp_path):
+    """TensorBoard's Python reader drops the earlier events from a START marker's step on: the resumed run's marker
+    is one past its restored step, whose events (its epoch's scalars) belong to the run."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    died = events.EventWriter(tmp_path, restored_step=0, loss_every_steps=0)
+    for step in (2, 4, 6):  # the run that died after step 6, its last checkpoint at step 4
+        died.writer.scalar("train/loss", step / 10, step)
+    died.close()
+    (old,) = (tmp_path / events.EVENTS_DIR).glob("events.out.tfevents.*")
+    old.rename(old.with_name("events.out.tfevents.0000000001.host.1"))  # an earlier process's file
+    resumed = events.EventWriter(tmp_path, restored_step=4, loss_every_steps=0)
+    resumed.writer.scalar("train/loss", 0.65, 6)
+    resumed.close()
+    acc = event_accumulator.EventAccumulator(str(tmp_path / events.EVENTS_DIR))  # purging, as TensorBoard does
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [
+        (2, pytest.approx(0.2)),
+        (4, pytest.approx(0.4)),
+        (6, pytest.approx(0.65)),
+    ]
 
 
 @pytest.fixture(scope="module")

@@ -371,6 +371,9 @@ def test_npy_values_are_read_as_documented_and_out_of_range_ones_refused(tmp_pat
     read, _ = predict.load_images([tmp_path / n for n in names])
     assert [int(image.max()) for image in read] == [1, 255, 255, 255, 255] and int(read[3].sum()) == 28 * 255
     np.testing.assert_array_equal(read[4], read[1])  # 0-1 values a rounding took past 1: as 0-1
+    levels = np.arange(28 * 28).reshape(28, 28) % 256  # every grey level, as 16-bit values (x257): each comes back
+    np.save(tmp_path / "levels.npy", (levels * 257).astype(np.uint16))
+    np.testing.assert_array_equal(predict.load_images([tmp_path / "levels.npy"])[0][0], levels)
     with pytest.raises(predict.PredictError) as error:
         predict.load_images([tmp_path / n for n in ("negative.npy", "bright.npy", "huge.npy", "past_one.npy")])
     message = str(error.value)
@@ -390,6 +393,10 @@ def test_inputs_are_files_or_patterns_and_a_comma_in_a_name_is_named(tmp_path, c
     for name in ("b.png", "a.png", "with,comma.png", "Shirt, blue, 2.png", "[2024]/x.png", "photo1.png"):
         Image.fromarray(np.full((40, 30), 255, np.uint8)).save(tmp_path / name)
     assert predict.parse_inputs(f"{tmp_path}/?.png") == [tmp_path / "a.png", tmp_path / "b.png"]
+    with pytest.MonkeyPatch.context() as patch:  # sorted whatever order the file system lists them in
+        listed = predict.glob.glob
+        patch.setattr(predict.glob, "glob", lambda pattern: sorted(listed(pattern), reverse=True))
+        assert predict.parse_inputs(f"{tmp_path}/?.png") == [tmp_path / "a.png", tmp_path / "b.png"]
     assert predict.parse_inputs(f"{tmp_path}/[2024]/*.png") == [tmp_path / "[2024]" / "x.png"]  # "[" as it is
     assert predict.parse_inputs(f"{tmp_path}/photo[1].png") == [tmp_path / "photo[1].png"]  # missing, not photo1.png
     with pytest.raises(predict.PredictError, match=r"inputs: .*/\*\.jpg matches no file\."):

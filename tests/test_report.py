@@ -375,6 +375,52 @@ def test_confused_pairs_in_words():
     pairs = tables.confused_pairs(cm, top=2)
     assert pairs[0] == ("Shirt", "T-shirt/top", pytest.approx(0.12))
     assert pairs[1] == ("Coat", "Pullover", pytest.approx(0.10))
+    assert len(tables.confused_pairs(cm, top=5)) == 2  # the other off-diagonal cells are empty: never listed
+    perfect = np.diag(np.full(10, 100))
+    assert tables.confused_pairs(perfect) == []
+    assert sentences.confused_in_words(tables.confused_pairs(perfect)) == ["no test image misclassified"]
+
+
+def test_the_best_per_class_figure_is_bold_among_several_models_and_seed_rows_list_models_of_several_seeds(
+    tmp_path,
+):
+    def model(label, score, seeds=(0,)):
+        per_class = {c: {"precision": score, "recall": score, "f1": score} for c in data.CLASS_NAMES}
+        results = {"test_accuracy": score, "validation_accuracy": None, "train_seconds": 90.0, "per_class": per_class}
+        runs = [report.runs.Member(label, tmp_path, {**results, "seed": s}, [], {}) for s in seeds]
+        return report.runs.Model(label, label.upper(), runs)
+
+    assert tables.per_class_rows([model("a", 0.9)])[0] == ["T-shirt/top", "0.900", "0.900", "0.900"]  # alone: no bold
+    rows = tables.per_class_rows([model("a", 0.9), model("b", 0.8)])
+    assert rows[0] == ["T-shirt/top", "**0.900**", "0.800", "**0.900**", "0.800", "**0.900**", "0.800"]
+    # The per-seed table lists the models of several seeds only (one seed's figures are the summary's).
+    assert tables.seed_rows([model("a", 0.9), model("b", 0.8, seeds=(0, 1))]) == [
+        ["B", "0", "0.8000", "n/a", "n/a", "90.0 s"],
+        ["B", "1", "0.8000", "n/a", "n/a", "90.0 s"],
+    ]
+
+
+def test_the_studys_figure_stands_beside_the_studys_own_configs_only(tmp_path):
+    def model(config_name, name):
+        results = {"model": name, "config_name": config_name, "seed": 0}
+        return report.runs.Model(config_name, config_name, [report.runs.Member(config_name, tmp_path, results, [], {})])
+
+    assert runs_module.published_accuracy(model("random_forest", "random_forest")) == 0.879
+    assert runs_module.published_accuracy(model("cnn", "seed_cnn")) == 0.8997
+    # A searched forest is the study's estimator with other settings: not the model the study scored.
+    assert runs_module.published_accuracy(model("random_forest_search", "random_forest")) is None
+
+
+def test_an_earlier_checkpoint_scored_apart_is_never_a_seed_of_the_finished_runs(comparison, tmp_path):
+    _, workdir, _ = comparison
+    shutil.copytree(workdir / "cnn" / "seed_0", tmp_path / "run")
+    scored = tmp_path / "run" / "evaluate_step_4"  # as --config.mode=evaluate --config.checkpoint.step=4 leaves it
+    scored.mkdir()
+    results = json.loads((tmp_path / "run" / metrics.RESULTS_FILE).read_text())
+    (scored / metrics.RESULTS_FILE).write_text(json.dumps({**results, "checkpoint_step": 4}))
+    models = runs_module.load_models([workdir / "cnn" / "seed_1", scored])
+    assert [(m.label, m.seeds) for m in models] == [("cnn", [1]), ("cnn_step4", [0])]
+    assert models[1].title == "CNN (Flax) (checkpoint at step 4)"
 
 
 def test_report_command_line(comparison, tmp_path):
@@ -910,6 +956,9 @@ def test_report_json_holds_every_number_the_report_shows(comparison):
         assert model["test_accuracy"] == {"mean": np.mean(values), "std": np.std(values, ddof=1), "values": values}
         for seed, run_ in model["seeds"].items():
             assert run_["test_accuracy_ci95"] == list(stats.accuracy_interval(correct(workdir / name / f"seed_{seed}")))
+            own = results[name][int(seed)]
+            fields = ("test_accuracy", "validation_accuracy", "train_seconds", "predict_seconds", "per_class")
+            assert {k: run_[k] for k in (*fields, "num_params")} == {k: own[k] for k in (*fields, "num_params")}
     assert [(p["a"], p["b"]) for p in data["pairs"]] == [
         ("cnn", "random_forest"),
         ("cnn", "linear_svm"),
@@ -954,6 +1003,12 @@ def test_pair_sentences_say_what_the_tests_establish():
         "A is ahead of B by 0.3 points on average, a difference these test images do not establish (each seed's "
         "95% CI within -0.3 to 0.9; McNemar p from 0.2 to 0.7 across seeds)."
     )
+    # Ahead on both seeds, but one seed's test alone below the level: not established (a pair's p is its largest).
+    mixed = {0: seed_test(0.012, 0.004, 0.020, 0.01), 1: seed_test(0.006, -0.002, 0.014, 0.2)}
+    assert sentences.pair_sentence("A", "B", mixed) == (
+        "A is ahead of B by 0.9 points on average, a difference these test images do not establish (each seed's "
+        "95% CI within -0.2 to 2.0; McNemar p from 0.01 to 0.2 across seeds)."
+    )
     # Each seed's difference established, but not the same way: each side's seeds are named, no winner.
     opposite = {0: seed_test(0.01, 0.005, 0.015, 0.001), 1: seed_test(-0.008, -0.012, -0.004, 0.001)}
     assert sentences.pair_sentence("A", "B", opposite) == (
@@ -987,6 +1042,8 @@ def test_pair_sentences_say_what_the_tests_establish():
         == "A and B are equally accurate on these test images (McNemar p = 1.000)."
     )
     assert "no paired test" in sentences.pair_sentence("A", "B", {})
+    # In the table: three significant digits down to 1e-4, scientific form below it.
+    assert [sentences.p_cell(p) for p in (0.0344, 5e-4, 2e-5, 0.0)] == ["0.0344", "0.0005", "2.0e-05", "< 1e-300"]
     # Seeds one model lacks (or lacks predictions for) are named, never covered by "on every seed".
     two = {s: three[s] for s in (0, 2)}
     assert sentences.pair_sentence("A", "B", two, untested=[1]) == (

@@ -43,6 +43,10 @@ def test_clopper_pearson_matches_published_values_and_the_beta_quantiles():
     assert low == pytest.approx(special.betaincinv(k, n - k + 1, 0.025), rel=1e-9)
     assert high == pytest.approx(special.betaincinv(k + 1, n - k, 0.975), rel=1e-9)
     assert 0.005 < (high - low) / 2 < 0.007  # the ±0.6 points a 10k test set allows near 0.90
+    # Another confidence is the beta quantiles at its own tails (a 99% interval is wider).
+    low99, high99 = stats.accuracy_interval(correct, 0.99)
+    assert low99 == pytest.approx(special.betaincinv(k, n - k + 1, 0.005), rel=1e-9) and low99 < low
+    assert high99 == pytest.approx(special.betaincinv(k + 1, n - k, 0.995), rel=1e-9) and high99 > high
 
 
 def test_paired_bootstrap_agrees_with_a_plain_numpy_bootstrap():
@@ -59,6 +63,8 @@ def test_paired_bootstrap_agrees_with_a_plain_numpy_bootstrap():
     se = (a.astype(np.float64) - b).std(ddof=1) / np.sqrt(len(a))
     assert (high - low) / 2 == pytest.approx(special.ndtri(0.975) * se, rel=0.08)
     assert stats.paired_difference_interval(a, b, seed=0) == stats.paired_difference_interval(a, b, seed=0)
+    # The seed picks the resamples: each seed of a comparison gets its own (the report passes the run's seed).
+    assert stats.paired_difference_interval(a, b, seed=1) != stats.paired_difference_interval(a, b, seed=0)
     assert stats.paired_difference_interval(a, a) == (0.0, 0.0)
     # One image: every resample is that image, so the difference it shows (scipy refuses a single observation).
     assert stats.paired_difference_interval(np.array([True]), np.array([False])) == (1.0, 1.0)
@@ -71,9 +77,12 @@ def test_seed_summary_and_p_value_words():
         "values": [0.9, 0.92, 0.91],
     }
     assert stats.seed_summary([0.9])["std"] is None  # one seed has no spread to state (report.json's null)
-    assert [stats.format_p(p) for p in (3e-9, 2.5e-4, 0.0344, 0.5, 0.04996, 0.049996, 0.0501, 0.05, 0.0011)] == [
+    assert [
+        stats.format_p(p) for p in (3e-9, 2.5e-4, 0.0056, 0.0344, 0.5, 0.04996, 0.049996, 0.0501, 0.05, 0.0011)
+    ] == [
         "p < 1e-6",
         "p = 0.00025",
+        "p = 0.006",  # from 0.001 up: three decimals
         "p = 0.034",
         "p = 0.500",
         "p = 0.04996",  # below 0.05: never printed as 0.050

@@ -91,3 +91,25 @@ def test_phases_add_up_in_the_order_they_began(monkeypatch):
         pass
     assert phases.seconds == {"before_run": 1.5, "data": pytest.approx(0.12), "training": pytest.approx(0.5)}
     assert phases.line() == "before run 1.5, data 0.1, training 0.5 (s; in all 2.1 s)"
+
+
+def test_a_compile_clocks_record_and_line_count_its_programs_and_their_seconds(monkeypatch):
+    """results.json's "seconds" and the log line: the phases, the compilations' seconds and their count; a
+    compilation already under way when the clock opened counts from the opening."""
+    event = timing.COMPILE_EVENT
+    readings = iter([10.0, 12.5, 13.0, 14.0, 20.0, 20.5])  # opened; a duration; a phase's start, a start, its end...
+    monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=lambda: next(readings)))
+    clock = timing.CompileClock()  # opened at 10.0
+    clock.on_duration(event, 99.0)  # began before the opening: (10.0, 12.5)
+    phases = timing.Phases(clock)
+    with phases("compile"):  # (13.0, 20.5), holding the compilation (14.0, 20.0)
+        clock.on_scalar(event, 0.0)
+        clock.on_duration(event, 99.0)
+    assert clock.count == 2 and clock.seconds == 8.5
+    assert phases.record() == {
+        "phases": {"compile": 7.5},
+        "compilation": 8.5,
+        "compilations": 2,
+        "compilation_by_phase": {"compile": 6.0},
+    }
+    assert phases.line() == "compile 7.5 (s; in all 7.5 s); XLA compiled 2 programs in 8.5 s of it"
