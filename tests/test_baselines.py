@@ -16,7 +16,7 @@ import pytest
 import sklearn
 from helpers import ROOT, last_line, load_config, run_main
 
-from fmnist_jax import baselines, data, files, metrics, run
+from fmnist_jax import baselines, config_lib, data, files, metrics, run
 from fmnist_jax.errors import ConfigError, DataError
 
 
@@ -393,6 +393,24 @@ def test_a_search_fits_each_setting_on_the_training_split_and_scores_it_on_the_v
     assert best == top["params"] and record["best_validation_accuracy"] == top["validation_accuracy"]
 
 
+def test_a_halving_searchs_rounds_draw_their_images_from_the_runs_seed(tiny_data):
+    """HalvingGridSearchCV draws each round's training images with its `random_state`: the run's seed, so that a
+    search run again gives the same rows (scikit-learn would otherwise draw from NumPy's global generator)."""
+    from fmnist_jax import search
+
+    grid = {"search.grid.n_estimators": (2, 4), "search.grid.max_features": ("sqrt", 0.1)}
+    config = tiny("random_forest_search", tiny_data, **grid)
+    dataset = data.load(config.data, seed=config.seed)
+
+    def rows():
+        return [
+            {k: v for k, v in row.items() if k != "fit_seconds"} for row in search.search(config, dataset)[1]["grid"]
+        ]
+
+    first = rows()
+    assert {row["round"] for row in first} == {0, 1} and first == rows()
+
+
 def test_a_grid_of_solver_choices_is_searched_as_the_estimator_takes_them(tiny_data, tmp_path):
     """config.model.dual's strings are converted for each setting as for one fit ("false" is False, which LinearSVC
     takes; the string itself failed every fit of that setting, and the search chose among the rest)."""
@@ -470,8 +488,9 @@ def test_a_damaged_or_foreign_model_file_is_named(tiny_data, tmp_path):
 def test_a_new_workdir_a_signal_stopped_before_anything_was_computed_stays_for_the_rerun(
     tiny_data, tmp_path, monkeypatch
 ):
-    """A start refused for a bad setting removes the folder it made; one stopped by a signal (here while the data are
-    read) leaves it as it is, as its last line says: rerun the same command there."""
+    """A start refused for a bad setting removes the folder it made; one stopped by a signal leaves it as it is, as its
+    last line says: rerun the same command there. Staged in a cheap baseline run: the `Interrupted` that a CNN's loop
+    raises (a baseline's own signals end the process at once: `preemption.at_once`), here while the data are read."""
     from fmnist_jax.errors import Interrupted
 
     def stopped(*args, **kwargs):
@@ -480,14 +499,14 @@ def test_a_new_workdir_a_signal_stopped_before_anything_was_computed_stays_for_t
     monkeypatch.setattr(data, "load", stopped)
     with pytest.raises(Interrupted):
         run.run(tiny("random_forest", tiny_data), tmp_path / "new")
-    assert (tmp_path / "new").is_dir()
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == [files.LOCK_FILE, config_lib.CONFIG_FILE]
 
 
 def test_a_new_workdir_whose_run_failed_after_writing_into_a_subfolder_is_kept(tiny_data, tmp_path, monkeypatch):
     """Only a folder holding nothing but its lock, config.json and empty folders is removed when its start fails."""
 
-    def failed(*args, **kwargs):
-        (tmp_path / "new" / "checkpoints" / "4").mkdir(parents=True)  # what the run had saved before it failed
+    def failed(*args, **kwargs):  # staged: a file saved in a subfolder (as a CNN's checkpoint) before a failure
+        (tmp_path / "new" / "checkpoints" / "4").mkdir(parents=True)
         (tmp_path / "new" / "checkpoints" / "4" / "state").write_text("saved")
         raise RuntimeError("a failure after the first save")
 

@@ -2,6 +2,7 @@
 
 import gzip
 import hashlib
+import re
 
 import ml_collections
 import numpy as np
@@ -82,7 +83,8 @@ def _rewrite(folder, name, content):
         ("label_ten", r"train-labels-idx1-ubyte.gz: label 10 at index 3 is outside 0..9 \(1 such labels\)"),
         (
             "trailing",
-            r"train-images-idx3-ubyte.gz: header says \(40, 28, 28\) -> 31376 bytes, the file has 31381 \(tra",
+            r"train-images-idx3-ubyte.gz: header says \(40, 28, 28\) -> 31376 bytes, the file has 31381 "
+            r"\(trailing data\)",
         ),
         ("count_mismatch", r"holds 40 images but .*train-labels-idx1-ubyte.gz holds 39 labels"),
         ("bad_gzip", r"train-images-idx3-ubyte.gz: the gzip stream is damaged or truncated"),
@@ -214,7 +216,9 @@ def test_forced_idx_with_bad_environment_folder_fails(tmp_path, monkeypatch):
     # Neither set: Debian's folder, which no setting names.
     monkeypatch.delenv(data.ENV_VAR)
     monkeypatch.setattr(data, "DEBIAN_DIR", str(tmp_path / "debian"))
-    with pytest.raises(data.DataError, match=f"^data folder {tmp_path / 'debian'} does not exist\\. Get"):
+    with pytest.raises(
+        data.DataError, match=f"^data folder {re.escape(str(tmp_path / 'debian'))} does not exist\\. Get"
+    ):
         data.load(data_config(source="idx"), seed=0)
 
 

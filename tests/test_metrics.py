@@ -1,5 +1,6 @@
 """metrics.py: the shared scoring function and the results.json contract."""
 
+import errno
 import json
 import os
 import stat
@@ -153,25 +154,32 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 
 
 def test_a_written_file_has_the_permissions_open_would_give_it(tmp_path):
-    """Not the 0600 of the temporary file it was written through: others may read a run's results, as usual."""
-    umask = os.umask(0o022)
+    """Not the 0600 of the temporary file it was written through, nor a fixed mode: the process's umask applied, as
+    `open` would (an umask other than the usual 0o022, which is also what `files` assumes where it cannot read it)."""
+    with open("/proc/self/status", encoding="ascii") as status:  # where `files` reads the umask without changing it
+        if not any(line.startswith("Umask:") for line in status):
+            pytest.skip("this kernel's /proc/self/status has no Umask line")
+    umask = os.umask(0o027)
     try:
         files.atomic_write_text(tmp_path / "results.json", "{}")
+        (tmp_path / "plain.json").write_text("{}")
     finally:
         os.umask(umask)
-    assert stat.S_IMODE((tmp_path / "results.json").stat().st_mode) == 0o644
+    modes = {name: stat.S_IMODE((tmp_path / name).stat().st_mode) for name in ("results.json", "plain.json")}
+    assert modes == {"results.json": 0o640, "plain.json": 0o640}
 
 
 def test_a_full_disk_or_an_exceeded_quota_is_told_apart_from_other_errors_however_deep():
-    import errno
-
-    def raised_from(cause):
+    def raised_from(cause):  # an OSError under two other errors, one raised "from" it, one while handling that
         try:
             try:
-                raise cause
-            except OSError as e:
-                raise RuntimeError("the save failed") from e
-        except RuntimeError as e:
+                try:
+                    raise cause
+                except OSError as e:
+                    raise RuntimeError("the save failed") from e
+            except RuntimeError:
+                raise ValueError("the run's clean-up failed too")  # noqa: B904  (its __context__ alone)
+        except ValueError as e:
             return e
 
     assert files.is_disk_full(raised_from(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))))

@@ -124,19 +124,24 @@ def test_events_flushed_up_to_a_step_leave_the_later_points_pending(tmp_path):
 
 
 def test_a_resumed_runs_purge_marker_keeps_the_restored_steps_events_for_tensorboards_reader(tmp_path):
-    """TensorBoard's Python reader drops the earlier events from a START marker's step on: the resumed run's marker
-    is one past its restored step, whose events (its epoch's scalars) belong to the run."""
-    from tensorboard.backend.event_processing import event_accumulator
+    """TensorBoard's Python reader drops the earlier events from a START marker's step on: the resumed run's file
+    begins with one at one past its restored step, whose events (its epoch's scalars) belong to the run. (Here the
+    resume's own pruning has already removed the later events; the marker covers a file it could not rewrite.)"""
+    from tensorboard.backend.event_processing import event_accumulator, event_file_loader
 
     died = events.EventWriter(tmp_path, restored_step=0, loss_every_steps=0)
     for step in (2, 4, 6):  # the run that died after step 6, its last checkpoint at step 4
         died.writer.scalar("train/loss", step / 10, step)
     died.close()
     (old,) = (tmp_path / events.EVENTS_DIR).glob("events.out.tfevents.*")
-    old.rename(old.with_name("events.out.tfevents.0000000001.host.1"))  # an earlier process's file
+    earlier = old.rename(old.with_name("events.out.tfevents.0000000001.host.1"))  # an earlier process's file
     resumed = events.EventWriter(tmp_path, restored_step=4, loss_every_steps=0)
     resumed.writer.scalar("train/loss", 0.65, 6)
     resumed.close()
+    (new,) = set((tmp_path / events.EVENTS_DIR).glob("events.out.tfevents.*")) - {earlier}
+    records = list(event_file_loader.EventFileLoader(str(new)).Load())
+    starts = [e.step for e in records if e.HasField("session_log") and e.session_log.status == e.session_log.START]
+    assert starts == [5] and records[1].HasField("session_log")  # first after the file's version record
     acc = event_accumulator.EventAccumulator(str(tmp_path / events.EVENTS_DIR))  # purging, as TensorBoard does
     acc.Reload()
     assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [

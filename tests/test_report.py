@@ -381,6 +381,17 @@ def test_confused_pairs_in_words():
     assert sentences.confused_in_words(tables.confused_pairs(perfect)) == ["no test image misclassified"]
 
 
+def test_a_p_value_in_the_table_is_plain_down_to_1e_4_and_in_scientific_form_below():
+    """Up to three significant digits as a decimal from 1e-4 up, where the decimal still reads at a glance."""
+    assert [sentences.p_cell(p) for p in (0.0344, 5e-4, 1e-4, 2e-5, 0.0)] == [
+        "0.0344",
+        "0.0005",
+        "0.0001",
+        "2.0e-05",
+        "< 1e-300",
+    ]
+
+
 def test_the_best_per_class_figure_is_bold_among_several_models_and_seed_rows_list_models_of_several_seeds(
     tmp_path,
 ):
@@ -1042,8 +1053,6 @@ def test_pair_sentences_say_what_the_tests_establish():
         == "A and B are equally accurate on these test images (McNemar p = 1.000)."
     )
     assert "no paired test" in sentences.pair_sentence("A", "B", {})
-    # In the table: three significant digits down to 1e-4, scientific form below it.
-    assert [sentences.p_cell(p) for p in (0.0344, 5e-4, 2e-5, 0.0)] == ["0.0344", "0.0005", "2.0e-05", "< 1e-300"]
     # Seeds one model lacks (or lacks predictions for) are named, never covered by "on every seed".
     two = {s: three[s] for s in (0, 2)}
     assert sentences.pair_sentence("A", "B", two, untested=[1]) == (
