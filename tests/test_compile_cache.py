@@ -82,3 +82,26 @@ def test_a_process_can_switch_folders_and_turn_the_cache_off_and_on(tmp_path, ja
     caplog.set_level(logging.WARNING)
     assert compile_cache.set_up(str(blocked / "xla"), "gpu") is None and not jax.config.jax_enable_compilation_cache
     assert f"{blocked / 'xla'} cannot be made" in caplog.text
+
+
+@pytest.fixture
+def min_compile_time_restored():
+    """JAX's least compile time for a kept program, put back after the test."""
+    saved = jax.config.jax_persistent_cache_min_compile_time_secs
+    yield
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", saved)
+
+
+def test_every_program_is_kept_unless_the_environment_sets_a_least_compile_time(
+    tmp_path, monkeypatch, jax_cache_restored, min_compile_time_restored
+):
+    """JAX reads JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS into its config: `set_up` keeps the user's value, and
+    otherwise keeps every program (a run's are mostly under JAX's 1 s default)."""
+    monkeypatch.delenv(compile_cache.MIN_COMPILE_TIME_ENV, raising=False)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    assert compile_cache.set_up(str(tmp_path / "a"), "cpu") == str(tmp_path / "a")
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
+    monkeypatch.setenv(compile_cache.MIN_COMPILE_TIME_ENV, "5")
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 5.0)
+    assert compile_cache.set_up(str(tmp_path / "b"), "cpu") == str(tmp_path / "b")
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 5.0

@@ -79,3 +79,10 @@ def test_a_process_narrowed_to_one_cpu_is_a_kind_of_its_own():
     )
     narrowed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert narrowed.stdout.strip() == machine.cpu_kind().rsplit(" / ", 1)[0] + " / 1 thread"
+
+
+def test_the_speed_flags_are_listed_in_their_own_order_not_the_alphabets(cpuinfo, monkeypatch):
+    """The vector units before the matrix units, as SPEED_FLAGS lists them: what speed figures print."""
+    cpuinfo(AMX_XEON)
+    expected = ["avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16"]
+    assert machine.speed_flags() == expected and machine.describe()["flags"] == expected

@@ -149,6 +149,18 @@ def test_unknown_model_name_lists_the_known_ones():
         models.create_model("resnet", seed=0)
 
 
+def test_a_stage_without_a_convolution_is_refused_naming_both_fields():
+    with pytest.raises(ConfigError, match=r"^config\.model\.widths=\(8, 8\) and config\.model\.depths=\(1, 0\) must"):
+        models.VGGBatchNorm(widths=(8, 8), depths=(1, 0), rngs=nnx.Rngs(0))
+
+
+def test_an_unknown_compute_dtype_is_refused_naming_the_ones_known():
+    with pytest.raises(
+        ConfigError, match=r"^config\.compute_dtype='float16' must be one of \('float32', 'bfloat16'\)\.$"
+    ):
+        models.mixed_dtype("float16")
+
+
 @pytest.mark.heavy
 def test_every_seed_of_a_model_runs_one_compiled_initialisation():
     first = nnx.state(models.create_model("vgg_bn", seed=3, **NARROW_VGG), nnx.Param)

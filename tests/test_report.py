@@ -322,6 +322,8 @@ def test_runs_of_one_config_on_other_data_are_other_models_and_pairs_need_the_sa
     metrics.save_results(tmp_path / "svm_1", {**other, "dataset_checksums": {**sums, "train-labels-idx1-ubyte": "0"}})
     runs = [tmp_path / "svm_0", tmp_path / "svm_1"]
     md = report.build(runs, tmp_path / "out")["markdown"].read_text()
+    n = sum(c["support"] for c in other["per_class"].values())
+    assert f"All models are scored on {n:,} test images" in md  # not "the same": the data's checksums differ
     titles = [row[0] for row in table_rows(md, "| model | test accuracy")]
     assert len(titles) == 2 and all(t.startswith("Linear SVM (data: files ") for t in titles)
     assert titles[0] != titles[1]
@@ -434,14 +436,100 @@ def test_an_earlier_checkpoint_scored_apart_is_never_a_seed_of_the_finished_runs
     assert models[1].title == "CNN (Flax) (checkpoint at step 4)"
 
 
-def test_report_command_line(comparison, tmp_path):
+def test_report_command_line(comparison, tmp_path, capsys):
     _, workdir, _ = comparison
     runs = [str(workdir / name / "seed_0") for name in ("cnn", "linear_svm")]
     assert report_main([*runs, "--out", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    written = ", ".join(str(tmp_path / f"report.{ext}") for ext in ("md", "html"))
+    assert (out, err) == (f"wrote {written}, {tmp_path / 'report.json'} and {tmp_path / 'plots'}/\n", "")
     md = (tmp_path / "report.md").read_text()
     assert [r[0] for r in table_rows(md, "| model |")] == ["CNN (Flax)", "Linear SVM"]
     assert "## Seeds" not in md and (tmp_path / "report.json").exists()
     assert report_main([str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"error: {tmp_path / 'nothing'} does not exist") and err.count("\n") == 1
+
+
+def test_a_report_of_no_workdirs_is_refused_and_makes_nothing(tmp_path):
+    with pytest.raises(UserError, match=r"^the report needs at least one finished workdir$"):
+        report.build([], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_f1_figure_is_drawn_for_two_models_and_not_for_one_and_report_json_names_the_out_folder(
+    comparison, tmp_path
+):
+    _, workdir, _ = comparison
+    runs = [workdir / name / "seed_0" for name in ("random_forest", "linear_svm")]
+    two = json.loads(report.build(runs, tmp_path / "two")["json"].read_text())
+    one = json.loads(report.build(runs[:1], tmp_path / "one")["json"].read_text())
+    assert "f1_per_class.png" in two["figures"] and (tmp_path / "two" / "plots" / "f1_per_class.png").is_file()
+    assert "f1_per_class.png" not in one["figures"]
+    n = sum(c["support"] for c in metrics.load_results(runs[0])["per_class"].values())
+    assert f"All models are scored on the same {n:,} test images" in (tmp_path / "two" / "report.md").read_text()
+    assert (two["out"], one["out"]) == (str(tmp_path / "two"), str(tmp_path / "one"))
+
+
+def synthetic_member(tmp_path, predictions=None, per_class_f1=None, seed=0):
+    """A run as the report sees it, with only what a figure reads."""
+    results = {"seed": seed}
+    if per_class_f1 is not None:
+        results["per_class"] = {c: {"f1": f} for c, f in zip(data.CLASS_NAMES, per_class_f1, strict=True)}
+    return runs_module.Member("m", tmp_path, results, [], predictions or {}, title="M")
+
+
+def test_the_errors_figure_shows_the_first_24_misclassified_images_and_none_without_errors(tmp_path, monkeypatch):
+    drawn = {}
+
+    def grid(images, titles, ncols, suptitle, path):
+        drawn.update(images=len(images), titles=titles, ncols=ncols, suptitle=suptitle)
+        return path
+
+    monkeypatch.setattr(report_plots, "_image_grid", grid)
+    errors = {
+        "error_indices": np.arange(30),
+        "error_images": np.zeros((30, 28, 28), np.uint8),
+        "labels": np.zeros(40, np.int64),
+        "preds": np.ones(40, np.int64),
+    }
+    assert report_plots.plot_errors(synthetic_member(tmp_path, errors), tmp_path / "e.png") == tmp_path / "e.png"
+    assert drawn["images"] == 24 and drawn["titles"] == ["true: T-shirt/top\npred: Trouser"] * 24
+    assert drawn["suptitle"] == "M: misclassified test images (the first 24) (this model gives no probabilities)"
+    drawn.clear()
+    none = {**errors, "error_indices": np.arange(0), "error_images": np.zeros((0, 28, 28), np.uint8)}
+    assert report_plots.plot_errors(synthetic_member(tmp_path, none), tmp_path / "none.png") is None and not drawn
+
+
+def test_a_confusion_cells_percentage_has_one_decimal_only_below_one_percent():
+    assert [report_plots._percent(pct) for pct in (0.0, 0.44, 0.96, 1.0, 37.6)] == ["0.0", "0.4", "1.0", "1", "38"]
+
+
+def test_a_figure_is_written_and_closed(tmp_path):
+    plt = report_plots._pyplot()
+    before = plt.get_fignums()
+    errors = {
+        "error_indices": np.arange(3),
+        "error_images": np.zeros((3, 28, 28), np.uint8),
+        "labels": np.zeros(3, np.int64),
+        "preds": np.ones(3, np.int64),
+    }
+    path = report_plots.plot_errors(synthetic_member(tmp_path, errors), tmp_path / "e.png")
+    assert path.read_bytes().startswith(b"\x89PNG") and plt.get_fignums() == before
+
+
+def test_the_f1_bars_error_is_the_sample_standard_deviation_over_seeds(tmp_path, monkeypatch):
+    from matplotlib.container import BarContainer
+
+    drawn = []
+    monkeypatch.setattr(report_plots, "_save", lambda fig, path: drawn.append(fig) or path)
+    runs = [synthetic_member(tmp_path, per_class_f1=[f] * 10, seed=s) for s, f in enumerate((0.6, 0.8))]
+    report_plots.plot_f1([runs_module.Model("m", "M", runs)], tmp_path / "f1.png")
+    bars = next(c for c in drawn[0].axes[0].containers if isinstance(c, BarContainer))
+    (low, high), *_ = [segment[:, 1] for segment in bars.errorbar.lines[2][0].get_segments()]
+    assert [b.get_height() for b in bars] == pytest.approx([0.7] * 10)
+    assert high - low == pytest.approx(2 * np.std([0.6, 0.8], ddof=1))  # 0.283, not 0.2 (ddof 0)
+    report_plots._pyplot().close(drawn[0])
 
 
 def test_compare_through_main_rejects_other_modes(tmp_path):

@@ -338,6 +338,8 @@ def test_nan_loss_stops_with_a_clear_error(cnn_config, tmp_path):
         ("tensorboard.loss_every_steps", -1, r"config.tensorboard.loss_every_steps=-1 must be zero or more"),
         ("seed", -1, r"config.seed=-1 must be an integer from 0 to 2147483647 \(2\*\*31 - 1\)"),
         ("seed", 2**31, r"config.seed=2147483648 must be an integer from 0 to 2147483647"),  # JAX's int32 argument
+        ("seed", True, r"^config\.seed=True must be an integer from 0 to 2147483647"),  # a bool is no seed
+        ("ema_decay", 1.0, r"^config\.ema_decay=1\.0 must be below 1 \(0 turns it off\)\.$"),
         ("model.conv", "cudnn", r"config.model.conv='cudnn' must be one of \('auto', 'im2col', 'xla', 'taps'\)"),
         ("learning_rate", float("inf"), r"config.learning_rate=inf must be finite and positive"),
         ("adam.b1", 1.0, r"config.adam.b1=1.0 must be below 1"),
@@ -351,6 +353,11 @@ def test_bad_config_values_name_the_field(cnn_config, tmp_path, field, value, ma
     with pytest.raises(ConfigError, match=match):
         run.run(cnn_config, tmp_path)
     assert not (tmp_path / "config.json").exists()
+
+
+def test_the_largest_seed_jax_takes_is_accepted():
+    """2**31 - 1, the last int32: the bound of the range the refusal above names, not past it."""
+    assert train_state.check_config(load_config("vgg_bn", seed=2**31 - 1)) is None
 
 
 @pytest.mark.parametrize(
