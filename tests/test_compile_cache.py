@@ -102,6 +102,6 @@ def test_every_program_is_kept_unless_the_environment_sets_a_least_compile_time(
     assert compile_cache.set_up(str(tmp_path / "a"), "cpu") == str(tmp_path / "a")
     assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
     monkeypatch.setenv(compile_cache.MIN_COMPILE_TIME_ENV, "5")
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 5.0)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 5.0)  # what JAX read from it at its import
     assert compile_cache.set_up(str(tmp_path / "b"), "cpu") == str(tmp_path / "b")
     assert jax.config.jax_persistent_cache_min_compile_time_secs == 5.0

@@ -154,11 +154,12 @@ def test_a_stage_without_a_convolution_is_refused_naming_both_fields():
         models.VGGBatchNorm(widths=(8, 8), depths=(1, 0), rngs=nnx.Rngs(0))
 
 
-def test_an_unknown_compute_dtype_is_refused_naming_the_ones_known():
+@pytest.mark.parametrize("model", [models.SeedCNN, models.VGGBatchNorm])
+def test_an_unknown_compute_dtype_is_refused_by_each_model_naming_the_ones_known(model):
     with pytest.raises(
         ConfigError, match=r"^config\.compute_dtype='float16' must be one of \('float32', 'bfloat16'\)\.$"
     ):
-        models.mixed_dtype("float16")
+        model(compute_dtype="float16", rngs=nnx.Rngs(0))
 
 
 @pytest.mark.heavy

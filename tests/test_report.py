@@ -483,18 +483,22 @@ def test_the_errors_figure_shows_the_first_24_misclassified_images_and_none_with
     drawn = {}
 
     def grid(images, titles, ncols, suptitle, path):
-        drawn.update(images=len(images), titles=titles, ncols=ncols, suptitle=suptitle)
+        drawn.update(images=images, titles=titles, ncols=ncols, suptitle=suptitle)
         return path
 
     monkeypatch.setattr(report_plots, "_image_grid", grid)
-    errors = {
-        "error_indices": np.arange(30),
-        "error_images": np.zeros((30, 28, 28), np.uint8),
-        "labels": np.zeros(40, np.int64),
-        "preds": np.ones(40, np.int64),
+    labels = np.arange(70) % 10
+    errors = {  # 30 errors at odd test indices, each image and each pair of classes its own
+        "error_indices": np.arange(30) * 2 + 1,
+        "error_images": np.arange(30, dtype=np.uint8)[:, None, None].repeat(28, 1).repeat(28, 2),
+        "labels": labels,
+        "preds": (labels + 1) % 10,
     }
     assert report_plots.plot_errors(synthetic_member(tmp_path, errors), tmp_path / "e.png") == tmp_path / "e.png"
-    assert drawn["images"] == 24 and drawn["titles"] == ["true: T-shirt/top\npred: Trouser"] * 24
+    np.testing.assert_array_equal(drawn["images"], errors["error_images"][:24])
+    names = data.CLASS_NAMES
+    assert drawn["titles"] == [f"true: {names[i % 10]}\npred: {names[(i + 1) % 10]}" for i in range(1, 48, 2)]
+    assert drawn["ncols"] == 8
     assert drawn["suptitle"] == "M: misclassified test images (the first 24) (this model gives no probabilities)"
     drawn.clear()
     none = {**errors, "error_indices": np.arange(0), "error_images": np.zeros((0, 28, 28), np.uint8)}
@@ -519,17 +523,21 @@ def test_a_figure_is_written_and_closed(tmp_path):
 
 
 def test_the_f1_bars_error_is_the_sample_standard_deviation_over_seeds(tmp_path, monkeypatch):
+    from matplotlib import pyplot
     from matplotlib.container import BarContainer
 
     drawn = []
     monkeypatch.setattr(report_plots, "_save", lambda fig, path: drawn.append(fig) or path)
     runs = [synthetic_member(tmp_path, per_class_f1=[f] * 10, seed=s) for s, f in enumerate((0.6, 0.8))]
-    report_plots.plot_f1([runs_module.Model("m", "M", runs)], tmp_path / "f1.png")
-    bars = next(c for c in drawn[0].axes[0].containers if isinstance(c, BarContainer))
-    (low, high), *_ = [segment[:, 1] for segment in bars.errorbar.lines[2][0].get_segments()]
+    try:
+        report_plots.plot_f1([runs_module.Model("m", "M", runs)], tmp_path / "f1.png")
+        bars = next(c for c in drawn[0].axes[0].containers if isinstance(c, BarContainer))
+        (low, high), *_ = [segment[:, 1] for segment in bars.errorbar.lines[2][0].get_segments()]
+    finally:
+        for fig in drawn:  # not saved, so never closed by the code
+            pyplot.close(fig)
     assert [b.get_height() for b in bars] == pytest.approx([0.7] * 10)
     assert high - low == pytest.approx(2 * np.std([0.6, 0.8], ddof=1))  # 0.283, not 0.2 (ddof 0)
-    report_plots._pyplot().close(drawn[0])
 
 
 def test_compare_through_main_rejects_other_modes(tmp_path):
