@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tarfile
 import types
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -471,6 +472,104 @@ def test_one_seed_has_no_spread():
         "mean": pytest.approx(7 / 3),
         "std": pytest.approx((7 / 3) ** 0.5),  # the sample standard deviation: ((16 + 1 + 25) / 9 / 2) ** 0.5
     }
+
+
+class _Loss(NamedTuple):
+    loss_sum: jax.Array
+
+
+def test_time_training_times_the_calls_after_the_warm_up_per_step_on_the_wall_clock(monkeypatch):
+    """A stand-in train call on a stand-in clock: the warm-up call (call 0) is the first call's seconds and not the
+    step time's; the step time is the later calls' seconds over their steps (not their calls); the mean loss is
+    over every step run, the warm-up's included."""
+    now, ran = [100.0], []
+    monkeypatch.setattr(common, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))  # only the wall clock
+
+    class Run:  # 2 steps per call of 4 images; call i adds a loss of i + 1 per image and step
+        k, num_params, programs, state = 2, 7, None, _Loss(jnp.float32(0))
+
+        def call(self, state, i):
+            ran.append(i)
+            now[0] += 5.0 if i == 0 else 0.25
+            return _Loss(state.loss_sum + (i + 1) * self.k * 4)
+
+    timed = common.time_training(load_config("cnn", batch_size=4), None, steps=5, run=Run())
+    assert ran == [0, 1, 2]  # 5 steps: the warm-up call, then 2 calls of 2
+    assert (timed.first_call_seconds, timed.steps, timed.num_params) == (5.0, 4, 7)
+    assert timed.step_seconds == 2 * 0.25 / 4
+    assert timed.mean_loss == pytest.approx((1 + 2 + 3) / 3)
+    assert float(timed.state.loss_sum) == (1 + 2 + 3) * 2 * 4
+
+
+def test_step_times_summary_takes_medians_per_image_and_the_training_ratio_from_step_times():
+    """Three rounds of stand-in step times (seconds per step) of configs of different batch sizes: the medians are
+    of the per-image times, each relative to the base's; the training ratio is per round, of whole runs' steps
+    times step times, and its median."""
+    configs = {
+        "base": load_config("cnn", batch_size=64, num_epochs=3),  # 256 images: 4 steps x 3 epochs
+        "fast": load_config("cnn", batch_size=64, num_epochs=3),
+        "vgg": load_config("cnn", batch_size=32, num_epochs=2),  # 8 steps x 2 epochs
+    }
+    seconds = {"base": [0.064, 0.128, 0.640], "fast": [0.032] * 3, "vgg": [0.096, 0.128, 0.160]}
+    arrays = {label: types.SimpleNamespace(train=np.zeros(256)) for label in configs}
+    row = step_times.summary(configs, seconds, arrays, other="vgg")
+    # per image: base 1000, 2000, 10000 us (median 2000, mean 4333); vgg 3000, 4000, 5000 us
+    assert row["median_us_per_image"] == {"base": 2000, "fast": 500, "vgg": 4000}
+    assert row["relative_to_base"] == {"base": 1, "fast": 0.25, "vgg": 2}
+    ratios = [0.064 * 12 / (0.096 * 16), 0.128 * 12 / (0.128 * 16), 0.640 * 12 / (0.160 * 16)]  # 0.5, 0.75, 3
+    assert row["training_ratio"]["per_round"] == pytest.approx(ratios) == [0.5, 0.75, 3]
+    assert row["training_ratio"]["median"] == 0.75
+    assert row["training_ratio"]["is"].startswith("base's 12 steps x its step time / vgg's 16 steps x")
+
+
+def test_loop_overhead_figures_follow_from_its_timings_and_the_runs_results(monkeypatch):
+    """Stand-ins for the two timings of the train call, the run and its history: the step time is the mean of the
+    timing before the run and the one after; the ratios are the run's seconds over its steps times that step time;
+    the epochs' median is a median."""
+    order, arrays = [], common.Arrays(np.zeros(256), np.zeros(100), "stand-in")
+    timings = iter([0.01, 0.03])
+
+    def time_training(config, train, *, steps):
+        order.append(("time", steps))
+        assert train is arrays.train
+        return types.SimpleNamespace(step_seconds=next(timings))
+
+    def train_and_evaluate(config, workdir):
+        order.append(("run", config.num_epochs))
+        phases = {"compile": 1.0, "training": 12.0}
+        seconds = {"phases": phases, "compilation_by_phase": {"compile": 1.0, "training": 0.0}}
+        return {"train_seconds": 9.0, "seconds": seconds, "test_accuracy": 0.5}
+
+    history = [{"step": 100, "seconds": 1.0}, {"step": 200, "seconds": 2.0}, {"step": 300, "seconds": 6.0}]
+    monkeypatch.setattr(common, "load_arrays", lambda config: arrays)
+    monkeypatch.setattr(common, "time_training", time_training)
+    monkeypatch.setattr(loop_overhead, "train_and_evaluate", train_and_evaluate)
+    monkeypatch.setattr(metrics, "read_history", lambda folder: history)
+    monkeypatch.setattr(compile_cache, "set_up", lambda folder, backend: "kept here")
+    monkeypatch.setattr(timing, "_START_UP_TAKEN", [])
+    (row,) = run(loop_overhead, "--steps=7", "--config.num_epochs=3")
+    assert order == [("time", 7), ("run", 3), ("time", 7)]
+    assert (row["step_seconds_before"], row["step_seconds_after"]) == (0.01, 0.03)
+    assert row["step_seconds"] == pytest.approx(0.02) and row["total_steps"] == 300 and row["epochs"] == 3
+    assert row["estimated_train_seconds"] == pytest.approx(6.0)
+    assert row["ratio"] == pytest.approx(9.0 / 6.0) and row["ratio_with_validation_and_saves"] == pytest.approx(2.0)
+    assert row["epoch_seconds"] == {"min": 1.0, "median": 2.0, "max": 6.0}
+    assert (row["train_seconds"], row["training_phase_seconds"], row["test_accuracy"]) == (9.0, 12.0, 0.5)
+    assert (row["data"], row["compilation_cache"], row["cache_hits"]) == ("stand-in", "kept here", 0)
+
+
+def test_time_to_accuracy_estimates_the_others_run_from_the_mean_of_its_two_step_times(monkeypatch):
+    """A stand-in timing after the runs (0.03 s per step) and before (0.01): the estimate is the other config's whole
+    run (4 steps x 3 epochs) times their mean, the ratio this config's mean wall seconds over it."""
+    arrays = common.Arrays(np.zeros(256), np.zeros(100), "stand-in")
+    after = types.SimpleNamespace(step_seconds=0.03, steps=6)
+    monkeypatch.setattr(time_to_accuracy, "time_other_step", lambda other, given, *, steps: after)
+    other = load_config("cnn", batch_size=64, num_epochs=3)
+    row = time_to_accuracy.compare_row("vgg", other, "cnn", 4.8, arrays=arrays, steps=6, before_step_seconds=0.01)
+    assert (row["step_seconds_before"], row["step_seconds_after"], row["steps_timed"]) == (0.01, 0.03, 6)
+    assert row["step_seconds"] == pytest.approx(0.02) and row["total_steps"] == 12
+    assert row["estimated_train_seconds"] == pytest.approx(0.24) and row["mean_wall_seconds"] == 4.8
+    assert row["ratio"] == pytest.approx(4.8 / 0.24) and row["data"] == "stand-in"
 
 
 @pytest.mark.parametrize("forward_only", [False, True])
