@@ -16,8 +16,8 @@ import pytest
 import sklearn
 from helpers import ROOT, last_line, load_config, run_main
 
-from fmnist_jax import baselines, config_lib, data, files, metrics, run
-from fmnist_jax.errors import ConfigError, DataError
+from fmnist_jax import baselines, config_lib, data, files, metrics, run, search
+from fmnist_jax.errors import ConfigError, DataError, Interrupted
 
 
 def tiny(name, tiny_data, **overrides):
@@ -378,8 +378,6 @@ def test_a_grid_value_that_cannot_run_is_refused_before_any_fit(tiny_data, tmp_p
 
 
 def test_a_search_fits_each_setting_on_the_training_split_and_scores_it_on_the_validation_split(tiny_data):
-    from fmnist_jax import search
-
     config = tiny("random_forest_search", tiny_data, **{"search.method": "grid"})
     config.search.grid = {"n_estimators": (2, 4), "max_depth": (3,)}
     dataset = data.load(config.data, seed=config.seed)
@@ -396,8 +394,6 @@ def test_a_search_fits_each_setting_on_the_training_split_and_scores_it_on_the_v
 def test_a_halving_searchs_rounds_draw_their_images_from_the_runs_seed(tiny_data):
     """HalvingGridSearchCV draws each round's training images with its `random_state`: the run's seed, so that a
     search run again gives the same rows (scikit-learn would otherwise draw from NumPy's global generator)."""
-    from fmnist_jax import search
-
     grid = {"search.grid.n_estimators": (2, 4), "search.grid.max_features": ("sqrt", 0.1)}
     config = tiny("random_forest_search", tiny_data, **grid)
     dataset = data.load(config.data, seed=config.seed)
@@ -491,7 +487,6 @@ def test_a_new_workdir_a_signal_stopped_before_anything_was_computed_stays_for_t
     """A start refused for a bad setting removes the folder it made; one stopped by a signal leaves it as it is, as its
     last line says: rerun the same command there. Staged in a cheap baseline run: the `Interrupted` that a CNN's loop
     raises (a baseline's own signals end the process at once: `preemption.at_once`), here while the data are read."""
-    from fmnist_jax.errors import Interrupted
 
     def stopped(*args, **kwargs):
         raise Interrupted(signal.SIGTERM, 0, tmp_path / "new", saved=False)
