@@ -28,6 +28,11 @@ def open_missing_outputs() -> None:
 
 
 open_missing_outputs()
+try:
+    import fmnist_jax  # noqa: F401 (refuses a platform it cannot run on, saying why)
+except ImportError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 import ml_collections  # noqa: E402
 from absl import app, flags, logging  # noqa: E402 (after the outputs are in place)

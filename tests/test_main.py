@@ -291,6 +291,27 @@ def test_flag_errors_name_a_folder_given_as_the_config_and_list_the_config_files
     )
 
 
+# A process that takes itself for native Windows (`sys.platform` set before anything imports the package), then
+# runs CODE.
+ON_WINDOWS = "import sys; sys.platform = 'win32'; {code}"
+
+
+def test_native_windows_is_refused_in_one_line_that_names_wsl():
+    """main.py on native Windows: one line, exit 2, before it reads a flag (the workdir's lock takes fcntl and a run
+    stops on POSIX signals); the package itself refuses to import there with the same words. Linux and macOS run."""
+    import fmnist_jax
+
+    why = fmnist_jax.unsupported_platform("win32")
+    assert "native Windows" in why and "WSL 2" in why
+    assert fmnist_jax.unsupported_platform("linux") is None and fmnist_jax.unsupported_platform("darwin") is None
+    main = "import runpy; sys.argv = ['main.py', '--config=nope.py']; runpy.run_path('main.py', run_name='__main__')"
+    for code, line in [(main, f"error: {why}"), ("import fmnist_jax", f"ImportError: {why}")]:
+        result = run_main(script=("-c", ON_WINDOWS.format(code=code)), timeout=60)
+        assert result.returncode == (2 if code == main else 1), result.stderr[-2000:]
+        assert last_line(result.stderr) == line
+        assert ("Traceback" in result.stderr) == (code != main)  # main.py: the line alone
+
+
 def test_none_in_any_case_is_named_as_the_none_the_command_line_cannot_give():
     argv, text = ["--config.data.num_train=none"], "flag --config.data.num_train=none: could not parse"
     assert flag_errors.wrong_type(load_config("cnn"), argv, text) == (
