@@ -31,6 +31,8 @@ open_missing_outputs()
 try:
     import fmnist_jax  # noqa: F401 (refuses a platform it cannot run on, saying why)
 except ImportError as e:
+    if isinstance(e, ModuleNotFoundError):  # not its refusal: Python's own error stands
+        raise
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 

@@ -1,7 +1,8 @@
 """fmnist-jax: the Fashion-MNIST study's CNN in Flax NNX, its scikit-learn baselines, one metrics module.
 
-It runs on Linux (tested) and macOS. Native Windows is refused at import, with one line naming WSL 2: a run locks
-its workdir with `fcntl.flock` and stops at a safe point on POSIX signals, neither of which Windows has.
+It runs on Linux; macOS is untested. Native Windows is refused: the package at import, main.py in one line, each
+naming WSL 2 (a run locks its workdir with `fcntl.flock` and stops at a safe point on POSIX signals, neither of which
+Windows has).
 """
 
 import sys
