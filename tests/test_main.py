@@ -11,6 +11,7 @@ import sys
 import pytest
 from helpers import ROOT, last_line, load_config, run_main, subprocess_env, tiny_args
 
+import fmnist_jax
 from fmnist_jax import config_lib, files, flag_errors, logs, metrics
 from fmnist_jax.errors import ConfigError
 
@@ -298,9 +299,8 @@ ON_WINDOWS = "import sys; sys.platform = 'win32'; {code}"
 
 def test_native_windows_is_refused_in_one_line_that_names_wsl():
     """main.py on native Windows: one line, exit 2, before it reads a flag (the workdir's lock takes fcntl and a run
-    stops on POSIX signals); the package itself refuses to import there with the same words. Linux and macOS run."""
-    import fmnist_jax
-
+    stops on POSIX signals); the package itself refuses to import there with the same words. Linux and macOS are not
+    refused."""
     why = fmnist_jax.unsupported_platform("win32")
     assert "native Windows" in why and "WSL 2" in why
     assert fmnist_jax.unsupported_platform("linux") is None and fmnist_jax.unsupported_platform("darwin") is None
