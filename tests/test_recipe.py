@@ -187,6 +187,41 @@ def test_warmup_cosine_schedule_and_the_studys_constant_rate():
     assert train_state.learning_rate_schedule(study, 750) == study.learning_rate  # a float: the study's optax.adam
 
 
+def test_a_fresh_train_state_its_roots_and_its_rates_compile_a_program_each_not_one_per_operation():
+    """The model, the optimizer's state with the zero sums and the moving average's start, the random roots and the
+    schedule's rates: built op by op, they compiled a program per parameter shape and per operation in every new
+    process (36 for the speedrun's set-up, 21 for the study's); now a program each, with the values op by op gives.
+    Widths no other test builds, so that this process's caches hold none of the programs."""
+    from jax._src import dispatch
+
+    config = load_config("vgg_bn", ema_decay=0.9, **{"model.widths": (3, 5, 7), "model.head_width": 9})
+    lowered = []
+
+    def count(event, duration, **kwargs):
+        lowered.extend([event] if event == dispatch.JAXPR_TO_MLIR_MODULE_EVENT else [])
+
+    jax.monitoring.register_event_duration_secs_listener(count)
+    try:
+        graphs, state, _ = train_state.create_train_state(config, 7)
+        roots = train_state.RandomRoots.from_seed(11, augment=True)
+        rates = train_state.learning_rates_at(config, 7, [0, 5, 30])
+    finally:
+        jax.monitoring.unregister_event_duration_listener(count)
+    assert 3 <= len(lowered) <= 4  # the model, the rest of the state, the rates; the roots unless built before
+    model, optimizer = graphs.merge(state)
+    eager = nnx.Optimizer(model, train_state.make_optimizer(config, 7), wrt=nnx.Param)
+    assert jax.tree.structure(nnx.state(optimizer)) == jax.tree.structure(nnx.state(eager))
+    for built, op_by_op in zip(jax.tree.leaves(nnx.state(optimizer)), jax.tree.leaves(nnx.state(eager)), strict=True):
+        np.testing.assert_array_equal(built, op_by_op)
+    jax.tree.map(np.testing.assert_array_equal, state.ema, state.model)
+    assert float(state.loss_sum) == float(state.correct_sum) == 0.0
+    root = jax.random.key(11)
+    for built, i in ((roots.data, 1), (roots.dropout, 2), (roots.augment, 3)):
+        np.testing.assert_array_equal(jax.random.key_data(built), jax.random.key_data(jax.random.fold_in(root, i)))
+    schedule = train_state.learning_rate_schedule(config, 7)
+    np.testing.assert_allclose(rates, [float(schedule(s)) for s in (0, 5, 30)], rtol=1e-6)
+
+
 @pytest.mark.heavy
 def test_adamw_decays_kernels_only():
     config = load_config("vgg_bn", learning_rate=0.1, weight_decay=0.5, **{"schedule.name": "constant"})

@@ -8,8 +8,9 @@ The model is an `nnx.Module` and the optimizer an `nnx.Optimizer`; both are spli
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax
@@ -126,12 +127,14 @@ class RandomRoots:
 
     @classmethod
     def from_seed(cls, seed: int, *, augment: bool) -> RandomRoots:
-        root = jax.random.key(seed)
-        return cls(
-            data=jax.random.fold_in(root, 1),
-            dropout=jax.random.fold_in(root, 2),
-            augment=jax.random.fold_in(root, 3) if augment else None,
-        )
+        return cls(*_roots(seed, augment))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _roots(seed: int, augment: bool) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """`RandomRoots`' keys, folded in one program (the same bits as op by op; one compilation, not three)."""
+    root = jax.random.key(seed)
+    return jax.random.fold_in(root, 1), jax.random.fold_in(root, 2), jax.random.fold_in(root, 3) if augment else None
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> float | optax.Schedule:
@@ -145,11 +148,30 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
 
 def learning_rates_at(config: ml_collections.ConfigDict, steps_per_epoch: int, steps: Sequence[int]) -> np.ndarray:
     """The learning rates that `steps` use, computed at once (a schedule is a device computation: the training
-    loop asks for them all before its steps are queued, not behind them)."""
-    rate = learning_rate_schedule(config, steps_per_epoch)
+    loop asks for them all before its steps are queued, not behind them), as one program (op by op, a schedule
+    compiled a dozen in every new process)."""
+    rate = _jitted_schedule(optimizer_fields(config), steps_per_epoch)
     if not callable(rate):
         return np.full(len(steps), rate, np.float64)
     return np.asarray(rate(np.asarray(steps, np.int32)), np.float64)
+
+
+# What the optimizer and its schedule read of a config: the key of the programs that build them (a field read but
+# not listed here is missing from `optimizer_fields`' result, so the oversight fails at once).
+OPTIMIZER_FIELDS = ("learning_rate", "schedule", "num_epochs", "adam", "weight_decay")
+
+
+def optimizer_fields(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
+    """The fields of `config` the optimizer and its schedule read, hashable (a cache key)."""
+    return ml_collections.FrozenConfigDict({name: config[name] for name in OPTIMIZER_FIELDS})
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_schedule(fields: ml_collections.FrozenConfigDict, steps_per_epoch: int) -> float | Callable:
+    """The schedule as one jitted program, one per optimizer fields and epoch length in a process; a constant
+    rate as it is."""
+    rate = learning_rate_schedule(fields, steps_per_epoch)
+    return jax.jit(rate) if callable(rate) else rate
 
 
 def _is_kernel(params: nnx.State) -> Any:
@@ -177,13 +199,26 @@ def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def create_train_state(config: ml_collections.ConfigDict, steps_per_epoch: int = 1) -> tuple[Graphs, TrainState, int]:
     """A fresh model and optimizer from `config.seed`: (graphs, host-side state, number of parameters)."""
     model = models.create_model(config.model.name, seed=config.seed, **model_kwargs(config))
-    optimizer = nnx.Optimizer(model, make_optimizer(config, steps_per_epoch), wrt=nnx.Param)
+    optimizer, zero, ema = _initialiser(optimizer_fields(config), steps_per_epoch, config.ema_decay > 0)(model)
     model_graph, model_state = nnx.split(model)
     opt_graph, opt_state = nnx.split(optimizer)
-    zero = jnp.zeros((), jnp.float32)
-    ema = jax.tree.map(jnp.copy, model_state) if config.ema_decay > 0 else None
     state = TrainState(model=model_state, optimizer=opt_state, loss_sum=zero, correct_sum=zero, ema=ema)
     return Graphs(model_graph, opt_graph), state, models.count_params(model)
+
+
+@functools.lru_cache(maxsize=32)
+def _initialiser(fields: ml_collections.FrozenConfigDict, steps_per_epoch: int, with_ema: bool) -> Callable:
+    """The jitted `model -> (optimizer, zero sum, moving average's start or None)`, one per optimizer fields in a
+    process (a model of another structure traces it again). As one program: built op by op, they compiled a program
+    per parameter shape (a dozen for the study's CNN) in every new process."""
+    tx = make_optimizer(fields, steps_per_epoch)
+
+    @nnx.jit
+    def initialise(model: nnx.Module) -> tuple[nnx.Optimizer, jax.Array, nnx.State | None]:
+        ema = jax.tree.map(jnp.copy, nnx.state(model)) if with_ema else None
+        return nnx.Optimizer(model, tx, wrt=nnx.Param), jnp.zeros((), jnp.float32), ema
+
+    return initialise
 
 
 def ema_update(ema: nnx.State, new: nnx.State, decay: float, step: jax.Array) -> nnx.State:
