@@ -225,20 +225,6 @@ def emit(**row: Any) -> dict[str, Any]:
 # The data and the train steps
 
 
-def abstract_train_state(config: ml_collections.ConfigDict) -> tuple[state_lib.Graphs, TrainState]:
-    """`create_train_state(config)`'s graphs and state as shapes only: nothing is initialised (tracing a step for
-    its FLOPs or its layers needs no values, and initialising runs many small programs)."""
-    graphs = []
-
-    def create() -> TrainState:
-        graph, state, _ = state_lib.create_train_state(config)
-        graphs.append(graph)
-        return state
-
-    state = jax.eval_shape(create)
-    return graphs[0], state
-
-
 @dataclasses.dataclass(frozen=True)
 class Arrays:
     """The images a benchmark trains and evaluates on, and where they came from ("random" when made up)."""

@@ -81,7 +81,7 @@ def flops_per_image(config: ml_collections.ConfigDict) -> int:
     layer's input gradient over the zero-padded gradient, 23% more for the study CNN)."""
     config = ml_collections.ConfigDict(config.to_dict())
     config.model.conv = "im2col"
-    graphs, state = common.abstract_train_state(config)
+    graphs, state, _ = state_lib.abstract_train_state(config)
     recipe = state_lib.Recipe.from_config(config)
     b = config.batch_size
     images, labels = jnp.zeros((b, 28, 28), jnp.uint8), jnp.zeros((b,), jnp.int32)

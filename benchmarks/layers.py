@@ -20,6 +20,7 @@ from flax import nnx
 
 from benchmarks import common
 from fmnist_jax import data, ops
+from fmnist_jax.training import state as state_lib
 
 
 def conv_layers(config: ml_collections.ConfigDict) -> list[dict]:
@@ -43,7 +44,7 @@ def conv_layers(config: ml_collections.ConfigDict) -> list[dict]:
 
         return conv
 
-    graphs, state = common.abstract_train_state(config)
+    graphs, state, _ = state_lib.abstract_train_state(config)
     images = jax.ShapeDtypeStruct((config.batch_size, 28, 28, 1), jnp.float32)
     with mock.patch.object(ops, "conv2d_valid", spy("valid")), mock.patch.object(ops, "conv2d_same", spy("same")):
         jax.eval_shape(lambda s, x: nnx.merge(graphs.model, s)(x, dropout_key=jax.random.key(0)), state.model, images)

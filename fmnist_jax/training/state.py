@@ -206,6 +206,22 @@ def create_train_state(config: ml_collections.ConfigDict, steps_per_epoch: int =
     return Graphs(model_graph, opt_graph), state, models.count_params(model)
 
 
+def abstract_train_state(config: ml_collections.ConfigDict, steps_per_epoch: int = 1) -> tuple[Graphs, TrainState, int]:
+    """`create_train_state`'s graphs, state as shapes and dtypes only, and number of parameters: nothing is
+    initialised or compiled (a restore's target, whose values the checkpoint's replace; a step traced for its
+    FLOPs)."""
+    found = []
+
+    def create() -> TrainState:
+        graphs, state, num_params = create_train_state(config, steps_per_epoch)
+        found.append((graphs, num_params))
+        return state
+
+    state = jax.eval_shape(create)
+    ((graphs, num_params),) = found
+    return graphs, state, num_params
+
+
 @functools.lru_cache(maxsize=32)
 def _initialiser(fields: ml_collections.FrozenConfigDict, steps_per_epoch: int, with_ema: bool) -> Callable:
     """The jitted `model -> (optimizer, zero sum, moving average's start or None)`, one per optimizer fields in a
