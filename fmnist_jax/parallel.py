@@ -129,6 +129,12 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return place(tree, replicated(mesh))
 
 
+def replicated_shapes(tree: Any, mesh: Mesh) -> Any:
+    """`tree`'s shapes and dtypes as a full copy on every device of `mesh`, without values (a restore's target)."""
+    on_devices = replicated(mesh)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_devices), tree)
+
+
 def shard_batch(tree: Any, mesh: Mesh) -> Any:
     """A host pytree whose leaves hold the global batch, split over the "data" axis."""
     return place(tree, data_sharding(mesh))

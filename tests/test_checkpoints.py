@@ -712,6 +712,33 @@ def test_resume_with_changes_may_keep_more_checkpoints_and_end_at_the_newest(two
     assert run.run(config, workdir)["params_sha256"] == expected
 
 
+def test_a_resumed_run_restores_onto_shapes_and_initialises_no_model(two_epoch_run, monkeypatch):
+    """Where a checkpoint restores, the state comes from it alone: no model is initialised for the restore to
+    replace (that compiled the initialisation's programs, 1.7 s of the set-up of a new CPU process); where none does,
+    the run initialises once. The resumed run ends with the uninterrupted run's bits."""
+    from fmnist_jax import models
+
+    built = []  # one entry per model initialised with values (tracing for shapes alone makes none)
+    create_model = models.create_model
+
+    def counted(*args, **kwargs):
+        model = create_model(*args, **kwargs)
+        built.extend(() if isinstance(jax.tree.leaves(model)[0], jax.core.Tracer) else [kwargs["seed"]])
+        return model
+
+    monkeypatch.setattr(models, "create_model", counted)
+    config, workdir = two_epoch_run
+    expected = metrics.load_results(workdir)["params_sha256"]
+    shutil.rmtree(workdir / "checkpoints" / "8")
+    shutil.rmtree(workdir / "checkpoints" / "6")
+    (workdir / "results.json").unlink()  # stopped half way: checkpoint 4 is the newest
+    assert run.run(config, workdir)["params_sha256"] == expected and built == []
+    fresh = workdir.parent / "fresh"
+    config.seed = 3
+    run.run(config, fresh)
+    assert built == [3]
+
+
 def test_a_run_cannot_be_shortened_below_its_newest_checkpoint(two_epoch_run, tmp_path):
     """resume_with_changes may change num_epochs, but not end a run before the step it has trained to: the run
     would be scored and recorded as a shorter one. Its config.json stays as it was."""

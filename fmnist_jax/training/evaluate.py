@@ -187,12 +187,10 @@ def restore_for_inference(
         raise none
     # Shapes alone as the target: a model initialised only for the checkpoint to replace cost its program's compiling
     graphs, shapes, num_params = state_lib.abstract_train_state(config)
-    on_devices = parallel.replicated(mesh)
-    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=on_devices), shapes)
     read_only = not files.writable(workdir / config_lib.CHECKPOINTS_DIR)  # on read-only storage (an archive)
     store = checkpoints.CheckpointStore.for_run(workdir, config.checkpoint, async_save=False, read_only=read_only)
     try:
-        restored = store.restore_latest(target, step=config.checkpoint.step)
+        restored = store.restore_latest(parallel.replicated_shapes(shapes, mesh), step=config.checkpoint.step)
     finally:
         store.close()
     if restored is None:

@@ -326,8 +326,8 @@ def train_and_evaluate(
                 logging.info("Run already finished (%d steps): %s, from %s", total_steps, scores, path)
                 _stop_if_signalled(guard, total_steps, store)  # not lost: a comparison's next member would train
                 return results
-            plan, state, num_params = make_plan(config, workdir, mesh, phases, loaded)
-            return _run_plan(plan, store, state, num_params, phases, guard, accept)
+            plan, shapes, num_params = make_plan(config, workdir, mesh, phases, loaded)
+            return _run_plan(plan, store, shapes, num_params, phases, guard, accept)
 
 
 def _stop_if_signalled(guard: preemption.PreemptionGuard, step: int, store: checkpoints.CheckpointStore) -> None:
@@ -340,22 +340,26 @@ def _stop_if_signalled(guard: preemption.PreemptionGuard, step: int, store: chec
 def _run_plan(
     plan: Plan,
     store: checkpoints.CheckpointStore,
-    state: TrainState,
+    shapes: TrainState,
     num_params: int,
     phases: timing.Phases,
     guard: preemption.PreemptionGuard,
     accept: Callable[[], None],
 ) -> dict[str, Any]:
-    """Restores, trains and scores `plan`'s run in `store` (train_and_evaluate after its set-up; the caller
-    closes the store), calling `accept` once the restore's checks have passed. A signal before training (`guard`)
+    """Restores `plan`'s run from `store` onto `shapes` (initialises it where no checkpoint restores), trains and
+    scores it (train_and_evaluate after its set-up; the caller closes the store), calling `accept` once the
+    restore's checks have passed. A signal before training (`guard`)
     stops the run before the compilation, if it came before the restore, or after it; one during training, once
     the state is saved."""
     config, workdir, lead = plan.config, plan.workdir, files.is_lead_process()
-    with phases("setup"):
-        state = parallel.replicate(state, plan.programs.mesh)
     with contextlib.ExitStack() as cleanup:
         with phases("restore"):
-            state, step, train_seconds = plan.restore(store, state)
+            restored = plan.restore(store, parallel.replicated_shapes(shapes, plan.programs.mesh))
+        if restored is None:
+            with phases("setup"):
+                state, step, train_seconds = plan.fresh_state(), 0, 0.0
+        else:
+            state, step, train_seconds = restored
         _stop_if_signalled(guard, step, store)
         writer = None
         with _lead_writes(plan):

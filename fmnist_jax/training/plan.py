@@ -95,12 +95,12 @@ class Plan:
                 ", ".join(f"{k}={old!r} (now {new!r})" for k, (old, new) in changed.items()),
             )
 
-    def restore(self, store: checkpoints.CheckpointStore, state: TrainState) -> tuple[TrainState, int, float]:
-        """The newest valid checkpoint's state, step and training seconds (its lineage and data checked:
-        `resume_from`), or the fresh `state` at step 0."""
-        restored = store.restore_latest(state)
+    def restore(self, store: checkpoints.CheckpointStore, target: TrainState) -> tuple[TrainState, int, float] | None:
+        """The newest valid checkpoint's state (placed as `target`, shapes alone will do), step and training seconds
+        (its lineage and data checked: `resume_from`); None where there is none."""
+        restored = store.restore_latest(target)
         if restored is None:
-            return state, 0, 0.0
+            return None
         state, meta = restored
         step, spe = meta["step"], self.steps_per_epoch
         self.resume_from(meta, store.directory)
@@ -120,6 +120,11 @@ class Plan:
     def check_data(self, meta: dict, directory: pathlib.Path) -> None:
         """`check_data` of this plan's data set."""
         check_data(meta, directory, self.dataset)
+
+    def fresh_state(self) -> TrainState:
+        """The run's initial state from `config.seed`, on the devices (built only where no checkpoint restores)."""
+        _, state, _ = state_lib.create_train_state(self.config, self.steps_per_epoch)
+        return parallel.replicate(state, self.programs.mesh)
 
     def permutation(self, epoch: int) -> jax.Array:
         return self.programs.permutation(self.roots.data, epoch, len(self.dataset.train))
@@ -210,11 +215,12 @@ def make_plan(
     phases: timing.Phases,
     loaded: tuple[data.Dataset, int],
 ) -> tuple[Plan, TrainState, int]:
-    """The run's plan, its fresh (host-side) state and its number of parameters, on `loaded` (`load_data`'s
-    result): the phase "setup" (building the model, its programs, the random roots, the learning rates)."""
+    """The run's plan, its state's shapes and its number of parameters, on `loaded` (`load_data`'s result): the
+    phase "setup" (tracing the model, building its programs, the random roots, the learning rates). The state itself
+    is initialised only where no checkpoint restores (`Plan.fresh_state`): a restore would replace its values."""
     dataset, steps_per_epoch = loaded
     with phases("setup"):
-        graphs, state, num_params = state_lib.create_train_state(config, steps_per_epoch)
+        graphs, state, num_params = state_lib.abstract_train_state(config, steps_per_epoch)
         recipe = state_lib.Recipe.from_config(config)
         unroll = resolve_unroll(config.scan_unroll, jax.default_backend(), config.model.conv)
         programs = Programs(graphs, mesh, config.batch_size, unroll=unroll, recipe=recipe)
