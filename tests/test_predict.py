@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import helpers
-import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -70,9 +69,8 @@ print(json.dumps({"lowered": lowered, "step": meta["step"], "num_params": num_pa
 def test_evaluate_and_predict_restore_onto_shapes_alone_compiling_nothing(two_epoch_run):
     """The checkpoint's target is the state's shapes, dtypes and placement: no model is initialised for the restore
     to replace (in a new process, the initialisation's program, the optimizer's dozen; the initialisation's compile
-    alone took 1.2 s of a CPU's 2.8-s predict). The restored state is the one a target with values restores, bit
-    for bit."""
-    from fmnist_jax import checkpoints, config_lib, parallel
+    alone took 1.2 s of a CPU's 2.8-s predict). The restored state is the run's final one, bit for bit."""
+    from fmnist_jax import config_lib, parallel
     from fmnist_jax.training import evaluate
     from fmnist_jax.training import state as train_state
 
@@ -81,15 +79,10 @@ def test_evaluate_and_predict_restore_onto_shapes_alone_compiling_nothing(two_ep
     out = helpers.check(helpers.run_main(*arguments, script=("-c", RESTORE)))
     restored = json.loads(out.stdout.splitlines()[-1])
     assert restored == {"lowered": [], "step": 8, "num_params": metrics.load_results(workdir)["num_params"]}
-    mesh = parallel.make_mesh()
-    _, state, _, _ = evaluate.restore_for_inference(config, workdir, mesh)
-    with_values = parallel.replicate(train_state.create_train_state(config)[1], mesh)  # the target before
-    store = checkpoints.CheckpointStore.for_run(workdir, config.checkpoint, async_save=False)
-    try:
-        expected, _ = store.restore(8, with_values)
-    finally:
-        store.close()
-    jax.tree.map(np.testing.assert_array_equal, state, expected)
+    _, state, _, meta = evaluate.restore_for_inference(config, workdir, parallel.make_mesh())
+    # The final checkpoint's state is the run's final state: the values landed in their places.
+    assert train_state.params_sha256(state) == metrics.load_results(workdir)["params_sha256"]
+    assert int(state.optimizer["step"][...]) == meta["step"] == 8
 
 
 def test_predictions_go_where_predict_output_says_and_a_run_that_cannot_be_written_is_read(

@@ -185,7 +185,7 @@ def restore_for_inference(
     )
     if not config_lib.checkpoint_steps(workdir):  # before the store makes a checkpoint folder there
         raise none
-    # Shapes alone as the target: a model initialised only for the checkpoint to replace cost its program's compiling
+    # Shapes alone as the target: no model is initialised (and its program compiled) for the checkpoint to replace
     graphs, shapes, num_params = state_lib.abstract_train_state(config)
     read_only = not files.writable(workdir / config_lib.CHECKPOINTS_DIR)  # on read-only storage (an archive)
     store = checkpoints.CheckpointStore.for_run(workdir, config.checkpoint, async_save=False, read_only=read_only)

@@ -346,20 +346,12 @@ def _run_plan(
     guard: preemption.PreemptionGuard,
     accept: Callable[[], None],
 ) -> dict[str, Any]:
-    """Restores `plan`'s run from `store` onto `shapes` (initialises it where no checkpoint restores), trains and
-    scores it (train_and_evaluate after its set-up; the caller closes the store), calling `accept` once the
-    restore's checks have passed. A signal before training (`guard`)
-    stops the run before the compilation, if it came before the restore, or after it; one during training, once
-    the state is saved."""
+    """Restores `plan`'s run from `store` onto `shapes` (or starts it afresh), trains and scores it (train_and_evaluate
+    after its set-up; the caller closes the store), calling `accept` once the restore's checks have passed. A signal
+    before training (`guard`) stops the run before the compilation; one during training, once the state is saved."""
     config, workdir, lead = plan.config, plan.workdir, files.is_lead_process()
     with contextlib.ExitStack() as cleanup:
-        with phases("restore"):
-            restored = plan.restore(store, parallel.replicated_shapes(shapes, plan.programs.mesh))
-        if restored is None:
-            with phases("setup"):
-                state, step, train_seconds = plan.fresh_state(), 0, 0.0
-        else:
-            state, step, train_seconds = restored
+        state, step, train_seconds = plan.restore(store, shapes, phases)
         _stop_if_signalled(guard, step, store)
         writer = None
         with _lead_writes(plan):

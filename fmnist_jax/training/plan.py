@@ -1,5 +1,6 @@
 """A run's plan: what stays fixed while it trains (its config, workdir, data, programs, step counts, learning rates),
-its data loaded and its model built, and how its steps split into calls (`chunks`)."""
+its data loaded and its model traced (built only where no checkpoint restores), and how its steps split into calls
+(`chunks`)."""
 
 from __future__ import annotations
 
@@ -95,13 +96,23 @@ class Plan:
                 ", ".join(f"{k}={old!r} (now {new!r})" for k, (old, new) in changed.items()),
             )
 
-    def restore(self, store: checkpoints.CheckpointStore, target: TrainState) -> tuple[TrainState, int, float] | None:
-        """The newest valid checkpoint's state (placed as `target`, shapes alone will do), step and training seconds
-        (its lineage and data checked: `resume_from`); None where there is none."""
-        restored = store.restore_latest(target)
-        if restored is None:
-            return None
-        state, meta = restored
+    def restore(
+        self, store: checkpoints.CheckpointStore, shapes: TrainState, phases: timing.Phases
+    ) -> tuple[TrainState, int, float]:
+        """The newest valid checkpoint's state (restored onto `shapes`, replicated), step and training seconds (its
+        lineage and data checked: `resume_from`), in the phase "restore"; where none restores, the fresh state at
+        step 0, in the phase "setup" (the model is initialised only then: a restore would replace its values)."""
+        with phases("restore"):
+            restored = store.restore_latest(parallel.replicated_shapes(shapes, self.programs.mesh))
+            if restored is not None:
+                return self._resumed(*restored, store)
+        with phases("setup"):
+            return self.fresh_state(), 0, 0.0
+
+    def _resumed(
+        self, state: TrainState, meta: dict, store: checkpoints.CheckpointStore
+    ) -> tuple[TrainState, int, float]:
+        """`restore`'s result for the checkpoint of `meta`, once its lineage and data are checked."""
         step, spe = meta["step"], self.steps_per_epoch
         self.resume_from(meta, store.directory)
         if step > self.total_steps:  # config_lib refuses it where the history tells the steps per epoch

@@ -157,7 +157,8 @@ def learning_rates_at(config: ml_collections.ConfigDict, steps_per_epoch: int, s
 
 
 # What the optimizer and its schedule read of a config: the key of the programs that build them (a field read but
-# not listed here is missing from `optimizer_fields`' result, so the oversight fails at once).
+# not listed here is missing from `optimizer_fields`' result: the oversight fails loudly where it is read, never
+# silently).
 OPTIMIZER_FIELDS = ("learning_rate", "schedule", "num_epochs", "adam", "weight_decay")
 
 
