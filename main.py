@@ -53,8 +53,7 @@ def main(argv: list[str]) -> None:
     from fmnist_jax import logs, run  # after flags parsing
     from fmnist_jax.errors import LOG_FILE_ONLY, Interrupted, UserError, traceback_text
 
-    config_file = config_flags.get_config_filename(FLAGS["config"])
-    workdir = FLAGS.workdir or str(pathlib.Path("runs") / pathlib.Path(config_file).stem)
+    workdir = FLAGS.workdir or default_workdir()
     log_file = None
     try:
         log_file = logs.set_up(FLAGS.log_dir)
@@ -69,10 +68,17 @@ def main(argv: list[str]) -> None:
     except Interrupted as e:
         stopped(f"interrupted ({e}). Resume with the same command:", e.signum)
     except KeyboardInterrupt:  # Ctrl-C where no guard holds it (the final scoring, a second Ctrl-C): one line too
-        stopped("interrupted (SIGINT, before the run had finished). Go on with the same command:", signal.SIGINT)
+        from fmnist_jax.preemption import UNFINISHED
+
+        stopped(f"interrupted (SIGINT, {UNFINISHED}). Go on with the same command:", signal.SIGINT)
     finally:
         if sys.exc_info()[0] in (None, SystemExit):  # an end it chose, not a crash: a crash keeps the log file
             logs.finish()  # the log file goes where the terminal showed all it holds
+
+
+def default_workdir() -> str:
+    """Where a run goes without --workdir: runs/<config file name>."""
+    return str(pathlib.Path("runs") / pathlib.Path(config_flags.get_config_filename(FLAGS["config"])).stem)
 
 
 def stopped(line: str, signum: int) -> None:
@@ -91,6 +97,9 @@ def parse_flags(argv: list[str]) -> list[str]:
         FLAGS.config.get("kind")  # the config file loads lazily: load it now
         if not isinstance(FLAGS.config, ml_collections.ConfigDict):  # a dict has .get too: named by flag_error
             raise TypeError(f"get_config() returned {type(FLAGS.config).__name__}")
+        from fmnist_jax import flag_errors
+
+        flag_errors.split_listed_words(FLAGS.config, config_flags.get_override_values(FLAGS["config"]))
     except Exception as e:  # whatever the flags or the config file raised, in one line
         from fmnist_jax import flag_errors
 
@@ -98,6 +107,13 @@ def parse_flags(argv: list[str]) -> list[str]:
         sys.exit(2)
     if len(remaining) > 1:
         print(f"error: unexpected arguments {remaining[1:]}: settings are flags, --config.FIELD=VALUE", file=sys.stderr)
+        sys.exit(2)
+    if FLAGS["workdir"].present and not (FLAGS.workdir or "").strip():  # `--workdir=$DIR` with DIR unset
+        print(
+            f"error: --workdir names no folder ({FLAGS.workdir!r}): give the run's folder, or leave the flag out "
+            f"for {default_workdir()}",
+            file=sys.stderr,
+        )
         sys.exit(2)
     return remaining
 

@@ -119,6 +119,7 @@ def load_config(
     try:
         config_flags.DEFINE_config_dict(prefix, config, flag_values=values, sys_argv=argv)
         values(argv)
+        flag_errors.split_listed_words(config, config_flags.get_override_values(values[prefix]))
     except AttributeError as e:
         why = flag_errors.unknown_override(fresh, list(overrides), source=lambda _: f"configs/{name}.py", prefix=prefix)
         raise UsageError(why or f"unknown config field in {' '.join(overrides)}") from e

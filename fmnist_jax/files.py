@@ -179,11 +179,12 @@ def is_disk_full(error: BaseException) -> bool:
     )
 
 
-def disk_full_error(workdir: str | os.PathLike, doing: str) -> DiskFull:
-    """The one-line error for a full disk: what was being written, where, and how to go on."""
+def disk_full_error(workdir: str | os.PathLike, doing: str, rerun: str = "") -> DiskFull:
+    """The one-line error for a full disk: what was being written, where, and how to go on (`rerun`: what the same
+    command does when run again, such as "it resumes from the last complete checkpoint")."""
     return DiskFull(
         f"the disk holding {workdir} is full (no space left while {doing}); free some space and rerun the same "
-        "command: it resumes from the last complete checkpoint."
+        f"command{f': {rerun}' if rerun else ''}."
     )
 
 

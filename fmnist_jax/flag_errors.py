@@ -1,15 +1,17 @@
 """One line for the command line's mistakes (main.py): a missing or broken config file, an override of a field the
 config lacks (with the close matches), a value of the wrong type for its field, or else the library's own message.
+And a list of words given with commas read as the list it names (`split_listed_words`).
 """
 
 from __future__ import annotations
 
+import ast
 import difflib
 import pathlib
 import re
 import runpy
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import ml_collections
 
@@ -153,3 +155,30 @@ def wrong_type(config: ml_collections.ConfigDict, argv: list[str], text: str, pr
             f"flag out for the config file's {current!r}"
         )
     return f"--{prefix}.{field}={value}: {prefix}.{field} takes {takes} (the config file's: {current!r})"
+
+
+def split_listed_words(config: ml_collections.ConfigDict, overrides: Collection[str]) -> None:
+    """Reads each list field of `overrides` (dotted paths) that the command line gave as words with commas as the
+    list it names: ml_collections reads `--config.seeds=0,1` as (0, 1) but keeps
+    `--config.search.grid.max_features=sqrt,log2` whole, as ('sqrt,log2',). Each item is read as Python reads a
+    literal (0.1, True), else kept as a word; empty items (a trailing comma) are dropped. The other forms stand:
+    the flag given once per item, or a quoted literal, "('sqrt', 0.1)"."""
+    for field in overrides:
+        value = config_lib.get(config, field)
+        if not isinstance(value, tuple) or not any(isinstance(v, str) and "," in v for v in value):
+            continue
+        items = [part.strip() for v in value for part in (v.split(",") if isinstance(v, str) else [v])]
+        parent, _, key = field.rpartition(".")
+        (config_lib.get(config, parent) if parent else config)[key] = tuple(
+            _literal_or_word(item) for item in items if item != ""
+        )
+
+
+def _literal_or_word(item: object) -> object:
+    """`item` as a Python literal where it is one ("0.1" -> 0.1), else as it is (a word, or an item already read)."""
+    if not isinstance(item, str):
+        return item
+    try:
+        return ast.literal_eval(item)
+    except (ValueError, SyntaxError):
+        return item

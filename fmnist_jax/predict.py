@@ -26,6 +26,7 @@ from fmnist_jax.data import CLASS_NAMES, IMAGE_SHAPE
 from fmnist_jax.errors import PredictError
 
 OUTPUT_FILE = "predict.json"
+PREDICTION_FIELDS = ("input", "class", "name", "probability")  # a row of it, per image
 # What a run keeps in its workdir (at its top level, and folders by their names' start): never where predictions go.
 RUN_FILES = (
     *(config_lib.CONFIG_FILE, config_lib.CHECKPOINTS_DIR, config_lib.EVENTS_DIR),
@@ -272,10 +273,10 @@ def _read_one(path: pathlib.Path) -> list[np.ndarray]:
             if "allow_pickle" in str(e):  # an array of Python objects, which only unpickling could read
                 raise ValueError("an array of Python objects, which is read only by unpickling; save numbers") from e
             raise ValueError(f"a damaged or truncated .npy file ({e})") from e
+        if array.ndim not in (2, 3) or array.shape[-2:] != IMAGE_SHAPE:
+            raise ValueError(f"shape {array.shape}; expected (28, 28) or (N, 28, 28)")
         if array.ndim == 2:
             array = array[None]
-        if array.ndim != 3 or array.shape[1:] != IMAGE_SHAPE:
-            raise ValueError(f"shape {array.shape}; expected (28, 28) or (N, 28, 28)")
         if len(array) == 0:
             raise ValueError("shape (0, 28, 28): no images")
         if array.dtype != np.uint8:  # integers above 255 as a 16-bit PNG is (/257), floats up to 1 (x255)
@@ -337,16 +338,39 @@ def output_path(setting: str, workdir: pathlib.Path, *, inputs: Sequence[pathlib
         )
     inside = target.relative_to(workdir.resolve()).parts if target.is_relative_to(workdir.resolve()) else ()
     if inside and (inside[0] in RUN_FILES or inside[0].startswith((".", *RUN_PREFIXES))):
+        what = "is the run's own" if len(inside) == 1 else "is inside the run's own"
         raise PredictError(
-            f"--config.predict.output={setting}: {path} is in the run's own {inside[0]}, which the predictions must "
-            f"not replace; choose another file, e.g. {workdir / OUTPUT_FILE}."
+            f"--config.predict.output={setting}: {path} {what} {inside[0]}, which the predictions must not replace; "
+            f"choose another file, e.g. {workdir / OUTPUT_FILE}."
         )
     if not files.writable(path.parent):
-        why = "no such folder" if not path.parent.is_dir() else "not writable"
+        why = files.not_a_folder(path.parent) or ("no such folder" if not path.parent.is_dir() else "not writable")
+        where = f"{path.parent} is {why}" if why.startswith(("a file", "a symbolic")) else why
         raise PredictError(
-            f"cannot write the predictions to {path} ({why}); set --config.predict.output=FILE to write them elsewhere."
+            f"cannot write the predictions to {path} ({where}); set --config.predict.output=FILE to write them "
+            "elsewhere."
+        )
+    if path.exists() and not _holds_predictions(path):
+        raise PredictError(
+            f"--config.predict.output={setting}: {path} exists and holds no predictions (another file, which they must "
+            "not replace); choose a new file, or one this command wrote before."
         )
     return path
+
+
+def _holds_predictions(path: pathlib.Path) -> bool:
+    """Whether `path` is a file of predictions as `report` writes them (a JSON list of its rows): one that a rerun
+    may replace."""
+    try:
+        with open(path, "rb") as f:
+            if (
+                not f.read(64).lstrip().startswith(b"[")
+            ):  # not JSON's list (nor read whole: a large file of another kind)
+                return False
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(rows, list) and all(isinstance(r, dict) and set(r) == set(PREDICTION_FIELDS) for r in rows)
 
 
 def report(output: pathlib.Path, names: Sequence[str], probs: np.ndarray | None, preds: np.ndarray) -> list[dict]:
@@ -354,7 +378,7 @@ def report(output: pathlib.Path, names: Sequence[str], probs: np.ndarray | None,
     rows = []
     for i, name in enumerate(names):
         c = int(preds[i])
-        row = {
+        row = {  # PREDICTION_FIELDS
             "input": name,
             "class": c,
             "name": CLASS_NAMES[c],

@@ -90,6 +90,7 @@ def rerun_text(line: str) -> str:
 # Ctrl-C during `at_once`: raised as KeyboardInterrupt where Python code runs (its clean-up runs too), and where a C
 # call holds the main thread (a fit) for this long after it, the process ends as a SIGTERM ends it.
 CTRL_C_GRACE_SECONDS = 1.0
+UNFINISHED = "before the run had finished"  # what a signal outside a guard cut short (a scoring, a prediction)
 # The most the line may wait for a stderr nobody reads (a paused terminal, a stalled pipe) before the process ends.
 LINE_SECONDS = 2.0
 _AT_ONCE: dict[str, Any] = {}  # the handlers and pipe of the `at_once` under way: a forked child drops them

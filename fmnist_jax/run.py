@@ -88,8 +88,19 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, given: C
             if files.is_disk_full(e) and not isinstance(e, files.DiskFull):
                 doing = "saving a checkpoint" if isinstance(e, CheckpointError) else "writing its files"
                 logging.warning("The full disk's error: %s: %s", type(e).__name__, e, extra=LOG_FILE_ONLY)
-                raise files.disk_full_error(workdir, doing) from e
+                raise files.disk_full_error(workdir, doing, _rerun_after_a_full_disk(kind, mode)) from e
             raise
+
+
+def _rerun_after_a_full_disk(kind: str, mode: str) -> str:
+    """What the same command does when run again after a full disk stopped it."""
+    if mode != "train":
+        return f"it runs {mode} again on the trained run, which is as it was"
+    if kind == "cnn":
+        return "it resumes from the last complete checkpoint"
+    if kind == "compare":
+        return "it keeps the members' finished runs and goes on from there"
+    return "it fits the model again (a baseline keeps no checkpoint)"
 
 
 def _not_a_run(workdir: pathlib.Path) -> str | None:
@@ -144,11 +155,12 @@ def _run_cnn(config: ml_collections.ConfigDict, workdir: pathlib.Path, mode: str
     with parallel.stop_together(f"{workdir} was trained with another config"):
         taken = config_lib.trained_fields(config, workdir, evaluate=mode == "evaluate", given=given)
     config_lib.take(config, parallel.lead_shares(taken), workdir)  # process 0's reading, on every process
-    if mode == "evaluate":
-        return evaluate.evaluate_checkpoint(config, workdir)
-    images, names, output = predict.inputs_and_output(config, workdir)
-    probs = evaluate.predict_images(config, workdir, images)
-    return predict.report(output, names, probs, probs.argmax(-1))
+    with preemption.at_once(preemption.UNFINISHED):  # no safe point to stop at: a signal ends it, saying so
+        if mode == "evaluate":
+            return evaluate.evaluate_checkpoint(config, workdir)
+        images, names, output = predict.inputs_and_output(config, workdir)
+        probs = evaluate.predict_images(config, workdir, images)
+        return predict.report(output, names, probs, probs.argmax(-1))
 
 
 def _run_baseline(
@@ -165,9 +177,10 @@ def _run_baseline(
     config_lib.take(
         config, config_lib.trained_fields(config, workdir, evaluate=mode == "evaluate", given=given), workdir
     )
-    if mode == "evaluate":
-        estimator = baselines.load_estimator(workdir)
-        return baselines.score_saved(config, workdir, estimator, data.load(config.data, seed=config.seed))
-    images, names, output = predict.inputs_and_output(config, workdir)
-    preds, probs = baselines.predict(baselines.load_estimator(workdir), baselines.flatten(images))
-    return predict.report(output, names, probs, preds)
+    with preemption.at_once(preemption.UNFINISHED):
+        if mode == "evaluate":
+            estimator = baselines.load_estimator(workdir)
+            return baselines.score_saved(config, workdir, estimator, data.load(config.data, seed=config.seed))
+        images, names, output = predict.inputs_and_output(config, workdir)
+        preds, probs = baselines.predict(baselines.load_estimator(workdir), baselines.flatten(images))
+        return predict.report(output, names, probs, preds)

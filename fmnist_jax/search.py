@@ -124,8 +124,8 @@ def search(config: ml_collections.ConfigDict, dataset: data.Dataset) -> tuple[di
     searcher = _searcher(config, grid, split)
     size = int(np.prod([len(v) for v in grid.values()]))
     logging.info(
-        "%s search over %d settings of %s, scored on %d validation images",
-        *(method, size, ", ".join(grid), len(dataset.validation)),
+        "%s search over %d setting%s of %s, scored on %d validation images",
+        *(method, size, "" if size == 1 else "s", ", ".join(grid), len(dataset.validation)),
     )
     start = time.perf_counter()
     with warnings.catch_warnings():

@@ -120,6 +120,57 @@ def test_a_refused_rerun_leaves_the_runs_config_as_it_was(tiny_data, tmp_path, m
     assert (tmp_path / "config.json").read_bytes() == saved  # the next start put it back
 
 
+def test_a_full_disk_names_what_the_rerun_of_a_baselines_training_or_scoring_does(tiny_data, tmp_path, monkeypatch):
+    """A baseline keeps no checkpoint: its full-disk line says the rerun fits again; `evaluate`'s says the trained
+    run is as it was (not a checkpoint to resume from, which the CNN's line names)."""
+    config = tiny("random_forest", tiny_data, **{"model.n_estimators": 5})
+    real_write = files.atomic_write_bytes
+
+    def full_for(name):
+        def write(path, content):
+            if pathlib.Path(path).name == name:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real_write(path, content)
+
+        return write
+
+    monkeypatch.setattr(files, "atomic_write_bytes", full_for(config_lib.MODEL_FILE))
+    with pytest.raises(files.DiskFull) as caught:
+        run.run(config, tmp_path)
+    assert str(caught.value) == (
+        f"the disk holding {tmp_path} is full (no space left while writing its files); free some space and rerun the "
+        "same command: it fits the model again (a baseline keeps no checkpoint)."
+    )
+    monkeypatch.setattr(files, "atomic_write_bytes", real_write)
+    trained = run.run(config, tmp_path)
+    monkeypatch.setattr(files, "atomic_write_bytes", full_for(metrics.RESULTS_FILE))
+    config.mode = "evaluate"
+    with pytest.raises(
+        files.DiskFull, match="rerun the same command: it runs evaluate again on the trained run, which"
+    ):
+        run.run(config, tmp_path)
+    assert metrics.load_results(tmp_path)["test_accuracy"] == trained["test_accuracy"]
+
+
+def test_sigterm_while_a_baseline_is_scored_ends_it_at_once_saying_so(tiny_data, tmp_path):
+    """`evaluate` (as `predict`, and a CNN's final scoring) has no safe point to stop at: SIGTERM ends it at once with
+    the line and the command to go on with, not silently as SIGTERM's default would; the model and its earlier scores
+    stay as they were."""
+    fields = {"data.dir": str(tiny_data), "data.validation_size": 64, "model.n_estimators": 5}
+    trained = run.run(tiny("random_forest", tiny_data, **{"model.n_estimators": 5}), tmp_path)
+    before = helpers.snapshot(tmp_path)
+    args = helpers.main_args("random_forest", tmp_path, {**fields, "mode": "evaluate"})
+    result = helpers.run_interrupted("TERM", 0, "scoring", *args)  # as results.json is about to be written
+    assert result.returncode == 128 + signal.SIGTERM and "Traceback" not in result.stderr, result.stderr[-2000:]
+    line, rerun = result.stderr.strip().splitlines()[-2:]
+    assert line == "interrupted (SIGTERM, before the run had finished). Go on with the same command:"
+    assert rerun.endswith(shlex.join(args))
+    assert {k: v for k, v in helpers.snapshot(tmp_path).items() if k != ".lock"} == {
+        k: v for k, v in before.items() if k != ".lock"
+    }
+    assert metrics.load_results(tmp_path)["test_accuracy"] == trained["test_accuracy"]
+
+
 def test_warm_started_forest_equals_one_fit(tiny_data):
     from fmnist_jax import data
 

@@ -90,13 +90,18 @@ def test_sigterm_and_sigint_save_then_exit_with_resume_line(tiny_data, tmp_path,
     assert_same_run(tmp_path, reference)
 
 
-def test_ctrl_c_during_the_final_scoring_is_one_line_and_the_rerun_scores(tiny_data, tmp_path, reference, caplog):
-    """The final scoring runs unguarded (a signal acts as usual): a Ctrl-C there ends main.py with one line and the
-    command to go on with, not a traceback; the rerun scores the last checkpoint, with the uninterrupted bits."""
-    result = run_interrupted("INT", 0, "scoring", *main_args(tiny_data, tmp_path))
-    assert result.returncode == 128 + signal.SIGINT and "Traceback" not in result.stderr, result.stderr[-2000:]
+@pytest.mark.parametrize("name", ["INT", "TERM"])
+def test_a_signal_during_the_final_scoring_is_one_line_and_the_rerun_scores(
+    tiny_data, tmp_path, reference, caplog, name
+):
+    """The final scoring has no safe point to stop at (every step is trained and saved): Ctrl-C or SIGTERM there ends
+    main.py at once, with one line and the command to go on with (not a traceback, nor nothing at all, SIGTERM's
+    default); the rerun scores the last checkpoint, with the uninterrupted bits."""
+    result = run_interrupted(name, 0, "scoring", *main_args(tiny_data, tmp_path))
+    signum = signal.Signals[f"SIG{name}"]
+    assert result.returncode == 128 + signum and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-2] == (
-        "interrupted (SIGINT, before the run had finished). Go on with the same command:"
+        f"interrupted (SIG{name}, before the run had finished). Go on with the same command:"
     )
     assert not (tmp_path / "results.json").exists()
     assert "Resumed from checkpoint at step 8 " in finish(tiny_data, tmp_path, caplog)

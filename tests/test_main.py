@@ -93,6 +93,40 @@ def test_expected_errors_are_one_line_and_exit_2(tmp_path, args, expected):
     assert not (tmp_path / "w").exists()  # a refused command leaves no folder
 
 
+@pytest.mark.parametrize("given", ["", "  "])
+def test_an_empty_workdir_flag_is_refused_rather_than_taken_for_the_default(tiny_data, tmp_path, given):
+    """`--workdir=$DIR` with DIR unset or blank is a mistake, not a request for runs/<config name>: refused in one
+    line before anything runs (run in a folder of its own, where runs/ would appear)."""
+    args = (f"--config={ROOT / 'configs' / 'random_forest.py'}", f"--workdir={given}", f"--config.data.dir={tiny_data}")
+    result = run_main(*args, "--config.data.validation_size=64", "--config.model.n_estimators=1", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert last_line(result.stderr) == (
+        f"error: --workdir names no folder ({given!r}): give the run's folder, or leave the flag out for "
+        "runs/random_forest"
+    )
+    assert not any(tmp_path.iterdir())
+
+
+def test_words_listed_with_commas_are_a_list_as_numbers_are():
+    """`--config.search.grid.max_features=sqrt,log2,0.1` is the list it names, as `--config.seeds=0,1` is
+    (ml_collections alone keeps the words whole, one string 'sqrt,log2,0.1', which the search then refuses); a quoted
+    literal and one flag per item give the same; a string field keeps its commas (predict.inputs splits its own)."""
+    config = load_config("random_forest_search")
+    config.search.grid.max_features = ("sqrt,log2, 0.1,",)  # as ml_collections reads the flag (a trailing comma)
+    config.search.grid.n_estimators = (5, 10)
+    config.predict.inputs = "a.png,b.png"
+    flag_errors.split_listed_words(config, ["search.grid.max_features", "search.grid.n_estimators", "predict.inputs"])
+    assert config.search.grid.max_features == ("sqrt", "log2", 0.1)
+    assert config.search.grid.n_estimators == (5, 10) and config.predict.inputs == "a.png,b.png"
+    from benchmarks import common  # the benchmarks read overrides as main.py does
+
+    forms = ["--config.search.grid.max_features=sqrt,log2,0.1", "--config.search.grid.max_features=('sqrt','log2',0.1)"]
+    for form in forms:
+        assert common.load_config("random_forest_search", [form]).search.grid.max_features == ("sqrt", "log2", 0.1)
+    repeated = [f"--config.search.grid.max_features={v}" for v in ("sqrt", "log2", "0.1")]
+    assert common.load_config("random_forest_search", repeated).search.grid.max_features == ("sqrt", "log2", 0.1)
+
+
 def test_the_log_folder_is_made_or_named_in_one_line_before_anything_runs(tmp_path):
     """--log_dir is made when missing, and one that cannot be is an error at once: not at the first warning, which
     would end the run there (the log file is opened lazily)."""

@@ -118,6 +118,35 @@ def test_predictions_go_where_predict_output_says_and_a_run_that_cannot_be_writt
         run.run(config, workdir)
 
 
+def test_predictions_replace_earlier_predictions_only_and_a_path_under_a_file_is_named(tmp_path):
+    """An existing `predict.output` is replaced only where it holds predictions (a rerun's): another run's results,
+    a model or any other file is refused before the model loads, left as it was; a folder in the path that is a file
+    is named as one."""
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    earlier = tmp_path / "earlier.json"
+    predict.report(earlier, ["a.png"], np.eye(10)[[3]], np.array([3]))
+    assert predict.output_path(str(earlier), workdir) == earlier
+    others = {
+        "results.json": json.dumps({"test_accuracy": 0.9}),  # another run's scores
+        "rows.json": json.dumps([{"input": "a.png", "class": 3}]),  # rows, but not predictions
+        "model.joblib": "\x80\x04 not JSON",
+        "empty": "",
+    }
+    for name, text in others.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(predict.PredictError, match=rf"{name} exists and holds no predictions .*choose a new file"):
+            predict.output_path(str(tmp_path / name), workdir)
+        assert (tmp_path / name).read_text() == text
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(predict.PredictError, match=rf"\({tmp_path}/afile is a file, not a folder\); set --config"):
+        predict.output_path(str(tmp_path / "afile" / "out.json"), workdir)
+    with pytest.raises(predict.PredictError, match=r"run/config\.json is the run's own config\.json, which"):
+        predict.output_path(str(workdir / "config.json"), workdir)
+    with pytest.raises(predict.PredictError, match=r"run/checkpoints/8 is inside the run's own checkpoints, which"):
+        predict.output_path(str(workdir / "checkpoints" / "8"), workdir)
+
+
 @pytest.mark.parametrize(
     "target",
     [
@@ -214,12 +243,14 @@ def test_deep_images_are_scaled_and_unreadable_inputs_named(tmp_path, monkeypatc
     (tmp_path / "empty.npy").write_bytes(b"")
     np.save(tmp_path / "none.npy", np.zeros((0, 28, 28), np.uint8))
     np.save(tmp_path / "rgb.npy", np.zeros((28, 28, 3), np.uint8))
+    np.save(tmp_path / "short.npy", np.zeros((27, 28), np.uint8))  # named by its own shape, not as a stack of one
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 28*28 = 784 > 2 * 100: a "decompression bomb"
     with pytest.raises(predict.PredictError) as error:
-        predict.load_images([tmp_path / name for name in ("empty.npy", "none.npy", "rgb.npy", "deep.png")])
+        predict.load_images([tmp_path / n for n in ("empty.npy", "none.npy", "rgb.npy", "short.npy", "deep.png")])
     message = str(error.value)
     assert "empty.npy: an empty .npy file" in message and "none.npy: shape (0, 28, 28): no images" in message
     assert "rgb.npy: shape (28, 28, 3); expected (28, 28) or (N, 28, 28)" in message
+    assert "short.npy: shape (27, 28); expected (28, 28) or (N, 28, 28)" in message
     assert "deep.png: too large to read safely" in message
     for nothing in ("", " , ", []):  # no path at all: the flag's form is shown
         with pytest.raises(predict.PredictError, match=r"config.predict.inputs is empty: .*inputs=shirt.png,boot.jpg"):

@@ -376,19 +376,20 @@ def _run_plan(
             store.close()  # every save committed before the results mark the run finished
         if heard := guard.heard():  # while the last saves were committed: stop, all saved
             raise errors.Interrupted(heard, plan.total_steps, store.directory)
-        guard.release()  # the scoring left: a signal acts as usual (every step is trained and saved)
-        results = plan.evaluator.final(
-            state,
-            workdir,
-            num_params=num_params,
-            train_seconds=train_seconds,
-            val=val,
-            phases=phases,
-            trained_on=plan.trained_on,
-            # the final events before results.json: a run killed between the two is scored again, events and all
-            before_results=(lambda r: writer.finish(r, config_lib.to_dict(config), step=plan.total_steps))
-            if writer
-            else None,
-        )
+        guard.release()  # the scoring left, every step trained and saved: a signal ends the run at once, saying so
+        with preemption.at_once(preemption.UNFINISHED):
+            results = plan.evaluator.final(
+                state,
+                workdir,
+                num_params=num_params,
+                train_seconds=train_seconds,
+                val=val,
+                phases=phases,
+                trained_on=plan.trained_on,
+                # the final events before results.json: a run killed between the two is scored again, events and all
+                before_results=(lambda r: writer.finish(r, config_lib.to_dict(config), step=plan.total_steps))
+                if writer
+                else None,
+            )
         logging.info("Where the seconds went: %s", phases.line())
         return results
