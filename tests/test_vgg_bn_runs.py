@@ -4,14 +4,29 @@ over the global batch, augmentation by position in it), SIGKILL and rerun give t
 from 1 device to 8, evaluate and predict use the moving average and the flip TTA, the moving average never changes
 the trained weights, and the study's fingerprint is untouched (tests/test_fingerprint.py)."""
 
+import json
 import logging
+import os
 import shutil
 import signal
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
-from helpers import NARROW_RECIPE, check, checkpoint_steps, devices, load_config, main_args, run_interrupted, run_main
+from helpers import (
+    NARROW_RECIPE,
+    ROOT,
+    check,
+    checkpoint_steps,
+    devices,
+    load_config,
+    main_args,
+    run_interrupted,
+    run_main,
+    subprocess_env,
+)
 
 from fmnist_jax import config_lib, data, metrics, parallel, run
 from fmnist_jax.training import evaluate
@@ -45,6 +60,41 @@ def differing(name: str, other: str) -> dict:
     field -> (NAME's value, OTHER's)."""
     a, b = (config_lib.flatten(config_lib.to_dict(load_config(n))) for n in (name, other))
     return {k: (a.get(k), b.get(k)) for k in a | b if a.get(k) != b.get(k)}
+
+
+# On 8 devices: the evaluation program of each recipe form (the flip TTA on and off), compiled, and the cross-device
+# collectives in it, one JSON line.
+EVAL_COLLECTIVES = """
+import json, re, sys
+import numpy as np
+from fmnist_jax import parallel
+from fmnist_jax.training import state as state_lib, step as steps
+from helpers import load_config
+mesh, found = parallel.make_mesh(), {}
+for tta in (False, True):
+    config = load_config("speedrun", **{**json.loads(sys.argv[1]), "tta_flip": tta})
+    graphs, state, _ = state_lib.create_train_state(config)
+    programs = steps.Programs(graphs, mesh, 64, unroll=False, recipe=state_lib.Recipe.from_config(config))
+    batch = [parallel.shard_batch(np.zeros((64, *s), t), mesh) for s, t in (((28, 28), np.uint8), ((), np.int32))]
+    mask = parallel.shard_batch(np.ones(64, bool), mesh)
+    text = programs.eval.lower(parallel.replicate(state, mesh), *batch, mask).compile().as_text()
+    kinds = r"all-gather|all-reduce|collective-permute|all-to-all|reduce-scatter|collective-broadcast"
+    found[str(tta)] = sorted(set(re.findall(kinds, text)))
+print(json.dumps({"devices": len(mesh.devices.flat), "collectives": found}))
+"""
+
+
+def test_the_evaluation_program_has_no_cross_device_collective_with_or_without_the_flip_tta():
+    """Evaluation programs in flight together on XLA:CPU deadlock where one holds a cross-device collective
+    (`steps.Programs`): the flip TTA once concatenated each batch with its mirrors along the split axis, which moved
+    images between devices (an all-gather, a collective-permute) and aborted about half of the 8-device runs with
+    the TTA on. Compiled on 8 devices, neither form holds a collective."""
+    env = subprocess_env(devices(8))
+    env["PYTHONPATH"] = f"{ROOT / 'tests'}{os.pathsep}{env['PYTHONPATH']}"  # for helpers
+    small = json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in FIELDS.items()})
+    command = [sys.executable, "-c", EVAL_COLLECTIVES, small]
+    result = check(subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, check=False))
+    assert json.loads(result.stdout.splitlines()[-1]) == {"devices": 8, "collectives": {"False": [], "True": []}}
 
 
 def test_the_speedrun_is_the_stronger_cnns_recipe_on_one_convolution_per_stage():

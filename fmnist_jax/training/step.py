@@ -145,12 +145,16 @@ def eval_step(
     """
     model = nnx.merge(graphs.model, state.model if state.ema is None else state.ema)
     inputs = to_inputs(images)
-    if recipe.tta_flip:  # one forward pass over both halves: one program, one pass over the weights
+    if recipe.tta_flip:  # one forward pass over both: one program, one pass over the weights
+        # Each image beside its mirror, [x0, m0, x1, m1, ...]: the devices' split of the batch stays where it is (each
+        # device holds its own images' mirrors), where a concatenation along the split axis moved images between
+        # them (an all-gather and a collective-permute, which deadlocked evaluations in flight together on CPUs).
         n = inputs.shape[0]
-        logits = model(jnp.concatenate([inputs, inputs[:, :, ::-1]]))
+        paired = jnp.stack([inputs, inputs[:, :, ::-1]], axis=1).reshape(2 * n, *inputs.shape[1:])
+        logits = model(paired).reshape(n, 2, -1)
         both, logp = jax.nn.softmax(logits), jax.nn.log_softmax(logits)
-        probs = (both[:n] + both[n:]) / 2
-        log_mean = jnp.logaddexp(logp[:n], logp[n:]) - jnp.log(2.0)  # log(probs), finite where both underflow
+        probs = (both[:, 0] + both[:, 1]) / 2
+        log_mean = jnp.logaddexp(logp[:, 0], logp[:, 1]) - jnp.log(2.0)  # log(probs), finite where both underflow
         losses = -jnp.take_along_axis(log_mean, labels[:, None], axis=-1)[:, 0]
         return jnp.where(mask, losses, 0.0), probs
     logits = model(inputs)
