@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 import ml_collections
@@ -90,11 +91,12 @@ def member_runs(
 
 def _check_member(member: MemberRun) -> None:
     """The member's own config checks, before anything trains: a field that cannot run is named as the member's
-    (config.members.NAME.FIELD), not found after the members before it have trained."""
+    (config.members.NAME.FIELD), not found after the members before it have trained; a CNN's also on this machine's
+    devices (a batch they cannot split, host overlap over several CPU devices)."""
     if member.config.kind == "cnn":
         from fmnist_jax.training import state  # JAX, which a CNN member imports anyway
 
-        check = state.check_config
+        check = functools.partial(_check_cnn, state.check_config, member.name)
     else:
         from fmnist_jax import baselines
 
@@ -105,6 +107,19 @@ def _check_member(member: MemberRun) -> None:
         message = config_lib.as_fields_of(str(e), f"config.members.{member.name}")
         own = f"config.members.{member.name}."
         raise ConfigError(message if message.startswith(own) else f"{own.rstrip('.')}: {message}") from e
+
+
+def _check_cnn(check_config: Callable, name: str, config: ml_collections.ConfigDict) -> None:
+    """A CNN member's `check_config`, then what its run checks on the devices before training (`train_and_evaluate`)."""
+    import jax
+
+    from fmnist_jax import parallel
+    from fmnist_jax.training.plan import resolve_host_overlap
+
+    check_config(config)
+    mesh = parallel.make_mesh()
+    parallel.check_batch_size(config.batch_size, mesh, field=f"config.members.{name}.batch_size")
+    resolve_host_overlap(config.host_overlap, mesh.devices.flat[0].platform, jax.process_count(), mesh.devices.size)
 
 
 def _check_named(member: MemberRun, workdir: pathlib.Path) -> bool:

@@ -168,6 +168,11 @@ def test_batch_size_the_devices_cannot_split_fails_before_compiling(tiny_data, t
     (tmp_path / "config.json").write_text(json.dumps({"kind": "cnn", "batch_size": 64}))  # trained with another
     result = run_main(*tiny_args(tiny_data, tmp_path, batch_size=60), env=devices(8))
     assert result.returncode == 2 and "use a multiple of 8 (e.g. 56 or 64)" in last_line(result.stderr)
+    # Host overlap asked for on several CPU devices: refused as early, rather than risk XLA:CPU's deadlock.
+    result = run_main(*tiny_args(tiny_data, tmp_path / "overlap", host_overlap="on"), env=devices(8))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert last_line(result.stderr).startswith("error: config.host_overlap='on' over 8 CPU devices: train calls")
+    assert not (tmp_path / "overlap").exists()
 
 
 def test_an_eight_device_checkpoint_restores_on_one_device(

@@ -847,6 +847,26 @@ def test_a_members_bad_field_stops_the_comparison_before_anything_trains(tiny_da
     assert not list(tmp_path.glob("*/seed_*")) and not (tmp_path / config_lib.CONFIG_FILE).exists()
 
 
+def test_what_a_cnn_member_cannot_run_on_these_devices_stops_the_comparison_before_anything_trains(
+    tiny_data, tmp_path, monkeypatch
+):
+    """A CNN member's batch that the devices cannot split, or host overlap over several CPU devices, is found with the
+    other checks, not once the members before it have trained (minutes of baselines); named as the member's field.
+    Eight devices here are a stand-in mesh: the checks read its size and platform alone."""
+    import types
+
+    eight = types.SimpleNamespace(devices=np.array([types.SimpleNamespace(platform="cpu")] * 8, dtype=object))
+    monkeypatch.setattr(parallel, "make_mesh", lambda devices=None: eight)
+    config = quick_compare_config(tiny_data, seeds=(0,))
+    config.members.cnn.batch_size = 60
+    with pytest.raises(UserError, match=r"^config\.members\.cnn\.batch_size=60 cannot be split over 8 devices; use"):
+        run.run(config, tmp_path)
+    config.members.cnn.batch_size, config.members.cnn.host_overlap = 64, "on"
+    with pytest.raises(ConfigError, match=r"^config\.members\.cnn\.host_overlap='on' over 8 CPU devices: train calls"):
+        run.run(config, tmp_path)
+    assert not list(tmp_path.glob("*/seed_*")) and not (tmp_path / config_lib.CONFIG_FILE).exists()
+
+
 def test_a_refused_rerun_of_a_comparison_leaves_every_config_json_as_it_was(comparison, tiny_data, tmp_path):
     """More epochs for the CNN, allowed on resume, but on other training files (the same test files, which the
     comparison checks before anything trains): its run is refused, and neither its config.json nor the comparison's

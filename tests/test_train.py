@@ -477,6 +477,12 @@ def test_every_auto_choice_on_one_tpu_chip():
     assert plan_lib.resolve_host_overlap(config.host_overlap, "cpu") is False
     assert plan_lib.resolve_host_overlap("on", "cpu") is True and plan_lib.resolve_host_overlap("off", "gpu") is False
     assert plan_lib.resolve_host_overlap(config.host_overlap, "tpu", processes=2) is False  # a pod's hosts: at once
+    assert plan_lib.resolve_host_overlap("on", "gpu", devices=8) is True  # each GPU runs its own share
+    assert plan_lib.resolve_host_overlap("auto", "cpu", devices=8) is False
+    with pytest.raises(
+        ConfigError, match=r"host_overlap='on' over 8 CPU devices: .*deadlock XLA:CPU .*'auto' or 'off'"
+    ):
+        plan_lib.resolve_host_overlap("on", "cpu", devices=8)  # train calls in flight together, each with a collective
     assert compile_cache.resolve(config.compilation_cache, "tpu", None) == str(compile_cache.default_dir())
 
 

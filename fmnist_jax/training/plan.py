@@ -39,11 +39,17 @@ def chunks(
         step += n
 
 
-def resolve_host_overlap(setting: str, platform: str, processes: int = 1) -> bool:
+def resolve_host_overlap(setting: str, platform: str, processes: int = 1, devices: int = 1) -> bool:
     """Whether the host reads each boundary while the devices train on (`config.host_overlap`). "auto": on a GPU or
     TPU in a one-process run. Not on XLA:CPU, where small programs run in the calling thread (the host would wait for
     the devices anyway); not across processes, where reading the validation is itself a program on the devices (an
-    all-gather), queued behind the next epoch's calls."""
+    all-gather), queued behind the next epoch's calls. "on" over several CPU devices raises ConfigError: train calls
+    in flight together, each with its cross-device sum, can deadlock XLA:CPU's shared thread pool (`Programs`)."""
+    if setting == "on" and platform == "cpu" and devices > 1:
+        raise ConfigError(
+            f"config.host_overlap='on' over {devices} CPU devices: train calls in flight together, each summing across "
+            "the devices, can deadlock XLA:CPU (it aborts after 40 s); use 'auto' or 'off' (or one CPU device)."
+        )
     if setting != "auto":
         return setting == "on"
     return platform != "cpu" and processes == 1
@@ -248,7 +254,9 @@ def make_plan(
             learning_rates=state_lib.learning_rates_at(
                 config, steps_per_epoch, [(e + 1) * steps_per_epoch - 1 for e in range(config.num_epochs)]
             ),
-            host_overlap=resolve_host_overlap(config.host_overlap, mesh.devices.flat[0].platform, jax.process_count()),
+            host_overlap=resolve_host_overlap(
+                config.host_overlap, mesh.devices.flat[0].platform, jax.process_count(), mesh.devices.size
+            ),
             machine=parallel.run_machine(mesh),
         )
     return plan, state, num_params
