@@ -362,10 +362,8 @@ def _holds_predictions(path: pathlib.Path) -> bool:
     """Whether `path` is a file of predictions as `report` writes them (a JSON list of its rows): one that a rerun
     may replace."""
     try:
-        with open(path, "rb") as f:
-            if (
-                not f.read(64).lstrip().startswith(b"[")
-            ):  # not JSON's list (nor read whole: a large file of another kind)
+        with open(path, "rb") as f:  # a large file of another kind is not read whole
+            if not f.read(64).lstrip().startswith(b"["):  # not JSON's list
                 return False
         rows = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
