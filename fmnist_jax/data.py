@@ -231,11 +231,15 @@ def load_tfds(data_dir: str | None = None) -> tuple[dict[str, Split], dict[str, 
 TFDS_HOSTS = (("storage.googleapis.com", 443), ("fashion-mnist.s3-website.eu-central-1.amazonaws.com", 80))
 
 
+def _tfds_folder(data_dir: str | None = None) -> pathlib.Path:
+    """TFDS's folder: `data_dir`, else TFDS_DATA_DIR, else ~/tensorflow_datasets (as TFDS picks it)."""
+    return pathlib.Path(data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets").expanduser()
+
+
 def _tfds_could_provide(data_dir: str | None = None, timeout: float = 3.0) -> bool:
     """Whether TFDS may provide Fashion-MNIST now: a copy it prepared before (in `data_dir`, TFDS's folder), a proxy
     (which this cannot judge), or one of its hosts answering. Offline, TFDS retries its downloads for minutes."""
-    folder = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
-    prepared = pathlib.Path(folder).expanduser() / "fashion_mnist"
+    prepared = _tfds_folder(data_dir) / "fashion_mnist"
     proxies = urllib.request.getproxies()  # the environment's (and the system's) proxies
     proxied = (proxies.get("https") or proxies.get("all")) and not all(
         urllib.request.proxy_bypass(host) for host, _ in TFDS_HOSTS
@@ -303,7 +307,7 @@ def load(config: Any, *, seed: int) -> Dataset:
     origin, released = "", None
     if source == "tfds":  # config.data.dir, when set, is TFDS's own folder
         if not _tfds_could_provide(data_dir):
-            where = f"in {data_dir}" if data_dir else "in TFDS's folder"
+            where = f"in {data_dir}" if data_dir else f"in TFDS's folder, {_tfds_folder()}"
             raise DataError(
                 f"config.data.source='tfds': TFDS has no prepared fashion_mnist {where} and cannot download one "
                 "(offline). Prepare it where there is internet access, or read the IDX files "

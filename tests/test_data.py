@@ -330,6 +330,9 @@ def test_forced_tfds_offline_without_a_copy_stops_at_once(tmp_path, monkeypatch)
     with pytest.raises(DataError, match=rf"TFDS has no prepared fashion_mnist in {tmp_path} and cannot download"):
         data.load(data_config(source="tfds", dir=str(tmp_path)), seed=0)
     assert not any(tmp_path.iterdir())  # nothing written there
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))  # no data.dir: TFDS's own folder, named
+    with pytest.raises(DataError, match=rf"no prepared fashion_mnist in TFDS's folder, {tmp_path}/tfds and cannot"):
+        data.load(data_config(source="tfds"), seed=0)
 
 
 def test_a_tfds_failure_says_what_its_preparation_needs_and_the_other_sources(monkeypatch):

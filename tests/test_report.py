@@ -406,6 +406,8 @@ def test_the_best_per_class_figure_is_bold_among_several_models_and_seed_rows_li
     assert tables.per_class_rows([model("a", 0.9)])[0] == ["T-shirt/top", "0.900", "0.900", "0.900"]  # alone: no bold
     rows = tables.per_class_rows([model("a", 0.9), model("b", 0.8)])
     assert rows[0] == ["T-shirt/top", "**0.900**", "0.800", "**0.900**", "0.800", "**0.900**", "0.800"]
+    rows = tables.per_class_rows([model("a", 0.88835), model("b", 0.88825)])  # both read 0.888: both bold
+    assert rows[0] == ["T-shirt/top", *["**0.888**"] * 6]
     # The per-seed table lists the models of several seeds only (one seed's figures are the summary's).
     assert tables.seed_rows([model("a", 0.9), model("b", 0.8, seeds=(0, 1))]) == [
         ["B", "0", "0.8000", "n/a", "n/a", "90.0 s"],
