@@ -96,7 +96,7 @@ def _check_member(member: MemberRun) -> None:
     if member.config.kind == "cnn":
         from fmnist_jax.training import state  # JAX, which a CNN member imports anyway
 
-        check = functools.partial(_check_cnn, state.check_config, member.name)
+        check = functools.partial(_check_cnn, state.check_config, member)
     else:
         from fmnist_jax import baselines
 
@@ -109,16 +109,20 @@ def _check_member(member: MemberRun) -> None:
         raise ConfigError(message if message.startswith(own) else f"{own.rstrip('.')}: {message}") from e
 
 
-def _check_cnn(check_config: Callable, name: str, config: ml_collections.ConfigDict) -> None:
-    """A CNN member's `check_config`, then what its run checks on the devices before training (`train_and_evaluate`)."""
+def _check_cnn(check_config: Callable, member: MemberRun, config: ml_collections.ConfigDict) -> None:
+    """A CNN member's `check_config`, then what its run checks on the devices before training (`train_and_evaluate`;
+    a run it goes on from keeps its batch)."""
     import jax
 
     from fmnist_jax import parallel
     from fmnist_jax.training.plan import resolve_host_overlap
 
     check_config(config)
-    mesh = parallel.make_mesh()
-    parallel.check_batch_size(config.batch_size, mesh, field=f"config.members.{name}.batch_size")
+    mesh, workdir = parallel.make_mesh(), member.workdir
+    trained = config_lib.checkpoint_steps(workdir) and (config_lib.saved_or_none(workdir) or {}).get("batch_size")
+    resuming = workdir / config_lib.CHECKPOINTS_DIR if trained == config.batch_size else None
+    field = f"config.members.{member.name}.batch_size"
+    parallel.check_batch_size(config.batch_size, mesh, field=field, resuming=resuming)
     resolve_host_overlap(config.host_overlap, mesh.devices.flat[0].platform, jax.process_count(), mesh.devices.size)
 
 

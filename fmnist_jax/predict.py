@@ -350,7 +350,7 @@ def output_path(setting: str, workdir: pathlib.Path, *, inputs: Sequence[pathlib
             f"cannot write the predictions to {path} ({where}); set --config.predict.output=FILE to write them "
             "elsewhere."
         )
-    if path.exists() and not _holds_predictions(path):
+    if path.exists() and path.stat().st_size and not _holds_predictions(path):  # (an empty file holds nothing)
         raise PredictError(
             f"--config.predict.output={setting}: {path} exists and holds no predictions (another file, which they must "
             "not replace); choose a new file, or one this command wrote before."

@@ -73,8 +73,14 @@ class PreemptionGuard:
         previous, self._previous = self._previous, {}  # taken first: a signal's handler may run in the loop below
         for s, handler in previous.items():
             signal.signal(s, handler)
-        if unheard and self.signal is not None and not self._acted_on:
-            self._acted_on = True  # once
+        if unheard:
+            self.raise_unheard()
+
+    def raise_unheard(self) -> None:
+        """Raises again, under the handlers in place now, a signal caught since the last `heard` that the run has not
+        stopped for (once): after `release(unheard=False)`, under the handlers of what follows (`at_once`)."""
+        if self.signal is not None and not self._acted_on:
+            self._acted_on = True
             signal.raise_signal(self.signal)
 
     def __exit__(self, exc_type, *exc) -> None:

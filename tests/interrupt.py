@@ -12,7 +12,8 @@ is the same on every device. With WHEN=step, the signal comes once the train cal
 has been queued, mid-epoch if STEP is; with WHEN=ran, from another thread once that call has run, as a signal from
 outside comes while the host waits for the devices. For comparisons: WHEN=fit, as the STEP-th baseline fit begins
 (1: the first baseline member's); WHEN=report, once the report's STEP-th plot is written (the report half-written);
-WHEN=scoring (STEP ignored), as the final scoring is about to write results.json, after training.
+WHEN=scoring (STEP ignored), as the final scoring is about to write results.json, after training; WHEN=release (STEP
+ignored), as training's signal guard is about to be released for the final scoring (caught by it, never heard).
 """
 
 import os
@@ -26,7 +27,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def main() -> None:
     name, at_step, when, *main_args = sys.argv[1:]
-    whens = ("in_flight", "committed", "epoch", "compile", "step", "ran", "fit", "report", "scoring")
+    whens = ("in_flight", "committed", "epoch", "compile", "step", "ran", "fit", "report", "scoring", "release")
     if when not in whens:
         raise SystemExit(f"WHEN must be one of {', '.join(whens)}, got {when!r}")
     signum, at_step = signal.Signals[f"SIG{name}"], int(at_step)
@@ -67,6 +68,18 @@ def main() -> None:
             return save_results(*args, **kwargs)
 
         metrics.save_results = signal_then_save
+    elif when == "release":
+        from fmnist_jax import preemption
+
+        release = preemption.PreemptionGuard.release
+
+        def signal_then_release(guard, *args, **kwargs):
+            if not sent and guard._previous:  # its handlers still in place: the guard catches the signal
+                sent.append(0)
+                os.kill(os.getpid(), signum)
+            return release(guard, *args, **kwargs)
+
+        preemption.PreemptionGuard.release = signal_then_release
     elif when == "compile":
         compile_ahead = step.Programs.compile_ahead
 

@@ -90,14 +90,15 @@ def test_sigterm_and_sigint_save_then_exit_with_resume_line(tiny_data, tmp_path,
     assert_same_run(tmp_path, reference)
 
 
-@pytest.mark.parametrize("name", ["INT", "TERM"])
+@pytest.mark.parametrize("name, when", [("INT", "scoring"), ("TERM", "scoring"), ("TERM", "release")])
 def test_a_signal_during_the_final_scoring_is_one_line_and_the_rerun_scores(
-    tiny_data, tmp_path, reference, caplog, name
+    tiny_data, tmp_path, reference, caplog, name, when
 ):
     """The final scoring has no safe point to stop at (every step is trained and saved): Ctrl-C or SIGTERM there ends
     main.py at once, with one line and the command to go on with (not a traceback, nor nothing at all, SIGTERM's
-    default); the rerun scores the last checkpoint, with the uninterrupted bits."""
-    result = run_interrupted(name, 0, "scoring", *main_args(tiny_data, tmp_path))
+    default), as does one that training's guard caught just as the scoring began ("release"); the rerun scores the
+    last checkpoint, with the uninterrupted bits."""
+    result = run_interrupted(name, 0, when, *main_args(tiny_data, tmp_path))
     signum = signal.Signals[f"SIG{name}"]
     assert result.returncode == 128 + signum and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-2] == (

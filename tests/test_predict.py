@@ -131,14 +131,14 @@ def test_predictions_replace_earlier_predictions_only_and_a_path_under_a_file_is
         "results.json": json.dumps({"test_accuracy": 0.9}),  # another run's scores
         "rows.json": json.dumps([{"input": "a.png", "class": 3}]),  # rows, but not predictions
         "model.joblib": "\x80\x04 not JSON",
-        "empty": "",
     }
     for name, text in others.items():
         (tmp_path / name).write_text(text)
         with pytest.raises(predict.PredictError, match=rf"{name} exists and holds no predictions .*choose a new file"):
             predict.output_path(str(tmp_path / name), workdir)
         assert (tmp_path / name).read_text() == text
-    (tmp_path / "afile").write_text("")
+    (tmp_path / "afile").write_text("")  # empty: holds nothing to lose (`mktemp`'s file)
+    assert predict.output_path(str(tmp_path / "afile"), workdir) == tmp_path / "afile"
     with pytest.raises(predict.PredictError, match=rf"\({tmp_path}/afile is a file, not a folder\); set --config"):
         predict.output_path(str(tmp_path / "afile" / "out.json"), workdir)
     with pytest.raises(predict.PredictError, match=r"run/config\.json is the run's own config\.json, which"):

@@ -867,6 +867,14 @@ def test_what_a_cnn_member_cannot_run_on_these_devices_stops_the_comparison_befo
     with pytest.raises(ConfigError, match=r"^config\.members\.cnn\.host_overlap='on' over 8 CPU devices: train calls"):
         run.run(config, tmp_path)
     assert not list(tmp_path.glob("*/seed_*")) and not (tmp_path / config_lib.CONFIG_FILE).exists()
+    member = tmp_path / "cnn" / "seed_0"  # a member's run trained with batch 60, to go on from: its batch stays
+    (member / "checkpoints" / "4").mkdir(parents=True)
+    (member / config_lib.CONFIG_FILE).write_text(json.dumps({"kind": "cnn", "batch_size": 60}))
+    config.members.cnn.batch_size, config.members.cnn.host_overlap = 60, "auto"
+    with pytest.raises(
+        UserError, match=rf"batch_size=60 cannot be split over 8 devices; the run in {member}/checkpoints"
+    ):
+        run.run(config, tmp_path)
 
 
 def test_a_refused_rerun_of_a_comparison_leaves_every_config_json_as_it_was(comparison, tiny_data, tmp_path):

@@ -377,8 +377,9 @@ def _run_plan(
             store.close()  # every save committed before the results mark the run finished
         if heard := guard.heard():  # while the last saves were committed: stop, all saved
             raise errors.Interrupted(heard, plan.total_steps, store.directory)
-        guard.release()  # the scoring left, every step trained and saved: a signal ends the run at once, saying so
+        guard.release(unheard=False)  # the scoring left, all trained and saved: a signal ends it at once, saying so
         with preemption.at_once(preemption.UNFINISHED):
+            guard.raise_unheard()  # one caught as the scoring began, too
             results = plan.evaluator.final(
                 state,
                 workdir,
