@@ -110,20 +110,12 @@ def _check_member(member: MemberRun) -> None:
 
 
 def _check_cnn(check_config: Callable, member: MemberRun, config: ml_collections.ConfigDict) -> None:
-    """A CNN member's `check_config`, then what its run checks on the devices before training (`train_and_evaluate`;
-    a run it goes on from keeps its batch)."""
-    import jax
-
+    """A CNN member's `check_config`, then what its run checks on the devices before training (`plan.check_devices`)."""
     from fmnist_jax import parallel
-    from fmnist_jax.training.plan import resolve_host_overlap
+    from fmnist_jax.training import plan
 
     check_config(config)
-    mesh, workdir = parallel.make_mesh(), member.workdir
-    trained = config_lib.checkpoint_steps(workdir) and (config_lib.saved_or_none(workdir) or {}).get("batch_size")
-    resuming = workdir / config_lib.CHECKPOINTS_DIR if trained == config.batch_size else None
-    field = f"config.members.{member.name}.batch_size"
-    parallel.check_batch_size(config.batch_size, mesh, field=field, resuming=resuming)
-    resolve_host_overlap(config.host_overlap, mesh.devices.flat[0].platform, jax.process_count(), mesh.devices.size)
+    plan.check_devices(config, member.workdir, parallel.make_mesh(), prefix=f"config.members.{member.name}")
 
 
 def _check_named(member: MemberRun, workdir: pathlib.Path) -> bool:

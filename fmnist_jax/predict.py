@@ -362,10 +362,11 @@ def _holds_predictions(path: pathlib.Path) -> bool:
     """Whether `path` is a file of predictions as `report` writes them (a JSON list of its rows): one that a rerun
     may replace."""
     try:
-        with open(path, "rb") as f:  # a large file of another kind is not read whole
-            if not f.read(64).lstrip().startswith(b"["):  # not JSON's list
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if not head.lstrip().startswith(b"["):  # not JSON's list: a large file of another kind is not read whole
                 return False
-        rows = json.loads(path.read_text(encoding="utf-8"))
+            rows = json.loads(head + f.read())
     except (OSError, UnicodeDecodeError, ValueError):
         return False
     return isinstance(rows, list) and all(isinstance(r, dict) and set(r) == set(PREDICTION_FIELDS) for r in rows)

@@ -27,7 +27,7 @@ from jax.sharding import Mesh
 from fmnist_jax import checkpoints, config_lib, errors, events, files, logs, metrics, parallel, preemption, timing
 from fmnist_jax.errors import TrainingError
 from fmnist_jax.training.evaluate import PendingScores
-from fmnist_jax.training.plan import Plan, check_data, chunks, load_data, make_plan, resolve_host_overlap
+from fmnist_jax.training.plan import Plan, check_data, check_devices, chunks, load_data, make_plan
 from fmnist_jax.training.state import TrainState
 from fmnist_jax.training.step import CallQueue, TrainInputs
 
@@ -304,10 +304,7 @@ def train_and_evaluate(
         # Where the seconds go, kept in results.json; the process's start-up is the first run's.
         phases = timing.Phases(clock, before_run=timing.start_up())
         mesh = mesh or parallel.make_mesh()
-        trained = config_lib.checkpoint_steps(workdir) and (config_lib.saved_or_none(workdir) or {}).get("batch_size")
-        resuming = workdir / config_lib.CHECKPOINTS_DIR if trained == config.batch_size else None  # its own batch
-        parallel.check_batch_size(config.batch_size, mesh, resuming=resuming)
-        resolve_host_overlap(config.host_overlap, mesh.devices.flat[0].platform, jax.process_count(), mesh.devices.size)
+        check_devices(config, workdir, mesh)
         replaced = None
         with parallel.stop_together(f"{workdir} holds a run with another config"):
             if lead:

@@ -55,6 +55,18 @@ def resolve_host_overlap(setting: str, platform: str, processes: int = 1, device
     return platform != "cpu" and processes == 1
 
 
+def check_devices(
+    config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh: Mesh, *, prefix: str = "config"
+) -> None:
+    """What the run in `workdir` checks on `mesh`'s devices before anything else: a batch they can split (one that
+    checkpoints there were trained with is the run's own: only the devices can change) and host overlap they can take
+    (`resolve_host_overlap`). `prefix` names the fields (a comparison member's: config.members.NAME)."""
+    trained = config_lib.checkpoint_steps(workdir) and (config_lib.saved_or_none(workdir) or {}).get("batch_size")
+    resuming = workdir / config_lib.CHECKPOINTS_DIR if trained == config.batch_size else None
+    parallel.check_batch_size(config.batch_size, mesh, field=f"{prefix}.batch_size", resuming=resuming)
+    resolve_host_overlap(config.host_overlap, mesh.devices.flat[0].platform, jax.process_count(), mesh.devices.size)
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """What stays fixed while one run trains: its config, workdir, data, programs and step counts."""
