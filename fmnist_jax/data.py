@@ -95,10 +95,17 @@ class Dataset:
 
 
 def _find(directory: pathlib.Path, stem: str) -> pathlib.Path | None:
-    for name in (stem + ".gz", stem, stem.replace("-idx", ".idx") + ".gz", stem.replace("-idx", ".idx")):
-        if (directory / name).is_file():
-            return directory / name
-    return None
+    """The file holding IDX file `stem` in `directory`: gzip or raw, the name with "-idx" or ".idx". Where several
+    of these names are there, their contents must agree (a copy unpacked beside its gzip): else which one is
+    meant is not known, and a file replaced under one name would be read under the other."""
+    names = (stem + ".gz", stem, stem.replace("-idx", ".idx") + ".gz", stem.replace("-idx", ".idx"))
+    paths = [directory / name for name in names if (directory / name).is_file()]
+    if len(paths) > 1 and len({_read_bytes(path)[1] for path in paths}) > 1:
+        raise DataError(
+            f"data folder {directory} holds {len(paths)} versions of {stem} with different contents "
+            f"({', '.join(p.name for p in paths)}): keep the one to read and move the others out of the folder."
+        )
+    return paths[0] if paths else None
 
 
 def _read_bytes(path: pathlib.Path) -> tuple[bytes, str]:

@@ -41,6 +41,26 @@ def test_gzip_and_raw_hold_the_same_arrays_and_checksums(tmp_path):
     assert a_sums == b_sums
 
 
+def test_a_file_unpacked_beside_its_gzip_is_read_only_where_both_hold_the_same(tmp_path):
+    """`gunzip -k` leaves both names: the same content is read as one file; a raw file that another replaced
+    beside its gzip is refused, both named, where either one could have been meant."""
+    folder = write_idx_dataset(tmp_path, n_train=40, n_test=10, compress=True)
+    before, before_sums = data.load_idx(folder)
+    name = "train-images-idx3-ubyte"
+    (folder / name).write_bytes(gzip.decompress((folder / (name + ".gz")).read_bytes()))
+    after, after_sums = data.load_idx(folder)
+    np.testing.assert_array_equal(after["train"].images, before["train"].images)
+    assert after_sums == before_sums
+    other = idx_arrays(n_train=40, n_test=10, seed=1)["train"][0]
+    (folder / name).write_bytes(idx_bytes(other, 2051))
+    with pytest.raises(DataError) as e:
+        data.load_idx(folder)
+    assert str(e.value) == (
+        f"data folder {folder} holds 2 versions of {name} with different contents ({name}.gz, {name}): keep the one "
+        "to read and move the others out of the folder."
+    )
+
+
 def test_files_other_than_the_released_ones_are_named_in_a_warning(tmp_path, monkeypatch, caplog):
     """Generated files are not Fashion-MNIST's released ones: `released` is False, and a warning says so; with the
     recorded digests those of three of the files, it names the fourth alone; with all four, `released` is True and
