@@ -32,6 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.augment = ml_collections.ConfigDict({"flip": False, "translate": 0, "erase_prob": 0.0})
     config.ema_decay = 0.0  # > 0: evaluate, checkpoint and predict with a moving average of the weights
     config.tta_flip = False  # True: predict with the mean probabilities of each image and its mirror image
+    config.tta_shift = 0  # N > 0: and of each of those shifted N pixels up and N down (3x the views)
 
     # "float32", or "bfloat16": activations and the matrix products' inputs in bfloat16, accumulation,
     # parameters, optimizer state, loss and metrics in float32 (TPU, recent GPUs, CPUs with AMX; docs/running.md).

@@ -52,7 +52,11 @@ OPERATIONAL = (
 COMPARISON_CHOICES = re.compile(r"seeds|members\.[^.]+\.(enabled|workdir)")
 # Besides the model and data (which `evaluate` refuses to change), the fields that change what a checkpoint scores:
 # scored with another value, a finished run's checkpoint is scored apart from its results (training/evaluate.py).
-SCORING_FIELDS = ("tta_flip", "compute_dtype")
+SCORING_FIELDS = ("tta_flip", "tta_shift", "compute_dtype")
+# Fields added to a CNN's config since config.json was first written, each with the value that computes what runs
+# before it computed: a config.json without one reads as holding that value, so a run started by an earlier version
+# resumes, and is evaluated, as it was.
+ADDED_CNN_FIELDS = {"tta_shift": 0}
 # Compared, but may change with --config.resume_with_changes=True.
 SAFE_TO_CHANGE = ("num_epochs", "checkpoint.every_steps", "checkpoint.max_to_keep", "compute_dtype")
 
@@ -175,6 +179,7 @@ def shortened_below_its_checkpoint(workdir: pathlib.Path, num_epochs: int) -> st
 
 
 def read_saved(path: pathlib.Path) -> dict[str, Any]:
+    """The config.json at `path` as data (a CNN config without a field of ADDED_CNN_FIELDS holding its value)."""
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -183,6 +188,11 @@ def read_saved(path: pathlib.Path) -> dict[str, Any]:
         raise ConfigError(f"{path} holds {type(saved).__name__}, not a config; fix or delete it.")
     if "kind" not in saved:  # every run's config names its kind
         raise ConfigError(f"{path} lacks the field 'kind': it is not a run's config; fix or delete it.")
+    members = saved.get("members")
+    for tree in (saved, *(members.values() if isinstance(members, dict) else ())):
+        if isinstance(tree, dict) and tree.get("kind") == "cnn":
+            for field, value in ADDED_CNN_FIELDS.items():
+                tree.setdefault(field, value)
     return saved
 
 

@@ -344,6 +344,26 @@ def test_a_start_killed_before_its_first_checkpoint_committed_kept_nothing(tiny_
         config_lib.save_or_check(config, tmp_path)
 
 
+def test_a_config_json_written_before_a_field_existed_resumes_as_it_was_and_refuses_another_value(tiny_data, tmp_path):
+    """A run started by an earlier version has no `tta_shift` in its config.json (nor its comparison's members): it
+    reads as 0, what that version computed, so the run resumes and is scored as it was; another value is a change."""
+    config = helpers.tiny_config(tiny_data)
+    config_lib.save_or_check(config, tmp_path)
+    saved = json.loads((tmp_path / config_lib.CONFIG_FILE).read_text())
+    del saved["tta_shift"]
+    (tmp_path / config_lib.CONFIG_FILE).write_text(json.dumps(saved))
+    (tmp_path / "checkpoints" / "4").mkdir(parents=True)  # a step committed: the run's fields are fixed
+    assert config_lib.save_or_check(config, tmp_path) is None  # the same run: nothing refused or rewritten
+    assert "tta_shift" not in json.loads((tmp_path / config_lib.CONFIG_FILE).read_text())
+    config.tta_shift = 1
+    with pytest.raises(ConfigError, match=r"holds a run with a different config \(tta_shift: 0 -> 1\)"):
+        config_lib.save_or_check(config, tmp_path)
+    compare = {"kind": "compare", "members": {"cnn": {**saved}, "random_forest": {"kind": "baseline"}}}
+    (tmp_path / "compare.json").write_text(json.dumps(compare))
+    members = config_lib.read_saved(tmp_path / "compare.json")["members"]
+    assert members["cnn"]["tta_shift"] == 0 and "tta_shift" not in members["random_forest"]
+
+
 def test_a_run_resumed_on_other_data_is_refused_and_keeps_its_checkpoints(tiny_data, tmp_path, caplog):
     """Each checkpoint records the checksums of the data it trained on: a rerun that reads other files (another
     data.dir, a changed FMNIST_DATA_DIR) is refused with one line naming them, its checkpoints, history, events and

@@ -342,6 +342,27 @@ def test_flip_tta_averages_the_probabilities_of_each_image_and_its_mirror():
     assert (true[mask] == 0).any() and np.isfinite(np.asarray(losses)).all() and np.asarray(losses)[mask].max() > 100
 
 
+@pytest.mark.parametrize("flip", [False, True])
+def test_shift_tta_averages_the_probabilities_of_each_view_shifted_up_and_down(flip):
+    """tta_shift=2: the image (and its mirror, with tta_flip), each also 2 pixels up and 2 down: the mean of 3 (6)
+    views' probabilities, each view's logits computed apart from the program, on pixels moved by NumPy (`shifted`)."""
+    config = small_vgg_config(ema_decay=0.0, tta_flip=flip, tta_shift=2)
+    graphs, state, programs = state_and_programs(config)
+    images = np.random.default_rng(2).integers(0, 255, (12, 28, 28), np.uint8)
+    labels, mask = np.arange(12) % 10, np.arange(12) < 9
+    losses, probs = programs.eval(state, images, labels, mask)
+    model = nnx.merge(graphs.model, state.model)
+    flips = [images, images[:, :, ::-1]] if flip else [images]
+    views = [np.stack([shifted(image, dy, 0) for image in v]) for dy in (0, 2, -2) for v in flips]  # up, then down
+    expected = np.mean([jax.nn.softmax(model_logits(model, steps.to_inputs(v))) for v in views], axis=0)
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
+    nll = -np.log(np.take_along_axis(expected, labels[:, None], 1)[:, 0])
+    np.testing.assert_allclose(losses, np.where(mask, nll, 0.0), rtol=1e-5)
+    got = np.asarray(steps.test_views(steps.to_inputs(images), train_state.Recipe(tta_flip=flip, tta_shift=2)))
+    assert got.shape == (12, len(views), 28, 28, 1)  # the views in this order, the image first
+    np.testing.assert_array_equal(got, np.stack([steps.to_inputs(v) for v in views], axis=1))
+
+
 # --------------------------------------------------------------------------------------------- model, config
 
 

@@ -62,8 +62,8 @@ def differing(name: str, other: str) -> dict:
     return {k: (a.get(k), b.get(k)) for k in a | b if a.get(k) != b.get(k)}
 
 
-# On 8 devices: the evaluation program of each recipe form (the flip TTA on and off), compiled, and the cross-device
-# collectives in it, one JSON line.
+# On 8 devices: the evaluation program of each recipe form (no test-time views, the flip, the flip and the shifts),
+# compiled, and the cross-device collectives in it, one JSON line.
 EVAL_COLLECTIVES = """
 import json, re, sys
 import numpy as np
@@ -71,30 +71,31 @@ from fmnist_jax import parallel
 from fmnist_jax.training import state as state_lib, step as steps
 from helpers import load_config
 mesh, found = parallel.make_mesh(), {}
-for tta in (False, True):
-    config = load_config("speedrun", **{**json.loads(sys.argv[1]), "tta_flip": tta})
+for flip, shift in ((False, 0), (True, 0), (True, 1)):
+    config = load_config("speedrun", **{**json.loads(sys.argv[1]), "tta_flip": flip, "tta_shift": shift})
     graphs, state, _ = state_lib.create_train_state(config)
     programs = steps.Programs(graphs, mesh, 64, unroll=False, recipe=state_lib.Recipe.from_config(config))
     batch = [parallel.shard_batch(np.zeros((64, *s), t), mesh) for s, t in (((28, 28), np.uint8), ((), np.int32))]
     mask = parallel.shard_batch(np.ones(64, bool), mesh)
     text = programs.eval.lower(parallel.replicate(state, mesh), *batch, mask).compile().as_text()
     kinds = r"all-gather|all-reduce|collective-permute|all-to-all|reduce-scatter|collective-broadcast"
-    found[str(tta)] = sorted(set(re.findall(kinds, text)))
+    found[f"flip={flip} shift={shift}"] = sorted(set(re.findall(kinds, text)))
 print(json.dumps({"devices": len(mesh.devices.flat), "collectives": found}))
 """
 
 
-def test_the_evaluation_program_has_no_cross_device_collective_with_or_without_the_flip_tta():
+def test_the_evaluation_program_has_no_cross_device_collective_with_or_without_test_time_views():
     """Evaluation programs in flight together on XLA:CPU deadlock where one holds a cross-device collective
     (`steps.Programs`): the flip TTA once concatenated each batch with its mirrors along the split axis, which moved
     images between devices (an all-gather, a collective-permute) and aborted about half of the 8-device runs with
-    the TTA on. Compiled on 8 devices, neither form holds a collective."""
+    the TTA on. Compiled on 8 devices, no form holds a collective: none, the flip, the flip and the shifts."""
     env = subprocess_env(devices(8))
     env["PYTHONPATH"] = f"{ROOT / 'tests'}{os.pathsep}{env['PYTHONPATH']}"  # for helpers
     small = json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in FIELDS.items()})
     command = [sys.executable, "-c", EVAL_COLLECTIVES, small]
     result = check(subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, check=False))
-    assert json.loads(result.stdout.splitlines()[-1]) == {"devices": 8, "collectives": {"False": [], "True": []}}
+    forms = ("flip=False shift=0", "flip=True shift=0", "flip=True shift=1")
+    assert json.loads(result.stdout.splitlines()[-1]) == {"devices": 8, "collectives": {form: [] for form in forms}}
 
 
 def test_the_speedrun_is_the_stronger_cnns_recipe_on_one_convolution_per_stage():

@@ -45,12 +45,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     compile_cache.check(config.compilation_cache)
     if config.model.conv not in ops.CONV_IMPLS:
         raise ConfigError(f"config.model.conv={config.model.conv!r} must be one of {ops.CONV_IMPLS}.")
-    checks.positive(config, "weight_decay", "augment.translate", "schedule.warmup_epochs", allow_zero=True)
+    checks.positive(config, "weight_decay", "augment.translate", "schedule.warmup_epochs", "tta_shift", allow_zero=True)
     if config.schedule.name not in SCHEDULES:
         raise ConfigError(f"config.schedule.name={config.schedule.name!r} must be one of {SCHEDULES}.")
     checks.fraction(config, "label_smoothing", "ema_decay", "augment.erase_prob", note=" (0 turns it off)")
-    if config.augment.translate >= 14:
-        raise ConfigError(f"config.augment.translate={config.augment.translate} must be below 14 pixels.")
+    for field in ("augment.translate", "tta_shift"):
+        if (pixels := checks.get(config, field)) >= 14:
+            raise ConfigError(f"config.{field}={pixels} must be below 14 pixels.")
     _check_model_and_adam(config)
     try:  # the model's fields (name, widths, compute dtype, ...): built abstractly, nothing allocated
         nnx.eval_shape(lambda: models.create_model(config.model.name, seed=0, **model_kwargs(config)))
@@ -91,6 +92,7 @@ class Recipe:
     augment: augment.Augment = dataclasses.field(default_factory=augment.Augment)
     ema_decay: float = 0.0
     tta_flip: bool = False
+    tta_shift: int = 0
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> Recipe:
@@ -100,6 +102,7 @@ class Recipe:
             augment=augment.Augment(flip=bool(a.flip), translate=int(a.translate), erase_prob=float(a.erase_prob)),
             ema_decay=float(config.ema_decay),
             tta_flip=bool(config.tta_flip),
+            tta_shift=int(config.tta_shift),
         )
 
 

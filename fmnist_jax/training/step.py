@@ -133,28 +133,41 @@ def train_steps(
     return jax.lax.scan(body, state, jnp.arange(num_steps), unroll=spec.unroll)[0]
 
 
+def test_views(inputs: jax.Array, recipe: Recipe) -> jax.Array:
+    """(N, V, 28, 28, 1): each input's test-time views, the input first; with `recipe.tta_flip`, its mirror image;
+    with `recipe.tta_shift` = s, each of those shifted s pixels up, then each shifted s pixels down (zero fill)."""
+    flips = [inputs, inputs[:, :, ::-1]] if recipe.tta_flip else [inputs]
+    views = list(flips)
+    if s := recipe.tta_shift:
+        fill = jnp.zeros_like(inputs[:, :s])
+        views += [jnp.concatenate([v[:, s:], fill], axis=1) for v in flips]
+        views += [jnp.concatenate([fill, v[:, :-s]], axis=1) for v in flips]
+    return jnp.stack(views, axis=1)
+
+
 def eval_step(
     graphs: Graphs, recipe: Recipe, state: TrainState, images: jax.Array, labels: jax.Array, mask: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
     """Per-example losses (0 where masked) and softmax probabilities of a (padded) batch, under the moving
-    average of the weights when there is one; with `recipe.tta_flip`, the mean of the probabilities of each
-    image and its mirror image (the loss is then that mean's cross-entropy).
+    average of the weights when there is one; with test-time views (`recipe.tta_flip`, `recipe.tta_shift`:
+    `test_views`), the mean of the views' probabilities (the loss is then that mean's cross-entropy).
 
     Both outputs stay split over the devices like the batch, so the program has no cross-device collective:
     independent evaluation programs in flight together can then never wait on each other (see `Programs`).
     """
     model = nnx.merge(graphs.model, state.model if state.ema is None else state.ema)
     inputs = to_inputs(images)
-    if recipe.tta_flip:  # one forward pass over both: one program, one pass over the weights
-        # Each image beside its mirror, [x0, m0, x1, m1, ...]: the devices' split of the batch stays where it is (each
-        # device holds its own images' mirrors), where a concatenation along the split axis moved images between
+    if recipe.tta_flip or recipe.tta_shift:  # one forward pass over every view: one program, one pass over the weights
+        # Each image beside its views, [x0, v0, ..., x1, v1, ...]: the devices' split of the batch stays where it is
+        # (each device holds its own images' views), where a concatenation along the split axis moved images between
         # them (an all-gather and a collective-permute, which deadlocked evaluations in flight together on CPUs).
-        n = inputs.shape[0]
-        paired = jnp.stack([inputs, inputs[:, :, ::-1]], axis=1).reshape(2 * n, *inputs.shape[1:])
-        logits = model(paired).reshape(n, 2, -1)
-        both, logp = jax.nn.softmax(logits), jax.nn.log_softmax(logits)
-        probs = (both[:, 0] + both[:, 1]) / 2
-        log_mean = jnp.logaddexp(logp[:, 0], logp[:, 1]) - jnp.log(2.0)  # log(probs), finite where both underflow
+        views = test_views(inputs, recipe)
+        n, v = views.shape[:2]
+        logits = model(views.reshape(n * v, *inputs.shape[1:])).reshape(n, v, -1)
+        each, logp = jax.nn.softmax(logits), jax.nn.log_softmax(logits)
+        probs = functools.reduce(jnp.add, (each[:, i] for i in range(v))) / v
+        # log(probs), finite where every view's probability underflows
+        log_mean = functools.reduce(jnp.logaddexp, (logp[:, i] for i in range(v))) - jnp.log(float(v))
         losses = -jnp.take_along_axis(log_mean, labels[:, None], axis=-1)[:, 0]
         return jnp.where(mask, losses, 0.0), probs
     logits = model(inputs)
