@@ -26,7 +26,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.depths = (1, 1, 1)
     config.model.widths = (24, 48, 96)
     config.batch_size = 64
-    config.num_epochs = 30
     config.model.dropout = 0.0
     config.ema_decay = 0.0
+    # Round 7: each test image also scored shifted a pixel up and down, beside its mirror (6 views: 0.9486 of
+    # validation accuracy against the flip's 0.9467 at 30 epochs, seed 0; 0.9463 against 0.9452, seed 1), which
+    # buys back four epochs: 26 epochs with the 6 views, 0.9477 (0.87x the training of 30).
+    config.tta_shift = 1
+    config.num_epochs = 26
     return config
