@@ -30,7 +30,7 @@
 #              XLA_FLAGS=--xla_gpu_deterministic_ops=true
 #   speedrun   time_to_accuracy of configs/speedrun_gpu.py (batch 512, 24 epochs), seeds 0-4: its test accuracy and
 #              training seconds against its aims (docs/models.md: 0.94 in <= 2 s, 0.95 in <= 10 s on an H200); then
-#              configs/speedrun.py as it is (batch 64, 30 epochs), one seed: the GPU's time for the CPU's recipe
+#              configs/speedrun.py as it is (batch 64, 26 epochs), one seed: the GPU's time for the CPU's recipe
 #   fast95     the screen for 0.95 in <= 10 s (docs/models.md, "At a GPU's batch"): speedrun_gpu at widths
 #              48/96/192, then 64/128/256, 32 epochs, on the validation split; WORK/fast95_N.json. Not in the default
 #              list: about 1-2 minutes on an H200
