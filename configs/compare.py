@@ -30,7 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
         ("linear_svm", linear_svm),
         ("random_forest_search", random_forest_search),
         ("vgg_bn", vgg_bn),  # beyond the study: the stronger CNN recipe (~25 min a seed on 2 CPU cores)
-        ("speedrun", speedrun),  # vgg_bn's recipe in ~0.3x its time (~6 min a seed on 2 CPU cores)
+        ("speedrun", speedrun),  # vgg_bn's recipe in ~0.3x its time (~6-9 min a seed on 2 CPU cores)
     )
     # Joining when asked: the search (~18 min a seed) and the speedrun, whose model and recipe vgg_bn already
     # represents in the report (it would add ~20 min to a 3-seed comparison on 2 CPU cores for no new question).

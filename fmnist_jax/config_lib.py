@@ -85,13 +85,25 @@ def matches(field: str, patterns: tuple[str, ...]) -> bool:
 
 
 def diff(saved: Mapping[str, Any], requested: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Fields whose values differ (missing on one side counts), operational fields left out."""
+    """Fields whose values differ (missing on one side counts), operational fields left out, and a comparison's
+    member fields where the member is off on either side (a member off computes nothing here: a new default in its
+    config file, or a member joining or leaving, changes no run of the comparison's)."""
     a, b = flatten(saved), flatten(requested)
+    off = {m for flat in (a, b) for k, v in flat.items() if (m := _member_switch(k)) and v is False}
     return {
         k: (a.get(k), b.get(k))
         for k in sorted(set(a) | set(b))
-        if a.get(k) != b.get(k) and not matches(k, OPERATIONAL) and not COMPARISON_CHOICES.fullmatch(k)
+        if a.get(k) != b.get(k)
+        and not matches(k, OPERATIONAL)
+        and not COMPARISON_CHOICES.fullmatch(k)
+        and not any(k.startswith(f"members.{m}.") for m in off)
     }
+
+
+def _member_switch(field: str) -> str | None:
+    """NAME where `field` is a comparison's "members.NAME.enabled", else None."""
+    match = re.fullmatch(r"members\.([^.]+)\.enabled", field)
+    return match and match.group(1)
 
 
 def as_fields_of(message: str, prefix: str) -> str:

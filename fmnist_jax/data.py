@@ -100,7 +100,12 @@ def _find(directory: pathlib.Path, stem: str) -> pathlib.Path | None:
     meant is not known, and a file replaced under one name would be read under the other."""
     names = (stem + ".gz", stem, stem.replace("-idx", ".idx") + ".gz", stem.replace("-idx", ".idx"))
     paths = [directory / name for name in names if (directory / name).is_file()]
-    if len(paths) > 1 and len({_read_bytes(path)[1] for path in paths}) > 1:
+    try:
+        digests = {_read_bytes(path)[1] for path in paths} if len(paths) > 1 else set()
+    except DataError as e:  # one of several that cannot be read: which one is meant is not known either
+        others = ", ".join(p.name for p in paths)
+        raise DataError(f"{e} It is one of {len(paths)} versions of {stem} there ({others}): keep one.") from e
+    if len(digests) > 1:
         raise DataError(
             f"data folder {directory} holds {len(paths)} versions of {stem} with different contents "
             f"({', '.join(p.name for p in paths)}): keep the one to read and move the others out of the folder."

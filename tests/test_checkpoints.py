@@ -364,6 +364,28 @@ def test_a_config_json_written_before_a_field_existed_resumes_as_it_was_and_refu
     assert members["cnn"]["tta_shift"] == 0 and "tta_shift" not in members["random_forest"]
 
 
+def test_a_comparison_compares_the_fields_of_members_on_in_both_its_config_and_the_saved_one(tmp_path):
+    """A member off on either side computed, or computes, nothing in the comparison: a changed default in its config
+    file (as configs/speedrun.py's epochs once changed) or its joining does not refuse a rerun; an enabled member's
+    changed field does, named."""
+    from benchmarks import common
+
+    saved = common.load_config("compare", [])
+    assert saved.members.speedrun.enabled is False
+    config_lib.save_or_check(saved, tmp_path)
+    (tmp_path / "cnn").mkdir()  # a member's run kept: the comparison's fields are fixed
+    changed = common.load_config("compare", ["--config.members.speedrun.num_epochs=5"])
+    config_lib.save_or_check(changed, tmp_path)  # not refused: config.json now records the member as it is
+    assert config_lib.read_saved(tmp_path / config_lib.CONFIG_FILE)["members"]["speedrun"]["num_epochs"] == 5
+    joined = common.load_config(
+        "compare", ["--config.members.speedrun.enabled=True", "--config.members.speedrun.seed=3"]
+    )
+    assert config_lib.diff(config_lib.to_dict(saved), config_lib.to_dict(joined)) == {}
+    other = common.load_config("compare", ["--config.members.cnn.num_epochs=5"])
+    with pytest.raises(ConfigError, match=r"different config \(members\.cnn\.num_epochs: 30 -> 5\)"):
+        config_lib.save_or_check(other, tmp_path)
+
+
 def test_a_run_resumed_on_other_data_is_refused_and_keeps_its_checkpoints(tiny_data, tmp_path, caplog):
     """Each checkpoint records the checksums of the data it trained on: a rerun that reads other files (another
     data.dir, a changed FMNIST_DATA_DIR) is refused with one line naming them, its checkpoints, history, events and

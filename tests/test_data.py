@@ -2,6 +2,7 @@
 
 import gzip
 import hashlib
+import pathlib
 import re
 
 import ml_collections
@@ -41,9 +42,9 @@ def test_gzip_and_raw_hold_the_same_arrays_and_checksums(tmp_path):
     assert a_sums == b_sums
 
 
-def test_a_file_unpacked_beside_its_gzip_is_read_only_where_both_hold_the_same(tmp_path):
+def test_a_file_unpacked_beside_its_gzip_is_read_only_where_both_hold_the_same(tmp_path, monkeypatch):
     """`gunzip -k` leaves both names: the same content is read as one file; a raw file that another replaced
-    beside its gzip is refused, both named, where either one could have been meant."""
+    beside its gzip, or one that cannot be read, is refused, both named, where either one could have been meant."""
     folder = write_idx_dataset(tmp_path, n_train=40, n_test=10, compress=True)
     before, before_sums = data.load_idx(folder)
     name = "train-images-idx3-ubyte"
@@ -58,6 +59,20 @@ def test_a_file_unpacked_beside_its_gzip_is_read_only_where_both_hold_the_same(t
     assert str(e.value) == (
         f"data folder {folder} holds 2 versions of {name} with different contents ({name}.gz, {name}): keep the one "
         "to read and move the others out of the folder."
+    )
+    unreadable, read_bytes = folder / name, pathlib.Path.read_bytes
+
+    def refusing(path):
+        if path == unreadable:
+            raise PermissionError(13, "Permission denied")
+        return read_bytes(path)
+
+    monkeypatch.setattr(pathlib.Path, "read_bytes", refusing)
+    with pytest.raises(DataError) as e:
+        data.load_idx(folder)
+    assert str(e.value) == (
+        f"{unreadable}: cannot read (Permission denied). Check the file's permissions. It is one of 2 versions of "
+        f"{name} there ({name}.gz, {name}): keep one."
     )
 
 
