@@ -358,7 +358,7 @@ def test_shift_tta_averages_the_probabilities_of_each_view_shifted_up_and_down(f
     np.testing.assert_allclose(probs, expected, atol=1e-6)
     nll = -np.log(np.take_along_axis(expected, labels[:, None], 1)[:, 0])
     np.testing.assert_allclose(losses, np.where(mask, nll, 0.0), rtol=1e-5)
-    got = np.asarray(steps.test_views(steps.to_inputs(images), train_state.Recipe(tta_flip=flip, tta_shift=2)))
+    got = np.asarray(steps.tta_views(steps.to_inputs(images), train_state.Recipe(tta_flip=flip, tta_shift=2)))
     assert got.shape == (12, len(views), 28, 28, 1)  # the views in this order, the image first
     np.testing.assert_array_equal(got, np.stack([steps.to_inputs(v) for v in views], axis=1))
 

@@ -133,7 +133,7 @@ def train_steps(
     return jax.lax.scan(body, state, jnp.arange(num_steps), unroll=spec.unroll)[0]
 
 
-def test_views(inputs: jax.Array, recipe: Recipe) -> jax.Array:
+def tta_views(inputs: jax.Array, recipe: Recipe) -> jax.Array:
     """(N, V, 28, 28, 1): each input's test-time views, the input first; with `recipe.tta_flip`, its mirror image;
     with `recipe.tta_shift` = s, each of those shifted s pixels up, then each shifted s pixels down (zero fill)."""
     flips = [inputs, inputs[:, :, ::-1]] if recipe.tta_flip else [inputs]
@@ -150,7 +150,7 @@ def eval_step(
 ) -> tuple[jax.Array, jax.Array]:
     """Per-example losses (0 where masked) and softmax probabilities of a (padded) batch, under the moving
     average of the weights when there is one; with test-time views (`recipe.tta_flip`, `recipe.tta_shift`:
-    `test_views`), the mean of the views' probabilities (the loss is then that mean's cross-entropy).
+    `tta_views`), the mean of the views' probabilities (the loss is then that mean's cross-entropy).
 
     Both outputs stay split over the devices like the batch, so the program has no cross-device collective:
     independent evaluation programs in flight together can then never wait on each other (see `Programs`).
@@ -161,7 +161,7 @@ def eval_step(
         # Each image beside its views, [x0, v0, ..., x1, v1, ...]: the devices' split of the batch stays where it is
         # (each device holds its own images' views), where a concatenation along the split axis moved images between
         # them (an all-gather and a collective-permute, which deadlocked evaluations in flight together on CPUs).
-        views = test_views(inputs, recipe)
+        views = tta_views(inputs, recipe)
         n, v = views.shape[:2]
         logits = model(views.reshape(n * v, *inputs.shape[1:])).reshape(n, v, -1)
         each, logp = jax.nn.softmax(logits), jax.nn.log_softmax(logits)
