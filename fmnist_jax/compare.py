@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import pathlib
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import ml_collections
@@ -65,7 +65,7 @@ def member_runs(
             member = ml_collections.ConfigDict(section.to_dict())  # an unlocked copy
             del member["workdir"], member["enabled"]
             member.seed = seed
-            config_lib.merge(member, quick)
+            _merge(member, quick)
             try:
                 folder = pathlib.Path(named.format(seed=seed)) if named else workdir / name / f"seed_{seed}"
             except (KeyError, IndexError, ValueError) as e:
@@ -214,7 +214,7 @@ def _files_only(source: str, folder: str | None) -> ml_collections.ConfigDict:
 
 
 def _quick_overrides(config: ml_collections.ConfigDict, name: str, given: Collection[str] | None) -> dict[str, Any]:
-    """What quick=True sets in member `name` (nested, for `config_lib.merge`): its quick_overrides, less the fields
+    """What quick=True sets in member `name` (nested, for `_merge`): its quick_overrides, less the fields
     the command line set for the member (--config.members.NAME.FIELD), which win and are said to."""
     if not (config.quick and name in config.quick_overrides):
         return {}
@@ -230,6 +230,17 @@ def _quick_overrides(config: ml_collections.ConfigDict, name: str, given: Collec
         values = ", ".join(f"{k}={config_lib.get(config.members[name], k)!r}" for k in kept)
         logging.info("%s: quick=True keeps the command line's %s over quick_overrides.%s", name, values, name)
     return quick
+
+
+def _merge(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:
+    """Sets the fields of the nested `overrides` in `config`, recursively; unknown fields are an error."""
+    for key, value in overrides.items():
+        if key not in config:
+            raise ConfigError(f"override {key}={value!r}: the config has no field {key!r}.")
+        if isinstance(value, (Mapping, ml_collections.ConfigDict)):
+            _merge(config[key], value)
+        else:
+            config[key] = value
 
 
 def run_compare(

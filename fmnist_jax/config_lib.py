@@ -89,7 +89,7 @@ def diff(saved: Mapping[str, Any], requested: Mapping[str, Any]) -> dict[str, tu
     member fields where the member is off on either side (a member off computes nothing here: a new default in its
     config file, or a member joining or leaving, changes no run of the comparison's)."""
     a, b = flatten(saved), flatten(requested)
-    off = {m for flat in (a, b) for k, v in flat.items() if (m := _member_switch(k)) and v is False}
+    off = {name for config in (saved, requested) for name, m in _members(config).items() if m.get("enabled") is False}
     return {
         k: (a.get(k), b.get(k))
         for k in sorted(set(a) | set(b))
@@ -100,10 +100,10 @@ def diff(saved: Mapping[str, Any], requested: Mapping[str, Any]) -> dict[str, tu
     }
 
 
-def _member_switch(field: str) -> str | None:
-    """NAME where `field` is a comparison's "members.NAME.enabled", else None."""
-    match = re.fullmatch(r"members\.([^.]+)\.enabled", field)
-    return match and match.group(1)
+def _members(config: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """A comparison's member configs by name (none in a run's config)."""
+    members = config.get("members")
+    return {k: m for k, m in members.items() if isinstance(m, Mapping)} if isinstance(members, Mapping) else {}
 
 
 def as_fields_of(message: str, prefix: str) -> str:
@@ -200,9 +200,8 @@ def read_saved(path: pathlib.Path) -> dict[str, Any]:
         raise ConfigError(f"{path} holds {type(saved).__name__}, not a config; fix or delete it.")
     if "kind" not in saved:  # every run's config names its kind
         raise ConfigError(f"{path} lacks the field 'kind': it is not a run's config; fix or delete it.")
-    members = saved.get("members")
-    for tree in (saved, *(members.values() if isinstance(members, dict) else ())):
-        if isinstance(tree, dict) and tree.get("kind") == "cnn":
+    for tree in (saved, *_members(saved).values()):
+        if tree.get("kind") == "cnn":
             for field, value in ADDED_CNN_FIELDS.items():
                 tree.setdefault(field, value)
     return saved
@@ -244,7 +243,7 @@ def trained_fields(
             how += f", without --config.{flag}"
         if saved.get("kind") == "compare":  # which only trains and reports: its members' runs are scored
             mode = "evaluate" if evaluate else "predict"
-            members, seeds = (saved.get("members") or {}).values(), saved.get("seeds") or ()
+            members, seeds = _members(saved).values(), saved.get("seeds") or ()
             named = [str(m.get("workdir") or "").replace("{seed}", str(s)) for m in members for s in seeds]
             found = [*map(pathlib.Path, filter(None, named)), *sorted(pathlib.Path(workdir).glob("*/seed_*"))]
             runs = [run for run in found if _what(saved_or_none(run) or {}) == now]
@@ -398,14 +397,3 @@ def put_back_unless_accepted(workdir: str | pathlib.Path, replaced: str | None) 
                     files.keep_replacement(path)
         raise
     accept()  # ended without an error: the config.json it wrote stands
-
-
-def merge(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:
-    """Sets the fields of the nested `overrides` in `config`, recursively; unknown fields are an error."""
-    for key, value in overrides.items():
-        if key not in config:
-            raise ConfigError(f"override {key}={value!r}: the config has no field {key!r}.")
-        if isinstance(value, (Mapping, ml_collections.ConfigDict)):
-            merge(config[key], value)
-        else:
-            config[key] = value
