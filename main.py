@@ -92,17 +92,15 @@ def stopped(line: str, signum: int) -> None:
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, but a bad flag, config file or config field, or a stray argument, is one line on
     stderr, exit 2."""
+    from fmnist_jax import flag_errors
+
     try:
         remaining = FLAGS(argv)
         FLAGS.config.get("kind")  # the config file loads lazily: load it now
         if not isinstance(FLAGS.config, ml_collections.ConfigDict):  # a dict has .get too: named by flag_error
             raise TypeError(f"get_config() returned {type(FLAGS.config).__name__}")
-        from fmnist_jax import flag_errors
-
         flag_errors.split_listed_words(FLAGS.config, config_flags.get_override_values(FLAGS["config"]))
     except Exception as e:  # whatever the flags or the config file raised, in one line
-        from fmnist_jax import flag_errors
-
         print(f"error: {flag_errors.flag_error(argv, e, ROOT / 'configs')}", file=sys.stderr)
         sys.exit(2)
     if len(remaining) > 1:
